@@ -1,0 +1,201 @@
+"""The y-websocket wire codec: constants and pure encode/decode functions, no I/O.
+
+One websocket frame carries exactly one message (y-websocket clients v1 to v3 decode one message per
+frame and ignore the rest), so decoding is strict: a frame with bytes left over after its message is
+malformed. Encoding goes through pycrdt's own helpers; decoding is a thin bounds-checked reader
+because pycrdt's ``Decoder`` silently returns short slices on truncated input and asserts on empty
+input.
+
+Message layout (lib0 encoding; varuint = 7 bits a byte, high bit = more follows)::
+
+    SYNC       0, step: varuint (0 = step 1, 1 = step 2, 2 = update), payload: varbytes
+    AWARENESS  1, payload: varbytes (varuint count, then count x (client: varuint, clock: varuint,
+                  state: varstring of JSON, "null" for a removed client))
+    AUTH       2, 0 = permission denied, reason: varstring            (server to client only)
+    QUERY_AWARENESS 3                                                 (no payload)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import IntEnum
+
+from pycrdt import create_awareness_message, create_update_message, write_message, write_var_uint
+
+MAX_VAR_UINT_BYTES = 8  # 56 bits, above the 53 bits a JavaScript number holds exactly
+EMPTY_UPDATE = b"\x00\x00"  # what Yjs encodes for "nothing to send"
+
+
+class MessageType(IntEnum):
+    SYNC = 0
+    AWARENESS = 1
+    AUTH = 2
+    QUERY_AWARENESS = 3
+
+
+class SyncStep(IntEnum):
+    STEP1 = 0
+    STEP2 = 1
+    UPDATE = 2
+
+
+class CloseCode(IntEnum):
+    """Websocket close codes pairroom sends; README.md lists them with their reasons."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    UNSUPPORTED_DATA = 1003  # a text frame
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012  # the server is shutting down; reconnect
+    TRY_AGAIN_LATER = 1013  # the room could not be loaded from storage
+    MALFORMED = 4400  # truncated message, bad varuint, bytes after the message, invalid awareness
+    UNKNOWN_TYPE = 4406  # unknown message type or sync step
+    SLOW_CONSUMER = 4408  # outbound queue overflowed; reconnect and resync
+    INVALID_ROOM = 4414  # room name empty, too long or not printable
+    UPDATE_REJECTED = 4422  # the CRDT refused the update
+
+
+class ProtocolError(Exception):
+    """A client sent something pairroom will not take. Carries the close code and a reason."""
+
+    def __init__(self, code: CloseCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A decoded frame. ``step`` is set for SYNC messages, ``payload`` is the varbytes content."""
+
+    type: MessageType
+    step: SyncStep | None
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AwarenessEntry:
+    client_id: int
+    clock: int
+    state: str  # JSON text; "null" means the client's state was removed
+
+
+def read_var_uint(data: bytes, pos: int) -> tuple[int, int]:
+    """Read a lib0 varuint at ``pos``; return (value, next position)."""
+    value = 0
+    shift = 0
+    end = len(data)
+    for _ in range(MAX_VAR_UINT_BYTES):
+        if pos >= end:
+            raise ProtocolError(CloseCode.MALFORMED, "truncated message: varuint runs past the end")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise ProtocolError(CloseCode.MALFORMED, "varuint longer than 8 bytes")
+
+
+def read_var_bytes(data: bytes, pos: int) -> tuple[bytes, int]:
+    """Read a length-prefixed byte string at ``pos``; return (bytes, next position)."""
+    length, pos = read_var_uint(data, pos)
+    end = pos + length
+    if end > len(data):
+        raise ProtocolError(
+            CloseCode.MALFORMED,
+            f"truncated message: payload of {length} bytes, {len(data) - pos} present",
+        )
+    return data[pos:end], end
+
+
+def _expect_end(data: bytes, pos: int) -> None:
+    if pos != len(data):
+        raise ProtocolError(
+            CloseCode.MALFORMED, f"{len(data) - pos} bytes after the message; send one per frame"
+        )
+
+
+def decode_message(frame: bytes) -> Message:
+    """Decode one client frame. Raises ProtocolError for anything but exactly one known message."""
+    if not frame:
+        raise ProtocolError(CloseCode.MALFORMED, "empty frame")
+    kind, pos = read_var_uint(frame, 0)
+    if kind == MessageType.SYNC:
+        step, pos = read_var_uint(frame, pos)
+        if step > SyncStep.UPDATE:
+            raise ProtocolError(CloseCode.UNKNOWN_TYPE, f"unknown sync step {step}")
+        payload, pos = read_var_bytes(frame, pos)
+        _expect_end(frame, pos)
+        return Message(MessageType.SYNC, SyncStep(step), payload)
+    if kind == MessageType.AWARENESS:
+        payload, pos = read_var_bytes(frame, pos)
+        _expect_end(frame, pos)
+        return Message(MessageType.AWARENESS, None, payload)
+    if kind == MessageType.QUERY_AWARENESS:
+        _expect_end(frame, pos)
+        return Message(MessageType.QUERY_AWARENESS, None, b"")
+    if kind == MessageType.AUTH:
+        raise ProtocolError(CloseCode.UNKNOWN_TYPE, "auth messages only go from server to client")
+    raise ProtocolError(CloseCode.UNKNOWN_TYPE, f"unknown message type {kind}")
+
+
+def decode_awareness(payload: bytes) -> list[AwarenessEntry]:
+    """Decode and validate an awareness update (every state must be JSON)."""
+    count, pos = read_var_uint(payload, 0)
+    entries: list[AwarenessEntry] = []
+    for _ in range(count):
+        client_id, pos = read_var_uint(payload, pos)
+        clock, pos = read_var_uint(payload, pos)
+        raw, pos = read_var_bytes(payload, pos)
+        try:
+            state = raw.decode("utf-8")
+            json.loads(state)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolError(
+                CloseCode.MALFORMED, f"awareness state of client {client_id} is not JSON"
+            ) from exc
+        entries.append(AwarenessEntry(client_id, clock, state))
+    _expect_end(payload, pos)
+    return entries
+
+
+def encode_awareness(entries: list[AwarenessEntry]) -> bytes:
+    """Encode an awareness update payload (the inverse of ``decode_awareness``)."""
+    parts = [write_var_uint(len(entries))]
+    for entry in entries:
+        state = entry.state.encode()
+        parts += [
+            write_var_uint(entry.client_id),
+            write_var_uint(entry.clock),
+            write_var_uint(len(state)),
+            state,
+        ]
+    return b"".join(parts)
+
+
+_STEP1 = bytes([MessageType.SYNC, SyncStep.STEP1])
+_STEP2 = bytes([MessageType.SYNC, SyncStep.STEP2])
+
+
+def sync_step1(state_vector: bytes) -> bytes:
+    return _STEP1 + write_message(state_vector)
+
+
+def sync_step2(update: bytes) -> bytes:
+    return _STEP2 + write_message(update)
+
+
+def sync_update(update: bytes) -> bytes:
+    return create_update_message(update)
+
+
+def awareness_message(payload: bytes) -> bytes:
+    return create_awareness_message(payload)
+
+
+# An awareness update with no entries: clients apply it as a no-op, and it resets the y-websocket
+# client's 30 s "no message received" reconnect timer (ping frames do not reach client code).
+KEEPALIVE = awareness_message(write_var_uint(0))

@@ -1,0 +1,99 @@
+"""The Starlette application: routes, and the lifespan that opens storage and runs the rooms.
+
+Shutdown runs in uvicorn's order: it stops accepting and closes every websocket with 1012 (service
+restart); then the lifespan exits here, flushing every room (bounded by ``shutdown_timeout``) and
+closing storage last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from ..recorder.sql import SqlStore
+from ..recorder.store import Store, StoreError
+from ..sessions.registry import RoomRegistry
+from .config import Settings
+from .hub import Hub
+from .metrics import Metrics
+from .websocket import yjs_endpoint
+
+log = logging.getLogger("pairroom.app")
+
+
+def create_app(settings: Settings, store: Store | None = None) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        the_store = store or SqlStore(settings.db)
+        await the_store.open()
+        metrics = Metrics()
+        registry = RoomRegistry(the_store, settings.room_settings(), metrics)
+        app.state.hub = Hub(settings, the_store, registry, metrics)
+        started = asyncio.Event()
+        rooms = asyncio.create_task(registry.run(started), name="pairroom-rooms")
+        await started.wait()
+        log.info("ready", extra={"db": redact(settings.db)})
+        try:
+            yield
+        finally:
+            rooms.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rooms
+            await the_store.close()
+            log.info("stopped")
+
+    return Starlette(
+        routes=[
+            WebSocketRoute("/yjs/{path:path}", yjs_endpoint),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics_endpoint),
+            Route("/", index),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def redact(url: str) -> str:
+    """Hide a password in a database URL for logs."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "alive"})
+
+
+async def readyz(request: Request) -> Response:
+    hub: Hub = request.app.state.hub
+    try:
+        async with asyncio.timeout(2.0):
+            await hub.store.ping()
+    except (StoreError, TimeoutError) as exc:
+        return JSONResponse({"status": "unavailable", "storage": str(exc) or "timeout"}, 503)
+    if hub.registry.storage_failing:
+        return JSONResponse({"status": "unavailable", "storage": "writes failing, retrying"}, 503)
+    return JSONResponse({"status": "ready", "rooms": len(hub.registry.rooms)})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    hub: Hub = request.app.state.hub
+    return Response(hub.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def index(request: Request) -> Response:
+    return PlainTextResponse(
+        "pairroom: connect a y-websocket client to ws://HOST:PORT/yjs/ROOM\n"
+        "health: /healthz  readiness: /readyz  metrics: /metrics\n"
+    )

@@ -1,0 +1,162 @@
+"""The y-websocket endpoint: ``/yjs/{room}``. Adapts a Starlette websocket to a room member.
+
+Per connection three tasks run: the reader (frames into ``Room.receive``), the member's sender
+(its queue out to the socket) and a watcher for the member being kicked. Whichever ends first ends
+the connection; a kicked member is closed with its code and reason. Client mistakes are logged as one
+warning line each, without a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+from starlette.websockets import WebSocket, WebSocketState
+
+from ..crdt.protocol import CloseCode, ProtocolError
+from ..sessions.member import Member, MemberState
+from ..sessions.registry import RoomLoadError
+from ..sessions.room import Room
+from .hub import Hub
+
+log = logging.getLogger("pairroom.ws")
+
+MAX_CLOSE_REASON = 123  # bytes allowed in a close frame's reason
+
+
+class StarletteTransport:
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+
+    async def send(self, data: bytes) -> None:
+        await self.websocket.send({"type": "websocket.send", "bytes": data})
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.websocket.application_state is WebSocketState.DISCONNECTED:
+            return
+        await self.websocket.close(code, truncate_reason(reason))
+
+
+def truncate_reason(reason: str) -> str:
+    encoded = reason.encode()
+    if len(encoded) <= MAX_CLOSE_REASON:
+        return reason
+    return encoded[: MAX_CLOSE_REASON - 3].decode("utf-8", "ignore") + "..."
+
+
+def room_name_from_path(path: str, max_length: int) -> str:
+    """The room is the last path segment after /yjs/. Raises ProtocolError if it is unusable."""
+    name = path.rsplit("/", 1)[-1]
+    if not name:
+        raise ProtocolError(CloseCode.INVALID_ROOM, "room name is empty")
+    if len(name) > max_length:
+        raise ProtocolError(CloseCode.INVALID_ROOM, f"room name longer than {max_length} characters")
+    if not name.isprintable():
+        raise ProtocolError(CloseCode.INVALID_ROOM, "room name has unprintable characters")
+    return name
+
+
+async def yjs_endpoint(websocket: WebSocket) -> None:
+    hub: Hub = websocket.app.state.hub
+    conn = secrets.token_hex(6)
+    await websocket.accept()
+    hub.metrics.connections.inc()
+    transport = StarletteTransport(websocket)
+    try:
+        try:
+            name = room_name_from_path(websocket.path_params["path"], hub.settings.max_room_name)
+        except ProtocolError as exc:
+            client_error(hub, conn, None, exc.code, exc.reason)
+            await transport.close(exc.code, exc.reason)
+            return
+        member = Member(
+            transport,
+            conn,
+            max_queue_messages=hub.settings.max_queue_messages,
+            max_queue_bytes=hub.settings.max_queue_bytes,
+            on_sent=hub.metrics.sent,
+        )
+        try:
+            room = await hub.registry.join(name, member)
+        except RoomLoadError as exc:
+            hub.metrics.room_load_failures.inc()
+            log.error("join refused", extra={"room": name, "conn": conn, "error": str(exc)})
+            await transport.close(CloseCode.TRY_AGAIN_LATER, "room could not be loaded; try again")
+            return
+        log.info("joined", extra={"room": name, "conn": conn})
+        try:
+            await serve_member(hub, websocket, room, member)
+        finally:
+            hub.registry.leave(room, member)
+            log.info("left", extra={"room": name, "conn": conn, "code": member.close_code})
+    finally:
+        hub.metrics.connections.dec()
+
+
+async def serve_member(hub: Hub, websocket: WebSocket, room: Room, member: Member) -> None:
+    reader = asyncio.create_task(read_frames(hub, websocket, room, member))
+    sender = asyncio.create_task(member.run_sender())
+    kicked = asyncio.create_task(member.wait_kicked())
+    tasks = {reader, sender, kicked}
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        member.gone()
+        for task in tasks:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    for task, result in zip((reader, sender, kicked), results):
+        if isinstance(result, Exception) and task in done:
+            # The peer vanished mid-send or mid-read: the connection is over, nothing to report.
+            log.info(
+                "connection ended", extra={"room": room.name, "conn": member.id, "error": repr(result)}
+            )
+    if member.state is MemberState.KICKED:
+        if member.close_code == CloseCode.SLOW_CONSUMER:
+            hub.metrics.slow_client_disconnects.inc()
+            log.warning(
+                "slow client disconnected",
+                extra={"room": room.name, "conn": member.id, "reason": member.close_reason},
+            )
+        await close_quietly(member, websocket)
+
+
+async def close_quietly(member: Member, websocket: WebSocket) -> None:
+    """Send the kick's close frame; a socket that is already gone cannot receive it."""
+    assert member.close_code is not None
+    try:
+        await member.transport.close(member.close_code, member.close_reason)
+    except (RuntimeError, OSError) as exc:
+        log.info("close frame not delivered", extra={"conn": member.id, "error": repr(exc)})
+
+
+async def read_frames(hub: Hub, websocket: WebSocket, room: Room, member: Member) -> None:
+    limit = hub.settings.max_message_bytes
+    metrics = hub.metrics
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        data = message.get("bytes")
+        try:
+            if data is None:
+                raise ProtocolError(
+                    CloseCode.UNSUPPORTED_DATA, "text frames are not supported; send binary messages"
+                )
+            metrics.messages_in.inc()
+            metrics.bytes_in.inc(len(data))
+            if len(data) > limit:
+                raise ProtocolError(
+                    CloseCode.MESSAGE_TOO_BIG, f"message of {len(data)} bytes exceeds {limit}"
+                )
+            room.receive(member, data)
+        except ProtocolError as exc:
+            client_error(hub, member.id, room.name, exc.code, exc.reason)
+            member.kick(exc.code, exc.reason)
+            return
+
+
+def client_error(hub: Hub, conn: str, room: str | None, code: int, reason: str) -> None:
+    hub.metrics.client_errors.labels(code=str(int(code))).inc()
+    log.warning("client error", extra={"room": room, "conn": conn, "code": int(code), "reason": reason})

@@ -1,0 +1,257 @@
+"""The rooms a node holds in memory: loading on first join, batching writes, unloading when idle.
+
+Life of a room::
+
+    (absent) --first join--> LOADING --store.load ok--> ACTIVE --last member leaves--> idle timer
+    idle timer fires, still empty --> UNLOADING --final flush ok--> CLOSED (absent again)
+                                                 --flush failed--> ACTIVE (kept, retried later)
+
+A join never sees a half-loaded room: joiners wait on the room's ``ready`` future, and a failed or
+timed-out load fails every waiting join (the room is forgotten, the next join tries again) instead of
+handing out an empty document. A join that arrives while a room unloads waits for the unload to finish
+and then loads the room afresh from storage, which by then holds everything.
+
+Writes are batched: rooms mark themselves dirty on every integrated update; one flusher task waits
+``flush_interval`` (or less when a room has ``flush_max_updates`` waiting) and then writes each dirty
+room's batch in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from ..crdt import protocol
+from ..crdt.origins import Origin
+from ..recorder.store import Store, StoreError
+from .member import Member
+from .room import Room, RoomListener, RoomState
+
+log = logging.getLogger("pairroom.rooms")
+
+
+class RoomLoadError(Exception):
+    """The room could not be loaded from storage; the join fails rather than serve an empty doc."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSettings:
+    idle_unload_seconds: float = 30.0
+    load_timeout: float = 10.0
+    flush_interval: float = 0.05
+    flush_max_updates: int = 200
+    snapshot_every: int = 500
+    keepalive_seconds: float = 15.0
+    shutdown_flush_timeout: float = 10.0
+
+
+class RegistryMetrics:
+    """What the registry reports; the server's metrics module implements it."""
+
+    def room_loaded(self, count: int) -> None: ...
+    def update_integrated(self, origin: Origin, size: int) -> None: ...
+    def updates_stored(self, count: int, seconds: float) -> None: ...
+    def flush_failed(self) -> None: ...
+
+
+class RoomRegistry(RoomListener):
+    def __init__(
+        self,
+        store: Store,
+        settings: RoomSettings | None = None,
+        metrics: RegistryMetrics | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings or RoomSettings()
+        self.metrics = metrics or RegistryMetrics()
+        self.rooms: dict[str, Room] = {}
+        self._ready: dict[str, asyncio.Future[None]] = {}
+        self._unloaded: dict[str, asyncio.Event] = {}
+        self._idle_timers: dict[str, asyncio.TimerHandle] = {}
+        self._dirty: set[Room] = set()
+        self._dirty_event = asyncio.Event()
+        self._urgent = asyncio.Event()
+        self._tasks: asyncio.TaskGroup | None = None
+        self.storage_failing = False
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def run(self, started: asyncio.Event) -> None:
+        """Run the flusher and the keepalive ticker until cancelled, then flush every room."""
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                tasks.create_task(self._flusher(), name="pairroom-flusher")
+                tasks.create_task(self._ticker(), name="pairroom-ticker")
+                started.set()
+        finally:
+            self._tasks = None
+            await self.close_all()
+
+    async def close_all(self) -> None:
+        """Flush every loaded room (bounded by ``shutdown_flush_timeout``) and forget them."""
+        for handle in self._idle_timers.values():
+            handle.cancel()
+        self._idle_timers.clear()
+        rooms = list(self.rooms.values())
+        try:
+            async with asyncio.timeout(self.settings.shutdown_flush_timeout):
+                for room in rooms:
+                    if room.state is RoomState.ACTIVE:
+                        await room.flush()
+        except (StoreError, TimeoutError) as exc:
+            lost = sum(len(room.pending) for room in rooms)
+            log.error("shutdown flush failed", extra={"error": str(exc), "updates_unflushed": lost})
+        for room in rooms:
+            if room.state is not RoomState.CLOSED:
+                room.transition(RoomState.CLOSED)
+        self.rooms.clear()
+        self.metrics.room_loaded(0)
+
+    # -- joining and leaving ----------------------------------------------------------------------
+
+    async def join(self, name: str, member: Member) -> Room:
+        """Join ``member`` to room ``name``, loading the room first if needed."""
+        while True:
+            room = self.rooms.get(name)
+            if room is None:
+                room = await self._load(name)
+            elif room.state is RoomState.LOADING:
+                await asyncio.shield(self._ready[name])
+                continue
+            elif room.state is RoomState.UNLOADING:
+                await self._unloaded[name].wait()
+                continue
+            handle = self._idle_timers.pop(name, None)
+            if handle is not None:
+                handle.cancel()
+            room.join(member)
+            return room
+
+    async def _load(self, name: str) -> Room:
+        room = Room(name, self.store, listener=self, snapshot_every=self.settings.snapshot_every)
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.rooms[name] = room
+        self._ready[name] = ready
+        try:
+            async with asyncio.timeout(self.settings.load_timeout):
+                await room.load()
+        except BaseException as exc:
+            del self.rooms[name]
+            room.transition(RoomState.CLOSED)
+            error = RoomLoadError(f"room {name!r} could not be loaded: {exc or type(exc).__name__}")
+            ready.set_exception(error)
+            ready.exception()  # retrieved here; waiters get their own copy through shield
+            if isinstance(exc, (StoreError, TimeoutError)):
+                raise error from exc
+            raise
+        finally:
+            del self._ready[name]
+        ready.set_result(None)
+        self.metrics.room_loaded(len(self.rooms))
+        return room
+
+    def leave(self, room: Room, member: Member) -> None:
+        room.leave(member, time.monotonic())
+        if not room.members and room.state is RoomState.ACTIVE:
+            self._arm_idle_timer(room)
+
+    def _arm_idle_timer(self, room: Room) -> None:
+        old = self._idle_timers.pop(room.name, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._idle_timers[room.name] = loop.call_later(
+            self.settings.idle_unload_seconds, self._idle_timer_fired, room
+        )
+
+    def _idle_timer_fired(self, room: Room) -> None:
+        self._idle_timers.pop(room.name, None)
+        if room.members or room.state is not RoomState.ACTIVE or self.rooms.get(room.name) is not room:
+            return
+        if self._tasks is None:
+            return  # shutting down: close_all flushes it
+        self._tasks.create_task(self._unload(room), name=f"pairroom-unload-{room.name}")
+
+    async def _unload(self, room: Room) -> None:
+        room.transition(RoomState.UNLOADING)
+        unloaded = self._unloaded[room.name] = asyncio.Event()
+        try:
+            await room.flush()
+        except StoreError as exc:
+            log.error("final flush failed, keeping room", extra={"room": room.name, "error": str(exc)})
+            room.transition(RoomState.ACTIVE)
+            if not room.members:
+                self._arm_idle_timer(room)
+            return
+        finally:
+            del self._unloaded[room.name]
+            unloaded.set()
+        room.transition(RoomState.CLOSED)
+        self._dirty.discard(room)
+        del self.rooms[room.name]
+        self.metrics.room_loaded(len(self.rooms))
+        log.info("room unloaded", extra={"room": room.name})
+
+    # -- RoomListener -----------------------------------------------------------------------------
+
+    def on_dirty(self, room: Room) -> None:
+        self._dirty.add(room)
+        self._dirty_event.set()
+        if len(room.pending) >= self.settings.flush_max_updates:
+            self._urgent.set()
+
+    def on_update(self, room: Room, origin: Origin, size: int) -> None:
+        self.metrics.update_integrated(origin, size)
+
+    # -- background tasks -------------------------------------------------------------------------
+
+    async def _flusher(self) -> None:
+        backoff = self.settings.flush_interval
+        while True:
+            await self._dirty_event.wait()
+            try:
+                async with asyncio.timeout(backoff):
+                    await self._urgent.wait()
+            except TimeoutError:
+                pass  # the batching window ended; write what gathered
+            self._urgent.clear()
+            self._dirty_event.clear()
+            rooms, self._dirty = self._dirty, set()
+            failed = False
+            for room in rooms:
+                if room.state is RoomState.CLOSED:
+                    continue
+                started = time.perf_counter()
+                try:
+                    count = await room.flush()
+                except StoreError as exc:
+                    failed = True
+                    self._dirty.add(room)
+                    self.metrics.flush_failed()
+                    log.error(
+                        "flush failed, will retry",
+                        extra={"room": room.name, "error": str(exc), "pending": len(room.pending)},
+                    )
+                    continue
+                if count:
+                    self.metrics.updates_stored(count, time.perf_counter() - started)
+            self.storage_failing = failed
+            if failed:
+                self._dirty_event.set()
+                backoff = min(backoff * 2, 5.0)
+            else:
+                backoff = self.settings.flush_interval
+
+    async def _ticker(self) -> None:
+        """Send a keepalive to every member that has heard nothing for ``keepalive_seconds``."""
+        period = self.settings.keepalive_seconds / 3
+        while True:
+            await asyncio.sleep(period)
+            deadline = time.monotonic() - self.settings.keepalive_seconds
+            for room in list(self.rooms.values()):
+                for member in list(room.members.values()):
+                    if member.last_sent <= deadline and member.queued == 0:
+                        member.send(protocol.KEEPALIVE)

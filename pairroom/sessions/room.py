@@ -1,0 +1,235 @@
+"""A room owns one shared document, its awareness and its members; transports call into it.
+
+``Room.receive`` is synchronous on purpose: applying an update and queueing it for the other members
+needs no I/O, so a frame is fully handled before the next one is read and the order of updates is the
+order they arrived in. Durable writes happen later, in batches (see ``flush``).
+
+What gets broadcast and logged is what the document actually integrated (pycrdt's transaction
+update), not the client's raw bytes: a duplicate update (a reconnecting client re-sending what the
+room already has) changes nothing and so is neither broadcast nor logged, and an update waiting for a
+missing dependency goes out together with it once that arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from datetime import datetime, timezone
+from pycrdt import Awareness, Doc, TransactionEvent
+
+from ..crdt import protocol
+from ..crdt.origins import LocalOrigin, Origin
+from ..crdt.protocol import CloseCode, Message, MessageType, ProtocolError, SyncStep
+from ..recorder.store import LoadedRoom, NewUpdate, Store, StoreError
+from .member import Member
+
+log = logging.getLogger("pairroom.room")
+
+
+class RoomState(enum.Enum):
+    LOADING = "loading"
+    ACTIVE = "active"
+    UNLOADING = "unloading"
+    CLOSED = "closed"
+
+
+_TRANSITIONS = {
+    RoomState.LOADING: {RoomState.ACTIVE, RoomState.CLOSED},
+    RoomState.ACTIVE: {RoomState.UNLOADING, RoomState.CLOSED},
+    RoomState.UNLOADING: {RoomState.ACTIVE, RoomState.CLOSED},
+    RoomState.CLOSED: set(),
+}
+
+
+class RoomListener:
+    """Hooks a room calls synchronously; the registry and metrics implement them."""
+
+    def on_dirty(self, room: Room) -> None:
+        """The room has updates waiting to be flushed."""
+
+    def on_update(self, room: Room, origin: Origin, size: int) -> None:
+        """The document integrated an update of ``size`` bytes."""
+
+
+class Room:
+    def __init__(
+        self,
+        name: str,
+        store: Store,
+        *,
+        listener: RoomListener | None = None,
+        snapshot_every: int = 500,
+    ) -> None:
+        self.name = name
+        self.store = store
+        self.listener = listener or RoomListener()
+        self.snapshot_every = snapshot_every
+        self.doc = Doc()
+        self.awareness = Awareness(self.doc)
+        self.awareness.set_local_state(None)  # the server has no presence of its own
+        self.members: dict[str, Member] = {}
+        self.state = RoomState.LOADING
+        self.next_seq = 1
+        self.snapshot_seq = 0
+        self.pending: list[NewUpdate] = []
+        self.flush_lock = asyncio.Lock()
+        self.idle_since: float | None = None
+        self._origin: Origin = LocalOrigin("load")
+        self._subscription = self.doc.observe(self._on_transaction)
+
+    def __repr__(self) -> str:
+        return f"Room({self.name!r}, {self.state.value}, {len(self.members)} members)"
+
+    def transition(self, new: RoomState) -> None:
+        if new not in _TRANSITIONS[self.state]:
+            raise RuntimeError(f"room {self.name!r}: cannot go from {self.state.value} to {new.value}")
+        self.state = new
+        if new is RoomState.CLOSED:
+            # The observer callback lives on the Rust side, where Python's cycle collector cannot
+            # see it: without this the doc, the room and everything they hold would never be freed.
+            self.doc.unobserve(self._subscription)
+
+    # -- loading and flushing -------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Rebuild the document from storage. Raises StoreError; the room is unusable then."""
+        loaded: LoadedRoom = await self.store.load(self.name)
+        self._origin = LocalOrigin("load")
+        try:
+            with self.doc.transaction(origin=self._origin):
+                if loaded.snapshot is not None:
+                    self.doc.apply_update(loaded.snapshot.data)
+                for stored in loaded.updates:
+                    self.doc.apply_update(stored.data)
+        except ValueError as exc:
+            raise StoreError(f"room {self.name!r}: stored state does not decode: {exc}") from exc
+        self.pending.clear()  # loading re-integrates what is stored; none of it is new
+        self._origin = LocalOrigin("server")
+        self.next_seq = loaded.last_seq + 1
+        self.snapshot_seq = loaded.snapshot.seq if loaded.snapshot else 0
+        self.transition(RoomState.ACTIVE)
+
+    async def flush(self) -> int:
+        """Write pending updates (and a snapshot when due). Returns how many updates were written.
+
+        On failure the batch goes back to the front of the queue and StoreError propagates; the
+        document stays in memory, so nothing is lost while storage is down.
+        """
+        async with self.flush_lock:
+            written = await self._write_pending()
+            if self.next_seq - 1 - self.snapshot_seq >= self.snapshot_every:
+                # Captured in one step with no await, so the snapshot holds exactly seq <= upto.
+                data, upto = self.doc.get_update(), self.next_seq - 1
+                written += await self._write_pending()
+                await self.store.write_snapshot(self.name, upto, data)
+                self.snapshot_seq = upto
+            return written
+
+    async def _write_pending(self) -> int:
+        written = 0
+        while self.pending:
+            batch, self.pending = self.pending, []
+            try:
+                await self.store.append(self.name, batch)
+            except BaseException:
+                self.pending[:0] = batch
+                raise
+            written += len(batch)
+        return written
+
+    # -- membership -----------------------------------------------------------------------------
+
+    def join(self, member: Member) -> None:
+        """Add a member and greet it: sync step 1 and the current awareness states."""
+        if self.state is not RoomState.ACTIVE:
+            raise RuntimeError(f"room {self.name!r} is {self.state.value}, cannot join")
+        self.members[member.id] = member
+        self.idle_since = None
+        member.send(protocol.sync_step1(self.doc.get_state()))
+        if self.awareness.states:
+            payload = self.awareness.encode_awareness_update(list(self.awareness.states))
+            member.send(protocol.awareness_message(payload))
+
+    def leave(self, member: Member, now: float) -> None:
+        """Remove a member; the awareness states it controlled are removed for everyone."""
+        if self.members.pop(member.id, None) is None:
+            return
+        gone = [cid for cid in member.awareness_clients if cid in self.awareness.states]
+        if gone:
+            self.awareness.remove_awareness_states(gone, member.id)
+            frame = protocol.awareness_message(self.awareness.encode_awareness_update(gone))
+            self.broadcast(frame, exclude=None)
+        if not self.members:
+            self.idle_since = now
+
+    # -- the message path -----------------------------------------------------------------------
+
+    def receive(self, member: Member, frame: bytes) -> None:
+        """Handle one binary frame from ``member``. Raises ProtocolError for bad input."""
+        message = protocol.decode_message(frame)
+        if message.type is MessageType.SYNC:
+            self._receive_sync(member, message)
+        elif message.type is MessageType.AWARENESS:
+            self._receive_awareness(member, message.payload, frame)
+        else:  # QUERY_AWARENESS
+            payload = self.awareness.encode_awareness_update(list(self.awareness.states))
+            member.send(protocol.awareness_message(payload))
+
+    def _receive_sync(self, member: Member, message: Message) -> None:
+        if message.step is SyncStep.STEP1:
+            try:
+                missing = self.doc.get_update(message.payload)
+            except ValueError as exc:
+                raise ProtocolError(CloseCode.MALFORMED, f"invalid state vector: {exc}") from exc
+            member.send(protocol.sync_step2(missing))
+            return
+        self.apply_update(message.payload, member.origin, exclude=member)
+
+    def apply_update(self, update: bytes, origin: Origin, exclude: Member | None = None) -> None:
+        """Integrate an update; what it changed is broadcast (not to ``exclude``) and logged."""
+        if update == protocol.EMPTY_UPDATE:
+            return
+        self._origin, self._exclude = origin, exclude
+        try:
+            self.doc.apply_update(update)
+        except ValueError as exc:
+            raise ProtocolError(CloseCode.UPDATE_REJECTED, f"update rejected: {exc}") from exc
+        except BaseException as exc:  # a panic inside the CRDT library is a BaseException
+            if type(exc).__name__ != "PanicException":
+                raise
+            raise ProtocolError(CloseCode.UPDATE_REJECTED, "update rejected: CRDT panic") from exc
+        finally:
+            self._exclude = None
+
+    _exclude: Member | None = None
+
+    def _on_transaction(self, event: TransactionEvent) -> None:
+        update = event.update
+        origin = self._origin
+        if isinstance(origin, LocalOrigin) and origin.reason == "load":
+            return
+        self.broadcast(protocol.sync_update(update), exclude=self._exclude, update=update)
+        self.pending.append(
+            NewUpdate(self.next_seq, datetime.now(timezone.utc), origin.label(), update)
+        )
+        self.next_seq += 1
+        self.listener.on_update(self, origin, len(update))
+        self.listener.on_dirty(self)
+
+    def _receive_awareness(self, member: Member, payload: bytes, frame: bytes) -> None:
+        entries = protocol.decode_awareness(payload)
+        for entry in entries:
+            if entry.state == "null":
+                member.awareness_clients.discard(entry.client_id)
+            else:
+                member.awareness_clients.add(entry.client_id)
+        self.awareness.apply_awareness_update(payload, member.id)
+        self.broadcast(frame, exclude=member)
+
+    def broadcast(self, frame: bytes, exclude: Member | None, update: bytes | None = None) -> None:
+        """Queue the same bytes for every member but ``exclude``. Never blocks; slow members are
+        kicked by their own queue limit, not waited for."""
+        for member in list(self.members.values()):
+            if member is not exclude:
+                member.send(frame, update)

@@ -1,0 +1,107 @@
+"""Fixtures that start real servers on port 0 and real clients against them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable
+
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from pairroom.recorder.store import Store
+from pairroom.server.app import create_app
+from pairroom.server.config import Settings
+from pairroom.server.hub import Hub
+from pairroom.server.runner import Server, uvicorn_config
+
+
+@dataclasses.dataclass
+class RunningServer:
+    server: Server
+    settings: Settings
+    task: asyncio.Task[None]
+
+    @property
+    def port(self) -> int:
+        assert self.server.port is not None
+        return self.server.port
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_base(self) -> str:
+        """The URL y-websocket providers take as ``serverUrl`` (the room is appended)."""
+        return f"ws://127.0.0.1:{self.port}/yjs"
+
+    def ws(self, room: str) -> str:
+        return f"{self.ws_base}/{room}"
+
+    @property
+    def hub(self) -> Hub:
+        return self.server.config.app.state.hub  # type: ignore[no-any-return]
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await self.task
+
+
+StartServer = Callable[..., Awaitable[RunningServer]]
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'pairroom.db'}"
+
+
+@pytest.fixture
+async def start_server(db_url: str) -> AsyncIterator[StartServer]:
+    """Start pairroom in this process on a free port; ``await start_server(**settings)``."""
+    running: list[RunningServer] = []
+
+    async def start(store: Store | None = None, **overrides: object) -> RunningServer:
+        values: dict[str, object] = {"port": 0, "db": db_url, "log_format": "text"}
+        values.update(overrides)
+        settings = dataclasses.replace(Settings(), **values)  # type: ignore[arg-type]
+        server = Server(uvicorn_config(create_app(settings, store), settings, signals=False))
+        task = asyncio.create_task(server.serve())
+        ready = asyncio.create_task(server.ready.wait())
+        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if task.done():
+            task.result()
+            raise RuntimeError("server exited during start-up")
+        it = RunningServer(server, settings, task)
+        running.append(it)
+        return it
+
+    yield start
+    for it in running:
+        if not it.task.done():
+            await it.stop()
+
+
+@pytest.fixture
+async def server(start_server: StartServer) -> RunningServer:
+    return await start_server()
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Callable[[str], Awaitable[ClientConnection]]]:
+    """Open raw websocket connections (closed at teardown)."""
+    opened: list[ClientConnection] = []
+
+    async def open_(url: str, **kwargs: object) -> ClientConnection:
+        ws = await websockets.connect(url, max_size=None, **kwargs)  # type: ignore[arg-type]
+        opened.append(ws)
+        return ws
+
+    yield open_
+    for ws in opened:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await ws.close()
