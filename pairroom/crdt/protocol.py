@@ -52,7 +52,7 @@ class CloseCode(IntEnum):
     TRY_AGAIN_LATER = 1013  # the room could not be loaded from storage
     MALFORMED = 4400  # truncated message, bad varuint, bytes after the message, invalid awareness
     UNKNOWN_TYPE = 4406  # unknown message type or sync step
-    SLOW_CONSUMER = 4408  # outbound queue overflowed; reconnect and resync
+    SLOW_CONSUMER = 4503  # outbound queue overflowed; reconnect and resync (not 44xx: v3 gives up on those)
     INVALID_ROOM = 4414  # room name empty, too long or not printable
     UPDATE_REJECTED = 4422  # the CRDT refused the update
 
