@@ -95,6 +95,8 @@ class YClient:
         self.text.insert(index, content)
 
     async def close(self) -> None:
+        """Close the connection; the doc stays usable (offline edits) and can reconnect later."""
+        self.doc.unobserve(self._sub)
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
             await self.ws.close()
