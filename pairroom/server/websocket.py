@@ -12,7 +12,7 @@ import asyncio
 import logging
 import secrets
 
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ..crdt.protocol import CloseCode, ProtocolError
 from ..sessions.member import Member, MemberState
@@ -23,6 +23,7 @@ from .hub import Hub
 log = logging.getLogger("pairroom.ws")
 
 MAX_CLOSE_REASON = 123  # bytes allowed in a close frame's reason
+CLOSE_TIMEOUT = 5.0  # a client that does not read cannot take a close frame either
 
 
 class StarletteTransport:
@@ -112,6 +113,9 @@ async def serve_member(hub: Hub, websocket: WebSocket, room: Room, member: Membe
             log.info(
                 "connection ended", extra={"room": room.name, "conn": member.id, "error": repr(result)}
             )
+    # Leave before closing: a kicked client that stopped reading may hold the close for a while,
+    # and the others must not see its presence meanwhile.
+    hub.registry.leave(room, member)
     if member.state is MemberState.KICKED:
         if member.close_code == CloseCode.SLOW_CONSUMER:
             hub.metrics.slow_client_disconnects.inc()
@@ -126,8 +130,9 @@ async def close_quietly(member: Member, websocket: WebSocket) -> None:
     """Send the kick's close frame; a socket that is already gone cannot receive it."""
     assert member.close_code is not None
     try:
-        await member.transport.close(member.close_code, member.close_reason)
-    except (RuntimeError, OSError) as exc:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await member.transport.close(member.close_code, member.close_reason)
+    except (RuntimeError, OSError, WebSocketDisconnect, TimeoutError) as exc:
         log.info("close frame not delivered", extra={"conn": member.id, "error": repr(exc)})
 
 

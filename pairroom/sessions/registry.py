@@ -154,8 +154,8 @@ class RoomRegistry(RoomListener):
         return room
 
     def leave(self, room: Room, member: Member) -> None:
-        room.leave(member, time.monotonic())
-        if not room.members and room.state is RoomState.ACTIVE:
+        left = room.leave(member, time.monotonic())
+        if left and not room.members and room.state is RoomState.ACTIVE:
             self._arm_idle_timer(room)
 
     def _arm_idle_timer(self, room: Room) -> None:

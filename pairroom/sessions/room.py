@@ -151,10 +151,12 @@ class Room:
             payload = self.awareness.encode_awareness_update(list(self.awareness.states))
             member.send(protocol.awareness_message(payload))
 
-    def leave(self, member: Member, now: float) -> None:
-        """Remove a member; the awareness states it controlled are removed for everyone."""
+    def leave(self, member: Member, now: float) -> bool:
+        """Remove a member; the awareness states it controlled are removed for everyone.
+
+        Returns False if it was not a member (leaving twice is harmless)."""
         if self.members.pop(member.id, None) is None:
-            return
+            return False
         gone = [cid for cid in member.awareness_clients if cid in self.awareness.states]
         if gone:
             self.awareness.remove_awareness_states(gone, member.id)
@@ -162,6 +164,7 @@ class Room:
             self.broadcast(frame, exclude=None)
         if not self.members:
             self.idle_since = now
+        return True
 
     # -- the message path -----------------------------------------------------------------------
 
