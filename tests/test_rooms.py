@@ -141,3 +141,29 @@ async def test_memory_stays_flat_over_1000_join_leave_cycles(start_server):
     assert growth < 3 * 1024, f"RSS grew {growth} KiB over 1000 cycles"
     assert len(asyncio.all_tasks()) <= tasks_before
     assert not registry._idle_timers and not registry._ready and not registry._unloaded
+
+
+async def test_server_side_changes_through_a_held_room_reach_members_and_storage(server):
+    from pycrdt import Map, Text
+
+    from pairroom.crdt.origins import KernelOrigin
+
+    a = await YClient.connect(server.ws("held"))
+    await asyncio.wait_for(a.synced.wait(), 5)
+    async with server.hub.registry.hold("held") as room:
+        with room.local_change(KernelOrigin("run1")) as doc:
+            doc.get("files", type=Map)["main.py"] = Text("print(1)\n")
+    await eventually(lambda: "main.py" in a.doc.get("files", type=Map), what="member sees it")
+    await room.flush()
+    log = await server.hub.store.read_updates("held")
+    assert log[-1].origin == "kernel:run1"
+    await a.close()
+
+
+async def test_a_held_room_without_members_stays_loaded_until_released(start_server):
+    server = await start_server(room_idle_seconds=0.05)
+    registry = server.hub.registry
+    async with registry.hold("api-only") as room:
+        await asyncio.sleep(0.2)
+        assert registry.rooms.get("api-only") is room
+    await eventually(lambda: "api-only" not in registry.rooms, what="unloaded once released")

@@ -40,4 +40,14 @@ class LocalOrigin:
         return f"local:{self.reason}"
 
 
-Origin = ClientOrigin | PeerOrigin | LocalOrigin
+@dataclass(frozen=True, slots=True)
+class KernelOrigin:
+    """A room's kernel writing runs and outputs into the document."""
+
+    run_id: str
+
+    def label(self) -> str:
+        return f"kernel:{self.run_id}"
+
+
+Origin = ClientOrigin | PeerOrigin | LocalOrigin | KernelOrigin

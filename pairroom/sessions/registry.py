@@ -19,9 +19,11 @@ room's batch in one transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import AsyncIterator
 
 from ..crdt import protocol
 from ..crdt.origins import Origin
@@ -114,6 +116,25 @@ class RoomRegistry(RoomListener):
 
     async def join(self, name: str, member: Member) -> Room:
         """Join ``member`` to room ``name``, loading the room first if needed."""
+        room = await self._acquire(name)
+        room.join(member)
+        return room
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[Room]:
+        """Keep room ``name`` loaded while the block runs (for server-side work on a room that may
+        have no members: HTTP API calls, kernels). Raises RoomLoadError like a join."""
+        room = await self._acquire(name)
+        room.holders += 1
+        try:
+            yield room
+        finally:
+            room.holders -= 1
+            if not room.members and not room.holders and room.state is RoomState.ACTIVE:
+                self._arm_idle_timer(room)
+
+    async def _acquire(self, name: str) -> Room:
+        """The ACTIVE room ``name``, loaded if needed; its idle timer is disarmed."""
         while True:
             room = self.rooms.get(name)
             if room is None:
@@ -127,7 +148,6 @@ class RoomRegistry(RoomListener):
             handle = self._idle_timers.pop(name, None)
             if handle is not None:
                 handle.cancel()
-            room.join(member)
             return room
 
     async def _load(self, name: str) -> Room:
@@ -155,7 +175,7 @@ class RoomRegistry(RoomListener):
 
     def leave(self, room: Room, member: Member) -> None:
         left = room.leave(member, time.monotonic())
-        if left and not room.members and room.state is RoomState.ACTIVE:
+        if left and not room.members and not room.holders and room.state is RoomState.ACTIVE:
             self._arm_idle_timer(room)
 
     def _arm_idle_timer(self, room: Room) -> None:
@@ -169,7 +189,7 @@ class RoomRegistry(RoomListener):
 
     def _idle_timer_fired(self, room: Room) -> None:
         self._idle_timers.pop(room.name, None)
-        if room.members or room.state is not RoomState.ACTIVE or self.rooms.get(room.name) is not room:
+        if room.members or room.holders or room.state is not RoomState.ACTIVE or self.rooms.get(room.name) is not room:
             return
         if self._tasks is None:
             return  # shutting down: close_all flushes it

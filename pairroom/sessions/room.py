@@ -13,9 +13,11 @@ missing dependency goes out together with it once that arrives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 from datetime import datetime, timezone
+from typing import Iterator
 from pycrdt import Awareness, Doc, TransactionEvent
 
 from ..crdt import protocol
@@ -75,6 +77,7 @@ class Room:
         self.pending: list[NewUpdate] = []
         self.flush_lock = asyncio.Lock()
         self.idle_since: float | None = None
+        self.holders = 0  # server-side users (API calls, kernels) keeping the room loaded
         self._origin: Origin = LocalOrigin("load")
         self._subscription = self.doc.observe(self._on_transaction)
 
@@ -206,6 +209,24 @@ class Room:
             self._exclude = None
 
     _exclude: Member | None = None
+
+    @contextlib.contextmanager
+    def local_change(self, origin: Origin) -> Iterator[Doc]:
+        """Change the document from the server side (kernels, restores, imports) in one transaction.
+
+        What changes is broadcast to every member and logged with ``origin``, like a client's edit::
+
+            with room.local_change(KernelOrigin(run_id)) as doc:
+                doc.get("runs", type=Map)[run_id] = Map({...})
+        """
+        if self.state is not RoomState.ACTIVE:
+            raise RuntimeError(f"room {self.name!r} is {self.state.value}")
+        self._origin, self._exclude = origin, None
+        try:
+            with self.doc.transaction():
+                yield self.doc
+        finally:
+            self._origin = LocalOrigin("server")
 
     def _on_transaction(self, event: TransactionEvent) -> None:
         update = event.update
