@@ -1,0 +1,1 @@
+"""Alembic migrations for the recorder's tables; ``SqlStore.open()`` runs them to head."""
