@@ -35,7 +35,7 @@ class YClient:
     async def connect(cls, url: str, doc: Doc | None = None, **kwargs: Any) -> YClient:
         ws = await websockets.connect(url, max_size=None, **kwargs)
         client = cls(ws, doc)
-        await ws.send(protocol.sync_step1(client.doc.get_state()))
+        await client._send(protocol.sync_step1(client.doc.get_state()))  # the server may refuse at once
         return client
 
     @property

@@ -51,10 +51,14 @@ class CloseCode(IntEnum):
     SERVICE_RESTART = 1012  # the server is shutting down; reconnect
     TRY_AGAIN_LATER = 1013  # the room could not be loaded from storage
     MALFORMED = 4400  # truncated message, bad varuint, bytes after the message, invalid awareness
+    UNAUTHORIZED = 4401  # missing, invalid or expired token
+    FORBIDDEN = 4403  # token for another room, or an origin not allowed
+    ROOM_FULL = 4409  # the room has its maximum number of members
     UNKNOWN_TYPE = 4406  # unknown message type or sync step
     SLOW_CONSUMER = 4503  # outbound queue overflowed; reconnect and resync (not 44xx: v3 gives up on those)
     INVALID_ROOM = 4414  # room name empty, too long or not printable
     UPDATE_REJECTED = 4422  # the CRDT refused the update
+    RATE_LIMITED = 4429  # the connection sent messages faster than its rate limit
 
 
 class ProtocolError(Exception):

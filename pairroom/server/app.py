@@ -21,6 +21,7 @@ from ..recorder.sql import SqlStore
 from ..recorder.store import Store, StoreError
 from ..sessions.registry import RoomRegistry
 from .config import Settings
+from . import api
 from .hub import Hub
 from .metrics import Metrics
 from .websocket import yjs_endpoint
@@ -55,6 +56,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
+            *api.routes,
             Route("/", index),
         ],
         lifespan=lifespan,

@@ -7,32 +7,17 @@ is an anonymous editor (and the server only binds a loopback address, see the CL
 
 from __future__ import annotations
 
-import enum
 import secrets
 import time
-from dataclasses import dataclass
-from typing import Any
 
 import jwt
 
+from ..sessions.identity import DEFAULT_COLORS, Principal, Role, anonymous
+
+__all__ = ["AuthError", "Principal", "Role", "anonymous", "bearer", "mint", "verify", "MAX_TOKEN_BYTES"]
+
 ALGORITHM = "HS256"
-DEFAULT_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c")
-
-
-class Role(str, enum.Enum):
-    OWNER = "owner"
-    EDITOR = "editor"
-    REVIEWER = "reviewer"
-    VIEWER = "viewer"
-
-    @property
-    def writes_files(self) -> bool:
-        return self in (Role.OWNER, Role.EDITOR)
-
-    @property
-    def writes_document(self) -> bool:
-        """May send document updates at all (reviewers only to review threads and chat)."""
-        return self is not Role.VIEWER
+MAX_TOKEN_BYTES = 4096
 
 
 class AuthError(Exception):
@@ -51,26 +36,6 @@ def unauthorized(reason: str) -> AuthError:
 
 def forbidden(reason: str) -> AuthError:
     return AuthError(4403, 403, reason)
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    user_id: str
-    name: str
-    color: str
-    role: Role
-    room: str  # the room the token is for; "*" in open mode
-    anonymous: bool = False
-
-    def identity(self) -> dict[str, Any]:
-        """The awareness ``user`` field the server stamps on this member's presence."""
-        return {"id": self.user_id, "name": self.name, "color": self.color, "role": self.role.value}
-
-
-def anonymous(room: str) -> Principal:
-    user_id = "anon-" + secrets.token_hex(4)
-    color = DEFAULT_COLORS[int(user_id[-2:], 16) % len(DEFAULT_COLORS)]
-    return Principal(user_id, "Guest " + user_id[-4:].upper(), color, Role.EDITOR, "*", anonymous=True)
 
 
 def mint(
@@ -103,6 +68,8 @@ def verify(secret: str, token: str | None, room: str) -> Principal:
     """The principal a token names, for ``room``. Raises AuthError (4401 or 4403)."""
     if not token:
         raise unauthorized("missing token")
+    if len(token) > MAX_TOKEN_BYTES:
+        raise unauthorized(f"token longer than {MAX_TOKEN_BYTES} bytes")
     try:
         claims = jwt.decode(
             token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub", "room", "role"]}

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
+import os
 import sys
 
 import uvloop
 
 from . import logs
+from ..sessions.identity import Role
 from .app import create_app
+from .auth import mint
 from .config import Settings
 from .runner import Server, uvicorn_config
 
@@ -37,16 +41,86 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--ws-impl", choices=["websockets", "websockets-sansio", "wsproto"], help="websocket stack"
     )
+    serve.add_argument("--secret", help="token signing secret (PAIRROOM_SECRET); none = open mode")
+    serve.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        default=None,
+        help="allow open mode (no secret) on a non-loopback address",
+    )
+    serve.add_argument("--allowed-origins", help="comma-separated Origin values allowed to connect")
+    serve.add_argument("--max-members", type=int, help="members per room (default 1000)")
+    serve.add_argument("--rate-limit", type=float, help="messages a second per connection")
+    serve.add_argument("--public-url", help="base URL for invite links")
+
+    token = commands.add_parser("token", help="mint an access token for a room")
+    token.add_argument("room")
+    token.add_argument("--role", default="editor", choices=[r.value for r in Role])
+    token.add_argument("--name", required=True, help="display name")
+    token.add_argument("--ttl", default="8h", help="lifetime: 3600, 90m, 8h, 7d (default 8h)")
+    token.add_argument("--color", help="cursor color, e.g. #4363d8")
+    token.add_argument("--user-id", help="stable user id (default: random)")
+    token.add_argument("--secret", help="token signing secret (default PAIRROOM_SECRET)")
     return parser
+
+
+def parse_ttl(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    try:
+        if text and text[-1] in units:
+            value = float(text[:-1]) * units[text[-1]]
+        else:
+            value = float(text)
+    except ValueError as exc:
+        raise ValueError(f"--ttl {text!r}: use seconds or a number with s, m, h or d") from exc
+    if value <= 0:
+        raise ValueError("--ttl must be positive")
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def token_command(args: argparse.Namespace) -> int:
+    secret = args.secret or os.environ.get("PAIRROOM_SECRET")
+    if not secret:
+        print("pairroom token: no secret (--secret or PAIRROOM_SECRET)", file=sys.stderr)
+        return 2
+    try:
+        ttl = parse_ttl(args.ttl)
+    except ValueError as exc:
+        print(f"pairroom token: {exc}", file=sys.stderr)
+        return 2
+    print(
+        mint(secret, args.room, args.role, args.name, ttl_seconds=ttl, color=args.color,
+             user_id=args.user_id)
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "token":
+        return token_command(args)
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         settings = Settings.from_env(**overrides)
     except ValueError as exc:
         print(f"pairroom: {exc}", file=sys.stderr)
+        return 2
+    if settings.secret is None and not settings.allow_anonymous and not is_loopback(settings.host):
+        print(
+            f"pairroom: refusing open mode (no --secret) on {settings.host}: anyone reaching it could"
+            " edit every room. Set PAIRROOM_SECRET, bind 127.0.0.1, or pass --allow-anonymous.",
+            file=sys.stderr,
+        )
         return 2
     logs.configure(settings.log_level, settings.log_format)
     return serve(settings)

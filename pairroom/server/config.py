@@ -34,7 +34,19 @@ class Settings:
     keepalive_seconds: float = 15.0
     shutdown_timeout: float = 10.0
     ws_impl: str = "websockets-sansio"
+    secret: str | None = None  # HS256 token secret; None = open mode (anonymous editors)
+    allow_anonymous: bool = False  # open mode on a non-loopback address
+    allowed_origins: str = ""  # comma-separated Origin values; empty = any
+    max_members: int = 1000  # per room
+    rate_limit: float = 200.0  # messages per second per connection (sustained)
+    rate_burst: int = 1000  # messages a connection may send at once
+    awareness_tick_ms: float = 50.0  # presence relay throttle per room
+    public_url: str = ""  # base of invite links; default: the URL the request came in on
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def origins(self) -> frozenset[str]:
+        return frozenset(o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip())
 
     def room_settings(self) -> RoomSettings:
         return RoomSettings(
@@ -45,6 +57,8 @@ class Settings:
             snapshot_every=self.snapshot_every,
             keepalive_seconds=self.keepalive_seconds,
             shutdown_flush_timeout=self.shutdown_timeout,
+            awareness_tick=self.awareness_tick_ms / 1000,
+            stamp_identity=self.secret is not None,
         )
 
     @classmethod
@@ -57,7 +71,8 @@ class Settings:
                 continue
             raw = environ.get(f"PAIRROOM_{f.name.upper()}")
             if raw is not None:
-                values[f.name] = _convert(f.name, raw, type(getattr(cls(), f.name)))
+                default = getattr(cls(), f.name)
+                values[f.name] = _convert(f.name, raw, str if default is None else type(default))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
 

@@ -34,6 +34,9 @@ class Metrics(RegistryMetrics):
         self.client_errors = Counter(
             "pairroom_client_errors", "Connections closed for bad input", ["code"], registry=r
         )
+        self.updates_dropped = Counter(
+            "pairroom_updates_dropped", "Updates from members without write permission", registry=r
+        )
         self.room_load_failures = Counter(
             "pairroom_room_load_failures", "Joins refused because a room failed to load", registry=r
         )
@@ -58,3 +61,6 @@ class Metrics(RegistryMetrics):
 
     def flush_failed(self) -> None:
         self.flush_failures.inc()
+
+    def update_dropped(self) -> None:
+        self.updates_dropped.inc()

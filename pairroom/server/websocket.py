@@ -15,10 +15,13 @@ import secrets
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ..crdt.protocol import CloseCode, ProtocolError
+from ..sessions.identity import Principal, anonymous
 from ..sessions.member import Member, MemberState
 from ..sessions.registry import RoomLoadError
 from ..sessions.room import Room
+from .auth import AuthError, verify
 from .hub import Hub
+from .limits import TokenBucket
 
 log = logging.getLogger("pairroom.ws")
 
@@ -67,6 +70,7 @@ async def yjs_endpoint(websocket: WebSocket) -> None:
     try:
         try:
             name = room_name_from_path(websocket.path_params["path"], hub.settings.max_room_name)
+            principal = admit(hub, websocket, name)
         except ProtocolError as exc:
             client_error(hub, conn, None, exc.code, exc.reason)
             await transport.close(exc.code, exc.reason)
@@ -74,6 +78,7 @@ async def yjs_endpoint(websocket: WebSocket) -> None:
         member = Member(
             transport,
             conn,
+            principal=principal,
             max_queue_messages=hub.settings.max_queue_messages,
             max_queue_bytes=hub.settings.max_queue_bytes,
             on_sent=hub.metrics.sent,
@@ -85,7 +90,13 @@ async def yjs_endpoint(websocket: WebSocket) -> None:
             log.error("join refused", extra={"room": name, "conn": conn, "error": str(exc)})
             await transport.close(CloseCode.TRY_AGAIN_LATER, "room could not be loaded; try again")
             return
-        log.info("joined", extra={"room": name, "conn": conn})
+        if len(room.members) > hub.settings.max_members:
+            hub.registry.leave(room, member)
+            reason = f"room is full ({hub.settings.max_members} members)"
+            client_error(hub, conn, name, CloseCode.ROOM_FULL, reason)
+            await transport.close(CloseCode.ROOM_FULL, reason)
+            return
+        log.info("joined", extra={"room": name, "conn": conn, "user": principal.user_id})
         try:
             await serve_member(hub, websocket, room, member)
         finally:
@@ -93,6 +104,21 @@ async def yjs_endpoint(websocket: WebSocket) -> None:
             log.info("left", extra={"room": name, "conn": conn, "code": member.close_code})
     finally:
         hub.metrics.connections.dec()
+
+
+def admit(hub: Hub, websocket: WebSocket, room: str) -> Principal:
+    """Check the origin and the token at the door, before any document byte is sent."""
+    origins = hub.settings.origins
+    if origins:
+        origin = (websocket.headers.get("origin") or "").rstrip("/")
+        if origin not in origins:
+            raise ProtocolError(CloseCode.FORBIDDEN, f"origin {origin or '(none)'!r} not allowed")
+    if hub.settings.secret is None:
+        return anonymous(room)
+    try:
+        return verify(hub.settings.secret, websocket.query_params.get("token"), room)
+    except AuthError as exc:
+        raise ProtocolError(CloseCode(exc.code), exc.reason) from exc
 
 
 async def serve_member(hub: Hub, websocket: WebSocket, room: Room, member: Member) -> None:
@@ -139,6 +165,7 @@ async def close_quietly(member: Member, websocket: WebSocket) -> None:
 async def read_frames(hub: Hub, websocket: WebSocket, room: Room, member: Member) -> None:
     limit = hub.settings.max_message_bytes
     metrics = hub.metrics
+    bucket = TokenBucket(hub.settings.rate_limit, hub.settings.rate_burst)
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
@@ -151,6 +178,11 @@ async def read_frames(hub: Hub, websocket: WebSocket, room: Room, member: Member
                 )
             metrics.messages_in.inc()
             metrics.bytes_in.inc(len(data))
+            if not bucket.take():
+                raise ProtocolError(
+                    CloseCode.RATE_LIMITED,
+                    f"more than {hub.settings.rate_limit:g} messages a second; slow down",
+                )
             if len(data) > limit:
                 raise ProtocolError(
                     CloseCode.MESSAGE_TOO_BIG, f"message of {len(data)} bytes exceeds {limit}"
@@ -159,6 +191,11 @@ async def read_frames(hub: Hub, websocket: WebSocket, room: Room, member: Member
         except ProtocolError as exc:
             client_error(hub, member.id, room.name, exc.code, exc.reason)
             member.kick(exc.code, exc.reason)
+            return
+        except Exception:
+            # A server bug, not the client's fault: say so loudly, close this connection only.
+            log.exception("error handling a frame", extra={"room": room.name, "conn": member.id})
+            member.kick(CloseCode.INTERNAL_ERROR, "internal error")
             return
 
 

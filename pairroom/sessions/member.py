@@ -22,6 +22,7 @@ from pycrdt import merge_updates
 
 from ..crdt import protocol
 from ..crdt.origins import ClientOrigin
+from .identity import Principal, Role
 
 
 class Transport(Protocol):
@@ -46,14 +47,16 @@ class Member:
         transport: Transport,
         connection_id: str,
         *,
-        user: str | None = None,
+        principal: Principal | None = None,
         max_queue_messages: int = 2048,
         max_queue_bytes: int = 64 * 1024 * 1024,
         on_sent: Callable[[int], None] | None = None,
     ) -> None:
         self.transport = transport
         self.id = connection_id
-        self.origin = ClientOrigin(connection_id, user)
+        self.principal = principal
+        self.role = principal.role if principal else Role.EDITOR  # effective; owners may change it
+        self.origin = ClientOrigin(connection_id, principal.user_id if principal else None)
         self.awareness_clients: set[int] = set()  # awareness client ids this connection controls
         self.state = MemberState.OPEN
         self.close_code: int | None = None

@@ -47,6 +47,8 @@ class RoomSettings:
     snapshot_every: int = 500
     keepalive_seconds: float = 15.0
     shutdown_flush_timeout: float = 10.0
+    awareness_tick: float = 0.05
+    stamp_identity: bool = True
 
 
 class RegistryMetrics:
@@ -56,6 +58,7 @@ class RegistryMetrics:
     def update_integrated(self, origin: Origin, size: int) -> None: ...
     def updates_stored(self, count: int, seconds: float) -> None: ...
     def flush_failed(self) -> None: ...
+    def update_dropped(self) -> None: ...
 
 
 class RoomRegistry(RoomListener):
@@ -151,7 +154,14 @@ class RoomRegistry(RoomListener):
             return room
 
     async def _load(self, name: str) -> Room:
-        room = Room(name, self.store, listener=self, snapshot_every=self.settings.snapshot_every)
+        room = Room(
+            name,
+            self.store,
+            listener=self,
+            snapshot_every=self.settings.snapshot_every,
+            awareness_tick=self.settings.awareness_tick,
+            stamp_identity=self.settings.stamp_identity,
+        )
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.rooms[name] = room
         self._ready[name] = ready
@@ -225,6 +235,9 @@ class RoomRegistry(RoomListener):
 
     def on_update(self, room: Room, origin: Origin, size: int) -> None:
         self.metrics.update_integrated(origin, size)
+
+    def on_update_dropped(self, room: Room, member: Member) -> None:
+        self.metrics.update_dropped()
 
     # -- background tasks -------------------------------------------------------------------------
 

@@ -18,13 +18,16 @@ import enum
 import logging
 from datetime import datetime, timezone
 from typing import Iterator
-from pycrdt import Awareness, Doc, TransactionEvent
+from pycrdt import Doc, Map, TransactionEvent
 
 from ..crdt import protocol
 from ..crdt.origins import LocalOrigin, Origin
 from ..crdt.protocol import CloseCode, Message, MessageType, ProtocolError, SyncStep
 from ..recorder.store import LoadedRoom, NewUpdate, Store, StoreError
+from .guards import DocumentGuards
+from .identity import Role
 from .member import Member
+from .presence import Presence
 
 log = logging.getLogger("pairroom.room")
 
@@ -53,6 +56,9 @@ class RoomListener:
     def on_update(self, room: Room, origin: Origin, size: int) -> None:
         """The document integrated an update of ``size`` bytes."""
 
+    def on_update_dropped(self, room: Room, member: Member) -> None:
+        """A member without write permission sent an update; it was dropped."""
+
 
 class Room:
     def __init__(
@@ -62,15 +68,20 @@ class Room:
         *,
         listener: RoomListener | None = None,
         snapshot_every: int = 500,
+        awareness_tick: float = 0.05,
+        stamp_identity: bool = True,
     ) -> None:
         self.name = name
         self.store = store
         self.listener = listener or RoomListener()
         self.snapshot_every = snapshot_every
         self.doc = Doc()
-        self.awareness = Awareness(self.doc)
-        self.awareness.set_local_state(None)  # the server has no presence of its own
         self.members: dict[str, Member] = {}
+        self.presence = Presence(
+            self.doc, self.members, tick=awareness_tick, stamp_identity=stamp_identity
+        )
+        self.awareness = self.presence.awareness
+        self.roles: dict[str, Role] = {}  # live role changes by owners: user id -> role
         self.state = RoomState.LOADING
         self.next_seq = 1
         self.snapshot_seq = 0
@@ -80,6 +91,12 @@ class Room:
         self.holders = 0  # server-side users (API calls, kernels) keeping the room loaded
         self._origin: Origin = LocalOrigin("load")
         self._subscription = self.doc.observe(self._on_transaction)
+        self.guards = DocumentGuards(self)
+
+    @property
+    def current_origin(self) -> Origin:
+        """The origin of the transaction being integrated right now."""
+        return self._origin
 
     def __repr__(self) -> str:
         return f"Room({self.name!r}, {self.state.value}, {len(self.members)} members)"
@@ -92,6 +109,7 @@ class Room:
             # The observer callback lives on the Rust side, where Python's cycle collector cannot
             # see it: without this the doc, the room and everything they hold would never be freed.
             self.doc.unobserve(self._subscription)
+            self.guards.close()
 
     # -- loading and flushing -------------------------------------------------------------------
 
@@ -109,6 +127,7 @@ class Room:
             raise StoreError(f"room {self.name!r}: stored state does not decode: {exc}") from exc
         self.pending.clear()  # loading re-integrates what is stored; none of it is new
         self._origin = LocalOrigin("server")
+        self.roles = self.guards.load_roles()
         self.next_seq = loaded.last_seq + 1
         self.snapshot_seq = loaded.snapshot.seq if loaded.snapshot else 0
         self.transition(RoomState.ACTIVE)
@@ -147,12 +166,12 @@ class Room:
         """Add a member and greet it: sync step 1 and the current awareness states."""
         if self.state is not RoomState.ACTIVE:
             raise RuntimeError(f"room {self.name!r} is {self.state.value}, cannot join")
+        if member.principal is not None:
+            member.role = self.roles.get(member.principal.user_id, member.principal.role)
         self.members[member.id] = member
         self.idle_since = None
         member.send(protocol.sync_step1(self.doc.get_state()))
-        if self.awareness.states:
-            payload = self.awareness.encode_awareness_update(list(self.awareness.states))
-            member.send(protocol.awareness_message(payload))
+        self.presence.greet(member)
 
     def leave(self, member: Member, now: float) -> bool:
         """Remove a member; the awareness states it controlled are removed for everyone.
@@ -160,11 +179,7 @@ class Room:
         Returns False if it was not a member (leaving twice is harmless)."""
         if self.members.pop(member.id, None) is None:
             return False
-        gone = [cid for cid in member.awareness_clients if cid in self.awareness.states]
-        if gone:
-            self.awareness.remove_awareness_states(gone, member.id)
-            frame = protocol.awareness_message(self.awareness.encode_awareness_update(gone))
-            self.broadcast(frame, exclude=None)
+        self.presence.remove_member(member)
         if not self.members:
             self.idle_since = now
         return True
@@ -177,10 +192,9 @@ class Room:
         if message.type is MessageType.SYNC:
             self._receive_sync(member, message)
         elif message.type is MessageType.AWARENESS:
-            self._receive_awareness(member, message.payload, frame)
+            self.presence.receive(member, message.payload)
         else:  # QUERY_AWARENESS
-            payload = self.awareness.encode_awareness_update(list(self.awareness.states))
-            member.send(protocol.awareness_message(payload))
+            self.presence.greet(member, even_if_empty=True)
 
     def _receive_sync(self, member: Member, message: Message) -> None:
         if message.step is SyncStep.STEP1:
@@ -190,7 +204,14 @@ class Room:
                 raise ProtocolError(CloseCode.MALFORMED, f"invalid state vector: {exc}") from exc
             member.send(protocol.sync_step2(missing))
             return
+        if not member.role.writes_document:
+            # Dropped without closing: every client answers the server's step 1 with a step 2 on
+            # each connect, and a close would make a viewer's client reconnect forever.
+            if message.payload != protocol.EMPTY_UPDATE:
+                self.listener.on_update_dropped(self, member)
+            return
         self.apply_update(message.payload, member.origin, exclude=member)
+        self.guards.after_client_update(member)
 
     def apply_update(self, update: bytes, origin: Origin, exclude: Member | None = None) -> None:
         """Integrate an update; what it changed is broadcast (not to ``exclude``) and logged."""
@@ -241,19 +262,23 @@ class Room:
         self.listener.on_update(self, origin, len(update))
         self.listener.on_dirty(self)
 
-    def _receive_awareness(self, member: Member, payload: bytes, frame: bytes) -> None:
-        entries = protocol.decode_awareness(payload)
-        for entry in entries:
-            if entry.state == "null":
-                member.awareness_clients.discard(entry.client_id)
-            else:
-                member.awareness_clients.add(entry.client_id)
-        self.awareness.apply_awareness_update(payload, member.id)
-        self.broadcast(frame, exclude=member)
-
     def broadcast(self, frame: bytes, exclude: Member | None, update: bytes | None = None) -> None:
         """Queue the same bytes for every member but ``exclude``. Never blocks; slow members are
         kicked by their own queue limit, not waited for."""
         for member in list(self.members.values()):
             if member is not exclude:
                 member.send(frame, update)
+
+    def set_role(self, user_id: str, role: Role) -> None:
+        """An owner changed a member's role: live, without a reconnect, visible in ``meta.roles``."""
+        self.roles[user_id] = role
+        with self.local_change(LocalOrigin("roles")):
+            roles = self.guards.meta.get("roles")
+            if isinstance(roles, Map):
+                roles[user_id] = role.value
+            else:
+                self.guards.meta["roles"] = Map({uid: r.value for uid, r in self.roles.items()})
+        for member in list(self.members.values()):
+            if member.principal is not None and member.principal.user_id == user_id:
+                member.role = role
+                self.presence.restamp(member)

@@ -1,0 +1,185 @@
+"""HTTP routes for running code in a room, and who may.
+
+::
+
+    POST /api/rooms/{room}/runs              {"code": "..."} or {"path": "main.py"}  -> 201 {"id"}
+    GET  /api/rooms/{room}/runs/{id}         the run as in the document (status, outputs, ...)
+    POST /api/rooms/{room}/kernel/interrupt  -> 202 {"interrupted": bool}
+    POST /api/rooms/{room}/kernel/restart    -> 200 the kernel's state
+    GET  /api/rooms/{room}/kernel            -> 200 the kernel's state
+
+Running, interrupting and restarting follow the room's ``meta.policy.run``: ``"editors"`` (the
+default: editors and owners) or ``"owners"``; viewers and reviewers never. Reading a run or the
+kernel's state needs only a valid token for the room. Errors are JSON ``{"error": reason}``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..server.auth import AuthError, Principal, Role, anonymous, bearer, forbidden, verify
+from ..sessions.registry import RoomLoadError
+from ..sessions.room import Room
+from . import rundoc
+from .sandbox import SandboxUnavailable
+from .service import KernelService, KernelUnavailable
+from .workdir import valid_path
+
+MAX_CODE_BYTES = 1024 * 1024
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def principal_for(request: Request, room: str) -> Principal:
+    """Who is asking, from ``Authorization: Bearer``; open mode (no server secret) is an anonymous
+    editor. Raises AuthError (401 no or bad token, 403 token for another room)."""
+    secret = getattr(request.app.state.hub.settings, "secret", None)
+    if secret is None:
+        return anonymous(room)
+    return verify(secret, bearer(request.headers.get("authorization")), room)
+
+
+def effective_role(room: Room, principal: Principal) -> Role:
+    """An owner's live role change (``meta.roles``) wins over the token's role."""
+    roles: dict[str, Role] = getattr(room, "roles", {}) or {}
+    return roles.get(principal.user_id, principal.role)
+
+
+def check_may_run(room: Room, principal: Principal) -> None:
+    """Raise a 403 AuthError unless the room's run policy lets ``principal`` run code."""
+    role = effective_role(room, principal)
+    policy = rundoc.read_run_policy(room)
+    if policy == "owners" and role is not Role.OWNER:
+        raise forbidden(f"only owners may run code in this room (policy run={policy!r}); you are {role.value}")
+    if not role.writes_files:
+        raise forbidden(f"a {role.value} may not run code in this room")
+
+
+def _service(request: Request) -> KernelService:
+    service = getattr(request.app.state, "kernels", None)
+    if service is None:
+        raise ApiError(503, "kernels are not enabled on this server")
+    return service  # type: ignore[no-any-return]
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > MAX_CODE_BYTES + 4096:
+        raise ApiError(413, f"body larger than {MAX_CODE_BYTES} bytes")
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError as exc:
+        raise ApiError(400, f"body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, 'body must be a JSON object: {"code": ...} or {"path": ...}')
+    return body
+
+
+def _error(status: int, reason: str) -> Response:
+    return JSONResponse({"error": reason}, status)
+
+
+def _guarded(handler: Any) -> Any:
+    """Turn the errors a handler raises into JSON responses with a reason."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        except ApiError as exc:
+            return _error(exc.status, exc.reason)
+        except AuthError as exc:
+            return _error(exc.status, exc.reason)
+        except RoomLoadError as exc:
+            return _error(503, str(exc))
+        except KernelUnavailable as exc:
+            return _error(409, str(exc))
+        except SandboxUnavailable as exc:
+            return _error(503, str(exc))
+
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+async def create_run(request: Request) -> Response:
+    name = request.path_params["room"]
+    service = _service(request)
+    principal = principal_for(request, name)
+    body = await _json_body(request)
+    code, path = body.get("code"), body.get("path")
+    if (code is None) == (path is None):
+        raise ApiError(400, 'give exactly one of "code" or "path"')
+    async with service.registry.hold(name) as room:
+        check_may_run(room, principal)
+        if path is not None:
+            if not isinstance(path, str) or not valid_path(path):
+                raise ApiError(400, f"invalid path {path!r}")
+            files = rundoc.read_files(room)
+            if path not in files:
+                raise ApiError(404, f"no file {path!r} in room {name!r}")
+            code = files[path]
+        if not isinstance(code, str):
+            raise ApiError(400, '"code" must be a string')
+        if len(code.encode()) > MAX_CODE_BYTES:
+            raise ApiError(413, f"code larger than {MAX_CODE_BYTES} bytes")
+        run_id = await service.submit(name, code=code, path=path, by=principal.user_id)
+    return JSONResponse({"id": run_id}, 201)
+
+
+async def get_run(request: Request) -> Response:
+    name, run_id = request.path_params["room"], request.path_params["run"]
+    service = _service(request)
+    principal_for(request, name)
+    async with service.registry.hold(name) as room:
+        run = rundoc.read_run(room, run_id)
+    if run is None:
+        raise ApiError(404, f"no run {run_id!r} in room {name!r}")
+    return JSONResponse({"id": run_id, **run})
+
+
+async def interrupt_kernel(request: Request) -> Response:
+    name = request.path_params["room"]
+    service = _service(request)
+    principal = principal_for(request, name)
+    async with service.registry.hold(name) as room:
+        check_may_run(room, principal)
+    interrupted = await service.interrupt(name)
+    return JSONResponse({"interrupted": interrupted}, 202)
+
+
+async def restart_kernel(request: Request) -> Response:
+    name = request.path_params["room"]
+    service = _service(request)
+    principal = principal_for(request, name)
+    async with service.registry.hold(name) as room:
+        check_may_run(room, principal)
+        await service.restart(name)
+        state = rundoc.read_kernel_state(room)
+    return JSONResponse({**state, **service.state(name)})
+
+
+async def kernel_state(request: Request) -> Response:
+    name = request.path_params["room"]
+    service = _service(request)
+    principal_for(request, name)
+    async with service.registry.hold(name) as room:
+        state = rundoc.read_kernel_state(room)
+    return JSONResponse({**state, **service.state(name)})
+
+
+routes: list[Route] = [
+    Route("/api/rooms/{room}/runs", _guarded(create_run), methods=["POST"]),
+    Route("/api/rooms/{room}/runs/{run}", _guarded(get_run), methods=["GET"]),
+    Route("/api/rooms/{room}/kernel/interrupt", _guarded(interrupt_kernel), methods=["POST"]),
+    Route("/api/rooms/{room}/kernel/restart", _guarded(restart_kernel), methods=["POST"]),
+    Route("/api/rooms/{room}/kernel", _guarded(kernel_state), methods=["GET"]),
+]

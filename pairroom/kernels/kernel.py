@@ -1,0 +1,322 @@
+"""One launched kernel process and the single client the server keeps for it.
+
+One reader task per channel (IOPub and shell) dispatches every message by ``parent_header.msg_id``
+to the execution that asked for it; nothing else reads the channels, so a restart or a second
+request can never swallow another's reply.
+
+A run is finished when its ``execute_reply`` has arrived *and* the kernel went idle for it on
+IOPub (outputs can arrive after the reply). It also ends when the process dies: a pidfd tells the
+event loop the moment the sandbox exits, and the death is explained from the cgroup's OOM counter or
+the exit status. Killing is always the whole sandbox (its pid namespace goes with it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from jupyter_client.asynchronous.client import AsyncKernelClient
+
+from .launcher import KernelDirs, SandboxedKernelManager
+from .limits import Cgroups, KernelCgroup
+from .outputs import to_output
+from .sandbox import Sandbox
+
+log = logging.getLogger("pairroom.kernels")
+
+OutputSink = Callable[[dict[str, Any]], None]
+"""Receives each output of a run as an nbformat dict; ``{"output_type": "clear_output", "wait": b}``
+asks to clear what the run showed so far."""
+
+
+class KernelStartError(RuntimeError):
+    """The kernel did not come up (it died at start or did not answer ``kernel_info`` in time)."""
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    ERROR = "error"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    outcome: Outcome
+    reason: str | None = None  # why a run failed or was stopped, for the error output
+    execution_count: int | None = None
+
+
+@dataclass(slots=True)
+class _Execution:
+    sink: OutputSink
+    reply: asyncio.Future[dict[str, Any]]
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Kernel:
+    """A sandboxed kernel, launched once (a restart is a new ``Kernel`` over the same dirs)."""
+
+    def __init__(self, dirs: KernelDirs, sandbox: Sandbox, cgroups: Cgroups) -> None:
+        self.dirs = dirs
+        self.sandbox = sandbox
+        self.cgroups = cgroups
+        self.settings = sandbox.settings
+        self.died = asyncio.Event()
+        self.death: str | None = None  # why it died, once it has
+        self.kill_reason: str | None = None  # set when the server killed it on purpose
+        self.started_at: float | None = None
+        self._km: SandboxedKernelManager | None = None
+        self._client: AsyncKernelClient | None = None
+        self._cgroup: KernelCgroup | None = None
+        self._log_file: Any = None
+        self._pidfd: int | None = None
+        self._readers: list[asyncio.Task[None]] = []
+        self._pending: dict[str, _Execution] = {}
+        self._info_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._iopub_seen: dict[str, asyncio.Event] = {}
+
+    @property
+    def pid(self) -> int | None:
+        km = self._km
+        process = getattr(km.provisioner, "process", None) if km and km.provisioner else None
+        return process.pid if process is not None else None
+
+    # -- start and stop ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Launch and wait until the kernel answers on shell and IOPub. Raises KernelStartError."""
+        launch_dir = self.dirs.new_launch_dir()
+        self._cgroup = self.cgroups.create(f"{self.dirs.base.name}-{launch_dir.name}", self.settings)
+        km = SandboxedKernelManager(
+            sandbox=self.sandbox,
+            dirs=self.dirs,
+            launch_dir=launch_dir,
+            cgroup=self._cgroup,
+            memory_in_cgroup=self._cgroup is not None and self._cgroup.memory_dir is not None,
+        )
+        self._km = km
+        self._log_file = open(self.dirs.log, "ab")
+        try:
+            await km.start_kernel(
+                env=km.launch_environment(), cwd=str(self.dirs.work),
+                stdout=self._log_file, stderr=self._log_file,
+            )
+            self._watch_process()
+            client: AsyncKernelClient = km.client()
+            self._client = client
+            client.start_channels()
+            self._readers = [
+                asyncio.create_task(self._read_iopub(), name="kernel-iopub"),
+                asyncio.create_task(self._read_shell(), name="kernel-shell"),
+            ]
+            async with asyncio.timeout(self.settings.start_timeout):
+                await self._handshake()
+        except BaseException as exc:
+            await self.kill("start failed")
+            if isinstance(exc, (TimeoutError, OSError, RuntimeError)):
+                raise KernelStartError(f"the kernel did not start: {self.death or exc or 'timeout'}; "
+                                       f"see {self.dirs.log}") from exc
+            raise
+        self.started_at = time.monotonic()
+
+    async def _handshake(self) -> None:
+        """kernel_info until the reply *and* the request's IOPub status both arrive: a ZMQ
+        subscriber can miss the first messages, and a run must not lose its first outputs."""
+        assert self._client is not None
+        while True:
+            msg_id = self._client.kernel_info()
+            reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            seen = asyncio.Event()
+            self._info_waiters[msg_id], self._iopub_seen[msg_id] = reply, seen
+            try:
+                died = asyncio.create_task(self.died.wait())
+                try:
+                    await asyncio.wait({reply, died}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    died.cancel()
+                if self.died.is_set():
+                    raise KernelStartError(self.death or "the kernel died at start")
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await seen.wait()
+                        return
+            finally:
+                self._info_waiters.pop(msg_id, None)
+                self._iopub_seen.pop(msg_id, None)
+
+    def _watch_process(self) -> None:
+        """Learn of the sandbox's exit at once, through a pidfd on the launcher process."""
+        assert self._km is not None and self._km.provisioner is not None
+        process = self._km.provisioner.process  # type: ignore[attr-defined]
+        self._pidfd = os.pidfd_open(process.pid)
+        asyncio.get_running_loop().add_reader(self._pidfd, self._on_exit, process)
+
+    def _on_exit(self, process: Any) -> None:
+        self._close_pidfd()
+        returncode = process.poll()
+        if self.died.is_set():
+            return
+        self.death = self._explain(returncode)
+        if self.kill_reason is None:
+            log.warning("kernel died", extra={"kernel": self.dirs.base.name, "reason": self.death})
+        self.died.set()
+        for execution in self._pending.values():
+            execution.idle.set()
+
+    def _explain(self, returncode: int | None) -> str:
+        if self.kill_reason is not None:
+            return self.kill_reason
+        if self._cgroup is not None and self._cgroup.oom_kills() > 0:
+            return f"the kernel was killed: out of memory (limit {self.settings.memory_bytes // 2**20} MiB)"
+        if returncode is not None and returncode < 0:
+            return f"the kernel was killed by {signal.Signals(-returncode).name}"
+        if returncode is not None and returncode > 128:
+            with contextlib.suppress(ValueError):
+                return f"the kernel was killed by {signal.Signals(returncode - 128).name}"
+        return f"the kernel exited (status {returncode})"
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    async def kill(self, reason: str) -> None:
+        """Kill the whole sandbox now and release everything of this launch. Idempotent."""
+        if self.kill_reason is None and not self.died.is_set():
+            self.kill_reason = reason
+        for task in self._readers:
+            task.cancel()
+        for task in self._readers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._readers = []
+        if self._client is not None:
+            self._client.stop_channels()
+            self._client = None
+        km, self._km = self._km, None
+        if km is not None:
+            process = getattr(km.provisioner, "process", None) if km.provisioner else None
+            if km.has_kernel:
+                await km.shutdown_kernel(now=True)
+            if process is not None and not self.died.is_set():
+                # shutdown_kernel waited for the exit; record it if the pidfd has not fired yet
+                self._on_exit(process)
+        self._close_pidfd()
+        if not self.died.is_set():
+            self.death = self.death or reason
+            self.died.set()
+        if self._cgroup is not None:
+            await self._cgroup.remove()
+            self._cgroup = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    # -- running code -----------------------------------------------------------------------------
+
+    async def execute(self, code: str, sink: OutputSink, timeout: float) -> Finished:
+        """Run ``code``; outputs go to ``sink`` as they arrive. Never raises for what the code does.
+
+        Returns FAILED if the kernel dies or ``timeout`` passes (the caller kills and restarts it)."""
+        if self._client is None or self.died.is_set():
+            return Finished(Outcome.FAILED, self.death or "the kernel is not running")
+        msg_id = self._client.execute(code, store_history=True, allow_stdin=False, stop_on_error=False)
+        execution = _Execution(sink, asyncio.get_running_loop().create_future())
+        self._pending[msg_id] = execution
+        try:
+            try:
+                async with asyncio.timeout(timeout):
+                    await execution.idle.wait()
+                    if not self.died.is_set():
+                        reply = await execution.reply
+            except TimeoutError:
+                return Finished(Outcome.FAILED, f"stopped by the time limit of {timeout:g} s")
+            if self.died.is_set():
+                if self.kill_reason == "interrupted":
+                    return Finished(Outcome.INTERRUPTED, "the kernel did not stop when interrupted, so it was killed")
+                return Finished(Outcome.FAILED, self.death)
+        finally:
+            del self._pending[msg_id]
+        content = reply["content"]
+        count = content.get("execution_count")
+        status = content.get("status")
+        if status == "ok":
+            return Finished(Outcome.OK, execution_count=count)
+        if status == "error" and content.get("ename") == "KeyboardInterrupt":
+            return Finished(Outcome.INTERRUPTED, execution_count=count)
+        return Finished(Outcome.ERROR, execution_count=count)
+
+    async def interrupt(self) -> None:
+        """Ask the kernel to interrupt (an ``interrupt_request`` on control)."""
+        if self._km is not None and not self.died.is_set():
+            await self._km.interrupt_kernel()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._pending)
+
+    # -- readers ----------------------------------------------------------------------------------
+
+    async def _read_iopub(self) -> None:
+        assert self._client is not None
+        client = self._client
+        while True:
+            msg = await client.get_iopub_msg()
+            parent = msg.get("parent_header", {}).get("msg_id")
+            seen = self._iopub_seen.get(parent)
+            if seen is not None:
+                seen.set()
+            execution = self._pending.get(parent)
+            if execution is None:
+                continue
+            msg_type, content = msg["header"]["msg_type"], msg["content"]
+            if msg_type == "status":
+                if content.get("execution_state") == "idle":
+                    execution.idle.set()
+            elif msg_type == "clear_output":
+                execution.sink({"output_type": "clear_output", "wait": bool(content.get("wait"))})
+            else:
+                output = to_output(msg_type, content)
+                if output is not None:
+                    execution.sink(output)
+
+    async def _read_shell(self) -> None:
+        assert self._client is not None
+        client = self._client
+        while True:
+            msg = await client.get_shell_msg()
+            parent = msg.get("parent_header", {}).get("msg_id")
+            waiter = self._info_waiters.get(parent)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(msg)
+                continue
+            execution = self._pending.get(parent)
+            if execution is not None and not execution.reply.done():
+                execution.reply.set_result(msg)
+
+
+def new_kernel_id() -> str:
+    return "k" + uuid.uuid4().hex[:12]
+
+
+async def launch(root: Path, sandbox: Sandbox, cgroups: Cgroups) -> Kernel:
+    """A started kernel with fresh dirs under ``root`` (the pool's and a cold start's entry point)."""
+    dirs = KernelDirs.create(root, new_kernel_id(), sandbox)
+    kernel = Kernel(dirs, sandbox, cgroups)
+    try:
+        await kernel.start()
+    except BaseException:
+        dirs.remove()
+        raise
+    return kernel

@@ -1,0 +1,139 @@
+"""The jupyter-client kernel manager that starts a kernel inside the sandbox, and its directories.
+
+Per kernel (one room's kernel, or one pool slot that becomes a room's kernel) the server keeps::
+
+    <state>/<kernel id>/          0711, the server's
+        work/                     0700, the kernel uid's: the room's working copy, /home/room inside
+        kernel.log                the kernel's stdout and stderr (never the server's terminal)
+        launch-<n>/               0700, the kernel uid's: the connection file and ipc sockets of launch n
+
+A restart is a new launch with a new ``launch-<n>`` dir (never shared: a kernel that could reach
+another launch's sockets could talk to that kernel) and a new cgroup, over the same ``work`` dir, so
+files the code wrote survive a restart the way they would in a local Jupyter.
+
+The manager is used for exactly one launch; restarts build a new one. Its auto-restarter is off:
+``kernel`` notices a death itself (through a pidfd) and fails the run in flight, which the stock
+restarter would leave waiting for a reply that never comes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.kernelspec import KernelSpec
+from jupyter_client.manager import AsyncKernelManager
+
+from .limits import KernelCgroup, prlimit_argv
+from .sandbox import Sandbox
+
+
+@dataclass(slots=True)
+class KernelDirs:
+    """The host directories of one kernel; created by ``create``, removed by ``remove``."""
+
+    base: Path
+    uid: int | None  # chown to this uid (the server is root and kernels run unprivileged)
+    gid: int | None
+    _launches: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    @property
+    def work(self) -> Path:
+        return self.base / "work"
+
+    @property
+    def log(self) -> Path:
+        return self.base / "kernel.log"
+
+    @classmethod
+    def create(cls, root: Path, kernel_id: str, sandbox: Sandbox) -> KernelDirs:
+        uid = gid = None
+        if sandbox.drops_privileges:
+            uid, gid = sandbox.settings.kernel_uid, sandbox.settings.kernel_gid
+        dirs = cls(root / kernel_id, uid, gid)
+        dirs.base.mkdir(mode=0o711)
+        dirs._private_dir(dirs.work)
+        return dirs
+
+    def new_launch_dir(self) -> Path:
+        path = self.base / f"launch-{next(self._launches)}"
+        self._private_dir(path)
+        return path
+
+    def give(self, path: Path) -> None:
+        """Hand a file the server wrote to the kernel uid (no-op when kernels run as the server)."""
+        if self.uid is not None:
+            os.chown(path, self.uid, self.gid if self.gid is not None else -1)
+
+    def _private_dir(self, path: Path) -> None:
+        path.mkdir(mode=0o700)
+        os.chmod(path, 0o700)  # mkdir's mode is masked by the umask
+        self.give(path)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.base, ignore_errors=False)
+
+
+def kernel_spec(python: Path) -> KernelSpec:
+    return KernelSpec(
+        argv=[str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}",
+              # History is an SQLite file in IPYTHONDIR on the small /tmp; a full /tmp would break it.
+              "--HistoryManager.enabled=False"],
+        display_name="pairroom python",
+        language="python",
+        # Signals cannot reach the kernel under --new-session; ipykernel's control thread can.
+        interrupt_mode="message",
+    )
+
+
+class SandboxedKernelManager(AsyncKernelManager):
+    """An AsyncKernelManager whose kernel command is wrapped: cgroup join, setpriv, bwrap, prlimit."""
+
+    def __init__(
+        self,
+        *,
+        sandbox: Sandbox,
+        dirs: KernelDirs,
+        launch_dir: Path,
+        cgroup: KernelCgroup | None,
+        memory_in_cgroup: bool,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(transport="ipc", autorestart=False, **kwargs)
+        self._sandbox = sandbox
+        self._dirs = dirs
+        self._launch_dir = launch_dir
+        self._cgroup = cgroup
+        self._memory_in_cgroup = memory_in_cgroup
+        self.connection_file = str(launch_dir / "kernel.json")
+        self.ip = str(launch_dir / "kernel-ipc")  # ipc "ip" is the socket path prefix
+        self._kernel_spec = kernel_spec(sandbox.settings.kernel_venv / "bin" / "python")
+
+    def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+        argv = super().format_kernel_cmd(extra_arguments)
+        limits = prlimit_argv(
+            self._sandbox.settings, memory_in_cgroup=self._memory_in_cgroup, isolated=self._sandbox.isolated
+        )
+        wrapped, _ = self._sandbox.wrap(limits + argv, self._launch_dir, self._dirs.work)
+        if self._cgroup is not None:
+            wrapped = self._cgroup.join_argv() + wrapped
+        return wrapped
+
+    def write_connection_file(self, **kwargs: Any) -> None:
+        super().write_connection_file(**kwargs)
+        # The file is 0600 and the server's; a kernel under another uid could not read it.
+        self._dirs.give(Path(self.connection_file))
+
+    def launch_environment(self) -> dict[str, str]:
+        """What the launcher process gets (bwrap clears it again for the kernel itself)."""
+        venv = self._sandbox.settings.kernel_venv
+        return {
+            "PATH": f"{venv}/bin:/usr/bin:/bin",
+            "HOME": str(self._dirs.work),
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }

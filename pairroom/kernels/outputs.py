@@ -1,0 +1,84 @@
+"""Jupyter IOPub messages to nbformat outputs, and the per-run output cap.
+
+The cap counts the JSON size of what a run keeps. The output that crosses it is cut (a stream keeps
+its first bytes; anything else is dropped whole), a ``{"output_type": "truncated", "limit": cap}``
+marker follows, and everything after is discarded, so a 50 MB print costs the document 1 MiB.
+Rich outputs keep their MIME bundles as the kernel sent them (images are base64 already).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def to_output(msg_type: str, content: dict[str, Any]) -> dict[str, Any] | None:
+    """The nbformat output for an IOPub message, or None for messages that are not outputs."""
+    if msg_type == "stream":
+        return {"output_type": "stream", "name": content.get("name", "stdout"), "text": content.get("text", "")}
+    if msg_type in ("display_data", "update_display_data"):
+        return {"output_type": "display_data", "data": content.get("data", {}), "metadata": content.get("metadata", {})}
+    if msg_type == "execute_result":
+        return {
+            "output_type": "execute_result",
+            "execution_count": content.get("execution_count"),
+            "data": content.get("data", {}),
+            "metadata": content.get("metadata", {}),
+        }
+    if msg_type == "error":
+        return {
+            "output_type": "error",
+            "ename": content.get("ename", ""),
+            "evalue": content.get("evalue", ""),
+            "traceback": list(content.get("traceback", [])),
+        }
+    return None
+
+
+def size_of(output: dict[str, Any]) -> int:
+    return len(json.dumps(output, ensure_ascii=False).encode())
+
+
+@dataclass(slots=True)
+class OutputCap:
+    """Admits outputs until ``limit`` bytes, then one truncation marker, then nothing."""
+
+    limit: int
+    used: int = 0
+    truncated: bool = False
+    dropped: int = field(default=0)
+
+    def admit(self, output: dict[str, Any]) -> list[dict[str, Any]]:
+        """What to keep of ``output``: itself, a cut stream plus the marker, just the marker, or nothing."""
+        if self.truncated:
+            self.dropped += 1
+            return []
+        size = size_of(output)
+        if self.used + size <= self.limit:
+            self.used += size
+            return [output]
+        self.truncated = True
+        kept: list[dict[str, Any]] = []
+        if output["output_type"] == "stream":
+            room = self.limit - self.used - size_of({**output, "text": ""})
+            if room > 0:
+                text = output["text"].encode()[:room].decode(errors="ignore")
+                # JSON escaping can grow the text; trim until it fits.
+                while text and self.used + size_of({**output, "text": text}) > self.limit:
+                    text = text[: max(0, len(text) - max(1, len(text) // 16))]
+                if text:
+                    cut = {**output, "text": text}
+                    self.used += size_of(cut)
+                    kept.append(cut)
+        kept.append(marker(self.limit))
+        return kept
+
+
+def marker(limit: int) -> dict[str, Any]:
+    return {"output_type": "truncated", "limit": limit}
+
+
+def kernel_error(ename: str, evalue: str) -> dict[str, Any]:
+    """An error output the server writes itself (kernel died, time limit, restart)."""
+    return {"output_type": "error", "ename": ename, "evalue": evalue, "traceback": []}

@@ -1,0 +1,362 @@
+"""One kernel per room on this node: the run queue, interrupt and restart, idle shutdown.
+
+Life of a room kernel::
+
+    first run --> take a kernel from the pool (or start one cold) --> idle <--> busy
+    a run past the wall-clock limit, an interrupt it ignores, an OOM kill, a crash --> dead
+    next run on a dead kernel --> restarting (a fresh process over the same working dir) --> busy
+    no run for idle_shutdown_seconds --> stopped; the next run starts over from the pool
+
+Runs are queued per room and executed one at a time, in order. Before each run the room's ``files``
+are written into the kernel's working directory, so a run can import the room's other files.
+
+A ``RoomKernel`` keeps its room loaded (``registry.hold``) while it lives, so outputs can be written
+even when nobody is connected. Which node runs a room's kernel is asked of a ``KernelLease`` before
+the kernel starts and renewed while it lives; the single-node default always grants it. The cluster
+broker plugs a Redis lease in there (and forwards runs to the holder) without touching this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..sessions.registry import RoomRegistry
+from ..sessions.room import Room
+from . import rundoc
+from .kernel import Kernel, KernelStartError, Outcome
+from .limits import Cgroups, detect_cgroups
+from .pool import KernelPool
+from .sandbox import Sandbox, probe
+from .settings import KernelSettings
+from .workdir import WorkDir
+
+log = logging.getLogger("pairroom.kernels")
+
+
+class KernelLease:
+    """Whether this node may run a room's kernel. Async no-op defaults: a single node owns them all.
+
+    A cluster implementation holds a Redis key per room with a TTL: ``acquire`` sets it if absent,
+    ``renew`` extends it every ``renew_seconds`` (returning False when the lease was lost, which stops
+    the kernel), and ``release`` deletes it."""
+
+    renew_seconds: float = 10.0
+
+    async def acquire(self, room: str) -> bool:
+        return True
+
+    async def renew(self, room: str) -> bool:
+        return True
+
+    async def release(self, room: str) -> None:
+        return None
+
+
+class KernelUnavailable(RuntimeError):
+    """This node does not run that room's kernel (another node holds the lease)."""
+
+
+@dataclass(slots=True)
+class RunRequest:
+    run_id: str
+    code: str
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def new_run_id() -> str:
+    return secrets.token_urlsafe(9)  # 12 characters, as the document schema says
+
+
+class RoomKernel:
+    """The kernel of one room on this node, and its queue of runs."""
+
+    def __init__(self, service: KernelService, room: str) -> None:
+        self.service = service
+        self.name = room
+        self.settings = service.settings
+        self.queue: asyncio.Queue[RunRequest] = asyncio.Queue()
+        self.kernel: Kernel | None = None
+        self.current: RunRequest | None = None
+        self.closing = False
+        self.room: Room | None = None
+        self.workdir: WorkDir | None = None
+        self._kernel_lock = asyncio.Lock()
+        self._started = asyncio.Event()
+
+    async def serve(self) -> None:
+        """Hold the room and run its queue until idle for ``idle_shutdown_seconds`` (or cancelled)."""
+        try:
+            async with self.service.registry.hold(self.name) as room:
+                self.room = room
+                self._started.set()
+                try:
+                    await self._loop()
+                finally:
+                    self.closing = True
+                    await self._stop_kernel()
+                    with contextlib.suppress(RuntimeError):  # the room may be closing with the server
+                        rundoc.set_kernel_state(room, self.settings.node, "dead")
+        finally:
+            self.closing = True
+            self._started.set()
+            self.service.forget(self)
+
+    async def ready(self) -> Room:
+        await self._started.wait()
+        if self.room is None:
+            raise KernelUnavailable(f"room {self.name!r} could not be held for its kernel")
+        return self.room
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.settings.idle_shutdown_seconds):
+                    request = await self.queue.get()
+            except TimeoutError:
+                if self.queue.empty():
+                    self.closing = True  # set with no await before it: a submit now starts a new one
+                    log.info("room kernel idle, shutting down", extra={"room": self.name})
+                    return
+                continue
+            self.current = request
+            try:
+                await self._run(request)
+            finally:
+                self.current = None
+                request.done.set()
+
+    async def _ensure_kernel(self, room: Room) -> Kernel:
+        async with self._kernel_lock:
+            kernel = self.kernel
+            if kernel is not None and not kernel.died.is_set():
+                return kernel
+            restarting = kernel is not None
+            rundoc.set_kernel_state(room, self.settings.node, "restarting" if restarting else "starting", restarted=restarting)
+            if kernel is None:
+                kernel = await self.service.pool.take()
+                self.workdir = WorkDir(str(kernel.dirs.work), kernel.dirs.uid, kernel.dirs.gid)
+            else:
+                await kernel.kill("restart")
+                kernel = Kernel(kernel.dirs, kernel.sandbox, kernel.cgroups)
+                try:
+                    await kernel.start()
+                finally:
+                    self.kernel = kernel
+            self.kernel = kernel
+            rundoc.set_kernel_state(room, self.settings.node, "idle")
+            return kernel
+
+    async def _run(self, request: RunRequest) -> None:
+        room = self.room
+        assert room is not None
+        run_id = request.run_id
+        batch = rundoc.OutputBatch(room, run_id, self.settings.output_cap_bytes, self.settings.output_flush_seconds)
+        try:
+            kernel = await self._ensure_kernel(room)
+        except KernelStartError as exc:
+            batch.add_error("KernelStartError", str(exc))
+            batch.flush()
+            rundoc.update_run(room, run_id, status="failed", startedAt=rundoc.now_ms(), endedAt=rundoc.now_ms())
+            rundoc.set_kernel_state(room, self.settings.node, "dead")
+            return
+        assert self.workdir is not None
+        self.workdir.sync(rundoc.read_files(room))
+        rundoc.update_run(room, run_id, status="running", startedAt=rundoc.now_ms())
+        rundoc.set_kernel_state(room, self.settings.node, "busy")
+        finished = await kernel.execute(request.code, batch, self.settings.run_timeout)
+        if finished.outcome is Outcome.FAILED and not kernel.died.is_set():
+            await kernel.kill(finished.reason or "run failed")  # the time limit: stop the code for good
+        if finished.reason:
+            ename = "KernelInterrupted" if finished.outcome is Outcome.INTERRUPTED else "KernelFailed"
+            note = "; the kernel restarts with a fresh state on the next run" if kernel.died.is_set() else ""
+            batch.add_error(ename, finished.reason + note)
+        batch.flush()
+        fields: dict[str, Any] = {"status": finished.outcome.value, "endedAt": rundoc.now_ms()}
+        rundoc.update_run(room, run_id, **fields)
+        rundoc.set_kernel_state(room, self.settings.node, "dead" if kernel.died.is_set() else "idle")
+
+    async def interrupt(self) -> bool:
+        """Interrupt the current run; kill the kernel if it is still busy after ``interrupt_grace``.
+        Returns False if nothing was running."""
+        request, kernel = self.current, self.kernel
+        if request is None or kernel is None or kernel.died.is_set():
+            return False
+        await kernel.interrupt()
+        self.service.spawn(self._escalate(request, kernel), f"pairroom-interrupt-{self.name}")
+        return True
+
+    async def _escalate(self, request: RunRequest, kernel: Kernel) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.interrupt_grace):
+                await request.done.wait()
+                return
+        if self.current is request and not kernel.died.is_set():
+            log.info("kernel ignored the interrupt, killing it", extra={"room": self.name})
+            await kernel.kill("interrupted")
+
+    async def restart(self) -> None:
+        """Kill the kernel now (a run in flight fails and says so) and start a fresh one."""
+        room = self.room
+        assert room is not None
+        kernel = self.kernel
+        if kernel is not None and not kernel.died.is_set():
+            await kernel.kill("the kernel was restarted")
+        await self._ensure_kernel(room)
+
+    async def _stop_kernel(self) -> None:
+        kernel, self.kernel = self.kernel, None
+        if kernel is not None:
+            await kernel.kill("room kernel stopped")
+            await asyncio.to_thread(shutil.rmtree, kernel.dirs.base, True)
+        await self.service.lease.release(self.name)
+
+    def state(self) -> dict[str, Any]:
+        kernel = self.kernel
+        return {
+            "running": self.current.run_id if self.current else None,
+            "queued": self.queue.qsize(),
+            "alive": kernel is not None and not kernel.died.is_set(),
+            "death": kernel.death if kernel is not None and kernel.died.is_set() else None,
+        }
+
+
+class KernelService:
+    """The kernels of this node. ``async with KernelService(registry, settings):`` or start/stop."""
+
+    def __init__(self, registry: RoomRegistry, settings: KernelSettings | None = None, lease: KernelLease | None = None) -> None:
+        self.registry = registry
+        self.settings = settings or KernelSettings()
+        self.lease = lease or KernelLease()
+        self.rooms: dict[str, RoomKernel] = {}
+        self.sandbox: Sandbox | None = None
+        self.cgroups: Cgroups | None = None
+        self._pool: KernelPool | None = None
+        self._root: Path | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+        self._runner: asyncio.Task[None] | None = None
+
+    @property
+    def pool(self) -> KernelPool:
+        if self._pool is None:
+            raise RuntimeError("the kernel service is not started")
+        return self._pool
+
+    async def start(self) -> None:
+        """Probe the sandbox (raises SandboxUnavailable), detect cgroups, fill the pool."""
+        self.sandbox = await asyncio.to_thread(probe, self.settings)
+        self.cgroups = await asyncio.to_thread(detect_cgroups, self.settings)
+        if self.settings.state_dir is not None:
+            self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+            self._root = Path(tempfile.mkdtemp(prefix="pairroom-kernels-", dir=self.settings.state_dir))
+        else:
+            self._root = Path(tempfile.mkdtemp(prefix="pairroom-kernels-"))
+        os.chmod(self._root, 0o711)  # the kernel uid must traverse it to reach its own dirs
+        self._pool = KernelPool(self._root, self.sandbox, self.cgroups)
+        log.info(
+            "kernels ready" if self.sandbox.isolated else "kernels run UNSANDBOXED (--unsafe-kernels)",
+            extra={"sandbox": "bubblewrap" if self.sandbox.isolated else "none",
+                   "limits": self.cgroups.describe(), "pool": self.settings.pool_size},
+        )
+        started = asyncio.Event()
+        self._runner = asyncio.create_task(self._run(started), name="pairroom-kernels")
+        await started.wait()
+
+    async def _run(self, started: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            tasks.create_task(self.pool.run(), name="pairroom-kernel-pool")
+            started.set()
+
+    async def stop(self) -> None:
+        """Kill every kernel (room kernels and the pool) and remove their dirs and cgroups."""
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None
+        self._tasks = None
+        if self._root is not None:
+            await asyncio.to_thread(shutil.rmtree, self._root, True)
+        if self.cgroups is not None:
+            self.cgroups.close()
+
+    async def __aenter__(self) -> KernelService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        if self._tasks is None:
+            coro.close()
+            raise RuntimeError("the kernel service is not running")
+        return self._tasks.create_task(coro, name=name)
+
+    def forget(self, room_kernel: RoomKernel) -> None:
+        if self.rooms.get(room_kernel.name) is room_kernel:
+            del self.rooms[room_kernel.name]
+
+    async def room_kernel(self, room: str) -> RoomKernel:
+        """The room's kernel on this node, created (not yet started) if needed."""
+        existing = self.rooms.get(room)
+        if existing is not None and not existing.closing:
+            return existing
+        if not await self.lease.acquire(room):
+            raise KernelUnavailable(f"another node runs the kernel of room {room!r}")
+        existing = self.rooms.get(room)  # the lease check awaited: someone may have made it meanwhile
+        if existing is not None and not existing.closing:
+            return existing
+        room_kernel = RoomKernel(self, room)
+        self.rooms[room] = room_kernel
+        self.spawn(room_kernel.serve(), f"pairroom-kernel-{room}")
+        self.spawn(self._renew(room_kernel), f"pairroom-lease-{room}")
+        await room_kernel.ready()
+        return room_kernel
+
+    async def _renew(self, room_kernel: RoomKernel) -> None:
+        while not room_kernel.closing:
+            await asyncio.sleep(self.lease.renew_seconds)
+            if not room_kernel.closing and not await self.lease.renew(room_kernel.name):
+                log.error("kernel lease lost, stopping the room kernel", extra={"room": room_kernel.name})
+                room_kernel.closing = True
+                if room_kernel.kernel is not None:
+                    await room_kernel.kernel.kill("this node lost the room's kernel lease")
+
+    async def submit(self, room: str, *, code: str, path: str | None, by: str) -> str:
+        """Queue a run in ``room``; returns its id. The run record is in the document at once."""
+        while True:
+            room_kernel = await self.room_kernel(room)
+            held = await room_kernel.ready()
+            if not room_kernel.closing:
+                break
+        run_id = new_run_id()
+        rundoc.create_run(held, run_id, code=code, path=path, by=by)
+        room_kernel.queue.put_nowait(RunRequest(run_id, code))  # no await since the closing check
+        return run_id
+
+    async def interrupt(self, room: str) -> bool:
+        room_kernel = self.rooms.get(room)
+        return await room_kernel.interrupt() if room_kernel is not None else False
+
+    async def restart(self, room: str) -> None:
+        room_kernel = await self.room_kernel(room)
+        await room_kernel.restart()
+
+    def state(self, room: str) -> dict[str, Any]:
+        room_kernel = self.rooms.get(room)
+        local = room_kernel.state() if room_kernel is not None else {"running": None, "queued": 0, "alive": False, "death": None}
+        return {
+            **local,
+            "sandbox": "bubblewrap" if self.sandbox is not None and self.sandbox.isolated else "none",
+            "limits": self.cgroups.describe() if self.cgroups is not None else None,
+        }
