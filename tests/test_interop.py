@@ -78,7 +78,7 @@ async def test_pycrdt_provider_late_joiner(server, node_clients):
     await writer.insert(0, "written by yjs")
 
     async def integrated() -> bool:
-        return server.hub.registry.rooms["late-py"].next_seq == 2
+        return server.hub.registry.rooms["late-py"].integrated == 1
 
     await wait_for(integrated, timeout=5)
     async with pycrdt_provider(server.ws_base, "late-py") as doc:

@@ -37,7 +37,7 @@ async def seed(db_url: str, room: str, text: str) -> None:
     doc.get("text", type=Text).insert(0, text)
     store = SqlStore(db_url)
     await store.open()
-    await store.append(room, [NewUpdate(1, datetime.now(timezone.utc), "local:seed", doc.get_update())])
+    await store.append(room, [NewUpdate("seed:1", datetime.now(timezone.utc), "local:seed", doc.get_update())])
     await store.close()
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.types import TypeDecorator
 
 ROOM_MAX_LENGTH = 255
 ORIGIN_MAX_LENGTH = 255
+UID_MAX_LENGTH = 64
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
@@ -69,11 +70,12 @@ class UpdateRow(Base):
     """
 
     __tablename__ = "updates"
-    __table_args__ = (UniqueConstraint("room", "seq"),)
+    __table_args__ = (UniqueConstraint("room", "seq"), UniqueConstraint("room", "uid"))
 
     id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
     room: Mapped[str] = mapped_column(String(ROOM_MAX_LENGTH), nullable=False)
     seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    uid: Mapped[str] = mapped_column(String(UID_MAX_LENGTH), nullable=False)
     at: Mapped[datetime] = mapped_column(UtcMicros, nullable=False)
     origin: Mapped[str] = mapped_column(String(ORIGIN_MAX_LENGTH), nullable=False)
     data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)

@@ -8,10 +8,12 @@ Choices worth knowing before changing this module:
 * **A snapshot is written once.** A second snapshot at the same (room, seq) is ignored: it describes
   the same document (the log up to ``seq``), but two encodings of one Yjs state need not be equal byte
   for byte, so comparing them could only raise false alarms.
-* **A retried append is a no-op, a conflicting one fails.** Rows go in with ``INSERT ... ON CONFLICT
-  DO NOTHING RETURNING seq``; when fewer rows come back than were sent, the batch is compared with what
-  is stored and any (room, seq) holding different data fails the whole transaction. Only ``data`` is
-  compared: the first write's timestamp and origin stay.
+* **The store numbers the log; a uid already stored is skipped.** Several nodes append to one room,
+  so ``append`` takes the room's writers in turn (a PostgreSQL advisory lock on the room; SQLite's
+  ``BEGIN IMMEDIATE``), drops the updates whose (room, uid) is already stored, and numbers the rest after
+  the room's highest seq. A retried batch, or the same update logged by two nodes, is stored once; a uid
+  stored with different data fails the whole transaction (it means two nodes made the same uid, a bug).
+  Only ``data`` is compared: the first write's timestamp and origin stay.
 * **Loading is consistent without a locked read.** ``load`` reads the newest snapshot, then the log
   after it. A writer between the two reads can only add a newer snapshot or later updates, and the old
   snapshot plus the whole log after it still rebuilds the document, so no snapshot isolation is needed.
@@ -28,7 +30,7 @@ fails to do raises ``StoreError`` with the driver's error as its cause.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,13 +39,19 @@ from typing import Any, AsyncContextManager
 from alembic import command
 from alembic.config import Config
 from alembic.util import CommandError
-from sqlalchemy import Connection, event, select, text, union
+from sqlalchemy import Connection, event, func, insert, select, text, union
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from pairroom.recorder.models import ORIGIN_MAX_LENGTH, ROOM_MAX_LENGTH, SnapshotRow, UpdateRow
+from pairroom.recorder.models import (
+    ORIGIN_MAX_LENGTH,
+    ROOM_MAX_LENGTH,
+    UID_MAX_LENGTH,
+    SnapshotRow,
+    UpdateRow,
+)
 from pairroom.recorder.store import LoadedRoom, NewUpdate, Snapshot, StoredUpdate, StoreError
 
 __all__ = ["SqlStore", "normalize_db_url"]
@@ -160,29 +168,38 @@ class SqlStore:
         last_seq = updates[-1].seq if updates else (snapshot.seq if snapshot else 0)
         return LoadedRoom(snapshot, updates, last_seq)
 
-    async def append(self, room: str, updates: Sequence[NewUpdate]) -> None:
-        """Append the batch in one transaction; rows already stored with the same data are skipped."""
+    async def append(self, room: str, updates: Sequence[NewUpdate]) -> int:
+        """Append the batch in one transaction, numbering it after the room's last seq; updates whose
+        uid is already stored with the same data are skipped. Returns the room's last seq."""
         _check_text("room", room, ROOM_MAX_LENGTH)
         for update in updates:
-            _check_seq(update.seq, minimum=1)
+            _check_text("uid", update.uid, UID_MAX_LENGTH)
             _check_aware(update.at)
             _check_text("origin", update.origin, ORIGIN_MAX_LENGTH, allow_empty=True)
-        if not updates:
-            return
-        rows = [
-            {"room": room, "seq": u.seq, "at": u.at, "origin": u.origin, "data": u.data} for u in updates
-        ]
         engine = self._require_open()
-        with _failures(f"appending {len(rows)} update(s) to room {room!r}"):
+        with _failures(f"appending {len(updates)} update(s) to room {room!r}"):
             async with _begin_write(engine) as conn:
-                insert = (
-                    self._insert(UpdateRow.__table__)
-                    .on_conflict_do_nothing(index_elements=["room", "seq"])
-                    .returning(UpdateRow.seq)
-                )
-                inserted = (await conn.execute(insert, rows)).all()
-                if len(inserted) < len(rows):
-                    await _check_already_stored(conn, room, rows)
+                if self.dialect == "postgresql":
+                    # Writers of one room take turns (SQLite's BEGIN IMMEDIATE already serializes),
+                    # so the numbering below cannot race.
+                    await conn.execute(
+                        text("SELECT pg_advisory_xact_lock(hashtext(:room))"), {"room": room}
+                    )
+                fresh = await _not_yet_stored(conn, room, updates)
+                last = (
+                    await conn.execute(
+                        select(func.coalesce(func.max(UpdateRow.seq), 0)).where(UpdateRow.room == room)
+                    )
+                ).scalar_one()
+                if fresh:
+                    rows = [
+                        {"room": room, "seq": last + i, "uid": u.uid, "at": u.at,
+                         "origin": u.origin, "data": u.data}
+                        for i, u in enumerate(fresh, start=1)
+                    ]
+                    await conn.execute(insert(UpdateRow.__table__), rows)
+                    last += len(rows)
+                return int(last)
 
     async def write_snapshot(self, room: str, seq: int, data: bytes) -> None:
         """Store the document as of ``seq``, stamped now; a snapshot already at ``seq`` is kept as is."""
@@ -300,32 +317,47 @@ def _configure_sqlite(engine: Engine) -> None:
 async def _select_updates(
     conn: AsyncConnection, room: str, after_seq: int, upto_seq: int | None
 ) -> list[StoredUpdate]:
-    query = select(UpdateRow.seq, UpdateRow.at, UpdateRow.origin, UpdateRow.data).where(
+    query = select(UpdateRow.seq, UpdateRow.at, UpdateRow.origin, UpdateRow.data, UpdateRow.uid).where(
         UpdateRow.room == room, UpdateRow.seq > after_seq
     )
     if upto_seq is not None:
         query = query.where(UpdateRow.seq <= upto_seq)
     result = await conn.execute(query.order_by(UpdateRow.seq))
-    return [StoredUpdate(room, row.seq, row.at, row.origin, row.data) for row in result]
+    return [StoredUpdate(room, row.seq, row.at, row.origin, row.data, row.uid) for row in result]
 
 
-async def _check_already_stored(
-    conn: AsyncConnection, room: str, rows: Sequence[Mapping[str, Any]]
-) -> None:
-    """Raise ``StoreError`` if any row of the batch is stored with different data (this one included)."""
-    seqs = [row["seq"] for row in rows]
-    result = await conn.execute(
-        select(UpdateRow.seq, UpdateRow.data).where(
-            UpdateRow.room == room, UpdateRow.seq.between(min(seqs), max(seqs))
+async def _not_yet_stored(
+    conn: AsyncConnection, room: str, updates: Sequence[NewUpdate]
+) -> list[NewUpdate]:
+    """The updates of the batch whose uid the room does not hold yet, first occurrence each.
+
+    Raises ``StoreError`` if a uid is stored (or repeated in the batch) with different data."""
+    if not updates:
+        return []
+    uids = list({u.uid for u in updates})
+    stored: dict[str, bytes] = {}
+    for start in range(0, len(uids), 500):
+        result = await conn.execute(
+            select(UpdateRow.uid, UpdateRow.data).where(
+                UpdateRow.room == room, UpdateRow.uid.in_(uids[start : start + 500])
+            )
         )
-    )
-    stored = {seq: bytes(data) for seq, data in result}
-    clashes = sorted({row["seq"] for row in rows if stored.get(row["seq"]) != bytes(row["data"])})
+        stored.update((uid, bytes(data)) for uid, data in result)
+    fresh: list[NewUpdate] = []
+    clashes: list[str] = []
+    for update in updates:
+        known = stored.get(update.uid)
+        if known is None:
+            stored[update.uid] = bytes(update.data)
+            fresh.append(update)
+        elif known != bytes(update.data):
+            clashes.append(update.uid)
     if clashes:
         raise StoreError(
-            f"room {room!r} already holds different data at seq {', '.join(map(str, clashes[:10]))}"
+            f"room {room!r} already holds different data for uid {', '.join(clashes[:10])}"
             + (f" and {len(clashes) - 10} more" if len(clashes) > 10 else "")
         )
+    return fresh
 
 
 @contextmanager

@@ -6,6 +6,12 @@ whole document after applying every update with a sequence number up to and incl
 a room reads the newest snapshot and the log entries after it. The log is never rewritten: the recorder
 replays it.
 
+Several nodes may hold the same room and append to its log. Sequence numbers are therefore given by the
+store, in the order appends commit, and each update carries a ``uid`` chosen by the node that first
+integrated it (node id and a counter): appending a uid the room's log already holds is a no-op. Every
+node holding a room logs every update it integrates under the update's uid, so an update survives as
+long as any node that saw it lives to flush, and is stored once however many nodes saw it.
+
 Adapters live in their own modules (``sql.py``); nothing outside them imports a database library.
 """
 
@@ -22,9 +28,9 @@ class StoreError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class NewUpdate:
-    """An update about to be appended to a room's log."""
+    """An update about to be appended to a room's log; the store gives it its sequence number."""
 
-    seq: int
+    uid: str
     at: datetime
     origin: str
     data: bytes
@@ -39,6 +45,7 @@ class StoredUpdate:
     at: datetime
     origin: str
     data: bytes
+    uid: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +86,13 @@ class Store(Protocol):
     async def load(self, room: str) -> LoadedRoom:
         """The newest snapshot of ``room`` and every update logged after it."""
 
-    async def append(self, room: str, updates: Sequence[NewUpdate]) -> None:
-        """Append a batch of updates to the room's log in one transaction.
+    async def append(self, room: str, updates: Sequence[NewUpdate]) -> int:
+        """Append a batch of updates to the room's log in one transaction; return the room's last seq.
 
-        Appending an update whose (room, seq) is already stored with the same data is a no-op, so a
-        retried batch cannot duplicate the log.
+        Updates get consecutive sequence numbers after the room's last one, in batch order. An update
+        whose (room, uid) is already stored is skipped (same data) or refused with StoreError
+        (different data), so a retried batch, or the same update logged by several nodes, is stored
+        once.
         """
 
     async def write_snapshot(self, room: str, seq: int, data: bytes) -> None:

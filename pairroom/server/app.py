@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
@@ -19,6 +20,9 @@ from starlette.routing import Route, WebSocketRoute
 
 from ..recorder.sql import SqlStore
 from ..recorder.store import Store, StoreError
+from ..sessions.broker import Broker, MemoryBroker
+from ..sessions.cluster import Cluster
+from ..sessions.redis_broker import RedisBroker
 from ..sessions.registry import RoomRegistry
 from .config import Settings
 from . import api
@@ -35,18 +39,25 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         the_store = store or SqlStore(settings.db)
         await the_store.open()
         metrics = Metrics()
-        registry = RoomRegistry(the_store, settings.room_settings(), metrics)
-        app.state.hub = Hub(settings, the_store, registry, metrics)
-        started = asyncio.Event()
-        rooms = asyncio.create_task(registry.run(started), name="pairroom-rooms")
-        await started.wait()
-        log.info("ready", extra={"db": redact(settings.db)})
+        node_id = settings.node_id or secrets.token_hex(6)
+        broker: Broker = RedisBroker(settings.redis, node_id) if settings.redis else MemoryBroker(node_id)
+        cluster = Cluster(broker, {}, metrics=metrics, **settings.cluster_settings())
+        registry = RoomRegistry(the_store, cluster, settings.room_settings(), metrics)
+        app.state.hub = Hub(settings, the_store, registry, metrics, cluster)
+        tasks = []
+        for name, runner in (("cluster", cluster.run), ("rooms", registry.run)):
+            started = asyncio.Event()
+            task = asyncio.create_task(runner(started), name=f"pairroom-{name}")
+            await wait_started(task, started)
+            tasks.append(task)
+        log.info("ready", extra={"db": redact(settings.db), "node": node_id, "redis": bool(settings.redis)})
         try:
             yield
         finally:
-            rooms.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await rooms
+            for task in reversed(tasks):  # rooms flush first, then the cluster says goodbye
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await the_store.close()
             log.info("stopped")
 
@@ -61,6 +72,16 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         ],
         lifespan=lifespan,
     )
+
+
+async def wait_started(task: asyncio.Task[None], started: asyncio.Event) -> None:
+    """Wait until a background task says it started; if it dies first, raise its error."""
+    waiter = asyncio.create_task(started.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if task.done():
+        task.result()
+        raise RuntimeError(f"{task.get_name()} stopped during start-up")
 
 
 def redact(url: str) -> str:
@@ -86,6 +107,10 @@ async def readyz(request: Request) -> Response:
         return JSONResponse({"status": "unavailable", "storage": str(exc) or "timeout"}, 503)
     if hub.registry.storage_failing:
         return JSONResponse({"status": "unavailable", "storage": "writes failing, retrying"}, 503)
+    if not hub.cluster.connected:
+        # Local members are still served, but a new member here would not see other nodes' edits
+        # until the broker is back: a load balancer should send newcomers elsewhere.
+        return JSONResponse({"status": "degraded", "broker": "disconnected, reconnecting"}, 503)
     return JSONResponse({"status": "ready", "rooms": len(hub.registry.rooms)})
 
 

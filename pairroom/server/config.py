@@ -42,11 +42,23 @@ class Settings:
     rate_burst: int = 1000  # messages a connection may send at once
     awareness_tick_ms: float = 50.0  # presence relay throttle per room
     public_url: str = ""  # base of invite links; default: the URL the request came in on
+    redis: str | None = None  # redis://host:port/db to share rooms across nodes; None = one node
+    node_id: str = ""  # this node's id on the broker; default: random at start
+    heartbeat_seconds: float = 1.0
+    node_dead_after_seconds: float = 3.0
+    anti_entropy_seconds: float = 10.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def origins(self) -> frozenset[str]:
         return frozenset(o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip())
+
+    def cluster_settings(self) -> dict[str, float]:
+        return {
+            "heartbeat": self.heartbeat_seconds,
+            "dead_after": self.node_dead_after_seconds,
+            "anti_entropy": self.anti_entropy_seconds,
+        }
 
     def room_settings(self) -> RoomSettings:
         return RoomSettings(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..recorder.store import Store
+from ..sessions.cluster import Cluster
 from ..sessions.registry import RoomRegistry
 from .config import Settings
 from .metrics import Metrics
@@ -16,3 +17,4 @@ class Hub:
     store: Store
     registry: RoomRegistry
     metrics: Metrics
+    cluster: Cluster

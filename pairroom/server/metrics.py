@@ -5,10 +5,12 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ..crdt.origins import Origin
+from ..sessions.cluster import ClusterMetrics
 from ..sessions.registry import RegistryMetrics
+from ..sessions.wire import Kind
 
 
-class Metrics(RegistryMetrics):
+class Metrics(RegistryMetrics, ClusterMetrics):
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         self.connections = Gauge("pairroom_connections", "Open websocket connections", registry=r)
@@ -41,6 +43,13 @@ class Metrics(RegistryMetrics):
             "pairroom_room_load_failures", "Joins refused because a room failed to load", registry=r
         )
 
+        self.bus_published = Counter(
+            "pairroom_bus_published", "Messages published to other nodes", ["kind", "ok"], registry=r
+        )
+        self.bus_received = Counter(
+            "pairroom_bus_received", "Messages received from other nodes", ["kind"], registry=r
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -64,3 +73,10 @@ class Metrics(RegistryMetrics):
 
     def update_dropped(self) -> None:
         self.updates_dropped.inc()
+
+    # ClusterMetrics
+    def published(self, kind: Kind, ok: bool) -> None:
+        self.bus_published.labels(kind=kind.name.lower(), ok=str(ok).lower()).inc()
+
+    def received(self, kind: Kind) -> None:
+        self.bus_received.labels(kind=kind.name.lower()).inc()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 from pycrdt import Awareness, Doc
 
@@ -45,6 +45,8 @@ class Presence:
         self.tick = tick
         self.stamp_identity = stamp_identity
         self.owner: dict[int, Member] = {}  # awareness client id -> the connection controlling it
+        self.remote_owner: dict[int, str] = {}  # awareness client id -> the node its connection is on
+        self.on_publish: Callable[[bytes], None] | None = None  # local changes, for other nodes
         self._pending: dict[int, bool] = {}  # client id -> changed by a viewer
         self._last_flush = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -60,7 +62,13 @@ class Presence:
 
     def _from_participant(self, client_id: int) -> bool:
         member = self.owner.get(client_id)
-        return member is None or member.role.participates  # None: the server's own summary
+        if member is not None:
+            return member.role.participates
+        if client_id in self.remote_owner:
+            state = self.awareness.states.get(client_id) or {}
+            user = state.get("user") if isinstance(state.get("user"), dict) else {}
+            return user.get("role") != "viewer"
+        return True  # the server's own summary
 
     def greet(self, member: Member, *, even_if_empty: bool = False) -> None:
         """Send a member the states it may see: on join, and as the answer to a query."""
@@ -88,17 +96,42 @@ class Presence:
             accepted.append(self._stamped(member, entry))
         if not accepted:
             return
-        self.awareness.apply_awareness_update(protocol.encode_awareness(accepted), member.id)
+        payload = protocol.encode_awareness(accepted)
+        self._apply(payload, accepted, member.id, by_viewer=lambda _: not member.role.participates)
+        if self.on_publish is not None:
+            self.on_publish(payload)
+
+    def receive_remote(self, node: str, payload: bytes) -> None:
+        """Awareness entries of another node's members (already stamped there)."""
+        entries = protocol.decode_awareness(payload)
+        for entry in entries:
+            if entry.client_id in self.owner:
+                continue  # a local connection controls it; a stale remote copy cannot override
+            if entry.state == NULL:
+                self.remote_owner.pop(entry.client_id, None)
+            else:
+                self.remote_owner[entry.client_id] = node
+        self._apply(payload, entries, f"peer:{node}", by_viewer=lambda cid: not self._from_participant(cid))
+
+    def _apply(self, payload: bytes, entries: list[AwarenessEntry], origin: str, by_viewer: Callable[[int], bool]) -> None:
+        self.awareness.apply_awareness_update(payload, origin)
         meta = self.awareness.meta
         changed = False
-        for entry in accepted:
+        for entry in entries:
             # Awareness ignores an entry whose clock is not newer (as y-protocols does, including a
             # new client's clock 0); only what it took is relayed.
             if meta.get(entry.client_id, {}).get("clock") == entry.clock:
-                self._pending[entry.client_id] = not member.role.participates
+                self._pending[entry.client_id] = by_viewer(entry.client_id)
                 changed = True
         if changed:
             self._schedule()
+
+    def remove_node(self, node: str) -> None:
+        """A node died: the states of its members are removed for everyone here."""
+        gone = [cid for cid, owner in self.remote_owner.items() if owner == node]
+        for cid in gone:
+            del self.remote_owner[cid]
+        self._remove(gone, f"peer:{node}", by_viewer=False)
 
     def _stamped(self, member: Member, entry: AwarenessEntry) -> AwarenessEntry:
         if not self.stamp_identity or member.principal is None or member.principal.anonymous:
@@ -115,12 +148,19 @@ class Presence:
         gone = [cid for cid in member.awareness_clients if self.owner.get(cid) is member]
         for cid in gone:
             del self.owner[cid]
-        gone = [cid for cid in gone if cid in self.awareness.states]
-        if gone:
-            self.awareness.remove_awareness_states(gone, member.id)
-            for cid in gone:
-                self._pending[cid] = not member.role.participates
-            self._schedule()
+        payload = self._remove(gone, member.id, by_viewer=not member.role.participates)
+        if payload is not None and self.on_publish is not None:
+            self.on_publish(payload)
+
+    def _remove(self, ids: list[int], origin: str, *, by_viewer: bool) -> bytes | None:
+        gone = [cid for cid in ids if cid in self.awareness.states]
+        if not gone:
+            return None
+        self.awareness.remove_awareness_states(gone, origin)
+        for cid in gone:
+            self._pending[cid] = by_viewer
+        self._schedule()
+        return self.awareness.encode_awareness_update(gone)
 
     def restamp(self, member: Member) -> None:
         """The member's role changed: its states carry the new identity, visibility follows."""
@@ -130,8 +170,11 @@ class Presence:
                 continue
             clock = self.awareness.meta[cid]["clock"] + 1
             entry = self._stamped(member, AwarenessEntry(cid, clock, json.dumps(state)))
-            self.awareness.apply_awareness_update(protocol.encode_awareness([entry]), "server")
+            payload = protocol.encode_awareness([entry])
+            self.awareness.apply_awareness_update(payload, "server")
             self._pending[cid] = False  # everyone should see the change of role
+            if self.on_publish is not None:
+                self.on_publish(payload)
         self._schedule()
 
     # -- relay ------------------------------------------------------------------------------------
@@ -189,6 +232,18 @@ class Presence:
     def members_view(self) -> list[dict[str, Any]]:
         """Who is here with what they show: for the presence API."""
         out = []
+        for cid, node in self.remote_owner.items():
+            state = self.awareness.states.get(cid) or {}
+            user = state.get("user") if isinstance(state.get("user"), dict) else {}
+            out.append(
+                {
+                    **{k: user.get(k) for k in ("id", "name", "color", "role")},
+                    "node": node,
+                    "file": state.get("file"),
+                    "following": state.get("following"),
+                    "hand": bool(state.get("hand")),
+                }
+            )
         for member in self.members.values():
             states = [self.awareness.states.get(cid) or {} for cid in member.awareness_clients]
             state = next((s for s in states if s), {})

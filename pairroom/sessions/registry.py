@@ -13,7 +13,11 @@ and then loads the room afresh from storage, which by then holds everything.
 
 Writes are batched: rooms mark themselves dirty on every integrated update; one flusher task waits
 ``flush_interval`` (or less when a room has ``flush_max_updates`` waiting) and then writes each dirty
-room's batch in one transaction.
+room's batch in one transaction. After ``snapshot_every`` logged updates a room's log is compacted into
+a snapshot (``recorder/compaction.py``) by the one node holding the room's compaction lease.
+
+Loading and unloading go through the cluster bridge (``cluster.py``): the room's channel is subscribed
+before the storage load and peers are asked for what storage lacks before anyone joins.
 """
 
 from __future__ import annotations
@@ -25,9 +29,15 @@ import time
 from dataclasses import dataclass
 from typing import AsyncIterator
 
+import itertools
+
 from ..crdt import protocol
 from ..crdt.origins import Origin
+from ..recorder.compaction import compact
 from ..recorder.store import Store, StoreError
+from . import keys
+from .broker import BrokerError
+from .cluster import Cluster
 from .member import Member
 from .room import Room, RoomListener, RoomState
 
@@ -65,13 +75,18 @@ class RoomRegistry(RoomListener):
     def __init__(
         self,
         store: Store,
+        cluster: Cluster,
         settings: RoomSettings | None = None,
         metrics: RegistryMetrics | None = None,
     ) -> None:
         self.store = store
+        self.cluster = cluster
+        self.node_id = cluster.node_id
         self.settings = settings or RoomSettings()
         self.metrics = metrics or RegistryMetrics()
-        self.rooms: dict[str, Room] = {}
+        self.rooms: dict[str, Room] = cluster.rooms
+        self._uids = itertools.count(1)
+        self._compacting: set[str] = set()
         self._ready: dict[str, asyncio.Future[None]] = {}
         self._unloaded: dict[str, asyncio.Event] = {}
         self._idle_timers: dict[str, asyncio.TimerHandle] = {}
@@ -112,6 +127,7 @@ class RoomRegistry(RoomListener):
         for room in rooms:
             if room.state is not RoomState.CLOSED:
                 room.transition(RoomState.CLOSED)
+            await self.cluster.closed(room.name)
         self.rooms.clear()
         self.metrics.room_loaded(0)
 
@@ -158,19 +174,23 @@ class RoomRegistry(RoomListener):
             name,
             self.store,
             listener=self,
-            snapshot_every=self.settings.snapshot_every,
             awareness_tick=self.settings.awareness_tick,
             stamp_identity=self.settings.stamp_identity,
         )
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        room.presence.on_publish = lambda payload: self.cluster.publish_awareness(room, payload)
         self.rooms[name] = room
         self._ready[name] = ready
         try:
             async with asyncio.timeout(self.settings.load_timeout):
+                await self.cluster.opening(name)
                 await room.load()
+                await self.cluster.opened(room)
+            room.transition(RoomState.ACTIVE)
         except BaseException as exc:
             del self.rooms[name]
             room.transition(RoomState.CLOSED)
+            await self.cluster.closed(name)
             error = RoomLoadError(f"room {name!r} could not be loaded: {exc or type(exc).__name__}")
             ready.set_exception(error)
             ready.exception()  # retrieved here; waiters get their own copy through shield
@@ -222,6 +242,7 @@ class RoomRegistry(RoomListener):
         room.transition(RoomState.CLOSED)
         self._dirty.discard(room)
         del self.rooms[room.name]
+        await self.cluster.closed(room.name)
         self.metrics.room_loaded(len(self.rooms))
         log.info("room unloaded", extra={"room": room.name})
 
@@ -238,6 +259,12 @@ class RoomRegistry(RoomListener):
 
     def on_update_dropped(self, room: Room, member: Member) -> None:
         self.metrics.update_dropped()
+
+    def on_local_update(self, room: Room, uid: str, update: bytes) -> None:
+        self.cluster.publish_update(room, uid, update)
+
+    def new_uid(self) -> str:
+        return f"{self.node_id}:{next(self._uids)}"
 
     # -- background tasks -------------------------------------------------------------------------
 
@@ -271,12 +298,35 @@ class RoomRegistry(RoomListener):
                     continue
                 if count:
                     self.metrics.updates_stored(count, time.perf_counter() - started)
+                if room.stored_seq - room.snapshot_seq >= self.settings.snapshot_every:
+                    self._start_compaction(room)
             self.storage_failing = failed
             if failed:
                 self._dirty_event.set()
                 backoff = min(backoff * 2, 5.0)
             else:
                 backoff = self.settings.flush_interval
+
+    def _start_compaction(self, room: Room) -> None:
+        if room.name in self._compacting or self._tasks is None:
+            return
+        self._compacting.add(room.name)
+        self._tasks.create_task(self._compact(room), name=f"pairroom-compact-{room.name}")
+
+    async def _compact(self, room: Room) -> None:
+        """Fold the room's log into a snapshot, if this node can take the room's compaction lease."""
+        try:
+            lease = keys.compaction_lease(room.name)
+            if not await self.cluster.broker.try_lease(lease, self.node_id, ttl=60.0):
+                room.snapshot_seq = room.stored_seq  # another node is on it; check again later
+                return
+            seq = await compact(self.store, room.name)
+            if seq is not None:
+                room.snapshot_seq = max(room.snapshot_seq, seq)
+        except (StoreError, BrokerError) as exc:
+            log.error("compaction failed", extra={"room": room.name, "error": str(exc)})
+        finally:
+            self._compacting.discard(room.name)
 
     async def _ticker(self) -> None:
         """Send a keepalive to every member that has heard nothing for ``keepalive_seconds``."""

@@ -21,7 +21,7 @@ from typing import Iterator
 from pycrdt import Doc, Map, TransactionEvent
 
 from ..crdt import protocol
-from ..crdt.origins import LocalOrigin, Origin
+from ..crdt.origins import LocalOrigin, Origin, PeerOrigin
 from ..crdt.protocol import CloseCode, Message, MessageType, ProtocolError, SyncStep
 from ..recorder.store import LoadedRoom, NewUpdate, Store, StoreError
 from .guards import DocumentGuards
@@ -59,6 +59,13 @@ class RoomListener:
     def on_update_dropped(self, room: Room, member: Member) -> None:
         """A member without write permission sent an update; it was dropped."""
 
+    def on_local_update(self, room: Room, uid: str, update: bytes) -> None:
+        """An update that did not come from a peer node was integrated (the cluster relays it)."""
+
+    def new_uid(self) -> str:
+        """A uid for an update this node integrated first (unique across nodes)."""
+        raise NotImplementedError
+
 
 class Room:
     def __init__(
@@ -66,15 +73,13 @@ class Room:
         name: str,
         store: Store,
         *,
-        listener: RoomListener | None = None,
-        snapshot_every: int = 500,
+        listener: RoomListener,
         awareness_tick: float = 0.05,
         stamp_identity: bool = True,
     ) -> None:
         self.name = name
         self.store = store
-        self.listener = listener or RoomListener()
-        self.snapshot_every = snapshot_every
+        self.listener = listener
         self.doc = Doc()
         self.members: dict[str, Member] = {}
         self.presence = Presence(
@@ -83,7 +88,8 @@ class Room:
         self.awareness = self.presence.awareness
         self.roles: dict[str, Role] = {}  # live role changes by owners: user id -> role
         self.state = RoomState.LOADING
-        self.next_seq = 1
+        self.integrated = 0  # updates that changed the document since it was loaded
+        self.stored_seq = 0  # the log's last seq, as of this node's last flush or load
         self.snapshot_seq = 0
         self.pending: list[NewUpdate] = []
         self.flush_lock = asyncio.Lock()
@@ -114,7 +120,7 @@ class Room:
     # -- loading and flushing -------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Rebuild the document from storage. Raises StoreError; the room is unusable then."""
+        """Rebuild the document from storage (the registry then makes it ACTIVE). Raises StoreError."""
         loaded: LoadedRoom = await self.store.load(self.name)
         self._origin = LocalOrigin("load")
         try:
@@ -128,37 +134,26 @@ class Room:
         self.pending.clear()  # loading re-integrates what is stored; none of it is new
         self._origin = LocalOrigin("server")
         self.roles = self.guards.load_roles()
-        self.next_seq = loaded.last_seq + 1
+        self.stored_seq = loaded.last_seq
         self.snapshot_seq = loaded.snapshot.seq if loaded.snapshot else 0
-        self.transition(RoomState.ACTIVE)
 
     async def flush(self) -> int:
-        """Write pending updates (and a snapshot when due). Returns how many updates were written.
+        """Write pending updates in one batch. Returns how many were written.
 
         On failure the batch goes back to the front of the queue and StoreError propagates; the
         document stays in memory, so nothing is lost while storage is down.
         """
         async with self.flush_lock:
-            written = await self._write_pending()
-            if self.next_seq - 1 - self.snapshot_seq >= self.snapshot_every:
-                # Captured in one step with no await, so the snapshot holds exactly seq <= upto.
-                data, upto = self.doc.get_update(), self.next_seq - 1
-                written += await self._write_pending()
-                await self.store.write_snapshot(self.name, upto, data)
-                self.snapshot_seq = upto
+            written = 0
+            while self.pending:
+                batch, self.pending = self.pending, []
+                try:
+                    self.stored_seq = await self.store.append(self.name, batch)
+                except BaseException:
+                    self.pending[:0] = batch
+                    raise
+                written += len(batch)
             return written
-
-    async def _write_pending(self) -> int:
-        written = 0
-        while self.pending:
-            batch, self.pending = self.pending, []
-            try:
-                await self.store.append(self.name, batch)
-            except BaseException:
-                self.pending[:0] = batch
-                raise
-            written += len(batch)
-        return written
 
     # -- membership -----------------------------------------------------------------------------
 
@@ -213,11 +208,18 @@ class Room:
         self.apply_update(message.payload, member.origin, exclude=member)
         self.guards.after_client_update(member)
 
-    def apply_update(self, update: bytes, origin: Origin, exclude: Member | None = None) -> None:
-        """Integrate an update; what it changed is broadcast (not to ``exclude``) and logged."""
+    def apply_update(
+        self, update: bytes, origin: Origin, exclude: Member | None = None, uid: str | None = None
+    ) -> None:
+        """Integrate an update; what it changed is broadcast (not to ``exclude``) and logged.
+
+        A peer node's update comes with the uid its first node gave it and is logged as received,
+        whether or not it changes this copy (see ``recorder/store.py`` on several writers)."""
         if update == protocol.EMPTY_UPDATE:
             return
-        self._origin, self._exclude = origin, exclude
+        if uid is not None:
+            self._log(uid, origin, update)
+        self._origin, self._exclude, self._logged = origin, exclude, uid is not None
         try:
             self.doc.apply_update(update)
         except ValueError as exc:
@@ -227,9 +229,10 @@ class Room:
                 raise
             raise ProtocolError(CloseCode.UPDATE_REJECTED, "update rejected: CRDT panic") from exc
         finally:
-            self._exclude = None
+            self._exclude, self._logged = None, False
 
     _exclude: Member | None = None
+    _logged = False  # the update being applied was logged by the caller under its own uid
 
     @contextlib.contextmanager
     def local_change(self, origin: Origin) -> Iterator[Doc]:
@@ -242,7 +245,7 @@ class Room:
         """
         if self.state is not RoomState.ACTIVE:
             raise RuntimeError(f"room {self.name!r} is {self.state.value}")
-        self._origin, self._exclude = origin, None
+        self._origin, self._exclude, self._logged = origin, None, False
         try:
             with self.doc.transaction():
                 yield self.doc
@@ -255,11 +258,17 @@ class Room:
         if isinstance(origin, LocalOrigin) and origin.reason == "load":
             return
         self.broadcast(protocol.sync_update(update), exclude=self._exclude, update=update)
-        self.pending.append(
-            NewUpdate(self.next_seq, datetime.now(timezone.utc), origin.label(), update)
-        )
-        self.next_seq += 1
+        self.integrated += 1
         self.listener.on_update(self, origin, len(update))
+        if self._logged:
+            return  # a peer's update, logged by apply_update under the uid its first node gave it
+        uid = self.listener.new_uid()
+        self._log(uid, origin, update)
+        if not isinstance(origin, PeerOrigin):
+            self.listener.on_local_update(self, uid, update)
+
+    def _log(self, uid: str, origin: Origin, update: bytes) -> None:
+        self.pending.append(NewUpdate(uid, datetime.now(timezone.utc), origin.label(), update))
         self.listener.on_dirty(self)
 
     def broadcast(self, frame: bytes, exclude: Member | None, update: bytes | None = None) -> None:

@@ -27,11 +27,13 @@ def upgrade() -> None:
         sa.Column("id", _BigId, primary_key=True, autoincrement=True),
         sa.Column("room", sa.String(255), nullable=False),
         sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.Column("uid", sa.String(64), nullable=False),
         sa.Column("at", sa.BigInteger(), nullable=False),
         sa.Column("origin", sa.String(255), nullable=False),
         sa.Column("data", sa.LargeBinary(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_updates"),
         sa.UniqueConstraint("room", "seq", name="uq_updates_room_seq"),
+        sa.UniqueConstraint("room", "uid", name="uq_updates_room_uid"),
     )
     op.create_table(
         "snapshots",
