@@ -18,10 +18,12 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from pycrdt import Doc, Text
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, inspect, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from pairroom.recorder.models import Base, SnapshotRow
+from pairroom.recorder.compaction import compact
+from pairroom.recorder.models import UID_MAX_LENGTH, Base, SnapshotRow, UpdateRow
 from pairroom.recorder.sql import SqlStore, normalize_db_url
 from pairroom.recorder.store import LoadedRoom, NewUpdate, Store, StoreError
 from tests.support.postgres import database_fixture, fresh_database
@@ -72,12 +74,17 @@ def at(second: int, micro: int = 0) -> datetime:
     return datetime(2025, 3, 9, 1, 59, second, micro, tzinfo=UTC)
 
 
-def batch(first: int, last: int, tag: bytes = b"u") -> list[NewUpdate]:
-    return [NewUpdate(seq, at(seq % 60, seq), f"client:{seq}", tag + b"%d" % seq) for seq in range(first, last + 1)]
+def batch(first: int, last: int, tag: bytes = b"u", node: str = "n1") -> list[NewUpdate]:
+    """Updates ``first..last`` as node ``node`` would log them: uid ``node:i``, data ``tag + i``."""
+    return [NewUpdate(f"{node}:{i}", at(i % 60, i), f"client:{i}", tag + b"%d" % i) for i in range(first, last + 1)]
 
 
 def seqs(updates: list) -> list[int]:
     return [u.seq for u in updates]
+
+
+def logged(updates: list) -> list[tuple[int, str, bytes]]:
+    return [(u.seq, u.uid, u.data) for u in updates]
 
 
 # --- opening ---------------------------------------------------------------------------------------
@@ -87,11 +94,12 @@ async def test_open_migrates_an_empty_database_and_reopening_changes_nothing(emp
     store: Store = SqlStore(empty_db_url)
     await store.open()
     await store.open()
-    await store.append(room, batch(1, 2))
+    assert await store.append(room, batch(1, 2)) == 2
     await store.close()
 
     async with SqlStore(empty_db_url) as reopened:
-        assert seqs((await reopened.load(room)).updates) == [1, 2]
+        assert logged((await reopened.load(room)).updates) == [(1, "n1:1", b"u1"), (2, "n1:2", b"u2")]
+        assert await reopened.append(room, batch(3, 3)) == 3
 
 
 async def test_concurrent_opens_of_an_empty_database_both_succeed(empty_db_url: str) -> None:
@@ -112,33 +120,102 @@ async def test_migrated_schema_matches_the_models(store: SqlStore, db_url: str) 
             diff = await conn.run_sync(
                 lambda sync_conn: compare_metadata(MigrationContext.configure(sync_conn), Base.metadata)
             )
+            columns, uniques = await conn.run_sync(
+                lambda sync_conn: (
+                    {c["name"]: c for c in inspect(sync_conn).get_columns("updates")},
+                    {tuple(u["column_names"]) for u in inspect(sync_conn).get_unique_constraints("updates")},
+                )
+            )
     finally:
         await engine.dispose()
     assert diff == []
+    # What the store's numbering and deduplication rest on, spelled out (compare_metadata would also
+    # pass if both the models and the migration lacked them).
+    assert columns["uid"]["nullable"] is False
+    assert getattr(columns["uid"]["type"], "length", None) == UID_MAX_LENGTH
+    assert {("room", "seq"), ("room", "uid")} <= uniques
+
+
+async def test_the_database_itself_refuses_a_second_row_with_the_same_room_and_uid(
+    store: SqlStore, db_url: str, room: str
+) -> None:
+    await store.append(room, batch(1, 1))
+    engine = create_async_engine(normalize_db_url(db_url))
+    try:
+        with pytest.raises(IntegrityError):
+            async with engine.begin() as conn:
+                await conn.execute(
+                    insert(UpdateRow),
+                    {"room": room, "seq": 2, "uid": "n1:1", "at": at(2), "origin": "x", "data": b"u1"},
+                )
+    finally:
+        await engine.dispose()
+    assert logged(await store.read_updates(room)) == [(1, "n1:1", b"u1")]
 
 
 # --- append and load -------------------------------------------------------------------------------
 
 
-async def test_append_then_load_returns_exact_bytes_seqs_origins_and_timestamps(store: SqlStore, room: str) -> None:
+async def test_append_then_load_returns_exact_bytes_seqs_uids_origins_and_timestamps(store: SqlStore, room: str) -> None:
     india = timezone(timedelta(hours=5, minutes=30))
     written = [
-        NewUpdate(1, datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), "client:a", b"\x00\x01\xff"),
-        NewUpdate(2, datetime(2025, 1, 2, 9, 0, 0, 1, tzinfo=india), "peer:n2", bytes(range(256))),
-        NewUpdate(3, datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), "", b""),
-        NewUpdate(4, datetime(1, 1, 1, tzinfo=UTC), "kernel", b"first"),
-        NewUpdate(5, datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), "kernel", b"last"),
+        NewUpdate("n1:1", datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), "client:a", b"\x00\x01\xff"),
+        NewUpdate("n2:1", datetime(2025, 1, 2, 9, 0, 0, 1, tzinfo=india), "peer:n2", bytes(range(256))),
+        NewUpdate("ü/\u2713 uid", datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), "", b""),
+        NewUpdate("x", datetime(1, 1, 1, tzinfo=UTC), "kernel", b"first"),
+        NewUpdate("u" * UID_MAX_LENGTH, datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), "kernel", b"last"),
     ]
-    await store.append(room, written)
+    assert await store.append(room, written) == 5
 
     loaded = await store.load(room)
 
     assert loaded.snapshot is None
     assert loaded.last_seq == 5
-    assert [(u.room, u.seq, u.at, u.origin, u.data) for u in loaded.updates] == [
-        (room, w.seq, w.at, w.origin, w.data) for w in written
+    assert [(u.room, u.seq, u.uid, u.at, u.origin, u.data) for u in loaded.updates] == [
+        (room, seq, w.uid, w.at, w.origin, w.data) for seq, w in enumerate(written, start=1)
     ]
+    assert await store.read_updates(room) == loaded.updates
     assert all(u.at.tzinfo == UTC and isinstance(u.data, bytes) for u in loaded.updates)
+
+
+async def test_the_store_numbers_a_fresh_room_from_one_and_continues_across_batches(
+    store: SqlStore, room: str
+) -> None:
+    assert await store.append(room, batch(1, 3)) == 3
+    assert await store.append(room, batch(1, 1, node="n2")) == 4
+    assert await store.append(room, batch(7, 9, tag=b"v")) == 7
+
+    assert logged(await store.read_updates(room)) == [
+        (1, "n1:1", b"u1"),
+        (2, "n1:2", b"u2"),
+        (3, "n1:3", b"u3"),
+        (4, "n2:1", b"u1"),
+        (5, "n1:7", b"v7"),
+        (6, "n1:8", b"v8"),
+        (7, "n1:9", b"v9"),
+    ]
+    assert (await store.load(room)).last_seq == 7
+
+
+async def test_numbering_follows_batch_order_not_uid_or_timestamp(store: SqlStore, room: str) -> None:
+    updates = [
+        NewUpdate("z", at(59), "c", b"first"),
+        NewUpdate("a", at(0), "c", b"second"),
+        NewUpdate("m", at(30), "c", b"third"),
+    ]
+    assert await store.append(room, updates) == 3
+    assert logged(await store.read_updates(room)) == [(1, "z", b"first"), (2, "a", b"second"), (3, "m", b"third")]
+
+
+async def test_numbering_continues_after_a_snapshot(store: SqlStore, room: str) -> None:
+    await store.append(room, batch(1, 3))
+    await store.write_snapshot(room, 3, b"doc@3")
+
+    assert await store.append(room, batch(4, 5)) == 5
+
+    loaded = await store.load(room)
+    assert logged(loaded.updates) == [(4, "n1:4", b"u4"), (5, "n1:5", b"u5")]
+    assert loaded.last_seq == 5
 
 
 async def test_load_after_a_snapshot_returns_it_and_only_the_later_updates(store: SqlStore, room: str) -> None:
@@ -185,60 +262,171 @@ async def test_load_of_an_unknown_room_is_empty(store: SqlStore) -> None:
     assert await store.load("never-seen") == LoadedRoom(None, [], 0)
 
 
-async def test_an_empty_batch_stores_nothing(store: SqlStore, room: str) -> None:
-    await store.append(room, [])
+async def test_an_empty_batch_stores_nothing_and_returns_the_last_seq(store: SqlStore, room: str) -> None:
+    assert await store.append(room, []) == 0
     assert await store.load(room) == LoadedRoom(None, [], 0)
+    assert room not in await store.rooms()
+
+    await store.append(room, batch(1, 3))
+    assert await store.append(room, []) == 3
+    assert seqs(await store.read_updates(room)) == [1, 2, 3]
 
 
 # --- retries and conflicts -------------------------------------------------------------------------
 
 
 async def test_reappending_the_same_batch_is_a_no_op(store: SqlStore, room: str) -> None:
-    await store.append(room, batch(1, 3))
-    await store.append(room, batch(1, 3))
-    await store.append(room, batch(2, 5))  # overlaps: 2 and 3 are retries, 4 and 5 are new
+    assert await store.append(room, batch(1, 3)) == 3
+    assert await store.append(room, batch(1, 3)) == 3
+    assert await store.append(room, batch(2, 5)) == 5  # overlaps: 2 and 3 are retries, 4 and 5 are new
 
-    assert [(u.seq, u.data) for u in await store.read_updates(room)] == [(s, b"u%d" % s) for s in range(1, 6)]
+    assert logged(await store.read_updates(room)) == [(s, f"n1:{s}", b"u%d" % s) for s in range(1, 6)]
+
+
+async def test_a_retry_of_an_older_batch_returns_the_rooms_last_seq(store: SqlStore, room: str) -> None:
+    await store.append(room, batch(1, 3))
+    await store.append(room, batch(1, 2, node="n2"))
+
+    assert await store.append(room, batch(1, 3)) == 5
+    assert seqs(await store.read_updates(room)) == [1, 2, 3, 4, 5]
+
+
+async def test_a_skipped_retry_keeps_the_first_writes_timestamp_and_origin(store: SqlStore, room: str) -> None:
+    first = NewUpdate("n1:1", at(1), "client:1", b"same")
+    await store.append(room, [first])
+
+    # The same update logged by a second node, later and under its own origin: only data is compared.
+    assert await store.append(room, [NewUpdate("n1:1", at(40), "peer:n2", b"same")]) == 1
+
+    [stored] = await store.read_updates(room)
+    assert (stored.seq, stored.uid, stored.at, stored.origin, stored.data) == (1, "n1:1", at(1), "client:1", b"same")
+
+
+async def test_a_uid_repeated_in_one_batch_with_the_same_data_is_stored_once(store: SqlStore, room: str) -> None:
+    updates = [
+        NewUpdate("a", at(1), "c", b"A"),
+        NewUpdate("b", at(2), "c", b"B"),
+        NewUpdate("a", at(3), "other", b"A"),
+        NewUpdate("c", at(4), "c", b"C"),
+    ]
+    assert await store.append(room, updates) == 3
+    assert [(u.seq, u.uid, u.origin, u.data) for u in await store.read_updates(room)] == [
+        (1, "a", "c", b"A"),
+        (2, "b", "c", b"B"),
+        (3, "c", "c", b"C"),
+    ]
 
 
 async def test_concurrent_identical_appends_store_one_copy(store: SqlStore, room: str) -> None:
-    await asyncio.gather(*(store.append(room, batch(1, 20)) for _ in range(4)))
-    assert seqs(await store.read_updates(room)) == list(range(1, 21))
+    results = await asyncio.gather(*(store.append(room, batch(1, 20)) for _ in range(4)))
+
+    assert results == [20] * 4
+    assert logged(await store.read_updates(room)) == [(s, f"n1:{s}", b"u%d" % s) for s in range(1, 21)]
 
 
-async def test_conflicting_reappend_raises_and_stores_nothing_of_the_batch(store: SqlStore, room: str) -> None:
+async def test_conflicting_reappend_raises_naming_the_uid_and_stores_nothing_of_the_batch(
+    store: SqlStore, room: str
+) -> None:
     await store.append(room, batch(1, 3))
 
-    with pytest.raises(StoreError, match="seq 3"):
-        await store.append(room, [*batch(4, 4), NewUpdate(3, at(3), "client:3", b"something else")])
+    with pytest.raises(StoreError, match="n1:3"):
+        await store.append(room, [*batch(4, 4), NewUpdate("n1:3", at(3), "client:3", b"something else")])
 
-    assert seqs(await store.read_updates(room)) == [1, 2, 3]
-    assert (await store.read_updates(room, 2, 3))[0].data == b"u3"
+    assert logged(await store.read_updates(room)) == [(s, f"n1:{s}", b"u%d" % s) for s in range(1, 4)]
+    assert (await store.load(room)).last_seq == 3
+    # The failed batch used no sequence numbers: the next one continues without a gap.
+    assert await store.append(room, batch(4, 4)) == 4
+    assert logged(await store.read_updates(room, 3)) == [(4, "n1:4", b"u4")]
 
 
-async def test_a_batch_holding_one_seq_twice_with_different_data_raises(store: SqlStore, room: str) -> None:
-    with pytest.raises(StoreError, match="seq 7"):
-        await store.append(room, [NewUpdate(7, at(7), "a", b"one"), NewUpdate(7, at(7), "a", b"two")])
+async def test_a_batch_holding_one_uid_twice_with_different_data_raises(store: SqlStore, room: str) -> None:
+    with pytest.raises(StoreError, match="uid-7"):
+        await store.append(
+            room,
+            [NewUpdate("ok", at(1), "a", b"fine"), NewUpdate("uid-7", at(7), "a", b"one"), NewUpdate("uid-7", at(7), "a", b"two")],
+        )
     assert await store.read_updates(room) == []
+    assert await store.append(room, [NewUpdate("uid-7", at(7), "a", b"two")]) == 1
+
+
+async def test_uids_are_per_room(store: SqlStore, room: str) -> None:
+    assert await store.append(f"{room}-a", batch(1, 2)) == 2
+    assert await store.append(f"{room}-b", batch(1, 3, tag=b"different data, same uids ")) == 3
+    assert await store.append(f"{room}-a", batch(1, 2)) == 2
+
+    assert logged(await store.read_updates(f"{room}-a")) == [(1, "n1:1", b"u1"), (2, "n1:2", b"u2")]
+    assert [u.uid for u in await store.read_updates(f"{room}-b")] == ["n1:1", "n1:2", "n1:3"]
 
 
 @pytest.mark.parametrize(
     ("make_room", "update"),
     [
-        (lambda room: room, NewUpdate(1, datetime(2025, 1, 1), "client", b"naive timestamp")),
-        (lambda room: room, NewUpdate(0, at(0), "client", b"seq starts at 1")),
-        (lambda room: room, NewUpdate(1, at(0), "x" * 256, b"origin too long")),
-        (lambda room: "", NewUpdate(1, at(0), "client", b"empty room")),
-        (lambda room: "r" * 256, NewUpdate(1, at(0), "client", b"room too long")),
-        (lambda room: room + "\x00", NewUpdate(1, at(0), "client", b"NUL in room")),
+        (lambda room: room, NewUpdate("n1:1", datetime(2025, 1, 1), "client", b"naive timestamp")),
+        (lambda room: room, NewUpdate("", at(0), "client", b"empty uid")),
+        (lambda room: room, NewUpdate("u" * (UID_MAX_LENGTH + 1), at(0), "client", b"uid too long")),
+        (lambda room: room, NewUpdate("n1:\x001", at(0), "client", b"NUL in uid")),
+        (lambda room: room, NewUpdate(1, at(0), "client", b"uid not a string")),  # type: ignore[arg-type]
+        (lambda room: room, NewUpdate("n1:1", at(0), "x" * 256, b"origin too long")),
+        (lambda room: "", NewUpdate("n1:1", at(0), "client", b"empty room")),
+        (lambda room: "r" * 256, NewUpdate("n1:1", at(0), "client", b"room too long")),
+        (lambda room: room + "\x00", NewUpdate("n1:1", at(0), "client", b"NUL in room")),
     ],
 )
 async def test_input_no_database_could_store_raises_value_error(
-    store: SqlStore, room: str, make_room, update: NewUpdate
+    store: SqlStore, db_url: str, room: str, make_room, update: NewUpdate
 ) -> None:
     with pytest.raises(ValueError):
         await store.append(make_room(room), [update])
+    with pytest.raises(ValueError):  # also after valid updates in the same batch
+        await store.append(make_room(room), [*batch(1, 2, node="valid"), update])
+    with pytest.raises(ValueError):  # before touching the database: a closed store says ValueError too
+        await SqlStore(db_url).append(make_room(room), [update])
     assert await store.read_updates(room) == []
+
+
+# --- several writers -------------------------------------------------------------------------------
+
+
+async def test_concurrent_appends_to_one_room_get_consecutive_seqs(store: SqlStore, room: str) -> None:
+    batches = [batch(1, 5, tag=b"w%d:" % w, node=f"w{w}") for w in range(12)]
+
+    results = await asyncio.gather(*(store.append(room, b) for b in batches))
+
+    stored = await store.read_updates(room)
+    assert seqs(stored) == list(range(1, 61))
+    assert sorted(u.uid for u in stored) == sorted(u.uid for b in batches for u in b)
+    assert sorted(results) == list(range(5, 61, 5))
+    # Each batch was numbered in one piece, in batch order, ending at the seq its append returned.
+    by_seq = {u.seq: u for u in stored}
+    for b, last in zip(batches, results):
+        assert [(by_seq[s].uid, by_seq[s].data) for s in range(last - 4, last + 1)] == [(u.uid, u.data) for u in b]
+
+
+async def test_two_stores_on_one_database_append_to_one_room_without_gaps_or_duplicates(
+    db_url: str, room: str
+) -> None:
+    async with SqlStore(db_url) as node1, SqlStore(db_url) as node2:
+        # Each node logs its own updates and, like every node holding the room, the other's as well.
+        own = {n: [batch(i * 3 + 1, i * 3 + 3, node=n) for i in range(8)] for n in ("n1", "n2")}
+        calls = []
+        for i in range(8):
+            calls += [
+                node1.append(room, own["n1"][i]),
+                node2.append(room, own["n2"][i]),
+                node2.append(room, own["n1"][i]),
+                node1.append(room, own["n2"][7 - i]),
+            ]
+        results = await asyncio.gather(*calls)
+
+        stored = await node1.read_updates(room)
+        assert await node2.read_updates(room) == stored
+        assert seqs(stored) == list(range(1, 49))
+        uids = [u.uid for u in stored]
+        assert len(set(uids)) == len(uids) == 48
+        assert set(uids) == {u.uid for n in own for b in own[n] for u in b}
+        assert all(u.data == b"u" + u.uid.split(":")[1].encode() for u in stored)
+        assert max(results) == 48 and all(3 <= r <= 48 for r in results)
+        assert (await node2.load(room)).last_seq == 48
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -260,9 +448,15 @@ async def test_input_no_database_could_store_raises_value_error(
 async def test_read_updates_returns_the_half_open_range_in_order(
     store: SqlStore, room: str, after_seq: int, upto_seq: int | None, expected: list[int]
 ) -> None:
-    await store.append(room, batch(6, 10))  # out of order on purpose: reads sort by seq
-    await store.append(room, batch(1, 5))
-    assert seqs(await store.read_updates(room, after_seq, upto_seq)) == expected
+    # Uids out of order on purpose: reads sort by the store's seq, the batch order, not by uid.
+    await store.append(room, batch(6, 10, tag=b"v"))
+    await store.append(room, batch(1, 5, tag=b"v"))
+    numbered = {seq: f"n1:{n}" for seq, n in enumerate([6, 7, 8, 9, 10, 1, 2, 3, 4, 5], start=1)}
+
+    got = await store.read_updates(room, after_seq, upto_seq)
+
+    assert seqs(got) == expected
+    assert [u.uid for u in got] == [numbered[s] for s in expected]
 
 
 async def test_rooms_lists_every_room_with_a_log_or_a_snapshot(store: SqlStore, room: str) -> None:
@@ -278,27 +472,33 @@ async def test_rooms_lists_every_room_with_a_log_or_a_snapshot(store: SqlStore, 
 
 async def test_a_two_mebibyte_update_and_snapshot_round_trip(store: SqlStore, room: str) -> None:
     big = os.urandom(2 * 1024 * 1024)
-    await store.append(room, [NewUpdate(1, at(1), "client", big)])
+    assert await store.append(room, [NewUpdate("big", at(1), "client", big)]) == 1
     await store.write_snapshot(room, 1, big[::-1])
-    await store.append(room, [NewUpdate(2, at(2), "client", big[:12345])])
+    assert await store.append(room, [NewUpdate("part", at(2), "client", big[:12345])]) == 2
+    assert await store.append(room, [NewUpdate("big", at(3), "client", big)]) == 2  # a 2 MiB retry
 
     loaded = await store.load(room)
 
     assert loaded.snapshot is not None and loaded.snapshot.data == big[::-1]
-    assert [u.data for u in loaded.updates] == [big[:12345]]
+    assert [(u.seq, u.uid, u.data) for u in loaded.updates] == [(2, "part", big[:12345])]
     assert (await store.read_updates(room, 0, 1))[0].data == big
+    with pytest.raises(StoreError, match="big"):
+        await store.append(room, [NewUpdate("big", at(3), "client", big[:-1] + b"!")])
 
 
 async def test_rooms_are_isolated_from_each_other(store: SqlStore, room: str) -> None:
     names = [f"{room}-{i}" for i in range(25)]
-    await asyncio.gather(*(store.append(name, batch(1, 3, tag=name.encode() + b":")) for name in names))
+    results = await asyncio.gather(*(store.append(name, batch(1, 3, tag=name.encode() + b":")) for name in names))
     await store.write_snapshot(names[0], 2, b"only room 0")
 
     loaded = {name: await store.load(name) for name in names}
 
+    assert results == [3] * 25  # same uids in every room: numbered per room, none skipped
     for name in names:
         assert loaded[name].last_seq == 3
-        assert [(u.room, u.data) for u in loaded[name].updates if u.seq == 3] == [(name, name.encode() + b":3")]
+        assert [(u.room, u.uid, u.data) for u in loaded[name].updates if u.seq == 3] == [
+            (name, "n1:3", name.encode() + b":3")
+        ]
     assert [name for name in names if loaded[name].snapshot is not None] == [names[0]]
     assert seqs(loaded[names[0]].updates) == [3]
     assert all(seqs(loaded[name].updates) == [1, 2, 3] for name in names[1:])
@@ -351,6 +551,27 @@ async def test_every_method_of_a_closed_store_raises_store_error(db_url: str, ro
 # --- with real documents ---------------------------------------------------------------------------
 
 
+async def _edit(store: Store, room: str, doc: Doc, edits: list[tuple[int, int, str]], node: str = "n1") -> None:
+    """Make each edit on ``doc`` and log its update under a fresh uid of ``node``."""
+    text = doc.get("text", type=Text)
+    for start, stop, added in edits:
+        state = doc.get_state()
+        with doc.transaction():
+            if stop > start:
+                del text[start:stop]
+            if added:
+                text.insert(start, added)
+        uid = f"{node}:{uuid.uuid4().hex}"
+        await store.append(room, [NewUpdate(uid, datetime.now(UTC), "client:1", doc.get_update(state))])
+
+
+def _rebuild(*updates: bytes) -> str:
+    doc = Doc()
+    for update in updates:
+        doc.apply_update(update)
+    return str(doc.get("text", type=Text))
+
+
 async def test_a_pycrdt_document_rebuilds_from_snapshot_and_log(store: SqlStore, room: str) -> None:
     doc = Doc()
     text = doc.get("text", type=Text)
@@ -365,31 +586,92 @@ async def test_a_pycrdt_document_rebuilds_from_snapshot_and_log(store: SqlStore,
         (0, 0, ""),  # an update that changes nothing is still logged
     ]
     snapshot_after = 4
-    for seq, (start, stop, insert) in enumerate(edits, start=1):
-        state = doc.get_state()
-        with doc.transaction():
-            if stop > start:
-                del text[start:stop]
-            if insert:
-                text.insert(start, insert)
-        await store.append(room, [NewUpdate(seq, datetime.now(UTC), "client:1", doc.get_update(state))])
-        if seq == snapshot_after:
-            await store.write_snapshot(room, seq, doc.get_update())
+    await _edit(store, room, doc, edits[:snapshot_after])
+    await store.write_snapshot(room, snapshot_after, doc.get_update())
+    await _edit(store, room, doc, edits[snapshot_after:])
 
     loaded = await store.load(room)
     assert loaded.snapshot is not None and loaded.snapshot.seq == snapshot_after
     assert seqs(loaded.updates) == list(range(snapshot_after + 1, len(edits) + 1))
 
-    rebuilt = Doc()
-    rebuilt.apply_update(loaded.snapshot.data)
-    for update in loaded.updates:
-        rebuilt.apply_update(update.data)
-    replayed = Doc()
-    for update in await store.read_updates(room):
-        replayed.apply_update(update.data)
+    rebuilt = _rebuild(loaded.snapshot.data, *(u.data for u in loaded.updates))
+    replayed = _rebuild(*(u.data for u in await store.read_updates(room)))
 
-    assert str(rebuilt.get("text", type=Text)) == str(text) == "Hello, there! ✓ ünïcödé"
-    assert str(replayed.get("text", type=Text)) == str(text)
+    assert rebuilt == str(text) == "Hello, there! ✓ ünïcödé"
+    assert replayed == str(text)
+
+
+# --- compaction ------------------------------------------------------------------------------------
+
+
+async def test_compact_folds_the_snapshot_and_the_tail_into_a_snapshot_at_the_last_seq(
+    store: SqlStore, room: str, db_url: str
+) -> None:
+    doc = Doc()
+    await _edit(store, room, doc, [(0, 0, "hello world"), (5, 5, ",")])
+    await store.write_snapshot(room, 2, doc.get_update())
+    await _edit(store, room, doc, [(12, 12, "!"), (0, 1, "H"), (6, 12, " ünïcödé")])
+    expected = str(doc.get("text", type=Text))
+    assert expected == "Hello, ünïcödé!"
+
+    assert await compact(store, room) == 5
+
+    loaded = await store.load(room)
+    assert loaded.snapshot is not None and loaded.snapshot.seq == 5
+    assert loaded.updates == []
+    assert loaded.last_seq == 5
+    assert _rebuild(loaded.snapshot.data) == expected
+    assert await _snapshot_count(db_url, room) == 2  # the older snapshot is kept for seeking
+    assert seqs(await store.read_updates(room)) == [1, 2, 3, 4, 5]  # the log is never rewritten
+
+
+async def test_compact_of_a_log_without_a_snapshot_folds_the_whole_log(store: SqlStore, room: str) -> None:
+    doc = Doc()
+    await _edit(store, room, doc, [(0, 0, "abc"), (3, 3, "def"), (1, 2, "")], node="n1")
+    await _edit(store, room, doc, [(0, 0, ">")], node="n2")
+
+    assert await compact(store, room) == 4
+
+    loaded = await store.load(room)
+    assert loaded.snapshot is not None and loaded.snapshot.seq == 4 and loaded.updates == []
+    assert _rebuild(loaded.snapshot.data) == str(doc.get("text", type=Text)) == ">acdef"
+
+
+async def test_compact_returns_none_when_nothing_follows_the_newest_snapshot(
+    store: SqlStore, room: str, db_url: str
+) -> None:
+    assert await compact(store, room) is None  # a room never seen
+    assert await store.load(room) == LoadedRoom(None, [], 0)
+
+    doc = Doc()
+    await _edit(store, room, doc, [(0, 0, "x"), (1, 1, "y")])
+    await store.write_snapshot(room, 2, doc.get_update())
+
+    assert await compact(store, room) is None
+    assert await _snapshot_count(db_url, room) == 1
+
+    assert await compact(store, room) is None  # and again: still nothing to fold
+
+
+async def test_compact_after_compact_folds_only_the_new_tail_and_numbering_continues(
+    store: SqlStore, room: str, db_url: str
+) -> None:
+    doc = Doc()
+    await _edit(store, room, doc, [(0, 0, "one")])
+    assert await compact(store, room) == 1
+    assert await compact(store, room) is None
+
+    await _edit(store, room, doc, [(3, 3, " two"), (7, 7, " three")])
+    loaded = await store.load(room)
+    assert loaded.snapshot is not None and loaded.snapshot.seq == 1 and seqs(loaded.updates) == [2, 3]
+
+    assert await compact(store, room) == 3
+
+    loaded = await store.load(room)
+    assert loaded.snapshot is not None and loaded.snapshot.seq == 3 and loaded.updates == []
+    assert _rebuild(loaded.snapshot.data) == str(doc.get("text", type=Text)) == "one two three"
+    assert await _snapshot_count(db_url, room) == 2
+    assert await store.append(room, batch(1, 1, node="later")) == 4
 
 
 # --- URLs ------------------------------------------------------------------------------------------
