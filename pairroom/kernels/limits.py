@@ -22,6 +22,7 @@ import enum
 import errno
 import logging
 import os
+import secrets
 import shlex
 import shutil
 import time
@@ -174,7 +175,7 @@ class KernelCgroup:
 
 def detect_cgroups(settings: KernelSettings, *, name: str | None = None) -> Cgroups:
     """Find where per-kernel cgroups can be created, creating this server's parent dirs."""
-    name = name or f"pairroom-kernels-{os.getpid()}"
+    name = name or f"pairroom-kernels-{os.getpid()}-{secrets.token_hex(3)}"  # one per service
     try:
         own = _own_cgroups()
         mounts = _cgroup_mounts()

@@ -278,16 +278,18 @@ class KernelService:
 
     async def stop(self) -> None:
         """Kill every kernel (room kernels and the pool) and remove their dirs and cgroups."""
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+        try:
+            if self._runner is not None:
+                self._runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._runner
+        finally:
             self._runner = None
-        self._tasks = None
-        if self._root is not None:
-            await asyncio.to_thread(shutil.rmtree, self._root, True)
-        if self.cgroups is not None:
-            self.cgroups.close()
+            self._tasks = None
+            if self._root is not None:
+                await asyncio.to_thread(shutil.rmtree, self._root, True)
+            if self.cgroups is not None:
+                self.cgroups.close()
 
     async def __aenter__(self) -> KernelService:
         await self.start()

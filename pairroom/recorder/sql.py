@@ -58,6 +58,7 @@ __all__ = ["SqlStore", "normalize_db_url"]
 
 _MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK_KEY = 0x7061_6972_7265_636F  # "pairreco": the advisory lock held while migrating
+_PG_COMMAND_TIMEOUT_S = 30.0  # no statement (a lock wait included) hangs a writer forever
 _PG_CONNECT_TIMEOUT_S = 10.0
 _SQLITE_BUSY_TIMEOUT_MS = 5000
 _SQLITE_PRAGMAS = (
@@ -254,7 +255,7 @@ class SqlStore:
             # After a database restart the pool holds dead connections; test each on checkout so
             # the first write afterwards succeeds instead of failing once per pooled connection.
             pool_pre_ping=True,
-            connect_args={"timeout": _PG_CONNECT_TIMEOUT_S},
+            connect_args={"timeout": _PG_CONNECT_TIMEOUT_S, "command_timeout": _PG_COMMAND_TIMEOUT_S},
         )
 
     async def _migrate(self, engine: AsyncEngine) -> None:

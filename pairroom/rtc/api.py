@@ -9,10 +9,8 @@ time the relay or a recording needs it.
 from __future__ import annotations
 
 import contextlib
-import os
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,50 +20,10 @@ from starlette.routing import Route, WebSocketRoute
 from ..server.auth import AuthError, Role
 from .access import authenticate
 from .bus import MemoryBus, SignalBus
-from .calls import CallHub, CallPolicy, Speak, call_endpoint
+from .calls import CallHub, call_endpoint
 from .ice import rtc_config
-from .limits import Limits
+from .settings import RtcSettings, Speak
 from .signaling import TopicHub, signal_endpoint
-
-
-@dataclass(frozen=True, slots=True)
-class RtcSettings:
-    stun_urls: tuple[str, ...] = ()
-    turn_urls: tuple[str, ...] = ()
-    turn_secret: str | None = None  # coturn's static-auth-secret
-    turn_ttl_seconds: int = 3600
-    limits: Limits = field(default_factory=Limits)
-    speak: str = "everyone"  # default speaking policy of a room's call: everyone | owners
-    owners_speak_rooms: frozenset[str] = frozenset()  # rooms whose calls use ``owners``
-    record_rooms: frozenset[str] = frozenset()  # rooms whose call audio the server records
-    record_all: bool = False
-    recording_dir: str = "./recordings"
-    relay_max_listeners: int = 60  # measured: docs/rtc.md
-    media_addresses: tuple[str, ...] = ()  # host candidates of the server's own peers (empty: all)
-
-    def policy_for(self, room: str) -> CallPolicy:
-        speak = Speak.OWNERS if room in self.owners_speak_rooms else Speak(self.speak)
-        return CallPolicy(speak=speak, record=self.record_all or room in self.record_rooms)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> RtcSettings:
-        """``PAIRROOM_RTC_<FIELD>``; lists and sets are comma-separated."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = environ.get(f"PAIRROOM_RTC_{f.name.upper()}")
-            if raw is None or f.name == "limits":
-                continue
-            default = getattr(cls(), f.name)
-            if isinstance(default, (tuple, frozenset)):
-                values[f.name] = type(default)(x.strip() for x in raw.split(",") if x.strip())
-            elif isinstance(default, bool):
-                values[f.name] = raw.strip().lower() in {"1", "true", "yes", "on"}
-            elif isinstance(default, int):
-                values[f.name] = int(raw)
-            else:
-                values[f.name] = raw
-        return replace(cls(), **values)
 
 
 class RtcService:
@@ -84,9 +42,10 @@ class RtcService:
         return Path(self.settings.recording_dir)
 
     def media_ready(self) -> None:
-        from .media import restrict_host_addresses
+        from .media import restrict_host_addresses, share_audio_level
 
         restrict_host_addresses(self.settings.media_addresses)
+        share_audio_level()
 
     def relay(self) -> Any:
         if self._relay is None:
@@ -203,6 +162,8 @@ async def recordings_list(request: Request) -> Response:
 
     return JSONResponse({"room": room, "recordings": list_recordings(rtc.recording_dir, room)})
 
+
+__all__ = ["RtcService", "RtcSettings", "attach", "routes"]
 
 routes = [
     WebSocketRoute("/signal", signal_endpoint),

@@ -29,7 +29,6 @@ the node gone; that hook belongs to the broker adapter.
 from __future__ import annotations
 
 import asyncio
-import enum
 import json
 import logging
 import re
@@ -46,24 +45,12 @@ from .access import authenticate
 from .bus import SignalBus
 from .connection import Connection
 from .limits import Refused, RtcClose
+from .settings import CallPolicy, Speak
 from .limits import field as checked
 
 log = logging.getLogger("pairroom.rtc.call")
 
 MAX_SDP = 32 * 1024
-
-
-class Speak(str, enum.Enum):
-    EVERYONE = "everyone"
-    OWNERS = "owners"
-
-
-@dataclass(frozen=True, slots=True)
-class CallPolicy:
-    """A room's call settings: who may speak, and whether the server records the call's audio."""
-
-    speak: Speak = Speak.EVERYONE
-    record: bool = False
 
 
 class Member(Protocol):

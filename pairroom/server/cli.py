@@ -7,6 +7,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import signal
 import sys
 
 import uvloop
@@ -132,6 +133,7 @@ def serve(settings: Settings) -> int:
     server = Server(uvicorn_config(create_app(settings), settings))
 
     async def run() -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
         task = asyncio.create_task(server.serve())
         ready = asyncio.create_task(server.ready.wait())
         await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -143,6 +145,14 @@ def serve(settings: Settings) -> int:
 
     uvloop.run(run())
     return 0 if server.started else 1
+
+
+def dump_tasks() -> None:
+    """SIGUSR1: write every pending task's stack to stderr (to see what a stuck node waits for)."""
+    for task in asyncio.all_tasks():
+        print(f"--- task {task.get_name()}", file=sys.stderr)
+        task.print_stack(limit=12, file=sys.stderr)
+    sys.stderr.flush()
 
 
 if __name__ == "__main__":

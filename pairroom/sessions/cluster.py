@@ -73,6 +73,7 @@ class Cluster:
         self.anti_entropy = anti_entropy
         self.sync_timeout = sync_timeout
         self.peers: dict[str, float] = {}  # node id -> when last heard
+        self.started_at = time.monotonic()
         self._buffers: dict[str, list[BusMessage]] = {}
         self._answers: dict[str, set[str]] = {}  # room being opened -> nodes that answered
         self._answered: dict[str, asyncio.Event] = {}
@@ -84,6 +85,7 @@ class Cluster:
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def run(self, started: asyncio.Event) -> None:
+        self.started_at = time.monotonic()
         await self.broker.start(self._on_message, self._on_reconnect)
         await self.broker.subscribe(keys.cluster_channel())
         try:
@@ -149,7 +151,15 @@ class Cluster:
             log.warning("cannot list room holders", extra={"room": name, "error": repr(exc)})
             return set()
         now = time.monotonic()
-        return {n for n in holders if n != self.node_id and now - self.peers.get(n, -1e9) < self.dead_after}
+        # Right after start-up this node has not heard every heartbeat yet: a holder it has not heard
+        # of counts as alive then (at worst the join waits ``sync_timeout`` for a dead one).
+        unknown_is_alive = now - self.started_at < self.dead_after
+        return {
+            n
+            for n in holders
+            if n != self.node_id
+            and (now - self.peers.get(n, -1e9) < self.dead_after or (unknown_is_alive and n not in self.peers))
+        }
 
     async def _add_holder(self, name: str) -> None:
         try:
@@ -254,6 +264,9 @@ class Cluster:
             self.send(room.name, Kind.MISSING, missing, target=message.node)
         if wants_reply:
             self.send(room.name, Kind.STATE_VECTOR, room.doc.get_state(), target=message.node)
+            presence = room.presence.local_states()
+            if presence is not None:  # a node that just opened the room knows nobody's presence yet
+                self.send(room.name, Kind.AWARENESS, presence, target=message.node)
 
     def _note_answer(self, name: str, node: str) -> None:
         answers = self._answers.get(name)

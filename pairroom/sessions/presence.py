@@ -126,6 +126,11 @@ class Presence:
         if changed:
             self._schedule()
 
+    def local_states(self) -> bytes | None:
+        """The awareness states of this node's members, as one update (for other nodes)."""
+        ids = [cid for cid in self.owner if cid in self.awareness.states]
+        return self.awareness.encode_awareness_update(ids) if ids else None
+
     def remove_node(self, node: str) -> None:
         """A node died: the states of its members are removed for everyone here."""
         gone = [cid for cid, owner in self.remote_owner.items() if owner == node]

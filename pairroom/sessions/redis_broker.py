@@ -46,6 +46,7 @@ class RedisBroker:
         self._tasks: list[asyncio.Task[None]] = []
         self._commands: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._confirmations: dict[str, list[asyncio.Future[None]]] = {}
+        self._stopping = False
         self.reconnects = 0
 
     @property
@@ -72,7 +73,11 @@ class RedisBroker:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        # A flag, not only cancellation: redis-py's get_message can swallow a CancelledError that
+        # lands mid-read, and the reader would then loop on.
+        self._stopping = True
+        done, pending = await asyncio.wait(self._tasks, timeout=2.0) if self._tasks else (set(), set())
+        for task in pending:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
@@ -120,7 +125,7 @@ class RedisBroker:
 
     async def _read(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._stopping:
             if not self._connected or self._pubsub is None:
                 await self._drop_pubsub()
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
@@ -168,7 +173,7 @@ class RedisBroker:
 
     async def _watch(self) -> None:
         assert self._client is not None
-        while True:
+        while not self._stopping:
             await asyncio.sleep(PING_EVERY)
             if not self._connected:
                 continue

@@ -286,7 +286,9 @@ class RoomRegistry(RoomListener):
                     continue
                 started = time.perf_counter()
                 try:
-                    count = await room.flush()
+                    # Shielded: a shutdown must not cut a write in half (a transaction cancelled
+                    # mid-way can hold the room's write lock); close_all waits for it instead.
+                    count = await asyncio.shield(room.flush())
                 except StoreError as exc:
                     failed = True
                     self._dirty.add(room)
