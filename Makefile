@@ -6,7 +6,9 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DB     ?= sqlite:///./pairroom.db
 
-.PHONY: run test install install-dev node-deps bench bench-quick clean
+WEB_SOURCES := $(shell find frontend/src -type f 2>/dev/null) frontend/index.html frontend/room.html frontend/vite.config.js
+
+.PHONY: run test install install-dev node-deps web kernel-env services bench bench-quick clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || scripts/apt-install python3-venv
@@ -26,16 +28,37 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 tests/node/node_modules/.stamp: tests/node/package-lock.json
-	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	cd tests/node && npm ci --omit=optional --ignore-scripts --no-audit --no-fund --loglevel=error
 	@touch $@
 
 node-deps: tests/node/node_modules/.stamp
 
-run: install
+frontend/node_modules/.package-lock.json: frontend/package-lock.json
+	cd frontend && npm ci --no-audit --no-fund --loglevel=error
+
+pairroom/static/room.html: frontend/node_modules/.package-lock.json $(WEB_SOURCES)
+	cd frontend && npm run build --silent
+
+# the browser app, built into pairroom/static and served by the server
+web: pairroom/static/room.html
+
+# what the sandboxed kernels need: bubblewrap and a Python the sandbox user can read
+kernel-env:
+	@scripts/ensure-bwrap >/dev/null
+	@scripts/ensure-kernel-env >/dev/null
+
+run: install web kernel-env
 	$(BIN)/pairroom serve --host $(HOST) --port $(PORT) --db $(DB)
 
-test: install-dev node-deps
-	PAIRROOM_TEST_PG="$$(scripts/ensure-postgres)" $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+# the real services the tests start or use: Redis (own instances), PostgreSQL, Chromium, namespaces
+services: kernel-env
+	@scripts/ensure-redis >/dev/null
+	@scripts/ensure-chromium >/dev/null
+	@command -v unshare >/dev/null && command -v ip >/dev/null || scripts/apt-install util-linux iproute2
+
+test: install-dev node-deps web services
+	PAIRROOM_TEST_PG="$$(scripts/ensure-postgres)" PAIRROOM_REDIS_SERVER="$$(scripts/ensure-redis)" \
+		$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python bench/run.py
@@ -44,4 +67,4 @@ bench-quick: install
 	$(BIN)/python bench/run.py --quick
 
 clean:
-	rm -rf $(VENV) .cache tests/node/node_modules bench/loadgen/node_modules
+	rm -rf $(VENV) .cache tests/node/node_modules bench/loadgen/node_modules frontend/node_modules pairroom/static

@@ -65,7 +65,7 @@ async def start_server(db_url: str) -> AsyncIterator[StartServer]:
     running: list[RunningServer] = []
 
     async def start(store: Store | None = None, **overrides: object) -> RunningServer:
-        values: dict[str, object] = {"port": 0, "db": db_url, "log_format": "text"}
+        values: dict[str, object] = {"port": 0, "db": db_url, "log_format": "text", "kernels": False}
         values.update(overrides)
         settings = dataclasses.replace(Settings(), **values)  # type: ignore[arg-type]
         server = Server(uvicorn_config(create_app(settings, store), settings, signals=False))

@@ -68,7 +68,8 @@ def check_may_run(room: Room, principal: Principal) -> None:
 def _service(request: Request) -> KernelService:
     service = getattr(request.app.state, "kernels", None)
     if service is None:
-        raise ApiError(503, "kernels are not enabled on this server")
+        reason = getattr(request.app.state, "kernels_error", None) or "kernels are not enabled on this server"
+        raise ApiError(503, reason)
     return service  # type: ignore[no-any-return]
 
 

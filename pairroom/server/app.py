@@ -15,7 +15,7 @@ from typing import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from ..recorder.sql import SqlStore
@@ -25,7 +25,11 @@ from ..sessions.cluster import Cluster
 from ..sessions.redis_broker import RedisBroker
 from ..sessions.registry import RoomRegistry
 from .config import Settings
-from . import api
+from ..kernels.api import routes as kernel_routes
+from ..kernels.sandbox import SandboxUnavailable
+from ..kernels.service import KernelService
+from ..rtc.api import attach as attach_rtc
+from . import api, static
 from .hub import Hub
 from .metrics import Metrics
 from .websocket import yjs_endpoint
@@ -50,10 +54,14 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             task = asyncio.create_task(runner(started), name=f"pairroom-{name}")
             await wait_started(task, started)
             tasks.append(task)
+        kernels, app.state.kernels_error = await start_kernels(registry, settings)
+        app.state.kernels = kernels
         log.info("ready", extra={"db": redact(settings.db), "node": node_id, "redis": bool(settings.redis)})
         try:
             yield
         finally:
+            if kernels is not None:
+                await kernels.stop()  # before the rooms flush, so the last outputs are stored
             for task in reversed(tasks):  # rooms flush first, then the cluster says goodbye
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -61,17 +69,34 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             await the_store.close()
             log.info("stopped")
 
-    return Starlette(
+    app = Starlette(
         routes=[
             WebSocketRoute("/yjs/{path:path}", yjs_endpoint),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
             *api.routes,
-            Route("/", index),
+            *kernel_routes,
+            *static.routes,
         ],
         lifespan=lifespan,
     )
+    attach_rtc(app, settings.rtc)
+    return app
+
+
+async def start_kernels(registry: RoomRegistry, settings: Settings) -> tuple[KernelService | None, str | None]:
+    """The kernel service, or None and the reason (runs then answer 503 with it): disabled, or the
+    sandbox is missing and ``--unsafe-kernels`` was not given."""
+    if not settings.kernels:
+        return None, "kernels are disabled on this server (--no-kernels)"
+    kernels = KernelService(registry, settings.kernel_settings())
+    try:
+        await kernels.start()
+    except SandboxUnavailable as exc:
+        log.error("kernels refused: no sandbox", extra={"error": str(exc)})
+        return None, f"kernels refused: {exc}"
+    return kernels, None
 
 
 async def wait_started(task: asyncio.Task[None], started: asyncio.Event) -> None:
@@ -117,10 +142,3 @@ async def readyz(request: Request) -> Response:
 async def metrics_endpoint(request: Request) -> Response:
     hub: Hub = request.app.state.hub
     return Response(hub.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-
-async def index(request: Request) -> Response:
-    return PlainTextResponse(
-        "pairroom: connect a y-websocket client to ws://HOST:PORT/yjs/ROOM\n"
-        "health: /healthz  readiness: /readyz  metrics: /metrics\n"
-    )

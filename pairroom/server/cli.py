@@ -55,6 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--public-url", help="base URL for invite links")
     serve.add_argument("--redis", help="redis://host:port/db: share rooms with other nodes (PAIRROOM_REDIS)")
     serve.add_argument("--node-id", help="this node's id among the nodes (default: random)")
+    serve.add_argument(
+        "--kernels", action=argparse.BooleanOptionalAction, default=None,
+        help="shared code execution in sandboxed kernels (default on)",
+    )
+    serve.add_argument(
+        "--unsafe-kernels", action="store_true", default=None,
+        help="run kernels WITHOUT the sandbox when bubblewrap is missing: trusted local use only",
+    )
+    serve.add_argument("--kernel-pool-size", type=int, help="pre-started kernels (default 2)")
+    serve.add_argument("--kernel-idle-seconds", type=float, help="shut down a room kernel idle this long")
+    serve.add_argument("--kernel-run-timeout", type=float, help="wall-clock limit of one run (default 300)")
+    serve.add_argument("--kernel-output-cap", type=int, help="output bytes kept per run (default 1 MiB)")
 
     token = commands.add_parser("token", help="mint an access token for a room")
     token.add_argument("room")
@@ -124,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             " edit every room. Set PAIRROOM_SECRET, bind 127.0.0.1, or pass --allow-anonymous.",
             file=sys.stderr,
         )
+        return 2
+    if settings.unsafe_kernels and not is_loopback(settings.host):
+        print("pairroom: --unsafe-kernels is for trusted local use: bind a loopback address", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
     return serve(settings)

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
+from ..kernels.settings import KernelSettings
+from ..rtc.settings import RtcSettings
 from ..sessions.registry import RoomSettings
 
 MiB = 1024 * 1024
@@ -47,11 +49,35 @@ class Settings:
     heartbeat_seconds: float = 1.0
     node_dead_after_seconds: float = 3.0
     anti_entropy_seconds: float = 10.0
+    kernels: bool = True  # shared code execution in sandboxed kernels
+    unsafe_kernels: bool = False  # run kernels without the sandbox: trusted local use only
+    kernel_pool_size: int = 2
+    kernel_idle_seconds: float = 600.0
+    kernel_run_timeout: float = 300.0
+    kernel_output_cap: int = MiB
+    kernel_memory_bytes: int = 1024 * MiB
+    kernel_pids: int = 128
+    kernel_cpu_seconds: int = 3600
+    kernel_file_bytes: int = 100 * MiB
+    rtc: RtcSettings = field(default_factory=RtcSettings)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def origins(self) -> frozenset[str]:
         return frozenset(o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip())
+
+    def kernel_settings(self) -> KernelSettings:
+        return KernelSettings(
+            pool_size=self.kernel_pool_size,
+            idle_shutdown_seconds=self.kernel_idle_seconds,
+            run_timeout=self.kernel_run_timeout,
+            output_cap_bytes=self.kernel_output_cap,
+            unsafe=self.unsafe_kernels,
+            cpu_seconds=self.kernel_cpu_seconds,
+            memory_bytes=self.kernel_memory_bytes,
+            pids=self.kernel_pids,
+            file_bytes=self.kernel_file_bytes,
+        )
 
     def cluster_settings(self) -> dict[str, float]:
         return {
@@ -79,12 +105,13 @@ class Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
-            if f.name == "extra":
+            if f.name in ("extra", "rtc"):
                 continue
             raw = environ.get(f"PAIRROOM_{f.name.upper()}")
             if raw is not None:
                 default = getattr(cls(), f.name)
                 values[f.name] = _convert(f.name, raw, str if default is None else type(default))
+        values["rtc"] = RtcSettings.from_env(environ)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
 

@@ -47,6 +47,7 @@ class Presence:
         self.owner: dict[int, Member] = {}  # awareness client id -> the connection controlling it
         self.remote_owner: dict[int, str] = {}  # awareness client id -> the node its connection is on
         self.on_publish: Callable[[bytes], None] | None = None  # local changes, for other nodes
+        self.on_member_states: Callable[[Member, dict[int, Any]], None] | None = None  # for observers
         self._pending: dict[int, bool] = {}  # client id -> changed by a viewer
         self._last_flush = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -100,6 +101,8 @@ class Presence:
         self._apply(payload, accepted, member.id, by_viewer=lambda _: not member.role.participates)
         if self.on_publish is not None:
             self.on_publish(payload)
+        if self.on_member_states is not None:
+            self.on_member_states(member, {e.client_id: self.awareness.states.get(e.client_id) for e in accepted})
 
     def receive_remote(self, node: str, payload: bytes) -> None:
         """Awareness entries of another node's members (already stamped there)."""

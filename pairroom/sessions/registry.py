@@ -38,6 +38,7 @@ from ..recorder.store import Store, StoreError
 from . import keys
 from .broker import BrokerError
 from .cluster import Cluster
+from .hooks import RoomObserver, WriteCheck
 from .member import Member
 from .room import Room, RoomListener, RoomState
 
@@ -85,6 +86,8 @@ class RoomRegistry(RoomListener):
         self.settings = settings or RoomSettings()
         self.metrics = metrics or RegistryMetrics()
         self.rooms: dict[str, Room] = cluster.rooms
+        self.observers: list[RoomObserver] = []  # attached to every room this node loads
+        self.write_check: WriteCheck | None = None
         self._uids = itertools.count(1)
         self._compacting: set[str] = set()
         self._ready: dict[str, asyncio.Future[None]] = {}
@@ -179,6 +182,9 @@ class RoomRegistry(RoomListener):
         )
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         room.presence.on_publish = lambda payload: self.cluster.publish_awareness(room, payload)
+        room.observers = sorted(self.observers, key=lambda o: o.priority)
+        if self.write_check is not None:
+            room.write_check = self.write_check
         self.rooms[name] = room
         self._ready[name] = ready
         try:
@@ -187,6 +193,7 @@ class RoomRegistry(RoomListener):
                 await room.load()
                 await self.cluster.opened(room)
             room.transition(RoomState.ACTIVE)
+            room.notify("on_room_loaded")
         except BaseException as exc:
             del self.rooms[name]
             room.transition(RoomState.CLOSED)
@@ -240,6 +247,7 @@ class RoomRegistry(RoomListener):
             del self._unloaded[room.name]
             unloaded.set()
         room.transition(RoomState.CLOSED)
+        room.notify("on_room_closed")
         self._dirty.discard(room)
         del self.rooms[room.name]
         await self.cluster.closed(room.name)

@@ -25,6 +25,7 @@ from ..crdt.origins import LocalOrigin, Origin, PeerOrigin
 from ..crdt.protocol import CloseCode, Message, MessageType, ProtocolError, SyncStep
 from ..recorder.store import LoadedRoom, NewUpdate, Store, StoreError
 from .guards import DocumentGuards
+from .hooks import RoomObserver, WriteCheck
 from .identity import Role
 from .member import Member
 from .presence import Presence
@@ -87,6 +88,8 @@ class Room:
         )
         self.awareness = self.presence.awareness
         self.roles: dict[str, Role] = {}  # live role changes by owners: user id -> role
+        self.observers: list[RoomObserver] = []  # in priority order; see hooks.py
+        self.write_check: WriteCheck = WriteCheck()
         self.state = RoomState.LOADING
         self.integrated = 0  # updates that changed the document since it was loaded
         self.stored_seq = 0  # the log's last seq, as of this node's last flush or load
@@ -98,6 +101,7 @@ class Room:
         self._origin: Origin = LocalOrigin("load")
         self._subscription = self.doc.observe(self._on_transaction)
         self.guards = DocumentGuards(self)
+        self.presence.on_member_states = lambda member, states: self.notify("on_awareness", member, states)
 
     @property
     def current_origin(self) -> Origin:
@@ -167,6 +171,7 @@ class Room:
         self.idle_since = None
         member.send(protocol.sync_step1(self.doc.get_state()))
         self.presence.greet(member)
+        self.notify("on_join", member)
 
     def leave(self, member: Member, now: float) -> bool:
         """Remove a member; the awareness states it controlled are removed for everyone.
@@ -177,7 +182,16 @@ class Room:
         self.presence.remove_member(member)
         if not self.members:
             self.idle_since = now
+        self.notify("on_leave", member)
         return True
+
+    def notify(self, hook: str, *args: object) -> None:
+        """Call ``hook`` on every observer; an observer's error is logged, never the room's."""
+        for observer in self.observers:
+            try:
+                getattr(observer, hook)(self, *args)
+            except Exception:
+                log.exception("room observer failed", extra={"room": self.name, "hook": hook})
 
     # -- the message path -----------------------------------------------------------------------
 
@@ -199,11 +213,13 @@ class Room:
                 raise ProtocolError(CloseCode.MALFORMED, f"invalid state vector: {exc}") from exc
             member.send(protocol.sync_step2(missing))
             return
-        if not member.role.writes_document:
+        if not member.role.writes_document and not (
+            message.payload == protocol.EMPTY_UPDATE
+            or self.write_check.allows(self, member, message.payload)
+        ):
             # Dropped without closing: every client answers the server's step 1 with a step 2 on
             # each connect, and a close would make a viewer's client reconnect forever.
-            if message.payload != protocol.EMPTY_UPDATE:
-                self.listener.on_update_dropped(self, member)
+            self.listener.on_update_dropped(self, member)
             return
         self.apply_update(message.payload, member.origin, exclude=member)
         self.guards.after_client_update(member)
@@ -259,6 +275,8 @@ class Room:
             return
         self.broadcast(protocol.sync_update(update), exclude=self._exclude, update=update)
         self.integrated += 1
+        if self.observers:
+            self.notify("on_update", origin, update)
         self.listener.on_update(self, origin, len(update))
         if self._logged:
             return  # a peer's update, logged by apply_update under the uid its first node gave it

@@ -1,0 +1,252 @@
+// The room page: /r/{room}[?token=...]. One Y.Doc per room, synced with the server by y-websocket and
+// kept in IndexedDB so that edits made offline survive a reload and reach the server on reconnect.
+import '../style.css'
+import * as Y from 'yjs'
+import { WebsocketProvider } from 'y-websocket'
+import { IndexeddbPersistence } from 'y-indexeddb'
+import { yCollab } from 'y-codemirror.next'
+import { basicSetup } from 'codemirror'
+import { EditorView, keymap } from '@codemirror/view'
+import { Compartment, EditorState } from '@codemirror/state'
+import { indentWithTab } from '@codemirror/commands'
+import { localIdentity, rememberRoom, roomPath, saveLocalName, tokenClaims } from '../shared.js'
+import { FileTree, createFile, deleteFile, pathProblem, renameFile } from './files.js'
+import { languageFor, languageName } from './languages.js'
+import { renderPeople } from './people.js'
+import { appendChat, postChat, renderChat } from './chat.js'
+import { ConnectionStatus } from './connection.js'
+
+const $ = (id) => document.getElementById(id)
+
+const match = location.pathname.match(/^\/r\/([^/]+)(\/replay)?\/?$/)
+const room = match ? decodeURIComponent(match[1]) : ''
+const token = new URLSearchParams(location.search).get('token')
+
+document.title = `${room} · pairroom`
+$('room-name').textContent = room
+
+if (match?.[2]) {
+  // The replay page arrives with the recorder's playback API; until then say so plainly.
+  $('layout').hidden = true
+  $('copy-link').hidden = true
+  $('connection').hidden = true
+  $('replay').hidden = false
+  $('replay-room-link').href = roomPath(room, token)
+} else {
+  startRoom()
+}
+
+function startRoom() {
+  // Only for display: the server checks the token and enforces the role on every update.
+  const claims = tokenClaims(token)
+  const role = typeof claims?.role === 'string' ? claims.role : 'editor'
+  const readOnly = role === 'viewer'
+  const identity = claims?.name ? { name: String(claims.name), color: claims.color || localIdentity().color } : localIdentity()
+
+  rememberRoom(room, roomPath(room, token))
+
+  const doc = new Y.Doc()
+  const files = doc.getMap('files')
+  const chat = doc.getArray('chat')
+  const local = new IndexeddbPersistence(`pairroom:${room}`, doc)
+  const wsBase = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/yjs`
+  const provider = new WebsocketProvider(wsBase, encodeURIComponent(room), doc, {
+    params: token ? { token } : {},
+    connect: navigator.onLine,
+  })
+  const awareness = provider.awareness
+  const setUser = (name) =>
+    awareness.setLocalStateField('user', { name, color: identity.color, colorLight: identity.color + '33' })
+  setUser(identity.name)
+
+  // Header: role badge, connection, copy link.
+  if (readOnly || claims?.role) {
+    const badge = $('role-badge')
+    badge.hidden = false
+    badge.textContent = readOnly ? 'Viewer · read-only' : role
+    badge.classList.toggle('viewer', readOnly)
+  }
+  const status = new ConnectionStatus(provider, doc, [local], ({ state, label }) => {
+    $('connection').dataset.state = state
+    $('connection-text').textContent = label
+  })
+  $('copy-link').addEventListener('click', async () => {
+    // The room link without this browser's token: a token is a personal identity.
+    const link = new URL(roomPath(room), location.origin).href
+    try {
+      await navigator.clipboard.writeText(link)
+      $('copy-link').textContent = 'Link copied'
+    } catch {
+      $('copy-link').textContent = link
+    }
+    setTimeout(() => { $('copy-link').textContent = 'Copy room link' }, 2000)
+  })
+
+  // The editor: one view, a new state per open file, bound to that file's Y.Text.
+  const language = new Compartment()
+  const view = new EditorView({ parent: $('editor') })
+  let current = null // {path, ytext, undo}
+
+  function openFile(path) {
+    const ytext = files.get(path)
+    if (!(ytext instanceof Y.Text)) return
+    current?.undo.destroy()
+    const undo = new Y.UndoManager(ytext)
+    current = { path, ytext, undo }
+    view.setState(EditorState.create({
+      doc: ytext.toString(),
+      extensions: [
+        basicSetup,
+        keymap.of([indentWithTab]), // Escape then Tab leaves the editor (CodeMirror's tab focus mode)
+        language.of([]),
+        EditorState.readOnly.of(readOnly),
+        EditorView.editable.of(!readOnly),
+        EditorView.contentAttributes.of({ 'aria-label': `${path} (${languageName(path)})` }),
+        yCollab(ytext, awareness, { undoManager: undo }),
+      ],
+    }))
+    awareness.setLocalStateField('file', path)
+    $('current-file').textContent = path
+    $('editor').hidden = false
+    $('editor-empty').hidden = true
+    tree.render(sortedPaths(), path)
+    languageFor(path).then((ext) => {
+      if (current?.path === path) view.dispatch({ effects: language.reconfigure(ext) })
+    }, (error) => console.warn(`no highlighting for ${path}:`, error))
+    markInteractive()
+  }
+
+  function closeFile() {
+    current?.undo.destroy()
+    current = null
+    view.setState(EditorState.create({ doc: '' }))
+    awareness.setLocalStateField('file', null)
+    $('current-file').textContent = 'No file open'
+    $('editor').hidden = true
+    $('editor-empty').hidden = false
+    $('editor-empty').textContent = files.size
+      ? 'Pick a file on the left.'
+      : readOnly ? 'This room has no files yet.' : 'This room has no files yet: create one on the left.'
+  }
+
+  const sortedPaths = () => [...files.keys()].sort()
+  const problemFor = (path) => pathProblem(path) ?? (files.has(path) ? `${path} already exists.` : null)
+
+  const tree = new FileTree($('file-tree'), {
+    canWrite: !readOnly,
+    onOpen: (path) => { openFile(path); view.focus() },
+    onRename: (from, to) => {
+      renameFile(files, from, to)
+      if (current?.path === from) openFile(to)
+    },
+    onDelete: (path) => deleteFile(files, path),
+    problemFor,
+  })
+
+  if (!readOnly) {
+    $('new-file-form').hidden = false
+    $('new-file-form').addEventListener('submit', (event) => {
+      event.preventDefault()
+      const path = $('new-file-path').value.trim()
+      const problem = problemFor(path)
+      $('file-error').textContent = problem ?? ''
+      if (problem) return
+      createFile(files, path)
+      $('new-file-path').value = ''
+      openFile(path)
+      view.focus()
+    })
+  }
+
+  files.observe((event) => {
+    const changes = event.changes.keys
+    if (current && changes.has(current.path)) {
+      const { action } = changes.get(current.path)
+      if (action === 'update') {
+        openFile(current.path) // someone replaced the file's text: bind to the new one
+      } else if (action === 'delete') {
+        // A rename is a set plus a delete in one transaction: follow the file to its new path.
+        const added = [...changes].filter(([, c]) => c.action === 'add').map(([p]) => p)
+        if (added.length === 1) openFile(added[0])
+        else closeFile()
+      }
+    }
+    if (!current && files.size) openFile(sortedPaths()[0])
+    else if (!current) closeFile()
+    $('files-empty').hidden = files.size > 0
+    tree.render(sortedPaths(), current?.path ?? null)
+  })
+
+  // A room created from this browser's lobby starts with one file, once we know the server has none.
+  provider.once('sync', () => {
+    const key = `pairroom:created:${room}`
+    if (!readOnly && sessionStorage.getItem(key) && files.size === 0) createFile(files, 'main.py')
+    sessionStorage.removeItem(key)
+  })
+
+  // Before the first sync the tree shows whatever IndexedDB had (possibly nothing yet).
+  const showInitial = () => {
+    if (!current && files.size) openFile(sortedPaths()[0])
+    else if (!current) closeFile()
+    $('files-empty').hidden = files.size > 0
+    tree.render(sortedPaths(), current?.path ?? null)
+  }
+  local.once('synced', showInitial)
+  provider.once('sync', () => { showInitial(); markInteractive() })
+  closeFile()
+
+  // People and chat.
+  const renderWho = () => renderPeople($('people-list'), $('people-count'), awareness, role)
+  awareness.on('change', renderWho)
+  renderWho()
+  if (!claims?.name) {
+    $('name-form').hidden = false
+    $('my-name').value = identity.name
+    $('name-form').addEventListener('submit', (event) => {
+      event.preventDefault()
+      const name = $('my-name').value.trim().slice(0, 40)
+      if (!name) return
+      saveLocalName(name)
+      setUser(name)
+    })
+  }
+  chat.observe(() => renderChat($('chat-log'), chat))
+  renderChat($('chat-log'), chat)
+  // Viewers cannot write the document, chat included: their lines go through the HTTP API, where the
+  // server appends them for them.
+  $('chat-form').hidden = false
+  $('chat-form').addEventListener('submit', async (event) => {
+    event.preventDefault()
+    const text = $('chat-input').value.trim()
+    if (!text) return
+    const name = awareness.getLocalState()?.user?.name ?? identity.name
+    $('chat-error').textContent = ''
+    if (!readOnly) {
+      appendChat(chat, text, name)
+      $('chat-input').value = ''
+      return
+    }
+    try {
+      await postChat(room, token, text, name)
+      $('chat-input').value = ''
+    } catch (error) {
+      $('chat-error').textContent = `Not sent: ${error.message}`
+    }
+  })
+
+  // Time to interactive: the first moment the server's state is in and the editor shows a file.
+  let interactive = false
+  function markInteractive() {
+    if (interactive || !provider.synced) return
+    if (files.size && !current) return
+    interactive = true
+    performance.mark('pairroom:interactive')
+  }
+
+  // For tests and debugging from the console.
+  window.pairroom = {
+    doc, files, chat, provider, awareness, view, status, readOnly,
+    get currentPath() { return current?.path ?? null },
+    openFile,
+  }
+}

@@ -1,0 +1,63 @@
+"""Start pairroom with the rtc routes attached, in this process, on a free port of 127.0.0.1.
+
+Shared by tests/test_signaling.py (on the host's loopback) and tests/rtc/scenario.py (inside a
+loopback-only network namespace), so both start the server the way the CLI does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+from pairroom.rtc.api import RtcSettings, attach
+from pairroom.server.app import create_app
+from pairroom.server.config import Settings
+from pairroom.server.runner import Server, uvicorn_config
+
+
+def server_settings(db: str, secret: str | None = None) -> Settings:
+    values: dict[str, Any] = {"port": 0, "db": db, "log_format": "text", "log_level": "warning", "kernels": False}
+    return dataclasses.replace(Settings(), secret=secret, **values)
+
+
+@dataclasses.dataclass
+class RtcServer:
+    server: Server
+    task: asyncio.Task[None]
+
+    @property
+    def port(self) -> int:
+        assert self.server.port is not None
+        return self.server.port
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def rtc(self) -> Any:
+        return self.server.config.app.state.rtc
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await self.task
+
+
+async def start(db: str, rtc: RtcSettings, secret: str | None = None) -> RtcServer:
+    settings = server_settings(db, secret)
+    app = create_app(settings)
+    attach(app, rtc)
+    server = Server(uvicorn_config(app, settings, signals=False))
+    task = asyncio.create_task(server.serve())
+    ready = asyncio.create_task(server.ready.wait())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    ready.cancel()
+    if task.done():
+        task.result()
+        raise RuntimeError("server exited during start-up")
+    return RtcServer(server, task)
