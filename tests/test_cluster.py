@@ -9,10 +9,10 @@ from typing import AsyncIterator
 
 import httpx
 import pytest
-from pycrdt import Array, Doc, Text
+from pycrdt import Array
 
-from pairroom.recorder.sql import SqlStore
 
+from .support.storage import stored_text
 from .support.nodes import ServeProcess, serve_processes  # noqa: F401
 from .support.postgres import create_database, drop_database
 from .support.redis_server import RedisProcess, redis_servers  # noqa: F401
@@ -61,21 +61,6 @@ async def start_nodes(serve_processes, pg: str, redis_url: str | list[str], n: i
 
 def text(client: YClient) -> str:
     return str(client.text)
-
-
-async def stored_text(db: str, room: str) -> str:
-    store = SqlStore(db)
-    await store.open()
-    try:
-        loaded = await store.load(room)
-    finally:
-        await store.close()
-    doc = Doc()
-    if loaded.snapshot:
-        doc.apply_update(loaded.snapshot.data)
-    for update in loaded.updates:
-        doc.apply_update(update.data)
-    return str(doc.get("text", type=Text))
 
 
 async def converged(clients: list[YClient], tokens: list[str], timeout: float = 20) -> str:

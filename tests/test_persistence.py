@@ -6,11 +6,11 @@ import asyncio
 from typing import AsyncIterator
 
 import pytest
-from pycrdt import Doc, Text
 
-from pairroom.recorder.sql import SqlStore
+
 
 from .support.postgres import create_database, drop_database
+from .support.storage import stored_text
 from .yclient import YClient, eventually
 
 
@@ -24,21 +24,6 @@ async def any_db(request: pytest.FixtureRequest, db_url: str) -> AsyncIterator[s
         yield url
     finally:
         await drop_database(url)
-
-
-async def stored_text(db: str, room: str) -> str:
-    store = SqlStore(db)
-    await store.open()
-    try:
-        loaded = await store.load(room)
-    finally:
-        await store.close()
-    doc = Doc()
-    if loaded.snapshot:
-        doc.apply_update(loaded.snapshot.data)
-    for update in loaded.updates:
-        doc.apply_update(update.data)
-    return str(doc.get("text", type=Text))
 
 
 async def test_document_survives_a_restart(start_server, any_db):
