@@ -28,6 +28,7 @@ FAST_HEALING = {
     "PAIRROOM_ANTI_ENTROPY_SECONDS": "2",
     "PAIRROOM_FLUSH_INTERVAL_MS": "50",
     "PAIRROOM_ROOM_IDLE_SECONDS": "60",
+    "PAIRROOM_KERNELS": "false",
 }
 
 
@@ -175,7 +176,11 @@ async def test_copies_converge_and_storage_has_every_edit_after_a_redis_fault(
         final = await converged(clients, tokens, timeout=30)
         async with httpx.AsyncClient() as http:
             for node in nodes:
-                assert (await http.get(f"{node.http}/readyz")).status_code == 200, "healed and ready"
+
+                async def ready(node: ServeProcess = node) -> bool:
+                    return (await http.get(f"{node.http}/readyz")).status_code == 200
+
+                await wait_for(ready, timeout=15)
         for c in clients:
             await c.close()
         for node in nodes:

@@ -10,7 +10,8 @@
 
 Running, interrupting and restarting follow the room's ``meta.policy.run``: ``"editors"`` (the
 default: editors and owners) or ``"owners"``; viewers and reviewers never. Reading a run or the
-kernel's state needs only a valid token for the room. Errors are JSON ``{"error": reason}``.
+kernel's state needs only a valid token for the room. Errors are JSON ``{"error": reason}``; on a
+cluster, a 503 says the node running the room's kernel did not answer in time.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..sessions.registry import RoomLoadError
 from ..sessions.room import Room
 from . import rundoc
 from .sandbox import SandboxUnavailable
-from .service import KernelService, KernelUnavailable
+from .service import KernelService, KernelUnavailable, KernelUnreachable
 from .workdir import valid_path
 
 MAX_CODE_BYTES = 1024 * 1024
@@ -104,6 +105,8 @@ def _guarded(handler: Any) -> Any:
             return _error(503, str(exc))
         except KernelUnavailable as exc:
             return _error(409, str(exc))
+        except KernelUnreachable as exc:
+            return _error(503, str(exc))
         except SandboxUnavailable as exc:
             return _error(503, str(exc))
 

@@ -12,8 +12,12 @@ are written into the kernel's working directory, so a run can import the room's 
 
 A ``RoomKernel`` keeps its room loaded (``registry.hold``) while it lives, so outputs can be written
 even when nobody is connected. Which node runs a room's kernel is asked of a ``KernelLease`` before
-the kernel starts and renewed while it lives; the single-node default always grants it. The cluster
-broker plugs a Redis lease in there (and forwards runs to the holder) without touching this module.
+the kernel starts and renewed while it lives; the single-node default always grants it. On a
+cluster (kernels/cluster_lease.py) the lease lives in Redis, and what is asked of a node that does
+not hold it (``submit``, ``interrupt``, ``restart``) is forwarded by the lease to the node that does;
+the ``*_here`` methods are what the holder runs. A node that starts a room's kernel while the
+document says a kernel was alive (its node died, or this one crashed) reports it as restarted and
+fails the runs that kernel left unfinished.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pycrdt import Map
+
+from ..crdt.origins import LocalOrigin
 from ..sessions.registry import RoomRegistry
 from ..sessions.room import Room
 from . import rundoc
@@ -51,6 +58,14 @@ class KernelLease:
 
     renew_seconds: float = 10.0
 
+    async def start(self, service: KernelService) -> None:
+        """Called once the service runs (a cluster lease starts listening for forwarded requests)."""
+        return None
+
+    async def stop(self) -> None:
+        """Called after every room kernel stopped and released its lease."""
+        return None
+
     async def acquire(self, room: str) -> bool:
         return True
 
@@ -60,9 +75,22 @@ class KernelLease:
     async def release(self, room: str) -> None:
         return None
 
+    async def forward(self, room: str, op: str, args: dict[str, Any]) -> Any:
+        """Have the node holding the room's kernel do ``op`` (``run``, ``interrupt``, ``restart``) and
+        return its answer. A single node has nobody to ask."""
+        raise KernelUnavailable(f"another node runs the kernel of room {room!r}")
+
 
 class KernelUnavailable(RuntimeError):
     """This node does not run that room's kernel (another node holds the lease)."""
+
+
+class KernelUnreachable(RuntimeError):
+    """The node running the room's kernel did not answer in time, or the broker is down (a 503:
+    after a node dies its lease expires and the next request starts a fresh kernel elsewhere)."""
+
+
+LIVE_STATES = ("starting", "restarting", "idle", "busy")
 
 
 @dataclass(slots=True)
@@ -79,9 +107,11 @@ def new_run_id() -> str:
 class RoomKernel:
     """The kernel of one room on this node, and its queue of runs."""
 
-    def __init__(self, service: KernelService, room: str) -> None:
+    def __init__(self, service: KernelService, room: str, *, first_here: bool = False) -> None:
         self.service = service
         self.name = room
+        self.first_here = first_here  # no earlier kernel of this room on this node: check for a lost one
+        self.lost_elsewhere = False
         self.settings = service.settings
         self.queue: asyncio.Queue[RunRequest] = asyncio.Queue()
         self.kernel: Kernel | None = None
@@ -97,6 +127,8 @@ class RoomKernel:
         try:
             async with self.service.registry.hold(self.name) as room:
                 self.room = room
+                if self.first_here:
+                    self.lost_elsewhere = take_over_lost_kernel(room)
                 self._started.set()
                 try:
                     await self._loop()
@@ -139,7 +171,8 @@ class RoomKernel:
             kernel = self.kernel
             if kernel is not None and not kernel.died.is_set():
                 return kernel
-            restarting = kernel is not None
+            restarting = kernel is not None or self.lost_elsewhere
+            self.lost_elsewhere = False
             rundoc.set_kernel_state(room, self.settings.node, "restarting" if restarting else "starting", restarted=restarting)
             if kernel is None:
                 kernel = await self.service.pool.take()
@@ -229,6 +262,27 @@ class RoomKernel:
         }
 
 
+def take_over_lost_kernel(room: Room) -> bool:
+    """If ``meta.kernel`` says a kernel is alive although none runs here, the node that ran it died
+    (its lease expired) or this node crashed: fail the runs it left queued or running, and return
+    True so the next kernel start says "restarted"."""
+    if rundoc.read_kernel_state(room).get("status") not in LIVE_STATES:
+        return False
+    with room.local_change(LocalOrigin("kernel-read")) as doc:
+        runs = doc.get("runs", type=Map)
+        orphans = [
+            run_id for run_id, run in runs.items()
+            if isinstance(run, Map) and run.get("status") in ("queued", "running")
+        ]
+    for run_id in orphans:
+        batch = rundoc.OutputBatch(room, run_id, 0, 0.0)
+        batch.add_error("KernelFailed", "the node running the kernel stopped; the kernel restarts with a fresh state")
+        batch.flush()
+        rundoc.update_run(room, run_id, status="failed", endedAt=rundoc.now_ms())
+    log.warning("taking over a lost room kernel", extra={"room": room.name, "failed_runs": len(orphans)})
+    return True
+
+
 class KernelService:
     """The kernels of this node. ``async with KernelService(registry, settings):`` or start/stop."""
 
@@ -269,6 +323,7 @@ class KernelService:
         started = asyncio.Event()
         self._runner = asyncio.create_task(self._run(started), name="pairroom-kernels")
         await started.wait()
+        await self.lease.start(self)
 
     async def _run(self, started: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -286,6 +341,7 @@ class KernelService:
         finally:
             self._runner = None
             self._tasks = None
+            await self.lease.stop()  # after the room kernels released their leases
             if self._root is not None:
                 await asyncio.to_thread(shutil.rmtree, self._root, True)
             if self.cgroups is not None:
@@ -318,7 +374,7 @@ class KernelService:
         existing = self.rooms.get(room)  # the lease check awaited: someone may have made it meanwhile
         if existing is not None and not existing.closing:
             return existing
-        room_kernel = RoomKernel(self, room)
+        room_kernel = RoomKernel(self, room, first_here=existing is None)
         self.rooms[room] = room_kernel
         self.spawn(room_kernel.serve(), f"pairroom-kernel-{room}")
         self.spawn(self._renew(room_kernel), f"pairroom-lease-{room}")
@@ -335,7 +391,33 @@ class KernelService:
                     await room_kernel.kernel.kill("this node lost the room's kernel lease")
 
     async def submit(self, room: str, *, code: str, path: str | None, by: str) -> str:
-        """Queue a run in ``room``; returns its id. The run record is in the document at once."""
+        """Queue a run in ``room`` here, or on the node running its kernel; returns its id. The run
+        record is in this node's copy of the document when this returns."""
+        try:
+            return await self.submit_here(room, code=code, path=path, by=by)
+        except KernelUnavailable:
+            run_id = str(await self.lease.forward(room, "run", {"code": code, "path": path, "by": by}))
+        await self._until_visible(room, run_id)
+        return run_id
+
+    async def _until_visible(self, name: str, run_id: str, timeout: float = 5.0) -> None:
+        """Wait for the holder's run record to reach this node's copy (the cluster syncs it in
+        milliseconds), so a GET right after the POST finds the run here too."""
+        async with self.registry.hold(name) as room:
+            changed = asyncio.Event()
+            subscription = room.doc.observe(lambda event: changed.set())
+            try:
+                async with asyncio.timeout(timeout):
+                    while rundoc.read_run(room, run_id) is None:
+                        changed.clear()
+                        await changed.wait()
+            except TimeoutError:
+                log.warning("forwarded run not synced here yet", extra={"room": name, "run": run_id})
+            finally:
+                room.doc.unobserve(subscription)
+
+    async def submit_here(self, room: str, *, code: str, path: str | None, by: str) -> str:
+        """Queue a run on this node's kernel of ``room``; KernelUnavailable if another node runs it."""
         while True:
             room_kernel = await self.room_kernel(room)
             held = await room_kernel.ready()
@@ -347,10 +429,28 @@ class KernelService:
         return run_id
 
     async def interrupt(self, room: str) -> bool:
+        try:
+            return await self.interrupt_here(room)
+        except KernelUnavailable:
+            return bool(await self.lease.forward(room, "interrupt", {}))
+
+    async def interrupt_here(self, room: str) -> bool:
+        """False when no kernel of the room runs anywhere; KernelUnavailable if another node runs it."""
         room_kernel = self.rooms.get(room)
-        return await room_kernel.interrupt() if room_kernel is not None else False
+        if room_kernel is not None:
+            return await room_kernel.interrupt()
+        if not await self.lease.acquire(room):
+            raise KernelUnavailable(f"another node runs the kernel of room {room!r}")
+        await self.lease.release(room)  # nobody held it: there is nothing to interrupt
+        return False
 
     async def restart(self, room: str) -> None:
+        try:
+            await self.restart_here(room)
+        except KernelUnavailable:
+            await self.lease.forward(room, "restart", {})
+
+    async def restart_here(self, room: str) -> None:
         room_kernel = await self.room_kernel(room)
         await room_kernel.restart()
 

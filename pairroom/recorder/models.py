@@ -92,3 +92,7 @@ class SnapshotRow(Base):
     seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
     at: Mapped[datetime] = mapped_column(UtcMicros, nullable=False)
     data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+# The recorder's tables share this metadata (Alembic and the schema tests see one schema).
+from . import event_models as _event_models  # noqa: E402,F401

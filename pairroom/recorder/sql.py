@@ -234,6 +234,11 @@ class SqlStore:
                 result = await conn.execute(select(names.c.room).order_by(names.c.room))
                 return list(result.scalars())
 
+    @property
+    def engine(self) -> AsyncEngine:
+        """The open engine, for the adapters beside this one (``recorder/history_store.py``)."""
+        return self._require_open()
+
     def _require_open(self) -> AsyncEngine:
         if self._engine is None:
             raise StoreError(f"storage at {self._url!r} is not open")

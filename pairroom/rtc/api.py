@@ -35,6 +35,9 @@ class RtcService:
         self.bus = bus if bus is not None else MemoryBus()
         self.topics = TopicHub(self.bus)
         self.calls = CallHub(self.bus, settings.policy_for, self._new_recorder)
+        watch_nodes = getattr(self.bus, "on_node_gone", None)  # a cluster bus reports dead nodes
+        if watch_nodes is not None:
+            watch_nodes(self.calls.node_gone)
         self._relay: Any = None
 
     @property

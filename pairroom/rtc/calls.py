@@ -21,9 +21,10 @@ or video, and a listener unmuting, are refused (4403).
 Cluster. Every event goes through the ``SignalBus`` on channel ``call:ROOM`` and is applied on the
 way back in, so each node keeps a replica of the room's call (peers, policy) and delivers to its own
 connections only: a signal reaches the node holding its ``to`` peer and nobody else. A node that
-starts following a room asks the others to announce their peers (``sync`` -> ``present``). Peers of
-a node that dies without saying ``leave`` stay in the others' replicas until the broker reports
-the node gone; that hook belongs to the broker adapter.
+starts following a room asks the others to announce their peers (``sync`` -> ``present``). Every
+event carries the sending node's id, so each replica knows which node holds each peer; peers of a
+node that dies without saying ``leave`` are dropped when the bus reports the node gone
+(``node_gone``, called by broker_bus.py from the cluster's heartbeats).
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ class CallRoom:
     record: bool
     handler: Callable[[str], None]
     peers: dict[str, CallPeer] = field(default_factory=dict)
+    homes: dict[str, str] = field(default_factory=dict)  # peer id -> the node it is connected to
     local: dict[str, Member] = field(default_factory=dict)
     recorder: Any = None  # the recorder peer while this node records the call
 
@@ -145,9 +147,14 @@ class CallHub:
         self.policy_for = policy_for
         self.recorder_factory = recorder_factory
         self.rooms: dict[str, CallRoom] = {}
-        self.node = secrets.token_hex(4)
+        self._node = secrets.token_hex(4)
         self._tasks: set[asyncio.Task[None]] = set()
         self._locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def node(self) -> str:
+        """This node's id on the bus: the cluster's node id once a broker bus is bound."""
+        return getattr(self.bus, "node_id", None) or self._node
 
     # -- commands from local members ---------------------------------------------------------------
 
@@ -218,6 +225,7 @@ class CallHub:
             peer = CallPeer(**event["peer"])
             known = peer.id in room.peers
             room.peers[peer.id] = peer
+            room.homes[peer.id] = event.get("node", "")
             if kind == "join" and peer.id in room.local:
                 others = [p.public(room.speak) for p in room.peers.values() if p.id != peer.id]
                 room.local[peer.id].send(
@@ -226,6 +234,7 @@ class CallHub:
             if not known:
                 room.to_local({"type": "peer-joined", **peer.public(room.speak)}, skip=peer.id)
         elif kind == "leave":
+            room.homes.pop(event["peer"], None)
             if room.peers.pop(event["peer"], None) is not None:
                 room.to_local({"type": "peer-left", "peer": event["peer"]})
         elif kind == "signal":
@@ -253,6 +262,15 @@ class CallHub:
                     self._spawn(self._publish(room, {"ev": "present", "peer": asdict(room.peers[peer_id])}))
         elif kind != "sync":
             log.warning("unknown call event", extra={"room": room_name, "event": kind})
+
+    def node_gone(self, node: str) -> None:
+        """A node died without its peers saying ``leave``: they leave every replica here."""
+        for room in list(self.rooms.values()):
+            for peer_id, home in list(room.homes.items()):
+                if home == node and peer_id not in room.local:
+                    del room.homes[peer_id]
+                    if room.peers.pop(peer_id, None) is not None:
+                        room.to_local({"type": "peer-left", "peer": peer_id})
 
     # -- plumbing ----------------------------------------------------------------------------------
 
@@ -285,7 +303,7 @@ class CallHub:
         await recorder.close()
 
     async def _publish(self, room: CallRoom, event: dict[str, Any]) -> None:
-        await self.bus.publish(channel(room.name), json.dumps(event))
+        await self.bus.publish(channel(room.name), json.dumps({**event, "node": self.node}))
 
     def _lock(self, room_name: str) -> asyncio.Lock:
         return self._locks.setdefault(room_name, asyncio.Lock())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 from typing import AsyncIterator
@@ -26,9 +27,14 @@ from ..sessions.redis_broker import RedisBroker
 from ..sessions.registry import RoomRegistry
 from .config import Settings
 from ..kernels.api import routes as kernel_routes
+from ..kernels.cluster_lease import ClusterKernelLease
 from ..kernels.sandbox import SandboxUnavailable
-from ..kernels.service import KernelService
+from ..kernels.service import KernelLease, KernelService
 from ..rtc.api import attach as attach_rtc
+from ..rtc.broker_bus import BrokerSignalBus
+from ..sessions.partial_writes import ReviewerWrites
+from ..sessions.review_api import routes as review_routes
+from ..sessions.review_guard import ReviewGuard
 from . import api, static
 from .hub import Hub
 from .metrics import Metrics
@@ -38,6 +44,9 @@ log = logging.getLogger("pairroom.app")
 
 
 def create_app(settings: Settings, store: Store | None = None) -> Starlette:
+    # Signaling across nodes: attach_rtc needs the bus now, the lifespan binds it to the cluster.
+    signal_bus = BrokerSignalBus() if settings.redis else None
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         the_store = store or SqlStore(settings.db)
@@ -47,6 +56,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         broker: Broker = RedisBroker(settings.redis, node_id) if settings.redis else MemoryBroker(node_id)
         cluster = Cluster(broker, {}, metrics=metrics, **settings.cluster_settings())
         registry = RoomRegistry(the_store, cluster, settings.room_settings(), metrics)
+        registry.write_check = ReviewerWrites()  # reviewers write review threads and chat only
+        registry.observers.append(ReviewGuard())
         app.state.hub = Hub(settings, the_store, registry, metrics, cluster)
         tasks = []
         for name, runner in (("cluster", cluster.run), ("rooms", registry.run)):
@@ -54,7 +65,10 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             task = asyncio.create_task(runner(started), name=f"pairroom-{name}")
             await wait_started(task, started)
             tasks.append(task)
-        kernels, app.state.kernels_error = await start_kernels(registry, settings)
+        if signal_bus is not None:
+            await signal_bus.start(cluster)
+        lease = ClusterKernelLease(broker) if settings.redis else None
+        kernels, app.state.kernels_error = await start_kernels(registry, settings, node_id, lease)
         app.state.kernels = kernels
         log.info("ready", extra={"db": redact(settings.db), "node": node_id, "redis": bool(settings.redis)})
         try:
@@ -62,6 +76,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         finally:
             if kernels is not None:
                 await kernels.stop()  # before the rooms flush, so the last outputs are stored
+            if signal_bus is not None:
+                await signal_bus.stop()
             for task in reversed(tasks):  # rooms flush first, then the cluster says goodbye
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -76,21 +92,27 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
             *api.routes,
+            *review_routes,
             *kernel_routes,
             *static.routes,
         ],
         lifespan=lifespan,
     )
-    attach_rtc(app, settings.rtc)
+    attach_rtc(app, settings.rtc, bus=signal_bus)
     return app
 
 
-async def start_kernels(registry: RoomRegistry, settings: Settings) -> tuple[KernelService | None, str | None]:
+async def start_kernels(
+    registry: RoomRegistry, settings: Settings, node_id: str, lease: KernelLease | None = None
+) -> tuple[KernelService | None, str | None]:
     """The kernel service, or None and the reason (runs then answer 503 with it): disabled, or the
     sandbox is missing and ``--unsafe-kernels`` was not given."""
     if not settings.kernels:
         return None, "kernels are disabled on this server (--no-kernels)"
-    kernels = KernelService(registry, settings.kernel_settings())
+    kernel_settings = settings.kernel_settings()
+    if lease is not None:  # meta.kernel.node names the cluster node holding the lease
+        kernel_settings = dataclasses.replace(kernel_settings, node=node_id)
+    kernels = KernelService(registry, kernel_settings, lease)
     try:
         await kernels.start()
     except SandboxUnavailable as exc:

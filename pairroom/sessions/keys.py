@@ -33,3 +33,24 @@ def room_holders(room: str) -> str:
 def compaction_lease(room: str) -> str:
     """Held by the one node compacting the room's log into a snapshot."""
     return f"{PREFIX}:lease:compact:{_room(room)}"
+
+
+def kernel_lease(room: str) -> str:
+    """Held by the one node running the room's kernel; its value is that node's id."""
+    return f"{PREFIX}:lease:kernel:{_room(room)}"
+
+
+def kernel_channel(room: str) -> str:
+    """Requests for the room's kernel (runs, interrupts, restarts); only the lease holder listens."""
+    return f"{PREFIX}:kernel:{_room(room)}"
+
+
+def node_channel(node_id: str) -> str:
+    """Messages addressed to one node (answers to the requests it forwarded)."""
+    return f"{PREFIX}:node:{quote(node_id, safe='')}"
+
+
+def signal_channel(name: str) -> str:
+    """One signaling channel of the rtc hubs (``signal:TOPIC`` or ``call:ROOM``), escaped whole so no
+    topic can forge another's channel."""
+    return f"{PREFIX}:rtc:" + "{" + quote(name, safe="") + "}"

@@ -63,7 +63,7 @@ class ServeProcess:
 
 async def start_serve(env: dict[str, str], port: int = 0) -> ServeProcess:
     """Start ``pairroom serve`` with ``PAIRROOM_*`` settings in ``env``; wait until it listens."""
-    full_env = {**os.environ, "PAIRROOM_LOG_FORMAT": "json", **env}
+    full_env = {**os.environ, "PAIRROOM_LOG_FORMAT": "json", "PAIRROOM_KERNELS": "false", **env}
     proc = await asyncio.create_subprocess_exec(
         PAIRROOM, "serve", "--port", str(port), env=full_env, stderr=asyncio.subprocess.PIPE
     )
