@@ -1,28 +1,43 @@
 #!/usr/bin/env node
-// A load generator speaking the y-websocket protocol (sync + awareness) directly over `ws`.
+// A load generator speaking the y-websocket protocol (sync + awareness) directly over `ws`, and
+// Hocuspocus' framing of the same messages for that server (`protocol: 'hocuspocus'`: every
+// message is prefixed with the document name as a varstring, an auth message with an empty token
+// goes first, the server's per-update SyncStatus acknowledgements are read and dropped, and its
+// connection-level Ping is answered with a Pong).
 //
 // Usage:
 //   node loadgen.mjs '<scenario JSON>'
 //   node loadgen.mjs scenario.json
 //   echo '<scenario JSON>' | node loadgen.mjs
 //
-// The coordinator (this process without --worker) forks `workers` child processes; each owns a
-// share of the clients (Y.Doc + Awareness + one websocket). Every edit appends a stamp
-// "<writer>:<seq>:<hrtime-ns>;" to the Y.Text `text`; a receiving client parses the stamps out of
-// the Y.Text delta of each remote transaction and records latency = now - stamp. All processes on
-// one machine read the same CLOCK_MONOTONIC through process.hrtime.bigint(), so stamps written in
-// one process can be compared with the clock of another.
+// mode 'load' (default): the coordinator (this process without --worker) forks `workers` child
+// processes; each owns a share of the clients (Y.Doc + Awareness + one websocket). Every edit
+// appends a stamp "<writer>:<seq>:<hrtime-ns>;" to the Y.Text `text`. A receiving client reads the
+// stamps of each update it receives and records latency = now - stamp: by default straight out of
+// the update's bytes at receipt (receiverApply 'deferred': the update is applied to its Y.Doc later,
+// when the settle phase asks for digests, so the generator's one core is not spent on
+// Y.applyUpdate while it measures), or from the Y.Text delta after applying it (receiverApply
+// 'eager'). All processes on one machine read the same CLOCK_MONOTONIC through
+// process.hrtime.bigint(), so stamps written in one process can be compared with the clock of
+// another.
 //
 // Phases: connect + sync every client -> start at a common t0 -> warmup -> measured window ->
 // settle (wait until every room's clients hold identical text, bounded) -> report -> close.
 // Only edits sent inside the measured window count for latency and delivery.
 //
-// Progress events go to stderr as JSON lines ({"event": "..."}); the orchestrator uses
-// "measure_start" and "measure_end" to sample the server. The single result goes to stdout as JSON.
+// mode 'joiner': one seeder client replays an editing trace (josephg/editing-traces sequential
+// format, `tracePath`) into one room in chunks of `traceChunkTxns` transactions, stays connected,
+// and then `joiners` new clients join one after another; each is timed from opening its socket
+// until its text equals the trace's end content (a first, unmeasured joiner checks the seed).
+//
+// Progress events go to stderr as JSON lines ({"event": "..."}); the orchestrator samples the
+// server on "measure_start", "measure_end" (and "connected", "seed_start", "seeded"). The single
+// result goes to stdout as JSON.
 
 import { fork } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
+import { gunzipSync } from 'node:zlib'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
 
@@ -37,6 +52,18 @@ const MESSAGE_SYNC = 0
 const MESSAGE_AWARENESS = 1
 const MESSAGE_AUTH = 2
 const MESSAGE_QUERY_AWARENESS = 3
+// Hocuspocus' own message types (every message is prefixed with the document name as a varstring;
+// a connection-level Ping is the single byte 9 with no prefix).
+const HP_SYNC_REPLY = 4
+const HP_STATELESS = 5
+const HP_CLOSE = 7
+const HP_SYNC_STATUS = 8
+const HP_PING = 9
+const HP_PONG = 10
+const HP_AUTH_TOKEN = 0
+const HP_AUTH_PERMISSION_DENIED = 1
+const HP_AUTH_AUTHENTICATED = 2
+const HOCUSPOCUS_PROVIDER_VERSION = '4.7.0' // the provider version whose framing this speaks
 
 const REMOTE = Symbol('remote')
 const STAMP_RE = /([A-Za-z0-9]+):(\d+):(\d+);/g
@@ -60,6 +87,22 @@ const DEFAULTS = {
   connectTimeout: 20, // s, for all clients to connect and sync
   startDelayMs: 300, // t0 = now + this, once every worker is ready
   textName: 'text',
+  protocol: 'y-websocket', // 'y-websocket' | 'hocuspocus' (document-name prefix + auth message first)
+  // Awareness renewals: every client re-publishes its awareness state every this many seconds (the
+  // y-protocols default is 15 s), with a random phase so renewals spread like real connect times;
+  // 0 turns renewals off (the 'no presence' variants).
+  awarenessRenewS: 15,
+  // 'deferred': a received update is scanned for stamps (latency is taken at that moment) and kept;
+  // the kept updates are applied to the client's Y.Doc when it is asked for its digest (settle),
+  // so the generator does not spend its core on Y.applyUpdate while it measures; 'eager': applied
+  // on receipt and stamps read from the Y.Text delta (the latency then includes the apply).
+  receiverApply: 'deferred',
+  mode: 'load', // 'load' (rooms of clients editing) | 'joiner' (a new client on a large document)
+  // joiner mode: the editing trace replayed into the room by a seeder client, then joiners
+  tracePath: null,
+  traceChunkTxns: 1000, // trace transactions per update message sent by the seeder
+  joiners: 5, // measured joiners, one after another (a first, unmeasured one checks the seed)
+  joinTimeout: 60, // s, per joiner
 }
 
 function hrnow () {
@@ -146,6 +189,10 @@ function loadScenario () {
   if (typeof sc.editsPerSec !== 'number' || sc.editsPerSec < 0 || sc.editsPerSec > 10000) {
     throw new Error('scenario.editsPerSec must be 0..10000')
   }
+  if (!['y-websocket', 'hocuspocus'].includes(sc.protocol)) throw new Error('scenario.protocol: y-websocket | hocuspocus')
+  if (!['load', 'joiner'].includes(sc.mode)) throw new Error('scenario.mode: load | joiner')
+  if (sc.mode === 'joiner' && !sc.tracePath) throw new Error('scenario.tracePath is needed in joiner mode')
+  if (!Number.isInteger(sc.joiners) || sc.joiners < 1 || sc.joiners > 100) throw new Error('scenario.joiners must be 1..100')
   return sc
 }
 
@@ -199,10 +246,21 @@ class Client {
     this.receivedAll = 0 // every remote stamp, any phase
     this.timer = null
     this.window = null // { start: bigint, end: bigint }
+    this.deferred = sc.receiverApply === 'deferred'
+    this.pending = [] // received updates not applied yet (deferred mode)
+    this.seen = new Set() // stamps already counted (deferred mode: a re-sent update counts once)
+
+    this.hocuspocus = sc.protocol === 'hocuspocus'
+    this.renewTimer = null
+    this.renewPhaseTimer = null
+    this.authenticated = !this.hocuspocus
+    // y-protocols renews the local state every 15 s from its own timer; the generator controls
+    // renewals itself (see awarenessRenewS), so that one is stopped
+    clearInterval(this.awareness._checkInterval)
 
     this.doc.on('update', (update, origin) => {
       if (origin === REMOTE) return
-      const enc = encoding.createEncoder()
+      const enc = this.newEncoder()
       encoding.writeVarUint(enc, MESSAGE_SYNC)
       syncProtocol.writeUpdate(enc, update)
       this.send(encoding.toUint8Array(enc))
@@ -210,13 +268,13 @@ class Client {
     this.awareness.on('update', ({ added, updated, removed }, origin) => {
       if (origin !== 'local') return
       const changed = added.concat(updated, removed)
-      const enc = encoding.createEncoder()
+      const enc = this.newEncoder()
       encoding.writeVarUint(enc, MESSAGE_AWARENESS)
       encoding.writeVarUint8Array(enc, awarenessProtocol.encodeAwarenessUpdate(this.awareness, changed))
       this.send(encoding.toUint8Array(enc))
     })
     this.text.observe((event, tr) => {
-      if (tr.origin !== REMOTE) return
+      if (tr.origin !== REMOTE || this.deferred) return
       const now = hrnow()
       for (const op of event.delta) {
         if (typeof op.insert === 'string') this.onInserted(op.insert, now)
@@ -237,6 +295,43 @@ class Client {
         }
       })
     }
+  }
+
+  // An encoder for one outgoing message: Hocuspocus wants the document name in front of each.
+  newEncoder () {
+    const enc = encoding.createEncoder()
+    if (this.hocuspocus) encoding.writeVarString(enc, this.spec.room)
+    return enc
+  }
+
+  // Deferred mode: the stamps are read straight out of the update's bytes (Yjs writes inserted
+  // strings as UTF-8, and a merged update keeps each string whole).
+  onUpdateBytes (update, now) {
+    const str = Buffer.from(update.buffer, update.byteOffset, update.byteLength).toString('latin1')
+    STAMP_RE.lastIndex = 0
+    let m
+    while ((m = STAMP_RE.exec(str)) !== null) {
+      if (m[1] === this.spec.id) continue
+      const key = m[1] + ':' + m[2]
+      if (this.seen.has(key)) continue
+      this.seen.add(key)
+      this.receivedAll++
+      const ts = BigInt(m[3])
+      if (this.window !== null && ts >= this.window.start && ts < this.window.end) {
+        this.received++
+        this.stats.latency.push(Number(now - ts) / NS_PER_MS)
+      }
+    }
+  }
+
+  applyPending () {
+    if (this.pending.length === 0) return
+    const updates = this.pending
+    this.pending = []
+    // one transaction: much faster than Y.mergeUpdates over thousands of small updates
+    Y.transact(this.doc, () => {
+      for (const u of updates) Y.applyUpdate(this.doc, u, REMOTE)
+    }, REMOTE)
   }
 
   onInserted (str, now) {
@@ -282,7 +377,16 @@ class Client {
       }
       const timer = setTimeout(() => finish(new Error(`${this.spec.id}: not synced within ${timeoutMs} ms`)), timeoutMs)
       ws.on('open', () => {
-        const enc = encoding.createEncoder()
+        if (this.hocuspocus) {
+          // Hocuspocus queues everything of a document until its auth message has been handled
+          const auth = this.newEncoder()
+          encoding.writeVarUint(auth, MESSAGE_AUTH)
+          encoding.writeVarUint(auth, HP_AUTH_TOKEN)
+          encoding.writeVarString(auth, '')
+          encoding.writeVarString(auth, HOCUSPOCUS_PROVIDER_VERSION)
+          this.send(encoding.toUint8Array(auth))
+        }
+        const enc = this.newEncoder()
         encoding.writeVarUint(enc, MESSAGE_SYNC)
         syncProtocol.writeSyncStep1(enc, this.doc)
         this.send(encoding.toUint8Array(enc))
@@ -315,29 +419,77 @@ class Client {
   }
 
   onMessage (buf) {
+    if (this.hocuspocus && buf.length === 1 && buf[0] === HP_PING) {
+      this.send(Uint8Array.of(HP_PONG))
+      return
+    }
     const dec = decoding.createDecoder(buf)
+    if (this.hocuspocus) {
+      const name = decoding.readVarString(dec)
+      if (name !== this.spec.room) {
+        this.stats.errors.push(`${this.spec.id}: message for document ${JSON.stringify(name)}`)
+        return
+      }
+    }
     const type = decoding.readVarUint(dec)
     switch (type) {
+      case HP_SYNC_REPLY:
+        if (!this.hocuspocus) {
+          this.stats.errors.push(`${this.spec.id}: unknown message type ${type}`)
+          break
+        }
+      // falls through: Hocuspocus' sync reply is a sync message that asks for no further step 1
       case MESSAGE_SYNC: {
-        const enc = encoding.createEncoder()
+        if (this.deferred && this.synced && buf[dec.pos] === syncProtocol.messageYjsUpdate) {
+          decoding.readVarUint(dec)
+          const update = decoding.readVarUint8Array(dec)
+          this.onUpdateBytes(update, hrnow())
+          this.pending.push(update.slice())
+          break
+        }
+        const enc = this.newEncoder()
         encoding.writeVarUint(enc, MESSAGE_SYNC)
+        const empty = encoding.length(enc)
         const step = syncProtocol.readSyncMessage(dec, enc, this.doc, REMOTE)
         if (step === syncProtocol.messageYjsSyncStep2) this.synced = true
-        if (encoding.length(enc) > 1) this.send(encoding.toUint8Array(enc))
+        if (encoding.length(enc) > empty) this.send(encoding.toUint8Array(enc))
         break
       }
       case MESSAGE_AWARENESS:
         awarenessProtocol.applyAwarenessUpdate(this.awareness, decoding.readVarUint8Array(dec), REMOTE)
         break
       case MESSAGE_QUERY_AWARENESS: {
-        const enc = encoding.createEncoder()
+        const enc = this.newEncoder()
         encoding.writeVarUint(enc, MESSAGE_AWARENESS)
         encoding.writeVarUint8Array(enc, awarenessProtocol.encodeAwarenessUpdate(this.awareness, Array.from(this.awareness.getStates().keys())))
         this.send(encoding.toUint8Array(enc))
         break
       }
-      case MESSAGE_AUTH:
+      case MESSAGE_AUTH: {
+        if (this.hocuspocus) {
+          const kind = decoding.readVarUint(dec)
+          if (kind === HP_AUTH_AUTHENTICATED) {
+            this.authenticated = true
+            break
+          }
+          if (kind === HP_AUTH_TOKEN) break // a token refresh request; the empty token stands
+          this.stats.errors.push(`${this.spec.id}: permission denied: ${kind === HP_AUTH_PERMISSION_DENIED ? decoding.readVarString(dec) : kind}`)
+          break
+        }
         this.stats.errors.push(`${this.spec.id}: auth message (permission denied?)`)
+        break
+      }
+      case HP_SYNC_STATUS:
+      case HP_STATELESS:
+        if (this.hocuspocus) break // the acknowledgement of each update; stateless payloads
+        this.stats.errors.push(`${this.spec.id}: unknown message type ${type}`)
+        break
+      case HP_CLOSE:
+        if (this.hocuspocus) {
+          this.stats.errors.push(`${this.spec.id}: the server closed the document`)
+          break
+        }
+        this.stats.errors.push(`${this.spec.id}: unknown message type ${type}`)
         break
       default:
         this.stats.errors.push(`${this.spec.id}: unknown message type ${type}`)
@@ -349,6 +501,7 @@ class Client {
   // generator itself falls behind.
   startWriting (t0, end, window, writerOrdinal, writerCount) {
     this.window = window
+    this.startRenewals(end)
     if (!this.spec.writer) return
     const interval = BigInt(Math.round(1e9 / this.sc.editsPerSec))
     // spread the writers evenly over one interval so they do not all fire together
@@ -388,12 +541,32 @@ class Client {
     }
   }
 
+  // Re-publish the local awareness state every awarenessRenewS, first at a random phase.
+  startRenewals (end) {
+    const period = this.sc.awarenessRenewS * 1000
+    if (!(period > 0) || !this.sc.awareness) return
+    const renew = () => {
+      if (this.closing || hrnow() >= end || this.awareness.getLocalState() === null) return
+      this.awareness.setLocalState(this.awareness.getLocalState())
+    }
+    this.renewPhaseTimer = setTimeout(() => {
+      this.renewPhaseTimer = null
+      renew()
+      this.renewTimer = setInterval(renew, period)
+    }, Math.random() * period)
+  }
+
   stopWriting () {
     if (this.timer !== null) clearTimeout(this.timer)
     this.timer = null
+    if (this.renewPhaseTimer !== null) clearTimeout(this.renewPhaseTimer)
+    this.renewPhaseTimer = null
+    if (this.renewTimer !== null) clearInterval(this.renewTimer)
+    this.renewTimer = null
   }
 
   digest () {
+    this.applyPending()
     const str = this.text.toString()
     let stamps = 0
     STAMP_RE.lastIndex = 0
@@ -430,8 +603,8 @@ class Client {
   }
 }
 
-async function runWorker () {
-  const stats = {
+function newStats () {
+  return {
     latency: new SampleBuffer(),
     presence: new SampleBuffer(),
     sendLag: new SampleBuffer(),
@@ -443,6 +616,10 @@ async function runWorker () {
     bytesIn: 0,
     bytesOut: 0,
   }
+}
+
+async function runWorker () {
+  const stats = newStats()
   let sc = null
   let clients = []
   let writerCount = 0
@@ -609,6 +786,7 @@ function checkConvergence (digests) {
 
 async function runCoordinator () {
   const sc = loadScenario()
+  if (sc.mode === 'joiner') return runJoiner(sc)
   const { clients, writerCount } = planClients(sc)
   const nWorkers = Math.max(1, Math.min(sc.workers > 0 ? sc.workers : Math.min(4, clients.length), clients.length))
   const script = fileURLToPath(import.meta.url)
@@ -621,7 +799,7 @@ async function runCoordinator () {
     writers: writerCount,
   }
   const workers = []
-  const hardDeadlineMs = (sc.connectTimeout + sc.warmup + sc.duration + sc.settle + 30) * 1000
+  const hardDeadlineMs = (sc.connectTimeout + sc.warmup + sc.duration + sc.settle + 120) * 1000
   const deadline = setTimeout(() => {
     emit('abort', { reason: 'hard deadline passed' })
     for (const w of workers) w.kill()
@@ -666,7 +844,8 @@ async function runCoordinator () {
     do {
       await sleep(polls === 0 ? 100 : 250)
       polls++
-      const answers = await withTimeout(Promise.all(workers.map((w) => w.request({ type: 'digest' }, 'digest'))), 10000, 'digest')
+      // the first digest applies every update kept during the window (deferred mode): allow time
+      const answers = await withTimeout(Promise.all(workers.map((w) => w.request({ type: 'digest' }, 'digest'))), 60000, 'digest')
       digests = answers.flatMap((a) => a.digests)
       conv = checkConvergence(digests)
     } while (conv.converged < conv.rooms && hrnow() < settleEnd)
@@ -754,6 +933,121 @@ async function runCoordinator () {
   }
   clearTimeout(deadline)
   for (const w of workers) w.kill()
+  process.stdout.write(JSON.stringify(result) + '\n')
+  process.exitCode = result.ok ? 0 : 1
+}
+
+// ---------------------------------------------------------------------------------------------
+// joiner mode: one room holding a large document (an editing trace replayed by a seeder client),
+// then new clients join it one after another; how long until each holds the whole document.
+
+function loadTrace (path) {
+  const raw = readFileSync(path)
+  const json = path.endsWith('.gz') ? gunzipSync(raw).toString('utf8') : raw.toString('utf8')
+  const trace = JSON.parse(json)
+  if (!Array.isArray(trace.txns) || typeof trace.endContent !== 'string') throw new Error(`${path}: not a sequential editing trace`)
+  return trace
+}
+
+async function runJoiner (sc) {
+  const result = { ok: false, mode: 'joiner', scenario: sc, clients: 0, rooms: 1, writers: 1 }
+  const hardDeadlineMs = (sc.connectTimeout * 2 + sc.joinTimeout * (sc.joiners + 1) + 120) * 1000
+  const open = []
+  const deadline = setTimeout(() => {
+    emit('abort', { reason: 'hard deadline passed' })
+    result.error = 'hard deadline passed'
+    process.stdout.write(JSON.stringify(result) + '\n')
+    process.exit(1)
+  }, hardDeadlineMs)
+  const stats = newStats()
+  const room = `${sc.roomPrefix}-0`
+  try {
+    const t = hrnow()
+    const trace = loadTrace(sc.tracePath)
+    const expectedSha = createHash('sha256').update(trace.endContent).digest('hex')
+    emit('trace_loaded', { txns: trace.txns.length, ms: Number(hrnow() - t) / NS_PER_MS })
+
+    // the seeder: an editor that typed the whole trace, sent in chunks of traceChunkTxns
+    const seeder = new Client({ id: 'seed', room, index: 0, writer: true, writerOrdinal: 0 }, sc, stats)
+    open.push(seeder)
+    await seeder.connect(sc.connectTimeout * 1000)
+    emit('seed_start')
+    const seedStarted = hrnow()
+    let messages = 0
+    const text = seeder.text
+    for (let i = 0; i < trace.txns.length; i += sc.traceChunkTxns) {
+      const chunk = trace.txns.slice(i, i + sc.traceChunkTxns)
+      seeder.doc.transact(() => {
+        for (const txn of chunk) {
+          for (const [pos, del, ins] of txn.patches) {
+            if (del > 0) text.delete(pos, del)
+            if (ins) text.insert(pos, ins)
+          }
+        }
+      })
+      messages++
+      // let the socket drain now and then so the seed is a stream, not one burst in memory
+      if (seeder.ws.bufferedAmount > 1 << 20) await sleep(5)
+    }
+    if (text.toString() !== trace.endContent) throw new Error('replaying the trace did not give its endContent')
+    const docBytes = Y.encodeStateAsUpdate(seeder.doc).length
+    const seedMs = Number(hrnow() - seedStarted) / NS_PER_MS
+    emit('seed_sent', { messages, ms: seedMs, docBytes })
+
+    // one joiner: connect, sync step 1 with an empty state vector, done when its text is the
+    // trace's end content (the server may still be integrating the seed for the first one)
+    const join = async (k) => {
+      const c = new Client({ id: `j${k}`, room, index: k + 1, writer: false, writerOrdinal: -1 }, { ...sc, awareness: false }, stats)
+      open.push(c)
+      const started = hrnow()
+      await c.connect(sc.joinTimeout * 1000)
+      const synced = hrnow()
+      const limit = started + BigInt(sc.joinTimeout * 1e9)
+      while (c.text.length !== trace.endContent.length || createHash('sha256').update(c.text.toString()).digest('hex') !== expectedSha) {
+        if (hrnow() > limit) throw new Error(`joiner ${k}: document incomplete after ${sc.joinTimeout} s (${c.text.length} of ${trace.endContent.length} characters)`)
+        await sleep(2)
+      }
+      const complete = hrnow()
+      const ms = { syncStep2Ms: Number(synced - started) / NS_PER_MS, completeMs: Number(complete - started) / NS_PER_MS }
+      await c.close()
+      open.splice(open.indexOf(c), 1)
+      return ms
+    }
+    const first = await join(0)
+    emit('seeded', first)
+    emit('measure_start')
+    const measured = []
+    for (let k = 1; k <= sc.joiners; k++) {
+      measured.push(await join(k))
+      emit('joined', { joiner: k, ...measured[measured.length - 1] })
+    }
+    emit('measure_end')
+    const complete = percentiles(Float64Array.from(measured.map((m) => m.completeMs)))
+    Object.assign(result, {
+      ok: stats.errors.length === 0 && stats.unexpectedCloses.length === 0,
+      clients: 1 + 1 + sc.joiners,
+      trace: { txns: trace.txns.length, endChars: trace.endContent.length, chunkTxns: sc.traceChunkTxns, messages, seedMs, docBytes },
+      firstJoin: first,
+      joinMs: complete,
+      joinSyncStep2Ms: percentiles(Float64Array.from(measured.map((m) => m.syncStep2Ms))),
+      joins: measured,
+      convergence: { converged: true, rooms: 1, roomsConverged: 1, finalTextHasAllStamps: true },
+      connections: {
+        unexpectedCloseCount: stats.unexpectedCloses.length,
+        unexpectedCloses: stats.unexpectedCloses.slice(0, 20),
+        errorCount: stats.errors.length,
+        errors: stats.errors.slice(0, 20),
+      },
+      traffic: { messagesIn: stats.messagesIn, bytesIn: stats.bytesIn, bytesOut: stats.bytesOut },
+    })
+    if (!result.ok) result.error = stats.errors[0] || 'unexpected close'
+  } catch (err) {
+    result.ok = false
+    result.error = String(err && err.message ? err.message : err)
+    emit('error', { error: result.error })
+  }
+  await Promise.all(open.map((c) => c.close()))
+  clearTimeout(deadline)
   process.stdout.write(JSON.stringify(result) + '\n')
   process.exitCode = result.ok ? 0 : 1
 }
