@@ -71,6 +71,9 @@ const NS_PER_MS = 1e6
 
 const DEFAULTS = {
   url: null, // e.g. ws://127.0.0.1:8000/yjs ; a client connects to `${url}/${room}`
+  urls: null, // several URL bases (nodes of a cluster): client i of a room uses urls[i % urls.length]
+  writerToken: null, // ?token= for writers (a server with a secret), and for readers below
+  readerToken: null,
   roomPrefix: 'bench',
   rooms: 1,
   clientsPerRoom: 2,
@@ -359,7 +362,11 @@ class Client {
 
   connect (timeoutMs) {
     return new Promise((resolve, reject) => {
-      const url = `${this.sc.url.replace(/\/$/, '')}/${encodeURIComponent(this.spec.room)}`
+      const bases = this.sc.urls || [this.sc.url]
+      const base = bases[this.spec.index % bases.length]
+      const token = this.spec.writer ? this.sc.writerToken : this.sc.readerToken
+      const query = token ? `?token=${encodeURIComponent(token)}` : ''
+      const url = `${base.replace(/\/$/, '')}/${encodeURIComponent(this.spec.room)}${query}`
       const started = hrnow()
       const ws = new WebSocket(url, { perMessageDeflate: false })
       ws.binaryType = 'nodebuffer'

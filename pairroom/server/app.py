@@ -30,6 +30,7 @@ from ..kernels.api import routes as kernel_routes
 from ..kernels.cluster_lease import ClusterKernelLease
 from ..kernels.sandbox import SandboxUnavailable
 from ..kernels.service import KernelLease, KernelService
+from ..recorder.api import attach as attach_recorder
 from ..rtc.api import attach as attach_rtc
 from ..rtc.broker_bus import BrokerSignalBus
 from ..sessions.partial_writes import ReviewerWrites
@@ -99,6 +100,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         lifespan=lifespan,
     )
     attach_rtc(app, settings.rtc, bus=signal_bus)
+    attach_recorder(app, settings)
     return app
 
 

@@ -13,6 +13,7 @@ import sys
 import uvloop
 
 from . import logs
+from ..recorder import export as recorder_cli
 from ..sessions.identity import Role
 from .app import create_app
 from .auth import mint
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--color", help="cursor color, e.g. #4363d8")
     token.add_argument("--user-id", help="stable user id (default: random)")
     token.add_argument("--secret", help="token signing secret (default PAIRROOM_SECRET)")
+    recorder_cli.add_arguments(commands)
     return parser
 
 
@@ -124,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "token":
         return token_command(args)
+    if args.command in recorder_cli.COMMANDS:
+        return recorder_cli.COMMANDS[args.command](args)
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         settings = Settings.from_env(**overrides)
