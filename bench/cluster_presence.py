@@ -191,10 +191,11 @@ def measure_presence(quick: bool, runs: int) -> dict:
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        for label, env, tokens in (
-            ("before: every state relayed at once to everyone", {"PAIRROOM_AWARENESS_TICK_MS": "0"}, {}),
-            ("throttled per room tick, watchers as participants", {}, {}),
-            ("after: throttled, watchers as viewers (scoped + summary)", {"PAIRROOM_SECRET": SECRET}, None),
+        for label, env, reader_role in (
+            ("before: watchers as editors, every state relayed at once to everyone",
+             {"PAIRROOM_SECRET": SECRET, "PAIRROOM_AWARENESS_TICK_MS": "0"}, "editor"),
+            ("after: watchers as viewers (scoped + summary), relay throttled per room tick",
+             {"PAIRROOM_SECRET": SECRET}, "viewer"),
         ):
             node = Node(tmp, env)
             try:
@@ -204,9 +205,8 @@ def measure_presence(quick: bool, runs: int) -> dict:
                     sc = {"url": node.url, "roomPrefix": room, "rooms": 1, "clientsPerRoom": watchers + 1,
                           "writers": 1, "editsPerSec": 20, "presence": True, "awarenessRenewS": 15,
                           "warmup": 2, "duration": duration}
-                    if tokens is None:
-                        sc["writerToken"] = mint(SECRET, f"{room}-0", "owner", "Mentor")
-                        sc["readerToken"] = mint(SECRET, f"{room}-0", "viewer", "Learner")
+                    sc["writerToken"] = mint(SECRET, f"{room}-0", "owner", "Mentor")
+                    sc["readerToken"] = mint(SECRET, f"{room}-0", reader_role, "Learner")
                     cpu0, bytes0 = node.cpu_seconds(), node.bytes_sent()
                     results.append(figures(loadgen(sc)))
                     results[-1]["server_cpu_s"] = round(node.cpu_seconds() - cpu0, 2)

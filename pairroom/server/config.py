@@ -42,7 +42,7 @@ class Settings:
     max_members: int = 1000  # per room
     rate_limit: float = 200.0  # messages per second per connection (sustained)
     rate_burst: int = 1000  # messages a connection may send at once
-    awareness_tick_ms: float = 50.0  # presence relay throttle per room
+    awareness_tick_ms: float = 20.0  # presence relay throttle per room
     public_url: str = ""  # base of invite links; default: the URL the request came in on
     redis: str | None = None  # redis://host:port/db to share rooms across nodes; None = one node
     node_id: str = ""  # this node's id on the broker; default: random at start

@@ -36,7 +36,7 @@ class Presence:
         doc: Doc,
         members: dict[str, Member],
         *,
-        tick: float = 0.05,
+        tick: float = 0.02,
         stamp_identity: bool = True,
     ) -> None:
         self.awareness = Awareness(doc)

@@ -58,7 +58,7 @@ class RoomSettings:
     snapshot_every: int = 500
     keepalive_seconds: float = 15.0
     shutdown_flush_timeout: float = 10.0
-    awareness_tick: float = 0.05
+    awareness_tick: float = 0.02
     stamp_identity: bool = True
 
 
