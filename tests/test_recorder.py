@@ -310,3 +310,37 @@ def test_restore_edits_are_minimal_and_handle_any_unicode() -> None:
     with doc.transaction():
         set_text(text, "hallo 😀 welt\nzweite Zeile\ndritte\n")
     assert str(text) == "hallo 😀 welt\nzweite Zeile\ndritte\n"
+
+
+async def test_a_saved_call_recording_is_an_audio_mark_on_the_sessions_timeline(start_recorded, tmp_path) -> None:
+    """The call recorder's saved file (its RecordingInfo, as rtc/recording.py writes it) is linked into the
+    room's session at its first frame, so a replay can play the voice with the code."""
+    import time as clock
+
+    from pairroom.rtc.recording import RecordingInfo
+
+    server = await start_recorded()
+    room = "voiced"
+    owner = token(room, "owner", "Ada")
+    client = await join(server, room, owner)
+    app = server.server.config.app
+    first_frame = clock.time()
+    app.state.rtc.on_recording_saved(RecordingInfo(
+        room=room, session="s1", peer="p1", user={"id": "u-ada", "name": "Ada"}, file="p1.ogg",
+        source="call", started_at=first_frame, ended_at=first_frame + 2.0, duration_seconds=2.0, frames=100,
+    ))
+    async with httpx.AsyncClient(base_url=server.http, headers=auth(owner)) as http:
+        async def audio_marks() -> list:
+            sessions = (await http.get(f"/api/rooms/{room}/sessions")).json()["sessions"]
+            if not sessions:
+                return []
+            marks = (await http.get(f"/api/rooms/{room}/timeline", params={"session": sessions[-1]["id"]})).json()["marks"]
+            return [m for m in marks if m["kind"] == "audio"]
+
+        deadline = asyncio.get_running_loop().time() + 5
+        while not (found := await audio_marks()):
+            assert asyncio.get_running_loop().time() < deadline, "no audio mark on the timeline"
+            await asyncio.sleep(0.05)
+    (mark,) = found
+    assert (mark["file"], mark["session"], mark["user"], mark["duration_seconds"]) == ("p1.ogg", "s1", "u-ada", 2.0)
+    await client.close()

@@ -57,6 +57,22 @@ CLOSE_ROOM_DELETED = 4404
 NAME_MAX = 255
 
 
+def link_call_audio(app: Starlette, recorder: RecorderObserver) -> None:
+    """Saved call recordings become ``audio`` events on the room's timeline (at their first frame),
+    so a replay finds the voice that goes with the code."""
+    rtc = getattr(app.state, "rtc", None)
+    if rtc is None:
+        return
+
+    def saved(info: Any) -> None:
+        at = datetime.fromtimestamp(info.started_at or info.ended_at, timezone.utc)
+        data = {"session": info.session, "peer": info.peer, "file": info.file, "source": info.source,
+                "duration_seconds": info.duration_seconds, "format": info.format}
+        recorder.record(info.room, "audio", str((info.user or {}).get("id", "")), data, at=at)
+
+    rtc.on_recording_saved = saved
+
+
 def attach(app: Starlette, settings: Settings) -> None:
     """Add the routes, and run a ``RecorderObserver`` for the app's rooms during its lifespan."""
     app.router.routes[0:0] = routes
@@ -71,6 +87,7 @@ def attach(app: Starlette, settings: Settings) -> None:
             recorder = RecorderObserver(History(hub.store), RecorderSettings.from_mapping(settings.extra))
             hub.registry.observers.append(recorder)
             app.state.recorder = recorder
+            link_call_audio(app, recorder)
             started = asyncio.Event()
             task = asyncio.create_task(recorder.run(started), name="pairroom-recorder")
             waiter = asyncio.create_task(started.wait())

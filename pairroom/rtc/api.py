@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Callable, Any, AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -39,6 +39,8 @@ class RtcService:
         if watch_nodes is not None:
             watch_nodes(self.calls.node_gone)
         self._relay: Any = None
+        # Told of every saved call recording (the session recorder links it into the timeline).
+        self.on_recording_saved: Callable[[Any], None] | None = None
 
     @property
     def recording_dir(self) -> Path:
@@ -62,7 +64,7 @@ class RtcService:
         self.media_ready()
         from .recording import CallRecorder
 
-        return CallRecorder(self.recording_dir, room, peer_id, self.calls.signal)
+        return CallRecorder(self.recording_dir, room, peer_id, self.calls.signal, on_saved=self.on_recording_saved)
 
     async def aclose(self) -> None:
         await self.calls.aclose()

@@ -124,11 +124,19 @@ class CallRecorder:
     It is a call ``Member``: the hub hands it every message of the call through ``send``.
     """
 
-    def __init__(self, directory: Path, room: str, peer_id: str, signal: Signal) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        room: str,
+        peer_id: str,
+        signal: Signal,
+        on_saved: Callable[[RecordingInfo], None] | None = None,
+    ) -> None:
         self.directory = directory
         self.room = room
         self.id = peer_id
         self.signal = signal
+        self.on_saved = on_saved  # e.g. the session recorder, so a replay finds the audio
         self.session = new_session_id()
         self.users: dict[str, dict[str, Any]] = {}
         self.peers: dict[str, RTCPeerConnection] = {}
@@ -186,6 +194,8 @@ class CallRecorder:
             info = await recording.stop()
             if info is not None:
                 self.saved.append(info)
+                if self.on_saved is not None:
+                    self.on_saved(info)
         pc = self.peers.pop(peer, None)
         if pc is not None:
             await pc.close()
