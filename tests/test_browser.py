@@ -12,6 +12,7 @@ import concurrent.futures
 import gzip
 import json
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -26,6 +27,7 @@ from tests.support.browser import (  # noqa: F401  (fixtures)
     browser,
     editor_text,
     file_text,
+    kernel_web_server,
     open_page,
     room_name,
     wait_connected,
@@ -34,6 +36,14 @@ from tests.support.browser import (  # noqa: F401  (fixtures)
 )
 
 pytestmark = pytest.mark.slow
+
+
+def wait_until(check, what: str, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.1)
 
 
 def new_file(page, path: str) -> None:  # type: ignore[no-untyped-def]
@@ -161,6 +171,153 @@ def test_chat_reaches_the_other_browser(open_page: OpenPage, request) -> None:  
     assert ada.input_value("#chat-input") == ""
 
 
+def test_a_run_shows_its_output_in_both_browsers(kernel_web_server, open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
+    room = room_name(request)
+    ada = open_page("ada", f"/r/{room}", name="Ada", server=kernel_web_server)
+    bob = open_page("bob", f"/r/{room}", name="Bob", server=kernel_web_server)
+    wait_connected(ada)
+    wait_connected(bob)
+    ada.wait_for_selector("#kernel-status:has-text('starts on the first run')")
+    assert ada.is_disabled("#run-file") and ada.is_disabled("#run-selection") and ada.is_disabled("#kernel-interrupt")
+
+    new_file(ada, "main.py")
+    bob.wait_for_selector("#run-file:enabled")  # a file is open
+    ada.click(".cm-content")
+    ada.keyboard.insert_text(
+        "from IPython.display import HTML, display\n"
+        "print('hello from', 'ada')\n"
+        "display(HTML('<b id=x>bold</b> &amp; <script>parent.document.title = 1</script>'))\n"
+        "6 * 7"
+    )
+    wait_same_text(ada, bob, "main.py")
+    ada.click("#run-file")
+    for page in (ada, bob):  # every member sees the run, its stream, the HTML and the result
+        run = page.wait_for_selector("#run-list li.run[data-status='ok']")
+        assert run is not None
+        assert run.query_selector(".run-title").inner_text() == "Run of main.py"  # type: ignore[union-attr]
+        assert run.query_selector(".out-stream.stdout").inner_text().strip() == "hello from ada"  # type: ignore[union-attr]
+        assert run.query_selector(".out-text").inner_text() == "42"  # type: ignore[union-attr]
+        frame = run.query_selector("iframe.out-html")
+        assert frame is not None and frame.get_attribute("sandbox") == ""
+        assert frame.content_frame().inner_text("#x") == "bold"  # type: ignore[union-attr]
+        assert run.query_selector(".out-html-note").inner_text() == "Scripts in this output were not run."  # type: ignore[union-attr]
+        page.wait_for_selector("#kernel-status:has-text('Kernel idle')")
+    assert "·" in ada.title()  # the output's script did not run
+    ada.screenshot(path=str(ARTIFACTS / "test_a_run_shows_its_output_in_both_browsers-ada-first-run.png"))
+
+    # Bob runs a selection that fails: both see the traceback.
+    bob.click(".cm-content")
+    bob.keyboard.press("Control+End")
+    bob.keyboard.press("Enter")
+    bob.keyboard.type("1 / 0")
+    bob.keyboard.press("Shift+Home")
+    bob.click("#run-selection")
+    for page in (ada, bob):
+        error = page.wait_for_selector("#run-list li.run[data-status='error'] .out-error")
+        assert "ZeroDivisionError" in error.inner_text()  # type: ignore[union-attr]
+        assert "\x1b[" not in error.inner_text()  # type: ignore[union-attr]
+        assert page.inner_text("#run-list li.run[data-status='error'] .run-title") == "Selection: 1 / 0"
+
+    # A long run, interrupted from the other browser.
+    ada.click(".cm-content")
+    ada.keyboard.press("Control+End")
+    ada.keyboard.press("Enter")
+    ada.keyboard.type("import time; time.sleep(60)")
+    ada.keyboard.press("Shift+Home")
+    ada.click("#run-selection")
+    bob.wait_for_selector("#run-list li.run[data-status='running']")
+    bob.wait_for_selector("#kernel-interrupt:enabled").click()
+    for page in (ada, bob):
+        page.wait_for_selector("#run-list li.run[data-status='interrupted'] .out-error:has-text('KeyboardInterrupt')")
+        page.wait_for_selector("#kernel-status:has-text('Kernel idle')")
+    assert ada.inner_text("#run-error") == "" and bob.inner_text("#run-error") == ""
+
+
+def test_history_saves_diffs_and_restores_a_version(open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
+    room = room_name(request)
+    ada = open_page("ada", f"/r/{room}", name="Ada")
+    bob = open_page("bob", f"/r/{room}", name="Bob")
+    wait_connected(ada)
+    wait_connected(bob)
+    new_file(ada, "main.py")
+    ada.click(".cm-content")
+    ada.keyboard.type("x = 1")
+    original = wait_same_text(ada, bob, "main.py")
+
+    ada.fill("#version-name", "first draft")
+    ada.press("#version-name", "Enter")
+    ada.wait_for_selector("#version-list li[data-name='first draft']")
+    ada.wait_for_selector("#history-status:has-text('Saved version')")
+    bob.click("#versions-refresh")  # someone else's version shows on refresh
+    bob.wait_for_selector("#version-list li[data-name='first draft']")
+
+    ada.click(".cm-content")
+    ada.keyboard.press("Control+End")
+    ada.keyboard.press("Enter")
+    ada.keyboard.type("y = 2  # changed")
+    assert wait_same_text(ada, bob, "main.py") == "x = 1\ny = 2  # changed"
+    bob.click("#version-list li[data-name='first draft'] button:text-is('Diff')")
+    bob.wait_for_selector("#diff:visible")
+    assert bob.inner_text("#diff-title") == "main.py: first draft → now"
+    added = [el.inner_text().strip() for el in bob.query_selector_all("#diff-text .diff-add")]
+    assert added[-1] == "+y = 2  # changed", added
+    bob.screenshot(path=str(ARTIFACTS / "test_history_saves_diffs_and_restores_a_version-bob-diff.png"))
+
+    bob.click("#version-list li[data-name='first draft'] button:text-is('Restore')")
+    for page in (ada, bob):
+        wait_file_text(page, "main.py", original)
+        page.wait_for_function("(want) => window.pairroom.view.state.doc.toString() === want", arg=original)
+    bob.wait_for_selector("#history-status:has-text('Restored main.py to “first draft”.')")
+    assert bob.is_hidden("#diff")
+
+
+def test_replay_plays_a_recorded_session(open_page: OpenPage, web_server, request) -> None:  # type: ignore[no-untyped-def]
+    room = room_name(request)
+    ada = open_page("ada", f"/r/{room}", name="Ada")
+    wait_connected(ada)
+    new_file(ada, "main.py")
+    ada.click(".cm-content")
+    ada.keyboard.type("print('first')")
+    ada.keyboard.press("Enter")
+    ada.keyboard.type("print('recorded')", delay=15)
+    final = file_text(ada, "main.py")
+    assert final == "print('first')\nprint('recorded')"
+
+    # The session ends at the last leave (docs/recording.md): once the server has the text, Ada leaves.
+    api = web_server.url(f"/api/rooms/{room}")
+    with httpx.Client(timeout=5) as http:
+        wait_until(lambda: http.get(f"{api}/files").json()["files"].get("main.py") == final, "the server has the text")
+        ada.close()
+        wait_until(lambda: [s["end"] is not None for s in http.get(f"{api}/sessions").json()["sessions"]] == [True],
+                   "the session has ended")
+
+    replay = open_page("replay", f"/r/{room}/replay")
+    replay.wait_for_selector("#replay-play:enabled")
+    assert replay.title() == f"{room} · replay · pairroom"
+    assert len(replay.query_selector_all("#replay-session option")) == 1
+    assert replay.inner_text("#replay-play") == "Play"
+    replay.wait_for_selector(".replay-mark.mark-join", state="attached")
+    replay.wait_for_selector(".replay-mark.mark-leave", state="attached")
+    replay.select_option("#replay-speed", "16")
+    replay.click("#replay-play")
+    replay.wait_for_selector("#replay[data-ended='true']")
+    replay.wait_for_function("(want) => window.pairroom.view.state.doc.toString() === want", arg=final)
+    assert replay.inner_text("#replay-current") == "main.py"
+    assert replay.inner_text("#replay-play") == "Play again"
+    assert replay.get_attribute(".cm-content", "contenteditable") == "false"
+    assert "Ended" in replay.inner_text("#replay-position")
+
+    # Back to the start on the scrubber: the server closes (4410) and the page reconnects from there.
+    replay.evaluate("() => { window.firstReplay = window.pairroom.replay.provider }")
+    replay.eval_on_selector("#replay-scrubber", "(el) => { el.value = '0'; el.dispatchEvent(new Event('change')) }")
+    replay.wait_for_function(
+        "() => window.pairroom.replay.provider !== window.firstReplay && window.pairroom.replay.status"
+    )
+    replay.wait_for_selector("#replay[data-ended='true']")  # still playing at 16x: it ends again
+    replay.wait_for_function("(want) => window.pairroom.view.state.doc.toString() === want", arg=final)
+    assert replay.inner_text("#replay-error") == ""
+
+
 def test_offline_edits_converge_after_reconnecting(open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
     room = room_name(request)
     ada = open_page("ada", f"/r/{room}", name="Ada")
@@ -209,7 +366,8 @@ def test_a_viewer_gets_a_read_only_room(open_page: OpenPage, request) -> None:  
     wait_same_text(ada, viewer, "main.py")
     assert viewer.inner_text("#role-badge") == "Viewer · read-only"
     assert viewer.get_attribute(".cm-content", "contenteditable") == "false"
-    for hidden in ("#new-file-form", "#name-form"):
+    assert viewer.inner_text("#run-note") == "A viewer sees the runs but cannot run code."
+    for hidden in ("#new-file-form", "#name-form", "#run-controls", "#version-form"):
         assert not viewer.is_visible(hidden)
     assert viewer.query_selector("button[aria-label^='Rename']") is None
     assert viewer.query_selector("button[aria-label^='Delete']") is None

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+from starlette.applications import Starlette
 
 from pairroom.server.app import create_app
 from pairroom.server.config import Settings
@@ -114,6 +115,7 @@ class WebServer:
     settings: Settings
     static_dir: Path
     server: Server | None = None
+    app: Starlette | None = None
     thread: threading.Thread | None = None
     error: BaseException | None = None
 
@@ -143,7 +145,7 @@ class WebServer:
             started.set()
 
     async def _serve(self, started: threading.Event) -> None:
-        app = create_app(self.settings)
+        app = self.app = create_app(self.settings)
         app.router.routes[0:0] = static_routes(self.static_dir)  # what app.py will do
         self.server = Server(uvicorn_config(app, self.settings, signals=False))
         task = asyncio.create_task(self.server.serve())
@@ -178,6 +180,25 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
     server.stop()
 
 
+@pytest.fixture
+def kernel_web_server(tmp_path: Path) -> Iterator[WebServer]:
+    """pairroom as ``web_server`` plus sandboxed kernels (one pre-started), for the run panel's test only:
+    starting the kernel service costs a second or two. Skips where the sandbox cannot work."""
+    static_dir = ensure_build()
+    settings = dataclasses.replace(
+        Settings(), port=0, db=f"sqlite:///{tmp_path / 'pairroom.db'}", log_format="text",
+        kernels=True, kernel_pool_size=1,
+    )
+    server = WebServer(settings, static_dir)
+    server.start()
+    try:
+        if server.app is None or getattr(server.app.state, "kernels", None) is None:
+            pytest.skip("kernels are not available here (scripts/ensure-bwrap, scripts/ensure-kernel-env)")
+        yield server
+    finally:
+        server.stop()
+
+
 # -- the browser -----------------------------------------------------------------------------------
 
 
@@ -206,20 +227,24 @@ def open_page(browser: sync_api.Browser, web_server: WebServer, request: pytest.
     opened: list[OpenedPage] = []
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
-    def open_(label: str, path: str, *, name: str | None = None, **context_options: object) -> sync_api.Page:
-        """A new person: a fresh context at ``path``. ``name`` is their display name (localStorage)."""
+    def open_(
+        label: str, path: str, *, name: str | None = None, server: WebServer | None = None, **context_options: object
+    ) -> sync_api.Page:
+        """A new person: a fresh context at ``path`` (on ``server``, by default ``web_server``).
+        ``name`` is their display name (localStorage)."""
         options: dict[str, object] = {"viewport": {"width": 1280, "height": 720}}
         options.update(context_options)
         context = browser.new_context(**options)  # type: ignore[arg-type]
         context.set_default_timeout(WAIT_MS)
         if name is not None:
-            context.add_init_script(f"localStorage.setItem('pairroom:name', {name!r})")
+            # Top frames only: a sandboxed output frame has no storage and would throw.
+            context.add_init_script(f"if (window === window.top) localStorage.setItem('pairroom:name', {name!r})")
         page = context.new_page()
         errors: list[str] = []
         page.on("console", lambda msg: errors.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None)
         page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
         opened.append(OpenedPage(label, page, context, errors))
-        page.goto(web_server.url(path))
+        page.goto((server or web_server).url(path))
         return page
 
     yield open_

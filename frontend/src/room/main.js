@@ -15,6 +15,10 @@ import { languageFor, languageName } from './languages.js'
 import { renderPeople } from './people.js'
 import { appendChat, postChat, renderChat } from './chat.js'
 import { ConnectionStatus } from './connection.js'
+import { roomApi } from './api.js'
+import { RunPanel } from './runs.js'
+import { HistoryPanel } from './history.js'
+import { startReplay } from './replay.js'
 
 const $ = (id) => document.getElementById(id)
 
@@ -26,12 +30,14 @@ document.title = `${room} · pairroom`
 $('room-name').textContent = room
 
 if (match?.[2]) {
-  // The replay page arrives with the recorder's playback API; until then say so plainly.
+  // The replay page: recorded sessions played back read-only (replay.js).
+  document.title = `${room} · replay · pairroom`
   $('layout').hidden = true
   $('copy-link').hidden = true
   $('connection').hidden = true
   $('replay').hidden = false
   $('replay-room-link').href = roomPath(room, token)
+  startReplay(room, token)
 } else {
   startRoom()
 }
@@ -86,6 +92,7 @@ function startRoom() {
   const language = new Compartment()
   const view = new EditorView({ parent: $('editor') })
   let current = null // {path, ytext, undo}
+  let runs = null // the output panel, made below
 
   function openFile(path) {
     const ytext = files.get(path)
@@ -103,9 +110,11 @@ function startRoom() {
         EditorView.editable.of(!readOnly),
         EditorView.contentAttributes.of({ 'aria-label': `${path} (${languageName(path)})` }),
         yCollab(ytext, awareness, { undoManager: undo }),
+        EditorView.updateListener.of((update) => { if (update.selectionSet || update.docChanged) runs?.selectionChanged() }),
       ],
     }))
     awareness.setLocalStateField('file', path)
+    runs?.selectionChanged()
     $('current-file').textContent = path
     $('editor').hidden = false
     $('editor-empty').hidden = true
@@ -121,6 +130,7 @@ function startRoom() {
     current = null
     view.setState(EditorState.create({ doc: '' }))
     awareness.setLocalStateField('file', null)
+    runs?.selectionChanged()
     $('current-file').textContent = 'No file open'
     $('editor').hidden = true
     $('editor-empty').hidden = false
@@ -195,6 +205,22 @@ function startRoom() {
   provider.once('sync', () => { showInitial(); markInteractive() })
   closeFile()
 
+  // The shared output panel: runs go through the HTTP API, outputs come back in the document.
+  const api = roomApi(room, token)
+  runs = new RunPanel(doc, api, {
+    role,
+    current: () => {
+      if (!current) return { path: null, selection: '' }
+      const state = view.state
+      const selection = state.selection.ranges.map((r) => state.sliceDoc(r.from, r.to)).filter(Boolean).join('\n')
+      return { path: current.path, selection }
+    },
+  })
+
+  // History: versions, diffs and restores of the open file.
+  const history = new HistoryPanel(doc, api, { canWrite: !readOnly, current: () => current?.path ?? null })
+  provider.once('sync', () => history.start())
+
   // People and chat.
   const renderWho = () => renderPeople($('people-list'), $('people-count'), awareness, role)
   awareness.on('change', renderWho)
@@ -245,7 +271,7 @@ function startRoom() {
 
   // For tests and debugging from the console.
   window.pairroom = {
-    doc, files, chat, provider, awareness, view, status, readOnly,
+    doc, files, chat, provider, awareness, view, status, readOnly, runs, history,
     get currentPath() { return current?.path ?? null },
     openFile,
   }
