@@ -122,7 +122,10 @@ async def call(args: argparse.Namespace) -> dict[str, Any]:
 
         @pc.on("datachannel")
         def on_channel(channel: Any) -> None:
-            channel.on("message", lambda message: channel.send("echo:" + message))
+            @channel.on("message")
+            def on_message(message: str) -> None:
+                out["received"] = message  # the offerer's message, as it arrived here
+                channel.send("echo:" + message)
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
@@ -169,6 +172,8 @@ async def call(args: argparse.Namespace) -> dict[str, Any]:
                 kind = message["type"]
                 peers = message.get("peers", []) if kind == "joined" else [message] if kind == "peer-joined" else []
                 for peer in peers:
+                    if peer["peer"] in pcs:  # across nodes a peer may be announced twice
+                        continue
                     recorder = peer.get("recorder", False)
                     if args.role == "call-offer" and not recorder or args.role == "call-record" and recorder:
                         await offer_to(peer["peer"], tone_only=recorder)

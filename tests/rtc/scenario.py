@@ -9,7 +9,9 @@ whose only interface is ``lo``, runs the server (host candidates ``127.0.0.1`` t
 ``media_addresses``) and starts the peers as its own children, which inherit the namespace.
 It refuses to run if any other interface exists, and prints one ``RESULT {json}`` line.
 
-Scenarios: ``call`` (two peers through /call: data channel and audio both ways), ``relay`` (a
+Scenarios: ``call`` (two peers through /call: data channel and audio both ways), ``call-nodes``
+(the same call with each peer on its own node: a redis-server and two ``pairroom serve --redis``
+processes, started here instead of the in-process server), ``relay`` (a
 speaker and several listeners through the server-side relay), ``record`` (a peer's audio recorded
 by the server's recorder peer), ``bench N`` (relay listeners for the per-node figure).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import resource
 import sys
 import time
@@ -28,6 +31,8 @@ import httpx
 
 from pairroom.rtc.api import RtcSettings
 from tests.rtc.serve import RtcServer, start
+from tests.support.nodes import PAIRROOM, ServeProcess, _collect
+from tests.support.redis_server import RedisProcess, _die_with_parent
 
 DEADLINE = 40.0
 
@@ -49,6 +54,67 @@ async def call(server: RtcServer, workdir: Path) -> dict[str, Any]:
         peer("call-answer", server.http, "pair"), peer("call-offer", server.http, "pair")
     )
     return {"answer": answer, "offer": offer}
+
+
+async def serve_node(name: str, redis: str, workdir: Path) -> ServeProcess:
+    """``pairroom serve --redis REDIS`` as this process's child (killed if this process dies)."""
+    env = {
+        **os.environ,
+        "PAIRROOM_LOG_FORMAT": "json",
+        "PAIRROOM_RTC_MEDIA_ADDRESSES": "127.0.0.1",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        PAIRROOM, "serve", "--port", "0", "--redis", redis, "--node-id", name, "--no-kernels",
+        "--db", f"sqlite:///{workdir / name}.db",  # signaling never touches storage
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent,
+    )
+    assert proc.stderr is not None
+    early: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(20):
+            async for line in proc.stderr:
+                try:
+                    early.append(json.loads(line))
+                except ValueError:
+                    early.append({"msg": line.decode(errors="replace").rstrip()})
+                if early[-1].get("msg") == "listening":
+                    break
+            else:
+                raise RuntimeError(f"{name} exited with {await proc.wait()}: {early[-5:]}")
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        raise
+    node = ServeProcess(proc, early[-1]["port"], {"PAIRROOM_NODE_ID": name})
+    node.log.extend(early)
+    node.drain = asyncio.create_task(_collect(proc, node.log))
+    return node
+
+
+async def call_nodes(workdir: Path) -> dict[str, Any]:
+    """``call`` across two nodes: the answerer signals through node 1, the offerer through node 2.
+
+    The nodes are ``pairroom serve --redis`` processes sharing one redis-server, so every offer,
+    answer and call event between the two peers crosses Redis.
+    """
+    async with RedisProcess() as redis:
+        nodes: list[ServeProcess] = []
+        try:
+            for name in ("node-1", "node-2"):
+                nodes.append(await serve_node(name, redis.url, workdir))
+            one, two = nodes
+            answer, offer = await asyncio.gather(
+                peer("call-answer", one.http, "pair"), peer("call-offer", two.http, "pair")
+            )
+        finally:
+            codes = [await node.terminate() for node in nodes]
+        logged = [
+            {"node": node.env["PAIRROOM_NODE_ID"], **entry}
+            for node in nodes for entry in node.log if entry.get("level") in ("warning", "error", "critical")
+        ]
+        stopped = [any(entry.get("msg") == "stopped" for entry in node.log) for node in nodes]
+        return {"answer": answer, "offer": offer, "node_exit_codes": codes, "node_stopped": stopped, "node_warnings": logged}
 
 
 async def relay(server: RtcServer, workdir: Path, listeners: int = 3, frames: int = 50, processes: int = 1) -> dict[str, Any]:
@@ -156,6 +222,9 @@ async def main(name: str, workdir: Path, extra: list[str]) -> dict[str, Any]:
     interfaces = namespace_interfaces()
     if interfaces != ["lo"]:
         raise SystemExit(f"refusing to run: interfaces {interfaces}; run inside `unshare -n`")
+    if name == "call-nodes":
+        async with asyncio.timeout(DEADLINE):
+            return await call_nodes(workdir)
     settings = RtcSettings(
         media_addresses=("127.0.0.1",),
         record_rooms=frozenset({"rec"}),
