@@ -177,12 +177,15 @@ async def test_allocating_4gb_is_killed_reported_and_the_next_run_gets_a_fresh_k
 
 
 async def _start_and_wait_running(ks: KernelServer, name: str, code: str) -> str:
+    """Start ``code`` (which prints "looping" first) and wait until that output is in the document,
+    so the interrupt cannot land before the loop has begun."""
     run_id = (await ks.http.post(f"/api/rooms/{name}/runs", json={"code": code})).json()["id"]
 
-    async def running() -> bool:
-        return (await ks.http.get(f"/api/rooms/{name}/runs/{run_id}")).json()["status"] == "running"
+    async def looping() -> bool:
+        run = (await ks.http.get(f"/api/rooms/{name}/runs/{run_id}")).json()
+        return run["status"] == "running" and "looping" in stdout(run)
 
-    await eventually(running, timeout=30, what="the run started")
+    await eventually(looping, timeout=30, what="the loop started")
     return run_id
 
 
@@ -200,7 +203,9 @@ async def test_an_infinite_loop_is_interrupted_and_the_kernel_keeps_its_state(ks
 
 async def test_a_loop_that_ignores_interrupts_is_killed(ks: KernelServer) -> None:
     name = room()
-    run_id = await _start_and_wait_running(ks, name, "import itertools\nsum(itertools.repeat(1, 10**13))")
+    run_id = await _start_and_wait_running(
+        ks, name, "import itertools\nprint('looping', flush=True)\nsum(itertools.repeat(1, 10**13))"
+    )
     assert (await ks.http.post(f"/api/rooms/{name}/kernel/interrupt")).json() == {"interrupted": True}
     run = await run_and_wait(ks, name, run_id, timeout=15)
     assert run["status"] == "interrupted", run
