@@ -100,8 +100,11 @@ def attach(app: Starlette, settings: Settings) -> None:
                 yield state
             finally:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                done, _ = await asyncio.wait({task}, timeout=settings.shutdown_timeout)
+                if not done:
+                    log.error("the recorder did not stop in time; buffered events may be lost")
+                elif not task.cancelled() and task.exception() is not None:
+                    log.error("the recorder failed", exc_info=task.exception())
 
     app.router.lifespan_context = lifespan
 

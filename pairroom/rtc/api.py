@@ -8,9 +8,11 @@ time the relay or a recording needs it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from pathlib import Path
-from typing import Callable, Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -24,6 +26,8 @@ from .calls import CallHub, call_endpoint
 from .ice import rtc_config
 from .settings import RtcSettings, Speak
 from .signaling import TopicHub, signal_endpoint
+
+log = logging.getLogger("pairroom.rtc")
 
 
 class RtcService:
@@ -84,7 +88,11 @@ def attach(app: Starlette, settings: RtcSettings, bus: SignalBus | None = None) 
             try:
                 yield state
             finally:
-                await service.aclose()
+                try:
+                    async with asyncio.timeout(10):
+                        await service.aclose()
+                except TimeoutError:
+                    log.error("calls did not close in time")
 
     app.router.lifespan_context = lifespan
     return service

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import secrets
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -75,15 +75,17 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         try:
             yield
         finally:
-            if kernels is not None:
-                await kernels.stop()  # before the rooms flush, so the last outputs are stored
+            limit = settings.shutdown_timeout
+            if kernels is not None:  # before the rooms flush, so the last outputs are stored
+                await bounded(kernels.stop(), limit, "stopping kernels")
             if signal_bus is not None:
-                await signal_bus.stop()
+                await bounded(signal_bus.stop(), limit, "stopping the signaling bus")
             for task in reversed(tasks):  # rooms flush first, then the cluster says goodbye
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await the_store.close()
+                await bounded(asyncio.wait({task}), limit + 5, f"stopping {task.get_name()}")
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    log.error("background task failed", exc_info=task.exception(), extra={"task": task.get_name()})
+            await bounded(the_store.close(), limit, "closing storage")
             log.info("stopped")
 
     app = Starlette(
@@ -121,6 +123,15 @@ async def start_kernels(
         log.error("kernels refused: no sandbox", extra={"error": str(exc)})
         return None, f"kernels refused: {exc}"
     return kernels, None
+
+
+async def bounded(step: Awaitable[object], seconds: float, what: str) -> None:
+    """One shutdown step, bounded: a step that hangs is reported and the shutdown goes on."""
+    try:
+        async with asyncio.timeout(seconds):
+            await step
+    except TimeoutError:
+        log.error("shutdown step did not finish in time", extra={"step": what, "seconds": seconds})
 
 
 async def wait_started(task: asyncio.Task[None], started: asyncio.Event) -> None:
