@@ -16,7 +16,7 @@ from pairroom.recorder.store import Store
 from pairroom.server.app import create_app
 from pairroom.server.config import Settings
 from pairroom.server.hub import Hub
-from pairroom.server.runner import Server, uvicorn_config
+from pairroom.server.runner import Server, start_serving, uvicorn_config
 
 
 @dataclasses.dataclass
@@ -69,13 +69,7 @@ async def start_server(db_url: str) -> AsyncIterator[StartServer]:
         values.update(overrides)
         settings = dataclasses.replace(Settings(), **values)  # type: ignore[arg-type]
         server = Server(uvicorn_config(create_app(settings, store), settings, signals=False))
-        task = asyncio.create_task(server.serve())
-        ready = asyncio.create_task(server.ready.wait())
-        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        if task.done():
-            task.result()
-            raise RuntimeError("server exited during start-up")
+        task = await start_serving(server)
         it = RunningServer(server, settings, task)
         running.append(it)
         return it

@@ -204,7 +204,11 @@ async def test_an_infinite_loop_is_interrupted_and_the_kernel_keeps_its_state(ks
 async def test_a_loop_that_ignores_interrupts_is_killed(ks: KernelServer) -> None:
     name = room()
     run_id = await _start_and_wait_running(
-        ks, name, "import itertools\nprint('looping', flush=True)\nsum(itertools.repeat(1, 10**13))"
+        ks,
+        name,
+        # SIGINT ignored, and the loop sleeps so the kernel's output thread can still send "looping"
+        "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "print('looping', flush=True)\nwhile True:\n    time.sleep(0.05)",
     )
     assert (await ks.http.post(f"/api/rooms/{name}/kernel/interrupt")).json() == {"interrupted": True}
     run = await run_and_wait(ks, name, run_id, timeout=15)

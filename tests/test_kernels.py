@@ -31,7 +31,7 @@ from pairroom.server.app import create_app
 from pairroom.server.auth import Role, mint
 from pairroom.server.config import Settings
 from pairroom.server.hub import Hub
-from pairroom.server.runner import Server, uvicorn_config
+from pairroom.server.runner import Server, start_serving, uvicorn_config
 from tests.yclient import YClient, eventually
 
 
@@ -107,13 +107,7 @@ async def start_kernel_server(tmp: Path, *, secret: str | None = None, **kernel:
     )
     app = with_kernels(create_app(settings), dataclasses.replace(TEST_KERNELS, **kernel))
     server = Server(uvicorn_config(app, settings, signals=False))
-    task = asyncio.create_task(server.serve())
-    ready = asyncio.create_task(server.ready.wait())
-    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-    ready.cancel()
-    if task.done():
-        task.result()
-        raise RuntimeError("server exited during start-up")
+    task = await start_serving(server)
     http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=30)
     return KernelServer(server, task, http, db_path)
 

@@ -46,3 +46,15 @@ def uvicorn_config(app: Starlette, settings: Settings, *, signals: bool = True) 
     )
     config.extra_signal_handlers = signals  # type: ignore[attr-defined]
     return config
+
+
+async def start_serving(server: Server) -> asyncio.Task[None]:
+    """Run ``server`` in a task and return once it listens; if it exits first, raise its error."""
+    task = asyncio.create_task(server.serve())
+    ready = asyncio.create_task(server.ready.wait())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    ready.cancel()
+    if task.done():
+        task.result()
+        raise RuntimeError("server exited during start-up")
+    return task

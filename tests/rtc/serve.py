@@ -13,7 +13,7 @@ from typing import Any
 from pairroom.rtc.api import RtcSettings, attach
 from pairroom.server.app import create_app
 from pairroom.server.config import Settings
-from pairroom.server.runner import Server, uvicorn_config
+from pairroom.server.runner import Server, start_serving, uvicorn_config
 
 
 def server_settings(db: str, secret: str | None = None) -> Settings:
@@ -53,11 +53,5 @@ async def start(db: str, rtc: RtcSettings, secret: str | None = None) -> RtcServ
     app = create_app(settings)
     attach(app, rtc)
     server = Server(uvicorn_config(app, settings, signals=False))
-    task = asyncio.create_task(server.serve())
-    ready = asyncio.create_task(server.ready.wait())
-    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-    ready.cancel()
-    if task.done():
-        task.result()
-        raise RuntimeError("server exited during start-up")
+    task = await start_serving(server)
     return RtcServer(server, task)
