@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from pycrdt import Array, Map, Text
 
 from pairroom.crdt import protocol
 from pairroom.crdt.protocol import CloseCode
-from pairroom.server.auth import mint
+from pairroom.server.auth import mint, verify
 
 from .support.yjs_node import node_clients, wait_for  # noqa: F401
 from .yclient import YClient, eventually
@@ -249,6 +250,44 @@ async def test_invite_links_and_presence_api(secured):
         (member,) = listing["members"]
         assert member["role"] == "viewer" and member["hand"] is True and member["file"] == "main.py"
         await guest.close()
+
+
+async def test_the_lobby_creates_a_room_with_owner_editor_and_viewer_links(secured, start_server):
+    async with httpx.AsyncClient(base_url=secured.http) as http:
+        made = await http.post("/api/rooms", json={"room": "fresh", "name": "Ada", "ttl": 600})
+        assert made.status_code == 201, made.text
+        body = made.json()
+        assert body["open"] is False and body["room"] == "fresh"
+        links = {i["role"]: i for i in body["invites"]}
+        assert list(links) == ["owner", "editor", "viewer"]
+        for role, invite in links.items():
+            assert invite["url"] == f"{secured.http}/r/fresh?token={invite['token']}"
+            principal = verify(SECRET, invite["token"], "fresh")
+            assert principal.role.value == role
+        assert verify(SECRET, links["owner"]["token"], "fresh").name == "Ada"
+        # The room exists now: nobody gets a second owner token for it, nor for a room with content.
+        again = await http.post("/api/rooms", json={"room": "fresh"})
+        assert again.status_code == 409 and "already exists" in again.json()["error"]
+        writer = await YClient.connect(url(secured, "used", token("used", "editor")))
+        await asyncio.wait_for(writer.synced.wait(), 5)
+        writer.doc.get("files", type=Map)["a.py"] = Text("x = 1")
+        await eventually(lambda: "a.py" in secured.hub.registry.rooms["used"].doc.get("files", type=Map))
+        taken = await http.post("/api/rooms", json={"room": "used"})
+        assert taken.status_code == 409
+        await writer.close()
+        # The owner link works: the owner may mint further invites.
+        more = await http.post("/api/rooms/fresh/invites", json={"roles": ["reviewer"]},
+                               headers={"authorization": f"Bearer {links['owner']['token']}"})
+        assert more.status_code == 201
+        random_name = await http.post("/api/rooms", json={})
+        assert random_name.status_code == 201 and re.fullmatch(r"[a-z0-9]{10}", random_name.json()["room"])
+        for bad in ({"room": "a/b"}, {"room": "x" * 65}, {"room": 5}, {"ttl": 0}, {"name": 7}):
+            assert (await http.post("/api/rooms", json=bad)).status_code == 400, bad
+    open_server = await start_server()
+    async with httpx.AsyncClient(base_url=open_server.http) as http:
+        made = await http.post("/api/rooms", json={"room": "fresh"})
+        assert made.status_code == 201
+        assert made.json() == {"open": True, "room": "fresh", "url": f"{open_server.http}/r/fresh"}
 
 
 async def test_viewers_presence_goes_to_participants_and_viewers_get_a_summary(secured):

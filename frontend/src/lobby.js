@@ -1,31 +1,82 @@
 import './style.css'
-import { ROOM_PATTERN, forgetRooms, h, randomId, recentRooms, roomPath } from './shared.js'
+import { ROOM_PATTERN, forgetRooms, h, localIdentity, recentRooms, roomPath } from './shared.js'
 
 const $ = (id) => document.getElementById(id)
 
-$('create-form').addEventListener('submit', (event) => {
-  event.preventDefault()
-  const wanted = $('create-name').value.trim()
-  const room = wanted || randomId(10)
-  if (!ROOM_PATTERN.test(room)) return // the input's pattern already told the user
-  sessionStorage.setItem(`pairroom:created:${room}`, '1') // the room page seeds a first file
-  const link = new URL(roomPath(room), location.origin).href
-  $('created-link').value = link
+const INVITE_ROLES = {
+  owner: ['Owner link', 'yours: edits, runs and changes roles'],
+  editor: ['Editor link', 'for the people who write code with you'],
+  viewer: ['Viewer link', 'read-only, for an audience'],
+}
+
+/** Copy ``input``'s value, saying so in ``status``; where the clipboard is refused, select it instead. */
+async function copyFrom(input, status, what) {
+  try {
+    await navigator.clipboard.writeText(input.value)
+    status.textContent = `${what} copied.`
+  } catch {
+    input.select()
+    status.textContent = `Select the ${what.toLowerCase()} and copy it.`
+  }
+}
+
+function showOpenRoom(room, url) {
+  $('created-link').value = url
   $('open-created').href = roomPath(room)
   $('created').hidden = false
   $('copy-status').textContent = ''
   $('open-created').focus()
+}
+
+/** With a server secret: one link per role, each with its token, each copyable. */
+function showInvites(invites) {
+  $('invite-list').replaceChildren(
+    ...invites.map(({ role, url }) => {
+      const [label, what] = INVITE_ROLES[role] ?? [`${role} link`, '']
+      const id = `invite-${role}`
+      const input = h('input', { id, readonly: true, value: url })
+      return h('li', { class: 'invite', 'data-role': role },
+        h('label', { for: id }, label, ' ', h('span', { class: 'hint' }, what)),
+        h('div', { class: 'row' },
+          input,
+          h('button', { type: 'button', 'aria-label': `Copy the ${role} link`,
+            onclick: () => copyFrom(input, $('invite-status'), label) }, 'Copy'),
+          role === 'owner' ? h('a', { class: 'button primary', id: 'open-owner', href: new URL(url).pathname + new URL(url).search }, 'Open room') : null,
+        ),
+      )
+    }),
+  )
+  $('invite-status').textContent = ''
+  $('created-invites').hidden = false
+  $('open-owner')?.focus()
+}
+
+$('create-form').addEventListener('submit', async (event) => {
+  event.preventDefault()
+  const wanted = $('create-name').value.trim()
+  if (wanted && !ROOM_PATTERN.test(wanted)) return // the input's pattern already told the user
+  $('created').hidden = true
+  $('created-invites').hidden = true
+  $('create-error').textContent = ''
+  let answer
+  try {
+    const response = await fetch('/api/rooms', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ room: wanted || undefined, name: localIdentity().name }),
+    })
+    answer = await response.json().catch(() => null)
+    if (!response.ok) throw new Error(answer?.error || `HTTP ${response.status}`)
+  } catch (error) {
+    $('create-error').textContent = `The room was not created: ${error.message}`
+    return
+  }
+  sessionStorage.setItem(`pairroom:created:${answer.room}`, '1') // the room page seeds a first file
+  if (answer.open) showOpenRoom(answer.room, answer.url)
+  else showInvites(answer.invites)
 })
 
-$('copy-created').addEventListener('click', async () => {
-  try {
-    await navigator.clipboard.writeText($('created-link').value)
-    $('copy-status').textContent = 'Link copied.'
-  } catch {
-    $('created-link').select()
-    $('copy-status').textContent = 'Select the link and copy it.'
-  }
-})
+$('copy-created').addEventListener('click', () => copyFrom($('created-link'), $('copy-status'), 'Link'))
 
 /** Where a pasted link or a bare room name leads: a same-origin path, or null. */
 function joinTarget(text) {

@@ -1,4 +1,4 @@
-"""The room HTTP API: presence, invite links, live role changes and chat for any member.
+"""The room HTTP API: room creation, presence, invite links, live role changes and chat for any member.
 
 Every route authenticates with ``Authorization: Bearer <token>`` for the room in the path (open mode:
 everyone is an anonymous editor). Errors are JSON ``{"error": reason}`` with a precise status.
@@ -7,9 +7,12 @@ everyone is an anonymous editor). Errors are JSON ``{"error": reason}`` with a p
 from __future__ import annotations
 
 import json
+import re
+import secrets
+import time
 from typing import Any
 
-from pycrdt import Array
+from pycrdt import Array, Map
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -23,7 +26,11 @@ from .auth import AuthError, bearer, mint, verify
 from .hub import Hub
 from .websocket import room_name_from_path
 
+EMPTY_STATE = b"\x00"  # the state vector of a document nobody ever wrote
 MAX_TTL = 30 * 24 * 3600
+NEW_ROOM = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the lobby's names: URL-safe, one path segment
+NEW_ROOM_ALPHABET = "abcdefghijkmnopqrstuvwxyz23456789"
+CREATED_ROLES = (Role.OWNER, Role.EDITOR, Role.VIEWER)
 
 
 class ApiError(Exception):
@@ -126,6 +133,46 @@ async def invites(request: Request) -> Response:
 
 
 @handles_errors
+async def create_room(request: Request) -> Response:
+    """A new room, for the lobby: ``{"room"?, "name"?, "ttl"?}`` -> 201.
+
+    Open mode answers the room's link (anyone with it is an editor). With a secret, the room must not
+    exist yet (an empty document: no content was ever stored for it) and the answer carries an owner,
+    an editor and a viewer link, each with its token; the owner's token carries ``name``. The room is
+    marked as created (``meta.createdAt``) in the same step, so a second request for the name gets 409
+    instead of another owner token. Anyone who can reach the server may create rooms this way; every
+    room's existing members and content stay out of reach (409).
+    """
+    hub: Hub = request.app.state.hub
+    body = await json_body(request)
+    room_name = body.get("room") or "".join(secrets.choice(NEW_ROOM_ALPHABET) for _ in range(10))
+    if not isinstance(room_name, str) or not NEW_ROOM.fullmatch(room_name):
+        raise ApiError(400, "room must be 1 to 64 letters, digits, - or _")
+    base = (hub.settings.public_url or str(request.base_url)).rstrip("/")
+    link = f"{base}/r/{room_name}"
+    if hub.settings.secret is None:
+        return JSONResponse({"open": True, "room": room_name, "url": link}, 201)
+    ttl = body.get("ttl", 8 * 3600)
+    if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL:
+        raise ApiError(400, f"ttl must be seconds between 1 and {MAX_TTL}")
+    owner_name = body.get("name") or "Owner"
+    if not isinstance(owner_name, str):
+        raise ApiError(400, "name must be a string")
+    async with hub.registry.hold(room_name) as room:
+        # No await between the check and the mark: two requests for one name cannot both pass.
+        if room.doc.get_state() != EMPTY_STATE:
+            raise ApiError(409, f"room {room_name!r} already exists: ask its owner for a link")
+        with room.local_change(LocalOrigin("create")) as doc:
+            doc.get("meta", type=Map)["createdAt"] = int(time.time() * 1000)
+    out = []
+    for role in CREATED_ROLES:
+        name = owner_name[:64] if role is Role.OWNER else role.value.capitalize()
+        token = mint(hub.settings.secret, room_name, role, name, ttl_seconds=ttl)
+        out.append({"role": role.value, "token": token, "url": f"{link}?token={token}"})
+    return JSONResponse({"open": False, "room": room_name, "url": link, "invites": out}, 201)
+
+
+@handles_errors
 async def set_role(request: Request) -> Response:
     room_name = room_of(request)
     require_owner(principal_for(request, room_name))
@@ -158,6 +205,7 @@ async def post_chat(request: Request) -> Response:
 
 
 routes = [
+    Route("/api/rooms", create_room, methods=["POST"]),
     Route("/api/rooms/{room}/presence", presence, methods=["GET"]),
     Route("/api/rooms/{room}/invites", invites, methods=["POST"]),
     Route("/api/rooms/{room}/roles/{user}", set_role, methods=["PUT"]),

@@ -9,6 +9,9 @@ Fixtures (import them into a test module)::
   its own loop in a thread; otherwise it starts exactly as ``tests/conftest.py``'s ``start_server``
   does (``create_app`` + ``uvicorn_config`` + ``Server``, ready when ``server.ready`` is set). The
   routes of :mod:`pairroom.server.static` are put in front of the app's own, as ``app.py`` will.
+- ``secret_web_server`` (module): the same with a server secret (``BROWSER_SECRET``), so pages need
+  tokens, presence carries server-stamped roles and the lobby hands out a link per role; pages open
+  on it with ``open_page(..., server=secret_web_server)``.
 - ``browser`` (module): one Chromium per module; each page gets its own context (its own storage,
   IndexedDB and network emulation), so two pages are two people. Not session-wide: while it is
   open, Playwright's sync API holds the main thread's event loop, and the async tests of the
@@ -174,6 +177,25 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
     static_dir = ensure_build()
     db = tmp_path_factory.mktemp("web") / "pairroom.db"
     settings = dataclasses.replace(Settings(), port=0, db=f"sqlite:///{db}", log_format="text", kernels=False)
+    server = WebServer(settings, static_dir)
+    server.start()
+    yield server
+    server.stop()
+
+
+BROWSER_SECRET = "browser-test-secret-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def secret_web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
+    """pairroom as ``web_server`` but with a secret (``BROWSER_SECRET``): every page needs a token, the
+    server stamps identities and roles on presence, and the lobby hands out a link per role.
+    ``open_page(..., server=secret_web_server)`` opens a page on it."""
+    static_dir = ensure_build()
+    db = tmp_path_factory.mktemp("web-secret") / "pairroom.db"
+    settings = dataclasses.replace(
+        Settings(), port=0, db=f"sqlite:///{db}", log_format="text", kernels=False, secret=BROWSER_SECRET
+    )
     server = WebServer(settings, static_dir)
     server.start()
     yield server
