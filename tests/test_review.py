@@ -310,6 +310,39 @@ async def test_a_reviewer_comments_but_its_file_edits_reach_nobody(start_server,
     await mentor.close()
 
 
+async def test_open_mode_keeps_the_name_a_client_gives_its_comment(start_server) -> None:
+    server = await start_server()
+    install_review(server)
+    room = room_name()
+    ada = await YClient.connect(server.ws(room))
+    await ada.synced.wait()
+    await new_file(ada, "main.py", CODE)
+    messages = Array([{"id": "m1", "text": "why 3.14?", "name": "Ada", "author": "someone", "at": 1},
+                      {"id": "m2", "text": "and this?"}])
+    ada.doc.get("reviews", type=Map)["t1"] = Map({"path": "main.py", "status": "open", "messages": messages})
+
+    def stamped() -> bool:
+        thread = thread_in(ada, "t1") or {}
+        got = {m["id"]: m for m in thread.get("messages", [])}
+        return (
+            got.get("m1", {}).get("author", "someone") != "someone" and got["m1"]["name"] == "Ada"
+            and abs(got["m1"]["at"] - time.time() * 1000) < 60_000
+            and got.get("m2", {}).get("name") == "Guest"
+        )
+
+    await eventually(stamped, what=f"author and time stamped, the client's name kept: {thread_in(ada, 't1')}")
+    # Over HTTP too: the body's name, in open mode only.
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        made = await http.post(f"/api/rooms/{room}/reviews", json={
+            "path": "main.py", "line": 4, "text": "math.pi?", "suggestion": "    return math.pi * r * r",
+            "name": "Ada"})
+        assert made.status_code == 201 and made.json()["messages"][0]["name"] == "Ada"
+        applied = await http.post(f"/api/rooms/{room}/reviews/{made.json()['id']}/apply", json={"name": "Bob"})
+        assert applied.status_code == 200
+        assert [m["name"] for m in applied.json()["messages"]] == ["Ada", "Bob"]
+    await ada.close()
+
+
 # -- evidence, passes and export --------------------------------------------------------------------
 
 

@@ -58,9 +58,14 @@ def failed(exc: ReviewError) -> ApiError:
 
 
 def author_message(principal: Principal, body: dict[str, Any], text_key: str = "text") -> dict[str, Any]:
+    """The message as stored: author and time from the server; the name from the token, or in open mode
+    (no names are checked) the body's ``name`` when it gives one, as chat does."""
+    name = principal.name
+    if principal.anonymous and isinstance(body.get("name"), str) and body["name"].strip():
+        name = body["name"]
     try:
         return review.message_entry(
-            body.get(text_key), author=principal.user_id, name=principal.name, run=body.get("run")
+            body.get(text_key), author=principal.user_id, name=name, run=body.get("run")
         )
     except ReviewError as exc:
         raise failed(exc) from exc
@@ -160,7 +165,8 @@ async def apply_suggestion(request: Request) -> Response:
     principal = principal_for(request, name)
     hub: Hub = request.app.state.hub
     thread_id = request.path_params["id"]
-    message = author_message(principal, {"text": "Applied the suggestion."})
+    body = await json_body(request)
+    message = author_message(principal, {"text": "Applied the suggestion.", "name": body.get("name")})
     async with hub.registry.hold(name) as room:
         require(room, principal, files=True)
         try:

@@ -7,7 +7,7 @@ such an update is integrated the server corrects it with a change of its own:
 - a new thread gets ``by`` (the sender's user id), a plausible ``createdAt`` and a valid ``status``;
   a value that is not a ``Y.Map`` is removed;
 - every message a client inserts is stamped with the sender's id, name and the server's time
-  (``review.message_entry``); a message that is not ``{text}`` or is over the cap is removed;
+  (``review.message_entry``; in open mode the client's name is kept, as chat keeps it); a message that is not ``{text}`` or is over the cap is removed;
 - a client change to ``by`` or ``createdAt`` of a thread is reverted, and an unknown ``status`` becomes
   ``open``.
 
@@ -154,14 +154,16 @@ class ReviewGuard(RoomObserver):
                     self._apply_fix(state.reviews, fix, author, name)
 
     @staticmethod
-    def _identity(room: Room, origin: ClientOrigin) -> tuple[str, str]:
+    def _identity(room: Room, origin: ClientOrigin) -> tuple[str, str | None]:
+        """Who wrote it: a user id, and the name the server vouches for (None in open mode, where
+        nobody's name is checked and the client's own is kept, as chat does)."""
         member = room.members.get(origin.connection_id)
         principal = member.principal if member is not None else None
         if principal is not None:
-            return principal.user_id, principal.name
-        return origin.user or origin.connection_id, "Guest"
+            return principal.user_id, None if principal.anonymous else principal.name
+        return origin.user or origin.connection_id, None
 
-    def _apply_fix(self, reviews: Map, fix: _Fix, author: str, name: str) -> None:
+    def _apply_fix(self, reviews: Map, fix: _Fix, author: str, name: str | None) -> None:
         thread = reviews.get(fix.thread_id)
         if fix.kind == "thread" and fix.thread_id in reviews and not isinstance(thread, Map):
             del reviews[fix.thread_id]
@@ -221,7 +223,7 @@ def deletes(update: bytes) -> bool:
     return bool(update) and update[-1] != 0
 
 
-def _fix_message(messages: Array, item: Any, author: str, name: str) -> None:
+def _fix_message(messages: Array, item: Any, author: str, name: str | None) -> None:
     """Replace ``item`` in ``messages`` with its stamped form, or remove it if it is not a message."""
     items = list(messages)
     try:
@@ -236,9 +238,11 @@ def _fix_message(messages: Array, item: Any, author: str, name: str) -> None:
         messages.insert(index, stamped)
 
 
-def _stamped(item: Any, author: str, name: str) -> dict[str, Any] | None:
+def _stamped(item: Any, author: str, name: str | None) -> dict[str, Any] | None:
     if not isinstance(item, dict):
         return None
+    if name is None:
+        name = item["name"] if isinstance(item.get("name"), str) and item["name"].strip() else "Guest"
     run = item.get("run")
     entry_id = item.get("id") if isinstance(item.get("id"), str) and len(item["id"]) <= 32 else None
     at = item.get("at")

@@ -18,6 +18,7 @@ import { ConnectionStatus } from './connection.js'
 import { roomApi } from './api.js'
 import { RunPanel } from './runs.js'
 import { HistoryPanel } from './history.js'
+import { Reviews } from './review.js'
 import { startReplay } from './replay.js'
 
 const $ = (id) => document.getElementById(id)
@@ -47,6 +48,7 @@ function startRoom() {
   const claims = tokenClaims(token)
   const role = typeof claims?.role === 'string' ? claims.role : 'editor'
   const readOnly = role === 'viewer'
+  const writesFiles = !readOnly && role !== 'reviewer' // reviewers comment; the server drops their file edits
   const identity = claims?.name ? { name: String(claims.name), color: claims.color || localIdentity().color } : localIdentity()
 
   rememberRoom(room, roomPath(room, token))
@@ -93,6 +95,7 @@ function startRoom() {
   const view = new EditorView({ parent: $('editor') })
   let current = null // {path, ytext, undo}
   let runs = null // the output panel, made below
+  const reviews = new Reviews(doc, { api: roomApi(room, token), role, button: $('comment-line'), name: () => awareness.getLocalState()?.user?.name })
 
   function openFile(path) {
     const ytext = files.get(path)
@@ -106,10 +109,11 @@ function startRoom() {
         basicSetup,
         keymap.of([indentWithTab]), // Escape then Tab leaves the editor (CodeMirror's tab focus mode)
         language.of([]),
-        EditorState.readOnly.of(readOnly),
+        EditorState.readOnly.of(!writesFiles),
         EditorView.editable.of(!readOnly),
         EditorView.contentAttributes.of({ 'aria-label': `${path} (${languageName(path)})` }),
         yCollab(ytext, awareness, { undoManager: undo }),
+        reviews.extension(view, path, ytext),
         EditorView.updateListener.of((update) => { if (update.selectionSet || update.docChanged) runs?.selectionChanged() }),
       ],
     }))
@@ -128,6 +132,7 @@ function startRoom() {
   function closeFile() {
     current?.undo.destroy()
     current = null
+    reviews.detach()
     view.setState(EditorState.create({ doc: '' }))
     awareness.setLocalStateField('file', null)
     runs?.selectionChanged()
@@ -143,7 +148,7 @@ function startRoom() {
   const problemFor = (path) => pathProblem(path) ?? (files.has(path) ? `${path} already exists.` : null)
 
   const tree = new FileTree($('file-tree'), {
-    canWrite: !readOnly,
+    canWrite: writesFiles,
     onOpen: (path) => { openFile(path); view.focus() },
     onRename: (from, to) => {
       renameFile(files, from, to)
@@ -153,7 +158,7 @@ function startRoom() {
     problemFor,
   })
 
-  if (!readOnly) {
+  if (writesFiles) {
     $('new-file-form').hidden = false
     $('new-file-form').addEventListener('submit', (event) => {
       event.preventDefault()
@@ -190,7 +195,7 @@ function startRoom() {
   // A room created from this browser's lobby starts with one file, once we know the server has none.
   provider.once('sync', () => {
     const key = `pairroom:created:${room}`
-    if (!readOnly && sessionStorage.getItem(key) && files.size === 0) createFile(files, 'main.py')
+    if (writesFiles && sessionStorage.getItem(key) && files.size === 0) createFile(files, 'main.py')
     sessionStorage.removeItem(key)
   })
 
@@ -271,7 +276,7 @@ function startRoom() {
 
   // For tests and debugging from the console.
   window.pairroom = {
-    doc, files, chat, provider, awareness, view, status, readOnly, runs, history,
+    doc, files, chat, provider, awareness, view, status, readOnly, runs, history, reviews,
     get currentPath() { return current?.path ?? null },
     openFile,
   }
