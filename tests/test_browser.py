@@ -372,7 +372,7 @@ def test_a_viewer_gets_a_read_only_room(open_page: OpenPage, request) -> None:  
     assert viewer.query_selector("button[aria-label^='Rename']") is None
     assert viewer.query_selector("button[aria-label^='Delete']") is None
     ada.wait_for_selector("#people-list li:has-text('Vi')")
-    assert viewer.inner_text("#people-list").split() == ["Vi", "(you)", "main.py", "Ada", "main.py"]
+    assert viewer.inner_text("#people-list").split() == ["Vi", "(you)", "main.py", "Ada", "Follow", "main.py"]
     # The token goes to the server as ?token= on the websocket.
     assert viewer.evaluate("() => window.pairroom.provider.url").endswith(f"/yjs/{room}?token={token}")
 

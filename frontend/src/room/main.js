@@ -12,7 +12,7 @@ import { indentWithTab } from '@codemirror/commands'
 import { localIdentity, rememberRoom, roomPath, saveLocalName, tokenClaims } from '../shared.js'
 import { FileTree, createFile, deleteFile, pathProblem, renameFile } from './files.js'
 import { languageFor, languageName } from './languages.js'
-import { renderPeople } from './people.js'
+import { People } from './people.js'
 import { appendChat, postChat, renderChat } from './chat.js'
 import { ConnectionStatus } from './connection.js'
 import { roomApi } from './api.js'
@@ -95,6 +95,7 @@ function startRoom() {
   const view = new EditorView({ parent: $('editor') })
   let current = null // {path, ytext, undo}
   let runs = null // the output panel, made below
+  let people = null // the people list and follow mode, made below
   const reviews = new Reviews(doc, { api: roomApi(room, token), role, button: $('comment-line'), name: () => awareness.getLocalState()?.user?.name })
 
   function openFile(path) {
@@ -115,9 +116,11 @@ function startRoom() {
         yCollab(ytext, awareness, { undoManager: undo }),
         reviews.extension(view, path, ytext),
         EditorView.updateListener.of((update) => { if (update.selectionSet || update.docChanged) runs?.selectionChanged() }),
+        EditorView.updateListener.of((update) => people?.editorUpdate(update)),
       ],
     }))
     awareness.setLocalStateField('file', path)
+    people?.publishViewport()
     runs?.selectionChanged()
     $('current-file').textContent = path
     $('editor').hidden = false
@@ -149,7 +152,7 @@ function startRoom() {
 
   const tree = new FileTree($('file-tree'), {
     canWrite: writesFiles,
-    onOpen: (path) => { openFile(path); view.focus() },
+    onOpen: (path) => { people?.openedByYou(); openFile(path); view.focus() },
     onRename: (from, to) => {
       renameFile(files, from, to)
       if (current?.path === from) openFile(to)
@@ -226,10 +229,15 @@ function startRoom() {
   const history = new HistoryPanel(doc, api, { canWrite: !readOnly, current: () => current?.path ?? null })
   provider.once('sync', () => history.start())
 
-  // People and chat.
-  const renderWho = () => renderPeople($('people-list'), $('people-count'), awareness, role)
-  awareness.on('change', renderWho)
-  renderWho()
+  // People, raised hands and follow mode; then chat.
+  people = new People({
+    awareness, view, role, myId: typeof claims?.sub === 'string' ? claims.sub : null,
+    els: {
+      list: $('people-list'), count: $('people-count'), hand: $('raise-hand'), lead: $('lead'),
+      banner: $('follow-banner'), bannerText: $('follow-text'), stop: $('follow-stop'),
+    },
+    hooks: { openFile, currentPath: () => current?.path ?? null, hasFile: (path) => files.get(path) instanceof Y.Text },
+  })
   if (!claims?.name) {
     $('name-form').hidden = false
     $('my-name').value = identity.name
@@ -276,7 +284,7 @@ function startRoom() {
 
   // For tests and debugging from the console.
   window.pairroom = {
-    doc, files, chat, provider, awareness, view, status, readOnly, runs, history, reviews,
+    doc, files, chat, provider, awareness, view, status, readOnly, runs, history, reviews, people,
     get currentPath() { return current?.path ?? null },
     openFile,
   }
