@@ -43,6 +43,7 @@ class Settings:
     rate_limit: float = 200.0  # messages per second per connection (sustained)
     rate_burst: int = 1000  # messages a connection may send at once
     awareness_tick_ms: float = 20.0  # presence relay throttle per room
+    broadcast_window_ms: float = 10.0  # a busy room's updates wait this long to go out merged
     public_url: str = ""  # base of invite links; default: the URL the request came in on
     redis: str | None = None  # redis://host:port/db to share rooms across nodes; None = one node
     node_id: str = ""  # this node's id on the broker; default: random at start
@@ -96,6 +97,7 @@ class Settings:
             keepalive_seconds=self.keepalive_seconds,
             shutdown_flush_timeout=self.shutdown_timeout,
             awareness_tick=self.awareness_tick_ms / 1000,
+            broadcast_window=self.broadcast_window_ms / 1000,
             stamp_identity=self.secret is not None,
         )
 

@@ -176,8 +176,7 @@ async def read_frames(hub: Hub, websocket: WebSocket, room: Room, member: Member
                 raise ProtocolError(
                     CloseCode.UNSUPPORTED_DATA, "text frames are not supported; send binary messages"
                 )
-            metrics.messages_in.inc()
-            metrics.bytes_in.inc(len(data))
+            metrics.received_frame(len(data))
             if not bucket.take():
                 raise ProtocolError(
                     CloseCode.RATE_LIMITED,

@@ -66,7 +66,7 @@ class Member:
         self._max_bytes = max_queue_bytes
         self._queue: deque[tuple[bytes, bytes | None]] = deque()
         self._queued_bytes = 0
-        self._wake = asyncio.Event()
+        self._idle: asyncio.Future[None] | None = None  # the sender waits on it when the queue is empty
         self._kicked = asyncio.Event()
         self._on_sent = on_sent
         self.on_kick: Callable[[Member, int, str], None] | None = None
@@ -91,7 +91,14 @@ class Member:
                 "reconnect to resync",
             )
             return
-        self._wake.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        idle = self._idle
+        if idle is not None:
+            self._idle = None
+            if not idle.done():
+                idle.set_result(None)
 
     def kick(self, code: int, reason: str) -> None:
         """Close this member from the server side; the queue is dropped, the client resyncs."""
@@ -102,7 +109,7 @@ class Member:
         self._queue.clear()
         self._queued_bytes = 0
         self._kicked.set()
-        self._wake.set()
+        self._wake()
         if self.on_kick is not None:
             self.on_kick(self, code, reason)
 
@@ -112,7 +119,7 @@ class Member:
             self.state = MemberState.GONE
         self._queue.clear()
         self._queued_bytes = 0
-        self._wake.set()
+        self._wake()
 
     async def wait_kicked(self) -> None:
         await self._kicked.wait()
@@ -123,8 +130,8 @@ class Member:
             if not self._queue:
                 if self.state is not MemberState.OPEN:
                     return
-                self._wake.clear()
-                await self._wake.wait()
+                self._idle = asyncio.get_running_loop().create_future()
+                await self._idle
                 continue
             batch = self._queue
             self._queue = deque()

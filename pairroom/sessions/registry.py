@@ -59,6 +59,7 @@ class RoomSettings:
     keepalive_seconds: float = 15.0
     shutdown_flush_timeout: float = 10.0
     awareness_tick: float = 0.02
+    broadcast_window: float = 0.01
     stamp_identity: bool = True
 
 
@@ -178,6 +179,7 @@ class RoomRegistry(RoomListener):
             self.store,
             listener=self,
             awareness_tick=self.settings.awareness_tick,
+            broadcast_window=self.settings.broadcast_window,
             stamp_identity=self.settings.stamp_identity,
         )
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -8,6 +8,9 @@ What gets broadcast and logged is what the document actually integrated (pycrdt'
 update), not the client's raw bytes: a duplicate update (a reconnecting client re-sending what the
 room already has) changes nothing and so is neither broadcast nor logged, and an update waiting for a
 missing dependency goes out together with it once that arrives.
+
+Broadcasts are batched per room: updates integrated within ``broadcast_window`` of the last send are
+merged and encoded once, and every member gets the same bytes (see ``_queue_broadcast``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import enum
 import logging
 from datetime import datetime, timezone
 from typing import Iterator
-from pycrdt import Doc, Map, TransactionEvent
+from pycrdt import Doc, Map, TransactionEvent, merge_updates
 
 from ..crdt import protocol
 from ..crdt.origins import LocalOrigin, Origin, PeerOrigin
@@ -76,6 +79,7 @@ class Room:
         *,
         listener: RoomListener,
         awareness_tick: float = 0.05,
+        broadcast_window: float = 0.0,
         stamp_identity: bool = True,
     ) -> None:
         self.name = name
@@ -95,6 +99,9 @@ class Room:
         self.stored_seq = 0  # the log's last seq, as of this node's last flush or load
         self.snapshot_seq = 0
         self.pending: list[NewUpdate] = []
+        self._outbox = []  # integrated, not yet sent; see _queue_broadcast
+        self.broadcast_window = broadcast_window
+        self._outbox_sent_at = -broadcast_window  # loop time of the last send_outbox
         self.flush_lock = asyncio.Lock()
         self.idle_since: float | None = None
         self.holders = 0  # server-side users (API calls, kernels) keeping the room loaded
@@ -248,6 +255,7 @@ class Room:
             self._exclude, self._logged = None, False
 
     _exclude: Member | None = None
+    _outbox: list[tuple[bytes, Member | None]]
     _logged = False  # the update being applied was logged by the caller under its own uid
 
     @contextlib.contextmanager
@@ -273,7 +281,7 @@ class Room:
         origin = self._origin
         if isinstance(origin, LocalOrigin) and origin.reason == "load":
             return
-        self.broadcast(protocol.sync_update(update), exclude=self._exclude, update=update)
+        self._queue_broadcast(update, self._exclude)
         self.integrated += 1
         if self.observers:
             self.notify("on_update", origin, update)
@@ -288,6 +296,58 @@ class Room:
     def _log(self, uid: str, origin: Origin, update: bytes) -> None:
         self.pending.append(NewUpdate(uid, datetime.now(timezone.utc), origin.label(), update))
         self.listener.on_dirty(self)
+
+    def _queue_broadcast(self, update: bytes, exclude: Member | None) -> None:
+        """Hold an integrated update and send what gathered in one go (``send_outbox``).
+
+        A quiet room sends at the end of the current loop pass. A busy one, where the last send
+        was less than ``broadcast_window`` ago, waits until that window ends: each member then gets
+        one merged message for all the edits of the window instead of one per edit, so the cost
+        per member stays flat as the edit rate climbs, and no update waits longer than the window.
+        """
+        self._outbox.append((update, exclude))
+        if len(self._outbox) > 1:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a synchronous caller (a script, a unit test): send at once
+            self.send_outbox()
+            return
+        wait = self._outbox_sent_at + self.broadcast_window - loop.time()
+        if wait > 0:
+            loop.call_later(wait, self.send_outbox)
+        else:
+            loop.call_soon(self.send_outbox)
+
+    def send_outbox(self) -> None:
+        """Send the held updates: one merged update, encoded once, to every member; a member whose
+        own edits are among them gets the merge of the others' instead (clients are never echoed)."""
+        outbox, self._outbox = self._outbox, []
+        with contextlib.suppress(RuntimeError):  # no running loop: a synchronous caller
+            self._outbox_sent_at = asyncio.get_running_loop().time()
+        if not outbox or not self.members or self.state is RoomState.CLOSED:
+            return
+        if len(outbox) == 1:
+            update, exclude = outbox[0]
+            self.broadcast(protocol.sync_update(update), exclude, update)
+            return
+        merged = merge_updates(*(update for update, _ in outbox))
+        frame = protocol.sync_update(merged)
+        authors = {exclude.id: exclude for _, exclude in outbox if exclude is not None}
+        if not authors:
+            self.broadcast(frame, None, merged)
+            return
+        for member in list(self.members.values()):
+            author = authors.get(member.id)
+            if author is None:
+                member.send(frame, merged)
+                continue
+            others = [update for update, exclude in outbox if exclude is not author]
+            if len(others) == 1:
+                member.send(protocol.sync_update(others[0]), others[0])
+            elif others:
+                own_excluded = merge_updates(*others)
+                member.send(protocol.sync_update(own_excluded), own_excluded)
 
     def broadcast(self, frame: bytes, exclude: Member | None, update: bytes | None = None) -> None:
         """Queue the same bytes for every member but ``exclude``. Never blocks; slow members are
