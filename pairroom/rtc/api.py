@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from ..server.auth import AuthError, Role
@@ -176,6 +177,31 @@ async def recordings_list(request: Request) -> Response:
     return JSONResponse({"room": room, "recordings": list_recordings(rtc.recording_dir, room)})
 
 
+_SESSION = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{1,16}")  # recording.new_session_id
+_AUDIO_FILE = re.compile(r"[A-Za-z0-9_-]{1,64}\.ogg")  # <peer>.ogg, <peer>-<n>.ogg
+
+
+async def recording_file(request: Request) -> Response:
+    """One recorded voice file (Ogg/Opus), for the replay page's ``<audio>``: ``?token=`` works, as
+    a media element cannot send headers. Names are checked against what the recorder writes, so no
+    path leaves the room's folder."""
+    room = request.path_params["room"]
+    try:
+        authenticate(request, room)
+    except AuthError as exc:
+        return JSONResponse({"error": exc.reason}, exc.status)
+    session, name = request.path_params["session"], request.path_params["file"]
+    if not _SESSION.fullmatch(session) or not _AUDIO_FILE.fullmatch(name):
+        return JSONResponse({"error": "no such recording"}, 404)
+    rtc: RtcService = request.app.state.rtc
+    from .recording import room_dir
+
+    path = room_dir(rtc.recording_dir, room) / session / name
+    if not path.is_file():
+        return JSONResponse({"error": "no such recording"}, 404)
+    return FileResponse(path, media_type="audio/ogg", headers={"Cache-Control": "private, max-age=3600"})
+
+
 __all__ = ["RtcService", "RtcSettings", "attach", "routes"]
 
 routes = [
@@ -183,6 +209,7 @@ routes = [
     WebSocketRoute("/call/{room}", call_endpoint),
     Route("/api/rtc-config", rtc_config),
     Route("/api/rooms/{room}/recordings", recordings_list),
+    Route("/api/rooms/{room}/recordings/{session}/{file}", recording_file),
     Route("/rtc/{room}/speak", relay_speak, methods=["POST"]),
     Route("/rtc/{room}/listen", relay_listen, methods=["POST"]),
     Route("/rtc/{room}/sessions/{session}", relay_end, methods=["DELETE"]),

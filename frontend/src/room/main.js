@@ -20,6 +20,7 @@ import { RunPanel } from './runs.js'
 import { HistoryPanel } from './history.js'
 import { Reviews } from './review.js'
 import { startReplay } from './replay.js'
+import { mountCall } from './call-button.js'
 
 const $ = (id) => document.getElementById(id)
 
@@ -281,6 +282,8 @@ function startRoom() {
     interactive = true
     performance.mark('pairroom:interactive')
   }
+
+  mountCall({ room, token, role, awareness }) // audio/video: call.js loads on "Join call"
 
   // For tests and debugging from the console.
   window.pairroom = {

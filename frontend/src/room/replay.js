@@ -31,6 +31,7 @@ export function startReplay(room, token) {
     sessions: [], session: null, timeline: null, t0: 0, t1: 0,
     doc: null, provider: null, status: null, path: null, bound: null,
     playing: false, scrubbing: false,
+    statusAt: 0, voice: null, // when the status arrived; the session's recorded voice (replay-voice.js)
   }
 
   const fail = (message) => { $('replay-error').textContent = message }
@@ -82,7 +83,10 @@ export function startReplay(room, token) {
     }
     state.t0 = Date.parse(state.timeline.start ?? state.session.start)
     const ends = [state.timeline.end ?? state.session.end, ...state.timeline.marks.map((m) => m.at)].filter(Boolean).map(Date.parse)
-    state.t1 = Math.max(state.t0 + 1, ...ends)
+    // A recorded voice is marked where it starts: the scrubber reaches to where it ends.
+    const voiceEnds = state.timeline.marks.filter((m) => m.kind === 'audio' && m.at).map((m) => Date.parse(m.at) + 1000 * (Number(m.duration_seconds) || 0))
+    state.t1 = Math.max(state.t0 + 1, ...ends, ...voiceEnds)
+    loadVoice(id).catch((error) => fail(`No recorded voice: ${error.message}`))
     const scrubber = $('replay-scrubber')
     scrubber.max = String(state.t1 - state.t0)
     scrubber.value = '0'
@@ -129,12 +133,46 @@ export function startReplay(room, token) {
     })
     provider.awareness.on('change', () => {
       const replay = provider.awareness.getStates().get(REPLAY_CLIENT_ID)?.pairroom?.replay
-      if (replay) state.status = replay
+      if (replay && replay !== state.status) {
+        state.status = replay
+        state.statusAt = performance.now()
+      }
       render()
     })
     doc.getMap('files').observe(() => renderFiles())
     renderFiles()
     render()
+  }
+
+  // -- the recorded voice -------------------------------------------------------------------------------
+
+  /**
+   * Where the replay stands now: the server's last status, run forward at its speed while playing. A
+   * replay ends at the last recorded change; a voice that goes on past it plays to its end (state.t1).
+   */
+  function position() {
+    const status = state.status
+    if (!status?.at) return null
+    const moving = state.playing && !status.paused && Boolean(state.provider?.wsconnected)
+    const at = Date.parse(status.at) + (moving ? (performance.now() - state.statusAt) * status.speed : 0)
+    return { at, playing: moving && (!status.ended || at < state.t1), speed: status.speed }
+  }
+
+  async function loadVoice(id) {
+    state.voice?.destroy()
+    state.voice = null
+    const marks = state.timeline.marks.filter((m) => m.kind === 'audio')
+    if (!marks.length) return
+    // Names: the recordings' own (their sidecars), else the session's participants.
+    const [{ ReplayVoice }, recorded] = await Promise.all([
+      import('./replay-voice.js'),
+      api('GET', 'recordings').then((r) => r.recordings, () => []),
+    ])
+    if (state.session?.id !== id || state.voice) return // another session was picked meanwhile
+    const names = new Map(state.session.participants.map((p) => [p.id, p.name]))
+    for (const r of recorded) names.set(`${r.session}/${r.file}`, r.user?.name)
+    const nameOf = (m) => names.get(`${m.session}/${m.file}`) || names.get(m.user) || 'someone'
+    state.voice = new ReplayVoice($('replay-voice-slot'), marks, { room, token, nameOf, position })
   }
 
   // -- controls --------------------------------------------------------------------------------------
@@ -218,6 +256,8 @@ export function startReplay(room, token) {
   // For tests and debugging from the console.
   window.pairroom = {
     view,
-    get replay() { return { doc: state.doc, provider: state.provider, status: state.status, path: state.path, session: state.session } },
+    get replay() {
+      return { doc: state.doc, provider: state.provider, status: state.status, path: state.path, session: state.session, voice: state.voice?.snapshot() ?? null }
+    },
   }
 }
