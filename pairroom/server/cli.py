@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--room-idle-seconds", type=float, help="unload a room this long after it empties")
     serve.add_argument("--flush-interval-ms", type=float, help="batch window for storage writes")
+    serve.add_argument(
+        "--broadcast-window-ms", type=float, help="a busy room merges the edits of this window (10)"
+    )
     serve.add_argument("--snapshot-every", type=int, help="write a snapshot every N logged updates")
     serve.add_argument("--max-queue-messages", type=int, help="outbound queue limit per connection")
     serve.add_argument("--keepalive-seconds", type=float, help="send something this often at least")

@@ -30,7 +30,7 @@ class Settings:
     max_queue_bytes: int = 64 * MiB
     room_idle_seconds: float = 30.0
     room_load_timeout: float = 10.0
-    flush_interval_ms: float = 50.0
+    flush_interval_ms: float = 250.0  # how long updates gather before one write per room
     flush_max_updates: int = 200
     snapshot_every: int = 500
     keepalive_seconds: float = 15.0

@@ -53,7 +53,7 @@ class RoomLoadError(Exception):
 class RoomSettings:
     idle_unload_seconds: float = 30.0
     load_timeout: float = 10.0
-    flush_interval: float = 0.05
+    flush_interval: float = 0.25
     flush_max_updates: int = 200
     snapshot_every: int = 500
     keepalive_seconds: float = 15.0
