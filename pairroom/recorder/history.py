@@ -10,7 +10,7 @@ every update logged at or before it, i.e. the highest seq whose server timestamp
 is not empty: file paths are relative (``docs/doc-schema.md``), so no file can ever have that name.
 
 **Seeking.** The state at seq S is the newest snapshot at or before S plus the log after it. The
-rooms registry compacts every ``--snapshot-every`` (500) updates and every snapshot is kept, so a
+rooms registry compacts every ``--snapshot-every`` (1000) updates and every snapshot is kept, so a
 seek replays at most about 500 updates. Logs written another way (imports, clusters where no node
 compacted for a while) are covered by a lazy policy: a seek that had to replay more than
 ``SEEK_SNAPSHOT_AFTER`` updates writes a snapshot at the point it rebuilt, so the next seek near it

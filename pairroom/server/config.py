@@ -32,7 +32,7 @@ class Settings:
     room_load_timeout: float = 10.0
     flush_interval_ms: float = 250.0  # how long updates gather before one write per room
     flush_max_updates: int = 200
-    snapshot_every: int = 500
+    snapshot_every: int = 1000
     keepalive_seconds: float = 15.0
     shutdown_timeout: float = 10.0
     ws_impl: str = "websockets-sansio"

@@ -55,7 +55,7 @@ class RoomSettings:
     load_timeout: float = 10.0
     flush_interval: float = 0.25
     flush_max_updates: int = 200
-    snapshot_every: int = 500
+    snapshot_every: int = 1000
     keepalive_seconds: float = 15.0
     shutdown_flush_timeout: float = 10.0
     awareness_tick: float = 0.02
