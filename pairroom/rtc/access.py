@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import jwt
 from starlette.requests import HTTPConnection
 
-from ..server.auth import AuthError, Principal, anonymous, bearer, unauthorized, verify
+from ..server.auth import AuthError, Principal, anonymous, bearer, pyjwt, unauthorized, verify
 
 
 def server_secret(connection: HTTPConnection) -> str | None:
@@ -31,6 +30,7 @@ def claimed_room(token: str | None) -> str:
     """The ``room`` claim of a token, unverified (``verify`` checks it next)."""
     if not token:
         raise unauthorized("missing token")
+    jwt = pyjwt()
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
     except jwt.InvalidTokenError as exc:

@@ -23,7 +23,6 @@ from ..recorder.sql import SqlStore
 from ..recorder.store import Store, StoreError
 from ..sessions.broker import Broker, MemoryBroker
 from ..sessions.cluster import Cluster
-from ..sessions.redis_broker import RedisBroker
 from ..sessions.registry import RoomRegistry
 from .config import Settings
 from ..kernels.api import routes as kernel_routes
@@ -54,7 +53,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         await the_store.open()
         metrics = Metrics()
         node_id = settings.node_id or secrets.token_hex(6)
-        broker: Broker = RedisBroker(settings.redis, node_id) if settings.redis else MemoryBroker(node_id)
+        broker: Broker = redis_broker(settings.redis, node_id) if settings.redis else MemoryBroker(node_id)
         cluster = Cluster(broker, {}, metrics=metrics, **settings.cluster_settings())
         registry = RoomRegistry(the_store, cluster, settings.room_settings(), metrics)
         registry.write_check = ReviewerWrites()  # reviewers write review threads and chat only
@@ -104,6 +103,13 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     attach_rtc(app, settings.rtc, bus=signal_bus)
     attach_recorder(app, settings)
     return app
+
+
+def redis_broker(url: str, node_id: str) -> Broker:
+    """The Redis broker, imported only by nodes that use one (redis-py is about 6 MiB resident)."""
+    from ..sessions.redis_broker import RedisBroker
+
+    return RedisBroker(url, node_id)
 
 
 async def start_kernels(

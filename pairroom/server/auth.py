@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import secrets
 import time
-
-import jwt
+from types import ModuleType
 
 from ..sessions.identity import DEFAULT_COLORS, Principal, Role, anonymous
 
 __all__ = ["AuthError", "Principal", "Role", "anonymous", "bearer", "mint", "verify", "MAX_TOKEN_BYTES"]
 
 ALGORITHM = "HS256"
+
+
+def pyjwt() -> ModuleType:
+    """pyjwt, imported on first use: it loads ``cryptography`` (about 10 MiB) for algorithms HS256
+    does not need, and a server in open mode never checks a token."""
+    import jwt
+
+    return jwt
+
 MAX_TOKEN_BYTES = 4096
 
 
@@ -61,7 +69,7 @@ def mint(
         "iat": issued,
         "exp": issued + int(ttl_seconds),
     }
-    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+    return pyjwt().encode(claims, secret, algorithm=ALGORITHM)
 
 
 def verify(secret: str, token: str | None, room: str) -> Principal:
@@ -70,6 +78,7 @@ def verify(secret: str, token: str | None, room: str) -> Principal:
         raise unauthorized("missing token")
     if len(token) > MAX_TOKEN_BYTES:
         raise unauthorized(f"token longer than {MAX_TOKEN_BYTES} bytes")
+    jwt = pyjwt()
     try:
         claims = jwt.decode(
             token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub", "room", "role"]}

@@ -17,7 +17,6 @@ import logging
 from typing import Callable
 
 from .broker import Broker, MemoryBroker
-from .redis_broker import RedisBroker
 
 log = logging.getLogger("pairroom.side_channel")
 
@@ -26,10 +25,12 @@ Handler = Callable[[bytes], None]
 
 def sibling(broker: Broker) -> Broker:
     """A new, unstarted broker of the same kind as ``broker``, reaching the same nodes."""
-    if isinstance(broker, RedisBroker):
-        return RedisBroker(broker.url, broker.node_id)
     if isinstance(broker, MemoryBroker):
         return MemoryBroker(broker.node_id, broker.hub)
+    from .redis_broker import RedisBroker  # only nodes on Redis load redis-py
+
+    if isinstance(broker, RedisBroker):
+        return RedisBroker(broker.url, broker.node_id)
     raise TypeError(f"no sibling connection for a {type(broker).__name__}")
 
 
