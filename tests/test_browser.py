@@ -397,6 +397,7 @@ def test_a_viewer_gets_a_read_only_room(open_page: OpenPage, request) -> None:  
 def test_lobby_creates_a_room_that_works_wide_and_narrow(open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
     lobby = open_page("lobby", "/", name="Ada")
     lobby.click("button:has-text('Create room')")
+    lobby.wait_for_function("() => document.getElementById('created-link').value !== ''")  # after the POST
     link = lobby.input_value("#created-link")
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+/r/[a-z0-9]{10}", link), link
     lobby.screenshot(path=str(ARTIFACTS / "lobby-created.png"))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 from typing import AsyncIterator
 
 import pytest
 
 
+
+from pairroom.recorder.store import NewUpdate
 
 from .support.postgres import create_database, drop_database
 from .support.storage import stored_text
@@ -78,3 +81,28 @@ async def test_writes_are_batched_not_one_transaction_per_keystroke(start_server
     count = next(s.value for s in flushes if s.name.endswith("_count"))
     assert 1 <= count <= 5, f"50 keystrokes took {count} flushes"
     await a.close()
+
+
+async def test_one_rooms_unwritable_batch_does_not_hold_back_the_others(start_server):
+    """Rooms are written together, one transaction a flush; when that fails, each is written alone."""
+    server = await start_server(flush_interval_ms=30)
+    names = ("poisoned", "healthy-1", "healthy-2")
+    clients = [await YClient.connect(server.ws(name)) for name in names]
+    await asyncio.wait_for(asyncio.gather(*(c.synced.wait() for c in clients)), 5)
+    now = datetime.now(timezone.utc)
+    # a uid the log already holds with other bytes: the database refuses the poisoned room's batch
+    await server.hub.store.append("poisoned", [NewUpdate("clash", now, "test", b"\x00\x00")])
+    poisoned = server.hub.registry.rooms["poisoned"]
+    poisoned.pending.append(NewUpdate("clash", now, "test", b"\x00\x01"))
+    for name, client in zip(names, clients):
+        client.insert(0, f"text of {name}")
+
+    async def healthy_stored() -> bool:
+        return all([await stored_text(server.settings.db, name) == f"text of {name}" for name in names[1:]])
+
+    await eventually(healthy_stored, what="the healthy rooms are stored")
+    assert server.hub.registry.storage_failing
+    assert [u.uid for u in poisoned.pending][0] == "clash"  # kept in memory, retried, not dropped
+    assert len(poisoned.pending) == 2
+    for client in clients:
+        await client.close()

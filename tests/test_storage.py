@@ -504,6 +504,28 @@ async def test_rooms_are_isolated_from_each_other(store: SqlStore, room: str) ->
     assert all(seqs(loaded[name].updates) == [1, 2, 3] for name in names[1:])
 
 
+async def test_append_many_writes_several_rooms_in_one_transaction(store: SqlStore, room: str) -> None:
+    a, b, c = f"{room}-a", f"{room}-b", f"{room}-c"
+    await store.append(a, batch(1, 2))
+
+    assert await store.append_many({b: batch(1, 3), a: batch(3, 4), c: []}) == {a: 4, b: 3, c: 0}
+
+    assert logged(await store.read_updates(a)) == [(s, f"n1:{s}", b"u%d" % s) for s in range(1, 5)]
+    assert logged(await store.read_updates(b)) == [(s, f"n1:{s}", b"u%d" % s) for s in range(1, 4)]
+    assert await store.read_updates(c) == []
+
+
+async def test_append_many_stores_nothing_when_one_room_conflicts(store: SqlStore, room: str) -> None:
+    good, bad = f"{room}-good", f"{room}-bad"
+    await store.append(bad, batch(1, 1))
+
+    with pytest.raises(StoreError, match="n1:1"):
+        await store.append_many({good: batch(1, 2), bad: [NewUpdate("n1:1", at(1), "client:1", b"other")]})
+
+    assert await store.read_updates(good) == []
+    assert await store.append_many({good: batch(1, 2)}) == {good: 2}
+
+
 # --- availability ----------------------------------------------------------------------------------
 
 

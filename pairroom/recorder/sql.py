@@ -30,7 +30,7 @@ fails to do raises ``StoreError`` with the driver's error as its cause.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -172,35 +172,45 @@ class SqlStore:
     async def append(self, room: str, updates: Sequence[NewUpdate]) -> int:
         """Append the batch in one transaction, numbering it after the room's last seq; updates whose
         uid is already stored with the same data are skipped. Returns the room's last seq."""
-        _check_text("room", room, ROOM_MAX_LENGTH)
-        for update in updates:
-            _check_text("uid", update.uid, UID_MAX_LENGTH)
-            _check_aware(update.at)
-            _check_text("origin", update.origin, ORIGIN_MAX_LENGTH, allow_empty=True)
+        return (await self.append_many({room: updates}))[room]
+
+    async def append_many(self, batches: Mapping[str, Sequence[NewUpdate]]) -> dict[str, int]:
+        """``append`` for several rooms in one transaction (all or none); returns each room's last seq.
+
+        A node holding many quiet rooms writes them together: one commit instead of one per room."""
+        for room, updates in batches.items():
+            _check_text("room", room, ROOM_MAX_LENGTH)
+            for update in updates:
+                _check_text("uid", update.uid, UID_MAX_LENGTH)
+                _check_aware(update.at)
+                _check_text("origin", update.origin, ORIGIN_MAX_LENGTH, allow_empty=True)
         engine = self._require_open()
-        with _failures(f"appending {len(updates)} update(s) to room {room!r}"):
+        count = sum(len(updates) for updates in batches.values())
+        names = sorted(batches)  # one lock order for every writer: no deadlock between nodes
+        what = f"room {names[0]!r}" if len(names) == 1 else f"{len(names)} rooms"
+        with _failures(f"appending {count} update(s) to {what}"):
             async with _begin_write(engine) as conn:
-                if self.dialect == "postgresql":
-                    # Writers of one room take turns (SQLite's BEGIN IMMEDIATE already serializes),
-                    # so the numbering below cannot race.
-                    await conn.execute(
-                        text("SELECT pg_advisory_xact_lock(hashtext(:room))"), {"room": room}
-                    )
-                fresh = await _not_yet_stored(conn, room, updates)
-                last = (
-                    await conn.execute(
-                        select(func.coalesce(func.max(UpdateRow.seq), 0)).where(UpdateRow.room == room)
-                    )
-                ).scalar_one()
-                if fresh:
-                    rows = [
-                        {"room": room, "seq": last + i, "uid": u.uid, "at": u.at,
-                         "origin": u.origin, "data": u.data}
-                        for i, u in enumerate(fresh, start=1)
-                    ]
-                    await conn.execute(insert(UpdateRow.__table__), rows)
-                    last += len(rows)
-                return int(last)
+                return {room: await self._append_in(conn, room, batches[room]) for room in names}
+
+    async def _append_in(self, conn: AsyncConnection, room: str, updates: Sequence[NewUpdate]) -> int:
+        if self.dialect == "postgresql":
+            # Writers of one room take turns (SQLite's BEGIN IMMEDIATE already serializes), so the
+            # numbering below cannot race.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:room))"), {"room": room})
+        fresh = await _not_yet_stored(conn, room, updates)
+        last = (
+            await conn.execute(
+                select(func.coalesce(func.max(UpdateRow.seq), 0)).where(UpdateRow.room == room)
+            )
+        ).scalar_one()
+        if fresh:
+            rows = [
+                {"room": room, "seq": last + i, "uid": u.uid, "at": u.at, "origin": u.origin, "data": u.data}
+                for i, u in enumerate(fresh, start=1)
+            ]
+            await conn.execute(insert(UpdateRow.__table__), rows)
+            last += len(rows)
+        return int(last)
 
     async def write_snapshot(self, room: str, seq: int, data: bytes) -> None:
         """Store the document as of ``seq``, stamped now; a snapshot already at ``seq`` is kept as is."""

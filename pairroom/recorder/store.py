@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 
 class StoreError(Exception):
@@ -94,6 +95,9 @@ class Store(Protocol):
         (different data), so a retried batch, or the same update logged by several nodes, is stored
         once.
         """
+
+    async def append_many(self, batches: Mapping[str, Sequence[NewUpdate]]) -> dict[str, int]:
+        """``append`` for several rooms in one transaction, all or none; each room's last seq."""
 
     async def write_snapshot(self, room: str, seq: int, data: bytes) -> None:
         """Store a snapshot of the document as of ``seq``. Older snapshots may be pruned."""

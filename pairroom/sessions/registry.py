@@ -27,7 +27,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import itertools
 
@@ -43,6 +43,13 @@ from .member import Member
 from .room import Room, RoomListener, RoomState
 
 log = logging.getLogger("pairroom.rooms")
+
+GROUP_MAX_ROOMS = 100  # rooms written in one transaction by the flusher
+
+
+def _groups(rooms: list[Room], size: int) -> Iterator[list[Room]]:
+    for start in range(0, len(rooms), size):
+        yield rooms[start : start + size]
 
 
 class RoomLoadError(Exception):
@@ -290,34 +297,83 @@ class RoomRegistry(RoomListener):
             self._urgent.clear()
             self._dirty_event.clear()
             rooms, self._dirty = self._dirty, set()
+            live = sorted((r for r in rooms if r.state is not RoomState.CLOSED), key=lambda r: r.name)
             failed = False
-            for room in rooms:
-                if room.state is RoomState.CLOSED:
-                    continue
+            for group in _groups(live, GROUP_MAX_ROOMS):
                 started = time.perf_counter()
                 try:
                     # Shielded: a shutdown must not cut a write in half (a transaction cancelled
                     # mid-way can hold the room's write lock); close_all waits for it instead.
-                    count = await asyncio.shield(room.flush())
+                    count = await asyncio.shield(self._flush_group(group))
                 except StoreError as exc:
+                    if len(group) > 1:
+                        # one room's bad batch must not hold the others back: write each alone
+                        failed = await self._flush_each(group) or failed
+                        continue
                     failed = True
-                    self._dirty.add(room)
-                    self.metrics.flush_failed()
-                    log.error(
-                        "flush failed, will retry",
-                        extra={"room": room.name, "error": str(exc), "pending": len(room.pending)},
-                    )
+                    self._flush_failed(group[0], exc)
                     continue
                 if count:
                     self.metrics.updates_stored(count, time.perf_counter() - started)
-                if room.stored_seq - room.snapshot_seq >= self.settings.snapshot_every:
-                    self._start_compaction(room)
+                self._compact_if_due(group)
             self.storage_failing = failed
             if failed:
                 self._dirty_event.set()
                 backoff = min(backoff * 2, 5.0)
             else:
                 backoff = self.settings.flush_interval
+
+    async def _flush_group(self, rooms: list[Room]) -> int:
+        """Write the pending updates of ``rooms`` (sorted by name) in one transaction.
+
+        Returns how many were written. On failure every batch goes back to its room and StoreError
+        propagates, as ``Room.flush`` does for one."""
+        async with contextlib.AsyncExitStack() as locks:
+            for room in rooms:
+                await locks.enter_async_context(room.flush_lock)
+            taken = {room: room.pending for room in rooms if room.pending}
+            if not taken:
+                return 0
+            for room in taken:
+                room.pending = []
+            try:
+                seqs = await self.store.append_many({room.name: batch for room, batch in taken.items()})
+            except BaseException:
+                for room, batch in taken.items():
+                    room.pending[:0] = batch
+                raise
+            for room in taken:
+                room.stored_seq = seqs[room.name]
+            return sum(len(batch) for batch in taken.values())
+
+    async def _flush_each(self, rooms: list[Room]) -> bool:
+        """Write each room on its own; True if any failed (those stay dirty)."""
+        failed = False
+        for room in rooms:
+            started = time.perf_counter()
+            try:
+                count = await asyncio.shield(room.flush())
+            except StoreError as exc:
+                failed = True
+                self._flush_failed(room, exc)
+                continue
+            if count:
+                self.metrics.updates_stored(count, time.perf_counter() - started)
+            self._compact_if_due([room])
+        return failed
+
+    def _flush_failed(self, room: Room, exc: StoreError) -> None:
+        self._dirty.add(room)
+        self.metrics.flush_failed()
+        log.error(
+            "flush failed, will retry",
+            extra={"room": room.name, "error": str(exc), "pending": len(room.pending)},
+        )
+
+    def _compact_if_due(self, rooms: list[Room]) -> None:
+        for room in rooms:
+            if room.stored_seq - room.snapshot_seq >= self.settings.snapshot_every:
+                self._start_compaction(room)
 
     def _start_compaction(self, room: Room) -> None:
         if room.name in self._compacting or self._tasks is None:
