@@ -30,16 +30,17 @@ fails to do raises ``StoreError`` with the driver's error as its cause.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, AsyncContextManager
+from typing import Any, AsyncContextManager, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from alembic.util import CommandError
-from sqlalchemy import Connection, event, func, insert, select, text, union
+from sqlalchemy import Connection, TextClause, event, func, insert, select, text, union
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -56,11 +57,14 @@ from pairroom.recorder.store import LoadedRoom, NewUpdate, Snapshot, StoredUpdat
 
 __all__ = ["SqlStore", "normalize_db_url"]
 
+_T = TypeVar("_T")
+
 _MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK_KEY = 0x7061_6972_7265_636F  # "pairreco": the advisory lock held while migrating
 _PG_COMMAND_TIMEOUT_S = 30.0  # no statement (a lock wait included) hangs a writer forever
 _PG_CONNECT_TIMEOUT_S = 10.0
 _SQLITE_BUSY_TIMEOUT_MS = 5000
+_SQLITE_CACHED_STATEMENTS = 24
 _SQLITE_PRAGMAS = (
     "journal_mode=WAL",
     "synchronous=NORMAL",
@@ -190,27 +194,28 @@ class SqlStore:
         what = f"room {names[0]!r}" if len(names) == 1 else f"{len(names)} rooms"
         with _failures(f"appending {count} update(s) to {what}"):
             async with _begin_write(engine) as conn:
-                return {room: await self._append_in(conn, room, batches[room]) for room in names}
-
-    async def _append_in(self, conn: AsyncConnection, room: str, updates: Sequence[NewUpdate]) -> int:
-        if self.dialect == "postgresql":
-            # Writers of one room take turns (SQLite's BEGIN IMMEDIATE already serializes), so the
-            # numbering below cannot race.
-            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:room))"), {"room": room})
-        fresh = await _not_yet_stored(conn, room, updates)
-        last = (
-            await conn.execute(
-                select(func.coalesce(func.max(UpdateRow.seq), 0)).where(UpdateRow.room == room)
-            )
-        ).scalar_one()
-        if fresh:
-            rows = [
-                {"room": room, "seq": last + i, "uid": u.uid, "at": u.at, "origin": u.origin, "data": u.data}
-                for i, u in enumerate(fresh, start=1)
-            ]
-            await conn.execute(insert(UpdateRow.__table__), rows)
-            last += len(rows)
-        return int(last)
+                if self.dialect == "postgresql":
+                    # Writers of one room take turns (SQLite's BEGIN IMMEDIATE already serializes),
+                    # so the numbering below cannot race.
+                    for room in names:
+                        await conn.execute(
+                            text("SELECT pg_advisory_xact_lock(hashtext(:room))"), {"room": room}
+                        )
+                # Three statements whatever the number of rooms: what is stored, the last seqs, insert.
+                stored = await _stored_data(conn, batches)
+                lasts = await _last_seqs(conn, names)
+                rows: list[dict[str, Any]] = []
+                result: dict[str, int] = {}
+                for room in names:
+                    last = lasts.get(room, 0)
+                    for update in _not_yet_stored(room, batches[room], stored):
+                        last += 1
+                        rows.append({"room": room, "seq": last, "uid": update.uid, "at": update.at,
+                                     "origin": update.origin, "data": update.data})
+                    result[room] = last
+                if rows:
+                    await conn.execute(insert(UpdateRow.__table__), rows)
+                return result
 
     async def write_snapshot(self, room: str, seq: int, data: bytes) -> None:
         """Store the document as of ``seq``, stamped now; a snapshot already at ``seq`` is kept as is."""
@@ -261,7 +266,11 @@ class SqlStore:
 
     def _create_engine(self) -> AsyncEngine:
         if self.dialect == "sqlite":
-            engine = create_async_engine(self._url, echo=self._echo)
+            # A small statement cache: the batched writes' statements are long and vary with the
+            # number of rows, and 128 cached ones (the default) held tens of MiB.
+            engine = create_async_engine(
+                self._url, echo=self._echo, connect_args={"cached_statements": _SQLITE_CACHED_STATEMENTS}
+            )
             _configure_sqlite(engine.sync_engine)
             return engine
         return create_async_engine(
@@ -342,29 +351,75 @@ async def _select_updates(
     return [StoredUpdate(room, row.seq, row.at, row.origin, row.data, row.uid) for row in result]
 
 
-async def _not_yet_stored(
-    conn: AsyncConnection, room: str, updates: Sequence[NewUpdate]
+_PAIRS_PER_QUERY = 256
+_SHAPES = (1, 4, 16, 64, 128, 256)  # the numbers of terms the statements below are written for
+
+
+def _padded(items: list[_T]) -> list[_T]:
+    """``items`` lengthened to the next of ``_SHAPES`` by repeating its last one (harmless in the OR
+    and the UNION below), so a few statements, written once, serve any number of rooms."""
+    size = next((shape for shape in _SHAPES if shape >= len(items)), len(items))
+    return items + [items[-1]] * (size - len(items))
+
+
+@functools.cache
+def _stored_data_sql(pairs: int) -> TextClause:
+    """(room, uid, data) for ``pairs`` (room, uid) pairs: an OR of equalities, which both databases
+    answer from the (room, uid) index (a row-value IN over VALUES scans the table on SQLite). Plain
+    SQL: building it from SQLAlchemy expressions costs more than running it, at every flush."""
+    terms = " OR ".join(f"(room = :r{i} AND uid = :u{i})" for i in range(pairs))
+    return text(f"SELECT room, uid, data FROM {UpdateRow.__tablename__} WHERE {terms}")
+
+
+@functools.cache
+def _last_seqs_sql(rooms: int) -> TextClause:
+    """(room, last seq) for ``rooms`` rooms: one ``max`` each, since a lone ``max(seq)`` of one room
+    is a single index lookup while a GROUP BY reads every row of each room's log."""
+    table = UpdateRow.__tablename__
+    return text(
+        " UNION ALL ".join(
+            f"SELECT CAST(:r{i} AS VARCHAR), (SELECT max(seq) FROM {table} WHERE room = :r{i})"
+            for i in range(rooms)
+        )
+    )
+
+
+async def _stored_data(
+    conn: AsyncConnection, batches: Mapping[str, Sequence[NewUpdate]]
+) -> dict[tuple[str, str], bytes]:
+    """What the log already holds under the batches' (room, uid) pairs, a few queries for all rooms."""
+    stored: dict[tuple[str, str], bytes] = {}
+    pairs = list({(room, u.uid) for room, updates in batches.items() for u in updates})
+    for start in range(0, len(pairs), _PAIRS_PER_QUERY):
+        padded = _padded(pairs[start : start + _PAIRS_PER_QUERY])
+        params: dict[str, Any] = {}
+        for i, (room, uid) in enumerate(padded):
+            params[f"r{i}"], params[f"u{i}"] = room, uid
+        result = await conn.execute(_stored_data_sql(len(padded)), params)
+        stored.update(((room, uid), bytes(data)) for room, uid, data in result)
+    return stored
+
+
+async def _last_seqs(conn: AsyncConnection, rooms: Sequence[str]) -> dict[str, int]:
+    """Each room's last seq (rooms without a log are absent), in one statement."""
+    padded = _padded(list(rooms))
+    result = await conn.execute(_last_seqs_sql(len(padded)), {f"r{i}": room for i, room in enumerate(padded)})
+    return {room: int(last) for room, last in result if last is not None}
+
+
+def _not_yet_stored(
+    room: str, updates: Sequence[NewUpdate], stored: dict[tuple[str, str], bytes]
 ) -> list[NewUpdate]:
     """The updates of the batch whose uid the room does not hold yet, first occurrence each.
 
     Raises ``StoreError`` if a uid is stored (or repeated in the batch) with different data."""
-    if not updates:
-        return []
-    uids = list({u.uid for u in updates})
-    stored: dict[str, bytes] = {}
-    for start in range(0, len(uids), 500):
-        result = await conn.execute(
-            select(UpdateRow.uid, UpdateRow.data).where(
-                UpdateRow.room == room, UpdateRow.uid.in_(uids[start : start + 500])
-            )
-        )
-        stored.update((uid, bytes(data)) for uid, data in result)
     fresh: list[NewUpdate] = []
     clashes: list[str] = []
     for update in updates:
-        known = stored.get(update.uid)
+        key = (room, update.uid)
+        known = stored.get(key)
         if known is None:
-            stored[update.uid] = bytes(update.data)
+            stored[key] = bytes(update.data)
             fresh.append(update)
         elif known != bytes(update.data):
             clashes.append(update.uid)
