@@ -50,6 +50,17 @@ class Broker(Protocol):
         """Take the lease ``key`` for ``ttl`` seconds if nobody else holds it."""
 
 
+def raise_if_cancelled() -> None:
+    """Re-raise a cancellation that a failing broker call turned into an error or a normal return.
+
+    A task cancelled while a Redis command is on the wire can see redis-py (or ``asyncio.timeout``
+    on Python 3.11) report the abort as a connection error or a timeout. Taken for a Redis failure,
+    it would be retried and the loop around it would never stop: a shutdown would wait forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class MemoryHub:
     """What several in-process brokers share: channels, sets and leases."""
 

@@ -32,12 +32,13 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..crdt.origins import PeerOrigin
 from ..crdt.protocol import EMPTY_UPDATE, CloseCode, ProtocolError
 from . import keys, wire
-from .broker import Broker, BrokerError
+from .broker import Broker, BrokerError, raise_if_cancelled
 from .wire import BusMessage, Kind
 
 if TYPE_CHECKING:
@@ -63,8 +64,10 @@ class Cluster:
         anti_entropy: float = 10.0,
         sync_timeout: float = 2.0,
         max_outbox: int = 100_000,
+        solo: bool = False,
     ) -> None:
         self.broker = broker
+        self.solo = solo  # no other node can exist (no shared broker): room messages are not sent
         self.node_id = broker.node_id
         self.rooms = rooms
         self.metrics = metrics or ClusterMetrics()
@@ -81,6 +84,7 @@ class Cluster:
         self._outbox_ready = asyncio.Event()
         self._max_outbox = max_outbox
         self.dropped = 0
+        self.on_room_deleted: Callable[[str], None] | None = None  # the registry evicts the room
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -177,6 +181,8 @@ class Cluster:
 
     def send(self, room: str, kind: Kind, payload: bytes, *, target: str = "", uid: str = "") -> None:
         """Queue a message for the room's channel (never blocks the caller)."""
+        if self.solo:
+            return
         try:
             data = wire.encode(BusMessage(kind, self.node_id, room, payload, target, uid))
         except wire.BusMessageTooLarge as exc:
@@ -195,6 +201,9 @@ class Cluster:
     def publish_awareness(self, room: Room, payload: bytes) -> None:
         self.send(room.name, Kind.AWARENESS, payload)
 
+    def publish_deleted(self, name: str) -> None:
+        self.send(name, Kind.ROOM_DELETED, b"")
+
     async def _publisher(self) -> None:
         """One task publishes in order; while disconnected, what cannot be sent is dropped and healed
         by the state-vector exchange after the reconnect."""
@@ -205,6 +214,7 @@ class Cluster:
                 continue
             channel, data, kind = self._outbox.popleft()
             ok = await self.broker.publish(channel, data)
+            raise_if_cancelled()
             self.metrics.published(kind, ok)
             if not ok:
                 self.dropped += 1
@@ -227,6 +237,10 @@ class Cluster:
             self._node_gone(message.node)
             return
         if message.target and message.target != self.node_id:
+            return
+        if message.kind is Kind.ROOM_DELETED:
+            if self.on_room_deleted is not None:
+                self.on_room_deleted(message.room)
             return
         buffer = self._buffers.get(message.room)
         if buffer is not None:
@@ -294,6 +308,7 @@ class Cluster:
         data = wire.encode(BusMessage(Kind.HEARTBEAT, self.node_id, ""))
         while True:
             await self.broker.publish(keys.cluster_channel(), data)
+            raise_if_cancelled()
             now = time.monotonic()
             for node, seen in list(self.peers.items()):
                 if now - seen > self.dead_after:

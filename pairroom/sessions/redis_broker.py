@@ -21,9 +21,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from .broker import BrokerError, MessageHandler, ReconnectHandler
+from .broker import BrokerError, MessageHandler, ReconnectHandler, raise_if_cancelled
 
 log = logging.getLogger("pairroom.redis")
+
 
 COMMAND_TIMEOUT = 1.0
 PING_EVERY = 1.0
@@ -134,6 +135,7 @@ class RedisBroker:
                     async with asyncio.timeout(COMMAND_TIMEOUT * 3):
                         await self._connect()
                 except (RedisError, OSError, TimeoutError) as exc:
+                    raise_if_cancelled()
                     log.info("redis reconnect failed", extra={"error": repr(exc), "retry_in": backoff})
                     continue
                 backoff = 0.1
@@ -146,6 +148,7 @@ class RedisBroker:
                 await self._run_commands()
                 message = await self._pubsub.get_message(timeout=0.05)
             except (RedisError, OSError, TimeoutError) as exc:
+                raise_if_cancelled()
                 self._mark_lost(exc)
                 continue
             if message is not None:
@@ -181,6 +184,7 @@ class RedisBroker:
                 async with asyncio.timeout(COMMAND_TIMEOUT):
                     await self._client.ping()
             except (RedisError, OSError, TimeoutError) as exc:
+                raise_if_cancelled()
                 self._mark_lost(exc)
 
     async def subscribe(self, channel: str) -> None:
@@ -195,6 +199,7 @@ class RedisBroker:
             async with asyncio.timeout(COMMAND_TIMEOUT * 2):
                 await waiter
         except TimeoutError:
+            raise_if_cancelled()
             log.warning("subscription not confirmed in time", extra={"channel": channel})
 
     async def unsubscribe(self, channel: str) -> None:
@@ -211,6 +216,7 @@ class RedisBroker:
                 await self._client.execute_command(command, channel, data)
             return True
         except (RedisError, OSError, TimeoutError) as exc:
+            raise_if_cancelled()
             self._mark_lost(exc)
             return False
 
@@ -221,6 +227,7 @@ class RedisBroker:
             async with asyncio.timeout(COMMAND_TIMEOUT):
                 return await self._client.execute_command(*args)
         except (RedisError, OSError, TimeoutError) as exc:
+            raise_if_cancelled()
             self._mark_lost(exc)
             raise BrokerError(f"redis {args[0]} failed: {exc!r}") from exc
 

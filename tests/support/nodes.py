@@ -48,9 +48,18 @@ class ServeProcess:
         return self.proc.returncode is None
 
     async def terminate(self, timeout: float = 15) -> int:
+        """SIGTERM and wait for the exit; a node that does not exit in time is asked for its task
+        stacks (SIGUSR1), and the failure shows the end of its log."""
         if self.alive:
             self.proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            if self.alive:
+                self.proc.send_signal(signal.SIGUSR1)
+                await asyncio.sleep(1.0)
+            tail = "\n".join(str(entry.get("msg")) + " " + json.dumps(entry)[:300] for entry in self.log[-60:])
+            raise AssertionError(f"node on port {self.port} did not exit {timeout} s after SIGTERM:\n{tail}") from None
         if self.drain is not None:
             await self.drain
         return code
