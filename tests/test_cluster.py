@@ -12,6 +12,8 @@ import pytest
 from pycrdt import Array
 
 
+from pairroom.server.auth import Role, mint
+
 from .support.storage import stored_text
 from .support.nodes import ServeProcess, serve_processes  # noqa: F401
 from .support.postgres import create_database, drop_database
@@ -188,6 +190,41 @@ async def test_copies_converge_and_storage_has_every_edit_after_a_redis_fault(
         assert await stored_text(pg, "faulty") == final
     finally:
         await proxy.stop()
+
+
+async def test_deleting_a_room_closes_it_on_every_node_and_nothing_writes_it_again(serve_processes, pg, redis):
+    secret = "cluster-delete-secret-of-32-bytes-or-more"
+    nodes = list(
+        await asyncio.gather(
+            *(
+                serve_processes({"PAIRROOM_DB": pg, "PAIRROOM_REDIS": redis.url, "PAIRROOM_NODE_ID": f"node{i + 1}",
+                                 "PAIRROOM_SECRET": secret, **FAST_HEALING})
+                for i in range(2)
+            )
+        )
+    )
+    owner = mint(secret, "doomed", Role.OWNER, "Owner", user_id="owner-1")
+    editor = mint(secret, "doomed", Role.EDITOR, "Editor", user_id="editor-1")
+    here = await YClient.connect(f"{nodes[0].ws('doomed')}?token={editor}")
+    there = await YClient.connect(f"{nodes[1].ws('doomed')}?token={editor}")
+    await asyncio.wait_for(asyncio.gather(here.synced.wait(), there.synced.wait()), 10)
+    here.insert(0, "about to go")
+    await eventually(lambda: text(there) == "about to go", what="both nodes hold the room")
+    await eventually(lambda: stored_text(pg, "doomed"), what="stored")
+
+    async with httpx.AsyncClient() as http:
+        response = await http.delete(f"{nodes[0].http}/api/rooms/doomed", headers={"Authorization": f"Bearer {owner}"})
+    assert response.status_code == 200, response.text
+    assert await here.closed() == 4404
+    assert await there.closed() == 4404  # the other node closed its copy too
+
+    # The other node neither flushed its copy nor kept it: storage stays empty, a new join is fresh.
+    await asyncio.sleep(0.3)  # several flush windows (50 ms here)
+    assert await stored_text(pg, "doomed") == ""
+    again = await YClient.connect(f"{nodes[1].ws('doomed')}?token={editor}")
+    await asyncio.wait_for(again.synced.wait(), 10)
+    assert text(again) == ""
+    await again.close()
 
 
 async def test_readyz_reports_degraded_while_redis_is_away(serve_processes, pg, redis):

@@ -53,6 +53,7 @@ class CloseCode(IntEnum):
     MALFORMED = 4400  # truncated message, bad varuint, bytes after the message, invalid awareness
     UNAUTHORIZED = 4401  # missing, invalid or expired token
     FORBIDDEN = 4403  # token for another room, or an origin not allowed
+    ROOM_DELETED = 4404  # an owner deleted the room, on any node
     ROOM_FULL = 4409  # the room has its maximum number of members
     UNKNOWN_TYPE = 4406  # unknown message type or sync step
     SLOW_CONSUMER = 4503  # outbound queue overflowed; reconnect and resync (not 44xx: v3 gives up on those)

@@ -43,6 +43,7 @@ from ..server.config import Settings
 from ..server.hub import Hub
 from ..server.websocket import room_name_from_path
 from ..sessions.identity import Principal
+from ..sessions.registry import RoomBusy
 from ..sessions.room import RoomState
 from .events import RecorderObserver, RecorderSettings
 from .history import History, PointError, files_of, iso, recording_enabled, restore_files
@@ -53,7 +54,6 @@ from .store import StoreError
 
 log = logging.getLogger("pairroom.recorder.api")
 
-CLOSE_ROOM_DELETED = 4404
 NAME_MAX = 255
 
 
@@ -313,29 +313,19 @@ async def delete_room(request: Request) -> Response:
     if room not in hub.registry.rooms and not await history.db.has_anything(room):
         raise ApiError(404, f"room {room!r} has nothing stored")
     recorder = _recorder(request)
-    await _evict(hub, recorder, room)
+    await _evict(hub, room)
     async with recorder.write_lock:  # no batch holding this room's events commits after the delete
         rows = await history.db.delete_room(room)
     history.forget(room)
     return JSONResponse({"deleted": room, "rows": rows})
 
 
-async def _evict(hub: Hub, recorder: RecorderObserver, name: str) -> None:
-    """Close a loaded room on this node without a final flush: its members are kicked (4404, "room
-    deleted"), its unflushed updates dropped, and it is forgotten, so nothing writes it again."""
-    live = hub.registry.rooms.get(name)
-    if live is None:
-        return
-    if live.state is not RoomState.ACTIVE:
-        raise ApiError(409, f"room {name!r} is {live.state.value}; try again")
-    for member in list(live.members.values()):
-        member.kick(CLOSE_ROOM_DELETED, "room deleted")
-    recorder.forget(name)
-    async with live.flush_lock:  # a flush in progress finishes before the rows go
-        live.pending.clear()
-        hub.registry.rooms.pop(name, None)
-        live.transition(RoomState.CLOSED)
-    await hub.registry.cluster.closed(name)
+async def _evict(hub: Hub, name: str) -> None:
+    """Close the room on every node without a final flush (members get 4404, "room deleted")."""
+    try:
+        await hub.registry.evict(name)
+    except RoomBusy as exc:
+        raise ApiError(409, f"{exc}; try again") from exc
 
 
 routes = [

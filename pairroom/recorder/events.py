@@ -127,6 +127,9 @@ class RecorderObserver(RoomObserver):
         if len(self._events) >= self.settings.flush_max_events:
             self._urgent.set()
 
+    def on_room_deleted(self, name: str) -> None:
+        self.forget(name)
+
     def forget(self, room: str) -> None:
         """The room is being deleted: drop what is buffered for it and stop watching it."""
         record = self._rooms.pop(room, None)

@@ -26,6 +26,9 @@ class RoomObserver:
 
     def on_room_closed(self, room: Room) -> None: ...
 
+    def on_room_deleted(self, name: str) -> None:
+        """The room was deleted (here or on another node) and evicted without a final flush."""
+
     def on_join(self, room: Room, member: Member) -> None: ...
 
     def on_leave(self, room: Room, member: Member) -> None: ...

@@ -56,6 +56,10 @@ class RoomLoadError(Exception):
     """The room could not be loaded from storage; the join fails rather than serve an empty doc."""
 
 
+class RoomBusy(Exception):
+    """The room is loading or unloading on this node; the operation can be tried again shortly."""
+
+
 @dataclass(frozen=True, slots=True)
 class RoomSettings:
     idle_unload_seconds: float = 30.0
@@ -106,6 +110,7 @@ class RoomRegistry(RoomListener):
         self._urgent = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self.storage_failing = False
+        cluster.on_room_deleted = self._deleted_elsewhere
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -262,6 +267,50 @@ class RoomRegistry(RoomListener):
         await self.cluster.closed(room.name)
         self.metrics.room_loaded(len(self.rooms))
         log.info("room unloaded", extra={"room": room.name})
+
+    async def evict(self, name: str, *, tell_peers: bool = True) -> None:
+        """Delete the room from memory, on this node and (``tell_peers``) every other one holding it.
+
+        Its members are kicked with 4404, its unflushed updates dropped, and observers hear
+        ``on_room_deleted``, so nothing writes it again. Raises ``RoomBusy`` while it loads or
+        unloads here."""
+        live = self.rooms.get(name)
+        if live is not None and live.state is not RoomState.ACTIVE:
+            raise RoomBusy(f"room {name!r} is {live.state.value}")
+        if tell_peers:
+            self.cluster.publish_deleted(name)
+        for observer in self.observers:
+            try:
+                observer.on_room_deleted(name)
+            except Exception:
+                log.exception("room observer failed", extra={"room": name, "hook": "on_room_deleted"})
+        if live is None:
+            return
+        for member in list(live.members.values()):
+            member.kick(protocol.CloseCode.ROOM_DELETED, "room deleted")
+        timer = self._idle_timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        async with live.flush_lock:  # a flush in progress finishes first
+            live.pending.clear()
+            self._dirty.discard(live)
+            if self.rooms.get(name) is live:
+                del self.rooms[name]
+            live.transition(RoomState.CLOSED)
+        await self.cluster.closed(name)
+        self.metrics.room_loaded(len(self.rooms))
+        log.info("room deleted", extra={"room": name, "here": tell_peers})
+
+    def _deleted_elsewhere(self, name: str) -> None:
+        if self._tasks is None:
+            return
+        self._tasks.create_task(self._evict_deleted(name), name=f"pairroom-evict-{name}")
+
+    async def _evict_deleted(self, name: str) -> None:
+        try:
+            await self.evict(name, tell_peers=False)
+        except RoomBusy as exc:
+            log.warning("room deleted on another node while busy here", extra={"room": name, "error": str(exc)})
 
     # -- RoomListener -----------------------------------------------------------------------------
 

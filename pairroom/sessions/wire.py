@@ -32,6 +32,7 @@ class Kind(enum.IntEnum):
     MISSING = 5  # the answer to a state vector (payload: update), addressed to ``target``
     HEARTBEAT = 6  # the sender is alive (room: "", payload: empty)
     NODE_LEFT = 7  # the sender is shutting down cleanly
+    ROOM_DELETED = 8  # the room was deleted: holders close it without storing (payload: empty)
 
 
 class BusMessageTooLarge(Exception):
