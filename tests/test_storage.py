@@ -15,15 +15,19 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from pycrdt import Doc, Text
-from sqlalchemy import func, insert, inspect, select
+from sqlalchemy import func, insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from pairroom.recorder.compaction import compact
 from pairroom.recorder.models import UID_MAX_LENGTH, Base, SnapshotRow, UpdateRow
+from pairroom.recorder import sql
 from pairroom.recorder.sql import SqlStore, normalize_db_url
 from pairroom.recorder.store import LoadedRoom, NewUpdate, Store, StoreError
 from tests.support.postgres import database_fixture, fresh_database
@@ -113,27 +117,70 @@ async def test_concurrent_opens_of_an_empty_database_both_succeed(empty_db_url: 
         await second.close()
 
 
-async def test_migrated_schema_matches_the_models(store: SqlStore, db_url: str) -> None:
-    engine = create_async_engine(normalize_db_url(db_url))
+async def _schema_of(url: str) -> tuple[list, dict, set, list]:
+    """(differences from the models, the updates table's columns and unique constraints, the stamp)."""
+    engine = create_async_engine(normalize_db_url(url))
     try:
         async with engine.connect() as conn:
-            diff = await conn.run_sync(
-                lambda sync_conn: compare_metadata(MigrationContext.configure(sync_conn), Base.metadata)
-            )
-            columns, uniques = await conn.run_sync(
+            return await conn.run_sync(
                 lambda sync_conn: (
+                    compare_metadata(MigrationContext.configure(sync_conn), Base.metadata),
                     {c["name"]: c for c in inspect(sync_conn).get_columns("updates")},
                     {tuple(u["column_names"]) for u in inspect(sync_conn).get_unique_constraints("updates")},
+                    [row[0] for row in sync_conn.execute(text("SELECT version_num FROM alembic_version"))],
                 )
             )
     finally:
         await engine.dispose()
+
+
+async def _migrate_with_alembic(url: str, to: str = "head") -> None:
+    """Run the migration scripts themselves (``open()`` creates a new database from the models)."""
+    engine = create_async_engine(normalize_db_url(url))
+
+    def upgrade(sync_conn) -> None:  # type: ignore[no-untyped-def]
+        config = Config()
+        config.set_main_option("script_location", str(Path(sql.__file__).with_name("migrations")))
+        config.attributes["connection"] = sync_conn
+        command.upgrade(config, to)
+
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade)
+    finally:
+        await engine.dispose()
+
+
+def test_head_revision_names_the_newest_migration() -> None:
+    config = Config()
+    config.set_main_option("script_location", str(Path(sql.__file__).with_name("migrations")))
+    assert ScriptDirectory.from_config(config).get_current_head() == sql.HEAD_REVISION
+
+
+@pytest.mark.parametrize("made_by", ["migrations", "open"])
+async def test_the_schema_matches_the_models_whether_migrated_or_created(empty_db_url: str, made_by: str) -> None:
+    if made_by == "migrations":
+        await _migrate_with_alembic(empty_db_url)
+    else:
+        async with SqlStore(empty_db_url):
+            pass
+    diff, columns, uniques, stamp = await _schema_of(empty_db_url)
     assert diff == []
+    assert stamp == [sql.HEAD_REVISION]
     # What the store's numbering and deduplication rest on, spelled out (compare_metadata would also
     # pass if both the models and the migration lacked them).
     assert columns["uid"]["nullable"] is False
     assert getattr(columns["uid"]["type"], "length", None) == UID_MAX_LENGTH
     assert {("room", "seq"), ("room", "uid")} <= uniques
+    await _migrate_with_alembic(empty_db_url)  # a created database is at head for Alembic too
+
+
+async def test_open_migrates_an_older_schema_to_head(empty_db_url: str, room: str) -> None:
+    await _migrate_with_alembic(empty_db_url, "0001")
+    async with SqlStore(empty_db_url) as store:
+        assert await store.append(room, batch(1, 2)) == 2
+    diff, _, _, stamp = await _schema_of(empty_db_url)
+    assert diff == [] and stamp == [sql.HEAD_REVISION]
 
 
 async def test_the_database_itself_refuses_a_second_row_with_the_same_room_and_uid(

@@ -37,10 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncContextManager, TypeVar
 
-from alembic import command
-from alembic.config import Config
-from alembic.util import CommandError
-from sqlalchemy import Connection, TextClause, event, func, insert, select, text, union
+from sqlalchemy import Connection, TextClause, event, func, insert, inspect, select, text, union
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -48,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from pairroom.recorder.models import (
     ORIGIN_MAX_LENGTH,
+    Base,
     ROOM_MAX_LENGTH,
     UID_MAX_LENGTH,
     SnapshotRow,
@@ -60,6 +58,7 @@ __all__ = ["SqlStore", "normalize_db_url"]
 _T = TypeVar("_T")
 
 _MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+HEAD_REVISION = "0002"  # the newest migration; a test checks it against the scripts
 _MIGRATION_LOCK_KEY = 0x7061_6972_7265_636F  # "pairreco": the advisory lock held while migrating
 _PG_COMMAND_TIMEOUT_S = 30.0  # no statement (a lock wait included) hangs a writer forever
 _PG_CONNECT_TIMEOUT_S = 10.0
@@ -81,9 +80,13 @@ _ASYNC_SCHEMES = {
     "postgresql+asyncpg": "postgresql+asyncpg",
 }
 
+class MigrationError(Exception):
+    """Alembic could not bring the schema to head (an unknown revision, a broken script)."""
+
+
 # What a database can throw at us: SQLAlchemy's wrapped driver errors, sockets that fail before the
 # driver wraps anything (refused, timed out, unknown host), and Alembic finding an unknown revision.
-_DATABASE_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, CommandError)
+_DATABASE_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, MigrationError)
 
 
 def normalize_db_url(url: str) -> str:
@@ -299,11 +302,45 @@ def _begin_write(engine: AsyncEngine) -> AsyncContextManager[AsyncConnection]:
 
 
 def _upgrade_to_head(connection: Connection) -> None:
-    """Run Alembic on our connection and transaction (``env.py`` reads it from the attributes)."""
+    """Bring the schema to ``HEAD_REVISION`` on our connection and transaction.
+
+    Alembic (with Mako and Pygments, about 11 MiB that would stay resident) is imported only when a
+    migration has to run: a database at head is left alone, and a new one gets the models' tables
+    and the head stamp directly (the test suite checks that equals migrating)."""
+    tables = set(inspect(connection).get_table_names())
+    if "alembic_version" in tables:
+        versions = [row[0] for row in connection.execute(text("SELECT version_num FROM alembic_version"))]
+        if versions == [HEAD_REVISION]:
+            return
+    elif not tables:
+        from . import event_models  # noqa: F401  (its tables join Base.metadata)
+
+        Base.metadata.create_all(connection)
+        connection.execute(
+            text(
+                "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
+                "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+            )
+        )
+        connection.execute(text("INSERT INTO alembic_version (version_num) VALUES (:v)"), {"v": HEAD_REVISION})
+        return
+    _run_alembic(connection)
+
+
+def _run_alembic(connection: Connection) -> None:
+    """Run the migrations (``env.py`` reads the connection from the attributes)."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.util import CommandError
+
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS_DIR).replace("%", "%%"))
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    try:
+        command.upgrade(config, "head")
+    except CommandError as exc:
+        raise MigrationError(str(exc)) from exc
+
 
 
 def _check_sqlite_directory(url: URL) -> None:
