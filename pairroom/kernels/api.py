@@ -16,14 +16,14 @@ cluster, a 503 says the node running the room's kernel did not answer in time.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..server.auth import AuthError, Principal, Role, anonymous, bearer, forbidden, verify
+from ..server.api import ApiError, error, json_body, principal_for
+from ..server.auth import AuthError, Principal, Role, forbidden
 from ..sessions.registry import RoomLoadError
 from ..sessions.room import Room
 from . import rundoc
@@ -32,22 +32,6 @@ from .service import KernelService, KernelUnavailable, KernelUnreachable
 from .workdir import valid_path
 
 MAX_CODE_BYTES = 1024 * 1024
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-def principal_for(request: Request, room: str) -> Principal:
-    """Who is asking, from ``Authorization: Bearer``; open mode (no server secret) is an anonymous
-    editor. Raises AuthError (401 no or bad token, 403 token for another room)."""
-    secret = getattr(request.app.state.hub.settings, "secret", None)
-    if secret is None:
-        return anonymous(room)
-    return verify(secret, bearer(request.headers.get("authorization")), room)
 
 
 def effective_role(room: Room, principal: Principal) -> Role:
@@ -75,20 +59,7 @@ def _service(request: Request) -> KernelService:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_CODE_BYTES + 4096:
-        raise ApiError(413, f"body larger than {MAX_CODE_BYTES} bytes")
-    try:
-        body = json.loads(raw or b"null")
-    except ValueError as exc:
-        raise ApiError(400, f"body is not JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise ApiError(400, 'body must be a JSON object: {"code": ...} or {"path": ...}')
-    return body
-
-
-def _error(status: int, reason: str) -> Response:
-    return JSONResponse({"error": reason}, status)
+    return await json_body(request, MAX_CODE_BYTES + 4096, '{"code": ...} or {"path": ...}')
 
 
 def _guarded(handler: Any) -> Any:
@@ -98,17 +69,17 @@ def _guarded(handler: Any) -> Any:
         try:
             return await handler(request)  # type: ignore[no-any-return]
         except ApiError as exc:
-            return _error(exc.status, exc.reason)
+            return error(exc.status, exc.reason)
         except AuthError as exc:
-            return _error(exc.status, exc.reason)
+            return error(exc.status, exc.reason)
         except RoomLoadError as exc:
-            return _error(503, str(exc))
+            return error(503, str(exc))
         except KernelUnavailable as exc:
-            return _error(409, str(exc))
+            return error(409, str(exc))
         except KernelUnreachable as exc:
-            return _error(503, str(exc))
+            return error(503, str(exc))
         except SandboxUnavailable as exc:
-            return _error(503, str(exc))
+            return error(503, str(exc))
 
     endpoint.__name__ = handler.__name__
     return endpoint

@@ -63,16 +63,17 @@ def room_of(request: Request) -> str:
         raise ApiError(400, exc.reason) from exc
 
 
-async def json_body(request: Request) -> dict[str, Any]:
+async def json_body(request: Request, max_bytes: int = 64 * 1024, shape: str = "") -> dict[str, Any]:
+    """The request's JSON object (an empty body is ``{}``); ``shape`` shows the caller what is expected."""
     raw = await request.body()
-    if len(raw) > 64 * 1024:
-        raise ApiError(413, "request body over 64 KiB")
+    if len(raw) > max_bytes:
+        raise ApiError(413, f"request body over {max_bytes // 1024} KiB")
     try:
         body = json.loads(raw or b"{}")
     except ValueError as exc:
         raise ApiError(400, f"body is not JSON: {exc}") from exc
     if not isinstance(body, dict):
-        raise ApiError(400, "body must be a JSON object")
+        raise ApiError(400, "body must be a JSON object" + (f": {shape}" if shape else ""))
     return body
 
 
