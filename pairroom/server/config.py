@@ -80,11 +80,12 @@ class Settings:
             file_bytes=self.kernel_file_bytes,
         )
 
-    def cluster_settings(self) -> dict[str, float]:
+    def cluster_settings(self) -> dict[str, float | bool]:
         return {
             "heartbeat": self.heartbeat_seconds,
             "dead_after": self.node_dead_after_seconds,
             "anti_entropy": self.anti_entropy_seconds,
+            "solo": self.redis is None,  # without a shared broker no other node can hear anything
         }
 
     def room_settings(self) -> RoomSettings:
