@@ -30,6 +30,7 @@ from tests.support.browser import (  # noqa: F401  (fixtures)
     kernel_web_server,
     open_page,
     room_name,
+    two_people,
     wait_connected,
     wait_file_text,
     web_server,
@@ -70,11 +71,7 @@ def wait_same_text(a, b, path: str) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_typing_shows_in_the_other_browser_with_a_named_cursor(open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
-    room = room_name(request)
-    ada = open_page("ada", f"/r/{room}", name="Ada")
-    bob = open_page("bob", f"/r/{room}", name="Bob")
-    wait_connected(ada)
-    wait_connected(bob)
+    room, ada, bob = two_people(open_page, request)
 
     new_file(ada, "main.py")
     tree_has(bob, "main.py")
@@ -115,11 +112,7 @@ def test_typing_shows_in_the_other_browser_with_a_named_cursor(open_page: OpenPa
 
 
 def test_files_are_created_renamed_and_deleted_for_everyone(open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
-    room = room_name(request)
-    ada = open_page("ada", f"/r/{room}", name="Ada")
-    bob = open_page("bob", f"/r/{room}", name="Bob")
-    wait_connected(ada)
-    wait_connected(bob)
+    room, ada, bob = two_people(open_page, request)
 
     # A path the document schema refuses is refused in the form.
     ada.fill("#new-file-path", "src/../x.py")
@@ -155,11 +148,7 @@ def test_files_are_created_renamed_and_deleted_for_everyone(open_page: OpenPage,
 
 
 def test_chat_reaches_the_other_browser(open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
-    room = room_name(request)
-    ada = open_page("ada", f"/r/{room}", name="Ada")
-    bob = open_page("bob", f"/r/{room}", name="Bob")
-    wait_connected(ada)
-    wait_connected(bob)
+    room, ada, bob = two_people(open_page, request)
 
     ada.fill("#chat-input", "hello from Ada")
     ada.press("#chat-input", "Enter")
@@ -234,11 +223,7 @@ def test_a_run_shows_its_output_in_both_browsers(kernel_web_server, open_page: O
 
 
 def test_history_saves_diffs_and_restores_a_version(open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
-    room = room_name(request)
-    ada = open_page("ada", f"/r/{room}", name="Ada")
-    bob = open_page("bob", f"/r/{room}", name="Bob")
-    wait_connected(ada)
-    wait_connected(bob)
+    room, ada, bob = two_people(open_page, request)
     new_file(ada, "main.py")
     ada.click(".cm-content")
     ada.keyboard.type("x = 1")
@@ -319,11 +304,7 @@ def test_replay_plays_a_recorded_session(open_page: OpenPage, web_server, reques
 
 
 def test_offline_edits_converge_after_reconnecting(open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
-    room = room_name(request)
-    ada = open_page("ada", f"/r/{room}", name="Ada")
-    bob = open_page("bob", f"/r/{room}", name="Bob")
-    wait_connected(ada)
-    wait_connected(bob)
+    room, ada, bob = two_people(open_page, request)
     new_file(ada, "notes.md")
     ada.click(".cm-content")
     ada.keyboard.type("# Notes")

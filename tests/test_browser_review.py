@@ -15,6 +15,7 @@ from tests.support.browser import (  # noqa: F401  (fixtures)
     editor_text,
     open_page,
     room_name,
+    two_people,
     wait_connected,
     wait_file_text,
     web_server,
@@ -30,11 +31,7 @@ def put_cursor(page, line: int) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_a_comment_and_a_suggestion_reach_the_other_browser_and_apply_in_both(open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
-    room = room_name(request)
-    ada = open_page("ada", f"/r/{room}", name="Ada")
-    bob = open_page("bob", f"/r/{room}", name="Bob")
-    wait_connected(ada)
-    wait_connected(bob)
+    room, ada, bob = two_people(open_page, request)
     ada.fill("#new-file-path", "main.py")
     ada.press("#new-file-path", "Enter")
     ada.wait_for_function("() => window.pairroom.currentPath === 'main.py'")
@@ -98,11 +95,7 @@ def test_a_comment_and_a_suggestion_reach_the_other_browser_and_apply_in_both(op
 
 
 def test_a_thread_started_from_the_keyboard_is_resolved_for_everyone(open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
-    room = room_name(request)
-    ada = open_page("ada", f"/r/{room}", name="Ada")
-    bob = open_page("bob", f"/r/{room}", name="Bob")
-    wait_connected(ada)
-    wait_connected(bob)
+    room, ada, bob = two_people(open_page, request)
     ada.fill("#new-file-path", "main.py")
     ada.press("#new-file-path", "Enter")
     ada.wait_for_function("() => window.pairroom.currentPath === 'main.py'")

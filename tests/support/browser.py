@@ -293,6 +293,16 @@ def wait_connected(page: sync_api.Page) -> None:
     page.wait_for_selector("#connection[data-state='connected']")
 
 
+def two_people(open_page: OpenPage, request: pytest.FixtureRequest) -> tuple[str, sync_api.Page, sync_api.Page]:
+    """A fresh room with Ada and Bob in it, both synced: (room, ada, bob)."""
+    room = room_name(request)
+    ada = open_page("ada", f"/r/{room}", name="Ada")
+    bob = open_page("bob", f"/r/{room}", name="Bob")
+    wait_connected(ada)
+    wait_connected(bob)
+    return room, ada, bob
+
+
 def editor_text(page: sync_api.Page) -> str:
     return page.evaluate("() => window.pairroom.view.state.doc.toString()")  # type: ignore[no-any-return]
 
