@@ -117,6 +117,16 @@ async def test_backlogged_updates_are_merged_one_message_per_frame(server, conne
     await writer.close()
 
 
+async def test_compression_is_negotiated_only_when_enabled(start_server, connect):
+    """Browsers offer permessage-deflate; the server declines unless --ws-compression is on."""
+    plain = await start_server()
+    ws = await connect(plain.ws("deflate"))  # the websockets client offers it by default
+    assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+    compressed = await start_server(ws_compression=True)
+    ws = await connect(compressed.ws("deflate"))
+    assert "permessage-deflate" in ws.response.headers.get("Sec-WebSocket-Extensions", "")
+
+
 async def test_health_ready_and_metrics(server):
     import httpx
 

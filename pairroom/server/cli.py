@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--ws-impl", choices=["websockets", "websockets-sansio", "wsproto"], help="websocket stack"
     )
+    serve.add_argument(
+        "--ws-compression",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="permessage-deflate (off: it costs ~48 KiB per connection and CPU per message)",
+    )
     serve.add_argument("--secret", help="token signing secret (PAIRROOM_SECRET); none = open mode")
     serve.add_argument(
         "--allow-anonymous",

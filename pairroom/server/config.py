@@ -36,6 +36,9 @@ class Settings:
     keepalive_seconds: float = 15.0
     shutdown_timeout: float = 10.0
     ws_impl: str = "websockets-sansio"
+    # permessage-deflate: every connection keeps a zlib state (about 48 KiB) and every message is
+    # compressed once per recipient; Yjs updates are small binary, so it is off unless links are slow
+    ws_compression: bool = False
     secret: str | None = None  # HS256 token secret; None = open mode (anonymous editors)
     allow_anonymous: bool = False  # open mode on a non-loopback address
     allowed_origins: str = ""  # comma-separated Origin values; empty = any

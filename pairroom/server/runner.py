@@ -40,6 +40,7 @@ def uvicorn_config(app: Starlette, settings: Settings, *, signals: bool = True) 
         # pairroom enforces max_message_bytes itself with a clear close code; the transport's own
         # limit sits above it so that it never decides first.
         ws_max_size=settings.max_message_bytes * 2 + 1024,
+        ws_per_message_deflate=settings.ws_compression,
         lifespan="on",
         log_config=None,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout)),
