@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Awaitable, Coroutine
+from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -36,10 +38,42 @@ class StarletteTransport:
     async def send(self, data: bytes) -> None:
         await self.websocket.send({"type": "websocket.send", "bytes": data})
 
+    def send_now(self, data: bytes) -> Awaitable[None] | None:
+        """Start the send here rather than in a task: the ASGI send of a writable socket completes
+        without suspending, so a broadcast to many members costs no task switch per member. If it
+        does suspend (the socket's buffer is full), the rest runs as a task, returned to the caller."""
+        send = self.websocket.send({"type": "websocket.send", "bytes": data})
+        try:
+            blocker = send.send(None)
+        except StopIteration:
+            return None
+        return asyncio.ensure_future(_finish(send, blocker))
+
     async def close(self, code: int, reason: str) -> None:
         if self.websocket.application_state is WebSocketState.DISCONNECTED:
             return
         await self.websocket.close(code, truncate_reason(reason))
+
+
+async def _finish(coroutine: Coroutine[Any, Any, None], blocker: Any) -> None:
+    """Drive a coroutine that suspended on ``blocker`` to its end, as a task would have."""
+    while True:
+        try:
+            if blocker is None:  # a bare yield: give the loop one turn
+                await asyncio.sleep(0)
+            else:
+                blocker._asyncio_future_blocking = False  # taken over, as Task.__step does
+                await blocker
+        except BaseException as exc:  # deliver the wait's failure where the coroutine waited
+            try:
+                blocker = coroutine.throw(exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            blocker = coroutine.send(None)
+        except StopIteration:
+            return
 
 
 def truncate_reason(reason: str) -> str:

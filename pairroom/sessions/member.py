@@ -8,14 +8,21 @@ and 2 carry everything it missed), so nothing is lost and no other member waits 
 
 While the sender finds several updates waiting in a row, it merges them with ``merge_updates`` into
 one message (clients decode one message per frame, so messages are never concatenated).
+
+When nothing is queued and nothing is being written, ``send`` writes at once through the transport's
+``send_now`` (when it has one) instead of waking the sender task: a socket that takes the bytes, the
+usual case, costs no task switch. A write that has to wait finishes in the background, and what is
+sent meanwhile queues behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import time
 from collections import deque
+from collections.abc import Awaitable
 from typing import Callable, Protocol
 
 from pycrdt import merge_updates
@@ -24,9 +31,14 @@ from ..crdt import protocol
 from ..crdt.origins import ClientOrigin
 from .identity import Principal, Role
 
+log = logging.getLogger("pairroom.member")
+
 
 class Transport(Protocol):
-    """What a member needs from its connection. Adapters raise on failure, never hide it."""
+    """What a member needs from its connection. Adapters raise on failure, never hide it.
+
+    An adapter may also offer ``send_now(data) -> Awaitable[None] | None``: write without
+    suspending if the socket takes the bytes (return None), else return what finishes the write."""
 
     async def send(self, data: bytes) -> None: ...
 
@@ -67,6 +79,9 @@ class Member:
         self._queue: deque[tuple[bytes, bytes | None]] = deque()
         self._queued_bytes = 0
         self._idle: asyncio.Future[None] | None = None  # the sender waits on it when the queue is empty
+        self._send_now: Callable[[bytes], Awaitable[None] | None] | None = getattr(transport, "send_now", None)
+        self._inflight: asyncio.Future[None] | None = None  # a direct write that had to wait
+        self._writing = False  # the sender task is writing a batch
         self._kicked = asyncio.Event()
         self._on_sent = on_sent
         self.on_kick: Callable[[Member, int, str], None] | None = None
@@ -82,6 +97,9 @@ class Member:
         """Queue one encoded message; ``update`` is its raw update when it may be merged."""
         if self.state is not MemberState.OPEN:
             return
+        if self._send_now is not None and not self._queue and not self._writing and self._inflight is None:
+            self._write_now(frame)
+            return
         self._queue.append((frame, update))
         self._queued_bytes += len(frame)
         if len(self._queue) > self._max_messages or self._queued_bytes > self._max_bytes:
@@ -92,6 +110,28 @@ class Member:
             )
             return
         self._wake()
+
+    def _write_now(self, frame: bytes) -> None:
+        assert self._send_now is not None
+        try:
+            pending = self._send_now(frame)
+        except Exception as exc:  # the connection broke under the write: it is over
+            log.info("write failed", extra={"conn": self.id, "error": repr(exc)})
+            self.gone()
+            return
+        self.last_sent = time.monotonic()
+        if self._on_sent is not None:
+            self._on_sent(len(frame))
+        if pending is not None:
+            self._inflight = asyncio.ensure_future(pending)
+            self._inflight.add_done_callback(self._inflight_done)
+
+    def _inflight_done(self, write: asyncio.Future[None]) -> None:
+        self._inflight = None
+        if not write.cancelled() and write.exception() is not None:
+            log.info("write failed", extra={"conn": self.id, "error": repr(write.exception())})
+            self.gone()
+        self._wake()  # frames queued behind it can go
 
     def _wake(self) -> None:
         idle = self._idle
@@ -127,7 +167,7 @@ class Member:
     async def run_sender(self) -> None:
         """Drain the queue until the member is kicked or gone. Send errors propagate."""
         while True:
-            if not self._queue:
+            if not self._queue or self._inflight is not None:
                 if self.state is not MemberState.OPEN:
                     return
                 self._idle = asyncio.get_running_loop().create_future()
@@ -136,13 +176,17 @@ class Member:
             batch = self._queue
             self._queue = deque()
             self._queued_bytes = 0
-            for frame in coalesce(batch):
-                await self.transport.send(frame)
-                self.last_sent = time.monotonic()
-                if self._on_sent is not None:
-                    self._on_sent(len(frame))
-                if self.state is not MemberState.OPEN:
-                    return
+            self._writing = True
+            try:
+                for frame in coalesce(batch):
+                    await self.transport.send(frame)
+                    self.last_sent = time.monotonic()
+                    if self._on_sent is not None:
+                        self._on_sent(len(frame))
+                    if self.state is not MemberState.OPEN:
+                        return
+            finally:
+                self._writing = False
 
 
 def coalesce(batch: deque[tuple[bytes, bytes | None]]) -> list[bytes]:
