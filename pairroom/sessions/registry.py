@@ -442,8 +442,12 @@ class RoomRegistry(RoomListener):
                 room.snapshot_seq = max(room.snapshot_seq, seq)
         except (StoreError, BrokerError) as exc:
             log.error("compaction failed", extra={"room": room.name, "error": str(exc)})
+            return
         finally:
             self._compacting.discard(room.name)
+        # Flushes that landed while this ran found it busy and started nothing: catch up with them.
+        if room.state is RoomState.ACTIVE and self.rooms.get(room.name) is room:
+            self._compact_if_due([room])
 
     async def _ticker(self) -> None:
         """Send a keepalive to every member that has heard nothing for ``keepalive_seconds``."""
