@@ -102,6 +102,7 @@ class ServerSpec:
     needs: tuple[str, ...] = ()  # what must be installed first: "node-peers", "python-peers"
     python: bool = False  # a Python process (py-spy can profile it)
     available: str = ""  # non-empty: why this slot cannot run yet (the report says so)
+    postgres: bool = False  # a fresh PostgreSQL database per run, passed as {pg}
 
 
 PAIRROOM_COMMAND = (
@@ -144,12 +145,12 @@ SERVERS: dict[str, ServerSpec] = {
     "pairroom-2nodes-redis": _pairroom(
         "pairroom-2nodes-redis",
         "two pairroom nodes sharing rooms through Redis (clients of a room split over both nodes)",
-        available="the cluster mode does not exist yet",
+        available="measured by bench/cluster_presence.py (bench/results/cluster_presence.md)",
     ),
-    "pairroom-postgres": _pairroom(
-        "pairroom-postgres",
-        "pairroom serve with storage on PostgreSQL",
-        available="not wired into the benchmark yet (needs a PostgreSQL URL per run)",
+    "pairroom-postgres": dataclasses.replace(
+        _pairroom("pairroom-postgres", "pairroom serve with storage on PostgreSQL (a fresh database per run)"),
+        command=tuple("{pg}" if part == "sqlite:///{db}" else part for part in PAIRROOM_COMMAND),
+        postgres=True,
     ),
     "y-websocket-server": ServerSpec(
         name="y-websocket-server",
@@ -322,6 +323,7 @@ def _s2(watchers: int, presence: bool) -> Scenario:
 SCENARIOS: dict[str, Scenario] = {
     "s1": Scenario(
         name="s1",
+        servers=PEERS + ("pairroom-postgres",),
         title="pair room: 1 room, 2 clients, both writing 10 edits/s",
         rooms=1,
         clients_per_room=2,
@@ -343,13 +345,14 @@ SCENARIOS: dict[str, Scenario] = {
     "s2-200p": _s2(200, True),
     "s3": Scenario(
         name="s3",
+        servers=PEERS + ("pairroom-postgres",),
         title="busy room: 50 clients, 10 writers, per-writer rate stepped up until delivery < 100 % or p99 >= 250 ms",
         kind="steps",
         rooms=1,
         clients_per_room=50,
         writers=10,
         edits_per_sec=0,  # set per step
-        steps=(10, 20, 40, 80),
+        steps=(10, 20, 40, 80, 160, 320),
         quick_steps=(10,),
         duration=6,
         warmup=1,
@@ -365,6 +368,7 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "s4": Scenario(
         name="s4",
+        servers=PEERS + ("pairroom-postgres",),
         title="many rooms: 200 rooms x 2 clients, each writing 2 edits/s",
         rooms=200,
         clients_per_room=2,
@@ -655,6 +659,13 @@ class RunningServer:
         if spec.port == "assign":
             self.port = free_port()
             values["port"] = str(self.port)
+        self.database: tuple[str, str] | None = None  # (admin URL, name) of a database to drop
+        if spec.postgres:
+            admin = postgres_admin_url()
+            name = f"pairroom_bench_{os.getpid()}_{int(time.time() * 1000)}"
+            pg_execute(admin, f'CREATE DATABASE "{name}"')
+            self.database = (admin, name)
+            values["pg"] = admin.rsplit("/", 1)[0] + "/" + name
         self.values = values
         argv = prefix + [part.format(**values) for part in spec.command]
         env = dict(os.environ)
@@ -720,7 +731,15 @@ class RunningServer:
         return self.spec.url.format(**{**self.values, "port": self.port})
 
     def stop(self) -> dict[str, Any]:
-        """SIGTERM, then SIGKILL after stop_timeout. Returns how it went."""
+        """SIGTERM, then SIGKILL after stop_timeout, then drop its database. Returns how it went."""
+        try:
+            return self._stop()
+        finally:
+            if self.database is not None:
+                admin, name = self.database
+                pg_execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def _stop(self) -> dict[str, Any]:
         if self.proc.poll() is not None:
             return {"exit_code": self.proc.returncode, "alive_at_end": False, "killed": False}
         started = time.monotonic()
@@ -742,6 +761,35 @@ class RunningServer:
             "killed": killed,
             "stop_s": round(time.monotonic() - started, 3),
         }
+
+
+_PG_EXECUTE = """
+import asyncio, sys
+import asyncpg
+async def main(url, sql):
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"), timeout=10)
+    try:
+        await connection.execute(sql)
+    finally:
+        await connection.close()
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def postgres_admin_url() -> str:
+    """The URL of a PostgreSQL server to create databases on (the tests' helper finds or starts one)."""
+    out = subprocess.run(
+        [str(ROOT / "scripts" / "ensure-postgres")], capture_output=True, text=True, timeout=600, check=True
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def pg_execute(admin_url: str, sql: str) -> None:
+    """Run one statement outside a transaction (CREATE/DROP DATABASE) with the main venv's asyncpg."""
+    subprocess.run(
+        [str(VENV / "bin" / "python"), "-c", _PG_EXECUTE, admin_url, sql],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
 
 
 def free_port() -> int:
