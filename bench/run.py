@@ -116,6 +116,10 @@ PAIRROOM_COMMAND = (
     "sqlite:///{db}",
     "--log-format",
     "json",
+    # S3's top steps send up to 640 messages a second per writer, above the per-connection limit
+    # that protects a room from a runaway client (200/s); the benchmark measures capacity
+    "--rate-limit",
+    "100000",
 )
 
 
