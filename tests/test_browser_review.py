@@ -26,18 +26,23 @@ pytestmark = pytest.mark.slow
 CODE = "import math\n\ndef area(r):\n    return 3.14 * r * r\n\nprint(area(2))\n"
 
 
-def put_cursor(page, line: int) -> None:  # type: ignore[no-untyped-def]
-    page.evaluate("(n) => { const v = window.pairroom.view; v.focus(); v.dispatch({selection: {anchor: v.state.doc.line(n).from}}) }", line)
-
-
-def test_a_comment_and_a_suggestion_reach_the_other_browser_and_apply_in_both(open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
-    room, ada, bob = two_people(open_page, request)
+def share_code(ada, bob) -> None:  # type: ignore[no-untyped-def]
+    """Ada creates main.py holding CODE; Bob's editor shows it."""
     ada.fill("#new-file-path", "main.py")
     ada.press("#new-file-path", "Enter")
     ada.wait_for_function("() => window.pairroom.currentPath === 'main.py'")
     ada.evaluate("(code) => window.pairroom.files.get('main.py').insert(0, code)", CODE)
     wait_file_text(bob, "main.py", CODE)
     bob.wait_for_function("(code) => window.pairroom.view.state.doc.toString() === code", arg=CODE)
+
+
+def put_cursor(page, line: int) -> None:  # type: ignore[no-untyped-def]
+    page.evaluate("(n) => { const v = window.pairroom.view; v.focus(); v.dispatch({selection: {anchor: v.state.doc.line(n).from}}) }", line)
+
+
+def test_a_comment_and_a_suggestion_reach_the_other_browser_and_apply_in_both(open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
+    room, ada, bob = two_people(open_page, request)
+    share_code(ada, bob)
 
     # Ada comments on line 4 with the button, suggesting a replacement for the line.
     put_cursor(ada, 4)
@@ -96,11 +101,7 @@ def test_a_comment_and_a_suggestion_reach_the_other_browser_and_apply_in_both(op
 
 def test_a_thread_started_from_the_keyboard_is_resolved_for_everyone(open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
     room, ada, bob = two_people(open_page, request)
-    ada.fill("#new-file-path", "main.py")
-    ada.press("#new-file-path", "Enter")
-    ada.wait_for_function("() => window.pairroom.currentPath === 'main.py'")
-    ada.evaluate("(code) => window.pairroom.files.get('main.py').insert(0, code)", CODE)
-    bob.wait_for_function("(code) => window.pairroom.view.state.doc.toString() === code", arg=CODE)
+    share_code(ada, bob)
 
     # Lines 3-4 selected, Ctrl+Alt+M, type, Ctrl+Enter: no mouse.
     ada.evaluate("""() => { const v = window.pairroom.view; v.focus();
