@@ -187,7 +187,7 @@ def measure_presence(quick: bool, runs: int) -> dict:
     out: dict = {}
     watchers = 200
     duration = 16 if quick else 30  # long enough for every watcher's 15 s renewal
-    from pairroom.server.auth import mint
+    from pairroom.web.auth import mint
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

@@ -33,11 +33,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pairroom.kernels import KernelSettings  # noqa: E402
-from pairroom.kernels import rundoc  # noqa: E402
-from pairroom.kernels.service import KernelService  # noqa: E402
-from pairroom.recorder.sql import SqlStore  # noqa: E402
-from pairroom.sessions.registry import RoomRegistry  # noqa: E402
+from pairroom.kernels import KernelSettings
+from pairroom.kernels import rundoc
+from pairroom.kernels.service import KernelService
+from pairroom.storage.sql import SqlStore
+from pairroom.rooms.registry import RoomRegistry
 
 
 async def first_output(service: KernelService, registry: RoomRegistry, name: str, deadline: float = 60) -> float:

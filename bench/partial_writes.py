@@ -35,16 +35,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pycrdt import Array, Doc, Map, Text  # noqa: E402
 
-from pairroom.crdt import protocol  # noqa: E402
-from pairroom.crdt.origins import LocalOrigin  # noqa: E402
-from pairroom.recorder.sql import SqlStore  # noqa: E402
-from pairroom.sessions import review  # noqa: E402
-from pairroom.sessions.hooks import WriteCheck  # noqa: E402
-from pairroom.sessions.identity import Principal, Role  # noqa: E402
-from pairroom.sessions.member import Member  # noqa: E402
-from pairroom.sessions.partial_writes import ReviewerWrites  # noqa: E402
-from pairroom.sessions.review_guard import ReviewGuard  # noqa: E402
-from pairroom.sessions.room import Room, RoomListener, RoomState  # noqa: E402
+from pairroom.protocol import sync as protocol
+from pairroom.protocol.origins import LocalOrigin
+from pairroom.storage.sql import SqlStore
+from pairroom.review import threads as review
+from pairroom.rooms.hooks import WriteCheck
+from pairroom.rooms.identity import Principal, Role
+from pairroom.rooms.member import Member
+from pairroom.rooms.partial_writes import ReviewerWrites
+from pairroom.review.guard import ReviewGuard
+from pairroom.rooms.room import Room, RoomListener, RoomState
 
 SEED = LocalOrigin("bench-seed")
 

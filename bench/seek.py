@@ -36,14 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import websockets  # noqa: E402
 from pycrdt import Doc, Map, Text, merge_updates  # noqa: E402
 
-from pairroom.crdt import protocol  # noqa: E402
-from pairroom.recorder.api import attach  # noqa: E402
-from pairroom.recorder.history import History, iso  # noqa: E402
-from pairroom.recorder.sql import SqlStore  # noqa: E402
-from pairroom.recorder.store import NewUpdate  # noqa: E402
-from pairroom.server.app import create_app  # noqa: E402
-from pairroom.server.config import Settings  # noqa: E402
-from pairroom.server.runner import Server, uvicorn_config  # noqa: E402
+from pairroom.protocol import sync as protocol
+from pairroom.recording.api import attach
+from pairroom.recording.history import History, iso
+from pairroom.storage.sql import SqlStore
+from pairroom.storage.store import NewUpdate
+from pairroom.app import create_app
+from pairroom.config import Settings
+from pairroom.web.runner import Server, uvicorn_config
 
 ROOM = "bench-session"
 
@@ -73,7 +73,7 @@ def session_updates(count: int, start: datetime) -> list[NewUpdate]:
 
 
 async def build(db: str, count: int, encoding: str) -> tuple[History, SqlStore, list[NewUpdate]]:
-    """``encoding="merged"``: snapshots as ``recorder/compaction.py`` writes them today
+    """``encoding="merged"``: snapshots as ``storage/compaction.py`` writes them today
     (``merge_updates``); ``"doc"``: the same state encoded by a Doc (``doc.get_update()``)."""
     store = SqlStore(db)
     await store.open()

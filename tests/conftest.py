@@ -12,11 +12,11 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from pairroom.recorder.store import Store
-from pairroom.server.app import create_app
-from pairroom.server.config import Settings
-from pairroom.server.hub import Hub
-from pairroom.server.runner import Server, start_serving, uvicorn_config
+from pairroom.storage.store import Store
+from pairroom.app import create_app
+from pairroom.config import Settings
+from pairroom.web.hub import Hub
+from pairroom.web.runner import Server, start_serving, uvicorn_config
 
 
 @dataclasses.dataclass

@@ -16,16 +16,9 @@ import pytest
 import websockets
 from pycrdt import Doc, Text, write_var_uint
 
-from pairroom.crdt.protocol import (
-    CloseCode,
-    SyncStep,
-    awareness_message,
-    decode_message,
-    sync_step1,
-    sync_update,
-)
-from pairroom.recorder.store import LoadedRoom
-from pairroom.server.hub import Hub
+from pairroom.protocol.sync import CloseCode, SyncStep, awareness_message, decode_message, sync_step1, sync_update
+from pairroom.storage.store import LoadedRoom
+from pairroom.web.hub import Hub
 from tests.conftest import RunningServer, StartServer
 from tests.yclient import YClient, eventually
 

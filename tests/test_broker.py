@@ -7,8 +7,8 @@ from typing import AsyncIterator, Callable
 
 import pytest
 
-from pairroom.sessions.broker import Broker, MemoryBroker, MemoryHub
-from pairroom.sessions.redis_broker import RedisBroker
+from pairroom.cluster.broker import Broker, MemoryBroker, MemoryHub
+from pairroom.cluster.redis_broker import RedisBroker
 
 from .support.redis_server import RedisProcess, redis_servers  # noqa: F401
 from .yclient import eventually

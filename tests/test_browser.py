@@ -19,8 +19,8 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from pairroom.server.auth import mint
-from pairroom.server.static import static_routes
+from pairroom.web.auth import mint
+from pairroom.web.static import static_routes
 from tests.support.browser import (  # noqa: F401  (fixtures)
     ARTIFACTS,
     OpenPage,

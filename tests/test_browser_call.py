@@ -33,9 +33,9 @@ import httpx
 import pytest
 
 from pairroom.rtc.settings import RtcSettings
-from pairroom.server.auth import mint
-from pairroom.server.config import Settings
-from pairroom.server.static import STATIC_DIR
+from pairroom.web.auth import mint
+from pairroom.config import Settings
+from pairroom.web.static import STATIC_DIR
 from tests.support.browser import ARTIFACTS, CHROMIUM_FLAGS, WAIT_MS, WebServer, ensure_build, ensure_chromium
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from pairroom.server.auth import verify
+from pairroom.web.auth import verify
 from tests.support.browser import (  # noqa: F401  (fixtures)
     ARTIFACTS,
     BROWSER_SECRET,

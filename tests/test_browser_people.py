@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pairroom.server.auth import mint
+from pairroom.web.auth import mint
 from tests.support.browser import (  # noqa: F401  (fixtures)
     ARTIFACTS,
     BROWSER_SECRET,

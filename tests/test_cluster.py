@@ -12,7 +12,7 @@ import pytest
 from pycrdt import Array
 
 
-from pairroom.server.auth import Role, mint
+from pairroom.web.auth import Role, mint
 
 from .support.storage import stored_text
 from .support.nodes import ServeProcess, serve_processes  # noqa: F401

@@ -15,7 +15,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from pairroom.server.auth import mint
+from pairroom.web.auth import mint
 
 from .cluster.nodes import cluster_nodes  # noqa: F401
 from .support.nodes import ServeProcess

@@ -15,9 +15,9 @@ import pytest
 import websockets
 from pycrdt import Array, Map, Text
 
-from pairroom.crdt import protocol
-from pairroom.crdt.protocol import CloseCode
-from pairroom.server.auth import mint, verify
+from pairroom.protocol import sync as protocol
+from pairroom.protocol.sync import CloseCode
+from pairroom.web.auth import mint, verify
 
 from .support.yjs_node import node_clients, wait_for  # noqa: F401
 from .yclient import YClient, eventually
@@ -323,7 +323,7 @@ def test_open_mode_is_refused_on_a_non_loopback_address():
 
 
 def test_token_command_mints_a_token_the_server_accepts():
-    from pairroom.server.auth import verify
+    from pairroom.web.auth import verify
 
     pairroom = str(Path(sys.executable).with_name("pairroom"))
     out = subprocess.run([pairroom, "token", "room-9", "--role", "viewer", "--name", "Ada", "--ttl", "2h"],

@@ -22,16 +22,16 @@ import pytest_asyncio
 from pycrdt import Map, Text
 from starlette.applications import Starlette
 
-from pairroom.crdt.origins import LocalOrigin
+from pairroom.protocol.origins import LocalOrigin
 from pairroom.kernels import KernelSettings
 from pairroom.kernels.api import routes
 from pairroom.kernels.sandbox import SandboxUnavailable, probe
 from pairroom.kernels.service import KernelService
-from pairroom.server.app import create_app
-from pairroom.server.auth import Role, mint
-from pairroom.server.config import Settings
-from pairroom.server.hub import Hub
-from pairroom.server.runner import Server, start_serving, uvicorn_config
+from pairroom.app import create_app
+from pairroom.web.auth import Role, mint
+from pairroom.config import Settings
+from pairroom.web.hub import Hub
+from pairroom.web.runner import Server, start_serving, uvicorn_config
 from tests.yclient import YClient, eventually
 
 

@@ -10,7 +10,7 @@ import pytest
 
 
 
-from pairroom.recorder.store import NewUpdate
+from pairroom.storage.store import NewUpdate
 
 from .support.postgres import create_database, drop_database
 from .support.storage import stored_text

@@ -1,4 +1,4 @@
-"""The y-websocket codec (``pairroom.crdt.protocol``) without any I/O.
+"""The y-websocket codec (``pairroom.protocol.sync``) without any I/O.
 
 Reference frames come from the real npm encoders (``tests/node/frames.mjs`` runs yjs + y-protocols
 from ``tests/node/node_modules``), so decoding is checked against what browsers actually send, and
@@ -19,24 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc, Text, write_var_uint
 
-from pairroom.crdt import protocol
-from pairroom.crdt.protocol import (
-    KEEPALIVE,
-    AwarenessEntry,
-    CloseCode,
-    Message,
-    MessageType,
-    ProtocolError,
-    SyncStep,
-    awareness_message,
-    decode_awareness,
-    decode_message,
-    encode_awareness,
-    read_var_uint,
-    sync_step1,
-    sync_step2,
-    sync_update,
-)
+from pairroom.protocol import sync as protocol
+from pairroom.protocol.sync import KEEPALIVE, AwarenessEntry, CloseCode, Message, MessageType, ProtocolError, SyncStep, awareness_message, decode_awareness, decode_message, encode_awareness, read_var_uint, sync_step1, sync_step2, sync_update
 from tests.support.yjs_node import NODE_DIR, ensure_node_modules
 
 

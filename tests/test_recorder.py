@@ -13,12 +13,12 @@ import httpx
 import pytest
 from pycrdt import Array, Doc, Map, Text
 
-from pairroom.recorder import export
-from pairroom.recorder.history import History, files_of, iso, set_text, text_edits
-from pairroom.recorder.history_store import HistoryStore
-from pairroom.recorder.sql import SqlStore
-from pairroom.recorder.store import NewUpdate
-from pairroom.server.auth import mint
+from pairroom.recording import export
+from pairroom.recording.history import History, files_of, iso, set_text, text_edits
+from pairroom.recording.history_store import HistoryStore
+from pairroom.storage.sql import SqlStore
+from pairroom.storage.store import NewUpdate
+from pairroom.web.auth import mint
 from tests.conftest import RunningServer
 from tests.support.postgres import database_fixture
 from tests.yclient import YClient, eventually

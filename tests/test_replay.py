@@ -11,9 +11,9 @@ import httpx
 import websockets
 from pycrdt import Doc, Map, Text
 
-from pairroom.crdt import protocol
-from pairroom.recorder.history import files_of
-from pairroom.recorder.replay import REPLAY_CLIENT_ID
+from pairroom.protocol import sync as protocol
+from pairroom.recording.history import files_of
+from pairroom.recording.replay import REPLAY_CLIENT_ID
 from tests.test_recorder import StartRecorded, auth, join, live_files, start_recorded, token  # noqa: F401
 from tests.yclient import eventually
 

@@ -15,10 +15,10 @@ import httpx
 import pytest_asyncio
 from pycrdt import Array, Doc, Map, Text
 
-from pairroom.server.auth import mint
-from pairroom.sessions import review_api
-from pairroom.sessions.partial_writes import ReviewerWrites
-from pairroom.sessions.review_guard import ReviewGuard
+from pairroom.web.auth import mint
+from pairroom.review import api as review_api
+from pairroom.rooms.partial_writes import ReviewerWrites
+from pairroom.review.guard import ReviewGuard
 
 from .support.yjs_node import NODE_DIR, NodeYClient, _node_binary, ensure_node_modules
 from .yclient import YClient, eventually
@@ -421,7 +421,7 @@ async def real_or_recorded_run(server: Any, http: httpx.AsyncClient, api: str, k
     async with server.hub.registry.hold(room) as held:
         rundoc.create_run(held, "run-1", code="print(6 * 7)", path=None, by="u")
         rundoc.update_run(held, "run-1", status="ok")
-        from pairroom.crdt.origins import KernelOrigin
+        from pairroom.protocol.origins import KernelOrigin
 
         with held.local_change(KernelOrigin("run-1")) as doc:
             doc.get("runs", type=Map)["run-1"]["outputs"].append(
@@ -465,7 +465,7 @@ def _dropped(server: Any) -> float:
 
 def test_the_reviewer_check_refuses_what_observers_cannot_see() -> None:
     """Sans I/O: new root types, structs waiting for a dependency and deletions ahead of their items."""
-    from pairroom.sessions.partial_writes import REVIEWER_ROOTS, touches_only
+    from pairroom.rooms.partial_writes import REVIEWER_ROOTS, touches_only
 
     room = Doc()
     room.get("files", type=Map)["a.py"] = Text("hello")

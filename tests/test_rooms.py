@@ -8,10 +8,10 @@ from datetime import datetime, timezone
 
 import websockets
 
-from pairroom.crdt import protocol
-from pairroom.crdt.protocol import CloseCode, MessageType, SyncStep
-from pairroom.recorder.sql import SqlStore
-from pairroom.recorder.store import LoadedRoom, NewUpdate
+from pairroom.protocol import sync as protocol
+from pairroom.protocol.sync import CloseCode, MessageType, SyncStep
+from pairroom.storage.sql import SqlStore
+from pairroom.storage.store import LoadedRoom, NewUpdate
 
 from .yclient import YClient, eventually
 
@@ -146,7 +146,7 @@ async def test_memory_stays_flat_over_1000_join_leave_cycles(start_server):
 async def test_server_side_changes_through_a_held_room_reach_members_and_storage(server):
     from pycrdt import Map, Text
 
-    from pairroom.crdt.origins import KernelOrigin
+    from pairroom.protocol.origins import KernelOrigin
 
     a = await YClient.connect(server.ws("held"))
     await asyncio.wait_for(a.synced.wait(), 5)

@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from pairroom.rtc.api import RtcSettings
 from pairroom.rtc.calls import sdp_sends_media
 from pairroom.rtc.limits import Limits
-from pairroom.server.auth import mint
+from pairroom.web.auth import mint
 from tests.rtc.serve import RtcServer, start
 
 SECRET = "signaling-test-secret-of-32-bytes-or-more"

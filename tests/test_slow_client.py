@@ -22,11 +22,11 @@ from typing import AsyncIterator
 import pytest
 from pycrdt import Doc, Text
 
-from pairroom.crdt.protocol import CloseCode, sync_step1
-from pairroom.server.websocket import CLOSE_TIMEOUT
-from pairroom.server.hub import Hub
-from pairroom.sessions.member import Member, MemberState
-from pairroom.sessions.room import Room
+from pairroom.protocol.sync import CloseCode, sync_step1
+from pairroom.web.websocket import CLOSE_TIMEOUT
+from pairroom.web.hub import Hub
+from pairroom.rooms.member import Member, MemberState
+from pairroom.rooms.room import Room
 from tests.conftest import RunningServer, StartServer
 from tests.yclient import YClient, eventually
 

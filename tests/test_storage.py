@@ -25,11 +25,11 @@ from sqlalchemy import func, insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from pairroom.recorder.compaction import compact
-from pairroom.recorder.models import UID_MAX_LENGTH, Base, SnapshotRow, UpdateRow
-from pairroom.recorder import sql
-from pairroom.recorder.sql import SqlStore, normalize_db_url
-from pairroom.recorder.store import LoadedRoom, NewUpdate, Store, StoreError
+from pairroom.storage.compaction import compact
+from pairroom.storage.models import UID_MAX_LENGTH, Base, SnapshotRow, UpdateRow
+from pairroom.storage import sql
+from pairroom.storage.sql import SqlStore, normalize_db_url
+from pairroom.storage.store import LoadedRoom, NewUpdate, Store, StoreError
 from tests.support.postgres import database_fixture, fresh_database
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from pairroom.crdt import protocol
-from pairroom.crdt.protocol import MessageType, SyncStep
+from pairroom.protocol import sync as protocol
+from pairroom.protocol.sync import MessageType, SyncStep
 
 from .yclient import YClient, eventually
 

@@ -26,7 +26,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import pytest
 
 from pairroom.rtc.api import RtcSettings
-from pairroom.server.auth import mint
+from pairroom.web.auth import mint
 from tests.rtc.serve import RtcServer, start
 
 NODE_DIR = Path(__file__).resolve().parent / "node-webrtc"

@@ -15,7 +15,7 @@ import websockets
 from pycrdt import Awareness, Doc, Text
 from websockets.asyncio.client import ClientConnection
 
-from pairroom.crdt import protocol
+from pairroom.protocol import sync as protocol
 
 
 class YClient:

@@ -14,6 +14,6 @@ Modules, each with one job:
 - ``api``       the HTTP routes
 """
 
-from .settings import KernelSettings
+from pairroom.kernels.settings import KernelSettings
 
 __all__ = ["KernelSettings"]

@@ -22,14 +22,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..server.api import ApiError, error, json_body, principal_for
-from ..server.auth import AuthError, Principal, Role, forbidden
-from ..sessions.registry import RoomLoadError
-from ..sessions.room import Room
-from . import rundoc
-from .sandbox import SandboxUnavailable
-from .service import KernelService, KernelUnavailable, KernelUnreachable
-from .workdir import valid_path
+from pairroom.web.api import ApiError, error, json_body, principal_for
+from pairroom.web.auth import AuthError, Principal, Role, forbidden
+from pairroom.rooms.registry import RoomLoadError
+from pairroom.rooms.room import Room
+from pairroom.kernels import rundoc
+from pairroom.kernels.sandbox import SandboxUnavailable
+from pairroom.kernels.service import KernelService, KernelUnavailable, KernelUnreachable
+from pairroom.kernels.workdir import valid_path
 
 MAX_CODE_BYTES = 1024 * 1024
 

@@ -32,12 +32,12 @@ import logging
 import secrets
 from typing import Any
 
-from ..sessions import keys
-from ..sessions.broker import Broker, BrokerError
-from ..sessions.registry import RoomLoadError
-from ..sessions.side_channel import SideChannel
-from .sandbox import SandboxUnavailable
-from .service import KernelLease, KernelService, KernelUnavailable, KernelUnreachable
+from pairroom.protocol import keys
+from pairroom.cluster.broker import Broker, BrokerError
+from pairroom.rooms.registry import RoomLoadError
+from pairroom.cluster.side_channel import SideChannel
+from pairroom.kernels.sandbox import SandboxUnavailable
+from pairroom.kernels.service import KernelLease, KernelService, KernelUnavailable, KernelUnreachable
 
 log = logging.getLogger("pairroom.kernels.lease")
 

@@ -26,10 +26,10 @@ from typing import Any, Callable
 
 from jupyter_client.asynchronous.client import AsyncKernelClient
 
-from .launcher import KernelDirs, SandboxedKernelManager
-from .limits import Cgroups, KernelCgroup
-from .outputs import to_output
-from .sandbox import Sandbox
+from pairroom.kernels.launcher import KernelDirs, SandboxedKernelManager
+from pairroom.kernels.limits import Cgroups, KernelCgroup
+from pairroom.kernels.outputs import to_output
+from pairroom.kernels.sandbox import Sandbox
 
 log = logging.getLogger("pairroom.kernels")
 

@@ -28,8 +28,8 @@ from typing import Any
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 
-from .limits import KernelCgroup, prlimit_argv
-from .sandbox import Sandbox
+from pairroom.kernels.limits import KernelCgroup, prlimit_argv
+from pairroom.kernels.sandbox import Sandbox
 
 
 @dataclass(slots=True)

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .settings import KernelSettings
+from pairroom.kernels.settings import KernelSettings
 
 log = logging.getLogger("pairroom.kernels.limits")
 

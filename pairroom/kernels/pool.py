@@ -14,9 +14,9 @@ import contextlib
 import logging
 from pathlib import Path
 
-from .kernel import Kernel, KernelStartError, launch
-from .limits import Cgroups
-from .sandbox import Sandbox
+from pairroom.kernels.kernel import Kernel, KernelStartError, launch
+from pairroom.kernels.limits import Cgroups
+from pairroom.kernels.sandbox import Sandbox
 
 log = logging.getLogger("pairroom.kernels.pool")
 

@@ -18,9 +18,9 @@ from typing import Any
 
 from pycrdt import Array, Map, Text
 
-from ..crdt.origins import KernelOrigin, LocalOrigin
-from ..sessions.room import Room
-from .outputs import OutputCap, kernel_error
+from pairroom.protocol.origins import KernelOrigin, LocalOrigin
+from pairroom.rooms.room import Room
+from pairroom.kernels.outputs import OutputCap, kernel_error
 
 log = logging.getLogger("pairroom.kernels.doc")
 

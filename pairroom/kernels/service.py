@@ -35,16 +35,16 @@ from typing import Any
 
 from pycrdt import Map
 
-from ..crdt.origins import LocalOrigin
-from ..sessions.registry import RoomRegistry
-from ..sessions.room import Room
-from . import rundoc
-from .kernel import Kernel, KernelStartError, Outcome
-from .limits import Cgroups, detect_cgroups
-from .pool import KernelPool
-from .sandbox import Sandbox, probe
-from .settings import KernelSettings
-from .workdir import WorkDir
+from pairroom.protocol.origins import LocalOrigin
+from pairroom.rooms.registry import RoomRegistry
+from pairroom.rooms.room import Room
+from pairroom.kernels import rundoc
+from pairroom.kernels.kernel import Kernel, KernelStartError, Outcome
+from pairroom.kernels.limits import Cgroups, detect_cgroups
+from pairroom.kernels.pool import KernelPool
+from pairroom.kernels.sandbox import Sandbox, probe
+from pairroom.kernels.settings import KernelSettings
+from pairroom.kernels.workdir import WorkDir
 
 log = logging.getLogger("pairroom.kernels")
 

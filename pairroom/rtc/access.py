@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 
-from ..server.auth import AuthError, Principal, anonymous, bearer, pyjwt, unauthorized, verify
+from pairroom.web.auth import AuthError, Principal, anonymous, bearer, pyjwt, unauthorized, verify
 
 
 def server_secret(connection: HTTPConnection) -> str | None:

@@ -20,13 +20,13 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from ..server.auth import AuthError, Role
-from .access import authenticate
-from .bus import MemoryBus, SignalBus
-from .calls import CallHub, call_endpoint
-from .ice import rtc_config
-from .settings import RtcSettings, Speak
-from .signaling import TopicHub, signal_endpoint
+from pairroom.web.auth import AuthError, Role
+from pairroom.rtc.access import authenticate
+from pairroom.rtc.bus import MemoryBus, SignalBus
+from pairroom.rtc.calls import CallHub, call_endpoint
+from pairroom.rtc.ice import rtc_config
+from pairroom.rtc.settings import RtcSettings, Speak
+from pairroom.rtc.signaling import TopicHub, signal_endpoint
 
 log = logging.getLogger("pairroom.rtc")
 
@@ -52,7 +52,7 @@ class RtcService:
         return Path(self.settings.recording_dir)
 
     def media_ready(self) -> None:
-        from .media import restrict_host_addresses, share_audio_level
+        from pairroom.rtc.media import restrict_host_addresses, share_audio_level
 
         restrict_host_addresses(self.settings.media_addresses)
         share_audio_level()
@@ -60,14 +60,14 @@ class RtcService:
     def relay(self) -> Any:
         if self._relay is None:
             self.media_ready()
-            from .relay import AudioRelay
+            from pairroom.rtc.relay import AudioRelay
 
             self._relay = AudioRelay(self.settings.relay_max_listeners, self.recording_dir)
         return self._relay
 
     async def _new_recorder(self, room: str, peer_id: str) -> Any:
         self.media_ready()
-        from .recording import CallRecorder
+        from pairroom.rtc.recording import CallRecorder
 
         return CallRecorder(self.recording_dir, room, peer_id, self.calls.signal, on_saved=self.on_recording_saved)
 
@@ -126,7 +126,7 @@ async def relay_speak(request: Request) -> Response:
     if isinstance(parsed, Response):
         return parsed
     rtc, principal, room, offer = parsed
-    from .relay import RelayError
+    from pairroom.rtc.relay import RelayError
 
     policy = rtc.settings.policy_for(room)
     call = rtc.calls.rooms.get(room)
@@ -145,7 +145,7 @@ async def relay_listen(request: Request) -> Response:
     if isinstance(parsed, Response):
         return parsed
     rtc, principal, room, offer = parsed
-    from .relay import RelayError
+    from pairroom.rtc.relay import RelayError
 
     try:
         session_id, answer = await rtc.relay().listen(room, principal, offer)
@@ -172,7 +172,7 @@ async def recordings_list(request: Request) -> Response:
     except AuthError as exc:
         return JSONResponse({"error": exc.reason}, exc.status)
     rtc: RtcService = request.app.state.rtc
-    from .recording import list_recordings
+    from pairroom.rtc.recording import list_recordings
 
     return JSONResponse({"room": room, "recordings": list_recordings(rtc.recording_dir, room)})
 
@@ -194,7 +194,7 @@ async def recording_file(request: Request) -> Response:
     if not _SESSION.fullmatch(session) or not _AUDIO_FILE.fullmatch(name):
         return JSONResponse({"error": "no such recording"}, 404)
     rtc: RtcService = request.app.state.rtc
-    from .recording import room_dir
+    from pairroom.rtc.recording import room_dir
 
     path = room_dir(rtc.recording_dir, room) / session / name
     if not path.is_file():

@@ -22,12 +22,12 @@ import logging
 import time
 from typing import TYPE_CHECKING, Callable
 
-from ..sessions import keys
-from ..sessions.side_channel import SideChannel
-from .bus import Handler
+from pairroom.protocol import keys
+from pairroom.cluster.side_channel import SideChannel
+from pairroom.rtc.bus import Handler
 
 if TYPE_CHECKING:
-    from ..sessions.cluster import Cluster
+    from pairroom.cluster.bridge import Cluster
 
 log = logging.getLogger("pairroom.rtc.bus")
 

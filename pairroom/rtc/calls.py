@@ -39,15 +39,15 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from starlette.websockets import WebSocket
 
-from ..server.auth import AuthError, Principal, Role
-from ..server.websocket import room_name_from_path
-from ..crdt.protocol import ProtocolError
-from .access import authenticate
-from .bus import SignalBus
-from .connection import Connection
-from .limits import Refused, RtcClose
-from .settings import CallPolicy, Speak
-from .limits import field as checked
+from pairroom.web.auth import AuthError, Principal, Role
+from pairroom.web.websocket import room_name_from_path
+from pairroom.protocol.sync import ProtocolError
+from pairroom.rtc.access import authenticate
+from pairroom.rtc.bus import SignalBus
+from pairroom.rtc.connection import Connection
+from pairroom.rtc.limits import Refused, RtcClose
+from pairroom.rtc.settings import CallPolicy, Speak
+from pairroom.rtc.limits import field as checked
 
 log = logging.getLogger("pairroom.rtc.call")
 

@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from .limits import Gate, Limits, Refused, RtcClose
+from pairroom.rtc.limits import Gate, Limits, Refused, RtcClose
 
 log = logging.getLogger("pairroom.rtc")
 

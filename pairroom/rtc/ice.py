@@ -22,8 +22,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..server.auth import AuthError
-from .access import authenticate
+from pairroom.web.auth import AuthError
+from pairroom.rtc.access import authenticate
 
 
 def turn_credentials(secret: str, user: str, ttl_seconds: int, now: float | None = None) -> tuple[str, str]:

@@ -33,7 +33,7 @@ from aiortc import MediaStreamTrack, RTCIceCandidate, RTCPeerConnection
 from aiortc.contrib.media import MediaRecorder
 from aiortc.sdp import candidate_from_sdp
 
-from .media import StampedTrack, answer, new_peer
+from pairroom.rtc.media import StampedTrack, answer, new_peer
 
 log = logging.getLogger("pairroom.rtc.recording")
 

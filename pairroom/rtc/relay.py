@@ -30,9 +30,9 @@ from pathlib import Path
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole, MediaRelay
 
-from ..server.auth import Principal
-from .media import answer, new_peer
-from .recording import TrackRecording, new_session_id
+from pairroom.web.auth import Principal
+from pairroom.rtc.media import answer, new_peer
+from pairroom.rtc.recording import TrackRecording, new_session_id
 
 log = logging.getLogger("pairroom.rtc.relay")
 

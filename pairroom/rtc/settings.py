@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
-from .limits import Limits
+from pairroom.rtc.limits import Limits
 
 
 class Speak(str, enum.Enum):

@@ -31,12 +31,12 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from ..server.auth import AuthError, Principal
-from .access import authenticate
-from .bus import Handler, SignalBus
-from .connection import Connection
-from .limits import Limits, Refused, RtcClose
-from .limits import field as checked
+from pairroom.web.auth import AuthError, Principal
+from pairroom.rtc.access import authenticate
+from pairroom.rtc.bus import Handler, SignalBus
+from pairroom.rtc.connection import Connection
+from pairroom.rtc.limits import Limits, Refused, RtcClose
+from pairroom.rtc.limits import field as checked
 
 log = logging.getLogger("pairroom.rtc.signal")
 

@@ -2,7 +2,7 @@
 
 Run as ``python -m tests.cluster.serve``; settings come from ``PAIRROOM_*`` variables as for
 ``pairroom serve``, plus the lease timings below, and it logs ``listening`` (JSON) like the CLI.
-It builds the app with ``create_app`` and adds the same wiring that ``server/app.py`` gets (see
+It builds the app with ``create_app`` and adds the same wiring that ``app.py`` gets (see
 docs/kernels.md, "Across nodes"), so the cluster tests run whether or not the app wires it itself:
 the app's own kernel service is switched off and this one, with the lease, takes its place.
 
@@ -27,10 +27,10 @@ from pairroom.kernels.cluster_lease import ClusterKernelLease
 from pairroom.kernels.service import KernelService
 from pairroom.rtc.api import attach
 from pairroom.rtc.broker_bus import BrokerSignalBus
-from pairroom.server import logs
-from pairroom.server.app import create_app
-from pairroom.server.config import Settings
-from pairroom.server.runner import Server, uvicorn_config
+from pairroom.web import logs
+from pairroom.app import create_app
+from pairroom.config import Settings
+from pairroom.web.runner import Server, uvicorn_config
 
 log = logging.getLogger("pairroom.cli")
 

@@ -11,9 +11,9 @@ import dataclasses
 from typing import Any
 
 from pairroom.rtc.api import RtcSettings, attach
-from pairroom.server.app import create_app
-from pairroom.server.config import Settings
-from pairroom.server.runner import Server, start_serving, uvicorn_config
+from pairroom.app import create_app
+from pairroom.config import Settings
+from pairroom.web.runner import Server, start_serving, uvicorn_config
 
 
 def server_settings(db: str, secret: str | None = None) -> Settings:

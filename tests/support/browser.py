@@ -8,7 +8,7 @@ Fixtures (import them into a test module)::
   Browser tests use Playwright's sync API, which cannot run inside an event loop, so the server runs
   its own loop in a thread; otherwise it starts exactly as ``tests/conftest.py``'s ``start_server``
   does (``create_app`` + ``uvicorn_config`` + ``Server``, ready when ``server.ready`` is set). The
-  routes of :mod:`pairroom.server.static` are put in front of the app's own, as ``app.py`` will.
+  routes of :mod:`pairroom.web.static` are put in front of the app's own, as ``app.py`` will.
 - ``secret_web_server`` (module): the same with a server secret (``BROWSER_SECRET``), so pages need
   tokens, presence carries server-stamped roles and the lobby hands out a link per role; pages open
   on it with ``open_page(..., server=secret_web_server)``.
@@ -40,10 +40,10 @@ from typing import Callable, Iterator
 import pytest
 from starlette.applications import Starlette
 
-from pairroom.server.app import create_app
-from pairroom.server.config import Settings
-from pairroom.server.runner import Server, uvicorn_config
-from pairroom.server.static import STATIC_DIR, static_routes
+from pairroom.app import create_app
+from pairroom.config import Settings
+from pairroom.web.runner import Server, uvicorn_config
+from pairroom.web.static import STATIC_DIR, static_routes
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="the browser tests need the playwright package (see pyproject's dev extra)"

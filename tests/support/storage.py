@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pycrdt import Doc, Text
 
-from pairroom.recorder.sql import SqlStore
+from pairroom.storage.sql import SqlStore
 
 
 async def stored_doc(db: str, room: str) -> Doc:

@@ -1,0 +1,187 @@
+"""The ``pairroom`` command. ``pairroom serve`` runs a node; every flag also reads ``PAIRROOM_*``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+import sys
+
+import uvloop
+
+from pairroom.web import logs
+from pairroom.recording import export as recorder_cli
+from pairroom.rooms.identity import Role
+from pairroom.app import create_app
+from pairroom.web.auth import mint
+from pairroom.config import Settings
+from pairroom.web.runner import Server, uvicorn_config
+
+log = logging.getLogger("pairroom.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pairroom", description="Real-time collaborative IDE server")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run a server node")
+    serve.add_argument("--host", help="address to bind (PAIRROOM_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port, 0 for any free one (PAIRROOM_PORT, default 8000)")
+    serve.add_argument("--db", help="database URL (PAIRROOM_DB, default sqlite:///./pairroom.db)")
+    serve.add_argument("--log-level", help="debug, info, warning, error (PAIRROOM_LOG_LEVEL)")
+    serve.add_argument("--log-format", choices=["json", "text"], help="PAIRROOM_LOG_FORMAT")
+    serve.add_argument(
+        "--max-message-bytes", type=int, help="largest websocket message taken (default 16 MiB)"
+    )
+    serve.add_argument("--room-idle-seconds", type=float, help="unload a room this long after it empties")
+    serve.add_argument("--flush-interval-ms", type=float, help="batch window for storage writes")
+    serve.add_argument(
+        "--broadcast-window-ms", type=float, help="a busy room merges the edits of this window (10)"
+    )
+    serve.add_argument("--snapshot-every", type=int, help="write a snapshot every N logged updates")
+    serve.add_argument("--max-queue-messages", type=int, help="outbound queue limit per connection")
+    serve.add_argument("--keepalive-seconds", type=float, help="send something this often at least")
+    serve.add_argument(
+        "--ws-impl", choices=["websockets", "websockets-sansio", "wsproto"], help="websocket stack"
+    )
+    serve.add_argument(
+        "--ws-compression",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="permessage-deflate (off: it costs ~48 KiB per connection and CPU per message)",
+    )
+    serve.add_argument("--secret", help="token signing secret (PAIRROOM_SECRET); none = open mode")
+    serve.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        default=None,
+        help="allow open mode (no secret) on a non-loopback address",
+    )
+    serve.add_argument("--allowed-origins", help="comma-separated Origin values allowed to connect")
+    serve.add_argument("--max-members", type=int, help="members per room (default 1000)")
+    serve.add_argument("--rate-limit", type=float, help="messages a second per connection")
+    serve.add_argument("--public-url", help="base URL for invite links")
+    serve.add_argument("--redis", help="redis://host:port/db: share rooms with other nodes (PAIRROOM_REDIS)")
+    serve.add_argument("--node-id", help="this node's id among the nodes (default: random)")
+    serve.add_argument(
+        "--kernels", action=argparse.BooleanOptionalAction, default=None,
+        help="shared code execution in sandboxed kernels (default on)",
+    )
+    serve.add_argument(
+        "--unsafe-kernels", action="store_true", default=None,
+        help="run kernels WITHOUT the sandbox when bubblewrap is missing: trusted local use only",
+    )
+    serve.add_argument("--kernel-pool-size", type=int, help="pre-started kernels (default 2)")
+    serve.add_argument("--kernel-idle-seconds", type=float, help="shut down a room kernel idle this long")
+    serve.add_argument("--kernel-run-timeout", type=float, help="wall-clock limit of one run (default 300)")
+    serve.add_argument("--kernel-output-cap", type=int, help="output bytes kept per run (default 1 MiB)")
+
+    token = commands.add_parser("token", help="mint an access token for a room")
+    token.add_argument("room")
+    token.add_argument("--role", default="editor", choices=[r.value for r in Role])
+    token.add_argument("--name", required=True, help="display name")
+    token.add_argument("--ttl", default="8h", help="lifetime: 3600, 90m, 8h, 7d (default 8h)")
+    token.add_argument("--color", help="cursor color, e.g. #4363d8")
+    token.add_argument("--user-id", help="stable user id (default: random)")
+    token.add_argument("--secret", help="token signing secret (default PAIRROOM_SECRET)")
+    recorder_cli.add_arguments(commands)
+    return parser
+
+
+def parse_ttl(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    try:
+        if text and text[-1] in units:
+            value = float(text[:-1]) * units[text[-1]]
+        else:
+            value = float(text)
+    except ValueError as exc:
+        raise ValueError(f"--ttl {text!r}: use seconds or a number with s, m, h or d") from exc
+    if value <= 0:
+        raise ValueError("--ttl must be positive")
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def token_command(args: argparse.Namespace) -> int:
+    secret = args.secret or os.environ.get("PAIRROOM_SECRET")
+    if not secret:
+        print("pairroom token: no secret (--secret or PAIRROOM_SECRET)", file=sys.stderr)
+        return 2
+    try:
+        ttl = parse_ttl(args.ttl)
+    except ValueError as exc:
+        print(f"pairroom token: {exc}", file=sys.stderr)
+        return 2
+    print(
+        mint(secret, args.room, args.role, args.name, ttl_seconds=ttl, color=args.color,
+             user_id=args.user_id)
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "token":
+        return token_command(args)
+    if args.command in recorder_cli.COMMANDS:
+        return recorder_cli.COMMANDS[args.command](args)
+    overrides = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        settings = Settings.from_env(**overrides)
+    except ValueError as exc:
+        print(f"pairroom: {exc}", file=sys.stderr)
+        return 2
+    if settings.secret is None and not settings.allow_anonymous and not is_loopback(settings.host):
+        print(
+            f"pairroom: refusing open mode (no --secret) on {settings.host}: anyone reaching it could"
+            " edit every room. Set PAIRROOM_SECRET, bind 127.0.0.1, or pass --allow-anonymous.",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.unsafe_kernels and not is_loopback(settings.host):
+        print("pairroom: --unsafe-kernels is for trusted local use: bind a loopback address", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_format)
+    return serve(settings)
+
+
+def serve(settings: Settings) -> int:
+    server = Server(uvicorn_config(create_app(settings), settings))
+
+    async def run() -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
+        task = asyncio.create_task(server.serve())
+        ready = asyncio.create_task(server.ready.wait())
+        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if server.port is not None:
+            url = f"http://{settings.host}:{server.port}"
+            log.info("listening", extra={"host": settings.host, "port": server.port, "url": url})
+        await task
+
+    uvloop.run(run())
+    return 0 if server.started else 1
+
+
+def dump_tasks() -> None:
+    """SIGUSR1: write every pending task's stack to stderr (to see what a stuck node waits for)."""
+    for task in asyncio.all_tasks():
+        print(f"--- task {task.get_name()}", file=sys.stderr)
+        task.print_stack(limit=12, file=sys.stderr)
+    sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""Rooms shared across nodes: the bridge between a node's rooms and the broker.
+
+Fan-out. A node with a room loaded subscribes to the room's channel. Updates its members (and the
+server itself) integrate are published once, with the uid they are logged under; awareness changes of
+its members likewise. Messages from other nodes are applied to the local copy (``PeerOrigin``), which
+fans them out to local members; a node drops its own echoes by node id.
+
+Race-free join (``opening`` then ``opened``, called by the registry around the storage load):
+
+1. subscribe to the room's channel, and from then on buffer the room's messages;
+2. load the room from storage (the registry does this);
+3. apply the buffered messages, then publish the state vector asking for replies from the nodes that
+   hold the room (a Redis set lists them; dead ones are filtered out by heartbeats). Each answers with
+   what the new copy is missing and its own state vector, to which the new copy answers likewise;
+4. wait (bounded by ``sync_timeout``) for every live holder's answer, then let members in.
+
+Nothing published after step 1 is missed (it is buffered), nothing stored before step 2 is missed, and
+what other nodes hold but have not stored yet comes with their answers.
+
+Healing. Pub/sub drops messages while a node is disconnected. After a reconnect, and every
+``anti_entropy`` seconds, a node publishes the state vector of every room it holds; any node holding
+more answers with what is missing. When nothing is missing that costs one small message per room.
+
+Node failure. Nodes publish a heartbeat every ``heartbeat`` seconds; a node not heard from for
+``dead_after`` seconds is taken for dead and the awareness states of its members are removed here, well
+before the 30 s awareness timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pairroom.protocol.origins import PeerOrigin
+from pairroom.protocol.sync import EMPTY_UPDATE, CloseCode, ProtocolError
+from pairroom.protocol import keys
+from pairroom.protocol import bus as wire
+from pairroom.cluster.broker import Broker, BrokerError, raise_if_cancelled
+from pairroom.protocol.bus import BusMessage, Kind
+
+if TYPE_CHECKING:
+    from pairroom.rooms.room import Room
+
+log = logging.getLogger("pairroom.cluster")
+
+
+class ClusterMetrics:
+    def published(self, kind: Kind, ok: bool) -> None: ...
+    def received(self, kind: Kind) -> None: ...
+
+
+class Cluster:
+    def __init__(
+        self,
+        broker: Broker,
+        rooms: dict[str, Room],
+        *,
+        metrics: ClusterMetrics | None = None,
+        heartbeat: float = 1.0,
+        dead_after: float = 3.0,
+        anti_entropy: float = 10.0,
+        sync_timeout: float = 2.0,
+        max_outbox: int = 100_000,
+        solo: bool = False,
+    ) -> None:
+        self.broker = broker
+        self.solo = solo  # no other node can exist (no shared broker): room messages are not sent
+        self.node_id = broker.node_id
+        self.rooms = rooms
+        self.metrics = metrics or ClusterMetrics()
+        self.heartbeat = heartbeat
+        self.dead_after = dead_after
+        self.anti_entropy = anti_entropy
+        self.sync_timeout = sync_timeout
+        self.peers: dict[str, float] = {}  # node id -> when last heard
+        self.started_at = time.monotonic()
+        self._buffers: dict[str, list[BusMessage]] = {}
+        self._answers: dict[str, set[str]] = {}  # room being opened -> nodes that answered
+        self._answered: dict[str, asyncio.Event] = {}
+        self._outbox: deque[tuple[str, bytes, Kind]] = deque()
+        self._outbox_ready = asyncio.Event()
+        self._max_outbox = max_outbox
+        self.dropped = 0
+        self.on_room_deleted: Callable[[str], None] | None = None  # the registry evicts the room
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def run(self, started: asyncio.Event) -> None:
+        self.started_at = time.monotonic()
+        await self.broker.start(self._on_message, self._on_reconnect)
+        await self.broker.subscribe(keys.cluster_channel())
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._publisher(), name="pairroom-cluster-publisher")
+                tasks.create_task(self._heartbeats(), name="pairroom-cluster-heartbeat")
+                tasks.create_task(self._anti_entropy(), name="pairroom-cluster-anti-entropy")
+                started.set()
+        finally:
+            await self._say_goodbye()
+            await self.broker.stop()
+
+    async def _say_goodbye(self) -> None:
+        for name in list(self.rooms):
+            await self._forget_holder(name)
+        data = wire.encode(BusMessage(Kind.NODE_LEFT, self.node_id, ""))
+        await self.broker.publish(keys.cluster_channel(), data)
+
+    @property
+    def connected(self) -> bool:
+        return self.broker.connected
+
+    # -- joining ----------------------------------------------------------------------------------
+
+    async def opening(self, name: str) -> None:
+        """Step 1 of a join: subscribe and buffer before the storage load."""
+        self._buffers[name] = []
+        await self.broker.subscribe(keys.room_channel(name))
+
+    async def opened(self, room: Room) -> None:
+        """Steps 3 and 4: apply what was buffered, ask the holders, wait for their answers."""
+        buffered = self._buffers.pop(room.name, [])
+        for message in buffered:
+            self._dispatch(room, message)
+        holders = await self._live_holders(room.name)
+        await self._add_holder(room.name)
+        if not holders:
+            return
+        answered = self._answered[room.name] = asyncio.Event()
+        self._answers[room.name] = set()
+        self.send(room.name, Kind.STATE_VECTOR_REPLY_WANTED, room.doc.get_state())
+        try:
+            async with asyncio.timeout(self.sync_timeout):
+                while not holders <= self._answers[room.name]:
+                    answered.clear()
+                    await answered.wait()
+        except TimeoutError:
+            missing = sorted(holders - self._answers[room.name])
+            log.warning("peers did not answer a join in time", extra={"room": room.name, "nodes": missing})
+        finally:
+            del self._answered[room.name]
+            del self._answers[room.name]
+
+    async def closed(self, name: str) -> None:
+        self._buffers.pop(name, None)
+        await self.broker.unsubscribe(keys.room_channel(name))
+        await self._forget_holder(name)
+
+    async def _live_holders(self, name: str) -> set[str]:
+        try:
+            holders = await self.broker.set_members(keys.room_holders(name))
+        except BrokerError as exc:  # without the hint, ask nobody: the anti-entropy still heals
+            log.warning("cannot list room holders", extra={"room": name, "error": repr(exc)})
+            return set()
+        now = time.monotonic()
+        # Right after start-up this node has not heard every heartbeat yet: a holder it has not heard
+        # of counts as alive then (at worst the join waits ``sync_timeout`` for a dead one).
+        unknown_is_alive = now - self.started_at < self.dead_after
+        return {
+            n
+            for n in holders
+            if n != self.node_id
+            and (now - self.peers.get(n, -1e9) < self.dead_after or (unknown_is_alive and n not in self.peers))
+        }
+
+    async def _add_holder(self, name: str) -> None:
+        try:
+            await self.broker.add_to_set(keys.room_holders(name), self.node_id)
+        except BrokerError as exc:  # a missing hint only costs a slower heal
+            log.warning("cannot register as room holder", extra={"room": name, "error": repr(exc)})
+
+    async def _forget_holder(self, name: str) -> None:
+        try:
+            await self.broker.remove_from_set(keys.room_holders(name), self.node_id)
+        except BrokerError as exc:  # a stale hint is filtered by heartbeats
+            log.info("cannot unregister as room holder", extra={"room": name, "error": repr(exc)})
+
+    # -- sending ----------------------------------------------------------------------------------
+
+    def send(self, room: str, kind: Kind, payload: bytes, *, target: str = "", uid: str = "") -> None:
+        """Queue a message for the room's channel (never blocks the caller)."""
+        if self.solo:
+            return
+        try:
+            data = wire.encode(BusMessage(kind, self.node_id, room, payload, target, uid))
+        except wire.BusMessageTooLarge as exc:
+            self.dropped += 1
+            log.error("bus message refused, the state-vector exchange will cover it", extra={"error": str(exc)})
+            return
+        if len(self._outbox) >= self._max_outbox:
+            self.dropped += 1
+            return
+        self._outbox.append((keys.room_channel(room), data, kind))
+        self._outbox_ready.set()
+
+    def publish_update(self, room: Room, uid: str, update: bytes) -> None:
+        self.send(room.name, Kind.UPDATE, update, uid=uid)
+
+    def publish_awareness(self, room: Room, payload: bytes) -> None:
+        self.send(room.name, Kind.AWARENESS, payload)
+
+    def publish_deleted(self, name: str) -> None:
+        self.send(name, Kind.ROOM_DELETED, b"")
+
+    async def _publisher(self) -> None:
+        """One task publishes in order; while disconnected, what cannot be sent is dropped and healed
+        by the state-vector exchange after the reconnect."""
+        while True:
+            if not self._outbox:
+                self._outbox_ready.clear()
+                await self._outbox_ready.wait()
+                continue
+            channel, data, kind = self._outbox.popleft()
+            ok = await self.broker.publish(channel, data)
+            raise_if_cancelled()
+            self.metrics.published(kind, ok)
+            if not ok:
+                self.dropped += 1
+
+    # -- receiving --------------------------------------------------------------------------------
+
+    def _on_message(self, channel: str, data: bytes) -> None:
+        try:
+            message = wire.decode(data)
+        except ProtocolError as exc:
+            log.error("undecodable bus message", extra={"channel": channel, "error": exc.reason})
+            return
+        if message.node == self.node_id:
+            return
+        self.peers[message.node] = time.monotonic()
+        self.metrics.received(message.kind)
+        if message.kind is Kind.HEARTBEAT:
+            return
+        if message.kind is Kind.NODE_LEFT:
+            self._node_gone(message.node)
+            return
+        if message.target and message.target != self.node_id:
+            return
+        if message.kind is Kind.ROOM_DELETED:
+            if self.on_room_deleted is not None:
+                self.on_room_deleted(message.room)
+            return
+        buffer = self._buffers.get(message.room)
+        if buffer is not None:
+            buffer.append(message)
+            return
+        room = self.rooms.get(message.room)
+        if room is not None:
+            self._dispatch(room, message)
+
+    def _dispatch(self, room: Room, message: BusMessage) -> None:
+        origin = PeerOrigin(message.node)
+        try:
+            if message.kind is Kind.UPDATE:
+                room.apply_update(message.payload, origin, uid=message.uid)
+            elif message.kind is Kind.MISSING:
+                room.apply_update(message.payload, origin)
+                self._note_answer(room.name, message.node)
+            elif message.kind is Kind.AWARENESS:
+                room.presence.receive_remote(message.node, message.payload)
+            elif message.kind in (Kind.STATE_VECTOR, Kind.STATE_VECTOR_REPLY_WANTED):
+                self._answer_state_vector(room, message)
+        except ProtocolError as exc:
+            log.error(
+                "bad message from a peer node",
+                extra={"room": room.name, "node": message.node, "kind": message.kind.name, "error": exc.reason},
+            )
+
+    def _answer_state_vector(self, room: Room, message: BusMessage) -> None:
+        try:
+            missing = room.doc.get_update(message.payload)
+        except ValueError as exc:
+            raise ProtocolError(CloseCode.MALFORMED, f"invalid state vector: {exc}") from exc
+        wants_reply = message.kind is Kind.STATE_VECTOR_REPLY_WANTED
+        if missing != EMPTY_UPDATE or wants_reply:
+            self.send(room.name, Kind.MISSING, missing, target=message.node)
+        if wants_reply:
+            self.send(room.name, Kind.STATE_VECTOR, room.doc.get_state(), target=message.node)
+            presence = room.presence.local_states()
+            if presence is not None:  # a node that just opened the room knows nobody's presence yet
+                self.send(room.name, Kind.AWARENESS, presence, target=message.node)
+
+    def _note_answer(self, name: str, node: str) -> None:
+        answers = self._answers.get(name)
+        if answers is not None:
+            answers.add(node)
+            self._answered[name].set()
+
+    # -- healing ----------------------------------------------------------------------------------
+
+    async def _on_reconnect(self) -> None:
+        await self.broker.subscribe(keys.cluster_channel())
+        for name, room in list(self.rooms.items()):
+            if name not in self._buffers:
+                await self._add_holder(name)
+                self.send(name, Kind.STATE_VECTOR_REPLY_WANTED, room.doc.get_state())
+
+    async def _anti_entropy(self) -> None:
+        while True:
+            await asyncio.sleep(self.anti_entropy)
+            for name, room in list(self.rooms.items()):
+                if name not in self._buffers:
+                    self.send(name, Kind.STATE_VECTOR, room.doc.get_state())
+
+    async def _heartbeats(self) -> None:
+        data = wire.encode(BusMessage(Kind.HEARTBEAT, self.node_id, ""))
+        while True:
+            await self.broker.publish(keys.cluster_channel(), data)
+            raise_if_cancelled()
+            now = time.monotonic()
+            for node, seen in list(self.peers.items()):
+                if now - seen > self.dead_after:
+                    log.warning("node presumed dead", extra={"node": node, "silent_for": round(now - seen, 1)})
+                    self._node_gone(node)
+            await asyncio.sleep(self.heartbeat)
+
+    def _node_gone(self, node: str) -> None:
+        self.peers.pop(node, None)
+        for room in list(self.rooms.values()):
+            room.presence.remove_node(node)

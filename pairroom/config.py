@@ -1,0 +1,131 @@
+"""Server settings: one frozen dataclass, filled from command-line flags and ``PAIRROOM_*`` variables.
+
+Nothing reads the environment at import time; ``Settings.from_env`` is called by the CLI (and tests
+build ``Settings`` directly).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping
+
+from pairroom.kernels.settings import KernelSettings
+from pairroom.rtc.settings import RtcSettings
+from pairroom.rooms.registry import RoomSettings
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    db: str = "sqlite:///./pairroom.db"
+    log_level: str = "info"
+    log_format: str = "json"  # json | text
+    max_message_bytes: int = 16 * MiB
+    max_room_name: int = 255
+    max_queue_messages: int = 2048
+    max_queue_bytes: int = 64 * MiB
+    room_idle_seconds: float = 30.0
+    room_load_timeout: float = 10.0
+    flush_interval_ms: float = 250.0  # how long updates gather before one write per room
+    flush_max_updates: int = 200
+    snapshot_every: int = 1000
+    keepalive_seconds: float = 15.0
+    shutdown_timeout: float = 10.0
+    ws_impl: str = "websockets-sansio"
+    # permessage-deflate: every connection keeps a zlib state (about 48 KiB) and every message is
+    # compressed once per recipient; Yjs updates are small binary, so it is off unless links are slow
+    ws_compression: bool = False
+    secret: str | None = None  # HS256 token secret; None = open mode (anonymous editors)
+    allow_anonymous: bool = False  # open mode on a non-loopback address
+    allowed_origins: str = ""  # comma-separated Origin values; empty = any
+    max_members: int = 1000  # per room
+    rate_limit: float = 200.0  # messages per second per connection (sustained)
+    rate_burst: int = 1000  # messages a connection may send at once
+    awareness_tick_ms: float = 20.0  # presence relay throttle per room
+    broadcast_window_ms: float = 10.0  # a busy room's updates wait this long to go out merged
+    public_url: str = ""  # base of invite links; default: the URL the request came in on
+    redis: str | None = None  # redis://host:port/db to share rooms across nodes; None = one node
+    node_id: str = ""  # this node's id on the broker; default: random at start
+    heartbeat_seconds: float = 1.0
+    node_dead_after_seconds: float = 3.0
+    anti_entropy_seconds: float = 10.0
+    kernels: bool = True  # shared code execution in sandboxed kernels
+    unsafe_kernels: bool = False  # run kernels without the sandbox: trusted local use only
+    kernel_pool_size: int = 2
+    kernel_idle_seconds: float = 600.0
+    kernel_run_timeout: float = 300.0
+    kernel_output_cap: int = MiB
+    kernel_memory_bytes: int = 1024 * MiB
+    kernel_pids: int = 128
+    kernel_cpu_seconds: int = 3600
+    kernel_file_bytes: int = 100 * MiB
+    rtc: RtcSettings = field(default_factory=RtcSettings)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def origins(self) -> frozenset[str]:
+        return frozenset(o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip())
+
+    def kernel_settings(self) -> KernelSettings:
+        return KernelSettings(
+            pool_size=self.kernel_pool_size,
+            idle_shutdown_seconds=self.kernel_idle_seconds,
+            run_timeout=self.kernel_run_timeout,
+            output_cap_bytes=self.kernel_output_cap,
+            unsafe=self.unsafe_kernels,
+            cpu_seconds=self.kernel_cpu_seconds,
+            memory_bytes=self.kernel_memory_bytes,
+            pids=self.kernel_pids,
+            file_bytes=self.kernel_file_bytes,
+        )
+
+    def cluster_settings(self) -> dict[str, float | bool]:
+        return {
+            "heartbeat": self.heartbeat_seconds,
+            "dead_after": self.node_dead_after_seconds,
+            "anti_entropy": self.anti_entropy_seconds,
+            "solo": self.redis is None,  # without a shared broker no other node can hear anything
+        }
+
+    def room_settings(self) -> RoomSettings:
+        return RoomSettings(
+            idle_unload_seconds=self.room_idle_seconds,
+            load_timeout=self.room_load_timeout,
+            flush_interval=self.flush_interval_ms / 1000,
+            flush_max_updates=self.flush_max_updates,
+            snapshot_every=self.snapshot_every,
+            keepalive_seconds=self.keepalive_seconds,
+            shutdown_flush_timeout=self.shutdown_timeout,
+            awareness_tick=self.awareness_tick_ms / 1000,
+            broadcast_window=self.broadcast_window_ms / 1000,
+            stamp_identity=self.secret is not None,
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``PAIRROOM_<FIELD>`` variables, then explicit overrides (CLI flags)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in ("extra", "rtc"):
+                continue
+            raw = environ.get(f"PAIRROOM_{f.name.upper()}")
+            if raw is not None:
+                default = getattr(cls(), f.name)
+                values[f.name] = _convert(f.name, raw, str if default is None else type(default))
+        values["rtc"] = RtcSettings.from_env(environ)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **values)
+
+
+def _convert(name: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        return kind(raw)
+    except ValueError as exc:
+        raise ValueError(f"PAIRROOM_{name.upper()}={raw!r} is not a valid {kind.__name__}") from exc

@@ -1,0 +1,214 @@
+"""A member of a room: one connection, its bounded outbound queue and the task that drains it.
+
+Rooms never await a member. A broadcast appends the same encoded bytes to every member's queue and
+returns; each member's sender task writes them at that client's pace. When a client falls so far
+behind that its queue passes the limit (messages or bytes), the member is kicked with
+``SLOW_CONSUMER``: its queue is dropped as a whole and the client resyncs on reconnect (sync step 1
+and 2 carry everything it missed), so nothing is lost and no other member waits for it.
+
+While the sender finds several updates waiting in a row, it merges them with ``merge_updates`` into
+one message (clients decode one message per frame, so messages are never concatenated).
+
+When nothing is queued and nothing is being written, ``send`` writes at once through the transport's
+``send_now`` (when it has one) instead of waking the sender task: a socket that takes the bytes, the
+usual case, costs no task switch. A write that has to wait finishes in the background, and what is
+sent meanwhile queues behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable
+from typing import Callable, Protocol
+
+from pycrdt import merge_updates
+
+from pairroom.protocol import sync as protocol
+from pairroom.protocol.origins import ClientOrigin
+from pairroom.rooms.identity import Principal, Role
+
+log = logging.getLogger("pairroom.member")
+
+
+class Transport(Protocol):
+    """What a member needs from its connection. Adapters raise on failure, never hide it.
+
+    An adapter may also offer ``send_now(data) -> Awaitable[None] | None``: write without
+    suspending if the socket takes the bytes (return None), else return what finishes the write."""
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class MemberState(enum.Enum):
+    OPEN = "open"
+    KICKED = "kicked"  # closed by the server (slow consumer, protocol error, shutdown)
+    GONE = "gone"  # the connection ended
+
+
+class Member:
+    """One connection in one room."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        connection_id: str,
+        *,
+        principal: Principal | None = None,
+        max_queue_messages: int = 2048,
+        max_queue_bytes: int = 64 * 1024 * 1024,
+        on_sent: Callable[[int], None] | None = None,
+    ) -> None:
+        self.transport = transport
+        self.id = connection_id
+        self.principal = principal
+        self.role = principal.role if principal else Role.EDITOR  # effective; owners may change it
+        self.origin = ClientOrigin(connection_id, principal.user_id if principal else None)
+        self.awareness_clients: set[int] = set()  # awareness client ids this connection controls
+        self.state = MemberState.OPEN
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.last_sent = time.monotonic()
+        self._max_messages = max_queue_messages
+        self._max_bytes = max_queue_bytes
+        self._queue: deque[tuple[bytes, bytes | None]] = deque()
+        self._queued_bytes = 0
+        self._idle: asyncio.Future[None] | None = None  # the sender waits on it when the queue is empty
+        self._send_now: Callable[[bytes], Awaitable[None] | None] | None = getattr(transport, "send_now", None)
+        self._inflight: asyncio.Future[None] | None = None  # a direct write that had to wait
+        self._writing = False  # the sender task is writing a batch
+        self._kicked = asyncio.Event()
+        self._on_sent = on_sent
+        self.on_kick: Callable[[Member, int, str], None] | None = None
+
+    def __repr__(self) -> str:
+        return f"Member({self.id!r}, {self.state.value})"
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def send(self, frame: bytes, update: bytes | None = None) -> None:
+        """Queue one encoded message; ``update`` is its raw update when it may be merged."""
+        if self.state is not MemberState.OPEN:
+            return
+        if self._send_now is not None and not self._queue and not self._writing and self._inflight is None:
+            self._write_now(frame)
+            return
+        self._queue.append((frame, update))
+        self._queued_bytes += len(frame)
+        if len(self._queue) > self._max_messages or self._queued_bytes > self._max_bytes:
+            self.kick(
+                protocol.CloseCode.SLOW_CONSUMER,
+                f"outbound queue overflow ({len(self._queue)} messages, {self._queued_bytes} bytes); "
+                "reconnect to resync",
+            )
+            return
+        self._wake()
+
+    def _write_now(self, frame: bytes) -> None:
+        assert self._send_now is not None
+        try:
+            pending = self._send_now(frame)
+        except Exception as exc:  # the connection broke under the write: it is over
+            log.info("write failed", extra={"conn": self.id, "error": repr(exc)})
+            self.gone()
+            return
+        self.last_sent = time.monotonic()
+        if self._on_sent is not None:
+            self._on_sent(len(frame))
+        if pending is not None:
+            self._inflight = asyncio.ensure_future(pending)
+            self._inflight.add_done_callback(self._inflight_done)
+
+    def _inflight_done(self, write: asyncio.Future[None]) -> None:
+        self._inflight = None
+        if not write.cancelled() and write.exception() is not None:
+            log.info("write failed", extra={"conn": self.id, "error": repr(write.exception())})
+            self.gone()
+        self._wake()  # frames queued behind it can go
+
+    def _wake(self) -> None:
+        idle = self._idle
+        if idle is not None:
+            self._idle = None
+            if not idle.done():
+                idle.set_result(None)
+
+    def kick(self, code: int, reason: str) -> None:
+        """Close this member from the server side; the queue is dropped, the client resyncs."""
+        if self.state is not MemberState.OPEN:
+            return
+        self.state = MemberState.KICKED
+        self.close_code, self.close_reason = code, reason
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._kicked.set()
+        self._wake()
+        if self.on_kick is not None:
+            self.on_kick(self, code, reason)
+
+    def gone(self) -> None:
+        """The connection ended; stop sending."""
+        if self.state is MemberState.OPEN:
+            self.state = MemberState.GONE
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._wake()
+
+    async def wait_kicked(self) -> None:
+        await self._kicked.wait()
+
+    async def run_sender(self) -> None:
+        """Drain the queue until the member is kicked or gone. Send errors propagate."""
+        while True:
+            if not self._queue or self._inflight is not None:
+                if self.state is not MemberState.OPEN:
+                    return
+                self._idle = asyncio.get_running_loop().create_future()
+                await self._idle
+                continue
+            batch = self._queue
+            self._queue = deque()
+            self._queued_bytes = 0
+            self._writing = True
+            try:
+                for frame in coalesce(batch):
+                    await self.transport.send(frame)
+                    self.last_sent = time.monotonic()
+                    if self._on_sent is not None:
+                        self._on_sent(len(frame))
+                    if self.state is not MemberState.OPEN:
+                        return
+            finally:
+                self._writing = False
+
+
+def coalesce(batch: deque[tuple[bytes, bytes | None]]) -> list[bytes]:
+    """Merge runs of consecutive mergeable updates into one update message each; keep the order."""
+    if len(batch) == 1:
+        return [batch[0][0]]
+    frames: list[bytes] = []
+    run: list[tuple[bytes, bytes]] = []
+    for frame, update in batch:
+        if update is not None:
+            run.append((frame, update))
+            continue
+        if run:
+            frames.append(_merged(run))
+            run = []
+        frames.append(frame)
+    if run:
+        frames.append(_merged(run))
+    return frames
+
+
+def _merged(run: list[tuple[bytes, bytes]]) -> bytes:
+    if len(run) == 1:
+        return run[0][0]
+    return protocol.sync_update(merge_updates(*(update for _, update in run)))

@@ -1,0 +1,461 @@
+"""The rooms a node holds in memory: loading on first join, batching writes, unloading when idle.
+
+Life of a room::
+
+    (absent) --first join--> LOADING --store.load ok--> ACTIVE --last member leaves--> idle timer
+    idle timer fires, still empty --> UNLOADING --final flush ok--> CLOSED (absent again)
+                                                 --flush failed--> ACTIVE (kept, retried later)
+
+A join never sees a half-loaded room: joiners wait on the room's ``ready`` future, and a failed or
+timed-out load fails every waiting join (the room is forgotten, the next join tries again) instead of
+handing out an empty document. A join that arrives while a room unloads waits for the unload to finish
+and then loads the room afresh from storage, which by then holds everything.
+
+Writes are batched: rooms mark themselves dirty on every integrated update; one flusher task waits
+``flush_interval`` (or less when a room has ``flush_max_updates`` waiting) and then writes each dirty
+room's batch in one transaction. After ``snapshot_every`` logged updates a room's log is compacted into
+a snapshot (``storage/compaction.py``) by the one node holding the room's compaction lease.
+
+Loading and unloading go through the cluster bridge (``cluster.py``): the room's channel is subscribed
+before the storage load and peers are asked for what storage lacks before anyone joins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Iterator
+
+import itertools
+
+from pairroom.protocol import sync as protocol
+from pairroom.protocol.origins import Origin
+from pairroom.storage.compaction import compact
+from pairroom.storage.store import Store, StoreError
+from pairroom.protocol import keys
+from pairroom.cluster.broker import BrokerError
+from pairroom.cluster.bridge import Cluster
+from pairroom.rooms.hooks import RoomObserver, WriteCheck
+from pairroom.rooms.member import Member
+from pairroom.rooms.room import Room, RoomListener, RoomState
+
+log = logging.getLogger("pairroom.rooms")
+
+GROUP_MAX_ROOMS = 100  # rooms written in one transaction by the flusher
+
+
+def _groups(rooms: list[Room], size: int) -> Iterator[list[Room]]:
+    for start in range(0, len(rooms), size):
+        yield rooms[start : start + size]
+
+
+class RoomLoadError(Exception):
+    """The room could not be loaded from storage; the join fails rather than serve an empty doc."""
+
+
+class RoomBusy(Exception):
+    """The room is loading or unloading on this node; the operation can be tried again shortly."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSettings:
+    idle_unload_seconds: float = 30.0
+    load_timeout: float = 10.0
+    flush_interval: float = 0.25
+    flush_max_updates: int = 200
+    snapshot_every: int = 1000
+    keepalive_seconds: float = 15.0
+    shutdown_flush_timeout: float = 10.0
+    awareness_tick: float = 0.02
+    broadcast_window: float = 0.01
+    stamp_identity: bool = True
+
+
+class RegistryMetrics:
+    """What the registry reports; the server's metrics module implements it."""
+
+    def room_loaded(self, count: int) -> None: ...
+    def update_integrated(self, origin: Origin, size: int) -> None: ...
+    def updates_stored(self, count: int, seconds: float) -> None: ...
+    def flush_failed(self) -> None: ...
+    def update_dropped(self) -> None: ...
+
+
+class RoomRegistry(RoomListener):
+    def __init__(
+        self,
+        store: Store,
+        cluster: Cluster,
+        settings: RoomSettings | None = None,
+        metrics: RegistryMetrics | None = None,
+    ) -> None:
+        self.store = store
+        self.cluster = cluster
+        self.node_id = cluster.node_id
+        self.settings = settings or RoomSettings()
+        self.metrics = metrics or RegistryMetrics()
+        self.rooms: dict[str, Room] = cluster.rooms
+        self.observers: list[RoomObserver] = []  # attached to every room this node loads
+        self.write_check: WriteCheck | None = None
+        self._uids = itertools.count(1)
+        self._compacting: set[str] = set()
+        self._ready: dict[str, asyncio.Future[None]] = {}
+        self._unloaded: dict[str, asyncio.Event] = {}
+        self._idle_timers: dict[str, asyncio.TimerHandle] = {}
+        self._dirty: set[Room] = set()
+        self._dirty_event = asyncio.Event()
+        self._urgent = asyncio.Event()
+        self._tasks: asyncio.TaskGroup | None = None
+        self.storage_failing = False
+        cluster.on_room_deleted = self._deleted_elsewhere
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def run(self, started: asyncio.Event) -> None:
+        """Run the flusher and the keepalive ticker until cancelled, then flush every room."""
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                tasks.create_task(self._flusher(), name="pairroom-flusher")
+                tasks.create_task(self._ticker(), name="pairroom-ticker")
+                started.set()
+        finally:
+            self._tasks = None
+            await self.close_all()
+
+    async def close_all(self) -> None:
+        """Flush every loaded room (bounded by ``shutdown_flush_timeout``) and forget them."""
+        for handle in self._idle_timers.values():
+            handle.cancel()
+        self._idle_timers.clear()
+        rooms = list(self.rooms.values())
+        try:
+            async with asyncio.timeout(self.settings.shutdown_flush_timeout):
+                for room in rooms:
+                    if room.state is RoomState.ACTIVE:
+                        await room.flush()
+        except (StoreError, TimeoutError) as exc:
+            lost = sum(len(room.pending) for room in rooms)
+            log.error("shutdown flush failed", extra={"error": str(exc), "updates_unflushed": lost})
+        for room in rooms:
+            if room.state is not RoomState.CLOSED:
+                room.transition(RoomState.CLOSED)
+            await self.cluster.closed(room.name)
+        self.rooms.clear()
+        self.metrics.room_loaded(0)
+
+    # -- joining and leaving ----------------------------------------------------------------------
+
+    async def join(self, name: str, member: Member) -> Room:
+        """Join ``member`` to room ``name``, loading the room first if needed."""
+        room = await self._acquire(name)
+        room.join(member)
+        return room
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[Room]:
+        """Keep room ``name`` loaded while the block runs (for server-side work on a room that may
+        have no members: HTTP API calls, kernels). Raises RoomLoadError like a join."""
+        room = await self._acquire(name)
+        room.holders += 1
+        try:
+            yield room
+        finally:
+            room.holders -= 1
+            if not room.members and not room.holders and room.state is RoomState.ACTIVE:
+                self._arm_idle_timer(room)
+
+    async def _acquire(self, name: str) -> Room:
+        """The ACTIVE room ``name``, loaded if needed; its idle timer is disarmed."""
+        while True:
+            room = self.rooms.get(name)
+            if room is None:
+                room = await self._load(name)
+            elif room.state is RoomState.LOADING:
+                await asyncio.shield(self._ready[name])
+                continue
+            elif room.state is RoomState.UNLOADING:
+                await self._unloaded[name].wait()
+                continue
+            handle = self._idle_timers.pop(name, None)
+            if handle is not None:
+                handle.cancel()
+            return room
+
+    async def _load(self, name: str) -> Room:
+        room = Room(
+            name,
+            self.store,
+            listener=self,
+            awareness_tick=self.settings.awareness_tick,
+            broadcast_window=self.settings.broadcast_window,
+            stamp_identity=self.settings.stamp_identity,
+        )
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        room.presence.on_publish = lambda payload: self.cluster.publish_awareness(room, payload)
+        room.observers = sorted(self.observers, key=lambda o: o.priority)
+        if self.write_check is not None:
+            room.write_check = self.write_check
+        self.rooms[name] = room
+        self._ready[name] = ready
+        try:
+            async with asyncio.timeout(self.settings.load_timeout):
+                await self.cluster.opening(name)
+                await room.load()
+                await self.cluster.opened(room)
+            room.transition(RoomState.ACTIVE)
+            room.notify("on_room_loaded")
+        except BaseException as exc:
+            del self.rooms[name]
+            room.transition(RoomState.CLOSED)
+            await self.cluster.closed(name)
+            error = RoomLoadError(f"room {name!r} could not be loaded: {exc or type(exc).__name__}")
+            ready.set_exception(error)
+            ready.exception()  # retrieved here; waiters get their own copy through shield
+            if isinstance(exc, (StoreError, TimeoutError)):
+                raise error from exc
+            raise
+        finally:
+            del self._ready[name]
+        ready.set_result(None)
+        self.metrics.room_loaded(len(self.rooms))
+        return room
+
+    def leave(self, room: Room, member: Member) -> None:
+        left = room.leave(member, time.monotonic())
+        if left and not room.members and not room.holders and room.state is RoomState.ACTIVE:
+            self._arm_idle_timer(room)
+
+    def _arm_idle_timer(self, room: Room) -> None:
+        old = self._idle_timers.pop(room.name, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._idle_timers[room.name] = loop.call_later(
+            self.settings.idle_unload_seconds, self._idle_timer_fired, room
+        )
+
+    def _idle_timer_fired(self, room: Room) -> None:
+        self._idle_timers.pop(room.name, None)
+        if room.members or room.holders or room.state is not RoomState.ACTIVE or self.rooms.get(room.name) is not room:
+            return
+        if self._tasks is None:
+            return  # shutting down: close_all flushes it
+        self._tasks.create_task(self._unload(room), name=f"pairroom-unload-{room.name}")
+
+    async def _unload(self, room: Room) -> None:
+        room.transition(RoomState.UNLOADING)
+        unloaded = self._unloaded[room.name] = asyncio.Event()
+        try:
+            await room.flush()
+        except StoreError as exc:
+            log.error("final flush failed, keeping room", extra={"room": room.name, "error": str(exc)})
+            room.transition(RoomState.ACTIVE)
+            if not room.members:
+                self._arm_idle_timer(room)
+            return
+        finally:
+            del self._unloaded[room.name]
+            unloaded.set()
+        room.transition(RoomState.CLOSED)
+        room.notify("on_room_closed")
+        self._dirty.discard(room)
+        del self.rooms[room.name]
+        await self.cluster.closed(room.name)
+        self.metrics.room_loaded(len(self.rooms))
+        log.info("room unloaded", extra={"room": room.name})
+
+    async def evict(self, name: str, *, tell_peers: bool = True) -> None:
+        """Delete the room from memory, on this node and (``tell_peers``) every other one holding it.
+
+        Its members are kicked with 4404, its unflushed updates dropped, and observers hear
+        ``on_room_deleted``, so nothing writes it again. Raises ``RoomBusy`` while it loads or
+        unloads here."""
+        live = self.rooms.get(name)
+        if live is not None and live.state is not RoomState.ACTIVE:
+            raise RoomBusy(f"room {name!r} is {live.state.value}")
+        if tell_peers:
+            self.cluster.publish_deleted(name)
+        for observer in self.observers:
+            try:
+                observer.on_room_deleted(name)
+            except Exception:
+                log.exception("room observer failed", extra={"room": name, "hook": "on_room_deleted"})
+        if live is None:
+            return
+        for member in list(live.members.values()):
+            member.kick(protocol.CloseCode.ROOM_DELETED, "room deleted")
+        timer = self._idle_timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        async with live.flush_lock:  # a flush in progress finishes first
+            live.pending.clear()
+            self._dirty.discard(live)
+            if self.rooms.get(name) is live:
+                del self.rooms[name]
+            live.transition(RoomState.CLOSED)
+        await self.cluster.closed(name)
+        self.metrics.room_loaded(len(self.rooms))
+        log.info("room deleted", extra={"room": name, "here": tell_peers})
+
+    def _deleted_elsewhere(self, name: str) -> None:
+        if self._tasks is None:
+            return
+        self._tasks.create_task(self._evict_deleted(name), name=f"pairroom-evict-{name}")
+
+    async def _evict_deleted(self, name: str) -> None:
+        try:
+            await self.evict(name, tell_peers=False)
+        except RoomBusy as exc:
+            log.warning("room deleted on another node while busy here", extra={"room": name, "error": str(exc)})
+
+    # -- RoomListener -----------------------------------------------------------------------------
+
+    def on_dirty(self, room: Room) -> None:
+        self._dirty.add(room)
+        self._dirty_event.set()
+        if len(room.pending) >= self.settings.flush_max_updates:
+            self._urgent.set()
+
+    def on_update(self, room: Room, origin: Origin, size: int) -> None:
+        self.metrics.update_integrated(origin, size)
+
+    def on_update_dropped(self, room: Room, member: Member) -> None:
+        self.metrics.update_dropped()
+
+    def on_local_update(self, room: Room, uid: str, update: bytes) -> None:
+        self.cluster.publish_update(room, uid, update)
+
+    def new_uid(self) -> str:
+        return f"{self.node_id}:{next(self._uids)}"
+
+    # -- background tasks -------------------------------------------------------------------------
+
+    async def _flusher(self) -> None:
+        backoff = self.settings.flush_interval
+        while True:
+            await self._dirty_event.wait()
+            try:
+                async with asyncio.timeout(backoff):
+                    await self._urgent.wait()
+            except TimeoutError:
+                pass  # the batching window ended; write what gathered
+            self._urgent.clear()
+            self._dirty_event.clear()
+            rooms, self._dirty = self._dirty, set()
+            live = sorted((r for r in rooms if r.state is not RoomState.CLOSED), key=lambda r: r.name)
+            failed = False
+            for group in _groups(live, GROUP_MAX_ROOMS):
+                started = time.perf_counter()
+                try:
+                    # Shielded: a shutdown must not cut a write in half (a transaction cancelled
+                    # mid-way can hold the room's write lock); close_all waits for it instead.
+                    count = await asyncio.shield(self._flush_group(group))
+                except StoreError as exc:
+                    if len(group) > 1:
+                        # one room's bad batch must not hold the others back: write each alone
+                        failed = await self._flush_each(group) or failed
+                        continue
+                    failed = True
+                    self._flush_failed(group[0], exc)
+                    continue
+                if count:
+                    self.metrics.updates_stored(count, time.perf_counter() - started)
+                self._compact_if_due(group)
+            self.storage_failing = failed
+            if failed:
+                self._dirty_event.set()
+                backoff = min(backoff * 2, 5.0)
+            else:
+                backoff = self.settings.flush_interval
+
+    async def _flush_group(self, rooms: list[Room]) -> int:
+        """Write the pending updates of ``rooms`` (sorted by name) in one transaction.
+
+        Returns how many were written. On failure every batch goes back to its room and StoreError
+        propagates, as ``Room.flush`` does for one."""
+        async with contextlib.AsyncExitStack() as locks:
+            for room in rooms:
+                await locks.enter_async_context(room.flush_lock)
+            taken = {room: room.pending for room in rooms if room.pending}
+            if not taken:
+                return 0
+            for room in taken:
+                room.pending = []
+            try:
+                seqs = await self.store.append_many({room.name: batch for room, batch in taken.items()})
+            except BaseException:
+                for room, batch in taken.items():
+                    room.pending[:0] = batch
+                raise
+            for room in taken:
+                room.stored_seq = seqs[room.name]
+            return sum(len(batch) for batch in taken.values())
+
+    async def _flush_each(self, rooms: list[Room]) -> bool:
+        """Write each room on its own; True if any failed (those stay dirty)."""
+        failed = False
+        for room in rooms:
+            started = time.perf_counter()
+            try:
+                count = await asyncio.shield(room.flush())
+            except StoreError as exc:
+                failed = True
+                self._flush_failed(room, exc)
+                continue
+            if count:
+                self.metrics.updates_stored(count, time.perf_counter() - started)
+            self._compact_if_due([room])
+        return failed
+
+    def _flush_failed(self, room: Room, exc: StoreError) -> None:
+        self._dirty.add(room)
+        self.metrics.flush_failed()
+        log.error(
+            "flush failed, will retry",
+            extra={"room": room.name, "error": str(exc), "pending": len(room.pending)},
+        )
+
+    def _compact_if_due(self, rooms: list[Room]) -> None:
+        for room in rooms:
+            if room.stored_seq - room.snapshot_seq >= self.settings.snapshot_every:
+                self._start_compaction(room)
+
+    def _start_compaction(self, room: Room) -> None:
+        if room.name in self._compacting or self._tasks is None:
+            return
+        self._compacting.add(room.name)
+        self._tasks.create_task(self._compact(room), name=f"pairroom-compact-{room.name}")
+
+    async def _compact(self, room: Room) -> None:
+        """Fold the room's log into a snapshot, if this node can take the room's compaction lease."""
+        try:
+            lease = keys.compaction_lease(room.name)
+            if not await self.cluster.broker.try_lease(lease, self.node_id, ttl=60.0):
+                room.snapshot_seq = room.stored_seq  # another node is on it; check again later
+                return
+            seq = await compact(self.store, room.name)
+            if seq is not None:
+                room.snapshot_seq = max(room.snapshot_seq, seq)
+        except (StoreError, BrokerError) as exc:
+            log.error("compaction failed", extra={"room": room.name, "error": str(exc)})
+            return
+        finally:
+            self._compacting.discard(room.name)
+        # Flushes that landed while this ran found it busy and started nothing: catch up with them.
+        if room.state is RoomState.ACTIVE and self.rooms.get(room.name) is room:
+            self._compact_if_due([room])
+
+    async def _ticker(self) -> None:
+        """Send a keepalive to every member that has heard nothing for ``keepalive_seconds``."""
+        period = self.settings.keepalive_seconds / 3
+        while True:
+            await asyncio.sleep(period)
+            deadline = time.monotonic() - self.settings.keepalive_seconds
+            for room in list(self.rooms.values()):
+                for member in list(room.members.values()):
+                    if member.last_sent <= deadline and member.queued == 0:
+                        member.send(protocol.KEEPALIVE)

@@ -1,0 +1,214 @@
+"""The room HTTP API: room creation, presence, invite links, live role changes and chat for any member.
+
+Every route authenticates with ``Authorization: Bearer <token>`` for the room in the path (open mode:
+everyone is an anonymous editor). Errors are JSON ``{"error": reason}`` with a precise status.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from typing import Any
+
+from pycrdt import Array, Map
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from pairroom.protocol.origins import LocalOrigin
+from pairroom.protocol.sync import ProtocolError
+from pairroom.rooms.guards import stamped_chat_entry
+from pairroom.rooms.identity import Principal, Role, anonymous
+from pairroom.rooms.registry import RoomLoadError
+from pairroom.web.auth import AuthError, bearer, mint, verify
+from pairroom.web.hub import Hub
+from pairroom.web.websocket import room_name_from_path
+
+EMPTY_STATE = b"\x00"  # the state vector of a document nobody ever wrote
+MAX_TTL = 30 * 24 * 3600
+NEW_ROOM = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the lobby's names: URL-safe, one path segment
+NEW_ROOM_ALPHABET = "abcdefghijkmnopqrstuvwxyz23456789"
+CREATED_ROLES = (Role.OWNER, Role.EDITOR, Role.VIEWER)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def error(status: int, reason: str) -> Response:
+    return JSONResponse({"error": reason}, status)
+
+
+def principal_for(request: Request, room: str) -> Principal:
+    """Who is calling, for ``room``. Raises ApiError(401/403)."""
+    hub: Hub = request.app.state.hub
+    if hub.settings.secret is None:
+        return anonymous(room)
+    try:
+        return verify(hub.settings.secret, bearer(request.headers.get("authorization")), room)
+    except AuthError as exc:
+        raise ApiError(exc.status, exc.reason) from exc
+
+
+def room_of(request: Request) -> str:
+    hub: Hub = request.app.state.hub
+    try:
+        return room_name_from_path(request.path_params["room"], hub.settings.max_room_name)
+    except ProtocolError as exc:
+        raise ApiError(400, exc.reason) from exc
+
+
+async def json_body(request: Request, max_bytes: int = 64 * 1024, shape: str = "") -> dict[str, Any]:
+    """The request's JSON object (an empty body is ``{}``); ``shape`` shows the caller what is expected."""
+    raw = await request.body()
+    if len(raw) > max_bytes:
+        raise ApiError(413, f"request body over {max_bytes // 1024} KiB")
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError as exc:
+        raise ApiError(400, f"body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a JSON object" + (f": {shape}" if shape else ""))
+    return body
+
+
+def require_owner(principal: Principal) -> None:
+    if principal.role is not Role.OWNER:
+        raise ApiError(403, "only an owner may do this")
+
+
+def handles_errors(endpoint):  # type: ignore[no-untyped-def]
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await endpoint(request)  # type: ignore[no-any-return]
+        except ApiError as exc:
+            return error(exc.status, exc.reason)
+        except RoomLoadError as exc:
+            return error(503, str(exc))
+
+    return wrapped
+
+
+@handles_errors
+async def presence(request: Request) -> Response:
+    room_name = room_of(request)
+    principal_for(request, room_name)
+    hub: Hub = request.app.state.hub
+    room = hub.registry.rooms.get(room_name)
+    members = room.presence.members_view() if room is not None else []
+    return JSONResponse({"room": room_name, "members": members})
+
+
+@handles_errors
+async def invites(request: Request) -> Response:
+    room_name = room_of(request)
+    principal = principal_for(request, room_name)
+    hub: Hub = request.app.state.hub
+    base = (hub.settings.public_url or str(request.base_url)).rstrip("/")
+    link = f"{base}/r/{room_name}"
+    if hub.settings.secret is None:
+        return JSONResponse({"open": True, "url": link})
+    require_owner(principal)
+    body = await json_body(request)
+    roles = body.get("roles", ["editor", "viewer"])
+    ttl = body.get("ttl", 8 * 3600)
+    if not isinstance(ttl, (int, float)) or not 0 < ttl <= MAX_TTL:
+        raise ApiError(400, f"ttl must be seconds between 1 and {MAX_TTL}")
+    if not isinstance(roles, list) or not roles:
+        raise ApiError(400, "roles must be a non-empty list")
+    out = []
+    for role in roles:
+        try:
+            parsed = Role(role)
+        except ValueError as exc:
+            raise ApiError(400, f"unknown role {role!r}") from exc
+        name = str(body.get("name") or parsed.value.capitalize())[:64]
+        token = mint(hub.settings.secret, room_name, parsed, name, ttl_seconds=ttl)
+        out.append({"role": parsed.value, "token": token, "url": f"{link}?token={token}"})
+    return JSONResponse({"open": False, "invites": out}, 201)
+
+
+@handles_errors
+async def create_room(request: Request) -> Response:
+    """A new room, for the lobby: ``{"room"?, "name"?, "ttl"?}`` -> 201.
+
+    Open mode answers the room's link (anyone with it is an editor). With a secret, the room must not
+    exist yet (an empty document: no content was ever stored for it) and the answer carries an owner,
+    an editor and a viewer link, each with its token; the owner's token carries ``name``. The room is
+    marked as created (``meta.createdAt``) in the same step, so a second request for the name gets 409
+    instead of another owner token. Anyone who can reach the server may create rooms this way; every
+    room's existing members and content stay out of reach (409).
+    """
+    hub: Hub = request.app.state.hub
+    body = await json_body(request)
+    room_name = body.get("room") or "".join(secrets.choice(NEW_ROOM_ALPHABET) for _ in range(10))
+    if not isinstance(room_name, str) or not NEW_ROOM.fullmatch(room_name):
+        raise ApiError(400, "room must be 1 to 64 letters, digits, - or _")
+    base = (hub.settings.public_url or str(request.base_url)).rstrip("/")
+    link = f"{base}/r/{room_name}"
+    if hub.settings.secret is None:
+        return JSONResponse({"open": True, "room": room_name, "url": link}, 201)
+    ttl = body.get("ttl", 8 * 3600)
+    if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL:
+        raise ApiError(400, f"ttl must be seconds between 1 and {MAX_TTL}")
+    owner_name = body.get("name") or "Owner"
+    if not isinstance(owner_name, str):
+        raise ApiError(400, "name must be a string")
+    async with hub.registry.hold(room_name) as room:
+        # No await between the check and the mark: two requests for one name cannot both pass.
+        if room.doc.get_state() != EMPTY_STATE:
+            raise ApiError(409, f"room {room_name!r} already exists: ask its owner for a link")
+        with room.local_change(LocalOrigin("create")) as doc:
+            doc.get("meta", type=Map)["createdAt"] = int(time.time() * 1000)
+    out = []
+    for role in CREATED_ROLES:
+        name = owner_name[:64] if role is Role.OWNER else role.value.capitalize()
+        token = mint(hub.settings.secret, room_name, role, name, ttl_seconds=ttl)
+        out.append({"role": role.value, "token": token, "url": f"{link}?token={token}"})
+    return JSONResponse({"open": False, "room": room_name, "url": link, "invites": out}, 201)
+
+
+@handles_errors
+async def set_role(request: Request) -> Response:
+    room_name = room_of(request)
+    require_owner(principal_for(request, room_name))
+    body = await json_body(request)
+    try:
+        role = Role(body.get("role"))
+    except ValueError as exc:
+        raise ApiError(400, f"unknown role {body.get('role')!r}") from exc
+    hub: Hub = request.app.state.hub
+    user_id = request.path_params["user"]
+    async with hub.registry.hold(room_name) as room:
+        room.set_role(user_id, role)
+    return JSONResponse({"user": user_id, "role": role.value})
+
+
+@handles_errors
+async def post_chat(request: Request) -> Response:
+    """Chat for every role, viewers included (they cannot write the document themselves)."""
+    room_name = room_of(request)
+    principal = principal_for(request, room_name)
+    body = await json_body(request)
+    hub: Hub = request.app.state.hub
+    entry = stamped_chat_entry({"text": body.get("text"), "name": body.get("name")}, principal, "api")
+    if entry is None:
+        raise ApiError(400, "text must be a non-empty string of at most 4096 bytes")
+    async with hub.registry.hold(room_name) as room:
+        with room.local_change(LocalOrigin("chat")) as doc:
+            doc.get("chat", type=Array).append(entry)
+    return JSONResponse(entry, 201)
+
+
+routes = [
+    Route("/api/rooms", create_room, methods=["POST"]),
+    Route("/api/rooms/{room}/presence", presence, methods=["GET"]),
+    Route("/api/rooms/{room}/invites", invites, methods=["POST"]),
+    Route("/api/rooms/{room}/roles/{user}", set_role, methods=["PUT"]),
+    Route("/api/rooms/{room}/chat", post_chat, methods=["POST"]),
+]

@@ -1,0 +1,61 @@
+"""Running the app under uvicorn, shared by the CLI and the tests (so both start servers the same way)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvicorn
+from starlette.applications import Starlette
+
+from pairroom.config import Settings
+
+
+class Server(uvicorn.Server):
+    """A uvicorn server that says when it is listening and on which port (``port=0`` picks one)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+        self.port: int | None = None
+
+    async def startup(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
+        await super().startup(sockets)
+        if self.servers:
+            self.port = self.servers[0].sockets[0].getsockname()[1]
+        self.ready.set()
+
+    def install_signal_handlers(self) -> None:
+        if self.config.extra_signal_handlers:  # type: ignore[attr-defined]
+            super().install_signal_handlers()
+
+
+def uvicorn_config(app: Starlette, settings: Settings, *, signals: bool = True) -> uvicorn.Config:
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="none",
+        http="httptools",
+        ws=settings.ws_impl,
+        # pairroom enforces max_message_bytes itself with a clear close code; the transport's own
+        # limit sits above it so that it never decides first.
+        ws_max_size=settings.max_message_bytes * 2 + 1024,
+        ws_per_message_deflate=settings.ws_compression,
+        lifespan="on",
+        log_config=None,
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout)),
+    )
+    config.extra_signal_handlers = signals  # type: ignore[attr-defined]
+    return config
+
+
+async def start_serving(server: Server) -> asyncio.Task[None]:
+    """Run ``server`` in a task and return once it listens; if it exits first, raise its error."""
+    task = asyncio.create_task(server.serve())
+    ready = asyncio.create_task(server.ready.wait())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    ready.cancel()
+    if task.done():
+        task.result()
+        raise RuntimeError("server exited during start-up")
+    return task

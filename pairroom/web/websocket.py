@@ -1,0 +1,237 @@
+"""The y-websocket endpoint: ``/yjs/{room}``. Adapts a Starlette websocket to a room member.
+
+Per connection three tasks run: the reader (frames into ``Room.receive``), the member's sender
+(its queue out to the socket) and a watcher for the member being kicked. Whichever ends first ends
+the connection; a kicked member is closed with its code and reason. Client mistakes are logged as one
+warning line each, without a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Coroutine
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from pairroom.protocol.sync import CloseCode, ProtocolError
+from pairroom.rooms.identity import Principal, anonymous
+from pairroom.rooms.member import Member, MemberState
+from pairroom.rooms.registry import RoomLoadError
+from pairroom.rooms.room import Room
+from pairroom.web.auth import AuthError, verify
+from pairroom.web.hub import Hub
+from pairroom.rooms.limits import TokenBucket
+
+log = logging.getLogger("pairroom.ws")
+
+MAX_CLOSE_REASON = 123  # bytes allowed in a close frame's reason
+CLOSE_TIMEOUT = 5.0  # a client that does not read cannot take a close frame either
+
+
+class StarletteTransport:
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+
+    async def send(self, data: bytes) -> None:
+        await self.websocket.send({"type": "websocket.send", "bytes": data})
+
+    def send_now(self, data: bytes) -> Awaitable[None] | None:
+        """Start the send here rather than in a task: the ASGI send of a writable socket completes
+        without suspending, so a broadcast to many members costs no task switch per member. If it
+        does suspend (the socket's buffer is full), the rest runs as a task, returned to the caller."""
+        send = self.websocket.send({"type": "websocket.send", "bytes": data})
+        try:
+            blocker = send.send(None)
+        except StopIteration:
+            return None
+        return asyncio.ensure_future(_finish(send, blocker))
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.websocket.application_state is WebSocketState.DISCONNECTED:
+            return
+        await self.websocket.close(code, truncate_reason(reason))
+
+
+async def _finish(coroutine: Coroutine[Any, Any, None], blocker: Any) -> None:
+    """Drive a coroutine that suspended on ``blocker`` to its end, as a task would have."""
+    while True:
+        try:
+            if blocker is None:  # a bare yield: give the loop one turn
+                await asyncio.sleep(0)
+            else:
+                blocker._asyncio_future_blocking = False  # taken over, as Task.__step does
+                await blocker
+        except BaseException as exc:  # deliver the wait's failure where the coroutine waited
+            try:
+                blocker = coroutine.throw(exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            blocker = coroutine.send(None)
+        except StopIteration:
+            return
+
+
+def truncate_reason(reason: str) -> str:
+    encoded = reason.encode()
+    if len(encoded) <= MAX_CLOSE_REASON:
+        return reason
+    return encoded[: MAX_CLOSE_REASON - 3].decode("utf-8", "ignore") + "..."
+
+
+def room_name_from_path(path: str, max_length: int) -> str:
+    """The room is the last path segment after /yjs/. Raises ProtocolError if it is unusable."""
+    name = path.rsplit("/", 1)[-1]
+    if not name:
+        raise ProtocolError(CloseCode.INVALID_ROOM, "room name is empty")
+    if len(name) > max_length:
+        raise ProtocolError(CloseCode.INVALID_ROOM, f"room name longer than {max_length} characters")
+    if not name.isprintable():
+        raise ProtocolError(CloseCode.INVALID_ROOM, "room name has unprintable characters")
+    return name
+
+
+async def yjs_endpoint(websocket: WebSocket) -> None:
+    hub: Hub = websocket.app.state.hub
+    conn = secrets.token_hex(6)
+    await websocket.accept()
+    hub.metrics.connections.inc()
+    transport = StarletteTransport(websocket)
+    try:
+        try:
+            name = room_name_from_path(websocket.path_params["path"], hub.settings.max_room_name)
+            principal = admit(hub, websocket, name)
+        except ProtocolError as exc:
+            client_error(hub, conn, None, exc.code, exc.reason)
+            await transport.close(exc.code, exc.reason)
+            return
+        member = Member(
+            transport,
+            conn,
+            principal=principal,
+            max_queue_messages=hub.settings.max_queue_messages,
+            max_queue_bytes=hub.settings.max_queue_bytes,
+            on_sent=hub.metrics.sent,
+        )
+        try:
+            room = await hub.registry.join(name, member)
+        except RoomLoadError as exc:
+            hub.metrics.room_load_failures.inc()
+            log.error("join refused", extra={"room": name, "conn": conn, "error": str(exc)})
+            await transport.close(CloseCode.TRY_AGAIN_LATER, "room could not be loaded; try again")
+            return
+        if len(room.members) > hub.settings.max_members:
+            hub.registry.leave(room, member)
+            reason = f"room is full ({hub.settings.max_members} members)"
+            client_error(hub, conn, name, CloseCode.ROOM_FULL, reason)
+            await transport.close(CloseCode.ROOM_FULL, reason)
+            return
+        log.info("joined", extra={"room": name, "conn": conn, "user": principal.user_id})
+        try:
+            await serve_member(hub, websocket, room, member)
+        finally:
+            hub.registry.leave(room, member)
+            log.info("left", extra={"room": name, "conn": conn, "code": member.close_code})
+    finally:
+        hub.metrics.connections.dec()
+
+
+def admit(hub: Hub, websocket: WebSocket, room: str) -> Principal:
+    """Check the origin and the token at the door, before any document byte is sent."""
+    origins = hub.settings.origins
+    if origins:
+        origin = (websocket.headers.get("origin") or "").rstrip("/")
+        if origin not in origins:
+            raise ProtocolError(CloseCode.FORBIDDEN, f"origin {origin or '(none)'!r} not allowed")
+    if hub.settings.secret is None:
+        return anonymous(room)
+    try:
+        return verify(hub.settings.secret, websocket.query_params.get("token"), room)
+    except AuthError as exc:
+        raise ProtocolError(CloseCode(exc.code), exc.reason) from exc
+
+
+async def serve_member(hub: Hub, websocket: WebSocket, room: Room, member: Member) -> None:
+    reader = asyncio.create_task(read_frames(hub, websocket, room, member))
+    sender = asyncio.create_task(member.run_sender())
+    kicked = asyncio.create_task(member.wait_kicked())
+    tasks = {reader, sender, kicked}
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        member.gone()
+        for task in tasks:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    for task, result in zip((reader, sender, kicked), results):
+        if isinstance(result, Exception) and task in done:
+            # The peer vanished mid-send or mid-read: the connection is over, nothing to report.
+            log.info(
+                "connection ended", extra={"room": room.name, "conn": member.id, "error": repr(result)}
+            )
+    # Leave before closing: a kicked client that stopped reading may hold the close for a while,
+    # and the others must not see its presence meanwhile.
+    hub.registry.leave(room, member)
+    if member.state is MemberState.KICKED:
+        if member.close_code == CloseCode.SLOW_CONSUMER:
+            hub.metrics.slow_client_disconnects.inc()
+            log.warning(
+                "slow client disconnected",
+                extra={"room": room.name, "conn": member.id, "reason": member.close_reason},
+            )
+        await close_quietly(member, websocket)
+
+
+async def close_quietly(member: Member, websocket: WebSocket) -> None:
+    """Send the kick's close frame; a socket that is already gone cannot receive it."""
+    assert member.close_code is not None
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await member.transport.close(member.close_code, member.close_reason)
+    except (RuntimeError, OSError, WebSocketDisconnect, TimeoutError) as exc:
+        log.info("close frame not delivered", extra={"conn": member.id, "error": repr(exc)})
+
+
+async def read_frames(hub: Hub, websocket: WebSocket, room: Room, member: Member) -> None:
+    limit = hub.settings.max_message_bytes
+    metrics = hub.metrics
+    bucket = TokenBucket(hub.settings.rate_limit, hub.settings.rate_burst)
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        data = message.get("bytes")
+        try:
+            if data is None:
+                raise ProtocolError(
+                    CloseCode.UNSUPPORTED_DATA, "text frames are not supported; send binary messages"
+                )
+            metrics.received_frame(len(data))
+            if not bucket.take():
+                raise ProtocolError(
+                    CloseCode.RATE_LIMITED,
+                    f"more than {hub.settings.rate_limit:g} messages a second; slow down",
+                )
+            if len(data) > limit:
+                raise ProtocolError(
+                    CloseCode.MESSAGE_TOO_BIG, f"message of {len(data)} bytes exceeds {limit}"
+                )
+            room.receive(member, data)
+        except ProtocolError as exc:
+            client_error(hub, member.id, room.name, exc.code, exc.reason)
+            member.kick(exc.code, exc.reason)
+            return
+        except Exception:
+            # A server bug, not the client's fault: say so loudly, close this connection only.
+            log.exception("error handling a frame", extra={"room": room.name, "conn": member.id})
+            member.kick(CloseCode.INTERNAL_ERROR, "internal error")
+            return
+
+
+def client_error(hub: Hub, conn: str, room: str | None, code: int, reason: str) -> None:
+    hub.metrics.client_errors.labels(code=str(int(code))).inc()
+    log.warning("client error", extra={"room": room, "conn": conn, "code": int(code), "reason": reason})
