@@ -1,0 +1,297 @@
+"""The one way anything plugs into pairroom: a typed ``Extension`` with optional hooks.
+
+Built-in features (persistence, the cluster bridge, chat, review, recording, kernels, rtc) and
+third-party packages are all extensions, listed in ``app.py`` or found through the
+``pairroom.extensions`` entry point group. Every hook is optional; the runner (``ExtensionRunner``)
+works out once which extensions override which hook, so a hook nobody implements costs nothing on the
+hot path.
+
+Guarantees (see ``docs/extensions.md``):
+
+- hooks run in ``priority`` order (lower first; ties in the order the extensions were listed);
+- a hook that raises is logged at ERROR with the extension's name and counted in
+  ``pairroom_extension_errors_total{extension,hook}``; the room and the other extensions carry on.
+  ``Reject`` from ``on_authenticate`` is not an error: it refuses the connection;
+- async hooks are bounded by ``hook_timeout`` seconds (a timeout counts as an error);
+- sync hooks (``on_change``, ``allows_write``, ``on_join`` ...) run on the room's path: keep them cheap,
+  and hand slow work to a task of your own ``lifespan``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from .identity import Principal
+from ..protocol.origins import Origin
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+
+    from .member import Member
+    from .room import Room
+
+log = logging.getLogger("pairroom.extensions")
+
+
+class Reject(Exception):
+    """Raised by ``on_authenticate`` to refuse a connection with a websocket close code."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """Who is knocking, after the token was checked: the payload of ``on_authenticate``."""
+
+    room_name: str
+    principal: Principal
+    headers: Mapping[str, str]
+    endpoint: str  # "yjs", "replay", "signal", "call", or an extension's own
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """An update the room's document integrated: the payload of ``on_change`` and
+    ``after_client_change``. ``author`` is the person it came from (a client of this node or,
+    through the bus, of another), or None for the server's own changes."""
+
+    room: Room
+    update: bytes
+    origin: Origin
+    author: Principal | None
+
+
+class ErrorCounter(Protocol):
+    def extension_error(self, extension: str, hook: str) -> None: ...
+
+
+class Extension:
+    """Subclass and override the hooks you need; the defaults do nothing.
+
+    ``name`` is how the operator enables it and where its routes mount (``/ext/{name}/`` for
+    third-party extensions); ``settings`` holds its ``PAIRROOM_EXT_<NAME>_<KEY>`` values.
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "0"
+    priority: ClassVar[int] = 100
+    hook_timeout: ClassVar[float] = 5.0
+    builtin: ClassVar[bool] = False  # built-ins mount their routes at the root
+
+    settings: Mapping[str, str] = {}
+
+    # -- the node -------------------------------------------------------------------------------
+
+    def routes(self) -> Sequence[BaseRoute]:
+        """HTTP and websocket routes of this extension."""
+        return ()
+
+    def lifespan(self, node: Any) -> AbstractAsyncContextManager[None] | None:
+        """An async context entered at start-up (in priority order) and left at shutdown (in
+        reverse). ``node`` is the running node (``web.hub.Hub``): settings, store, registry,
+        cluster, metrics and ``node.supervisor`` to run background loops under supervision."""
+        return None
+
+    # -- connections ----------------------------------------------------------------------------
+
+    async def on_authenticate(self, conn: Connection) -> None:
+        """Refuse with ``raise Reject(code, reason)``; return to let the connection in."""
+
+    # -- rooms ----------------------------------------------------------------------------------
+
+    async def on_load(self, room: Room) -> None:
+        """The room's document was loaded from storage and is about to become active."""
+
+    def on_loaded(self, room: Room) -> None:
+        """The room is active: members can join."""
+
+    def on_unload(self, room: Room) -> None:
+        """The room is leaving memory (idle, deleted or shutdown)."""
+
+    def allows_write(self, room: Room, member: Member, update: bytes) -> bool:
+        """For a member whose role may write only parts of the document (a reviewer): True if
+        this update stays within what this extension lets them write. Members with full write
+        rights never reach it. Any extension saying True lets the update in."""
+        return False
+
+    def on_change(self, change: Change) -> None:
+        """The document integrated an update (any origin)."""
+
+    def after_client_change(self, change: Change) -> None:
+        """A client's update was integrated and the guards have run (the place to stamp or
+        revert what a client wrote, in a server transaction)."""
+
+    def on_join(self, room: Room, member: Member) -> None: ...
+
+    def on_leave(self, room: Room, member: Member) -> None: ...
+
+    def on_awareness(self, room: Room, member: Member, states: dict[int, Any]) -> None:
+        """A member's awareness states changed (client id -> state; None when removed)."""
+
+    def on_deleted(self, room_name: str) -> None:
+        """The room was deleted (here or on another node) and evicted without a final flush."""
+
+
+SYNC_HOOKS = (
+    "on_loaded",
+    "on_unload",
+    "on_change",
+    "after_client_change",
+    "on_join",
+    "on_leave",
+    "on_awareness",
+    "on_deleted",
+)
+ASYNC_HOOKS = ("on_authenticate", "on_load")
+ALL_HOOKS = ("routes", "lifespan", *ASYNC_HOOKS, "allows_write", *SYNC_HOOKS)
+
+
+def hooks_of(extension: Extension) -> list[str]:
+    """The hooks an extension overrides (for ``GET /api/extensions`` and the runner)."""
+    return [hook for hook in ALL_HOOKS if getattr(type(extension), hook) is not getattr(Extension, hook)]
+
+
+class _NoCounter:
+    def extension_error(self, extension: str, hook: str) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class ExtensionRunner:
+    """Runs every extension's hooks in priority order, each isolated from the others."""
+
+    extensions: Sequence[Extension]
+    errors: ErrorCounter = field(default_factory=_NoCounter)
+    _by_hook: dict[str, tuple[Extension, ...]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        ordered = sorted(enumerate(self.extensions), key=lambda pair: (pair[1].priority, pair[0]))
+        self.extensions = [extension for _, extension in ordered]
+        self._by_hook = {
+            hook: tuple(e for e in self.extensions if hook in hooks_of(e)) for hook in ALL_HOOKS
+        }
+
+    def implementing(self, hook: str) -> tuple[Extension, ...]:
+        return self._by_hook[hook]
+
+    def has(self, hook: str) -> bool:
+        return bool(self._by_hook[hook])
+
+    def failed(self, extension: Extension, hook: str) -> None:
+        log.exception("extension hook failed", extra={"extension": extension.name, "hook": hook})
+        self.errors.extension_error(extension.name, hook)
+
+    # -- sync hooks -----------------------------------------------------------------------------
+
+    def notify(self, hook: str, *args: object) -> None:
+        """Call a sync hook on every extension that has it; errors are isolated."""
+        for extension in self._by_hook[hook]:
+            try:
+                getattr(extension, hook)(*args)
+            except Exception:
+                self.failed(extension, hook)
+
+    def allows_write(self, room: Room, member: Member, update: bytes) -> bool:
+        for extension in self._by_hook["allows_write"]:
+            try:
+                if extension.allows_write(room, member, update):
+                    return True
+            except Exception:
+                self.failed(extension, "allows_write")  # fails closed: not allowed by this one
+        return False
+
+    # -- async hooks ----------------------------------------------------------------------------
+
+    async def _bounded(self, extension: Extension, hook: str, call: Awaitable[None]) -> None:
+        try:
+            async with asyncio.timeout(extension.hook_timeout):
+                await call
+        except Reject:
+            raise
+        except TimeoutError:
+            log.error(
+                "extension hook timed out",
+                extra={"extension": extension.name, "hook": hook, "seconds": extension.hook_timeout},
+            )
+            self.errors.extension_error(extension.name, hook)
+        except Exception:
+            self.failed(extension, hook)
+
+    async def authenticate(self, conn: Connection) -> None:
+        """Run ``on_authenticate``; the first ``Reject`` refuses the connection."""
+        for extension in self._by_hook["on_authenticate"]:
+            await self._bounded(extension, "on_authenticate", extension.on_authenticate(conn))
+
+    async def on_load(self, room: Room) -> None:
+        for extension in self._by_hook["on_load"]:
+            await self._bounded(extension, "on_load", extension.on_load(room))
+
+
+@dataclass(slots=True)
+class LoopFailure:
+    name: str
+    error: str
+    at: float
+
+
+class Supervisor:
+    """The node's background work in one TaskGroup, owned by the lifespan.
+
+    A loop that crashes is logged at ERROR with its traceback and recorded in ``failures``, which
+    turns ``/readyz`` 503 naming it; the other loops carry on (a crash does not cancel its siblings,
+    as a bare TaskGroup would). A loop that should restart passes ``restart=True`` and is run again
+    after a backoff.
+    """
+
+    def __init__(self) -> None:
+        self.failures: dict[str, LoopFailure] = {}
+        self._group: asyncio.TaskGroup | None = None
+
+    async def __aenter__(self) -> Supervisor:
+        self._group = asyncio.TaskGroup()
+        await self._group.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        group, self._group = self._group, None
+        assert group is not None
+        for task in list(getattr(group, "_tasks", ())):
+            task.cancel()
+        await group.__aexit__(*exc)  # type: ignore[arg-type]
+
+    def spawn(
+        self, name: str, loop: Callable[[], Awaitable[None]], *, restart: bool = False
+    ) -> asyncio.Task[None]:
+        if self._group is None:
+            raise RuntimeError("the supervisor is not running")
+        return self._group.create_task(self._supervised(name, loop, restart), name=name)
+
+    async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]], restart: bool) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("background loop crashed", exc_info=True, extra={"task": name})
+                self.failures[name] = LoopFailure(name, f"{type(exc).__name__}: {exc}", time.time())
+                if not restart:
+                    return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+            self.failures.pop(name, None)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.failures
