@@ -1,0 +1,260 @@
+"""Attacks on a real server, each followed by what a user relies on: the server answers, other rooms
+carry on, the document and storage are intact (issue 22).
+
+The kernel cases run real code in the real sandbox; the others use plain servers started on port 0
+inside each test. Every test shares the module's event loop, as the kernel server does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+import uuid
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+import pytest_asyncio
+from pycrdt import Map, Text
+
+from pairroom.app import create_app
+from pairroom.config import Settings
+from pairroom.web.runner import Server, start_serving, uvicorn_config
+from tests.test_kernels import (
+    KernelServer, requires_sandbox, run_and_wait, run_code, start_kernel_server, stdout,
+)
+from tests.yclient import YClient, eventually
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module")]
+
+NEIGHBOUR = "hardening-neighbour"
+
+
+def room(prefix: str = "h") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+# -- servers ------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Plain:
+    """A pairroom server without kernels, on port 0."""
+
+    server: Server
+    settings: Settings
+    task: asyncio.Task[None]
+
+    @property
+    def port(self) -> int:
+        assert self.server.port is not None
+        return self.server.port
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws(self, name: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/yjs/{name}"
+
+    @property
+    def hub(self) -> Any:
+        return self.server.config.app.state.hub
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await self.task
+
+
+@contextlib.asynccontextmanager
+async def plain_server(tmp: Path, **overrides: Any) -> AsyncIterator[Plain]:
+    values: dict[str, Any] = {"port": 0, "db": f"sqlite:///{tmp / 'pairroom.db'}", "log_format": "text", "kernels": False}
+    values.update(overrides)
+    settings = dataclasses.replace(Settings(), **values)
+    server = Server(uvicorn_config(create_app(settings), settings, signals=False))
+    task = await start_serving(server)
+    running = Plain(server, settings, task)
+    try:
+        yield running
+    finally:
+        if not task.done():
+            await running.stop()
+
+
+# -- kernels: room code never reaches the event loop, and one room's kernel failing is its own ----------
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def ks(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[KernelServer]:
+    server = await start_kernel_server(tmp_path_factory.mktemp("hardening-kernels"))
+    assert (await run_code(server, NEIGHBOUR, "survivor = 'still here'"))["status"] == "ok"
+    yield server
+    await server.stop()
+
+
+async def assert_unaffected(ks: KernelServer) -> None:
+    """The server answers, and a neighbour room's kernel (with its state) runs code at once."""
+    assert (await ks.http.get("/healthz")).status_code == 200
+    run = await run_code(ks, NEIGHBOUR, "print(survivor)")
+    assert run["status"] == "ok" and stdout(run) == "still here\n", run
+
+
+async def with_room_file(ks: KernelServer, name: str, path: str, content: str) -> YClient:
+    client = await YClient.connect(ks.ws(name))
+    await client.synced.wait()
+    with client.doc.transaction():
+        client.doc.get("files", type=Map)[path] = Text(content)
+
+    def arrived() -> bool:
+        loaded = ks.hub.registry.rooms.get(name)
+        files = loaded.doc.get("files", type=Map) if loaded is not None else None
+        return files is not None and path in files and str(files[path]) == content
+
+    await eventually(arrived, what="the room file reached the server")
+    return client
+
+
+@requires_sandbox
+@pytest.mark.timeout(120)
+async def test_a_fifo_where_a_room_file_goes_does_not_freeze_the_server(ks: KernelServer) -> None:
+    name = room("fifo")
+    client = await with_room_file(ks, name, "helper.py", "WORD = 'from the room'\n")
+    # the code swaps the room's file for a named pipe, and one it keeps open for reading
+    plant = (
+        "import os, threading\n"
+        "os.remove('helper.py'); os.mkfifo('helper.py')\n"
+        "os.mkfifo('held.txt')\n"
+        "threading.Thread(target=lambda: open('held.txt').read(), daemon=True).start()\n"
+        "print(oct(os.stat('helper.py').st_mode))"
+    )
+    run = await run_code(ks, name, plant)
+    assert run["status"] == "ok" and stdout(run).startswith("0o1"), run  # S_IFIFO
+    with client.doc.transaction():
+        client.doc.get("files", type=Map)["held.txt"] = Text("replaced")
+
+    # the next run writes the room's files over the pipes: while it does, the server answers
+    response = await ks.http.post(f"/api/rooms/{name}/runs", json={"code": (
+        "import helper, stat, os\n"
+        "print(helper.WORD, stat.S_ISREG(os.stat('helper.py').st_mode), open('held.txt').read())"
+    )})
+    assert response.status_code == 201, response.text
+    health_started = time.monotonic()
+    assert (await ks.http.get("/healthz")).status_code == 200
+    assert time.monotonic() - health_started < 5
+    run = await run_and_wait(ks, name, response.json()["id"])
+    assert run["status"] == "ok", run
+    assert stdout(run) == "from the room True replaced\n"
+    await assert_unaffected(ks)
+    await client.close()
+
+
+@requires_sandbox
+async def test_a_link_planted_where_a_room_file_goes_is_replaced_not_written_through(ks: KernelServer, tmp_path: Path) -> None:
+    name = room("link")
+    client = await with_room_file(ks, name, "notes.txt", "room text")
+    # a symlink to a file outside, and a hard link to a file the code wrote itself but must keep
+    plant = (
+        "import os\n"
+        "os.remove('notes.txt'); os.symlink('/etc/hostname', 'notes.txt')\n"
+        "open('mine.txt', 'w').write('mine'); os.mkdir('sub')\n"
+        "os.link('mine.txt', 'sub/linked.txt')\n"
+    )
+    assert (await run_code(ks, name, plant))["status"] == "ok"
+    with client.doc.transaction():
+        client.doc.get("files", type=Map)["sub/linked.txt"] = Text("from the room")
+    await eventually(lambda: "sub/linked.txt" in ks.hub.registry.rooms[name].doc.get("files", type=Map))
+    run = await run_code(ks, name, (
+        "import os\n"
+        "print(os.path.islink('notes.txt'), open('notes.txt').read(), open('mine.txt').read(), open('sub/linked.txt').read())"
+    ))
+    assert run["status"] == "ok", run
+    assert stdout(run) == "False room text mine from the room\n"
+    await client.close()
+
+
+@requires_sandbox
+@pytest.mark.timeout(180)
+async def test_a_folder_3000_levels_deep_where_a_room_file_goes_fails_nobody(ks: KernelServer) -> None:
+    name = room("deep")
+    client = await with_room_file(ks, name, "helper.py", "WORD = 'shallow'\n")
+    plant = (
+        "import os\n"
+        "top = os.open('.', os.O_RDONLY)\n"
+        "os.remove('helper.py'); os.mkdir('helper.py'); os.chdir('helper.py')\n"
+        "for _ in range(3000):\n"
+        "    os.mkdir('d'); os.chdir('d')\n"
+        "os.fchdir(top)\n"
+        "print(os.path.isdir('helper.py'))"
+    )
+    run = await run_code(ks, name, plant, timeout=60)
+    assert run["status"] == "ok" and stdout(run) == "True\n", run
+    run = await run_code(ks, name, "import helper\nprint(helper.WORD)")
+    assert run["status"] == "ok" and stdout(run) == "shallow\n", run
+    await assert_unaffected(ks)
+    # and again, this time left for the room kernel's restart and removal to deal with
+    assert (await run_code(ks, name, plant, timeout=60))["status"] == "ok"
+    response = await ks.http.post(f"/api/rooms/{name}/kernel/restart")
+    assert response.status_code == 200, response.text
+    other = room("after-deep")
+    assert (await run_code(ks, other, "print(1 + 1)"))["status"] == "ok"
+    await assert_unaffected(ks)
+    await client.close()
+
+
+SIGNED = "k = get_ipython().kernel\nparent = k.get_parent('shell')\n"
+RAW = (  # a message signed with the kernel's key, with parts the code chose byte for byte
+    "def raw(header, parent_header, content):\n"
+    "    parts = [header, parent_header, b'{}', content]\n"
+    "    k.iopub_socket.send_multipart([b'<IDS|MSG>', k.session.sign(parts)] + parts)\n"
+)
+
+
+@requires_sandbox
+@pytest.mark.parametrize("attack", [
+    pytest.param(SIGNED + "k.session.send(k.iopub_socket, 'stream', content=b'[1, 2, 3]', parent=parent)", id="list-content"),
+    pytest.param(SIGNED + "k.session.send(k.iopub_socket, 'stream', content={'name': {}, 'text': [1]}, parent=parent)", id="wrong-types"),
+    pytest.param(SIGNED + "k.session.send(k.iopub_socket, 'display_data', content=b'{\"data\": {\"application/json\": ' + b'[' * 100000 + b']' * 100000 + b'}}', parent=parent)", id="deep-json"),
+    pytest.param(SIGNED + "k.session.send(k.iopub_socket, 'display_data', content={'data': {'text/plain': 'x', 'application/json': {'n': float('nan')}}, 'metadata': 7}, parent=parent)", id="nan"),
+    pytest.param(SIGNED + "k.session.send(k.iopub_socket, 'status', content={'execution_state': 'idle'}, parent={'msg_id': ['x']})", id="list-parent"),
+    pytest.param(SIGNED + RAW + "raw(b'[1]', b'\"nope\"', b'{}')", id="string-parent-list-header"),
+    pytest.param(SIGNED + RAW + "raw(b'{\"msg_type\": 5}', b'{\"msg_id\": \"' + parent['header']['msg_id'].encode() + b'\"}', b'{}')", id="number-type"),
+    pytest.param(SIGNED + RAW + "raw(b'{', b'{}', b'{}')", id="not-json"),
+    pytest.param(SIGNED + "k.iopub_socket.send_multipart([b'<IDS|MSG>', b'bad signature', b'{}', b'{}', b'{}', b'{}'])", id="bad-signature"),
+])
+async def test_a_signed_hostile_iopub_message_is_skipped(ks: KernelServer, attack: str) -> None:
+    name = room("iopub")
+    run = await run_code(ks, name, attack + "\nprint('after')")
+    assert run["status"] == "ok", run["outputs"]
+    assert "after\n" in stdout(run), run
+    for output in run["outputs"]:  # what reached the document has the schema's shape
+        if output["output_type"] == "stream":
+            assert output["name"] in ("stdout", "stderr") and isinstance(output["text"], str)
+    # the room's kernel lives on with its state, and every other room's runs answer 201
+    assert (await run_code(ks, name, "x = 5\nprint(x)"))["status"] == "ok"
+    await assert_unaffected(ks)
+
+
+@requires_sandbox
+@pytest.mark.timeout(180)
+async def test_shutdown_after_hostile_kernels_still_flushes_the_last_write(tmp_path: Path) -> None:
+    server = await start_kernel_server(tmp_path)
+    name = room("flush")
+    try:
+        attack = SIGNED + "k.session.send(k.iopub_socket, 'stream', content=b'[1]', parent=parent)\nprint('ok')"
+        assert (await run_code(server, name, attack))["status"] == "ok"
+        client = await YClient.connect(server.ws(name))
+        await client.synced.wait()
+        client.text.insert(0, "the last acknowledged edit")
+        await eventually(lambda: str(server.hub.registry.rooms[name].doc.get("text", type=Text)) == "the last acknowledged edit")
+        await client.close()
+    finally:
+        await server.stop()
+    async with plain_server(tmp_path, db=f"sqlite:///{server.db_path}") as again:
+        reader = await YClient.connect(again.ws(name))
+        await reader.synced.wait()
+        assert str(reader.text) == "the last acknowledged edit"
+        runs = reader.doc.get("runs", type=Map)
+        assert len(runs) == 1
+        await reader.close()
