@@ -258,3 +258,136 @@ async def test_shutdown_after_hostile_kernels_still_flushes_the_last_write(tmp_p
         runs = reader.doc.get("runs", type=Map)
         assert len(runs) == 1
         await reader.close()
+
+
+# -- presence is bounded ------------------------------------------------------------------------------
+
+SECRET = "hardening-secret-of-at-least-32-bytes"
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def awareness_frame(entries: list[tuple[int, int, str]]) -> bytes:
+    from pairroom.protocol import sync as protocol
+
+    return protocol.awareness_message(protocol.encode_awareness([protocol.AwarenessEntry(*e) for e in entries]))
+
+
+async def edit_latencies(writer: YClient, reader: YClient, count: int) -> list[float]:
+    """Seconds from an edit on ``writer`` until ``reader`` has it, ``count`` times."""
+    latencies = []
+    for i in range(count):
+        before = len(str(reader.text))
+        started = time.monotonic()
+        writer.text.insert(len(str(writer.text)), "x")
+        await eventually(lambda: len(str(reader.text)) > before, timeout=30, what="the edit arrived")
+        latencies.append(time.monotonic() - started)
+    return latencies
+
+
+async def test_an_awareness_flood_from_a_viewer_is_refused_and_other_rooms_carry_on(tmp_path: Path) -> None:
+    import statistics
+
+    from pairroom.web.auth import mint
+
+    async with plain_server(tmp_path, secret=SECRET) as s:
+        calm, flooded = room("calm"), room("flood")
+        a = await YClient.connect(s.ws(calm) + "?token=" + mint(SECRET, calm, "owner", "Ada"))
+        b = await YClient.connect(s.ws(calm) + "?token=" + mint(SECRET, calm, "editor", "Bob"))
+        await asyncio.gather(a.synced.wait(), b.synced.wait())
+        before = await edit_latencies(a, b, 20)
+        rss_before = rss_mib()
+
+        viewer = await YClient.connect(s.ws(flooded) + "?token=" + mint(SECRET, flooded, "viewer", "Eve"))
+        await viewer.synced.wait()
+        flood = awareness_frame([(1000 + i, 1, "{}") for i in range(150_000)])
+        assert len(flood) > 1_000_000
+        sent = time.monotonic()
+        await viewer.send_raw(flood)
+        during = await edit_latencies(a, b, 20)
+        print(f"awareness flood: another room's edit latency peaked at {max(during) * 1000:.1f} ms, "
+              f"rss {rss_before:.1f} -> {rss_mib():.1f} MiB")
+        await eventually(lambda: viewer.close_code is not None, timeout=10, what="the flooder was closed")
+        assert viewer.close_code == 4413 and "at most 16" in (viewer.close_reason or "")
+        assert time.monotonic() - sent < 5
+
+        # one id per message, each a new one: the ninth id on one connection is refused
+        many = await YClient.connect(s.ws(flooded) + "?token=" + mint(SECRET, flooded, "viewer", "Mal"))
+        await many.synced.wait()
+        for i in range(9):
+            with contextlib.suppress(Exception):
+                await many.send_raw(awareness_frame([(5000 + i, 1, '{"cursor": 1}')]))
+        await eventually(lambda: many.close_code is not None, timeout=10)
+        assert many.close_code == 4413 and "at most 8 awareness client ids" in (many.close_reason or "")
+
+        # one state of 1 MiB
+        big = await YClient.connect(s.ws(flooded) + "?token=" + mint(SECRET, flooded, "editor", "Big"))
+        await big.synced.wait()
+        await big.send_raw(awareness_frame([(9000, 1, '{"x": "' + "y" * 2**20 + '"}')]))
+        await eventually(lambda: big.close_code is not None, timeout=10)
+        assert big.close_code == 4413 and "at most 16384" in (big.close_reason or "")
+
+        # the room itself and a legitimate member's presence carry on
+        honest = await YClient.connect(s.ws(flooded) + "?token=" + mint(SECRET, flooded, "editor", "Cy"))
+        await honest.synced.wait()
+        await honest.send_raw(awareness_frame([(honest.doc.client_id, 1, '{"file": "main.py"}')]))
+        room_state = s.hub.registry.rooms[flooded]
+        await eventually(lambda: honest.doc.client_id in room_state.awareness.states)
+        assert len(room_state.awareness.states) <= 3  # the honest member (and the server's summary)
+        after = await edit_latencies(a, b, 20)
+        rss_after = rss_mib()
+        figures = {
+            "edit latency before, median ms": round(statistics.median(before) * 1000, 2),
+            "during the flood, max ms": round(max(during) * 1000, 2),
+            "after, median ms": round(statistics.median(after) * 1000, 2),
+            "rss before MiB": round(rss_before, 1), "rss after MiB": round(rss_after, 1),
+        }
+        print("awareness flood figures:", figures)
+        assert max(during) < 1.0, figures
+        assert rss_after - rss_before < 100, figures
+        for client in (a, b, honest, viewer, many, big):
+            await client.close()
+
+
+async def test_presence_a_viewer_records_is_bounded_per_connection(tmp_path: Path) -> None:
+    """A viewer moving its cursor with huge states as fast as the rate limit allows: what the
+    recording gets stays within the per-connection budget (the relay still carries every change)."""
+    from pairroom.rooms.presence import Presence
+
+    recorded: list[int] = []
+    async with plain_server(tmp_path, secret=SECRET, rate_limit=10_000.0, rate_burst=10_000) as s:
+        from pairroom.web.auth import mint
+
+        name = room("rec")
+        watcher = await YClient.connect(s.ws(name) + "?token=" + mint(SECRET, name, "owner", "Ada"))
+        await watcher.synced.wait()
+        presence: Presence = s.hub.registry.rooms[name].presence
+        original = presence.on_member_states
+        assert original is not None
+
+        def counting(member: Any, states: dict[int, Any]) -> None:
+            recorded.append(sum(len(repr(state)) for state in states.values()))
+            original(member, states)
+
+        presence.on_member_states = counting
+        viewer = await YClient.connect(s.ws(name) + "?token=" + mint(SECRET, name, "viewer", "Eve"))
+        await viewer.synced.wait()
+        started = time.monotonic()
+        state = '{"cursor": "' + "c" * 15_000 + '", "n": %d}'
+        for clock in range(1, 400):
+            await viewer.send_raw(awareness_frame([(viewer.doc.client_id, clock, state % clock)]))
+        await eventually(lambda: viewer.doc.client_id in presence.awareness.states
+                         and presence.awareness.meta[viewer.doc.client_id]["clock"] == 399, timeout=20)
+        elapsed = time.monotonic() - started
+        limits = presence.limits
+        allowed = limits.recorded_burst_bytes + limits.recorded_bytes_per_second * elapsed
+        assert sum(recorded) <= allowed * 1.1, (sum(recorded), allowed)
+        assert len(recorded) < 399
+        await viewer.close()
+        await watcher.close()
