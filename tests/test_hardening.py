@@ -391,3 +391,118 @@ async def test_presence_a_viewer_records_is_bounded_per_connection(tmp_path: Pat
         assert len(recorded) < 399
         await viewer.close()
         await watcher.close()
+
+
+# -- HTTP is bounded ----------------------------------------------------------------------------------
+
+
+async def raw_http(port: int, head: bytes, body_chunks: list[bytes] | None = None, read_timeout: float = 10) -> tuple[bytes, bool]:
+    """Send ``head`` then the chunks while reading the answer (the server may answer and close before
+    the body is sent); the response and whether the whole body could be sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    received = bytearray()
+
+    async def read() -> None:
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(65536):
+                received.extend(chunk)
+
+    reading = asyncio.create_task(read())
+    sent_all = True
+    try:
+        writer.write(head)
+        await writer.drain()
+        for chunk in body_chunks or []:
+            if reading.done():
+                sent_all = False
+                break
+            try:
+                writer.write(chunk)
+                await writer.drain()
+            except (ConnectionError, OSError):
+                sent_all = False
+                break
+        async with asyncio.timeout(read_timeout):
+            while not received.endswith(b"}") and not reading.done():
+                await asyncio.wait({reading}, timeout=0.05)
+        return bytes(received), sent_all
+    finally:
+        reading.cancel()
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+async def test_request_bodies_are_capped_on_every_route_before_they_are_read(tmp_path: Path) -> None:
+    async with plain_server(tmp_path, secret=SECRET) as s:
+        rss_before = rss_mib()
+        # a declared 150 MiB body: refused on the header, nothing read
+        for path in ("/api/rooms", "/api/rooms/x/chat", "/rtc/x/whip", "/no/such/route"):
+            head = (f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                    f"content-length: {150 * 2**20}\r\n\r\n").encode()
+            response, _ = await raw_http(s.port, head)
+            assert response.startswith(b"HTTP/1.1 413"), (path, response[:200])
+            assert b"connection: close" in response.lower()
+        # a chunked body that never ends: reading stops past the cap
+        head = b"POST /api/rooms HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+        chunk = b"%x\r\n%s\r\n" % (2**20, b" " * 2**20)
+        response, sent_all = await raw_http(s.port, head, [chunk] * 150)
+        assert response.startswith(b"HTTP/1.1 413"), response[:200]
+        assert b"over 64 KiB" in response
+        # a route's own cap is lower than the server's: 100 KiB of chat is refused with the route's reason
+        async with httpx_client(s) as http:
+            big = await http.post("/api/rooms", content=b'{"x": "' + b"y" * 100_000 + b'"}')
+            assert big.status_code == 413 and "64 KiB" in big.json()["error"]
+            deep = await http.post("/api/rooms", content=b"[" * 100_000 + b"]" * 100_000)
+            assert deep.status_code in (400, 413)
+            assert (await http.get("/healthz")).status_code == 200
+            created = await http.post("/api/rooms", json={"room": room("ok")})
+            assert created.status_code == 201, created.text
+        assert rss_mib() - rss_before < 60, (rss_before, rss_mib())
+
+
+@contextlib.asynccontextmanager
+async def httpx_client(s: Plain) -> AsyncIterator[Any]:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=s.http, timeout=30) as http:
+        yield http
+
+
+async def test_half_sent_requests_are_closed_at_their_deadline(tmp_path: Path) -> None:
+    async with plain_server(tmp_path, http_header_timeout=1.0, http_body_timeout=1.0) as s:
+        opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        for i in range(200):  # slowloris: a request line and one header, never finished
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nx-slow: " + str(i).encode())
+            opened.append((reader, writer))
+        silent = await asyncio.open_connection("127.0.0.1", s.port)  # never sends a byte
+        body = await asyncio.open_connection("127.0.0.1", s.port)  # a body that stops half way
+        body[1].write(b"POST /api/rooms HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"room\"")
+        started = time.monotonic()
+        async with httpx_client(s) as http:  # the server answers others meanwhile
+            assert (await http.get("/healthz")).status_code == 200
+
+        async def closed(reader: asyncio.StreamReader) -> bytes:
+            async with asyncio.timeout(10):
+                data = b""
+                while chunk := await reader.read(4096):
+                    data += chunk
+                return data
+
+        answers = await asyncio.gather(*(closed(r) for r, _ in opened))
+        assert all(a.startswith(b"HTTP/1.1 408") for a in answers), answers[:3]
+        assert await closed(silent[0]) in (b"", b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        await closed(body[0])  # closed (the app saw a disconnect), not held
+        assert time.monotonic() - started < 8
+        assert len(s.server.server_state.connections) == 0
+        for _, writer in [*opened, silent, body]:
+            writer.close()
+        # a slow but steady request that finishes in time is served
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+        for part in (b"GET /healthz HTTP/1.1\r\n", b"host: x\r\n", b"\r\n"):
+            writer.write(part)
+            await writer.drain()
+        async with asyncio.timeout(5):
+            assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+        writer.close()
