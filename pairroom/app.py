@@ -132,12 +132,15 @@ async def bounded_close(store: Store, seconds: float) -> None:
 
 
 async def bounded(step: Awaitable[object], seconds: float, what: str) -> None:
-    """One shutdown step, bounded: a step that hangs is reported and the shutdown goes on."""
+    """One shutdown step, bounded: a step that hangs or fails is reported and the shutdown goes on
+    (the final flush of the rooms must run whatever went wrong before it)."""
     try:
         async with asyncio.timeout(seconds):
             await step
     except TimeoutError:
         log.error("shutdown step did not finish in time", extra={"step": what, "seconds": seconds})
+    except Exception:
+        log.exception("shutdown step failed", extra={"step": what})
 
 
 def redact(url: str) -> str:

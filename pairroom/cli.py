@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-message-bytes", type=int, help="largest websocket message taken (default 16 MiB)"
     )
+    serve.add_argument("--max-body-bytes", type=int, help="largest HTTP request body taken (default 2 MiB)")
+    serve.add_argument("--http-header-timeout", type=float, help="seconds for a request's headers to arrive (default 10)")
+    serve.add_argument("--http-body-timeout", type=float, help="seconds for a request's body to arrive (default 30)")
     serve.add_argument("--room-idle-seconds", type=float, help="unload a room this long after it empties")
     serve.add_argument("--flush-interval-ms", type=float, help="batch window for storage writes")
     serve.add_argument(

@@ -54,8 +54,8 @@ def test_reading_a_fifo_or_a_link_returns_nothing_and_does_not_block(tmp_path: P
     secret = tmp_path.parent / f"secret-{uuid.uuid4().hex}"
     secret.write_text("server secret")
     os.symlink(secret, tmp_path / "link")
-    assert safe_fs.read_file(str(tmp_path), "pipe", 100) is None
-    assert safe_fs.read_file(str(tmp_path), "link", 100) is None
+    assert safe_fs.read_path(str(tmp_path), "pipe", 100) is None
+    assert safe_fs.read_path(str(tmp_path), "link", 100) is None
     secret.unlink()
 
 
@@ -88,7 +88,7 @@ def test_a_scan_skips_links_fifos_and_depth_past_the_cap(tmp_path: Path) -> None
     listing = safe_fs.scan(str(tmp_path), ignore_rule(()), max_entries=10_000, max_depth=32)
     assert set(listing.files) == {"a.py", "sub/b.py"}
     assert listing.too_deep == 1
-    safe_fs.remove(str(tmp_path), "deep")
+    safe_fs.remove_path(str(tmp_path), "deep")
     assert not (tmp_path / "deep").exists()
 
 

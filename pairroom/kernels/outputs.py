@@ -14,26 +14,78 @@ from typing import Any
 
 
 def to_output(msg_type: str, content: dict[str, Any]) -> dict[str, Any] | None:
-    """The nbformat output for an IOPub message, or None for messages that are not outputs."""
+    """The nbformat output for an IOPub message, or None for messages that are not outputs.
+
+    The kernel runs the room's code, which can send any message it likes: every field is checked and
+    anything of the wrong type becomes an empty value, so what reaches the document is always the
+    shape docs/doc-schema.md describes."""
     if msg_type == "stream":
-        return {"output_type": "stream", "name": content.get("name", "stdout"), "text": content.get("text", "")}
+        name = content.get("name")
+        return {"output_type": "stream", "name": name if name in ("stdout", "stderr") else "stdout",
+                "text": _text(content.get("text"))}
     if msg_type in ("display_data", "update_display_data"):
-        return {"output_type": "display_data", "data": content.get("data", {}), "metadata": content.get("metadata", {})}
+        return {"output_type": "display_data", "data": _bundle(content.get("data")),
+                "metadata": _bundle(content.get("metadata"))}
     if msg_type == "execute_result":
+        count = content.get("execution_count")
         return {
             "output_type": "execute_result",
-            "execution_count": content.get("execution_count"),
-            "data": content.get("data", {}),
-            "metadata": content.get("metadata", {}),
+            "execution_count": count if isinstance(count, int) and not isinstance(count, bool) else None,
+            "data": _bundle(content.get("data")),
+            "metadata": _bundle(content.get("metadata")),
         }
     if msg_type == "error":
+        traceback = content.get("traceback")
         return {
             "output_type": "error",
-            "ename": content.get("ename", ""),
-            "evalue": content.get("evalue", ""),
-            "traceback": list(content.get("traceback", [])),
+            "ename": _text(content.get("ename")),
+            "evalue": _text(content.get("evalue")),
+            "traceback": [_text(line) for line in traceback] if isinstance(traceback, list) else [],
         }
     return None
+
+
+MAX_DEPTH = 32
+"""How deep a MIME bundle's JSON value may nest (``application/json`` outputs); deeper is dropped."""
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _bundle(value: object) -> dict[str, Any]:
+    """A MIME bundle (or metadata): string keys, JSON values no deeper than MAX_DEPTH, finite numbers."""
+    if not isinstance(value, dict):
+        return {}
+    return {key: item for key, item in value.items() if isinstance(key, str) and _plain_json(item, MAX_DEPTH)}
+
+
+def _plain_json(value: object, depth: int) -> bool:
+    """JSON that the document can hold: no NaN or infinity, string keys, bounded nesting (iterative)."""
+    stack = [(value, depth)]
+    while stack:
+        item, left = stack.pop()
+        if isinstance(item, (str, bool)) or item is None:
+            continue
+        if isinstance(item, int):
+            if abs(item) > 2**53:
+                return False
+            continue
+        if isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                return False
+            continue
+        if left <= 0:
+            return False
+        if isinstance(item, list):
+            stack.extend((child, left - 1) for child in item)
+        elif isinstance(item, dict):
+            if not all(isinstance(key, str) for key in item):
+                return False
+            stack.extend((child, left - 1) for child in item.values())
+        else:
+            return False
+    return True
 
 
 def size_of(output: dict[str, Any]) -> int:

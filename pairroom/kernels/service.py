@@ -29,7 +29,6 @@ import contextlib
 import logging
 import os
 import secrets
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from pairroom.protocol.origins import LocalOrigin
 from pairroom.rooms.registry import RoomRegistry
 from pairroom.rooms.room import Room
 from pairroom.kernels import rundoc
+from pairroom.workspace import safe_fs
 from pairroom.kernels.kernel import Kernel, KernelStartError, Outcome
 from pairroom.kernels.limits import Cgroups, detect_cgroups
 from pairroom.kernels.pool import KernelPool
@@ -168,6 +168,9 @@ class RoomKernel:
             self.current = request
             try:
                 await self._run(request)
+            except Exception as exc:  # a failure of this room's run is this room's problem only
+                log.exception("room run failed inside the server", extra={"room": self.name, "run": request.run_id})
+                await self._fail_run(request.run_id, f"the server could not finish the run: {type(exc).__name__}")
             finally:
                 self.current = None
                 request.done.set()
@@ -212,15 +215,26 @@ class RoomKernel:
         workspace = self.workspace
         assert workspace is not None
         workspace.note_actor(request.by)
-        await workspace.flushed()
+        try:
+            await workspace.flushed()
+        except (OSError, TimeoutError, RuntimeError) as exc:  # the run would see old files
+            batch.add_error("KernelFailed", f"the room's files could not be written to its workspace: {exc}")
+            batch.flush()
+            rundoc.update_run(room, run_id, status="failed", startedAt=rundoc.now_ms(), endedAt=rundoc.now_ms())
+            return
         rundoc.update_run(room, run_id, status="running", startedAt=rundoc.now_ms())
         rundoc.set_kernel_state(room, self.settings.node, "busy")
         try:
             finished = await kernel.execute(request.code, batch, self.settings.run_timeout)
         finally:
-            workspace.scan_now()  # what the run wrote comes back into the document
-        if finished.outcome is Outcome.FAILED and not kernel.died.is_set():
-            await kernel.kill(finished.reason or "run failed")  # the time limit: stop the code for good
+            workspace.scan_now()
+        try:
+            await workspace.synced()  # what the run wrote is in the document when the run has ended
+        except (OSError, RuntimeError) as exc:
+            log.error("workspace not synced after a run", extra={"room": self.name, "error": str(exc)})
+        if finished.outcome is Outcome.FAILED:
+            # the time limit, or the kernel died or sent what cannot be read: stop it for good
+            await kernel.kill(finished.reason or "run failed")
         if finished.reason:
             ename = "KernelInterrupted" if finished.outcome is Outcome.INTERRUPTED else "KernelFailed"
             note = "; the kernel restarts with a fresh state on the next run" if kernel.died.is_set() else ""
@@ -229,6 +243,22 @@ class RoomKernel:
         fields: dict[str, Any] = {"status": finished.outcome.value, "endedAt": rundoc.now_ms()}
         rundoc.update_run(room, run_id, **fields)
         rundoc.set_kernel_state(room, self.settings.node, "dead" if kernel.died.is_set() else "idle")
+
+    async def _fail_run(self, run_id: str, reason: str) -> None:
+        """After an unexpected error: say so in the run, and start the next run on a fresh kernel."""
+        kernel = self.kernel
+        try:
+            if kernel is not None:
+                await kernel.kill(reason)
+            room = self.room
+            if room is not None:
+                batch = rundoc.OutputBatch(room, run_id, 0, 0.0)
+                batch.add_error("KernelFailed", reason + "; the kernel restarts with a fresh state on the next run")
+                batch.flush()
+                rundoc.update_run(room, run_id, status="failed", endedAt=rundoc.now_ms())
+                rundoc.set_kernel_state(room, self.settings.node, "dead")
+        except Exception:
+            log.exception("could not record a failed run", extra={"room": self.name, "run": run_id})
 
     async def interrupt(self) -> bool:
         """Interrupt the current run; kill the kernel if it is still busy after ``interrupt_grace``.
@@ -262,7 +292,7 @@ class RoomKernel:
         kernel, self.kernel = self.kernel, None
         if kernel is not None:
             await kernel.kill("room kernel stopped")
-            await asyncio.to_thread(shutil.rmtree, kernel.dirs.base, True)
+            await remove_dirs(str(kernel.dirs.base), self.settings.file_sync_timeout)
         await self.service.lease.release(self.name)
 
     def state(self) -> dict[str, Any]:
@@ -273,6 +303,23 @@ class RoomKernel:
             "alive": kernel is not None and not kernel.died.is_set(),
             "death": kernel.death if kernel is not None and kernel.died.is_set() else None,
         }
+
+
+async def supervised(coro: Any, name: str) -> Any:
+    """Await ``coro``; an exception is logged and swallowed here, so the shared task group lives on."""
+    try:
+        return await coro
+    except Exception:
+        log.exception("kernel task failed", extra={"task": name})
+        return None
+
+
+async def remove_dirs(path: str, timeout: float) -> None:
+    """Remove a kernel's dirs (room code wrote in them: no recursion, no link followed, off the loop)."""
+    try:
+        await safe_fs.run_off_loop(safe_fs.remove_path_tree, path, timeout=timeout, what="kernel dirs")
+    except OSError as exc:
+        log.error("kernel dirs not removed", extra={"path": path, "error": str(exc)})
 
 
 def take_over_lost_kernel(room: Room) -> bool:
@@ -356,8 +403,12 @@ class KernelService:
         try:
             if self._runner is not None:
                 self._runner.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await self._runner
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # supervised tasks never get here; the pool loop might
+                    log.exception("the kernel service's tasks failed")
         finally:
             self._runner = None
             self._tasks = None
@@ -366,7 +417,7 @@ class KernelService:
                 await self._workspaces.detach()
                 self._workspaces = None
             if self._root is not None:
-                await asyncio.to_thread(shutil.rmtree, self._root, True)
+                await remove_dirs(str(self._root), self.settings.file_sync_timeout * 4)
             if self.cgroups is not None:
                 self.cgroups.close()
 
@@ -394,10 +445,12 @@ class KernelService:
         return self.cgroups
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` in the service's task group, supervised: its failure is logged and ends only
+        itself (one room's kernel failing must not stop the kernels of every room)."""
         if self._tasks is None:
             coro.close()
             raise RuntimeError("the kernel service is not running")
-        return self._tasks.create_task(coro, name=name)
+        return self._tasks.create_task(supervised(coro, name), name=name)
 
     def forget(self, room_kernel: RoomKernel) -> None:
         if self.rooms.get(room_kernel.name) is room_kernel:

@@ -9,6 +9,10 @@ who sees whom, and a relay throttled per room so presence does not grow as membe
   participants and a summary the server publishes under its own client id:
   ``{"pairroom": {"viewers": n, "hands": [{"id", "name"}]}}``. With 1 mentor and 200 viewers that
   turns 200 x 200 relayed renewals into 200 x (a few).
+- Presence is bounded (``PresenceLimits``): client ids per message and per connection, the size of
+  one state, and the bytes of states a connection hands to observers (the recording) per second. A
+  message past the first three closes the connection with 4413; states past the observer budget are
+  still relayed, only not recorded.
 - Changes are relayed at once when the room has been quiet for a tick, else gathered and sent as one
   message per audience at the end of the tick (leading and trailing edge), so a burst of cursor moves
   costs one message per member per tick and an isolated move costs no added latency.
@@ -19,15 +23,50 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from pycrdt import Awareness, Doc
 
 from pairroom.protocol import sync as protocol
-from pairroom.protocol.sync import AwarenessEntry
+from pairroom.protocol.sync import AwarenessEntry, CloseCode, ProtocolError
 from pairroom.rooms.member import Member
 
 NULL = "null"
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceLimits:
+    """Caps on what one connection may put into a room's presence (docs/security.md).
+
+    A browser tab has one awareness client id and a state of a few hundred bytes (user, cursor,
+    selection, file); the caps leave room for several editors in one tab and long selections."""
+
+    entries_per_message: int = 16
+    clients_per_connection: int = 8
+    state_bytes: int = 16 * 1024
+    recorded_bytes_per_second: float = 32 * 1024  # states handed to observers, per connection
+    recorded_burst_bytes: int = 128 * 1024
+
+
+class ByteBudget:
+    """A token bucket of bytes: ``take(n)`` is False when ``n`` bytes are not available now."""
+
+    __slots__ = ("rate", "burst", "tokens", "at")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self.at = time.monotonic()
+
+    def take(self, amount: int) -> bool:
+        now = time.monotonic()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if amount > self.tokens:
+            return False
+        self.tokens -= amount
+        return True
 
 
 class Presence:
@@ -38,7 +77,9 @@ class Presence:
         *,
         tick: float = 0.02,
         stamp_identity: bool = True,
+        limits: PresenceLimits | None = None,
     ) -> None:
+        self.limits = limits or PresenceLimits()
         self.awareness = Awareness(doc)
         self.awareness.set_local_state(None)  # no summary until there is a viewer
         self.members = members
@@ -52,6 +93,7 @@ class Presence:
         self._last_flush = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._summary: dict[str, Any] | None = None
+        self._recorded: dict[str, ByteBudget] = {}  # member id -> what it may still hand to observers
 
     # -- states -----------------------------------------------------------------------------------
 
@@ -80,8 +122,18 @@ class Presence:
             member.send(protocol.KEEPALIVE)  # an awareness update with no states
 
     def receive(self, member: Member, payload: bytes) -> None:
-        """An awareness update from ``member``: validate, stamp, store, and schedule its relay."""
-        entries = protocol.decode_awareness(payload)
+        """An awareness update from ``member``: validate, stamp, store, and schedule its relay.
+        Raises ProtocolError (PRESENCE_LIMIT) past a cap, before anything is applied."""
+        limits = self.limits
+        entries = protocol.decode_awareness(
+            payload, max_entries=limits.entries_per_message, max_state_bytes=limits.state_bytes
+        )
+        claimed = {e.client_id for e in entries if e.state != NULL} - member.awareness_clients
+        if claimed and len(member.awareness_clients) + len(claimed) > limits.clients_per_connection:
+            raise ProtocolError(
+                CloseCode.PRESENCE_LIMIT,
+                f"a connection may show at most {limits.clients_per_connection} awareness client ids",
+            )
         accepted: list[AwarenessEntry] = []
         for entry in entries:
             owner = self.owner.get(entry.client_id)
@@ -102,7 +154,22 @@ class Presence:
         if self.on_publish is not None:
             self.on_publish(payload)
         if self.on_member_states is not None:
-            self.on_member_states(member, {e.client_id: self.awareness.states.get(e.client_id) for e in accepted})
+            states = self._recordable(member, accepted)
+            if states:
+                self.on_member_states(member, states)
+
+    def _recordable(self, member: Member, accepted: list[AwarenessEntry]) -> dict[int, Any]:
+        """The accepted states observers get, within the member's byte budget (removals are free)."""
+        budget = self._recorded.get(member.id)
+        if budget is None:
+            budget = self._recorded[member.id] = ByteBudget(
+                self.limits.recorded_bytes_per_second, self.limits.recorded_burst_bytes
+            )
+        states: dict[int, Any] = {}
+        for entry in accepted:
+            if entry.state == NULL or budget.take(len(entry.state)):
+                states[entry.client_id] = self.awareness.states.get(entry.client_id)
+        return states
 
     def receive_remote(self, node: str, payload: bytes) -> None:
         """Awareness entries of another node's members (already stamped there)."""
@@ -153,6 +220,7 @@ class Presence:
 
     def remove_member(self, member: Member) -> None:
         """The member left: the states it controlled are removed for everyone."""
+        self._recorded.pop(member.id, None)
         gone = [cid for cid in member.awareness_clients if self.owner.get(cid) is member]
         for cid in gone:
             del self.owner[cid]

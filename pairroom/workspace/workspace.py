@@ -25,8 +25,8 @@ well under a millisecond of the loop per pass. Changes made by a terminal are pi
 waiting for the poll, because the terminal asks for a scan when a command line is entered and when
 its output goes quiet.
 
-No file operation here runs on the event loop: each is a ``safe_fs`` call in the workspaces' own
-small thread pool, bounded by ``io_timeout``; a call that times out is logged and retried on the
+No file operation here runs on the event loop: each is a ``safe_fs`` call in a worker thread
+(``safe_fs.run_off_loop``), bounded by ``io_timeout``; a call that times out is logged and retried on the
 next pass, and the room carries on.
 """
 
@@ -41,7 +41,6 @@ import re
 import tempfile
 import weakref
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -106,7 +105,8 @@ class DiskChange:
 class ScanResult:
     listing: Listing
     changed: list[DiskChange]
-    gone: list[str]
+    gone: list[str]  # deleted on disk: deleted in the document too (unless edited there meanwhile)
+    blocked: list[str]  # a link, FIFO or folder now where a room file was: the file is written again
 
 
 class Workspace:
@@ -121,6 +121,7 @@ class Workspace:
         self.base: dict[str, str] = {}  # path -> the text document and disk last agreed on
         self.seen: dict[str, FileStat] = {}  # path -> the stat of the file when last read or written
         self.listed: dict[str, dict[str, Any]] = {}  # files kept on disk only: path -> {size, kind}
+        self.blocked: set[str] = set()  # room files with something else in their place on disk
         self.actor: str | None = None
         self.users = 0
         self.conflicts = 0
@@ -156,7 +157,7 @@ class Workspace:
         if self._failure is not None:
             raise RuntimeError(f"workspace of room {self.room_name!r} failed: {self._failure}")
         async with self._lock:
-            await self._flush()
+            await self._flush(barrier=True)
 
     async def synced(self) -> None:
         """Scan and flush now, and return when both are done (tests and the end of a run)."""
@@ -259,38 +260,43 @@ class Workspace:
 
     # -- document to disk --------------------------------------------------------------------------
 
-    async def _flush(self) -> None:
+    async def _flush(self, barrier: bool = False) -> None:
         self._dirty.clear()
         room = self.room
         if room is None or room.state is not RoomState.ACTIVE:
             return
+        if barrier:
+            for path in self.blocked:
+                self.seen.pop(path, None)
+                self.base.pop(path, None)
+            self.blocked.clear()
         files = self._doc_files()
-        writes = {p: t for p, t in files.items() if self.base.get(p) != t}
+        writes = {p: t for p, t in files.items() if self.base.get(p) != t and p not in self.blocked}
         deletes = [p for p in self.base if p not in files]
         if not writes and not deletes:
             return
-        settings = self.settings
+        owner = self.workspaces.owner
 
         def work() -> tuple[dict[str, FileStat | None], list[str]]:
             written: dict[str, FileStat | None] = {}
             for path, content in writes.items():
                 expect = self.seen.get(path)
                 written[path] = safe_fs.write_atomic(
-                    str(self.path), path, content.encode(), expect=expect, check_expect=True,
-                    uid=settings.uid, gid=settings.gid,
+                    str(self.path), path, content.encode(), expect=expect, check_expect=True, owner=owner,
                 )
             removed = []
             for path in deletes:
-                opened = safe_fs.read_file(str(self.path), path, 0)
+                opened = safe_fs.read_path(str(self.path), path, 0)
                 now = opened[1] if opened is not None else None
                 if now is not None and now != self.seen.get(path):
                     continue  # changed on disk since: the scan brings it back instead
-                safe_fs.remove(str(self.path), path)
+                safe_fs.remove_path(str(self.path), path)
                 removed.append(path)
             return written, removed
 
         written, removed = await self.workspaces.io(work)
         for path, stat in written.items():
+            self.blocked.discard(path)
             if stat is None:
                 self._scan_wanted.set()  # changed on disk meanwhile: merge first, write next pass
                 continue
@@ -321,13 +327,15 @@ class Workspace:
                     continue
                 if path in listed and listed[path] == stat.size and path not in seen:
                     continue
-                read = safe_fs.read_file(str(self.path), path, settings.max_file_bytes)
+                read = safe_fs.read_path(str(self.path), path, settings.max_file_bytes)
                 if read is None:
                     continue
                 data, now = read
                 changed.append(DiskChange(path, now, data))
-            gone = [p for p in seen if p not in listing.files and not listing.truncated]
-            return ScanResult(listing, changed, gone)
+            missing = [p for p in seen if p not in listing.files and not listing.truncated]
+            blocked = [p for p in missing if p in listing.others]
+            gone = [p for p in missing if p not in listing.others]
+            return ScanResult(listing, changed, gone, blocked)
 
         return await self.workspaces.io(work)
 
@@ -345,6 +353,10 @@ class Workspace:
         if result.listing.truncated:
             log.warning("workspace has too many entries; the rest is not synced",
                         extra={"room": self.room_name, "max_entries": self.settings.max_entries})
+        # Not a deletion: room code put something the server never reads (a link, a FIFO, a folder)
+        # in a room file's place. The document's text is written over it at the next barrier
+        # (``flushed``: before a run or a command line), not while a program may be using it.
+        self.blocked.update(result.blocked)
         listed_now = {p for p in self.listed if p in result.listing.files}
         if not result.changed and not result.gone and listed_now == set(self.listed):
             return
@@ -442,7 +454,7 @@ class Workspaces:
         self.ignored = ignore_rule(settings.ignore)
         self.rooms: dict[str, Workspace] = {}
         self.attached = 0
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pairroom-workspace")
+        self.owner = (settings.uid, settings.gid if settings.gid is not None else -1) if settings.uid is not None else None
 
     @classmethod
     def attach(cls, registry: Any, settings: WorkspaceSettings | None = None) -> Workspaces:
@@ -466,26 +478,23 @@ class Workspaces:
         self._by_registry.pop(self.registry, None)
         try:
             await self.io(self._remove_all)
-        except (OSError, TimeoutError) as exc:
+        except OSError as exc:
             log.error("workspaces not removed", extra={"root": str(self.root), "error": str(exc)})
-        finally:
-            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _remove_all(self) -> None:
         """Remove every room's directory (room code made them: no recursion, no link followed)."""
-        fd = safe_fs.open_root(str(self.root))
+        fd = safe_fs.open_dir(str(self.root))
         try:
             for name in os.listdir(fd):
-                safe_fs.remove_tree(fd, name)
+                safe_fs.remove(fd, name)
         finally:
             os.close(fd)
         os.rmdir(self.root)
 
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking file work in the workspaces' threads, bounded by ``io_timeout``."""
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, fn, *args)
-        return await asyncio.wait_for(future, self.settings.io_timeout)
+        """Run blocking file work off the loop, bounded by ``io_timeout`` (``safe_fs.FsTimeout``, an
+        OSError, past it: the thread is left behind, the room goes on and retries next pass)."""
+        return await safe_fs.run_off_loop(fn, *args, timeout=self.settings.io_timeout, what="workspace")
 
     def get(self, room_name: str) -> Workspace:
         workspace = self.rooms.get(room_name)
