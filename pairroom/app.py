@@ -31,6 +31,7 @@ from pairroom.rooms.persistence import Persistence
 from pairroom.rooms.registry import RoomRegistry
 from pairroom.rtc.extension import Calls
 from pairroom.storage.sql import SqlStore
+from pairroom.terminal.extension import Terminals
 from pairroom.storage.store import Store, StoreError
 from pairroom.web import api, static
 from pairroom.web.hub import Hub
@@ -51,6 +52,7 @@ def builtin_extensions(settings: Settings) -> list[Extension]:
         Kernels(
             settings.kernel_settings(), enabled=settings.kernels, clustered=bool(settings.redis), shutdown_timeout=limit
         ),
+        Terminals(settings.kernel_settings(), enabled=settings.kernels),
         Calls(settings.rtc, clustered=bool(settings.redis)),
         Recording(settings.extra, limit),
     ]

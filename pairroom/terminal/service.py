@@ -1,0 +1,164 @@
+"""The terminals of this node: create, list, end; idle ends; one sandbox probe for all of them.
+
+Each terminal keeps its room's workspace in use (``Workspaces.use``), which keeps the room loaded
+and the workspace syncing both ways while the shell lives. A terminal ends on ``DELETE``, when
+nobody watched it and it printed nothing for ``idle_seconds``, when its room is deleted, and when
+the node stops; ending kills the sandbox and so every process the shell started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from typing import Any
+
+from pairroom.kernels.limits import Cgroups, detect_cgroups
+from pairroom.kernels.sandbox import Sandbox, probe
+from pairroom.kernels.settings import KernelSettings
+from pairroom.rooms.identity import Principal, Role
+from pairroom.workspace import Workspaces, WorkspaceSettings
+
+from .pty import Shell
+from .session import Terminal
+from .settings import TerminalSettings
+
+log = logging.getLogger("pairroom.terminal")
+
+
+class TerminalLimit(RuntimeError):
+    """The room has its maximum number of terminals."""
+
+
+class TerminalService:
+    def __init__(self, registry: Any, kernel_settings: KernelSettings, settings: TerminalSettings | None = None) -> None:
+        self.registry = registry
+        self.kernel_settings = kernel_settings
+        self.settings = settings or TerminalSettings()
+        self.rooms: dict[str, dict[str, Terminal]] = {}
+        self.sandbox: Sandbox | None = None
+        self.cgroups: Cgroups | None = None
+        self.workspaces: Workspaces | None = None
+        self._stacks: dict[Terminal, contextlib.AsyncExitStack] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        """Probe the sandbox (raises SandboxUnavailable), find cgroups, attach to the workspaces."""
+        self.sandbox = await asyncio.to_thread(probe, self.kernel_settings)
+        name = f"pairroom-terminals-{os.getpid()}-{secrets.token_hex(3)}"
+        self.cgroups = await asyncio.to_thread(detect_cgroups, self.kernel_settings, name=name)
+        uid = gid = None
+        if self.sandbox.drops_privileges:
+            uid, gid = self.kernel_settings.kernel_uid, self.kernel_settings.kernel_gid
+        self.workspaces = Workspaces.attach(
+            self.registry, WorkspaceSettings(root=self.kernel_settings.state_dir, uid=uid, gid=gid)
+        )
+        self._reaper = asyncio.create_task(self._reap_idle(), name="pairroom-terminals-idle")
+        log.info("terminals ready", extra={"sandbox": "bubblewrap" if self.sandbox.isolated else "none",
+                                           "limits": self.cgroups.describe()})
+
+    async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for room in list(self.rooms):
+            await self.close_room(room)
+        if self.workspaces is not None:
+            await self.workspaces.detach()
+            self.workspaces = None
+        if self.cgroups is not None:
+            self.cgroups.close()
+
+    # -- terminals ---------------------------------------------------------------------------------
+
+    def list(self, room: str) -> list[Terminal]:
+        return sorted(self.rooms.get(room, {}).values(), key=lambda t: t.created_at)
+
+    def get(self, room: str, terminal_id: str) -> Terminal | None:
+        return self.rooms.get(room, {}).get(terminal_id)
+
+    async def create(self, room: str, principal: Principal, name: str | None = None) -> Terminal:
+        assert self.workspaces is not None and self.sandbox is not None and self.cgroups is not None
+        terminals = self.rooms.setdefault(room, {})
+        if len(terminals) >= self.settings.max_per_room:
+            raise TerminalLimit(f"room {room!r} has its maximum of {self.settings.max_per_room} terminals")
+        terminal_id = secrets.token_urlsafe(6)
+        title = (name or f"Terminal {len(terminals) + 1}")[:64]
+        stack = contextlib.AsyncExitStack()
+        workspace = await stack.enter_async_context(self.workspaces.use(room))
+        terminal: Terminal | None = None
+        try:
+            await workspace.ensure_dir()
+            terminal = Terminal(terminal_id, title, room, principal, self.settings, self._role_of(room),
+                                self._start_shell, workspace)
+            terminals[terminal_id] = terminal  # counted from here: two creates cannot both pass the limit
+            self._stacks[terminal] = stack
+            await terminal.start()
+        except BaseException:
+            terminals.pop(terminal_id, None)
+            if terminal is not None:
+                self._stacks.pop(terminal, None)
+            await stack.aclose()
+            raise
+        log.info("terminal started", extra={"room": room, "terminal": terminal_id, "user": principal.user_id})
+        return terminal
+
+    def _role_of(self, room: str) -> Any:
+        def role_of(principal: Principal) -> Role:
+            loaded = self.registry.rooms.get(room)
+            roles: dict[str, Role] = getattr(loaded, "roles", {}) or {}
+            return roles.get(principal.user_id, principal.role)
+        return role_of
+
+    async def _start_shell(self, terminal: Terminal) -> Shell:
+        assert self.sandbox is not None and self.cgroups is not None
+        shell = Shell(self.sandbox, self.cgroups, terminal.workspace.path, terminal.rows, terminal.cols,
+                      terminal.on_output, terminal.on_exit)
+        await shell.start()
+        return shell
+
+    async def end(self, room: str, terminal_id: str) -> bool:
+        terminal = self.rooms.get(room, {}).pop(terminal_id, None)
+        if terminal is None:
+            return False
+        if not self.rooms.get(room):
+            self.rooms.pop(room, None)
+        terminal.notice_all("this terminal was ended")
+        await terminal.close()
+        stack = self._stacks.pop(terminal, None)
+        if stack is not None:
+            await stack.aclose()  # the workspace's last flush; the room may unload after
+        log.info("terminal ended", extra={"room": room, "terminal": terminal_id})
+        return True
+
+    async def close_room(self, room: str) -> None:
+        for terminal_id in list(self.rooms.get(room, {})):
+            await self.end(room, terminal_id)
+
+    def spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("terminal task failed", exc_info=task.exception(), extra={"task": task.get_name()})
+
+    async def _reap_idle(self) -> None:
+        while True:
+            await asyncio.sleep(min(10.0, self.settings.idle_seconds / 4))
+            now = time.monotonic()
+            for room, terminals in list(self.rooms.items()):
+                for terminal in list(terminals.values()):
+                    if not terminal.viewers and now - terminal.last_activity > self.settings.idle_seconds:
+                        log.info("terminal idle, ending it", extra={"room": room, "terminal": terminal.id})
+                        try:
+                            await self.end(room, terminal.id)
+                        except Exception:
+                            log.exception("ending an idle terminal failed", extra={"room": room, "terminal": terminal.id})
