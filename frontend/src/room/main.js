@@ -17,6 +17,7 @@ import { appendChat, postChat, renderChat } from './chat.js'
 import { ConnectionStatus } from './connection.js'
 import { roomApi } from './api.js'
 import { RunPanel } from './runs.js'
+import { TerminalPanel } from './terminals.js'
 import { HistoryPanel } from './history.js'
 import { Reviews } from './review.js'
 import { startReplay } from './replay.js'
@@ -226,6 +227,8 @@ function startRoom() {
     },
   })
 
+  const terminals = new TerminalPanel({ room, token, role, api }) // shared terminals (terminals.js)
+
   // History: versions, diffs and restores of the open file.
   const history = new HistoryPanel(doc, api, { canWrite: !readOnly, current: () => current?.path ?? null })
   provider.once('sync', () => history.start())
@@ -287,6 +290,7 @@ function startRoom() {
 
   // For tests and debugging from the console.
   window.pairroom = {
+    terminals: terminals.hook,
     doc, files, chat, provider, awareness, view, status, readOnly, runs, history, reviews, people,
     get currentPath() { return current?.path ?? null },
     openFile,
