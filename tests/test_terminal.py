@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -426,9 +427,13 @@ async def test_the_shell_is_contained_like_a_kernel(ts: TermServer) -> None:
     await eventually(lambda: "end-env\r\n" in a.output)
     assert "\r\n1000\r\n" in a.output and "in-workspace\r\n" in a.output
     assert SECRET not in a.output
-    # a fork bomb hits the pids limit and the shell (and the server) carry on
+    # a memory bomb: the limit stops it, not the host
+    await a.type("python3 -c \"x = b'x' * (4 * 1024**3)\" 2>/dev/null; echo mem-'status'-$?\r")
+    await eventually(lambda: re.search(r"mem-status-\d+\r\n", a.output), timeout=30, what="memory bomb")
+    assert re.search(r"mem-status-(1|137)\r\n", a.output), a.output[-300:]  # MemoryError or killed
+    # a fork bomb (last: its processes linger until the terminal ends) hits the pids limit; the shell and the server carry on
     await a.type("bomb() { bomb | bomb & }; (bomb) 2>/dev/null; sleep 2; echo sur'vived'\r")
-    await eventually(lambda: "survived\r\n" in a.output, timeout=30)
+    await eventually(lambda: "survived\r\n" in a.output, timeout=30, what="fork bomb")
     assert (await ts.http.get("/healthz")).status_code == 200
     assert (await ts.http.delete(f"/api/rooms/{room}/terminals/{terminal['id']}", headers=ada.headers)).status_code == 204
     await a.close()

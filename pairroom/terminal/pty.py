@@ -89,7 +89,9 @@ class Shell:
         self.run_dir = run_dir
         bash = ["setsid", "-c", "bash", "--rcfile", str(run_dir / "bashrc"), "-i"]
         limits = prlimit_argv(settings, memory_in_cgroup=self.cgroups.limits_memory, isolated=self.sandbox.isolated)
-        argv, _ = self.sandbox.wrap(limits + bash, run_dir, self.workdir)
+        argv, inside = self.sandbox.wrap(limits + bash, run_dir, self.workdir)
+        # bwrap changes into the workspace itself; unsandboxed (--unsafe-kernels) the shell starts there
+        cwd = str(run_dir) if self.sandbox.isolated else inside
         self.cgroup = self.cgroups.create(f"term-{run_dir.name}", settings)
         if self.cgroup is not None:
             argv = self.cgroup.join_argv() + argv
@@ -98,7 +100,7 @@ class Shell:
             _set_size(master, self.rows, self.cols)
             env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "TERM": "xterm-256color", "HOME": str(run_dir)}
             self.process = await asyncio.create_subprocess_exec(
-                *argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True, cwd=str(run_dir), env=env,
+                *argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True, cwd=cwd, env=env,
             )
         except OSError as exc:
             os.close(master)
