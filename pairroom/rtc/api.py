@@ -180,7 +180,7 @@ async def recording_file(request: Request) -> Response:
     return FileResponse(path, media_type="audio/ogg", headers={"Cache-Control": "private, max-age=3600"})
 
 
-__all__ = ["RtcService", "RtcSettings", "attach", "routes"]
+__all__ = ["RtcService", "RtcSettings", "routes"]
 
 routes = [
     WebSocketRoute("/signal", signal_endpoint),
