@@ -290,7 +290,7 @@ function startRoom() {
     performance.mark('pairroom:interactive')
   }
 
-  mountCall({ room, token, role, awareness }) // audio/video: call.js loads on "Join call"
+  mountCall({ room, token, role: () => role, awareness }) // audio/video: call.js loads on "Join call"
 
   // The live role: an owner's change to this user's entry in `meta.roles` (the server's copy; a
   // client's own write there is reverted) applies at once: editor, file tree, buttons and panels.
