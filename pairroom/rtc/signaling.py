@@ -12,10 +12,11 @@ object per text frame:
 Topic scoping. A y-webrtc topic is the ``roomName`` given to ``WebrtcProvider``. With a server
 secret every connection carries a token (``?token=``, at the handshake) and may use only the topics
 of the token's room: the room name itself, or ``ROOM/anything``. Room names never contain ``/``,
-so no room's topics are inside another's, and a room named ``*`` is a room like any other: only
-open mode's principals (``any_room``) may use every topic. Topics of other rooms are refused with an error frame
-(code 4403) and no strike, because y-webrtc subscribes every room a page knows on every signaling
-connection. Without a secret (open mode) any topic is allowed, as with y-webrtc's own server.
+so no room's topics are inside another's, and a room named ``*`` is a room like any other. Topics
+of other rooms are refused with an error frame (code 4403) and no strike, because y-webrtc
+subscribes every room a page knows on every signaling connection. Without a secret (open mode) any
+topic is allowed, as with y-webrtc's own server: open mode's principals carry ``any_room``, a flag,
+never a room name.
 
 Delivery goes through the ``SignalBus`` port (see bus.py), on channel ``signal:TOPIC``; a node
 subscribes a topic's channel while it has local subscribers. ``clients`` counts the receivers on
