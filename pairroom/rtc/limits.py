@@ -28,6 +28,7 @@ class RtcClose(enum.IntEnum):
     NORMAL = 1000
     MESSAGE_TOO_BIG = 1009  # a message over ``max_message_bytes``
     SERVICE_RESTART = 1012  # the server is shutting down
+    TRY_AGAIN_LATER = 1013  # the room could not be loaded to check the live role
     MALFORMED = 4400  # not JSON, not an object, a field of the wrong type
     UNAUTHORIZED = 4401  # missing, invalid or expired token
     FORBIDDEN = 4403  # a topic or action the token does not allow
