@@ -112,5 +112,8 @@ def build(item: Installed, settings: Mapping[str, str]) -> Extension:
             f"extension {item.name!r}: {item.target} is named {extension.name!r}; the entry point's"
             " name and the extension's `name` must be the same (it is how it is enabled and mounted)"
         )
-    extension.settings = dict(settings)
+    try:
+        extension.settings = dict(settings)
+    except ValueError as exc:  # an extension checks its settings in a ``settings`` setter
+        raise ExtensionError(f"extension {item.name!r}: {exc}") from exc
     return extension
