@@ -486,3 +486,21 @@ def test_extension_settings_come_from_their_own_variables():
     assert flags.extensions == ("webhook", "my-ext"), "--extension flags take the place of the variable"
     # without "my-ext" enabled, its variables read as keys of "my"
     assert Settings.from_env({"PAIRROOM_EXT_MY_EXT_URL": "u"}).extension_settings("my") == {"ext_url": "u"}
+
+
+async def test_sigterm_posts_the_pending_change_and_the_leave_before_exit(tmp_path, receivers, pairroom, node_clients):
+    receiver, port = await receivers()
+    env = webhook_env(tmp_path, port, debounce_ms="600000", max_wait_ms="600000")
+    serve = await pairroom("--extension", "webhook", env=env)
+    client = await node_clients.start(serve.ws_base, "closing", "v3")
+    await client.wait_synced()
+    await client.insert(0, "last words")
+
+    async def joined() -> bool:
+        return bool(receiver.of_type("room.join"))
+
+    await wait_for(joined, timeout=10)
+    assert not receiver.of_type("room.change"), "the change waits for the (long) debounce"
+    assert await serve.terminate() in (0, -15)
+    assert [change["data"]["updates"] for change in receiver.of_type("room.change")] == [1]
+    assert receiver.of_type("room.leave"), "the leave of the 1012 close is delivered too"
