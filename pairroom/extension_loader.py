@@ -18,9 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from importlib.metadata import EntryPoint, entry_points
 
-from pairroom.rooms.extension import Extension
-
-GROUP = "pairroom.extensions"
+from pairroom.extensions import GROUP, Extension
 
 
 class ExtensionError(Exception):

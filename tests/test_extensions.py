@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -55,7 +57,9 @@ class Delivery:
 
     @property
     def signed(self) -> bool:
-        return verify(SECRET, self.body, self.headers.get("x-pairroom-signature"))
+        """Checked here with hmac itself, not with the package's own helper."""
+        expected = "sha256=" + hmac.new(SECRET.encode(), self.body, hashlib.sha256).hexdigest()
+        return self.headers.get("x-pairroom-signature") == expected
 
 
 class Receiver:
@@ -203,8 +207,9 @@ async def test_webhook_posts_signed_join_change_and_leave(tmp_path, receivers, p
     changes = receiver.of_type("room.change")
     assert sum(change["data"]["updates"] for change in changes) >= 2
     assert all(change["room"] == "hooked" for change in changes)
-    # a tampered body does not verify: the check above could fail
+    # the package's helper agrees, and refuses a tampered body or another secret
     first = receiver.requests[0]
+    assert verify(SECRET, first.body, first.headers["x-pairroom-signature"])
     assert not verify(SECRET, first.body + b" ", first.headers["x-pairroom-signature"])
     assert not verify("another secret", first.body, first.headers["x-pairroom-signature"])
 

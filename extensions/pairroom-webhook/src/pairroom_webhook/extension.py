@@ -102,11 +102,14 @@ class _Changes:
 
 class _Metrics:
     def __init__(self, registry: Any, queue: asyncio.Queue[dict[str, Any]]) -> None:
-        self.events = Counter("pairroom_webhook_events", "Events accepted for delivery", ["type"], registry=registry)
-        self.delivered = Counter("pairroom_webhook_delivered", "Events the receiver accepted (2xx)", registry=registry)
-        self.retries = Counter("pairroom_webhook_retries", "Delivery attempts that will be retried", registry=registry)
-        self.failed = Counter("pairroom_webhook_failed", "Events given up after the last attempt", registry=registry)
-        self.dropped = Counter("pairroom_webhook_dropped", "Events dropped because the queue was full", registry=registry)
+        def counter(name: str, text: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(f"pairroom_webhook_{name}", text, labels, registry=registry)
+
+        self.events = counter("events", "Events accepted for delivery", ("type",))
+        self.delivered = counter("delivered", "Events the receiver accepted (2xx)")
+        self.retries = counter("retries", "Delivery attempts that will be retried")
+        self.failed = counter("failed", "Events given up after the last attempt")
+        self.dropped = counter("dropped", "Events dropped because the queue was full")
         queued = Gauge("pairroom_webhook_queued", "Events waiting for delivery", registry=registry)
         queued.set_function(queue.qsize)
 
@@ -256,7 +259,14 @@ class Webhook(Extension):
     def _enqueue(self, kind: str, room: str, data: dict[str, Any]) -> None:
         if self._queue is None or self._metrics is None:
             return
-        event = {"id": secrets.token_hex(16), "type": kind, "room": room, "node": self.node_id, "at": _now_ms(), "data": data}
+        event = {
+            "id": secrets.token_hex(16),
+            "type": kind,
+            "room": room,
+            "node": self.node_id,
+            "at": _now_ms(),
+            "data": data,
+        }
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
@@ -311,7 +321,10 @@ class Webhook(Extension):
                     return True
                 problem = f"HTTP {response.status_code}"
                 if response.status_code < 500 and response.status_code not in (408, 429):
-                    log.error("webhook receiver refused the event", extra={"id": event["id"], "status": response.status_code})
+                    log.error(
+                        "webhook receiver refused the event",
+                        extra={"id": event["id"], "type": event["type"], "status": response.status_code},
+                    )
                     metrics.failed.inc()
                     return False
                 retry_after = response.headers.get("Retry-After", "")
@@ -325,7 +338,10 @@ class Webhook(Extension):
                 extra={"id": event["id"], "attempt": attempt, "problem": problem, "retry_in": round(wait, 3)},
             )
             await asyncio.sleep(wait)
-        log.error("webhook delivery gave up", extra={"id": event["id"], "type": event["type"], "attempts": config.attempts, "problem": problem})
+        log.error(
+            "webhook delivery gave up",
+            extra={"id": event["id"], "type": event["type"], "attempts": config.attempts, "problem": problem},
+        )
         metrics.failed.inc()
         return False
 
