@@ -14,6 +14,7 @@ import hmac
 import json
 import os
 import re
+import sys
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -458,8 +459,10 @@ def test_the_loader_builds_classes_and_factories_and_refuses_the_rest(tmp_path, 
     site, marker = tmp_path / "site", tmp_path / "imported"
     install_probe(site, marker)
     monkeypatch.syspath_prepend(str(site))
-    monkeypatch.delitem(__import__("sys").modules, "pairroom_probe", raising=False)
+    monkeypatch.setitem(sys.modules, "pairroom_probe", None)  # restored (removed) after the test
+    del sys.modules["pairroom_probe"]
     [from_factory, from_class] = extension_loader.load(["probe", "probe-class"], lambda name: {"key": name})
+    assert marker.exists()
     assert (from_factory.name, from_class.name) == ("probe", "probe-class")
     assert from_factory.settings == {"key": "probe"}
     refusals = {
