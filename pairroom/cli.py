@@ -9,8 +9,12 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 
 import uvloop
+
+from pairroom import extension_loader
+from pairroom.rooms.extension import Extension
 
 from pairroom.web import logs
 from pairroom.recording import export as recorder_cli
@@ -77,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--kernel-idle-seconds", type=float, help="shut down a room kernel idle this long")
     serve.add_argument("--kernel-run-timeout", type=float, help="wall-clock limit of one run (default 300)")
     serve.add_argument("--kernel-output-cap", type=int, help="output bytes kept per run (default 1 MiB)")
+    serve.add_argument(
+        "--extension", action="append", dest="extensions", metavar="NAME",
+        help="run this installed third-party extension (repeatable; PAIRROOM_EXTENSIONS=a,b);"
+        " its settings come from PAIRROOM_EXT_<NAME>_<KEY>",
+    )
 
     token = commands.add_parser("token", help="mint an access token for a room")
     token.add_argument("room")
@@ -153,12 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     if settings.unsafe_kernels and not is_loopback(settings.host):
         print("pairroom: --unsafe-kernels is for trusted local use: bind a loopback address", file=sys.stderr)
         return 2
+    try:
+        extensions = extension_loader.load(settings.extensions, settings.extension_settings)
+    except extension_loader.ExtensionError as exc:
+        print(f"pairroom: {exc}", file=sys.stderr)
+        return 2
     logs.configure(settings.log_level, settings.log_format)
-    return serve(settings)
+    return serve(settings, extensions)
 
 
-def serve(settings: Settings) -> int:
-    server = Server(uvicorn_config(create_app(settings), settings))
+def serve(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
+    server = Server(uvicorn_config(create_app(settings, extensions=extensions), settings))
 
     async def run() -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
