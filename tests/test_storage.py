@@ -1,7 +1,10 @@
-"""The storage contract, run against every adapter: SQLite (a real file) and PostgreSQL (a real server).
+"""The storage contract, run against every adapter: memory, SQLite (a real file) and PostgreSQL (a
+real server). What only a database has (migrations, its schema, its own constraints, an unreachable
+server) is tested on SQLite and PostgreSQL.
 
 PostgreSQL tests share one fresh database per module, so each test works in rooms of its own; the
-tests that need an empty database make one.
+tests that need an empty database make one. A memory "database" is a ``MemoryTables``: every
+``MemoryStore`` made on it sees the same rows, as every ``SqlStore`` on one URL does.
 """
 
 from __future__ import annotations
@@ -26,16 +29,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from pairroom.storage.compaction import compact
+from pairroom.storage.memory import MemoryStore, MemoryTables
 from pairroom.storage.models import UID_MAX_LENGTH, Base, SnapshotRow, UpdateRow
 from pairroom.storage import sql
 from pairroom.storage.sql import SqlStore, normalize_db_url
-from pairroom.storage.store import LoadedRoom, NewUpdate, Store, StoreError
+from pairroom.storage.store import LoadedRoom, NewUpdate, Store, StoreError, open_store
 from tests.support.postgres import database_fixture, fresh_database
 
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+SQL_BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+BACKENDS = ["memory", *SQL_BACKENDS]
 UTC = timezone.utc
 
 pg_module_url = database_fixture(scope="module")
+
+Database = str | MemoryTables  # a database URL, or the rows memory stores share
 
 
 @pytest.fixture(params=BACKENDS)
@@ -43,17 +50,23 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture
-def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    """A database that may already hold other tests' rooms (fresh per test on SQLite)."""
+@pytest.fixture(params=SQL_BACKENDS)
+def sql_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def store_on(database: Database) -> Store:
+    """A new store (not open) on ``database``."""
+    return MemoryStore(database) if isinstance(database, MemoryTables) else SqlStore(database)
+
+
+def _sql_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if backend == "sqlite":
         return f"sqlite:///{tmp_path}/rooms.db"
     return request.getfixturevalue("pg_module_url")
 
 
-@pytest.fixture
-def empty_db_url(backend: str, tmp_path: Path) -> Iterator[str]:
-    """A database nobody has touched: a file that does not exist yet, or a new PostgreSQL database."""
+def _empty_sql_url(backend: str, tmp_path: Path) -> Iterator[str]:
     if backend == "sqlite":
         path = tmp_path / "fresh" / "rooms.db"
         path.parent.mkdir()
@@ -64,9 +77,43 @@ def empty_db_url(backend: str, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-async def store(db_url: str) -> AsyncIterator[SqlStore]:
-    async with SqlStore(db_url) as opened:
+def database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Database:
+    """A database that may already hold other tests' rooms (fresh per test on memory and SQLite)."""
+    if backend == "memory":
+        return MemoryTables()
+    return _sql_url(backend, tmp_path, request)
+
+
+@pytest.fixture
+def empty_database(backend: str, tmp_path: Path) -> Iterator[Database]:
+    """A database nobody has touched: new memory, a file that does not exist yet, or a new
+    PostgreSQL database."""
+    if backend == "memory":
+        yield MemoryTables()
+        return
+    yield from _empty_sql_url(backend, tmp_path)
+
+
+@pytest.fixture
+def db_url(sql_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A SQL database that may already hold other tests' rooms (fresh per test on SQLite)."""
+    return _sql_url(sql_backend, tmp_path, request)
+
+
+@pytest.fixture
+def empty_db_url(sql_backend: str, tmp_path: Path) -> Iterator[str]:
+    """A SQL database nobody has touched."""
+    yield from _empty_sql_url(sql_backend, tmp_path)
+
+
+@pytest.fixture
+async def store(database: Database) -> AsyncIterator[Store]:
+    opened = store_on(database)
+    await opened.open()
+    try:
         yield opened
+    finally:
+        await opened.close()
 
 
 @pytest.fixture
@@ -94,20 +141,29 @@ def logged(updates: list) -> list[tuple[int, str, bytes]]:
 # --- opening ---------------------------------------------------------------------------------------
 
 
-async def test_open_migrates_an_empty_database_and_reopening_changes_nothing(empty_db_url: str, room: str) -> None:
-    store: Store = SqlStore(empty_db_url)
+async def test_open_prepares_an_empty_database_and_reopening_changes_nothing(
+    empty_database: Database, room: str
+) -> None:
+    store = store_on(empty_database)
     await store.open()
     await store.open()
     assert await store.append(room, batch(1, 2)) == 2
     await store.close()
 
-    async with SqlStore(empty_db_url) as reopened:
+    reopened = store_on(empty_database)
+    await reopened.open()
+    try:
         assert logged((await reopened.load(room)).updates) == [(1, "n1:1", b"u1"), (2, "n1:2", b"u2")]
         assert await reopened.append(room, batch(3, 3)) == 3
+    finally:
+        await reopened.close()
+    await store.open()  # the first store, opened again, sees what the second one wrote
+    assert (await store.load(room)).last_seq == 3
+    await store.close()
 
 
-async def test_concurrent_opens_of_an_empty_database_both_succeed(empty_db_url: str) -> None:
-    first, second = SqlStore(empty_db_url), SqlStore(empty_db_url)
+async def test_concurrent_opens_of_an_empty_database_both_succeed(empty_database: Database) -> None:
+    first, second = store_on(empty_database), store_on(empty_database)
     try:
         await asyncio.gather(first.open(), second.open())
         await first.ping()
@@ -183,10 +239,14 @@ async def test_open_migrates_an_older_schema_to_head(empty_db_url: str, room: st
     assert diff == [] and stamp == [sql.HEAD_REVISION]
 
 
-async def test_the_database_itself_refuses_a_second_row_with_the_same_room_and_uid(
-    store: SqlStore, db_url: str, room: str
-) -> None:
-    await store.append(room, batch(1, 1))
+async def test_the_database_itself_refuses_a_second_row_with_the_same_room_and_uid(db_url: str, room: str) -> None:
+    async with SqlStore(db_url) as store:
+        await store.append(room, batch(1, 1))
+        await _insert_a_second_row_with_the_same_uid(db_url, room)
+        assert logged(await store.read_updates(room)) == [(1, "n1:1", b"u1")]
+
+
+async def _insert_a_second_row_with_the_same_uid(db_url: str, room: str) -> None:
     engine = create_async_engine(normalize_db_url(db_url))
     try:
         with pytest.raises(IntegrityError):
@@ -197,13 +257,12 @@ async def test_the_database_itself_refuses_a_second_row_with_the_same_room_and_u
                 )
     finally:
         await engine.dispose()
-    assert logged(await store.read_updates(room)) == [(1, "n1:1", b"u1")]
 
 
 # --- append and load -------------------------------------------------------------------------------
 
 
-async def test_append_then_load_returns_exact_bytes_seqs_uids_origins_and_timestamps(store: SqlStore, room: str) -> None:
+async def test_append_then_load_returns_exact_bytes_seqs_uids_origins_and_timestamps(store: Store, room: str) -> None:
     india = timezone(timedelta(hours=5, minutes=30))
     written = [
         NewUpdate("n1:1", datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), "client:a", b"\x00\x01\xff"),
@@ -226,7 +285,7 @@ async def test_append_then_load_returns_exact_bytes_seqs_uids_origins_and_timest
 
 
 async def test_the_store_numbers_a_fresh_room_from_one_and_continues_across_batches(
-    store: SqlStore, room: str
+    store: Store, room: str
 ) -> None:
     assert await store.append(room, batch(1, 3)) == 3
     assert await store.append(room, batch(1, 1, node="n2")) == 4
@@ -244,7 +303,7 @@ async def test_the_store_numbers_a_fresh_room_from_one_and_continues_across_batc
     assert (await store.load(room)).last_seq == 7
 
 
-async def test_numbering_follows_batch_order_not_uid_or_timestamp(store: SqlStore, room: str) -> None:
+async def test_numbering_follows_batch_order_not_uid_or_timestamp(store: Store, room: str) -> None:
     updates = [
         NewUpdate("z", at(59), "c", b"first"),
         NewUpdate("a", at(0), "c", b"second"),
@@ -254,7 +313,7 @@ async def test_numbering_follows_batch_order_not_uid_or_timestamp(store: SqlStor
     assert logged(await store.read_updates(room)) == [(1, "z", b"first"), (2, "a", b"second"), (3, "m", b"third")]
 
 
-async def test_numbering_continues_after_a_snapshot(store: SqlStore, room: str) -> None:
+async def test_numbering_continues_after_a_snapshot(store: Store, room: str) -> None:
     await store.append(room, batch(1, 3))
     await store.write_snapshot(room, 3, b"doc@3")
 
@@ -265,7 +324,7 @@ async def test_numbering_continues_after_a_snapshot(store: SqlStore, room: str) 
     assert loaded.last_seq == 5
 
 
-async def test_load_after_a_snapshot_returns_it_and_only_the_later_updates(store: SqlStore, room: str) -> None:
+async def test_load_after_a_snapshot_returns_it_and_only_the_later_updates(store: Store, room: str) -> None:
     await store.append(room, batch(1, 5))
     before = datetime.now(UTC)
     await store.write_snapshot(room, 3, b"doc@3")
@@ -279,7 +338,7 @@ async def test_load_after_a_snapshot_returns_it_and_only_the_later_updates(store
     assert loaded.last_seq == 5
 
 
-async def test_snapshot_at_the_last_seq_leaves_no_updates_and_keeps_last_seq(store: SqlStore, room: str) -> None:
+async def test_snapshot_at_the_last_seq_leaves_no_updates_and_keeps_last_seq(store: Store, room: str) -> None:
     await store.append(room, batch(1, 4))
     await store.write_snapshot(room, 4, b"doc@4")
 
@@ -290,7 +349,7 @@ async def test_snapshot_at_the_last_seq_leaves_no_updates_and_keeps_last_seq(sto
 
 
 async def test_load_uses_the_highest_snapshot_and_keeps_the_older_ones(
-    store: SqlStore, room: str, db_url: str
+    store: Store, room: str, database: Database
 ) -> None:
     await store.append(room, batch(1, 6))
     await store.write_snapshot(room, 2, b"doc@2")
@@ -302,14 +361,14 @@ async def test_load_uses_the_highest_snapshot_and_keeps_the_older_ones(
 
     assert loaded.snapshot is not None and (loaded.snapshot.seq, loaded.snapshot.data) == (5, b"doc@5")
     assert seqs(loaded.updates) == [6]
-    assert await _snapshot_count(db_url, room) == 3
+    assert await _snapshot_count(database, room) == 3
 
 
-async def test_load_of_an_unknown_room_is_empty(store: SqlStore) -> None:
+async def test_load_of_an_unknown_room_is_empty(store: Store) -> None:
     assert await store.load("never-seen") == LoadedRoom(None, [], 0)
 
 
-async def test_an_empty_batch_stores_nothing_and_returns_the_last_seq(store: SqlStore, room: str) -> None:
+async def test_an_empty_batch_stores_nothing_and_returns_the_last_seq(store: Store, room: str) -> None:
     assert await store.append(room, []) == 0
     assert await store.load(room) == LoadedRoom(None, [], 0)
     assert room not in await store.rooms()
@@ -322,7 +381,7 @@ async def test_an_empty_batch_stores_nothing_and_returns_the_last_seq(store: Sql
 # --- retries and conflicts -------------------------------------------------------------------------
 
 
-async def test_reappending_the_same_batch_is_a_no_op(store: SqlStore, room: str) -> None:
+async def test_reappending_the_same_batch_is_a_no_op(store: Store, room: str) -> None:
     assert await store.append(room, batch(1, 3)) == 3
     assert await store.append(room, batch(1, 3)) == 3
     assert await store.append(room, batch(2, 5)) == 5  # overlaps: 2 and 3 are retries, 4 and 5 are new
@@ -330,7 +389,7 @@ async def test_reappending_the_same_batch_is_a_no_op(store: SqlStore, room: str)
     assert logged(await store.read_updates(room)) == [(s, f"n1:{s}", b"u%d" % s) for s in range(1, 6)]
 
 
-async def test_a_retry_of_an_older_batch_returns_the_rooms_last_seq(store: SqlStore, room: str) -> None:
+async def test_a_retry_of_an_older_batch_returns_the_rooms_last_seq(store: Store, room: str) -> None:
     await store.append(room, batch(1, 3))
     await store.append(room, batch(1, 2, node="n2"))
 
@@ -338,7 +397,7 @@ async def test_a_retry_of_an_older_batch_returns_the_rooms_last_seq(store: SqlSt
     assert seqs(await store.read_updates(room)) == [1, 2, 3, 4, 5]
 
 
-async def test_a_skipped_retry_keeps_the_first_writes_timestamp_and_origin(store: SqlStore, room: str) -> None:
+async def test_a_skipped_retry_keeps_the_first_writes_timestamp_and_origin(store: Store, room: str) -> None:
     first = NewUpdate("n1:1", at(1), "client:1", b"same")
     await store.append(room, [first])
 
@@ -349,7 +408,7 @@ async def test_a_skipped_retry_keeps_the_first_writes_timestamp_and_origin(store
     assert (stored.seq, stored.uid, stored.at, stored.origin, stored.data) == (1, "n1:1", at(1), "client:1", b"same")
 
 
-async def test_a_uid_repeated_in_one_batch_with_the_same_data_is_stored_once(store: SqlStore, room: str) -> None:
+async def test_a_uid_repeated_in_one_batch_with_the_same_data_is_stored_once(store: Store, room: str) -> None:
     updates = [
         NewUpdate("a", at(1), "c", b"A"),
         NewUpdate("b", at(2), "c", b"B"),
@@ -364,7 +423,7 @@ async def test_a_uid_repeated_in_one_batch_with_the_same_data_is_stored_once(sto
     ]
 
 
-async def test_concurrent_identical_appends_store_one_copy(store: SqlStore, room: str) -> None:
+async def test_concurrent_identical_appends_store_one_copy(store: Store, room: str) -> None:
     results = await asyncio.gather(*(store.append(room, batch(1, 20)) for _ in range(4)))
 
     assert results == [20] * 4
@@ -372,7 +431,7 @@ async def test_concurrent_identical_appends_store_one_copy(store: SqlStore, room
 
 
 async def test_conflicting_reappend_raises_naming_the_uid_and_stores_nothing_of_the_batch(
-    store: SqlStore, room: str
+    store: Store, room: str
 ) -> None:
     await store.append(room, batch(1, 3))
 
@@ -386,7 +445,7 @@ async def test_conflicting_reappend_raises_naming_the_uid_and_stores_nothing_of_
     assert logged(await store.read_updates(room, 3)) == [(4, "n1:4", b"u4")]
 
 
-async def test_a_batch_holding_one_uid_twice_with_different_data_raises(store: SqlStore, room: str) -> None:
+async def test_a_batch_holding_one_uid_twice_with_different_data_raises(store: Store, room: str) -> None:
     with pytest.raises(StoreError, match="uid-7"):
         await store.append(
             room,
@@ -396,7 +455,7 @@ async def test_a_batch_holding_one_uid_twice_with_different_data_raises(store: S
     assert await store.append(room, [NewUpdate("uid-7", at(7), "a", b"two")]) == 1
 
 
-async def test_uids_are_per_room(store: SqlStore, room: str) -> None:
+async def test_uids_are_per_room(store: Store, room: str) -> None:
     assert await store.append(f"{room}-a", batch(1, 2)) == 2
     assert await store.append(f"{room}-b", batch(1, 3, tag=b"different data, same uids ")) == 3
     assert await store.append(f"{room}-a", batch(1, 2)) == 2
@@ -420,21 +479,21 @@ async def test_uids_are_per_room(store: SqlStore, room: str) -> None:
     ],
 )
 async def test_input_no_database_could_store_raises_value_error(
-    store: SqlStore, db_url: str, room: str, make_room, update: NewUpdate
+    store: Store, database: Database, room: str, make_room, update: NewUpdate
 ) -> None:
     with pytest.raises(ValueError):
         await store.append(make_room(room), [update])
     with pytest.raises(ValueError):  # also after valid updates in the same batch
         await store.append(make_room(room), [*batch(1, 2, node="valid"), update])
     with pytest.raises(ValueError):  # before touching the database: a closed store says ValueError too
-        await SqlStore(db_url).append(make_room(room), [update])
+        await store_on(database).append(make_room(room), [update])
     assert await store.read_updates(room) == []
 
 
 # --- several writers -------------------------------------------------------------------------------
 
 
-async def test_concurrent_appends_to_one_room_get_consecutive_seqs(store: SqlStore, room: str) -> None:
+async def test_concurrent_appends_to_one_room_get_consecutive_seqs(store: Store, room: str) -> None:
     batches = [batch(1, 5, tag=b"w%d:" % w, node=f"w{w}") for w in range(12)]
 
     results = await asyncio.gather(*(store.append(room, b) for b in batches))
@@ -450,9 +509,12 @@ async def test_concurrent_appends_to_one_room_get_consecutive_seqs(store: SqlSto
 
 
 async def test_two_stores_on_one_database_append_to_one_room_without_gaps_or_duplicates(
-    db_url: str, room: str
+    database: Database, room: str
 ) -> None:
-    async with SqlStore(db_url) as node1, SqlStore(db_url) as node2:
+    node1, node2 = store_on(database), store_on(database)
+    await node1.open()
+    await node2.open()
+    try:
         # Each node logs its own updates and, like every node holding the room, the other's as well.
         own = {n: [batch(i * 3 + 1, i * 3 + 3, node=n) for i in range(8)] for n in ("n1", "n2")}
         calls = []
@@ -474,6 +536,9 @@ async def test_two_stores_on_one_database_append_to_one_room_without_gaps_or_dup
         assert all(u.data == b"u" + u.uid.split(":")[1].encode() for u in stored)
         assert max(results) == 48 and all(3 <= r <= 48 for r in results)
         assert (await node2.load(room)).last_seq == 48
+    finally:
+        await node1.close()
+        await node2.close()
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -493,7 +558,7 @@ async def test_two_stores_on_one_database_append_to_one_room_without_gaps_or_dup
     ],
 )
 async def test_read_updates_returns_the_half_open_range_in_order(
-    store: SqlStore, room: str, after_seq: int, upto_seq: int | None, expected: list[int]
+    store: Store, room: str, after_seq: int, upto_seq: int | None, expected: list[int]
 ) -> None:
     # Uids out of order on purpose: reads sort by the store's seq, the batch order, not by uid.
     await store.append(room, batch(6, 10, tag=b"v"))
@@ -506,7 +571,7 @@ async def test_read_updates_returns_the_half_open_range_in_order(
     assert [u.uid for u in got] == [numbered[s] for s in expected]
 
 
-async def test_rooms_lists_every_room_with_a_log_or_a_snapshot(store: SqlStore, room: str) -> None:
+async def test_rooms_lists_every_room_with_a_log_or_a_snapshot(store: Store, room: str) -> None:
     await store.append(f"{room}/b", batch(1, 2))
     await store.append(f"{room}/a", batch(1, 1))
     await store.write_snapshot(f"{room}/c", 0, b"empty doc")
@@ -517,7 +582,7 @@ async def test_rooms_lists_every_room_with_a_log_or_a_snapshot(store: SqlStore, 
     assert names == [f"{room}/a", f"{room}/b", f"{room}/c"]
 
 
-async def test_a_two_mebibyte_update_and_snapshot_round_trip(store: SqlStore, room: str) -> None:
+async def test_a_two_mebibyte_update_and_snapshot_round_trip(store: Store, room: str) -> None:
     big = os.urandom(2 * 1024 * 1024)
     assert await store.append(room, [NewUpdate("big", at(1), "client", big)]) == 1
     await store.write_snapshot(room, 1, big[::-1])
@@ -533,7 +598,7 @@ async def test_a_two_mebibyte_update_and_snapshot_round_trip(store: SqlStore, ro
         await store.append(room, [NewUpdate("big", at(3), "client", big[:-1] + b"!")])
 
 
-async def test_rooms_are_isolated_from_each_other(store: SqlStore, room: str) -> None:
+async def test_rooms_are_isolated_from_each_other(store: Store, room: str) -> None:
     names = [f"{room}-{i}" for i in range(25)]
     results = await asyncio.gather(*(store.append(name, batch(1, 3, tag=name.encode() + b":")) for name in names))
     await store.write_snapshot(names[0], 2, b"only room 0")
@@ -551,7 +616,7 @@ async def test_rooms_are_isolated_from_each_other(store: SqlStore, room: str) ->
     assert all(seqs(loaded[name].updates) == [1, 2, 3] for name in names[1:])
 
 
-async def test_append_many_writes_several_rooms_in_one_transaction(store: SqlStore, room: str) -> None:
+async def test_append_many_writes_several_rooms_in_one_transaction(store: Store, room: str) -> None:
     a, b, c = f"{room}-a", f"{room}-b", f"{room}-c"
     await store.append(a, batch(1, 2))
 
@@ -562,7 +627,7 @@ async def test_append_many_writes_several_rooms_in_one_transaction(store: SqlSto
     assert await store.read_updates(c) == []
 
 
-async def test_append_many_stores_nothing_when_one_room_conflicts(store: SqlStore, room: str) -> None:
+async def test_append_many_stores_nothing_when_one_room_conflicts(store: Store, room: str) -> None:
     good, bad = f"{room}-good", f"{room}-bad"
     await store.append(bad, batch(1, 1))
 
@@ -577,9 +642,9 @@ async def test_append_many_stores_nothing_when_one_room_conflicts(store: SqlStor
 
 
 @pytest.fixture
-def unreachable_url(backend: str, tmp_path: Path) -> Iterator[str]:
+def unreachable_url(sql_backend: str, tmp_path: Path) -> Iterator[str]:
     """A database nobody can open: a file in a missing directory, or a port bound but not listening."""
-    if backend == "sqlite":
+    if sql_backend == "sqlite":
         yield f"sqlite:///{tmp_path}/missing/dir/rooms.db"
         return
     with socket.socket() as bound:
@@ -595,8 +660,8 @@ async def test_open_and_ping_on_unreachable_storage_raise_store_error(unreachabl
         await store.ping()
 
 
-async def test_every_method_of_a_closed_store_raises_store_error(db_url: str, room: str) -> None:
-    store = SqlStore(db_url)
+async def test_every_method_of_a_closed_store_raises_store_error(database: Database, room: str) -> None:
+    store = store_on(database)
     with pytest.raises(StoreError, match="not open"):
         await store.ping()
     await store.open()
@@ -608,6 +673,7 @@ async def test_every_method_of_a_closed_store_raises_store_error(db_url: str, ro
         store.ping,
         lambda: store.load(room),
         lambda: store.append(room, batch(1, 1)),
+        lambda: store.append_many({room: batch(1, 1)}),
         lambda: store.write_snapshot(room, 1, b"doc"),
         lambda: store.read_updates(room),
         store.rooms,
@@ -641,7 +707,7 @@ def _rebuild(*updates: bytes) -> str:
     return str(doc.get("text", type=Text))
 
 
-async def test_a_pycrdt_document_rebuilds_from_snapshot_and_log(store: SqlStore, room: str) -> None:
+async def test_a_pycrdt_document_rebuilds_from_snapshot_and_log(store: Store, room: str) -> None:
     doc = Doc()
     text = doc.get("text", type=Text)
     edits = [
@@ -674,7 +740,7 @@ async def test_a_pycrdt_document_rebuilds_from_snapshot_and_log(store: SqlStore,
 
 
 async def test_compact_folds_the_snapshot_and_the_tail_into_a_snapshot_at_the_last_seq(
-    store: SqlStore, room: str, db_url: str
+    store: Store, room: str, database: Database
 ) -> None:
     doc = Doc()
     await _edit(store, room, doc, [(0, 0, "hello world"), (5, 5, ",")])
@@ -690,11 +756,11 @@ async def test_compact_folds_the_snapshot_and_the_tail_into_a_snapshot_at_the_la
     assert loaded.updates == []
     assert loaded.last_seq == 5
     assert _rebuild(loaded.snapshot.data) == expected
-    assert await _snapshot_count(db_url, room) == 2  # the older snapshot is kept for seeking
+    assert await _snapshot_count(database, room) == 2  # the older snapshot is kept for seeking
     assert seqs(await store.read_updates(room)) == [1, 2, 3, 4, 5]  # the log is never rewritten
 
 
-async def test_compact_of_a_log_without_a_snapshot_folds_the_whole_log(store: SqlStore, room: str) -> None:
+async def test_compact_of_a_log_without_a_snapshot_folds_the_whole_log(store: Store, room: str) -> None:
     doc = Doc()
     await _edit(store, room, doc, [(0, 0, "abc"), (3, 3, "def"), (1, 2, "")], node="n1")
     await _edit(store, room, doc, [(0, 0, ">")], node="n2")
@@ -707,7 +773,7 @@ async def test_compact_of_a_log_without_a_snapshot_folds_the_whole_log(store: Sq
 
 
 async def test_compact_returns_none_when_nothing_follows_the_newest_snapshot(
-    store: SqlStore, room: str, db_url: str
+    store: Store, room: str, database: Database
 ) -> None:
     assert await compact(store, room) is None  # a room never seen
     assert await store.load(room) == LoadedRoom(None, [], 0)
@@ -717,13 +783,13 @@ async def test_compact_returns_none_when_nothing_follows_the_newest_snapshot(
     await store.write_snapshot(room, 2, doc.get_update())
 
     assert await compact(store, room) is None
-    assert await _snapshot_count(db_url, room) == 1
+    assert await _snapshot_count(database, room) == 1
 
     assert await compact(store, room) is None  # and again: still nothing to fold
 
 
 async def test_compact_after_compact_folds_only_the_new_tail_and_numbering_continues(
-    store: SqlStore, room: str, db_url: str
+    store: Store, room: str, database: Database
 ) -> None:
     doc = Doc()
     await _edit(store, room, doc, [(0, 0, "one")])
@@ -739,7 +805,7 @@ async def test_compact_after_compact_folds_only_the_new_tail_and_numbering_conti
     loaded = await store.load(room)
     assert loaded.snapshot is not None and loaded.snapshot.seq == 3 and loaded.updates == []
     assert _rebuild(loaded.snapshot.data) == str(doc.get("text", type=Text)) == "one two three"
-    assert await _snapshot_count(db_url, room) == 2
+    assert await _snapshot_count(database, room) == 2
     assert await store.append(room, batch(1, 1, node="later")) == 4
 
 
@@ -768,8 +834,25 @@ def test_normalize_db_url_refuses_other_drivers(url: str) -> None:
         normalize_db_url(url)
 
 
-async def _snapshot_count(url: str, room: str) -> int:
-    engine = create_async_engine(normalize_db_url(url))
+@pytest.mark.parametrize(
+    ("url", "adapter"),
+    [("memory://", MemoryStore), ("MEMORY://", MemoryStore), ("sqlite:///./x.db", SqlStore), ("postgres://u@h/db", SqlStore)],
+)
+def test_open_store_picks_the_adapter_the_url_names(url: str, adapter: type) -> None:
+    assert type(open_store(url)) is adapter
+
+
+@pytest.mark.parametrize("url", ["memory://somewhere", "mysql://u@h/db", "rooms.db"])
+def test_open_store_refuses_other_urls(url: str) -> None:
+    with pytest.raises(ValueError):
+        open_store(url)
+
+
+async def _snapshot_count(database: Database, room: str) -> int:
+    """How many snapshots of ``room`` the database holds, read from the database itself."""
+    if isinstance(database, MemoryTables):
+        return len(database.log(room).snapshots)
+    engine = create_async_engine(normalize_db_url(database))
     try:
         async with engine.connect() as conn:
             query = select(func.count()).select_from(SnapshotRow).where(SnapshotRow.room == room)
