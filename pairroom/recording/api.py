@@ -49,7 +49,6 @@ from pairroom.recording.events import RecorderObserver, RecorderSettings
 from pairroom.recording.history import History, PointError, files_of, iso, recording_enabled, restore_files
 from pairroom.recording.history_store import Version
 from pairroom.recording.replay import replay_endpoint
-from pairroom.storage.sql import SqlStore
 from pairroom.storage.store import StoreError
 
 log = logging.getLogger("pairroom.recording.api")
@@ -82,8 +81,6 @@ def attach(app: Starlette, settings: Settings) -> None:
     async def lifespan(app: Starlette) -> AsyncIterator[Any]:
         async with inner(app) as state:
             hub: Hub = app.state.hub
-            if not isinstance(hub.store, SqlStore):
-                raise RuntimeError("the recorder needs the SQL store (its history tables live beside the log)")
             recorder = RecorderObserver(History(hub.store), RecorderSettings.from_mapping(settings.extra))
             hub.registry.observers.append(recorder)
             app.state.recorder = recorder

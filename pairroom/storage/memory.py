@@ -19,6 +19,7 @@ import bisect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from pairroom.storage.store import (
     LoadedRoom,
@@ -51,14 +52,22 @@ class RoomLog:
     seqs: list[int] = field(default_factory=list)  # updates' seqs, for bisecting
     uids: dict[str, bytes] = field(default_factory=dict)
     snapshots: list[Snapshot] = field(default_factory=list)
+    # Rows the adapters beside the store keep for the room, by table (the recorder's events and
+    # versions: ``recording/memory_history.py``), in write order.
+    side: dict[str, list[Any]] = field(default_factory=dict)
 
     @property
     def last_seq(self) -> int:
         return self.seqs[-1] if self.seqs else 0
 
     @property
+    def has_document(self) -> bool:
+        """A log entry or a snapshot: what ``Store.rooms`` lists."""
+        return bool(self.updates or self.snapshots)
+
+    @property
     def empty(self) -> bool:
-        return not self.updates and not self.snapshots
+        return not self.has_document and not any(self.side.values())
 
     def add_update(self, update: StoredUpdate) -> None:
         """Insert a row in seq order (appends come last; imports may come in any order)."""
@@ -209,7 +218,7 @@ class MemoryStore:
         return self._require_open().log(room).updates_between(after_seq, upto_seq)
 
     async def rooms(self) -> list[str]:
-        return sorted(name for name, log in self._require_open().rooms.items() if not log.empty)
+        return sorted(name for name, log in self._require_open().rooms.items() if log.has_document)
 
     def _require_open(self) -> MemoryTables:
         if not self._open:
