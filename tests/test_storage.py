@@ -33,8 +33,11 @@ from pairroom.storage.memory import MemoryStore, MemoryTables
 from pairroom.storage.models import UID_MAX_LENGTH, Base, SnapshotRow, UpdateRow
 from pairroom.storage import sql
 from pairroom.storage.sql import SqlStore, normalize_db_url
-from pairroom.storage.store import LoadedRoom, NewUpdate, Store, StoreError, open_store
+from pairroom.storage.store import LoadedRoom, NewUpdate, Snapshot, Store, StoredUpdate, StoreError, open_store
+from pairroom.storage.writer import Backoff, BatchWriter
+from pairroom.recording.history_store import Event, HistoryStore, Version, history_store_for
 from tests.support.postgres import database_fixture, fresh_database
+from tests.yclient import eventually
 
 SQL_BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 BACKENDS = ["memory", *SQL_BACKENDS]
@@ -859,3 +862,259 @@ async def _snapshot_count(database: Database, room: str) -> int:
             return (await conn.execute(query)).scalar_one()
     finally:
         await engine.dispose()
+
+
+# --- the recorder's port beside the log (recording/history_store.py) ------------------------------
+
+
+@pytest.fixture
+def history(store: Store) -> HistoryStore:
+    return history_store_for(store)
+
+
+def ev(room: str, second: int, kind: str = "join", user: str = "u", **data: object) -> Event:
+    return Event(room, at(second), kind, user, dict(data))
+
+
+async def test_history_events_come_back_by_time_ties_in_write_order_filtered(history: HistoryStore, room: str) -> None:
+    india = timezone(timedelta(hours=5, minutes=30))
+    written = [
+        ev(room, 5, "leave", conn="c1"),
+        ev(room, 1, "join", conn="c1", pair=("a", 1)),
+        Event(room, at(5).astimezone(india), "chat", "u2", {"text": "ünï", "n": {"b": 2, "a": [1, None]}}),
+        ev(room, 3, "presence", "u" * 300, state=None),
+        ev(f"{room}-other", 2, "join"),
+    ]
+    await history.append_events(written[:2])
+    await history.append_events(written[2:])
+
+    got = await history.events(room)
+
+    assert [(e.at, e.kind) for e in got] == [(at(1), "join"), (at(3), "presence"), (at(5), "leave"), (at(5), "chat")]
+    assert all(e.at.tzinfo == UTC and e.room == room for e in got)
+    assert got[0].data == {"conn": "c1", "pair": ["a", 1]}  # what JSON gives back
+    assert got[1].user == "u" * 255  # shortened to the column
+    assert got[3].data == {"text": "ünï", "n": {"a": [1, None], "b": 2}}
+    assert [e.kind for e in await history.events(room, since=at(3), until=at(5))] == ["presence", "leave", "chat"]
+    assert [e.kind for e in await history.events(room, kinds=("join", "chat"))] == ["join", "chat"]
+    assert await history.events(room, since=at(6)) == []
+    assert await history.events("never-seen") == []
+
+
+async def test_history_versions_by_seq_ties_in_write_order_written_with_events_at_once(
+    history: HistoryStore, room: str
+) -> None:
+    await history.add_version(Version(room, "later", 9, at(9), "ada", False))
+    await history.append_events([ev(room, 1)], [Version(room, "checkpoint", 4, at(4), "", True),
+                                                Version(room, "same seq", 4, at(5), "bob", False)])
+
+    assert [(v.name, v.seq, v.at, v.by, v.auto) for v in await history.versions(room)] == [
+        ("checkpoint", 4, at(4), "", True),
+        ("same seq", 4, at(5), "bob", False),
+        ("later", 9, at(9), "ada", False),
+    ]
+    assert len(await history.events(room)) == 1
+
+
+async def test_history_answers_questions_about_the_log_by_time_and_seq(
+    store: Store, history: HistoryStore, room: str
+) -> None:
+    assert (await history.last_seq(room), await history.first_seq(room), await history.seq_at(room, at(59))) == (0, 0, 0)
+    assert await history.time_of(room, 1) is None and await history.snapshot_at_or_before(room, 5) is None
+    times = [at(10), at(20), at(20), at(15), at(30)]  # a node with a clock behind: 15 after 20
+    origins = ["client:a:ada", "client:b:bob", "client:a:ada", "peer:n2", "client:a:ada"]
+    await store.append(room, [NewUpdate(f"n1:{i}", t, o, b"u%d" % i) for i, (t, o) in enumerate(zip(times, origins), 1)])
+    await store.write_snapshot(room, 2, b"doc@2")
+    await store.write_snapshot(room, 4, b"doc@4")
+
+    assert (await history.last_seq(room), await history.first_seq(room)) == (5, 1)
+    assert [await history.seq_at(room, at(s)) for s in (9, 10, 16, 20, 25, 59)] == [0, 1, 4, 3, 3, 5]
+    assert [await history.time_of(room, s) for s in (0, 1, 4, 6)] == [None, at(10), at(15), None]
+    assert [(await history.snapshot_at_or_before(room, s) or Snapshot(room, 0, at(0), b"")).data for s in (1, 3, 4, 9)] == [
+        b"", b"doc@2", b"doc@4", b"doc@4"
+    ]
+    assert [(s.seq, s.data) for s in await history.snapshots(room)] == [(2, b"doc@2"), (4, b"doc@4")]
+    assert await history.edit_counts(room, at(15), at(20)) == {"client:b:bob": 1, "client:a:ada": 1, "peer:n2": 1}
+    assert await history.edit_counts(room, at(0), None) == {"client:a:ada": 3, "client:b:bob": 1, "peer:n2": 1}
+    assert [u.seq for u in await history.read_updates_page(room, 1, 3)] == [2, 3, 4]
+    assert await history.read_updates_page(room, 0, 10) == await store.read_updates(room)
+
+
+async def test_history_deletes_a_whole_room_and_nothing_else(store: Store, history: HistoryStore, room: str) -> None:
+    other = f"{room}-other"
+    for name in (room, other):
+        await store.append(name, batch(1, 3))
+        await store.write_snapshot(name, 2, b"doc@2")
+        await history.append_events([ev(name, 1), ev(name, 2)], [Version(name, "v", 2, at(2), "u", False)])
+    assert await history.has_anything(room) and not await history.has_anything("never-seen")
+
+    assert await history.delete_room(room) == 3 + 1 + 2 + 1
+
+    assert not await history.has_anything(room)
+    assert await store.load(room) == LoadedRoom(None, [], 0)
+    assert room not in await store.rooms() and other in await store.rooms()
+    assert await history.events(room) == [] and await history.versions(room) == []
+    assert (await store.load(other)).last_seq == 3 and len(await history.events(other)) == 2
+    assert await history.delete_room(room) == 0
+    assert await store.append(room, batch(1, 1)) == 1  # a new room of that name starts afresh
+
+
+async def test_history_purge_keeps_the_document_whole(store: Store, history: HistoryStore, room: str) -> None:
+    await store.append(room, batch(1, 6))
+    await store.write_snapshot(room, 2, b"doc@2")
+    await store.write_snapshot(room, 4, b"doc@4")
+    await history.append_events([ev(room, 1), ev(room, 4), ev(room, 9)],
+                                [Version(room, "old", 3, at(3), "u", False), Version(room, "new", 5, at(5), "u", False)])
+
+    removed = await history.purge_before(room, 4, at(4))
+
+    assert removed == 3 + 1 + 1 + 1  # seqs 1-3, the snapshot at 2, the event at 1, the version at 3
+    loaded = await store.load(room)
+    assert loaded.snapshot is not None and loaded.snapshot.seq == 4 and seqs(loaded.updates) == [5, 6]
+    assert seqs(await store.read_updates(room)) == [4, 5, 6]
+    assert await history.first_seq(room) == 4 and await history.last_seq(room) == 6
+    assert [e.at for e in await history.events(room)] == [at(4), at(9)]
+    assert [v.name for v in await history.versions(room)] == ["new"]
+    assert await store.append(room, batch(7, 7)) == 7  # numbering goes on after the purge
+
+
+async def test_history_imports_a_room_exactly_and_never_merges(store: Store, history: HistoryStore, room: str) -> None:
+    source = f"{room}-source"
+    await store.append(source, batch(1, 4))
+    await store.write_snapshot(source, 3, b"doc@3")
+    await history.append_events([ev(source, 2, "chat", text="hi"), ev(source, 1)], [Version(source, "v", 2, at(2), "u", True)])
+    updates, snapshots = await store.read_updates(source), await history.snapshots(source)
+    events, versions = await history.events(source), await history.versions(source)
+
+    await history.import_room(room, updates, snapshots, events, versions)
+
+    def rows(items: list, *fields: str) -> list[tuple]:
+        return [tuple(getattr(item, f) for f in fields) for item in items]
+
+    assert rows(await store.read_updates(room), "seq", "uid", "at", "origin", "data") == rows(
+        updates, "seq", "uid", "at", "origin", "data"
+    )
+    assert rows(await history.snapshots(room), "seq", "at", "data") == rows(snapshots, "seq", "at", "data")
+    assert rows(await history.events(room), "at", "kind", "user", "data") == rows(events, "at", "kind", "user", "data")
+    assert rows(await history.versions(room), "name", "seq", "at", "by", "auto") == rows(
+        versions, "name", "seq", "at", "by", "auto"
+    )
+    with pytest.raises(ValueError, match="already exists"):
+        await history.import_room(room, updates, [], [], [])
+    assert await store.append(room, batch(5, 5)) == 5
+
+
+async def test_history_import_with_a_repeated_seq_stores_nothing(history: HistoryStore, store: Store, room: str) -> None:
+    twice = [StoredUpdate(room, 1, at(1), "c", b"a", "n1:1"), StoredUpdate(room, 1, at(2), "c", b"b", "n1:2")]
+
+    with pytest.raises(StoreError):
+        await history.import_room(room, twice, [], [ev(room, 1)], [])
+
+    assert not await history.has_anything(room)
+
+
+async def test_history_on_a_closed_store_raises_store_error(database: Database, room: str) -> None:
+    store = store_on(database)
+    history = history_store_for(store)
+    for call in (lambda: history.events(room), lambda: history.last_seq(room), lambda: history.delete_room(room),
+                 lambda: history.append_events([ev(room, 1)])):
+        with pytest.raises(StoreError):
+            await call()
+
+
+# --- the batch writer (storage/writer.py) ---------------------------------------------------------
+
+
+def test_backoff_doubles_up_to_its_maximum_and_starts_over_after_a_success() -> None:
+    backoff = Backoff(0.5, 5.0)
+    assert backoff.delay == 0.0
+    assert [backoff.failed() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+    backoff.succeeded()
+    assert backoff.delay == 0.0 and backoff.failed() == 0.5
+    for bad in ((0, 1), (2, 1), (-1, 5)):
+        with pytest.raises(ValueError):
+            Backoff(*bad)
+
+
+def updates_writer(store: Store, room: str, **options: object) -> BatchWriter[NewUpdate]:
+    settings: dict = {"quiet": 0.0, "max_delay": 0.0, "max_items": 1000, "backoff": Backoff(0.01, 0.05)} | options
+
+    async def write(batch: list[NewUpdate]) -> None:
+        await store.append(room, batch)
+
+    return BatchWriter(write, **settings)
+
+
+async def test_a_batch_writer_flush_writes_everything_buffered_in_one_batch_in_order(room: str) -> None:
+    store = MemoryStore()
+    await store.open()
+    writer = updates_writer(store, room)
+    for update in batch(1, 3):
+        writer.add(update)
+
+    assert await writer.flush() == 3
+    assert await writer.flush() == 0
+    assert logged(await store.read_updates(room)) == [(s, f"n1:{s}", b"u%d" % s) for s in range(1, 4)]
+
+
+async def test_a_failed_write_keeps_its_batch_and_the_writer_retries_with_backoff_until_storage_is_back(
+    room: str,
+) -> None:
+    store = MemoryStore()  # not open yet: every write fails with StoreError
+    failures: list[tuple[str, int]] = []
+    writer = updates_writer(store, room, on_failure=lambda exc, pending: failures.append((str(exc), len(pending))))
+    task = asyncio.create_task(writer.run())
+    try:
+        for update in batch(1, 3):
+            writer.add(update)
+        await eventually(lambda: len(failures) >= 3, what="three failed attempts")
+        assert writer.failing and writer.backoff.failures >= 3
+        assert all("not open" in error for error, _ in failures)
+        for update in batch(4, 5):  # arriving while storage is down
+            writer.add(update)
+
+        await store.open()
+
+        async def all_stored() -> bool:
+            return len(await store.read_updates(room)) == 5
+
+        await eventually(all_stored, what="the kept batch and the later items stored")
+        assert logged(await store.read_updates(room)) == [(s, f"n1:{s}", b"u%d" % s) for s in range(1, 6)]
+        await eventually(lambda: not writer.failing, what="the writer recovered")
+        assert writer.backoff.delay == 0.0 and writer.pending == []
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_batch_writer_writes_at_max_items_or_when_asked_without_waiting_for_quiet(room: str) -> None:
+    store = MemoryStore()
+    await store.open()
+    writer = updates_writer(store, room, quiet=3600.0, max_delay=3600.0, max_items=3)
+    task = asyncio.create_task(writer.run())
+    try:
+        for update in batch(1, 3):
+            writer.add(update)
+        await eventually(lambda: _stored_count_is(store, room, 3), what="written at max_items")
+        writer.add(batch(4, 4)[0])
+        writer.write_soon()
+        await eventually(lambda: _stored_count_is(store, room, 4), what="written when asked")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _stored_count_is(store: Store, room: str, count: int) -> bool:
+    return len(await store.read_updates(room)) == count
+
+
+async def test_an_error_the_writer_does_not_retry_ends_its_run_and_keeps_the_batch(room: str) -> None:
+    store = MemoryStore()
+    await store.open()
+    writer = updates_writer(store, room)
+    writer.add(NewUpdate("n1:1", datetime(2025, 1, 1), "client", b"naive timestamp"))  # ValueError: a bug
+
+    with pytest.raises(ValueError, match="timezone"):
+        await asyncio.wait_for(writer.run(), 5)
+    assert [u.uid for u in writer.pending] == ["n1:1"]
+    assert writer.discard(lambda u: u.uid == "n1:1") == 1 and writer.pending == []
