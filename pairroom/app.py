@@ -19,8 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from pairroom.storage.sql import SqlStore
-from pairroom.storage.store import Store, StoreError
+from pairroom.storage.store import Store, StoreError, open_store
 from pairroom.cluster.broker import Broker, MemoryBroker
 from pairroom.cluster.bridge import Cluster
 from pairroom.rooms.registry import RoomRegistry
@@ -50,7 +49,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        the_store = store or SqlStore(settings.db)
+        the_store = store or open_store(settings.db)  # memory:// or a database URL
         await the_store.open()
         metrics = Metrics()
         node_id = settings.node_id or secrets.token_hex(6)

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import httpx
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -37,7 +38,8 @@ from pairroom.storage.store import LoadedRoom, NewUpdate, Snapshot, Store, Store
 from pairroom.storage.writer import Backoff, BatchWriter
 from pairroom.recording.history_store import Event, HistoryStore, Version, history_store_for
 from tests.support.postgres import database_fixture, fresh_database
-from tests.yclient import eventually
+from pairroom.web.auth import mint
+from tests.yclient import YClient, eventually
 
 SQL_BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 BACKENDS = ["memory", *SQL_BACKENDS]
@@ -98,13 +100,13 @@ def empty_database(backend: str, tmp_path: Path) -> Iterator[Database]:
 
 
 @pytest.fixture
-def db_url(sql_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+def sql_url(sql_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     """A SQL database that may already hold other tests' rooms (fresh per test on SQLite)."""
     return _sql_url(sql_backend, tmp_path, request)
 
 
 @pytest.fixture
-def empty_db_url(sql_backend: str, tmp_path: Path) -> Iterator[str]:
+def empty_sql_url(sql_backend: str, tmp_path: Path) -> Iterator[str]:
     """A SQL database nobody has touched."""
     yield from _empty_sql_url(sql_backend, tmp_path)
 
@@ -217,13 +219,13 @@ def test_head_revision_names_the_newest_migration() -> None:
 
 
 @pytest.mark.parametrize("made_by", ["migrations", "open"])
-async def test_the_schema_matches_the_models_whether_migrated_or_created(empty_db_url: str, made_by: str) -> None:
+async def test_the_schema_matches_the_models_whether_migrated_or_created(empty_sql_url: str, made_by: str) -> None:
     if made_by == "migrations":
-        await _migrate_with_alembic(empty_db_url)
+        await _migrate_with_alembic(empty_sql_url)
     else:
-        async with SqlStore(empty_db_url):
+        async with SqlStore(empty_sql_url):
             pass
-    diff, columns, uniques, stamp = await _schema_of(empty_db_url)
+    diff, columns, uniques, stamp = await _schema_of(empty_sql_url)
     assert diff == []
     assert stamp == [sql.HEAD_REVISION]
     # What the store's numbering and deduplication rest on, spelled out (compare_metadata would also
@@ -231,26 +233,26 @@ async def test_the_schema_matches_the_models_whether_migrated_or_created(empty_d
     assert columns["uid"]["nullable"] is False
     assert getattr(columns["uid"]["type"], "length", None) == UID_MAX_LENGTH
     assert {("room", "seq"), ("room", "uid")} <= uniques
-    await _migrate_with_alembic(empty_db_url)  # a created database is at head for Alembic too
+    await _migrate_with_alembic(empty_sql_url)  # a created database is at head for Alembic too
 
 
-async def test_open_migrates_an_older_schema_to_head(empty_db_url: str, room: str) -> None:
-    await _migrate_with_alembic(empty_db_url, "0001")
-    async with SqlStore(empty_db_url) as store:
+async def test_open_migrates_an_older_schema_to_head(empty_sql_url: str, room: str) -> None:
+    await _migrate_with_alembic(empty_sql_url, "0001")
+    async with SqlStore(empty_sql_url) as store:
         assert await store.append(room, batch(1, 2)) == 2
-    diff, _, _, stamp = await _schema_of(empty_db_url)
+    diff, _, _, stamp = await _schema_of(empty_sql_url)
     assert diff == [] and stamp == [sql.HEAD_REVISION]
 
 
-async def test_the_database_itself_refuses_a_second_row_with_the_same_room_and_uid(db_url: str, room: str) -> None:
-    async with SqlStore(db_url) as store:
+async def test_the_database_itself_refuses_a_second_row_with_the_same_room_and_uid(sql_url: str, room: str) -> None:
+    async with SqlStore(sql_url) as store:
         await store.append(room, batch(1, 1))
-        await _insert_a_second_row_with_the_same_uid(db_url, room)
+        await _insert_a_second_row_with_the_same_uid(sql_url, room)
         assert logged(await store.read_updates(room)) == [(1, "n1:1", b"u1")]
 
 
-async def _insert_a_second_row_with_the_same_uid(db_url: str, room: str) -> None:
-    engine = create_async_engine(normalize_db_url(db_url))
+async def _insert_a_second_row_with_the_same_uid(sql_url: str, room: str) -> None:
+    engine = create_async_engine(normalize_db_url(sql_url))
     try:
         with pytest.raises(IntegrityError):
             async with engine.begin() as conn:
@@ -1118,3 +1120,65 @@ async def test_an_error_the_writer_does_not_retry_ends_its_run_and_keeps_the_bat
         await asyncio.wait_for(writer.run(), 5)
     assert [u.uid for u in writer.pending] == ["n1:1"]
     assert writer.discard(lambda u: u.uid == "n1:1") == 1 and writer.pending == []
+
+
+# --- a server on memory storage ---------------------------------------------------------------------
+
+
+async def test_a_server_started_with_memory_url_keeps_rooms_while_it_runs(start_server) -> None:
+    server = await start_server(db="memory://", room_idle_seconds=0.1, flush_interval_ms=20.0)
+    assert isinstance(server.hub.store, MemoryStore)
+    writer = await YClient.connect(server.ws("mem"))
+    await asyncio.wait_for(writer.synced.wait(), 5)
+    writer.insert(0, "kept in memory")
+    await eventually(lambda: str(server.hub.registry.rooms["mem"].doc.get("text", type=Text)) == "kept in memory")
+    await writer.close()
+    await eventually(lambda: "mem" not in server.hub.registry.rooms, what="unloaded with a final flush")
+
+    reader = await YClient.connect(server.ws("mem"))
+    await eventually(lambda: str(reader.text) == "kept in memory", what="reloaded from memory")
+    await reader.close()
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200, ready.text
+
+
+async def test_create_app_takes_a_memory_store_and_the_recorder_works_on_it(start_server) -> None:
+    secret = "storage-tests-secret-of-at-least-32-bytes"
+
+    def owner(room: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {mint(secret, room, 'owner', 'Ada', user_id='u-ada')}"}
+
+    store = MemoryStore()
+    async with store:  # seeded beforehand, as a test or an embedding program would
+        seed = Doc()
+        seed.get("text", type=Text).insert(0, "seeded")
+        await store.append("rec", [NewUpdate("seed:1", datetime.now(UTC), "local:seed", seed.get_update())])
+    server = await start_server(
+        store=store, secret=secret, flush_interval_ms=20.0, extra={"recording_flush_interval": 0.05}
+    )
+    client = await YClient.connect(server.ws("rec") + "?token=" + owner("rec")["Authorization"].split()[1])
+    await eventually(lambda: str(client.text) == "seeded", what="the seeded document")
+    client.insert(6, " and edited")
+    await eventually(lambda: str(server.hub.registry.rooms["rec"].doc.get("text", type=Text)) == "seeded and edited")
+
+    async with httpx.AsyncClient(base_url=server.http, headers=owner("rec")) as http:
+        then = (await http.get("/api/rooms/rec/files", params={"at": "1"})).json()
+        now = (await http.get("/api/rooms/rec/files")).json()
+        assert then["files"] == {"/text": "seeded"} and then["seq"] == 1
+        assert now["files"] == {"/text": "seeded and edited"} and now["seq"] > 1
+        forked = await http.post("/api/rooms/rec/fork", json={"at": "1", "room": "rec-fork"})
+        assert forked.status_code == 201, forked.text
+        fork = (await http.get("/api/rooms/rec-fork/files", headers=owner("rec-fork"))).json()
+        assert fork["files"] == {"/text": "seeded"}
+
+        async def joined_recorded() -> bool:
+            events = await history_store_for(store).events("rec", kinds=("join",))
+            return len(events) == 1
+
+        await eventually(joined_recorded, what="the join recorded in memory")
+        await client.close()
+        deleted = await http.delete("/api/rooms/rec")
+        assert deleted.status_code == 200, deleted.text
+        assert not await history_store_for(store).has_anything("rec")
+        assert "rec-fork" in await store.rooms() and "rec" not in await store.rooms()
