@@ -38,6 +38,7 @@ from pairroom.storage.store import LoadedRoom, NewUpdate, Snapshot, Store, Store
 from pairroom.storage.writer import Backoff, BatchWriter
 from pairroom.recording.history_store import Event, HistoryStore, Version, history_store_for
 from tests.support.postgres import database_fixture, fresh_database
+from tests.support.storage import stored_text
 from pairroom.web.auth import mint
 from tests.yclient import YClient, eventually
 
@@ -1134,6 +1135,7 @@ async def test_a_server_started_with_memory_url_keeps_rooms_while_it_runs(start_
     await eventually(lambda: str(server.hub.registry.rooms["mem"].doc.get("text", type=Text)) == "kept in memory")
     await writer.close()
     await eventually(lambda: "mem" not in server.hub.registry.rooms, what="unloaded with a final flush")
+    assert await stored_text(server.hub.store, "mem") == "kept in memory"
 
     reader = await YClient.connect(server.ws("mem"))
     await eventually(lambda: str(reader.text) == "kept in memory", what="reloaded from memory")

@@ -117,7 +117,7 @@ class RecorderObserver(RoomObserver):
             quiet=interval,
             max_delay=interval,
             max_items=self.settings.flush_max_events,
-            backoff=Backoff(interval, 5.0),
+            backoff=Backoff(max(interval, 0.05), 5.0),
             on_failure=self._write_failed,
         )
 
