@@ -251,7 +251,7 @@ class SqlStore:
 
     @property
     def engine(self) -> AsyncEngine:
-        """The open engine, for the adapters beside this one (``recording/history_store.py``)."""
+        """The open engine, for the adapters beside this one (``recording/sql_history.py``)."""
         return self._require_open()
 
     def _require_open(self) -> AsyncEngine:
