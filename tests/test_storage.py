@@ -1111,6 +1111,40 @@ async def _stored_count_is(store: Store, room: str, count: int) -> bool:
     return len(await store.read_updates(room)) == count
 
 
+async def test_a_lone_item_is_written_once_the_quiet_period_passes(room: str) -> None:
+    store = MemoryStore()
+    await store.open()
+    writer = updates_writer(store, room, quiet=0.01, max_delay=3600.0)
+    task = asyncio.create_task(writer.run())
+    try:
+        writer.add(batch(1, 1)[0])
+        await eventually(lambda: _stored_count_is(store, room, 1), what="written after the quiet period")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_steady_trickle_is_written_by_max_delay_though_never_quiet(room: str) -> None:
+    store = MemoryStore()
+    await store.open()
+    writer = updates_writer(store, room, quiet=0.1, max_delay=0.3, max_items=10_000)
+    task = asyncio.create_task(writer.run())
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        added = 0
+        # A new item every 10 ms: the quiet period (100 ms) never passes while this runs.
+        while not await store.read_updates(room) and loop.time() < deadline:
+            added += 1
+            writer.add(batch(added, added)[0])
+            await asyncio.sleep(0.01)  # the trickle's pace, not a wait for the result
+        stored = await store.read_updates(room)
+        assert stored, "nothing written within 5 s of a steady trickle"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_an_error_the_writer_does_not_retry_ends_its_run_and_keeps_the_batch(room: str) -> None:
     store = MemoryStore()
     await store.open()

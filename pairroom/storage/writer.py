@@ -115,8 +115,9 @@ class BatchWriter(Generic[T]):
 
     def write_soon(self) -> None:
         """Write what is buffered without waiting for the quiet period (a room closed)."""
-        self._urgent = True
-        self._arrived.set()
+        if self.pending:
+            self._urgent = True
+            self._arrived.set()
 
     # -- writing --------------------------------------------------------------------------------------
 
@@ -127,10 +128,12 @@ class BatchWriter(Generic[T]):
             batch, self.pending = self.pending, []
             if not batch:
                 return 0
+            first = self._first_arrival
             try:
                 await self._write(batch)
             except BaseException:
                 self.pending[:0] = batch
+                self._first_arrival = first  # the kept batch is older than what arrived meanwhile
                 raise
             return len(batch)
 
