@@ -13,8 +13,9 @@ node holding a room logs every update it integrates under the update's uid, so a
 long as any node that saw it lives to flush, and is stored once however many nodes saw it.
 
 Adapters live in their own modules: ``memory.py`` (one process, gone when it ends: tests and
-throw-away servers) and ``sql.py`` (SQLite and PostgreSQL); nothing outside ``sql.py`` imports a
-database library. Both behave the same for everything promised here, and ``tests/test_storage.py``
+throw-away servers) and ``sql.py`` (SQLite and PostgreSQL); nothing outside the SQL adapters
+(``sql.py``, its models and migrations, and the recorder's ``sql_history.py``) imports a database
+library. Both behave the same for everything promised here, and ``tests/test_storage.py``
 runs one contract suite over memory, SQLite and PostgreSQL. ``open_store(url)`` picks one by URL.
 
 What any adapter refuses before storing anything (``ValueError``, the caller's bug, whether or not
@@ -40,7 +41,7 @@ class StoreError(Exception):
     """Storage could not do what was asked (unreachable, failed write, corrupt row)."""
 
 
-MAX_ORIGIN_LABEL = 255  # characters; every adapter stores at least this many
+MAX_ORIGIN_LABEL = ORIGIN_MAX_LENGTH  # characters; every adapter stores exactly this many
 
 
 def clip_label(label: str) -> str:
