@@ -34,7 +34,17 @@ from pairroom.storage.memory import MemoryStore, MemoryTables
 from pairroom.storage.models import UID_MAX_LENGTH, Base, SnapshotRow, UpdateRow
 from pairroom.storage import sql
 from pairroom.storage.sql import SqlStore, normalize_db_url
-from pairroom.storage.store import LoadedRoom, NewUpdate, Snapshot, Store, StoredUpdate, StoreError, open_store
+from pairroom.storage.store import (
+    ORIGIN_MAX_LENGTH,
+    LoadedRoom,
+    NewUpdate,
+    Snapshot,
+    Store,
+    StoredUpdate,
+    StoreError,
+    clip_label,
+    open_store,
+)
 from pairroom.storage.writer import Backoff, BatchWriter
 from pairroom.recording.history_store import Event, HistoryStore, Version, history_store_for
 from tests.support.postgres import database_fixture, fresh_database
@@ -494,6 +504,19 @@ async def test_input_no_database_could_store_raises_value_error(
     with pytest.raises(ValueError):  # before touching the database: a closed store says ValueError too
         await store_on(database).append(make_room(room), [update])
     assert await store.read_updates(room) == []
+
+
+async def test_an_origin_label_clipped_at_the_door_fits_every_adapter(store: Store, room: str) -> None:
+    long_label = "client:conn:" + "ü" * 300  # a token whose sub is 300 characters long
+    other = "client:conn:" + "ü" * 299 + "x"
+
+    assert await store.append(room, [NewUpdate("a", at(1), clip_label(long_label), b"A"),
+                                     NewUpdate("b", at(2), clip_label(other), b"B")]) == 2
+
+    stored = [u.origin for u in await store.read_updates(room)]
+    assert [len(origin) for origin in stored] == [ORIGIN_MAX_LENGTH] * 2
+    assert stored[0] != stored[1] and stored[0].startswith("client:conn:ü")
+    assert clip_label("client:c:ada") == "client:c:ada"
 
 
 # --- several writers -------------------------------------------------------------------------------
