@@ -31,8 +31,7 @@ from pairroom.rooms.partial_writes import ReviewerWrites
 from pairroom.rooms.persistence import Persistence
 from pairroom.rooms.registry import RoomRegistry
 from pairroom.rtc.extension import Calls
-from pairroom.storage.sql import SqlStore
-from pairroom.storage.store import Store, StoreError
+from pairroom.storage.store import Store, StoreError, open_store
 from pairroom.web import api, static
 from pairroom.web.hub import Hub
 from pairroom.web.metrics import Metrics
@@ -71,7 +70,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            the_store = store or SqlStore(settings.db)
+            the_store = store or open_store(settings.db)  # memory:// or a database URL
             await the_store.open()
             stack.push_async_callback(bounded_close, the_store, settings.shutdown_timeout)
             supervisor = await stack.enter_async_context(Supervisor())

@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run a server node")
     serve.add_argument("--host", help="address to bind (PAIRROOM_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port, 0 for any free one (PAIRROOM_PORT, default 8000)")
-    serve.add_argument("--db", help="database URL (PAIRROOM_DB, default sqlite:///./pairroom.db)")
+    serve.add_argument(
+        "--db", help="database URL, or memory:// to keep rooms in this process only (PAIRROOM_DB, default sqlite:///./pairroom.db)"
+    )
     serve.add_argument("--log-level", help="debug, info, warning, error (PAIRROOM_LOG_LEVEL)")
     serve.add_argument("--log-format", choices=["json", "text"], help="PAIRROOM_LOG_FORMAT")
     serve.add_argument(

@@ -49,7 +49,6 @@ from pairroom.recording.events import RecorderObserver, RecorderSettings
 from pairroom.recording.history import History, PointError, files_of, iso, recording_enabled, restore_files
 from pairroom.recording.history_store import Version
 from pairroom.recording.replay import replay_endpoint
-from pairroom.storage.sql import SqlStore
 from pairroom.storage.store import StoreError
 
 log = logging.getLogger("pairroom.recording.api")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import base64
 import gzip
 import json
@@ -32,12 +33,12 @@ import os
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Iterator
+from typing import IO, Any, AsyncIterator, Iterator
 
 from pairroom.recording.history import ROOT_TEXT_KEY, History, PointError, iso
-from pairroom.recording.history_store import Event, HistoryStore, Version
-from pairroom.storage.sql import SqlStore
-from pairroom.storage.store import Snapshot, StoredUpdate, StoreError
+from pairroom.recording.history_store import Event, Version, history_store_for
+from pairroom.storage.memory import MemoryStore
+from pairroom.storage.store import Snapshot, Store, StoredUpdate, StoreError, open_store
 
 FORMAT = "pairroom-room"
 VERSION = 1
@@ -100,6 +101,19 @@ COMMANDS = {"export": export_command, "import": import_command}
 # -- export ---------------------------------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def _opened(db: str) -> AsyncIterator[Store]:
+    """The store ``db`` names, open; a memory store holds nothing another process could read."""
+    store = open_store(db)
+    if isinstance(store, MemoryStore):
+        raise ValueError("memory:// storage lives inside one server process; export from or import into a database")
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 def _us(when: datetime) -> int:
     return (when - _EPOCH) // timedelta(microseconds=1)
 
@@ -114,8 +128,8 @@ def _b64(data: bytes) -> str:
 
 async def export_room(db: str, room: str, output: Path) -> dict[str, int]:
     """Write ``room``'s recording to ``output``; return how many rows of each kind went in."""
-    async with SqlStore(db) as store:
-        history = HistoryStore(store)
+    async with _opened(db) as store:
+        history = history_store_for(store)
         if not await history.has_anything(room):
             raise ValueError(f"room {room!r} has nothing stored")
         counts = {"update": 0, "snapshot": 0, "event": 0, "version": 0}
@@ -152,7 +166,7 @@ def _line(out: IO[str], obj: dict[str, Any]) -> None:
 
 async def export_files(db: str, room: str, directory: Path, at: str | None) -> int:
     """Write the room's files (now, or at ``at``) under ``directory``; return how many."""
-    async with SqlStore(db) as store:
+    async with _opened(db) as store:
         history = History(store)
         if not await history.db.has_anything(room):
             raise ValueError(f"room {room!r} has nothing stored")
@@ -245,6 +259,6 @@ def _lines(path: Path) -> Iterator[dict[str, Any]]:
 async def import_room(db: str, path: Path, as_room: str | None = None) -> tuple[str, dict[str, int]]:
     room, updates, snapshots, events, versions = read_export(path)
     target = as_room or room
-    async with SqlStore(db) as store:
-        await HistoryStore(store).import_room(target, updates, snapshots, events, versions)
+    async with _opened(db) as store:
+        await history_store_for(store).import_room(target, updates, snapshots, events, versions)
     return target, {"update": len(updates), "snapshot": len(snapshots), "event": len(events), "version": len(versions)}
