@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from pairroom.extensions import Change, Extension
+from pairroom.extensions import Change, Connection, Extension, Reject
 from pairroom.rooms.member import Member
 from pairroom.rooms.room import Room
 from pairroom.web.auth import mint
@@ -216,3 +216,35 @@ async def _more(read: Any, than: float) -> bool:
 
 async def _ready(http: httpx.AsyncClient) -> bool:
     return (await http.get("/readyz")).status_code == 200
+
+
+class OnlyAdaAndBob(Extension):
+    """Refuses everyone but two people, the way an access-list extension would."""
+
+    name = "guest-list"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str]] = []
+
+    async def on_authenticate(self, conn: Connection) -> None:
+        self.seen.append((conn.endpoint, conn.room_name, conn.principal.user_id))
+        if conn.principal.user_id not in ("ada", "bob"):
+            raise Reject(4403, f"{conn.principal.name} is not on the guest list")
+
+
+async def test_an_extension_refuses_a_connection_with_its_close_code(start_server) -> None:
+    guest_list = OnlyAdaAndBob()
+    server = await start_server(extensions=[guest_list], secret=SECRET)
+    ada = mint(SECRET, "party", "editor", "Ada", user_id="ada")
+    eve = mint(SECRET, "party", "editor", "Eve", user_id="eve")
+    allowed = await YClient.connect(server.ws("party") + f"?token={ada}")
+    await asyncio.wait_for(allowed.synced.wait(), 5)
+    refused = await YClient.connect(server.ws("party") + f"?token={eve}")
+    await eventually(lambda: refused.close_code is not None, what="eve refused")
+    assert (refused.close_code, refused.close_reason) == (4403, "Eve is not on the guest list")
+    assert not refused.synced.is_set()  # refused before any document byte
+    assert ("yjs", "party", "eve") in guest_list.seen
+    allowed.insert(0, "still here")  # the room and its member carry on
+    await eventually(lambda: str(allowed.text) == "still here", what="ada keeps editing")
+    await allowed.close()
+    await refused.close()

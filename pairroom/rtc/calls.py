@@ -42,7 +42,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from starlette.websockets import WebSocket
 
 from pairroom.web.api import live_role
-from pairroom.web.auth import AuthError, Principal, Role, authenticate
+from pairroom.web.auth import AuthError, Principal, Role, admit
 from pairroom.web.websocket import room_name_from_path
 from pairroom.protocol.sync import ProtocolError
 from pairroom.rooms.registry import RoomLoadError
@@ -440,7 +440,7 @@ async def call_endpoint(websocket: WebSocket) -> None:
     conn = Connection(websocket, secrets.token_hex(6), rtc.settings.limits, kind="call")
     try:
         room = room_name_from_path(websocket.path_params["room"], websocket.app.state.hub.settings.max_room_name)
-        principal = authenticate(websocket, room)
+        principal = await admit(websocket, room, "call")
     except (AuthError, ProtocolError) as exc:
         log.warning("call refused", extra={"conn": conn.id, "code": exc.code, "reason": exc.reason})
         conn.close_after_pending(exc.code, exc.reason)

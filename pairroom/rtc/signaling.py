@@ -33,7 +33,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from pairroom.web.auth import AuthError, Principal, authenticate
+from pairroom.web.auth import AuthError, Principal, admit
 from pairroom.rtc.bus import Handler, SignalBus
 from pairroom.rtc.connection import Connection
 from pairroom.rtc.limits import Limits, Refused, RtcClose
@@ -155,7 +155,7 @@ async def signal_endpoint(websocket: WebSocket) -> None:
     await websocket.accept()
     conn = Connection(websocket, secrets.token_hex(6), rtc.settings.limits, kind="signal")
     try:
-        principal = authenticate(websocket, None)
+        principal = await admit(websocket, None, "signal")
     except AuthError as exc:
         log.warning("signal refused", extra={"conn": conn.id, "code": exc.code, "reason": exc.reason})
         conn.close_after_pending(exc.code, exc.reason)

@@ -21,6 +21,7 @@ from typing import Any
 from starlette.requests import HTTPConnection
 
 from pairroom.rooms.identity import DEFAULT_COLORS, Principal, Role, anonymous
+from pairroom.rooms.extension import Connection, Reject
 
 __all__ = [
     "AuthError", "MAX_TOKEN_BYTES", "Principal", "Role", "anonymous", "authenticate", "bearer",
@@ -75,6 +76,22 @@ def authenticate(conn: HTTPConnection, room: str | None) -> Principal:
         return anonymous(room)
     token = conn.query_params.get("token") or bearer(conn.headers.get("authorization"))
     return verify(settings.secret, token, room if room is not None else claimed_room(token))
+
+
+async def admit(conn: HTTPConnection, room: str | None, endpoint: str) -> Principal:
+    """``authenticate``, then the extensions' ``on_authenticate``: the door of every websocket.
+
+    An extension refuses with ``Reject(code, reason)``; that becomes an ``AuthError`` with its close
+    code, so every endpoint closes the same way whoever refused."""
+    principal = authenticate(conn, room)
+    runner: Any = getattr(conn.app.state, "extensions", None)
+    if runner is not None and runner.has("on_authenticate"):
+        connection = Connection(room if room is not None else principal.room, principal, conn.headers, endpoint)
+        try:
+            await runner.authenticate(connection)
+        except Reject as exc:
+            raise AuthError(exc.code, 403, exc.reason) from exc
+    return principal
 
 
 def check_origin(allowed: frozenset[str], origin: str | None) -> None:

@@ -20,7 +20,7 @@ from pairroom.protocol.sync import CloseCode, ProtocolError
 from pairroom.rooms.member import Member, MemberState
 from pairroom.rooms.registry import RoomLoadError
 from pairroom.rooms.room import Room
-from pairroom.web.auth import AuthError, authenticate
+from pairroom.web.auth import AuthError, admit
 from pairroom.web.hub import Hub
 from pairroom.rooms.limits import TokenBucket
 
@@ -104,7 +104,7 @@ async def yjs_endpoint(websocket: WebSocket) -> None:
         try:
             name = room_name_from_path(websocket.path_params["path"], hub.settings.max_room_name)
             # The door, before any document byte is sent: origin, then token.
-            principal = authenticate(websocket, name)
+            principal = await admit(websocket, name, "yjs")
         except (ProtocolError, AuthError) as exc:
             client_error(hub, conn, None, exc.code, exc.reason)
             await transport.close(exc.code, exc.reason)
