@@ -109,6 +109,11 @@ def members(room: str) -> tuple[Member, Member, Member]:
     return one("Ada", Role.OWNER), one("Bob", Role.VIEWER), one("Cy", Role.EDITOR)
 
 
+async def until(check: Any, timeout: float = 20.0, what: str = "") -> None:
+    """``eventually`` with room for a loaded 2-core machine (a real sandbox starts in each test)."""
+    await eventually(check, timeout=timeout, what=what)
+
+
 def new_room() -> str:
     return "t-" + uuid.uuid4().hex[:10]
 
@@ -173,7 +178,7 @@ async def create(ts: TermServer, room: str, member: Member, name: str | None = N
 
 async def ready(client: TermClient) -> None:
     """Until the client had its setup and snapshot and the shell printed its prompt."""
-    await eventually(lambda: client.of("snapshot") and ("$ " in client.output or "$ " in client.of("snapshot")[-1]),
+    await until(lambda: client.of("snapshot") and ("$ " in client.output or "$ " in client.of("snapshot")[-1]),
                      timeout=15, what="the terminal is ready")
 
 
@@ -187,17 +192,17 @@ async def test_two_members_see_the_same_output_and_a_viewer_cannot_type(ts: Term
     a = await TermClient.connect(ts, room, terminal["id"], ada)
     b = await TermClient.connect(ts, room, terminal["id"], bob)
     await ready(a)
-    await eventually(lambda: b.of("snapshot"))
+    await until(lambda: b.of("snapshot"))
     assert a.setup["can_write"] is True and a.setup["role"] == "owner"
     assert b.setup["can_write"] is False and b.setup["role"] == "viewer"
 
     await a.type("echo $((6*7))\r")
-    await eventually(lambda: "42\r\n" in a.output and "42\r\n" in b.output, what="both see 42")
+    await until(lambda: "42\r\n" in a.output and "42\r\n" in b.output, what="both see 42")
 
     await b.type("touch hacked; echo typed-by-bob\r")
-    await eventually(lambda: any("read-only" in n for n in b.of("notice")), what="bob is told")
+    await until(lambda: any("read-only" in n for n in b.of("notice")), what="bob is told")
     await a.type("ls -a; echo listed\r")
-    await eventually(lambda: "listed\r\n" in a.output)
+    await until(lambda: "listed\r\n" in a.output)
     assert "hacked" not in a.output and "typed-by-bob" not in a.output
     workspace = ts.service.get(room, terminal["id"]).workspace  # type: ignore[union-attr]
     assert not (workspace.path / "hacked").exists()
@@ -215,13 +220,13 @@ async def test_a_grant_lets_a_viewer_type_live_and_a_revoke_stops_it(ts: TermSer
     b = await TermClient.connect(ts, room, terminal["id"], bob)
     doc = await YClient.connect(f"ws://127.0.0.1:{ts.port}/yjs/{room}?token={ada.token}")
     await ready(a)
-    await eventually(lambda: b.of("snapshot"))
+    await until(lambda: b.of("snapshot"))
 
     url = f"/api/rooms/{room}/terminals/{terminal['id']}/writers"
     assert (await ts.http.post(url, json={"user": bob.user, "write": True}, headers=bob.headers)).status_code == 403
     response = await ts.http.post(url, json={"user": bob.user, "write": True}, headers=ada.headers)
     assert response.status_code == 200, response.text
-    await eventually(lambda: b.setup["can_write"] is True, what="bob's setup says he may type")
+    await until(lambda: b.setup["can_write"] is True, what="bob's setup says he may type")
     assert {"id": bob.user, "name": "Bob"} in a.setup["writers"]
     await b.type("echo bob-was-here > bob.txt\r")
 
@@ -229,7 +234,7 @@ async def test_a_grant_lets_a_viewer_type_live_and_a_revoke_stops_it(ts: TermSer
         value = doc.doc.get("files", type=Map).get("bob.txt")
         return str(value) if isinstance(value, Text) else None
 
-    await eventually(lambda: bob_file() == "bob-was-here\n", timeout=10, what="bob.txt in the document")
+    await until(lambda: bob_file() == "bob-was-here\n", timeout=10, what="bob.txt in the document")
     loaded = ts.registry.rooms[room]
     await loaded.flush()
     stored = await loaded.store.load(room)
@@ -237,12 +242,12 @@ async def test_a_grant_lets_a_viewer_type_live_and_a_revoke_stops_it(ts: TermSer
 
     response = await ts.http.post(url, json={"user": bob.user, "write": False}, headers=ada.headers)
     assert response.status_code == 200
-    await eventually(lambda: b.setup["can_write"] is False)
+    await until(lambda: b.setup["can_write"] is False)
     notices = len(b.of("notice"))
     await b.type("echo after-revoke\r")
-    await eventually(lambda: len(b.of("notice")) > notices)
+    await until(lambda: len(b.of("notice")) > notices)
     await a.type("echo done\r")
-    await eventually(lambda: "done\r\n" in a.output)
+    await until(lambda: "done\r\n" in a.output)
     assert "after-revoke" not in a.output
     await a.close()
     await b.close()
@@ -257,17 +262,17 @@ async def test_a_proposal_accepted_runs_once_attributed_to_both(ts: TermServer) 
     b = await TermClient.connect(ts, room, terminal["id"], bob)
     await ready(a)
     await b.send("propose", "echo proposed-$((1+1))")
-    await eventually(lambda: a.of("proposal"), what="ada sees the proposal")
+    await until(lambda: a.of("proposal"), what="ada sees the proposal")
     proposal = a.of("proposal")[-1]
     assert proposal["by"] == bob.user and proposal["line"] == "echo proposed-$((1+1))"
     await b.send("accept", proposal["id"])  # a viewer cannot accept
-    await eventually(lambda: any("only those who may type" in n for n in b.of("notice")))
+    await until(lambda: any("only those who may type" in n for n in b.of("notice")))
     await a.send("accept", proposal["id"])
-    await eventually(lambda: "proposed-2\r\n" in a.output and "proposed-2\r\n" in b.output)
+    await until(lambda: "proposed-2\r\n" in a.output and "proposed-2\r\n" in b.output)
     command = a.of("command")[-1]
     assert command["by"] == bob.user and command["approvedBy"] == ada.user
     await a.send("accept", proposal["id"])  # twice: nothing more runs
-    await eventually(lambda: any("no such open proposal" in n for n in a.of("notice")))
+    await until(lambda: any("no such open proposal" in n for n in a.of("notice")))
     assert a.output.count("proposed-2\r\n") == 1
     await a.close()
     await b.close()
@@ -283,10 +288,10 @@ async def test_a_file_made_in_the_shell_reaches_the_editor_and_an_editor_edit_is
     await ready(c)
     files = doc.doc.get("files", type=Map)
     files["notes.txt"] = Text("written in the editor\n")
-    await eventually(lambda: "notes.txt" in ts.registry.rooms[room].doc.get("files", type=Map))
+    await until(lambda: "notes.txt" in ts.registry.rooms[room].doc.get("files", type=Map))
     await c.type("cat notes.txt; printf 'from the shell\\n' > shell.txt\r")
-    await eventually(lambda: "written in the editor\r\n" in c.output, what="cat shows the editor's text")
-    await eventually(lambda: isinstance(files.get("shell.txt"), Text) and str(files["shell.txt"]) == "from the shell\n",
+    await until(lambda: "written in the editor\r\n" in c.output, what="cat shows the editor's text")
+    await until(lambda: isinstance(files.get("shell.txt"), Text) and str(files["shell.txt"]) == "from the shell\n",
                      timeout=10, what="the shell's file in the editor")
     await c.close()
     await doc.close()
@@ -302,17 +307,17 @@ async def test_a_late_joiner_gets_the_alternate_screen_and_the_end_of_a_long_out
     a = await TermClient.connect(ts, room, terminal["id"], ada)
     await ready(a)
     await a.type("seq 1 10000; echo seq-'done'\r")
-    await eventually(lambda: "seq-done\r\n" in a.output, timeout=30)
+    await until(lambda: "seq-done\r\n" in a.output, timeout=30)
     late = await TermClient.connect(ts, room, terminal["id"], bob)
-    await eventually(lambda: late.of("snapshot"))
+    await until(lambda: late.of("snapshot"))
     screen = late.of("snapshot")[0]
     assert "9999\r\n10000\r\nseq-done" in screen
     assert "\x1b[?1049h" not in screen
 
     await a.type("printf '\\e[?1049h\\e[H\\e[2Jfull screen app\\e[5;3Hrow fiv\\x65'\r")
-    await eventually(lambda: "row five" in a.output)
+    await until(lambda: "row five" in a.output)
     later = await TermClient.connect(ts, room, terminal["id"], bob)
-    await eventually(lambda: later.of("snapshot"))
+    await until(lambda: later.of("snapshot"))
     screen = later.of("snapshot")[0]
     normal, _, alternate = screen.partition("\x1b[?1049h")
     assert "seq-done" in normal, "the normal screen is kept under the alternate one"
@@ -350,17 +355,17 @@ async def test_bad_frames_close_with_a_reason_and_the_terminal_carries_on(ts: Te
     ]
     for frame, code in cases:
         bad = await TermClient.connect(ts, room, terminal["id"], cy)
-        await eventually(lambda: bad.of("snapshot"))
+        await until(lambda: bad.of("snapshot"))
         await bad.ws.send(frame)
         assert await bad.closed() == code, (frame[:40], bad.close_code, bad.close_reason)
         assert bad.close_reason
 
     await a.send("resize", 0, 100000)  # clamped, not refused
-    await eventually(lambda: a.of("resize") and a.of("resize")[-1] == [1, 500])
+    await until(lambda: a.of("resize") and a.of("resize")[-1] == [1, 500])
     await a.send("resize", "x", None)
-    await eventually(lambda: a.of("resize")[-1] == [24, 80])
+    await until(lambda: a.of("resize")[-1] == [24, 80])
     await a.type("stty size\r")
-    await eventually(lambda: "24 80\r\n" in a.output)
+    await until(lambda: "24 80\r\n" in a.output)
     assert a.close_code is None, "the writer's connection carried on"
     await a.close()
 
@@ -389,11 +394,11 @@ async def test_ending_a_terminal_leaves_no_process_and_an_exit_is_reported(ts: T
     b = await TermClient.connect(ts, room, terminal["id"], bob)
     await ready(a)
     await a.type("exit 7\r")
-    await eventually(lambda: a.of("exit") == [7] and b.of("exit") == [7], what="exit 7 to everyone")
+    await until(lambda: a.of("exit") == [7] and b.of("exit") == [7], what="exit 7 to everyone")
     response = await ts.http.post(f"/api/rooms/{room}/terminals/{terminal['id']}/restart", headers=ada.headers)
     assert response.status_code == 200 and response.json()["status"] == "running"
     await a.type("sleep 1000 & echo started-'bg'\r")
-    await eventually(lambda: "started-bg\r\n" in a.output)
+    await until(lambda: "started-bg\r\n" in a.output)
     shell = ts.service.get(room, terminal["id"]).shell  # type: ignore[union-attr]
     pid = shell.process.pid  # type: ignore[union-attr]
     assert (await ts.http.delete(f"/api/rooms/{room}/terminals/{terminal['id']}", headers=ada.headers)).status_code == 204
@@ -421,19 +426,19 @@ async def test_the_shell_is_contained_like_a_kernel(ts: TermServer) -> None:
     a = await TermClient.connect(ts, room, terminal["id"], ada)
     await ready(a)
     await a.type(f"cat /etc/shadow; (echo > /dev/tcp/127.0.0.1/{ts.port}) 2>/dev/null && echo NET-'OPEN' || echo net-'closed'\r")
-    await eventually(lambda: "net-closed\r\n" in a.output or "NET-OPEN\r\n" in a.output, timeout=10)
+    await until(lambda: "net-closed\r\n" in a.output or "NET-OPEN\r\n" in a.output, timeout=10)
     assert "NET-OPEN\r\n" not in a.output and "root:" not in a.output
     await a.type("id -u; ls /home/room >/dev/null && echo in-'workspace'; echo $SECRET$PAIRROOM_SECRET end-'env'\r")
-    await eventually(lambda: "end-env\r\n" in a.output)
+    await until(lambda: "end-env\r\n" in a.output)
     assert "\r\n1000\r\n" in a.output and "in-workspace\r\n" in a.output
     assert SECRET not in a.output
     # a memory bomb: the limit stops it, not the host
     await a.type("python3 -c \"x = b'x' * (4 * 1024**3)\" 2>/dev/null; echo mem-'status'-$?\r")
-    await eventually(lambda: re.search(r"mem-status-\d+\r\n", a.output), timeout=30, what="memory bomb")
+    await until(lambda: re.search(r"mem-status-\d+\r\n", a.output), timeout=30, what="memory bomb")
     assert re.search(r"mem-status-(1|137)\r\n", a.output), a.output[-300:]  # MemoryError or killed
     # a fork bomb (last: its processes linger until the terminal ends) hits the pids limit; the shell and the server carry on
     await a.type("bomb() { bomb | bomb & }; (bomb) 2>/dev/null; sleep 2; echo sur'vived'\r")
-    await eventually(lambda: "survived\r\n" in a.output, timeout=30, what="fork bomb")
+    await until(lambda: "survived\r\n" in a.output, timeout=30, what="fork bomb")
     assert (await ts.http.get("/healthz")).status_code == 200
     assert (await ts.http.delete(f"/api/rooms/{room}/terminals/{terminal['id']}", headers=ada.headers)).status_code == 204
     await a.close()
@@ -459,7 +464,7 @@ async def test_a_flood_is_rate_capped_and_a_slow_viewer_gets_snapshots(ts: TermS
     live.attach(slow)
     started = time.monotonic()
     await a.type("head -c 3000000 /dev/zero | tr '\\0' 'y'; echo; echo flood-'done'\r")
-    await eventually(lambda: "flood-done\r\n" in a.output, timeout=60, what="the flood ends")
+    await until(lambda: "flood-done\r\n" in a.output, timeout=60, what="the flood ends")
     elapsed = time.monotonic() - started
     assert any("rate-capped" in n for n in a.of("notice"))
     assert elapsed > 3_000_000 / TERMINALS.output_bytes_per_second * 0.5, "the cap slowed the program down"
@@ -483,7 +488,7 @@ async def test_the_recording_is_asciicast_with_commands_as_markers(ts: TermServe
     await ready(a)
     await a.send("resize", 30, 100)
     await a.type("echo recorded-$((2*21))\r")
-    await eventually(lambda: "recorded-42" in a.output)
+    await until(lambda: "recorded-42" in a.output)
     response = await ts.http.get(f"/api/rooms/{room}/terminals/{terminal['id']}/cast", headers=bob.headers)
     assert response.status_code == 200
     header, *events = [json.loads(line) for line in response.text.splitlines()]

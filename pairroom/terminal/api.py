@@ -35,9 +35,10 @@ from pairroom.rooms.identity import Principal, Role
 from pairroom.rooms.limits import TokenBucket
 from pairroom.rooms.registry import RoomLoadError
 from pairroom.rooms.room import Room
-from pairroom.web.api import ApiError, error, json_body, principal_for, room_of
+from pairroom.web.api import ApiError, error, json_body, room_of
+from pairroom.web.auth import AuthError, admit, authenticate
 from pairroom.web.hub import Hub
-from pairroom.web.websocket import StarletteTransport, admit, room_name_from_path
+from pairroom.web.websocket import StarletteTransport, room_name_from_path
 
 from .pty import ShellStartError
 from .service import TerminalLimit, TerminalService
@@ -57,8 +58,7 @@ def _service(request: Request | WebSocket) -> TerminalService:
 
 
 def _role(room: Room | None, principal: Principal) -> Role:
-    roles: dict[str, Role] = getattr(room, "roles", {}) or {}
-    return roles.get(principal.user_id, principal.role)
+    return room.role_of(principal) if room is not None else principal.role
 
 
 def _run_policy(room: Room) -> str:
@@ -89,6 +89,8 @@ def _guarded(handler: Any) -> Any:
             return await handler(request)  # type: ignore[no-any-return]
         except ApiError as exc:
             return error(exc.status, exc.reason)
+        except AuthError as exc:
+            return error(exc.status, exc.reason)
         except RoomLoadError as exc:
             return error(503, str(exc))
         except TerminalLimit as exc:
@@ -103,7 +105,7 @@ def _guarded(handler: Any) -> Any:
 async def create_terminal(request: Request) -> Response:
     name = room_of(request)
     service = _service(request)
-    principal = principal_for(request, name)
+    principal = authenticate(request, name)
     body = await json_body(request, 4096, '{"name"?: "a title"}')
     title = body.get("name")
     if title is not None and not isinstance(title, str):
@@ -117,14 +119,14 @@ async def create_terminal(request: Request) -> Response:
 async def list_terminals(request: Request) -> Response:
     name = room_of(request)
     service = _service(request)
-    principal_for(request, name)
+    authenticate(request, name)
     return JSONResponse({"terminals": [t.describe() for t in service.list(name)]})
 
 
 async def end_terminal(request: Request) -> Response:
     name = room_of(request)
     service = _service(request)
-    principal = principal_for(request, name)
+    principal = authenticate(request, name)
     _terminal(service, name, request.path_params["id"])
     async with service.registry.hold(name) as room:
         check_may_start(room, principal)
@@ -135,7 +137,7 @@ async def end_terminal(request: Request) -> Response:
 async def restart_terminal(request: Request) -> Response:
     name = room_of(request)
     service = _service(request)
-    principal = principal_for(request, name)
+    principal = authenticate(request, name)
     terminal = _terminal(service, name, request.path_params["id"])
     async with service.registry.hold(name) as room:
         check_may_start(room, principal)
@@ -146,9 +148,11 @@ async def restart_terminal(request: Request) -> Response:
 async def set_writer(request: Request) -> Response:
     name = room_of(request)
     service = _service(request)
-    principal = principal_for(request, name)
+    principal = authenticate(request, name)
     terminal = _terminal(service, name, request.path_params["id"])
-    if _role(service.registry.rooms.get(name), principal) is not Role.OWNER:
+    async with service.registry.hold(name) as room:
+        role = room.role_of(principal)
+    if role is not Role.OWNER:
         raise ApiError(403, "only an owner may grant or revoke typing in a terminal")
     body = await json_body(request, 4096, '{"user": "user id", "write": true}')
     user, write = body.get("user"), body.get("write")
@@ -162,7 +166,7 @@ async def set_writer(request: Request) -> Response:
 async def cast(request: Request) -> Response:
     name = room_of(request)
     service = _service(request)
-    principal_for(request, name)
+    authenticate(request, name)
     terminal = _terminal(service, name, request.path_params["id"])
     return Response(terminal.cast.export(f"{name} / {terminal.name}"), media_type="application/x-asciicast")
 
@@ -183,8 +187,8 @@ async def terminal_endpoint(websocket: WebSocket) -> None:
     transport = StarletteTransport(websocket)
     try:
         name = room_name_from_path(websocket.path_params["room"], hub.settings.max_room_name)
-        principal = admit(hub, websocket, name)
-    except ProtocolError as exc:
+        principal = await admit(websocket, name, "terminal")
+    except (ProtocolError, AuthError) as exc:
         await transport.close(exc.code, exc.reason)
         return
     service = getattr(websocket.app.state, "terminals", None)

@@ -110,9 +110,8 @@ class TerminalService:
 
     def _role_of(self, room: str) -> Any:
         def role_of(principal: Principal) -> Role:
-            loaded = self.registry.rooms.get(room)
-            roles: dict[str, Role] = getattr(loaded, "roles", {}) or {}
-            return roles.get(principal.user_id, principal.role)
+            loaded = self.registry.rooms.get(room)  # held loaded by the terminal's workspace
+            return loaded.role_of(principal) if loaded is not None else principal.role
         return role_of
 
     async def _start_shell(self, terminal: Terminal) -> Shell:
