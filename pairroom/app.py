@@ -33,6 +33,7 @@ from pairroom.rooms.registry import RoomRegistry
 from pairroom.rtc.extension import Calls
 from pairroom.storage.store import Store, StoreError, open_store
 from pairroom.terminal.extension import Terminals
+from pairroom.vcs.extension import VersionControl
 from pairroom.web import api, static
 from pairroom.web.hub import Hub
 from pairroom.web.metrics import Metrics
@@ -53,6 +54,7 @@ def builtin_extensions(settings: Settings) -> list[Extension]:
             settings.kernel_settings(), enabled=settings.kernels, clustered=bool(settings.redis), shutdown_timeout=limit
         ),
         Terminals(settings.kernel_settings(), enabled=settings.kernels),
+        VersionControl(settings.vcs_settings()),
         Calls(settings.rtc, clustered=bool(settings.redis)),
         Recording(settings.extra, limit),
     ]

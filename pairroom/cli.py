@@ -91,6 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
         " its settings come from PAIRROOM_EXT_<NAME>_<KEY>",
     )
 
+    serve.add_argument(
+        "--git-allow-local", action="store_true", default=None,
+        help="let rooms open and push git remotes over git://, http://, file:// and to loopback or private"
+        " hosts (refused by default: a server must not become a way into its own network)",
+    )
+    serve.add_argument("--git-root", help="where rooms' repositories are kept (default: a temporary dir)")
+
+    import_git = commands.add_parser("import-git", help="open a git repository as a new room on a running server")
+    import_git.add_argument("url", help="https:// or ssh:// remote (others need the server's --git-allow-local)")
+    import_git.add_argument("--ref", help="branch or tag (default: the remote's default branch)")
+    import_git.add_argument("--as", dest="room", help="the room's name (default: a random one)")
+    import_git.add_argument("--name", help="the owner's display name")
+    import_git.add_argument("--server", default="http://127.0.0.1:8000", help="the server (default %(default)s)")
+
     token = commands.add_parser("token", help="mint an access token for a room")
     token.add_argument("room")
     token.add_argument("--role", default="editor", choices=[r.value for r in Role])
@@ -144,10 +158,49 @@ def token_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def import_git_command(args: argparse.Namespace) -> int:
+    """``POST /api/rooms {"git"}`` on a running server; prints the room's links."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    body: dict[str, object] = {"git": {"url": args.url, **({"ref": args.ref} if args.ref else {})}}
+    if args.room:
+        body["room"] = args.room
+    if args.name:
+        body["name"] = args.name
+    request = urllib.request.Request(
+        args.server.rstrip("/") + "/api/rooms", data=json.dumps(body).encode(), method="POST",
+        headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            answer = json.load(response)
+    except urllib.error.HTTPError as exc:
+        try:
+            reason = json.load(exc).get("error", exc.reason)
+        except ValueError:
+            reason = exc.reason
+        print(f"pairroom import-git: {exc.code} {reason}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"pairroom import-git: cannot reach {args.server}: {exc}", file=sys.stderr)
+        return 1
+    git = answer.get("git") or {}
+    print(f"room {answer['room']}: {git.get('files', 0)} files from {git.get('remote')} at {git.get('base', '')[:12]}")
+    for invite in answer.get("invites", []):
+        print(f"  {invite['role']}: {invite['url']}")
+    if answer.get("open"):
+        print(f"  {answer['url']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "token":
         return token_command(args)
+    if args.command == "import-git":
+        return import_git_command(args)
     if args.command in recorder_cli.COMMANDS:
         return recorder_cli.COMMANDS[args.command](args)
     overrides = {k: v for k, v in vars(args).items() if k != "command"}

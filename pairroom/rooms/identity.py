@@ -43,6 +43,7 @@ class Principal:
     room: str  # the room the token is for ("" for an open-mode principal on a route without a room)
     anonymous: bool = False
     any_room: bool = False  # open mode: every room's topics; a room's *name* never means this
+    email: str | None = None  # the token's ``email`` claim (commits credit people by it)
 
     def identity(self, role: Role | None = None) -> dict[str, Any]:
         """The awareness ``user`` fields the server stamps on this member's presence."""

@@ -156,14 +156,15 @@ async def invites(request: Request) -> Response:
 
 @handles_errors
 async def create_room(request: Request) -> Response:
-    """A new room, for the lobby: ``{"room"?, "name"?, "ttl"?}`` -> 201.
+    """A new room, for the lobby: ``{"room"?, "name"?, "ttl"?, "git"?}`` -> 201.
 
     Open mode answers the room's link (anyone with it is an editor). With a secret, the room must not
     exist yet (an empty document: no content was ever stored for it) and the answer carries an owner,
     an editor and a viewer link, each with its token; the owner's token carries ``name``. The room is
     marked as created (``meta.createdAt``) in the same step, so a second request for the name gets 409
     instead of another owner token. Anyone who can reach the server may create rooms this way; every
-    room's existing members and content stay out of reach (409).
+    room's existing members and content stay out of reach (409). With ``"git": {"url", "ref"?}`` the
+    room starts as that repository (docs/git.md); in open mode too, and then the room must be new.
     """
     hub: Hub = request.app.state.hub
     body = await json_body(request)
@@ -172,26 +173,43 @@ async def create_room(request: Request) -> Response:
         raise ApiError(400, "room must be 1 to 64 letters, digits, - or _")
     base = (hub.settings.public_url or str(request.base_url)).rstrip("/")
     link = f"{base}/r/{room_name}"
-    if hub.settings.secret is None:
-        return JSONResponse({"open": True, "room": room_name, "url": link}, 201)
     ttl = body.get("ttl", 8 * 3600)
-    if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL:
+    if hub.settings.secret is not None and (
+            not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL):
         raise ApiError(400, f"ttl must be seconds between 1 and {MAX_TTL}")
     owner_name = body.get("name") or "Owner"
     if not isinstance(owner_name, str):
         raise ApiError(400, "name must be a string")
-    async with hub.registry.hold(room_name) as room:
-        # No await between the check and the mark: two requests for one name cannot both pass.
-        if room.doc.get_state() != EMPTY_STATE:
-            raise ApiError(409, f"room {room_name!r} already exists: ask its owner for a link")
-        with room.local_change(LocalOrigin("create")) as doc:
-            doc.get("meta", type=Map)["createdAt"] = int(time.time() * 1000)
+    # ``git``: the version-control feature clones first (app.state.git_opener), so a bad URL leaves
+    # no room behind, then fills the new room's files.
+    opener: Any = getattr(request.app.state, "git_opener", None) if "git" in body else None
+    if "git" in body and opener is None:
+        raise ApiError(503, "opening git repositories is not enabled on this server")
+    prepared = await opener.prepare(body["git"]) if opener is not None else None
+    opened: dict[str, Any] | None = None
+    try:
+        if hub.settings.secret is None and prepared is None:
+            return JSONResponse({"open": True, "room": room_name, "url": link}, 201)
+        async with hub.registry.hold(room_name) as room:
+            # No await between the check and the mark: two requests for one name cannot both pass.
+            if room.doc.get_state() != EMPTY_STATE:
+                raise ApiError(409, f"room {room_name!r} already exists: ask its owner for a link")
+            with room.local_change(LocalOrigin("create")) as doc:
+                doc.get("meta", type=Map)["createdAt"] = int(time.time() * 1000)
+            if prepared is not None:
+                opened, prepared = await opener.install(room, prepared), None
+    finally:
+        if prepared is not None:
+            await opener.discard(prepared)
+    extra = {"git": opened} if opened is not None else {}
+    if hub.settings.secret is None:
+        return JSONResponse({"open": True, "room": room_name, "url": link, **extra}, 201)
     out = []
     for role in CREATED_ROLES:
         name = owner_name[:64] if role is Role.OWNER else role.value.capitalize()
         token = mint(hub.settings.secret, room_name, role, name, ttl_seconds=ttl)
         out.append({"role": role.value, "token": token, "url": f"{link}?token={token}"})
-    return JSONResponse({"open": False, "room": room_name, "url": link, "invites": out}, 201)
+    return JSONResponse({"open": False, "room": room_name, "url": link, "invites": out, **extra}, 201)
 
 
 @handles_errors

@@ -13,6 +13,7 @@ overrides. ``mint``, ``verify`` and ``claimed_room`` are pure: no request, no se
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from types import ModuleType
@@ -132,6 +133,9 @@ def mint(
     return pyjwt().encode(claims, secret, algorithm=ALGORITHM)
 
 
+EMAIL = re.compile(r"[^\s<>@,]{1,64}@[^\s<>@,]{1,190}")
+
+
 def verify(secret: str, token: str | None, room: str) -> Principal:
     """The principal a token names, for ``room``. Raises AuthError (4401 or 4403).
 
@@ -158,7 +162,10 @@ def verify(secret: str, token: str | None, room: str) -> Principal:
         raise forbidden("token is for another room")
     name = str(claims.get("name") or claims["sub"])[:64]
     color = str(claims.get("color") or DEFAULT_COLORS[0])[:32]
-    return Principal(str(claims["sub"]), name, color, role, room)
+    email = claims.get("email")
+    if not isinstance(email, str) or not EMAIL.fullmatch(email):
+        email = None
+    return Principal(str(claims["sub"]), name, color, role, room, email=email)
 
 
 def claimed_room(token: str | None) -> str:

@@ -1,0 +1,57 @@
+"""Version control as an extension: its routes, its service's life on the node, who members are."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from starlette.routing import BaseRoute
+
+from pairroom.rooms.extension import Extension
+from pairroom.rooms.member import Member
+from pairroom.rooms.room import Room
+
+from .api import LobbyOpener, routes
+from .service import VcsService
+from .settings import VcsSettings
+
+log = logging.getLogger("pairroom.vcs")
+
+
+class VersionControl(Extension):
+    name = "git"
+    builtin = True
+    priority = 60  # after kernels and terminals: their workspace settings are the ones in use
+
+    def __init__(self, settings: VcsSettings) -> None:
+        self.vcs_settings = settings
+        self.service: VcsService | None = None
+
+    def routes(self) -> Sequence[BaseRoute]:
+        return routes
+
+    def lifespan(self, node: Any) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._run(node)
+
+    @contextlib.asynccontextmanager
+    async def _run(self, node: Any) -> AsyncIterator[None]:
+        service = VcsService(node.registry, node.store, self.vcs_settings)
+        service.start()
+        self.service = node.state.git = service
+        node.state.git_opener = LobbyOpener(service)
+        try:
+            yield
+        finally:
+            self.service = node.state.git = node.state.git_opener = None
+            await service.stop()
+
+    def on_join(self, room: Room, member: Member) -> None:
+        """Remember each member's name and email, to credit them in commits others make."""
+        if self.service is not None and member.principal is not None:
+            self.service.note_person(room.name, member.principal)
+
+    def on_deleted(self, room_name: str) -> None:
+        if self.service is not None:
+            self.service.forget(room_name)

@@ -1,0 +1,452 @@
+"""Version control of a room, with real git against a real bare remote made in the test.
+
+A real server on port 0 (``git_allow_local``: the remote is a ``file://`` bare repository and a
+``git daemon`` on loopback), real y-websocket clients over real websockets holding tokens of
+different people, and the remote checked with the ``git`` command line as anyone would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+from pycrdt import Map, Text
+
+from pairroom.vcs.gitcli import GitError, check_remote
+from tests.conftest import RunningServer, StartServer
+from tests.yclient import YClient, eventually
+
+SECRET = "git-tests-secret-of-at-least-32-bytes-long"
+ENV = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null", "HOME": "/nonexistent",
+       "GIT_AUTHOR_NAME": "Upstream", "GIT_AUTHOR_EMAIL": "up@example.org",
+       "GIT_COMMITTER_NAME": "Upstream", "GIT_COMMITTER_EMAIL": "up@example.org"}
+
+
+def git(*args: str, cwd: Path | None = None, input: bytes | None = None) -> str:
+    done = subprocess.run(["git", *args], cwd=cwd, env=ENV, input=input, capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode()
+
+
+def token(room: str, user: str, name: str, role: str = "editor", email: str | None = None) -> str:
+    claims = {"sub": user, "room": room, "role": role, "name": name, "exp": int(time.time()) + 3600}
+    if email:
+        claims["email"] = email
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    """A bare repository on ``main`` with a text file, a binary, a big file and a symlink."""
+    bare = tmp_path / "remote.git"
+    git("init", "--bare", "-b", "main", str(bare))
+    work = tmp_path / "seed"
+    git("clone", str(bare), str(work))
+    (work / "main.py").write_text("def one():\n    return 1\n\n\ndef two():\n    return 2\n")
+    (work / "README.md").write_text("# demo\n")
+    (work / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0binary")
+    (work / "big.txt").write_text("x" * (1024 * 1024 + 10))
+    os.symlink("/etc/passwd", work / "passwd")
+    git("add", "-A", cwd=work)
+    git("commit", "-m", "seed", cwd=work)
+    git("push", "origin", "main", cwd=work)
+    return bare
+
+
+@pytest.fixture
+async def node(start_server: StartServer, tmp_path: Path) -> RunningServer:
+    return await start_server(secret=SECRET, git_allow_local=True, git_root=str(tmp_path / "git"))
+
+
+async def open_room(server: RunningServer, url: str, room: str | None = None, **git: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=server.http, timeout=60) as http:
+        body: dict[str, object] = {"git": {"url": url, **git}}
+        if room:
+            body["room"] = room
+        return await http.post("/api/rooms", json=body)
+
+
+def api(server: RunningServer, tok: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=server.http, headers={"authorization": f"Bearer {tok}"}, timeout=60)
+
+
+def files_of(client: YClient) -> Map:
+    return client.doc.get("files", type=Map)
+
+
+async def joined(server: RunningServer, room: str, tok: str) -> YClient:
+    client = await YClient.connect(server.ws(room) + f"?token={tok}")
+    await asyncio.wait_for(client.synced.wait(), 10)
+    return client
+
+
+def server_text(server: RunningServer, room: str, path: str) -> str | None:
+    text = server.hub.registry.rooms[room].doc.get("files", type=Map).get(path)
+    return str(text) if isinstance(text, Text) else None
+
+
+@pytest.fixture
+async def room(node: RunningServer, remote: Path) -> AsyncIterator[tuple[RunningServer, str, Path]]:
+    name = "g" + uuid.uuid4().hex[:8]
+    answer = await open_room(node, f"file://{remote}", name)
+    assert answer.status_code == 201, answer.text
+    yield node, name, remote
+
+
+# -- opening -------------------------------------------------------------------------------------
+
+
+async def test_opening_a_repository_imports_text_lists_the_rest_and_keeps_base(room: tuple[RunningServer, str, Path]) -> None:
+    server, name, remote = room
+    ada = await joined(server, name, token(name, "ada", "Ada"))
+    files = files_of(ada)
+    assert set(files.keys()) == {"main.py", "README.md"}
+    assert str(files["main.py"]).startswith("def one():")
+    listing = ada.doc.get("workspace", type=Map)
+    assert {k: v["kind"] for k, v in listing.items()} == {"logo.png": "binary", "big.txt": "large"}
+    meta_git = ada.doc.get("meta", type=Map)["git"]
+    assert meta_git["base"] == git("rev-parse", "main", cwd=remote).strip()
+    assert meta_git["remote"] == f"file://{remote}"
+    assert {"path": "passwd", "reason": "symlink"} in list(meta_git["skipped"])
+    # the read-only entries are on disk in the room's workspace; the symlink is nowhere
+    workspaces = server.hub.state.git.workspaces
+    path = workspaces.get(name).path
+    assert (path / "logo.png").read_bytes().startswith(b"\x89PNG")
+    assert not (path / "passwd").exists() and not (path / "passwd").is_symlink()
+
+
+async def test_refused_urls_leave_no_room(start_server: StartServer, remote: Path, tmp_path: Path) -> None:
+    strict = await start_server(secret=SECRET, db=f"sqlite:///{tmp_path / 'strict.db'}")
+    for url, reason in [
+        (f"file://{remote}", "file:// remotes are refused"),
+        ("http://127.0.0.1:9/x.git", "http:// remotes are refused"),
+        ("git://127.0.0.1/x.git", "git:// remotes are refused"),
+        ("https://127.0.0.1/x.git", "loopback or private"),
+        ("ssh://git@10.1.2.3/x.git", "loopback or private"),
+        ("https://user:pw@example.org/x.git", "must not carry a credential"),
+        ("--upload-pack=touch /tmp/x", "character a URL cannot have"),
+        ("ftp://example.org/x", "not supported"),
+    ]:
+        answer = await open_room(strict, url, "refused")
+        assert answer.status_code == 400, (url, answer.text)
+        assert reason in answer.json()["error"], (url, answer.text)
+    # nothing was made: the name is still free
+    async with httpx.AsyncClient(base_url=strict.http) as http:
+        assert (await http.post("/api/rooms", json={"room": "refused"})).status_code == 201
+
+
+async def test_url_policy_without_a_server() -> None:
+    with pytest.raises(GitError, match="loopback"):
+        await check_remote("https://localhost/x.git", allow_local=False)
+    with pytest.raises(GitError, match="loopback"):
+        await check_remote("git@127.0.0.1:x.git", allow_local=False)
+    assert (await check_remote("file:///srv/x.git", allow_local=True)).scheme == "file"
+
+
+async def test_not_a_repository_is_422_and_leaves_no_room(node: RunningServer, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    answer = await open_room(node, f"file://{tmp_path / 'empty'}", "nothing")
+    assert answer.status_code == 422, answer.text
+    assert "could not clone" in answer.json()["error"]
+    answer = await open_room(node, f"file://{tmp_path / 'missing'}", "nothing", ref="main")
+    assert answer.status_code == 422
+    async with httpx.AsyncClient(base_url=node.http) as http:
+        assert (await http.post("/api/rooms", json={"room": "nothing"})).status_code == 201
+
+
+async def test_a_repository_over_the_cap_is_413(start_server: StartServer, remote: Path, tmp_path: Path) -> None:
+    from pairroom.vcs.settings import VcsSettings
+
+    server = await start_server(secret=SECRET, git_allow_local=True, db=f"sqlite:///{tmp_path / 'cap.db'}")
+    server.hub.state.git.settings = VcsSettings(allow_local=True, max_repo_bytes=1024)
+    answer = await open_room(server, f"file://{remote}", "toobig")
+    assert answer.status_code == 413, answer.text
+
+
+# -- committing ----------------------------------------------------------------------------------
+
+
+async def test_commit_credits_the_author_and_every_coauthor_and_push_lands_it(room: tuple[RunningServer, str, Path], tmp_path: Path) -> None:
+    server, name, remote = room
+    ada_token = token(name, "ada", "Ada Lovelace", email="ada@example.org")
+    bob_token = token(name, "bob", "Bob", email=None)
+    ada = await joined(server, name, ada_token)
+    bob = await joined(server, name, bob_token)
+    files_of(ada)["main.py"].insert(0, "# by ada\n")
+    await eventually(lambda: (server_text(server, name, "main.py") or "").startswith("# by ada"))
+    await eventually(lambda: str(files_of(bob)["main.py"]).startswith("# by ada"))
+    files_of(bob)["notes.md"] = Text("bob was here\n")
+    await eventually(lambda: server_text(server, name, "notes.md") == "bob was here\n")
+    async with api(server, ada_token) as http:
+        status = (await http.get(f"/api/rooms/{name}/git/status")).json()
+        assert {c["path"]: c["status"] for c in status["changes"]} == {"main.py": "modified", "notes.md": "added"}
+        assert [b["id"] for b in next(c for c in status["changes"] if c["path"] == "notes.md")["by"]] == ["bob"]
+        assert status["coauthors"] == [{"name": "Bob", "email": "bob@users.noreply.pairroom"}]
+        diff = (await http.get(f"/api/rooms/{name}/git/diff", params={"path": "main.py"})).text
+        assert "+# by ada" in diff
+        answer = await http.post(f"/api/rooms/{name}/git/commit", json={"message": "Two people at work"})
+        assert answer.status_code == 201, answer.text
+        again = await http.post(f"/api/rooms/{name}/git/commit", json={"message": "nothing"})
+        assert again.status_code == 409
+        pushed = await http.post(f"/api/rooms/{name}/git/push")
+        assert pushed.status_code == 200, pushed.text
+        log = (await http.get(f"/api/rooms/{name}/git/log")).json()["commits"]
+        assert log[0]["coauthors"] == ["Bob <bob@users.noreply.pairroom>"]
+    branch = f"pairroom/{name}"
+    clone = tmp_path / "check"
+    git("clone", "-b", branch, f"file://{remote}", str(clone))
+    assert git("log", "-1", "--format=%an <%ae>", cwd=clone).strip() == "Ada Lovelace <ada@example.org>"
+    assert git("log", "-1", "--format=%(trailers:key=Co-authored-by,valueonly)", cwd=clone).strip() == (
+        "Bob <bob@users.noreply.pairroom>")
+    assert git("log", "-1", "--format=%B", cwd=clone).startswith("Two people at work\n\nCo-authored-by: Bob")
+    assert (clone / "main.py").read_text() == server_text(server, name, "main.py")
+    assert (clone / "notes.md").read_text() == "bob was here\n"
+    assert (clone / "logo.png").read_bytes().startswith(b"\x89PNG")  # kept from the base tree
+    git("fsck", "--strict", cwd=clone)
+
+
+async def test_series_writes_one_commit_per_run_in_time_order(room: tuple[RunningServer, str, Path], tmp_path: Path) -> None:
+    server, name, remote = room
+    ada_token = token(name, "ada", "Ada", email="ada@example.org")
+    ada = await joined(server, name, ada_token)
+    bob = await joined(server, name, token(name, "bob", "Bob", email="bob@example.org"))
+    files_of(ada)["a.txt"] = Text("first\n")
+    await eventually(lambda: server_text(server, name, "a.txt") == "first\n")
+    await eventually(lambda: files_of(bob).get("a.txt") is not None)
+    files_of(bob)["b.txt"] = Text("second\n")
+    await eventually(lambda: server_text(server, name, "b.txt") == "second\n")
+    async with api(server, ada_token) as http:
+        answer = await http.post(f"/api/rooms/{name}/git/commit", json={"message": "Pairing", "series": True})
+        assert answer.status_code == 201, answer.text
+        assert (await http.post(f"/api/rooms/{name}/git/push")).status_code == 200
+    clone = tmp_path / "series"
+    git("clone", "-b", f"pairroom/{name}", f"file://{remote}", str(clone))
+    authors = git("log", "--format=%an %s", "-2", cwd=clone).splitlines()
+    assert authors == ["Bob Pairing (Bob)", "Ada Pairing (Ada)"]
+    assert git("show", "--name-only", "--format=", "HEAD", cwd=clone).split() == ["b.txt"]
+    assert git("show", "--name-only", "--format=", "HEAD~1", cwd=clone).split() == ["a.txt"]
+
+
+async def test_roles_and_bad_paths_are_checked_on_the_server(room: tuple[RunningServer, str, Path]) -> None:
+    server, name, _ = room
+    ada_token = token(name, "ada", "Ada")
+    ada = await joined(server, name, ada_token)
+    files_of(ada)["x.txt"] = Text("x\n")
+    await eventually(lambda: server_text(server, name, "x.txt") == "x\n")
+    async with api(server, token(name, "vic", "Vic", role="viewer")) as http:
+        assert (await http.post(f"/api/rooms/{name}/git/commit", json={"message": "m"})).status_code == 403
+        assert (await http.post(f"/api/rooms/{name}/git/push")).status_code == 403
+        assert (await http.get(f"/api/rooms/{name}/git/status")).status_code == 200
+    async with api(server, ada_token) as http:
+        assert (await http.post(f"/api/rooms/{name}/git/push", json={"force": True})).status_code == 403
+        assert (await http.put(f"/api/rooms/{name}/git/remote", json={"branch": "x"})).status_code == 403
+        bad = await http.post(f"/api/rooms/{name}/git/commit", json={"message": "m", "paths": ["../etc/passwd"]})
+        assert bad.status_code == 400
+        assert (await http.get(f"/api/rooms/{name}/files/a/../../b/blame")).status_code in (400, 404)
+        assert (await http.get(f"/api/rooms/{name}/git/diff", params={"path": "/etc/passwd"})).status_code == 400
+        assert (await http.post(f"/api/rooms/{name}/git/commit", json={"message": ""})).status_code == 400
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        assert (await http.get(f"/api/rooms/{name}/git/status")).status_code == 401
+
+
+# -- push, pull ----------------------------------------------------------------------------------
+
+
+def upstream_commit(remote: Path, work: Path, branch: str, path: str, edit: "callable[[str], str]") -> str:  # type: ignore[valid-type]
+    if not work.exists():
+        git("clone", "-b", branch, f"file://{remote}", str(work))
+    else:
+        git("pull", "--ff-only", "origin", branch, cwd=work)
+    target = work / path
+    target.write_text(edit(target.read_text()))
+    git("commit", "-am", f"upstream edit of {path}", cwd=work)
+    git("push", "origin", f"HEAD:{branch}", cwd=work)
+    return git("rev-parse", "HEAD", cwd=work).strip()
+
+
+async def test_a_pull_merges_live_with_what_people_type_and_push_refuses_non_fast_forward(
+        room: tuple[RunningServer, str, Path], tmp_path: Path) -> None:
+    server, name, remote = room
+    ada_token = token(name, "ada", "Ada", email="ada@example.org")
+    ada = await joined(server, name, ada_token)
+    # someone else changes two() upstream on main
+    upstream_commit(remote, tmp_path / "other", "main", "main.py", lambda t: t.replace("return 2", "return 22"))
+    # meanwhile Ada types in one(), in the same file, without committing
+    text = files_of(ada)["main.py"]
+    text.insert(len("def one():\n"), "    # typed live\n")
+    await eventually(lambda: "# typed live" in (server_text(server, name, "main.py") or ""))
+    async with api(server, ada_token) as http:
+        pulled = await http.post(f"/api/rooms/{name}/git/pull", json={"ref": "main"})
+        assert pulled.status_code == 200, pulled.text
+        assert pulled.json()["changed"] == ["main.py"] and pulled.json()["conflicts"] == []
+    expected = "def one():\n    # typed live\n    return 1\n\n\ndef two():\n    return 22\n"
+    await eventually(lambda: str(files_of(ada)["main.py"]) == expected, what="both edits in Ada's editor")
+    # the pulled lines are git's, Ada's line is hers
+    async with api(server, ada_token) as http:
+        blame = (await http.get(f"/api/rooms/{name}/files/main.py/blame")).json()["lines"]
+        assert blame[1]["user"] == "ada" and blame[1]["text"] == "    # typed live"
+        assert blame[6]["user"] is None and blame[6]["origin"].startswith("local:git:pull")
+        # the room commits only Ada's change over the pulled commit
+        assert (await http.post(f"/api/rooms/{name}/git/commit", json={"message": "comment"})).status_code == 201
+        status = (await http.get(f"/api/rooms/{name}/git/status")).json()
+        assert status["changes"] == []
+        # upstream moves the room's branch meanwhile: the push is refused, with a hint to pull
+        assert (await http.post(f"/api/rooms/{name}/git/push")).status_code == 200
+        upstream_commit(remote, tmp_path / "other2", f"pairroom/{name}", "main.py", lambda t: t + "# more\n")
+        files_of(ada)["README.md"].insert(0, "x")
+        await eventually(lambda: (server_text(server, name, "README.md") or "").startswith("x"))
+        assert (await http.post(f"/api/rooms/{name}/git/commit", json={"message": "x"})).status_code == 201
+        refused = await http.post(f"/api/rooms/{name}/git/push")
+        assert refused.status_code == 409, refused.text
+        assert "pull" in refused.json()["error"]
+        merged = await http.post(f"/api/rooms/{name}/git/pull")
+        assert merged.status_code == 200, merged.text
+        await eventually(lambda: server_text(server, name, "main.py") == expected + "# more\n")
+        assert (await http.post(f"/api/rooms/{name}/git/push")).status_code == 200
+    clone = tmp_path / "after"
+    git("clone", "-b", f"pairroom/{name}", f"file://{remote}", str(clone))
+    assert (clone / "README.md").read_text() == "x# demo\n"
+    assert (clone / "main.py").read_text() == expected + "# more\n"
+    assert git("log", "-1", "--format=%p", cwd=clone).count(" ") == 1  # a merge of the room's and upstream's
+
+
+async def test_a_conflicting_pull_keeps_both_and_opens_a_thread(room: tuple[RunningServer, str, Path], tmp_path: Path) -> None:
+    server, name, remote = room
+    ada_token = token(name, "ada", "Ada")
+    ada = await joined(server, name, ada_token)
+    upstream_commit(remote, tmp_path / "other", "main", "README.md", lambda t: "# upstream title\n")
+    text = files_of(ada)["README.md"]
+    del text[0:len("# demo")]
+    text.insert(0, "# room title")
+    await eventually(lambda: server_text(server, name, "README.md") == "# room title\n")
+    async with api(server, ada_token) as http:
+        pulled = await http.post(f"/api/rooms/{name}/git/pull", json={"ref": "main"})
+        assert pulled.status_code == 200, pulled.text
+        assert pulled.json()["conflicts"] == [
+            {"path": "README.md", "ours": "# room title\n", "theirs": "# upstream title\n"}]
+    assert server_text(server, name, "README.md") == "# room title\n"  # the room's text stays
+    reviews = server.hub.registry.rooms[name].doc.get("reviews", type=Map)
+    threads = [t for t in reviews.values() if t["path"] == "README.md"]
+    assert len(threads) == 1 and threads[0]["status"] == "open"
+    assert "upstream title" in threads[0]["messages"][0]["text"]
+
+
+async def test_the_credential_never_leaves_the_server(room: tuple[RunningServer, str, Path], tmp_path: Path) -> None:
+    server, name, remote = room
+    secret = "ghp_" + uuid.uuid4().hex
+    owner = token(name, "own", "Owner", role="owner")
+    async with api(server, owner) as http:
+        answer = await http.put(f"/api/rooms/{name}/git/remote", json={"credential": secret, "branch": "feature/x"})
+        assert answer.status_code == 200
+        assert secret not in answer.text and answer.json()["credential"] is True
+        for path in ("git/status", "git/log"):
+            assert secret not in (await http.get(f"/api/rooms/{name}/{path}")).text
+    room_obj = server.hub.registry.rooms[name]
+    await room_obj.flush()
+    assert secret.encode() not in room_obj.doc.get_update()
+    for update in await server.hub.store.read_updates(name, 0):
+        assert secret.encode() not in update.data
+    for root, _, names in os.walk(server.hub.state.git.root):
+        for file in names:
+            assert secret.encode() not in Path(root, file).read_bytes()
+    assert secret.encode() not in b"".join(p.read_bytes() for p in server.hub.state.git.workspaces.root.rglob("*") if p.is_file())
+
+
+# -- a remote served over the git protocol ------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_open_commit_and_push_over_git_daemon(node: RunningServer, remote: Path, tmp_path: Path) -> None:
+    port = free_port()
+    git("config", "daemon.receivepack", "true", cwd=remote)
+    daemon = subprocess.Popen(
+        ["git", "daemon", "--reuseaddr", "--listen=127.0.0.1", f"--port={port}", "--export-all",
+         "--enable=receive-pack", f"--base-path={tmp_path}", str(tmp_path)],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"git://127.0.0.1:{port}/remote.git"
+
+        async def listening() -> bool:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                return True
+            except OSError:
+                return False
+
+        await eventually(listening, what="git daemon listening")
+        name = "d" + uuid.uuid4().hex[:8]
+        answer = await open_room(node, url, name)
+        assert answer.status_code == 201, answer.text
+        ada_token = token(name, "ada", "Ada", email="ada@example.org")
+        ada = await joined(node, name, ada_token)
+        files_of(ada)["README.md"].insert(0, "daemon ")
+        await eventually(lambda: (server_text(node, name, "README.md") or "").startswith("daemon"))
+        async with api(node, ada_token) as http:
+            assert (await http.post(f"/api/rooms/{name}/git/commit", json={"message": "over git://"})).status_code == 201
+            pushed = await http.post(f"/api/rooms/{name}/git/push")
+            assert pushed.status_code == 200, pushed.text
+        assert git("log", "-1", "--format=%an %s", f"pairroom/{name}", cwd=remote).strip() == "Ada over git://"
+    finally:
+        daemon.terminate()
+        daemon.wait()
+
+
+async def test_import_git_command_opens_a_room(node: RunningServer, remote: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(".venv/bin/pairroom").resolve()), "import-git", f"file://{remote}", "--as", "fromcli",
+        "--server", node.http, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert "room fromcli: 2 files" in out.decode()
+    assert "owner: http" in out.decode()
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(".venv/bin/pairroom").resolve()), "import-git", f"file://{remote}", "--as", "fromcli",
+        "--server", node.http, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 1 and "409" in err.decode()
+
+
+async def test_blame_names_who_last_changed_each_line_including_uncommitted_work(
+        room: tuple[RunningServer, str, Path]) -> None:
+    server, name, _ = room
+    ada_token = token(name, "ada", "Ada")
+    ada = await joined(server, name, ada_token)
+    bob = await joined(server, name, token(name, "bob", "Bob"))
+    files_of(ada)["main.py"].insert(0, "# ada's line\n")
+    await eventually(lambda: str(files_of(bob)["main.py"]).startswith("# ada's line"))
+    bob_text = files_of(bob)["main.py"]
+    end = len(str(bob_text))
+    bob_text.insert(end, "# bob's line\n")
+    # Bob deletes a character inside the imported "return 1" line: that line is his now
+    at = str(bob_text).index("return 1") + len("return ")
+    del bob_text[at:at + 1]
+    bob_text.insert(at, "9")
+    await eventually(lambda: (server_text(server, name, "main.py") or "").endswith("# bob's line\n"))
+    async with api(server, ada_token) as http:
+        answer = await http.get(f"/api/rooms/{name}/files/main.py/blame")
+        assert answer.status_code == 200, answer.text
+        lines = {line["text"]: line for line in answer.json()["lines"]}
+    assert lines["# ada's line"]["user"] == "ada" and lines["# ada's line"]["name"] == "Ada"
+    assert lines["# bob's line"]["user"] == "bob"
+    assert lines["    return 9"]["user"] == "bob"
+    assert lines["def two():"]["user"] is None and lines["def two():"]["origin"].startswith("local:git:import")
+    async with api(server, ada_token) as http:
+        assert (await http.get(f"/api/rooms/{name}/files/nope.py/blame")).status_code == 404
