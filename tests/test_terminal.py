@@ -501,3 +501,17 @@ async def test_the_recording_is_asciicast_with_commands_as_markers(ts: TermServe
     times = [t for t, _, _ in events]
     assert times == sorted(times)
     await a.close()
+
+
+async def test_deleting_the_room_ends_its_terminals(ts: TermServer) -> None:
+    room = new_room()
+    ada, _, _ = members(room)
+    terminal = await create(ts, room, ada)
+    a = await TermClient.connect(ts, room, terminal["id"], ada)
+    await ready(a)
+    pid = ts.service.get(room, terminal["id"]).shell.process.pid  # type: ignore[union-attr]
+    await ts.registry.evict(room)  # what DELETE /api/rooms/{room} does on every node holding it
+    assert await a.closed() == 1000
+    await until(lambda: ts.service.get(room, terminal["id"]) is None, what="the terminal is gone")
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
