@@ -62,6 +62,7 @@ class Viewer:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     snapshots: int = 0
     last_notice: float = 0.0
+    overflowed: bool = False  # control frames were dropped too: the setup is sent again
 
     def push(self, frame: str) -> None:
         if self.needs_snapshot:
@@ -76,9 +77,16 @@ class Viewer:
         self.wake.set()
 
     def push_control(self, frame: str) -> None:
-        """Frames that are not screen content (notices, proposals) are never dropped by a snapshot."""
-        self.queue.append(frame)
-        self.queued += len(frame)
+        """Frames that are not screen content (notices, proposals) survive a snapshot. A viewer that
+        lets even those pile up past twice its cap starts over: a fresh setup and snapshot."""
+        if self.queued + len(frame) > 2 * self.max_bytes:
+            self.queue.clear()
+            self.queued = 0
+            self.needs_snapshot = True
+            self.overflowed = True
+        else:
+            self.queue.append(frame)
+            self.queued += len(frame)
         self.wake.set()
 
 
@@ -321,6 +329,9 @@ class Terminal:
                 # taken at one instant on the loop: output after it is queued behind the snapshot
                 viewer.needs_snapshot = False
                 controls = [f for f in viewer.queue if not f.startswith('["stdout"')]
+                if viewer.overflowed:
+                    viewer.overflowed = False
+                    controls.insert(0, self.setup_frame(viewer.principal))
                 viewer.queue.clear()
                 viewer.queued = 0
                 rendered = await self.snapshot()
