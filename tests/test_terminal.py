@@ -452,25 +452,38 @@ async def test_a_flood_is_rate_capped_and_a_slow_viewer_gets_snapshots(ts: TermS
     await ready(a)
     live = ts.service.get(room, terminal["id"])
     assert live is not None
-    # a viewer that never reads: its queue passes the cap and it is owed a snapshot, nobody waits on it
+    # a viewer that stops reading: its queue passes the cap and it is owed a snapshot; nobody waits for it
     from pairroom.terminal.session import Viewer
 
-    stuck = asyncio.Event()
+    reading = asyncio.Event()
+    reading.set()
+    received: list[list[Any]] = []
 
-    async def never(frame: str) -> None:
-        await stuck.wait()
+    async def send(frame: str) -> None:
+        await reading.wait()
+        received.append(json.loads(frame))
 
-    slow = Viewer(_principal(bob), never, 64 * 1024)
+    slow = Viewer(_principal(bob), send, 64 * 1024)
     live.attach(slow)
+    serving = asyncio.create_task(live.serve_viewer(slow))
+    await until(lambda: any(f[0] == "snapshot" for f in received), what="the slow viewer's first snapshot")
+    reading.clear()
     started = time.monotonic()
     await a.type("head -c 3000000 /dev/zero | tr '\\0' 'y'; echo; echo flood-'done'\r")
     await until(lambda: "flood-done\r\n" in a.output, timeout=60, what="the flood ends")
     elapsed = time.monotonic() - started
     assert any("rate-capped" in n for n in a.of("notice"))
     assert elapsed > 3_000_000 / TERMINALS.output_bytes_per_second * 0.5, "the cap slowed the program down"
-    assert slow.needs_snapshot or slow.queued <= 64 * 1024
+    assert slow.needs_snapshot, "the slow viewer fell behind"
+    reading.set()
+    await until(lambda: sum(f[0] == "snapshot" for f in received) >= 2, what="a fresh snapshot, not the backlog")
+    streamed = sum(len(f[1]) for f in received if f[0] == "stdout")
+    assert streamed < 1_000_000, "the backlog was dropped"
+    last = max(i for i, f in enumerate(received) if f[0] == "snapshot")
+    seen = received[last][1] + "".join(f[1] for f in received[last + 1:] if f[0] == "stdout")
+    assert "flood-done" in seen, "after catching up the viewer's screen is the current one"
+    serving.cancel()
     live.detach(slow)
-    stuck.set()
     await a.close()
 
 
@@ -501,3 +514,17 @@ async def test_the_recording_is_asciicast_with_commands_as_markers(ts: TermServe
     times = [t for t, _, _ in events]
     assert times == sorted(times)
     await a.close()
+
+
+async def test_deleting_the_room_ends_its_terminals(ts: TermServer) -> None:
+    room = new_room()
+    ada, _, _ = members(room)
+    terminal = await create(ts, room, ada)
+    a = await TermClient.connect(ts, room, terminal["id"], ada)
+    await ready(a)
+    pid = ts.service.get(room, terminal["id"]).shell.process.pid  # type: ignore[union-attr]
+    await ts.registry.evict(room)  # what DELETE /api/rooms/{room} does on every node holding it
+    assert await a.closed() == 1000
+    await until(lambda: ts.service.get(room, terminal["id"]) is None, what="the terminal is gone")
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

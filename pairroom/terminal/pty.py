@@ -33,6 +33,7 @@ from pathlib import Path
 
 from pairroom.kernels.limits import Cgroups, KernelCgroup, prlimit_argv
 from pairroom.kernels.sandbox import Sandbox
+from pairroom.workspace import safe_fs
 
 log = logging.getLogger("pairroom.terminal.pty")
 
@@ -182,22 +183,25 @@ class Shell:
     async def _wait(self) -> None:
         assert self.process is not None
         code = await self.process.wait()
-        # drain what the shell printed last (its "exit"), then stop reading
-        if self.master is not None:
-            for _ in range(64):
-                try:
-                    data = os.read(self.master, 65536)
-                except OSError:
-                    break
-                if not data:
-                    break
-                self.on_output(data)
-        self.exit_code = code
-        self._close_master()
-        if self.cgroup is not None:
-            await self.cgroup.remove()
-        self._cleanup_dirs()
-        self.on_exit(code)
+        try:
+            # drain what the shell printed last (its "exit"), then stop reading
+            if self.master is not None:
+                for _ in range(64):
+                    try:
+                        data = os.read(self.master, 65536)
+                    except OSError:
+                        break
+                    if not data:
+                        break
+                    self.on_output(data)
+            self.exit_code = code
+            self._close_master()
+            if self.cgroup is not None:
+                await self.cgroup.remove()
+            await self._remove_run_dir()
+        finally:
+            self.exit_code = code
+            self.on_exit(code)
 
     async def kill(self) -> None:
         """End the shell and everything it started (the sandbox's pid namespace dies with it)."""
@@ -222,9 +226,22 @@ class Shell:
         os.close(master)
 
     def _cleanup_dirs(self) -> None:
+        """Before the shell ran: nothing but the rcfile is in the run dir."""
         if self.run_dir is not None:
-            shutil.rmtree(self.run_dir, ignore_errors=True)  # the server's own dir: no room code writes it
+            shutil.rmtree(self.run_dir, ignore_errors=True)
             self.run_dir = None
+
+    async def _remove_run_dir(self) -> None:
+        """After the shell ran. The run dir is bound into the sandbox; when the server is not root the
+        sandbox's uid is the server's and could have written into it, so it is removed with the safe
+        primitives, off the loop."""
+        run_dir, self.run_dir = self.run_dir, None
+        if run_dir is None:
+            return
+        try:
+            await safe_fs.run_off_loop(safe_fs.remove_path_tree, str(run_dir), timeout=10.0, what="terminal run dir")
+        except OSError as exc:
+            log.error("terminal run dir left behind", extra={"path": str(run_dir), "error": str(exc)})
 
 
 def _set_size(fd: int, rows: int, cols: int) -> None:

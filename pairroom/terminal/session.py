@@ -7,7 +7,8 @@ reconnect). A read-only member's keystrokes never reach the PTY: they get a noti
 Output path (one reader per terminal, no parsing on the way):
 
     PTY read --> rate cap (token bucket; over it the reader pauses: the program blocks on write)
-             --> pending bytes --(at most every FRAME_SECONDS)--> decode UTF-8 once
+             --> pending bytes --(at once after a quiet spell, then at most every FRAME_SECONDS)
+             --> decode UTF-8 once
              --> emulator tail + recording + every viewer's bounded queue
 
 A viewer whose queue passes ``viewer_queue_bytes`` has its backlog dropped and gets a fresh
@@ -61,6 +62,7 @@ class Viewer:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     snapshots: int = 0
     last_notice: float = 0.0
+    overflowed: bool = False  # control frames were dropped too: the setup is sent again
 
     def push(self, frame: str) -> None:
         if self.needs_snapshot:
@@ -75,9 +77,16 @@ class Viewer:
         self.wake.set()
 
     def push_control(self, frame: str) -> None:
-        """Frames that are not screen content (notices, proposals) are never dropped by a snapshot."""
-        self.queue.append(frame)
-        self.queued += len(frame)
+        """Frames that are not screen content (notices, proposals) survive a snapshot. A viewer that
+        lets even those pile up past twice its cap starts over: a fresh setup and snapshot."""
+        if self.queued + len(frame) > 2 * self.max_bytes:
+            self.queue.clear()
+            self.queued = 0
+            self.needs_snapshot = True
+            self.overflowed = True
+        else:
+            self.queue.append(frame)
+            self.queued += len(frame)
         self.wake.set()
 
 
@@ -149,6 +158,7 @@ class Terminal:
         self._lines: dict[str, list[str]] = {}
         self._pending: list[bytes] = []
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._last_flush = float("-inf")
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._tokens = float(settings.output_bytes_per_second)
         self._refilled = time.monotonic()
@@ -173,7 +183,14 @@ class Terminal:
         self._pending.append(data)
         self._charge(len(data))
         if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_later(FRAME_SECONDS, self._flush_output)
+            # Leading edge: a keystroke's echo after a quiet spell goes out at once; output that
+            # keeps coming is gathered into frames at most FRAME_SECONDS apart.
+            loop = asyncio.get_running_loop()
+            wait = self._last_flush + FRAME_SECONDS - loop.time()
+            if wait <= 0:
+                self._flush_handle = loop.call_soon(self._flush_output)  # type: ignore[assignment]
+            else:
+                self._flush_handle = loop.call_later(wait, self._flush_output)
 
     def _charge(self, size: int) -> None:
         """The rate cap: a token bucket of ``output_bytes_per_second``, one second deep."""
@@ -199,6 +216,8 @@ class Terminal:
 
     def _flush_output(self) -> None:
         self._flush_handle = None
+        with contextlib.suppress(RuntimeError):
+            self._last_flush = asyncio.get_running_loop().time()
         if not self._pending:
             return
         data, self._pending = b"".join(self._pending), []
@@ -310,6 +329,9 @@ class Terminal:
                 # taken at one instant on the loop: output after it is queued behind the snapshot
                 viewer.needs_snapshot = False
                 controls = [f for f in viewer.queue if not f.startswith('["stdout"')]
+                if viewer.overflowed:
+                    viewer.overflowed = False
+                    controls.insert(0, self.setup_frame(viewer.principal))
                 viewer.queue.clear()
                 viewer.queued = 0
                 rendered = await self.snapshot()
