@@ -18,6 +18,7 @@ import { ConnectionStatus } from './connection.js'
 import { roomApi } from './api.js'
 import { RunPanel } from './runs.js'
 import { TerminalPanel } from './terminals.js'
+import { GitPanel } from './git.js'
 import { HistoryPanel } from './history.js'
 import { Reviews } from './review.js'
 import { startReplay } from './replay.js'
@@ -235,6 +236,7 @@ function startRoom() {
   })
 
   const terminals = new TerminalPanel({ room, token, role, api }) // shared terminals (terminals.js)
+  const git = new GitPanel({ doc, api, before: $('history') }) // source control (git.js)
 
   // History: versions, diffs and restores of the open file.
   const history = new HistoryPanel(doc, api, { canWrite: !readOnly, current: () => current?.path ?? null })
@@ -326,6 +328,7 @@ function startRoom() {
   // For tests and debugging from the console.
   window.pairroom = {
     terminals: terminals.hook,
+    git: git.hook,
     doc, files, chat, provider, awareness, view, status, runs, history, reviews, people,
     get role() { return role },
     get readOnly() { return readOnly },
