@@ -450,3 +450,109 @@ async def test_blame_names_who_last_changed_each_line_including_uncommitted_work
     assert lines["def two():"]["user"] is None and lines["def two():"]["origin"].startswith("local:git:import")
     async with api(server, ada_token) as http:
         assert (await http.get(f"/api/rooms/{name}/files/nope.py/blame")).status_code == 404
+
+
+# -- git kept to the server's side ---------------------------------------------------------------
+
+
+async def test_no_hook_runs_and_the_repository_is_out_of_the_workspace(room: tuple[RunningServer, str, Path], tmp_path: Path) -> None:
+    server, name, remote = room
+    service = server.hub.state.git
+    repo = Path(service.room_git(name).repo.path)
+    # the repository is the server's: not under the workspaces room code sees, and private
+    workspaces_root = Path(service.workspaces.root)
+    assert workspaces_root not in repo.parents and (os.stat(service.root).st_mode & 0o077) == 0
+    assert not (service.workspaces.get(name).path / ".git").exists()
+    # a hook put in the repository (as if it came from somewhere) never runs
+    marker = tmp_path / "hook-ran"
+    for hook in ("pre-push", "pre-commit", "post-update", "reference-transaction", "post-checkout"):
+        script = repo / "hooks" / hook
+        script.parent.mkdir(exist_ok=True)
+        script.write_text(f"#!/bin/sh\ntouch {marker}\n")
+        script.chmod(0o755)
+    ada_token = token(name, "ada", "Ada")
+    ada = await joined(server, name, ada_token)
+    files_of(ada)["README.md"].insert(0, "hooked? ")
+    await eventually(lambda: (server_text(server, name, "README.md") or "").startswith("hooked"))
+    async with api(server, ada_token) as http:
+        assert (await http.post(f"/api/rooms/{name}/git/commit", json={"message": "m"})).status_code == 201
+        assert (await http.post(f"/api/rooms/{name}/git/push")).status_code == 200
+        assert (await http.post(f"/api/rooms/{name}/git/pull")).status_code == 200
+    assert not marker.exists()
+
+
+def http_remote_app(project_root: Path, user: str, password: str):  # type: ignore[no-untyped-def]
+    """A smart-HTTP git remote: ``git http-backend`` (CGI) behind HTTP Basic auth."""
+    import base64
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    seen: list[str] = []
+
+    async def backend(request: Request) -> Response:
+        seen.append(request.headers.get("authorization", ""))
+        if request.headers.get("authorization") != expected:
+            return Response("no", 401, {"www-authenticate": 'Basic realm="git"'})
+        body = await request.body()
+        env = {**ENV, "GIT_PROJECT_ROOT": str(project_root), "GIT_HTTP_EXPORT_ALL": "1",
+               "PATH_INFO": "/" + request.path_params["path"], "REQUEST_METHOD": request.method,
+               "QUERY_STRING": request.url.query, "CONTENT_TYPE": request.headers.get("content-type", ""),
+               "CONTENT_LENGTH": str(len(body)), "REMOTE_USER": user, "REMOTE_ADDR": "127.0.0.1",
+               "GIT_PROTOCOL": request.headers.get("git-protocol", "")}
+        if request.headers.get("content-encoding") == "gzip":
+            env["HTTP_CONTENT_ENCODING"] = "gzip"
+        proc = await asyncio.create_subprocess_exec("git", "http-backend", env=env, stdin=asyncio.subprocess.PIPE,
+                                                    stdout=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate(body)
+        head, _, payload = out.partition(b"\r\n\r\n")
+        headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n") if ": " in line)
+        status = int(headers.pop("Status", "200 OK").split()[0])
+        return Response(payload, status, headers)
+
+    app = Starlette(routes=[Route("/{path:path}", backend, methods=["GET", "POST"])])
+    return app, seen
+
+
+async def test_push_over_http_with_the_owners_credential_never_shown(
+        room: tuple[RunningServer, str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import uvicorn
+
+    server, name, remote = room
+    password = "tok-" + uuid.uuid4().hex
+    app, seen = http_remote_app(remote.parent, "x-access-token", password)
+    http_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(http_server.serve())
+    await eventually(lambda: http_server.started, what="remote started")
+    port = http_server.servers[0].sockets[0].getsockname()[1]
+    try:
+        owner = token(name, "own", "Owner", role="owner", email="owner@example.org")
+        ada = await joined(server, name, owner)
+        files_of(ada)["README.md"].insert(0, "over http ")
+        await eventually(lambda: (server_text(server, name, "README.md") or "").startswith("over http"))
+        url = f"http://127.0.0.1:{port}/{remote.name}"
+        async with api(server, owner) as http:
+            wrong = await http.put(f"/api/rooms/{name}/git/remote", json={"url": url, "credential": "wrong-" + password})
+            assert wrong.status_code == 200
+            assert (await http.post(f"/api/rooms/{name}/git/commit", json={"message": "http"})).status_code == 201
+            refused = await http.post(f"/api/rooms/{name}/git/push")
+            assert refused.status_code == 502, refused.text
+            assert password not in refused.text
+            right = await http.put(f"/api/rooms/{name}/git/remote", json={"credential": password})
+            assert right.status_code == 200 and password not in right.text
+            pushed = await http.post(f"/api/rooms/{name}/git/push")
+            assert pushed.status_code == 200, pushed.text
+            for path in ("git/status", "git/log"):
+                assert password not in (await http.get(f"/api/rooms/{name}/{path}")).text
+        assert git("log", "-1", "--format=%an %s", f"pairroom/{name}", cwd=remote).strip() == "Owner http"
+        assert any(h.startswith("Basic ") for h in seen)
+        assert password not in caplog.text
+        room_obj = server.hub.registry.rooms[name]
+        assert password.encode() not in room_obj.doc.get_update()
+        assert all(password.encode() not in u.data for u in await server.hub.store.read_updates(name, 0))
+    finally:
+        http_server.should_exit = True
+        await task
