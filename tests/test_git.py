@@ -556,3 +556,64 @@ async def test_push_over_http_with_the_owners_credential_never_shown(
     finally:
         http_server.should_exit = True
         await task
+
+
+# -- the pieces alone ----------------------------------------------------------------------------
+
+
+async def test_the_log_reader_reads_only_what_is_new_and_agrees_with_a_full_replay() -> None:
+    from datetime import datetime, timezone
+
+    from pycrdt import Doc
+
+    from pairroom.storage.memory import MemoryStore
+    from pairroom.storage.store import NewUpdate
+    from pairroom.vcs.attribution import LogReader, touches_since
+
+    store = MemoryStore()
+    await store.open()
+    doc = Doc()
+    files = doc.get("files", type=Map)
+    updates: list[bytes] = []
+    subscription = doc.observe(lambda event: updates.append(event.update))
+
+    async def store_as(label: str) -> None:
+        await store.append("r", [NewUpdate(uuid.uuid4().hex, datetime.now(timezone.utc), label, updates.pop())])
+
+    files["x.py"] = Text("hi\n")
+    await store_as("local:git:import:abc")
+    files["x.py"].insert(0, "a")
+    await store_as("client:c1:ada")
+    reader = LogReader(store, "r")
+    first = await reader.touches(0)
+    assert first.by_path == {"x.py": {"ada": first.by_path["x.py"]["ada"]}}
+    files["n.md"] = Text("bob\n")
+    await store_as("client:c2:bob")
+    files["x.py"].insert(0, "d")
+    await store_as("local:disk:bob")
+    again = await reader.touches(0)
+    full = await touches_since(store, "r", 0)
+    assert again.by_path == full.by_path
+    assert set(again.by_path["x.py"]) == {"ada", "bob"} and set(again.by_path["n.md"]) == {"bob"}
+    assert (await reader.touches(2)).by_path.keys() == {"x.py", "n.md"}
+    assert set((await reader.touches(2)).by_path["x.py"]) == {"bob"}
+    assert [run.user for run in full.runs] == ["ada", "bob"]
+    del subscription
+
+
+def test_a_pull_merges_lines_and_keeps_clashing_ones_out() -> None:
+    from pairroom.vcs.pull import merge_lines
+
+    def applied(text: str, edits: list) -> str:  # type: ignore[type-arg]
+        for edit in sorted(edits, key=lambda e: e.start, reverse=True):
+            text = text[: edit.start] + edit.insert + text[edit.end:]
+        return text
+
+    base = "a\nb\nc\nd\n"
+    edits, conflicts = merge_lines(base, "A\nb\nc\nd\n", "a\nb\nc\nD\n")
+    assert conflicts == [] and applied("A\nb\nc\nd\n", edits) == "A\nb\nc\nD\n"
+    edits, conflicts = merge_lines(base, "a\nX\nc\nd\n", "a\nY\nc\nD\n")
+    merged = applied("a\nX\nc\nd\n", edits)
+    assert merged == "a\nX\nc\nD\n"  # the room's line stays, the clean change comes in
+    assert [(c.ours, c.theirs) for c in conflicts] == [("X\n", "Y\n")]
+    assert merged[conflicts[0].start:conflicts[0].end] == "X\n"

@@ -86,10 +86,7 @@ async def _door(request: Request) -> tuple[str, Principal, Hub, VcsService]:
 async def status(request: Request) -> Response:
     room_name, principal, hub, service = await _door(request)
     async with hub.registry.hold(room_name) as room:
-        room.role_of(principal)
-        answer = await service.status(room)
-        answer["coauthors"] = [{"name": p.name, "email": p.email}
-                               for p in await service.coauthors(room, principal)]
+        answer = await service.status(room, principal)
         answer["canCommit"] = room.role_of(principal).writes_files and (
             git_policy(room) == "editors" or room.role_of(principal) is Role.OWNER)
     return JSONResponse(answer)

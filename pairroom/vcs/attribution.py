@@ -13,6 +13,7 @@ starts from that snapshot and the lines it already held are blamed on nobody (``
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,11 +105,14 @@ def _paths_of(events: list[Any]) -> set[str]:
     return paths
 
 
-async def touches_since(store: Store, room: str, after_seq: int) -> Touches:
-    """Who changed which file after ``after_seq``, and the runs of consecutive changes per person."""
+async def touches_since(store: Store, room: str, after_seq: int, upto: int | None = None) -> Touches:
+    """Who changed which file after ``after_seq`` (up to ``upto``), and the runs of consecutive
+    changes per person with the files' text at the end of each run."""
     found = Touches()
 
     def on_update(doc: Doc, stamp: Stamp, events: list[Any]) -> None:
+        if upto is not None and stamp.seq > upto:
+            return
         found.last_seq = stamp.seq
         if stamp.seq <= after_seq or not events:
             return
@@ -189,3 +193,67 @@ async def blame(store: Store, room: str, path: str) -> tuple[str, list[Stamp | N
     if data and not data.endswith(b"\n"):
         lines.append(newest)
     return text, lines
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    seq: int
+    at: int
+    user: str | None
+    paths: frozenset[str]
+
+
+class LogReader:
+    """One room's log read so far, kept between questions: the status of a room that is being typed
+    in is asked for often, and each answer reads only the updates stored since the last one."""
+
+    def __init__(self, store: Store, room: str) -> None:
+        self.store = store
+        self.room = room
+        self.doc: Doc | None = None
+        self.seq = 0
+        self.records: list[Record] = []
+        self._events: list[Any] = []
+        self._subscription: Any = None
+        self._lock = asyncio.Lock()
+
+    async def catch_up(self) -> int:
+        async with self._lock:
+            if self.doc is None:
+                self.doc = Doc()
+                # the subscription must be held: pycrdt drops the callback with it
+                self._subscription = self.doc.get("files", type=Map).observe_deep(self._events.extend)
+                updates = await self.store.read_updates(self.room, 0)
+                if updates and updates[0].seq != 1:  # compacted: begin from the snapshot
+                    loaded = await self.store.load(self.room)
+                    if loaded.snapshot is not None:
+                        self.doc.apply_update(loaded.snapshot.data)
+                        self.seq = loaded.snapshot.seq
+                        updates = [u for u in updates if u.seq > self.seq]
+            else:
+                updates = await self.store.read_updates(self.room, self.seq)
+            for update in updates:
+                self._events.clear()
+                self.doc.apply_update(update.data)
+                paths = _paths_of(self._events)
+                if paths:
+                    at = int(update.at.timestamp() * 1000)
+                    self.records.append(Record(update.seq, at, author_of(update.origin), frozenset(paths)))
+                self.seq = update.seq
+            return self.seq
+
+    async def touches(self, after_seq: int, upto: int | None = None) -> Touches:
+        """Who changed which file after ``after_seq`` (up to ``upto``; runs are not kept here:
+        ``touches_since`` has them)."""
+        last = await self.catch_up()
+        found = Touches(last_seq=last)
+        for record in self.records:
+            if record.seq <= after_seq or record.user is None or (upto is not None and record.seq > upto):
+                continue
+            for path in record.paths:
+                found.by_path.setdefault(path, {})[record.user] = record.at
+        return found
+
+    def forget_before(self, seq: int) -> None:
+        """Records up to ``seq`` are committed: no question will ask about them again."""
+        self.records = [r for r in self.records if r.seq > seq]

@@ -123,6 +123,7 @@ class VcsService:
         self.rooms: dict[str, RoomGit] = {}
         self.workspaces: Workspaces | None = None
         self._pending_people: dict[str, dict[str, dict[str, str]]] = {}  # rooms without a repository yet
+        self.readers: dict[str, attribution.LogReader] = {}  # each room's log, read so far
         self._made_root = settings.root is None
         root = settings.root
         if root is not None:
@@ -163,16 +164,25 @@ class VcsService:
         """Remember how to credit a member (their name and email) when others commit their edits."""
         person = person_of(principal)
         entry = {"name": person.name, "email": person.email}
-        found = self.rooms.get(room_name)
-        if found is not None and found.people.get(principal.user_id) != entry:
+        try:
+            found = self.room_git(room_name)
+        except GitError:  # no repository yet: kept for when one is opened
+            self._pending_people.setdefault(room_name, {})[principal.user_id] = entry
+            return
+        if found.people.get(principal.user_id) != entry:
             found.people[principal.user_id] = entry
             found.save()
-        else:
-            self._pending_people.setdefault(room_name, {})[principal.user_id] = entry
+
+    def reader(self, room_name: str) -> attribution.LogReader:
+        found = self.readers.get(room_name)
+        if found is None:
+            found = self.readers[room_name] = attribution.LogReader(self.store, room_name)
+        return found
 
     def forget(self, room_name: str) -> None:
         """The room was deleted: its repository goes with it."""
         self.rooms.pop(room_name, None)
+        self.readers.pop(room_name, None)
         self._pending_people.pop(room_name, None)
         shutil.rmtree(os.path.join(self.root, dir_name(room_name) + ".git"), ignore_errors=True)
 
@@ -220,8 +230,7 @@ class VcsService:
         folded: set[str] = set()
         for path, entry in sorted(tree.items()):
             reason = None
-            if not safe_fs.valid_path(path) or "\udc80" <= max(path, default="") and any(
-                    0xDC80 <= ord(c) <= 0xDCFF for c in path):
+            if not safe_fs.valid_path(path) or any(0xDC80 <= ord(c) <= 0xDCFF for c in path):
                 reason = "name"
             elif entry.kind == "commit":
                 reason = "submodule"
@@ -321,11 +330,13 @@ class VcsService:
     def listed(room: Room) -> set[str]:
         return {str(p) for p in room.doc.get(LISTING_ROOT, type=Map).keys()}
 
-    async def _changes(self, state: RoomGit, room: Room, head: str, paths: set[str] | None = None) -> tuple[
-            dict[str, str], list[str], dict[str, Entry]]:
-        """The room's files that differ from ``head``: (changed or added text, removed paths, head tree)."""
+    async def _changes(self, state: RoomGit, room: Room, head: str, paths: set[str] | None = None,
+                       files: dict[str, str] | None = None) -> tuple[dict[str, str], list[str], dict[str, Entry]]:
+        """The room's files (or ``files``) that differ from ``head``: (changed or added text, removed
+        paths, head tree)."""
+        if files is None:
+            files = self.doc_files(room)
         tree = await state.repo.tree(head)
-        files = self.doc_files(room)
         kept = self.listed(room) | {s["path"] for s in state.skipped}
         from .repo import blob_sha
         changed = {p: t for p, t in files.items()
@@ -334,20 +345,24 @@ class VcsService:
                    if e.kind == "blob" and p not in files and p not in kept and (paths is None or p in paths)]
         return changed, removed, tree
 
-    async def status(self, room: Room) -> dict[str, Any]:
+    async def status(self, room: Room, principal: Principal) -> dict[str, Any]:
+        """The files that differ from the room's head, who changed each since the last commit, and
+        whom a commit by ``principal`` would credit."""
         state = self.room_git(room.name)
         head = await state.repo.rev(HEAD_REF)
         assert head is not None
         changed, removed, tree = await self._changes(state, room, head)
         await room.flush()
-        touches = await attribution.touches_since(self.store, room.name, state.last_seq)
+        touches = await self.reader(room.name).touches(state.last_seq)
         out = []
         for path in sorted([*changed, *removed]):
             kind = "deleted" if path in removed else ("added" if path not in tree else "modified")
             by = touches.by_path.get(path, {})
             out.append({"path": path, "status": kind, "by": [
                 {"id": u, **self._public(state, u), "at": at} for u, at in sorted(by.items(), key=lambda i: i[1])]})
-        return {"head": head, "branch": state.branch, "remote": state.remote, "changes": out}
+        coauthors = self._credited(state, touches, [*changed, *removed], principal.user_id)
+        return {"head": head, "branch": state.branch, "remote": state.remote, "changes": out,
+                "coauthors": [{"name": p.name, "email": p.email} for p in coauthors]}
 
     def _public(self, state: RoomGit, user_id: str) -> dict[str, str]:
         person = self.person(state, user_id)
@@ -373,16 +388,6 @@ class VcsService:
 
     # -- committing ---------------------------------------------------------------------------------
 
-    async def coauthors(self, room: Room, principal: Principal, paths: set[str] | None = None) -> list[Person]:
-        """Everyone but ``principal`` whose stamped updates changed the files a commit would hold."""
-        state = self.room_git(room.name)
-        head = await state.repo.rev(HEAD_REF)
-        assert head is not None
-        changed, removed, _ = await self._changes(state, room, head, paths)
-        await room.flush()
-        touches = await attribution.touches_since(self.store, room.name, state.last_seq)
-        return self._credited(state, touches, set(changed) | set(removed), principal.user_id)
-
     def _credited(self, state: RoomGit, touches: attribution.Touches, paths: Iterable[str], author: str) -> list[Person]:
         first: dict[str, int] = {}
         for path in paths:
@@ -402,10 +407,14 @@ class VcsService:
             await room.flush()
             # No await from the flush to here: the document is exactly the log up to stored_seq.
             upto = room.stored_seq
-            changed, removed, _ = await self._changes(state, room, head, paths)
+            files = self.doc_files(room)
+            changed, removed, _ = await self._changes(state, room, head, paths, files)
             if not changed and not removed:
                 raise GitError(409, "nothing to commit: the room's files are as the last commit has them")
-            touches = await attribution.touches_since(self.store, room.name, state.last_seq)
+            if series:
+                touches = await attribution.touches_since(self.store, room.name, state.last_seq, upto)
+            else:
+                touches = await self.reader(room.name).touches(state.last_seq, upto)
             author = person_of(principal)
             commits: list[dict[str, Any]] = []
             new = head
@@ -434,6 +443,7 @@ class VcsService:
             await state.repo.move_head(final, head)
             state.last_seq = max(upto, state.last_seq)
             state.save()
+            self.reader(room.name).forget_before(state.last_seq)
             last = {"sha": final, "at": int(time.time() * 1000), "by": principal.user_id, "name": author.name,
                     "coauthors": commits[-1].get("coauthors", []), "count": len(commits)}
             self._mirror(room, state, final, lastCommit=last)
