@@ -2,7 +2,7 @@
 
 A room is opened from a real bare repository made in the test; Ada (owner) and Bob (editor) type in
 the editor; Ada's panel lists the changed file with both names and Bob as the co-author before she
-commits; she commits and pushes from the panel, and ``git log`` on the real remote shows her as the
+commits, the diff, and a blame gutter naming who wrote each line; she commits and pushes from the panel, and ``git log`` on the real remote shows her as the
 author and Bob in the ``Co-authored-by`` trailer.
 """
 
@@ -100,6 +100,14 @@ def test_committing_from_the_panel_credits_the_other_typist(
     ada.wait_for_selector("#git-coauthors >> text=Bob <bob@example.org>")
     ada.wait_for_selector("#git-changes >> text=main.py")
     ada.wait_for_selector("#git-changes >> text=Bob, Ada")  # in the order they typed
+    # the diff of a change, and the blame gutter: each line names who last changed it
+    ada.click("#git-changes >> text=main.py")
+    ada.wait_for_selector("#git-diff >> text=+print('bob')")
+    ada.click("#git-blame")
+    ada.wait_for_function("() => (window.pairroom.git.blame() || []).length >= 3")
+    blame = ada.evaluate("() => window.pairroom.git.blame().map((l) => [l.text, l.name])")
+    assert blame[:3] == [["# ada", "Ada"], ["print('hello')", None], ["print('bob')", "Bob"]]
+    ada.wait_for_selector(".git-blame-gutter >> text=Bob")
     ada.fill("#git-message", "Greet from both of us")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     ada.screenshot(path=str(Path(ARTIFACTS) / "git-panel-before-commit.png"))

@@ -201,6 +201,11 @@ async def test_commit_credits_the_author_and_every_coauthor_and_push_lands_it(ro
         assert pushed.status_code == 200, pushed.text
         log = (await http.get(f"/api/rooms/{name}/git/log")).json()["commits"]
         assert log[0]["coauthors"] == ["Bob <bob@users.noreply.pairroom>"]
+    # the commit and the push are on the room's recorded timeline, by Ada
+    recorder = server.hub.state.recorder
+    await recorder.flush()
+    recorded = [(e.user, e.data["action"]) for e in await recorder.db.events(name, kinds=("git",))]
+    assert recorded == [("ada", "commit"), ("ada", "push")]
     branch = f"pairroom/{name}"
     clone = tmp_path / "check"
     git("clone", "-b", branch, f"file://{remote}", str(clone))

@@ -3,7 +3,7 @@
 ::
 
     GET  /api/rooms/{room}/git/status                        -> changes with who made them, co-authors
-    GET  /api/rooms/{room}/git/diff?path=P                   -> text/x-diff against the last commit
+    GET  /api/rooms/{room}/git/diff?path=P[&format=json]     -> text/x-diff against the last commit
     GET  /api/rooms/{room}/git/log?limit=N                   -> {"commits": [...]}
     POST /api/rooms/{room}/git/commit  {"message", "paths"?, "series"?}     (meta.policy.git)
     POST /api/rooms/{room}/git/push    {"force"?}                           (force: owners)
@@ -75,6 +75,14 @@ def check_may_change(room: Room, principal: Principal) -> Role:
     return role
 
 
+def record(request: Request, room_name: str, principal: Principal, data: dict[str, Any]) -> None:
+    """Put the action on the room's recorded timeline (the recording feature, found at run time
+    through ``app.state.recorder``; a node without it records nothing)."""
+    recorder = getattr(request.app.state, "recorder", None)
+    if recorder is not None:
+        recorder.record(room_name, "git", principal.user_id, data)
+
+
 async def _door(request: Request) -> tuple[str, Principal, Hub, VcsService]:
     room_name = room_of(request)
     principal = await admit(request, room_name, "git")
@@ -98,6 +106,8 @@ async def diff(request: Request) -> Response:
     path = check_path(request.query_params.get("path"))
     async with hub.registry.hold(room_name) as room:
         text = await service.diff(room, path)
+    if request.query_params.get("format") == "json":
+        return JSONResponse({"path": path, "diff": text})
     return PlainTextResponse(text, media_type="text/x-diff; charset=utf-8")
 
 
@@ -130,6 +140,7 @@ async def commit(request: Request) -> Response:
     async with hub.registry.hold(room_name) as room:
         check_may_change(room, principal)
         answer = await service.commit(room, principal, message.strip(), paths, series)
+    record(request, room_name, principal, {"action": "commit", "head": answer["head"], "commits": answer["commits"]})
     return JSONResponse(answer, 201)
 
 
@@ -145,6 +156,7 @@ async def push(request: Request) -> Response:
         if force and role is not Role.OWNER:
             raise ApiError(403, "only an owner may force a push")
         answer = await service.push(room, force)
+    record(request, room_name, principal, {"action": "push", "head": answer["head"], "branch": answer["branch"], "force": force})
     return JSONResponse(answer)
 
 
@@ -155,6 +167,8 @@ async def pull(request: Request) -> Response:
     async with hub.registry.hold(room_name) as room:
         check_may_change(room, principal)
         answer = await service.pull(room, principal, body.get("ref"))
+    record(request, room_name, principal, {"action": "pull", "head": answer["head"], "fetched": answer["fetched"],
+                                           "changed": answer["changed"], "conflicts": len(answer["conflicts"])})
     return JSONResponse(answer)
 
 

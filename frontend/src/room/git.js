@@ -3,6 +3,8 @@
 // do what (the live role, `meta.policy.git`) and answers `canCommit`; this page only shows it.
 // Shown only in rooms opened from a git repository (the document's `meta.git`).
 import './git.css'
+import { StateEffect, StateField } from '@codemirror/state'
+import { EditorView, GutterMarker, gutter } from '@codemirror/view'
 
 const el = (tag, props = {}, ...children) => {
   const node = Object.assign(document.createElement(tag), props)
@@ -11,11 +13,48 @@ const el = (tag, props = {}, ...children) => {
 }
 const STATUS_LETTER = { modified: 'M', added: 'A', deleted: 'D' }
 
+// The blame gutter: who last changed each line (from the room's stamped edits, uncommitted ones too).
+const setBlame = StateEffect.define()
+const blameField = StateField.define({
+  create: () => [],
+  update: (lines, tr) => tr.effects.reduce((value, e) => (e.is(setBlame) ? e.value : value), lines),
+})
+class BlameMarker extends GutterMarker {
+  constructor(entry) { super(); this.entry = entry }
+  eq(other) { return other.entry === this.entry }
+  toDOM() {
+    const span = document.createElement('span')
+    const { name, user, origin, at } = this.entry
+    span.className = 'git-blame-mark'
+    span.textContent = name ?? (origin?.startsWith('local:git:') ? 'git' : '')
+    if (user) span.style.borderLeftColor = colorOf(user)
+    span.title = [name ?? origin ?? 'before the log', at ? new Date(at).toLocaleString() : ''].filter(Boolean).join(' · ')
+    return span
+  }
+}
+const colorOf = (id) => `hsl(${[...id].reduce((h, c) => (h * 31 + c.charCodeAt(0)) % 360, 7)} 65% 45%)`
+const blameGutter = [
+  blameField,
+  gutter({
+    class: 'git-blame-gutter',
+    lineMarker(view, line) {
+      const entry = view.state.field(blameField)[view.state.doc.lineAt(line.from).number - 1]
+      return entry ? new BlameMarker(entry) : null
+    },
+    lineMarkerChange: (update) => update.transactions.some((tr) => tr.effects.some((e) => e.is(setBlame))),
+  }),
+  EditorView.theme({ '.git-blame-gutter .cm-gutterElement': { minWidth: '6.5rem' } }),
+]
+
 export class GitPanel {
-  /** `new GitPanel({doc, api, before})`: a section of its own, put before `before` in the page. */
-  constructor({ doc, api, before }) {
+  /** `new GitPanel({doc, api, before, view, current})`: a section of its own, put before `before` in
+   * the page; `view` and `current()` (the open file's path) are for the blame gutter. */
+  constructor({ doc, api, before, view, current }) {
     this.doc = doc
     this.api = api
+    this.view = view
+    this.current = current
+    this.blaming = false
     this.meta = doc.getMap('meta')
     this.status = null
     this.busy = false
@@ -29,6 +68,7 @@ export class GitPanel {
       status: () => this.status,
       refresh: () => this.refresh(),
       message: () => this.els.message.value,
+      blame: () => (this.view?.state.field(blameField, false) ?? null),
     }
   }
 
@@ -36,6 +76,9 @@ export class GitPanel {
     const els = (this.els = {})
     els.branch = el('span', { className: 'git-branch hint' })
     els.refresh = el('button', { type: 'button', className: 'small', textContent: 'Refresh' })
+    els.blame = el('button', { type: 'button', className: 'small', id: 'git-blame', textContent: 'Blame' })
+    els.blame.setAttribute('aria-pressed', 'false')
+    els.diff = el('pre', { className: 'git-diff', id: 'git-diff', hidden: true })
     els.changes = el('ul', { className: 'git-changes', id: 'git-changes' })
     els.empty = el('p', { className: 'hint', textContent: 'No changes since the last commit.', hidden: true })
     els.coauthors = el('p', { className: 'git-coauthors hint', id: 'git-coauthors' })
@@ -50,11 +93,16 @@ export class GitPanel {
     els.form = el('form', { className: 'git-form' }, label, els.message,
       el('div', { className: 'git-actions' }, els.commit, els.pull, els.push))
     this.root = el('section', { id: 'source-control', className: 'git-panel', hidden: true },
-      el('div', { className: 'git-head' }, el('h2', { id: 'git-title', textContent: 'Source control' }), els.refresh),
-      els.branch, els.changes, els.empty, els.coauthors, els.form, els.note, els.error, els.log)
+      el('div', { className: 'git-head' }, el('h2', { id: 'git-title', textContent: 'Source control' }), els.blame, els.refresh),
+      els.branch, els.changes, els.diff, els.empty, els.coauthors, els.form, els.note, els.error, els.log)
     this.root.setAttribute('aria-labelledby', 'git-title')
     before.parentNode.insertBefore(this.root, before)
     els.refresh.addEventListener('click', () => this.refresh())
+    els.blame.addEventListener('click', () => this.toggleBlame())
+    els.changes.addEventListener('click', (event) => {
+      const item = event.target.closest('[data-path]')
+      if (item) this.showDiff(item.dataset.path)
+    })
     els.form.addEventListener('submit', (event) => { event.preventDefault(); this.commit() })
     els.pull.addEventListener('click', () => this.act('pull', 'Pulled'))
     els.push.addEventListener('click', () => this.act('push', 'Pushed'))
@@ -94,11 +142,14 @@ export class GitPanel {
     const { els } = this
     els.branch.textContent = `on ${status.branch}`
     els.branch.title = status.remote
-    els.changes.replaceChildren(...status.changes.map((change) => el('li', { className: `git-change ${change.status}` },
+    els.changes.replaceChildren(...status.changes.map((change) => el('li', { className: `git-change ${change.status}`, title: 'Show the diff' },
       el('span', { className: 'git-letter', title: change.status, textContent: STATUS_LETTER[change.status] ?? '?' }),
       el('span', { className: 'git-path', textContent: change.path }),
       el('span', { className: 'git-by hint', textContent: change.by.map((b) => b.name).join(', ') }),
     )))
+    for (const [i, change] of status.changes.entries()) els.changes.children[i].dataset.path = change.path
+    if (this.diffPath && !status.changes.some((c) => c.path === this.diffPath)) this.hideDiff()
+    if (this.blaming) this.loadBlame()
     els.empty.hidden = status.changes.length > 0
     els.coauthors.textContent = status.coauthors.length
       ? `Co-authored-by: ${status.coauthors.map((p) => `${p.name} <${p.email}>`).join(', ')}`
@@ -110,6 +161,53 @@ export class GitPanel {
       el('code', { textContent: c.sha.slice(0, 7) }), ' ', c.subject, ' ',
       el('span', { className: 'hint', textContent: [c.author.name, ...c.coauthors.map((x) => x.replace(/ <.*$/, ''))].join(', ') }),
     )))
+  }
+
+  async showDiff(path) {
+    if (this.diffPath === path) { this.hideDiff(); return }
+    try {
+      const { diff } = await this.api('GET', `git/diff?path=${encodeURIComponent(path)}&format=json`)
+      this.els.diff.textContent = diff
+      this.els.diff.hidden = false
+      this.diffPath = path
+    } catch (error) {
+      this.els.error.textContent = `Diff: ${error.message}`
+    }
+  }
+
+  hideDiff() {
+    this.els.diff.hidden = true
+    this.diffPath = null
+  }
+
+  toggleBlame() {
+    this.blaming = !this.blaming
+    this.els.blame.setAttribute('aria-pressed', String(this.blaming))
+    clearInterval(this.blameTimer)
+    if (this.blaming) {
+      this.loadBlame()
+      // Opening another file gives the editor a new state without the gutter: put it back.
+      this.blameTimer = setInterval(() => {
+        if (this.view.state.field(blameField, false) === undefined || this.blamedPath !== this.current()) this.loadBlame()
+      }, 500)
+    } else {
+      this.view.dispatch({ effects: setBlame.of([]) })
+    }
+  }
+
+  async loadBlame() {
+    const path = this.current()
+    this.blamedPath = path
+    if (!path || !this.view) return
+    if (this.view.state.field(blameField, false) === undefined) {
+      this.view.dispatch({ effects: StateEffect.appendConfig.of(blameGutter) })
+    }
+    try {
+      const { lines } = await this.api('GET', `files/${path.split('/').map(encodeURIComponent).join('/')}/blame`)
+      if (this.blaming && this.current() === path) this.view.dispatch({ effects: setBlame.of(lines) })
+    } catch (error) {
+      if (error.status !== 404) this.els.error.textContent = `Blame: ${error.message}`
+    }
   }
 
   async commit() {
