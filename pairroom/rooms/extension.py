@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
     from .member import Member
+    from .owners import OwnerRow
     from .room import Room
 
 log = logging.getLogger("pairroom.extensions")
@@ -139,6 +140,12 @@ class Extension:
 
     def on_deleted(self, room_name: str) -> None:
         """The room was deleted (here or on another node) and evicted without a final flush."""
+
+    def document_rows(self) -> Sequence[OwnerRow]:
+        """Rows this extension adds to the document's owner table (``rooms/owners.py``): the roots
+        and keys it owns, who may write them and their shape. The guards enforce them like the
+        built-in rows; a root nobody claims is not checked."""
+        return ()
 
 
 SYNC_HOOKS = (

@@ -1,44 +1,110 @@
-"""Server-side checks on what clients write into the shared document.
+"""Server-side enforcement of the owner table (``owners.py``) on what clients write into the document.
 
 Yjs has no server veto inside an update, so these run right after a client's update is integrated,
 in the same turn, and correct the document with a server change that is queued right behind the
-client's update (members receive both back to back; the log keeps both, so a replay shows the same):
+client's update (members receive both back to back; the log keeps both, so a replay shows the same).
 
-- ``chat``: every entry a client appends is stamped with the author id, name and time the server
-  knows (see docs/doc-schema.md); entries that are not an object with a text, or whose text is over
-  the cap, are removed.
-- ``meta.roles``: the live role map is the server's. A client change to it is reverted to the
-  server's copy (``Room.roles``), which only ``Room.set_role`` changes.
+For every root and key a client's transaction touched, the row of the owner table decides:
+
+- the member's role is not among the row's writers (or no row claims the key): the write is
+  reverted: a key the server keeps a copy of (every row editors may not write: ``meta.*``, ``runs``,
+  ``reviewPasses``) is restored from that copy, any other key is deleted, array entries are removed;
+- the value does not have the row's shape (NaN, infinities, wrong types, deep nesting, huge strings):
+  the same;
+- otherwise the write stands, and for a kept row it becomes the server's copy.
+
+``chat`` entries are then stamped with the author id, name and time the server knows.
+
+Fail closed: if a key cannot be checked (a validator or the bookkeeping raises), it is reverted; if
+what a transaction touched cannot even be worked out, every kept key that differs from the server's
+copy is restored. Each revert is counted (``pairroom_guard_reverts_total{root,key}``).
+
+The server's copies are kept from the server's own transactions (and the load): an event updates
+the copy of the key it touched in place (an appended output appends), or the key is copied whole
+again when an event cannot be followed.
+
+What cannot be reverted after the fact (a deletion from ``chat``, a file edit by a member without
+the right) is kept out before integration: viewers' updates are dropped and reviewers' are checked by
+``partial_writes.py``.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import secrets
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from pycrdt import Array, ArrayEvent, Map
+from pycrdt import Array, Map, Text
 
 from pairroom.protocol.origins import ClientOrigin, LocalOrigin
 from pairroom.rooms.identity import Principal, Role
+from pairroom.rooms.owners import OwnerRow, OwnerTable, checked, valid_key
 
 if TYPE_CHECKING:
     from pairroom.rooms.member import Member
     from pairroom.rooms.room import Room
 
+log = logging.getLogger("pairroom.guards")
+
 MAX_CHAT_TEXT = 4096
+GUARD = LocalOrigin("guard")
+
+
+class _SMap(dict[str, Any]):
+    """A kept ``Y.Map`` (plain dicts are JSON values)."""
+
+
+class _SArray(list[Any]):
+    """A kept ``Y.Array``."""
+
+
+class _SText(str):
+    """A kept ``Y.Text``."""
+
+
+def to_kept(value: Any) -> Any:
+    """The server's copy of a document value: shared types tagged, so they are rebuilt as such."""
+    if isinstance(value, Map):
+        return _SMap({k: to_kept(v) for k, v in value.items()})
+    if isinstance(value, Array):
+        return _SArray(to_kept(v) for v in value)
+    if isinstance(value, Text):
+        return _SText(str(value))
+    return value
+
+
+def to_shared(kept: Any) -> Any:
+    """A document value (prelim shared types) from the server's copy."""
+    if isinstance(kept, _SMap):
+        return Map({k: to_shared(v) for k, v in kept.items()})
+    if isinstance(kept, _SArray):
+        return Array([to_shared(v) for v in kept])
+    if isinstance(kept, _SText):
+        return Text(str(kept))
+    return kept
 
 
 class DocumentGuards:
-    def __init__(self, room: Room) -> None:
+    def __init__(self, room: Room, rows: Sequence[OwnerRow] = ()) -> None:
         self.room = room
-        self.chat = room.doc.get("chat", type=Array)
-        self.meta = room.doc.get("meta", type=Map)
-        self._chat_inserts: list[tuple[int, Any]] = []
-        self._roles_touched = False
+        self.table = OwnerTable.default(rows)
+        self.roots: dict[str, Map | Array | Text] = {
+            name: room.doc.get(name, type=kind) for name, kind in self.table.roots.items()
+        }
+        self.chat = self.roots["chat"]
+        self.meta = self.roots["meta"]
+        self.kept: dict[str, dict[str, Any]] = {name: {} for name, shared in self.roots.items()
+                                                if isinstance(shared, Map)}
+        self.reverted = 0  # writes reverted since the room loaded (also counted by the listener)
+        self._touched: set[tuple[str, str | None]] = set()
+        self._inserts: list[tuple[str, int, Any]] = []
+        self._lost = False  # what a client's transaction touched could not be worked out
         self._subscriptions = [
-            (self.chat, self.chat.observe(self._on_chat)),
-            (self.meta, self.meta.observe_deep(self._on_meta)),
+            (shared, shared.observe_deep(functools.partial(self._on_events, name)))
+            for name, shared in self.roots.items()
         ]
 
     def close(self) -> None:
@@ -46,46 +112,182 @@ class DocumentGuards:
             shared.unobserve(subscription)
         self._subscriptions.clear()
 
-    def _from_client(self) -> bool:
-        return isinstance(self.room.current_origin, ClientOrigin)
+    # -- watching ---------------------------------------------------------------------------------
 
-    def _on_chat(self, event: ArrayEvent) -> None:
-        if not self._from_client():
-            return
-        position = 0
-        for step in event.delta:
-            if "retain" in step:
-                position += step["retain"]
-            elif "insert" in step:
-                for item in step["insert"]:
-                    self._chat_inserts.append((position, item))
-                    position += 1
+    def _on_events(self, root: str, events: list[Any]) -> None:
+        from_client = isinstance(self.room.current_origin, ClientOrigin)
+        try:
+            if from_client:
+                self._collect(root, events)
+            elif root in self.kept:
+                self._keep(root, events)
+        except Exception:
+            log.exception("guard could not follow a change", extra={"room": self.room.name, "root": root})
+            if from_client:
+                self._lost = True
+            else:
+                self._recopy(root)
 
-    def _on_meta(self, events: list[Any]) -> None:
-        if not self._from_client():
-            return
+    def _collect(self, root: str, events: list[Any]) -> None:
+        shared = self.roots[root]
         for event in events:
-            if event.path and event.path[0] == "roles":
-                self._roles_touched = True
-            elif not event.path and "roles" in getattr(event, "keys", {}):
-                self._roles_touched = True
+            path = list(event.path)
+            if isinstance(shared, Map):
+                if path:
+                    self._touched.add((root, str(path[0])))
+                else:
+                    self._touched.update((root, str(key)) for key in event.keys)
+            elif isinstance(shared, Array) and not path:
+                self._touched.add((root, None))
+                position = 0
+                for step in event.delta:
+                    if "retain" in step:
+                        position += step["retain"]
+                    elif "insert" in step:
+                        for item in step["insert"]:
+                            self._inserts.append((root, position, item))
+                            position += 1
+            else:
+                self._touched.add((root, None))
+
+    def _keep(self, root: str, events: list[Any]) -> None:
+        """Follow a server change in the server's copy of the kept keys it touched."""
+        shared = self.roots[root]
+        assert isinstance(shared, Map)
+        kept = self.kept[root]
+        for event in events:
+            path = list(event.path)
+            if not path:
+                for key, change in event.keys.items():
+                    if not self._is_kept(root, key):
+                        continue
+                    if change["action"] == "delete":
+                        kept.pop(key, None)
+                    else:
+                        kept[key] = to_kept(change["newValue"])
+                continue
+            key = str(path[0])
+            if not self._is_kept(root, key):
+                continue
+            try:
+                node = kept[key]
+                for step in path[1:]:
+                    node = node[step]
+                _follow(node, event)
+            except Exception:
+                kept[key] = to_kept(shared.get(key))  # could not follow: copy it whole again
+
+    def _is_kept(self, root: str, key: str) -> bool:
+        row = self.table.row(root, key)
+        return row is None or row.server_kept
+
+    def _recopy(self, root: str) -> None:
+        shared = self.roots[root]
+        if isinstance(shared, Map):
+            self.kept[root] = {k: to_kept(v) for k, v in shared.items() if self._is_kept(root, k)}
+
+    # -- correcting -------------------------------------------------------------------------------
 
     def after_client_update(self, member: Member) -> None:
         """Correct what ``member``'s update just wrote, if anything needs it."""
-        inserts, self._chat_inserts = self._chat_inserts, []
-        roles_touched, self._roles_touched = self._roles_touched, False
-        if not inserts and not roles_touched:
+        touched, self._touched = self._touched, set()
+        inserts, self._inserts = self._inserts, []
+        lost, self._lost = self._lost, False
+        if not touched and not inserts and not lost:
             return
-        with self.room.local_change(LocalOrigin("guard")):
-            for index, item in reversed(inserts):
-                fixed = stamped_chat_entry(item, member.principal, member.id)
-                if fixed == item:
+        reverts: list[tuple[str, str | None]] = []
+        with self.room.local_change(GUARD):
+            if lost:
+                reverts.extend(self._restore_everything_kept())
+            for root, key in sorted(touched, key=lambda rk: (rk[0], rk[1] or "")):
+                if key is None:
+                    continue  # arrays are checked entry by entry below; text roots need no shape
+                try:
+                    if not self._accept_key(member.role, root, key):
+                        self._revert_key(root, key)
+                        reverts.append((root, key))
+                except Exception:
+                    log.exception("guard check failed; reverting", extra={"room": self.room.name, "root": root})
+                    self._revert_key_safely(root, key)
+                    reverts.append((root, key))
+            for root, index, item in reversed(inserts):
+                try:
+                    fixed = self._accepted_entry(member, root, item)
+                except Exception:
+                    log.exception("guard check failed; removing", extra={"room": self.room.name, "root": root})
+                    fixed = None
+                if fixed is item:
                     continue
-                del self.chat[index]
+                array = self.roots[root]
+                assert isinstance(array, Array)
+                del array[index]
                 if fixed is not None:
-                    self.chat.insert(index, fixed)
-            if roles_touched:
-                self.meta["roles"] = Map({uid: role.value for uid, role in self.room.roles.items()})
+                    array.insert(index, fixed)
+                else:
+                    reverts.append((root, None))
+        for root, key in reverts:
+            self.reverted += 1
+            self.room.listener.on_write_reverted(self.room, member, root, key)
+        if reverts:
+            log.info("client writes reverted", extra={
+                "room": self.room.name, "conn": member.id, "role": member.role.value,
+                "keys": sorted({f"{r}.{k}" if k else r for r, k in reverts}),
+            })
+
+    def _accept_key(self, role: Role, root: str, key: str) -> bool:
+        row = self.table.row(root, key)
+        if row is None or not row.allows(role) or not valid_key(row, key):
+            return False
+        shared = self.roots[root]
+        assert isinstance(shared, Map)
+        if key not in shared:
+            if row.server_kept:
+                self.kept[root].pop(key, None)
+            return True  # a writer may delete what it may write
+        value = shared.get(key)
+        if not checked(row.validate, value):
+            return False
+        if row.server_kept:
+            self.kept[root][key] = to_kept(value)
+        return True
+
+    def _revert_key(self, root: str, key: str) -> None:
+        shared = self.roots[root]
+        assert isinstance(shared, Map)
+        kept = self.kept[root]
+        if self._is_kept(root, key) and key in kept:
+            shared[key] = to_shared(kept[key])
+        elif key in shared:
+            del shared[key]
+
+    def _revert_key_safely(self, root: str, key: str) -> None:
+        try:
+            self._revert_key(root, key)
+        except Exception:
+            log.exception("guard could not revert", extra={"room": self.room.name, "root": root, "key": key})
+
+    def _restore_everything_kept(self) -> list[tuple[str, str | None]]:
+        """Fail closed: every kept key whose value is not the server's copy is restored."""
+        restored: list[tuple[str, str | None]] = []
+        for root, kept in self.kept.items():
+            shared = self.roots[root]
+            assert isinstance(shared, Map)
+            for key in set(kept) | {k for k in shared.keys() if self._is_kept(root, k)}:
+                if key not in kept or to_kept(shared.get(key)) != kept[key]:
+                    self._revert_key_safely(root, key)
+                    restored.append((root, key))
+        return restored
+
+    def _accepted_entry(self, member: Member, root: str, item: Any) -> Any:
+        """``item`` as the server accepts it into array ``root`` (the same object when unchanged),
+        or None to remove it."""
+        row = self.table.row(root, None)
+        if row is None or not row.allows(member.role) or not checked(row.validate, item):
+            return None
+        if root == "chat":
+            fixed = stamped_chat_entry(item, member.principal, member.id)
+            return item if fixed == item else fixed
+        return item
 
     def load_roles(self) -> dict[str, Role]:
         """The role map as stored in the document (trusted: every client change was reverted)."""
@@ -101,6 +303,29 @@ class DocumentGuards:
         return out
 
 
+def _follow(node: Any, event: Any) -> None:
+    """Apply one event of a server change to the server's copy of the value it happened in."""
+    if isinstance(node, _SMap) and hasattr(event, "keys"):
+        for key, change in event.keys.items():
+            if change["action"] == "delete":
+                node.pop(key, None)
+            else:
+                node[key] = to_kept(change["newValue"])
+    elif isinstance(node, _SArray):
+        position = 0
+        for step in event.delta:
+            if "retain" in step:
+                position += step["retain"]
+            elif "insert" in step:
+                items = [to_kept(v) for v in step["insert"]]
+                node[position:position] = items
+                position += len(items)
+            elif "delete" in step:
+                del node[position:position + step["delete"]]
+    else:
+        raise TypeError("not followed")  # text and the like: copied whole again
+
+
 def stamped_chat_entry(item: Any, principal: Principal | None, fallback_id: str) -> dict[str, Any] | None:
     """The chat entry as the server accepts it from ``principal``, or None to remove it."""
     if not isinstance(item, dict) or not isinstance(item.get("text"), str):
@@ -110,14 +335,15 @@ def stamped_chat_entry(item: Any, principal: Principal | None, fallback_id: str)
         return None
     if principal is None or principal.anonymous:
         author = principal.user_id if principal else fallback_id
-        name = str(item.get("name") or (principal.name if principal else "Guest"))[:64]
+        given = item.get("name")
+        name = (given if isinstance(given, str) and given.strip() else (principal.name if principal else "Guest"))[:64]
     else:
         author, name = principal.user_id, principal.name
     entry_id = item.get("id") if isinstance(item.get("id"), str) and len(item["id"]) <= 32 else None
     at = item.get("at")
     now = int(time.time() * 1000)
-    if not isinstance(at, (int, float)) or abs(at - now) > 10_000:
-        at = now
+    if not (isinstance(at, (int, float)) and not isinstance(at, bool) and abs(at - now) <= 10_000):
+        at = now  # NaN and infinities fail the comparison too
     return {
         "id": entry_id or secrets.token_urlsafe(9),
         "author": author,

@@ -67,6 +67,9 @@ class RoomListener:
     def on_update_dropped(self, room: Room, member: Member) -> None:
         """A member without write permission sent an update; it was dropped."""
 
+    def on_write_reverted(self, room: Room, member: Member, root: str, key: str | None) -> None:
+        """The guards reverted a member's write to ``root`` (``key``) that its row does not allow."""
+
     def on_local_update(self, room: Room, uid: str, update: bytes) -> None:
         """An update that did not come from a peer node was integrated (the cluster relays it)."""
 
