@@ -37,11 +37,12 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from pycrdt import Array, Map, Text
+from pycrdt import Array, Map, Text, get_state
 
 from pairroom.protocol.origins import ClientOrigin, LocalOrigin
 from pairroom.rooms.identity import Principal, Role
 from pairroom.rooms.owners import OwnerRow, OwnerTable, checked, valid_key
+from pairroom.rooms.partial_writes import decode_state_vector
 
 if TYPE_CHECKING:
     from pairroom.rooms.member import Member
@@ -351,3 +352,67 @@ def stamped_chat_entry(item: Any, principal: Principal | None, fallback_id: str)
         "at": int(at),
         "text": text,
     }
+
+
+class ClientIdClaims:
+    """Which connection writes under which Yjs client id, so nobody writes under someone else's.
+
+    A Yjs client id is one writer's clock: an update that adds structs under another live
+    connection's client id, one clock ahead of it, makes that connection's next edit a duplicate
+    that is dropped, and the copies never converge again. So a client id belongs to the first
+    connection that adds structs under it (or announces it in its awareness), until that connection
+    leaves; an update from another person's connection adding structs under it is refused (the
+    same person's connections may pass an id between them: a reconnect can come before the server
+    notices the old connection is gone). In open mode nobody is anyone in particular, so a reconnect
+    that races its own old connection is refused too and reconnects again.
+
+    Structs the room already has do not count: a client's sync step 2 may carry other members'
+    edits it received while the server's step 1 was in flight. The cost per update is one state
+    vector of the update (and, when it names a client id not yet claimed by the sender, the room's).
+    """
+
+    def __init__(self, room: Room) -> None:
+        self.room = room
+        self.owner: dict[int, Member] = {}
+        self._of: dict[str, set[int]] = {}  # connection id -> the client ids it claimed
+
+    def check(self, member: Member, update: bytes) -> int | None:
+        """The first client id ``update`` writes under that belongs to another live connection, or
+        None (and then the client ids it adds structs under are ``member``'s from now on)."""
+        try:
+            claimed = decode_state_vector(get_state(update))
+        except ValueError:
+            return None  # does not decode: the room refuses it when applying
+        mine = self._of.get(member.id, set())
+        if all(client in mine for client in claimed):
+            return None
+        have = decode_state_vector(self.room.doc.get_state())
+        new = [c for c, clock in claimed.items() if clock > have.get(c, 0) and c not in mine]
+        presence = self.room.presence
+        for client in new:
+            holder = self.owner.get(client) or presence.owner.get(client)
+            if holder is not None and holder is not member and holder.id in self.room.members:
+                if not _same_person(holder, member):
+                    return client
+                # The same person's new connection (a reconnect the server has not noticed the
+                # end of yet, or a second tab sharing the document): the id moves with them.
+                self._of.get(holder.id, set()).discard(client)
+            if holder is None and client in presence.remote_owner:
+                return client  # a connection on another node announced it
+        for client in new:
+            self.owner[client] = member
+            self._of.setdefault(member.id, set()).add(client)
+        return None
+
+    def forget(self, member: Member) -> None:
+        """``member`` left: its client ids are free again (its next connection reuses them)."""
+        for client in self._of.pop(member.id, ()):
+            if self.owner.get(client) is member:
+                del self.owner[client]
+
+
+def _same_person(a: Member, b: Member) -> bool:
+    return (
+        a.principal is not None and b.principal is not None and not a.principal.anonymous
+        and a.principal.user_id == b.principal.user_id
+    )
