@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -151,7 +152,14 @@ class ReviewGuard(RoomObserver):
             for origin, fixes in pending:
                 author, name = self._identity(room, origin)
                 for fix in fixes:
-                    self._apply_fix(state.reviews, fix, author, name)
+                    try:
+                        self._apply_fix(state.reviews, fix, author, name)
+                    except Exception:
+                        # Fail closed: a thread the guard cannot correct does not stay as written.
+                        log.exception("review correction failed; thread removed",
+                                      extra={"room": room.name, "thread": fix.thread_id})
+                        if fix.thread_id in state.reviews:
+                            del state.reviews[fix.thread_id]
 
     @staticmethod
     def _identity(room: Room, origin: ClientOrigin) -> tuple[str, str | None]:
@@ -261,5 +269,8 @@ def _stamped(item: Any, author: str, name: str | None) -> dict[str, Any] | None:
 
 def _plausible(at: Any) -> bool:
     """A client's time is kept when it is within 10 s of the server's (clients queue offline edits
-    for longer, but then the server's time of arrival is the honest one)."""
-    return isinstance(at, (int, float)) and abs(at - time.time() * 1000) <= 10_000
+    for longer, but then the server's time of arrival is the honest one). NaN and infinities fail."""
+    return (
+        isinstance(at, (int, float)) and not isinstance(at, bool)
+        and math.isfinite(at) and abs(at - time.time() * 1000) <= 10_000
+    )
