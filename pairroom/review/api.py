@@ -103,13 +103,13 @@ def valid_threads(doc: Doc) -> list[dict[str, Any]]:
     views = []
     for thread_id, thread in review.reviews_of(doc).items():
         if not review_thread(thread):
-            log.warning("malformed review thread left out", extra={"thread": thread_id})
+            log.warning("malformed review thread left out", extra={"review_thread": thread_id})
             continue
         try:
             view = review.thread_view(doc, thread_id, thread)
             json.dumps(view, allow_nan=False)  # what JSONResponse will do
         except (ValueError, TypeError, KeyError, RecursionError):
-            log.warning("review thread that cannot be shown left out", extra={"thread": thread_id})
+            log.warning("review thread that cannot be shown left out", extra={"review_thread": thread_id})
             continue
         views.append(view)
     return sorted(views, key=lambda v: (v.get("createdAt") or 0, v["id"]))

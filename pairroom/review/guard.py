@@ -110,6 +110,14 @@ class ReviewGuard(RoomObserver):
         state = self._rooms.get(room)
         if state is None:
             return
+        try:
+            self._collect(room, state, events)
+        except Exception:
+            # A value too hostile to read (a 3,000-deep map): the document guards remove the
+            # thread, as its shape is not a thread's; there is nothing to stamp.
+            log.warning("review change could not be read", exc_info=True, extra={"room": room.name})
+
+    def _collect(self, room: Room, state: _RoomState, events: list[Any]) -> None:
         origin = room.current_origin
         fixes: list[_Fix] = []
         for event in events:
@@ -157,7 +165,7 @@ class ReviewGuard(RoomObserver):
                     except Exception:
                         # Fail closed: a thread the guard cannot correct does not stay as written.
                         log.exception("review correction failed; thread removed",
-                                      extra={"room": room.name, "thread": fix.thread_id})
+                                      extra={"room": room.name, "review_thread": fix.thread_id})
                         if fix.thread_id in state.reviews:
                             del state.reviews[fix.thread_id]
 

@@ -189,17 +189,18 @@ class DocumentGuards:
 
     # -- correcting -------------------------------------------------------------------------------
 
-    def after_client_update(self, member: Member) -> None:
-        """Correct what ``member``'s update just wrote, if anything needs it."""
+    def after_client_update(self, member: Member, *, lost: bool = False) -> None:
+        """Correct what ``member``'s update just wrote, if anything needs it. ``lost``: the update
+        was integrated but what it touched is unknown (an observer failed on it)."""
         touched, self._touched = self._touched, set()
         inserts, self._inserts = self._inserts, []
-        lost, self._lost = self._lost, False
+        lost, self._lost = self._lost or lost, False
         if not touched and not inserts and not lost:
             return
         reverts: list[tuple[str, str | None]] = []
         with self.room.local_change(GUARD):
             if lost:
-                reverts.extend(self._restore_everything_kept())
+                reverts.extend(self._check_everything())
             for root, key in sorted(touched, key=lambda rk: (rk[0], rk[1] or "")):
                 if key is None:
                     continue  # arrays are checked entry by entry below; text roots need no shape
@@ -267,17 +268,35 @@ class DocumentGuards:
         except Exception:
             log.exception("guard could not revert", extra={"room": self.room.name, "root": root, "key": key})
 
-    def _restore_everything_kept(self) -> list[tuple[str, str | None]]:
-        """Fail closed: every kept key whose value is not the server's copy is restored."""
-        restored: list[tuple[str, str | None]] = []
-        for root, kept in self.kept.items():
-            shared = self.roots[root]
-            assert isinstance(shared, Map)
-            for key in set(kept) | {k for k in shared.keys() if self._is_kept(root, k)}:
-                if key not in kept or to_kept(shared.get(key)) != kept[key]:
+    def _check_everything(self) -> list[tuple[str, str | None]]:
+        """Fail closed when what a transaction touched is unknown: every kept key whose value is not
+        the server's copy is restored, and every other key and array entry is checked for its shape
+        (the cost of the whole document, on this error path only)."""
+        reverted: list[tuple[str, str | None]] = []
+        for root, shared in self.roots.items():
+            if isinstance(shared, Map):
+                kept = self.kept[root]
+                for key in set(kept) | set(shared.keys()):
+                    if not self._is_kept(root, key):
+                        row = self.table.row(root, key)
+                        assert row is not None
+                        if valid_key(row, key) and _read_checked(row.validate, lambda: shared.get(key)):
+                            continue
+                    elif key in kept and key in shared and _read_checked(
+                        lambda value: bool(to_kept(value) == kept[key]), lambda: shared.get(key)
+                    ):
+                        continue
+                    elif key not in kept and key not in shared:
+                        continue
                     self._revert_key_safely(root, key)
-                    restored.append((root, key))
-        return restored
+                    reverted.append((root, key))
+            elif isinstance(shared, Array):
+                row = self.table.row(root, None)
+                for index in reversed(range(len(shared))):
+                    if row is None or not _read_checked(row.validate, lambda: shared[index]):
+                        del shared[index]
+                        reverted.append((root, None))
+        return reverted
 
     def _accepted_entry(self, member: Member, root: str, item: Any) -> Any:
         """``item`` as the server accepts it into array ``root`` (the same object when unchanged),
@@ -302,6 +321,14 @@ class DocumentGuards:
             except ValueError:
                 continue  # written before a role was renamed; the token's role applies
         return out
+
+
+def _read_checked(validate: Any, read: Any) -> bool:
+    """Read a value and validate it; a value that cannot even be read (too deep) fails."""
+    try:
+        return checked(validate, read())
+    except Exception:
+        return False
 
 
 def _follow(node: Any, event: Any) -> None:

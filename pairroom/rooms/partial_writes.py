@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("pairroom.writes")
 
 REVIEWER_ROOTS = frozenset({"reviews", "chat"})
-MAX_ANY_DEPTH = 64  # nesting of a JSON value inside one struct
 
 
 class UpdateDecodeError(ValueError):
@@ -121,30 +120,36 @@ class _Reader:
         while self.byte() & 0x80:
             pass
 
-    def any(self, depth: int = 0) -> None:
-        """Skip one lib0 ``Any`` value."""
-        if depth > MAX_ANY_DEPTH:
-            raise UpdateDecodeError("value nested too deep")
-        kind = self.byte()
-        if kind in (127, 126, 121, 120):  # undefined, null, false, true
-            return
-        if kind == 125:
-            self.var_int()
-        elif kind == 124:
-            self.skip(4)
-        elif kind in (123, 122):
-            self.skip(8)
-        elif kind in (119, 116):  # string, Uint8Array
-            self.raw()
-        elif kind == 118:
-            for _ in range(self.uint()):
+    def any(self) -> None:
+        """Skip one lib0 ``Any`` value. Iterative: a value nested 3,000 deep costs no recursion."""
+        stack = [[1, False]]  # values left to skip in each open container, and whether keyed
+        while stack:
+            top = stack[-1]
+            if top[0] == 0:
+                stack.pop()
+                continue
+            top[0] -= 1
+            if top[1]:
+                self.raw()  # an object's key
+            kind = self.byte()
+            if kind in (127, 126, 121, 120):  # undefined, null, false, true
+                continue
+            if kind == 125:
+                self.var_int()
+            elif kind == 124:
+                self.skip(4)
+            elif kind in (123, 122):
+                self.skip(8)
+            elif kind in (119, 116):  # string, Uint8Array
                 self.raw()
-                self.any(depth + 1)
-        elif kind == 117:
-            for _ in range(self.uint()):
-                self.any(depth + 1)
-        else:
-            raise UpdateDecodeError(f"unknown value type {kind}")
+            elif kind in (118, 117):  # object, array
+                count = self.uint()
+                if count > len(self.data):
+                    raise UpdateDecodeError("container larger than the update")
+                if count:
+                    stack.append([count, kind == 118])
+            else:
+                raise UpdateDecodeError(f"unknown value type {kind}")
 
 
 def _utf16_length(text: str) -> int:

@@ -242,7 +242,15 @@ class Room:
             raise ProtocolError(
                 CloseCode.UPDATE_REJECTED, f"update writes under Yjs client id {stolen} of another connection"
             )
-        self.apply_update(message.payload, member.origin, exclude=member)
+        try:
+            self.apply_update(message.payload, member.origin, exclude=member)
+        except ProtocolError:
+            raise  # refused by the CRDT: nothing was integrated
+        except BaseException:
+            # Integrated, but an observer failed on it (pycrdt cannot even build the events of a
+            # 3,000-deep value): the guards cannot know what it touched, so they check everything.
+            self.guards.after_client_update(member, lost=True)
+            raise
         self.guards.after_client_update(member)
 
     def apply_update(
