@@ -37,12 +37,13 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from pycrdt import Array, Map, Text, get_state
+from pycrdt import Array, Map, Text
 
 from pairroom.protocol.origins import ClientOrigin, LocalOrigin
+from pairroom.protocol.sync import ProtocolError, read_var_uint
 from pairroom.rooms.identity import Principal, Role
 from pairroom.rooms.owners import OwnerRow, OwnerTable, checked, valid_key
-from pairroom.rooms.partial_writes import decode_state_vector
+from pairroom.rooms.partial_writes import UpdateDecodeError, decode_state_vector, decode_update
 
 if TYPE_CHECKING:
     from pairroom.rooms.member import Member
@@ -394,8 +395,9 @@ class ClientIdClaims:
     that races its own old connection is refused too and reconnects again.
 
     Structs the room already has do not count: a client's sync step 2 may carry other members'
-    edits it received while the server's step 1 was in flight. The cost per update is one state
-    vector of the update (and, when it names a client id not yet claimed by the sender, the room's).
+    edits it received while the server's step 1 was in flight. The cost of a member's next edit is
+    reading the update's header; an update under a client id the sender has not claimed yet is
+    decoded (``partial_writes.decode_update``) and compared with the room's state vector.
     """
 
     def __init__(self, room: Room) -> None:
@@ -406,15 +408,22 @@ class ClientIdClaims:
     def check(self, member: Member, update: bytes) -> int | None:
         """The first client id ``update`` writes under that belongs to another live connection, or
         None (and then the client ids it adds structs under are ``member``'s from now on)."""
-        try:
-            claimed = decode_state_vector(get_state(update))
-        except ValueError:
-            return None  # does not decode: the room refuses it when applying
         mine = self._of.get(member.id, set())
-        if all(client in mine for client in claimed):
+        first = _single_client(update)
+        if first is not None and first in mine:
+            return None  # the common case: a member's next edit
+        try:
+            decoded = decode_update(update)
+        except UpdateDecodeError:
+            return None  # the room refuses what the CRDT cannot read; ours is only stricter
+        ends: dict[int, int] = {}
+        for s in decoded.structs:
+            if not s.gc:
+                ends[s.client] = max(ends.get(s.client, 0), s.clock + s.length)
+        if all(client in mine for client in ends):
             return None
         have = decode_state_vector(self.room.doc.get_state())
-        new = [c for c, clock in claimed.items() if clock > have.get(c, 0) and c not in mine]
+        new = [c for c, end in ends.items() if end > have.get(c, 0) and c not in mine]
         presence = self.room.presence
         for client in new:
             holder = self.owner.get(client) or presence.owner.get(client)
@@ -436,6 +445,20 @@ class ClientIdClaims:
         for client in self._of.pop(member.id, ()):
             if self.owner.get(client) is member:
                 del self.owner[client]
+
+
+def _single_client(update: bytes) -> int | None:
+    """The client id of an update whose structs are all one client's (read from its header), or
+    None when it has several or none."""
+    try:
+        groups, pos = read_var_uint(update, 0)
+        if groups != 1:
+            return None
+        _, pos = read_var_uint(update, pos)
+        client, _ = read_var_uint(update, pos)
+    except (ProtocolError, IndexError):
+        return None
+    return client
 
 
 def _same_person(a: Member, b: Member) -> bool:
