@@ -309,6 +309,83 @@ async def test_a_nan_in_chat_lets_neither_a_forged_line_nor_poisoned_roles_throu
         assert held.roles == {"u-owner": Role.OWNER, "u-editor": Role.EDITOR}
 
 
+async def test_a_value_nested_too_deep_is_refused_before_it_touches_the_document(
+    start_server: StartServer,
+) -> None:
+    """pycrdt builds a change's events recursively: a 3,000-deep value would keep every observer,
+    the guards' included, from seeing the transaction. Such an update is refused whole."""
+    server = await start_server(secret=SECRET)
+    room = room_name()
+    async with server.hub.registry.hold(room) as held:
+        held.set_role("u-owner", Role.OWNER)
+        with held.local_change(LocalOrigin("seed")) as doc:
+            doc.get("chat", type=Array).append({"id": "s", "text": "seen", "author": "u-owner", "name": "Owner",
+                                                "at": 1})
+    editor = await joined(server, room, Role.EDITOR)
+    with editor.doc.transaction():
+        chat = editor.doc.get("chat", type=Array)
+        chat.append({"text": "the owner says: make u-editor owner", "author": "u-owner", "name": "Owner"})
+        chat.append({"text": "deep", "x": deep(3000)})
+        editor.doc.get("meta", type=Map)["roles"]["u-editor"] = "owner"
+    assert await editor.closed() == protocol.CloseCode.UPDATE_REJECTED
+    assert "nested 3001 deep" in (editor.close_reason or "")
+    want = (["seen"], {"u-owner": "owner"}, False)
+    assert await server_read(server, room, _chat_roles_kernel) == want
+    other = await joined(server, room, Role.EDITOR)  # the room carries on
+    other.doc.get("chat", type=Array).append({"text": "still here"})
+    await eventually(_equals(server, room, _chat_roles_kernel, (["seen", "still here"], {"u-owner": "owner"}, False)))
+    await other.close()
+    await server.stop()
+    again = await start_server(secret=SECRET)
+    assert await server_read(again, room, _chat_roles_kernel) == (["seen", "still here"], {"u-owner": "owner"}, False)
+
+
+def _chat_roles_kernel(doc: Doc) -> tuple[Any, Any, Any]:
+    meta = doc.get("meta", type=Map)
+    return [e["text"] for e in doc.get("chat", type=Array).to_py()], meta["roles"].to_py(), "kernel" in meta
+
+
+async def test_a_transaction_the_guards_did_not_see_is_undone_where_it_can_be(
+    start_server: StartServer,
+) -> None:
+    """Fail closed: when a client's transaction reached the document but not the guards (an
+    observer that could not be run), every kept key is restored and every chat entry the server
+    has not seen is removed."""
+    server = await start_server(secret=SECRET)
+    room = room_name()
+    async with server.hub.registry.hold(room) as held:
+        held.set_role("u-owner", Role.OWNER)
+        with held.local_change(LocalOrigin("seed")) as doc:
+            doc.get("chat", type=Array).append({"id": "s", "text": "seen", "author": "u-owner", "name": "Owner",
+                                                "at": 1})
+    editor = await joined(server, room, Role.EDITOR)
+    async with server.hub.registry.hold(room) as held:
+        member = next(iter(held.members.values()))
+        forged = Doc()
+        forged.apply_update(held.doc.get_update())
+        before = forged.get_state()
+        with forged.transaction():
+            forged.get("chat", type=Array).append(
+                {"text": "the owner says: make u-editor owner", "author": "u-owner", "name": "Owner", "at": 1})
+            forged.get("meta", type=Map)["roles"]["u-editor"] = "owner"
+            forged.get("meta", type=Map)["kernel"] = Map({"status": "idle"})
+        guards = held.guards
+        guards._collect = guards._follow_entries = lambda root, events: None  # type: ignore[method-assign]
+        try:
+            held.apply_update(forged.get_update(before), member.origin, exclude=member)
+        finally:
+            del guards._collect, guards._follow_entries
+        assert _chat_roles_kernel(held.doc)[0] == ["seen", "the owner says: make u-editor owner"]
+        guards.after_client_update(member)
+        assert _chat_roles_kernel(held.doc) == (["seen"], {"u-owner": "owner"}, False)
+    await eventually(lambda: _chat_roles_kernel(editor.doc) == (["seen"], {"u-owner": "owner"}, False),
+                     what="members receive the correction")
+    await editor.close()
+    await server.stop()
+    again = await start_server(secret=SECRET)
+    assert await server_read(again, room, _chat_roles_kernel) == (["seen"], {"u-owner": "owner"}, False)
+
+
 HOSTILE_POLICIES = [
     pytest.param(lambda p: p.__setitem__("run", math.nan), id="nan"),
     pytest.param(lambda p: p.__setitem__("run", math.inf), id="infinity"),
@@ -319,7 +396,10 @@ HOSTILE_POLICIES = [
 
 
 @pytest.mark.parametrize("hostile", HOSTILE_POLICIES)
-async def test_an_owner_cannot_store_a_malformed_policy(start_server: StartServer, hostile: Any) -> None:
+async def test_an_owner_cannot_store_a_malformed_policy(
+    start_server: StartServer, hostile: Any, request: pytest.FixtureRequest
+) -> None:
+    hostile_id = request.node.callspec.id
     server = await start_server(secret=SECRET)
     room = room_name()
     owner = await joined(server, room, Role.OWNER)
@@ -336,12 +416,12 @@ async def test_an_owner_cannot_store_a_malformed_policy(start_server: StartServe
     async def counted() -> bool:
         return await metric(server, "pairroom_guard_reverts_total") > reverts
 
-    await eventually(counted, what="the malformed policy reverted and counted")
+    if hostile_id == "3000-deep":  # refused before integrating: too deep for pycrdt's events
+        assert await owner.closed() == protocol.CloseCode.UPDATE_REJECTED
+    else:
+        await eventually(counted, what="the malformed policy reverted and counted")
+        await eventually(lambda: policy(owner.doc) == {"run": "owners"}, what="the owner's copy converges")
     assert await server_read(server, room, policy) == {"run": "owners"}
-    # The owner's copy converges, unless the value was too deep for the server to even read the
-    # change (pycrdt cannot build its events): then the connection was closed as well.
-    await eventually(lambda: policy(owner.doc) == {"run": "owners"} or owner.close_code is not None,
-                     what="the owner's copy converges or the offender was closed")
     await owner.close()
     await server.stop()
     again = await start_server(secret=SECRET)

@@ -30,7 +30,9 @@ the right) is kept out before integration: viewers' updates are dropped and revi
 
 from __future__ import annotations
 
+import difflib
 import functools
+import json
 import logging
 import secrets
 import time
@@ -40,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from pycrdt import Array, Map, Text
 
 from pairroom.protocol.origins import ClientOrigin, LocalOrigin
-from pairroom.protocol.sync import ProtocolError, read_var_uint
+from pairroom.protocol.sync import CloseCode, ProtocolError, read_var_uint
 from pairroom.rooms.identity import Principal, Role
 from pairroom.rooms.owners import OwnerRow, OwnerTable, checked, valid_key
 from pairroom.rooms.partial_writes import UpdateDecodeError, decode_state_vector, decode_update
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pairroom.guards")
 
 MAX_CHAT_TEXT = 4096
+MAX_UPDATE_DEPTH = 100  # values nest at most 16 deep by the owner table; pycrdt breaks near 1,000
 GUARD = LocalOrigin("guard")
 
 
@@ -100,10 +103,15 @@ class DocumentGuards:
         self.meta = self.roots["meta"]
         self.kept: dict[str, dict[str, Any]] = {name: {} for name, shared in self.roots.items()
                                                 if isinstance(shared, Map)}
+        # Array roots: a fingerprint of each entry as the server has seen it, so that when a
+        # client's transaction could not be followed, the entries it added can still be found.
+        self.entries: dict[str, list[Any]] = {name: [] for name, shared in self.roots.items()
+                                              if isinstance(shared, Array)}
         self.reverted = 0  # writes reverted since the room loaded (also counted by the listener)
         self._touched: set[tuple[str, str | None]] = set()
         self._inserts: list[tuple[str, int, Any]] = []
         self._lost = False  # what a client's transaction touched could not be worked out
+        self.client_ids = ClientIdClaims(room)
         self._subscriptions = [
             (shared, shared.observe_deep(functools.partial(self._on_events, name)))
             for name, shared in self.roots.items()
@@ -123,12 +131,31 @@ class DocumentGuards:
                 self._collect(root, events)
             elif root in self.kept:
                 self._keep(root, events)
+            if root in self.entries:
+                self._follow_entries(root, events)
         except Exception:
             log.exception("guard could not follow a change", extra={"room": self.room.name, "root": root})
             if from_client:
                 self._lost = True
             else:
                 self._recopy(root)
+
+    def _follow_entries(self, root: str, events: list[Any]) -> None:
+        """Keep the fingerprints of an array root's entries in step with it (any origin)."""
+        entries = self.entries[root]
+        for event in events:
+            if list(event.path):
+                continue  # inside an entry: entries are plain values; a shared one is removed
+            position = 0
+            for step in event.delta:
+                if "retain" in step:
+                    position += step["retain"]
+                elif "insert" in step:
+                    prints = [_fingerprint(item) for item in step["insert"]]
+                    entries[position:position] = prints
+                    position += len(prints)
+                elif "delete" in step:
+                    del entries[position:position + step["delete"]]
 
     def _collect(self, root: str, events: list[Any]) -> None:
         shared = self.roots[root]
@@ -187,6 +214,37 @@ class DocumentGuards:
         shared = self.roots[root]
         if isinstance(shared, Map):
             self.kept[root] = {k: to_kept(v) for k, v in shared.items() if self._is_kept(root, k)}
+        elif isinstance(shared, Array):
+            self.entries[root] = [_fingerprint(item) for item in shared]
+
+    # -- before integrating -----------------------------------------------------------------------
+
+    def before_client_update(self, member: Member, update: bytes) -> None:
+        """Refuse, before it touches the document, an update the guards could not undo afterwards.
+        Raises ProtocolError (4422, the connection closes; nothing was integrated):
+
+        - a value nested deeper than ``MAX_UPDATE_DEPTH``: pycrdt builds the events of a change
+          recursively, so one 3,000 deep would keep every observer, the guards' included, from
+          seeing the transaction at all;
+        - structs under a Yjs client id of another person's live connection (``ClientIdClaims``).
+        """
+        if _may_nest_deeper(update, MAX_UPDATE_DEPTH):
+            try:
+                depth = decode_update(update).depth
+            except UpdateDecodeError:
+                depth = 0  # the CRDT refuses it or reads it; either way not deep
+            if depth > MAX_UPDATE_DEPTH:
+                raise ProtocolError(
+                    CloseCode.UPDATE_REJECTED, f"update holds a value nested {depth} deep (at most {MAX_UPDATE_DEPTH})"
+                )
+        stolen = self.client_ids.check(member, update)
+        if stolen is not None:
+            raise ProtocolError(
+                CloseCode.UPDATE_REJECTED, f"update writes under Yjs client id {stolen} of another connection"
+            )
+
+    def client_left(self, member: Member) -> None:
+        self.client_ids.forget(member)
 
     # -- correcting -------------------------------------------------------------------------------
 
@@ -196,31 +254,39 @@ class DocumentGuards:
         touched, self._touched = self._touched, set()
         inserts, self._inserts = self._inserts, []
         lost, self._lost = self._lost or lost, False
+        if not lost and any(len(self.roots[root]) != len(seen) for root, seen in self.entries.items()):
+            lost = True  # an array changed and its events never reached the guards
         if not touched and not inserts and not lost:
+            return
+        # Decide first, outside any transaction: an edit that needs nothing costs no server change.
+        wrong_keys: list[tuple[str, str]] = []
+        for root, key in sorted(touched, key=lambda rk: (rk[0], rk[1] or "")):
+            if key is None:
+                continue  # arrays are checked entry by entry below; text roots need no shape
+            try:
+                accepted = self._accept_key(member.role, root, key)
+            except Exception:
+                log.exception("guard check failed; reverting", extra={"room": self.room.name, "root": root})
+                accepted = False
+            if not accepted:
+                wrong_keys.append((root, key))
+        wrong_entries: list[tuple[str, int, Any]] = []
+        for root, index, item in reversed(inserts):
+            try:
+                fixed = self._accepted_entry(member, root, item)
+            except Exception:
+                log.exception("guard check failed; removing", extra={"room": self.room.name, "root": root})
+                fixed = None
+            if fixed is not item:
+                wrong_entries.append((root, index, fixed))
+        if not lost and not wrong_keys and not wrong_entries:
             return
         reverts: list[tuple[str, str | None]] = []
         with self.room.local_change(GUARD):
-            if lost:
-                reverts.extend(self._check_everything())
-            for root, key in sorted(touched, key=lambda rk: (rk[0], rk[1] or "")):
-                if key is None:
-                    continue  # arrays are checked entry by entry below; text roots need no shape
-                try:
-                    if not self._accept_key(member.role, root, key):
-                        self._revert_key(root, key)
-                        reverts.append((root, key))
-                except Exception:
-                    log.exception("guard check failed; reverting", extra={"room": self.room.name, "root": root})
-                    self._revert_key_safely(root, key)
-                    reverts.append((root, key))
-            for root, index, item in reversed(inserts):
-                try:
-                    fixed = self._accepted_entry(member, root, item)
-                except Exception:
-                    log.exception("guard check failed; removing", extra={"room": self.room.name, "root": root})
-                    fixed = None
-                if fixed is item:
-                    continue
+            for root, key in wrong_keys:
+                self._revert_key_safely(root, key)
+                reverts.append((root, key))
+            for root, index, fixed in wrong_entries:  # from the last index to the first
                 array = self.roots[root]
                 assert isinstance(array, Array)
                 del array[index]
@@ -228,6 +294,9 @@ class DocumentGuards:
                     array.insert(index, fixed)
                 else:
                     reverts.append((root, None))
+        if lost:  # after the fixes above are committed, so that what they wrote counts as seen
+            with self.room.local_change(GUARD):
+                reverts.extend(self._check_everything())
         for root, key in reverts:
             self.reverted += 1
             self.room.listener.on_write_reverted(self.room, member, root, key)
@@ -292,12 +361,31 @@ class DocumentGuards:
                     self._revert_key_safely(root, key)
                     reverted.append((root, key))
             elif isinstance(shared, Array):
-                row = self.table.row(root, None)
-                for index in reversed(range(len(shared))):
-                    if row is None or not _read_checked(row.validate, lambda: shared[index]):
-                        del shared[index]
-                        reverted.append((root, None))
+                reverted.extend((root, None) for _ in range(self._remove_unseen_entries(root, shared)))
         return reverted
+
+    def _remove_unseen_entries(self, root: str, shared: Array) -> int:
+        """Remove every entry the server has not seen (added by the transaction that could not be
+        followed: it cannot be stamped) and every entry without the row's shape."""
+        seen = self.entries[root]
+        now = []
+        for index in range(len(shared)):
+            try:
+                now.append(_fingerprint(shared[index]))
+            except Exception:
+                now.append(object())  # cannot even be read: never matches
+        keep = [False] * len(now)
+        matcher = difflib.SequenceMatcher(None, seen, now, autojunk=False)
+        for tag, _, _, j1, j2 in matcher.get_opcodes():
+            if tag == "equal":
+                keep[j1:j2] = [True] * (j2 - j1)
+        row = self.table.row(root, None)
+        removed = 0
+        for index in reversed(range(len(now))):
+            if not keep[index] or row is None or not _read_checked(row.validate, lambda: shared[index]):
+                del shared[index]
+                removed += 1
+        return removed
 
     def _accepted_entry(self, member: Member, root: str, item: Any) -> Any:
         """``item`` as the server accepts it into array ``root`` (the same object when unchanged),
@@ -322,6 +410,15 @@ class DocumentGuards:
             except ValueError:
                 continue  # written before a role was renamed; the token's role applies
         return out
+
+
+def _fingerprint(item: Any) -> Any:
+    """An array entry as a comparable value: its JSON, or for anything else a value equal to
+    nothing (a shared type in ``chat`` is never the server's)."""
+    try:
+        return json.dumps(item, sort_keys=True)
+    except (TypeError, ValueError, RecursionError):
+        return object()
 
 
 def _read_checked(validate: Any, read: Any) -> bool:
@@ -445,6 +542,13 @@ class ClientIdClaims:
         for client in self._of.pop(member.id, ()):
             if self.owner.get(client) is member:
                 del self.owner[client]
+
+
+def _may_nest_deeper(update: bytes, depth: int) -> bool:
+    """False when ``update`` cannot hold a value nested deeper than ``depth``: each level needs an
+    object or array marker byte (lib0: 0x75, 0x76; JSON: ``[``, ``{``). A quick count in C spares
+    decoding ordinary edits."""
+    return update.count(b"\x75") + update.count(b"\x76") + update.count(b"[") + update.count(b"{") > depth
 
 
 def _single_client(update: bytes) -> int | None:

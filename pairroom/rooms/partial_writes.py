@@ -76,14 +76,40 @@ class DecodedStruct:
 class DecodedUpdate:
     structs: list[DecodedStruct]
     deletes: list[tuple[int, int, int]]  # (client, clock, length)
+    depth: int = 0  # the deepest nesting of any value in it
+
+
+def json_depth(data: bytes) -> int:
+    """How deep a JSON text nests (brackets outside strings), without parsing it recursively."""
+    if data.count(b"[") + data.count(b"{") <= 1:
+        return data.count(b"[") + data.count(b"{")
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
 
 
 class _Reader:
-    __slots__ = ("data", "pos")
+    __slots__ = ("data", "pos", "depth")
 
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.pos = 0
+        self.depth = 0  # the deepest nesting of any value read so far
 
     def uint(self) -> int:
         try:
@@ -115,6 +141,10 @@ class _Reader:
             return self.raw().decode()
         except UnicodeDecodeError as exc:
             raise UpdateDecodeError("invalid UTF-8 string") from exc
+
+    def json(self) -> None:
+        """Skip one JSON string (legacy content), noting how deep it nests."""
+        self.depth = max(self.depth, json_depth(self.raw()))
 
     def var_int(self) -> None:
         while self.byte() & 0x80:
@@ -148,6 +178,8 @@ class _Reader:
                     raise UpdateDecodeError("container larger than the update")
                 if count:
                     stack.append([count, kind == 118])
+                    if len(stack) - 1 > self.depth:
+                        self.depth = len(stack) - 1
             else:
                 raise UpdateDecodeError(f"unknown value type {kind}")
 
@@ -195,7 +227,7 @@ def decode_update(update: bytes) -> DecodedUpdate:
             deletes.append((client, reader.uint(), reader.uint()))
     if reader.pos != len(update):
         raise UpdateDecodeError("bytes after the update")
-    return DecodedUpdate(structs, deletes)
+    return DecodedUpdate(structs, deletes, reader.depth)
 
 
 def _content_length(reader: _Reader, kind: int) -> int:
@@ -204,7 +236,7 @@ def _content_length(reader: _Reader, kind: int) -> int:
     if kind == 2:  # JSON
         count = reader.uint()
         for _ in range(count):
-            reader.raw()
+            reader.json()
         return count
     if kind == 3:  # binary
         reader.raw()
@@ -212,11 +244,11 @@ def _content_length(reader: _Reader, kind: int) -> int:
     if kind == 4:  # string
         return _utf16_length(reader.string())
     if kind == 5:  # embed
-        reader.raw()
+        reader.json()
         return 1
     if kind == 6:  # format
         reader.raw()
-        reader.raw()
+        reader.json()
         return 1
     if kind == 7:  # type
         ref = reader.uint()

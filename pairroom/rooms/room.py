@@ -27,7 +27,7 @@ from pairroom.protocol import sync as protocol
 from pairroom.protocol.origins import LocalOrigin, Origin, PeerOrigin
 from pairroom.protocol.sync import CloseCode, Message, MessageType, ProtocolError, SyncStep
 from pairroom.storage.store import LoadedRoom, NewUpdate, Store, StoreError
-from pairroom.rooms.guards import ClientIdClaims, DocumentGuards
+from pairroom.rooms.guards import DocumentGuards
 from pairroom.rooms.hooks import RoomObserver, WriteCheck
 from pairroom.rooms.identity import Role
 from pairroom.rooms.member import Member
@@ -115,7 +115,6 @@ class Room:
         self._origin: Origin = LocalOrigin("load")
         self._subscription = self.doc.observe(self._on_transaction)
         self.guards = DocumentGuards(self)
-        self.client_ids = ClientIdClaims(self)
         self.presence.on_member_states = lambda member, states: self.notify("on_awareness", member, states)
 
     @property
@@ -195,7 +194,7 @@ class Room:
         if self.members.pop(member.id, None) is None:
             return False
         self.presence.remove_member(member)
-        self.client_ids.forget(member)
+        self.guards.client_left(member)
         if not self.members:
             self.idle_since = now
         self.notify("on_leave", member)
@@ -237,11 +236,7 @@ class Room:
             # each connect, and a close would make a viewer's client reconnect forever.
             self.listener.on_update_dropped(self, member)
             return
-        stolen = self.client_ids.check(member, message.payload)
-        if stolen is not None:
-            raise ProtocolError(
-                CloseCode.UPDATE_REJECTED, f"update writes under Yjs client id {stolen} of another connection"
-            )
+        self.guards.before_client_update(member, message.payload)  # raises ProtocolError to refuse
         try:
             self.apply_update(message.payload, member.origin, exclude=member)
         except ProtocolError:
