@@ -27,7 +27,7 @@ updates are indexed.
 
 Install it for every room a node loads, before rooms load::
 
-    registry.write_check = ReviewerWrites()
+    ReviewerWrites()  # listed among the node's extensions in app.py
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 from pycrdt import Doc, Subscription, TransactionEvent
 
 from pairroom.protocol.sync import ProtocolError, read_var_uint
-from pairroom.rooms.hooks import WriteCheck
+from pairroom.rooms.extension import Extension
 from pairroom.rooms.identity import Role
 
 if TYPE_CHECKING:
@@ -422,13 +422,16 @@ class _Indexed:
     subscription: Subscription
 
 
-class ReviewerWrites(WriteCheck):
+class ReviewerWrites(Extension):
     """Reviewers may write ``reviews`` and ``chat``; viewers may write nothing."""
+
+    name = "reviewer-writes"
+    builtin = True
 
     def __init__(self) -> None:
         self._rooms: weakref.WeakKeyDictionary[Room, _Indexed] = weakref.WeakKeyDictionary()
 
-    def allows(self, room: Room, member: Member, update: bytes) -> bool:
+    def allows_write(self, room: Room, member: Member, update: bytes) -> bool:
         if member.role is not Role.REVIEWER:
             return False
         allowed = self.index_of(room).touches_only(update, REVIEWER_ROOTS)
@@ -436,6 +439,11 @@ class ReviewerWrites(WriteCheck):
             log.info("reviewer update outside reviews and chat dropped",
                      extra={"room": room.name, "conn": member.id})
         return allowed
+
+    def on_unload(self, room: Room) -> None:
+        indexed = self._rooms.pop(room, None)
+        if indexed is not None:
+            room.doc.unobserve(indexed.subscription)
 
     def index_of(self, room: Room) -> StructIndex:
         """The room's index, built on first use and kept up to date from then on."""
