@@ -68,10 +68,18 @@ def _meta(doc: Doc) -> Map:
 
 
 def _thread() -> Map:
-    return Map({
-        "path": "a.py", "start": b"\x01", "end": b"\x02", "status": "open", "by": "u-owner",
-        "createdAt": 1_700_000_000_000, "messages": Array([]), "suggestion": None,
-    })
+    return Map(
+        {
+            "path": "a.py",
+            "start": b"\x01",
+            "end": b"\x02",
+            "status": "open",
+            "by": "u-owner",
+            "createdAt": 1_700_000_000_000,
+            "messages": Array([]),
+            "suggestion": None,
+        }
+    )
 
 
 def _chat(doc: Doc) -> list[tuple[str, str]]:
@@ -79,73 +87,125 @@ def _chat(doc: Doc) -> list[tuple[str, str]]:
 
 
 CASES = [
-    Case("files", "*",
-         lambda d: d.get("files", type=Map).__setitem__("a.py", Text("base")),
-         lambda d: d.get("files", type=Map)["a.py"].insert(0, "X"),
-         lambda d: str(d.get("files", type=Map)["a.py"]),
-         lambda role: "Xbase"),
-    Case("text", None,
-         lambda d: d.get("text", type=Text).insert(0, "base"),
-         lambda d: d.get("text", type=Text).insert(0, "X"),
-         lambda d: str(d.get("text", type=Text)),
-         lambda role: "Xbase"),
-    Case("meta", "title",
-         lambda d: _meta(d).__setitem__("title", "Base"),
-         lambda d: _meta(d).__setitem__("title", "New"),
-         lambda d: _meta(d).get("title"),
-         lambda role: "New"),
-    Case("meta", "createdAt",
-         lambda d: _meta(d).__setitem__("createdAt", 1000),
-         lambda d: _meta(d).__setitem__("createdAt", 5),
-         lambda d: _meta(d).get("createdAt"),
-         lambda role: 5),
-    Case("meta", "roles",
-         lambda d: _meta(d).__setitem__("roles", Map({"u-editor": "editor"})),
-         lambda d: _meta(d)["roles"].__setitem__("u-editor", "owner"),
-         lambda d: _meta(d)["roles"].to_py(),
-         lambda role: {"u-editor": "owner"}),
-    Case("meta", "policy",
-         lambda d: _meta(d).__setitem__("policy", Map({"run": "editors", "recording": True})),
-         lambda d: _meta(d)["policy"].__setitem__("recording", False),
-         lambda d: _meta(d)["policy"].to_py(),
-         lambda role: {"run": "editors", "recording": False}),
-    Case("meta", "kernel",
-         lambda d: _meta(d).__setitem__("kernel", Map({"status": "idle"})),
-         lambda d: _meta(d)["kernel"].__setitem__("status", "dead"),
-         lambda d: _meta(d)["kernel"].to_py(),
-         lambda role: {"status": "dead"}),
-    Case("meta", "invented",  # a key no row claims: the server's
-         lambda d: None,
-         lambda d: _meta(d).__setitem__("invented", "x"),
-         lambda d: _meta(d).get("invented"),
-         lambda role: "x"),
-    Case("chat", None,
-         lambda d: None,
-         lambda d: d.get("chat", type=Array).append({"id": "c1", "text": "hi", "author": "u-owner"}),
-         _chat,
-         lambda role: [("hi", user_of(role))]),
-    Case("runs", "*",
-         lambda d: d.get("runs", type=Map).__setitem__("r1", Map({
-             "code": "1", "status": "ok", "order": 1,
-             "outputs": Array([{"output_type": "stream", "name": "stdout", "text": "1\n"}]),
-         })),
-         lambda d: (d.get("runs", type=Map)["r1"]["outputs"].append(
-             {"output_type": "stream", "name": "stdout", "text": "forged\n"}),
-             d.get("runs", type=Map)["r1"].__setitem__("order", 99)),
-         lambda d: d.get("runs", type=Map)["r1"].to_py(),
-         lambda role: {"code": "1", "status": "ok", "order": 99, "outputs": [
-             {"output_type": "stream", "name": "stdout", "text": "1\n"},
-             {"output_type": "stream", "name": "stdout", "text": "forged\n"}]}),
-    Case("reviews", "*",
-         lambda d: d.get("reviews", type=Map).__setitem__("t1", _thread()),
-         lambda d: d.get("reviews", type=Map)["t1"].__setitem__("status", "resolved"),
-         lambda d: d.get("reviews", type=Map)["t1"]["status"],
-         lambda role: "resolved"),
-    Case("reviewPasses", "*",
-         lambda d: d.get("reviewPasses", type=Map).__setitem__("p1", Map({"seq": 1, "by": "u-owner"})),
-         lambda d: d.get("reviewPasses", type=Map)["p1"].__setitem__("seq", 99),
-         lambda d: d.get("reviewPasses", type=Map)["p1"].to_py(),
-         lambda role: {"seq": 99, "by": "u-owner"}),
+    Case(
+        "files",
+        "*",
+        lambda d: d.get("files", type=Map).__setitem__("a.py", Text("base")),
+        lambda d: d.get("files", type=Map)["a.py"].insert(0, "X"),
+        lambda d: str(d.get("files", type=Map)["a.py"]),
+        lambda role: "Xbase",
+    ),
+    Case(
+        "text",
+        None,
+        lambda d: d.get("text", type=Text).insert(0, "base"),
+        lambda d: d.get("text", type=Text).insert(0, "X"),
+        lambda d: str(d.get("text", type=Text)),
+        lambda role: "Xbase",
+    ),
+    Case(
+        "meta",
+        "title",
+        lambda d: _meta(d).__setitem__("title", "Base"),
+        lambda d: _meta(d).__setitem__("title", "New"),
+        lambda d: _meta(d).get("title"),
+        lambda role: "New",
+    ),
+    Case(
+        "meta",
+        "createdAt",
+        lambda d: _meta(d).__setitem__("createdAt", 1000),
+        lambda d: _meta(d).__setitem__("createdAt", 5),
+        lambda d: _meta(d).get("createdAt"),
+        lambda role: 5,
+    ),
+    Case(
+        "meta",
+        "roles",
+        lambda d: _meta(d).__setitem__("roles", Map({"u-editor": "editor"})),
+        lambda d: _meta(d)["roles"].__setitem__("u-editor", "owner"),
+        lambda d: _meta(d)["roles"].to_py(),
+        lambda role: {"u-editor": "owner"},
+    ),
+    Case(
+        "meta",
+        "policy",
+        lambda d: _meta(d).__setitem__("policy", Map({"run": "editors", "recording": True})),
+        lambda d: _meta(d)["policy"].__setitem__("recording", False),
+        lambda d: _meta(d)["policy"].to_py(),
+        lambda role: {"run": "editors", "recording": False},
+    ),
+    Case(
+        "meta",
+        "kernel",
+        lambda d: _meta(d).__setitem__("kernel", Map({"status": "idle"})),
+        lambda d: _meta(d)["kernel"].__setitem__("status", "dead"),
+        lambda d: _meta(d)["kernel"].to_py(),
+        lambda role: {"status": "dead"},
+    ),
+    Case(
+        "meta",
+        "invented",  # a key no row claims: the server's
+        lambda d: None,
+        lambda d: _meta(d).__setitem__("invented", "x"),
+        lambda d: _meta(d).get("invented"),
+        lambda role: "x",
+    ),
+    Case(
+        "chat",
+        None,
+        lambda d: None,
+        lambda d: d.get("chat", type=Array).append({"id": "c1", "text": "hi", "author": "u-owner"}),
+        _chat,
+        lambda role: [("hi", user_of(role))],
+    ),
+    Case(
+        "runs",
+        "*",
+        lambda d: d.get("runs", type=Map).__setitem__(
+            "r1",
+            Map(
+                {
+                    "code": "1",
+                    "status": "ok",
+                    "order": 1,
+                    "outputs": Array([{"output_type": "stream", "name": "stdout", "text": "1\n"}]),
+                }
+            ),
+        ),
+        lambda d: (
+            d.get("runs", type=Map)["r1"]["outputs"].append(
+                {"output_type": "stream", "name": "stdout", "text": "forged\n"}
+            ),
+            d.get("runs", type=Map)["r1"].__setitem__("order", 99),
+        ),
+        lambda d: d.get("runs", type=Map)["r1"].to_py(),
+        lambda role: {
+            "code": "1",
+            "status": "ok",
+            "order": 99,
+            "outputs": [
+                {"output_type": "stream", "name": "stdout", "text": "1\n"},
+                {"output_type": "stream", "name": "stdout", "text": "forged\n"},
+            ],
+        },
+    ),
+    Case(
+        "reviews",
+        "*",
+        lambda d: d.get("reviews", type=Map).__setitem__("t1", _thread()),
+        lambda d: d.get("reviews", type=Map)["t1"].__setitem__("status", "resolved"),
+        lambda d: d.get("reviews", type=Map)["t1"]["status"],
+        lambda role: "resolved",
+    ),
+    Case(
+        "reviewPasses",
+        "*",
+        lambda d: d.get("reviewPasses", type=Map).__setitem__("p1", Map({"seq": 1, "by": "u-owner"})),
+        lambda d: d.get("reviewPasses", type=Map)["p1"].__setitem__("seq", 99),
+        lambda d: d.get("reviewPasses", type=Map)["p1"].to_py(),
+        lambda role: {"seq": 99, "by": "u-owner"},
+    ),
 ]
 
 
@@ -176,13 +236,14 @@ def test_every_root_of_the_schema_has_a_row_and_every_row_a_case_and_a_line_in_t
         assert (row.root, row.key) in covered, f"no test case for {row.root}.{row.key}"
         key = f"`{row.key}`" if row.key else "(the root)"
         assert re.search(rf"^\| `{row.root}` \| {re.escape(key)} \|", schema, re.M), (
-            f"docs/doc-schema.md's owner table has no line for {row.root} {key}")
+            f"docs/doc-schema.md's owner table has no line for {row.root} {key}"
+        )
 
 
 async def metric(server: RunningServer, name: str) -> float:
     total = 0.0
     for line in server.hub.metrics.render().decode().splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
+        if line.startswith((name + "{", name + " ")):
             total += float(line.split()[-1])
     return total
 
@@ -206,7 +267,7 @@ async def write_through(node: NodeYClient, change: Callable[[Doc], None]) -> Non
 
 @pytest.mark.parametrize("role", ROLES, ids=[r.value for r in ROLES])
 async def test_each_row_written_by_a_real_client_of_each_role(
-    start_server: StartServer, node_clients: NodeClients, role: Role  # noqa: F811
+    start_server: StartServer, node_clients: NodeClients, role: Role
 ) -> None:
     server = await start_server(secret=SECRET)
     room = room_name()
@@ -217,18 +278,18 @@ async def test_each_row_written_by_a_real_client_of_each_role(
         seeded = {i: normal(case.read(held.doc)) for i, case in enumerate(CASES)}
     node = await node_clients.start(server.ws_base, room, "v2", params={"token": token(room, role)})
     await node.wait_synced()
-    refused_before = await metric(server, "pairroom_guard_reverts_total") + \
-        await metric(server, "pairroom_updates_dropped_total")
+    refused_before = await metric(server, "pairroom_guard_reverts_total") + await metric(
+        server, "pairroom_updates_dropped_total"
+    )
     for case in CASES:
         await write_through(node, case.write)
-    expected = {
-        i: normal(case.written(role)) if allowed(case, role) else seeded[i] for i, case in enumerate(CASES)
-    }
+    expected = {i: normal(case.written(role)) if allowed(case, role) else seeded[i] for i, case in enumerate(CASES)}
     refusals = sum(not allowed(case, role) for case in CASES)
 
     async def all_refusals_counted() -> bool:
-        now = await metric(server, "pairroom_guard_reverts_total") + \
-            await metric(server, "pairroom_updates_dropped_total")
+        now = await metric(server, "pairroom_guard_reverts_total") + await metric(
+            server, "pairroom_updates_dropped_total"
+        )
         return now - refused_before >= refusals
 
     await eventually(all_refusals_counted, timeout=10, what=f"{refusals} refused writes counted")
@@ -278,8 +339,8 @@ async def test_a_nan_in_chat_lets_neither_a_forged_line_nor_poisoned_roles_throu
     editor = await joined(server, room, Role.EDITOR)
     with editor.doc.transaction():
         editor.doc.get("chat", type=Array).append(
-            {"id": "x", "text": "transfer the room to u-editor", "author": "u-owner", "name": "Owner",
-             "at": math.nan})
+            {"id": "x", "text": "transfer the room to u-editor", "author": "u-owner", "name": "Owner", "at": math.nan}
+        )
         editor.doc.get("chat", type=Array).append({"text": "inf", "at": math.inf})
         roles = editor.doc.get("meta", type=Map)["roles"]
         roles["u-editor"] = "owner"
@@ -299,8 +360,9 @@ async def test_a_nan_in_chat_lets_neither_a_forged_line_nor_poisoned_roles_throu
 
     await eventually(corrected, what="the chat lines stamped as the editor's, the roles restored")
     # The editor's own copy converges on the server's.
-    await eventually(lambda: editor.doc.get("meta", type=Map)["roles"].to_py()
-                     == {"u-owner": "owner", "u-editor": "editor"})
+    await eventually(
+        lambda: editor.doc.get("meta", type=Map)["roles"].to_py() == {"u-owner": "owner", "u-editor": "editor"}
+    )
     await editor.close()
     await server.stop()
     again = await start_server(secret=SECRET)
@@ -319,8 +381,9 @@ async def test_a_value_nested_too_deep_is_refused_before_it_touches_the_document
     async with server.hub.registry.hold(room) as held:
         held.set_role("u-owner", Role.OWNER)
         with held.local_change(LocalOrigin("seed")) as doc:
-            doc.get("chat", type=Array).append({"id": "s", "text": "seen", "author": "u-owner", "name": "Owner",
-                                                "at": 1})
+            doc.get("chat", type=Array).append(
+                {"id": "s", "text": "seen", "author": "u-owner", "name": "Owner", "at": 1}
+            )
     editor = await joined(server, room, Role.EDITOR)
     with editor.doc.transaction():
         chat = editor.doc.get("chat", type=Array)
@@ -356,8 +419,9 @@ async def test_a_transaction_the_guards_did_not_see_is_undone_where_it_can_be(
     async with server.hub.registry.hold(room) as held:
         held.set_role("u-owner", Role.OWNER)
         with held.local_change(LocalOrigin("seed")) as doc:
-            doc.get("chat", type=Array).append({"id": "s", "text": "seen", "author": "u-owner", "name": "Owner",
-                                                "at": 1})
+            doc.get("chat", type=Array).append(
+                {"id": "s", "text": "seen", "author": "u-owner", "name": "Owner", "at": 1}
+            )
     editor = await joined(server, room, Role.EDITOR)
     async with server.hub.registry.hold(room) as held:
         member = next(iter(held.members.values()))
@@ -366,7 +430,8 @@ async def test_a_transaction_the_guards_did_not_see_is_undone_where_it_can_be(
         before = forged.get_state()
         with forged.transaction():
             forged.get("chat", type=Array).append(
-                {"text": "the owner says: make u-editor owner", "author": "u-owner", "name": "Owner", "at": 1})
+                {"text": "the owner says: make u-editor owner", "author": "u-owner", "name": "Owner", "at": 1}
+            )
             forged.get("meta", type=Map)["roles"]["u-editor"] = "owner"
             forged.get("meta", type=Map)["kernel"] = Map({"status": "idle"})
         guards = held.guards
@@ -378,8 +443,10 @@ async def test_a_transaction_the_guards_did_not_see_is_undone_where_it_can_be(
         assert _chat_roles_kernel(held.doc)[0] == ["seen", "the owner says: make u-editor owner"]
         guards.after_client_update(member)
         assert _chat_roles_kernel(held.doc) == (["seen"], {"u-owner": "owner"}, False)
-    await eventually(lambda: _chat_roles_kernel(editor.doc) == (["seen"], {"u-owner": "owner"}, False),
-                     what="members receive the correction")
+    await eventually(
+        lambda: _chat_roles_kernel(editor.doc) == (["seen"], {"u-owner": "owner"}, False),
+        what="members receive the correction",
+    )
     await editor.close()
     await server.stop()
     again = await start_server(secret=SECRET)
@@ -448,7 +515,9 @@ HOSTILE_THREADS = [
 def harmless(view: dict[str, Any] | None) -> bool:
     """The malformed thread is gone, or the hostile write never reached it."""
     return view is None or (
-        view["path"] == "a.py" and view["suggestion"] is None and not view["messages"]
+        view["path"] == "a.py"
+        and view["suggestion"] is None
+        and not view["messages"]
         and math.isfinite(view["createdAt"])
     )
 
@@ -487,7 +556,9 @@ async def test_a_malformed_thread_cannot_make_the_reviews_api_fail(
             assert response.status_code == 200, response.text
             threads = {t["id"]: t for t in response.json()["threads"]}
             return harmless(threads.get("bad")) and [m["text"] for m in threads[kept]["messages"]] == [
-                "why?", "and a fine reply"]
+                "why?",
+                "and a fine reply",
+            ]
 
         await eventually(listed, what="the malformed thread removed, the good reply kept, no 500")
         await reviewer.close()
@@ -508,8 +579,9 @@ async def test_the_reviews_api_leaves_out_a_malformed_thread_already_stored(
         with held.local_change(LocalOrigin("seed")) as doc:
             doc.get("reviews", type=Map)["old"] = Map({"path": "a.py", "createdAt": math.nan, "x": deep(3000)})
     async with httpx.AsyncClient(timeout=30) as http:
-        response = await http.get(f"{server.http}/api/rooms/{room}/reviews",
-                                  headers={"authorization": "Bearer " + token(room, Role.VIEWER)})
+        response = await http.get(
+            f"{server.http}/api/rooms/{room}/reviews", headers={"authorization": "Bearer " + token(room, Role.VIEWER)}
+        )
     assert response.status_code == 200, response.text
     assert response.json()["threads"] == []
 
@@ -518,7 +590,7 @@ async def test_the_reviews_api_leaves_out_a_malformed_thread_already_stored(
 
 
 async def test_an_update_under_another_connections_client_id_is_refused_and_copies_converge(
-    start_server: StartServer, node_clients: NodeClients  # noqa: F811
+    start_server: StartServer, node_clients: NodeClients
 ) -> None:
     server = await start_server(secret=SECRET)
     room = room_name()
@@ -587,6 +659,7 @@ async def test_reviewer_updates_on_a_large_document_cost_work_proportional_to_th
         for i in range(2000):
             text.insert(len(text) // 2, f"line {i} " + "x" * 1000 + "\n")
     async with server.hub.registry.hold(room) as held:
+
         def arrived() -> bool:
             big = held.doc.get("files", type=Map).get("big.py")
             return isinstance(big, Text) and len(big) > 2_000_000
@@ -595,8 +668,7 @@ async def test_reviewer_updates_on_a_large_document_cost_work_proportional_to_th
         size = len(held.doc.get_update())
     assert size > 2_000_000
     reviewer = await joined(server, room, Role.REVIEWER)
-    check = server.hub.registry.write_check
-    assert isinstance(check, ReviewerWrites)
+    check = next(e for e in server.hub.registry.extensions.extensions if isinstance(e, ReviewerWrites))
     chat = reviewer.doc.get("chat", type=Array)
     chat.append({"text": "first"})
     await eventually(lambda: len(editor.doc.get("chat", type=Array)) == 1)
@@ -688,7 +760,7 @@ def test_hostile_update_bytes_are_refused_not_raised() -> None:
 
 def test_extension_rows_join_the_table() -> None:
     from pairroom.extensions import Extension
-    from pairroom.rooms.owners import OwnerRow, OWNERS
+    from pairroom.rooms.owners import OWNERS, OwnerRow
 
     class Terminals(Extension):
         name = "terminals"

@@ -31,16 +31,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pairroom.protocol.origins import LocalOrigin
+from pairroom.review import export as review_export
+from pairroom.review import passes as review_passes
+from pairroom.review import threads as review
+from pairroom.review.threads import ReviewError
+from pairroom.rooms.identity import Principal, Role
+from pairroom.rooms.owners import review_thread
+from pairroom.rooms.room import Room
 from pairroom.web.api import ApiError, handles_errors, json_body, room_of
 from pairroom.web.auth import authenticate
 from pairroom.web.hub import Hub
-from pairroom.review import threads as review
-from pairroom.review import export as review_export
-from pairroom.review import passes as review_passes
-from pairroom.rooms.identity import Principal, Role
-from pairroom.rooms.owners import review_thread
-from pairroom.review.threads import ReviewError
-from pairroom.rooms.room import Room
 
 log = logging.getLogger("pairroom.review")
 

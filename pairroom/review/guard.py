@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from pycrdt import Array, Map, Subscription
 
-from pairroom.protocol.origins import ClientOrigin, LocalOrigin, Origin
+from pairroom.protocol.origins import ClientOrigin, LocalOrigin
 from pairroom.review import threads as review
 from pairroom.rooms.extension import Change, Extension
 from pairroom.rooms.room import RoomState

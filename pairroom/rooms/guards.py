@@ -96,17 +96,21 @@ class DocumentGuards:
     def __init__(self, room: Room, rows: Sequence[OwnerRow] = ()) -> None:
         self.room = room
         self.table = OwnerTable.default(rows)
-        self.roots: dict[str, Map | Array | Text] = {
+        self.roots: dict[str, Map[Any] | Array[Any] | Text] = {
             name: room.doc.get(name, type=kind) for name, kind in self.table.roots.items()
         }
-        self.chat = self.roots["chat"]
-        self.meta = self.roots["meta"]
-        self.kept: dict[str, dict[str, Any]] = {name: {} for name, shared in self.roots.items()
-                                                if isinstance(shared, Map)}
+        chat, meta = self.roots["chat"], self.roots["meta"]
+        assert isinstance(chat, Array) and isinstance(meta, Map)  # the built-in rows say so
+        self.chat: Array[Any] = chat
+        self.meta: Map[Any] = meta
+        self.kept: dict[str, dict[str, Any]] = {
+            name: {} for name, shared in self.roots.items() if isinstance(shared, Map)
+        }
         # Array roots: a fingerprint of each entry as the server has seen it, so that when a
         # client's transaction could not be followed, the entries it added can still be found.
-        self.entries: dict[str, list[Any]] = {name: [] for name, shared in self.roots.items()
-                                              if isinstance(shared, Array)}
+        self.entries: dict[str, list[Any]] = {
+            name: [] for name, shared in self.roots.items() if isinstance(shared, Array)
+        }
         self.reverted = 0  # writes reverted since the room loaded (also counted by the listener)
         self._touched: set[tuple[str, str | None]] = set()
         self._inserts: list[tuple[str, int, Any]] = []
@@ -155,7 +159,7 @@ class DocumentGuards:
                     entries[position:position] = prints
                     position += len(prints)
                 elif "delete" in step:
-                    del entries[position:position + step["delete"]]
+                    del entries[position : position + step["delete"]]
 
     def _collect(self, root: str, events: list[Any]) -> None:
         shared = self.roots[root]
@@ -203,7 +207,7 @@ class DocumentGuards:
                 for step in path[1:]:
                     node = node[step]
                 _follow(node, event)
-            except Exception:
+            except (KeyError, IndexError, TypeError, ValueError):
                 kept[key] = to_kept(shared.get(key))  # could not follow: copy it whole again
 
     def _is_kept(self, root: str, key: str) -> bool:
@@ -301,10 +305,15 @@ class DocumentGuards:
             self.reverted += 1
             self.room.listener.on_write_reverted(self.room, member, root, key)
         if reverts:
-            log.info("client writes reverted", extra={
-                "room": self.room.name, "conn": member.id, "role": member.role.value,
-                "keys": sorted({f"{r}.{k}" if k else r for r, k in reverts}),
-            })
+            log.info(
+                "client writes reverted",
+                extra={
+                    "room": self.room.name,
+                    "conn": member.id,
+                    "role": member.role.value,
+                    "keys": sorted({f"{r}.{k}" if k else r for r, k in reverts}),
+                },
+            )
 
     def _accept_key(self, role: Role, root: str, key: str) -> bool:
         row = self.table.row(root, key)
@@ -350,10 +359,14 @@ class DocumentGuards:
                     if not self._is_kept(root, key):
                         row = self.table.row(root, key)
                         assert row is not None
-                        if valid_key(row, key) and _read_checked(row.validate, lambda: shared.get(key)):
+                        if valid_key(row, key) and _read_checked(row.validate, functools.partial(shared.get, key)):
                             continue
-                    elif key in kept and key in shared and _read_checked(
-                        lambda value: bool(to_kept(value) == kept[key]), lambda: shared.get(key)
+                    elif (
+                        key in kept
+                        and key in shared
+                        and _read_checked(
+                            functools.partial(_same_as_kept, kept[key]), functools.partial(shared.get, key)
+                        )
                     ):
                         continue
                     elif key not in kept and key not in shared:
@@ -364,7 +377,7 @@ class DocumentGuards:
                 reverted.extend((root, None) for _ in range(self._remove_unseen_entries(root, shared)))
         return reverted
 
-    def _remove_unseen_entries(self, root: str, shared: Array) -> int:
+    def _remove_unseen_entries(self, root: str, shared: Array[Any]) -> int:
         """Remove every entry the server has not seen (added by the transaction that could not be
         followed: it cannot be stamped) and every entry without the row's shape."""
         seen = self.entries[root]
@@ -372,7 +385,7 @@ class DocumentGuards:
         for index in range(len(shared)):
             try:
                 now.append(_fingerprint(shared[index]))
-            except Exception:
+            except Exception:  # noqa: BLE001 - fail closed: an entry that cannot be read is removed
                 now.append(object())  # cannot even be read: never matches
         keep = [False] * len(now)
         matcher = difflib.SequenceMatcher(None, seen, now, autojunk=False)
@@ -382,7 +395,11 @@ class DocumentGuards:
         row = self.table.row(root, None)
         removed = 0
         for index in reversed(range(len(now))):
-            if not keep[index] or row is None or not _read_checked(row.validate, lambda: shared[index]):
+            if (
+                not keep[index]
+                or row is None
+                or not _read_checked(row.validate, functools.partial(shared.__getitem__, index))
+            ):
                 del shared[index]
                 removed += 1
         return removed
@@ -421,11 +438,15 @@ def _fingerprint(item: Any) -> Any:
         return object()
 
 
+def _same_as_kept(kept: Any, value: Any) -> bool:
+    return bool(to_kept(value) == kept)
+
+
 def _read_checked(validate: Any, read: Any) -> bool:
     """Read a value and validate it; a value that cannot even be read (too deep) fails."""
     try:
         return checked(validate, read())
-    except Exception:
+    except Exception:  # noqa: BLE001 - fail closed: what cannot be read is not accepted
         return False
 
 
@@ -447,7 +468,7 @@ def _follow(node: Any, event: Any) -> None:
                 node[position:position] = items
                 position += len(items)
             elif "delete" in step:
-                del node[position:position + step["delete"]]
+                del node[position : position + step["delete"]]
     else:
         raise TypeError("not followed")  # text and the like: copied whole again
 
@@ -567,6 +588,8 @@ def _single_client(update: bytes) -> int | None:
 
 def _same_person(a: Member, b: Member) -> bool:
     return (
-        a.principal is not None and b.principal is not None and not a.principal.anonymous
+        a.principal is not None
+        and b.principal is not None
+        and not a.principal.anonymous
         and a.principal.user_id == b.principal.user_id
     )

@@ -49,7 +49,7 @@ class OwnerRow:
     writers: frozenset[Role]  # roles whose clients may write it; empty: the server only
     validate: Validator
     shape: str  # for docs/doc-schema.md
-    root_type: type[Map] | type[Array] | type[Text] = Map
+    root_type: type[Map[Any]] | type[Array[Any]] | type[Text] = Map
 
     def allows(self, role: Role) -> bool:
         return role in self.writers
@@ -67,7 +67,7 @@ class OwnerTable:
 
     rows: Sequence[OwnerRow]
     _by_key: dict[tuple[str, str | None], OwnerRow] = field(init=False)
-    _roots: dict[str, type[Map] | type[Array] | type[Text]] = field(init=False)
+    _roots: dict[str, type[Map[Any]] | type[Array[Any]] | type[Text]] = field(init=False)
 
     def __post_init__(self) -> None:
         self._by_key = {}
@@ -86,7 +86,7 @@ class OwnerTable:
         return cls([*BUILTIN_ROWS, *extra])
 
     @property
-    def roots(self) -> dict[str, type[Map] | type[Array] | type[Text]]:
+    def roots(self) -> dict[str, type[Map[Any]] | type[Array[Any]] | type[Text]]:
         return dict(self._roots)
 
     def row(self, root: str, key: str | None) -> OwnerRow | None:
@@ -129,8 +129,7 @@ def _plain(value: Any, depth: int, max_string: int, budget: list[int]) -> bool:
         return len(value) <= max_string
     if isinstance(value, (dict, Map)):
         return all(
-            isinstance(k, str) and len(k) <= 256 and _plain(v, depth - 1, max_string, budget)
-            for k, v in value.items()
+            isinstance(k, str) and len(k) <= 256 and _plain(v, depth - 1, max_string, budget) for k, v in value.items()
         )
     if isinstance(value, (list, tuple, Array)):
         return all(_plain(v, depth - 1, max_string, budget) for v in value)
@@ -139,8 +138,10 @@ def _plain(value: Any, depth: int, max_string: int, budget: list[int]) -> bool:
 
 def finite_number(value: Any) -> bool:
     return (
-        isinstance(value, (int, float)) and not isinstance(value, bool)
-        and math.isfinite(value) and abs(value) <= MAX_INT
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and abs(value) <= MAX_INT
     )
 
 
@@ -181,9 +182,7 @@ POLICY_VALUES: dict[str, Callable[[Any], bool]] = {
 
 
 def policy_map(value: Any) -> bool:
-    return isinstance(value, Map) and all(
-        k in POLICY_VALUES and POLICY_VALUES[k](v) for k, v in value.items()
-    )
+    return isinstance(value, Map) and all(k in POLICY_VALUES and POLICY_VALUES[k](v) for k, v in value.items())
 
 
 def kernel_map(value: Any) -> bool:
@@ -192,8 +191,6 @@ def kernel_map(value: Any) -> bool:
 
 def run_map(value: Any) -> bool:
     return isinstance(value, Map) and plain_value(value, depth=8)
-
-
 
 
 def chat_entry(item: Any) -> bool:
@@ -226,9 +223,7 @@ def _thread_message(item: Any) -> bool:
 def review_thread(value: Any) -> bool:
     """A review thread: a ``Y.Map`` of the fields docs/doc-schema.md lists, each of its shape."""
     try:
-        return isinstance(value, Map) and all(
-            k in THREAD_FIELDS and THREAD_FIELDS[k](v) for k, v in value.items()
-        )
+        return isinstance(value, Map) and all(k in THREAD_FIELDS and THREAD_FIELDS[k](v) for k, v in value.items())
     except (RecursionError, TypeError, ValueError):
         return False
 
@@ -247,11 +242,22 @@ BUILTIN_ROWS: tuple[OwnerRow, ...] = (
     OwnerRow("meta", "title", OWNERS, short_string(200), "string, at most 200 characters"),
     OwnerRow("meta", "createdAt", SERVER, finite_number, "number"),
     OwnerRow("meta", "roles", SERVER, roles_map, "`Y.Map` user id to role"),
-    OwnerRow("meta", "policy", OWNERS, policy_map,
-             "`Y.Map`: `run` `editors`/`owners`, `recording` bool, `speak` `everyone`/`owners`"),
+    OwnerRow(
+        "meta",
+        "policy",
+        OWNERS,
+        policy_map,
+        "`Y.Map`: `run` `editors`/`owners`, `recording` bool, `speak` `everyone`/`owners`",
+    ),
     OwnerRow("meta", "kernel", SERVER, kernel_map, "`Y.Map`: `status`, `restartedAt`, `node`"),
-    OwnerRow("chat", None, EVERYONE_WHO_WRITES, chat_entry,
-             "appended objects `{id, text}`; the server stamps `author`, `name`, `at`", Array),
+    OwnerRow(
+        "chat",
+        None,
+        EVERYONE_WHO_WRITES,
+        chat_entry,
+        "appended objects `{id, text}`; the server stamps `author`, `name`, `at`",
+        Array,
+    ),
     OwnerRow("runs", "*", SERVER, run_map, "`Y.Map` run record (finite numbers, depth 8)"),
     OwnerRow("reviews", "*", EVERYONE_WHO_WRITES, review_thread, "`Y.Map` thread of known fields"),
     OwnerRow("reviewPasses", "*", SERVER, review_pass, "`Y.Map` review pass"),
@@ -271,5 +277,5 @@ def checked(validate: Validator, value: Any) -> bool:
     """Run a validator; one that raises says no (fail closed)."""
     try:
         return bool(validate(value))
-    except Exception:
+    except Exception:  # noqa: BLE001 - fail closed: a validator that cannot decide says no
         return False

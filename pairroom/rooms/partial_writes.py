@@ -37,7 +37,7 @@ import logging
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pycrdt import Doc, Subscription, TransactionEvent
 
@@ -134,7 +134,7 @@ class _Reader:
         size = self.uint()
         start = self.pos
         self.skip(size)
-        return self.data[start:self.pos]
+        return self.data[start : self.pos]
 
     def string(self) -> str:
         try:
@@ -280,7 +280,7 @@ class StructIndex:
     decoded_bytes: int = 0  # how much has been decoded to build and keep it (the work done)
 
     @classmethod
-    def of(cls, doc: Doc) -> StructIndex:
+    def of(cls, doc: Doc[Any]) -> StructIndex:
         index = cls()
         index.add(doc.get_update())
         return index
@@ -411,7 +411,7 @@ class StructIndex:
         return True
 
 
-def touches_only(doc: Doc, update: bytes, roots: frozenset[str]) -> bool:
+def touches_only(doc: Doc[Any], update: bytes, roots: frozenset[str]) -> bool:
     """``StructIndex.touches_only`` on a fresh index of ``doc`` (for one-off checks and tests)."""
     return StructIndex.of(doc).touches_only(update, roots)
 
@@ -436,8 +436,7 @@ class ReviewerWrites(Extension):
             return False
         allowed = self.index_of(room).touches_only(update, REVIEWER_ROOTS)
         if not allowed:
-            log.info("reviewer update outside reviews and chat dropped",
-                     extra={"room": room.name, "conn": member.id})
+            log.info("reviewer update outside reviews and chat dropped", extra={"room": room.name, "conn": member.id})
         return allowed
 
     def on_unload(self, room: Room) -> None:
@@ -479,4 +478,3 @@ def decode_state_vector(data: bytes) -> dict[int, int]:
         clock, pos = read_var_uint(data, pos)
         out[client] = clock
     return out
-
