@@ -56,6 +56,7 @@ log = logging.getLogger("pairroom.guards")
 MAX_CHAT_TEXT = 4096
 MAX_UPDATE_DEPTH = 100  # values nest at most 16 deep by the owner table; pycrdt breaks near 1,000
 GUARD = LocalOrigin("guard")
+_ABSENT = object()
 
 
 class _SMap(dict[str, Any]):
@@ -116,10 +117,16 @@ class DocumentGuards:
         self._inserts: list[tuple[str, int, Any]] = []
         self._lost = False  # what a client's transaction touched could not be worked out
         self.client_ids = ClientIdClaims(room)
-        self._subscriptions = [
-            (shared, shared.observe_deep(functools.partial(self._on_events, name)))
-            for name, shared in self.roots.items()
-        ]
+        self._nested = False  # the update being integrated may hold nested values
+        self._subscriptions: list[tuple[Map[Any] | Array[Any] | Text, Any]] = []
+        for name, shared in self.roots.items():
+            if self.table.deep(name):
+                watch = shared.observe_deep(functools.partial(self._on_events, name))
+            elif isinstance(shared, Map):  # only keys set and deleted: not every keystroke
+                watch = shared.observe(functools.partial(self._on_event, name))
+            else:
+                continue  # a text root taken whole: its writers are checked before integrating
+            self._subscriptions.append((shared, watch))
 
     def close(self) -> None:
         for shared, subscription in self._subscriptions:
@@ -127,6 +134,9 @@ class DocumentGuards:
         self._subscriptions.clear()
 
     # -- watching ---------------------------------------------------------------------------------
+
+    def _on_event(self, root: str, event: Any) -> None:
+        self._on_events(root, [event])
 
     def _on_events(self, root: str, events: list[Any]) -> None:
         from_client = isinstance(self.room.current_origin, ClientOrigin)
@@ -232,7 +242,9 @@ class DocumentGuards:
           seeing the transaction at all;
         - structs under a Yjs client id of another person's live connection (``ClientIdClaims``).
         """
-        if _may_nest_deeper(update, MAX_UPDATE_DEPTH):
+        # Nested values are where pycrdt's events can fail; only then are arrays recounted after.
+        self._nested = _may_nest_deeper(update, 8)
+        if self._nested and _may_nest_deeper(update, MAX_UPDATE_DEPTH):
             try:
                 depth = decode_update(update).depth
             except UpdateDecodeError:
@@ -258,8 +270,9 @@ class DocumentGuards:
         touched, self._touched = self._touched, set()
         inserts, self._inserts = self._inserts, []
         lost, self._lost = self._lost or lost, False
-        if not lost and any(len(self.roots[root]) != len(seen) for root, seen in self.entries.items()):
+        if not lost and self._nested and any(len(self.roots[r]) != len(seen) for r, seen in self.entries.items()):
             lost = True  # an array changed and its events never reached the guards
+        self._nested = False
         if not touched and not inserts and not lost:
             return
         # Decide first, outside any transaction: an edit that needs nothing costs no server change.
@@ -321,11 +334,11 @@ class DocumentGuards:
             return False
         shared = self.roots[root]
         assert isinstance(shared, Map)
-        if key not in shared:
+        value = shared.get(key, _ABSENT)
+        if value is _ABSENT:
             if row.server_kept:
                 self.kept[root].pop(key, None)
             return True  # a writer may delete what it may write
-        value = shared.get(key)
         if not checked(row.validate, value):
             return False
         if row.server_kept:
@@ -521,15 +534,19 @@ class ClientIdClaims:
     def __init__(self, room: Room) -> None:
         self.room = room
         self.owner: dict[int, Member] = {}
+        self._prefix: dict[str, bytes] = {}  # connection id -> header of its usual one-struct update
         self._of: dict[str, set[int]] = {}  # connection id -> the client ids it claimed
 
     def check(self, member: Member, update: bytes) -> int | None:
         """The first client id ``update`` writes under that belongs to another live connection, or
         None (and then the client ids it adds structs under are ``member``'s from now on)."""
+        if update.startswith(self._prefix.get(member.id, b"\xff")):
+            return None  # the common case: a member's next edit, one struct under its own id
         mine = self._of.get(member.id, set())
         first = _single_client(update)
         if first is not None and first in mine:
-            return None  # the common case: a member's next edit
+            self._prefix[member.id] = b"\x01\x01" + _var_uint(first)
+            return None
         try:
             decoded = decode_update(update)
         except UpdateDecodeError:
@@ -551,6 +568,7 @@ class ClientIdClaims:
                 # The same person's new connection (a reconnect the server has not noticed the
                 # end of yet, or a second tab sharing the document): the id moves with them.
                 self._of.get(holder.id, set()).discard(client)
+                self._prefix.pop(holder.id, None)
             if holder is None and client in presence.remote_owner:
                 return client  # a connection on another node announced it
         for client in new:
@@ -560,6 +578,7 @@ class ClientIdClaims:
 
     def forget(self, member: Member) -> None:
         """``member`` left: its client ids are free again (its next connection reuses them)."""
+        self._prefix.pop(member.id, None)
         for client in self._of.pop(member.id, ()):
             if self.owner.get(client) is member:
                 del self.owner[client]
@@ -584,6 +603,15 @@ def _single_client(update: bytes) -> int | None:
     except (ProtocolError, IndexError):
         return None
     return client
+
+
+def _var_uint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def _same_person(a: Member, b: Member) -> bool:

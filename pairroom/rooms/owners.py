@@ -50,6 +50,9 @@ class OwnerRow:
     validate: Validator
     shape: str  # for docs/doc-schema.md
     root_type: type[Map[Any]] | type[Array[Any]] | type[Text] = Map
+    # Whether changes inside the value are checked too, or only setting and deleting the key: a
+    # file is whatever its writers type, so keystrokes (most of all updates) cost the guards nothing.
+    deep: bool = True
 
     def allows(self, role: Role) -> bool:
         return role in self.writers
@@ -88,6 +91,10 @@ class OwnerTable:
     @property
     def roots(self) -> dict[str, type[Map[Any]] | type[Array[Any]] | type[Text]]:
         return dict(self._roots)
+
+    def deep(self, root: str) -> bool:
+        """Whether changes inside the values of ``root`` are checked (any of its rows says so)."""
+        return any(row.deep for row in self.rows if row.root == root)
 
     def row(self, root: str, key: str | None) -> OwnerRow | None:
         """The row for ``root`` (``key`` None) or ``root[key]``; None means the server's."""
@@ -237,8 +244,8 @@ def anything(value: Any) -> bool:
 
 
 BUILTIN_ROWS: tuple[OwnerRow, ...] = (
-    OwnerRow("files", "*", FILE_WRITERS, file_value, "`Y.Text`; the key a valid path"),
-    OwnerRow("text", None, FILE_WRITERS, text_root, "`Y.Text`", Text),
+    OwnerRow("files", "*", FILE_WRITERS, file_value, "`Y.Text`; the key a valid path", deep=False),
+    OwnerRow("text", None, FILE_WRITERS, text_root, "`Y.Text`", Text, deep=False),
     OwnerRow("meta", "title", OWNERS, short_string(200), "string, at most 200 characters"),
     OwnerRow("meta", "createdAt", SERVER, finite_number, "number"),
     OwnerRow("meta", "roles", SERVER, roles_map, "`Y.Map` user id to role"),
