@@ -30,6 +30,7 @@ from pairroom.rooms.partial_writes import REVIEWER_ROOTS, ReviewerWrites, Struct
 from pairroom.web.auth import mint
 
 from .conftest import RunningServer, StartServer
+from .support.redis_server import redis_servers  # noqa: F401
 from .support.yjs_node import NodeClients, NodeYClient, node_clients  # noqa: F401
 from .yclient import YClient, eventually
 
@@ -649,6 +650,45 @@ async def test_a_reconnect_of_the_same_person_keeps_its_client_id(start_server: 
     assert second.close_code is None
     await first.close()
     await second.close()
+
+
+async def test_a_client_id_announced_on_another_node_is_protected_there_too(
+    start_server: StartServer,
+    redis_servers: Any,  # noqa: F811
+) -> None:
+    """The victim is on node A; node B knows its client id from the presence A relays. Another
+    person's update under it is refused on B; the victim's own reconnect to B is not."""
+    (redis,) = await redis_servers(1)
+    node_a = await start_server(secret=SECRET, redis=redis.url, node_id="node-a")
+    node_b = await start_server(secret=SECRET, redis=redis.url, node_id="node-b")
+    room = room_name()
+    victim_doc = Doc()
+    victim = await YClient.connect(node_a.ws(room) + "?token=" + token(room, Role.EDITOR), victim_doc)
+    await victim.synced.wait()
+    victim.insert(0, "hello")
+    await victim.set_awareness({"file": "main.py"})
+    attacker_token = mint(SECRET, room, Role.EDITOR, "Mallory", user_id="u-mallory")
+    attacker = await YClient.connect(node_b.ws(room) + "?token=" + attacker_token)
+    await attacker.synced.wait()
+    await eventually(lambda: str(attacker.text) == "hello", what="the edit crossed the nodes")
+    b_room = node_b.hub.registry.rooms[room]
+    await eventually(lambda: victim_doc.client_id in b_room.presence.remote_owner, what="presence crossed")
+    forged = Doc(client_id=victim_doc.client_id)
+    forged.apply_update(attacker.doc.get_update())
+    before = forged.get_state()
+    forged.get("text", type=Text).insert(5, "!")
+    await attacker.send_raw(protocol.sync_update(forged.get_update(before)))
+    assert await attacker.closed() == protocol.CloseCode.UPDATE_REJECTED
+    # The victim's own new connection on B, with the same document, keeps writing.
+    again = await YClient.connect(
+        node_b.ws(room) + "?token=" + token(room, Role.EDITOR), Doc(client_id=victim_doc.client_id)
+    )
+    await again.synced.wait()
+    again.insert(5, " world")
+    await eventually(lambda: str(victim.text) == "hello world", what="the victim's copies converge")
+    assert again.close_code is None
+    await again.close()
+    await victim.close()
 
 
 # -- reviewers' writes: work bounded by the update ------------------------------------------------------

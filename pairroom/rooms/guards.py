@@ -522,8 +522,9 @@ class ClientIdClaims:
     connection that adds structs under it (or announces it in its awareness), until that connection
     leaves; an update from another person's connection adding structs under it is refused (the
     same person's connections may pass an id between them: a reconnect can come before the server
-    notices the old connection is gone). In open mode nobody is anyone in particular, so a reconnect
-    that races its own old connection is refused too and reconnects again.
+    notices the old connection is gone). In open mode nobody is anyone in particular: there a
+    refusal could only hit someone's own reconnect, so ids pass freely (the protection needs the
+    identities a secret gives).
 
     Structs the room already has do not count: a client's sync step 2 may carry other members'
     edits it received while the server's step 1 was in flight. The cost of a member's next edit is
@@ -569,12 +570,22 @@ class ClientIdClaims:
                 # end of yet, or a second tab sharing the document): the id moves with them.
                 self._of.get(holder.id, set()).discard(client)
                 self._prefix.pop(holder.id, None)
-            if holder is None and client in presence.remote_owner:
-                return client  # a connection on another node announced it
+            if holder is None and client in presence.remote_owner and not self._announced_by(client, member):
+                return client  # another person's connection on another node announced it
         for client in new:
             self.owner[client] = member
             self._of.setdefault(member.id, set()).add(client)
         return None
+
+    def _announced_by(self, client: int, member: Member) -> bool:
+        """Whether the presence another node relays for ``client`` is ``member``'s person (stamped
+        by that node from the token): a reconnect to this node before the other noticed the drop."""
+        state = self.room.presence.awareness.states.get(client) or {}
+        user = state.get("user") if isinstance(state, dict) else None
+        principal = member.principal
+        if principal is None or principal.anonymous:
+            return True  # open mode: nobody is anyone in particular (see the class docstring)
+        return isinstance(user, dict) and user.get("id") == principal.user_id
 
     def forget(self, member: Member) -> None:
         """``member`` left: its client ids are free again (its next connection reuses them)."""
@@ -615,9 +626,8 @@ def _var_uint(value: int) -> bytes:
 
 
 def _same_person(a: Member, b: Member) -> bool:
-    return (
-        a.principal is not None
-        and b.principal is not None
-        and not a.principal.anonymous
-        and a.principal.user_id == b.principal.user_id
-    )
+    """Whether two connections may be the same person's: the same user id, or no identity at all
+    (open mode, where a refusal could only hit someone's own reconnect)."""
+    if a.principal is None or b.principal is None or a.principal.anonymous or b.principal.anonymous:
+        return True
+    return a.principal.user_id == b.principal.user_id
