@@ -654,7 +654,7 @@ async def test_a_reconnect_of_the_same_person_keeps_its_client_id(start_server: 
 
 async def test_a_client_id_announced_on_another_node_is_protected_there_too(
     start_server: StartServer,
-    redis_servers: Any,  # noqa: F811
+    redis_servers: Any,
 ) -> None:
     """The victim is on node A; node B knows its client id from the presence A relays. Another
     person's update under it is refused on B; the victim's own reconnect to B is not."""
