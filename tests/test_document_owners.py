@@ -820,5 +820,7 @@ def test_extension_rows_join_the_table() -> None:
     table = OwnerTable.default(Terminals().document_rows())
     row = table.row("terminals", "t1")
     assert row is not None and row.allows(Role.OWNER) and not row.allows(Role.EDITOR)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="two rows"):
         OwnerTable.default([OwnerRow("meta", "policy", OWNERS, bool, "")])
+    with pytest.raises(ValueError, match="deep=False"):  # unwatched changes could not be reverted
+        OwnerTable.default([OwnerRow("notes", "*", OWNERS, bool, "", deep=False)])

@@ -79,6 +79,12 @@ class OwnerTable:
             if (row.root, row.key) in self._by_key:
                 raise ValueError(f"two rows for {row.root}.{row.key}")
             known = self._roots.setdefault(row.root, row.root_type)
+            if not row.deep and not FILE_WRITERS <= row.writers:
+                # What is not watched cannot be reverted: only rows every full writer may write
+                # can leave the changes inside their values unchecked.
+                raise ValueError(f"{row.root}.{row.key}: deep=False needs owners and editors among its writers")
+            if row.root_type is Text and not FILE_WRITERS <= row.writers:
+                raise ValueError(f"{row.root}: a text root cannot be reverted; owners and editors must write it")
             if known is not row.root_type:
                 raise ValueError(f"root {row.root!r} declared as {known.__name__} and {row.root_type.__name__}")
             self._by_key[(row.root, row.key)] = row
@@ -237,10 +243,6 @@ def review_thread(value: Any) -> bool:
 
 def review_pass(value: Any) -> bool:
     return isinstance(value, Map) and plain_value(value, depth=2, max_string=1024)
-
-
-def anything(value: Any) -> bool:
-    return plain_value(value)
 
 
 BUILTIN_ROWS: tuple[OwnerRow, ...] = (
