@@ -179,6 +179,7 @@ class ExtensionRunner:
     extensions: Sequence[Extension]
     errors: ErrorCounter = field(default_factory=_NoCounter)
     _by_hook: dict[str, tuple[Extension, ...]] = field(init=False)
+    document_rows: tuple[OwnerRow, ...] = field(init=False)  # every extension's owner-table rows
 
     def __post_init__(self) -> None:
         ordered = sorted(enumerate(self.extensions), key=lambda pair: (pair[1].priority, pair[0]))
@@ -186,6 +187,7 @@ class ExtensionRunner:
         self._by_hook = {
             hook: tuple(e for e in self.extensions if hook in hooks_of(e)) for hook in ALL_HOOKS
         }
+        self.document_rows = tuple(row for e in self.extensions for row in e.document_rows())
 
     def implementing(self, hook: str) -> tuple[Extension, ...]:
         return self._by_hook[hook]

@@ -129,7 +129,7 @@ class Room:
         self.holders = 0  # server-side users (API calls, kernels) keeping the room loaded
         self._txn = _SERVER
         self._subscription = self.doc.observe(self._on_transaction)
-        self.guards = DocumentGuards(self)
+        self.guards = DocumentGuards(self, self.extensions.document_rows)
         if self.extensions.has("on_awareness"):
             self.presence.on_member_states = self._awareness_changed
 
