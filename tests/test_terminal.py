@@ -208,6 +208,14 @@ async def test_two_members_see_the_same_output_and_a_viewer_cannot_type(ts: Term
     assert not (workspace.path / "hacked").exists()
     commands = [c["line"] for c in a.of("command")]
     assert "echo $((6*7))" in commands and not any("hacked" in c for c in commands)
+    # the terminal and its commands are in the document too, for late joiners, storage and replay
+    doc = await YClient.connect(f"ws://127.0.0.1:{ts.port}/yjs/{room}?token={bob.token}")
+    await until(lambda: terminal["id"] in doc.doc.get("terminals", type=Map), what="the terminal's entry")
+    entry = doc.doc.get("terminals", type=Map)[terminal["id"]].to_py()
+    assert entry["status"] == "running" and entry["by"] == ada.user and entry["name"] == "main"
+    assert any(c["by"] == ada.user and c["line"] == "echo $((6*7))" for c in entry["commands"])
+    assert not any("hacked" in c["line"] for c in entry["commands"])
+    await doc.close()
     await a.close()
     await b.close()
 

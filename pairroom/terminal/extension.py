@@ -45,6 +45,7 @@ class Terminals(Extension):
             yield
             return
         service = TerminalService(node.registry, self.kernel_settings, self.terminal_settings)
+        service.node = node.node_id  # written to each terminal's entry in the document
         try:
             await service.start()
         except SandboxUnavailable as exc:
