@@ -74,20 +74,28 @@ class TermServer:
         return self.server.config.app.state.hub.registry
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def ts(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TermServer]:
-    tmp = tmp_path_factory.mktemp("terminals")
+async def start_terminal_server(tmp: Path, terminals: TerminalSettings) -> TermServer:
     settings = dataclasses.replace(
         Settings(), port=0, db=f"sqlite:///{tmp / 'pairroom.db'}", log_format="text", secret=SECRET, kernels=False
     )
-    app = create_app(settings, extensions=[Terminals(KERNELS, enabled=True, settings=TERMINALS)])
+    app = create_app(settings, extensions=[Terminals(KERNELS, enabled=True, settings=terminals)])
     server = Server(uvicorn_config(app, settings, signals=False))
     task = await start_serving(server)
     http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=30)
-    yield TermServer(server, task, http)
-    await http.aclose()
-    server.should_exit = True
-    await task
+    return TermServer(server, task, http)
+
+
+async def stop_terminal_server(ts: TermServer) -> None:
+    await ts.http.aclose()
+    ts.server.should_exit = True
+    await ts.task
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def ts(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TermServer]:
+    server = await start_terminal_server(tmp_path_factory.mktemp("terminals"), TERMINALS)
+    yield server
+    await stop_terminal_server(server)
 
 
 @dataclasses.dataclass
@@ -536,3 +544,19 @@ async def test_deleting_the_room_ends_its_terminals(ts: TermServer) -> None:
     await until(lambda: ts.service.get(room, terminal["id"]) is None, what="the terminal is gone")
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+async def test_a_terminal_nobody_watches_that_stays_quiet_ends(tmp_path: Path) -> None:
+    idle = await start_terminal_server(tmp_path, dataclasses.replace(TERMINALS, idle_seconds=1.0))
+    try:
+        room = new_room()
+        ada, _, _ = members(room)
+        terminal = await create(idle, room, ada)
+        watcher = await TermClient.connect(idle, room, terminal["id"], ada)
+        await ready(watcher)
+        await watcher.close()  # nobody watches from here on
+        await until(lambda: idle.service.get(room, terminal["id"]) is None, what="the idle terminal ended")
+        listed = (await idle.http.get(f"/api/rooms/{room}/terminals", headers=ada.headers)).json()["terminals"]
+        assert listed == []
+    finally:
+        await stop_terminal_server(idle)
