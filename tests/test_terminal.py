@@ -560,3 +560,16 @@ async def test_a_terminal_nobody_watches_that_stays_quiet_ends(tmp_path: Path) -
         assert listed == []
     finally:
         await stop_terminal_server(idle)
+
+
+async def test_settings_come_from_pairroom_ext_terminals_variables() -> None:
+    from pairroom.terminal.extension import parse_options
+
+    terminal, workspace = parse_options(
+        {"max_per_room": "5", "workspace_ignore": ".git/, *.log", "workspace_max_file_bytes": "2048"}, TERMINALS
+    )
+    assert terminal.max_per_room == 5 and terminal.output_bytes_per_second == TERMINALS.output_bytes_per_second
+    assert workspace == {"ignore": (".git/", "*.log"), "max_file_bytes": 2048}
+    for bad, says in (({"max_per_room": "many"}, "not a int"), ({"idle_seconds": "-1"}, "positive"), ({"colour": "x"}, "unknown")):
+        with pytest.raises(ValueError, match=says):
+            parse_options(bad, TERMINALS)

@@ -42,10 +42,17 @@ class TerminalLimit(RuntimeError):
 
 
 class TerminalService:
-    def __init__(self, registry: Any, kernel_settings: KernelSettings, settings: TerminalSettings | None = None) -> None:
+    def __init__(
+        self,
+        registry: Any,
+        kernel_settings: KernelSettings,
+        settings: TerminalSettings | None = None,
+        workspace: dict[str, Any] | None = None,
+    ) -> None:
         self.registry = registry
         self.kernel_settings = kernel_settings
         self.settings = settings or TerminalSettings()
+        self.workspace_overrides = workspace or {}  # WorkspaceSettings fields (ignore rules, caps)
         self.rooms: dict[str, dict[str, Terminal]] = {}
         self.sandbox: Sandbox | None = None
         self.cgroups: Cgroups | None = None
@@ -64,7 +71,8 @@ class TerminalService:
         if self.sandbox.drops_privileges:
             uid, gid = self.kernel_settings.kernel_uid, self.kernel_settings.kernel_gid
         self.workspaces = Workspaces.attach(
-            self.registry, WorkspaceSettings(root=self.kernel_settings.state_dir, uid=uid, gid=gid)
+            self.registry,
+            WorkspaceSettings(root=self.kernel_settings.state_dir, uid=uid, gid=gid, **self.workspace_overrides),
         )
         self._reaper = asyncio.create_task(self._reap_idle(), name="pairroom-terminals-idle")
         log.info("terminals ready", extra={"sandbox": "bubblewrap" if self.sandbox.isolated else "none",
