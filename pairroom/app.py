@@ -53,7 +53,7 @@ def builtin_extensions(settings: Settings) -> list[Extension]:
         Kernels(
             settings.kernel_settings(), enabled=settings.kernels, clustered=bool(settings.redis), shutdown_timeout=limit
         ),
-        Terminals(settings.kernel_settings(), enabled=settings.kernels),
+        Terminals(settings.kernel_settings(), enabled=settings.kernels, options=settings.extension_settings("terminals")),
         VersionControl(settings.vcs_settings()),
         Calls(settings.rtc, clustered=bool(settings.redis)),
         Recording(settings.extra, limit),

@@ -74,20 +74,28 @@ class TermServer:
         return self.server.config.app.state.hub.registry
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def ts(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TermServer]:
-    tmp = tmp_path_factory.mktemp("terminals")
+async def start_terminal_server(tmp: Path, terminals: TerminalSettings) -> TermServer:
     settings = dataclasses.replace(
         Settings(), port=0, db=f"sqlite:///{tmp / 'pairroom.db'}", log_format="text", secret=SECRET, kernels=False
     )
-    app = create_app(settings, extensions=[Terminals(KERNELS, enabled=True, settings=TERMINALS)])
+    app = create_app(settings, extensions=[Terminals(KERNELS, enabled=True, settings=terminals)])
     server = Server(uvicorn_config(app, settings, signals=False))
     task = await start_serving(server)
     http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=30)
-    yield TermServer(server, task, http)
-    await http.aclose()
-    server.should_exit = True
-    await task
+    return TermServer(server, task, http)
+
+
+async def stop_terminal_server(ts: TermServer) -> None:
+    await ts.http.aclose()
+    ts.server.should_exit = True
+    await ts.task
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def ts(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TermServer]:
+    server = await start_terminal_server(tmp_path_factory.mktemp("terminals"), TERMINALS)
+    yield server
+    await stop_terminal_server(server)
 
 
 @dataclasses.dataclass
@@ -208,6 +216,14 @@ async def test_two_members_see_the_same_output_and_a_viewer_cannot_type(ts: Term
     assert not (workspace.path / "hacked").exists()
     commands = [c["line"] for c in a.of("command")]
     assert "echo $((6*7))" in commands and not any("hacked" in c for c in commands)
+    # the terminal and its commands are in the document too, for late joiners, storage and replay
+    doc = await YClient.connect(f"ws://127.0.0.1:{ts.port}/yjs/{room}?token={bob.token}")
+    await until(lambda: terminal["id"] in doc.doc.get("terminals", type=Map), what="the terminal's entry")
+    entry = doc.doc.get("terminals", type=Map)[terminal["id"]].to_py()
+    assert entry["status"] == "running" and entry["by"] == ada.user and entry["name"] == "main"
+    assert any(c["by"] == ada.user and c["line"] == "echo $((6*7))" for c in entry["commands"])
+    assert not any("hacked" in c["line"] for c in entry["commands"])
+    await doc.close()
     await a.close()
     await b.close()
 
@@ -528,3 +544,32 @@ async def test_deleting_the_room_ends_its_terminals(ts: TermServer) -> None:
     await until(lambda: ts.service.get(room, terminal["id"]) is None, what="the terminal is gone")
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+async def test_a_terminal_nobody_watches_that_stays_quiet_ends(tmp_path: Path) -> None:
+    idle = await start_terminal_server(tmp_path, dataclasses.replace(TERMINALS, idle_seconds=1.0))
+    try:
+        room = new_room()
+        ada, _, _ = members(room)
+        terminal = await create(idle, room, ada)
+        watcher = await TermClient.connect(idle, room, terminal["id"], ada)
+        await ready(watcher)
+        await watcher.close()  # nobody watches from here on
+        await until(lambda: idle.service.get(room, terminal["id"]) is None, what="the idle terminal ended")
+        listed = (await idle.http.get(f"/api/rooms/{room}/terminals", headers=ada.headers)).json()["terminals"]
+        assert listed == []
+    finally:
+        await stop_terminal_server(idle)
+
+
+async def test_settings_come_from_pairroom_ext_terminals_variables() -> None:
+    from pairroom.terminal.extension import parse_options
+
+    terminal, workspace = parse_options(
+        {"max_per_room": "5", "workspace_ignore": ".git/, *.log", "workspace_max_file_bytes": "2048"}, TERMINALS
+    )
+    assert terminal.max_per_room == 5 and terminal.output_bytes_per_second == TERMINALS.output_bytes_per_second
+    assert workspace == {"ignore": (".git/", "*.log"), "max_file_bytes": 2048}
+    for bad, says in (({"max_per_room": "many"}, "not a int"), ({"idle_seconds": "-1"}, "positive"), ({"colour": "x"}, "unknown")):
+        with pytest.raises(ValueError, match=says):
+            parse_options(bad, TERMINALS)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+import dataclasses
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from starlette.routing import BaseRoute
@@ -23,12 +24,23 @@ log = logging.getLogger("pairroom.terminal")
 class Terminals(Extension):
     name = "terminals"
     builtin = True
-    priority = 55  # stopped before the recorder and the rooms' final flush, like kernels
+    # Started before the kernels (50), so the workspace settings read here are the ones the room
+    # workspaces get, whichever of the two uses a room's workspace first.
+    priority = 45
 
-    def __init__(self, kernel_settings: KernelSettings, *, enabled: bool, settings: TerminalSettings | None = None) -> None:
+    def __init__(
+        self,
+        kernel_settings: KernelSettings,
+        *,
+        enabled: bool,
+        settings: TerminalSettings | None = None,
+        options: Mapping[str, str] | None = None,
+    ) -> None:
+        """``options`` are the ``PAIRROOM_EXT_TERMINALS_<KEY>`` variables (docs/terminal.md); a bad
+        value raises ValueError naming it, at start-up."""
         self.kernel_settings = kernel_settings
         self.enabled = enabled
-        self.terminal_settings = settings or TerminalSettings()
+        self.terminal_settings, self.workspace_settings = parse_options(options or {}, settings or TerminalSettings())
         self.service: TerminalService | None = None
 
     def routes(self) -> Sequence[BaseRoute]:
@@ -44,7 +56,8 @@ class Terminals(Extension):
             node.state.terminals_error = "terminals are disabled on this server (--no-kernels)"
             yield
             return
-        service = TerminalService(node.registry, self.kernel_settings, self.terminal_settings)
+        service = TerminalService(node.registry, self.kernel_settings, self.terminal_settings, self.workspace_settings)
+        service.node = node.node_id  # written to each terminal's entry in the document
         try:
             await service.start()
         except SandboxUnavailable as exc:
@@ -62,3 +75,35 @@ class Terminals(Extension):
     def on_deleted(self, room_name: str) -> None:
         if self.service is not None and room_name in self.service.rooms:
             self.service.spawn(self.service.close_room(room_name), f"pairroom-terminals-close-{room_name}")
+
+
+_TERMINAL_KEYS = {"max_per_room": int, "idle_seconds": float, "output_bytes_per_second": int, "rows": int, "cols": int}
+_WORKSPACE_KEYS = {"workspace_max_file_bytes": int, "workspace_poll_seconds": float}
+
+
+def parse_options(options: Mapping[str, str], base: TerminalSettings) -> tuple[TerminalSettings, dict[str, object]]:
+    """Terminal settings and workspace overrides from ``PAIRROOM_EXT_TERMINALS_*`` values::
+
+        MAX_PER_ROOM=3  IDLE_SECONDS=1800  OUTPUT_BYTES_PER_SECOND=1048576
+        WORKSPACE_IGNORE=.git/,node_modules/,*.pyc  WORKSPACE_MAX_FILE_BYTES=1048576  WORKSPACE_POLL_SECONDS=0.5
+    """
+    terminal: dict[str, object] = {}
+    workspace: dict[str, object] = {}
+    for key, raw in options.items():
+        if key == "workspace_ignore":
+            workspace["ignore"] = tuple(p.strip() for p in raw.split(",") if p.strip())
+            continue
+        kind = _TERMINAL_KEYS.get(key) or _WORKSPACE_KEYS.get(key)
+        if kind is None:
+            raise ValueError(f"PAIRROOM_EXT_TERMINALS_{key.upper()}: unknown setting")
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ValueError(f"PAIRROOM_EXT_TERMINALS_{key.upper()}={raw!r}: not a {kind.__name__}") from None
+        if value <= 0:
+            raise ValueError(f"PAIRROOM_EXT_TERMINALS_{key.upper()}={raw!r}: must be positive")
+        if key in _TERMINAL_KEYS:
+            terminal[key] = value
+        else:
+            workspace[key.removeprefix("workspace_")] = value
+    return dataclasses.replace(base, **terminal), workspace  # type: ignore[arg-type]

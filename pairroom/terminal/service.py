@@ -13,13 +13,18 @@ import contextlib
 import logging
 import os
 import secrets
+import socket
 import time
 from typing import Any
 
 from pairroom.kernels.limits import Cgroups, detect_cgroups
 from pairroom.kernels.sandbox import Sandbox, probe
 from pairroom.kernels.settings import KernelSettings
+from pycrdt import Array, Map
+
+from pairroom.protocol.origins import LocalOrigin
 from pairroom.rooms.identity import Principal, Role
+from pairroom.rooms.room import RoomState
 from pairroom.workspace import Workspaces, WorkspaceSettings
 
 from .pty import Shell
@@ -28,16 +33,26 @@ from .settings import TerminalSettings
 
 log = logging.getLogger("pairroom.terminal")
 
+TERMINALS_ROOT = "terminals"
+MAX_COMMANDS = 200
+
 
 class TerminalLimit(RuntimeError):
     """The room has its maximum number of terminals."""
 
 
 class TerminalService:
-    def __init__(self, registry: Any, kernel_settings: KernelSettings, settings: TerminalSettings | None = None) -> None:
+    def __init__(
+        self,
+        registry: Any,
+        kernel_settings: KernelSettings,
+        settings: TerminalSettings | None = None,
+        workspace: dict[str, Any] | None = None,
+    ) -> None:
         self.registry = registry
         self.kernel_settings = kernel_settings
         self.settings = settings or TerminalSettings()
+        self.workspace_overrides = workspace or {}  # WorkspaceSettings fields (ignore rules, caps)
         self.rooms: dict[str, dict[str, Terminal]] = {}
         self.sandbox: Sandbox | None = None
         self.cgroups: Cgroups | None = None
@@ -45,6 +60,7 @@ class TerminalService:
         self._stacks: dict[Terminal, contextlib.AsyncExitStack] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.node = socket.gethostname()
 
     async def start(self) -> None:
         """Probe the sandbox (raises SandboxUnavailable), find cgroups, attach to the workspaces."""
@@ -55,7 +71,8 @@ class TerminalService:
         if self.sandbox.drops_privileges:
             uid, gid = self.kernel_settings.kernel_uid, self.kernel_settings.kernel_gid
         self.workspaces = Workspaces.attach(
-            self.registry, WorkspaceSettings(root=self.kernel_settings.state_dir, uid=uid, gid=gid)
+            self.registry,
+            WorkspaceSettings(root=self.kernel_settings.state_dir, uid=uid, gid=gid, **self.workspace_overrides),
         )
         self._reaper = asyncio.create_task(self._reap_idle(), name="pairroom-terminals-idle")
         log.info("terminals ready", extra={"sandbox": "bubblewrap" if self.sandbox.isolated else "none",
@@ -95,7 +112,7 @@ class TerminalService:
         try:
             await workspace.ensure_dir()
             terminal = Terminal(terminal_id, title, room, principal, self.settings, self._role_of(room),
-                                self._start_shell, workspace)
+                                self._start_shell, workspace, self._record)
             terminals[terminal_id] = terminal  # counted from here: two creates cannot both pass the limit
             self._stacks[terminal] = stack
             await terminal.start()
@@ -113,6 +130,36 @@ class TerminalService:
             loaded = self.registry.rooms.get(room)  # held loaded by the terminal's workspace
             return loaded.role_of(principal) if loaded is not None else principal.role
         return role_of
+
+    def _record(self, terminal: Terminal, command: dict[str, Any] | None) -> None:
+        """The terminal's entry in the document's ``terminals`` map (docs/terminal.md): its state and
+        the last ``MAX_COMMANDS`` command lines with who ran them, so late joiners, storage and the
+        room's recording have them without the socket."""
+        room = self.registry.rooms.get(terminal.room)
+        if room is None or room.state is not RoomState.ACTIVE:
+            return
+        with room.local_change(LocalOrigin(f"terminal:{terminal.id}")) as doc:
+            terminals = doc.get(TERMINALS_ROOT, type=Map)
+            entry = terminals.get(terminal.id)
+            if not isinstance(entry, Map):
+                terminals[terminal.id] = Map({
+                    "name": terminal.name, "by": terminal.created_by.user_id,
+                    "createdAt": int(terminal.created_at * 1000), "commands": Array(),
+                })
+                entry = terminals[terminal.id]
+            fields = {"status": terminal.status, "rows": terminal.rows, "cols": terminal.cols,
+                      "exit": terminal.exit_code, "node": self.node}
+            for key, value in fields.items():
+                if entry.get(key) != value:
+                    entry[key] = value
+            if command is not None:
+                commands = entry.get("commands")
+                if not isinstance(commands, Array):
+                    entry["commands"] = Array()
+                    commands = entry["commands"]
+                commands.append(command)
+                if len(commands) > MAX_COMMANDS:
+                    del commands[0 : len(commands) - MAX_COMMANDS]
 
     async def _start_shell(self, terminal: Terminal) -> Shell:
         assert self.sandbox is not None and self.cgroups is not None

@@ -131,6 +131,7 @@ class Terminal:
         role_of: Callable[[Principal], Role],
         start_shell: Callable[[Terminal], Awaitable[Shell]],
         workspace: Any,
+        record: Callable[[Terminal, dict[str, Any] | None], None] = lambda terminal, command: None,
     ) -> None:
         self.id = terminal_id
         self.name = name
@@ -141,6 +142,7 @@ class Terminal:
         self.role_of = role_of
         self._start_shell = start_shell
         self.workspace = workspace
+        self.record = record  # writes the terminal's entry in the document's ``terminals`` map
         self.rows, self.cols = settings.rows, settings.cols
         self.status = "starting"
         self.exit_code: int | None = None
@@ -176,6 +178,7 @@ class Terminal:
         self.status = "running"
         self.exit_code = None
         self.cast.add("m", f"shell started by {self.created_by.name}")
+        self.record(self, None)
 
     def on_output(self, data: bytes) -> None:
         self.output_bytes += len(data)
@@ -248,6 +251,7 @@ class Terminal:
         self.exit_code = code
         self.cast.add("m", f"shell exited with code {code}")
         self.broadcast(json.dumps(["exit", code]))
+        self.record(self, None)
         log.info("terminal shell exited", extra={"room": self.room, "terminal": self.id, "code": code})
 
     async def restart(self) -> None:
@@ -264,6 +268,7 @@ class Terminal:
         if self.shell is not None:
             await self.shell.kill()
         self.status = "ended"
+        self.record(self, None)
         self.ended.set()
 
     # -- viewers -----------------------------------------------------------------------------------
@@ -424,6 +429,7 @@ class Terminal:
         label = f"{principal.name} ran `{line}`" + (f", approved by {approved_by.name}" if approved_by else "")
         self.cast.add("m", label)
         self.broadcast(json.dumps(["command", entry]))
+        self.record(self, entry)
 
     def resize(self, viewer: Viewer, rows: Any, cols: Any) -> None:
         """The driver's size: only members who may type set it; viewers render at the PTY's size."""
@@ -439,6 +445,7 @@ class Terminal:
         self.emulator.resize(rows, cols)
         self.cast.add("r", f"{cols}x{rows}")
         self.broadcast(json.dumps(["resize", rows, cols]))
+        self.record(self, None)
 
     # -- proposals ---------------------------------------------------------------------------------
 
