@@ -622,3 +622,27 @@ def test_a_pull_merges_lines_and_keeps_clashing_ones_out() -> None:
     assert merged == "a\nX\nc\nD\n"  # the room's line stays, the clean change comes in
     assert [(c.ours, c.theirs) for c in conflicts] == [("X\n", "Y\n")]
     assert merged[conflicts[0].start:conflicts[0].end] == "X\n"
+
+
+async def test_an_owner_limits_git_to_owners_live_and_nobody_else_writes_meta_git(
+        room: tuple[RunningServer, str, Path]) -> None:
+    server, name, _ = room
+    owner_token, editor_token = token(name, "own", "Owner", role="owner"), token(name, "ed", "Ed")
+    owner = await joined(server, name, owner_token)
+    editor = await joined(server, name, editor_token)
+    files_of(editor)["e.txt"] = Text("e\n")
+    await eventually(lambda: server_text(server, name, "e.txt") == "e\n")
+    # an editor's client cannot touch meta.git: the server reverts it
+    meta = editor.doc.get("meta", type=Map)
+    head = meta["git"]["head"]
+    meta["git"]["head"] = "0" * 40
+    await eventually(lambda: editor.doc.get("meta", type=Map)["git"]["head"] == head, what="meta.git reverted")
+    # the owner's client sets the policy: editors may no longer commit, at once
+    owner.doc.get("meta", type=Map)["policy"] = Map({"git": "owners"})
+    await eventually(lambda: isinstance(server.hub.registry.rooms[name].doc.get("meta", type=Map).get("policy"), Map))
+    async with api(server, editor_token) as http:
+        refused = await http.post(f"/api/rooms/{name}/git/commit", json={"message": "m"})
+        assert refused.status_code == 403 and "owners" in refused.json()["error"]
+        assert (await http.get(f"/api/rooms/{name}/git/status")).json()["canCommit"] is False
+    async with api(server, owner_token) as http:
+        assert (await http.post(f"/api/rooms/{name}/git/commit", json={"message": "m"})).status_code == 201

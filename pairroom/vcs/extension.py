@@ -7,10 +7,12 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from pycrdt import Map
 from starlette.routing import BaseRoute
 
 from pairroom.rooms.extension import Extension
 from pairroom.rooms.member import Member
+from pairroom.rooms.owners import SERVER, OwnerRow, plain_value
 from pairroom.rooms.room import Room
 
 from .api import LobbyOpener, routes
@@ -46,6 +48,13 @@ class VersionControl(Extension):
         finally:
             self.service = node.state.git = node.state.git_opener = None
             await service.stop()
+
+    def document_rows(self) -> Sequence[OwnerRow]:
+        """``meta.git`` is the server's: a copy of the repository's state for people to see."""
+        return (
+            OwnerRow("meta", "git", SERVER, lambda v: isinstance(v, Map) and plain_value(v, depth=6),
+                     "`Y.Map`: `remote`, `branch`, `ref`, `base`, `head`, `skipped`, `lastCommit`, `pushed`, `pulled`"),
+        )
 
     def on_join(self, room: Room, member: Member) -> None:
         """Remember each member's name and email, to credit them in commits others make."""
