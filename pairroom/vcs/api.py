@@ -17,7 +17,6 @@ pull and push need an editor or an owner (only owners with ``meta.policy.git = "
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from pycrdt import Map
@@ -35,7 +34,6 @@ from pairroom.web.hub import Hub
 from .gitcli import GitError
 from .service import Prepared, VcsService, check_path
 
-log = logging.getLogger("pairroom.vcs")
 MAX_MESSAGE = 64 * 1024
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -19,7 +18,6 @@ from .api import LobbyOpener, routes
 from .service import VcsService
 from .settings import VcsSettings
 
-log = logging.getLogger("pairroom.vcs")
 
 
 class VersionControl(Extension):

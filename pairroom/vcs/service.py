@@ -122,7 +122,6 @@ class VcsService:
         self.settings = settings
         self.rooms: dict[str, RoomGit] = {}
         self.workspaces: Workspaces | None = None
-        self._pending_people: dict[str, dict[str, dict[str, str]]] = {}  # rooms without a repository yet
         self.readers: dict[str, attribution.LogReader] = {}  # each room's log, read so far
         self._made_root = settings.root is None
         root = settings.root
@@ -166,8 +165,7 @@ class VcsService:
         entry = {"name": person.name, "email": person.email}
         try:
             found = self.room_git(room_name)
-        except GitError:  # no repository yet: kept for when one is opened
-            self._pending_people.setdefault(room_name, {})[principal.user_id] = entry
+        except GitError:  # a room without a repository: nobody to credit
             return
         if found.people.get(principal.user_id) != entry:
             found.people[principal.user_id] = entry
@@ -183,8 +181,9 @@ class VcsService:
         """The room was deleted: its repository goes with it."""
         self.rooms.pop(room_name, None)
         self.readers.pop(room_name, None)
-        self._pending_people.pop(room_name, None)
-        shutil.rmtree(os.path.join(self.root, dir_name(room_name) + ".git"), ignore_errors=True)
+        path = os.path.join(self.root, dir_name(room_name) + ".git")
+        if os.path.isdir(path):  # off the loop: a repository can be large
+            asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, path, True)
 
     def person(self, state: RoomGit, user_id: str) -> Person:
         entry = state.people.get(user_id)
@@ -274,7 +273,6 @@ class VcsService:
         state.remote, state.ref, state.base = prepared.remote.url, prepared.ref, prepared.head
         state.branch = "pairroom/" + (re.sub(r"[^A-Za-z0-9_-]", "-", room.name)[:100] or "room")
         state.skipped = prepared.skipped + [{"path": p, "reason": kind} for p, (_, kind) in prepared.on_disk.items()]
-        state.people.update(self._pending_people.pop(room.name, {}))
         if principal is not None:
             person = person_of(principal)
             state.people[principal.user_id] = {"name": person.name, "email": person.email}
@@ -300,6 +298,8 @@ class VcsService:
                     safe_fs.write_atomic(str(workspace.path), file_path, blob, owner=owner)
 
             await self.workspaces.io(write)
+        log.info("repository opened", extra={"room": room.name, "remote": state.remote, "base": state.base,
+                                             "files": len(prepared.text)})
         return {"remote": state.remote, "ref": state.ref, "base": state.base, "files": len(prepared.text),
                 "skipped": state.skipped}
 
@@ -447,6 +447,8 @@ class VcsService:
             last = {"sha": final, "at": int(time.time() * 1000), "by": principal.user_id, "name": author.name,
                     "coauthors": commits[-1].get("coauthors", []), "count": len(commits)}
             self._mirror(room, state, final, lastCommit=last)
+            log.info("committed", extra={"room": room.name, "head": final, "commits": len(commits),
+                                         "coauthors": len(coauthors)})
             return {"head": final, "commits": commits}
 
     async def _settle(self, state: RoomGit, new: str, changed: dict[str, str], removed: list[str], message: str,
@@ -498,6 +500,7 @@ class VcsService:
             await state.repo.push(state.remote, state.branch, state.credential, force)
             head = await state.repo.rev(HEAD_REF)
             self._mirror(room, state, head or "", pushed={"sha": head, "at": int(time.time() * 1000)})
+            log.info("pushed", extra={"room": room.name, "head": head, "branch": state.branch, "force": force})
             return {"head": head, "remote": state.remote, "branch": state.branch}
 
     async def pull(self, room: Room, principal: Principal, ref: object) -> dict[str, Any]:
@@ -538,6 +541,7 @@ class VcsService:
             state.save()
             self._mirror(room, state, new, pulled={"sha": new, "at": int(time.time() * 1000), "by": principal.user_id,
                                                    "conflicts": conflicts})
+            log.info("pulled", extra={"room": room.name, "head": new, "changed": len(changed), "conflicts": len(conflicts)})
             return {"head": new, "fetched": fetched, "changed": changed, "conflicts": conflicts, "upToDate": False}
 
     async def _apply(self, state: RoomGit, room: Room, old: str, new: str, principal: Principal) -> tuple[
