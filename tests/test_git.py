@@ -53,6 +53,7 @@ def remote(tmp_path: Path) -> Path:
     git("clone", str(bare), str(work))
     (work / "main.py").write_text("def one():\n    return 1\n\n\ndef two():\n    return 2\n")
     (work / "README.md").write_text("# demo\n")
+    (work / "win.txt").write_bytes(b"line one\r\nline two\r\n")
     (work / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0binary")
     (work / "big.txt").write_text("x" * (1024 * 1024 + 10))
     os.symlink("/etc/passwd", work / "passwd")
@@ -109,7 +110,8 @@ async def test_opening_a_repository_imports_text_lists_the_rest_and_keeps_base(r
     server, name, remote = room
     ada = await joined(server, name, token(name, "ada", "Ada"))
     files = files_of(ada)
-    assert set(files.keys()) == {"main.py", "README.md"}
+    assert set(files.keys()) == {"main.py", "README.md", "win.txt"}
+    assert str(files["win.txt"]) == "line one\r\nline two\r\n"  # line endings kept byte for byte
     assert str(files["main.py"]).startswith("def one():")
     listing = ada.doc.get("workspace", type=Map)
     assert {k: v["kind"] for k, v in listing.items()} == {"logo.png": "binary", "big.txt": "large"}
@@ -216,6 +218,8 @@ async def test_commit_credits_the_author_and_every_coauthor_and_push_lands_it(ro
     assert (clone / "main.py").read_text() == server_text(server, name, "main.py")
     assert (clone / "notes.md").read_text() == "bob was here\n"
     assert (clone / "logo.png").read_bytes().startswith(b"\x89PNG")  # kept from the base tree
+    assert (clone / "win.txt").read_bytes() == b"line one\r\nline two\r\n"
+    assert git("show", "--name-only", "--format=", "HEAD", cwd=clone).split() == ["main.py", "notes.md"]
     git("fsck", "--strict", cwd=clone)
 
 
@@ -419,7 +423,7 @@ async def test_import_git_command_opens_a_room(node: RunningServer, remote: Path
     )
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
-    assert "room fromcli: 2 files" in out.decode()
+    assert "room fromcli: 3 files" in out.decode()
     assert "owner: http" in out.decode()
     proc = await asyncio.create_subprocess_exec(
         str(Path(".venv/bin/pairroom").resolve()), "import-git", f"file://{remote}", "--as", "fromcli",
@@ -646,3 +650,25 @@ async def test_an_owner_limits_git_to_owners_live_and_nobody_else_writes_meta_gi
         assert (await http.get(f"/api/rooms/{name}/git/status")).json()["canCommit"] is False
     async with api(server, owner_token) as http:
         assert (await http.post(f"/api/rooms/{name}/git/commit", json={"message": "m"})).status_code == 201
+
+
+async def test_a_pull_lands_while_someone_keeps_typing_in_the_same_file(
+        room: tuple[RunningServer, str, Path], tmp_path: Path) -> None:
+    server, name, remote = room
+    ada_token = token(name, "ada", "Ada")
+    ada = await joined(server, name, ada_token)
+    upstream_commit(remote, tmp_path / "other", "main", "main.py", lambda t: t.replace("return 2", "return 22"))
+    text = files_of(ada)["main.py"]
+    async with api(server, ada_token) as http:
+        pull = asyncio.create_task(http.post(f"/api/rooms/{name}/git/pull", json={"ref": "main"}))
+        typed = 0
+        while not pull.done() or typed < 5:  # keystrokes before, during and after the pull
+            text.insert(0, "#")  # at the top, far from two()
+            typed += 1
+            await asyncio.sleep(0.002)  # a fast typist's pace
+        pulled = await pull
+    assert pulled.status_code == 200, pulled.text
+    assert typed > 10
+    expected = "#" * typed + "def one():\n    return 1\n\n\ndef two():\n    return 22\n"
+    await eventually(lambda: server_text(server, name, "main.py") == expected, what="every keystroke and the pull")
+    await eventually(lambda: str(files_of(ada)["main.py"]) == expected, what="Ada sees both")
