@@ -31,6 +31,7 @@ import base64
 import ipaddress
 import os
 import re
+import shlex
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -176,7 +177,7 @@ class Git:
             "GIT_ASKPASS": "/bin/false",
             "SSH_ASKPASS": "/bin/false",
             "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new"
-            + (f" -o IdentitiesOnly=yes -i {key_file}" if key_file else ""),
+            + (f" -o IdentitiesOnly=yes -i {shlex.quote(key_file)}" if key_file else ""),
         }
         if credential is not None and credential.token:
             env.update({

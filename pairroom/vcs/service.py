@@ -123,6 +123,7 @@ class VcsService:
         self.rooms: dict[str, RoomGit] = {}
         self.workspaces: Workspaces | None = None
         self.readers: dict[str, attribution.LogReader] = {}  # each room's log, read so far
+        self._blames: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}  # (room, path) -> (seq, answer)
         self._made_root = settings.root is None
         root = settings.root
         if root is not None:
@@ -637,6 +638,18 @@ class VcsService:
 
     async def blame(self, room: Room, path: str) -> dict[str, Any]:
         await room.flush()
+        key = (room.name, path)
+        cached = self._blames.get(key)
+        if cached is not None and cached[0] == room.stored_seq:
+            return cached[1]
+        seq = room.stored_seq
+        answer = await self._blame(room, path)
+        self._blames[key] = (seq, answer)
+        if len(self._blames) > 256:  # the newest answers only
+            self._blames.pop(next(iter(self._blames)))
+        return answer
+
+    async def _blame(self, room: Room, path: str) -> dict[str, Any]:
         found = await attribution.blame(self.store, room.name, path)
         if found is None:
             raise GitError(404, f"no file {path!r} in the room's log")

@@ -149,7 +149,7 @@ export class GitPanel {
     )))
     for (const [i, change] of status.changes.entries()) els.changes.children[i].dataset.path = change.path
     if (this.diffPath && !status.changes.some((c) => c.path === this.diffPath)) this.hideDiff()
-    if (this.blaming) this.loadBlame()
+    if (this.blaming && Date.now() - (this.blamedAt ?? 0) > 3000) this.loadBlame() // not on every keystroke
     els.empty.hidden = status.changes.length > 0
     els.coauthors.textContent = status.coauthors.length
       ? `Co-authored-by: ${status.coauthors.map((p) => `${p.name} <${p.email}>`).join(', ')}`
@@ -198,6 +198,7 @@ export class GitPanel {
   async loadBlame() {
     const path = this.current()
     this.blamedPath = path
+    this.blamedAt = Date.now()
     if (!path || !this.view) return
     if (this.view.state.field(blameField, false) === undefined) {
       this.view.dispatch({ effects: StateEffect.appendConfig.of(blameGutter) })
