@@ -672,3 +672,31 @@ async def test_a_pull_lands_while_someone_keeps_typing_in_the_same_file(
     expected = "#" * typed + "def one():\n    return 1\n\n\ndef two():\n    return 22\n"
     await eventually(lambda: server_text(server, name, "main.py") == expected, what="every keystroke and the pull")
     await eventually(lambda: str(files_of(ada)["main.py"]) == expected, what="Ada sees both")
+
+
+def test_the_email_claim_is_read_when_it_is_an_address_and_ignored_otherwise() -> None:
+    from pairroom.vcs.service import person_of
+    from pairroom.web.auth import verify
+
+    good = verify(SECRET, token("r", "ada", "Ada", email="ada@example.org"), "r")
+    assert good.email == "ada@example.org" and person_of(good).email == "ada@example.org"
+    for bad in ("not-an-address", "a@b>\nCo-authored-by: Eve <eve@x>", "x" * 300 + "@example.org"):
+        principal = verify(SECRET, token("r", "eve", "Eve <x>", email=bad), "r")
+        assert principal.email is None
+        assert person_of(principal) == person_of(principal)  # stable
+        assert person_of(principal).email == "eve@users.noreply.pairroom" and person_of(principal).name == "Eve x"
+
+
+async def test_open_mode_opens_a_repository_once(start_server: StartServer, remote: Path, tmp_path: Path) -> None:
+    server = await start_server(git_allow_local=True, db=f"sqlite:///{tmp_path / 'open.db'}")
+    answer = await open_room(server, f"file://{remote}", "openroom")
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["open"] is True and answer.json()["git"]["files"] == 3
+    again = await open_room(server, f"file://{remote}", "openroom")
+    assert again.status_code == 409
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        status = (await http.get("/api/rooms/openroom/git/status")).json()
+        assert status["changes"] == [] and status["canCommit"] is True
+        # a room made without a repository has none
+        assert (await http.post("/api/rooms", json={"room": "plain"})).status_code == 201
+        assert (await http.get("/api/rooms/plain/git/status")).status_code == 409
