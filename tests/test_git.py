@@ -700,3 +700,24 @@ async def test_open_mode_opens_a_repository_once(start_server: StartServer, remo
         # a room made without a repository has none
         assert (await http.post("/api/rooms", json={"room": "plain"})).status_code == 201
         assert (await http.get("/api/rooms/plain/git/status")).status_code == 409
+
+
+async def test_with_a_git_root_the_repository_and_identities_survive_a_restart(
+        start_server: StartServer, remote: Path, tmp_path: Path) -> None:
+    settings = {"secret": SECRET, "git_allow_local": True, "git_root": str(tmp_path / "kept"),
+                "db": f"sqlite:///{tmp_path / 'kept.db'}"}
+    first = await start_server(**settings)
+    assert (await open_room(first, f"file://{remote}", "kept")).status_code == 201
+    bob = await joined(first, "kept", token("kept", "bob", "Bob B", email="bob@example.org"))
+    files_of(bob)["bob.txt"] = Text("b\n")
+    await eventually(lambda: server_text(first, "kept", "bob.txt") == "b\n")
+    await bob.ws.close()
+    await first.stop()
+    second = await start_server(**settings)
+    ada_token = token("kept", "ada", "Ada", email="ada@example.org")
+    async with api(second, ada_token) as http:
+        status = (await http.get("/api/rooms/kept/git/status")).json()
+        assert status["coauthors"] == [{"name": "Bob B", "email": "bob@example.org"}]
+        assert (await http.post("/api/rooms/kept/git/commit", json={"message": "after a restart"})).status_code == 201
+        log = (await http.get("/api/rooms/kept/git/log")).json()["commits"]
+    assert log[0]["coauthors"] == ["Bob B <bob@example.org>"] and log[1]["subject"] == "seed"
