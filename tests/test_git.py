@@ -721,3 +721,24 @@ async def test_with_a_git_root_the_repository_and_identities_survive_a_restart(
         assert (await http.post("/api/rooms/kept/git/commit", json={"message": "after a restart"})).status_code == 201
         log = (await http.get("/api/rooms/kept/git/log")).json()["commits"]
     assert log[0]["coauthors"] == ["Bob B <bob@example.org>"] and log[1]["subject"] == "seed"
+
+
+async def test_only_an_owner_forces_a_push_over_a_diverged_branch(room: tuple[RunningServer, str, Path], tmp_path: Path) -> None:
+    server, name, remote = room
+    owner_token = token(name, "own", "Owner", role="owner")
+    owner = await joined(server, name, owner_token)
+    async with api(server, owner_token) as http:
+        files_of(owner)["README.md"].insert(0, "one ")
+        await eventually(lambda: (server_text(server, name, "README.md") or "").startswith("one"))
+        assert (await http.post(f"/api/rooms/{name}/git/commit", json={"message": "one"})).status_code == 201
+        assert (await http.post(f"/api/rooms/{name}/git/push")).status_code == 200
+        upstream_commit(remote, tmp_path / "other", f"pairroom/{name}", "main.py", lambda t: t + "# theirs\n")
+        files_of(owner)["README.md"].insert(0, "two ")
+        await eventually(lambda: (server_text(server, name, "README.md") or "").startswith("two"))
+        assert (await http.post(f"/api/rooms/{name}/git/commit", json={"message": "two"})).status_code == 201
+        assert (await http.post(f"/api/rooms/{name}/git/push")).status_code == 409
+        forced = await http.post(f"/api/rooms/{name}/git/push", json={"force": True})
+        assert forced.status_code == 200, forced.text
+        head = forced.json()["head"]
+    assert git("rev-parse", f"pairroom/{name}", cwd=remote).strip() == head
+    assert "# theirs" not in git("show", f"pairroom/{name}:main.py", cwd=remote)
