@@ -23,6 +23,8 @@ from pycrdt import Map, Text
 
 from pairroom.vcs.gitcli import GitError, check_remote
 from tests.conftest import RunningServer, StartServer
+from tests.support.nodes import serve_processes  # noqa: F401
+from tests.support.redis_server import redis_servers  # noqa: F401
 from tests.yclient import YClient, eventually
 
 SECRET = "git-tests-secret-of-at-least-32-bytes-long"
@@ -742,3 +744,48 @@ async def test_only_an_owner_forces_a_push_over_a_diverged_branch(room: tuple[Ru
         head = forced.json()["head"]
     assert git("rev-parse", f"pairroom/{name}", cwd=remote).strip() == head
     assert "# theirs" not in git("show", f"pairroom/{name}:main.py", cwd=remote)
+
+
+# -- across nodes ---------------------------------------------------------------------------------
+
+
+async def test_an_edit_on_another_node_is_credited(serve_processes, redis_servers, remote: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Ada opens and commits on node 1; Bob types on node 2 (shared PostgreSQL, real Redis): the
+    stored log names Bob whichever node stored his update, so he is a co-author."""
+    from tests.support.postgres import create_database, drop_database
+
+    (redis,) = await redis_servers(1)
+    pg = await create_database()
+    try:
+        env = {"PAIRROOM_DB": pg, "PAIRROOM_REDIS": redis.url, "PAIRROOM_SECRET": SECRET, "PAIRROOM_KERNELS": "false",
+               "PAIRROOM_GIT_ALLOW_LOCAL": "true", "PAIRROOM_FLUSH_INTERVAL_MS": "50"}
+        one, two = await asyncio.gather(
+            serve_processes({**env, "PAIRROOM_NODE_ID": "n1", "PAIRROOM_GIT_ROOT": str(tmp_path / "g1")}),
+            serve_processes({**env, "PAIRROOM_NODE_ID": "n2", "PAIRROOM_GIT_ROOT": str(tmp_path / "g2")}),
+        )
+        async with httpx.AsyncClient(base_url=one.http, timeout=60) as http:
+            opened = await http.post("/api/rooms", json={"room": "across", "git": {"url": f"file://{remote}"}})
+            assert opened.status_code == 201, opened.text
+        ada_token = token("across", "ada", "Ada", email="ada@example.org")
+        bob_token = token("across", "bob", "Bob", email="bob@example.org")
+        ada = await YClient.connect(f"{one.ws_base}/across?token={ada_token}")
+        bob = await YClient.connect(f"{two.ws_base}/across?token={bob_token}")
+        await asyncio.wait_for(asyncio.gather(ada.synced.wait(), bob.synced.wait()), 10)
+        await eventually(lambda: isinstance(files_of(bob).get("main.py"), Text), timeout=10)
+        files_of(bob)["main.py"].insert(0, "# bob on node 2\n")
+        await eventually(lambda: str(files_of(ada)["main.py"]).startswith("# bob on node 2"), timeout=10)
+        async with httpx.AsyncClient(base_url=one.http, timeout=60,
+                                     headers={"authorization": f"Bearer {ada_token}"}) as http:
+            async def bob_credited() -> bool:
+                status = (await http.get("/api/rooms/across/git/status")).json()
+                return bool(status["coauthors"] == [{"name": "Bob", "email": "bob@example.org"}])
+
+            await eventually(bob_credited, timeout=10, what="Bob's edit and identity seen from node 1")
+            committed = await http.post("/api/rooms/across/git/commit", json={"message": "across nodes"})
+            assert committed.status_code == 201, committed.text
+            log = (await http.get("/api/rooms/across/git/log")).json()["commits"]
+        assert log[0]["coauthors"] == ["Bob <bob@example.org>"]
+        await ada.ws.close()
+        await bob.ws.close()
+    finally:
+        await drop_database(pg)

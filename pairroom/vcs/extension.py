@@ -57,7 +57,7 @@ class VersionControl(Extension):
     def on_join(self, room: Room, member: Member) -> None:
         """Remember each member's name and email, to credit them in commits others make."""
         if self.service is not None and member.principal is not None:
-            self.service.note_person(room.name, member.principal)
+            self.service.note_person(room, member.principal)
 
     def on_deleted(self, room_name: str) -> None:
         if self.service is not None:

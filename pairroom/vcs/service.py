@@ -2,9 +2,10 @@
 
 One bare repository per room on this node, under a directory only the server reads
 (``repo.py``; never the workspace). What the server knows of a room's repository (its remote, branch,
-the seq of the log its last commit covered, the people who edited, the credential) is kept on the
-server (``pairroom-state.json`` beside the repository, the credential only in memory); the document's
-``meta.git`` is a copy for people to see, which nobody's change can make git act on.
+the seq of the log its last commit covered, the credential) is kept on the server
+(``pairroom-state.json`` beside the repository, the credential only in memory); the document's
+``meta.git`` is a copy for people to see, which nobody's change can make git act on, plus
+``meta.git.people``: how to credit each member, written by whichever node they joined.
 
 The repository is per node and, without ``git_root``, removed when the node stops: a room whose
 repository is not on this node answers 409 and is opened again (docs/git.md).
@@ -30,7 +31,7 @@ from pycrdt import Array, Assoc, Map, StickyIndex, Text
 
 from pairroom.protocol.origins import LocalOrigin
 from pairroom.rooms.identity import Principal
-from pairroom.rooms.room import Room
+from pairroom.rooms.room import Room, RoomState
 from pairroom.workspace import LISTING_ROOT, Workspaces
 from pairroom.workspace import merge, safe_fs
 from pairroom.workspace.workspace import dir_name
@@ -78,13 +79,12 @@ class RoomGit:
     base: str = ""  # the commit it was opened at
     last_seq: int = 0  # the log up to here is committed (co-authors count from after it)
     skipped: list[dict[str, Any]] = field(default_factory=list)
-    people: dict[str, dict[str, str]] = field(default_factory=dict)  # user id -> {name, email}
     credential: Credential | None = None  # memory only: never written, never answered
 
     def save(self) -> None:
         state = {
             "remote": self.remote, "branch": self.branch, "ref": self.ref, "base": self.base,
-            "last_seq": self.last_seq, "skipped": self.skipped, "people": self.people,
+            "last_seq": self.last_seq, "skipped": self.skipped,
         }
         path = os.path.join(self.repo.path, STATE_FILE)
         with open(path + ".tmp", "w") as handle:
@@ -97,7 +97,7 @@ class RoomGit:
                 state = json.load(handle)
         except FileNotFoundError:
             return False
-        for key in ("remote", "branch", "ref", "base", "last_seq", "skipped", "people"):
+        for key in ("remote", "branch", "ref", "base", "last_seq", "skipped"):
             setattr(self, key, state[key])
         return True
 
@@ -160,17 +160,35 @@ class VcsService:
         self.rooms[room_name] = found
         return found
 
-    def note_person(self, room_name: str, principal: Principal) -> None:
-        """Remember how to credit a member (their name and email) when others commit their edits."""
+    def note_person(self, room: Room, principal: Principal) -> None:
+        """Remember how to credit a member (their name and email) when others commit their edits.
+
+        Kept in the document's ``meta.git.people`` (written by the server only), so the node that
+        commits knows the people who typed on other nodes; the email is the token's ``email`` claim,
+        which the room's members can then read (without the claim: the noreply address)."""
         person = person_of(principal)
         entry = {"name": person.name, "email": person.email}
-        try:
-            found = self.room_git(room_name)
-        except GitError:  # a room without a repository: nobody to credit
+        git = room.doc.get("meta", type=Map).get("git")
+        if not isinstance(git, Map):
+            return  # a room without a repository: nobody to credit
+        people = git.get("people")
+        if isinstance(people, Map) and people.get(principal.user_id) == entry:
             return
-        if found.people.get(principal.user_id) != entry:
-            found.people[principal.user_id] = entry
-            found.save()
+        # not inside the hook that reported the join: right after it
+        asyncio.get_running_loop().call_soon(self._write_person, room, principal.user_id, entry)
+
+    @staticmethod
+    def _write_person(room: Room, user_id: str, entry: dict[str, str]) -> None:
+        if room.state is not RoomState.ACTIVE:
+            return
+        with room.local_change(LocalOrigin("git:people")) as doc:
+            git = doc.get("meta", type=Map).get("git")
+            if not isinstance(git, Map):
+                return
+            people = git.get("people")
+            if not isinstance(people, Map):
+                people = git["people"] = Map()
+            people[user_id] = entry
 
     def reader(self, room_name: str) -> attribution.LogReader:
         found = self.readers.get(room_name)
@@ -186,9 +204,12 @@ class VcsService:
         if os.path.isdir(path):  # off the loop: a repository can be large
             asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, path, True)
 
-    def person(self, state: RoomGit, user_id: str) -> Person:
-        entry = state.people.get(user_id)
-        if entry:
+    @staticmethod
+    def person(room: Room, user_id: str) -> Person:
+        git = room.doc.get("meta", type=Map).get("git")
+        people = git.get("people") if isinstance(git, Map) else None
+        entry = people.get(user_id) if isinstance(people, Map) else None
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("email"), str):
             return Person(entry["name"], entry["email"])
         return Person(user_id, noreply(user_id))
 
@@ -274,9 +295,6 @@ class VcsService:
         state.remote, state.ref, state.base = prepared.remote.url, prepared.ref, prepared.head
         state.branch = "pairroom/" + (re.sub(r"[^A-Za-z0-9_-]", "-", room.name)[:100] or "room")
         state.skipped = prepared.skipped + [{"path": p, "reason": kind} for p, (_, kind) in prepared.on_disk.items()]
-        if principal is not None:
-            person = person_of(principal)
-            state.people[principal.user_id] = {"name": person.name, "email": person.email}
         self.rooms[room.name] = state
         with room.local_change(LocalOrigin(f"git:import:{prepared.head[:12]}")) as doc:
             files = doc.get("files", type=Map)
@@ -360,13 +378,13 @@ class VcsService:
             kind = "deleted" if path in removed else ("added" if path not in tree else "modified")
             by = touches.by_path.get(path, {})
             out.append({"path": path, "status": kind, "by": [
-                {"id": u, **self._public(state, u), "at": at} for u, at in sorted(by.items(), key=lambda i: i[1])]})
-        coauthors = self._credited(state, touches, [*changed, *removed], principal.user_id)
+                {"id": u, **self._public(room, u), "at": at} for u, at in sorted(by.items(), key=lambda i: i[1])]})
+        coauthors = self._credited(room, touches, [*changed, *removed], principal.user_id)
         return {"head": head, "branch": state.branch, "remote": state.remote, "changes": out,
                 "coauthors": [{"name": p.name, "email": p.email} for p in coauthors]}
 
-    def _public(self, state: RoomGit, user_id: str) -> dict[str, str]:
-        person = self.person(state, user_id)
+    def _public(self, room: Room, user_id: str) -> dict[str, str]:
+        person = self.person(room, user_id)
         return {"name": person.name, "email": person.email}
 
     async def diff(self, room: Room, path: str) -> str:
@@ -389,20 +407,20 @@ class VcsService:
 
     # -- committing ---------------------------------------------------------------------------------
 
-    def _credited(self, state: RoomGit, touches: attribution.Touches, paths: Iterable[str], author: str) -> list[Person]:
+    def _credited(self, room: Room, touches: attribution.Touches, paths: Iterable[str], author: str) -> list[Person]:
         first: dict[str, int] = {}
         for path in paths:
             for user, at in touches.by_path.get(path, {}).items():
                 if user != author:
                     first[user] = min(at, first.get(user, at))
-        people = [self.person(state, user) for user, _ in sorted(first.items(), key=lambda i: i[1])]
+        people = [self.person(room, user) for user, _ in sorted(first.items(), key=lambda i: i[1])]
         return list(dict.fromkeys(people))
 
     async def commit(self, room: Room, principal: Principal, message: str, paths: set[str] | None,
                      series: bool) -> dict[str, Any]:
         state = self.room_git(room.name)
         async with state.lock:
-            self.note_person(room.name, principal)
+            self.note_person(room, principal)
             head = await state.repo.rev(HEAD_REF)
             assert head is not None
             await room.flush()
@@ -426,11 +444,11 @@ class VcsService:
                         continue
                     run_files = {p: run.files[p] for p in run_paths if p in run.files and p in changed}
                     run_removed = [p for p in run_paths if p not in run.files]
-                    who = self.person(state, run.user) if run.user != principal.user_id else author
+                    who = self.person(room, run.user) if run.user != principal.user_id else author
                     body = f"{message} ({who.name})\n"
                     new = await state.repo.commit(new, run_files, run_removed, body, who, SERVER)
                     commits.append({"sha": new, "author": {"name": who.name, "email": who.email}, "paths": sorted(run_paths)})
-            coauthors = self._credited(state, touches, [*changed, *removed], principal.user_id)
+            coauthors = self._credited(room, touches, [*changed, *removed], principal.user_id)
             if commits:  # the branch ends at the room's files, whatever the runs held
                 final = await self._settle(state, new, changed, removed, message, author)
             else:
@@ -661,7 +679,7 @@ class VcsService:
             if stamp is None:
                 entry.update({"user": None, "name": None, "at": None, "origin": None})
             else:
-                person = self.person(state, stamp.user) if stamp.user and state else None
+                person = self.person(room, stamp.user) if stamp.user else None
                 entry.update({"user": stamp.user, "name": person.name if person else None, "at": stamp.at,
                               "origin": stamp.origin.split(":", 1)[0] if stamp.user else stamp.origin})
             lines.append(entry)
