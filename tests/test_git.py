@@ -789,3 +789,48 @@ async def test_an_edit_on_another_node_is_credited(serve_processes, redis_server
         await bob.ws.close()
     finally:
         await drop_database(pg)
+
+
+async def test_room_code_in_the_sandbox_sees_no_repository_and_no_credential(
+        start_server: StartServer, remote: Path, tmp_path: Path) -> None:
+    server = await start_server(secret=SECRET, git_allow_local=True, kernels=True, kernel_pool_size=0,
+                                git_root=str(tmp_path / "private-git"), db=f"sqlite:///{tmp_path / 'box.db'}")
+    if getattr(server.hub.state, "kernels", None) is None:
+        pytest.fail(f"the sandbox is needed here: {getattr(server.hub.state, 'kernels_error', '?')}")
+    assert (await open_room(server, f"file://{remote}", "boxed")).status_code == 201
+    secret = "ghp_" + uuid.uuid4().hex
+    owner = token("boxed", "own", "Owner", role="owner")
+    git_root = server.hub.state.git.root
+    code = f"""
+import os
+found = []
+for pid in os.listdir('/proc'):
+    if pid.isdigit():
+        for part in ('environ', 'cmdline'):
+            try:
+                if {secret!r}.encode() in open(f'/proc/{{pid}}/{{part}}', 'rb').read():
+                    found.append(pid)
+            except OSError:
+                pass
+print('credential seen in', found)
+print('git root visible:', os.path.exists({git_root!r}))
+print('workspace .git:', os.path.exists('/home/room/.git'), sorted(os.listdir('/home/room')))
+"""
+    async with api(server, owner) as http:
+        assert (await http.put("/api/rooms/boxed/git/remote", json={"credential": secret})).status_code == 200
+        push = asyncio.create_task(http.post("/api/rooms/boxed/git/push"))  # git holds it meanwhile
+        started = await http.post("/api/rooms/boxed/runs", json={"code": code})
+        assert started.status_code == 201, started.text
+        run_id = started.json()["id"]
+
+        async def finished() -> bool:
+            run = (await http.get(f"/api/rooms/boxed/runs/{run_id}")).json()
+            return run["status"] not in ("queued", "running")
+
+        await eventually(finished, timeout=60, what="the run in the sandbox")
+        run = (await http.get(f"/api/rooms/boxed/runs/{run_id}")).json()
+        assert (await push).status_code == 200
+    out = "".join(o.get("text", "") for o in run["outputs"] if o["output_type"] == "stream")
+    assert "credential seen in []" in out, run
+    assert "git root visible: False" in out
+    assert "workspace .git: False" in out and "logo.png" in out  # the read-only entries are there
