@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="run this installed third-party extension (repeatable; PAIRROOM_EXTENSIONS=a,b);"
         " its settings come from PAIRROOM_EXT_<NAME>_<KEY>",
     )
+    serve.add_argument(
+        "--extension-catalog", metavar="FILE_OR_URL",
+        help="the extension catalog: a local JSON file, or a TUF repository URL (PAIRROOM_EXTENSION_CATALOG)",
+    )
+    serve.add_argument(
+        "--extension-catalog-root", metavar="ROOT_JSON",
+        help="the pinned TUF root metadata a catalog URL is verified against (PAIRROOM_EXTENSION_CATALOG_ROOT)",
+    )
 
     token = commands.add_parser("token", help="mint an access token for a room")
     token.add_argument("room")

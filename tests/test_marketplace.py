@@ -1,0 +1,272 @@
+"""The extension marketplace: the catalog and its checks, TUF verification of a catalog URL against
+a real TUF repository served over real HTTP (and each attack it must refuse), the operator CLI with
+the real webhook wheel, and per-room switches through the server."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import http.server
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from securesystemslib.signer import CryptoSigner, Signer
+from tuf.api.metadata import MetaFile, Metadata, Root, Snapshot, TargetFile, Targets, Timestamp
+from tuf.api.serialization.json import JSONSerializer
+
+from pairroom.marketplace import catalog as catalogs
+from pairroom.marketplace.catalog import CatalogError
+
+ROLES = ("root", "timestamp", "snapshot", "targets")
+
+
+def good_entry(**changes: object) -> dict[str, object]:
+    entry: dict[str, object] = {
+        "name": "webhook",
+        "summary": "Signed room events as POSTs",
+        "package": "pairroom-webhook",
+        "version": "0.1.0",
+        "files": [{"filename": "pairroom_webhook-0.1.0-py3-none-any.whl", "sha256": "a" * 64}],
+        "capabilities": ["doc.read", "network"],
+        "homepage": "https://example.org/pairroom-webhook",
+    }
+    entry.update(changes)
+    return entry
+
+
+def catalog_bytes(*entries: dict[str, object]) -> bytes:
+    return json.dumps({"catalog": 1, "extensions": list(entries)}).encode()
+
+
+# -- the schema -------------------------------------------------------------------------------------
+
+
+def test_a_good_catalog_parses_every_field():
+    publisher = {"kind": "GitHub", "repository": "org/pairroom-webhook", "workflow": "release.yml"}
+    parsed = catalogs.parse(catalog_bytes(good_entry(publisher=publisher)))
+    assert parsed.errors == ()
+    entry = parsed.entries["webhook"]
+    assert entry.package == "pairroom-webhook" and entry.version == "0.1.0"
+    assert entry.capabilities == {"doc.read", "network"}
+    assert entry.files[0].sha256 == "a" * 64
+    assert entry.publisher == publisher
+    assert catalogs.parse(catalogs.dump(parsed)).entries == parsed.entries  # round trip
+
+
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        ({"files": []}, "files must be a non-empty list"),
+        ({"files": [{"filename": "x-1.whl", "sha256": "XYZ"}]}, "files[0].sha256 must be 64 lower-case hex"),
+        ({"files": [{"filename": "../evil.whl", "sha256": "a" * 64}]}, "is not a wheel or source archive"),
+        ({"capabilities": ["doc.read", "root.shell"]}, "unknown capabilities ['root.shell']"),
+        ({"version": ""}, "version must be a non-empty string"),
+        ({"homepage": "javascript:alert(1)"}, "homepage must be an http(s) URL"),
+        ({"publisher": {"kind": "Myspace"}}, "publisher.kind must be one of"),
+        ({"name": "Bad Name"}, "name 'Bad Name' must be"),
+    ],
+)
+def test_a_malformed_entry_is_left_out_with_an_error_naming_it(changes, says):
+    other = good_entry(name="other")
+    parsed = catalogs.parse(catalog_bytes(other, good_entry(**changes)), "cat.json")
+    assert list(parsed.entries) == ["other"]  # the good entry is kept
+    [message] = parsed.errors
+    assert message.startswith("cat.json: entry 1")
+    assert says in message
+
+
+def test_a_name_listed_twice_keeps_the_first():
+    parsed = catalogs.parse(catalog_bytes(good_entry(), good_entry(version="9.9")))
+    assert parsed.entries["webhook"].version == "0.1.0"
+    assert "listed twice" in parsed.errors[0]
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        (b"{not json", "not JSON"),
+        (b"[]", "must be a JSON object"),
+        (b'{"catalog": 2, "extensions": []}', '"catalog" must be 1'),
+        (b'{"catalog": 1, "extensions": {}}', '"extensions" must be a list'),
+    ],
+)
+def test_a_document_that_is_not_a_catalog_is_refused(raw, says):
+    with pytest.raises(CatalogError, match=says):
+        catalogs.parse(raw, "cat.json")
+
+
+def test_a_local_file_is_trusted_as_the_operators_own(tmp_path):
+    path = tmp_path / "catalog.json"
+    path.write_bytes(catalog_bytes(good_entry()))
+    loaded = catalogs.load(str(path))
+    assert loaded.verified_by == "local file" and "webhook" in loaded.entries
+    with pytest.raises(CatalogError, match="cannot read"):
+        catalogs.load(str(tmp_path / "missing.json"))
+
+
+def test_a_url_without_a_pinned_root_is_refused():
+    with pytest.raises(CatalogError, match="needs its pinned TUF root"):
+        catalogs.load("http://127.0.0.1:9/repo")
+
+
+# -- a real TUF repository over real HTTP -----------------------------------------------------------
+
+
+class TufRepository:
+    """A TUF repository on disk, signed with fresh ed25519 keys, the way a catalog publisher keeps one
+    (python-tuf's metadata API; no consistent snapshots, so the files keep their plain names)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        (directory / "metadata").mkdir(parents=True)
+        (directory / "targets").mkdir()
+        self.signers: dict[str, Signer] = {role: CryptoSigner.generate_ed25519() for role in ROLES}
+        self.root = Metadata(Root(expires=self.later()))
+        for role, signer in self.signers.items():
+            self.root.signed.add_key(signer.public_key, role)
+        self.root.signed.consistent_snapshot = False
+        self.targets = Metadata(Targets(expires=self.later()))
+        self.snapshot = Metadata(Snapshot(expires=self.later()))
+        self.timestamp = Metadata(Timestamp(expires=self.later()))
+        self.published = False
+        self.write("root", self.root)
+        shutil.copy(self.dir / "metadata" / "root.json", self.dir / "metadata" / "1.root.json")
+
+    @staticmethod
+    def later(days: int = 7) -> datetime:
+        return datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=days)
+
+    @property
+    def root_file(self) -> Path:
+        return self.dir / "metadata" / "1.root.json"
+
+    def write(self, role: str, metadata: Metadata, signer: Signer | None = None) -> None:
+        metadata.sign(signer or self.signers[role], append=False)
+        metadata.to_file(str(self.dir / "metadata" / f"{role}.json"), JSONSerializer(compact=False))
+
+    def publish(self, data: bytes, timestamp_expires: datetime | None = None) -> None:
+        """A new catalog: the target, then targets, snapshot and timestamp, each one version up."""
+        (self.dir / "targets" / "catalog.json").write_bytes(data)
+        self.targets.signed.targets["catalog.json"] = TargetFile.from_data("catalog.json", data)
+        if self.published:
+            for metadata in (self.targets, self.snapshot, self.timestamp):
+                metadata.signed.version += 1
+        self.published = True
+        self.snapshot.signed.meta["targets.json"] = MetaFile(version=self.targets.signed.version)
+        self.timestamp.signed.snapshot_meta = MetaFile(version=self.snapshot.signed.version)
+        self.timestamp.signed.expires = timestamp_expires or self.later()
+        self.write("targets", self.targets)
+        self.write("snapshot", self.snapshot)
+        self.write("timestamp", self.timestamp)
+
+    def files(self) -> dict[str, bytes]:
+        return {str(p.relative_to(self.dir)): p.read_bytes() for p in self.dir.rglob("*") if p.is_file()}
+
+    def restore(self, files: dict[str, bytes]) -> None:
+        for name, data in files.items():
+            (self.dir / name).write_bytes(data)
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+@pytest.fixture
+def tuf_repo(tmp_path: Path) -> Iterator[tuple[TufRepository, str]]:
+    """A TUF repository served by a real HTTP server on a free port."""
+    repo = TufRepository(tmp_path / "repo")
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(repo.dir))
+    )
+    thread = threading.Thread(target=httpd.serve_forever, name="tuf-http")
+    thread.start()
+    try:
+        yield repo, f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def fetch(repo: TufRepository, url: str, cache: Path) -> catalogs.Catalog:
+    return catalogs.load(url, str(repo.root_file), cache)
+
+
+def test_a_catalog_url_is_verified_with_tuf(tuf_repo, tmp_path):
+    repo, url = tuf_repo
+    repo.publish(catalog_bytes(good_entry()))
+    loaded = fetch(repo, url, tmp_path / "cache")
+    assert loaded.verified_by == "TUF" and loaded.entries["webhook"].version == "0.1.0"
+    repo.publish(catalog_bytes(good_entry(version="0.2.0")))
+    assert fetch(repo, url, tmp_path / "cache").entries["webhook"].version == "0.2.0"
+
+
+def test_a_rolled_back_repository_is_refused(tuf_repo, tmp_path):
+    repo, url = tuf_repo
+    repo.publish(catalog_bytes(good_entry()))
+    old = repo.files()  # validly signed, and older than what the client will have seen
+    repo.publish(catalog_bytes(good_entry(version="0.2.0")))
+    assert fetch(repo, url, tmp_path / "cache").entries["webhook"].version == "0.2.0"
+    repo.restore(old)
+    with pytest.raises(CatalogError, match="refused by TUF: BadVersionNumberError"):
+        fetch(repo, url, tmp_path / "cache")
+
+
+def test_a_frozen_repository_is_refused(tuf_repo, tmp_path):
+    repo, url = tuf_repo
+    # what a mirror that stopped updating serves once the timestamp's short life is over
+    repo.publish(catalog_bytes(good_entry()), timestamp_expires=datetime.now(timezone.utc) - timedelta(hours=1))
+    with pytest.raises(CatalogError, match="refused by TUF: ExpiredMetadataError"):
+        fetch(repo, url, tmp_path / "cache")
+
+
+def test_metadata_re_signed_by_another_key_is_refused(tuf_repo, tmp_path):
+    repo, url = tuf_repo
+    repo.publish(catalog_bytes(good_entry()))
+    assert fetch(repo, url, tmp_path / "cache").entries
+    # an attacker with the files but not the keys: a new catalog, signed with keys of their own
+    evil = catalog_bytes(good_entry(files=[{"filename": "pairroom_webhook-0.1.0-py3-none-any.whl", "sha256": "b" * 64}]))
+    repo.signers = {role: CryptoSigner.generate_ed25519() for role in ROLES}
+    repo.publish(evil)
+    with pytest.raises(CatalogError, match="refused by TUF: UnsignedMetadataError"):
+        fetch(repo, url, tmp_path / "cache")
+
+
+def test_a_tampered_catalog_is_refused(tuf_repo, tmp_path):
+    repo, url = tuf_repo
+    repo.publish(catalog_bytes(good_entry()))
+    target = repo.dir / "targets" / "catalog.json"
+    # the same length, another pin: only the signed hash can tell
+    target.write_bytes(target.read_bytes().replace(b'"a' + b"a" * 63, b'"c' + b"c" * 63))
+    with pytest.raises(CatalogError, match="refused by TUF: LengthOrHashMismatchError"):
+        fetch(repo, url, tmp_path / "cache")
+    target.write_bytes(target.read_bytes() + b" ")  # longer than signed
+    with pytest.raises(CatalogError, match="refused by TUF: DownloadLengthMismatchError"):
+        fetch(repo, url, tmp_path / "cache")
+
+
+def test_tampered_metadata_is_refused(tuf_repo, tmp_path):
+    repo, url = tuf_repo
+    repo.publish(catalog_bytes(good_entry()))
+    path = repo.dir / "metadata" / "targets.json"
+    signed = json.loads(path.read_bytes())
+    forged = copy.deepcopy(signed)
+    forged["signed"]["targets"]["catalog.json"]["hashes"]["sha256"] = hashlib.sha256(b"other").hexdigest()
+    path.write_text(json.dumps(forged))
+    with pytest.raises(CatalogError, match="refused by TUF: UnsignedMetadataError"):
+        fetch(repo, url, tmp_path / "cache")
+
+
+def test_a_pinned_root_of_another_repository_is_refused(tuf_repo, tmp_path):
+    repo, url = tuf_repo
+    repo.publish(catalog_bytes(good_entry()))
+    other = TufRepository(tmp_path / "other")
+    with pytest.raises(CatalogError, match="refused by TUF"):
+        catalogs.load(url, str(other.root_file), tmp_path / "cache")
