@@ -9,8 +9,13 @@ import functools
 import hashlib
 import http.server
 import json
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 import threading
+import zipfile
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -21,6 +26,7 @@ from tuf.api.metadata import MetaFile, Metadata, Root, Snapshot, TargetFile, Tar
 from tuf.api.serialization.json import JSONSerializer
 
 from pairroom.marketplace import catalog as catalogs
+from pairroom.marketplace import wheels
 from pairroom.marketplace.catalog import CatalogError
 
 ROLES = ("root", "timestamp", "snapshot", "targets")
@@ -270,3 +276,151 @@ def test_a_pinned_root_of_another_repository_is_refused(tuf_repo, tmp_path):
     other = TufRepository(tmp_path / "other")
     with pytest.raises(CatalogError, match="refused by TUF"):
         catalogs.load(url, str(other.root_file), tmp_path / "cache")
+
+
+# -- the operator's commands, with the real webhook wheel -------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+PAIRROOM = str(Path(sys.executable).parent / "pairroom")
+WEBHOOK_WHEEL = "pairroom_webhook-0.1.0-py3-none-any.whl"
+
+
+def build_wheel(project: Path, out: Path) -> Path:
+    """``pip wheel`` of a copy of ``project`` (the build leaves nothing in the source tree)."""
+    source = out.parent / f"src-{project.name}"
+    shutil.copytree(project, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", str(source), "-w", str(out)],
+        check=True, capture_output=True,
+    )
+    [wheel] = out.glob("*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def webhook_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_wheel(REPO / "extensions" / "pairroom-webhook", tmp_path_factory.mktemp("webhook") / "dist")
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PAIRROOM_")}
+    return subprocess.run([PAIRROOM, "extensions", *args], env={**full_env, **(env or {})}, capture_output=True, text=True, timeout=120)
+
+
+def published(webhook_wheel: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """The wheel in a directory of its own and a catalog that pins it."""
+    wheel_dir = tmp_path / "wheels"
+    wheel_dir.mkdir()
+    shutil.copy(webhook_wheel, wheel_dir)
+    catalog = tmp_path / "catalog.json"
+    done = cli("publish", str(wheel_dir / WEBHOOK_WHEEL), "--catalog", str(catalog), "--homepage", "https://example.org/wh")
+    assert done.returncode == 0, done.stderr
+    return wheel_dir, catalog
+
+
+def test_publish_pins_the_wheel_and_the_capabilities_of_its_manifest(webhook_wheel, tmp_path):
+    wheel_dir, catalog = published(webhook_wheel, tmp_path)
+    entry = catalogs.load_file(catalog).entries["webhook"]
+    assert (entry.package, entry.version) == ("pairroom-webhook", "0.1.0")
+    assert entry.files[0].filename == WEBHOOK_WHEEL
+    assert entry.files[0].sha256 == hashlib.sha256((wheel_dir / WEBHOOK_WHEEL).read_bytes()).hexdigest()
+    assert entry.capabilities == {"doc.read", "network"}  # from pairroom-extension.json in the wheel
+    assert entry.summary.startswith("POSTs signed room events")
+    assert entry.homepage == "https://example.org/wh"
+    # publishing the same file again changes nothing; the entry keeps one file
+    before = catalog.read_bytes()
+    assert cli("publish", str(wheel_dir / WEBHOOK_WHEEL), "--catalog", str(catalog), "--homepage", "https://example.org/wh").returncode == 0
+    assert catalog.read_bytes() == before
+
+
+def test_publish_refuses_a_wheel_that_is_no_extension(tmp_path):
+    wheel = tmp_path / "plain-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("plain-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: plain\nVersion: 1.0\n")
+    done = cli("publish", str(wheel), "--catalog", str(tmp_path / "c.json"))
+    assert done.returncode == 1
+    assert "declares no 'pairroom.extensions' entry point" in done.stderr
+    assert not (tmp_path / "c.json").exists()
+    with pytest.raises(wheels.WheelError, match="not a wheel"):
+        wheels.read(tmp_path / "c.json")
+
+
+def test_list_search_and_info_read_the_catalog(webhook_wheel, tmp_path):
+    _, catalog = published(webhook_wheel, tmp_path)
+    listing = cli("list", "--catalog", str(catalog), env={"PAIRROOM_EXTENSIONS": "webhook"})
+    assert listing.returncode == 0, listing.stderr
+    [row] = [line.split() for line in listing.stdout.splitlines() if line.startswith("webhook")]
+    assert row == ["webhook", "0.1.0", "yes", "0.1.0", "doc.read,network"]
+    assert f"catalog: {catalog} (local file)" in listing.stdout
+    assert "webhook" in cli("search", "signed", "--catalog", str(catalog)).stdout
+    assert cli("search", "no-such-word", "--catalog", str(catalog)).returncode == 1
+    shown = json.loads(cli("info", "webhook", env={"PAIRROOM_EXTENSION_CATALOG": str(catalog)}).stdout)
+    assert shown["files"][0]["filename"] == WEBHOOK_WHEEL and shown["installed"] == "0.1.0"
+    missing = cli("info", "nope", "--catalog", str(catalog))
+    assert missing.returncode == 1 and "'nope' is not in the catalog" in missing.stderr and "webhook" in missing.stderr
+    assert "no catalog" in cli("list").stderr
+
+
+def test_install_pip_installs_the_pinned_file_and_it_loads_by_entry_point(webhook_wheel, tmp_path):
+    wheel_dir, catalog = published(webhook_wheel, tmp_path)
+    site = tmp_path / "site"
+    done = cli("install", "webhook", "--catalog", str(catalog), "--find-links", str(wheel_dir), "--target", str(site))
+    assert done.returncode == 0, done.stderr
+    assert (site / "pairroom_webhook-0.1.0.dist-info" / "entry_points.txt").exists()
+    # a fresh interpreter finds it through its entry point, imports it from where it was installed
+    probe = textwrap.dedent(
+        """
+        import pairroom_webhook, sys
+        from pairroom import extension_loader
+        [ext] = extension_loader.load(["webhook"], lambda n: {"url": "http://127.0.0.1:9/", "secret": "s"})
+        print(type(ext).__name__, pairroom_webhook.__file__)
+        """
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True, text=True, timeout=60
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    name, module_file = loaded.stdout.split()
+    assert name == "Webhook" and Path(module_file).is_relative_to(site)
+
+    verified = cli("verify", "webhook", "--catalog", str(catalog), "--find-links", str(wheel_dir), env={"PYTHONPATH": str(site)})
+    assert verified.returncode == 0, verified.stdout
+    assert "sha256 ok" in verified.stdout and "as pinned" in verified.stdout
+    assert "every installed file matches its RECORD hash" in verified.stdout
+    (site / "pairroom_webhook" / "signing.py").write_text("# changed after install\n")
+    changed = cli("verify", "webhook", "--catalog", str(catalog), env={"PYTHONPATH": str(site)})
+    assert changed.returncode == 1 and "changed since install: pairroom_webhook/signing.py" in changed.stdout
+
+
+def test_a_tampered_wheel_is_refused_with_both_hashes(webhook_wheel, tmp_path):
+    wheel_dir, catalog = published(webhook_wheel, tmp_path)
+    wheel = wheel_dir / WEBHOOK_WHEEL
+    pinned = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    with zipfile.ZipFile(wheel, "a") as archive:  # a swapped file: same name, other bytes
+        archive.writestr("pairroom_webhook/backdoor.py", "import os\n")
+    actual = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    site = tmp_path / "site"
+    done = cli("install", "webhook", "--catalog", str(catalog), "--find-links", str(wheel_dir), "--target", str(site))
+    assert done.returncode == 1
+    assert "SHA-256 mismatch, refused" in done.stderr and pinned in done.stderr and actual in done.stderr
+    assert not site.exists()
+    # and pip, given the same pins, refuses the swapped file by itself
+    from pairroom.marketplace.commands import pinned_requirement
+
+    requirements = tmp_path / "req.txt"
+    requirements.write_text(pinned_requirement(catalogs.load_file(catalog).entries["webhook"]))
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--require-hashes", "--no-deps", "--no-index", "--find-links",
+         str(wheel_dir), "--target", str(site), "-r", str(requirements)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert pip.returncode != 0 and "DO NOT MATCH THE HASHES" in pip.stderr
+    assert pinned in pip.stderr and actual in pip.stderr
+
+
+def test_install_without_the_pinned_file_is_refused(webhook_wheel, tmp_path):
+    _, catalog = published(webhook_wheel, tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = cli("install", "webhook", "--catalog", str(catalog), "--find-links", str(empty), "--target", str(tmp_path / "site"))
+    assert done.returncode == 1 and "none of the catalog's files for webhook" in done.stderr
