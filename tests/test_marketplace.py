@@ -4,6 +4,7 @@ the real webhook wheel, and per-room switches through the server."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
 import hashlib
@@ -20,12 +21,19 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import httpx
 import pytest
+from pycrdt import Map
 from securesystemslib.signer import CryptoSigner, Signer
 from tuf.api.metadata import MetaFile, Metadata, Root, Snapshot, TargetFile, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 
+from pairroom.extensions import Change, Extension
 from pairroom.marketplace import catalog as catalogs
+from pairroom.web.auth import mint
+
+from .support.redis_server import redis_servers  # noqa: F401
+from .yclient import YClient, eventually
 from pairroom.marketplace import wheels
 from pairroom.marketplace.catalog import CatalogError
 
@@ -424,3 +432,169 @@ def test_install_without_the_pinned_file_is_refused(webhook_wheel, tmp_path):
     empty.mkdir()
     done = cli("install", "webhook", "--catalog", str(catalog), "--find-links", str(empty), "--target", str(tmp_path / "site"))
     assert done.returncode == 1 and "none of the catalog's files for webhook" in done.stderr
+
+
+# -- per-room switches, against real servers --------------------------------------------------------
+
+SECRET = "marketplace-test-secret-of-32-bytes-at-least"
+
+
+class Tally(Extension):
+    """A per-room extension that counts, per room, the hooks it was called with."""
+
+    name = "tally"
+    per_room = True
+
+    def __init__(self) -> None:
+        self.seen: dict[str, list[str]] = {}
+
+    def _saw(self, room_name: str, hook: str) -> None:
+        self.seen.setdefault(room_name, []).append(hook)
+
+    def on_change(self, change: Change) -> None:
+        self._saw(change.room.name, "on_change")
+
+    def on_join(self, room, member) -> None:  # type: ignore[no-untyped-def]
+        self._saw(room.name, "on_join")
+
+    def count(self, room_name: str, hook: str = "on_change") -> int:
+        return self.seen.get(room_name, []).count(hook)
+
+
+def token(room: str, role: str, name: str = "") -> str:
+    return mint(SECRET, room, role, name or role.capitalize(), ttl_seconds=600, user_id=f"{role}-{name or 'x'}")
+
+
+async def switch(http: httpx.AsyncClient, base: str, room: str, role: str, body: object) -> httpx.Response:
+    return await http.put(
+        f"{base}/api/rooms/{room}/extensions", json=body, headers={"Authorization": f"Bearer {token(room, role)}"}
+    )
+
+
+async def editor(server, room: str) -> YClient:  # type: ignore[no-untyped-def]
+    client = await YClient.connect(f"{server.ws(room)}?token={token(room, 'editor')}")
+    await asyncio.wait_for(client.synced.wait(), 5)
+    return client
+
+
+async def test_a_per_room_extension_runs_only_where_an_owner_switched_it_on(start_server):
+    tally = Tally()
+    server = await start_server(secret=SECRET, extensions=[tally])
+    a, b = await editor(server, "room-a"), await editor(server, "room-b")
+    try:
+        a.insert(0, "off ")
+        await eventually(lambda: server.hub.registry.rooms["room-a"].integrated >= 1, what="the edit arrived")
+        assert tally.count("room-a") == 0 and tally.count("room-a", "on_join") == 0, "off until switched on"
+        async with httpx.AsyncClient() as http:
+            answer = await switch(http, server.http, "room-a", "owner", {"tally": True})
+            assert answer.status_code == 200, answer.text
+            listed = {e["name"]: e for e in answer.json()["extensions"]}
+            assert listed["tally"]["on"] is True and listed["tally"]["per_room"] is True
+            assert listed["recording"]["on"] is True  # not per room: on everywhere
+        a.insert(0, "on ")
+        b.insert(0, "elsewhere ")
+        await eventually(lambda: tally.count("room-a") >= 1, what="the hook ran in room-a")
+        await eventually(lambda: server.hub.registry.rooms["room-b"].integrated >= 1, what="room-b's edit arrived")
+        assert tally.count("room-b") == 0, "still off in the other room"
+        meta = server.hub.registry.rooms["room-a"].doc.get("meta", type=Map)
+        assert dict(meta["extensions"]) == {"tally": True}, "stored in the document's meta.extensions"
+        await eventually(lambda: a.doc.get("meta", type=Map).get("extensions") is not None, what="members see it")
+
+        async with httpx.AsyncClient() as http:
+            assert (await switch(http, server.http, "room-a", "owner", {"tally": False})).status_code == 200
+            seen = tally.count("room-a")
+            shown = await http.get(f"{server.http}/api/rooms/room-a/extensions", headers={"Authorization": f"Bearer {token('room-a', 'viewer')}"})
+        assert {e["name"]: e for e in shown.json()["extensions"]}["tally"]["on"] is False
+        assert shown.json()["can_switch"] is False
+        a.insert(0, "off again ")
+        await eventually(lambda: server.hub.registry.rooms["room-a"].integrated >= 4, what="the last edit arrived")
+        assert tally.count("room-a") == seen
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_switching_refuses_non_owners_unknown_names_and_bad_bodies(start_server):
+    server = await start_server(secret=SECRET, extensions=[Tally()])
+    async with httpx.AsyncClient() as http:
+        refused = await switch(http, server.http, "r", "editor", {"tally": True})
+        assert refused.status_code == 403 and "only an owner" in refused.json()["error"]
+        missing = await switch(http, server.http, "r", "owner", {"no-such": True})
+        assert missing.status_code == 404 and "'no-such' is not enabled on this server" in missing.json()["error"]
+        everywhere = await switch(http, server.http, "r", "owner", {"recording": False})
+        assert everywhere.status_code == 409 and "not switched per room" in everywhere.json()["error"]
+        assert (await switch(http, server.http, "r", "owner", {"tally": "yes"})).status_code == 400
+        assert (await switch(http, server.http, "r", "owner", {})).status_code == 400
+        assert (await switch(http, server.http, "r", "owner", ["tally"])).status_code == 400
+        anonymous = await http.put(f"{server.http}/api/rooms/r/extensions", json={"tally": True})
+        assert anonymous.status_code == 401
+        # nothing was switched by any of them
+        shown = await http.get(f"{server.http}/api/rooms/r/extensions", headers={"Authorization": f"Bearer {token('r', 'owner')}"})
+        assert {e["name"]: e for e in shown.json()["extensions"]}["tally"]["on"] is False
+
+
+async def test_a_client_writing_the_switches_itself_is_reverted(start_server):
+    tally = Tally()
+    server = await start_server(secret=SECRET, extensions=[tally])
+    client = await editor(server, "r")
+    try:
+        with client.doc.transaction():
+            client.doc.get("meta", type=Map)["extensions"] = Map({"tally": True})
+        room = server.hub.registry.rooms["r"]
+        await eventually(
+            lambda: isinstance(client.doc.get("meta", type=Map).get("extensions"), Map)
+            and dict(client.doc.get("meta", type=Map)["extensions"]) == {},
+            what="the server's copy came back to the client",
+        )
+        assert dict(room.doc.get("meta", type=Map)["extensions"]) == {}
+        client.insert(0, "x")
+        await eventually(lambda: room.integrated >= 3, what="the edit arrived")
+        assert tally.count("r") == 0, "the client's own switch did not turn the extension on"
+    finally:
+        await client.close()
+
+
+async def test_a_switch_on_one_node_applies_on_the_other(start_server, redis_servers):  # noqa: F811
+    (redis,) = await redis_servers(1)
+    first, second = Tally(), Tally()
+    one = await start_server(secret=SECRET, extensions=[first], redis=redis.url, node_id="one")
+    two = await start_server(secret=SECRET, extensions=[second], redis=redis.url, node_id="two")
+    on_one, on_two = await editor(one, "shared"), await editor(two, "shared")
+    try:
+        async with httpx.AsyncClient() as http:
+            assert (await switch(http, one.http, "shared", "owner", {"tally": True})).status_code == 200
+        marketplace = next(e for e in two.hub.extensions.extensions if e.name == "marketplace")
+        room_two = two.hub.registry.rooms["shared"]
+        await eventually(lambda: marketplace.is_on(room_two, "tally"), what="node two follows node one's switch")
+        on_two.insert(0, "typed on two ")
+        await eventually(lambda: second.count("shared") >= 1, what="node two runs the hook")
+        async with httpx.AsyncClient() as http:
+            assert (await switch(http, two.http, "shared", "owner", {"tally": False})).status_code == 200
+        room_one = one.hub.registry.rooms["shared"]
+        await eventually(lambda: not marketplace.is_on(room_two, "tally"), what="off on two")
+        mp_one = next(e for e in one.hub.extensions.extensions if e.name == "marketplace")
+        await eventually(lambda: not mp_one.is_on(room_one, "tally"), what="and off on one")
+    finally:
+        await on_one.close()
+        await on_two.close()
+
+
+async def test_a_malformed_catalog_is_reported_and_the_server_starts(start_server, tmp_path):
+    path = tmp_path / "catalog.json"
+    path.write_bytes(catalog_bytes(good_entry(name="tally"), good_entry(files=[])))
+    server = await start_server(secret=SECRET, extensions=[Tally()], extension_catalog=str(path))
+    async with httpx.AsyncClient() as http:
+        shown = (await http.get(f"{server.http}/api/rooms/r/extensions", headers={"Authorization": f"Bearer {token('r', 'owner')}"})).json()
+        assert (await http.get(f"{server.http}/readyz")).status_code == 200
+    assert shown["catalog"]["verified_by"] == "local file"
+    [problem] = shown["catalog"]["errors"]
+    assert "entry 1 ('webhook'): files must be a non-empty list" in problem
+    assert [e["name"] for e in shown["catalog"]["entries"]] == ["tally"]
+    tally = {e["name"]: e for e in shown["extensions"]}["tally"]
+    assert tally["catalog"] == "not in catalog" or tally["catalog"].startswith("catalog pins")
+
+    path.write_text("{broken")
+    again = await start_server(secret=SECRET, extensions=[Tally()], extension_catalog=str(path), db=f"sqlite:///{tmp_path / 'two.db'}")
+    async with httpx.AsyncClient() as http:
+        shown = (await http.get(f"{again.http}/api/rooms/r/extensions", headers={"Authorization": f"Bearer {token('r', 'owner')}"})).json()
+    assert "not JSON" in shown["catalog"]["errors"][0] and shown["catalog"]["entries"] == []
