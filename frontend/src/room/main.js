@@ -21,6 +21,7 @@ import { HistoryPanel } from './history.js'
 import { Reviews } from './review.js'
 import { startReplay } from './replay.js'
 import { mountCall } from './call-button.js'
+import { mountExtensions } from './extensions.js'
 
 const $ = (id) => document.getElementById(id)
 const ROLES = ['owner', 'editor', 'reviewer', 'viewer']
@@ -291,6 +292,7 @@ function startRoom() {
   }
 
   mountCall({ room, token, role: () => role, awareness }) // audio/video: call.js loads on "Join call"
+  const extensions = mountExtensions({ room, token, doc, role: () => role, name: () => awareness.getLocalState()?.user?.name ?? identity.name })
 
   // The live role: an owner's change to this user's entry in `meta.roles` (the server's copy; a
   // client's own write there is reverted) applies at once: editor, file tree, buttons and panels.
@@ -322,7 +324,7 @@ function startRoom() {
 
   // For tests and debugging from the console.
   window.pairroom = {
-    doc, files, chat, provider, awareness, view, status, runs, history, reviews, people,
+    doc, files, chat, provider, awareness, view, status, runs, history, reviews, people, extensions,
     get role() { return role },
     get readOnly() { return readOnly },
     get currentPath() { return current?.path ?? null },
