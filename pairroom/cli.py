@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import ipaddress
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -106,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--color", help="cursor color, e.g. #4363d8")
     token.add_argument("--user-id", help="stable user id (default: random)")
     token.add_argument("--secret", help="token signing secret (default PAIRROOM_SECRET)")
-    recorder_cli.add_arguments(commands)
+    recorder_cli.add_arguments(commands, Settings.from_env().db)
     extensions_cli.add_arguments(commands)
     return parser
 
@@ -136,7 +135,7 @@ def is_loopback(host: str) -> bool:
 
 
 def token_command(args: argparse.Namespace) -> int:
-    secret = args.secret or os.environ.get("PAIRROOM_SECRET")
+    secret = args.secret or Settings.from_env().secret
     if not secret:
         print("pairroom token: no secret (--secret or PAIRROOM_SECRET)", file=sys.stderr)
         return 2

@@ -140,6 +140,13 @@ class Settings:
                 default = getattr(cls(), f.name)
                 values[f.name] = _convert(f.name, raw, str if default is None else type(default))
         values["rtc"] = RtcSettings.from_env(environ)
+        recording = {  # PAIRROOM_RECORDING_<FIELD> travels as extra["recording_<field>"]
+            "recording_" + key.removeprefix("PAIRROOM_RECORDING_").lower(): value
+            for key, value in environ.items()
+            if key.startswith("PAIRROOM_RECORDING_")
+        }
+        if recording:
+            values["extra"] = {**recording, **cls().extra}
         values["extensions"] = parse_names(environ.get("PAIRROOM_EXTENSIONS", ""))
         values["extension_env"] = {
             key.removeprefix(EXT_PREFIX): value for key, value in environ.items() if key.startswith(EXT_PREFIX)
