@@ -598,3 +598,102 @@ async def test_a_malformed_catalog_is_reported_and_the_server_starts(start_serve
     async with httpx.AsyncClient() as http:
         shown = (await http.get(f"{again.http}/api/rooms/r/extensions", headers={"Authorization": f"Bearer {token('r', 'owner')}"})).json()
     assert "not JSON" in shown["catalog"]["errors"][0] and shown["catalog"]["entries"] == []
+
+
+class Switches:
+    """The runner's view of which per-room extensions are on, as a plain set of (room, name)."""
+
+    def __init__(self) -> None:
+        self.on: set[tuple[str, str]] = set()
+        self.asked = 0
+
+    def is_on(self, room, extension: str) -> bool:  # type: ignore[no-untyped-def]
+        self.asked += 1
+        return (room.name, extension) in self.on
+
+
+class Everywhere(Extension):
+    name = "everywhere"
+
+    def __init__(self) -> None:
+        self.rooms: list[str] = []
+
+    def on_join(self, room, member) -> None:  # type: ignore[no-untyped-def]
+        self.rooms.append(room.name)
+
+
+class FakeRoom:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def test_the_runner_asks_the_switches_only_for_hooks_a_per_room_extension_has():
+    from pairroom.rooms.extension import ExtensionRunner
+
+    switches = Switches()
+    plain = ExtensionRunner([Everywhere()], switches=switches)
+    plain.notify("on_join", FakeRoom("a"), None)
+    assert switches.asked == 0, "no per-room extension: no question asked"
+
+    everywhere, tally = Everywhere(), Tally()
+    runner = ExtensionRunner([everywhere, tally], switches=switches)
+    runner.notify("on_join", FakeRoom("a"), None)
+    assert everywhere.rooms == ["a"] and tally.count("a", "on_join") == 0
+    switches.on.add(("a", "tally"))
+    runner.notify("on_join", FakeRoom("a"), None)
+    runner.notify("on_join", FakeRoom("b"), None)
+    assert tally.count("a", "on_join") == 1 and tally.count("b", "on_join") == 0
+    asked = switches.asked
+    runner.notify("on_leave", FakeRoom("a"), None)  # nobody per-room implements it
+    assert switches.asked == asked
+    runner.switches = None  # no marketplace: per-room extensions are off everywhere
+    runner.notify("on_join", FakeRoom("a"), None)
+    assert tally.count("a", "on_join") == 1 and everywhere.rooms == ["a", "a", "b", "a"]
+
+
+async def test_a_switch_is_stored_with_the_document(start_server, db_url):
+    first = await start_server(secret=SECRET, extensions=[Tally()])
+    async with httpx.AsyncClient() as http:
+        assert (await switch(http, first.http, "kept", "owner", {"tally": True})).status_code == 200
+    await first.stop()
+    tally = Tally()
+    again = await start_server(secret=SECRET, extensions=[tally], db=db_url)
+    async with httpx.AsyncClient() as http:
+        shown = await http.get(f"{again.http}/api/rooms/kept/extensions", headers={"Authorization": f"Bearer {token('kept', 'owner')}"})
+    assert {e["name"]: e for e in shown.json()["extensions"]}["tally"]["on"] is True
+    client = await editor(again, "kept")
+    try:
+        client.insert(0, "after a restart")
+        await eventually(lambda: tally.count("kept") >= 1, what="the hook runs after a restart")
+    finally:
+        await client.close()
+
+
+async def test_a_server_with_a_tuf_catalog_shows_it_verified_and_starts_without_a_refused_one(start_server, tuf_repo, tmp_path):
+    repo, url = tuf_repo
+    repo.publish(catalog_bytes(good_entry(name="tally")))
+    cache = tmp_path / "tuf-cache"
+    server = await start_server(
+        secret=SECRET, extensions=[Tally()], extension_catalog=url,
+        extension_catalog_root=str(repo.root_file), extension_catalog_cache=str(cache),
+    )
+    headers = {"Authorization": f"Bearer {token('r', 'owner')}"}
+    async with httpx.AsyncClient() as http:
+        shown = (await http.get(f"{server.http}/api/rooms/r/extensions", headers=headers)).json()
+    assert shown["catalog"]["verified_by"] == "TUF" and shown["catalog"]["errors"] == []
+    assert [e["name"] for e in shown["catalog"]["entries"]] == ["tally"]
+    await server.stop()
+
+    # the repository is re-signed by someone else: the node starts, without the catalog, saying why
+    repo.signers = {role: CryptoSigner.generate_ed25519() for role in ROLES}
+    repo.publish(catalog_bytes(good_entry(name="tally", version="6.6.6")))
+    again = await start_server(
+        secret=SECRET, extensions=[Tally()], extension_catalog=url,
+        extension_catalog_root=str(repo.root_file), extension_catalog_cache=str(cache),
+        db=f"sqlite:///{tmp_path / 'again.db'}",
+    )
+    async with httpx.AsyncClient() as http:
+        shown = (await http.get(f"{again.http}/api/rooms/r/extensions", headers=headers)).json()
+        assert (await http.get(f"{again.http}/readyz")).status_code == 200
+    assert shown["catalog"]["entries"] == [] and shown["catalog"]["verified_by"] is None
+    assert "refused by TUF: UnsignedMetadataError" in shown["catalog"]["errors"][0]
