@@ -45,6 +45,7 @@ hello.dataset.parent = sandbox
 hello.dataset.storage = storage
 let waves = 0
 api.addCommand('Wave', () => { waves += 1; hello.dataset.waves = String(waves); hello.textContent = `${api.name} waved ${waves}` })
+api.addCommand('Mark', () => api.setMarks('main.py', [{ line: 2, message: 'hello from the panel', severity: 'warning' }]))
 api.onReady(({ room, name }) => { hello.textContent = `Hello ${name} in ${room}` })
 """
 
@@ -181,12 +182,29 @@ def test_an_owner_switches_an_extension_on_and_its_panel_appears_for_everyone(op
 
     bob.locator(".ext-panel[data-extension='hello-panel'] button", has_text="Wave").click()
     bob.frame_locator(".ext-panel[data-extension='hello-panel'] iframe").locator("#hello[data-waves='1']").wait_for()
+
+    # gutter marks: the panel marks line 2 of main.py in the page's editor
+    ada.fill("#new-file-path", "main.py")
+    ada.press("#new-file-path", "Enter")
+    ada.locator("#editor .cm-content").click()
+    ada.keyboard.type("import os\nprint(os.name)\n")
+    bob.wait_for_function("() => window.pairroom.files.get('main.py')?.toString().includes('print')")
+    bob.locator("#file-tree", has_text="main.py").locator("text=main.py").first.click()
+    bob.locator(".ext-panel[data-extension='hello-panel'] button", has_text="Mark").click()
+    mark = bob.locator(".ext-gutter .ext-mark[data-severity='warning']")
+    mark.wait_for()
+    assert mark.get_attribute("title") == "hello-panel: hello from the panel"
+    line_top = bob.locator(".cm-line").nth(1).bounding_box()
+    mark_top = mark.bounding_box()
+    assert line_top is not None and mark_top is not None and abs(line_top["y"] - mark_top["y"]) < 8, "on line 2"
+    bob.screenshot(path=str(ARTIFACTS / "marketplace-panel-marks.png"))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     ada.screenshot(path=str(ARTIFACTS / "marketplace-owner-switched-on.png"), full_page=True)
 
     ada.locator("input[data-extension='hello-panel']").uncheck()
     bob.locator(".ext-panel").wait_for(state="detached")
     ada.locator(".ext-panel").wait_for(state="detached")
+    mark.wait_for(state="detached")  # an extension switched off takes its marks with it
 
 
 def test_a_module_whose_bytes_do_not_match_its_hash_is_not_run(browser, web_server, request):  # noqa: F811

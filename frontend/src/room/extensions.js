@@ -12,6 +12,8 @@
 // and its panel shows why. The frame talks to the page through postMessage only (the `pairroom` API
 // below); a module that throws shows its error in its own panel and the room carries on.
 import * as Y from 'yjs'
+import { RangeSet, StateEffect, StateField } from '@codemirror/state'
+import { GutterMarker, gutter } from '@codemirror/view'
 import { h } from '../shared.js'
 import './extensions.css'
 
@@ -25,7 +27,55 @@ const CAPABILITY_NAMES = {
   network: 'reach the network',
 }
 
-export function mountExtensions({ room, token, doc, role, name }) {
+const MAX_MARKS = 500 // per extension and file
+const SEVERITIES = ['info', 'warning', 'error']
+
+// Gutter marks extensions set on a file: {line, message, severity, extension}, one list per open file.
+const setMarks = StateEffect.define()
+const marksField = StateField.define({
+  create: () => [],
+  update: (marks, tr) => tr.effects.reduce((current, effect) => (effect.is(setMarks) ? effect.value : current), marks),
+})
+
+class ExtensionMark extends GutterMarker {
+  constructor(marks) {
+    super()
+    this.marks = marks
+    this.severity = SEVERITIES.findLast((s) => marks.some((m) => m.severity === s)) ?? 'info'
+    this.key = marks.map((m) => `${m.extension}:${m.severity}:${m.message}`).join('|')
+  }
+
+  eq(other) { return other.key === this.key }
+
+  toDOM() {
+    return h('span', {
+      class: `ext-mark ${this.severity}`, 'data-severity': this.severity,
+      title: this.marks.map((m) => `${m.extension}: ${m.message}`).join('\n'),
+      'aria-label': this.marks.map((m) => m.message).join('; '),
+    }, this.severity === 'error' ? '●' : this.severity === 'warning' ? '▲' : '■')
+  }
+}
+
+function gutterMarkers(state, marks) {
+  const byLine = new Map()
+  for (const mark of marks) {
+    if (mark.line > state.doc.lines) continue
+    if (!byLine.has(mark.line)) byLine.set(mark.line, [])
+    byLine.get(mark.line).push(mark)
+  }
+  return RangeSet.of([...byLine].sort(([a], [b]) => a - b).map(([line, here]) => new ExtensionMark(here).range(state.doc.line(line).from)))
+}
+
+/** A panel's marks, checked: whatever a frame sends is untrusted input. */
+function cleanMarks(raw, extension) {
+  if (!Array.isArray(raw)) return []
+  return raw.slice(0, MAX_MARKS).flatMap((m) =>
+    m && Number.isInteger(m.line) && m.line >= 1 && typeof m.message === 'string'
+      ? [{ line: m.line, message: m.message.slice(0, 300), severity: SEVERITIES.includes(m.severity) ? m.severity : 'info', extension }]
+      : [])
+}
+
+export function mountExtensions({ room, token, doc, role, name, view, currentPath }) {
   const side = document.getElementById('side')
   const panels = h('div', { id: 'extension-panels', class: 'extension-panels' })
   const list = h('ul', { id: 'extension-list', class: 'extension-list' })
@@ -45,6 +95,13 @@ export function mountExtensions({ room, token, doc, role, name }) {
   const base = `/api/rooms/${encodeURIComponent(room)}/extensions`
   let listing = null // the server's answer
   const mounted = new Map() // extension name -> {section, frame, integrity}
+  const marks = new Map() // extension name -> Map(path -> marks)
+
+  const marksFor = (path) => [...marks.values()].flatMap((byPath) => byPath.get(path) ?? [])
+  function showMarks() {
+    const path = currentPath()
+    if (path !== null && view.state.field(marksField, false) !== undefined) view.dispatch({ effects: setMarks.of(marksFor(path)) })
+  }
 
   const switchedOn = () => {
     const on = meta.get('extensions')
@@ -134,6 +191,7 @@ export function mountExtensions({ room, token, doc, role, name }) {
       if (!wanted.has(extName) || wanted.get(extName).frontend.integrity !== panel.integrity) {
         panel.section.remove()
         mounted.delete(extName)
+        if (marks.delete(extName)) showMarks()
       }
     }
     for (const [extName, ext] of wanted) if (!mounted.has(extName)) mounted.set(extName, mountPanel(ext))
@@ -159,6 +217,10 @@ export function mountExtensions({ room, token, doc, role, name }) {
       const message = event.data ?? {}
       if (message.type === 'error') {
         problem.textContent = `${ext.name}: ${String(message.message).slice(0, 300)}`
+      } else if (message.type === 'marks' && typeof message.path === 'string') {
+        if (!marks.has(ext.name)) marks.set(ext.name, new Map())
+        marks.get(ext.name).set(message.path.slice(0, 255), cleanMarks(message.marks, ext.name))
+        showMarks()
       } else if (message.type === 'command' && Number.isInteger(message.id)) {
         commands.append(h('button', {
           type: 'button', class: 'small', 'data-command': String(message.id),
@@ -171,7 +233,25 @@ export function mountExtensions({ room, token, doc, role, name }) {
 
   meta.observeDeep(() => render())
   load()
-  return { reload: load, get listing() { return listing } }
+  return {
+    reload: load,
+    get listing() { return listing },
+    /** The editor extensions for the file at ``path``: extensions' gutter marks. */
+    editorExtension(path) {
+      const markers = new WeakMap() // field value -> RangeSet, rebuilt only when the marks change
+      return [
+        marksField.init(() => marksFor(path)),
+        gutter({
+          class: 'ext-gutter',
+          markers: (v) => {
+            const value = v.state.field(marksField)
+            if (!markers.has(value)) markers.set(value, gutterMarkers(v.state, value))
+            return markers.get(value)
+          },
+        }),
+      ]
+    },
+  }
 }
 
 /** The frame's page: the `pairroom` browser API, then the extension's module with its SRI hash. */
@@ -199,6 +279,7 @@ function panelDocument(ext, origin) {
     get root() { return document.getElementById('root') },
     onReady(fn) { if (this.room !== null) fn(this); else ready.push(fn) },
     addCommand(label, run) { const id = nextCommand++; commands.set(id, run); send({ type: 'command', id, label: String(label) }); return id },
+    setMarks(path, marks) { send({ type: 'marks', path: String(path), marks: JSON.parse(JSON.stringify(marks ?? [])) }) },
     reportError(message) { fail(String(message)) },
   }
   addEventListener('message', (event) => {

@@ -107,6 +107,11 @@ function startRoom() {
   let current = null // {path, ytext, undo}
   let runs = null // the output panel, made below
   let people = null // the people list and follow mode, made below
+  // extensions' panels and gutter marks (extensions.js); made before any file opens
+  const extensions = mountExtensions({
+    room, token, doc, view, role: () => role, name: () => awareness.getLocalState()?.user?.name ?? identity.name,
+    currentPath: () => current?.path ?? null,
+  })
   const reviews = new Reviews(doc, { api: roomApi(room, token), role, button: $('comment-line'), name: () => awareness.getLocalState()?.user?.name })
 
   function openFile(path) {
@@ -125,6 +130,7 @@ function startRoom() {
         EditorView.contentAttributes.of({ 'aria-label': `${path} (${languageName(path)})` }),
         yCollab(ytext, awareness, { undoManager: undo }),
         reviews.extension(view, path, ytext),
+        extensions.editorExtension(path),
         EditorView.updateListener.of((update) => { if (update.selectionSet || update.docChanged) runs?.selectionChanged() }),
         EditorView.updateListener.of((update) => people?.editorUpdate(update)),
       ],
@@ -292,7 +298,6 @@ function startRoom() {
   }
 
   mountCall({ room, token, role: () => role, awareness }) // audio/video: call.js loads on "Join call"
-  const extensions = mountExtensions({ room, token, doc, role: () => role, name: () => awareness.getLocalState()?.user?.name ?? identity.name })
 
   // The live role: an owner's change to this user's entry in `meta.roles` (the server's copy; a
   // client's own write there is reverted) applies at once: editor, file tree, buttons and panels.
