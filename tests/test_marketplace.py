@@ -612,6 +612,31 @@ class Switches:
         return (room.name, extension) in self.on
 
 
+class Failing(Tally):
+    name = "failing"
+
+    def on_change(self, change: Change) -> None:
+        raise RuntimeError("the failing extension fails")
+
+
+async def test_a_per_room_extension_that_raises_is_isolated_and_its_errors_are_shown(start_server):
+    tally = Tally()
+    server = await start_server(secret=SECRET, extensions=[Failing(), tally])
+    client = await editor(server, "r")
+    try:
+        async with httpx.AsyncClient() as http:
+            assert (await switch(http, server.http, "r", "owner", {"failing": True, "tally": True})).status_code == 200
+        client.insert(0, "boom")
+        await eventually(lambda: tally.count("r") >= 1, what="the next extension still ran")
+        async with httpx.AsyncClient() as http:
+            shown = await http.get(f"{server.http}/api/rooms/r/extensions", headers={"Authorization": f"Bearer {token('r', 'viewer')}"})
+        listed = {e["name"]: e for e in shown.json()["extensions"]}
+        assert listed["failing"]["errors"]["on_change"] >= 1
+        assert listed["tally"]["errors"] == {}
+    finally:
+        await client.close()
+
+
 class Everywhere(Extension):
     name = "everywhere"
 

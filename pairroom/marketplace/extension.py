@@ -80,6 +80,7 @@ class Marketplace(Extension):
         self._on: weakref.WeakKeyDictionary[Room, frozenset[str]] = weakref.WeakKeyDictionary()
         self._watching: dict[Room, tuple[Map, Any]] = {}
         self._manifests: dict[str, manifests.Manifest] = {}
+        self._versions: dict[str, str | None] = {}  # installed distribution versions, read at start-up
         self._modules: dict[str, FrontendModule] = {}
 
     # -- the node -------------------------------------------------------------------------------
@@ -93,6 +94,8 @@ class Marketplace(Extension):
         node.extensions.switches = self
         for extension in node.extensions.extensions:
             self._manifests[extension.name] = self._read_manifest(extension)
+            if not extension.builtin:
+                self._versions[extension.name] = installed_version(type(extension).__module__)
         if self.source:
             await self._load_catalog()
         try:
@@ -253,7 +256,7 @@ class Marketplace(Extension):
                     "errors": list(self.catalog_errors),
                     "entries": [self._catalog_entry(e, enabled) for e in sorted(self.catalog.entries.values(), key=lambda e: e.name)],
                 },
-                "extensions": [self._describe(e, on) for e in enabled.values()],
+                "extensions": [self._describe(e, on, hook_errors(hub)) for e in enabled.values()],
             }
         )
 
@@ -262,10 +265,12 @@ class Marketplace(Extension):
         shown["enabled"] = entry.name in enabled
         return shown
 
-    def _describe(self, extension: Extension, on: frozenset[str]) -> dict[str, Any]:
+    def _describe(
+        self, extension: Extension, on: frozenset[str], errors: Mapping[str, dict[str, int]]
+    ) -> dict[str, Any]:
         found = self._manifests.get(extension.name, manifests.Manifest())
         entry = self.catalog.entries.get(extension.name)
-        installed = None if extension.builtin else installed_version(type(extension).__module__)
+        installed = self._versions.get(extension.name)
         if extension.builtin:
             status = "builtin"
         elif entry is None:
@@ -285,6 +290,7 @@ class Marketplace(Extension):
             "capabilities": sorted(found.capabilities | (entry.capabilities if entry else frozenset())),
             "catalog": status,
             "verified_by": self.catalog.verified_by if status == "pinned" else None,
+            "errors": errors.get(extension.name, {}),  # hook -> failures (raised or timed out) on this node
             "frontend": None if module is None else {
                 "url": f"/api/extensions/{extension.name}/frontend.js",
                 "integrity": module.integrity,
@@ -320,6 +326,16 @@ def touches_switches(event: Any) -> bool:
     if event.path:
         return bool(event.path[0] == KEY)
     return KEY in getattr(event, "keys", {})
+
+
+def hook_errors(hub: Hub) -> dict[str, dict[str, int]]:
+    """Failed hooks by extension, from the node's ``pairroom_extension_errors_total`` counter."""
+    found: dict[str, dict[str, int]] = {}
+    for family in hub.metrics.extension_errors.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.value:
+                found.setdefault(sample.labels["extension"], {})[sample.labels["hook"]] = int(sample.value)
+    return found
 
 
 def installed_version(module: str) -> str | None:
