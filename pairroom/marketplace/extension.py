@@ -176,6 +176,8 @@ class Marketplace(Extension):
         self._on[room] = read_switches(room.guards.meta)
 
     def _restore(self, room: Room) -> None:
+        if room not in self._watching:  # unloaded before its turn came: nothing left to correct
+            return
         on = self._on.get(room, frozenset())
         if read_switches(room.guards.meta) == on:
             return
