@@ -722,3 +722,38 @@ async def test_a_server_with_a_tuf_catalog_shows_it_verified_and_starts_without_
         assert (await http.get(f"{again.http}/readyz")).status_code == 200
     assert shown["catalog"]["entries"] == [] and shown["catalog"]["verified_by"] is None
     assert "refused by TUF: UnsignedMetadataError" in shown["catalog"]["errors"][0]
+
+
+def install_routed(site: Path, capabilities: list[str]) -> None:
+    """A distribution whose extension defines routes, with a manifest asking for ``capabilities``."""
+    dist = site / "pairroom_routed-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: pairroom-routed\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[pairroom.extensions]\nrouted = pairroom_routed:Routed\n")
+    package = site / "pairroom_routed"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from starlette.responses import PlainTextResponse\nfrom starlette.routing import Route\n"
+        "from pairroom.extensions import Extension\n\n\nclass Routed(Extension):\n    name = 'routed'\n\n"
+        "    def routes(self):\n        return [Route('/hi', lambda request: PlainTextResponse('hi'))]\n"
+    )
+    (package / "pairroom-extension.json").write_text(json.dumps({"capabilities": capabilities}))
+
+
+@pytest.mark.parametrize(("capabilities", "refused"), [(["doc.read"], True), (["routes"], False)])
+def test_routes_without_the_routes_capability_are_refused_at_start_up(tmp_path, monkeypatch, capabilities, refused):
+    from pairroom import extension_loader
+
+    site = tmp_path / "site"
+    install_routed(site, capabilities)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, "pairroom_routed", raising=False)
+    try:
+        if refused:
+            with pytest.raises(extension_loader.ExtensionError, match='does not ask for the "routes" capability'):
+                extension_loader.load(["routed"], lambda name: {})
+        else:
+            [routed] = extension_loader.load(["routed"], lambda name: {})
+            assert routed.name == "routed"
+    finally:
+        sys.modules.pop("pairroom_routed", None)

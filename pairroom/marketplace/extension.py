@@ -125,11 +125,7 @@ class Marketplace(Extension):
             return manifests.Manifest()
         package = manifests.package_of(type(extension).__module__)
         try:
-            raw = resources.files(package).joinpath(manifests.FILE).read_bytes()
-        except (OSError, ModuleNotFoundError, TypeError):  # no manifest, or a single-module extension
-            return manifests.Manifest()
-        try:
-            found = manifests.parse(raw, f"{package}/{manifests.FILE}")
+            found = manifests.read_installed(type(extension).__module__)
         except manifests.ManifestError as exc:
             log.error("extension manifest refused", extra={"extension": extension.name, "reason": str(exc)})
             return manifests.Manifest()

@@ -73,3 +73,15 @@ def parse(raw: bytes | str, where: str) -> Manifest:
 def package_of(target: str) -> str:
     """``"pairroom_webhook.extension:Webhook"`` -> ``"pairroom_webhook"``: where the manifest lives."""
     return target.split(":", 1)[0].split(".", 1)[0]
+
+
+def read_installed(target: str) -> Manifest:
+    """The manifest beside an installed entry point's package; no manifest asks for nothing."""
+    from importlib import resources
+
+    package = package_of(target)
+    try:
+        raw = resources.files(package).joinpath(FILE).read_bytes()
+    except (OSError, ModuleNotFoundError, TypeError):  # none, or a single-module extension
+        return Manifest()
+    return parse(raw, f"{package}/{FILE}")
