@@ -207,7 +207,7 @@ def test_an_owner_switches_an_extension_on_and_its_panel_appears_for_everyone(op
     mark.wait_for(state="detached")  # an extension switched off takes its marks with it
 
 
-def test_a_module_whose_bytes_do_not_match_its_hash_is_not_run(browser, web_server, request):  # noqa: F811
+def test_a_module_whose_bytes_do_not_match_its_hash_is_not_run(browser, web_server, request):
     room = room_name(request)
     marketplace = web_server.marketplace
     real = marketplace._modules["hello-panel"]

@@ -18,24 +18,24 @@ import textwrap
 import threading
 import zipfile
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from pycrdt import Map
 from securesystemslib.signer import CryptoSigner, Signer
-from tuf.api.metadata import MetaFile, Metadata, Root, Snapshot, TargetFile, Targets, Timestamp
+from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 
 from pairroom.extensions import Change, Extension
 from pairroom.marketplace import catalog as catalogs
+from pairroom.marketplace import wheels
+from pairroom.marketplace.catalog import CatalogError
 from pairroom.web.auth import mint
 
 from .support.redis_server import redis_servers  # noqa: F401
 from .yclient import YClient, eventually
-from pairroom.marketplace import wheels
-from pairroom.marketplace.catalog import CatalogError
 
 ROLES = ("root", "timestamp", "snapshot", "targets")
 
@@ -154,7 +154,7 @@ class TufRepository:
 
     @staticmethod
     def later(days: int = 7) -> datetime:
-        return datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=days)
+        return datetime.now(UTC).replace(microsecond=0) + timedelta(days=days)
 
     @property
     def root_file(self) -> Path:
@@ -188,7 +188,7 @@ class TufRepository:
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -236,7 +236,7 @@ def test_a_rolled_back_repository_is_refused(tuf_repo, tmp_path):
 def test_a_frozen_repository_is_refused(tuf_repo, tmp_path):
     repo, url = tuf_repo
     # what a mirror that stopped updating serves once the timestamp's short life is over
-    repo.publish(catalog_bytes(good_entry()), timestamp_expires=datetime.now(timezone.utc) - timedelta(hours=1))
+    repo.publish(catalog_bytes(good_entry()), timestamp_expires=datetime.now(UTC) - timedelta(hours=1))
     with pytest.raises(CatalogError, match="refused by TUF: ExpiredMetadataError"):
         fetch(repo, url, tmp_path / "cache")
 
@@ -554,7 +554,7 @@ async def test_a_client_writing_the_switches_itself_is_reverted(start_server):
         await client.close()
 
 
-async def test_a_switch_on_one_node_applies_on_the_other(start_server, redis_servers):  # noqa: F811
+async def test_a_switch_on_one_node_applies_on_the_other(start_server, redis_servers):
     (redis,) = await redis_servers(1)
     first, second = Tally(), Tally()
     one = await start_server(secret=SECRET, extensions=[first], redis=redis.url, node_id="one")
