@@ -676,11 +676,21 @@ def test_the_runner_asks_the_switches_only_for_hooks_a_per_room_extension_has():
     assert tally.count("a", "on_join") == 1 and everywhere.rooms == ["a", "a", "b", "a"]
 
 
-async def test_a_switch_is_stored_with_the_document(start_server, db_url):
+async def test_a_switch_is_logged_and_stored_with_the_document(start_server, db_url):
     first = await start_server(secret=SECRET, extensions=[Tally()])
     async with httpx.AsyncClient() as http:
         assert (await switch(http, first.http, "kept", "owner", {"tally": True})).status_code == 200
     await first.stop()
+    # on the room's timeline: a server change of its own, with the time it was made
+    from pairroom.storage.store import open_store
+
+    store = open_store(db_url)
+    await store.open()
+    try:
+        logged = [u for u in (await store.load("kept")).updates if u.origin == "local:extensions"]
+    finally:
+        await store.close()
+    assert len(logged) == 1 and logged[0].at is not None
     tally = Tally()
     again = await start_server(secret=SECRET, extensions=[tally], db=db_url)
     async with httpx.AsyncClient() as http:
@@ -757,3 +767,17 @@ def test_routes_without_the_routes_capability_are_refused_at_start_up(tmp_path, 
             assert routed.name == "routed"
     finally:
         sys.modules.pop("pairroom_routed", None)
+
+
+def test_the_commands_read_a_tuf_catalog_and_refuse_a_tampered_one(tuf_repo, tmp_path):
+    repo, url = tuf_repo
+    repo.publish(catalog_bytes(good_entry()))
+    env = {"PAIRROOM_EXTENSION_CATALOG_CACHE": str(tmp_path / "cache")}
+    found = cli("search", "signed", "--catalog", url, "--catalog-root", str(repo.root_file), env=env)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.split()[:2] == ["webhook", "0.1.0"]
+    assert "needs its pinned TUF root" in cli("search", "signed", "--catalog", url, env=env).stderr
+    target = repo.dir / "targets" / "catalog.json"
+    target.write_bytes(target.read_bytes().replace(b"0.1.0", b"6.6.6"))
+    refused = cli("info", "webhook", "--catalog", url, "--catalog-root", str(repo.root_file), env=env)
+    assert refused.returncode == 1 and "refused by TUF: LengthOrHashMismatchError" in refused.stderr
