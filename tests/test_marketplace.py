@@ -541,15 +541,29 @@ async def test_a_client_writing_the_switches_itself_is_reverted(start_server):
         with client.doc.transaction():
             client.doc.get("meta", type=Map)["extensions"] = Map({"tally": True})
         room = server.hub.registry.rooms["r"]
+        # the server had no switches: the client's are removed, here and in the client's copy
         await eventually(
-            lambda: isinstance(client.doc.get("meta", type=Map).get("extensions"), Map)
-            and dict(client.doc.get("meta", type=Map)["extensions"]) == {},
-            what="the server's copy came back to the client",
+            lambda: "extensions" not in client.doc.get("meta", type=Map), what="the server's copy came back to the client"
         )
-        assert dict(room.doc.get("meta", type=Map)["extensions"]) == {}
+        assert "extensions" not in room.guards.meta
+        marketplace = next(e for e in server.hub.extensions.extensions if e.name == "marketplace")
+        assert not marketplace.is_on(room, "tally")
         client.insert(0, "x")
         await eventually(lambda: room.integrated >= 3, what="the edit arrived")
         assert tally.count("r") == 0, "the client's own switch did not turn the extension on"
+
+        async with httpx.AsyncClient() as http:
+            assert (await switch(http, server.http, "r", "owner", {"tally": True})).status_code == 200
+        switches = lambda: client.doc.get("meta", type=Map).get("extensions")  # noqa: E731
+        await eventually(lambda: isinstance(switches(), Map) and switches().get("tally") is True, what="on for the client")
+        with client.doc.transaction():
+            del switches()["tally"]  # switching it off behind the owners' back
+        assert switches().get("tally") is None  # gone in the client's copy at once...
+        await eventually(lambda: switches().get("tally") is True, what="the server's copy came back")  # ...and back
+        assert marketplace.is_on(room, "tally")
+        seen = tally.count("r")
+        client.insert(0, "y")
+        await eventually(lambda: tally.count("r") > seen, what="still on")
     finally:
         await client.close()
 

@@ -5,10 +5,9 @@ Per-room switches live in the room's document, ``meta.extensions`` (``{"NAME": t
 every node with the document, are stored with it and recorded on its timeline. Only the server writes
 them: ``PUT /api/rooms/{room}/extensions``, for owners (the live role, ``Room.role_of``). The runner
 asks ``is_on`` before calling a per-room extension's room hooks; the answer comes from the server's
-copy of the map (``_on``), which follows changes made by this node or relayed from another node. A
-client that writes ``meta.extensions`` itself is ignored and its change is reverted to the server's
-copy right behind it, as ``guards.py`` does for ``meta.roles``. (A node other than the writer's sees
-the client's change until the writer's revert arrives, one relayed update later.)
+copy of the map (``_on``), which follows changes made by this node or relayed from another node. The
+marketplace's document row gives ``meta.extensions`` to the server alone: a client's write there is
+ignored here and reverted by the guards (``rooms/owners.py``), as for ``meta.roles``.
 
 Routes (owners switch, every member reads):
 
@@ -41,6 +40,7 @@ from starlette.routing import BaseRoute, Route
 from pairroom.protocol.origins import ClientOrigin, LocalOrigin
 from pairroom.rooms.extension import Extension, ExtensionRunner
 from pairroom.rooms.identity import Role
+from pairroom.rooms.owners import SERVER, OwnerRow
 from pairroom.web.api import ApiError, handles_errors, json_body, require_owner, room_of
 from pairroom.web.auth import authenticate
 
@@ -166,19 +166,8 @@ class Marketplace(Extension):
         if not any(touches_switches(event) for event in events):
             return
         if isinstance(room.current_origin, ClientOrigin):
-            # not the server's to take: put the server's copy back right behind the client's change
-            asyncio.get_running_loop().call_soon(self._restore, room)
-            return
+            return  # not the client's to write: the guards put the server's copy back
         self._on[room] = read_switches(room.guards.meta)
-
-    def _restore(self, room: Room) -> None:
-        if room not in self._watching:  # unloaded before its turn came: nothing left to correct
-            return
-        on = self._on.get(room, frozenset())
-        if read_switches(room.guards.meta) == on:
-            return
-        with room.local_change(LocalOrigin("extensions")) as doc:
-            doc.get("meta", type=Map)[KEY] = Map({name: True for name in sorted(on)})
 
     def is_on(self, room: Room, extension: str) -> bool:
         on = self._on.get(room)
@@ -204,6 +193,9 @@ class Marketplace(Extension):
                 meta[KEY] = Map({name: True for name in sorted(on)})
         self._on[room] = frozenset(on)
         return self._on[room]
+
+    def document_rows(self) -> Sequence[OwnerRow]:
+        return [OwnerRow("meta", KEY, SERVER, switches_map, "`Y.Map` extension name to `true`: on in this room")]
 
     # -- routes ---------------------------------------------------------------------------------
 
@@ -318,6 +310,12 @@ def read_switches(meta: Map) -> frozenset[str]:
     if not isinstance(current, Map):
         return frozenset()
     return frozenset(name for name, value in current.items() if value is True)
+
+
+def switches_map(value: Any) -> bool:
+    return isinstance(value, Map) and all(
+        isinstance(name, str) and catalogs.NAME.fullmatch(name) and on is True for name, on in value.items()
+    )
 
 
 def touches_switches(event: Any) -> bool:
