@@ -170,7 +170,10 @@ export function mountExtensions({ room, token, doc, role, name, view, currentPat
       return h('li', { class: 'extension', 'data-extension': ext.name, 'data-on': String(state) },
         h('div', { class: 'extension-head' }, h('strong', {}, ext.name), h('span', { class: 'hint' }, ext.version), badge(ext), toggle),
         ext.summary ? h('p', { class: 'hint' }, ext.summary) : null,
-        ext.capabilities.length ? capabilities(ext.capabilities) : null)
+        ext.capabilities.length ? capabilities(ext.capabilities) : null,
+        Object.keys(ext.errors ?? {}).length
+          ? h('p', { class: 'error ext-failures' }, `Failed on this server: ${Object.entries(ext.errors).map(([hook, n]) => `${hook} ×${n}`).join(', ')}`)
+          : null)
     }))
     if (!shown.length) list.replaceChildren(h('li', { class: 'hint' }, 'This server runs no third-party extension.'))
     const catalog = listing.catalog
