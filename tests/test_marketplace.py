@@ -366,7 +366,10 @@ def test_list_search_and_info_read_the_catalog(webhook_wheel, tmp_path):
     assert shown["files"][0]["filename"] == WEBHOOK_WHEEL and shown["installed"] == "0.1.0"
     missing = cli("info", "nope", "--catalog", str(catalog))
     assert missing.returncode == 1 and "'nope' is not in the catalog" in missing.stderr and "webhook" in missing.stderr
-    assert "no catalog" in cli("list").stderr
+    bare = cli("list", env={"PAIRROOM_EXTENSIONS": "webhook"})
+    assert bare.returncode == 0 and "catalog: none" in bare.stdout
+    assert [line.split() for line in bare.stdout.splitlines() if line.startswith("webhook")] == [["webhook", "0.1.0", "yes", "-"]]
+    assert "no catalog" in cli("search", "x").stderr
 
 
 def test_install_pip_installs_the_pinned_file_and_it_loads_by_entry_point(webhook_wheel, tmp_path):

@@ -82,6 +82,8 @@ def run(args: argparse.Namespace, context: Context) -> int:
     try:
         if args.action == "publish":
             return publish(args.wheel, args.catalog, args.summary, args.homepage)
+        if args.action == "list" and not (args.catalog or context.catalog):
+            return list_(Catalog(), context)  # what is installed and enabled, with no catalog to compare
         catalog = open_catalog(args, context)
         if args.action == "list":
             return list_(catalog, context)
@@ -157,7 +159,7 @@ def list_(catalog: Catalog, context: Context) -> int:
             f"{'yes' if name in context.enabled else 'no':<8} {entry.version if entry else '-':<12} "
             f"{','.join(sorted(entry.capabilities)) if entry else ''}"
         )
-    print(f"catalog: {catalog.source} ({catalog.verified_by})")
+    print(f"catalog: {catalog.source} ({catalog.verified_by})" if catalog.source else "catalog: none (--catalog or PAIRROOM_EXTENSION_CATALOG)")
     return 0
 
 
