@@ -234,6 +234,7 @@ class Marketplace(Extension):
             async with hub.registry.hold(room_name) as room:
                 role = room.role_of(principal)
                 on = self._on.get(room, read_switches(room.guards.meta))
+        failures = hook_errors(hub)
         return JSONResponse(
             {
                 "room": room_name,
@@ -246,7 +247,7 @@ class Marketplace(Extension):
                     "errors": list(self.catalog_errors),
                     "entries": [self._catalog_entry(e, enabled) for e in sorted(self.catalog.entries.values(), key=lambda e: e.name)],
                 },
-                "extensions": [self._describe(e, on, hook_errors(hub)) for e in enabled.values()],
+                "extensions": [self._describe(e, on, failures) for e in enabled.values()],
             }
         )
 
