@@ -616,3 +616,32 @@ async def test_viewers_joining_together_share_one_render(ts: TermServer) -> None
         task.cancel()
         live.detach(viewer)
     await a.close()
+
+
+async def test_a_client_cannot_forge_the_terminals_record(ts: TermServer) -> None:
+    """An editor's client writing the server's ``terminals`` map (a forged command) is reverted."""
+    room = new_room()
+    ada, _, cy = members(room)
+    terminal = await create(ts, room, ada)
+    a = await TermClient.connect(ts, room, terminal["id"], ada)
+    await ready(a)
+    await a.type("echo real-$((1+1))\r")
+    await until(lambda: "real-2\r\n" in a.output)
+    editor = await YClient.connect(f"ws://127.0.0.1:{ts.port}/yjs/{room}?token={cy.token}")
+    await until(lambda: _commands(editor, terminal["id"]), what="the editor has the record")
+    entry = editor.doc.get("terminals", type=Map)[terminal["id"]]
+    entry["commands"].append({"by": ada.user, "name": "Ada", "line": "rm -rf / # forged", "at": 1})
+    editor.doc.get("terminals", type=Map)["fake"] = Map({"name": "fake"})
+    await until(lambda: "fake" not in editor.doc.get("terminals", type=Map)
+                and not any("forged" in c["line"] for c in _commands(editor, terminal["id"])),
+                what="the forgery is reverted")
+    server_side = ts.registry.rooms[room].doc.get("terminals", type=Map).to_py()
+    assert "fake" not in server_side
+    assert [c["line"] for c in server_side[terminal["id"]]["commands"]] == ["echo real-$((1+1))"]
+    await editor.close()
+    await a.close()
+
+
+def _commands(client: YClient, terminal_id: str) -> list[dict[str, Any]]:
+    entry = client.doc.get("terminals", type=Map).get(terminal_id)
+    return list(entry.to_py().get("commands", [])) if isinstance(entry, Map) else []
