@@ -9,7 +9,9 @@ backspace, alternately, 20 ms apart) and the time until bash's echo arrives as a
 is measured at the typist and at the last watcher (p50 and p99, ms). Then ``head -c 2000000``
 of output is fanned out to the 100 watchers (MB/s per watcher and in total; the per-terminal rate
 cap, 1 MiB/s by default, bounds it). Memory: the resident size of the sandboxed process tree per
-terminal (setpriv, bwrap, bash) and the server's growth for 10 idle terminals. Prints JSON.
+terminal (setpriv, bwrap, bash) and the server's growth for 10 idle terminals. Last, another room's
+edit round trip (a y-websocket client's insert seen by a second client), quiet and while a terminal
+runs ``yes``. Prints JSON.
 """
 
 from __future__ import annotations
@@ -53,6 +55,54 @@ def tree_rss(pid):
         except OSError:
             pass
     return total
+
+def token_for(room):
+    return room, mint(SECRET, room, Role.EDITOR, "Ed", user_id="ed")
+
+
+async def edit_round_trips(port, room_token, flood=None, samples=100):
+    """p50 and p99 of: one y-websocket client inserts a character, another sees it (ms)."""
+    from pycrdt import Text
+    from tests.yclient import YClient
+
+    room, token = room_token
+    url = f"ws://127.0.0.1:{port}/yjs/{room}?token={token}"
+    a, b = await YClient.connect(url), await YClient.connect(url)
+    await a.synced.wait()
+    await b.synced.wait()
+    flooding = None
+    if flood is not None:
+        http, term_room, term_token = flood
+        t = (await http.post(f"/api/rooms/{term_room}/terminals", json={})).json()
+        flooding = await websockets.connect(f"ws://127.0.0.1:{port}/terminal/{term_room}/{t['id']}?token={term_token}", max_size=None)
+        drain = asyncio.create_task(_drain(flooding))
+        await flooding.send(json.dumps(["stdin", "yes\r"]))
+        await asyncio.sleep(1.0)  # the flood is running before the first sample
+    times = []
+    for i in range(samples):
+        want = i + 1
+        start = time.perf_counter()
+        a.text.insert(len(a.text), "x")
+        while len(str(b.text)) < want:  # polled finely: the delay itself is what is measured
+            if time.perf_counter() - start > 10:
+                raise TimeoutError("an edit did not arrive within 10 s")
+            await asyncio.sleep(0.0002)
+        times.append((time.perf_counter() - start) * 1000)
+        await asyncio.sleep(0.01)
+    if flooding is not None:
+        await flooding.send(json.dumps(["stdin", "\x03"]))
+        drain.cancel()
+        await flooding.close()
+    await a.close()
+    await b.close()
+    ordered = sorted(times)
+    return {"p50": statistics.median(times), "p99": ordered[int(len(ordered) * 0.99) - 1]}
+
+
+async def _drain(ws):
+    async for _ in ws:
+        pass
+
 
 async def main():
     tmp = Path(tempfile.mkdtemp())
@@ -130,6 +180,13 @@ async def main():
     server_delta = rss_kib(os.getpid()) - base
     n = len(svc.rooms[room])
     results["memory"] = {"terminals": n, "sandbox_processes_kib_per_terminal": procs // n, "server_kib_delta_for_10": server_delta}
+    # another room's edit round trip (one client's keystroke seen by another), quiet and beside a flood
+    for ident in ids:
+        await http.delete(f"/api/rooms/{room}/terminals/{ident}")
+    results["edit_round_trip_ms"] = {
+        "quiet": await edit_round_trips(port, token_for("edits-quiet")),
+        "beside_a_flood": await edit_round_trips(port, token_for("edits-flood"), flood=(http, room, token)),
+    }
     print(json.dumps(results, indent=1))
     await http.aclose()
     server.should_exit = True

@@ -573,3 +573,75 @@ async def test_settings_come_from_pairroom_ext_terminals_variables() -> None:
     for bad, says in (({"max_per_room": "many"}, "not a int"), ({"idle_seconds": "-1"}, "positive"), ({"colour": "x"}, "unknown")):
         with pytest.raises(ValueError, match=says):
             parse_options(bad, TERMINALS)
+
+
+async def test_viewers_joining_together_share_one_render(ts: TermServer) -> None:
+    room = new_room()
+    ada, bob, _ = members(room)
+    terminal = await create(ts, room, ada)
+    a = await TermClient.connect(ts, room, terminal["id"], ada)
+    await ready(a)
+    await a.type("seq 1 3000; echo seq-'done'\r")
+    await until(lambda: "seq-done\r\n" in a.output)
+    live = ts.service.get(room, terminal["id"])
+    assert live is not None
+    from pairroom.terminal.session import Viewer
+
+    renders = 0
+    original = live._render
+
+    async def counted() -> None:
+        nonlocal renders
+        renders += 1
+        await original()
+
+    live._render = counted  # type: ignore[method-assign]
+    inboxes: list[list[Any]] = [[] for _ in range(20)]
+
+    def sender(inbox: list[Any]) -> Any:
+        async def send(frame: str) -> None:
+            inbox.append(json.loads(frame))
+        return send
+
+    viewers = [Viewer(_principal(bob), sender(inbox), 1 << 20) for inbox in inboxes]
+    for viewer in viewers:
+        live.attach(viewer)
+    tasks = [asyncio.create_task(live.serve_viewer(v)) for v in viewers]
+    await until(lambda: all(any(f[0] == "snapshot" for f in inbox) for inbox in inboxes), what="every snapshot")
+    assert renders == 1
+    for inbox in inboxes:
+        screen = next(f[1] for f in inbox if f[0] == "snapshot")
+        assert "2999\r\n3000\r\nseq-done" in screen
+    for task, viewer in zip(tasks, viewers):
+        task.cancel()
+        live.detach(viewer)
+    await a.close()
+
+
+async def test_a_client_cannot_forge_the_terminals_record(ts: TermServer) -> None:
+    """An editor's client writing the server's ``terminals`` map (a forged command) is reverted."""
+    room = new_room()
+    ada, _, cy = members(room)
+    terminal = await create(ts, room, ada)
+    a = await TermClient.connect(ts, room, terminal["id"], ada)
+    await ready(a)
+    await a.type("echo real-$((1+1))\r")
+    await until(lambda: "real-2\r\n" in a.output)
+    editor = await YClient.connect(f"ws://127.0.0.1:{ts.port}/yjs/{room}?token={cy.token}")
+    await until(lambda: _commands(editor, terminal["id"]), what="the editor has the record")
+    entry = editor.doc.get("terminals", type=Map)[terminal["id"]]
+    entry["commands"].append({"by": ada.user, "name": "Ada", "line": "rm -rf / # forged", "at": 1})
+    editor.doc.get("terminals", type=Map)["fake"] = Map({"name": "fake"})
+    await until(lambda: "fake" not in editor.doc.get("terminals", type=Map)
+                and not any("forged" in c["line"] for c in _commands(editor, terminal["id"])),
+                what="the forgery is reverted")
+    server_side = ts.registry.rooms[room].doc.get("terminals", type=Map).to_py()
+    assert "fake" not in server_side
+    assert [c["line"] for c in server_side[terminal["id"]]["commands"]] == ["echo real-$((1+1))"]
+    await editor.close()
+    await a.close()
+
+
+def _commands(client: YClient, terminal_id: str) -> list[dict[str, Any]]:
+    entry = client.doc.get("terminals", type=Map).get(terminal_id)
+    return list(entry.to_py().get("commands", [])) if isinstance(entry, Map) else []

@@ -335,3 +335,19 @@ async def test_a_run_writes_files_into_the_document_and_they_outlive_the_kernel(
         await client.close()
     finally:
         await server.stop()
+
+
+async def test_a_client_cannot_forge_the_workspace_listing(node: tuple[RunningServer, Workspaces]) -> None:
+    server, workspaces = node
+    room = "ws-" + uuid.uuid4().hex[:8]
+    client = await YClient.connect(server.ws(room))
+    async with workspaces.use(room) as workspace:
+        await workspace.ensure_dir()
+        (workspace.path / "real.bin").write_bytes(b"\x00" * 10)
+        await eventually(lambda: "real.bin" in client.doc.get(LISTING_ROOT, type=Map))
+        listing = client.doc.get(LISTING_ROOT, type=Map)
+        listing["fake.bin"] = Map({"size": 1, "kind": "binary"})
+        del listing["real.bin"]
+        await eventually(lambda: set(client.doc.get(LISTING_ROOT, type=Map).keys()) == {"real.bin"},
+                         what="the client's writes to the listing are reverted")
+    await client.close()

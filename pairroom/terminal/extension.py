@@ -12,10 +12,14 @@ from starlette.routing import BaseRoute
 
 from pairroom.kernels.sandbox import SandboxUnavailable
 from pairroom.kernels.settings import KernelSettings
+from pycrdt import Map
+
 from pairroom.rooms.extension import Extension
+from pairroom.rooms.owners import SERVER, OwnerRow, finite_number, plain_value
+from pairroom.workspace import LISTING_ROOT
 
 from .api import routes
-from .service import TerminalService
+from .service import MAX_COMMANDS, TERMINALS_ROOT, TerminalService
 from .settings import TerminalSettings
 
 log = logging.getLogger("pairroom.terminal")
@@ -72,6 +76,17 @@ class Terminals(Extension):
             self.service = node.state.terminals = None
             await service.stop()
 
+    def document_rows(self) -> Sequence[OwnerRow]:
+        """The server writes both roots; a client's write to them is reverted by the guards. The
+        workspace's listing is declared here because the workspace (core) has no extension of its
+        own and terminals are what make it change."""
+        return [
+            OwnerRow(TERMINALS_ROOT, "*", SERVER, terminal_entry,
+                     "`Y.Map`: `name`, `by`, `createdAt`, `status`, `exit`, `rows`, `cols`, `node`, "
+                     f"`commands` (`Y.Array`, last {MAX_COMMANDS})"),
+            OwnerRow(LISTING_ROOT, "*", SERVER, listing_entry, "`Y.Map`: `size` (number), `kind` (`large` or `binary`)"),
+        ]
+
     def on_deleted(self, room_name: str) -> None:
         if self.service is not None and room_name in self.service.rooms:
             self.service.spawn(self.service.close_room(room_name), f"pairroom-terminals-close-{room_name}")
@@ -107,3 +122,16 @@ def parse_options(options: Mapping[str, str], base: TerminalSettings) -> tuple[T
         else:
             workspace[key.removeprefix("workspace_")] = value
     return dataclasses.replace(base, **terminal), workspace  # type: ignore[arg-type]
+
+
+def terminal_entry(value: object) -> bool:
+    return isinstance(value, Map) and plain_value(value, depth=4, max_string=64 * 1024)
+
+
+def listing_entry(value: object) -> bool:
+    return (
+        isinstance(value, Map)
+        and set(value.keys()) == {"size", "kind"}
+        and finite_number(value.get("size"))
+        and value.get("kind") in ("large", "binary")
+    )

@@ -167,6 +167,10 @@ class Terminal:
         self._capped_notice = 0.0
         self._resume_handle: asyncio.TimerHandle | None = None
         self._snapshot_cache: tuple[int, str] | None = None
+        self._rendering: asyncio.Future[None] | None = None
+        self._recent: collections.deque[tuple[int, str]] = collections.deque()
+        self._recent_size = 0
+        self._recent_floor = 0  # snapshots of this version or newer can be caught up from _recent
         self._scan_handle: asyncio.TimerHandle | None = None
         self.output_bytes = 0
 
@@ -228,11 +232,22 @@ class Terminal:
         if not text:
             return
         self.emulator.feed(text)
+        self._keep_recent(self.emulator.version, text)
         self.cast.add("o", text)
         frame = json.dumps(["stdout", text])
         for viewer in list(self.viewers):
             viewer.push(frame)
         self._schedule_scan()
+
+    def _keep_recent(self, version: int, text: str) -> None:
+        """The output since the last snapshot, bounded: a viewer catching up gets the snapshot and
+        this, so a snapshot can be shared by everyone behind instead of rendered per viewer."""
+        self._recent.append((version, text))
+        self._recent_size += len(text)
+        while self._recent_size > self.settings.viewer_queue_bytes and len(self._recent) > 1:
+            old_version, old = self._recent.popleft()
+            self._recent_size -= len(old)
+            self._recent_floor = old_version  # a snapshot older than this cannot be caught up from
 
     def _schedule_scan(self) -> None:
         """When output goes quiet, the workspace looks at the disk (a command probably wrote files)."""
@@ -314,24 +329,48 @@ class Terminal:
         for viewer in list(self.viewers):
             viewer.push_control(self.setup_frame(viewer.principal))
 
-    async def snapshot(self) -> str:
-        """ANSI that redraws the screen now; rendered in a worker thread, cached per output."""
+    async def snapshot(self) -> tuple[int, str]:
+        """A rendered screen and the emulator version it shows. One render at a time, shared: while
+        one runs (in a worker thread), whoever else needs a screen waits for it, so a hundred
+        viewers falling behind at once cost one render, not a hundred."""
+        while True:
+            cached = self._snapshot_cache
+            if cached is not None and cached[0] == self.emulator.version:
+                return cached  # nothing printed since: exact
+            if self._rendering is None:
+                self._rendering = asyncio.ensure_future(self._render())
+            rendering = self._rendering
+            try:
+                await asyncio.shield(rendering)
+            finally:
+                if self._rendering is rendering and rendering.done():
+                    self._rendering = None
+            rendering.result()  # a failed render is raised here, to the viewer's sender
+            cached = self._snapshot_cache
+            if cached is not None and cached[0] >= self._recent_floor:
+                return cached  # the render that was running, plus what _recent kept since
+
+    async def _render(self) -> None:
         version = self.emulator.version
-        cached = self._snapshot_cache
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        captured = self.emulator.capture()  # at this instant: later output is queued behind it
+        captured = self.emulator.capture()  # at this instant; later output is in ``_recent``
         rendered = await asyncio.to_thread(render, *captured)
-        self._snapshot_cache = (version, rendered)
-        return rendered
+        if self._snapshot_cache is None or self._snapshot_cache[0] < version:
+            self._snapshot_cache = (version, rendered)
 
     async def serve_viewer(self, viewer: Viewer) -> None:
-        """Send a viewer its frames until cancelled: a snapshot first (and whenever it fell behind)."""
+        """Send a viewer its frames until cancelled: a snapshot first, and again whenever it fell
+        behind. The snapshot may be a little older than now; the output since it comes from
+        ``_recent``, taken in the same instant as the viewer's queue is reset, so nothing is shown
+        twice or skipped."""
         while True:
             await viewer.wake.wait()
             viewer.wake.clear()
             if viewer.needs_snapshot:
-                # taken at one instant on the loop: output after it is queued behind the snapshot
+                # while it stays set, push() adds no output to the queue: it is all in _recent
+                version, rendered = await self.snapshot()
+                if version < self._recent_floor:
+                    viewer.wake.set()  # the output since that render is no longer all kept: again
+                    continue
                 viewer.needs_snapshot = False
                 controls = [f for f in viewer.queue if not f.startswith('["stdout"')]
                 if viewer.overflowed:
@@ -339,11 +378,13 @@ class Terminal:
                     controls.insert(0, self.setup_frame(viewer.principal))
                 viewer.queue.clear()
                 viewer.queued = 0
-                rendered = await self.snapshot()
+                since = "".join(text for v, text in self._recent if v > version)
                 viewer.snapshots += 1
                 for frame in controls:
                     await viewer.send(frame)
                 await viewer.send(json.dumps(["snapshot", rendered]))
+                if since:
+                    await viewer.send(json.dumps(["stdout", since]))
             while viewer.queue:
                 frame = viewer.queue.popleft()
                 viewer.queued -= len(frame)
@@ -443,6 +484,9 @@ class Terminal:
         self.shell.resize(rows, cols)
         self._flush_output()  # what was printed at the old size is fed before the resize
         self.emulator.resize(rows, cols)
+        self._recent_floor = self.emulator.version  # a screen of the old size is no use any more
+        self._recent.clear()
+        self._recent_size = 0
         self.cast.add("r", f"{cols}x{rows}")
         self.broadcast(json.dumps(["resize", rows, cols]))
         self.record(self, None)

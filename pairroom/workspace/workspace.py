@@ -16,9 +16,9 @@ last active (``note_actor``), as ``LocalOrigin("disk:<user id>")``. Text files u
 sync; larger and binary files stay on disk and are listed read-only with their size in the
 ``workspace`` root map. Ignore rules skip folders such as ``.git/`` and ``node_modules/``.
 
-Why polling and not inotify (``watchfiles``): room code owns this tree. The notify crate behind
-watchfiles follows symlinks when it adds recursive watches, so ``ln -s / x`` would have the server
-watch the host's whole filesystem, and a folder 3,000 deep costs 3,000 watches from a per-user
+Why polling and not inotify (``watchfiles``): room code owns this tree. watchfiles' recursive
+watches follow symlinks (measured with 1.3.0: a write in a folder outside the tree was reported
+through a link inside it), so ``ln -s / x`` would have the server watch the host's whole filesystem, and a folder 3,000 deep costs 3,000 watches from a per-user
 budget shared with every other room. A scan with ``safe_fs.scan`` follows nothing, is bounded in
 entries and depth, and runs in a worker thread; for the sizes a room has (hundreds of files) it costs
 well under a millisecond of the loop per pass. Changes made by a terminal are picked up without
