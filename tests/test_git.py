@@ -834,3 +834,25 @@ print('workspace .git:', os.path.exists('/home/room/.git'), sorted(os.listdir('/
     assert "credential seen in []" in out, run
     assert "git root visible: False" in out
     assert "workspace .git: False" in out and "logo.png" in out  # the read-only entries are there
+
+
+async def test_restoring_at_a_commit_gives_its_files(room: tuple[RunningServer, str, Path]) -> None:
+    server, name, _ = room
+    ada_token = token(name, "ada", "Ada")
+    ada = await joined(server, name, ada_token)
+    files_of(ada)["README.md"].insert(0, "committed ")
+    await eventually(lambda: (server_text(server, name, "README.md") or "").startswith("committed"))
+    async with api(server, ada_token) as http:
+        committed = (await http.post(f"/api/rooms/{name}/git/commit", json={"message": "c"})).json()
+        files_of(ada)["README.md"].insert(0, "later ")
+        files_of(ada)["extra.txt"] = Text("later\n")
+        await eventually(lambda: server_text(server, name, "extra.txt") == "later\n")
+        log = (await http.get(f"/api/rooms/{name}/git/log")).json()["commits"]
+        assert log[0]["sha"] == committed["head"] and log[0]["seq"] == committed["seq"]
+        assert log[1]["seq"] is not None  # the commit the room was opened at
+        restored = await http.post(f"/api/rooms/{name}/restore", json={"at": log[0]["seq"]})
+        assert restored.status_code == 200, restored.text
+        await eventually(lambda: server_text(server, name, "README.md") == "committed # demo\n")
+        await eventually(lambda: server_text(server, name, "extra.txt") is None)
+        status = (await http.get(f"/api/rooms/{name}/git/status")).json()
+        assert status["changes"] == []  # the room is the commit again

@@ -138,7 +138,8 @@ async def commit(request: Request) -> Response:
     async with hub.registry.hold(room_name) as room:
         check_may_change(room, principal)
         answer = await service.commit(room, principal, message.strip(), paths, series)
-    record(request, room_name, principal, {"action": "commit", "head": answer["head"], "commits": answer["commits"]})
+    record(request, room_name, principal, {"action": "commit", "head": answer["head"], "seq": answer["seq"],
+                                           "commits": answer["commits"]})
     return JSONResponse(answer, 201)
 
 

@@ -79,12 +79,13 @@ class RoomGit:
     base: str = ""  # the commit it was opened at
     last_seq: int = 0  # the log up to here is committed (co-authors count from after it)
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    seqs: dict[str, int] = field(default_factory=dict)  # commit made here -> the log seq its files are
     credential: Credential | None = None  # memory only: never written, never answered
 
     def save(self) -> None:
         state = {
             "remote": self.remote, "branch": self.branch, "ref": self.ref, "base": self.base,
-            "last_seq": self.last_seq, "skipped": self.skipped,
+            "last_seq": self.last_seq, "skipped": self.skipped, "seqs": self.seqs,
         }
         path = os.path.join(self.repo.path, STATE_FILE)
         with open(path + ".tmp", "w") as handle:
@@ -97,8 +98,8 @@ class RoomGit:
                 state = json.load(handle)
         except FileNotFoundError:
             return False
-        for key in ("remote", "branch", "ref", "base", "last_seq", "skipped"):
-            setattr(self, key, state[key])
+        for key in ("remote", "branch", "ref", "base", "last_seq", "skipped", "seqs"):
+            setattr(self, key, state.get(key, getattr(self, key)))
         return True
 
 
@@ -305,6 +306,7 @@ class VcsService:
                 listing[file_path] = Map({"size": len(blob), "kind": kind})
         await room.flush()
         state.last_seq = room.stored_seq
+        state.seqs[prepared.head] = state.last_seq
         state.save()
         self._mirror(room, state, prepared.head)
         if prepared.on_disk and self.workspaces is not None:
@@ -402,8 +404,13 @@ class VcsService:
         return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
 
     async def log(self, room: Room, limit: int) -> list[dict[str, Any]]:
+        """The commits, each with the room's ``seq`` where the room made or opened it (restore and
+        fork take it like any point in time), None for commits that came from elsewhere."""
         state = self.room_git(room.name)
-        return await state.repo.log(HEAD_REF, limit)
+        commits = await state.repo.log(HEAD_REF, limit)
+        for commit in commits:
+            commit["seq"] = state.seqs.get(str(commit["sha"]))
+        return commits
 
     # -- committing ---------------------------------------------------------------------------------
 
@@ -461,14 +468,15 @@ class VcsService:
                                 "paths": sorted([*changed, *removed])})
             await state.repo.move_head(final, head)
             state.last_seq = max(upto, state.last_seq)
+            state.seqs[final] = upto  # restore or fork at this seq gives the commit's files
             state.save()
             self.reader(room.name).forget_before(state.last_seq)
             last = {"sha": final, "at": int(time.time() * 1000), "by": principal.user_id, "name": author.name,
-                    "coauthors": commits[-1].get("coauthors", []), "count": len(commits)}
+                    "coauthors": commits[-1].get("coauthors", []), "count": len(commits), "seq": upto}
             self._mirror(room, state, final, lastCommit=last)
             log.info("committed", extra={"room": room.name, "head": final, "commits": len(commits),
                                          "coauthors": len(coauthors)})
-            return {"head": final, "commits": commits}
+            return {"head": final, "seq": upto, "commits": commits}
 
     async def _settle(self, state: RoomGit, new: str, changed: dict[str, str], removed: list[str], message: str,
                       author: Person) -> str:
