@@ -127,3 +127,12 @@ def test_committing_from_the_panel_credits_the_other_typist(
     bob.click("#source-control >> text=Refresh")
     bob.wait_for_selector("#git-log >> text=Greet from both of us")
     assert bob.is_visible("#source-control >> text=No changes since the last commit.")
+    # Bob types more, then restores the commit from its log entry: the room is the commit again
+    bob.click(".cm-content")
+    bob.keyboard.press("Control+End")
+    bob.keyboard.type("print('more')\n")
+    ada.wait_for_function("() => window.pairroom.files.get('main.py').toString().includes('more')")
+    bob.once("dialog", lambda dialog: dialog.accept())
+    bob.click("#git-log li:first-child >> text=Restore")
+    ada.wait_for_function("() => window.pairroom.files.get('main.py').toString() === \"# ada\\nprint('hello')\\nprint('bob')\\n\"")
+    bob.wait_for_selector("#git-note >> text=Restored")

@@ -160,6 +160,10 @@ export class GitPanel {
     els.log.replaceChildren(...commits.map((c) => el('li', {},
       el('code', { textContent: c.sha.slice(0, 7) }), ' ', c.subject, ' ',
       el('span', { className: 'hint', textContent: [c.author.name, ...c.coauthors.map((x) => x.replace(/ <.*$/, ''))].join(', ') }),
+      // the room's files as this commit has them: a restore at the commit's point of the log
+      c.seq != null && status.canCommit
+        ? el('button', { type: 'button', className: 'small git-restore', textContent: 'Restore', title: `Make the room's files this commit's again (a new change everyone sees)`, onclick: () => this.restore(c) })
+        : null,
     )))
   }
 
@@ -208,6 +212,16 @@ export class GitPanel {
       if (this.blaming && this.current() === path) this.view.dispatch({ effects: setBlame.of(lines) })
     } catch (error) {
       if (error.status !== 404) this.els.error.textContent = `Blame: ${error.message}`
+    }
+  }
+
+  async restore(commit) {
+    if (!confirm(`Make the room's files those of ${commit.sha.slice(0, 7)} "${commit.subject}" again?`)) return
+    try {
+      await this.api('POST', 'restore', { at: commit.seq })
+      this.els.note.textContent = `Restored ${commit.sha.slice(0, 7)}.`
+    } catch (error) {
+      this.els.error.textContent = `Restore failed: ${error.message}`
     }
   }
 
