@@ -206,7 +206,7 @@ class LobbyOpener:
 
     async def install(self, room: Room, prepared: Prepared) -> dict[str, Any]:
         try:
-            return await self.service.install(room, prepared, None)
+            return await self.service.install(room, prepared)
         except GitError as exc:
             raise ApiError(exc.status, exc.reason) from exc
 

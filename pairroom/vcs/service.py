@@ -285,7 +285,7 @@ class VcsService:
     async def discard(self, prepared: Prepared) -> None:
         await asyncio.to_thread(shutil.rmtree, prepared.staging, True)
 
-    async def install(self, room: Room, prepared: Prepared, principal: Principal | None) -> dict[str, Any]:
+    async def install(self, room: Room, prepared: Prepared) -> dict[str, Any]:
         """Make the prepared repository the room's: its text files into ``files`` (one update, stamped
         ``local:git:import``), the rest written to the workspace read-only and listed."""
         path = os.path.join(self.root, dir_name(room.name) + ".git")
@@ -532,8 +532,8 @@ class VcsService:
 
     async def pull(self, room: Room, principal: Principal, ref: object) -> dict[str, Any]:
         """Fetch and merge the remote branch, then bring the result into the document as edits
-        merged with what people typed meanwhile (``workspace.merge``): an edit of lines someone
-        also changed keeps both and opens a review thread on them."""
+        merged with what people typed meanwhile (``pull.merge_lines``): the remote's change of lines
+        the room also changed is left out, and a review thread on those lines shows both versions."""
         state = self.room_git(room.name)
         if ref is not None and (not isinstance(ref, str) or not BRANCH.match(ref)):
             raise GitError(400, "ref must be a branch name")
@@ -562,12 +562,10 @@ class VcsService:
                                                     author, SERVER)
             changed, conflicts = await self._apply(state, room, head, new, principal)
             await state.repo.move_head(new, head)
-            await room.flush()
-            # what git brought in is not anyone's work in the room: co-authors count from here on,
-            # except the people who typed meanwhile (their updates are in the log after last_seq)
-            state.save()
+            # The pulled edits are stamped local:git:pull and credit nobody; what people typed
+            # meanwhile is still theirs at the next commit.
             self._mirror(room, state, new, pulled={"sha": new, "at": int(time.time() * 1000), "by": principal.user_id,
-                                                   "conflicts": conflicts})
+                                                   "conflicts": [c["path"] for c in conflicts]})
             log.info("pulled", extra={"room": room.name, "head": new, "changed": len(changed), "conflicts": len(conflicts)})
             return {"head": new, "fetched": fetched, "changed": changed, "conflicts": conflicts, "upToDate": False}
 
