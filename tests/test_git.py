@@ -856,3 +856,15 @@ async def test_restoring_at_a_commit_gives_its_files(room: tuple[RunningServer, 
         await eventually(lambda: server_text(server, name, "extra.txt") is None)
         status = (await http.get(f"/api/rooms/{name}/git/status")).json()
         assert status["changes"] == []  # the room is the commit again
+
+
+async def test_a_server_without_git_says_so(start_server: StartServer, remote: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # a machine where git is not installed
+    server = await start_server(git_allow_local=True, db=f"sqlite:///{tmp_path / 'nogit.db'}")
+    answer = await open_room(server, f"file://{remote}", "nogit")
+    assert answer.status_code == 503 and "not enabled" in answer.json()["error"]
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        status = await http.get("/api/rooms/nogit/git/status")
+        assert status.status_code == 503 and "git command" in status.json()["error"]
+        assert (await http.post("/api/rooms", json={"room": "nogit"})).status_code == 201  # the rest works

@@ -40,7 +40,8 @@ MAX_MESSAGE = 64 * 1024
 def _service(request: Request) -> VcsService:
     service = getattr(request.app.state, "git", None)
     if service is None:
-        raise ApiError(503, "version control is not enabled on this server")
+        reason = getattr(request.app.state, "git_error", None) or "version control is not enabled on this server"
+        raise ApiError(503, reason)
     return service  # type: ignore[no-any-return]
 
 

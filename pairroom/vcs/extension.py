@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import shutil
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -15,9 +17,13 @@ from pairroom.rooms.owners import SERVER, OwnerRow, plain_value
 from pairroom.rooms.room import Room
 
 from .api import LobbyOpener, routes
+from .gitcli import GIT
 from .service import VcsService
 from .settings import VcsSettings
 
+
+
+log = logging.getLogger("pairroom.vcs")
 
 
 class VersionControl(Extension):
@@ -37,6 +43,12 @@ class VersionControl(Extension):
 
     @contextlib.asynccontextmanager
     async def _run(self, node: Any) -> AsyncIterator[None]:
+        node.state.git = node.state.git_opener = None
+        if shutil.which(GIT) is None:
+            node.state.git_error = "version control needs the git command, which this server does not have"
+            log.error("git refused: no git command on PATH")
+            yield
+            return
         service = VcsService(node.registry, node.store, self.vcs_settings)
         service.start()
         self.service = node.state.git = service
