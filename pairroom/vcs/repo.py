@@ -46,6 +46,7 @@ def blob_sha(data: bytes) -> str:
 class Repo:
     def __init__(self, git: Git) -> None:
         self.git = git
+        self._trees: dict[str, dict[str, Entry]] = {}  # commit id -> its tree (a commit never changes)
 
     @property
     def path(self) -> str:
@@ -74,6 +75,10 @@ class Repo:
         return result.out.decode().strip() or None
 
     async def tree(self, rev: str) -> dict[str, Entry]:
+        """Every entry of the commit's tree; remembered for commit ids (status asks on every change)."""
+        known = self._trees.get(rev)
+        if known is not None:
+            return known
         out = (await self.git.run(["ls-tree", "-r", "-z", "-l", "--full-tree", rev])).out
         entries: dict[str, Entry] = {}
         for record in out.split(b"\0"):
@@ -82,6 +87,10 @@ class Repo:
             meta, _, raw_path = record.partition(b"\t")
             mode, kind, sha, size = meta.decode().split()
             entries[raw_path.decode("utf-8", "surrogateescape")] = Entry(mode, kind, sha, None if size == "-" else int(size))
+        if len(rev) == 40 and all(c in "0123456789abcdef" for c in rev):
+            if len(self._trees) >= 8:
+                self._trees.pop(next(iter(self._trees)))
+            self._trees[rev] = entries
         return entries
 
     async def blobs(self, shas: Iterable[str]) -> dict[str, bytes]:

@@ -39,7 +39,7 @@ from pairroom.workspace.workspace import dir_name
 from . import attribution
 from .pull import Conflict, merge_lines
 from .gitcli import Credential, Git, GitError, Remote, check_remote
-from .repo import HEAD_REF, Entry, Person, Repo
+from .repo import HEAD_REF, Entry, Person, Repo, blob_sha
 from .settings import VcsSettings
 
 log = logging.getLogger("pairroom.vcs")
@@ -359,7 +359,6 @@ class VcsService:
             files = self.doc_files(room)
         tree = await state.repo.tree(head)
         kept = self.listed(room) | {s["path"] for s in state.skipped}
-        from .repo import blob_sha
         changed = {p: t for p, t in files.items()
                    if (tree.get(p) is None or tree[p].sha != blob_sha(t.encode())) and (paths is None or p in paths)}
         removed = [p for p, e in tree.items()
@@ -488,7 +487,6 @@ class VcsService:
 
     async def _changes_against(self, state: RoomGit, rev: str, changed: dict[str, str], removed: list[str]) -> tuple[
             dict[str, str], list[str], None]:
-        from .repo import blob_sha
         tree = await state.repo.tree(rev)
         still = {p: t for p, t in changed.items() if tree.get(p) is None or tree[p].sha != blob_sha(t.encode())}
         gone = [p for p in removed if p in tree]
