@@ -11,7 +11,7 @@ from typing import Any
 from pycrdt import Map
 from starlette.routing import BaseRoute
 
-from pairroom.rooms.extension import Extension
+from pairroom.rooms.extension import Change, Extension
 from pairroom.rooms.member import Member
 from pairroom.rooms.owners import SERVER, OwnerRow, plain_value
 from pairroom.rooms.room import Room
@@ -70,6 +70,15 @@ class VersionControl(Extension):
         """Remember each member's name and email, to credit them in commits others make."""
         if self.service is not None and member.principal is not None:
             self.service.note_person(room, member.principal)
+
+    def after_client_change(self, change: Change) -> None:
+        """A member who types is noted too: the room may have got its repository after they joined."""
+        if self.service is not None and change.author is not None:
+            self.service.note_person(change.room, change.author)
+
+    def on_unload(self, room: Room) -> None:
+        if self.service is not None:
+            self.service.unloaded(room.name)
 
     def on_deleted(self, room_name: str) -> None:
         if self.service is not None:

@@ -125,6 +125,7 @@ class VcsService:
         self.workspaces: Workspaces | None = None
         self.readers: dict[str, attribution.LogReader] = {}  # each room's log, read so far
         self._blames: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}  # (room, path) -> (seq, answer)
+        self._noted: dict[tuple[str, str], dict[str, str]] = {}  # (room, user) -> what meta.git.people holds
         self._made_root = settings.root is None
         root = settings.root
         if root is not None:
@@ -166,20 +167,24 @@ class VcsService:
 
         Kept in the document's ``meta.git.people`` (written by the server only), so the node that
         commits knows the people who typed on other nodes; the email is the token's ``email`` claim,
-        which the room's members can then read (without the claim: the noreply address)."""
+        which the room's members can then read (without the claim: the noreply address). Called on
+        each join and each change a member makes: after the first time it is one dict lookup."""
         person = person_of(principal)
         entry = {"name": person.name, "email": person.email}
+        key = (room.name, principal.user_id)
+        if self._noted.get(key) == entry:
+            return
         git = room.doc.get("meta", type=Map).get("git")
         if not isinstance(git, Map):
-            return  # a room without a repository: nobody to credit
+            return  # a room without a repository (yet): nobody to credit
         people = git.get("people")
         if isinstance(people, Map) and people.get(principal.user_id) == entry:
+            self._noted[key] = entry
             return
-        # not inside the hook that reported the join: right after it
+        # not inside the hook that reported the join or the change: right after it
         asyncio.get_running_loop().call_soon(self._write_person, room, principal.user_id, entry)
 
-    @staticmethod
-    def _write_person(room: Room, user_id: str, entry: dict[str, str]) -> None:
+    def _write_person(self, room: Room, user_id: str, entry: dict[str, str]) -> None:
         if room.state is not RoomState.ACTIVE:
             return
         with room.local_change(LocalOrigin("git:people")) as doc:
@@ -189,7 +194,14 @@ class VcsService:
             people = git.get("people")
             if not isinstance(people, Map):
                 people = git["people"] = Map()
-            people[user_id] = entry
+            if people.get(user_id) != entry:
+                people[user_id] = entry
+        self._noted[(room.name, user_id)] = entry
+
+    def unloaded(self, room_name: str) -> None:
+        """The room left this node's memory: forget who was noted in it."""
+        for key in [k for k in self._noted if k[0] == room_name]:
+            del self._noted[key]
 
     def reader(self, room_name: str) -> attribution.LogReader:
         found = self.readers.get(room_name)
@@ -201,6 +213,9 @@ class VcsService:
         """The room was deleted: its repository goes with it."""
         self.rooms.pop(room_name, None)
         self.readers.pop(room_name, None)
+        self.unloaded(room_name)
+        for key in [k for k in self._blames if k[0] == room_name]:
+            del self._blames[key]
         path = os.path.join(self.root, dir_name(room_name) + ".git")
         if os.path.isdir(path):  # off the loop: a repository can be large
             asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, path, True)
