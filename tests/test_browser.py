@@ -85,10 +85,10 @@ def test_typing_shows_in_the_other_browser_with_a_named_cursor(open_page: OpenPa
     assert text.startswith("def greet(name):\n") and "return 'hello ' + name" in text
 
     # Ada's caret, labelled with her name, and then her selection, in Bob's editor.
-    bob.wait_for_selector(".cm-ySelectionCaret", state="attached")
-    assert bob.inner_text(".cm-ySelectionInfo").strip() == "Ada"
+    bob.wait_for_selector(".cm-remoteCaret", state="attached")
+    assert bob.inner_text(".cm-remoteFlag").strip() == "Ada"
     ada.keyboard.press("Shift+Home")
-    bob.wait_for_selector(".cm-ySelection", state="attached")
+    bob.wait_for_selector(".cm-remoteSelection", state="attached")
 
     # Python highlighting: `def` sits in a token span of its own.
     bob.wait_for_function(
@@ -103,7 +103,7 @@ def test_typing_shows_in_the_other_browser_with_a_named_cursor(open_page: OpenPa
     bob.keyboard.type("# Bob was here")
     text = wait_same_text(bob, ada, "main.py")
     assert text.endswith("\n# Bob was here")
-    ada.wait_for_selector(".cm-ySelectionInfo:text-is('Bob')", state="attached")
+    ada.wait_for_selector(".cm-remoteFlag:text-is('Bob')", state="attached")
 
     # The people list on each side names both.
     for page in (ada, bob):

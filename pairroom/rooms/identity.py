@@ -9,6 +9,44 @@ from typing import Any
 
 DEFAULT_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#0a9396", "#f032e6", "#6a994e")
 
+# The colours presence gives people: Okabe and Ito's palette for colour vision deficiency without its
+# black and yellow (a black caret looks like your own, a yellow one vanishes on white), then the six
+# darkest of Paul Tol's "muted" scheme, which differ from those in lightness as well as hue. The
+# client's front end holds the same list (frontend/src/shared.js) for people no longer present.
+PALETTE = (
+    "#0072b2",  # blue
+    "#d55e00",  # vermillion
+    "#009e73",  # bluish green
+    "#cc79a7",  # reddish purple
+    "#e69f00",  # orange
+    "#56b4e9",  # sky blue
+    "#332288",  # indigo
+    "#882255",  # wine
+    "#117733",  # green
+    "#999933",  # olive
+    "#aa4499",  # purple
+    "#44aa99",  # teal
+)
+
+
+def preferred_color_index(user_id: str) -> int:
+    """Where ``user_id`` starts in ``PALETTE``: FNV-1a of its UTF-8, as the front end computes it."""
+    h = 0x811C9DC5
+    for byte in user_id.encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h % len(PALETTE)
+
+
+def pick_color(user_id: str, taken: set[str]) -> str:
+    """``user_id``'s colour: its preferred one, else the next one nobody present has. With more people
+    present than colours, the preferred one (shared)."""
+    start = preferred_color_index(user_id)
+    for step in range(len(PALETTE)):
+        color = PALETTE[(start + step) % len(PALETTE)]
+        if color not in taken:
+            return color
+    return PALETTE[start]
+
 
 class Role(str, enum.Enum):
     OWNER = "owner"

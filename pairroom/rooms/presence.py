@@ -4,7 +4,11 @@ who sees whom, and a relay throttled per room so presence does not grow as membe
 - A connection controls the awareness client ids it announced first; entries for ids another live
   connection controls are dropped, so nobody can move someone else's cursor.
 - With authenticated members the server overwrites each state's ``user`` field with the identity from
-  the member's token (id, name, color, role), so nobody can appear as someone else.
+  the member's token (id, name, role), so nobody can appear as someone else.
+- In every mode the server gives each member a colour (``user.color`` and ``user.colorLight``, the
+  colour at 20% for selections): the first free one of ``identity.PALETTE`` from a start that the
+  user id fixes, so no two members present share one while there are colours left, and a person
+  tends to get the same colour each time. A member keeps its colour until it leaves.
 - Viewers' presence goes only to participants (owners, editors, reviewers). Viewers see the
   participants and a summary the server publishes under its own client id:
   ``{"pairroom": {"viewers": n, "hands": [{"id", "name"}]}}``. With 1 mentor and 200 viewers that
@@ -25,6 +29,7 @@ from pycrdt import Awareness, Doc
 
 from pairroom.protocol import sync as protocol
 from pairroom.protocol.sync import AwarenessEntry
+from pairroom.rooms.identity import pick_color
 from pairroom.rooms.member import Member
 
 NULL = "null"
@@ -52,6 +57,7 @@ class Presence:
         self._last_flush = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._summary: dict[str, Any] | None = None
+        self.colors: dict[str, str] = {}  # member id -> its colour, distinct among the members present
 
     # -- states -----------------------------------------------------------------------------------
 
@@ -94,7 +100,15 @@ class Presence:
                 continue
             member.awareness_clients.add(entry.client_id)
             self.owner[entry.client_id] = member
-            accepted.append(self._stamped(member, entry))
+            stamped, news = self._stamped(member, entry)
+            current = self.awareness.meta.get(entry.client_id, {}).get("clock", -1)
+            if news:
+                # The client does not know its colour yet: a newer clock makes its awareness take the
+                # stamped state as its own local state. (y-websocket sends that back at the same clock,
+                # which changes nothing; a change of the client's crossing it is lost, and the client
+                # has the stamped state, so both sides agree.)
+                stamped = AwarenessEntry(entry.client_id, max(entry.clock, current) + 1, stamped.state)
+            accepted.append(stamped)
         if not accepted:
             return
         payload = protocol.encode_awareness(accepted)
@@ -141,21 +155,44 @@ class Presence:
             del self.remote_owner[cid]
         self._remove(gone, f"peer:{node}", by_viewer=False)
 
-    def _stamped(self, member: Member, entry: AwarenessEntry) -> AwarenessEntry:
-        if not self.stamp_identity or member.principal is None or member.principal.anonymous:
-            return entry
-        state = json.loads(entry.state)
+    def color_of(self, member: Member) -> str:
+        """The member's colour, picked when first asked among the colours of the others present."""
+        color = self.colors.get(member.id)
+        if color is None:
+            taken = set(self.colors.values())
+            for cid in self.remote_owner:
+                user = (self.awareness.states.get(cid) or {}).get("user")
+                if isinstance(user, dict) and isinstance(user.get("color"), str):
+                    taken.add(user["color"])
+            user_id = member.principal.user_id if member.principal is not None else member.id
+            color = self.colors[member.id] = pick_color(user_id, taken)
+        return color
+
+    def _stamped(self, member: Member, entry: AwarenessEntry) -> tuple[AwarenessEntry, bool]:
+        """The entry with the server's identity and colour, and whether the colour is news to the client."""
+        stamp_identity = self.stamp_identity and member.principal is not None and not member.principal.anonymous
+        state = json.loads(entry.state)  # decode_awareness checked it is JSON
         if not isinstance(state, dict):
+            if not stamp_identity:
+                return entry, False
             state = {}
+        elif not stamp_identity and not isinstance(state.get("user"), dict):
+            return entry, False  # not a person (no user): nothing to colour
         user = state.get("user") if isinstance(state.get("user"), dict) else {}
-        state["user"] = {**user, **member.principal.identity(member.role)}
-        return AwarenessEntry(entry.client_id, entry.clock, json.dumps(state, separators=(",", ":")))
+        if stamp_identity:
+            assert member.principal is not None
+            user = {**user, **member.principal.identity(member.role)}
+        color = self.color_of(member)
+        news = user.get("color") != color
+        state["user"] = {**user, "color": color, "colorLight": color + "33"}
+        return AwarenessEntry(entry.client_id, entry.clock, json.dumps(state, separators=(",", ":"))), news
 
     def remove_member(self, member: Member) -> None:
         """The member left: the states it controlled are removed for everyone."""
         gone = [cid for cid in member.awareness_clients if self.owner.get(cid) is member]
         for cid in gone:
             del self.owner[cid]
+        self.colors.pop(member.id, None)
         payload = self._remove(gone, member.id, by_viewer=not member.role.participates)
         if payload is not None and self.on_publish is not None:
             self.on_publish(payload)
@@ -177,7 +214,7 @@ class Presence:
             if state is None:
                 continue
             clock = self.awareness.meta[cid]["clock"] + 1
-            entry = self._stamped(member, AwarenessEntry(cid, clock, json.dumps(state)))
+            entry, _ = self._stamped(member, AwarenessEntry(cid, clock, json.dumps(state)))
             payload = protocol.encode_awareness([entry])
             self.awareness.apply_awareness_update(payload, "server")
             self._pending[cid] = False  # everyone should see the change of role
@@ -256,6 +293,8 @@ class Presence:
             states = [self.awareness.states.get(cid) or {} for cid in member.awareness_clients]
             state = next((s for s in states if s), {})
             user = member.principal.identity(member.role) if member.principal else {"id": member.id}
+            if member.id in self.colors:
+                user["color"] = self.colors[member.id]
             out.append(
                 {
                     **user,

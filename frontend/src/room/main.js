@@ -20,6 +20,8 @@ import { RunPanel } from './runs.js'
 import { HistoryPanel } from './history.js'
 import { Reviews } from './review.js'
 import { startReplay } from './replay.js'
+import { remoteCarets } from './remote-carets.js'
+import { personColor } from './colors.js'
 import { mountCall } from './call-button.js'
 
 const $ = (id) => document.getElementById(id)
@@ -64,8 +66,12 @@ function startRoom() {
     connect: navigator.onLine,
   })
   const awareness = provider.awareness
-  const setUser = (name) =>
-    awareness.setLocalStateField('user', { name, color: identity.color, colorLight: identity.color + '33' })
+  // The server gives each person a colour of their own and stamps it into this state (a newer clock
+  // makes it ours); until then, the browser's own guess.
+  const setUser = (name) => {
+    const color = awareness.getLocalState()?.user?.color ?? identity.color
+    awareness.setLocalStateField('user', { ...awareness.getLocalState()?.user, name, color, colorLight: color + '33' })
+  }
   setUser(identity.name)
 
   // Header: role badge, connection, copy link.
@@ -97,7 +103,10 @@ function startRoom() {
   let current = null // {path, ytext, undo}
   let runs = null // the output panel, made below
   let people = null // the people list and follow mode, made below
-  const reviews = new Reviews(doc, { api: roomApi(room, token), role, button: $('comment-line'), name: () => awareness.getLocalState()?.user?.name })
+  const reviews = new Reviews(doc, {
+    api: roomApi(room, token), role, button: $('comment-line'),
+    name: () => awareness.getLocalState()?.user?.name, colorOf: (who) => personColor(awareness, who),
+  })
 
   function openFile(path) {
     const ytext = files.get(path)
@@ -114,7 +123,8 @@ function startRoom() {
         EditorState.readOnly.of(!writesFiles),
         EditorView.editable.of(!readOnly),
         EditorView.contentAttributes.of({ 'aria-label': `${path} (${languageName(path)})` }),
-        yCollab(ytext, awareness, { undoManager: undo }),
+        yCollab(ytext, null, { undoManager: undo }), // sync and shared undo; carets below
+        remoteCarets(ytext, awareness),
         reviews.extension(view, path, ytext),
         EditorView.updateListener.of((update) => { if (update.selectionSet || update.docChanged) runs?.selectionChanged() }),
         EditorView.updateListener.of((update) => people?.editorUpdate(update)),
@@ -250,8 +260,11 @@ function startRoom() {
       setUser(name)
     })
   }
-  chat.observe(() => renderChat($('chat-log'), chat))
-  renderChat($('chat-log'), chat)
+  const colorOf = (who) => personColor(awareness, who)
+  const showChat = () => renderChat($('chat-log'), chat, colorOf)
+  chat.observe(showChat)
+  awareness.on('change', ({ added, removed }) => { if (added.length || removed.length) showChat() })
+  showChat()
   // Viewers cannot write the document, chat included: their lines go through the HTTP API, where the
   // server appends them for them.
   $('chat-form').hidden = false

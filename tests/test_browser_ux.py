@@ -1,0 +1,95 @@
+"""The room as people use it, in real Chromium: who is who (a colour each, name flags on carets, real
+names with token links), sharing and roles from inside the room, a refused connection explained, runs
+that fit the file, and a replay that moves. One server and one browser serve the whole module."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.browser import (  # noqa: F401  (fixtures)
+    ARTIFACTS,
+    BROWSER_SECRET,
+    OpenPage,
+    browser,
+    open_page,
+    room_name,
+    secret_web_server,
+    wait_connected,
+    web_server,
+)
+
+pytestmark = pytest.mark.slow
+
+NAMES = ["Ada", "Bob", "Cy", "Dee", "Eve", "Fay"]
+
+
+def rgb(hex_color: str) -> str:
+    """``#rrggbb`` as the browser's computed style writes it."""
+    r, g, b = (int(hex_color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgb({r}, {g}, {b})"
+
+
+def colours_in_list(page) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Each person's name in the people list -> the computed colour of their swatch."""
+    return page.evaluate(  # type: ignore[no-any-return]
+        """() => Object.fromEntries([...document.querySelectorAll('#people-list li[data-client]')].map((li) =>
+             [li.querySelector('.person-name').textContent, getComputedStyle(li.querySelector('.swatch')).backgroundColor]))"""
+    )
+
+
+FLAG = """(name) => { const flag = [...document.querySelectorAll('.cm-remoteFlag')].find((f) => f.textContent === name);
+                     if (!flag) return null;
+                     const r = flag.getBoundingClientRect(), s = window.pairroom.view.scrollDOM.getBoundingClientRect();
+                     return {opacity: Number(getComputedStyle(flag).opacity), inside: r.top >= s.top && r.bottom <= s.bottom
+                             && r.left >= s.left && r.right <= s.right, background: getComputedStyle(flag).backgroundColor,
+                             caret: getComputedStyle(flag.parentElement).borderLeftColor, width: r.width} }"""
+
+
+def test_six_people_each_have_their_own_colour_everywhere(open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
+    room = room_name(request)
+    pages = {name: open_page(name.lower(), f"/r/{room}", name=name) for name in NAMES}
+    for page in pages.values():
+        wait_connected(page)
+    ada, bob = pages["Ada"], pages["Bob"]
+    ada.fill("#new-file-path", "main.py")
+    ada.press("#new-file-path", "Enter")
+    for page in pages.values():
+        page.wait_for_function("() => window.pairroom.currentPath === 'main.py'")
+        page.wait_for_function("() => document.querySelectorAll('#people-list li[data-client]').length === 6")
+
+    # Six different colours, the same ones on every page, and each page's own one is the one the others see.
+    seen = colours_in_list(ada)
+    assert sorted(seen) == sorted(NAMES)
+    assert len(set(seen.values())) == 6, f"colours shared: {seen}"
+    for name, page in pages.items():
+        page.wait_for_function(
+            "(want) => Object.entries(want).every(([n, c]) => [...document.querySelectorAll('#people-list li[data-client]')]"
+            ".some((li) => li.querySelector('.person-name').textContent === n && getComputedStyle(li.querySelector('.swatch')).backgroundColor === c))",
+            arg=seen,
+        )
+        own = page.evaluate("() => window.pairroom.awareness.getLocalState().user.color")
+        assert rgb(own) == seen[name], f"{name} shows {own} for themself, the others {seen[name]}"
+
+    # Bob types on the first line: on Ada's page his caret and its flag are in his colour, the flag is
+    # shown while he types, inside the editor (below the caret on line 1), and it goes a few seconds later.
+    bob.click(".cm-content")
+    bob.keyboard.type("print('hello from Bob')")
+    ada.wait_for_function(f"() => {{ const f = ({FLAG})('Bob'); return f && f.opacity === 1 }}")
+    flag = ada.evaluate(FLAG, "Bob")
+    assert flag["inside"], f"Bob's flag is clipped: {flag}"
+    assert flag["background"] == seen["Bob"] and flag["caret"] == seen["Bob"]
+    ada.screenshot(path=str(ARTIFACTS / "ux-colours-flag-while-typing.png"))
+    ada.wait_for_function(f"() => ({FLAG})('Bob').opacity === 0")
+
+    # His selection is tinted with his colour, and his chat line carries it too.
+    bob.keyboard.press("Shift+Home")
+    ada.wait_for_selector(".cm-remoteSelection", state="attached")
+    tint = ada.evaluate("() => getComputedStyle(document.querySelector('.cm-remoteSelection')).backgroundColor")
+    assert tint.startswith(seen["Bob"].replace("rgb(", "rgba(").rstrip(")")), tint
+    bob.fill("#chat-input", "Colours look right")
+    bob.press("#chat-input", "Enter")
+    ada.wait_for_selector("#chat-log li:has-text('Colours look right')")
+    chat_colour = ada.evaluate(
+        "() => getComputedStyle(document.querySelector('#chat-log li:last-child .swatch')).backgroundColor"
+    )
+    assert chat_colour == seen["Bob"]
