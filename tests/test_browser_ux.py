@@ -93,3 +93,54 @@ def test_six_people_each_have_their_own_colour_everywhere(open_page: OpenPage, r
         "() => getComputedStyle(document.querySelector('#chat-log li:last-child .swatch')).backgroundColor"
     )
     assert chat_colour == seen["Bob"]
+
+
+def people_names(page) -> list[str]:  # type: ignore[no-untyped-def]
+    return page.eval_on_selector_all("#people-list li[data-client] .person-name", "(els) => els.map((e) => e.textContent)")  # type: ignore[no-any-return]
+
+
+def test_links_for_a_role_ask_for_a_name_and_the_room_shows_it(  # type: ignore[no-untyped-def]
+    open_page: OpenPage, secret_web_server, request
+) -> None:
+    room = room_name(request)[:60]
+    # The lobby asks for your name first; it is kept in this browser and names the owner link.
+    lobby = open_page("lobby", "/", server=secret_web_server)
+    lobby.fill("#create-name", room)
+    lobby.press("#create-name", "Enter")
+    assert lobby.evaluate("() => document.querySelector('#your-name').validity.valueMissing")
+    assert lobby.is_hidden("#created-invites")
+    lobby.fill("#your-name", "Ada")
+    lobby.press("#create-name", "Enter")
+    lobby.wait_for_selector("#created-invites:not([hidden])")
+    assert lobby.evaluate("() => localStorage.getItem('pairroom:name')") == "Ada"
+    editor_link = lobby.input_value("#invite-editor").split(secret_web_server.http, 1)[1]
+    lobby.click("#open-owner")
+    wait_connected(lobby)
+
+    # Two people open the one editor link: each is asked for their name before the room opens.
+    bea = open_page("bea", editor_link, server=secret_web_server)
+    cas = open_page("cas", editor_link, server=secret_web_server)
+    for page, name in ((bea, "Bea"), (cas, "Cas")):
+        page.wait_for_selector("#gate-name")
+        assert page.is_hidden("#layout")
+        assert page.inner_text("#gate-title") == f"Join {room}"
+        if page is bea:
+            page.screenshot(path=str(ARTIFACTS / "ux-name-asked.png"))
+        page.fill("#gate-name", name)
+        page.press("#gate-name", "Enter")
+        wait_connected(page)
+    lobby.wait_for_function("() => document.querySelectorAll('#people-list li[data-client]').length === 3")
+    assert sorted(people_names(lobby)) == ["Ada", "Bea", "Cas"]
+
+    # Their chat lines carry their names, and Bea may rename herself: everyone sees the new name.
+    bea.fill("#chat-input", "hello")
+    bea.press("#chat-input", "Enter")
+    lobby.wait_for_selector("#chat-log li:has-text('hello') .chat-name:text-is('Bea')")
+    bea.fill("#my-name", "Beatrice")
+    bea.press("#my-name", "Enter")
+    cas.wait_for_selector("#people-list li .person-name:text-is('Beatrice')")
+    assert sorted(people_names(cas)) == ["Ada", "Beatrice", "Cas"]
+    # Reloading does not ask again: the browser kept the name.
+    cas.reload()
+    wait_connected(cas)
+    assert cas.is_hidden("#gate")

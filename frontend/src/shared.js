@@ -53,13 +53,15 @@ export function randomId(length = 10) {
   return Array.from(bytes, (b) => alphabet[b % alphabet.length]).join('')
 }
 
-/** This browser's display identity in open mode: picked once, kept in localStorage. */
+/** The name this browser's person gave (the lobby or the room asked), or null. */
+export function savedName() {
+  const name = storageGet(NAME_KEY)?.trim()
+  return name ? name.slice(0, 40) : null
+}
+
+/** This browser's display identity: the name given, else a guest name for this page only. */
 export function localIdentity() {
-  let name = storageGet(NAME_KEY)
-  if (!name) {
-    name = 'Guest ' + randomId(4).toUpperCase()
-    storageSet(NAME_KEY, name)
-  }
+  const name = savedName() ?? 'Guest ' + randomId(4).toUpperCase()
   let color = storageGet(COLOR_KEY)
   if (!color || !/^#[0-9a-f]{6}$/i.test(color)) {
     color = PALETTE[crypto.getRandomValues(new Uint8Array(1))[0] % PALETTE.length]

@@ -77,6 +77,12 @@ class Principal:
     role: Role
     room: str  # the room the token is for; "*" in open mode
     anonymous: bool = False
+    named: bool = True  # False: a token minted for a role without a name; the person names themself
+
+    @property
+    def names_itself(self) -> bool:
+        """The name the client gives is the one shown: open mode, or a token without a name."""
+        return self.anonymous or not self.named
 
     def identity(self, role: Role | None = None) -> dict[str, Any]:
         """The awareness ``user`` fields the server stamps on this member's presence."""

@@ -4,7 +4,8 @@ who sees whom, and a relay throttled per room so presence does not grow as membe
 - A connection controls the awareness client ids it announced first; entries for ids another live
   connection controls are dropped, so nobody can move someone else's cursor.
 - With authenticated members the server overwrites each state's ``user`` field with the identity from
-  the member's token (id, name, role), so nobody can appear as someone else.
+  the member's token (id, name, role), so nobody can appear as someone else. A token minted for a role
+  without a name keeps the name the person typed (the page asks for it).
 - In every mode the server gives each member a colour (``user.color`` and ``user.colorLight``, the
   colour at 20% for selections): the first free one of ``identity.PALETTE`` from a start that the
   user id fixes, so no two members present share one while there are colours left, and a person
@@ -181,7 +182,12 @@ class Presence:
         user = state.get("user") if isinstance(state.get("user"), dict) else {}
         if stamp_identity:
             assert member.principal is not None
-            user = {**user, **member.principal.identity(member.role)}
+            identity = member.principal.identity(member.role)
+            if member.principal.names_itself:  # a token without a name: the name the person typed
+                typed = user.get("name")
+                if isinstance(typed, str) and typed.strip():
+                    identity["name"] = typed.strip()[:64]
+            user = {**user, **identity}
         color = self.color_of(member)
         news = user.get("color") != color
         state["user"] = {**user, "color": color, "colorLight": color + "33"}
@@ -266,7 +272,7 @@ class Presence:
             for cid in member.awareness_clients:
                 state = self.awareness.states.get(cid) or {}
                 if state.get("hand"):
-                    user = member.principal.identity(member.role) if member.principal else {}
+                    user = state.get("user") if isinstance(state.get("user"), dict) else {}
                     hands.append({"id": user.get("id"), "name": user.get("name")})
         summary = {"pairroom": {"viewers": len(viewers), "hands": hands}}
         if summary != self._summary:
@@ -293,6 +299,9 @@ class Presence:
             states = [self.awareness.states.get(cid) or {} for cid in member.awareness_clients]
             state = next((s for s in states if s), {})
             user = member.principal.identity(member.role) if member.principal else {"id": member.id}
+            shown = state.get("user") if isinstance(state.get("user"), dict) else {}
+            if member.principal is not None and member.principal.names_itself and isinstance(shown.get("name"), str):
+                user["name"] = shown["name"]
             if member.id in self.colors:
                 user["color"] = self.colors[member.id]
             out.append(

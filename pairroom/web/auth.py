@@ -95,7 +95,7 @@ def verify(secret: str, token: str | None, room: str) -> Principal:
         raise forbidden("token is for another room")
     name = str(claims.get("name") or claims["sub"])[:64]
     color = str(claims.get("color") or DEFAULT_COLORS[0])[:32]
-    return Principal(str(claims["sub"]), name, color, role, room)
+    return Principal(str(claims["sub"]), name, color, role, room, named=bool(claims.get("name")))
 
 
 def bearer(authorization: str | None) -> str | None:

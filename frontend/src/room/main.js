@@ -9,7 +9,7 @@ import { basicSetup } from 'codemirror'
 import { EditorView, keymap } from '@codemirror/view'
 import { Compartment, EditorState } from '@codemirror/state'
 import { indentWithTab } from '@codemirror/commands'
-import { localIdentity, rememberRoom, roomPath, saveLocalName, tokenClaims } from '../shared.js'
+import { h, localIdentity, rememberRoom, roomPath, saveLocalName, savedName, tokenClaims } from '../shared.js'
 import { FileTree, createFile, deleteFile, pathProblem, renameFile } from './files.js'
 import { languageFor, languageName } from './languages.js'
 import { People } from './people.js'
@@ -42,8 +42,46 @@ if (match?.[2]) {
   $('replay').hidden = false
   $('replay-room-link').href = roomPath(room, token)
   startReplay(room, token)
+} else if (!tokenClaims(token)?.name && !savedName()) {
+  askName(() => startRoom()) // a room link or a link for a role: the others should see a real name
 } else {
   startRoom()
+}
+
+const ROLE_WORDS = {
+  owner: 'an owner: you edit, run code and give people their roles',
+  editor: 'an editor: you edit files and run code',
+  reviewer: 'a reviewer: you read the code and comment on it',
+  viewer: 'a viewer: you follow along read-only and chat',
+}
+
+/** The page that asks for your name before the room opens (kept in this browser for next time). */
+function askName(then) {
+  $('layout').hidden = true
+  $('copy-link').hidden = true
+  $('connection').hidden = true
+  $('gate').hidden = false
+  $('gate-title').textContent = `Join ${room}`
+  const input = h('input', { id: 'gate-name', maxlength: 40, autocomplete: 'nickname', required: true, placeholder: 'Ada' })
+  const form = h('form', { class: 'gate-form' },
+    ROLE_WORDS[tokenClaims(token)?.role] ? h('p', {}, `This link lets you in as ${ROLE_WORDS[tokenClaims(token).role]}.`) : null,
+    h('label', { for: 'gate-name' }, 'Your name'),
+    h('div', { class: 'row' }, input, h('button', { type: 'submit', class: 'primary' }, 'Join room')),
+    h('p', { class: 'hint' }, 'The others in the room see it. This browser keeps it for next time; you can change it in the room.'))
+  form.addEventListener('submit', (event) => {
+    event.preventDefault()
+    const name = input.value.trim().slice(0, 40)
+    if (!name) return
+    saveLocalName(name)
+    $('gate').hidden = true
+    $('gate-body').replaceChildren()
+    $('layout').hidden = false
+    $('copy-link').hidden = false
+    $('connection').hidden = false
+    then()
+  })
+  $('gate-body').replaceChildren(form)
+  input.focus()
 }
 
 function startRoom() {
