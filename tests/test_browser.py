@@ -424,7 +424,7 @@ def test_lobby_creates_a_room_that_works_wide_and_narrow(open_page: OpenPage, re
         reached.add(lobby.evaluate(
             "() => { const el = document.activeElement; return el.id || el.getAttribute('aria-label') || el.className }"
         ))
-    for wanted in ("copy-link", "new-file-path", "Rename main.py", "Delete main.py", "my-name", "chat-input"):
+    for wanted in ("share-button", "new-file-path", "Rename main.py", "Delete main.py", "my-name", "chat-input"):
         assert wanted in reached, (wanted, reached)
     assert "main.py (Python)" in reached  # the editor, labelled with its file and language
 

@@ -144,3 +144,56 @@ def test_links_for_a_role_ask_for_a_name_and_the_room_shows_it(  # type: ignore[
     cas.reload()
     wait_connected(cas)
     assert cas.is_hidden("#gate")
+
+
+def test_share_links_get_in_with_their_role_and_the_owner_changes_roles_from_the_list(  # type: ignore[no-untyped-def]
+    open_page: OpenPage, secret_web_server, request
+) -> None:
+    from pairroom.web.auth import mint
+
+    room = room_name(request)[:60]
+    owner = open_page("owner", f"/r/{room}?token={mint(BROWSER_SECRET, room, 'owner', 'Mentor')}",
+                      server=secret_web_server, permissions=["clipboard-read", "clipboard-write"])
+    wait_connected(owner)
+    owner.fill("#new-file-path", "main.py")
+    owner.press("#new-file-path", "Enter")
+
+    # The owner's Share gives a link per role; each copies, and each gets in with its role.
+    owner.click("#share-button")
+    owner.wait_for_selector("#share-editor")
+    links = {role: owner.input_value(f"#share-{role}") for role in ("editor", "reviewer", "viewer")}
+    owner.click("button[aria-label='Copy the editor link']")
+    owner.wait_for_selector("#share .copy-status:text-is('Copied.')")
+    assert owner.evaluate("() => navigator.clipboard.readText()") == links["editor"]
+    owner.screenshot(path=str(ARTIFACTS / "ux-share-owner.png"))
+    owner.keyboard.press("Escape")
+    path = lambda link: link.split(secret_web_server.http, 1)[1]  # noqa: E731
+    bea = open_page("bea", path(links["editor"]), name="Bea", server=secret_web_server)
+    vic = open_page("vic", path(links["viewer"]), name="Vic", server=secret_web_server)
+    wait_connected(bea)
+    wait_connected(vic)
+    assert vic.inner_text("#role-badge") == "Viewer · read-only"
+    bea.click(".cm-content")
+    bea.keyboard.type("x = 1")
+    owner.wait_for_function("() => window.pairroom.files.get('main.py').toString() === 'x = 1'")
+
+    # Bea, not an owner, is told whom to ask rather than handed a link that cannot get in.
+    bea.click("#share-button")
+    bea.wait_for_selector("#share-body:has-text('Only an owner hands out links to this room: ask Mentor for one.')")
+    assert bea.eval_on_selector_all("#share-body input", "(els) => els.length") == 0
+    bea.keyboard.press("Escape")
+
+    # The owner makes Bea a reviewer from the people list: both pages show it.
+    menu = "#people-list select[aria-label='Role of Bea']"
+    owner.wait_for_selector(menu)
+    assert owner.input_value(menu) == "editor"
+    owner.select_option(menu, "reviewer")
+    owner.wait_for_function(f"() => document.querySelector(\"{menu}\")?.value === 'reviewer' && !document.querySelector(\"{menu}\").disabled")
+    bea.wait_for_selector("#people-list li:has-text('Bea') .badge:text-is('reviewer')")
+    assert bea.eval_on_selector_all("#people-list select", "(els) => els.length") == 0  # only owners get menus
+
+    # Who is in the call shows in the list (call.js publishes the call peer id as `call`; the call
+    # itself is tested in test_browser_call.py).
+    bea.evaluate("() => window.pairroom.awareness.setLocalStateField('call', 'peer-bea')")
+    owner.wait_for_selector("#people-list li:has-text('Bea') .in-call:text-is('in call')")
+    owner.screenshot(path=str(ARTIFACTS / "ux-people-roles.png"))

@@ -91,6 +91,8 @@ class Presence:
         entries = protocol.decode_awareness(payload)
         accepted: list[AwarenessEntry] = []
         for entry in entries:
+            if entry.client_id == self.awareness.client_id:
+                continue  # the server's own summary, sent back (y-websocket relays every state it gets)
             owner = self.owner.get(entry.client_id)
             if owner is not None and owner is not member and owner.id in self.members:
                 continue  # another live connection controls this client id
@@ -103,7 +105,7 @@ class Presence:
             self.owner[entry.client_id] = member
             stamped, news = self._stamped(member, entry)
             current = self.awareness.meta.get(entry.client_id, {}).get("clock", -1)
-            if news:
+            if news and entry.clock > current:
                 # The client does not know its colour yet: a newer clock makes its awareness take the
                 # stamped state as its own local state. (y-websocket sends that back at the same clock,
                 # which changes nothing; a change of the client's crossing it is lost, and the client

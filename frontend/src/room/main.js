@@ -22,6 +22,7 @@ import { Reviews } from './review.js'
 import { startReplay } from './replay.js'
 import { remoteCarets } from './remote-carets.js'
 import { personColor } from './colors.js'
+import { ShareDialog } from './share.js'
 import { mountCall } from './call-button.js'
 
 const $ = (id) => document.getElementById(id)
@@ -37,7 +38,7 @@ if (match?.[2]) {
   // The replay page: recorded sessions played back read-only (replay.js).
   document.title = `${room} · replay · pairroom`
   $('layout').hidden = true
-  $('copy-link').hidden = true
+  $('share-button').hidden = true
   $('connection').hidden = true
   $('replay').hidden = false
   $('replay-room-link').href = roomPath(room, token)
@@ -58,7 +59,7 @@ const ROLE_WORDS = {
 /** The page that asks for your name before the room opens (kept in this browser for next time). */
 function askName(then) {
   $('layout').hidden = true
-  $('copy-link').hidden = true
+  $('share-button').hidden = true
   $('connection').hidden = true
   $('gate').hidden = false
   $('gate-title').textContent = `Join ${room}`
@@ -76,7 +77,7 @@ function askName(then) {
     $('gate').hidden = true
     $('gate-body').replaceChildren()
     $('layout').hidden = false
-    $('copy-link').hidden = false
+    $('share-button').hidden = false
     $('connection').hidden = false
     then()
   })
@@ -123,16 +124,10 @@ function startRoom() {
     $('connection').dataset.state = state
     $('connection-text').textContent = label
   })
-  $('copy-link').addEventListener('click', async () => {
-    // The room link without this browser's token: a token is a personal identity.
-    const link = new URL(roomPath(room), location.origin).href
-    try {
-      await navigator.clipboard.writeText(link)
-      $('copy-link').textContent = 'Link copied'
-    } catch {
-      $('copy-link').textContent = link
-    }
-    setTimeout(() => { $('copy-link').textContent = 'Copy room link' }, 2000)
+  new ShareDialog({
+    dialog: $('share'), body: $('share-body'), open: $('share-button'), room, token, api: roomApi(room, token),
+    role: () => role,
+    owners: () => [...awareness.getStates().values()].filter((s) => s?.user?.role === 'owner').map((s) => String(s.user.name)),
   })
 
   // The editor: one view, a new state per open file, bound to that file's Y.Text.
@@ -286,6 +281,7 @@ function startRoom() {
       banner: $('follow-banner'), bannerText: $('follow-text'), stop: $('follow-stop'),
     },
     hooks: { openFile, currentPath: () => current?.path ?? null, hasFile: (path) => files.get(path) instanceof Y.Text },
+    setRole: token ? (user, newRole) => api('PUT', `roles/${encodeURIComponent(user)}`, { role: newRole }) : null,
   })
   if (!claims?.name) {
     $('name-form').hidden = false
