@@ -197,3 +197,63 @@ def test_share_links_get_in_with_their_role_and_the_owner_changes_roles_from_the
     bea.evaluate("() => window.pairroom.awareness.setLocalStateField('call', 'peer-bea')")
     owner.wait_for_selector("#people-list li:has-text('Bea') .in-call:text-is('in call')")
     owner.screenshot(path=str(ARTIFACTS / "ux-people-roles.png"))
+
+
+@pytest.mark.parametrize(
+    "token, title",
+    [
+        (None, "This room needs an invitation link"),
+        ("expired", "Your link has expired"),
+        ("forged", "This link is not valid here"),
+        ("other-room", "This link is for another room"),
+    ],
+)
+def test_a_refused_link_gets_a_page_that_says_why_and_what_to_do(  # type: ignore[no-untyped-def]
+    open_page: OpenPage, secret_web_server, request, token, title
+) -> None:
+    import time
+
+    from pairroom.web.auth import mint
+
+    room = room_name(request)[:60]
+    tokens = {
+        None: None,
+        "expired": mint(BROWSER_SECRET, room, "editor", "Old", ttl_seconds=60, now=time.time() - 3600),
+        "forged": mint("another-secret-" + "y" * 24, room, "editor", "Eve"),
+        "other-room": mint(BROWSER_SECRET, room + "-x", "editor", "Eve"),
+    }
+    path = f"/r/{room}" + (f"?token={tokens[token]}" if token else "")
+    page = open_page("refused", path, name="Ann", server=secret_web_server)
+    page.wait_for_selector(f"#gate h1:text-is('{title}')")
+    assert page.is_hidden("#layout") and page.is_hidden("#share-button")
+    assert page.get_attribute("#gate", "data-code") == ("4403" if token == "other-room" else "4401")
+    assert page.is_visible("#gate a:text-is('Go to the lobby')") and page.is_visible("#gate button:text-is('Try again')")
+    if token is None:
+        assert "ask the room’s owner" in page.inner_text("#gate-body")
+        page.screenshot(path=str(ARTIFACTS / "ux-refused-missing-token.png"))
+
+
+def test_a_deleted_room_says_so_to_the_people_in_it_and_forgets_its_copy(  # type: ignore[no-untyped-def]
+    open_page: OpenPage, secret_web_server, request
+) -> None:
+    import httpx
+
+    from pairroom.web.auth import mint
+
+    room = room_name(request)[:60]
+    owner_token = mint(BROWSER_SECRET, room, "owner", "Ada")
+    bea = open_page("bea", f"/r/{room}?token={mint(BROWSER_SECRET, room, 'editor', 'Bea')}", server=secret_web_server)
+    wait_connected(bea)
+    bea.fill("#new-file-path", "main.py")
+    bea.press("#new-file-path", "Enter")
+    bea.click(".cm-content")
+    bea.keyboard.type("print('soon gone')")
+    bea.wait_for_selector("#connection[data-state='connected']")
+    bea.wait_for_function("() => !document.querySelector('#connection-text').textContent.includes('unsynced')")
+    answer = httpx.delete(secret_web_server.url(f"/api/rooms/{room}"), headers={"authorization": f"Bearer {owner_token}"})
+    assert answer.status_code == 200, answer.text
+    bea.wait_for_selector("#gate h1:text-is('This room was deleted')")
+    assert bea.is_hidden("#layout") and bea.is_hidden("#gate button:text-is('Try again')")
+    bea.screenshot(path=str(ARTIFACTS / "ux-room-deleted.png"))
+    # The browser's copy is gone: opening the room again does not bring the file back.
+    bea.wait_for_function(f"async () => !(await indexedDB.databases()).some((d) => d.name === 'pairroom:{room}')")

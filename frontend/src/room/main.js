@@ -23,6 +23,7 @@ import { startReplay } from './replay.js'
 import { remoteCarets } from './remote-carets.js'
 import { personColor } from './colors.js'
 import { ShareDialog } from './share.js'
+import { showRefusal } from './refused.js'
 import { mountCall } from './call-button.js'
 
 const $ = (id) => document.getElementById(id)
@@ -120,6 +121,14 @@ function startRoom() {
     badge.textContent = readOnly ? 'Viewer · read-only' : role
     badge.classList.toggle('viewer', readOnly)
   }
+  // Turned away for good (44xx): a page saying why and what to do instead of a room that looks editable.
+  provider.on('closed', ({ code, reason }) => {
+    if (code === 4404) local.clearData() // deleted: the copy here must not bring the room back on a reload
+    showRefusal({
+      gate: $('gate'), title: $('gate-title'), body: $('gate-body'),
+      hide: [$('layout'), $('share-button'), $('connection'), $('role-badge')],
+    }, code, reason, { hasToken: Boolean(token) })
+  })
   const status = new ConnectionStatus(provider, doc, [local], ({ state, label }) => {
     $('connection').dataset.state = state
     $('connection-text').textContent = label
