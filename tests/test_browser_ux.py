@@ -11,6 +11,7 @@ from tests.support.browser import (  # noqa: F401  (fixtures)
     BROWSER_SECRET,
     OpenPage,
     browser,
+    kernel_web_server,
     open_page,
     room_name,
     secret_web_server,
@@ -257,3 +258,69 @@ def test_a_deleted_room_says_so_to_the_people_in_it_and_forgets_its_copy(  # typ
     bea.screenshot(path=str(ARTIFACTS / "ux-room-deleted.png"))
     # The browser's copy is gone: opening the room again does not bring the file back.
     bea.wait_for_function(f"async () => !(await indexedDB.databases()).some((d) => d.name === 'pairroom:{room}')")
+
+
+MAIN = "from util import f\n\ndef double(n):\n    return 2 * n\n\nprint(double(21))\nprint(f(0))\n"
+
+
+def runs_seen(page) -> int:  # type: ignore[no-untyped-def]
+    return page.evaluate("() => document.querySelectorAll('#run-list li.run').length")  # type: ignore[no-any-return]
+
+
+def test_runs_fit_the_file_use_the_keys_and_tell_tracebacks_in_the_rooms_terms(  # type: ignore[no-untyped-def]
+    kernel_web_server, open_page: OpenPage, request
+) -> None:
+    room = room_name(request)
+    ada = open_page("ada", f"/r/{room}", name="Ada", server=kernel_web_server)
+    wait_connected(ada)
+
+    # Python indents with 4 spaces.
+    ada.fill("#new-file-path", "util.py")
+    ada.press("#new-file-path", "Enter")
+    ada.wait_for_function("() => window.pairroom.currentPath === 'util.py'")
+    ada.click(".cm-content")
+    ada.keyboard.type("def f(x):")
+    ada.keyboard.press("Enter")
+    ada.keyboard.type("return 1 / x")
+    ada.wait_for_function("() => window.pairroom.files.get('util.py').toString() === 'def f(x):\\n    return 1 / x'")
+
+    # Ctrl+Enter with nothing selected runs the file; the traceback names the room's files and lines.
+    ada.fill("#new-file-path", "main.py")
+    ada.press("#new-file-path", "Enter")
+    ada.wait_for_function("() => window.pairroom.currentPath === 'main.py'")
+    ada.evaluate("(text) => window.pairroom.files.get('main.py').insert(0, text)", MAIN)
+    ada.click(".cm-content")
+    ada.keyboard.press("Control+Enter")
+    error = ada.wait_for_selector("#run-list li.run[data-status='error'] .out-error", timeout=60_000)
+    assert ada.inner_text("#run-list li.run[data-status='error'] .run-title") == "Run of main.py"
+    trace = error.inner_text()  # type: ignore[union-attr]
+    assert "main.py, line 7" in trace and "util.py, line 2" in trace and "ZeroDivisionError" in trace, trace
+    for server_side in ("Cell In", "/home/room", "/usr/lib", "site-packages", "/tmp/", str(kernel_web_server.static_dir.parent)):
+        assert server_side not in trace, (server_side, trace)
+    ada.screenshot(path=str(ARTIFACTS / "ux-run-traceback.png"))
+
+    # Shift+Enter inside the def runs the whole def and moves on; again runs the next line.
+    ada.evaluate("() => { const v = window.pairroom.view; v.dispatch({selection: {anchor: v.state.doc.line(4).from + 6}}) }")
+    before = runs_seen(ada)
+    ada.keyboard.press("Shift+Enter")
+    ada.wait_for_function("(n) => document.querySelectorAll('#run-list li.run').length === n + 1", arg=before)
+    ada.wait_for_function("() => window.pairroom.view.state.doc.lineAt(window.pairroom.view.state.selection.main.head).number === 6")
+    last = "#run-list li.run:last-child"
+    ada.wait_for_selector(f"{last}[data-status='ok']")
+    assert ada.inner_text(f"{last} .run-title") == "Selection: def double(n):"
+    assert ada.evaluate("() => window.pairroom.files.get('main.py').toString()") == MAIN  # the keys typed nothing
+    ada.keyboard.press("Shift+Enter")
+    ada.wait_for_selector("#run-list li.run:last-child[data-status='ok'] .out-stream.stdout:text-is('42')")
+
+    # A Markdown file is not run as Python: the buttons say why, and Ctrl+Enter runs nothing.
+    ada.fill("#new-file-path", "notes.md")
+    ada.press("#new-file-path", "Enter")
+    ada.wait_for_function("() => window.pairroom.currentPath === 'notes.md'")
+    assert ada.is_disabled("#run-file")
+    assert ada.inner_text("#run-note") == "notes.md is Markdown: the room’s kernel runs Python, so Run works on .py files."
+    before = runs_seen(ada)
+    ada.click(".cm-content")
+    ada.keyboard.type("# Notes")
+    ada.keyboard.press("Control+Enter")  # the editor's own meaning (a new line), not a run
+    ada.wait_for_function("() => window.pairroom.files.get('notes.md').toString() === '# Notes\\n'")
+    assert runs_seen(ada) == before

@@ -8,10 +8,12 @@ import { yCollab } from 'y-codemirror.next'
 import { basicSetup } from 'codemirror'
 import { EditorView, keymap } from '@codemirror/view'
 import { Compartment, EditorState } from '@codemirror/state'
+import { indentUnit } from '@codemirror/language'
 import { indentWithTab } from '@codemirror/commands'
 import { h, localIdentity, rememberRoom, roomPath, saveLocalName, savedName, tokenClaims } from '../shared.js'
 import { FileTree, createFile, deleteFile, pathProblem, renameFile } from './files.js'
-import { languageFor, languageName } from './languages.js'
+import { isPython, languageFor, languageName } from './languages.js'
+import { runKeys } from './run-keys.js'
 import { People } from './people.js'
 import { appendChat, postChat, renderChat } from './chat.js'
 import { ConnectionStatus } from './connection.js'
@@ -160,7 +162,9 @@ function startRoom() {
       doc: ytext.toString(),
       extensions: [
         basicSetup,
+        runKeys({ run: (kind) => runs?.run(kind), runCode: (code) => runs?.runCode(code) }, () => Boolean(runs?.canRunHere)),
         keymap.of([indentWithTab]), // Escape then Tab leaves the editor (CodeMirror's tab focus mode)
+        indentUnit.of(isPython(path) ? '    ' : '  '), // PEP 8 for Python
         language.of([]),
         EditorState.readOnly.of(!writesFiles),
         EditorView.editable.of(!readOnly),
