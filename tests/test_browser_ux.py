@@ -4,6 +4,8 @@ that fit the file, and a replay that moves. One server and one browser serve the
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.support.browser import (  # noqa: F401  (fixtures)
@@ -20,6 +22,15 @@ from tests.support.browser import (  # noqa: F401  (fixtures)
 )
 
 pytestmark = pytest.mark.slow
+
+
+def wait_until(check, what: str, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    """Retry ``check`` (an HTTP look at the server) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.1)
 
 NAMES = ["Ada", "Bob", "Cy", "Dee", "Eve", "Fay"]
 
@@ -212,8 +223,6 @@ def test_share_links_get_in_with_their_role_and_the_owner_changes_roles_from_the
 def test_a_refused_link_gets_a_page_that_says_why_and_what_to_do(  # type: ignore[no-untyped-def]
     open_page: OpenPage, secret_web_server, request, token, title
 ) -> None:
-    import time
-
     from pairroom.web.auth import mint
 
     room = room_name(request)[:60]
@@ -324,3 +333,51 @@ def test_runs_fit_the_file_use_the_keys_and_tell_tracebacks_in_the_rooms_terms( 
     ada.keyboard.press("Control+Enter")  # the editor's own meaning (a new line), not a run
     ada.wait_for_function("() => window.pairroom.files.get('notes.md').toString() === '# Notes\\n'")
     assert runs_seen(ada) == before
+
+
+def test_the_replay_clock_moves_while_playing_and_shows_the_names_people_had(  # type: ignore[no-untyped-def]
+    open_page: OpenPage, web_server, request
+) -> None:
+    import httpx
+
+    room = room_name(request)
+    ada = open_page("ada", f"/r/{room}", name="Ada")
+    wait_connected(ada)
+    # The room links to its replay.
+    assert ada.get_attribute("#replay-link", "href") == f"/r/{room}/replay"
+    ada.fill("#new-file-path", "main.py")
+    ada.press("#new-file-path", "Enter")
+    ada.click(".cm-content")
+    api = web_server.url(f"/api/rooms/{room}")
+    with httpx.Client(timeout=5) as http:
+        for line in ("a = 1", "\nb = 2", "\nc = 3"):  # three moments, apart by the server's round trips
+            ada.keyboard.type(line)
+            want = ada.evaluate("() => window.pairroom.files.get('main.py').toString()")
+            wait_until(lambda: http.get(f"{api}/files").json()["files"].get("main.py") == want, "the server has the text")
+        ada.close()
+        wait_until(lambda: [s["end"] is not None for s in http.get(f"{api}/sessions").json()["sessions"]] == [True],
+                   "the session has ended")
+
+    replay = open_page("replay", f"/r/{room}/replay")
+    replay.wait_for_selector("#replay-play:enabled")
+    assert replay.get_attribute("#replay-room-link", "href") == f"/r/{room}"  # and back to the room
+    # At a quarter speed the clock and the scrubber move between the server's statuses.
+    replay.select_option("#replay-speed", "0.25")
+    replay.click("#replay-play")
+    moving = """() => { const s = window.pairroom.replay.status, scrub = document.querySelector('#replay-scrubber');
+                        if (!s || s.paused || s.ended) return false;
+                        if (window.seen?.status !== s) { window.seen = {status: s, value: Number(scrub.value), text: document.querySelector('#replay-position').textContent}; return false }
+                        return Number(scrub.value) > window.seen.value && document.querySelector('#replay-position').textContent !== window.seen.text }"""
+    replay.wait_for_function(moving)
+    assert "Playing at 0.25×" in replay.inner_text("#replay-position")
+    # The names people had, on their carets and in the list of who was there.
+    replay.wait_for_selector("#replay-people li .person-name:text-is('Ada')")
+    replay.screenshot(path=str(ARTIFACTS / "ux-replay-playing.png"))
+
+    # After a seek back to the start (a reconnect) it keeps moving, at 1x too.
+    replay.select_option("#replay-speed", "1")
+    replay.evaluate("() => { window.seen = null }")
+    replay.eval_on_selector("#replay-scrubber", "(el) => { el.value = '0'; el.dispatchEvent(new Event('change')) }")
+    replay.wait_for_function(moving)
+    replay.wait_for_selector("#replay[data-ended='true']")
+    replay.wait_for_function("() => window.pairroom.view.state.doc.toString() === 'a = 1\\nb = 2\\nc = 3'")

@@ -97,6 +97,8 @@ function startRoom() {
   const identity = claims?.name ? { name: String(claims.name), color: claims.color || localIdentity().color } : localIdentity()
 
   rememberRoom(room, roomPath(room, token))
+  $('replay-link').href = roomPath(room, token).replace(/^(\/r\/[^?]+)/, '$1/replay')
+  $('replay-link').hidden = false
 
   const doc = new Y.Doc()
   const files = doc.getMap('files')
@@ -128,7 +130,7 @@ function startRoom() {
     if (code === 4404) local.clearData() // deleted: the copy here must not bring the room back on a reload
     showRefusal({
       gate: $('gate'), title: $('gate-title'), body: $('gate-body'),
-      hide: [$('layout'), $('share-button'), $('connection'), $('role-badge')],
+      hide: [$('layout'), $('share-button'), $('connection'), $('role-badge'), $('replay-link')],
     }, code, reason, { hasToken: Boolean(token) })
   })
   const status = new ConnectionStatus(provider, doc, [local], ({ state, label }) => {
