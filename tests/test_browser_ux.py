@@ -136,6 +136,7 @@ def test_links_for_a_role_ask_for_a_name_and_the_room_shows_it(  # type: ignore[
         page.wait_for_selector("#gate-name")
         assert page.is_hidden("#layout")
         assert page.inner_text("#gate-title") == f"Join {room}"
+        assert "This link lets you in as an editor" in page.inner_text("#gate-body")
         if page is bea:
             page.screenshot(path=str(ARTIFACTS / "ux-name-asked.png"))
         page.fill("#gate-name", name)

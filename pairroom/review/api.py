@@ -29,7 +29,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pairroom.protocol.origins import LocalOrigin
-from pairroom.web.api import ApiError, handles_errors, json_body, principal_for, room_of
+from pairroom.web.api import ApiError, handles_errors, json_body, room_of
+from pairroom.web.auth import authenticate
 from pairroom.web.hub import Hub
 from pairroom.review import threads as review
 from pairroom.review import export as review_export
@@ -42,13 +43,9 @@ ORIGIN = LocalOrigin("review")
 STATUS_OF = {"invalid": 400, "missing": 404, "conflict": 409}
 
 
-def role_in(room: Room, principal: Principal) -> Role:
-    """The member's effective role: an owner's live change (``meta.roles``) wins over the token."""
-    return room.roles.get(principal.user_id, principal.role)
-
-
 def require(room: Room, principal: Principal, *, files: bool = False) -> None:
-    role = role_in(room, principal)
+    """Writing needs a live role other than viewer; ``files`` needs one that edits files."""
+    role = room.role_of(principal)
     if role is Role.VIEWER:
         raise ApiError(403, "a viewer may not write reviews")
     if files and not role.writes_files:
@@ -83,7 +80,7 @@ def _int_field(body: dict[str, Any], key: str) -> int:
 @handles_errors
 async def list_threads(request: Request) -> Response:
     name = room_of(request)
-    principal_for(request, name)
+    authenticate(request, name)
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
         with room.local_change(ORIGIN) as doc:
@@ -94,7 +91,7 @@ async def list_threads(request: Request) -> Response:
 @handles_errors
 async def create_thread(request: Request) -> Response:
     name = room_of(request)
-    principal = principal_for(request, name)
+    principal = authenticate(request, name)
     body = await json_body(request)
     path = body.get("path")
     if not isinstance(path, str):
@@ -127,7 +124,7 @@ async def create_thread(request: Request) -> Response:
 @handles_errors
 async def post_message(request: Request) -> Response:
     name = room_of(request)
-    principal = principal_for(request, name)
+    principal = authenticate(request, name)
     message = author_message(principal, await json_body(request))
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
@@ -145,7 +142,7 @@ def _status_route(status: str):  # type: ignore[no-untyped-def]
     @handles_errors
     async def endpoint(request: Request) -> Response:
         name = room_of(request)
-        principal = principal_for(request, name)
+        principal = authenticate(request, name)
         hub: Hub = request.app.state.hub
         thread_id = request.path_params["id"]
         async with hub.registry.hold(name) as room:
@@ -164,7 +161,7 @@ def _status_route(status: str):  # type: ignore[no-untyped-def]
 @handles_errors
 async def apply_suggestion(request: Request) -> Response:
     name = room_of(request)
-    principal = principal_for(request, name)
+    principal = authenticate(request, name)
     hub: Hub = request.app.state.hub
     thread_id = request.path_params["id"]
     body = await json_body(request)
@@ -183,7 +180,7 @@ async def apply_suggestion(request: Request) -> Response:
 @handles_errors
 async def list_passes(request: Request) -> Response:
     name = room_of(request)
-    principal_for(request, name)
+    authenticate(request, name)
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
         with room.local_change(ORIGIN) as doc:
@@ -194,7 +191,7 @@ async def list_passes(request: Request) -> Response:
 @handles_errors
 async def start_pass(request: Request) -> Response:
     name = room_of(request)
-    principal = principal_for(request, name)
+    principal = authenticate(request, name)
     body = await json_body(request)
     title = body.get("title")
     if title is not None and not isinstance(title, str):
@@ -217,7 +214,7 @@ async def start_pass(request: Request) -> Response:
 @handles_errors
 async def finish_pass(request: Request) -> Response:
     name = room_of(request)
-    principal = principal_for(request, name)
+    principal = authenticate(request, name)
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
         require(room, principal)
@@ -232,7 +229,7 @@ async def finish_pass(request: Request) -> Response:
 @handles_errors
 async def export_pass(request: Request) -> Response:
     name = room_of(request)
-    principal_for(request, name)
+    authenticate(request, name)
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
         try:

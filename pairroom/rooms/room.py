@@ -203,7 +203,7 @@ class Room:
         if self.state is not RoomState.ACTIVE:
             raise RuntimeError(f"room {self.name!r} is {self.state.value}, cannot join")
         if member.principal is not None:
-            member.role = self.roles.get(member.principal.user_id, member.principal.role)
+            member.role = self.role_of(member.principal)
         self.members[member.id] = member
         self.idle_since = None
         member.send(protocol.sync_step1(self.doc.get_state()))
@@ -377,6 +377,11 @@ class Room:
         for member in list(self.members.values()):
             if member is not exclude:
                 member.send(frame, update)
+
+    def role_of(self, principal: Principal) -> Role:
+        """The live role of ``principal`` here: an owner's change (``meta.roles``, held in ``roles``)
+        over the token's role. Every permission decision, websocket or HTTP, asks this."""
+        return self.roles.get(principal.user_id, principal.role)
 
     def set_role(self, user_id: str, role: Role) -> None:
         """An owner changed a member's role: live, without a reconnect, visible in ``meta.roles``."""

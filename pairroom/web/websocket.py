@@ -17,11 +17,10 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from pairroom.protocol.sync import CloseCode, ProtocolError
-from pairroom.rooms.identity import Principal, anonymous
 from pairroom.rooms.member import Member, MemberState
 from pairroom.rooms.registry import RoomLoadError
 from pairroom.rooms.room import Room
-from pairroom.web.auth import AuthError, verify
+from pairroom.web.auth import AuthError, admit
 from pairroom.web.hub import Hub
 from pairroom.rooms.limits import TokenBucket
 
@@ -104,8 +103,9 @@ async def yjs_endpoint(websocket: WebSocket) -> None:
     try:
         try:
             name = room_name_from_path(websocket.path_params["path"], hub.settings.max_room_name)
-            principal = admit(hub, websocket, name)
-        except ProtocolError as exc:
+            # The door, before any document byte is sent: origin, then token.
+            principal = await admit(websocket, name, "yjs")
+        except (ProtocolError, AuthError) as exc:
             client_error(hub, conn, None, exc.code, exc.reason)
             await transport.close(exc.code, exc.reason)
             return
@@ -138,21 +138,6 @@ async def yjs_endpoint(websocket: WebSocket) -> None:
             log.info("left", extra={"room": name, "conn": conn, "code": member.close_code})
     finally:
         hub.metrics.connections.dec()
-
-
-def admit(hub: Hub, websocket: WebSocket, room: str) -> Principal:
-    """Check the origin and the token at the door, before any document byte is sent."""
-    origins = hub.settings.origins
-    if origins:
-        origin = (websocket.headers.get("origin") or "").rstrip("/")
-        if origin not in origins:
-            raise ProtocolError(CloseCode.FORBIDDEN, f"origin {origin or '(none)'!r} not allowed")
-    if hub.settings.secret is None:
-        return anonymous(room)
-    try:
-        return verify(hub.settings.secret, websocket.query_params.get("token"), room)
-    except AuthError as exc:
-        raise ProtocolError(CloseCode(exc.code), exc.reason) from exc
 
 
 async def serve_member(hub: Hub, websocket: WebSocket, room: Room, member: Member) -> None:

@@ -18,8 +18,8 @@ export class People {
    * ``els``: {list, count, hand, lead, banner, bannerText, stop}. ``hooks``: {openFile(path),
    * currentPath(), hasFile(path)}. ``role`` is this page's role, ``myId`` its user id when a token gave one.
    */
-  constructor({ awareness, view, role, myId, els, hooks, setRole }) {
-    this.setRole = setRole // (userId, role) -> Promise: an owner's change of someone's role (the roles endpoint)
+  constructor({ awareness, view, role, myId, els, hooks, changeRole }) {
+    this.changeRole = changeRole // (userId, role) -> Promise: an owner's change of someone's role (the roles endpoint)
     this.roleErrors = new Map() // user id -> why the last change failed
     this.awareness = awareness
     this.view = view
@@ -38,6 +38,16 @@ export class People {
     view.scrollDOM.addEventListener('scroll', () => this.publishViewport(), { passive: true })
     awareness.on('change', () => this.changed())
     this.changed()
+  }
+
+  /** The page's live role changed (an owner's change in ``meta.roles``). */
+  setRole(role) {
+    this.role = role
+    this.els.lead.hidden = role !== 'owner'
+    if (role !== 'owner' && typeof this.awareness.getLocalState()?.leading === 'number') {
+      this.awareness.setLocalStateField('leading', null)
+    }
+    this.render()
   }
 
   // -- what this browser publishes ----------------------------------------------------------------
@@ -156,7 +166,7 @@ export class People {
   roleControl(clientId, user, label) {
     const role = typeof user.role === 'string' ? user.role : null
     const mine = clientId === this.awareness.clientID
-    if (mine || this.role !== 'owner' || !this.setRole || typeof user.id !== 'string' || !role) {
+    if (mine || this.role !== 'owner' || !this.changeRole || typeof user.id !== 'string' || !role) {
       return role ? h('span', { class: 'badge small' }, role) : null
     }
     const choices = ['editor', 'reviewer', 'viewer', ...(role === 'owner' ? ['owner'] : [])]
@@ -166,7 +176,7 @@ export class People {
         select.disabled = true
         this.roleErrors.delete(user.id)
         try {
-          await this.setRole(user.id, select.value)
+          await this.changeRole(user.id, select.value)
         } catch (error) {
           this.roleErrors.set(user.id, `Role not changed: ${error.message}`)
           this.render()
