@@ -382,3 +382,52 @@ def test_the_replay_clock_moves_while_playing_and_shows_the_names_people_had(  #
     replay.wait_for_function(moving)
     replay.wait_for_selector("#replay[data-ended='true']")
     replay.wait_for_function("() => window.pairroom.view.state.doc.toString() === 'a = 1\\nb = 2\\nc = 3'")
+
+
+CODE = "import math\n\ndef area(r):\n    return 3.14 * r * r\n\nprint(area(2))\n"
+
+
+def comment_on_line(page, line: int, text: str, suggestion: str | None = None) -> None:  # type: ignore[no-untyped-def]
+    page.evaluate("(n) => { const v = window.pairroom.view; v.focus(); v.dispatch({selection: {anchor: v.state.doc.line(n).from}}) }", line)
+    page.click("#comment-line")
+    page.fill("#review-new-comment", text)
+    if suggestion is not None:
+        page.check("#review-suggest")
+        page.fill("#review-new-suggestion", suggestion)
+    page.click(".review-draft button[type=submit]")
+    page.wait_for_selector(f".review-thread[data-status='open']:has-text('{text}')")
+
+
+def test_the_threads_panel_keeps_outdated_threads_in_view(open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
+    room = room_name(request)
+    ada = open_page("ada", f"/r/{room}", name="Ada")
+    bob = open_page("bob", f"/r/{room}", name="Bob")
+    wait_connected(ada)
+    wait_connected(bob)
+    ada.fill("#new-file-path", "main.py")
+    ada.press("#new-file-path", "Enter")
+    ada.evaluate("(code) => window.pairroom.files.get('main.py').insert(0, code)", CODE)
+    bob.wait_for_function("(code) => window.pairroom.view.state.doc.toString() === code", arg=CODE)
+    assert ada.inner_text("#threads-empty").startswith("No review threads yet")
+
+    # Two threads on line 4: Ada suggests a change, Bob asks something else about the same line.
+    comment_on_line(ada, 4, "Use math.pi here.", "    return math.pi * r * r")
+    comment_on_line(bob, 4, "Should r be checked?")
+    for page in (ada, bob):
+        page.wait_for_selector("#thread-list li[data-status='open'] >> nth=1")
+        assert page.text_content("#threads-count") == "(2 open of 2)"
+        assert page.inner_text("#thread-list li:has-text('Should r be checked?') .thread-where") == "main.py:4"
+
+    # Ada applies her suggestion: the line Bob's thread was on is replaced, so it is outdated; it stays
+    # in the list with the code it was on, and Ada's is listed as resolved.
+    ada.click(".review-thread:has-text('Use math.pi here.') button:has-text('Apply suggestion')")
+    for page in (ada, bob):
+        page.wait_for_selector("#thread-list li[data-status='resolved']:has-text('Use math.pi here.')")
+        outdated = page.wait_for_selector("#thread-list li[data-status='outdated']:has-text('Should r be checked?')")
+        assert outdated.query_selector(".thread-code").inner_text() == "    return 3.14 * r * r"  # type: ignore[union-attr]
+        assert page.text_content("#threads-count") == "(0 open of 2)"
+    bob.screenshot(path=str(ARTIFACTS / "ux-threads-outdated.png"))
+
+    # The resolved one opens from the list, in the editor.
+    bob.click("#thread-list button[aria-label='Show the thread on main.py:4']")
+    bob.wait_for_selector(".review-thread[data-status='resolved']:has-text('Use math.pi here.')")

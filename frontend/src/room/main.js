@@ -25,6 +25,7 @@ import { startReplay } from './replay.js'
 import { remoteCarets } from './remote-carets.js'
 import { personColor } from './colors.js'
 import { ShareDialog } from './share.js'
+import { ThreadsPanel } from './threads-panel.js'
 import { showRefusal } from './refused.js'
 import { mountCall } from './call-button.js'
 
@@ -292,6 +293,19 @@ function startRoom() {
 
   // History: versions, diffs and restores of the open file.
   const history = new HistoryPanel(doc, api, { canWrite: !readOnly, current: () => current?.path ?? null })
+
+  // Every review thread of the room, outdated ones included: picking one opens its file and thread.
+  const threads = new ThreadsPanel(doc, {
+    list: $('thread-list'), count: $('threads-count'), empty: $('threads-empty'),
+    colorOf: (who) => personColor(awareness, who),
+    show: (path, id, line) => {
+      people?.openedByYou()
+      if (current?.path !== path) openFile(path)
+      reviews.toggle([id], true)
+      const at = view.state.doc.line(Math.min(line, view.state.doc.lines)).from
+      view.dispatch({ effects: EditorView.scrollIntoView(at, { y: 'center' }) })
+    },
+  })
   provider.once('sync', () => history.start())
 
   // People, raised hands and follow mode; then chat.
@@ -383,7 +397,7 @@ function startRoom() {
 
   // For tests and debugging from the console.
   window.pairroom = {
-    doc, files, chat, provider, awareness, view, status, runs, history, reviews, people,
+    doc, files, chat, provider, awareness, view, status, runs, history, reviews, people, threads,
     get role() { return role },
     get readOnly() { return readOnly },
     get currentPath() { return current?.path ?? null },
