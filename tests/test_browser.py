@@ -249,6 +249,7 @@ def test_history_saves_diffs_and_restores_a_version(open_page: OpenPage, request
     bob.screenshot(path=str(ARTIFACTS / "test_history_saves_diffs_and_restores_a_version-bob-diff.png"))
 
     bob.click("#version-list li[data-name='first draft'] button:text-is('Restore')")
+    bob.click("#version-list .restore-confirm button:text-is('Restore main.py')")  # it asks first
     for page in (ada, bob):
         wait_file_text(page, "main.py", original)
         page.wait_for_function("(want) => window.pairroom.view.state.doc.toString() === want", arg=original)

@@ -431,3 +431,47 @@ def test_the_threads_panel_keeps_outdated_threads_in_view(open_page: OpenPage, r
     # The resolved one opens from the list, in the editor.
     bob.click("#thread-list button[aria-label='Show the thread on main.py:4']")
     bob.wait_for_selector(".review-thread[data-status='resolved']:has-text('Use math.pi here.')")
+
+
+def test_restore_asks_first_and_tells_the_others(open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
+    room = room_name(request)
+    ada = open_page("ada", f"/r/{room}", name="Ada")
+    bob = open_page("bob", f"/r/{room}", name="Bob")
+    wait_connected(ada)
+    wait_connected(bob)
+    ada.fill("#new-file-path", "main.py")
+    ada.press("#new-file-path", "Enter")
+    ada.click(".cm-content")
+    ada.keyboard.type("x = 1")
+    bob.wait_for_function("() => window.pairroom.files.get('main.py')?.toString() === 'x = 1'")
+    bob.wait_for_selector("#versions-empty:visible")
+
+    # Ada saves a version: Bob's list shows it without a refresh.
+    ada.fill("#version-name", "first draft")
+    ada.press("#version-name", "Enter")
+    bob.wait_for_selector("#version-list li[data-name='first draft']")
+
+    # Bob types more, then asks to restore: it names the file and the version, and Cancel changes nothing.
+    bob.click(".cm-content")
+    bob.keyboard.press("Control+End")
+    bob.keyboard.type("\ny = 2")
+    ada.wait_for_function("() => window.pairroom.files.get('main.py').toString() === 'x = 1\\ny = 2'")
+    row = "#version-list li[data-name='first draft']"
+    bob.click(f"{row} button:text-is('Restore')")
+    question = bob.inner_text(f"{row} .restore-confirm p")
+    assert question.startswith("Restore main.py to “first draft” (") and "the edits since stay in History" in question
+    bob.screenshot(path=str(ARTIFACTS / "ux-restore-confirm.png"))
+    bob.click(f"{row} .restore-confirm button:text-is('Cancel')")
+    assert bob.query_selector(".restore-confirm") is None
+    assert bob.evaluate("() => window.pairroom.files.get('main.py').toString()") == "x = 1\ny = 2"
+
+    # Confirmed: the text goes back for both, and Ada is told who did it and where her edits are.
+    bob.click(f"{row} button:text-is('Restore')")
+    bob.click(f"{row} .restore-confirm button:text-is('Restore main.py')")
+    ada.wait_for_function("() => window.pairroom.files.get('main.py').toString() === 'x = 1'")
+    ada.wait_for_selector("#room-notice:visible")
+    notice = ada.inner_text("#room-notice-text")
+    assert notice.startswith("Bob restored main.py to “first draft” (") and "The edits before it are in History" in notice
+    ada.screenshot(path=str(ARTIFACTS / "ux-restore-notice.png"))
+    ada.click("#room-notice-close")
+    assert ada.is_hidden("#room-notice")

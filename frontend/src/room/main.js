@@ -19,7 +19,7 @@ import { appendChat, postChat, renderChat } from './chat.js'
 import { ConnectionStatus } from './connection.js'
 import { roomApi } from './api.js'
 import { RunPanel } from './runs.js'
-import { HistoryPanel } from './history.js'
+import { HistoryPanel, historyNotice } from './history.js'
 import { Reviews } from './review.js'
 import { startReplay } from './replay.js'
 import { remoteCarets } from './remote-carets.js'
@@ -292,7 +292,29 @@ function startRoom() {
   })
 
   // History: versions, diffs and restores of the open file.
-  const history = new HistoryPanel(doc, api, { canWrite: !readOnly, current: () => current?.path ?? null })
+  const history = new HistoryPanel(doc, api, {
+    canWrite: !readOnly, current: () => current?.path ?? null,
+    announce: (event) => awareness.setLocalStateField('history', { ...event, at: Date.now() }),
+  })
+  // What others did to the history: their `history` presence event reloads the list here, and a
+  // restore shows a notice above the editor (the restored text itself arrives as an ordinary edit).
+  const historySeen = new Map() // client id -> the `at` of its last event acted on
+  awareness.on('change', ({ added, updated }) => {
+    for (const id of [...added, ...updated]) {
+      const state = awareness.getStates().get(id)
+      const event = state?.history
+      if (id === awareness.clientID || !event || typeof event.at !== 'number' || historySeen.get(id) === event.at) continue
+      const first = !historySeen.has(id)
+      historySeen.set(id, event.at)
+      if (first && Date.now() - event.at > 10_000) continue // an old event, from before this page came
+      history.call(() => history.load())
+      if (event.kind === 'restored' && typeof event.path === 'string') {
+        $('room-notice-text').textContent = historyNotice(String(state.user?.name ?? 'Someone'), event)
+        $('room-notice').hidden = false
+      }
+    }
+  })
+  $('room-notice-close').addEventListener('click', () => { $('room-notice').hidden = true })
 
   // Every review thread of the room, outdated ones included: picking one opens its file and thread.
   const threads = new ThreadsPanel(doc, {
