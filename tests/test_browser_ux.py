@@ -475,3 +475,24 @@ def test_restore_asks_first_and_tells_the_others(open_page: OpenPage, request) -
     ada.screenshot(path=str(ARTIFACTS / "ux-restore-notice.png"))
     ada.click("#room-notice-close")
     assert ada.is_hidden("#room-notice")
+
+
+def test_a_reload_returns_to_the_file_and_the_place_in_it(open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
+    room = room_name(request)
+    ada = open_page("ada", f"/r/{room}", name="Ada")
+    wait_connected(ada)
+    for path in ("a.py", "long.py"):
+        ada.fill("#new-file-path", path)
+        ada.press("#new-file-path", "Enter")
+        ada.wait_for_function("(p) => window.pairroom.currentPath === p", arg=path)
+    ada.evaluate("(t) => window.pairroom.files.get('long.py').insert(0, t)", "".join(f"line_{n} = {n}\n" for n in range(1, 201)))
+    ada.evaluate("""() => { const v = window.pairroom.view;
+                            v.dispatch({effects: v.constructor.scrollIntoView(v.state.doc.line(120).from, {y: 'start'})}) }""")
+    ada.wait_for_function("() => JSON.parse(localStorage.getItem('pairroom:place:' + decodeURIComponent(location.pathname.split('/')[2])) || '{}').line === 120")
+    ada.reload()
+    wait_connected(ada)
+    ada.wait_for_function("() => window.pairroom.currentPath === 'long.py'")  # not a.py, the first in the tree
+    first_line = """() => { const v = window.pairroom.view, r = v.scrollDOM.getBoundingClientRect();
+                            return v.state.doc.lineAt(v.lineBlockAtHeight(r.top - v.documentTop + v.defaultLineHeight / 2).from).number }"""
+    ada.wait_for_function(f"() => ({first_line})() === 120")
+    ada.screenshot(path=str(ARTIFACTS / "ux-reload-place.png"))

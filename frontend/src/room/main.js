@@ -14,7 +14,7 @@ import { h, localIdentity, rememberRoom, roomPath, saveLocalName, savedName, tok
 import { FileTree, createFile, deleteFile, pathProblem, renameFile } from './files.js'
 import { isPython, languageFor, languageName } from './languages.js'
 import { runKeys } from './run-keys.js'
-import { People } from './people.js'
+import { People, visibleLines } from './people.js'
 import { appendChat, postChat, renderChat } from './chat.js'
 import { ConnectionStatus } from './connection.js'
 import { roomApi } from './api.js'
@@ -158,6 +158,20 @@ function startRoom() {
   let current = null // {path, ytext, undo}
   let runs = null // the output panel, made below
   let people = null // the people list and follow mode, made below
+  // Where you were: a reload opens the file you had open, scrolled where it was (this browser only).
+  const placeKey = `pairroom:place:${room}`
+  const savedPlace = (() => {
+    try { return JSON.parse(localStorage.getItem(placeKey) || 'null') } catch { return null }
+  })()
+  let placeTimer = null
+  const savePlace = () => {
+    clearTimeout(placeTimer)
+    placeTimer = setTimeout(() => {
+      if (!current) return
+      try { localStorage.setItem(placeKey, JSON.stringify({ path: current.path, line: visibleLines(view).from })) } catch { /* storage off */ }
+    }, 250)
+  }
+  view.scrollDOM.addEventListener('scroll', savePlace, { passive: true })
   const reviews = new Reviews(doc, {
     api: roomApi(room, token), role, button: $('comment-line'),
     name: () => awareness.getLocalState()?.user?.name, colorOf: (who) => personColor(awareness, who),
@@ -187,6 +201,7 @@ function startRoom() {
       ],
     }))
     awareness.setLocalStateField('file', path)
+    savePlace()
     people?.publishViewport()
     runs?.selectionChanged()
     $('current-file').textContent = path
@@ -255,7 +270,7 @@ function startRoom() {
         else closeFile()
       }
     }
-    if (!current && files.size) openFile(sortedPaths()[0])
+    if (!current && files.size) openFirst()
     else if (!current) closeFile()
     $('files-empty').hidden = files.size > 0
     tree.render(sortedPaths(), current?.path ?? null)
@@ -269,8 +284,21 @@ function startRoom() {
   })
 
   // Before the first sync the tree shows whatever IndexedDB had (possibly nothing yet).
+  let placeRestored = false
+  const restorePlace = () => {
+    if (placeRestored || !savedPlace || !(files.get(savedPlace.path) instanceof Y.Text)) return false
+    placeRestored = true
+    openFile(savedPlace.path)
+    const line = Math.min(Math.max(1, Number(savedPlace.line) || 1), view.state.doc.lines)
+    requestAnimationFrame(() => view.dispatch({ effects: EditorView.scrollIntoView(view.state.doc.line(line).from, { y: 'start' }) }))
+    return true
+  }
+
+  /** Nothing open yet: the file you had open before a reload, else the first one. */
+  const openFirst = () => restorePlace() || openFile(sortedPaths()[0])
+
   const showInitial = () => {
-    if (!current && files.size) openFile(sortedPaths()[0])
+    if (!current && files.size) openFirst()
     else if (!current) closeFile()
     $('files-empty').hidden = files.size > 0
     tree.render(sortedPaths(), current?.path ?? null)
