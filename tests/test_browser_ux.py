@@ -496,3 +496,38 @@ def test_a_reload_returns_to_the_file_and_the_place_in_it(open_page: OpenPage, r
                             return v.state.doc.lineAt(v.lineBlockAtHeight(r.top - v.documentTop + v.defaultLineHeight / 2).from).number }"""
     ada.wait_for_function(f"() => ({first_line})() === 120")
     ada.screenshot(path=str(ARTIFACTS / "ux-reload-place.png"))
+
+
+def test_panels_resize_by_mouse_and_keyboard_and_keep_their_size(open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
+    room = room_name(request)
+    ada = open_page("ada", f"/r/{room}", name="Ada")
+    wait_connected(ada)
+    width = lambda sel: ada.evaluate(f"() => document.querySelector('{sel}').getBoundingClientRect().width")  # noqa: E731
+    height = lambda sel: ada.evaluate(f"() => document.querySelector('{sel}').getBoundingClientRect().height")  # noqa: E731
+
+    def drag(handle: str, dx: float, dy: float) -> None:
+        box = ada.locator(handle).bounding_box()
+        assert box is not None
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        ada.mouse.move(x, y)
+        ada.mouse.down()
+        ada.mouse.move(x + dx / 2, y + dy / 2)
+        ada.mouse.move(x + dx, y + dy)
+        ada.mouse.up()
+
+    files = width("#files")
+    drag("#resize-files", 100, 0)
+    assert abs(width("#files") - (files + 100)) <= 2
+    runs, side = height("#runs"), width("#side")  # the narrower centre may wrap the run buttons
+    drag("#resize-runs", 0, -120)
+    assert abs(height("#runs") - (runs + 120)) <= 2
+    ada.focus("#resize-side")
+    ada.keyboard.press("ArrowLeft")  # the separator moves left: the column grows
+    assert abs(width("#side") - (side + 24)) <= 2
+    ada.screenshot(path=str(ARTIFACTS / "ux-panels-resized.png"))
+
+    sizes = (width("#files"), height("#runs"), width("#side"))
+    ada.reload()
+    wait_connected(ada)
+    after = (width("#files"), height("#runs"), width("#side"))
+    assert all(abs(a - b) <= 2 for a, b in zip(sizes, after)), (sizes, after)

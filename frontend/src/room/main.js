@@ -26,6 +26,7 @@ import { remoteCarets } from './remote-carets.js'
 import { personColor } from './colors.js'
 import { ShareDialog } from './share.js'
 import { ThreadsPanel } from './threads-panel.js'
+import { resizablePanels } from './resize.js'
 import { showRefusal } from './refused.js'
 import { mountCall } from './call-button.js'
 
@@ -414,6 +415,30 @@ function startRoom() {
     interactive = true
     performance.mark('pairroom:interactive')
   }
+
+  // Resizable panels, the same sizes in every room of this browser.
+  const layout = $('layout')
+  const box = (el) => el.getBoundingClientRect()
+  resizablePanels([
+    {
+      name: 'files', handle: $('resize-files'), label: 'Resize the file list', axis: 'x', min: 140,
+      max: () => box(layout).width * 0.4, current: () => box($('files')).width,
+      size: (e) => e.clientX - box(layout).left,
+      apply: (px) => layout.style.setProperty('--files-w', `${px}px`),
+    },
+    {
+      name: 'side', handle: $('resize-side'), label: 'Resize the people and chat column', axis: 'x', min: 200, inverted: true,
+      max: () => box(layout).width * 0.45, current: () => box($('side')).width,
+      size: (e) => box(layout).right - e.clientX,
+      apply: (px) => layout.style.setProperty('--side-w', `${px}px`),
+    },
+    {
+      name: 'runs', handle: $('resize-runs'), label: 'Resize the output panel', axis: 'y', min: 80,
+      max: () => box($('center')).height - 120, current: () => box($('runs')).height,
+      size: (e) => box($('runs')).bottom - e.clientY, // the output's bottom edge stays where it is
+      apply: (px) => { $('runs').classList.add('sized'); $('runs').style.setProperty('--runs-h', `${px}px`) },
+    },
+  ])
 
   mountCall({ room, token, role: () => role, awareness }) // audio/video: call.js loads on "Join call"
 
