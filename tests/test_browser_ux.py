@@ -531,3 +531,35 @@ def test_panels_resize_by_mouse_and_keyboard_and_keep_their_size(open_page: Open
     wait_connected(ada)
     after = (width("#files"), height("#runs"), width("#side"))
     assert all(abs(a - b) <= 2 for a, b in zip(sizes, after)), (sizes, after)
+
+
+def test_folders_fold_and_open_files_have_tabs(open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
+    room = room_name(request)
+    ada = open_page("ada", f"/r/{room}", name="Ada")
+    wait_connected(ada)
+    for path in ("src/app.py", "src/util.py", "main.py"):
+        ada.fill("#new-file-path", path)
+        ada.press("#new-file-path", "Enter")
+        ada.wait_for_function("(p) => window.pairroom.currentPath === p", arg=path)
+
+    # A folder folds and unfolds.
+    folder = "#file-tree button[aria-label='Fold the folder src']"
+    assert ada.get_attribute(folder, "aria-expanded") == "true"
+    ada.click(folder)
+    ada.wait_for_selector("#file-tree li[data-path='src/app.py']", state="detached")
+    assert ada.get_attribute("#file-tree li[data-dir='src'] .dir-name", "aria-expanded") == "false"
+    ada.click("#file-tree button[aria-label='Unfold the folder src']")
+    ada.wait_for_selector("#file-tree li[data-path='src/app.py']")
+
+    # Each file opened has a tab; a tab switches, closing the active one opens its neighbour.
+    tabs = lambda: ada.eval_on_selector_all("#tabs .tab", "(els) => els.map((e) => e.dataset.path)")  # noqa: E731
+    assert tabs() == ["src/app.py", "src/util.py", "main.py"]
+    ada.click("#tabs .tab[data-path='src/app.py'] .tab-open")
+    ada.wait_for_function("() => window.pairroom.currentPath === 'src/app.py'")
+    assert ada.get_attribute("#tabs .tab[data-path='src/app.py'] .tab-open", "aria-selected") == "true"
+    ada.screenshot(path=str(ARTIFACTS / "ux-tabs-folders.png"))
+    ada.click("button[aria-label='Close the tab of src/app.py']")
+    ada.wait_for_function("() => window.pairroom.currentPath === 'src/util.py'")
+    assert tabs() == ["src/util.py", "main.py"]
+    ada.click("button[aria-label='Close the tab of main.py']")
+    assert ada.is_hidden("#tabs")  # one file left open: its name is the header

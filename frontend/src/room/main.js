@@ -206,6 +206,8 @@ function startRoom() {
     people?.publishViewport()
     runs?.selectionChanged()
     $('current-file').textContent = path
+    if (!tabs.includes(path)) tabs.push(path)
+    renderTabs()
     $('editor').hidden = false
     $('editor-empty').hidden = true
     tree.render(sortedPaths(), path)
@@ -213,6 +215,33 @@ function startRoom() {
       if (current?.path === path) view.dispatch({ effects: language.reconfigure(ext) })
     }, (error) => console.warn(`no highlighting for ${path}:`, error))
     markInteractive()
+  }
+
+  // Tabs: the files opened in this page, in the order opened; shown once there are two.
+  let tabs = []
+  function renderTabs() {
+    tabs = tabs.filter((p) => files.get(p) instanceof Y.Text)
+    $('tabs').hidden = tabs.length < 2
+    $('tabs').replaceChildren(...tabs.map((p) => {
+      const active = p === current?.path
+      return h('span', { class: `tab${active ? ' active' : ''}`, 'data-path': p },
+        h('button', {
+          type: 'button', role: 'tab', class: 'tab-open', 'aria-selected': String(active), title: p,
+          onclick: () => { if (!active) { people?.openedByYou(); openFile(p) } },
+        }, p.slice(p.lastIndexOf('/') + 1)),
+        h('button', { type: 'button', class: 'tab-close', 'aria-label': `Close the tab of ${p}`, onclick: () => closeTab(p) }, '×'))
+    }))
+  }
+  function closeTab(path) {
+    const i = tabs.indexOf(path)
+    if (i < 0) return
+    tabs.splice(i, 1)
+    if (current?.path === path) {
+      const next = tabs[Math.min(i, tabs.length - 1)]
+      if (next) openFile(next)
+      else closeFile()
+    }
+    renderTabs()
   }
 
   function closeFile() {
@@ -275,6 +304,7 @@ function startRoom() {
     else if (!current) closeFile()
     $('files-empty').hidden = files.size > 0
     tree.render(sortedPaths(), current?.path ?? null)
+    renderTabs()
   })
 
   // A room created from this browser's lobby starts with one file, once we know the server has none.
