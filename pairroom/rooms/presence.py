@@ -9,7 +9,9 @@ who sees whom, and a relay throttled per room so presence does not grow as membe
 - In every mode the server gives each member a colour (``user.color`` and ``user.colorLight``, the
   colour at 20% for selections): the first free one of ``identity.PALETTE`` from a start that the
   user id fixes, so no two members present share one while there are colours left, and a person
-  tends to get the same colour each time. A member keeps its colour until it leaves.
+  tends to get the same colour each time. A member keeps its colour until it leaves. Across nodes
+  each node picks among the colours it sees (its own members' and the states relayed from the
+  others), so two members joining two nodes in the same instant may get one colour.
 - Viewers' presence goes only to participants (owners, editors, reviewers). Viewers see the
   participants and a summary the server publishes under its own client id:
   ``{"pairroom": {"viewers": n, "hands": [{"id", "name"}]}}``. With 1 mentor and 200 viewers that
