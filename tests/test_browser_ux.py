@@ -489,6 +489,10 @@ def test_a_reload_returns_to_the_file_and_the_place_in_it(open_page: OpenPage, r
     ada.evaluate("""() => { const v = window.pairroom.view;
                             v.dispatch({effects: v.constructor.scrollIntoView(v.state.doc.line(120).from, {y: 'start'})}) }""")
     ada.wait_for_function("() => JSON.parse(localStorage.getItem('pairroom:place:' + decodeURIComponent(location.pathname.split('/')[2])) || '{}').line === 120")
+    # In open mode Share hands out the room link itself: it is all anyone needs.
+    ada.click("#share-button")
+    assert ada.input_value("#share-room") == ada.url.split("?")[0]
+    ada.keyboard.press("Escape")
     ada.reload()
     wait_connected(ada)
     ada.wait_for_function("() => window.pairroom.currentPath === 'long.py'")  # not a.py, the first in the tree
