@@ -377,7 +377,7 @@ function startRoom() {
 
   // Every review thread of the room, outdated ones included: picking one opens its file and thread.
   const threads = new ThreadsPanel(doc, {
-    list: $('thread-list'), count: $('threads-count'), empty: $('threads-empty'),
+    room, list: $('thread-list'), count: $('threads-count'), empty: $('threads-empty'),
     colorOf: (who) => personColor(awareness, who),
     show: (path, id, line) => {
       people?.openedByYou()

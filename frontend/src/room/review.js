@@ -292,7 +292,6 @@ export class Reviews {
       this.reviews.set(id, new Y.Map([
         ['path', this.path], ['start', rel(draft.from, 0)], ['end', rel(draft.to, -1)], ['status', 'open'],
         ['messages', messages], ['suggestion', suggestion ?? null], ['createdAt', Date.now()], ['by', ''],
-        ['code', ytext.toString().slice(draft.from, draft.to)], // shown by the threads panel once outdated
       ]))
     })
     this.open = new Set(this.open).add(id)
