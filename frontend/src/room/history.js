@@ -97,6 +97,7 @@ export class HistoryPanel {
     try {
       await fn()
     } catch (error) {
+      this.say('') // an earlier success is not the news any more
       this.$('history-error').textContent = error.message
     }
   }
