@@ -3,6 +3,11 @@ tells the member (its stamped state comes back at a newer clock) and frees the c
 
 from __future__ import annotations
 
+import itertools
+import math
+import re
+from pathlib import Path
+
 import pytest
 
 from pairroom.protocol import sync as protocol
@@ -20,6 +25,37 @@ def test_the_pick_starts_where_the_user_id_says_and_skips_colours_taken() -> Non
     assert pick_color("u-ada", {PALETTE[start]}) == PALETTE[(start + 1) % len(PALETTE)]
     assert pick_color("u-ada", set(PALETTE)) == PALETTE[start]  # more people than colours: shared
     assert len(set(PALETTE)) >= 12
+
+
+# Machado, Oliveira and Fernandes (2009), severity 1, on linear RGB.
+CVD = {
+    "protanopia": ((0.152286, 1.052583, -0.204868), (0.114503, 0.786281, 0.099216), (-0.003882, -0.048116, 1.051998)),
+    "deuteranopia": ((0.367322, 0.860646, -0.227968), (0.280085, 0.672501, 0.047413), (-0.011820, 0.042940, 0.968881)),
+    "tritanopia": ((1.255528, -0.076749, -0.178779), (-0.078411, 0.930809, 0.147602), (0.004733, 0.691367, 0.303900)),
+}
+
+
+def lab(hex_color: str, matrix=None) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
+    """CIELAB (D65) of ``hex_color``, as someone with the deficiency ``matrix`` simulates sees it."""
+    rgb = [int(hex_color[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb)
+    if matrix is not None:
+        r, g, b = (max(0.0, min(1.0, row[0] * r + row[1] * g + row[2] * b)) for row in matrix)
+    x = (0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047
+    y = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    z = (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883
+    f = lambda t: t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116  # noqa: E731
+    return 116 * f(y) - 16, 500 * (f(x) - f(y)), 200 * (f(y) - f(z))
+
+
+def test_the_palette_stays_apart_for_colour_blind_eyes_and_matches_the_front_end() -> None:
+    for a, b in itertools.combinations(PALETTE, 2):
+        for vision, matrix in [("normal", None), *CVD.items()]:
+            distance = math.dist(lab(a, matrix), lab(b, matrix))
+            assert distance >= 12, f"{a} and {b} are {distance:.1f} apart in {vision}"
+    shared = (Path(__file__).resolve().parents[1] / "frontend" / "src" / "shared.js").read_text()
+    block = re.search(r"export const PALETTE = \[(.*?)\]", shared, re.S)
+    assert block is not None and re.findall(r"'(#[0-9a-f]{6})'", block.group(1)) == list(PALETTE)
 
 
 def colours(client: YClient) -> dict[str, str]:
@@ -82,3 +118,24 @@ async def test_the_servers_summary_sent_back_by_a_client_is_not_taken_over(start
     await eventually(lambda: len(room_state.members) == 1, what="the editor gone")
     assert "pairroom" in room_state.awareness.states.get(cid, {})
     await viewer.close()
+
+
+async def test_a_change_crossing_the_colour_news_is_kept_on_both_sides(start_server) -> None:
+    server = await start_server(awareness_tick_ms=20)
+    witness = await YClient.connect(server.ws("crossing"))
+    ada = await YClient.connect(server.ws("crossing"))
+    # Two changes in a row, the second sent before the server's stamped state (a newer clock) arrives.
+    await ada.set_awareness({"user": {"name": "Ada", "color": "#000000"}, "file": None})
+    await ada.set_awareness({"user": {"name": "Ada", "color": "#000000"}, "file": "main.py"})
+    cid = ada.awareness.client_id
+
+    def seen(client: YClient) -> dict:
+        return client.awareness.states.get(cid) or {}
+
+    await eventually(lambda: seen(witness).get("file") == "main.py", what="the witness has Ada's later change")
+    assert seen(witness)["user"]["color"] in PALETTE
+    await eventually(lambda: (ada.awareness.get_local_state() or {}).get("file") == "main.py"
+                     and ada.awareness.get_local_state()["user"]["color"] == seen(witness)["user"]["color"],
+                     what="Ada's own state: her change and her colour")
+    for c in (witness, ada):
+        await c.close()

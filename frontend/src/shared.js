@@ -9,7 +9,7 @@ const MAX_RECENT = 12
 // colour of its own; the page uses the same list for people no longer present (chat, review, replay).
 export const PALETTE = [
   '#0072b2', '#d55e00', '#009e73', '#cc79a7', '#e69f00', '#56b4e9',
-  '#332288', '#882255', '#117733', '#999933', '#aa4499', '#44aa99',
+  '#332288', '#882255', '#117733', '#999933', '#664400', '#004488',
 ]
 
 /** A person's usual colour from their user id: FNV-1a of its UTF-8, as the server computes it. */

@@ -13,9 +13,12 @@ from typing import Any
 DEFAULT_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#0a9396", "#f032e6", "#6a994e")
 
 # The colours presence gives people: Okabe and Ito's palette for colour vision deficiency without its
-# black and yellow (a black caret looks like your own, a yellow one vanishes on white), then the six
-# darkest of Paul Tol's "muted" scheme, which differ from those in lightness as well as hue. The
-# client's front end holds the same list (frontend/src/shared.js) for people no longer present.
+# black and yellow (a black caret looks like your own, a yellow one vanishes on white), four of Paul
+# Tol's "muted" scheme, a brown and a dark blue. Every pair stays at least 12 apart (CIELAB delta E)
+# in normal vision and in simulated protanopia, deuteranopia and tritanopia (Machado, Oliveira and
+# Fernandes 2009); Tol's teal and purple, which this replaces, came within 4 of Okabe-Ito's reddish
+# purple and blue for deuteranopes and protanopes. The front end holds the same list
+# (frontend/src/shared.js) for people no longer present.
 PALETTE = (
     "#0072b2",  # blue
     "#d55e00",  # vermillion
@@ -27,8 +30,8 @@ PALETTE = (
     "#882255",  # wine
     "#117733",  # green
     "#999933",  # olive
-    "#aa4499",  # purple
-    "#44aa99",  # teal
+    "#664400",  # brown
+    "#004488",  # dark blue
 )
 
 

@@ -9,7 +9,10 @@ who sees whom, and a relay throttled per room so presence does not grow as membe
 - In every mode the server gives each member a colour (``user.color`` and ``user.colorLight``, the
   colour at 20% for selections): the first free one of ``identity.PALETTE`` from a start that the
   user id fixes, so no two members present share one while there are colours left, and a person
-  tends to get the same colour each time. A member keeps its colour until it leaves. Across nodes
+  tends to get the same colour each time. A member keeps its colour until it leaves. The member
+  learns it from its own state sent back stamped at a newer clock (its awareness then takes it as its
+  local state); a change it sent before that arrived (same clock, other content) is kept and sent
+  back the same way, so neither side drops it. Across nodes
   each node picks among the colours it sees (its own members' and the states relayed from the
   others), so two members joining two nodes in the same instant may get one colour.
 - Viewers' presence goes only to participants (owners, editors, reviewers). Viewers see the
@@ -61,6 +64,7 @@ class Presence:
         self._timer: asyncio.TimerHandle | None = None
         self._summary: dict[str, Any] | None = None
         self.colors: dict[str, str] = {}  # member id -> its colour, distinct among the members present
+        self._echoed: set[int] = set()  # client ids whose stamped state went back at a newer clock
 
     # -- states -----------------------------------------------------------------------------------
 
@@ -99,6 +103,7 @@ class Presence:
             if owner is not None and owner is not member and owner.id in self.members:
                 continue  # another live connection controls this client id
             if entry.state == NULL:
+                self._echoed.discard(entry.client_id)
                 member.awareness_clients.discard(entry.client_id)
                 self.owner.pop(entry.client_id, None)
                 accepted.append(entry)
@@ -106,13 +111,21 @@ class Presence:
             member.awareness_clients.add(entry.client_id)
             self.owner[entry.client_id] = member
             stamped, news = self._stamped(member, entry)
-            current = self.awareness.meta.get(entry.client_id, {}).get("clock", -1)
-            if news and entry.clock > current:
-                # The client does not know its colour yet: a newer clock makes its awareness take the
-                # stamped state as its own local state. (y-websocket sends that back at the same clock,
-                # which changes nothing; a change of the client's crossing it is lost, and the client
-                # has the stamped state, so both sides agree.)
-                stamped = AwarenessEntry(entry.client_id, max(entry.clock, current) + 1, stamped.state)
+            cid = entry.client_id
+            current = self.awareness.meta.get(cid, {}).get("clock", -1)
+            if entry.clock > current:
+                if news:
+                    # The client does not know its colour yet: a newer clock makes its awareness take
+                    # the stamped state as its own local state.
+                    stamped = AwarenessEntry(cid, entry.clock + 1, stamped.state)
+                    self._echoed.add(cid)
+                else:
+                    self._echoed.discard(cid)  # it has caught up
+            elif cid in self._echoed and json.loads(stamped.state) != self.awareness.states.get(cid):
+                # A change the client made before our newer clock reached it (same clock, other
+                # content; y-websocket relaying our state back has the same content and is ignored):
+                # keep it, at a newer clock again, so neither side loses it.
+                stamped = AwarenessEntry(cid, current + 1, stamped.state)
             accepted.append(stamped)
         if not accepted:
             return
@@ -202,6 +215,7 @@ class Presence:
         gone = [cid for cid in member.awareness_clients if self.owner.get(cid) is member]
         for cid in gone:
             del self.owner[cid]
+            self._echoed.discard(cid)
         self.colors.pop(member.id, None)
         payload = self._remove(gone, member.id, by_viewer=not member.role.participates)
         if payload is not None and self.on_publish is not None:
