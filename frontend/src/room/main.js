@@ -29,6 +29,7 @@ import { ThreadsPanel } from './threads-panel.js'
 import { resizablePanels } from './resize.js'
 import { showRefusal } from './refused.js'
 import { mountCall } from './call-button.js'
+import { mountExtensions } from './extensions.js'
 
 const $ = (id) => document.getElementById(id)
 const ROLES = ['owner', 'editor', 'reviewer', 'viewer']
@@ -173,6 +174,11 @@ function startRoom() {
     }, 250)
   }
   view.scrollDOM.addEventListener('scroll', savePlace, { passive: true })
+  // extensions' panels and gutter marks (extensions.js); made before any file opens
+  const extensions = mountExtensions({
+    room, token, doc, view, role: () => role, name: () => awareness.getLocalState()?.user?.name ?? identity.name,
+    currentPath: () => current?.path ?? null,
+  })
   const reviews = new Reviews(doc, {
     api: roomApi(room, token), role, button: $('comment-line'),
     name: () => awareness.getLocalState()?.user?.name, colorOf: (who) => personColor(awareness, who),
@@ -197,6 +203,7 @@ function startRoom() {
         yCollab(ytext, null, { undoManager: undo }), // sync and shared undo; carets below
         remoteCarets(ytext, awareness),
         reviews.extension(view, path, ytext),
+        extensions.editorExtension(path),
         EditorView.updateListener.of((update) => { if (update.selectionSet || update.docChanged) runs?.selectionChanged() }),
         EditorView.updateListener.of((update) => people?.editorUpdate(update)),
       ],
@@ -502,7 +509,7 @@ function startRoom() {
 
   // For tests and debugging from the console.
   window.pairroom = {
-    doc, files, chat, provider, awareness, view, status, runs, history, reviews, people, threads,
+    doc, files, chat, provider, awareness, view, status, runs, history, reviews, people, threads, extensions,
     get role() { return role },
     get readOnly() { return readOnly },
     get currentPath() { return current?.path ?? null },
