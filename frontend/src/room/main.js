@@ -178,6 +178,7 @@ function startRoom() {
   const extensions = mountExtensions({
     room, token, doc, view, role: () => role, name: () => awareness.getLocalState()?.user?.name ?? identity.name,
     currentPath: () => current?.path ?? null,
+    ready: new Promise((resolve) => provider.once('sync', resolve)),
   })
   const reviews = new Reviews(doc, {
     api: roomApi(room, token), role, button: $('comment-line'),
