@@ -108,9 +108,9 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
 
 def redis_broker(url: str, node_id: str) -> Broker:
     """The Redis broker, imported only by nodes that use one (redis-py is about 6 MiB resident)."""
-    from pairroom.cluster.redis_broker import RedisBroker
+    from pairroom.cluster.redis_broker import open_broker
 
-    return RedisBroker(url, node_id)
+    return open_broker(url, node_id)
 
 
 async def start_kernels(

@@ -9,7 +9,9 @@ import pytest
 
 from pairroom.cluster.broker import Broker, MemoryBroker, MemoryHub
 from pairroom.cluster.redis_broker import RedisBroker
+from pairroom.cluster.redis_cluster_broker import RedisClusterBroker
 
+from .support.redis_cluster import RedisCluster, redis_cluster  # noqa: F401
 from .support.redis_server import RedisProcess, redis_servers  # noqa: F401
 from .yclient import eventually
 
@@ -27,15 +29,20 @@ class Node:
         self.reconnects += 1
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def make_node(request, redis_servers) -> AsyncIterator[Callable[[str], "asyncio.Future[Node]"]]:
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
+async def make_node(request, redis_servers, redis_cluster) -> AsyncIterator[Callable[[str], "asyncio.Future[Node]"]]:
     nodes: list[Node] = []
     hub = MemoryHub()
     redis: list[RedisProcess] = []
+    cluster: list[RedisCluster] = []
 
     async def make(node_id: str) -> Node:
         if request.param == "memory":
             broker: Broker = MemoryBroker(node_id, hub)
+        elif request.param == "redis-cluster":
+            if not cluster:
+                cluster.append(await redis_cluster())
+            broker = RedisClusterBroker(cluster[0].url, node_id)
         else:
             if not redis:
                 redis.extend(await redis_servers(1))
