@@ -114,8 +114,7 @@ async def test_rooms_on_every_master_converge_and_survive_a_master_killed_mid_ty
         await asyncio.sleep(0.1)
     healed_after = time.monotonic() - killed_at
     assert promoted, "the replica was promoted"
-    logs = [str(e.get("msg")) + " " + str(e.get("error", "")) for node in nodes for e in node.log if "redis" in str(e.get("msg"))]
-    assert degraded == {node.port for node in nodes}, ("every node said degraded while the slot was away", healed_after, logs)
+    assert degraded == {node.port for node in nodes}, "every node said degraded while the slot was away"
     for i in range(5):
         type_round("c")
     await eventually(converged, timeout=15, what=f"every edit on every copy ({healed_after:.1f} s to heal)")

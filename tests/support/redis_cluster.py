@@ -150,3 +150,31 @@ async def redis_cluster(redis_servers) -> AsyncIterator[Callable[[], Awaitable[R
         return await start_cluster(redis_servers)
 
     yield start
+
+
+async def migrate_slot(cluster: RedisCluster, slot: int, to: RedisProcess) -> None:
+    """Move ``slot`` (and its keys) to the master ``to`` the way ``redis-cli --cluster reshard``
+    does: IMPORTING / MIGRATING, MIGRATE each key, then SETSLOT NODE on every master."""
+    owners = await cluster.slot_owners()
+    source = cluster.by_port(owners[slot])
+
+    def client(server: RedisProcess) -> aioredis.Redis:
+        return aioredis.Redis(host=HOST, port=server.port, socket_timeout=2.0)
+
+    src, dst = client(source), client(to)
+    try:
+        src_id = (await src.execute_command("CLUSTER", "MYID")).decode()
+        dst_id = (await dst.execute_command("CLUSTER", "MYID")).decode()
+        await dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        await src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        while keys := await src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            await src.execute_command("MIGRATE", HOST, to.port, "", 0, 5000, "KEYS", *keys)
+        for master in await cluster.masters():
+            c = client(master)
+            try:
+                await c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+            finally:
+                await c.aclose()
+    finally:
+        await src.aclose()
+        await dst.aclose()
