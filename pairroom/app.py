@@ -177,7 +177,7 @@ async def readyz(request: Request) -> Response:
     if not hub.cluster.connected:
         # Local members are still served, but a new member here would not see other nodes' edits
         # until the broker is back: a load balancer should send newcomers elsewhere.
-        return JSONResponse({"status": "degraded", "broker": "disconnected, reconnecting"}, 503)
+        return JSONResponse({"status": "degraded", "broker": hub.cluster.problem}, 503)
     return JSONResponse({"status": "ready", "rooms": len(hub.registry.rooms)})
 
 

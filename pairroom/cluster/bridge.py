@@ -128,6 +128,13 @@ class Cluster:
     def connected(self) -> bool:
         return self.broker.connected
 
+    @property
+    def problem(self) -> str:
+        """Why the broker is not connected, for ``/readyz`` ("" when it is)."""
+        if self.broker.connected:
+            return ""
+        return getattr(self.broker, "problem", "") or "disconnected, reconnecting"
+
     # -- joining ----------------------------------------------------------------------------------
 
     async def opening(self, name: str) -> None:

@@ -424,13 +424,16 @@ class RedisClusterBroker:
 
     async def _tend(self) -> None:
         assert self._client is not None
-        if self._refresh:
+        refreshed = self._refresh
+        if refreshed:
             await self._client.nodes_manager.initialize()
             self._refresh = False
         await self._sync_shards()
         await asyncio.gather(*(shard.client.ping() for shard in list(self._shards.values())))
         self._healthy, self._problem = True, ""
-        self._place()
+        # After a refresh every channel is checked against the new slot map; otherwise only those
+        # not placed yet (hashing every channel each second would cost ~10 us per room).
+        self._place(self._channels if refreshed else self._channels - self._placed.keys())
 
     async def _sync_shards(self) -> None:
         """One shard per master of the current slot map; shards of former masters are closed (what
@@ -446,11 +449,11 @@ class RedisClusterBroker:
                 del self._placed[channel]
             await shard.close()
 
-    def _place(self) -> None:
-        """Queue every channel that is not confirmed on its slot's current master."""
+    def _place(self, channels: set[str]) -> None:
+        """Queue each of ``channels`` that is not confirmed on its slot's current master."""
         assert self._client is not None
         now = time.monotonic()
-        for channel in sorted(self._channels):
+        for channel in sorted(channels):
             owner = self._client.get_node_from_key(channel)  # SlotNotCoveredError is a RedisError
             shard = self._shards.get(owner.name)
             if shard is None:
