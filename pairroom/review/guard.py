@@ -24,7 +24,7 @@ threads integrates an update that deletes (its delete set is not empty: the upda
 
 Register one instance for the whole node, before rooms load::
 
-    registry.observers.append(ReviewGuard())
+    ReviewGuard()  # listed among the node's extensions in app.py
 """
 
 from __future__ import annotations
@@ -32,15 +32,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pycrdt import Array, Map, Subscription
 
-from pairroom.protocol.origins import ClientOrigin, LocalOrigin, Origin
+from pairroom.protocol.origins import ClientOrigin, LocalOrigin
 from pairroom.review import threads as review
-from pairroom.rooms.hooks import RoomObserver
+from pairroom.rooms.extension import Change, Extension
 from pairroom.rooms.room import RoomState
 
 if TYPE_CHECKING:
@@ -73,23 +74,27 @@ class _RoomState:
     check: asyncio.TimerHandle | None = None
 
 
-class ReviewGuard(RoomObserver):
+class ReviewGuard(Extension):
+    """Stamps and checks what clients write into ``reviews``; marks outdated threads."""
+
+    name = "review-guard"
+    builtin = True
     priority = 50
 
     def __init__(self, outdated_delay: float = 0.2) -> None:
         self.outdated_delay = outdated_delay
         self._rooms: dict[Room, _RoomState] = {}
 
-    # -- RoomObserver -----------------------------------------------------------------------------
+    # -- Extension hooks -----------------------------------------------------------------------------
 
-    def on_room_loaded(self, room: Room) -> None:
+    def on_loaded(self, room: Room) -> None:
         reviews = room.doc.get("reviews", type=Map)
         subscription = reviews.observe_deep(functools.partial(self._on_reviews, room))
         state = self._rooms[room] = _RoomState(reviews, subscription, has_threads=len(reviews) > 0)
         if state.has_threads:
             self._schedule_check(room, state)
 
-    def on_room_closed(self, room: Room) -> None:
+    def on_unload(self, room: Room) -> None:
         state = self._rooms.pop(room, None)
         if state is None:
             return
@@ -98,7 +103,8 @@ class ReviewGuard(RoomObserver):
             if handle is not None:
                 handle.cancel()
 
-    def on_update(self, room: Room, origin: Origin, update: bytes) -> None:
+    def on_change(self, change: Change) -> None:
+        room, origin, update = change.room, change.origin, change.update
         state = self._rooms.get(room)
         if state is not None and state.has_threads and deletes(update) and origin is not OUTDATED:
             self._schedule_check(room, state)
@@ -109,6 +115,14 @@ class ReviewGuard(RoomObserver):
         state = self._rooms.get(room)
         if state is None:
             return
+        try:
+            self._collect(room, state, events)
+        except Exception:
+            # A value too hostile to read (a 3,000-deep map): the document guards remove the
+            # thread, as its shape is not a thread's; there is nothing to stamp.
+            log.warning("review change could not be read", exc_info=True, extra={"room": room.name})
+
+    def _collect(self, room: Room, state: _RoomState, events: list[Any]) -> None:
         origin = room.current_origin
         fixes: list[_Fix] = []
         for event in events:
@@ -151,7 +165,14 @@ class ReviewGuard(RoomObserver):
             for origin, fixes in pending:
                 author, name = self._identity(room, origin)
                 for fix in fixes:
-                    self._apply_fix(state.reviews, fix, author, name)
+                    try:
+                        self._apply_fix(state.reviews, fix, author, name)
+                    except Exception:
+                        # Fail closed: a thread the guard cannot correct does not stay as written.
+                        log.exception("review correction failed; thread removed",
+                                      extra={"room": room.name, "review_thread": fix.thread_id})
+                        if fix.thread_id in state.reviews:
+                            del state.reviews[fix.thread_id]
 
     @staticmethod
     def _identity(room: Room, origin: ClientOrigin) -> tuple[str, str | None]:
@@ -261,5 +282,8 @@ def _stamped(item: Any, author: str, name: str | None) -> dict[str, Any] | None:
 
 def _plausible(at: Any) -> bool:
     """A client's time is kept when it is within 10 s of the server's (clients queue offline edits
-    for longer, but then the server's time of arrival is the honest one)."""
-    return isinstance(at, (int, float)) and abs(at - time.time() * 1000) <= 10_000
+    for longer, but then the server's time of arrival is the honest one). NaN and infinities fail."""
+    return (
+        isinstance(at, (int, float)) and not isinstance(at, bool)
+        and math.isfinite(at) and abs(at - time.time() * 1000) <= 10_000
+    )

@@ -90,8 +90,20 @@ class Metrics(RegistryMetrics, ClusterMetrics):
         self.updates_dropped = Counter(
             "pairroom_updates_dropped", "Updates from members without write permission", registry=r
         )
+        self.guard_reverts = Counter(
+            "pairroom_guard_reverts",
+            "Client writes the document's owner table does not allow, reverted by the server",
+            ["root", "key"],
+            registry=r,
+        )
         self.room_load_failures = Counter(
             "pairroom_room_load_failures", "Joins refused because a room failed to load", registry=r
+        )
+        self.extension_errors = Counter(
+            "pairroom_extension_errors",
+            "Extension hooks that raised or timed out (the room carried on)",
+            ["extension", "hook"],
+            registry=r,
         )
 
     def render(self) -> bytes:
@@ -118,11 +130,19 @@ class Metrics(RegistryMetrics, ClusterMetrics):
         self.stored_updates.inc(count)
         self.flush_seconds.observe(seconds)
 
+    def extension_error(self, extension: str, hook: str) -> None:
+        self.extension_errors.labels(extension or "unnamed", hook).inc()
+
     def flush_failed(self) -> None:
         self.flush_failures.inc()
 
     def update_dropped(self) -> None:
         self.updates_dropped.inc()
+
+    def write_reverted(self, root: str, key: str | None) -> None:
+        # Map keys a client invents (run ids, paths) would grow the label set without bound.
+        known = {"title", "createdAt", "roles", "policy", "kernel"}
+        self.guard_reverts.labels(root[:32], key if key in known else "*" if key else "").inc()
 
     # ClusterMetrics
     def published(self, kind: Kind, ok: bool) -> None:

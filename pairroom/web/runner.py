@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import uvicorn
 from starlette.applications import Starlette
 
-from pairroom.config import Settings
+if TYPE_CHECKING:
+    from pairroom.config import Settings
 
 
 class Server(uvicorn.Server):
