@@ -17,11 +17,13 @@ from pairroom.protocol import bus, keys
 from pairroom.protocol.bus import Author, BusMessage, Kind, UnknownBusVersion
 from pairroom.protocol.origins import ClientOrigin, KernelOrigin, LocalOrigin, PeerOrigin, peer_origin
 from pairroom.protocol.sync import CloseCode, ProtocolError
+from pairroom.rooms.identity import Principal, Role
+from pairroom.rooms.room import peer_author
 from pairroom.web.metrics import Metrics
 
 from .yclient import eventually
 
-ADA = Author("client", "c-12ab", "u-ada", "Ada Lovelace")
+ADA = Author("client", "c-12ab", "u-ada", "Ada Lovelace", "#e6194b", "editor")
 UPDATE = BusMessage(Kind.UPDATE, "node1", "notes/π", b"\x01\x02\x00\xff", uid="node1:7", author=ADA)
 
 
@@ -115,6 +117,17 @@ def test_a_peer_logs_the_label_the_first_node_logs(origin) -> None:
 def test_the_person_travels_with_a_client_update() -> None:
     received = bus.decode(bus.encode(UPDATE)).author.origin("node1")
     assert (received.user_id, received.user_name, received.node_id) == ("u-ada", "Ada Lovelace", "node1")
+    assert peer_author(received, "notes") == Principal("u-ada", "Ada Lovelace", "#e6194b", Role.EDITOR, "notes")
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [PeerOrigin("n1"), PeerOrigin("n1", "kernel", "run-1"), PeerOrigin("n1", "client", "c", "u", "U", "#fff", "boss"),
+     PeerOrigin("n1", "client", "c", "", "", "", "editor"), ClientOrigin("c", "u")],
+    ids=["no-author", "kernel", "unknown-role", "no-user", "not-a-peer"],
+)
+def test_no_person_is_made_up_for_a_peer_update_without_one(origin) -> None:
+    assert peer_author(origin, "r") is None
 
 
 def test_a_relayed_update_keeps_its_first_author() -> None:
@@ -130,7 +143,7 @@ def test_an_update_without_an_author_is_labelled_by_its_node() -> None:
 # -- properties ------------------------------------------------------------------------------------
 
 strings = st.text(max_size=12)
-authors = st.builds(Author, st.sampled_from(["", "client", "local", "kernel"]), strings, strings, strings)
+authors = st.builds(Author, st.sampled_from(["", "client", "local", "kernel"]), strings, strings, strings, strings, strings)
 messages = st.builds(BusMessage, st.sampled_from(list(Kind)), strings, strings, st.binary(max_size=200), strings, strings, authors)
 
 

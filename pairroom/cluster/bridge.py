@@ -373,11 +373,12 @@ class Cluster:
 
 
 def author_of(room: Room) -> Author:
-    """The author of the update ``room`` is integrating now; a client's name comes from its member."""
+    """The author of the update ``room`` is integrating now; a client's name, color and (live) role
+    come from its member."""
     origin = room.current_origin
-    name = ""
     if isinstance(origin, ClientOrigin):
         member = room.members.get(origin.connection_id)
         if member is not None and member.principal is not None:
-            name = member.principal.name
-    return Author.of(origin, name)
+            principal = member.principal
+            return Author.of(origin, principal.name, principal.color, member.role.value)
+    return Author.of(origin)

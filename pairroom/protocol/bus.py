@@ -4,7 +4,7 @@ Layout of version 2 (lib0 varuint / varstring / varbytes after two fixed bytes):
 
     version: u8 (2) | kind: u8 | node: varstring | room: varstring | target: varstring |
     uid: varstring | author: u8 | author_ref: varstring | user_id: varstring | user_name: varstring |
-    payload: varbytes
+    user_color: varstring | user_role: varstring | payload: varbytes
 
 ``node`` is the sender (a node drops its own echoes), ``target`` a node id for replies ("" = every
 node holding the room), ``uid`` the update's log uid for UPDATE. The author fields say who made an
@@ -69,16 +69,18 @@ class Author:
     ref: str = ""
     user_id: str = ""
     user_name: str = ""
+    user_color: str = ""
+    user_role: str = ""
 
     @classmethod
-    def of(cls, origin: Origin, user_name: str = "") -> Author:
+    def of(cls, origin: Origin, user_name: str = "", user_color: str = "", user_role: str = "") -> Author:
         """The author of an update integrated with ``origin`` on the sending node."""
-        peer = peer_origin("", origin, user_name)
-        return cls(peer.kind, peer.ref, peer.user_id, peer.user_name)
+        peer = peer_origin("", origin, user_name, user_color, user_role)
+        return cls(peer.kind, peer.ref, peer.user_id, peer.user_name, peer.user_color, peer.user_role)
 
     def origin(self, node: str) -> PeerOrigin:
         """The origin a receiving node integrates the update with (``node`` is the sender)."""
-        return PeerOrigin(node, self.kind, self.ref, self.user_id, self.user_name)
+        return PeerOrigin(node, self.kind, self.ref, self.user_id, self.user_name, self.user_color, self.user_role)
 
 
 NO_AUTHOR = Author()
@@ -104,7 +106,7 @@ def _var_string(value: str) -> bytes:
 
 def encode(message: BusMessage) -> bytes:
     author = message.author
-    strings = (message.room, author.ref, author.user_id, author.user_name)
+    strings = (message.room, author.ref, author.user_id, author.user_name, author.user_color, author.user_role)
     size = len(message.payload) + sum(len(s) for s in strings) * 4 + 64
     if size > MAX_BUS_MESSAGE:
         raise BusMessageTooLarge(f"{message.kind.name} of {len(message.payload)} bytes for room {message.room!r}")
@@ -123,6 +125,8 @@ def encode(message: BusMessage) -> bytes:
             _var_string(author.ref),
             _var_string(author.user_id),
             _var_string(author.user_name),
+            _var_string(author.user_color),
+            _var_string(author.user_role),
             write_var_uint(len(message.payload)),
             message.payload,
         )
@@ -160,8 +164,8 @@ def decode(data: bytes) -> BusMessage:
         code = data[pos]
         if code not in _AUTHOR_KINDS:
             raise ProtocolError(CloseCode.MALFORMED, f"unknown bus message author kind {code}")
-        (ref, user_id, user_name), pos = _read_strings(data, pos + 1, 3)
-        author = Author(_AUTHOR_KINDS[code], ref, user_id, user_name)
+        (ref, user_id, user_name, user_color, user_role), pos = _read_strings(data, pos + 1, 5)
+        author = Author(_AUTHOR_KINDS[code], ref, user_id, user_name, user_color, user_role)
     length, pos = read_var_uint(data, pos)
     payload = data[pos : pos + length]
     if len(payload) != length or pos + length != len(data):

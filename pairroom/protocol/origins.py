@@ -53,8 +53,9 @@ class PeerOrigin:
 
     ``kind`` and ``ref`` are the origin as the node that integrated the update first knew it:
     ``"client"`` and the connection id, ``"local"`` and the reason, ``"kernel"`` and the run id.
-    ``user_id`` and ``user_name`` are the person behind a client (``""`` when anonymous or not a
-    client). ``kind`` is ``""`` when no single author is known: what a state-vector exchange
+    ``user_id``, ``user_name``, ``user_color`` and ``user_role`` are the person behind a client as
+    their node knew them (``""`` when not a client; ``user_id`` is also ``""`` for a client of a node
+    in open mode). ``kind`` is ``""`` when no single author is known: what a state-vector exchange
     sends is the difference between two copies, possibly many people's edits merged.
     """
 
@@ -63,6 +64,8 @@ class PeerOrigin:
     ref: str = ""
     user_id: str = ""
     user_name: str = ""
+    user_color: str = ""
+    user_role: str = ""
 
     def first_origin(self) -> ClientOrigin | LocalOrigin | KernelOrigin | None:
         """The origin the first node logged this update under, or None when unknown."""
@@ -83,13 +86,16 @@ class PeerOrigin:
 Origin = ClientOrigin | PeerOrigin | LocalOrigin | KernelOrigin
 
 
-def peer_origin(node_id: str, origin: Origin, user_name: str = "") -> PeerOrigin:
+def peer_origin(node_id: str, origin: Origin, user_name: str = "", user_color: str = "", user_role: str = "") -> PeerOrigin:
     """How ``origin``, integrated first on this node, is known to a peer node ``node_id`` hears
-    it from. A peer's update relayed on keeps its first author."""
+    it from (a client's name, color and role come from its member). A peer's update relayed on
+    keeps its first author."""
     if isinstance(origin, ClientOrigin):
-        return PeerOrigin(node_id, "client", origin.connection_id, origin.user or "", user_name)
+        return PeerOrigin(node_id, "client", origin.connection_id, origin.user or "", user_name, user_color, user_role)
     if isinstance(origin, LocalOrigin):
         return PeerOrigin(node_id, "local", origin.reason)
     if isinstance(origin, KernelOrigin):
         return PeerOrigin(node_id, "kernel", origin.run_id)
-    return PeerOrigin(node_id, origin.kind, origin.ref, origin.user_id, origin.user_name)
+    return PeerOrigin(
+        node_id, origin.kind, origin.ref, origin.user_id, origin.user_name, origin.user_color, origin.user_role
+    )
