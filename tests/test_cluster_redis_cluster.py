@@ -1,6 +1,7 @@
 """pairroom on a real Redis Cluster (3 masters, 3 replicas, started by the fixture): rooms whose slots
 live on every master converge across nodes, and a master killed while people type is healed by its
-replica's promotion with nothing lost; ``/readyz`` says ``degraded`` meanwhile and ``ready`` after."""
+replica's promotion with nothing lost; ``/readyz`` says ``degraded`` meanwhile and ``ready`` after.
+Then a pairroom node is killed: the other carries on and the database holds every edit."""
 
 from __future__ import annotations
 
@@ -125,11 +126,24 @@ async def test_rooms_on_every_master_converge_and_survive_a_master_killed_mid_ty
     type_round("d")
     await eventually(converged, timeout=10, what="typing goes on once the old master is back")
 
+    # A pairroom node killed: the other one carries every room on, and stores what was typed on both.
+    await nodes[1].kill()
+    for name, pair in clients.items():
+        await pair[1].close()
+        clients[name] = [pair[0]]
+    type_round("e")
     finals = {name: str(pair[0].text) for name, pair in clients.items()}
+    witnesses = {name: await YClient.connect(nodes[0].ws(name)) for name in clients}
+    await eventually(
+        lambda: all(str(w.text) == finals[name] for name, w in witnesses.items()),
+        timeout=10,
+        what="the surviving node has every edit",
+    )
+    for witness in witnesses.values():
+        await witness.close()
     for pair in clients.values():
-        for client in pair:
-            await client.close()
-    for node in nodes:
-        await node.terminate()
+        await pair[0].close()
+    await nodes[0].terminate()
     for name, final in finals.items():
+        assert all(token in final for token in typed[name])
         assert await stored_text(pg, name) == final
