@@ -50,6 +50,7 @@ COMMAND_TIMEOUT = 1.0
 PING_EVERY = 1.0
 MAX_BACKOFF = 2.0
 RESUBSCRIBE_AFTER = 2.0  # a subscription not confirmed by then is asked again
+TEND_SPACING = 0.1  # the least time between two rounds of maintenance
 
 
 def describe(exc: BaseException) -> str:
@@ -112,7 +113,6 @@ class _Shard:
         self.pending: dict[str, float] = {}  # channel -> when its SSUBSCRIBE was queued
         self.channels: set[str] = set()  # confirmed here
         self.unsubscribing: set[str] = set()
-        self.failed = False
         self.task = asyncio.create_task(self._read(), name=f"pairroom-redis-shard-{name}")
 
     def subscribe(self, channel: str) -> None:
@@ -135,9 +135,10 @@ class _Shard:
                 if self.pubsub.connection is None:  # nothing subscribed yet: wait for a command
                     try:
                         async with asyncio.timeout(0.5):
-                            self.commands.put_nowait(await self.commands.get())
+                            op, channel = await self.commands.get()
                     except TimeoutError:
-                        pass
+                        continue
+                    await getattr(self.pubsub, op)(channel)
                     continue
                 try:
                     message = await self.pubsub.get_message(timeout=0.05)
@@ -148,10 +149,8 @@ class _Shard:
                     self._handle(message)
         except (RedisError, OSError, TimeoutError) as exc:
             raise_if_cancelled()
-            self.failed = True
             self.broker._shard_failed(self, exc)
         except Exception as exc:  # a bug: logged with its trace, the broker replaces the shard
-            self.failed = True
             log.exception("redis shard reader failed", extra={"shard": self.name})
             self.broker._shard_failed(self, exc)
 
@@ -176,9 +175,11 @@ class _Shard:
         if kind == "smessage":
             self.broker._deliver(channel, message["data"])
         elif kind == "ssubscribe":
-            if self.pending.pop(channel, None) is not None:
-                self.channels.add(channel)
-                self.broker._confirmed(channel, self)
+            # Also a confirmation nobody waits for any more (unsubscribed meanwhile, or asked
+            # twice): the broker unsubscribes what it no longer wants.
+            self.pending.pop(channel, None)
+            self.channels.add(channel)
+            self.broker._confirmed(channel, self)
         elif kind == "sunsubscribe":
             if channel in self.unsubscribing:
                 self.unsubscribing.discard(channel)
@@ -262,7 +263,7 @@ class RedisClusterBroker:
 
     def _start_degraded(self, exc: BaseException) -> None:
         # Local members are served meanwhile; the maintenance task keeps trying.
-        self._refresh, self._problem = True, f"cluster unreachable: {describe(exc)}"
+        self._refresh, self._problem = True, f"redis cluster unreachable: {describe(exc)}"
         log.error("redis cluster unreachable at start, retrying", extra={"seeds": self._seeds(), "error": describe(exc)})
 
     async def stop(self) -> None:
@@ -394,10 +395,15 @@ class RedisClusterBroker:
     # -- maintenance --------------------------------------------------------------------------------
 
     async def _maintain(self) -> None:
-        """Place channels, ping masters, refresh the slot map after faults; heal once all is back."""
+        """Place channels, ping masters, refresh the slot map after faults; heal once all is back.
+
+        Healthy, it runs every second or when woken (a new subscription, a fault), at most every
+        ``TEND_SPACING``; unhealthy, it retries with exponential backoff and jitter, whatever wakes
+        it (publishes failing while a slot is away must not make it spin)."""
         backoff = 0.1
         while not self._stopping:
             self._wake.clear()
+            started = time.monotonic()
             try:
                 async with asyncio.timeout(COMMAND_TIMEOUT * 4):
                     await self._tend()
@@ -405,9 +411,9 @@ class RedisClusterBroker:
             except (RedisError, RedisClusterException, BrokerError, OSError, TimeoutError) as exc:
                 raise_if_cancelled()
                 self._refresh, self._heal = True, True
-                if self._healthy or not self._problem.startswith("cluster unreachable"):
+                if self._healthy:
                     log.warning("redis cluster not fully reachable", extra={"error": describe(exc)})
-                self._healthy, self._problem = False, f"cluster unreachable: {describe(exc)}"
+                self._healthy, self._problem = False, f"redis cluster not fully reachable: {describe(exc)}"
                 backoff = min(backoff * 2, MAX_BACKOFF)
             if self.connected and self._heal:
                 self._heal = False
@@ -415,9 +421,12 @@ class RedisClusterBroker:
                 log.warning("redis cluster reconnected", extra={"channels": len(self._channels)})
                 assert self._on_reconnect is not None
                 self._spawn(self._on_reconnect(), "pairroom-redis-cluster-heal")
-            wait = PING_EVERY if self._healthy else backoff * random.uniform(0.5, 1.5)
+            if not self._healthy:
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+                continue
+            await asyncio.sleep(max(0.0, started + TEND_SPACING - time.monotonic()))
             try:
-                async with asyncio.timeout(wait):
+                async with asyncio.timeout(PING_EVERY):
                     await self._wake.wait()
             except TimeoutError:
                 pass
