@@ -246,3 +246,27 @@ def test_a_cluster_url_lists_its_seeds_and_credentials():
 
     parsed = ClusterUrl.parse("redis+cluster://user:pw@10.0.0.1:7000,10.0.0.2:7001/0")
     assert parsed == ClusterUrl((("10.0.0.1", 7000), ("10.0.0.2", 7001)), "user", "pw")
+
+
+async def test_a_cluster_without_a_majority_of_masters_is_degraded_with_a_reason_then_heals(redis_cluster):
+    cluster = await redis_cluster()
+    node = Node(RedisClusterBroker(cluster.url, "a"))
+    await node.broker.start(node.on_message, node.on_reconnect)
+    try:
+        await node.broker.subscribe("pairroom:room:{x}")
+        assert node.broker.connected and node.broker.problem == ""
+        masters = await cluster.masters()
+        for master in masters[:2]:
+            await master.kill()
+        await eventually(lambda: not node.broker.connected, timeout=10, what="degraded")
+        assert "not fully reachable" in node.broker.problem or "lost" in node.broker.problem, node.broker.problem
+        await asyncio.wait_for(node.broker.publish("pairroom:room:{y}", b"x"), 3)  # answered, never hangs
+        for master in masters[:2]:
+            await master.restart(wipe=False)
+        await cluster.wait_ok()
+        await eventually(lambda: node.broker.connected, timeout=15, what="healed when the masters return")
+        assert node.reconnects >= 1
+        assert await node.broker.publish("pairroom:room:{x}", b"back")
+        await eventually(lambda: ("pairroom:room:{x}", b"back") in node.got, what="delivery after healing")
+    finally:
+        await node.broker.stop()
