@@ -27,7 +27,8 @@ from redis.exceptions import RedisError, ResponseError
 
 from pairroom.cluster.broker import Broker, BrokerError, MessageHandler, ReconnectHandler, raise_if_cancelled
 from pairroom.cluster.redis_cluster_broker import SCHEME as CLUSTER_SCHEME
-from pairroom.cluster.redis_cluster_broker import RedisClusterBroker, describe
+from pairroom.cluster.redis_cluster_broker import RedisClusterBroker
+from pairroom.cluster.redis_facts import SharedFacts, describe
 
 log = logging.getLogger("pairroom.redis")
 
@@ -54,7 +55,7 @@ def open_broker(url: str, node_id: str) -> Broker:
     return RedisBroker(url, node_id)
 
 
-class RedisBroker:
+class RedisBroker(SharedFacts):
     def __init__(self, url: str, node_id: str) -> None:
         self.url = url
         self.node_id = node_id
@@ -273,23 +274,3 @@ class RedisBroker:
             raise_if_cancelled()
             self._mark_lost(exc)
             raise BrokerError(f"redis {args[0]} failed: {describe(exc)}") from exc
-
-    async def add_to_set(self, key: str, member: str) -> None:
-        await self._command("SADD", key, member)
-
-    async def remove_from_set(self, key: str, member: str) -> None:
-        await self._command("SREM", key, member)
-
-    async def set_members(self, key: str) -> set[str]:
-        members = await self._command("SMEMBERS", key)
-        return {m.decode() if isinstance(m, bytes) else m for m in members}
-
-    async def try_lease(self, key: str, holder: str, ttl: float) -> bool:
-        millis = max(1, int(ttl * 1000))
-        if await self._command("SET", key, holder, "NX", "PX", millis):
-            return True
-        current = await self._command("GET", key)
-        if current is not None and (current.decode() if isinstance(current, bytes) else current) == holder:
-            await self._command("PEXPIRE", key, millis)
-            return True
-        return False

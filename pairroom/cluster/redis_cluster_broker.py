@@ -42,6 +42,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from pairroom.cluster.broker import BrokerError, MessageHandler, ReconnectHandler, raise_if_cancelled
+from pairroom.cluster.redis_facts import SharedFacts, describe
 
 log = logging.getLogger("pairroom.redis")
 
@@ -51,12 +52,6 @@ PING_EVERY = 1.0
 MAX_BACKOFF = 2.0
 RESUBSCRIBE_AFTER = 2.0  # a subscription not confirmed by then is asked again
 TEND_SPACING = 0.1  # the least time between two rounds of maintenance
-
-
-def describe(exc: BaseException) -> str:
-    """An error with Redis's own text (``repr`` of a redis-py error can be just its class)."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -199,7 +194,7 @@ class _Shard:
                 log.debug("closing a broken shard connection", extra={"error": describe(exc)})
 
 
-class RedisClusterBroker:
+class RedisClusterBroker(SharedFacts):
     def __init__(self, url: str, node_id: str) -> None:
         self.url = url
         self.node_id = node_id
@@ -316,26 +311,6 @@ class RedisClusterBroker:
             raise_if_cancelled()
             self._command_failed("SPUBLISH", exc)
             return False
-
-    async def add_to_set(self, key: str, member: str) -> None:
-        await self._command("SADD", key, member)
-
-    async def remove_from_set(self, key: str, member: str) -> None:
-        await self._command("SREM", key, member)
-
-    async def set_members(self, key: str) -> set[str]:
-        members = await self._command("SMEMBERS", key)
-        return {m.decode() if isinstance(m, bytes) else m for m in members}
-
-    async def try_lease(self, key: str, holder: str, ttl: float) -> bool:
-        millis = max(1, int(ttl * 1000))
-        if await self._command("SET", key, holder, "NX", "PX", millis):
-            return True
-        current = await self._command("GET", key)
-        if current is not None and (current.decode() if isinstance(current, bytes) else current) == holder:
-            await self._command("PEXPIRE", key, millis)
-            return True
-        return False
 
     async def _command(self, *args: Any) -> Any:
         if self._client is None:
@@ -499,4 +474,3 @@ def _misconfigured(exc: BaseException) -> bool:
         phrase in text
         for phrase in ("cluster support disabled", "cluster mode is not enabled", "not covered", "all slots are not covered")
     )
-
