@@ -160,12 +160,14 @@ def verify(secret: str, token: str | None, room: str) -> Principal:
         raise unauthorized(f"invalid token: unknown role {claims['role']!r}") from exc
     if claims["room"] != room:
         raise forbidden("token is for another room")
-    name = str(claims.get("name") or claims["sub"])[:64]
+    # A token without a name (a link for a role): the person types theirs (presence, chat and reviews
+    # keep it); where the server needs one of its own (recordings, calls), the role's.
+    name = str(claims.get("name") or role.value.capitalize())[:64]
     color = str(claims.get("color") or DEFAULT_COLORS[0])[:32]
     email = claims.get("email")
     if not isinstance(email, str) or not EMAIL.fullmatch(email):
         email = None
-    return Principal(str(claims["sub"]), name, color, role, room, email=email)
+    return Principal(str(claims["sub"]), name, color, role, room, named=bool(claims.get("name")), email=email)
 
 
 def claimed_room(token: str | None) -> str:
