@@ -186,8 +186,11 @@ async def create(ts: TermServer, room: str, member: Member, name: str | None = N
 
 async def ready(client: TermClient) -> None:
     """Until the client had its setup and snapshot and the shell printed its prompt."""
-    await until(lambda: client.of("snapshot") and ("$ " in client.output or "$ " in client.of("snapshot")[-1]),
-                     timeout=15, what="the terminal is ready")
+    try:
+        await until(lambda: client.of("snapshot") and ("$ " in client.output or "$ " in client.of("snapshot")[-1]),
+                    timeout=30)
+    except AssertionError:
+        raise AssertionError(f"no prompt within 30 s; frames: {[str(f)[:80] for f in client.frames][:20]!r}") from None
 
 
 # -- the basics ------------------------------------------------------------------------------------
