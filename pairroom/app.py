@@ -126,9 +126,9 @@ def extension_routes(runner: ExtensionRunner) -> list[BaseRoute]:
 
 def redis_broker(url: str, node_id: str) -> Broker:
     """The Redis broker, imported only by nodes that use one (redis-py is about 6 MiB resident)."""
-    from pairroom.cluster.redis_broker import RedisBroker
+    from pairroom.cluster.redis_broker import open_broker
 
-    return RedisBroker(url, node_id)
+    return open_broker(url, node_id)
 
 
 async def bounded_close(store: Store, seconds: float) -> None:
@@ -176,7 +176,7 @@ async def readyz(request: Request) -> Response:
     if not hub.cluster.connected:
         # Local members are still served, but a new member here would not see other nodes' edits
         # until the broker is back: a load balancer should send newcomers elsewhere.
-        return JSONResponse({"status": "degraded", "broker": "disconnected, reconnecting"}, 503)
+        return JSONResponse({"status": "degraded", "broker": hub.cluster.problem}, 503)
     return JSONResponse({"status": "ready", "rooms": len(hub.registry.rooms)})
 
 

@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-members", type=int, help="members per room (default 1000)")
     serve.add_argument("--rate-limit", type=float, help="messages a second per connection")
     serve.add_argument("--public-url", help="base URL for invite links")
-    serve.add_argument("--redis", help="redis://host:port/db: share rooms with other nodes (PAIRROOM_REDIS)")
+    serve.add_argument("--redis", help="redis://host:port/db, or a Redis Cluster as redis+cluster://host:port[,host:port...]: "
+        "share rooms with other nodes (PAIRROOM_REDIS)")
     serve.add_argument("--node-id", help="this node's id among the nodes (default: random)")
     serve.add_argument(
         "--kernels", action=argparse.BooleanOptionalAction, default=None,
