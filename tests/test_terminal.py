@@ -186,8 +186,11 @@ async def create(ts: TermServer, room: str, member: Member, name: str | None = N
 
 async def ready(client: TermClient) -> None:
     """Until the client had its setup and snapshot and the shell printed its prompt."""
-    await until(lambda: client.of("snapshot") and ("$ " in client.output or "$ " in client.of("snapshot")[-1]),
-                     timeout=15, what="the terminal is ready")
+    try:
+        await until(lambda: client.of("snapshot") and ("$ " in client.output or "$ " in client.of("snapshot")[-1]),
+                    timeout=30)
+    except AssertionError:
+        raise AssertionError(f"no prompt within 30 s; frames: {[str(f)[:80] for f in client.frames][:20]!r}") from None
 
 
 # -- the basics ------------------------------------------------------------------------------------
@@ -645,3 +648,29 @@ async def test_a_client_cannot_forge_the_terminals_record(ts: TermServer) -> Non
 def _commands(client: YClient, terminal_id: str) -> list[dict[str, Any]]:
     entry = client.doc.get("terminals", type=Map).get(terminal_id)
     return list(entry.to_py().get("commands", [])) if isinstance(entry, Map) else []
+
+
+async def test_the_smallest_size_policy_takes_the_smallest_client(ts: TermServer) -> None:
+    room = new_room()
+    ada, bob, _ = members(room)
+    terminal = await create(ts, room, ada)
+    a = await TermClient.connect(ts, room, terminal["id"], ada)
+    b = await TermClient.connect(ts, room, terminal["id"], bob)
+    await ready(a)
+    await a.send("resize", 40, 120)
+    await until(lambda: a.of("resize") and a.of("resize")[-1] == [40, 120])
+    await b.send("resize", 20, 50)  # a viewer's size counts for nothing under the default policy
+    await until(lambda: any("keeps the size" in n for n in b.of("notice")))
+    url = f"/api/rooms/{room}/terminals/{terminal['id']}/size"
+    assert (await ts.http.post(url, json={"policy": "smallest"}, headers=bob.headers)).status_code == 403
+    assert (await ts.http.post(url, json={"policy": "tiny"}, headers=ada.headers)).status_code == 400
+    assert (await ts.http.post(url, json={"policy": "smallest"}, headers=ada.headers)).status_code == 200
+    await until(lambda: b.setup["size_policy"] == "smallest")
+    await b.send("resize", 20, 50)
+    await a.send("resize", 40, 120)
+    await until(lambda: a.of("resize")[-1] == [20, 50], what="the phone's size wins")
+    await a.type("stty size\r")
+    await until(lambda: "20 50\r\n" in a.output)
+    await b.close()  # the smallest client leaves: the next smallest is the size again
+    await until(lambda: a.of("resize")[-1] == [40, 120], what="back to the larger size")
+    await a.close()

@@ -7,6 +7,7 @@
     DELETE /api/rooms/{room}/terminals/{id}                             -> 204
     POST   /api/rooms/{room}/terminals/{id}/restart                     -> 200 the terminal
     POST   /api/rooms/{room}/terminals/{id}/writers  {"user", "write"}  -> 200 (owners)
+    POST   /api/rooms/{room}/terminals/{id}/size     {"policy"}         -> 200 (owners)
     GET    /api/rooms/{room}/terminals/{id}/cast                        -> asciicast v2
     WS     /terminal/{room}/{id}?token=...
 
@@ -163,6 +164,23 @@ async def set_writer(request: Request) -> Response:
     return JSONResponse(terminal.describe())
 
 
+async def set_size_policy(request: Request) -> Response:
+    name = room_of(request)
+    service = _service(request)
+    principal = authenticate(request, name)
+    terminal = _terminal(service, name, request.path_params["id"])
+    async with service.registry.hold(name) as room:
+        role = room.role_of(principal)
+    if role is not Role.OWNER:
+        raise ApiError(403, "only an owner may change a terminal's size policy")
+    body = await json_body(request, 4096, '{"policy": "writers" or "smallest"}')
+    try:
+        terminal.set_size_policy(body.get("policy"))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from exc
+    return JSONResponse(terminal.describe())
+
+
 async def cast(request: Request) -> Response:
     name = room_of(request)
     service = _service(request)
@@ -270,6 +288,7 @@ routes: list[BaseRoute] = [
     Route("/api/rooms/{room}/terminals/{id}", _guarded(end_terminal), methods=["DELETE"]),
     Route("/api/rooms/{room}/terminals/{id}/restart", _guarded(restart_terminal), methods=["POST"]),
     Route("/api/rooms/{room}/terminals/{id}/writers", _guarded(set_writer), methods=["POST"]),
+    Route("/api/rooms/{room}/terminals/{id}/size", _guarded(set_size_policy), methods=["POST"]),
     Route("/api/rooms/{room}/terminals/{id}/cast", _guarded(cast), methods=["GET"]),
     WebSocketRoute("/terminal/{room}/{id}", terminal_endpoint),
 ]

@@ -63,6 +63,7 @@ class Viewer:
     snapshots: int = 0
     last_notice: float = 0.0
     overflowed: bool = False  # control frames were dropped too: the setup is sent again
+    size: tuple[int, int] | None = None  # (rows, cols) this client reported, for the smallest policy
 
     def push(self, frame: str) -> None:
         if self.needs_snapshot:
@@ -144,6 +145,7 @@ class Terminal:
         self.workspace = workspace
         self.record = record  # writes the terminal's entry in the document's ``terminals`` map
         self.rows, self.cols = settings.rows, settings.cols
+        self.size_policy = "writers"  # or "smallest"
         self.status = "starting"
         self.exit_code: int | None = None
         self.shell: Shell | None = None
@@ -309,6 +311,7 @@ class Terminal:
         return json.dumps(["setup", {
             "id": self.id, "name": self.name, "rows": self.rows, "cols": self.cols,
             "role": self.role_of(principal).value, "can_write": self.can_write(principal),
+            "size_policy": self.size_policy,
             "writers": self.writers(), "status": self.status, "exit": self.exit_code,
             "commands": list(self.commands)[-50:],
             "proposals": list(self.proposals.values()),
@@ -322,6 +325,8 @@ class Terminal:
     def detach(self, viewer: Viewer) -> None:
         self.viewers.discard(viewer)
         self.last_activity = time.monotonic()
+        if self.size_policy == "smallest" and viewer.size is not None:
+            self._apply_smallest()  # the smallest one left may be larger
         self.refresh_setups()
 
     def refresh_setups(self) -> None:
@@ -473,11 +478,34 @@ class Terminal:
         self.record(self, entry)
 
     def resize(self, viewer: Viewer, rows: Any, cols: Any) -> None:
-        """The driver's size: only members who may type set it; viewers render at the PTY's size."""
+        """A client's size. Under the ``writers`` policy (the default) only members who may type set
+        the PTY's size and viewers render at it; under ``smallest`` every client reports its size
+        and the PTY takes the smallest rows and columns among them (one phone shrinks everyone's)."""
+        rows, cols = clamp_size(rows, cols)
+        if self.size_policy == "smallest":
+            viewer.size = (rows, cols)
+            self._apply_smallest()
+            return
         if not self.can_write(viewer.principal):
             self.notice(viewer, "read-only: the terminal keeps the size of those who type", every=5.0)
             return
-        rows, cols = clamp_size(rows, cols)
+        self._set_size(rows, cols)
+
+    def _apply_smallest(self) -> None:
+        sizes = [v.size for v in self.viewers if v.size is not None]
+        if sizes:
+            self._set_size(min(r for r, _ in sizes), min(c for _, c in sizes))
+
+    def set_size_policy(self, policy: str) -> None:
+        """``writers`` or ``smallest`` (owners choose, live); every viewer's setup says which."""
+        if policy not in ("writers", "smallest"):
+            raise ValueError(f"unknown size policy {policy!r}: writers or smallest")
+        self.size_policy = policy
+        if policy == "smallest":
+            self._apply_smallest()
+        self.refresh_setups()
+
+    def _set_size(self, rows: int, cols: int) -> None:
         if (rows, cols) == (self.rows, self.cols) or self.shell is None:
             return
         self.rows, self.cols = rows, cols
@@ -538,7 +566,7 @@ class Terminal:
     def describe(self) -> dict[str, Any]:
         return {
             "id": self.id, "name": self.name, "status": self.status, "exit": self.exit_code,
-            "rows": self.rows, "cols": self.cols, "createdBy": self.created_by.user_id,
+            "rows": self.rows, "cols": self.cols, "sizePolicy": self.size_policy, "createdBy": self.created_by.user_id,
             "createdByName": self.created_by.name, "createdAt": int(self.created_at * 1000),
             "viewers": len(self.viewers), "grants": sorted(self.grants), "revokes": sorted(self.revokes),
             "commands": list(self.commands)[-20:],

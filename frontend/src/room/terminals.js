@@ -138,8 +138,9 @@ export class TerminalPanel {
       $('term-propose').hidden = setup.can_write
       $('term-writers').textContent = setup.writers.length ? `Typing: ${setup.writers.map((w) => w.name).join(', ')}` : ''
       $('term-restart').hidden = !(setup.status === 'exited' && this.mayStart)
-      if (setup.can_write && !wasWriter) this.fit()
-      else if (!setup.can_write) term.resize(setup.cols, setup.rows)
+      const smallest = setup.size_policy === 'smallest'
+      if (smallest || (setup.can_write && !wasWriter)) this.fit()
+      if (!setup.can_write || smallest) term.resize(setup.cols, setup.rows)
       if (!current.commandsShown) { setup.commands.forEach((c) => this.command(c)); current.commandsShown = true }
       setup.proposals.forEach((p) => this.proposal(current, p))
     } else if (kind === 'snapshot') {
@@ -148,7 +149,8 @@ export class TerminalPanel {
     } else if (kind === 'stdout') {
       term.write(args[0])
     } else if (kind === 'resize') {
-      if (!current.setup?.can_write) term.resize(args[1], args[0])
+      // writers keep their own size (it is the PTY's); under "smallest" everyone shows the PTY's
+      if (!current.setup?.can_write || current.setup?.size_policy === 'smallest') term.resize(args[1], args[0])
     } else if (kind === 'notice') {
       this.notice(args[0])
     } else if (kind === 'command') {
@@ -163,13 +165,12 @@ export class TerminalPanel {
 
   fit() {
     const current = this.current
-    if (!current?.setup?.can_write) return
-    try {
-      current.fit.fit()
-    } catch {
-      return // not laid out yet
-    }
-    this.send(['resize', current.term.rows, current.term.cols]) // the driver's size is the PTY's
+    const smallest = current?.setup?.size_policy === 'smallest'
+    if (!current?.setup?.can_write && !smallest) return
+    const dims = current.fit.proposeDimensions() // what fits this panel
+    if (!dims || !dims.rows || !dims.cols) return // not laid out yet
+    if (!smallest) current.term.resize(dims.cols, dims.rows)
+    this.send(['resize', dims.rows, dims.cols]) // the writers' size is the PTY's; or the smallest one
   }
 
   command(entry) {
