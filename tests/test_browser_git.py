@@ -44,6 +44,12 @@ def git(*args: str, cwd: Path | None = None) -> str:
     return done.stdout.decode()
 
 
+def _rgb(hex_color: str) -> str:
+    """``#0072b2`` as the browser writes a style colour back: ``rgb(0,114,178)``."""
+    value = hex_color.lstrip("#")
+    return "rgb({},{},{})".format(*(int(value[i:i + 2], 16) for i in (0, 2, 4)))
+
+
 def token(room: str, user: str, name: str, role: str, email: str) -> str:
     claims = {"sub": user, "room": room, "role": role, "name": name, "email": email, "exp": int(time.time()) + 3600}
     return jwt.encode(claims, BROWSER_SECRET, algorithm="HS256")
@@ -108,6 +114,10 @@ def test_committing_from_the_panel_credits_the_other_typist(
     blame = ada.evaluate("() => window.pairroom.git.blame().map((l) => [l.text, l.name])")
     assert blame[:3] == [["# ada", "Ada"], ["print('hello')", None], ["print('bob')", "Bob"]]
     ada.wait_for_selector(".git-blame-gutter >> text=Bob")
+    # in Bob's own colour, as his presence shows it
+    bob_color = ada.evaluate("() => [...window.pairroom.awareness.getStates().values()].find((s) => s.user?.id === 'bob').user.color")
+    mark_color = ada.evaluate("() => [...document.querySelectorAll('.git-blame-mark')].find((m) => m.textContent === 'Bob').style.borderLeftColor")
+    assert mark_color and bob_color and mark_color.replace(" ", "") == _rgb(bob_color)
     ada.fill("#git-message", "Greet from both of us")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     ada.screenshot(path=str(Path(ARTIFACTS) / "git-panel-before-commit.png"))

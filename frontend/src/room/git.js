@@ -20,26 +20,33 @@ const blameField = StateField.define({
   update: (lines, tr) => tr.effects.reduce((value, e) => (e.is(setBlame) ? e.value : value), lines),
 })
 class BlameMarker extends GutterMarker {
-  constructor(entry) { super(); this.entry = entry }
+  constructor(entry, colors) { super(); this.entry = entry; this.colors = colors }
   eq(other) { return other.entry === this.entry }
   toDOM() {
     const span = document.createElement('span')
     const { name, user, origin, at } = this.entry
     span.className = 'git-blame-mark'
     span.textContent = name ?? (origin?.startsWith('local:git:') ? 'git' : '')
-    if (user) span.style.borderLeftColor = colorOf(user)
+    if (user) span.style.borderLeftColor = colorOf(user, this.colors)
     span.title = [name ?? origin ?? 'before the log', at ? new Date(at).toLocaleString() : ''].filter(Boolean).join(' · ')
     return span
   }
 }
-const colorOf = (id) => `hsl(${[...id].reduce((h, c) => (h * 31 + c.charCodeAt(0)) % 360, 7)} 65% 45%)`
+// A present member's own colour (the server stamps it on their presence), else one made from their id.
+const colorOf = (id, colors) => colors?.get(id) ?? `hsl(${[...id].reduce((h, c) => (h * 31 + c.charCodeAt(0)) % 360, 7)} 65% 45%)`
+const setColors = StateEffect.define()
+const colorsField = StateField.define({
+  create: () => new Map(),
+  update: (colors, tr) => tr.effects.reduce((value, e) => (e.is(setColors) ? e.value : value), colors),
+})
 const blameGutter = [
   blameField,
+  colorsField,
   gutter({
     class: 'git-blame-gutter',
     lineMarker(view, line) {
       const entry = view.state.field(blameField)[view.state.doc.lineAt(line.from).number - 1]
-      return entry ? new BlameMarker(entry) : null
+      return entry ? new BlameMarker(entry, view.state.field(colorsField)) : null
     },
     lineMarkerChange: (update) => update.transactions.some((tr) => tr.effects.some((e) => e.is(setBlame))),
   }),
@@ -47,9 +54,11 @@ const blameGutter = [
 ]
 
 export class GitPanel {
-  /** `new GitPanel({doc, api, before, view, current})`: a section of its own, put before `before` in
-   * the page; `view` and `current()` (the open file's path) are for the blame gutter. */
-  constructor({ doc, api, before, view, current }) {
+  /** `new GitPanel({doc, api, before, view, current, awareness})`: a section of its own, put before
+   * `before` in the page; `view`, `current()` (the open file's path) and `awareness` (people's
+   * colours) are for the blame gutter. */
+  constructor({ doc, api, before, view, current, awareness }) {
+    this.awareness = awareness
     this.doc = doc
     this.api = api
     this.view = view
@@ -100,7 +109,7 @@ export class GitPanel {
     els.refresh.addEventListener('click', () => this.refresh())
     els.blame.addEventListener('click', () => this.toggleBlame())
     els.changes.addEventListener('click', (event) => {
-      const item = event.target.closest('[data-path]')
+      const item = event.target.closest('.git-path') && event.target.closest('[data-path]')
       if (item) this.showDiff(item.dataset.path)
     })
     els.form.addEventListener('submit', (event) => { event.preventDefault(); this.commit() })
@@ -142,9 +151,9 @@ export class GitPanel {
     const { els } = this
     els.branch.textContent = `on ${status.branch}`
     els.branch.title = status.remote
-    els.changes.replaceChildren(...status.changes.map((change) => el('li', { className: `git-change ${change.status}`, title: 'Show the diff' },
+    els.changes.replaceChildren(...status.changes.map((change) => el('li', { className: `git-change ${change.status}` },
       el('span', { className: 'git-letter', title: change.status, textContent: STATUS_LETTER[change.status] ?? '?' }),
-      el('span', { className: 'git-path', textContent: change.path }),
+      el('button', { type: 'button', className: 'git-path link', textContent: change.path, title: 'Show the diff', ariaExpanded: String(this.diffPath === change.path) }),
       el('span', { className: 'git-by hint', textContent: change.by.map((b) => b.name).join(', ') }),
     )))
     for (const [i, change] of status.changes.entries()) els.changes.children[i].dataset.path = change.path
@@ -209,7 +218,11 @@ export class GitPanel {
     }
     try {
       const { lines } = await this.api('GET', `files/${path.split('/').map(encodeURIComponent).join('/')}/blame`)
-      if (this.blaming && this.current() === path) this.view.dispatch({ effects: setBlame.of(lines) })
+      const colors = new Map()
+      for (const state of this.awareness?.getStates().values() ?? []) {
+        if (state?.user?.id && state.user.color) colors.set(state.user.id, state.user.color)
+      }
+      if (this.blaming && this.current() === path) this.view.dispatch({ effects: [setColors.of(colors), setBlame.of(lines)] })
     } catch (error) {
       if (error.status !== 404) this.els.error.textContent = `Blame: ${error.message}`
     }

@@ -361,7 +361,7 @@ function startRoom() {
   })
 
   const terminals = new TerminalPanel({ room, token, role, api }) // shared terminals (terminals.js)
-  const git = new GitPanel({ doc, api, before: $('history'), view, current: () => current?.path ?? null }) // source control (git.js)
+  const git = new GitPanel({ doc, api, before: $('history'), view, current: () => current?.path ?? null, awareness }) // source control (git.js)
 
   // History: versions, diffs and restores of the open file.
   const history = new HistoryPanel(doc, api, {
