@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING
 import uvicorn
 from starlette.applications import Starlette
 
-from pairroom.config import Settings
 from pairroom.web.http_limits import BodyLimit, TimedHttpToolsProtocol
+
+if TYPE_CHECKING:
+    from pairroom.config import Settings
 
 
 class Server(uvicorn.Server):
