@@ -11,7 +11,7 @@ from pathlib import Path
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
-from pairroom.kernels.settings import KernelSettings
+from pairroom.sandbox.settings import KernelSettings
 from pairroom.rtc.settings import RtcSettings
 from pairroom.vcs.settings import VcsSettings
 from pairroom.rooms.registry import RoomSettings

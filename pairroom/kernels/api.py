@@ -27,7 +27,7 @@ from pairroom.web.auth import AuthError, Principal, Role, authenticate, forbidde
 from pairroom.rooms.registry import RoomLoadError
 from pairroom.rooms.room import Room
 from pairroom.kernels import rundoc
-from pairroom.kernels.sandbox import SandboxUnavailable
+from pairroom.sandbox.bubblewrap import SandboxUnavailable
 from pairroom.kernels.service import KernelService, KernelUnavailable, KernelUnreachable
 from pairroom.kernels.workdir import valid_path
 

@@ -15,9 +15,9 @@ from pairroom.rooms.extension import Extension
 
 from .api import routes
 from .cluster_lease import ClusterKernelLease
-from .sandbox import SandboxUnavailable
+from pairroom.sandbox.bubblewrap import SandboxUnavailable
 from .service import KernelLease, KernelService
-from .settings import KernelSettings
+from pairroom.sandbox.settings import KernelSettings
 
 log = logging.getLogger("pairroom.kernels")
 

@@ -27,9 +27,9 @@ from typing import Any, Callable
 from jupyter_client.asynchronous.client import AsyncKernelClient
 
 from pairroom.kernels.launcher import KernelDirs, SandboxedKernelManager
-from pairroom.kernels.limits import Cgroups, KernelCgroup
+from pairroom.sandbox.limits import Cgroups, KernelCgroup
 from pairroom.kernels.outputs import to_output
-from pairroom.kernels.sandbox import Sandbox
+from pairroom.sandbox.bubblewrap import Sandbox
 
 log = logging.getLogger("pairroom.kernels")
 

@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from pairroom.kernels.sandbox import SandboxUnavailable
+from pairroom.sandbox.bubblewrap import SandboxUnavailable
 from pairroom.protocol.origins import LocalOrigin
 from pairroom.protocol.sync import CloseCode, ProtocolError
 from pairroom.rooms.identity import Principal, Role
