@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 import pytest_asyncio
-from pycrdt import Map, Text
+from pycrdt import Array, Map, Text
 
 from pairroom.app import create_app
 from pairroom.config import Settings
@@ -506,3 +506,47 @@ async def test_half_sent_requests_are_closed_at_their_deadline(tmp_path: Path) -
         async with asyncio.timeout(5):
             assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
         writer.close()
+
+
+# -- an acknowledgement means stored ------------------------------------------------------------------
+
+
+async def test_a_2xx_for_a_write_survives_a_kill_9_right_after(tmp_path: Path) -> None:
+    import httpx
+
+    from pairroom.web.auth import mint
+    from tests.support.nodes import start_serve
+
+    env = {
+        "PAIRROOM_DB": f"sqlite:///{tmp_path / 'durable.db'}",
+        "PAIRROOM_SECRET": SECRET,
+        "PAIRROOM_FLUSH_INTERVAL_MS": "600000",  # nothing is written by the periodic flush in this test
+    }
+    name = room("durable")
+    node = await start_serve(env)
+    try:
+        async with httpx.AsyncClient(base_url=node.http, timeout=30) as http:
+            claimed = await http.post("/api/rooms", json={"room": name, "name": "Ada"})
+            assert claimed.status_code == 201, claimed.text
+            owner = next(i["token"] for i in claimed.json()["invites"] if i["role"] == "owner")
+            auth = {"authorization": f"Bearer {owner}"}
+            chat = await http.post(f"/api/rooms/{name}/chat", json={"text": "stored before the answer"}, headers=auth)
+            assert chat.status_code == 201, chat.text
+            demoted = await http.put(f"/api/rooms/{name}/roles/u-bob", json={"role": "viewer"}, headers=auth)
+            assert demoted.status_code == 200, demoted.text
+        await node.kill()  # SIGKILL: no final flush
+        node = await start_serve(env)
+        async with httpx.AsyncClient(base_url=node.http, timeout=30) as http:
+            again = await http.post("/api/rooms", json={"room": name, "name": "Mallory"})
+            assert again.status_code == 409, again.text  # nobody else can claim it
+        reader = await YClient.connect(node.ws(name) + "?token=" + mint(SECRET, name, "viewer", "Vic"))
+        await reader.synced.wait()
+        await eventually(lambda: len(reader.doc.get("chat", type=Array)) == 1, what="the chat line was stored")
+        assert reader.doc.get("chat", type=Array)[0]["text"] == "stored before the answer"
+        roles = reader.doc.get("meta", type=Map).get("roles")
+        assert isinstance(roles, Map) and roles.get("u-bob") == "viewer"
+        await reader.close()
+    finally:
+        await node.kill()
+        if node.drain is not None:
+            node.drain.cancel()

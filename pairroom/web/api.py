@@ -22,6 +22,8 @@ from pairroom.protocol.sync import ProtocolError
 from pairroom.rooms.guards import stamped_chat_entry
 from pairroom.rooms.identity import Principal, Role, anonymous
 from pairroom.rooms.registry import RoomLoadError
+from pairroom.rooms.room import Room
+from pairroom.storage.store import StoreError
 from pairroom.web.auth import AuthError, bearer, mint, verify
 from pairroom.web.hub import Hub
 from pairroom.web.websocket import room_name_from_path
@@ -94,6 +96,12 @@ async def json_body(request: Request, max_bytes: int = 64 * 1024, shape: str = "
     return body
 
 
+async def stored(room: Room) -> None:
+    """Write the room's pending updates now: a 2xx for a write means it is durable, so a crash right
+    after the answer loses nothing the client was told was done. Raises StoreError (a 503)."""
+    await room.flush()
+
+
 def require_owner(principal: Principal) -> None:
     if principal.role is not Role.OWNER:
         raise ApiError(403, "only an owner may do this")
@@ -110,6 +118,8 @@ def handles_errors(endpoint):  # type: ignore[no-untyped-def]
             return response
         except RoomLoadError as exc:
             return error(503, str(exc))
+        except StoreError as exc:
+            return error(503, f"not stored: {exc}; the change is kept in memory and written when storage is back")
 
     return wrapped
 
@@ -185,6 +195,7 @@ async def create_room(request: Request) -> Response:
             raise ApiError(409, f"room {room_name!r} already exists: ask its owner for a link")
         with room.local_change(LocalOrigin("create")) as doc:
             doc.get("meta", type=Map)["createdAt"] = int(time.time() * 1000)
+        await stored(room)  # the claim is durable before anyone holds its owner token
     out = []
     for role in CREATED_ROLES:
         name = owner_name[:64] if role is Role.OWNER else role.value.capitalize()
@@ -206,6 +217,7 @@ async def set_role(request: Request) -> Response:
     user_id = request.path_params["user"]
     async with hub.registry.hold(room_name) as room:
         room.set_role(user_id, role)
+        await stored(room)
     return JSONResponse({"user": user_id, "role": role.value})
 
 
@@ -222,6 +234,7 @@ async def post_chat(request: Request) -> Response:
     async with hub.registry.hold(room_name) as room:
         with room.local_change(LocalOrigin("chat")) as doc:
             doc.get("chat", type=Array).append(entry)
+        await stored(room)
     return JSONResponse(entry, 201)
 
 
