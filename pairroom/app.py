@@ -9,34 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import secrets
-from typing import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
-from pairroom.storage.sql import SqlStore
-from pairroom.storage.store import Store, StoreError
 from pairroom.cluster.broker import Broker, MemoryBroker
 from pairroom.cluster.bridge import Cluster
-from pairroom.rooms.registry import RoomRegistry
+from pairroom.cluster.extension import ClusterBridge
 from pairroom.config import Settings
-from pairroom.kernels.api import routes as kernel_routes
-from pairroom.kernels.cluster_lease import ClusterKernelLease
-from pairroom.kernels.sandbox import SandboxUnavailable
-from pairroom.kernels.service import KernelLease, KernelService
-from pairroom.recording.api import attach as attach_recorder
-from pairroom.rtc.api import attach as attach_rtc
-from pairroom.rtc.broker_bus import BrokerSignalBus
+from pairroom.kernels.extension import Kernels
+from pairroom.recording.extension import Recording
+from pairroom.review.extension import Review
+from pairroom.rooms.extension import Extension, ExtensionRunner, Supervisor
 from pairroom.rooms.partial_writes import ReviewerWrites
-from pairroom.review.api import routes as review_routes
-from pairroom.review.guard import ReviewGuard
-from pairroom.web import api
-from pairroom.web import static
+from pairroom.rooms.persistence import Persistence
+from pairroom.rooms.registry import RoomRegistry
+from pairroom.rtc.extension import Calls
+from pairroom.storage.sql import SqlStore
+from pairroom.storage.store import Store, StoreError
+from pairroom.web import api, static
 from pairroom.web.hub import Hub
 from pairroom.web.metrics import Metrics
 from pairroom.web.websocket import yjs_endpoint
@@ -44,49 +40,56 @@ from pairroom.web.websocket import yjs_endpoint
 log = logging.getLogger("pairroom.app")
 
 
-def create_app(settings: Settings, store: Store | None = None) -> Starlette:
-    # Signaling across nodes: attach_rtc needs the bus now, the lifespan binds it to the cluster.
-    signal_bus = BrokerSignalBus() if settings.redis else None
+def builtin_extensions(settings: Settings) -> list[Extension]:
+    """Every built-in capability, each plugged in as an ``Extension`` (see ``docs/extensions.md``)."""
+    limit = settings.shutdown_timeout
+    return [
+        ClusterBridge(limit),
+        Persistence(limit),
+        ReviewerWrites(),  # reviewers write review threads and chat only
+        Review(),
+        Kernels(
+            settings.kernel_settings(), enabled=settings.kernels, clustered=bool(settings.redis), shutdown_timeout=limit
+        ),
+        Calls(settings.rtc, clustered=bool(settings.redis)),
+        Recording(settings.extra, limit),
+    ]
+
+
+def create_app(
+    settings: Settings, store: Store | None = None, extensions: Sequence[Extension] = ()
+) -> Starlette:
+    """The node: the built-in extensions plus ``extensions`` (third-party ones, already configured).
+    An extension named like a built-in takes the built-in's place."""
+    replacing = {extension.name for extension in extensions}
+    builtins = [extension for extension in builtin_extensions(settings) if extension.name not in replacing]
+    runner = ExtensionRunner([*builtins, *extensions])
+    metrics = Metrics()
+    runner.errors = metrics
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        the_store = store or SqlStore(settings.db)
-        await the_store.open()
-        metrics = Metrics()
-        node_id = settings.node_id or secrets.token_hex(6)
-        broker: Broker = redis_broker(settings.redis, node_id) if settings.redis else MemoryBroker(node_id)
-        cluster = Cluster(broker, {}, metrics=metrics, **settings.cluster_settings())
-        registry = RoomRegistry(the_store, cluster, settings.room_settings(), metrics)
-        registry.write_check = ReviewerWrites()  # reviewers write review threads and chat only
-        registry.observers.append(ReviewGuard())
-        app.state.hub = Hub(settings, the_store, registry, metrics, cluster)
-        tasks = []
-        for name, runner in (("cluster", cluster.run), ("rooms", registry.run)):
-            started = asyncio.Event()
-            task = asyncio.create_task(runner(started), name=f"pairroom-{name}")
-            await wait_started(task, started)
-            tasks.append(task)
-        if signal_bus is not None:
-            await signal_bus.start(cluster)
-        lease = ClusterKernelLease(broker) if settings.redis else None
-        kernels, app.state.kernels_error = await start_kernels(registry, settings, node_id, lease)
-        app.state.kernels = kernels
-        log.info("ready", extra={"db": redact(settings.db), "node": node_id, "redis": bool(settings.redis)})
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            the_store = store or SqlStore(settings.db)
+            await the_store.open()
+            stack.push_async_callback(bounded_close, the_store, settings.shutdown_timeout)
+            supervisor = await stack.enter_async_context(Supervisor())
+            node_id = settings.node_id or secrets.token_hex(6)
+            broker: Broker = redis_broker(settings.redis, node_id) if settings.redis else MemoryBroker(node_id)
+            cluster = Cluster(broker, {}, metrics=metrics, **settings.cluster_settings())
+            registry = RoomRegistry(the_store, cluster, settings.room_settings(), metrics)
+            registry.extensions = runner
+            hub = Hub(settings, the_store, registry, metrics, cluster, supervisor, runner, app.state, node_id)
+            app.state.hub = hub
+            # Entered in priority order, left in reverse: the cluster bridge first and last, then
+            # persistence (the rooms' final flush runs after every feature stopped writing).
+            for extension in runner.extensions:
+                context = extension.lifespan(hub)
+                if context is not None:
+                    await stack.enter_async_context(context)
+            log.info("ready", extra={"db": redact(settings.db), "node": node_id, "redis": bool(settings.redis)})
             yield
-        finally:
-            limit = settings.shutdown_timeout
-            if kernels is not None:  # before the rooms flush, so the last outputs are stored
-                await bounded(kernels.stop(), limit, "stopping kernels")
-            if signal_bus is not None:
-                await bounded(signal_bus.stop(), limit, "stopping the signaling bus")
-            for task in reversed(tasks):  # rooms flush first, then the cluster says goodbye
-                task.cancel()
-                await bounded(asyncio.wait({task}), limit + 5, f"stopping {task.get_name()}")
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    log.error("background task failed", exc_info=task.exception(), extra={"task": task.get_name()})
-            await bounded(the_store.close(), limit, "closing storage")
-            log.info("stopped")
+        log.info("stopped")
 
     app = Starlette(
         routes=[
@@ -94,16 +97,27 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
+            Route("/api/extensions", list_extensions),
+            *extension_routes(runner),
             *api.routes,
-            *review_routes,
-            *kernel_routes,
             *static.routes,
         ],
         lifespan=lifespan,
     )
-    attach_rtc(app, settings.rtc, bus=signal_bus)
-    attach_recorder(app, settings)
+    app.state.extensions = runner
     return app
+
+
+def extension_routes(runner: ExtensionRunner) -> list[BaseRoute]:
+    """Built-ins mount their routes at the root; third-party extensions under ``/ext/{name}/``."""
+    mounted: list[BaseRoute] = []
+    for extension in runner.implementing("routes"):
+        routes = list(extension.routes())
+        if extension.builtin:
+            mounted.extend(routes)
+        elif routes:
+            mounted.append(Mount(f"/ext/{extension.name}", routes=routes))
+    return mounted
 
 
 def redis_broker(url: str, node_id: str) -> Broker:
@@ -113,23 +127,8 @@ def redis_broker(url: str, node_id: str) -> Broker:
     return RedisBroker(url, node_id)
 
 
-async def start_kernels(
-    registry: RoomRegistry, settings: Settings, node_id: str, lease: KernelLease | None = None
-) -> tuple[KernelService | None, str | None]:
-    """The kernel service, or None and the reason (runs then answer 503 with it): disabled, or the
-    sandbox is missing and ``--unsafe-kernels`` was not given."""
-    if not settings.kernels:
-        return None, "kernels are disabled on this server (--no-kernels)"
-    kernel_settings = settings.kernel_settings()
-    if lease is not None:  # meta.kernel.node names the cluster node holding the lease
-        kernel_settings = dataclasses.replace(kernel_settings, node=node_id)
-    kernels = KernelService(registry, kernel_settings, lease)
-    try:
-        await kernels.start()
-    except SandboxUnavailable as exc:
-        log.error("kernels refused: no sandbox", extra={"error": str(exc)})
-        return None, f"kernels refused: {exc}"
-    return kernels, None
+async def bounded_close(store: Store, seconds: float) -> None:
+    await bounded(store.close(), seconds, "closing storage")
 
 
 async def bounded(step: Awaitable[object], seconds: float, what: str) -> None:
@@ -142,16 +141,6 @@ async def bounded(step: Awaitable[object], seconds: float, what: str) -> None:
         log.error("shutdown step did not finish in time", extra={"step": what, "seconds": seconds})
     except Exception:
         log.exception("shutdown step failed", extra={"step": what})
-
-
-async def wait_started(task: asyncio.Task[None], started: asyncio.Event) -> None:
-    """Wait until a background task says it started; if it dies first, raise its error."""
-    waiter = asyncio.create_task(started.wait())
-    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
-    if task.done():
-        task.result()
-        raise RuntimeError(f"{task.get_name()} stopped during start-up")
 
 
 def redact(url: str) -> str:
@@ -175,6 +164,9 @@ async def readyz(request: Request) -> Response:
             await hub.store.ping()
     except (StoreError, TimeoutError) as exc:
         return JSONResponse({"status": "unavailable", "storage": str(exc) or "timeout"}, 503)
+    if hub.supervisor.failures:
+        failed = {name: failure.error for name, failure in sorted(hub.supervisor.failures.items())}
+        return JSONResponse({"status": "unavailable", "failed": failed}, 503)
     if hub.registry.storage_failing:
         return JSONResponse({"status": "unavailable", "storage": "writes failing, retrying"}, 503)
     if not hub.cluster.connected:
@@ -187,3 +179,21 @@ async def readyz(request: Request) -> Response:
 async def metrics_endpoint(request: Request) -> Response:
     hub: Hub = request.app.state.hub
     return Response(hub.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def list_extensions(request: Request) -> Response:
+    """What this node runs: every extension's name, version, whether it is built in, and its hooks."""
+    runner: ExtensionRunner = request.app.state.extensions
+    return JSONResponse({"extensions": [describe(e) for e in runner.extensions]})
+
+
+def describe(extension: Extension) -> dict[str, object]:
+    from pairroom.rooms.extension import hooks_of
+
+    return {
+        "name": extension.name,
+        "version": extension.version,
+        "builtin": extension.builtin,
+        "priority": extension.priority,
+        "hooks": hooks_of(extension),
+    }

@@ -16,8 +16,6 @@ import pytest_asyncio
 from pycrdt import Array, Doc, Map, Text
 
 from pairroom.web.auth import mint
-from pairroom.review import api as review_api
-from pairroom.rooms.partial_writes import ReviewerWrites
 from pairroom.review.guard import ReviewGuard
 
 from .support.yjs_node import NODE_DIR, NodeYClient, _node_binary, ensure_node_modules
@@ -34,15 +32,9 @@ def room_name() -> str:
 
 
 def install_review(server: Any) -> None:
-    """Review routes, the reviewer write check and the review guard, unless the app wires them."""
-    app = server.server.config.app
-    if not any(getattr(r, "path", "") == "/api/rooms/{room}/review-passes" for r in app.router.routes):
-        app.router.routes[:0] = review_api.routes
-    registry = server.hub.registry
-    if registry.write_check is None:
-        registry.write_check = ReviewerWrites()
-    if not any(isinstance(o, ReviewGuard) for o in registry.observers):
-        registry.observers.append(ReviewGuard(outdated_delay=0.02))
+    """The app runs review as an extension; its outdated check is made quick for the tests."""
+    review = next(e for e in server.hub.extensions.extensions if isinstance(e, ReviewGuard))
+    review.outdated_delay = 0.02
 
 
 def bearer(room: str, role: str, name: str, user: str) -> dict[str, str]:

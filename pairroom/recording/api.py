@@ -39,7 +39,6 @@ from starlette.routing import Route, WebSocketRoute
 from pairroom.protocol.origins import LocalOrigin
 from pairroom.protocol.sync import ProtocolError
 from pairroom.web.api import ApiError, handles_errors, json_body, principal_for, require_owner, room_of
-from pairroom.config import Settings
 from pairroom.web.hub import Hub
 from pairroom.web.websocket import room_name_from_path
 from pairroom.rooms.identity import Principal
@@ -57,10 +56,10 @@ log = logging.getLogger("pairroom.recording.api")
 NAME_MAX = 255
 
 
-def link_call_audio(app: Starlette, recorder: RecorderObserver) -> None:
+def link_call_audio(state: Any, recorder: RecorderObserver) -> None:
     """Saved call recordings become ``audio`` events on the room's timeline (at their first frame),
     so a replay finds the voice that goes with the code."""
-    rtc = getattr(app.state, "rtc", None)
+    rtc = getattr(state, "rtc", None)
     if rtc is None:
         return
 
@@ -71,42 +70,6 @@ def link_call_audio(app: Starlette, recorder: RecorderObserver) -> None:
         recorder.record(info.room, "audio", str((info.user or {}).get("id", "")), data, at=at)
 
     rtc.on_recording_saved = saved
-
-
-def attach(app: Starlette, settings: Settings) -> None:
-    """Add the routes, and run a ``RecorderObserver`` for the app's rooms during its lifespan."""
-    app.router.routes[0:0] = routes
-    inner = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[Any]:
-        async with inner(app) as state:
-            hub: Hub = app.state.hub
-            if not isinstance(hub.store, SqlStore):
-                raise RuntimeError("the recorder needs the SQL store (its history tables live beside the log)")
-            recorder = RecorderObserver(History(hub.store), RecorderSettings.from_mapping(settings.extra))
-            hub.registry.observers.append(recorder)
-            app.state.recorder = recorder
-            link_call_audio(app, recorder)
-            started = asyncio.Event()
-            task = asyncio.create_task(recorder.run(started), name="pairroom-recorder")
-            waiter = asyncio.create_task(started.wait())
-            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            if task.done():
-                task.result()
-                raise RuntimeError("the recorder stopped during start-up")
-            try:
-                yield state
-            finally:
-                task.cancel()
-                done, _ = await asyncio.wait({task}, timeout=settings.shutdown_timeout)
-                if not done:
-                    log.error("the recorder did not stop in time; buffered events may be lost")
-                elif not task.cancelled() and task.exception() is not None:
-                    log.error("the recorder failed", exc_info=task.exception())
-
-    app.router.lifespan_context = lifespan
 
 
 # -- helpers --------------------------------------------------------------------------------------------

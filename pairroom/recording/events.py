@@ -2,7 +2,7 @@
 automatic checkpoints, written in batches.
 
 The update log (``store.py``) already holds every edit with its time, seq and origin; this observer
-adds what a replay and a timeline need besides. It is called on the room's path (``hooks.py``), so
+adds what a replay and a timeline need besides. It is called on the room's path (an ``Extension``), so
 it only appends to memory there; one writer task stores the buffer every ``flush_interval`` (or at
 once past ``flush_max_events``, or when a room closes), one transaction a batch, never one per event.
 
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from pycrdt import Array, ArrayEvent, Map, MapEvent
 
-from pairroom.rooms.hooks import RoomObserver
+from pairroom.rooms.extension import Change, Extension
 from pairroom.recording.history import History, recording_enabled
 from pairroom.recording.history_store import Event, HistoryStore, Version
 from pairroom.storage.store import StoreError
@@ -100,13 +100,17 @@ class _RoomRecord:
     subscriptions: list[tuple[Any, Any]] = field(default_factory=list)
 
 
-class RecorderObserver(RoomObserver):
-    priority = 200  # after the server's own observers
+class RecorderObserver(Extension):
+    """Records what happens in rooms (joins, presence, chat and run marks, checkpoints) as events."""
 
-    def __init__(self, history: History, settings: RecorderSettings | None = None) -> None:
-        self.history = history
-        self.db: HistoryStore = history.db
-        self.settings = settings or RecorderSettings()
+    name = "recorder"
+    builtin = True
+    priority = 200  # after the server's own extensions
+
+    def __init__(self, history: History | None, settings: RecorderSettings | None = None) -> None:
+        if history is not None:
+            self.bind(history)
+        self.settings = settings or RecorderSettings()  # type: ignore[assignment]
         self._rooms: dict[str, _RoomRecord] = {}
         self._events: list[Event] = []
         self._versions: list[Version] = []
@@ -114,6 +118,11 @@ class RecorderObserver(RoomObserver):
         self._urgent = asyncio.Event()
         self.write_lock = asyncio.Lock()  # held while a batch is written (deleting a room waits for it)
         self.failing = False
+
+    def bind(self, history: History) -> None:
+        """The history it writes to (known once the node's storage is open)."""
+        self.history = history
+        self.db: HistoryStore = history.db
 
     # -- what other parts record (audio sidecars, kernels) --------------------------------------------
 
@@ -127,7 +136,7 @@ class RecorderObserver(RoomObserver):
         if len(self._events) >= self.settings.flush_max_events:
             self._urgent.set()
 
-    def on_room_deleted(self, name: str) -> None:
+    def on_deleted(self, name: str) -> None:
         self.forget(name)
 
     def forget(self, room: str) -> None:
@@ -141,9 +150,9 @@ class RecorderObserver(RoomObserver):
         self._events = [e for e in self._events if e.room != room]
         self._versions = [v for v in self._versions if v.room != room]
 
-    # -- RoomObserver ---------------------------------------------------------------------------------
+    # -- Extension hooks ---------------------------------------------------------------------------------
 
-    def on_room_loaded(self, room: Room) -> None:
+    def on_loaded(self, room: Room) -> None:
         record = _RoomRecord(room, recording=recording_enabled(room.doc))
         chat = room.doc.get("chat", type=Array)
         runs = room.doc.get("runs", type=Map)
@@ -155,7 +164,7 @@ class RecorderObserver(RoomObserver):
         ]
         self._rooms[room.name] = record
 
-    def on_room_closed(self, room: Room) -> None:
+    def on_unload(self, room: Room) -> None:
         record = self._rooms.pop(room.name, None)
         if record is None:
             return
@@ -205,8 +214,8 @@ class RecorderObserver(RoomObserver):
                 loop = asyncio.get_running_loop()
                 record.timers[key] = loop.call_later(wait, self._emit, record, key)
 
-    def on_update(self, room: Room, origin: Origin, update: bytes) -> None:
-        record = self._rooms.get(room.name)
+    def on_change(self, change: Change) -> None:
+        record = self._rooms.get(change.room.name)
         if record is not None:
             record.updates += 1
 

@@ -24,7 +24,7 @@ threads integrates an update that deletes (its delete set is not empty: the upda
 
 Register one instance for the whole node, before rooms load::
 
-    registry.observers.append(ReviewGuard())
+    ReviewGuard()  # listed among the node's extensions in app.py
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from pycrdt import Array, Map, Subscription
 
 from pairroom.protocol.origins import ClientOrigin, LocalOrigin, Origin
 from pairroom.review import threads as review
-from pairroom.rooms.hooks import RoomObserver
+from pairroom.rooms.extension import Change, Extension
 from pairroom.rooms.room import RoomState
 
 if TYPE_CHECKING:
@@ -73,23 +73,27 @@ class _RoomState:
     check: asyncio.TimerHandle | None = None
 
 
-class ReviewGuard(RoomObserver):
+class ReviewGuard(Extension):
+    """Stamps and checks what clients write into ``reviews``; marks outdated threads."""
+
+    name = "review-guard"
+    builtin = True
     priority = 50
 
     def __init__(self, outdated_delay: float = 0.2) -> None:
         self.outdated_delay = outdated_delay
         self._rooms: dict[Room, _RoomState] = {}
 
-    # -- RoomObserver -----------------------------------------------------------------------------
+    # -- Extension hooks -----------------------------------------------------------------------------
 
-    def on_room_loaded(self, room: Room) -> None:
+    def on_loaded(self, room: Room) -> None:
         reviews = room.doc.get("reviews", type=Map)
         subscription = reviews.observe_deep(functools.partial(self._on_reviews, room))
         state = self._rooms[room] = _RoomState(reviews, subscription, has_threads=len(reviews) > 0)
         if state.has_threads:
             self._schedule_check(room, state)
 
-    def on_room_closed(self, room: Room) -> None:
+    def on_unload(self, room: Room) -> None:
         state = self._rooms.pop(room, None)
         if state is None:
             return
@@ -98,7 +102,8 @@ class ReviewGuard(RoomObserver):
             if handle is not None:
                 handle.cancel()
 
-    def on_update(self, room: Room, origin: Origin, update: bytes) -> None:
+    def on_change(self, change: Change) -> None:
+        room, origin, update = change.room, change.origin, change.update
         state = self._rooms.get(room)
         if state is not None and state.has_threads and deletes(update) and origin is not OUTDATED:
             self._schedule_check(room, state)

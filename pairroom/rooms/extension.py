@@ -255,6 +255,7 @@ class Supervisor:
     def __init__(self) -> None:
         self.failures: dict[str, LoopFailure] = {}
         self._group: asyncio.TaskGroup | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> Supervisor:
         self._group = asyncio.TaskGroup()
@@ -263,17 +264,21 @@ class Supervisor:
 
     async def __aexit__(self, *exc: object) -> None:
         group, self._group = self._group, None
-        assert group is not None
-        for task in list(getattr(group, "_tasks", ())):
+        if group is None:
+            return
+        for task in list(self._tasks):  # whatever its owner did not stop is stopped here
             task.cancel()
-        await group.__aexit__(*exc)  # type: ignore[arg-type]
+        await group.__aexit__(None, None, None)
 
     def spawn(
         self, name: str, loop: Callable[[], Awaitable[None]], *, restart: bool = False
     ) -> asyncio.Task[None]:
         if self._group is None:
             raise RuntimeError("the supervisor is not running")
-        return self._group.create_task(self._supervised(name, loop, restart), name=name)
+        task = self._group.create_task(self._supervised(name, loop, restart), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]], restart: bool) -> None:
         backoff = 0.5
@@ -291,6 +296,26 @@ class Supervisor:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
             self.failures.pop(name, None)
+
+    async def start(self, name: str, run: Callable[[asyncio.Event], Awaitable[None]]) -> asyncio.Task[None]:
+        """Spawn a loop that says when it has started (``run(started)``) and wait for that; if it
+        dies first, its error is raised here, so start-up fails loudly instead of serving."""
+        started = asyncio.Event()
+        task = self.spawn(name, lambda: run(started))
+        waiter = asyncio.ensure_future(started.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if not started.is_set():
+            failure = self.failures.pop(name, None)
+            raise RuntimeError(f"{name} stopped during start-up: {failure.error if failure else 'no error'}")
+        return task
+
+    async def stop(self, task: asyncio.Task[None], timeout: float) -> None:
+        """Cancel one loop and wait for it to finish its own cleanup, at most ``timeout`` seconds."""
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            log.error("background loop did not stop in time", extra={"task": task.get_name(), "seconds": timeout})
 
     @property
     def healthy(self) -> bool:

@@ -21,7 +21,7 @@ updates cost exactly what they did before.
 
 Install it for every room a node loads, before rooms load::
 
-    registry.write_check = ReviewerWrites()
+    ReviewerWrites()  # listed among the node's extensions in app.py
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from pycrdt import Array, Doc, Map, Text, get_update
 
 from pairroom.protocol.sync import ProtocolError, read_var_uint
-from pairroom.rooms.hooks import WriteCheck
+from pairroom.rooms.extension import Extension
 from pairroom.rooms.identity import Role
 
 if TYPE_CHECKING:
@@ -49,10 +49,13 @@ ROOT_TYPES: dict[str, type[Text | Array | Map]] = {
 }
 
 
-class ReviewerWrites(WriteCheck):
+class ReviewerWrites(Extension):
     """Reviewers may write ``reviews`` and ``chat``; viewers may write nothing."""
 
-    def allows(self, room: Room, member: Member, update: bytes) -> bool:
+    name = "reviewer-writes"
+    builtin = True
+
+    def allows_write(self, room: Room, member: Member, update: bytes) -> bool:
         if member.role is not Role.REVIEWER:
             return False
         allowed = touches_only(room.doc, update, REVIEWER_ROOTS)

@@ -38,7 +38,7 @@ from pairroom.storage.store import Store, StoreError
 from pairroom.protocol import keys
 from pairroom.cluster.broker import BrokerError
 from pairroom.cluster.bridge import Cluster
-from pairroom.rooms.hooks import RoomObserver, WriteCheck
+from pairroom.rooms.extension import ExtensionRunner
 from pairroom.rooms.member import Member
 from pairroom.rooms.room import Room, RoomListener, RoomState
 
@@ -98,8 +98,8 @@ class RoomRegistry(RoomListener):
         self.settings = settings or RoomSettings()
         self.metrics = metrics or RegistryMetrics()
         self.rooms: dict[str, Room] = cluster.rooms
-        self.observers: list[RoomObserver] = []  # attached to every room this node loads
-        self.write_check: WriteCheck | None = None
+        self.extensions = ExtensionRunner(())  # the app sets the node's extensions before it runs
+        self._retry: dict[Room, tuple[float, float]] = {}  # failing rooms: (next attempt, backoff)
         self._uids = itertools.count(1)
         self._compacting: set[str] = set()
         self._ready: dict[str, asyncio.Future[None]] = {}
@@ -136,10 +136,17 @@ class RoomRegistry(RoomListener):
             async with asyncio.timeout(self.settings.shutdown_flush_timeout):
                 for room in rooms:
                     if room.state is RoomState.ACTIVE:
-                        await room.flush()
-        except (StoreError, TimeoutError) as exc:
+                        try:
+                            await room.flush()
+                        except Exception as exc:  # the next room is still written
+                            log.error(
+                                "shutdown flush of a room failed",
+                                exc_info=not isinstance(exc, StoreError),
+                                extra={"room": room.name, "error": str(exc), "updates_unflushed": len(room.pending)},
+                            )
+        except TimeoutError:
             lost = sum(len(room.pending) for room in rooms)
-            log.error("shutdown flush failed", extra={"error": str(exc), "updates_unflushed": lost})
+            log.error("shutdown flush timed out", extra={"updates_unflushed": lost})
         for room in rooms:
             if room.state is not RoomState.CLOSED:
                 room.transition(RoomState.CLOSED)
@@ -193,21 +200,20 @@ class RoomRegistry(RoomListener):
             awareness_tick=self.settings.awareness_tick,
             broadcast_window=self.settings.broadcast_window,
             stamp_identity=self.settings.stamp_identity,
+            extensions=self.extensions,
         )
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         room.presence.on_publish = lambda payload: self.cluster.publish_awareness(room, payload)
-        room.observers = sorted(self.observers, key=lambda o: o.priority)
-        if self.write_check is not None:
-            room.write_check = self.write_check
         self.rooms[name] = room
         self._ready[name] = ready
         try:
             async with asyncio.timeout(self.settings.load_timeout):
                 await self.cluster.opening(name)
                 await room.load()
+                await self.extensions.on_load(room)
                 await self.cluster.opened(room)
             room.transition(RoomState.ACTIVE)
-            room.notify("on_room_loaded")
+            self.extensions.notify("on_loaded", room)
         except BaseException as exc:
             del self.rooms[name]
             room.transition(RoomState.CLOSED)
@@ -251,7 +257,7 @@ class RoomRegistry(RoomListener):
         unloaded = self._unloaded[room.name] = asyncio.Event()
         try:
             await room.flush()
-        except StoreError as exc:
+        except Exception as exc:
             log.error("final flush failed, keeping room", extra={"room": room.name, "error": str(exc)})
             room.transition(RoomState.ACTIVE)
             if not room.members:
@@ -261,8 +267,9 @@ class RoomRegistry(RoomListener):
             del self._unloaded[room.name]
             unloaded.set()
         room.transition(RoomState.CLOSED)
-        room.notify("on_room_closed")
+        self.extensions.notify("on_unload", room)
         self._dirty.discard(room)
+        self._retry.pop(room, None)
         del self.rooms[room.name]
         await self.cluster.closed(room.name)
         self.metrics.room_loaded(len(self.rooms))
@@ -279,11 +286,7 @@ class RoomRegistry(RoomListener):
             raise RoomBusy(f"room {name!r} is {live.state.value}")
         if tell_peers:
             self.cluster.publish_deleted(name)
-        for observer in self.observers:
-            try:
-                observer.on_room_deleted(name)
-            except Exception:
-                log.exception("room observer failed", extra={"room": name, "hook": "on_room_deleted"})
+        self.extensions.notify("on_deleted", name)
         if live is None:
             return
         for member in list(live.members.values()):
@@ -294,6 +297,7 @@ class RoomRegistry(RoomListener):
         async with live.flush_lock:  # a flush in progress finishes first
             live.pending.clear()
             self._dirty.discard(live)
+            self._retry.pop(live, None)
             if self.rooms.get(name) is live:
                 del self.rooms[name]
             live.transition(RoomState.CLOSED)
@@ -335,47 +339,74 @@ class RoomRegistry(RoomListener):
     # -- background tasks -------------------------------------------------------------------------
 
     async def _flusher(self) -> None:
-        backoff = self.settings.flush_interval
+        """Write what gathered, every ``flush_interval`` (sooner when a room is urgent).
+
+        Each group of rooms is written in one transaction; a group that fails is written room by
+        room, so one room's bad batch never holds the others back. Any error counts, not only
+        ``StoreError``: a room whose batch fails is retried on its own, with a backoff of its own
+        (doubling up to 5 s), and counted in ``pairroom_flush_failures_total``; the loop itself
+        never dies of a batch.
+        """
         while True:
             await self._dirty_event.wait()
             try:
-                async with asyncio.timeout(backoff):
+                async with asyncio.timeout(self._next_wait()):
                     await self._urgent.wait()
             except TimeoutError:
                 pass  # the batching window ended; write what gathered
             self._urgent.clear()
             self._dirty_event.clear()
-            rooms, self._dirty = self._dirty, set()
-            live = sorted((r for r in rooms if r.state is not RoomState.CLOSED), key=lambda r: r.name)
-            failed = False
-            for group in _groups(live, GROUP_MAX_ROOMS):
-                started = time.perf_counter()
-                try:
-                    # Shielded: a shutdown must not cut a write in half (a transaction cancelled
-                    # mid-way can hold the room's write lock); close_all waits for it instead.
-                    count = await asyncio.shield(self._flush_group(group))
-                except StoreError as exc:
-                    if len(group) > 1:
-                        # one room's bad batch must not hold the others back: write each alone
-                        failed = await self._flush_each(group) or failed
-                        continue
-                    failed = True
+            await self.flush_dirty()
+
+    def _next_wait(self) -> float:
+        """The batching window, or less when a failing room is due for its retry sooner."""
+        wait = self.settings.flush_interval
+        if self._retry and len(self._retry) == len(self._dirty):
+            now = time.monotonic()
+            wait = max(0.0, min(at for at, _ in self._retry.values()) - now)
+            wait = max(wait, 0.001)
+        return wait
+
+    async def flush_dirty(self) -> None:
+        """One pass of the flusher over the dirty rooms that are due."""
+        now = time.monotonic()
+        rooms, self._dirty = self._dirty, set()
+        live: list[Room] = []
+        for room in rooms:
+            if room.state is RoomState.CLOSED:
+                self._retry.pop(room, None)
+                continue
+            retry = self._retry.get(room)
+            if retry is not None and retry[0] > now:
+                self._dirty.add(room)  # backing off: not yet
+                continue
+            live.append(room)
+        live.sort(key=lambda r: r.name)
+        for group in _groups(live, GROUP_MAX_ROOMS):
+            started = time.perf_counter()
+            try:
+                # Shielded: a shutdown must not cut a write in half (a transaction cancelled
+                # mid-way can hold the room's write lock); close_all waits for it instead.
+                count = await asyncio.shield(self._flush_group(group))
+            except Exception as exc:
+                if len(group) > 1:
+                    await self._flush_each(group)  # one room's bad batch must not hold the others back
+                else:
                     self._flush_failed(group[0], exc)
-                    continue
-                if count:
-                    self.metrics.updates_stored(count, time.perf_counter() - started)
-                self._compact_if_due(group)
-            self.storage_failing = failed
-            if failed:
-                self._dirty_event.set()
-                backoff = min(backoff * 2, 5.0)
-            else:
-                backoff = self.settings.flush_interval
+                continue
+            for room in group:
+                self._retry.pop(room, None)
+            if count:
+                self.metrics.updates_stored(count, time.perf_counter() - started)
+            self._compact_if_due(group)
+        self.storage_failing = bool(self._retry)
+        if self._dirty:
+            self._dirty_event.set()
 
     async def _flush_group(self, rooms: list[Room]) -> int:
         """Write the pending updates of ``rooms`` (sorted by name) in one transaction.
 
-        Returns how many were written. On failure every batch goes back to its room and StoreError
+        Returns how many were written. On failure every batch goes back to its room and the error
         propagates, as ``Room.flush`` does for one."""
         async with contextlib.AsyncExitStack() as locks:
             for room in rooms:
@@ -395,28 +426,31 @@ class RoomRegistry(RoomListener):
                 room.stored_seq = seqs[room.name]
             return sum(len(batch) for batch in taken.values())
 
-    async def _flush_each(self, rooms: list[Room]) -> bool:
-        """Write each room on its own; True if any failed (those stay dirty)."""
-        failed = False
+    async def _flush_each(self, rooms: list[Room]) -> None:
+        """Write each room on its own; those that fail stay dirty with their own backoff."""
         for room in rooms:
             started = time.perf_counter()
             try:
                 count = await asyncio.shield(room.flush())
-            except StoreError as exc:
-                failed = True
+            except Exception as exc:
                 self._flush_failed(room, exc)
                 continue
+            self._retry.pop(room, None)
             if count:
                 self.metrics.updates_stored(count, time.perf_counter() - started)
             self._compact_if_due([room])
-        return failed
 
-    def _flush_failed(self, room: Room, exc: StoreError) -> None:
+    def _flush_failed(self, room: Room, exc: Exception) -> None:
+        _, backoff = self._retry.get(room, (0.0, self.settings.flush_interval / 2))
+        backoff = min(max(backoff * 2, 0.05), 5.0)
+        self._retry[room] = (time.monotonic() + backoff, backoff)
         self._dirty.add(room)
         self.metrics.flush_failed()
         log.error(
             "flush failed, will retry",
-            extra={"room": room.name, "error": str(exc), "pending": len(room.pending)},
+            exc_info=not isinstance(exc, StoreError),  # an unexpected error shows its traceback
+            extra={"room": room.name, "error": f"{type(exc).__name__}: {exc}", "pending": len(room.pending),
+                   "retry_in": round(backoff, 3)},
         )
 
     def _compact_if_due(self, rooms: list[Room]) -> None:

@@ -20,16 +20,17 @@ import contextlib
 import enum
 import logging
 from datetime import datetime, timezone
+from dataclasses import dataclass
 from typing import Iterator
 from pycrdt import Doc, Map, TransactionEvent, merge_updates
 
 from pairroom.protocol import sync as protocol
 from pairroom.protocol.origins import LocalOrigin, Origin, PeerOrigin
 from pairroom.protocol.sync import CloseCode, Message, MessageType, ProtocolError, SyncStep
-from pairroom.storage.store import LoadedRoom, NewUpdate, Store, StoreError
-from pairroom.rooms.guards import DocumentGuards
-from pairroom.rooms.hooks import RoomObserver, WriteCheck
-from pairroom.rooms.identity import Role
+from pairroom.storage.store import LoadedRoom, NewUpdate, Store, StoreError, clip_label
+from .extension import Change, ExtensionRunner
+from .guards import DocumentGuards
+from .identity import Principal, Role
 from pairroom.rooms.member import Member
 from pairroom.rooms.presence import Presence
 
@@ -53,6 +54,20 @@ _TRANSITIONS = {
     RoomState.UNLOADING: {RoomState.ACTIVE, RoomState.CLOSED},
     RoomState.CLOSED: set(),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class _Txn:
+    """Who the transaction being integrated comes from: set for its length by ``_integrating``."""
+
+    origin: Origin
+    exclude: Member | None  # the member it came from, not echoed to
+    logged: bool  # logged by the caller under the uid its first node gave it (a peer's update)
+    author: Principal | None
+
+
+_LOADING = _Txn(LocalOrigin("load"), None, True, None)
+_SERVER = _Txn(LocalOrigin("server"), None, False, None)
 
 
 class RoomListener:
@@ -85,6 +100,7 @@ class Room:
         awareness_tick: float = 0.05,
         broadcast_window: float = 0.0,
         stamp_identity: bool = True,
+        extensions: ExtensionRunner | None = None,
     ) -> None:
         self.name = name
         self.store = store
@@ -96,8 +112,7 @@ class Room:
         )
         self.awareness = self.presence.awareness
         self.roles: dict[str, Role] = {}  # live role changes by owners: user id -> role
-        self.observers: list[RoomObserver] = []  # in priority order; see hooks.py
-        self.write_check: WriteCheck = WriteCheck()
+        self.extensions = extensions or ExtensionRunner(())
         self.state = RoomState.LOADING
         self.integrated = 0  # updates that changed the document since it was loaded
         self.stored_seq = 0  # the log's last seq, as of this node's last flush or load
@@ -109,15 +124,28 @@ class Room:
         self.flush_lock = asyncio.Lock()
         self.idle_since: float | None = None
         self.holders = 0  # server-side users (API calls, kernels) keeping the room loaded
-        self._origin: Origin = LocalOrigin("load")
+        self._txn = _SERVER
         self._subscription = self.doc.observe(self._on_transaction)
         self.guards = DocumentGuards(self)
-        self.presence.on_member_states = lambda member, states: self.notify("on_awareness", member, states)
+        if self.extensions.has("on_awareness"):
+            self.presence.on_member_states = self._awareness_changed
+
+    def _awareness_changed(self, member: Member, states: dict[int, object]) -> None:
+        self.extensions.notify("on_awareness", self, member, states)
 
     @property
     def current_origin(self) -> Origin:
         """The origin of the transaction being integrated right now."""
-        return self._origin
+        return self._txn.origin
+
+    @contextlib.contextmanager
+    def _integrating(self, txn: _Txn) -> Iterator[None]:
+        """The context of one transaction: who it comes from travels with it to the observers."""
+        previous, self._txn = self._txn, txn
+        try:
+            yield
+        finally:
+            self._txn = previous
 
     def __repr__(self) -> str:
         return f"Room({self.name!r}, {self.state.value}, {len(self.members)} members)"
@@ -137,9 +165,8 @@ class Room:
     async def load(self) -> None:
         """Rebuild the document from storage (the registry then makes it ACTIVE). Raises StoreError."""
         loaded: LoadedRoom = await self.store.load(self.name)
-        self._origin = LocalOrigin("load")
         try:
-            with self.doc.transaction(origin=self._origin):
+            with self._integrating(_LOADING), self.doc.transaction():
                 if loaded.snapshot is not None:
                     self.doc.apply_update(loaded.snapshot.data)
                 for stored in loaded.updates:
@@ -147,7 +174,6 @@ class Room:
         except ValueError as exc:
             raise StoreError(f"room {self.name!r}: stored state does not decode: {exc}") from exc
         self.pending.clear()  # loading re-integrates what is stored; none of it is new
-        self._origin = LocalOrigin("server")
         self.roles = self.guards.load_roles()
         self.stored_seq = loaded.last_seq
         self.snapshot_seq = loaded.snapshot.seq if loaded.snapshot else 0
@@ -182,7 +208,7 @@ class Room:
         self.idle_since = None
         member.send(protocol.sync_step1(self.doc.get_state()))
         self.presence.greet(member)
-        self.notify("on_join", member)
+        self.extensions.notify("on_join", self, member)
 
     def leave(self, member: Member, now: float) -> bool:
         """Remove a member; the awareness states it controlled are removed for everyone.
@@ -193,16 +219,8 @@ class Room:
         self.presence.remove_member(member)
         if not self.members:
             self.idle_since = now
-        self.notify("on_leave", member)
+        self.extensions.notify("on_leave", self, member)
         return True
-
-    def notify(self, hook: str, *args: object) -> None:
-        """Call ``hook`` on every observer; an observer's error is logged, never the room's."""
-        for observer in self.observers:
-            try:
-                getattr(observer, hook)(self, *args)
-            except Exception:
-                log.exception("room observer failed", extra={"room": self.name, "hook": hook})
 
     # -- the message path -----------------------------------------------------------------------
 
@@ -226,7 +244,7 @@ class Room:
             return
         if not member.role.writes_document and not (
             message.payload == protocol.EMPTY_UPDATE
-            or self.write_check.allows(self, member, message.payload)
+            or self.extensions.allows_write(self, member, message.payload)
         ):
             # Dropped without closing: every client answers the server's step 1 with a step 2 on
             # each connect, and a close would make a viewer's client reconnect forever.
@@ -234,6 +252,9 @@ class Room:
             return
         self.apply_update(message.payload, member.origin, exclude=member)
         self.guards.after_client_update(member)
+        if self.extensions.has("after_client_change"):
+            change = Change(self, message.payload, member.origin, member.principal)
+            self.extensions.notify("after_client_change", change)
 
     def apply_update(
         self, update: bytes, origin: Origin, exclude: Member | None = None, uid: str | None = None
@@ -246,21 +267,18 @@ class Room:
             return
         if uid is not None:
             self._log(uid, origin, update)
-        self._origin, self._exclude, self._logged = origin, exclude, uid is not None
+        author = exclude.principal if exclude is not None else None
         try:
-            self.doc.apply_update(update)
+            with self._integrating(_Txn(origin, exclude, uid is not None, author)):
+                self.doc.apply_update(update)
         except ValueError as exc:
             raise ProtocolError(CloseCode.UPDATE_REJECTED, f"update rejected: {exc}") from exc
         except BaseException as exc:  # a panic inside the CRDT library is a BaseException
             if type(exc).__name__ != "PanicException":
                 raise
             raise ProtocolError(CloseCode.UPDATE_REJECTED, "update rejected: CRDT panic") from exc
-        finally:
-            self._exclude, self._logged = None, False
 
-    _exclude: Member | None = None
     _outbox: list[tuple[bytes, Member | None]]
-    _logged = False  # the update being applied was logged by the caller under its own uid
 
     @contextlib.contextmanager
     def local_change(self, origin: Origin) -> Iterator[Doc]:
@@ -273,24 +291,21 @@ class Room:
         """
         if self.state is not RoomState.ACTIVE:
             raise RuntimeError(f"room {self.name!r} is {self.state.value}")
-        self._origin, self._exclude, self._logged = origin, None, False
-        try:
-            with self.doc.transaction():
-                yield self.doc
-        finally:
-            self._origin = LocalOrigin("server")
+        with self._integrating(_Txn(origin, None, False, None)), self.doc.transaction():
+            yield self.doc
 
     def _on_transaction(self, event: TransactionEvent) -> None:
         update = event.update
-        origin = self._origin
-        if isinstance(origin, LocalOrigin) and origin.reason == "load":
+        txn = self._txn
+        if txn is _LOADING:
             return
-        self._queue_broadcast(update, self._exclude)
+        origin = txn.origin
+        self._queue_broadcast(update, txn.exclude)
         self.integrated += 1
-        if self.observers:
-            self.notify("on_update", origin, update)
+        if self.extensions.has("on_change"):
+            self.extensions.notify("on_change", Change(self, update, origin, txn.author))
         self.listener.on_update(self, origin, len(update))
-        if self._logged:
+        if txn.logged:
             return  # a peer's update, logged by apply_update under the uid its first node gave it
         uid = self.listener.new_uid()
         self._log(uid, origin, update)
@@ -298,7 +313,7 @@ class Room:
             self.listener.on_local_update(self, uid, update)
 
     def _log(self, uid: str, origin: Origin, update: bytes) -> None:
-        self.pending.append(NewUpdate(uid, datetime.now(timezone.utc), origin.label(), update))
+        self.pending.append(NewUpdate(uid, datetime.now(timezone.utc), clip_label(origin.label()), update))
         self.listener.on_dirty(self)
 
     def _queue_broadcast(self, update: bytes, exclude: Member | None) -> None:

@@ -1,8 +1,8 @@
 """The talk-while-you-code routes, their settings, and the service object the handlers share.
 
-``attach(app, RtcSettings(...))`` puts an ``RtcService`` on ``app.state.rtc``, puts ``routes``
-in front of the app's own, and closes the service (relay peers, recordings) when the app's lifespan
-ends, before storage closes. Signaling needs nothing but this module; aiortc is imported the first
+The ``Calls`` extension (``extension.py``) puts an ``RtcService`` on ``app.state.rtc``, mounts
+``routes`` and closes the service (relay peers, recordings) when the node stops, before storage
+closes. Signaling needs nothing but this module; aiortc is imported the first
 time the relay or a recording needs it.
 """
 
@@ -75,28 +75,6 @@ class RtcService:
         await self.calls.aclose()
         if self._relay is not None:
             await self._relay.aclose()
-
-
-def attach(app: Starlette, settings: RtcSettings, bus: SignalBus | None = None) -> RtcService:
-    service = RtcService(settings, bus)
-    app.state.rtc = service
-    app.router.routes[0:0] = routes
-    inner = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[Any]:
-        async with inner(app) as state:
-            try:
-                yield state
-            finally:
-                try:
-                    async with asyncio.timeout(10):
-                        await service.aclose()
-                except TimeoutError:
-                    log.error("calls did not close in time")
-
-    app.router.lifespan_context = lifespan
-    return service
 
 
 # -- the audio relay and recordings over HTTP ---------------------------------------------------------

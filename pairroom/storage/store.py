@@ -27,6 +27,21 @@ class StoreError(Exception):
     """Storage could not do what was asked (unreachable, failed write, corrupt row)."""
 
 
+MAX_ORIGIN_LABEL = 255  # characters; every adapter stores at least this many
+
+
+def clip_label(label: str) -> str:
+    """An origin label that fits every adapter: longer ones (a token whose ``sub`` is very long)
+    keep their head and a hash of the whole, so two long labels stay apart and a batch is never
+    refused by the database for its label."""
+    if len(label) <= MAX_ORIGIN_LABEL:
+        return label
+    import hashlib
+
+    digest = hashlib.sha256(label.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{label[: MAX_ORIGIN_LABEL - 17]}~{digest}"
+
+
 @dataclass(frozen=True, slots=True)
 class NewUpdate:
     """An update about to be appended to a room's log; the store gives it its sequence number."""

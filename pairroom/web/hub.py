@@ -1,11 +1,15 @@
-"""What one running server holds: its settings, storage, rooms and metrics."""
+"""What one running node holds: its settings, storage, rooms, metrics, extensions and supervisor.
+
+It is the ``node`` every extension's ``lifespan(node)`` receives."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from pairroom.storage.store import Store
 from pairroom.cluster.bridge import Cluster
+from pairroom.rooms.extension import ExtensionRunner, Supervisor
 from pairroom.rooms.registry import RoomRegistry
 from pairroom.config import Settings
 from pairroom.web.metrics import Metrics
@@ -18,3 +22,7 @@ class Hub:
     registry: RoomRegistry
     metrics: Metrics
     cluster: Cluster
+    supervisor: Supervisor = field(default_factory=Supervisor)
+    extensions: ExtensionRunner = field(default_factory=lambda: ExtensionRunner(()))
+    state: Any = None  # the app's ``state``, where features keep what their routes need
+    node_id: str = ""

@@ -84,6 +84,12 @@ class Metrics(RegistryMetrics, ClusterMetrics):
         self.room_load_failures = Counter(
             "pairroom_room_load_failures", "Joins refused because a room failed to load", registry=r
         )
+        self.extension_errors = Counter(
+            "pairroom_extension_errors",
+            "Extension hooks that raised or timed out (the room carried on)",
+            ["extension", "hook"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -108,6 +114,9 @@ class Metrics(RegistryMetrics, ClusterMetrics):
     def updates_stored(self, count: int, seconds: float) -> None:
         self.stored_updates.inc(count)
         self.flush_seconds.observe(seconds)
+
+    def extension_error(self, extension: str, hook: str) -> None:
+        self.extension_errors.labels(extension or "unnamed", hook).inc()
 
     def flush_failed(self) -> None:
         self.flush_failures.inc()

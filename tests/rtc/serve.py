@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 from typing import Any
 
-from pairroom.rtc.api import RtcSettings, attach
+from pairroom.rtc.settings import RtcSettings
 from pairroom.app import create_app
 from pairroom.config import Settings
 from pairroom.web.runner import Server, start_serving, uvicorn_config
@@ -49,9 +49,8 @@ class RtcServer:
 
 
 async def start(db: str, rtc: RtcSettings, secret: str | None = None) -> RtcServer:
-    settings = server_settings(db, secret)
+    settings = dataclasses.replace(server_settings(db, secret), rtc=rtc)
     app = create_app(settings)
-    attach(app, rtc)
     server = Server(uvicorn_config(app, settings, signals=False))
     task = await start_serving(server)
     return RtcServer(server, task)

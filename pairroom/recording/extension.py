@@ -1,0 +1,49 @@
+"""Recording as an extension: the history routes, the replay websocket and the event recorder.
+
+The recorder (``events.RecorderObserver``) is this extension's hook target; its writer loop runs
+under the node's supervisor for as long as the node does and flushes what it buffered when the node
+stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from starlette.routing import BaseRoute
+
+from pairroom.storage.sql import SqlStore
+
+from .api import link_call_audio, routes
+from .events import RecorderObserver, RecorderSettings
+from .history import History
+
+
+class Recording(RecorderObserver):
+    name = "recording"
+    builtin = True
+    priority = 200  # after the server's own extensions: it records what they corrected
+
+    def __init__(self, extra: Mapping[str, Any], shutdown_timeout: float = 10.0) -> None:
+        super().__init__(None, RecorderSettings.from_mapping(extra))
+        self.shutdown_timeout = shutdown_timeout
+
+    def routes(self) -> Sequence[BaseRoute]:
+        return routes
+
+    def lifespan(self, node: Any) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._run(node)
+
+    @contextlib.asynccontextmanager
+    async def _run(self, node: Any) -> AsyncIterator[None]:
+        if not isinstance(node.store, SqlStore):
+            raise RuntimeError("the recorder needs the SQL store (its history tables live beside the log)")
+        self.bind(History(node.store))
+        node.state.recorder = self
+        link_call_audio(node.state, self)
+        task = await node.supervisor.start("recorder", self.run)
+        try:
+            yield
+        finally:
+            await node.supervisor.stop(task, self.shutdown_timeout)
