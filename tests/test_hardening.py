@@ -550,3 +550,77 @@ async def test_a_2xx_for_a_write_survives_a_kill_9_right_after(tmp_path: Path) -
         await node.kill()
         if node.drain is not None:
             node.drain.cancel()
+
+
+# -- the lobby: who may create, what exists, which room a token is for ---------------------------------
+
+
+async def test_the_lobby_needs_a_creator_token_with_a_secret(tmp_path: Path) -> None:
+    from pairroom.web.auth import mint, verify
+    from pairroom.web.lobby import mint_creator
+
+    async with plain_server(tmp_path, secret=SECRET) as s, httpx_client(s) as http:
+        anonymous = await http.post("/api/rooms", json={"room": room("nope")})
+        assert anonymous.status_code == 401 and "pairroom token --creator" in anonymous.json()["error"]
+        room_token = mint(SECRET, "some-room", "owner", "Ada")
+        wrong = await http.post("/api/rooms", json={}, headers={"authorization": f"Bearer {room_token}"})
+        assert wrong.status_code == 401 and "not a creator token" in wrong.json()["error"]
+        creator = mint_creator(SECRET, "ops")
+        made = await http.post("/api/rooms", json={"room": (name := room("made"))}, headers={"authorization": f"Bearer {creator}"})
+        assert made.status_code == 201, made.text
+        owner = next(i["token"] for i in made.json()["invites"] if i["role"] == "owner")
+        assert verify(SECRET, owner, name).role.value == "owner"
+        # a creator token opens no room
+        with pytest.raises(Exception):
+            verify(SECRET, creator, name)
+        door = await YClient.connect(s.ws(name) + "?token=" + creator)
+        await eventually(lambda: door.close_code is not None)
+        assert door.close_code in (4401, 4403)
+        # a thousand anonymous requests create nothing
+        results = await asyncio.gather(*(http.post("/api/rooms", json={}) for _ in range(200)))
+        assert {r.status_code for r in results} == {401}
+        assert len(s.hub.registry.rooms) <= 2
+
+
+async def test_an_open_lobby_is_rate_limited_per_address(tmp_path: Path) -> None:
+    async with plain_server(tmp_path, secret=SECRET, open_lobby=True, lobby_rooms_per_minute=5) as s, httpx_client(s) as http:
+        answers = [await http.post("/api/rooms", json={}) for _ in range(12)]
+        assert [a.status_code for a in answers[:5]] == [201] * 5
+        assert {a.status_code for a in answers[5:]} == {429}
+        assert "try again in" in answers[-1].json()["error"]
+        assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_a_room_people_are_in_exists_before_anyone_types(tmp_path: Path) -> None:
+    from pairroom.web.auth import mint
+    from pairroom.web.lobby import mint_creator
+
+    async with plain_server(tmp_path, secret=SECRET, room_idle_seconds=0.2) as s, httpx_client(s) as http:
+        creator = {"authorization": f"Bearer {mint_creator(SECRET, 'ops')}"}
+        name = room("quiet")
+        quiet = await YClient.connect(s.ws(name) + "?token=" + mint(SECRET, name, "editor", "Bob"))
+        await quiet.synced.wait()
+        claim = await http.post("/api/rooms", json={"room": name}, headers=creator)
+        assert claim.status_code == 409, claim.text
+        await quiet.close()
+        await eventually(lambda: name not in s.hub.registry.rooms, timeout=60, what="the room unloaded")
+        # and one whose only stored update is empty of content (created, then left) stays taken
+        made = await http.post("/api/rooms", json={"room": (other := room("kept"))}, headers=creator)
+        assert made.status_code == 201
+        again = await http.post("/api/rooms", json={"room": other}, headers=creator)
+        assert again.status_code == 409
+
+
+async def test_tokens_the_lobby_mints_carry_the_rooms_epoch(tmp_path: Path) -> None:
+    from pairroom.web.auth import pyjwt
+    from pairroom.web.lobby import mint_creator
+
+    async with plain_server(tmp_path, secret=SECRET) as s, httpx_client(s) as http:
+        creator = {"authorization": f"Bearer {mint_creator(SECRET, 'ops')}"}
+        made = (await http.post("/api/rooms", json={"room": (name := room("epoch"))}, headers=creator)).json()
+        epochs = {pyjwt().decode(i["token"], SECRET, algorithms=["HS256"])["epoch"] for i in made["invites"]}
+        assert len(epochs) == 1
+        reader = await YClient.connect(s.ws(name) + "?token=" + made["invites"][2]["token"])
+        await reader.synced.wait()
+        assert reader.doc.get("meta", type=Map).get("epoch") == epochs.pop()
+        await reader.close()

@@ -3,6 +3,22 @@ import { ROOM_PATTERN, forgetRooms, h, localIdentity, recentRooms, roomPath } fr
 
 const $ = (id) => document.getElementById(id)
 
+/**
+ * A creator token (``pairroom token --creator --url …``) arrives in the lobby's link as ``?creator=``;
+ * it is kept for this tab and sent when a room is created. Servers with an open lobby need none.
+ */
+function creatorToken() {
+  const url = new URL(location.href)
+  const fromLink = url.searchParams.get('creator')
+  if (fromLink) {
+    sessionStorage.setItem('pairroom:creator', fromLink)
+    url.searchParams.delete('creator') // not left in the address bar or the history
+    history.replaceState(null, '', url)
+  }
+  return sessionStorage.getItem('pairroom:creator')
+}
+const CREATOR = creatorToken()
+
 const INVITE_ROLES = {
   owner: ['Owner link', 'yours: edits, runs and changes roles'],
   editor: ['Editor link', 'for the people who write code with you'],
@@ -62,7 +78,10 @@ $('create-form').addEventListener('submit', async (event) => {
   try {
     const response = await fetch('/api/rooms', {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: {
+        'content-type': 'application/json',
+        ...(CREATOR ? { authorization: `Bearer ${CREATOR}` } : {}),
+      },
       body: JSON.stringify({ room: wanted || undefined, name: localIdentity().name }),
     })
     answer = await response.json().catch(() => null)

@@ -26,6 +26,7 @@ from pairroom.rooms.room import Room
 from pairroom.storage.store import StoreError
 from pairroom.web.auth import AuthError, bearer, mint, verify
 from pairroom.web.hub import Hub
+from pairroom.web.lobby import CreationLimiter, NotCreator, new_epoch, verify_creator
 from pairroom.web.websocket import room_name_from_path
 
 EMPTY_STATE = b"\x00"  # the state vector of a document nobody ever wrote
@@ -167,14 +168,17 @@ async def invites(request: Request) -> Response:
 async def create_room(request: Request) -> Response:
     """A new room, for the lobby: ``{"room"?, "name"?, "ttl"?}`` -> 201.
 
-    Open mode answers the room's link (anyone with it is an editor). With a secret, the room must not
-    exist yet (an empty document: no content was ever stored for it) and the answer carries an owner,
-    an editor and a viewer link, each with its token; the owner's token carries ``name``. The room is
-    marked as created (``meta.createdAt``) in the same step, so a second request for the name gets 409
-    instead of another owner token. Anyone who can reach the server may create rooms this way; every
-    room's existing members and content stay out of reach (409).
+    Open mode answers the room's link (anyone with it is an editor). With a secret, the caller needs a
+    creator token unless the lobby is open (then each client address is rate-limited; web/lobby.py),
+    the room must not exist yet (not loaded, no members, nothing stored, no content) and the answer
+    carries an owner, an editor and a viewer link, each with its token; the owner's token carries
+    ``name``. The room is marked as created (``meta.createdAt``, ``meta.epoch``) and stored before the
+    answer, so a second request for the name gets 409 instead of another owner token, even after a
+    crash; every room's existing members and content stay out of reach (409).
     """
     hub: Hub = request.app.state.hub
+    if hub.settings.secret is not None:
+        admit_creator(request, hub)
     body = await json_body(request)
     room_name = body.get("room") or "".join(secrets.choice(NEW_ROOM_ALPHABET) for _ in range(10))
     if not isinstance(room_name, str) or not NEW_ROOM.fullmatch(room_name):
@@ -189,19 +193,51 @@ async def create_room(request: Request) -> Response:
     owner_name = body.get("name") or "Owner"
     if not isinstance(owner_name, str):
         raise ApiError(400, "name must be a string")
+    taken = ApiError(409, f"room {room_name!r} already exists: ask its owner for a link")
+    if room_name in hub.registry.rooms:  # loaded: someone is in it, or was a moment ago
+        raise taken
+    epoch = new_epoch()
     async with hub.registry.hold(room_name) as room:
         # No await between the check and the mark: two requests for one name cannot both pass.
-        if room.doc.get_state() != EMPTY_STATE:
-            raise ApiError(409, f"room {room_name!r} already exists: ask its owner for a link")
+        if room_exists(room):
+            raise taken
         with room.local_change(LocalOrigin("create")) as doc:
-            doc.get("meta", type=Map)["createdAt"] = int(time.time() * 1000)
+            meta = doc.get("meta", type=Map)
+            meta["createdAt"] = int(time.time() * 1000)
+            meta["epoch"] = epoch
         await stored(room)  # the claim is durable before anyone holds its owner token
     out = []
     for role in CREATED_ROLES:
         name = owner_name[:64] if role is Role.OWNER else role.value.capitalize()
-        token = mint(hub.settings.secret, room_name, role, name, ttl_seconds=ttl)
+        token = mint(hub.settings.secret, room_name, role, name, ttl_seconds=ttl, epoch=epoch)
         out.append({"role": role.value, "token": token, "url": f"{link}?token={token}"})
     return JSONResponse({"open": False, "room": room_name, "url": link, "invites": out}, 201)
+
+
+def room_exists(room: Room) -> bool:
+    """Anyone is in it (here or, as far as presence tells, on another node), anything was ever stored
+    for it, or it has content."""
+    return bool(
+        room.members or room.presence.remote_owner or room.stored_seq > 0 or room.doc.get_state() != EMPTY_STATE
+    )
+
+
+def admit_creator(request: Request, hub: Hub) -> None:
+    """With a secret: a creator token, or an open lobby within its per-address rate. Raises ApiError."""
+    assert hub.settings.secret is not None
+    if hub.settings.open_lobby:
+        limiter = getattr(request.app.state, "lobby_limiter", None)
+        if limiter is None:
+            limiter = request.app.state.lobby_limiter = CreationLimiter(hub.settings.lobby_rooms_per_minute)
+        address = request.client.host if request.client is not None else "unknown"
+        wait = limiter.take(address)
+        if wait > 0:
+            raise ApiError(429, f"too many rooms created from {address}; try again in {wait:.0f} s")
+        return
+    try:
+        verify_creator(hub.settings.secret, bearer(request.headers.get("authorization")))
+    except NotCreator as exc:
+        raise ApiError(401, str(exc)) from exc
 
 
 @handles_errors

@@ -56,8 +56,9 @@ def mint(
     color: str | None = None,
     user_id: str | None = None,
     now: float | None = None,
+    epoch: str | None = None,
 ) -> str:
-    """A signed token for ``room``."""
+    """A signed token for ``room`` (``epoch``: the room's ``meta.epoch``, see web/lobby.py)."""
     issued = int(now if now is not None else time.time())
     user_id = user_id or "u-" + secrets.token_hex(6)
     claims = {
@@ -69,6 +70,8 @@ def mint(
         "iat": issued,
         "exp": issued + int(ttl_seconds),
     }
+    if epoch is not None:
+        claims["epoch"] = epoch
     return pyjwt().encode(claims, secret, algorithm=ALGORITHM)
 
 
