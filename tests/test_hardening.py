@@ -624,3 +624,65 @@ async def test_tokens_the_lobby_mints_carry_the_rooms_epoch(tmp_path: Path) -> N
         await reader.synced.wait()
         assert reader.doc.get("meta", type=Map).get("epoch") == epochs.pop()
         await reader.close()
+
+
+# -- export and import ---------------------------------------------------------------------------------
+
+
+async def test_export_skips_a_hostile_file_name_and_import_refuses_bytes_that_do_not_decode(tmp_path: Path) -> None:
+    import base64
+    import gzip
+    import json
+    import subprocess
+    import sys
+
+    from pairroom.recording import export
+
+    db = f"sqlite:///{tmp_path / 'pairroom.db'}"
+    name = room("export")
+    hostile = ["../escape.py", "a", "a/inside.py", "n" * 300 + ".py", "nul\0.py", "/abs.py"]
+    async with plain_server(tmp_path, db=db) as s:
+        client = await YClient.connect(s.ws(name))
+        await client.synced.wait()
+        with client.doc.transaction():
+            files = client.doc.get("files", type=Map)
+            for path in ["ok.py", *hostile, "zz/last.py"]:
+                files[path] = Text(f"# {path[:20]}\n")
+        await eventually(lambda: len(s.hub.registry.rooms[name].doc.get("files", type=Map)) == len(hostile) + 2)
+        await client.close()
+    out = tmp_path / "out"
+    pairroom = str(Path(sys.executable).with_name("pairroom"))
+    done = subprocess.run([pairroom, "export", name, "--files", str(out), "--db", db],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (out / "ok.py").read_text() == "# ok.py\n" and (out / "zz" / "last.py").exists()
+    assert (out / "a").exists()  # "a" and "a/inside.py" cannot both be written: one is skipped
+    assert "skipped '../escape.py'" in done.stderr and "skipped 'nul\\x00.py'" in done.stderr
+    assert "skipped '/abs.py'" in done.stderr and "n" * 40 in done.stderr
+    assert not (tmp_path / "escape.py").exists()
+    assert "skipped 5" in done.stdout
+
+    # an export whose update bytes do not decode is refused whole, and nothing is imported
+    good = tmp_path / "room.jsonl.gz"
+    await export.export_room(db, name, good)
+    with gzip.open(good, "rt") as f:
+        lines = [json.loads(line) for line in f]
+    for line in lines:
+        if line.get("type") == "update":
+            line["data"] = base64.b64encode(b"\x01\x01\x05\x00\x84\x05\x04garbage").decode()
+            break
+    bad = tmp_path / "bad.jsonl.gz"
+    with gzip.open(bad, "wt") as f:
+        f.writelines(json.dumps(line) + "\n" for line in lines)
+    refused = subprocess.run([pairroom, "import", str(bad), "--as", "copy", "--db", db],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "is not a Yjs update" in refused.stderr, refused.stderr
+    async with plain_server(tmp_path, db=db) as s:
+        reader = await YClient.connect(s.ws("copy"))
+        await reader.synced.wait()
+        assert len(reader.doc.get("files", type=Map)) == 0  # nothing of the damaged file was stored
+        original = await YClient.connect(s.ws(name))
+        await original.synced.wait()
+        assert len(original.doc.get("files", type=Map)) == len(hostile) + 2
+        await reader.close()
+        await original.close()
