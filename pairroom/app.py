@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,6 +22,7 @@ from pairroom.cluster.broker import Broker, MemoryBroker
 from pairroom.cluster.bridge import Cluster
 from pairroom.cluster.extension import ClusterBridge
 from pairroom.config import Settings
+from pairroom.extension_loader import Installed, installed
 from pairroom.kernels.extension import Kernels
 from pairroom.recording.extension import Recording
 from pairroom.review.extension import Review
@@ -30,8 +31,7 @@ from pairroom.rooms.partial_writes import ReviewerWrites
 from pairroom.rooms.persistence import Persistence
 from pairroom.rooms.registry import RoomRegistry
 from pairroom.rtc.extension import Calls
-from pairroom.storage.sql import SqlStore
-from pairroom.storage.store import Store, StoreError
+from pairroom.storage.store import Store, StoreError, open_store
 from pairroom.web import api, static
 from pairroom.web.hub import Hub
 from pairroom.web.metrics import Metrics
@@ -70,7 +70,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            the_store = store or SqlStore(settings.db)
+            the_store = store or open_store(settings.db)  # memory:// or a database URL
             await the_store.open()
             stack.push_async_callback(bounded_close, the_store, settings.shutdown_timeout)
             supervisor = await stack.enter_async_context(Supervisor())
@@ -182,18 +182,37 @@ async def metrics_endpoint(request: Request) -> Response:
 
 
 async def list_extensions(request: Request) -> Response:
-    """What this node runs: every extension's name, version, whether it is built in, and its hooks."""
+    """What this node runs and what it could run: every running extension (built-in or enabled,
+    with its hooks) and every installed third-party one that is not enabled (from its
+    distribution's metadata only: it is not imported)."""
     runner: ExtensionRunner = request.app.state.extensions
-    return JSONResponse({"extensions": [describe(e) for e in runner.extensions]})
+    available = installed()
+    running = [describe(e, available) for e in runner.extensions]
+    names = {e.name for e in runner.extensions}
+    idle = [
+        {
+            "name": item.name,
+            "version": item.version,
+            "distribution": item.distribution,
+            "builtin": False,
+            "enabled": False,
+        }
+        for item in sorted(available.values(), key=lambda item: item.name)
+        if item.name not in names
+    ]
+    return JSONResponse({"extensions": running + idle})
 
 
-def describe(extension: Extension) -> dict[str, object]:
+def describe(extension: Extension, available: Mapping[str, Installed]) -> dict[str, object]:
     from pairroom.rooms.extension import hooks_of
 
+    item = None if extension.builtin else available.get(extension.name)
     return {
         "name": extension.name,
-        "version": extension.version,
+        "version": item.version if item is not None and item.version else extension.version,
+        "distribution": item.distribution if item is not None else None,
         "builtin": extension.builtin,
+        "enabled": True,
         "priority": extension.priority,
         "hooks": hooks_of(extension),
     }

@@ -6,11 +6,14 @@ import argparse
 import asyncio
 import ipaddress
 import logging
-import os
 import signal
 import sys
+from collections.abc import Sequence
 
 import uvloop
+
+from pairroom import extension_loader
+from pairroom.rooms.extension import Extension
 
 from pairroom.web import logs
 from pairroom.recording import export as recorder_cli
@@ -30,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run a server node")
     serve.add_argument("--host", help="address to bind (PAIRROOM_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port, 0 for any free one (PAIRROOM_PORT, default 8000)")
-    serve.add_argument("--db", help="database URL (PAIRROOM_DB, default sqlite:///./pairroom.db)")
+    serve.add_argument(
+        "--db", help="database URL, or memory:// to keep rooms in this process only (PAIRROOM_DB, default sqlite:///./pairroom.db)"
+    )
     serve.add_argument("--log-level", help="debug, info, warning, error (PAIRROOM_LOG_LEVEL)")
     serve.add_argument("--log-format", choices=["json", "text"], help="PAIRROOM_LOG_FORMAT")
     serve.add_argument(
@@ -87,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--kernel-idle-seconds", type=float, help="shut down a room kernel idle this long")
     serve.add_argument("--kernel-run-timeout", type=float, help="wall-clock limit of one run (default 300)")
     serve.add_argument("--kernel-output-cap", type=int, help="output bytes kept per run (default 1 MiB)")
+    serve.add_argument(
+        "--extension", action="append", dest="extensions", metavar="NAME",
+        help="run this installed third-party extension (repeatable; PAIRROOM_EXTENSIONS=a,b);"
+        " its settings come from PAIRROOM_EXT_<NAME>_<KEY>",
+    )
 
     token = commands.add_parser("token", help="mint an access token for a room")
     token.add_argument("room", nargs="?", help="the room (not with --creator)")
@@ -101,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--color", help="cursor color, e.g. #4363d8")
     token.add_argument("--user-id", help="stable user id (default: random)")
     token.add_argument("--secret", help="token signing secret (default PAIRROOM_SECRET)")
-    recorder_cli.add_arguments(commands)
+    recorder_cli.add_arguments(commands, Settings.from_env().db)
     return parser
 
 
@@ -130,7 +140,7 @@ def is_loopback(host: str) -> bool:
 
 
 def token_command(args: argparse.Namespace) -> int:
-    secret = args.secret or os.environ.get("PAIRROOM_SECRET")
+    secret = args.secret or Settings.from_env().secret
     if not secret:
         print("pairroom token: no secret (--secret or PAIRROOM_SECRET)", file=sys.stderr)
         return 2
@@ -178,12 +188,17 @@ def main(argv: list[str] | None = None) -> int:
     if settings.unsafe_kernels and not is_loopback(settings.host):
         print("pairroom: --unsafe-kernels is for trusted local use: bind a loopback address", file=sys.stderr)
         return 2
+    try:
+        extensions = extension_loader.load(settings.extensions, settings.extension_settings)
+    except extension_loader.ExtensionError as exc:
+        print(f"pairroom: {exc}", file=sys.stderr)
+        return 2
     logs.configure(settings.log_level, settings.log_format)
-    return serve(settings)
+    return serve(settings, extensions)
 
 
-def serve(settings: Settings) -> int:
-    server = Server(uvicorn_config(create_app(settings), settings))
+def serve(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
+    server = Server(uvicorn_config(create_app(settings, extensions=extensions), settings))
 
     async def run() -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)

@@ -71,6 +71,10 @@ class Settings:
     kernel_file_bytes: int = 100 * MiB
     rtc: RtcSettings = field(default_factory=RtcSettings)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # third-party extensions to run, by entry-point name (PAIRROOM_EXTENSIONS=a,b or --extension)
+    extensions: tuple[str, ...] = ()
+    # every PAIRROOM_EXT_<NAME>_<KEY> variable, without the PAIRROOM_EXT_ prefix; see extension_settings
+    extension_env: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def origins(self) -> frozenset[str]:
@@ -111,21 +115,62 @@ class Settings:
             stamp_identity=self.secret is not None,
         )
 
+    def extension_settings(self, name: str) -> dict[str, str]:
+        """The settings of one enabled extension: ``PAIRROOM_EXT_<NAME>_<KEY>=value`` gives
+        ``{"<key>": value}``, keys lower-case. ``<NAME>`` is the name upper-cased with ``-`` and
+        ``.`` written as ``_`` (``my-ext`` reads ``PAIRROOM_EXT_MY_EXT_*``). When the prefix of one
+        enabled extension starts another's (``my`` and ``my-ext``), a variable belongs to the longest."""
+        prefixes = sorted({env_name(n) + "_" for n in (*self.extensions, name)}, key=len, reverse=True)
+        own = env_name(name) + "_"
+        found: dict[str, str] = {}
+        for variable, value in self.extension_env.items():
+            owner = next((p for p in prefixes if variable.startswith(p)), None)
+            if owner == own and len(variable) > len(own):
+                found[variable[len(own):].lower()] = value
+        return found
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults, then ``PAIRROOM_<FIELD>`` variables, then explicit overrides (CLI flags)."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
-            if f.name in ("extra", "rtc"):
+            if f.name in ("extra", "rtc", "extensions", "extension_env"):
                 continue
             raw = environ.get(f"PAIRROOM_{f.name.upper()}")
             if raw is not None:
                 default = getattr(cls(), f.name)
                 values[f.name] = _convert(f.name, raw, str if default is None else type(default))
         values["rtc"] = RtcSettings.from_env(environ)
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        recording = {  # PAIRROOM_RECORDING_<FIELD> travels as extra["recording_<field>"]
+            "recording_" + key.removeprefix("PAIRROOM_RECORDING_").lower(): value
+            for key, value in environ.items()
+            if key.startswith("PAIRROOM_RECORDING_")
+        }
+        if recording:
+            values["extra"] = {**recording, **cls().extra}
+        values["extensions"] = parse_names(environ.get("PAIRROOM_EXTENSIONS", ""))
+        values["extension_env"] = {
+            key.removeprefix(EXT_PREFIX): value for key, value in environ.items() if key.startswith(EXT_PREFIX)
+        }
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if "extensions" in overrides:  # --extension flags take the place of PAIRROOM_EXTENSIONS
+            overrides["extensions"] = parse_names(",".join(overrides["extensions"]))
+        values.update(overrides)
         return replace(cls(), **values)
+
+
+EXT_PREFIX = "PAIRROOM_EXT_"
+
+
+def env_name(extension: str) -> str:
+    """How an extension's name is spelled in its variables: ``my-ext`` -> ``MY_EXT``."""
+    return extension.upper().replace("-", "_").replace(".", "_")
+
+
+def parse_names(text: str) -> tuple[str, ...]:
+    """``"a, b,,a"`` -> ``("a", "b")``: names in order, blanks and repeats dropped."""
+    return tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
 
 
 def _convert(name: str, raw: str, kind: type) -> Any:

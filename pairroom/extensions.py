@@ -1,13 +1,19 @@
 """The public API for extensions: ``from pairroom.extensions import Extension, Reject``.
 
-See ``docs/extensions.md`` for every hook, its payload and its guarantees.
+See ``docs/extensions.md`` for every hook, its payload and its guarantees. A package makes its
+extension available by declaring an entry point in the ``pairroom.extensions`` group (``GROUP``);
+the operator enables it by name (``pairroom serve --extension NAME``), and
+``pairroom.extension_loader`` finds, imports and configures it.
 """
 
 from .rooms.identity import Principal, Role
 from .protocol.origins import ClientOrigin, KernelOrigin, LocalOrigin, Origin, PeerOrigin
-from .rooms.extension import Change, Connection, Extension, ExtensionRunner, Reject, Supervisor
+from .rooms.extension import Change, Connection, Extension, ExtensionRunner, Reject, Supervisor, hooks_of
+
+GROUP = "pairroom.extensions"  # the entry-point group third-party extensions are declared in
 
 __all__ = [
+    "GROUP",
     "Change",
     "ClientOrigin",
     "Connection",
@@ -21,4 +27,5 @@ __all__ = [
     "Reject",
     "Role",
     "Supervisor",
+    "hooks_of",
 ]

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import dataclasses
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from pairroom.rooms.extension import Extension
 from pairroom.storage.store import Store
 from pairroom.app import create_app
 from pairroom.config import Settings
@@ -64,11 +65,14 @@ async def start_server(db_url: str) -> AsyncIterator[StartServer]:
     """Start pairroom in this process on a free port; ``await start_server(**settings)``."""
     running: list[RunningServer] = []
 
-    async def start(store: Store | None = None, **overrides: object) -> RunningServer:
+    async def start(
+        store: Store | None = None, extensions: Sequence[Extension] = (), **overrides: object
+    ) -> RunningServer:
         values: dict[str, object] = {"port": 0, "db": db_url, "log_format": "text", "kernels": False}
         values.update(overrides)
         settings = dataclasses.replace(Settings(), **values)  # type: ignore[arg-type]
-        server = Server(uvicorn_config(create_app(settings, store), settings, signals=False))
+        app = create_app(settings, store, extensions)
+        server = Server(uvicorn_config(app, settings, signals=False))
         task = await start_serving(server)
         it = RunningServer(server, settings, task)
         running.append(it)

@@ -15,7 +15,7 @@ from pycrdt import Array, Doc, Map, Text
 
 from pairroom.recording import export
 from pairroom.recording.history import History, files_of, iso, set_text, text_edits
-from pairroom.recording.history_store import HistoryStore
+from pairroom.recording.sql_history import SqlHistoryStore
 from pairroom.storage.sql import SqlStore
 from pairroom.storage.store import NewUpdate
 from pairroom.web.auth import mint
@@ -208,7 +208,7 @@ async def test_a_recorded_session_answers_files_sessions_timeline_versions_diff_
 async def rows_of(db: str, room: str) -> tuple[list[Any], ...]:
     """Everything stored for a room, without the room name (to compare two rooms)."""
     async with SqlStore(db) as store:
-        history = HistoryStore(store)
+        history = SqlHistoryStore(store)
         updates = [(u.seq, u.uid, u.at, u.origin, bytes(u.data)) for u in await store.read_updates(room)]
         snapshots = [(s.seq, s.at, bytes(s.data)) for s in await history.snapshots(room)]
         events = [(e.at, e.kind, e.user, e.data) for e in await history.events(room)]
@@ -234,7 +234,7 @@ async def test_a_room_that_opted_out_records_no_events_and_hides_its_history(sta
             assert response.status_code == 403 and "recording is off" in response.json()["error"]
         assert (await http.get(f"/api/rooms/{room}/files", params={"at": "1"})).status_code == 403
     async with SqlStore(server.settings.db) as store:
-        events = await HistoryStore(store).events(room)
+        events = await SqlHistoryStore(store).events(room)
     # the join came before the policy was set; nothing after it was recorded
     assert [e.kind for e in events] == ["join"]
 

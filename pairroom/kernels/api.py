@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pairroom.web.api import ApiError, error, json_body, principal_for
-from pairroom.web.auth import AuthError, Principal, Role, forbidden
+from pairroom.web.api import ApiError, error, json_body
+from pairroom.web.auth import AuthError, Principal, Role, authenticate, forbidden
 from pairroom.rooms.registry import RoomLoadError
 from pairroom.rooms.room import Room
 from pairroom.kernels import rundoc
@@ -34,15 +34,9 @@ from pairroom.kernels.workdir import valid_path
 MAX_CODE_BYTES = 1024 * 1024
 
 
-def effective_role(room: Room, principal: Principal) -> Role:
-    """An owner's live role change (``meta.roles``) wins over the token's role."""
-    roles: dict[str, Role] = getattr(room, "roles", {}) or {}
-    return roles.get(principal.user_id, principal.role)
-
-
 def check_may_run(room: Room, principal: Principal) -> None:
     """Raise a 403 AuthError unless the room's run policy lets ``principal`` run code."""
-    role = effective_role(room, principal)
+    role = room.role_of(principal)
     policy = rundoc.read_run_policy(room)
     if policy == "owners" and role is not Role.OWNER:
         raise forbidden(f"only owners may run code in this room (policy run={policy!r}); you are {role.value}")
@@ -88,7 +82,7 @@ def _guarded(handler: Any) -> Any:
 async def create_run(request: Request) -> Response:
     name = request.path_params["room"]
     service = _service(request)
-    principal = principal_for(request, name)
+    principal = authenticate(request, name)
     body = await _json_body(request)
     code, path = body.get("code"), body.get("path")
     if (code is None) == (path is None):
@@ -113,7 +107,7 @@ async def create_run(request: Request) -> Response:
 async def get_run(request: Request) -> Response:
     name, run_id = request.path_params["room"], request.path_params["run"]
     service = _service(request)
-    principal_for(request, name)
+    authenticate(request, name)
     async with service.registry.hold(name) as room:
         run = rundoc.read_run(room, run_id)
     if run is None:
@@ -124,7 +118,7 @@ async def get_run(request: Request) -> Response:
 async def interrupt_kernel(request: Request) -> Response:
     name = request.path_params["room"]
     service = _service(request)
-    principal = principal_for(request, name)
+    principal = authenticate(request, name)
     async with service.registry.hold(name) as room:
         check_may_run(room, principal)
     interrupted = await service.interrupt(name)
@@ -134,7 +128,7 @@ async def interrupt_kernel(request: Request) -> Response:
 async def restart_kernel(request: Request) -> Response:
     name = request.path_params["room"]
     service = _service(request)
-    principal = principal_for(request, name)
+    principal = authenticate(request, name)
     async with service.registry.hold(name) as room:
         check_may_run(room, principal)
         await service.restart(name)
@@ -145,7 +139,7 @@ async def restart_kernel(request: Request) -> Response:
 async def kernel_state(request: Request) -> Response:
     name = request.path_params["room"]
     service = _service(request)
-    principal_for(request, name)
+    authenticate(request, name)
     async with service.registry.hold(name) as room:
         state = rundoc.read_kernel_state(room)
     return JSONResponse({**state, **service.state(name)})

@@ -38,7 +38,8 @@ from starlette.routing import Route, WebSocketRoute
 
 from pairroom.protocol.origins import LocalOrigin
 from pairroom.protocol.sync import ProtocolError
-from pairroom.web.api import ApiError, handles_errors, json_body, principal_for, require_owner, room_of
+from pairroom.web.api import ApiError, handles_errors, json_body, live_role, require_owner, room_of
+from pairroom.web.auth import authenticate
 from pairroom.web.hub import Hub
 from pairroom.web.websocket import room_name_from_path
 from pairroom.rooms.identity import Principal
@@ -48,7 +49,6 @@ from pairroom.recording.events import RecorderObserver, RecorderSettings
 from pairroom.recording.history import History, PointError, files_of, iso, recording_enabled, restore_files
 from pairroom.recording.history_store import Version
 from pairroom.recording.replay import replay_endpoint
-from pairroom.storage.sql import SqlStore
 from pairroom.storage.store import StoreError
 
 log = logging.getLogger("pairroom.recording.api")
@@ -118,7 +118,7 @@ async def recording_visible(hub: Hub, history: History, room: str) -> bool:
 async def _readable(request: Request, *, history_needed: bool = True) -> tuple[str, Principal, History]:
     """The room, the caller (401/403), and 404 for a room with nothing stored, 403 if opted out."""
     room = room_of(request)
-    principal = principal_for(request, room)
+    principal = authenticate(request, room)
     hub, history = _hub(request), _recorder(request).history
     await _flush_live(hub, room)
     if room not in hub.registry.rooms and not await history.db.has_anything(room):
@@ -128,9 +128,11 @@ async def _readable(request: Request, *, history_needed: bool = True) -> tuple[s
     return room, principal, history
 
 
-def _require_editor(principal: Principal) -> None:
-    if not principal.role.writes_files:
-        raise ApiError(403, f"a {principal.role.value} may not do this; an editor or owner may")
+async def _require_editor(request: Request, room: str, principal: Principal) -> None:
+    """Writing history (versions, restores, forks) needs a live role that edits files."""
+    role = await live_role(_hub(request), room, principal)
+    if not role.writes_files:
+        raise ApiError(403, f"a {role.value} may not do this; an editor or owner may")
 
 
 def _point(body: dict[str, Any], key: str, required: bool = True) -> str | None:
@@ -168,7 +170,7 @@ async def versions(request: Request) -> Response:
     if request.method == "GET":
         found = await history.db.versions(room)
         return JSONResponse({"room": room, "versions": [_version_json(v) for v in found]})
-    _require_editor(principal)
+    await _require_editor(request, room, principal)
     body = await json_body(request)
     name = body.get("name")
     if not isinstance(name, str) or not name.strip() or len(name) > NAME_MAX:
@@ -228,7 +230,7 @@ async def timeline(request: Request) -> Response:
 @_history_errors
 async def restore(request: Request) -> Response:
     room, principal, history = await _readable(request)
-    _require_editor(principal)
+    await _require_editor(request, room, principal)
     body = await json_body(request)
     path = body.get("path")
     if path is not None and (not isinstance(path, str) or not path):
@@ -249,7 +251,7 @@ async def restore(request: Request) -> Response:
 @_history_errors
 async def fork(request: Request) -> Response:
     room, principal, history = await _readable(request)
-    _require_editor(principal)
+    await _require_editor(request, room, principal)
     body = await json_body(request)
     new_room = body.get("room")
     if not isinstance(new_room, str):
@@ -271,10 +273,11 @@ async def fork(request: Request) -> Response:
 @_history_errors
 async def delete_room(request: Request) -> Response:
     room = room_of(request)
-    require_owner(principal_for(request, room))
+    principal = authenticate(request, room)
     hub, history = _hub(request), _recorder(request).history
     if room not in hub.registry.rooms and not await history.db.has_anything(room):
         raise ApiError(404, f"room {room!r} has nothing stored")
+    require_owner(await live_role(hub, room, principal))
     recorder = _recorder(request)
     await _evict(hub, room)
     async with recorder.write_lock:  # no batch holding this room's events commits after the delete

@@ -2,9 +2,12 @@
 automatic checkpoints, written in batches.
 
 The update log (``store.py``) already holds every edit with its time, seq and origin; this observer
-adds what a replay and a timeline need besides. It is called on the room's path (an ``Extension``), so
-it only appends to memory there; one writer task stores the buffer every ``flush_interval`` (or at
-once past ``flush_max_events``, or when a room closes), one transaction a batch, never one per event.
+adds what a replay and a timeline need besides. It is called on the room's path (an ``Extension``),
+so it only appends to memory there; a ``BatchWriter`` (``storage/writer.py``) stores the buffer
+``flush_interval`` after its first event (at once past ``flush_max_events``, or when a room closes),
+events and versions in one transaction a batch, never one per event. A failed write keeps the batch
+and is retried with backoff; while storage stays down the oldest presence samples go first past
+``MAX_BUFFERED_EVENTS``.
 
 **Presence** is sampled per connection and awareness client: at most ``presence_per_second`` (10)
 samples a second each. A change inside the window replaces the pending sample (coalesced), and the
@@ -30,9 +33,7 @@ variables, read when the server starts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import time
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta, timezone
@@ -44,6 +45,7 @@ from pairroom.rooms.extension import Change, Extension
 from pairroom.recording.history import History, recording_enabled
 from pairroom.recording.history_store import Event, HistoryStore, Version
 from pairroom.storage.store import StoreError
+from pairroom.storage.writer import Backoff, BatchWriter
 
 if TYPE_CHECKING:
     from pairroom.protocol.origins import Origin
@@ -73,7 +75,7 @@ class RecorderSettings:
     @classmethod
     def from_mapping(cls, extra: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> RecorderSettings:
         """``extra["recording_<field>"]`` wins, then ``PAIRROOM_RECORDING_<FIELD>``, then the default."""
-        environ = os.environ if environ is None else environ
+        environ = {} if environ is None else environ  # config.py puts PAIRROOM_RECORDING_* in extra
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = extra.get(f"recording_{f.name}", environ.get(f"PAIRROOM_RECORDING_{f.name.upper()}"))
@@ -112,12 +114,24 @@ class RecorderObserver(Extension):
             self.bind(history)
         self.settings = settings or RecorderSettings()  # type: ignore[assignment]
         self._rooms: dict[str, _RoomRecord] = {}
-        self._events: list[Event] = []
-        self._versions: list[Version] = []
-        self._wake = asyncio.Event()
-        self._urgent = asyncio.Event()
-        self.write_lock = asyncio.Lock()  # held while a batch is written (deleting a room waits for it)
-        self.failing = False
+        interval = self.settings.flush_interval
+        self.writer: BatchWriter[Event | Version] = BatchWriter(
+            self._store_batch,
+            quiet=interval,
+            max_delay=interval,
+            max_items=self.settings.flush_max_events,
+            backoff=Backoff(max(interval, 0.05), 5.0),
+            on_failure=self._write_failed,
+        )
+
+    @property
+    def write_lock(self) -> asyncio.Lock:
+        """Held while a batch is written: deleting a room holds it so no batch of the room commits after."""
+        return self.writer.lock
+
+    @property
+    def failing(self) -> bool:
+        return self.writer.failing
 
     def bind(self, history: History) -> None:
         """The history it writes to (known once the node's storage is open)."""
@@ -131,10 +145,7 @@ class RecorderObserver(Extension):
         record = self._rooms.get(room)
         if record is not None and not record.recording:
             return
-        self._events.append(Event(room, at or datetime.now(timezone.utc), kind, user, data))
-        self._wake.set()
-        if len(self._events) >= self.settings.flush_max_events:
-            self._urgent.set()
+        self.writer.add(Event(room, at or datetime.now(timezone.utc), kind, user, data))
 
     def on_deleted(self, name: str) -> None:
         self.forget(name)
@@ -147,8 +158,7 @@ class RecorderObserver(Extension):
                 timer.cancel()
             for shared, subscription in record.subscriptions:
                 shared.unobserve(subscription)
-        self._events = [e for e in self._events if e.room != room]
-        self._versions = [v for v in self._versions if v.room != room]
+        self.writer.discard(lambda item: item.room == room)
 
     # -- Extension hooks ---------------------------------------------------------------------------------
 
@@ -173,7 +183,7 @@ class RecorderObserver(Extension):
             shared.unobserve(subscription)
         if record.recording and record.updates:
             self._checkpoint(record)
-        self._urgent.set()
+        self.writer.write_soon()
 
     def on_join(self, room: Room, member: Member) -> None:
         record = self._refresh(room)
@@ -274,12 +284,9 @@ class RecorderObserver(Extension):
         seq = record.room.stored_seq
         if seq <= 0:
             return
-        self._versions.append(
-            Version(record.room.name, "checkpoint", seq, datetime.now(timezone.utc), "", True)
-        )
+        self.writer.add(Version(record.room.name, "checkpoint", seq, datetime.now(timezone.utc), "", True))
         record.updates = 0
         record.last_checkpoint = time.monotonic()
-        self._wake.set()
 
     # -- the writer ---------------------------------------------------------------------------------------
 
@@ -287,7 +294,8 @@ class RecorderObserver(Extension):
         """Write buffered events (and purge old history, if configured) until cancelled; then flush."""
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._writer(), name="pairroom-recorder-writer")
+                tasks.create_task(self.writer.run(), name="pairroom-recorder-writer")
+                tasks.create_task(self._checkpoints(), name="pairroom-recorder-checkpoints")
                 if self.settings.keep_days > 0:
                     tasks.create_task(self._purger(), name="pairroom-recorder-purge")
                 started.set()
@@ -297,50 +305,27 @@ class RecorderObserver(Extension):
             try:
                 await asyncio.shield(self.flush())
             except StoreError as exc:
-                log.error("final event flush failed", extra={"error": str(exc), "events": len(self._events)})
+                log.error("final event flush failed", extra={"error": str(exc), "events": len(self.writer.pending)})
 
     async def flush(self) -> int:
-        """Store what is buffered, events in one transaction; on failure it stays buffered."""
-        async with self.write_lock:
-            return await self._write()
+        """Store what is buffered (events and versions) in one transaction; on failure it stays buffered.
+        Returns how many items went."""
+        return await self.writer.flush()
 
-    async def _write(self) -> int:
-        events, self._events = self._events, []
-        versions, self._versions = self._versions, []
-        try:
-            await self.db.append_events(events)
-        except BaseException:
-            self._events[:0] = events
-            self._versions[:0] = versions
-            raise
-        for index, version in enumerate(versions):
-            try:
-                await self.db.add_version(version)
-            except BaseException:
-                self._versions[:0] = versions[index:]
-                raise
-        return len(events)
+    async def _store_batch(self, batch: list[Event | Version]) -> None:
+        events = [item for item in batch if isinstance(item, Event)]
+        versions = [item for item in batch if isinstance(item, Version)]
+        await self.db.append_events(events, versions)
 
-    async def _writer(self) -> None:
-        backoff = self.settings.flush_interval
+    def _write_failed(self, exc: BaseException, pending: list[Event | Version]) -> None:
+        self._trim()
+        log.error("event flush failed, will retry", extra={"error": str(exc), "events": len(self.writer.pending)})
+
+    async def _checkpoints(self) -> None:
+        """Name a checkpoint in every room active for ``checkpoint_minutes`` since its last one."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(backoff):
-                    await self._urgent.wait()
-            self._urgent.clear()
+            await asyncio.sleep(self.settings.flush_interval)
             self._due_checkpoints()
-            if not self._events and not self._versions:
-                continue
-            try:
-                await asyncio.shield(self.flush())
-            except StoreError as exc:
-                self.failing = True
-                self._trim()
-                log.error("event flush failed, will retry", extra={"error": str(exc), "events": len(self._events)})
-                backoff = min(backoff * 2, 5.0)
-                continue
-            self.failing = False
-            backoff = self.settings.flush_interval
 
     def _due_checkpoints(self) -> None:
         every = self.settings.checkpoint_minutes * 60
@@ -352,17 +337,19 @@ class RecorderObserver(Extension):
 
     def _trim(self) -> None:
         """Bound memory while storage is down: drop the oldest presence samples first, loudly."""
-        excess = len(self._events) - MAX_BUFFERED_EVENTS
+        excess = len(self.writer.pending) - MAX_BUFFERED_EVENTS
         if excess <= 0:
             return
-        kept: list[Event] = []
-        dropped = 0
-        for event in self._events:
-            if dropped < excess and event.kind == "presence":
-                dropped += 1
-                continue
-            kept.append(event)
-        self._events = kept
+        seen = 0
+
+        def oldest_presence(item: Event | Version) -> bool:
+            nonlocal seen
+            if seen < excess and isinstance(item, Event) and item.kind == "presence":
+                seen += 1
+                return True
+            return False
+
+        dropped = self.writer.discard(oldest_presence)
         log.warning("dropped presence samples while storage is down", extra={"dropped": dropped})
 
     async def _purger(self) -> None:

@@ -25,21 +25,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import base64
 import gzip
 import json
-import os
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Iterator
+from typing import IO, Any, AsyncIterator, Iterator
 
 from pycrdt import Doc
 
 from pairroom.recording.history import ROOT_TEXT_KEY, History, PointError, iso
-from pairroom.recording.history_store import Event, HistoryStore, Version
-from pairroom.storage.sql import SqlStore
-from pairroom.storage.store import Snapshot, StoredUpdate, StoreError
+from pairroom.recording.history_store import Event, Version, history_store_for
+from pairroom.storage.memory import MemoryStore
+from pairroom.storage.store import Snapshot, Store, StoredUpdate, StoreError, open_store
 
 FORMAT = "pairroom-room"
 VERSION = 1
@@ -48,22 +48,19 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _PAGE = 2000
 
 
-def default_db() -> str:
-    return os.environ.get("PAIRROOM_DB") or "sqlite:///./pairroom.db"
-
-
-def add_arguments(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``export`` and ``import`` to the ``pairroom`` command's subparsers."""
+def add_arguments(commands: argparse._SubParsersAction, default_db: str) -> None:  # type: ignore[type-arg]
+    """Add ``export`` and ``import`` to the ``pairroom`` command's subparsers; ``--db`` defaults to
+    ``default_db`` (the settings' database: ``PAIRROOM_DB`` or the built-in default)."""
     export = commands.add_parser("export", help="write a room's recording (or its files) out")
     export.add_argument("room")
     export.add_argument("-o", "--output", help="the export file to write (.pairroom.jsonl.gz)")
     export.add_argument("--files", metavar="DIR", help="write the room's files under DIR instead")
     export.add_argument("--at", help="with --files: a seq or an ISO 8601 time (default: now)")
-    export.add_argument("--db", default=None, help="database URL (PAIRROOM_DB, default sqlite:///./pairroom.db)")
+    export.add_argument("--db", default=default_db, help="database URL (PAIRROOM_DB, default sqlite:///./pairroom.db)")
     imp = commands.add_parser("import", help="bring a room back from an export file")
     imp.add_argument("file")
     imp.add_argument("--as", dest="as_room", help="import under this room name")
-    imp.add_argument("--db", default=None, help="database URL (PAIRROOM_DB, default sqlite:///./pairroom.db)")
+    imp.add_argument("--db", default=default_db, help="database URL (PAIRROOM_DB, default sqlite:///./pairroom.db)")
 
 
 def export_command(args: argparse.Namespace) -> int:
@@ -76,12 +73,12 @@ def export_command(args: argparse.Namespace) -> int:
     try:
         if args.files:
             skipped: list[tuple[str, str]] = []
-            written = asyncio.run(export_files(args.db or default_db(), args.room, Path(args.files), args.at, skipped))
+            written = asyncio.run(export_files(args.db, args.room, Path(args.files), args.at, skipped))
             for path, reason in skipped:
                 print(f"pairroom export: skipped {path!r}: {reason}", file=sys.stderr)
             print(f"wrote {written} file(s) to {args.files}" + (f", skipped {len(skipped)}" if skipped else ""))
         else:
-            counts = asyncio.run(export_room(args.db or default_db(), args.room, Path(args.output)))
+            counts = asyncio.run(export_room(args.db, args.room, Path(args.output)))
             print(f"exported {args.room}: " + ", ".join(f"{n} {k}(s)" for k, n in counts.items()))
     except (StoreError, ValueError, OSError) as exc:
         print(f"pairroom export: {exc}", file=sys.stderr)
@@ -91,7 +88,7 @@ def export_command(args: argparse.Namespace) -> int:
 
 def import_command(args: argparse.Namespace) -> int:
     try:
-        room, counts = asyncio.run(import_room(args.db or default_db(), Path(args.file), args.as_room))
+        room, counts = asyncio.run(import_room(args.db, Path(args.file), args.as_room))
     except (StoreError, ValueError, OSError) as exc:
         print(f"pairroom import: {exc}", file=sys.stderr)
         return 1
@@ -103,6 +100,19 @@ COMMANDS = {"export": export_command, "import": import_command}
 
 
 # -- export ---------------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _opened(db: str) -> AsyncIterator[Store]:
+    """The store ``db`` names, open; a memory store holds nothing another process could read."""
+    store = open_store(db)
+    if isinstance(store, MemoryStore):
+        raise ValueError("memory:// storage lives inside one server process; export from or import into a database")
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 def _us(when: datetime) -> int:
@@ -119,8 +129,8 @@ def _b64(data: bytes) -> str:
 
 async def export_room(db: str, room: str, output: Path) -> dict[str, int]:
     """Write ``room``'s recording to ``output``; return how many rows of each kind went in."""
-    async with SqlStore(db) as store:
-        history = HistoryStore(store)
+    async with _opened(db) as store:
+        history = history_store_for(store)
         if not await history.has_anything(room):
             raise ValueError(f"room {room!r} has nothing stored")
         counts = {"update": 0, "snapshot": 0, "event": 0, "version": 0}
@@ -163,7 +173,7 @@ async def export_files(
     A file the room's members named so it cannot be written (leaving the directory, a NUL, a name too
     long, a file where another is a folder) is skipped and listed in ``skipped`` with the reason; the
     rest of the room is exported."""
-    async with SqlStore(db) as store:
+    async with _opened(db) as store:
         history = History(store)
         if not await history.db.has_anything(room):
             raise ValueError(f"room {room!r} has nothing stored")
@@ -279,6 +289,6 @@ def _lines(path: Path) -> Iterator[dict[str, Any]]:
 async def import_room(db: str, path: Path, as_room: str | None = None) -> tuple[str, dict[str, int]]:
     room, updates, snapshots, events, versions = read_export(path)
     target = as_room or room
-    async with SqlStore(db) as store:
-        await HistoryStore(store).import_room(target, updates, snapshots, events, versions)
+    async with _opened(db) as store:
+        await history_store_for(store).import_room(target, updates, snapshots, events, versions)
     return target, {"update": len(updates), "snapshot": len(snapshots), "event": len(events), "version": len(versions)}

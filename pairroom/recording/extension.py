@@ -13,8 +13,6 @@ from typing import Any
 
 from starlette.routing import BaseRoute
 
-from pairroom.storage.sql import SqlStore
-
 from .api import link_call_audio, routes
 from .events import RecorderObserver, RecorderSettings
 from .history import History
@@ -37,9 +35,7 @@ class Recording(RecorderObserver):
 
     @contextlib.asynccontextmanager
     async def _run(self, node: Any) -> AsyncIterator[None]:
-        if not isinstance(node.store, SqlStore):
-            raise RuntimeError("the recorder needs the SQL store (its history tables live beside the log)")
-        self.bind(History(node.store))
+        self.bind(History(node.store))  # its HistoryStore adapter goes with the store (SQL or memory)
         node.state.recorder = self
         link_call_audio(node.state, self)
         task = await node.supervisor.start("recorder", self.run)

@@ -1,5 +1,6 @@
 """A room's past, rebuilt from storage: its files at any point, sessions, diffs, restores, forks and
-retention. No HTTP here (``api.py``) and no SQL (``history_store.py``).
+retention. No HTTP here (``api.py``) and no SQL: storage is reached through the ``Store`` port and
+the recorder's ``HistoryStore`` port (``history_store.py``).
 
 **Points.** A point is a seq of the room's log or a time. ``"123"`` is seq 123; anything else must be
 an ISO 8601 time with a zone (``2026-05-21T10:00:00Z``, ``...+02:00``). A time names the state after
@@ -32,9 +33,8 @@ from typing import Any
 
 from pycrdt import Doc, Map, Text
 
-from pairroom.recording.history_store import Event, HistoryStore
-from pairroom.storage.sql import SqlStore
-from pairroom.storage.store import NewUpdate
+from pairroom.recording.history_store import Event, HistoryStore, history_store_for
+from pairroom.storage.store import NewUpdate, Store
 
 ROOT_TEXT_KEY = "/text"
 SEEK_SNAPSHOT_AFTER = 2000
@@ -143,9 +143,9 @@ def user_of_origin(origin: str) -> str:
 
 
 class History:
-    def __init__(self, store: SqlStore, history_store: HistoryStore | None = None) -> None:
+    def __init__(self, store: Store, history_store: HistoryStore | None = None) -> None:
         self.store = store
-        self.db = history_store or HistoryStore(store)
+        self.db = history_store or history_store_for(store)
         self._policies: dict[str, tuple[int, bool]] = {}  # room -> (last seq, recording enabled)
 
     def forget(self, room: str) -> None:

@@ -58,7 +58,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from pairroom.protocol import sync as protocol
 from pairroom.protocol.sync import AwarenessEntry, MessageType, ProtocolError, SyncStep
 from pairroom.web.hub import Hub
-from pairroom.web.websocket import admit, room_name_from_path, truncate_reason
+from pairroom.web.auth import AuthError, admit
+from pairroom.web.websocket import room_name_from_path, truncate_reason
 from pairroom.recording.events import RecorderObserver
 from pairroom.recording.history import History, PointError, iso, parse_point
 from pairroom.recording.history_store import Event
@@ -380,8 +381,8 @@ async def replay_endpoint(websocket: WebSocket) -> None:
     try:
         try:
             room = room_name_from_path(websocket.path_params["room"], hub.settings.max_room_name)
-            admit(hub, websocket, room)
-        except ProtocolError as exc:
+            await admit(websocket, room, "replay")
+        except (ProtocolError, AuthError) as exc:
             raise ReplayClosed(int(exc.code), exc.reason) from exc
         player = await _open(websocket, hub, history, recorder, room, send)
         await _serve(websocket, player)

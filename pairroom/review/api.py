@@ -21,34 +21,36 @@ Authors, names and times come from the token and the server's clock, never from 
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
-from pycrdt import Map, Text
+from pycrdt import Doc, Map, Text
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pairroom.protocol.origins import LocalOrigin
-from pairroom.web.api import ApiError, handles_errors, json_body, principal_for, room_of
-from pairroom.web.hub import Hub
-from pairroom.review import threads as review
 from pairroom.review import export as review_export
 from pairroom.review import passes as review_passes
-from pairroom.rooms.identity import Principal, Role
+from pairroom.review import threads as review
 from pairroom.review.threads import ReviewError
+from pairroom.rooms.identity import Principal, Role
+from pairroom.rooms.owners import review_thread
 from pairroom.rooms.room import Room
+from pairroom.web.api import ApiError, handles_errors, json_body, room_of
+from pairroom.web.auth import authenticate
+from pairroom.web.hub import Hub
+
+log = logging.getLogger("pairroom.review")
 
 ORIGIN = LocalOrigin("review")
 STATUS_OF = {"invalid": 400, "missing": 404, "conflict": 409}
 
 
-def role_in(room: Room, principal: Principal) -> Role:
-    """The member's effective role: an owner's live change (``meta.roles``) wins over the token."""
-    return room.roles.get(principal.user_id, principal.role)
-
-
 def require(room: Room, principal: Principal, *, files: bool = False) -> None:
-    role = role_in(room, principal)
+    """Writing needs a live role other than viewer; ``files`` needs one that edits files."""
+    role = room.role_of(principal)
     if role is Role.VIEWER:
         raise ApiError(403, "a viewer may not write reviews")
     if files and not role.writes_files:
@@ -83,18 +85,37 @@ def _int_field(body: dict[str, Any], key: str) -> int:
 @handles_errors
 async def list_threads(request: Request) -> Response:
     name = room_of(request)
-    principal_for(request, name)
+    authenticate(request, name)
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
         with room.local_change(ORIGIN) as doc:
-            threads = review.list_threads(doc)
+            threads = valid_threads(doc)
     return JSONResponse({"room": name, "threads": threads})
+
+
+def valid_threads(doc: Doc) -> list[dict[str, Any]]:
+    """The threads as ``review.list_threads`` shows them, leaving out any that does not have the
+    shape of the owner table's ``reviews`` row (stored before the guards checked it, say): one bad
+    thread must not make the list answer 500."""
+    views = []
+    for thread_id, thread in review.reviews_of(doc).items():
+        if not review_thread(thread):
+            log.warning("malformed review thread left out", extra={"review_thread": thread_id})
+            continue
+        try:
+            view = review.thread_view(doc, thread_id, thread)
+            json.dumps(view, allow_nan=False)  # what JSONResponse will do
+        except (ValueError, TypeError, KeyError, RecursionError):
+            log.warning("review thread that cannot be shown left out", extra={"review_thread": thread_id})
+            continue
+        views.append(view)
+    return sorted(views, key=lambda v: (v.get("createdAt") or 0, v["id"]))
 
 
 @handles_errors
 async def create_thread(request: Request) -> Response:
     name = room_of(request)
-    principal = principal_for(request, name)
+    principal = authenticate(request, name)
     body = await json_body(request)
     path = body.get("path")
     if not isinstance(path, str):
@@ -127,7 +148,7 @@ async def create_thread(request: Request) -> Response:
 @handles_errors
 async def post_message(request: Request) -> Response:
     name = room_of(request)
-    principal = principal_for(request, name)
+    principal = authenticate(request, name)
     message = author_message(principal, await json_body(request))
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
@@ -145,7 +166,7 @@ def _status_route(status: str):  # type: ignore[no-untyped-def]
     @handles_errors
     async def endpoint(request: Request) -> Response:
         name = room_of(request)
-        principal = principal_for(request, name)
+        principal = authenticate(request, name)
         hub: Hub = request.app.state.hub
         thread_id = request.path_params["id"]
         async with hub.registry.hold(name) as room:
@@ -164,7 +185,7 @@ def _status_route(status: str):  # type: ignore[no-untyped-def]
 @handles_errors
 async def apply_suggestion(request: Request) -> Response:
     name = room_of(request)
-    principal = principal_for(request, name)
+    principal = authenticate(request, name)
     hub: Hub = request.app.state.hub
     thread_id = request.path_params["id"]
     body = await json_body(request)
@@ -183,7 +204,7 @@ async def apply_suggestion(request: Request) -> Response:
 @handles_errors
 async def list_passes(request: Request) -> Response:
     name = room_of(request)
-    principal_for(request, name)
+    authenticate(request, name)
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
         with room.local_change(ORIGIN) as doc:
@@ -194,7 +215,7 @@ async def list_passes(request: Request) -> Response:
 @handles_errors
 async def start_pass(request: Request) -> Response:
     name = room_of(request)
-    principal = principal_for(request, name)
+    principal = authenticate(request, name)
     body = await json_body(request)
     title = body.get("title")
     if title is not None and not isinstance(title, str):
@@ -217,7 +238,7 @@ async def start_pass(request: Request) -> Response:
 @handles_errors
 async def finish_pass(request: Request) -> Response:
     name = room_of(request)
-    principal = principal_for(request, name)
+    principal = authenticate(request, name)
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
         require(room, principal)
@@ -232,7 +253,7 @@ async def finish_pass(request: Request) -> Response:
 @handles_errors
 async def export_pass(request: Request) -> Response:
     name = room_of(request)
-    principal_for(request, name)
+    authenticate(request, name)
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
         try:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
     from .member import Member
+    from .owners import OwnerRow
     from .room import Room
 
 log = logging.getLogger("pairroom.extensions")
@@ -140,6 +141,12 @@ class Extension:
     def on_deleted(self, room_name: str) -> None:
         """The room was deleted (here or on another node) and evicted without a final flush."""
 
+    def document_rows(self) -> Sequence[OwnerRow]:
+        """Rows this extension adds to the document's owner table (``rooms/owners.py``): the roots
+        and keys it owns, who may write them and their shape. The guards enforce them like the
+        built-in rows; a root nobody claims is not checked."""
+        return ()
+
 
 SYNC_HOOKS = (
     "on_loaded",
@@ -172,6 +179,7 @@ class ExtensionRunner:
     extensions: Sequence[Extension]
     errors: ErrorCounter = field(default_factory=_NoCounter)
     _by_hook: dict[str, tuple[Extension, ...]] = field(init=False)
+    document_rows: tuple[OwnerRow, ...] = field(init=False)  # every extension's owner-table rows
 
     def __post_init__(self) -> None:
         ordered = sorted(enumerate(self.extensions), key=lambda pair: (pair[1].priority, pair[0]))
@@ -179,6 +187,7 @@ class ExtensionRunner:
         self._by_hook = {
             hook: tuple(e for e in self.extensions if hook in hooks_of(e)) for hook in ALL_HOOKS
         }
+        self.document_rows = tuple(row for e in self.extensions for row in e.document_rows())
 
     def implementing(self, hook: str) -> tuple[Extension, ...]:
         return self._by_hook[hook]

@@ -1,4 +1,7 @@
-"""Who a member is: a principal with a role. Tokens that carry it are checked in ``web/auth.py``."""
+"""Who a member is: a principal with a role. Tokens that carry it are checked in ``web/auth.py``.
+
+The role here is the token's; what a member may do is decided with ``Room.role_of(principal)``, the
+live role, which an owner's change (``meta.roles``) overrides."""
 
 from __future__ import annotations
 
@@ -37,8 +40,9 @@ class Principal:
     name: str
     color: str
     role: Role
-    room: str  # the room the token is for; "*" in open mode
+    room: str  # the room the token is for ("" for an open-mode principal on a route without a room)
     anonymous: bool = False
+    any_room: bool = False  # open mode: every room's topics; a room's *name* never means this
 
     def identity(self, role: Role | None = None) -> dict[str, Any]:
         """The awareness ``user`` fields the server stamps on this member's presence."""
@@ -50,8 +54,10 @@ class Principal:
         }
 
 
-def anonymous(room: str = "*") -> Principal:
-    """An open-mode member: an editor with a random id."""
+def anonymous(room: str | None = None) -> Principal:
+    """An open-mode member: an editor of any room, with a random id."""
     user_id = "anon-" + secrets.token_hex(4)
     color = DEFAULT_COLORS[int(user_id[-2:], 16) % len(DEFAULT_COLORS)]
-    return Principal(user_id, "Guest " + user_id[-4:].upper(), color, Role.EDITOR, room, anonymous=True)
+    return Principal(
+        user_id, "Guest " + user_id[-4:].upper(), color, Role.EDITOR, room or "", anonymous=True, any_room=True
+    )

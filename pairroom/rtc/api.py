@@ -20,8 +20,11 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from pairroom.web.auth import AuthError, Role
-from pairroom.rtc.access import authenticate
+from pairroom.protocol.sync import ProtocolError
+from pairroom.rooms.registry import RoomLoadError
+from pairroom.web.api import live_role
+from pairroom.web.auth import AuthError, Role, authenticate
+from pairroom.web.websocket import room_name_from_path
 from pairroom.rtc.bus import MemoryBus, SignalBus
 from pairroom.rtc.calls import CallHub, call_endpoint
 from pairroom.rtc.ice import rtc_config
@@ -81,9 +84,11 @@ class RtcService:
 
 
 async def _sdp_request(request: Request) -> tuple[Any, Any, str, str] | Response:
-    room = request.path_params["room"]
     try:
+        room = room_name_from_path(request.path_params["room"], request.app.state.hub.settings.max_room_name)
         principal = authenticate(request, room)
+    except ProtocolError as exc:
+        return JSONResponse({"error": exc.reason}, 400)
     except AuthError as exc:
         return JSONResponse({"error": exc.reason}, exc.status)
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/sdp":
@@ -109,8 +114,13 @@ async def relay_speak(request: Request) -> Response:
     policy = rtc.settings.policy_for(room)
     call = rtc.calls.rooms.get(room)
     speak = call.speak if call is not None else policy.speak
-    if speak is Speak.OWNERS and principal.role is not Role.OWNER:
-        return JSONResponse({"error": "only owners speak in this room"}, 403)
+    if speak is Speak.OWNERS:
+        try:
+            role = await live_role(request.app.state.hub, room, principal)
+        except RoomLoadError as exc:
+            return JSONResponse({"error": str(exc)}, 503)
+        if role is not Role.OWNER:
+            return JSONResponse({"error": "only owners speak in this room"}, 403)
     try:
         session_id, answer = await rtc.relay().speak(room, principal, offer, policy.record)
     except RelayError as exc:
@@ -180,7 +190,7 @@ async def recording_file(request: Request) -> Response:
     return FileResponse(path, media_type="audio/ogg", headers={"Cache-Control": "private, max-age=3600"})
 
 
-__all__ = ["RtcService", "RtcSettings", "attach", "routes"]
+__all__ = ["RtcService", "RtcSettings", "routes"]
 
 routes = [
     WebSocketRoute("/signal", signal_endpoint),

@@ -16,7 +16,9 @@ Server messages: ``joined {peer, peers, policy}`` to the joiner (the newcomer of
 Speaking policy. ``speak: everyone`` lets every member send audio and video; ``owners`` lets only
 owners and the members an owner allowed (a mentor session: learners listen, the mentor can hand
 one of them the floor). The server enforces it: a listener's offer or answer whose SDP sends audio
-or video, and a listener unmuting, are refused (4403).
+or video in any media section, and a listener unmuting, are refused (4403). Who is an owner is the
+live role (``Room.role_of``): it is asked again on every join, offer, answer, unmute and policy
+change, so an owner demoted during the call stops being one there too.
 
 Cluster. Every event goes through the ``SignalBus`` on channel ``call:ROOM`` and is applied on the
 way back in, so each node keeps a replica of the room's call (peers, policy) and delivers to its own
@@ -39,10 +41,11 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from starlette.websockets import WebSocket
 
-from pairroom.web.auth import AuthError, Principal, Role
+from pairroom.web.api import live_role
+from pairroom.web.auth import AuthError, Principal, Role, admit
 from pairroom.web.websocket import room_name_from_path
 from pairroom.protocol.sync import ProtocolError
-from pairroom.rtc.access import authenticate
+from pairroom.rooms.registry import RoomLoadError
 from pairroom.rtc.bus import SignalBus
 from pairroom.rtc.connection import Connection
 from pairroom.rtc.limits import Refused, RtcClose
@@ -90,22 +93,27 @@ _DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 
 
 def sdp_sends_media(sdp: str) -> bool:
-    """Whether any audio or video section of ``sdp`` sends (sendrecv, or sendonly: the default)."""
-    sections = re.split(r"(?m)^(?=m=)", sdp.replace("\r\n", "\n"))
-    session_direction = _direction(sections[0]) or "sendrecv"
+    """Whether any audio or video section of ``sdp`` may send (sendrecv, or sendonly; sendrecv is
+    the default). Fails closed: a section that lists several directions (``recvonly`` then
+    ``sendrecv``) counts as sending if any of them sends, since parsers disagree on which one wins;
+    every media section is checked, as is every line of each."""
+    sections = re.split(r"(?m)^(?=m=)", sdp.replace("\r\n", "\n").replace("\r", "\n"))
+    session_directions = _directions(sections[0]) or {"sendrecv"}
     for section in sections[1:]:
         kind = _MEDIA_LINE.match(section)
-        if kind and kind.group(1) in ("audio", "video") and not re.search(r"(?m)^m=\S+ 0 ", section):
-            if (_direction(section) or session_direction) in ("sendrecv", "sendonly"):
+        if kind and kind.group(1).lower() in ("audio", "video") and not re.match(r"m=\S+ 0 ", section):
+            if (_directions(section) or session_directions) & {"sendrecv", "sendonly"}:
                 return True
     return False
 
 
-def _direction(section: str) -> str | None:
-    for line in section.split("\n"):
-        if line.startswith("a=") and line[2:].strip() in _DIRECTIONS:
-            return line[2:].strip()
-    return None
+def _directions(section: str) -> set[str]:
+    """Every direction attribute of an SDP section."""
+    return {
+        line[2:].strip().lower()
+        for line in section.split("\n")
+        if line.startswith("a=") and line[2:].strip().lower() in _DIRECTIONS
+    }
 
 
 @dataclass(slots=True)
@@ -206,6 +214,17 @@ class CallHub:
             room,
             {"ev": "policy", "speak": speak.value if speak else None, "allow": list(allow) if allow else None},
         )
+
+    async def set_owner(self, room_name: str, peer_id: str, owner: bool) -> None:
+        """A local peer's live role changed: decide with it here at once, and tell every replica
+        (``present`` updates the peer, ``policy`` re-announces who may speak)."""
+        room = self.rooms.get(room_name)
+        peer = room.peers.get(peer_id) if room is not None else None
+        if room is None or peer is None or peer_id not in room.local or peer.owner == owner:
+            return
+        peer.owner = owner
+        await self._publish(room, {"ev": "present", "peer": asdict(peer)})
+        await self._publish(room, {"ev": "policy", "speak": None, "allow": None})
 
     def _joined(self, room_name: str, peer_id: str) -> CallRoom:
         room = self.rooms.get(room_name)
@@ -330,15 +349,30 @@ def channel(room: str) -> str:
     return "call:" + room
 
 
-class CallSession:
-    """One ``/call/{room}`` connection."""
+RoleOf = Callable[[], Awaitable[Role]]  # the live role of a connection's principal in its room
 
-    def __init__(self, hub: CallHub, room: str, principal: Principal, peer_id: str) -> None:
+
+class CallSession:
+    """One ``/call/{room}`` connection. ``role`` answers the principal's live role (``Room.role_of``)."""
+
+    def __init__(self, hub: CallHub, room: str, principal: Principal, peer_id: str, role: RoleOf) -> None:
         self.hub = hub
         self.room = room
         self.principal = principal
         self.peer_id = peer_id
+        self.role = role
         self.in_call = False
+
+    async def _owner(self) -> bool:
+        try:
+            return (await self.role()) is Role.OWNER
+        except RoomLoadError as exc:
+            raise Refused(RtcClose.TRY_AGAIN_LATER, "room could not be loaded; try again", strike=False) from exc
+
+    async def _refresh_owner(self) -> None:
+        """Bring this peer's owner flag in line with the live role before a decision that uses it."""
+        if self.in_call:
+            await self.hub.set_owner(self.room, self.peer_id, await self._owner())
 
     async def handle(self, conn: Connection, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -349,8 +383,9 @@ class CallSession:
                 raise Refused(RtcClose.MALFORMED, "already in the call", strike=False)
             audio = bool(checked(message, "audio", bool, optional=True))
             video = bool(checked(message, "video", bool, optional=True))
+            identity = {**self.principal.identity(), "role": (await self.role()).value}
             peer = CallPeer(
-                self.peer_id, self.principal.identity(), owner=self.principal.role is Role.OWNER,
+                self.peer_id, identity, owner=await self._owner(),
                 audio=audio, video=video, muted=not audio, camera=video,
             )
             room = self.hub.rooms.get(self.room)
@@ -369,8 +404,12 @@ class CallSession:
                 sdp = checked(message, "sdp", str)
                 if len(sdp) > MAX_SDP:
                     raise Refused(RtcClose.MESSAGE_TOO_BIG, f"sdp over {MAX_SDP} bytes")
+                if sdp_sends_media(sdp):
+                    await self._refresh_owner()
             await self.hub.signal(self.room, self.peer_id, message)
         elif kind == "state":
+            if checked(message, "muted", bool, optional=True) is False:
+                await self._refresh_owner()
             await self.hub.state(
                 self.room, self.peer_id,
                 checked(message, "muted", bool, optional=True), checked(message, "camera", bool, optional=True),
@@ -380,9 +419,11 @@ class CallSession:
                 speak = Speak(checked(message, "speak", str))
             except ValueError as exc:
                 raise Refused(RtcClose.MALFORMED, "'speak' must be 'everyone' or 'owners'") from exc
+            await self._refresh_owner()
             await self.hub.set_policy(self.room, self.peer_id, speak, None)
         elif kind == "allow":
             peer = checked(message, "peer", str)
+            await self._refresh_owner()
             await self.hub.set_policy(self.room, self.peer_id, None, (peer, bool(checked(message, "speak", bool))))
         else:
             raise Refused(RtcClose.UNKNOWN_TYPE, f"unknown message type {kind[:40]!r}")
@@ -398,14 +439,18 @@ async def call_endpoint(websocket: WebSocket) -> None:
     await websocket.accept()
     conn = Connection(websocket, secrets.token_hex(6), rtc.settings.limits, kind="call")
     try:
-        room = room_name_from_path(websocket.path_params["room"], 255)
-        principal = authenticate(websocket, room)
+        room = room_name_from_path(websocket.path_params["room"], websocket.app.state.hub.settings.max_room_name)
+        principal = await admit(websocket, room, "call")
     except (AuthError, ProtocolError) as exc:
         log.warning("call refused", extra={"conn": conn.id, "code": exc.code, "reason": exc.reason})
         conn.close_after_pending(exc.code, exc.reason)
         await conn.run(_ignore)
         return
-    session = CallSession(rtc.calls, room, principal, conn.id)
+
+    async def role() -> Role:
+        return await live_role(websocket.app.state.hub, room, principal)
+
+    session = CallSession(rtc.calls, room, principal, conn.id, role)
     try:
         await conn.run(session.handle)
     finally:

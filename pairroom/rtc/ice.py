@@ -22,8 +22,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from pairroom.web.auth import AuthError
-from pairroom.rtc.access import authenticate
+from pairroom.web.auth import AuthError, authenticate
 
 
 def turn_credentials(secret: str, user: str, ttl_seconds: int, now: float | None = None) -> tuple[str, str]:

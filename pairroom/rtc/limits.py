@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import enum
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
+
+from pairroom.rooms.limits import TokenBucket
 
 
 class RtcClose(enum.IntEnum):
@@ -27,6 +28,7 @@ class RtcClose(enum.IntEnum):
     NORMAL = 1000
     MESSAGE_TOO_BIG = 1009  # a message over ``max_message_bytes``
     SERVICE_RESTART = 1012  # the server is shutting down
+    TRY_AGAIN_LATER = 1013  # the room could not be loaded to check the live role
     MALFORMED = 4400  # not JSON, not an object, a field of the wrong type
     UNAUTHORIZED = 4401  # missing, invalid or expired token
     FORBIDDEN = 4403  # a topic or action the token does not allow
@@ -56,26 +58,6 @@ class Refused(Exception):
 
     def frame(self) -> str:
         return json.dumps({"type": "error", "code": int(self.code), "reason": self.reason})
-
-
-class TokenBucket:
-    """``rate`` tokens a second, at most ``burst`` saved up; one token a message."""
-
-    def __init__(self, rate: float, burst: int, clock: Any = time.monotonic) -> None:
-        self.rate = rate
-        self.capacity = float(burst)
-        self.tokens = float(burst)
-        self.clock = clock
-        self.last = clock()
-
-    def take(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
 
 
 class Gate:

@@ -12,9 +12,11 @@ object per text frame:
 Topic scoping. A y-webrtc topic is the ``roomName`` given to ``WebrtcProvider``. With a server
 secret every connection carries a token (``?token=``, at the handshake) and may use only the topics
 of the token's room: the room name itself, or ``ROOM/anything``. Room names never contain ``/``,
-so no room's topics are inside another's. Topics of other rooms are refused with an error frame
-(code 4403) and no strike, because y-webrtc subscribes every room a page knows on every signaling
-connection. Without a secret (open mode) any topic is allowed, as with y-webrtc's own server.
+so no room's topics are inside another's, and a room named ``*`` is a room like any other. Topics
+of other rooms are refused with an error frame (code 4403) and no strike, because y-webrtc
+subscribes every room a page knows on every signaling connection. Without a secret (open mode) any
+topic is allowed, as with y-webrtc's own server: open mode's principals carry ``any_room``, a flag,
+never a room name.
 
 Delivery goes through the ``SignalBus`` port (see bus.py), on channel ``signal:TOPIC``; a node
 subscribes a topic's channel while it has local subscribers. ``clients`` counts the receivers on
@@ -31,8 +33,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from pairroom.web.auth import AuthError, Principal
-from pairroom.rtc.access import authenticate
+from pairroom.web.auth import AuthError, Principal, admit
 from pairroom.rtc.bus import Handler, SignalBus
 from pairroom.rtc.connection import Connection
 from pairroom.rtc.limits import Limits, Refused, RtcClose
@@ -44,7 +45,7 @@ MAX_TOPIC = 512
 
 
 def topic_allowed(principal: Principal, topic: str) -> bool:
-    if principal.room == "*":
+    if principal.any_room:
         return True
     return topic == principal.room or topic.startswith(principal.room + "/")
 
@@ -154,7 +155,7 @@ async def signal_endpoint(websocket: WebSocket) -> None:
     await websocket.accept()
     conn = Connection(websocket, secrets.token_hex(6), rtc.settings.limits, kind="signal")
     try:
-        principal = authenticate(websocket)
+        principal = await admit(websocket, None, "signal")
     except AuthError as exc:
         log.warning("signal refused", extra={"conn": conn.id, "code": exc.code, "reason": exc.reason})
         conn.close_after_pending(exc.code, exc.reason)

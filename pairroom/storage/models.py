@@ -13,9 +13,9 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-ROOM_MAX_LENGTH = 255
-ORIGIN_MAX_LENGTH = 255
-UID_MAX_LENGTH = 64
+from pairroom.storage.store import ORIGIN_MAX_LENGTH, ROOM_MAX_LENGTH, UID_MAX_LENGTH
+
+__all__ = ["ORIGIN_MAX_LENGTH", "ROOM_MAX_LENGTH", "UID_MAX_LENGTH", "Base", "SnapshotRow", "UpdateRow", "UtcMicros"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)

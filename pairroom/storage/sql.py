@@ -43,8 +43,18 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from pairroom.storage.models import ORIGIN_MAX_LENGTH, Base, ROOM_MAX_LENGTH, UID_MAX_LENGTH, SnapshotRow, UpdateRow
-from pairroom.storage.store import LoadedRoom, NewUpdate, Snapshot, StoredUpdate, StoreError
+from pairroom.storage.models import Base, SnapshotRow, UpdateRow
+from pairroom.storage.store import (
+    LoadedRoom,
+    NewUpdate,
+    Snapshot,
+    StoredUpdate,
+    StoreError,
+    check_room,
+    check_seq,
+    check_updates,
+    not_yet_stored,
+)
 
 __all__ = ["SqlStore", "normalize_db_url"]
 
@@ -63,7 +73,6 @@ _SQLITE_PRAGMAS = (
     f"busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}",
     "foreign_keys=ON",
 )
-_MAX_SEQ = 2**63 - 1
 
 _ASYNC_SCHEMES = {
     "sqlite": "sqlite+aiosqlite",
@@ -151,7 +160,7 @@ class SqlStore:
 
     async def load(self, room: str) -> LoadedRoom:
         """The newest snapshot of ``room`` (highest seq), the log after it, and the room's last seq."""
-        _check_text("room", room, ROOM_MAX_LENGTH)
+        check_room(room)
         engine = self._require_open()
         with _failures(f"loading room {room!r}"):
             async with engine.connect() as conn:
@@ -178,12 +187,7 @@ class SqlStore:
         """``append`` for several rooms in one transaction (all or none); returns each room's last seq.
 
         A node holding many quiet rooms writes them together: one commit instead of one per room."""
-        for room, updates in batches.items():
-            _check_text("room", room, ROOM_MAX_LENGTH)
-            for update in updates:
-                _check_text("uid", update.uid, UID_MAX_LENGTH)
-                _check_aware(update.at)
-                _check_text("origin", update.origin, ORIGIN_MAX_LENGTH, allow_empty=True)
+        check_updates(batches)
         engine = self._require_open()
         count = sum(len(updates) for updates in batches.values())
         names = sorted(batches)  # one lock order for every writer: no deadlock between nodes
@@ -204,7 +208,7 @@ class SqlStore:
                 result: dict[str, int] = {}
                 for room in names:
                     last = lasts.get(room, 0)
-                    for update in _not_yet_stored(room, batches[room], stored):
+                    for update in not_yet_stored(room, batches[room], stored):
                         last += 1
                         rows.append({"room": room, "seq": last, "uid": update.uid, "at": update.at,
                                      "origin": update.origin, "data": update.data})
@@ -215,8 +219,8 @@ class SqlStore:
 
     async def write_snapshot(self, room: str, seq: int, data: bytes) -> None:
         """Store the document as of ``seq``, stamped now; a snapshot already at ``seq`` is kept as is."""
-        _check_text("room", room, ROOM_MAX_LENGTH)
-        _check_seq(seq, minimum=0)
+        check_room(room)
+        check_seq(seq, minimum=0)
         engine = self._require_open()
         with _failures(f"writing the snapshot of room {room!r} at seq {seq}"):
             async with _begin_write(engine) as conn:
@@ -230,7 +234,7 @@ class SqlStore:
         self, room: str, after_seq: int = 0, upto_seq: int | None = None
     ) -> list[StoredUpdate]:
         """Log entries of ``room`` with after_seq < seq <= upto_seq, in sequence order."""
-        _check_text("room", room, ROOM_MAX_LENGTH)
+        check_room(room)
         engine = self._require_open()
         with _failures(f"reading the log of room {room!r}"):
             async with engine.connect() as conn:
@@ -247,7 +251,7 @@ class SqlStore:
 
     @property
     def engine(self) -> AsyncEngine:
-        """The open engine, for the adapters beside this one (``recording/history_store.py``)."""
+        """The open engine, for the adapters beside this one (``recording/sql_history.py``)."""
         return self._require_open()
 
     def _require_open(self) -> AsyncEngine:
@@ -437,30 +441,6 @@ async def _last_seqs(conn: AsyncConnection, rooms: Sequence[str]) -> dict[str, i
     return {room: int(last) for room, last in result if last is not None}
 
 
-def _not_yet_stored(
-    room: str, updates: Sequence[NewUpdate], stored: dict[tuple[str, str], bytes]
-) -> list[NewUpdate]:
-    """The updates of the batch whose uid the room does not hold yet, first occurrence each.
-
-    Raises ``StoreError`` if a uid is stored (or repeated in the batch) with different data."""
-    fresh: list[NewUpdate] = []
-    clashes: list[str] = []
-    for update in updates:
-        key = (room, update.uid)
-        known = stored.get(key)
-        if known is None:
-            stored[key] = bytes(update.data)
-            fresh.append(update)
-        elif known != bytes(update.data):
-            clashes.append(update.uid)
-    if clashes:
-        raise StoreError(
-            f"room {room!r} already holds different data for uid {', '.join(clashes[:10])}"
-            + (f" and {len(clashes) - 10} more" if len(clashes) > 10 else "")
-        )
-    return fresh
-
-
 @contextmanager
 def _failures(action: str) -> Iterator[None]:
     """Turn a database failure into ``StoreError`` naming the action, with the failure as its cause."""
@@ -470,20 +450,3 @@ def _failures(action: str) -> Iterator[None]:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         reason = f"{type(exc).__name__}: {detail[0]}" if detail else type(exc).__name__
         raise StoreError(f"{action} failed: {reason}") from exc
-
-
-def _check_text(name: str, value: str, max_length: int, *, allow_empty: bool = False) -> None:
-    """PostgreSQL rejects NUL in text and enforces the length; SQLite would store either silently."""
-    minimum = 0 if allow_empty else 1
-    if not isinstance(value, str) or not minimum <= len(value) <= max_length or "\x00" in value:
-        raise ValueError(f"{name} must be {minimum} to {max_length} characters without NUL, got {value!r:.80}")
-
-
-def _check_seq(seq: int, *, minimum: int) -> None:
-    if isinstance(seq, bool) or not isinstance(seq, int) or not minimum <= seq <= _MAX_SEQ:
-        raise ValueError(f"seq must be an integer from {minimum} to 2**63-1, got {seq!r}")
-
-
-def _check_aware(at: datetime) -> None:
-    if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
-        raise ValueError(f"timestamp must be a timezone-aware datetime, got {at!r}")

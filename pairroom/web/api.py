@@ -1,7 +1,9 @@
 """The room HTTP API: room creation, presence, invite links, live role changes and chat for any member.
 
-Every route authenticates with ``Authorization: Bearer <token>`` for the room in the path (open mode:
-everyone is an anonymous editor). Errors are JSON ``{"error": reason}`` with a precise status.
+Every route goes through the one door, ``web/auth.authenticate``, for the room in the path (open
+mode: everyone is an anonymous editor), and decides with the live role (``live_role``: the room's
+``meta.roles`` over the token's role, the room loaded if it is not). Errors are JSON
+``{"error": reason}`` with a precise status.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from starlette.routing import Route
 from pairroom.protocol.origins import LocalOrigin
 from pairroom.protocol.sync import ProtocolError
 from pairroom.rooms.guards import stamped_chat_entry
-from pairroom.rooms.identity import Principal, Role, anonymous
+from pairroom.rooms.identity import Principal, Role
 from pairroom.rooms.registry import RoomLoadError
 from pairroom.rooms.room import Room
 from pairroom.storage.store import StoreError
-from pairroom.web.auth import AuthError, bearer, mint, verify
+from pairroom.web.auth import AuthError, authenticate, bearer, mint
 from pairroom.web.hub import Hub
 from pairroom.web.lobby import CreationLimiter, NotCreator, new_epoch, verify_creator
 from pairroom.web.websocket import room_name_from_path
@@ -47,15 +49,11 @@ def error(status: int, reason: str) -> Response:
     return JSONResponse({"error": reason}, status)
 
 
-def principal_for(request: Request, room: str) -> Principal:
-    """Who is calling, for ``room``. Raises ApiError(401/403)."""
-    hub: Hub = request.app.state.hub
-    if hub.settings.secret is None:
-        return anonymous(room)
-    try:
-        return verify(hub.settings.secret, bearer(request.headers.get("authorization")), room)
-    except AuthError as exc:
-        raise ApiError(exc.status, exc.reason) from exc
+async def live_role(hub: Hub, room_name: str, principal: Principal) -> Role:
+    """``principal``'s live role in ``room_name`` (``Room.role_of``); a room that is not loaded is
+    loaded for the question, so the stored ``meta.roles`` answers. Raises RoomLoadError."""
+    async with hub.registry.hold(room_name) as room:
+        return room.role_of(principal)
 
 
 def room_of(request: Request) -> str:
@@ -103,9 +101,10 @@ async def stored(room: Room) -> None:
     await room.flush()
 
 
-def require_owner(principal: Principal) -> None:
-    if principal.role is not Role.OWNER:
-        raise ApiError(403, "only an owner may do this")
+def require_owner(role: Role) -> None:
+    """``role`` is the live one (``Room.role_of``), never the token's alone."""
+    if role is not Role.OWNER:
+        raise ApiError(403, f"only an owner may do this; you are {role.value}")
 
 
 def handles_errors(endpoint):  # type: ignore[no-untyped-def]
@@ -117,6 +116,8 @@ def handles_errors(endpoint):  # type: ignore[no-untyped-def]
             if exc.status == 413:  # the rest of the body is not read: end the connection
                 response.headers["connection"] = "close"
             return response
+        except AuthError as exc:
+            return error(exc.status, exc.reason)
         except RoomLoadError as exc:
             return error(503, str(exc))
         except StoreError as exc:
@@ -128,7 +129,7 @@ def handles_errors(endpoint):  # type: ignore[no-untyped-def]
 @handles_errors
 async def presence(request: Request) -> Response:
     room_name = room_of(request)
-    principal_for(request, room_name)
+    authenticate(request, room_name)
     hub: Hub = request.app.state.hub
     room = hub.registry.rooms.get(room_name)
     members = room.presence.members_view() if room is not None else []
@@ -138,13 +139,13 @@ async def presence(request: Request) -> Response:
 @handles_errors
 async def invites(request: Request) -> Response:
     room_name = room_of(request)
-    principal = principal_for(request, room_name)
+    principal = authenticate(request, room_name)
     hub: Hub = request.app.state.hub
     base = (hub.settings.public_url or str(request.base_url)).rstrip("/")
     link = f"{base}/r/{room_name}"
     if hub.settings.secret is None:
         return JSONResponse({"open": True, "url": link})
-    require_owner(principal)
+    require_owner(await live_role(hub, room_name, principal))
     body = await json_body(request)
     roles = body.get("roles", ["editor", "viewer"])
     ttl = body.get("ttl", 8 * 3600)
@@ -243,7 +244,7 @@ def admit_creator(request: Request, hub: Hub) -> None:
 @handles_errors
 async def set_role(request: Request) -> Response:
     room_name = room_of(request)
-    require_owner(principal_for(request, room_name))
+    principal = authenticate(request, room_name)
     body = await json_body(request)
     try:
         role = Role(body.get("role"))
@@ -252,6 +253,7 @@ async def set_role(request: Request) -> Response:
     hub: Hub = request.app.state.hub
     user_id = request.path_params["user"]
     async with hub.registry.hold(room_name) as room:
+        require_owner(room.role_of(principal))
         room.set_role(user_id, role)
         await stored(room)
     return JSONResponse({"user": user_id, "role": role.value})
@@ -261,7 +263,7 @@ async def set_role(request: Request) -> Response:
 async def post_chat(request: Request) -> Response:
     """Chat for every role, viewers included (they cannot write the document themselves)."""
     room_name = room_of(request)
-    principal = principal_for(request, room_name)
+    principal = authenticate(request, room_name)
     body = await json_body(request)
     hub: Hub = request.app.state.hub
     entry = stamped_chat_entry({"text": body.get("text"), "name": body.get("name")}, principal, "api")

@@ -1,8 +1,14 @@
-"""Who is asking: HS256 tokens (pyjwt) carrying room, role, name and color, checked at the door.
+"""The one door: who is asking, checked once per request by ``authenticate``, for every route.
 
-Websocket clients pass the token as ``?token=`` (browsers cannot set headers on websockets), HTTP
-clients as ``Authorization: Bearer``. Without a server secret the server runs in open mode: everyone
-is an anonymous editor (and the server only binds a loopback address, see the CLI).
+Tokens are HS256 JWTs (pyjwt) carrying room, role, name and color. Websocket clients pass the token
+as ``?token=`` (browsers cannot set headers on websockets), HTTP clients as ``Authorization: Bearer``
+(``?token=`` also works, for media elements that cannot send headers). Without a server secret the
+server runs in open mode: everyone is an anonymous editor of any room (and the server only binds a
+loopback address, see the CLI).
+
+``authenticate`` answers who the token names and the role it carries; what a member may do is
+decided with the *live* role, ``Room.role_of(principal)``, which an owner's change (``meta.roles``)
+overrides. ``mint``, ``verify`` and ``claimed_room`` are pure: no request, no server state.
 """
 
 from __future__ import annotations
@@ -10,12 +16,20 @@ from __future__ import annotations
 import secrets
 import time
 from types import ModuleType
+from typing import Any
+
+from starlette.requests import HTTPConnection
 
 from pairroom.rooms.identity import DEFAULT_COLORS, Principal, Role, anonymous
+from pairroom.rooms.extension import Connection, Reject
 
-__all__ = ["AuthError", "Principal", "Role", "anonymous", "bearer", "mint", "verify", "MAX_TOKEN_BYTES"]
+__all__ = [
+    "AuthError", "MAX_TOKEN_BYTES", "Principal", "Role", "anonymous", "authenticate", "bearer",
+    "check_origin", "claimed_room", "forbidden", "mint", "unauthorized", "verify",
+]
 
 ALGORITHM = "HS256"
+MAX_TOKEN_BYTES = 4096
 
 
 def pyjwt() -> ModuleType:
@@ -24,8 +38,6 @@ def pyjwt() -> ModuleType:
     import jwt
 
     return jwt
-
-MAX_TOKEN_BYTES = 4096
 
 
 class AuthError(Exception):
@@ -44,6 +56,54 @@ def unauthorized(reason: str) -> AuthError:
 
 def forbidden(reason: str) -> AuthError:
     return AuthError(4403, 403, reason)
+
+
+# -- the door ------------------------------------------------------------------------------------
+
+
+def authenticate(conn: HTTPConnection, room: str | None) -> Principal:
+    """The principal of this request or websocket, for ``room``. Raises AuthError (4401/4403).
+
+    Every route calls this first. On a websocket the ``Origin`` must be in ``--allowed-origins``
+    (when set): a page of another site cannot open a member's connection with the member's token.
+    ``room`` is None only on routes without one (``/signal``, ``/api/rtc-config``): the token's own
+    room is used (``verify`` checks the signature, so reading the claim first grants nothing).
+    """
+    settings: Any = conn.app.state.hub.settings
+    if conn.scope["type"] == "websocket":
+        check_origin(settings.origins, conn.headers.get("origin"))
+    if settings.secret is None:
+        return anonymous(room)
+    token = conn.query_params.get("token") or bearer(conn.headers.get("authorization"))
+    return verify(settings.secret, token, room if room is not None else claimed_room(token))
+
+
+async def admit(conn: HTTPConnection, room: str | None, endpoint: str) -> Principal:
+    """``authenticate``, then the extensions' ``on_authenticate``: the door of every websocket.
+
+    An extension refuses with ``Reject(code, reason)``; that becomes an ``AuthError`` with its close
+    code, so every endpoint closes the same way whoever refused."""
+    principal = authenticate(conn, room)
+    runner: Any = getattr(conn.app.state, "extensions", None)
+    if runner is not None and runner.has("on_authenticate"):
+        connection = Connection(room if room is not None else principal.room, principal, conn.headers, endpoint)
+        try:
+            await runner.authenticate(connection)
+        except Reject as exc:
+            raise AuthError(exc.code, 403, exc.reason) from exc
+    return principal
+
+
+def check_origin(allowed: frozenset[str], origin: str | None) -> None:
+    """Raise 4403 unless ``origin`` is allowed (an empty allowlist allows any)."""
+    if not allowed:
+        return
+    origin = (origin or "").rstrip("/")
+    if origin not in allowed:
+        raise forbidden(f"origin {origin or '(none)'!r} not allowed")
+
+
+# -- tokens (pure) --------------------------------------------------------------------------------
 
 
 def mint(
@@ -76,7 +136,10 @@ def mint(
 
 
 def verify(secret: str, token: str | None, room: str) -> Principal:
-    """The principal a token names, for ``room``. Raises AuthError (4401 or 4403)."""
+    """The principal a token names, for ``room``. Raises AuthError (4401 or 4403).
+
+    A token names exactly one room: a room called ``*`` is a room like any other, never a wildcard
+    (only open mode's anonymous principals have ``any_room``)."""
     if not token:
         raise unauthorized("missing token")
     if len(token) > MAX_TOKEN_BYTES:
@@ -99,6 +162,23 @@ def verify(secret: str, token: str | None, room: str) -> Principal:
     name = str(claims.get("name") or claims["sub"])[:64]
     color = str(claims.get("color") or DEFAULT_COLORS[0])[:32]
     return Principal(str(claims["sub"]), name, color, role, room)
+
+
+def claimed_room(token: str | None) -> str:
+    """The ``room`` claim of a token, unverified (``verify`` checks it next)."""
+    if not token:
+        raise unauthorized("missing token")
+    if len(token) > MAX_TOKEN_BYTES:
+        raise unauthorized(f"token longer than {MAX_TOKEN_BYTES} bytes")
+    jwt = pyjwt()
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError as exc:
+        raise unauthorized(f"invalid token: {exc}") from exc
+    room = claims.get("room")
+    if not isinstance(room, str) or not room:
+        raise unauthorized("invalid token: no room")
+    return room
 
 
 def bearer(authorization: str | None) -> str | None:

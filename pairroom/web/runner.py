@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import uvicorn
 from starlette.applications import Starlette
 
-from pairroom.config import Settings
 from pairroom.web.http_limits import BodyLimit, TimedHttpToolsProtocol
+
+if TYPE_CHECKING:
+    from pairroom.config import Settings
 
 
 class Server(uvicorn.Server):

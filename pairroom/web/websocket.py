@@ -17,11 +17,10 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from pairroom.protocol.sync import CloseCode, ProtocolError
-from pairroom.rooms.identity import Principal, anonymous
 from pairroom.rooms.member import Member, MemberState
 from pairroom.rooms.registry import RoomLoadError
 from pairroom.rooms.room import Room
-from pairroom.web.auth import AuthError, verify
+from pairroom.web.auth import AuthError, admit
 from pairroom.web.hub import Hub
 from pairroom.rooms.limits import TokenBucket
 
@@ -104,8 +103,9 @@ async def yjs_endpoint(websocket: WebSocket) -> None:
     try:
         try:
             name = room_name_from_path(websocket.path_params["path"], hub.settings.max_room_name)
-            principal = admit(hub, websocket, name)
-        except ProtocolError as exc:
+            # The door, before any document byte is sent: origin, then token.
+            principal = await admit(websocket, name, "yjs")
+        except (ProtocolError, AuthError) as exc:
             client_error(hub, conn, None, exc.code, exc.reason)
             await transport.close(exc.code, exc.reason)
             return
@@ -140,19 +140,8 @@ async def yjs_endpoint(websocket: WebSocket) -> None:
         hub.metrics.connections.dec()
 
 
-def admit(hub: Hub, websocket: WebSocket, room: str) -> Principal:
-    """Check the origin and the token at the door, before any document byte is sent."""
-    origins = hub.settings.origins
-    if origins:
-        origin = (websocket.headers.get("origin") or "").rstrip("/")
-        if origin not in origins:
-            raise ProtocolError(CloseCode.FORBIDDEN, f"origin {origin or '(none)'!r} not allowed")
-    if hub.settings.secret is None:
-        return anonymous(room)
-    try:
-        return verify(hub.settings.secret, websocket.query_params.get("token"), room)
-    except AuthError as exc:
-        raise ProtocolError(CloseCode(exc.code), exc.reason) from exc
+# What a vanished peer raises from a read or a write; anything else is our own error.
+PEER_GONE = (OSError, WebSocketDisconnect, RuntimeError, ConnectionError)
 
 
 async def serve_member(hub: Hub, websocket: WebSocket, room: Room, member: Member) -> None:
@@ -167,11 +156,17 @@ async def serve_member(hub: Hub, websocket: WebSocket, room: Room, member: Membe
         for task in tasks:
             task.cancel()
         results = await asyncio.gather(*tasks, return_exceptions=True)
-    for task, result in zip((reader, sender, kicked), results):
-        if isinstance(result, Exception) and task in done:
+    for task, result in zip((reader, sender, kicked), results, strict=True):
+        if not isinstance(result, Exception) or task not in done:
+            continue
+        if isinstance(result, PEER_GONE):
             # The peer vanished mid-send or mid-read: the connection is over, nothing to report.
-            log.info(
-                "connection ended", extra={"room": room.name, "conn": member.id, "error": repr(result)}
+            log.info("connection ended", extra={"room": room.name, "conn": member.id, "error": repr(result)})
+        else:  # a bug on our side: loud, with its traceback
+            log.error(
+                "connection task failed",
+                exc_info=result,
+                extra={"room": room.name, "conn": member.id, "task": task.get_name()},
             )
     # Leave before closing: a kicked client that stopped reading may hold the close for a while,
     # and the others must not see its presence meanwhile.

@@ -1,7 +1,7 @@
 // The "Join call" button. The call itself (call.js: WebRTC, tiles, controls) is a chunk of its own,
 // loaded the first time the button is pressed, so the room page's initial script stays small.
 
-/** `mountCall({room, token, role, awareness})`: arm #call-join in the #call section. */
+/** `mountCall({room, token, role, awareness})`: arm #call-join in the #call section (`role` answers the live role). */
 export function mountCall(options) {
   const root = document.getElementById('call')
   const button = document.getElementById('call-join')

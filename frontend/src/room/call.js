@@ -73,14 +73,14 @@ export class Call {
    * @param {object} options
    * @param {string} options.room
    * @param {string|null} options.token  the page's token (the server checks it; the role is for display)
-   * @param {string} options.role        the token's role, or 'editor' in open mode
+   * @param {string|function} options.role  the page's live role (a function answering it), or a fixed role
    * @param {object} options.awareness   the room's y-websocket awareness (names, and our call peer id)
    * @param {HTMLElement} options.root   the #call section; its #call-join button toggles joining
    */
   constructor({ room, token, role, awareness, root }) {
     this.room = room
     this.token = token
-    this.role = role
+    this.roleOf = typeof role === 'function' ? role : () => role
     this.awareness = awareness
     this.root = root
     this.joinButton = root.querySelector('#call-join')
@@ -190,6 +190,11 @@ export class Call {
         return undefined
       default: return undefined // pong
     }
+  }
+
+  /** The page's role now: it follows `meta.roles`, and the server decides with the same live role. */
+  get role() {
+    return this.roleOf()
   }
 
   joined({ peer, peers, policy }) {

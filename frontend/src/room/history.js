@@ -27,10 +27,9 @@ export class HistoryPanel {
     this.api = api
     this.meta = doc.getMap('meta')
     this.current = current
-    this.canWrite = canWrite
     this.versions = []
     this.$ = (id) => document.getElementById(id)
-    this.$('version-form').hidden = !canWrite
+    this.setCanWrite(canWrite)
     this.$('version-form').addEventListener('submit', (event) => {
       event.preventDefault()
       const name = this.$('version-name').value.trim()
@@ -45,6 +44,13 @@ export class HistoryPanel {
     this.$('versions-refresh').addEventListener('click', () => this.call(() => this.load()))
     this.$('diff-close').addEventListener('click', () => { this.$('diff').hidden = true })
     this.meta.observeDeep(() => this.renderOff())
+  }
+
+  /** Viewers read history; the page's live role decides (an owner's change in ``meta.roles``). */
+  setCanWrite(canWrite) {
+    this.canWrite = canWrite
+    this.$('version-form').hidden = !canWrite
+    this.render()
   }
 
   get recordingOff() {

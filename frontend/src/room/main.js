@@ -23,6 +23,7 @@ import { startReplay } from './replay.js'
 import { mountCall } from './call-button.js'
 
 const $ = (id) => document.getElementById(id)
+const ROLES = ['owner', 'editor', 'reviewer', 'viewer']
 
 const match = location.pathname.match(/^\/r\/([^/]+)(\/replay)?\/?$/)
 const room = match ? decodeURIComponent(match[1]) : ''
@@ -45,11 +46,15 @@ if (match?.[2]) {
 }
 
 function startRoom() {
-  // Only for display: the server checks the token and enforces the role on every update.
+  // Only for display: the server checks the token and enforces the live role on every update. The
+  // page starts with the token's role and follows the room's `meta.roles` (an owner's live change)
+  // for its user from then on, without a reload: see applyRole below.
   const claims = tokenClaims(token)
-  const role = typeof claims?.role === 'string' ? claims.role : 'editor'
-  const readOnly = role === 'viewer'
-  const writesFiles = !readOnly && role !== 'reviewer' // reviewers comment; the server drops their file edits
+  const myId = typeof claims?.sub === 'string' ? claims.sub : null
+  const tokenRole = ROLES.includes(claims?.role) ? claims.role : 'editor'
+  let role = tokenRole
+  let readOnly = role === 'viewer'
+  let writesFiles = !readOnly && role !== 'reviewer' // reviewers comment; the server drops their file edits
   const identity = claims?.name ? { name: String(claims.name), color: claims.color || localIdentity().color } : localIdentity()
 
   rememberRoom(room, roomPath(room, token))
@@ -69,12 +74,14 @@ function startRoom() {
   setUser(identity.name)
 
   // Header: role badge, connection, copy link.
-  if (readOnly || claims?.role) {
+  function showRole() {
     const badge = $('role-badge')
-    badge.hidden = false
+    badge.hidden = !(readOnly || claims?.role)
     badge.textContent = readOnly ? 'Viewer · read-only' : role
     badge.classList.toggle('viewer', readOnly)
+    badge.dataset.role = role
   }
+  showRole()
   const status = new ConnectionStatus(provider, doc, [local], ({ state, label }) => {
     $('connection').dataset.state = state
     $('connection-text').textContent = label
@@ -93,6 +100,8 @@ function startRoom() {
 
   // The editor: one view, a new state per open file, bound to that file's Y.Text.
   const language = new Compartment()
+  const permissions = new Compartment() // read-only or not: follows the live role
+  const permissionsFor = () => [EditorState.readOnly.of(!writesFiles), EditorView.editable.of(!readOnly)]
   const view = new EditorView({ parent: $('editor') })
   let current = null // {path, ytext, undo}
   let runs = null // the output panel, made below
@@ -111,8 +120,7 @@ function startRoom() {
         basicSetup,
         keymap.of([indentWithTab]), // Escape then Tab leaves the editor (CodeMirror's tab focus mode)
         language.of([]),
-        EditorState.readOnly.of(!writesFiles),
-        EditorView.editable.of(!readOnly),
+        permissions.of(permissionsFor()),
         EditorView.contentAttributes.of({ 'aria-label': `${path} (${languageName(path)})` }),
         yCollab(ytext, awareness, { undoManager: undo }),
         reviews.extension(view, path, ytext),
@@ -162,20 +170,19 @@ function startRoom() {
     problemFor,
   })
 
-  if (writesFiles) {
-    $('new-file-form').hidden = false
-    $('new-file-form').addEventListener('submit', (event) => {
-      event.preventDefault()
-      const path = $('new-file-path').value.trim()
-      const problem = problemFor(path)
-      $('file-error').textContent = problem ?? ''
-      if (problem) return
-      createFile(files, path)
-      $('new-file-path').value = ''
-      openFile(path)
-      view.focus()
-    })
-  }
+  $('new-file-form').hidden = !writesFiles
+  $('new-file-form').addEventListener('submit', (event) => {
+    event.preventDefault()
+    if (!writesFiles) return
+    const path = $('new-file-path').value.trim()
+    const problem = problemFor(path)
+    $('file-error').textContent = problem ?? ''
+    if (problem) return
+    createFile(files, path)
+    $('new-file-path').value = ''
+    openFile(path)
+    view.focus()
+  })
 
   files.observe((event) => {
     const changes = event.changes.keys
@@ -232,7 +239,7 @@ function startRoom() {
 
   // People, raised hands and follow mode; then chat.
   people = new People({
-    awareness, view, role, myId: typeof claims?.sub === 'string' ? claims.sub : null,
+    awareness, view, role, myId,
     els: {
       list: $('people-list'), count: $('people-count'), hand: $('raise-hand'), lead: $('lead'),
       banner: $('follow-banner'), bannerText: $('follow-text'), stop: $('follow-stop'),
@@ -283,11 +290,41 @@ function startRoom() {
     performance.mark('pairroom:interactive')
   }
 
-  mountCall({ room, token, role, awareness }) // audio/video: call.js loads on "Join call"
+  mountCall({ room, token, role: () => role, awareness }) // audio/video: call.js loads on "Join call"
+
+  // The live role: an owner's change to this user's entry in `meta.roles` (the server's copy; a
+  // client's own write there is reverted) applies at once: editor, file tree, buttons and panels.
+  const meta = doc.getMap('meta')
+  function liveRole() {
+    const roles = meta.get('roles')
+    const changed = myId && roles instanceof Y.Map ? roles.get(myId) : undefined
+    return ROLES.includes(changed) ? changed : tokenRole
+  }
+  function applyRole() {
+    const next = liveRole()
+    if (next === role) return
+    role = next
+    readOnly = role === 'viewer'
+    writesFiles = !readOnly && role !== 'reviewer'
+    showRole()
+    view.dispatch({ effects: permissions.reconfigure(permissionsFor()) })
+    $('new-file-form').hidden = !writesFiles
+    tree.canWrite = writesFiles
+    tree.render(sortedPaths(), current?.path ?? null)
+    if (!current) closeFile() // its hint depends on the role
+    reviews.setRole(role)
+    runs.setRole(role)
+    history.setCanWrite(!readOnly)
+    people.setRole(role)
+  }
+  meta.observeDeep(applyRole)
+  applyRole()
 
   // For tests and debugging from the console.
   window.pairroom = {
-    doc, files, chat, provider, awareness, view, status, readOnly, runs, history, reviews, people,
+    doc, files, chat, provider, awareness, view, status, runs, history, reviews, people,
+    get role() { return role },
+    get readOnly() { return readOnly },
     get currentPath() { return current?.path ?? null },
     openFile,
   }

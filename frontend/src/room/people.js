@@ -38,6 +38,16 @@ export class People {
     this.changed()
   }
 
+  /** The page's live role changed (an owner's change in ``meta.roles``). */
+  setRole(role) {
+    this.role = role
+    this.els.lead.hidden = role !== 'owner'
+    if (role !== 'owner' && typeof this.awareness.getLocalState()?.leading === 'number') {
+      this.awareness.setLocalStateField('leading', null)
+    }
+    this.render()
+  }
+
   // -- what this browser publishes ----------------------------------------------------------------
 
   toggleHand() {

@@ -103,9 +103,8 @@ export class Reviews {
     this.doc = doc
     this.reviews = doc.getMap('reviews')
     this.api = api
-    this.canComment = role !== 'viewer'
-    this.canApply = role === 'owner' || role === 'editor'
     this.button = button
+    this.setRole(role)
     this.name = name // my display name: the server keeps it in open mode and replaces it with the token's otherwise
     this.view = null
     this.path = null
@@ -117,10 +116,15 @@ export class Reviews {
     this.ui = null // review-thread.js, once loaded
     this.scheduled = false
     this.reviews.observeDeep(() => this.schedule())
-    if (button) {
-      button.hidden = !this.canComment
-      button.addEventListener('click', () => this.startDraft())
-    }
+    button?.addEventListener('click', () => this.startDraft())
+  }
+
+  /** The page's live role changed (an owner's change in ``meta.roles``): redraw what it allows. */
+  setRole(role) {
+    this.canComment = role !== 'viewer'
+    this.canApply = role === 'owner' || role === 'editor'
+    if (this.button) this.button.hidden = !this.canComment
+    if (this.view) this.renderAll(this.view.state)
   }
 
   /** The editor extensions for ``path``, bound to its ``ytext``: call when a file is opened. */

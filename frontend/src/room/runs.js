@@ -125,6 +125,12 @@ export class RunPanel {
     this.render()
   }
 
+  /** The page's live role changed (an owner's change in ``meta.roles``). */
+  setRole(role) {
+    this.role = role
+    this.render()
+  }
+
   get mayRun() {
     const policy = this.meta.get('policy')
     const runPolicy = policy instanceof Y.Map ? policy.get('run') : undefined
