@@ -696,3 +696,40 @@ async def test_export_skips_a_hostile_file_name_and_import_refuses_bytes_that_do
         assert len(original.doc.get("files", type=Map)) == len(hostile) + 2
         await reader.close()
         await original.close()
+
+
+async def test_tokens_of_a_deleted_room_do_not_open_a_room_created_later_under_its_name(tmp_path: Path) -> None:
+    from pairroom.web.auth import mint
+    from pairroom.web.lobby import mint_creator
+
+    async with plain_server(tmp_path, secret=SECRET) as s, httpx_client(s) as http:
+        creator = {"authorization": f"Bearer {mint_creator(SECRET, 'ops')}"}
+        name = room("reborn")
+        before_cli = mint(SECRET, name, "owner", "Old operator token", now=time.time() - 5)  # no epoch, issued before
+        first = (await http.post("/api/rooms", json={"room": name}, headers=creator)).json()
+        old_owner = first["invites"][0]["token"]
+        old = {"authorization": f"Bearer {old_owner}"}
+        invited = await http.post(f"/api/rooms/{name}/invites", json={"roles": ["editor"]}, headers=old)
+        old_editor = invited.json()["invites"][0]["token"]
+        assert (await http.post(f"/api/rooms/{name}/chat", json={"text": "first room"}, headers=old)).status_code == 201
+        deleted = await http.delete(f"/api/rooms/{name}", headers=old)
+        assert deleted.status_code in (200, 204), deleted.text
+        again = await http.post("/api/rooms", json={"room": name}, headers=creator)
+        assert again.status_code == 201, again.text
+        new_owner = again.json()["invites"][0]["token"]
+        after_cli = mint(SECRET, name, "editor", "New operator token")  # issued after the creation
+
+        for stale in (old_owner, old_editor, before_cli):
+            door = await YClient.connect(s.ws(name) + "?token=" + stale)
+            await eventually(lambda: door.close_code is not None, what="the stale token was refused")
+            assert door.close_code == 4403 and "earlier room" in (door.close_reason or "")
+            assert len(door.doc.get("chat", type=Array)) == 0  # not a byte of the new room was sent
+            chat = await http.post(f"/api/rooms/{name}/chat", json={"text": "hijack"},
+                                   headers={"authorization": f"Bearer {stale}"})
+            assert chat.status_code == 403 and "earlier room" in chat.json()["error"]
+        for fresh in (new_owner, after_cli):
+            member = await YClient.connect(s.ws(name) + "?token=" + fresh)
+            await asyncio.wait_for(member.synced.wait(), 10)
+            assert member.close_code is None
+            await member.close()
+        assert (await http.get(f"/api/rooms/{name}/presence", headers={"authorization": f"Bearer {new_owner}"})).status_code == 200

@@ -30,7 +30,7 @@ from pairroom.protocol.sync import CloseCode, Message, MessageType, ProtocolErro
 from pairroom.storage.store import LoadedRoom, NewUpdate, Store, StoreError, clip_label
 from .extension import Change, ExtensionRunner
 from .guards import DocumentGuards
-from .identity import Principal, Role
+from .identity import Principal, Role, earlier_room
 from pairroom.rooms.member import Member
 from pairroom.rooms.presence import Presence
 
@@ -390,6 +390,12 @@ class Room:
         for member in list(self.members.values()):
             if member is not exclude:
                 member.send(frame, update)
+
+    def stale_token(self, principal: Principal) -> str | None:
+        """Why ``principal``'s token is for an earlier room of this name (deleted, then created again),
+        or None: ``identity.earlier_room`` against this room's ``meta.epoch``."""
+        meta = self.doc.get("meta", type=Map)
+        return earlier_room(principal, meta.get("epoch"), meta.get("createdAt"))
 
     def role_of(self, principal: Principal) -> Role:
         """The live role of ``principal`` here: an owner's change (``meta.roles``, held in ``roles``)

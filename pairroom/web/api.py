@@ -53,7 +53,15 @@ async def live_role(hub: Hub, room_name: str, principal: Principal) -> Role:
     """``principal``'s live role in ``room_name`` (``Room.role_of``); a room that is not loaded is
     loaded for the question, so the stored ``meta.roles`` answers. Raises RoomLoadError."""
     async with hub.registry.hold(room_name) as room:
+        refuse_stale(room, principal)
         return room.role_of(principal)
+
+
+def refuse_stale(room: Room, principal: Principal) -> None:
+    """403 for a token of an earlier room of this name (deleted, then created again)."""
+    stale = room.stale_token(principal)
+    if stale is not None:
+        raise ApiError(403, stale)
 
 
 def room_of(request: Request) -> str:
@@ -129,9 +137,11 @@ def handles_errors(endpoint):  # type: ignore[no-untyped-def]
 @handles_errors
 async def presence(request: Request) -> Response:
     room_name = room_of(request)
-    authenticate(request, room_name)
+    principal = authenticate(request, room_name)
     hub: Hub = request.app.state.hub
     room = hub.registry.rooms.get(room_name)
+    if room is not None:
+        refuse_stale(room, principal)
     members = room.presence.members_view() if room is not None else []
     return JSONResponse({"room": room_name, "members": members})
 
@@ -153,6 +163,8 @@ async def invites(request: Request) -> Response:
         raise ApiError(400, f"ttl must be seconds between 1 and {MAX_TTL}")
     if not isinstance(roles, list) or not roles:
         raise ApiError(400, "roles must be a non-empty list")
+    async with hub.registry.hold(room_name) as room:
+        epoch = room.doc.get("meta", type=Map).get("epoch")  # invites are for this room, not a later one
     out = []
     for role in roles:
         try:
@@ -160,7 +172,8 @@ async def invites(request: Request) -> Response:
         except ValueError as exc:
             raise ApiError(400, f"unknown role {role!r}") from exc
         name = str(body.get("name") or parsed.value.capitalize())[:64]
-        token = mint(hub.settings.secret, room_name, parsed, name, ttl_seconds=ttl)
+        token = mint(hub.settings.secret, room_name, parsed, name, ttl_seconds=ttl,
+                     epoch=epoch if isinstance(epoch, str) else None)
         out.append({"role": parsed.value, "token": token, "url": f"{link}?token={token}"})
     return JSONResponse({"open": False, "invites": out}, 201)
 
@@ -270,6 +283,7 @@ async def post_chat(request: Request) -> Response:
     if entry is None:
         raise ApiError(400, "text must be a non-empty string of at most 4096 bytes")
     async with hub.registry.hold(room_name) as room:
+        refuse_stale(room, principal)
         with room.local_change(LocalOrigin("chat")) as doc:
             doc.get("chat", type=Array).append(entry)
         await stored(room)

@@ -22,6 +22,7 @@ from starlette.requests import HTTPConnection
 
 from pairroom.rooms.identity import DEFAULT_COLORS, Principal, Role, anonymous
 from pairroom.rooms.extension import Connection, Reject
+from pairroom.rooms.registry import RoomLoadError
 
 __all__ = [
     "AuthError", "MAX_TOKEN_BYTES", "Principal", "Role", "anonymous", "authenticate", "bearer",
@@ -84,6 +85,8 @@ async def admit(conn: HTTPConnection, room: str | None, endpoint: str) -> Princi
     An extension refuses with ``Reject(code, reason)``; that becomes an ``AuthError`` with its close
     code, so every endpoint closes the same way whoever refused."""
     principal = authenticate(conn, room)
+    if principal.epoch is not None or principal.issued_at:  # a token: is it this room's, or an earlier one's?
+        await check_room_identity(conn, room if room is not None else principal.room, principal)
     runner: Any = getattr(conn.app.state, "extensions", None)
     if runner is not None and runner.has("on_authenticate"):
         connection = Connection(room if room is not None else principal.room, principal, conn.headers, endpoint)
@@ -92,6 +95,19 @@ async def admit(conn: HTTPConnection, room: str | None, endpoint: str) -> Princi
         except Reject as exc:
             raise AuthError(exc.code, 403, exc.reason) from exc
     return principal
+
+
+async def check_room_identity(conn: HTTPConnection, room: str, principal: Principal) -> None:
+    """Raise 4403 when the token is for an earlier room of this name (``Room.stale_token``). The room
+    is loaded for the question (the join that follows uses it)."""
+    hub: Any = conn.app.state.hub
+    try:
+        async with hub.registry.hold(room) as held:
+            stale = held.stale_token(principal)
+    except RoomLoadError:
+        return  # the join that follows fails with its own code (1013: try again later)
+    if stale is not None:
+        raise forbidden(stale)
 
 
 def check_origin(allowed: frozenset[str], origin: str | None) -> None:
@@ -161,7 +177,13 @@ def verify(secret: str, token: str | None, room: str) -> Principal:
         raise forbidden("token is for another room")
     name = str(claims.get("name") or claims["sub"])[:64]
     color = str(claims.get("color") or DEFAULT_COLORS[0])[:32]
-    return Principal(str(claims["sub"]), name, color, role, room)
+    epoch = claims.get("epoch")
+    issued = claims.get("iat")
+    return Principal(
+        str(claims["sub"]), name, color, role, room,
+        epoch=epoch if isinstance(epoch, str) else None,
+        issued_at=issued if isinstance(issued, int) and not isinstance(issued, bool) else 0,
+    )
 
 
 def claimed_room(token: str | None) -> str:
