@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 import pytest_asyncio
-from pycrdt import Array, Map, Text
+from pycrdt import Array, Doc, Map, Text
 
 from pairroom.app import create_app
 from pairroom.config import Settings
@@ -733,3 +733,76 @@ async def test_tokens_of_a_deleted_room_do_not_open_a_room_created_later_under_i
             assert member.close_code is None
             await member.close()
         assert (await http.get(f"/api/rooms/{name}/presence", headers={"authorization": f"Bearer {new_owner}"})).status_code == 200
+
+
+# -- updates waiting for missing changes are bounded ----------------------------------------------------
+
+
+def gap_update(client_id: int, size: int = 1000) -> bytes:
+    """A well-formed update whose structs start at clock 100 of a client nobody has seen."""
+    doc = Doc(client_id=client_id)
+    text = doc.get("text", type=Text)
+    text.insert(0, "a" * 100)
+    have = doc.get_state()
+    text.insert(100, "x" * size)
+    return doc.get_update(have)
+
+
+async def test_updates_waiting_on_missing_changes_are_bounded_per_connection(tmp_path: Path) -> None:
+    from pairroom.protocol import sync as protocol
+
+    async with plain_server(tmp_path, rate_limit=100_000.0, rate_burst=100_000) as s:
+        name, other = room("held"), room("calm")
+        flooder = await YClient.connect(s.ws(name))
+        honest = await YClient.connect(s.ws(name))
+        a, b = await YClient.connect(s.ws(other)), await YClient.connect(s.ws(other))
+        await asyncio.gather(*(c.synced.wait() for c in (flooder, honest, a, b)))
+        rss_before = rss_mib()
+        sent = 0
+        for i in range(3000):  # 3 MB of updates that can never integrate
+            if flooder.close_code is not None:
+                break
+            with contextlib.suppress(Exception):
+                await flooder.send_raw(protocol.sync_update(gap_update(10_000 + i)))
+                sent += 1
+        await eventually(lambda: flooder.close_code is not None, timeout=20, what="the flooder was closed")
+        assert flooder.close_code == 4422 and "waiting for changes" in (flooder.close_reason or "")
+        held = s.hub.registry.rooms[name].held
+        assert flooder_gone(held)
+        # the room and another room carry on
+        honest.text.insert(0, "still editing")
+        watcher = await YClient.connect(s.ws(name))
+        await eventually(lambda: str(watcher.text) == "still editing", what="the room carries on")
+        assert (await edit_latencies(a, b, 5))
+        assert rss_mib() - rss_before < 60
+        for client in (flooder, honest, watcher, a, b):
+            await client.close()
+
+
+def flooder_gone(held: Any) -> bool:
+    return sum(w.size for waiting in held.waiting.values() for w in waiting) <= 1024 * 1024
+
+
+async def test_an_update_that_arrives_before_what_it_builds_on_is_integrated_once_it_can(tmp_path: Path) -> None:
+    """A client that got a peer's change another way (WebRTC) may send its own edit on top first."""
+    from pairroom.protocol import sync as protocol
+
+    async with plain_server(tmp_path) as s:
+        name = room("order")
+        base_doc, on_top = Doc(client_id=111), Doc(client_id=222)
+        base_doc.get("text", type=Text).insert(0, "base ")
+        base = base_doc.get_update()
+        on_top.apply_update(base)
+        have = on_top.get_state()
+        on_top.get("text", type=Text).insert(5, "and more")
+        dependent = on_top.get_update(have)
+        early = await YClient.connect(s.ws(name))
+        late = await YClient.connect(s.ws(name))
+        await asyncio.gather(early.synced.wait(), late.synced.wait())
+        await early.send_raw(protocol.sync_update(dependent))
+        await late.send_raw(protocol.sync_update(base))
+        reader = await YClient.connect(s.ws(name))
+        await eventually(lambda: str(reader.text) == "base and more", what="both integrated")
+        assert early.close_code is None and late.close_code is None
+        for client in (early, late, reader):
+            await client.close()
