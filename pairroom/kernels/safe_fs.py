@@ -69,7 +69,7 @@ async def run_off_loop(fn: Callable[..., T], *args: object, timeout: float, what
     def work() -> None:
         try:
             result = fn(*args)
-        except BaseException as exc:  # handed to the awaiting task, which raises it
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task, which raises it
             loop.call_soon_threadsafe(settle, None, exc)
         else:
             loop.call_soon_threadsafe(settle, result, None)
