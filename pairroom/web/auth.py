@@ -85,8 +85,8 @@ async def admit(conn: HTTPConnection, room: str | None, endpoint: str) -> Princi
     An extension refuses with ``Reject(code, reason)``; that becomes an ``AuthError`` with its close
     code, so every endpoint closes the same way whoever refused."""
     principal = authenticate(conn, room)
-    if principal.epoch is not None or principal.issued_at:  # a token: is it this room's, or an earlier one's?
-        await check_room_identity(conn, room if room is not None else principal.room, principal)
+    if room is not None and not principal.anonymous:  # a room's token: this room's, or an earlier one's?
+        await check_room_identity(conn, room, principal)
     runner: Any = getattr(conn.app.state, "extensions", None)
     if runner is not None and runner.has("on_authenticate"):
         connection = Connection(room if room is not None else principal.room, principal, conn.headers, endpoint)
