@@ -24,6 +24,7 @@ from pairroom.cluster.extension import ClusterBridge
 from pairroom.config import Settings
 from pairroom.extension_loader import Installed, installed
 from pairroom.kernels.extension import Kernels
+from pairroom.marketplace.extension import Marketplace
 from pairroom.recording.extension import Recording
 from pairroom.review.extension import Review
 from pairroom.rooms.extension import Extension, ExtensionRunner, Supervisor
@@ -32,6 +33,7 @@ from pairroom.rooms.persistence import Persistence
 from pairroom.rooms.registry import RoomRegistry
 from pairroom.rtc.extension import Calls
 from pairroom.storage.store import Store, StoreError, open_store
+from pairroom.terminal.extension import Terminals
 from pairroom.web import api, static
 from pairroom.web.hub import Hub
 from pairroom.web.metrics import Metrics
@@ -51,8 +53,10 @@ def builtin_extensions(settings: Settings) -> list[Extension]:
         Kernels(
             settings.kernel_settings(), enabled=settings.kernels, clustered=bool(settings.redis), shutdown_timeout=limit
         ),
+        Terminals(settings.kernel_settings(), enabled=settings.kernels, options=settings.extension_settings("terminals")),
         Calls(settings.rtc, clustered=bool(settings.redis)),
         Recording(settings.extra, limit),
+        Marketplace(settings.extension_catalog, settings.extension_catalog_root, settings.extension_catalog_cache),
     ]
 
 
@@ -122,9 +126,9 @@ def extension_routes(runner: ExtensionRunner) -> list[BaseRoute]:
 
 def redis_broker(url: str, node_id: str) -> Broker:
     """The Redis broker, imported only by nodes that use one (redis-py is about 6 MiB resident)."""
-    from pairroom.cluster.redis_broker import RedisBroker
+    from pairroom.cluster.redis_broker import open_broker
 
-    return RedisBroker(url, node_id)
+    return open_broker(url, node_id)
 
 
 async def bounded_close(store: Store, seconds: float) -> None:
@@ -172,7 +176,7 @@ async def readyz(request: Request) -> Response:
     if not hub.cluster.connected:
         # Local members are still served, but a new member here would not see other nodes' edits
         # until the broker is back: a load balancer should send newcomers elsewhere.
-        return JSONResponse({"status": "degraded", "broker": "disconnected, reconnecting"}, 503)
+        return JSONResponse({"status": "degraded", "broker": hub.cluster.problem}, 503)
     return JSONResponse({"status": "ready", "rooms": len(hub.registry.rooms)})
 
 

@@ -16,6 +16,7 @@ from pairroom import extension_loader
 from pairroom.rooms.extension import Extension
 
 from pairroom.web import logs
+from pairroom.marketplace import commands as extensions_cli
 from pairroom.recording import export as recorder_cli
 from pairroom.rooms.identity import Role
 from pairroom.app import create_app
@@ -78,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         "else creating needs a token from pairroom token --creator",
     )
     serve.add_argument("--lobby-rooms-per-minute", type=float, help="an open lobby's rooms per client address (default 10)")
-    serve.add_argument("--redis", help="redis://host:port/db: share rooms with other nodes (PAIRROOM_REDIS)")
+    serve.add_argument("--redis", help="redis://host:port/db, or a Redis Cluster as redis+cluster://host:port[,host:port...]: "
+        "share rooms with other nodes (PAIRROOM_REDIS)")
     serve.add_argument("--node-id", help="this node's id among the nodes (default: random)")
     serve.add_argument(
         "--kernels", action=argparse.BooleanOptionalAction, default=None,
@@ -97,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="run this installed third-party extension (repeatable; PAIRROOM_EXTENSIONS=a,b);"
         " its settings come from PAIRROOM_EXT_<NAME>_<KEY>",
     )
+    serve.add_argument(
+        "--extension-catalog", metavar="FILE_OR_URL",
+        help="the extension catalog: a local JSON file, or a TUF repository URL (PAIRROOM_EXTENSION_CATALOG)",
+    )
+    serve.add_argument(
+        "--extension-catalog-root", metavar="ROOT_JSON",
+        help="the pinned TUF root metadata a catalog URL is verified against (PAIRROOM_EXTENSION_CATALOG_ROOT)",
+    )
 
     token = commands.add_parser("token", help="mint an access token for a room")
     token.add_argument("room", nargs="?", help="the room (not with --creator)")
@@ -112,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--user-id", help="stable user id (default: random)")
     token.add_argument("--secret", help="token signing secret (default PAIRROOM_SECRET)")
     recorder_cli.add_arguments(commands, Settings.from_env().db)
+    extensions_cli.add_arguments(commands)
     return parser
 
 
@@ -166,12 +177,27 @@ def token_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def extensions_command(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"pairroom: {exc}", file=sys.stderr)
+        return 2
+    context = extensions_cli.Context(
+        settings.extensions, settings.extension_catalog, settings.extension_catalog_root,
+        settings.extension_catalog_cache,
+    )
+    return extensions_cli.run(args, context)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "token":
         return token_command(args)
     if args.command in recorder_cli.COMMANDS:
         return recorder_cli.COMMANDS[args.command](args)
+    if args.command == "extensions":
+        return extensions_command(args)
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         settings = Settings.from_env(**overrides)

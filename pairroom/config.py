@@ -75,6 +75,10 @@ class Settings:
     extensions: tuple[str, ...] = ()
     # every PAIRROOM_EXT_<NAME>_<KEY> variable, without the PAIRROOM_EXT_ prefix; see extension_settings
     extension_env: Mapping[str, str] = field(default_factory=dict)
+    # the extension catalog: a local file (trusted as the operator's own) or a TUF repository URL
+    extension_catalog: str = ""
+    extension_catalog_root: str = ""  # the pinned TUF root.json of a catalog URL
+    extension_catalog_cache: str = ""  # where the TUF client keeps trusted metadata (default ~/.cache/pairroom/catalog)
 
     @property
     def origins(self) -> frozenset[str]:

@@ -383,7 +383,7 @@ async def test_presence_a_viewer_records_is_bounded_per_connection(tmp_path: Pat
         for clock in range(1, 400):
             await viewer.send_raw(awareness_frame([(viewer.doc.client_id, clock, state % clock)]))
         await eventually(lambda: viewer.doc.client_id in presence.awareness.states
-                         and presence.awareness.meta[viewer.doc.client_id]["clock"] == 399, timeout=20)
+                         and presence.awareness.meta[viewer.doc.client_id]["clock"] >= 399, timeout=20)
         elapsed = time.monotonic() - started
         limits = presence.limits
         allowed = limits.recorded_burst_bytes + limits.recorded_bytes_per_second * elapsed

@@ -9,8 +9,14 @@ Rich outputs keep their MIME bundles as the kernel sent them (images are base64 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+CELL = re.compile(r"Cell In\[\d+\], line (\d+)")
+FRAME = re.compile(r"File ((?:~|/)[^\s:]*):(\d+)")  # IPython writes the kernel's home (the room) as ~
+LIBRARY = re.compile(r".*/(?:site-packages|dist-packages|lib/python3(?:\.\d+)?)/")
 
 
 def to_output(msg_type: str, content: dict[str, Any]) -> dict[str, Any] | None:
@@ -125,6 +131,43 @@ class OutputCap:
                     kept.append(cut)
         kept.append(marker(self.limit))
         return kept
+
+
+def shown_path(path: str, roots: tuple[str, ...]) -> str:
+    """A path as the room may see it: relative to the room's folder, a library's module path, or the
+    file's name; never where the server keeps things."""
+    if path.startswith("~/"):
+        return path[2:]
+    for root in roots:
+        if path.startswith(root.rstrip("/") + "/"):
+            return path[len(root.rstrip("/")) + 1 :]
+    library = LIBRARY.match(path)
+    if library:
+        return path[library.end() :]
+    return path.rsplit("/", 1)[-1]
+
+
+def room_traceback(output: dict[str, Any], label: str, roots: tuple[str, ...]) -> dict[str, Any]:
+    """An error output told in the room's terms: ``main.py, line 4`` for the run's code (``label``)
+    instead of ``Cell In[2], line 4``, and frames in the room's files or libraries without the server's
+    paths. The colours go too: the page shows tracebacks as plain text."""
+
+    def frame(match: re.Match[str]) -> str:
+        return f"File {shown_path(match.group(1), roots)}, line {match.group(2)}"
+
+    def clean(text: str) -> str:
+        text = CELL.sub(lambda m: f"{label}, line {m.group(1)}", ANSI.sub("", text))
+        text = FRAME.sub(frame, text)
+        for root in roots:
+            text = text.replace(root.rstrip("/") + "/", "")
+        return text
+
+    lines = output.get("traceback")
+    return {
+        **output,
+        "evalue": clean(str(output.get("evalue", ""))),
+        "traceback": [clean(str(line)) for line in lines] if isinstance(lines, list) else [],
+    }
 
 
 def marker(limit: int) -> dict[str, Any]:

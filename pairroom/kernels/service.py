@@ -7,8 +7,10 @@ Life of a room kernel::
     next run on a dead kernel --> restarting (a fresh process over the same working dir) --> busy
     no run for idle_shutdown_seconds --> stopped; the next run starts over from the pool
 
-Runs are queued per room and executed one at a time, in order. Before each run the room's ``files``
-are written into the kernel's working directory, so a run can import the room's other files.
+Runs are queued per room and executed one at a time, in order. The kernel's working directory is
+the room's workspace (``pairroom.workspace``): before each run the workspace is flushed, so a run
+can import the room's other files, and after it the disk is scanned, so files the run wrote come
+back into the document attributed to whoever asked for the run.
 
 A ``RoomKernel`` keeps its room loaded (``registry.hold``) while it lives, so outputs can be written
 even when nobody is connected. Which node runs a room's kernel is asked of a ``KernelLease`` before
@@ -37,13 +39,15 @@ from pycrdt import Map
 from pairroom.protocol.origins import LocalOrigin
 from pairroom.rooms.registry import RoomRegistry
 from pairroom.rooms.room import Room
-from pairroom.kernels import rundoc, safe_fs
+from pairroom.kernels import rundoc
+from pairroom.workspace import safe_fs
 from pairroom.kernels.kernel import Kernel, KernelStartError, Outcome
 from pairroom.kernels.limits import Cgroups, detect_cgroups
 from pairroom.kernels.pool import KernelPool
 from pairroom.kernels.sandbox import Sandbox, probe
 from pairroom.kernels.settings import KernelSettings
-from pairroom.kernels.workdir import WorkDir
+from pairroom.kernels.workdir import kernel_for
+from pairroom.workspace import Workspace, Workspaces, WorkspaceSettings
 
 log = logging.getLogger("pairroom.kernels")
 
@@ -96,6 +100,7 @@ LIVE_STATES = ("starting", "restarting", "idle", "busy")
 class RunRequest:
     run_id: str
     code: str
+    by: str | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -117,15 +122,17 @@ class RoomKernel:
         self.current: RunRequest | None = None
         self.closing = False
         self.room: Room | None = None
-        self.workdir: WorkDir | None = None
+        self.workspace: Workspace | None = None
         self._kernel_lock = asyncio.Lock()
         self._started = asyncio.Event()
 
     async def serve(self) -> None:
         """Hold the room and run its queue until idle for ``idle_shutdown_seconds`` (or cancelled)."""
         try:
-            async with self.service.registry.hold(self.name) as room:
+            async with self.service.registry.hold(self.name) as room, \
+                    self.service.workspaces.use(self.name) as workspace:
                 self.room = room
+                self.workspace = workspace
                 if self.first_here:
                     self.lost_elsewhere = take_over_lost_kernel(room)
                 self._started.set()
@@ -177,8 +184,10 @@ class RoomKernel:
             self.lost_elsewhere = False
             rundoc.set_kernel_state(room, self.settings.node, "restarting" if restarting else "starting", restarted=restarting)
             if kernel is None:
-                kernel = await self.service.pool.take()
-                self.workdir = WorkDir(str(kernel.dirs.work), kernel.dirs.uid, kernel.dirs.gid)
+                assert self.workspace is not None and self.service.sandbox is not None
+                kernel = await kernel_for(
+                    self.workspace, self.service.pool, self.service.root, self.service.sandbox, self.service.cgroups_or_none()
+                )
             else:
                 await kernel.kill("restart")
                 kernel = Kernel(kernel.dirs, kernel.sandbox, kernel.cgroups)
@@ -203,22 +212,26 @@ class RoomKernel:
             rundoc.update_run(room, run_id, status="failed", startedAt=rundoc.now_ms(), endedAt=rundoc.now_ms())
             rundoc.set_kernel_state(room, self.settings.node, "dead")
             return
-        assert self.workdir is not None
+        workspace = self.workspace
+        assert workspace is not None
+        workspace.note_actor(request.by)
         try:
-            unwritten = await safe_fs.run_off_loop(
-                self.workdir.sync, rundoc.read_files(room), timeout=self.settings.file_sync_timeout, what="room files"
-            )
-        except OSError as exc:  # FsTimeout: the files were not all written; the run would see old ones
-            batch.add_error("KernelFailed", f"the room's files could not be written to the kernel's folder: {exc}")
+            await workspace.flushed()
+        except (OSError, TimeoutError, RuntimeError) as exc:  # the run would see old files
+            batch.add_error("KernelFailed", f"the room's files could not be written to its workspace: {exc}")
             batch.flush()
             rundoc.update_run(room, run_id, status="failed", startedAt=rundoc.now_ms(), endedAt=rundoc.now_ms())
             return
-        for path in unwritten[:20]:
-            batch.add_error("FileNotWritten", f"{path}: the kernel's folder has something there the server "
-                            "does not write through (a link, a pipe, an unreadable folder)")
         rundoc.update_run(room, run_id, status="running", startedAt=rundoc.now_ms())
         rundoc.set_kernel_state(room, self.settings.node, "busy")
-        finished = await kernel.execute(request.code, batch, self.settings.run_timeout)
+        try:
+            finished = await kernel.execute(request.code, batch, self.settings.run_timeout)
+        finally:
+            workspace.scan_now()
+        try:
+            await workspace.synced()  # what the run wrote is in the document when the run has ended
+        except (OSError, RuntimeError) as exc:
+            log.error("workspace not synced after a run", extra={"room": self.name, "error": str(exc)})
         if finished.outcome is Outcome.FAILED:
             # the time limit, or the kernel died or sent what cannot be read: stop it for good
             await kernel.kill(finished.reason or "run failed")
@@ -342,6 +355,7 @@ class KernelService:
         self.cgroups: Cgroups | None = None
         self._pool: KernelPool | None = None
         self._root: Path | None = None
+        self._workspaces: Workspaces | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
 
@@ -361,6 +375,12 @@ class KernelService:
         else:
             self._root = Path(tempfile.mkdtemp(prefix="pairroom-kernels-"))
         os.chmod(self._root, 0o711)  # the kernel uid must traverse it to reach its own dirs
+        uid = gid = None
+        if self.sandbox.drops_privileges:
+            uid, gid = self.settings.kernel_uid, self.settings.kernel_gid
+        self._workspaces = Workspaces.attach(
+            self.registry, WorkspaceSettings(root=self.settings.state_dir, uid=uid, gid=gid)
+        )
         self._pool = KernelPool(self._root, self.sandbox, self.cgroups)
         log.info(
             "kernels ready" if self.sandbox.isolated else "kernels run UNSANDBOXED (--unsafe-kernels)",
@@ -393,6 +413,9 @@ class KernelService:
             self._runner = None
             self._tasks = None
             await self.lease.stop()  # after the room kernels released their leases
+            if self._workspaces is not None:
+                await self._workspaces.detach()
+                self._workspaces = None
             if self._root is not None:
                 await remove_dirs(str(self._root), self.settings.file_sync_timeout * 4)
             if self.cgroups is not None:
@@ -404,6 +427,22 @@ class KernelService:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    @property
+    def workspaces(self) -> Workspaces:
+        if self._workspaces is None:
+            raise RuntimeError("the kernel service is not started")
+        return self._workspaces
+
+    @property
+    def root(self) -> Path:
+        if self._root is None:
+            raise RuntimeError("the kernel service is not started")
+        return self._root
+
+    def cgroups_or_none(self) -> Cgroups:
+        assert self.cgroups is not None
+        return self.cgroups
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """Run ``coro`` in the service's task group, supervised: its failure is logged and ends only
@@ -478,7 +517,7 @@ class KernelService:
                 break
         run_id = new_run_id()
         rundoc.create_run(held, run_id, code=code, path=path, by=by)
-        room_kernel.queue.put_nowait(RunRequest(run_id, code))  # no await since the closing check
+        room_kernel.queue.put_nowait(RunRequest(run_id, code, by))  # no await since the closing check
         return run_id
 
     async def interrupt(self, room: str) -> bool:

@@ -30,6 +30,7 @@ the right) is kept out before integration: viewers' updates are dropped and revi
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import functools
 import json
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from pycrdt import Array, Map, Text
 
-from pairroom.protocol.origins import ClientOrigin, LocalOrigin
+from pairroom.protocol.origins import ClientOrigin, LocalOrigin, PeerOrigin
 from pairroom.protocol.sync import CloseCode, ProtocolError, read_var_uint
 from pairroom.rooms.identity import Principal, Role
 from pairroom.rooms.owners import OwnerRow, OwnerTable, checked, valid_key
@@ -145,6 +146,13 @@ class DocumentGuards:
                 self._collect(root, events)
             elif root in self.kept:
                 self._keep(root, events)
+                if root == "meta" and isinstance(self.room.current_origin, PeerOrigin) and _touches(events, "roles"):
+                    # An owner changed a role on another node: follow it here too, after this
+                    # transaction (the members' identities are restamped in their presence).
+                    try:
+                        asyncio.get_running_loop().call_soon(self._roles_changed_elsewhere)
+                    except RuntimeError:  # no loop: a synchronous caller, nothing is in flight
+                        self._roles_changed_elsewhere()
             if root in self.entries:
                 self._follow_entries(root, events)
         except Exception:
@@ -428,6 +436,17 @@ class DocumentGuards:
             return item if fixed == item else fixed
         return item
 
+    def _roles_changed_elsewhere(self) -> None:
+        room = self.room
+        room.roles = self.load_roles()
+        for member in list(room.members.values()):
+            if member.principal is None:
+                continue
+            role = room.role_of(member.principal)
+            if member.role is not role:
+                member.role = role
+                room.presence.restamp(member)
+
     def load_roles(self) -> dict[str, Role]:
         """The role map as stored in the document (trusted: every client change was reverted)."""
         roles = self.meta.get("roles")
@@ -440,6 +459,15 @@ class DocumentGuards:
             except ValueError:
                 continue  # written before a role was renamed; the token's role applies
         return out
+
+
+def _touches(events: list[Any], key: str) -> bool:
+    """Whether these events of a map root change ``key`` (set, deleted, or inside it)."""
+    for event in events:
+        path = list(event.path)
+        if (path and str(path[0]) == key) or (not path and key in event.keys):
+            return True
+    return False
 
 
 def _fingerprint(item: Any) -> Any:
@@ -493,7 +521,7 @@ def stamped_chat_entry(item: Any, principal: Principal | None, fallback_id: str)
     text = item["text"]
     if not text.strip() or len(text.encode()) > MAX_CHAT_TEXT:
         return None
-    if principal is None or principal.anonymous:
+    if principal is None or principal.names_itself:
         author = principal.user_id if principal else fallback_id
         given = item.get("name")
         name = (given if isinstance(given, str) and given.strip() else (principal.name if principal else "Guest"))[:64]

@@ -171,7 +171,7 @@ async def invites(request: Request) -> Response:
             parsed = Role(role)
         except ValueError as exc:
             raise ApiError(400, f"unknown role {role!r}") from exc
-        name = str(body.get("name") or parsed.value.capitalize())[:64]
+        name = str(body.get("name") or "")[:64]  # without one, the person types theirs when they join
         token = mint(hub.settings.secret, room_name, parsed, name, ttl_seconds=ttl,
                      epoch=epoch if isinstance(epoch, str) else None)
         out.append({"role": parsed.value, "token": token, "url": f"{link}?token={token}"})
@@ -222,7 +222,7 @@ async def create_room(request: Request) -> Response:
         await stored(room)  # the claim is durable before anyone holds its owner token
     out = []
     for role in CREATED_ROLES:
-        name = owner_name[:64] if role is Role.OWNER else role.value.capitalize()
+        name = owner_name[:64] if role is Role.OWNER else ""  # each person types theirs when they join
         token = mint(hub.settings.secret, room_name, role, name, ttl_seconds=ttl, epoch=epoch)
         out.append({"role": role.value, "token": token, "url": f"{link}?token={token}"})
     return JSONResponse({"open": False, "room": room_name, "url": link, "invites": out}, 201)

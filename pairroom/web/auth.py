@@ -175,12 +175,14 @@ def verify(secret: str, token: str | None, room: str) -> Principal:
         raise unauthorized(f"invalid token: unknown role {claims['role']!r}") from exc
     if claims["room"] != room:
         raise forbidden("token is for another room")
-    name = str(claims.get("name") or claims["sub"])[:64]
+    # A token without a name (a link for a role): the person types theirs (presence, chat and reviews
+    # keep it); where the server needs one of its own (recordings, calls), the role's.
+    name = str(claims.get("name") or role.value.capitalize())[:64]
     color = str(claims.get("color") or DEFAULT_COLORS[0])[:32]
     epoch = claims.get("epoch")
     issued = claims.get("iat")
     return Principal(
-        str(claims["sub"]), name, color, role, room,
+        str(claims["sub"]), name, color, role, room, named=bool(claims.get("name")),
         epoch=epoch if isinstance(epoch, str) else None,
         issued_at=issued if isinstance(issued, int) and not isinstance(issued, bool) else 0,
     )

@@ -15,8 +15,10 @@ blocks until someone reads, forever), or a folder 3,000 levels deep (a recursive
 - runs off the event loop: ``run_off_loop`` runs a function in a daemon thread with a timeout, so a
   call that blocks anyway costs one thread, never the loop, and never holds up the process's exit.
 
-The kernel's working copy of the room's files (kernels/workdir.py) is built on these, and so should
-anything else that writes where room code can (the room's workspace on disk).
+It lives in the core (``pairroom.workspace``) because everything that touches a room's working
+directory uses it: the workspace's sync both ways, kernels and terminals. Beside the primitives above
+it has what the sync needs: a ``FileStat`` that tells a file changed, a read that returns it, a write
+that refuses when the file changed since it was read (``write_atomic``), and a bounded ``scan``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import os
 import secrets
 import stat
 import threading
+from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
@@ -251,3 +254,176 @@ def _new_temp(dir_fd: int, mode: int) -> tuple[str, int]:
         except FileExistsError:
             continue
     raise OSError(errno.EEXIST, "no free temporary name")
+
+
+# -- what the workspace's sync needs ----------------------------------------------------------------
+
+MAX_PATH = 255
+
+
+def valid_path(path: str) -> bool:
+    """A room file path as docs/doc-schema.md defines it: relative, ``/``-separated, no empty,
+    ``.`` or ``..`` segment, at most 255 characters."""
+    if not path or len(path) > MAX_PATH or path.startswith("/") or "\0" in path:
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
+
+
+@dataclass(frozen=True, slots=True)
+class FileStat:
+    """What tells that a file changed on disk without reading it."""
+
+    size: int
+    mtime_ns: int
+    ino: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileStat:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _stat_entry(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def read_path(root: str, path: str, limit: int) -> tuple[bytes | None, FileStat] | None:
+    """The content of the regular file ``path`` under ``root`` (None when larger than ``limit``) and
+    its stat; None when it does not exist or is anything but a regular file."""
+    opened = open_parent(root, path, create=False)
+    if opened is None:
+        return None
+    dir_fd, name = opened
+    try:
+        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        os.close(dir_fd)
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ENOTDIR):
+            return None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        if st.st_size > limit:
+            return None, FileStat.of(st)
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:  # it grew while being read
+                return None, FileStat.of(os.fstat(fd))
+        return b"".join(chunks), FileStat.of(os.fstat(fd))
+    finally:
+        os.close(fd)
+        os.close(dir_fd)
+
+
+def write_atomic(
+    root: str,
+    path: str,
+    data: bytes,
+    *,
+    expect: FileStat | None = None,
+    check_expect: bool = False,
+    owner: tuple[int, int] | None = None,
+) -> FileStat | None:
+    """``write_file`` at ``path`` under ``root`` (missing folders made, anything in the way replaced).
+    Returns the new file's stat; with ``check_expect``, writes nothing and returns None when the
+    file on disk is no longer ``expect`` (it changed since it was read: merge first)."""
+    opened = open_parent(root, path, create=True, owner=owner)
+    if opened is None:
+        raise OSError(errno.ENOENT, "no folder for the file", path)
+    dir_fd, name = opened
+    try:
+        if check_expect:
+            current = _stat_entry(dir_fd, name)
+            now = FileStat.of(current) if current is not None and stat.S_ISREG(current.st_mode) else None
+            if now != expect:
+                return None
+        write_file(dir_fd, name, data, owner=owner)
+        written = _stat_entry(dir_fd, name)
+        return FileStat.of(written) if written is not None else None
+    finally:
+        os.close(dir_fd)
+
+
+def remove_path(root: str, path: str) -> None:
+    """Remove ``path`` under ``root``, whatever it is (a folder with its whole tree)."""
+    opened = open_parent(root, path, create=False)
+    if opened is None:
+        return
+    dir_fd, name = opened
+    try:
+        remove(dir_fd, name)
+    except FileNotFoundError:
+        return
+    finally:
+        os.close(dir_fd)
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """The regular files under a root (path -> stat), and what the walk left out."""
+
+    files: dict[str, FileStat]
+    others: set[str]  # entries that are not regular files (folders, links, FIFOs, devices)
+    truncated: bool  # more entries than the cap: the rest is not listed
+    too_deep: int  # folders not entered because they were deeper than the cap
+
+
+def scan(root: str, ignored: Callable[[str, bool], bool], *, max_entries: int, max_depth: int) -> Listing:
+    """Every regular file under ``root``, without following links, skipping special files, the
+    server's own temporary files and ``ignored(path, is_dir)``; at most ``max_entries`` entries and
+    ``max_depth`` folders deep (one fd per level is held, so the cap bounds the fds too)."""
+    files: dict[str, FileStat] = {}
+    others: set[str] = set()
+    seen = 0
+    too_deep = 0
+    root_fd = open_dir(root)
+    stack: list[tuple[int, str, list[str]]] = [(root_fd, "", sorted(os.listdir(root_fd)))]
+    try:
+        while stack:
+            fd, prefix, pending = stack[-1]
+            if not pending:
+                stack.pop()
+                os.close(fd)
+                continue
+            name = pending.pop()
+            seen += 1
+            if seen > max_entries:
+                return Listing(files, others, True, too_deep)
+            path = prefix + name
+            st = _stat_entry(fd, name)
+            if st is None or name.startswith(TEMP_PREFIX):
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                others.add(path)
+            if stat.S_ISDIR(st.st_mode):
+                if ignored(path, True):
+                    continue
+                if len(stack) >= max_depth:
+                    too_deep += 1
+                    continue
+                try:
+                    child = open_dir(name, fd)
+                except OSError:
+                    continue  # gone, or turned into a link between the stat and the open
+                try:
+                    children = sorted(os.listdir(child))
+                except OSError:
+                    os.close(child)
+                    continue
+                stack.append((child, path + "/", children))
+            elif stat.S_ISREG(st.st_mode) and not ignored(path, False):
+                files[path] = FileStat.of(st)
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+    return Listing(files, others, False, too_deep)
