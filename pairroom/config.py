@@ -54,6 +54,8 @@ class Settings:
     awareness_tick_ms: float = 20.0  # presence relay throttle per room
     broadcast_window_ms: float = 10.0  # a busy room's updates wait this long to go out merged
     public_url: str = ""  # base of invite links; default: the URL the request came in on
+    open_lobby: bool = False  # with a secret: anyone may create rooms (else a creator token is needed)
+    lobby_rooms_per_minute: float = 10.0  # an open lobby's rooms per client address (as many at once)
     redis: str | None = None  # redis://host:port/db to share rooms across nodes; None = one node
     node_id: str = ""  # this node's id on the broker; default: random at start
     heartbeat_seconds: float = 1.0

@@ -36,6 +36,9 @@ MAX_CODE_BYTES = 1024 * 1024
 
 def check_may_run(room: Room, principal: Principal) -> None:
     """Raise a 403 AuthError unless the room's run policy lets ``principal`` run code."""
+    stale = room.stale_token(principal)
+    if stale is not None:
+        raise forbidden(stale)
     role = room.role_of(principal)
     policy = rundoc.read_run_policy(room)
     if policy == "owners" and role is not Role.OWNER:

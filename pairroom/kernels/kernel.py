@@ -285,7 +285,7 @@ class Kernel:
                 return
             try:
                 self._on_iopub(msg)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a malformed message is skipped, counted and logged
                 self._malformed("iopub", exc)
 
     def _on_iopub(self, msg: dict[str, Any]) -> None:
@@ -319,7 +319,7 @@ class Kernel:
                 return
             try:
                 self._on_shell(msg)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a malformed message is skipped, counted and logged
                 self._malformed("shell", exc)
 
     def _on_shell(self, msg: dict[str, Any]) -> None:
@@ -343,7 +343,7 @@ class Kernel:
                 msg = await get()
             except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
                 raise
-            except BaseException as exc:  # a message that does not decode (RecursionError, ValueError, ...)
+            except BaseException as exc:  # noqa: BLE001 - a message that does not decode (RecursionError, a panic)
                 failures += 1
                 self._malformed(channel, exc)
                 if failures >= MAX_BAD_MESSAGES:
