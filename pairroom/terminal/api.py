@@ -47,7 +47,6 @@ from .session import Terminal, Viewer
 
 log = logging.getLogger("pairroom.terminal")
 
-NOT_FOUND = 4404
 
 
 def _service(request: Request | WebSocket) -> TerminalService:
@@ -220,7 +219,7 @@ async def terminal_endpoint(websocket: WebSocket) -> None:
         return
     terminal = service.get(name, websocket.path_params["id"])
     if terminal is None:
-        await transport.close(NOT_FOUND, f"no terminal {websocket.path_params['id'][:40]!r} in this room")
+        await transport.close(CloseCode.NOT_FOUND, f"no terminal {websocket.path_params['id'][:40]!r} in this room")
         return
     viewer = Viewer(principal, websocket.send_text, service.settings.viewer_queue_bytes)
     terminal.attach(viewer)

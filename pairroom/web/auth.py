@@ -21,6 +21,7 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 
+from pairroom.protocol.close_codes import CloseCode
 from pairroom.rooms.identity import DEFAULT_COLORS, Principal, Role, anonymous
 from pairroom.rooms.extension import Connection, Reject
 from pairroom.rooms.registry import RoomLoadError
@@ -53,11 +54,11 @@ class AuthError(Exception):
 
 
 def unauthorized(reason: str) -> AuthError:
-    return AuthError(4401, 401, reason)
+    return AuthError(CloseCode.UNAUTHORIZED, 401, reason)
 
 
 def forbidden(reason: str) -> AuthError:
-    return AuthError(4403, 403, reason)
+    return AuthError(CloseCode.FORBIDDEN, 403, reason)
 
 
 # -- the door ------------------------------------------------------------------------------------
