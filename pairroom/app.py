@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
 from pairroom.cluster.broker import Broker, MemoryBroker
 from pairroom.cluster.bridge import Cluster
+from pairroom.chat.extension import Chat
 from pairroom.cluster.extension import ClusterBridge
 from pairroom.config import Settings
 from pairroom.extension_loader import Installed, installed
@@ -50,6 +51,7 @@ def builtin_extensions(settings: Settings) -> list[Extension]:
         ClusterBridge(limit),
         Persistence(limit),
         ReviewerWrites(),  # reviewers write review threads and chat only
+        Chat(),
         Review(),
         Kernels(
             settings.kernel_settings(), enabled=settings.kernels, clustered=bool(settings.redis), shutdown_timeout=limit

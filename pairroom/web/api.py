@@ -14,14 +14,13 @@ import secrets
 import time
 from typing import Any
 
-from pycrdt import Array, Map
+from pycrdt import Map
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pairroom.protocol.origins import LocalOrigin
 from pairroom.protocol.sync import ProtocolError
-from pairroom.rooms.guards import stamped_chat_entry
 from pairroom.rooms.identity import Principal, Role
 from pairroom.rooms.registry import RoomLoadError
 from pairroom.rooms.room import Room
@@ -291,28 +290,9 @@ async def set_role(request: Request) -> Response:
     return JSONResponse({"user": user_id, "role": role.value})
 
 
-@handles_errors
-async def post_chat(request: Request) -> Response:
-    """Chat for every role, viewers included (they cannot write the document themselves)."""
-    room_name = room_of(request)
-    principal = authenticate(request, room_name)
-    body = await json_body(request)
-    hub: Hub = request.app.state.hub
-    entry = stamped_chat_entry({"text": body.get("text"), "name": body.get("name")}, principal, "api")
-    if entry is None:
-        raise ApiError(400, "text must be a non-empty string of at most 4096 bytes")
-    async with hub.registry.hold(room_name) as room:
-        refuse_stale(room, principal)
-        with room.local_change(LocalOrigin("chat")) as doc:
-            doc.get("chat", type=Array).append(entry)
-        await stored(room)
-    return JSONResponse(entry, 201)
-
-
 routes = [
     Route("/api/rooms", create_room, methods=["POST"]),
     Route("/api/rooms/{room}/presence", presence, methods=["GET"]),
     Route("/api/rooms/{room}/invites", invites, methods=["POST"]),
     Route("/api/rooms/{room}/roles/{user}", set_role, methods=["PUT"]),
-    Route("/api/rooms/{room}/chat", post_chat, methods=["POST"]),
 ]
