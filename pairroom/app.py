@@ -22,6 +22,7 @@ from pairroom.cluster.broker import Broker, MemoryBroker
 from pairroom.cluster.bridge import Cluster
 from pairroom.cluster.extension import ClusterBridge
 from pairroom.config import Settings
+from pairroom.debugger.extension import Debugger
 from pairroom.extension_loader import Installed, installed
 from pairroom.kernels.extension import Kernels
 from pairroom.recording.extension import Recording
@@ -51,6 +52,7 @@ def builtin_extensions(settings: Settings) -> list[Extension]:
         Kernels(
             settings.kernel_settings(), enabled=settings.kernels, clustered=bool(settings.redis), shutdown_timeout=limit
         ),
+        Debugger(settings.extra),
         Calls(settings.rtc, clustered=bool(settings.redis)),
         Recording(settings.extra, limit),
     ]

@@ -31,7 +31,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pycrdt import Map
 
@@ -39,7 +39,7 @@ from pairroom.protocol.origins import LocalOrigin
 from pairroom.rooms.registry import RoomRegistry
 from pairroom.rooms.room import Room
 from pairroom.kernels import rundoc
-from pairroom.kernels.kernel import Kernel, KernelStartError, Outcome
+from pairroom.kernels.kernel import Finished, Kernel, KernelStartError, Outcome
 from pairroom.kernels.limits import Cgroups, detect_cgroups
 from pairroom.kernels.pool import KernelPool
 from pairroom.kernels.sandbox import Sandbox, probe
@@ -93,11 +93,26 @@ class KernelUnreachable(RuntimeError):
 LIVE_STATES = ("starting", "restarting", "idle", "busy")
 
 
+class RunHooks(Protocol):
+    """What a caller that must act on the very kernel running its run passes to ``submit_here``
+    (the debugger attaches in ``before``, once the runs queued ahead have finished and the workspace
+    is written, and detaches in ``after``, before the next run starts). ``before`` raising fails the
+    run with its message; ``after`` always gets the outcome, also when the kernel did not start.
+    ``timeout``, if set, replaces ``run_timeout`` for this run."""
+
+    timeout: float | None
+
+    async def before(self, kernel: Kernel) -> None: ...
+
+    async def after(self, finished: Finished) -> None: ...
+
+
 @dataclass(slots=True)
 class RunRequest:
     run_id: str
     code: str
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    hooks: RunHooks | None = None
 
 
 def new_run_id() -> str:
@@ -200,12 +215,13 @@ class RoomKernel:
             batch.flush()
             rundoc.update_run(room, run_id, status="failed", startedAt=rundoc.now_ms(), endedAt=rundoc.now_ms())
             rundoc.set_kernel_state(room, self.settings.node, "dead")
+            await self._after(request, Finished(Outcome.FAILED, str(exc)))
             return
         assert self.workdir is not None
         self.workdir.sync(rundoc.read_files(room))
         rundoc.update_run(room, run_id, status="running", startedAt=rundoc.now_ms())
         rundoc.set_kernel_state(room, self.settings.node, "busy")
-        finished = await kernel.execute(request.code, batch, self.settings.run_timeout)
+        finished = await self._execute(request, kernel, batch)
         if finished.outcome is Outcome.FAILED and not kernel.died.is_set():
             await kernel.kill(finished.reason or "run failed")  # the time limit: stop the code for good
         if finished.reason:
@@ -216,6 +232,26 @@ class RoomKernel:
         fields: dict[str, Any] = {"status": finished.outcome.value, "endedAt": rundoc.now_ms()}
         rundoc.update_run(room, run_id, **fields)
         rundoc.set_kernel_state(room, self.settings.node, "dead" if kernel.died.is_set() else "idle")
+        await self._after(request, finished)
+
+    async def _after(self, request: RunRequest, finished: Finished) -> None:
+        if request.hooks is None:
+            return
+        try:
+            await request.hooks.after(finished)
+        except Exception:
+            log.exception("run hook failed after the run", extra={"room": self.name, "run": request.run_id})
+
+    async def _execute(self, request: RunRequest, kernel: Kernel, batch: rundoc.OutputBatch) -> Finished:
+        """Run the request's code, after its ``before`` hook (a hook that fails fails the run)."""
+        if request.hooks is not None:
+            try:
+                await request.hooks.before(kernel)
+            except Exception as exc:
+                log.warning("run hook failed", extra={"room": self.name, "run": request.run_id, "error": str(exc)})
+                return Finished(Outcome.FAILED, f"could not prepare the run: {exc}")
+        timeout = request.hooks.timeout if request.hooks is not None and request.hooks.timeout else None
+        return await kernel.execute(request.code, batch, timeout or self.settings.run_timeout)
 
     async def interrupt(self) -> bool:
         """Interrupt the current run; kill the kernel if it is still busy after ``interrupt_grace``.
@@ -416,8 +452,11 @@ class KernelService:
             finally:
                 room.doc.unobserve(subscription)
 
-    async def submit_here(self, room: str, *, code: str, path: str | None, by: str) -> str:
-        """Queue a run on this node's kernel of ``room``; KernelUnavailable if another node runs it."""
+    async def submit_here(
+        self, room: str, *, code: str, path: str | None, by: str, hooks: RunHooks | None = None
+    ) -> str:
+        """Queue a run on this node's kernel of ``room``; KernelUnavailable if another node runs it.
+        ``hooks`` are called around the run by the kernel that runs it (the debugger's way in)."""
         while True:
             room_kernel = await self.room_kernel(room)
             held = await room_kernel.ready()
@@ -425,7 +464,7 @@ class KernelService:
                 break
         run_id = new_run_id()
         rundoc.create_run(held, run_id, code=code, path=path, by=by)
-        room_kernel.queue.put_nowait(RunRequest(run_id, code))  # no await since the closing check
+        room_kernel.queue.put_nowait(RunRequest(run_id, code, hooks=hooks))  # no await since the closing check
         return run_id
 
     async def interrupt(self, room: str) -> bool:
