@@ -214,3 +214,277 @@ async def test_two_members_breakpoints_hold_and_every_watcher_sees_the_stop_at_o
     assert set(breakpoints_of(ada)) == {"main.py"}
     for client in (ada, bob, *watchers):
         await client.close()
+
+
+STEPS = """\
+def square(n):
+    doubled = n * n
+    return doubled
+
+a = 3
+b = square(a)
+c = b + 1
+print(c)
+"""
+
+
+async def test_evaluate_in_a_frame_step_over_into_out_and_two_steps_on_one_stop_advance_once(ks: KernelServer) -> None:
+    name = new_room()
+    ada = await member(ks, name)
+    await write_files(ks, ada, name, {"main.py": STEPS})
+    set_breakpoint(ada, "main.py", 5)
+    await server_breakpoints(ks, name, {"main.py": {"5"}})
+    assert (await start(ks, name)).status_code == 201
+    stop = await wait_state(ada, "stopped", line=5)
+
+    # two people press Step over on the same stop at once: one advances, the other gets 409
+    stop_id = stop["session"]["stopId"]
+    first, second = await asyncio.gather(
+        command(ks, name, "next", stop_id), command(ks, name, "next", stop_id, auth(name, Role.EDITOR, "Bob")),
+    )
+    assert sorted([first.status_code, second.status_code]) == [202, 409], (first.text, second.text)
+    refused = first if first.status_code == 409 else second
+    assert "already left" in refused.json()["error"] or "not stopped" in refused.json()["error"]
+    stop = await wait_state(ada, "stopped", line=6)
+    assert locals_of(stop)["a"] == "3"
+
+    # evaluate in the top frame
+    evaluated = await ks.http.post(f"/api/rooms/{name}/debug/evaluate", json={"expression": "a * 10"}, headers=auth(name))
+    assert evaluated.status_code == 200, evaluated.text
+    assert evaluated.json()["result"] == "30"
+
+    # step into square(), evaluate there, step out
+    assert (await command(ks, name, "stepIn", stop["session"]["stopId"])).status_code == 202
+    stop = await wait_state(ada, "stopped", line=2)
+    assert stop["frames"][0]["name"] == "square" and locals_of(stop) == {"n": "3"}
+    frame = stop["frames"][0]["id"]
+    evaluated = await ks.http.post(f"/api/rooms/{name}/debug/evaluate",
+                                   json={"expression": "n + 100", "frameId": frame}, headers=auth(name))
+    assert evaluated.json()["result"] == "103"
+    assert (await command(ks, name, "stepOut", stop["session"]["stopId"])).status_code == 202
+    stop = await wait_state(ada, "stopped")
+    assert stop["stopped"]["path"] == "main.py" and stop["stopped"]["line"] == 6
+    assert (await command(ks, name, "next", stop["session"]["stopId"])).status_code == 202
+    stop = await wait_state(ada, "stopped", line=7)
+    assert locals_of(stop)["b"] == "9"
+
+    # a step for a stop already left is a 409; so is a pause while stopped
+    assert (await command(ks, name, "next", "not-the-stop")).status_code == 409
+    assert (await ks.http.post(f"/api/rooms/{name}/debug/pause", json={}, headers=auth(name))).status_code == 409
+    assert (await command(ks, name, "continue", stop["session"]["stopId"])).status_code == 202
+    ended = await wait_state(ada, "ended")
+    # after the end: steps, evaluate and variables are 409
+    assert (await command(ks, name, "next", stop["session"]["stopId"])).status_code == 409
+    assert (await ks.http.post(f"/api/rooms/{name}/debug/evaluate", json={"expression": "1"}, headers=auth(name))).status_code == 409
+    run = await run_and_wait(ks, name, ended["session"]["run"], headers=auth(name))
+    assert run["status"] == "ok"
+    # a plain run afterwards never meets the breakpoint (the debugger was detached)
+    plain = await ks.http.post(f"/api/rooms/{name}/runs", json={"path": "main.py"}, headers=auth(name))
+    assert (await run_and_wait(ks, name, plain.json()["id"], headers=auth(name)))["status"] == "ok"
+    await ada.close()
+
+
+async def test_roles_viewers_inspect_drivers_drive_and_a_demoted_editor_loses_control_live(ks: KernelServer) -> None:
+    name = new_room()
+    ada = await member(ks, name, Role.OWNER, "Ada")
+    bob = await member(ks, name, Role.EDITOR, "Bob")
+    rita = await member(ks, name, Role.REVIEWER, "Rita")
+    vic = await member(ks, name, Role.VIEWER, "Vic")
+    await write_files(ks, ada, name, {"main.py": STEPS})
+    viewer, reviewer = auth(name, Role.VIEWER, "Vic"), auth(name, Role.REVIEWER, "Rita")
+
+    # a reviewer may set breakpoints; a viewer's write is dropped
+    set_breakpoint(ada, "main.py", 5)
+    await server_breakpoints(ks, name, {"main.py": {"5"}})
+    await eventually(lambda: "main.py" in breakpoints_of(rita) and "main.py" in breakpoints_of(vic), what="synced")
+    set_breakpoint(rita, "main.py", 7)
+    await server_breakpoints(ks, name, {"main.py": {"5", "7"}})
+    set_breakpoint(vic, "main.py", 2)
+    marker = ada.doc.get("files", type=Map)
+    with ada.doc.transaction():
+        marker["after.txt"] = Text("x")
+    await write_files(ks, ada, name, {"after.txt": "x"})
+    await server_breakpoints(ks, name, {"main.py": {"5", "7"}})
+
+    # viewers and reviewers may not start, step or evaluate
+    for headers in (viewer, reviewer):
+        response = await start(ks, name, headers=headers)
+        assert response.status_code == 403, response.text
+    assert (await start(ks, name, headers=auth(name, Role.EDITOR, "Bob"))).status_code == 201
+    stop = await wait_state(ada, "stopped", line=5)
+    stop_id = stop["session"]["stopId"]
+    for headers in (viewer, reviewer):
+        assert (await command(ks, name, "next", stop_id, headers)).status_code == 403
+        evaluated = await ks.http.post(f"/api/rooms/{name}/debug/evaluate", json={"expression": "1"}, headers=headers)
+        assert evaluated.status_code == 403
+        assert (await ks.http.post(f"/api/rooms/{name}/debug/stop", json={}, headers=headers)).status_code == 403
+    # but they inspect: the state and the variables
+    got = await ks.http.get(f"/api/rooms/{name}/debug", headers=viewer)
+    assert got.status_code == 200 and got.json()["stopped"]["line"] == 5
+    ref = stop["scopes"][0]["ref"]
+    assert (await ks.http.post(f"/api/rooms/{name}/debug/variables", json={"ref": ref}, headers=viewer)).status_code == 200
+    assert (await ks.http.post(f"/api/rooms/{name}/debug/variables", json={"ref": 987654}, headers=viewer)).status_code == 404
+
+    # the owner demotes Bob to viewer: his next step is refused, with no reconnect
+    demoted = await ks.http.put(f"/api/rooms/{name}/roles/u-bob", json={"role": "viewer"}, headers=auth(name, Role.OWNER, "Ada"))
+    assert demoted.status_code == 200, demoted.text
+    assert (await command(ks, name, "next", stop_id, auth(name, Role.EDITOR, "Bob"))).status_code == 403
+    # another editor may not stop Bob's session; the owner may
+    assert (await ks.http.post(f"/api/rooms/{name}/debug/stop", json={}, headers=auth(name, Role.EDITOR, "Eve"))).status_code == 403
+    stopped = await ks.http.post(f"/api/rooms/{name}/debug/stop", json={}, headers=auth(name, Role.OWNER, "Ada"))
+    assert stopped.status_code == 202, stopped.text
+    ended = await wait_state(ada, "ended")
+    assert "stopped by Ada" in ended["session"]["notice"]
+    assert set(breakpoints_of(ada)["main.py"]) == {"5", "7"}
+    for client in (ada, bob, rita, vic):
+        await client.close()
+
+
+async def test_bad_input_answers_precisely_and_unusable_breakpoints_are_reported_not_sent(ks: KernelServer) -> None:
+    name = new_room()
+    ada = await member(ks, name)
+    await write_files(ks, ada, name, {"main.py": "import time\nx = 1\ntime.sleep(0.5)\ny = 2\n", "notes.md": "# hi\n"})
+    assert (await start(ks, name, "missing.py")).status_code == 404
+    assert (await start(ks, name, "../etc/passwd")).status_code == 400
+    assert (await start(ks, name, "notes.md")).status_code == 400
+    assert (await ks.http.post(f"/api/rooms/{name}/debug/start", content=b"{not json", headers=auth(name))).status_code == 400
+    assert (await command(ks, name, "next", None)).status_code == 409  # no session
+    assert (await ks.http.post(f"/api/rooms/{name}/debug/variables", json={"ref": "x"}, headers=auth(name))).status_code == 400
+
+    set_breakpoint(ada, "main.py", 4)
+    set_breakpoint(ada, "main.py", 99)  # past the end
+    set_breakpoint(ada, "notes.md", 1)  # not Python
+    set_breakpoint(ada, "main.py", 2, condition="x" * 5000)  # condition over the cap: dropped, line kept
+    debug = ada.doc.get("debug", type=Map)
+    with ada.doc.transaction():
+        debug["breakpoints"]["main.py"]["zero"] = {"author": "x"}  # not a line
+        debug["breakpoints"]["main.py"]["3"] = "not an object"
+        debug["state"] = "stopped"  # the server's key
+    await server_breakpoints(ks, name, {"main.py": {"2", "4", "99"}, "notes.md": {"1"}})
+    await eventually(lambda: debug_of(ada).get("state") is None, what="the client's state write reverted")
+    assert "condition" not in breakpoints_of(ada)["main.py"]["2"]
+
+    assert (await start(ks, name)).status_code == 201
+    again = await start(ks, name, headers=auth(name, Role.EDITOR, "Bob"))
+    assert again.status_code == 409 and "Ada" in again.json()["error"]
+    stop = await wait_state(ada, "stopped", line=2)
+    checks = stop["checks"]
+    assert checks["main.py"]["99"] == {"verified": False, "message": "past the end of the file"}
+    assert checks["notes.md"]["1"]["verified"] is False and "Python" in checks["notes.md"]["1"]["message"]
+    assert checks["main.py"]["4"]["verified"] is True
+    assert (await command(ks, name, "continue", stop["session"]["stopId"])).status_code == 202
+    # while running: a step is 409
+    running = await command(ks, name, "next", stop["session"]["stopId"])
+    assert running.status_code == 409
+    stop = await wait_state(ada, "stopped", line=4)
+    assert (await command(ks, name, "continue", stop["session"]["stopId"])).status_code == 202
+    await wait_state(ada, "ended")
+    await ada.close()
+
+
+async def test_breakpoints_move_with_an_edit_above_and_survive_a_kernel_restart(ks: KernelServer) -> None:
+    name = new_room()
+    ada = await member(ks, name)
+    bob = await member(ks, name, who="Bob")
+    await write_files(ks, ada, name, {"main.py": "a = 1\ntotal = a + 1\nprint(total)\n"})
+    set_breakpoint(ada, "main.py", 2)
+    await server_breakpoints(ks, name, {"main.py": {"2"}})
+    await eventually(lambda: "main.py" in breakpoints_of(bob), what="bob has the breakpoint")
+    # Bob inserts three lines at the top: the breakpoint follows `total = a + 1` to line 5
+    bob.doc.get("files", type=Map)["main.py"].insert(0, "import os\nimport sys\n# three lines\n")
+    await server_breakpoints(ks, name, {"main.py": {"5"}})
+    await eventually(lambda: set(breakpoints_of(ada).get("main.py", {})) == {"5"}, what="ada sees it moved")
+
+    restarted = await ks.http.post(f"/api/rooms/{name}/kernel/restart", headers=auth(name))
+    assert restarted.status_code == 200, restarted.text
+    assert (await start(ks, name)).status_code == 201
+    stop = await wait_state(ada, "stopped", line=5)
+    assert locals_of(stop)["a"] == "1"
+    assert (await command(ks, name, "continue", stop["session"]["stopId"])).status_code == 202
+    await wait_state(ada, "ended")
+    for client in (ada, bob):
+        await client.close()
+
+
+async def test_one_browser_leaving_keeps_the_session_the_last_driver_leaving_ends_it(ks: KernelServer) -> None:
+    name = new_room()
+    ada = await member(ks, name, Role.EDITOR, "Ada")
+    bob = await member(ks, name, Role.EDITOR, "Bob")
+    vic = await member(ks, name, Role.VIEWER, "Vic")
+    await write_files(ks, ada, name, {"main.py": "x = 1\ny = 2\nprint(x + y)\n"})
+    set_breakpoint(ada, "main.py", 2)
+    await server_breakpoints(ks, name, {"main.py": {"2"}})
+    assert (await start(ks, name)).status_code == 201
+    await wait_state(vic, "stopped", line=2)
+    await ada.close()  # the starter's browser goes away: nothing changes for the others
+    await eventually(lambda: len(ks.hub.registry.rooms[name].members) == 2, what="ada left")
+    assert debug_of(vic)["state"] == "stopped" and set(breakpoints_of(vic)["main.py"]) == {"2"}
+    await bob.close()  # nobody who may drive is left: the session ends, the breakpoints stay
+    ended = await wait_state(vic, "ended")
+    assert "nobody who may drive" in ended["session"]["notice"]
+    assert set(breakpoints_of(vic)["main.py"]) == {"2"}
+    await vic.close()
+
+
+async def test_the_pause_limit_resumes_the_program_with_a_notice(ks: KernelServer) -> None:
+    name = new_room()
+    debugger: Debugger = ks.app.state.debugger
+    ada = await member(ks, name)
+    await write_files(ks, ada, name, {"main.py": "x = 1\ny = 2\nprint('done', x + y)\n"})
+    set_breakpoint(ada, "main.py", 2)
+    await server_breakpoints(ks, name, {"main.py": {"2"}})
+    debugger.pause_limit = 0.5
+    try:
+        assert (await start(ks, name)).status_code == 201
+        await wait_state(ada, "stopped", line=2)
+        ended = await wait_state(ada, "ended")
+    finally:
+        debugger.pause_limit = 600.0
+    assert "paused longer than 0.5 s" in ended["session"]["notice"]
+    run = await run_and_wait(ks, name, ended["session"]["run"], headers=auth(name))
+    assert run["status"] == "ok" and "done 3" in "".join(o.get("text", "") for o in run["outputs"])
+    await ada.close()
+
+
+async def test_the_timeline_and_the_replayed_document_show_the_stop(ks: KernelServer) -> None:
+    from pairroom.recording.history import History
+
+    name = new_room()
+    ada = await member(ks, name)
+    await write_files(ks, ada, name, {"main.py": "secret = 41\nanswer = secret + 1\n"})
+    set_breakpoint(ada, "main.py", 2)
+    await server_breakpoints(ks, name, {"main.py": {"2"}})
+    assert (await start(ks, name)).status_code == 201
+    stop = await wait_state(ada, "stopped", line=2)
+    assert (await command(ks, name, "continue", stop["session"]["stopId"])).status_code == 202
+    await wait_state(ada, "ended")
+    recorder = ks.app.state.recorder
+    history = History(ks.hub.store)
+
+    async def recorded() -> list[Any]:
+        await recorder.flush()
+        return [e for e in await history.db.events(name, kinds=("debug",))]
+
+    async def has_all() -> bool:
+        return {e.data["event"] for e in await recorded()} >= {"started", "stopped", "continued", "ended"}
+
+    await eventually(has_all, timeout=10, what="debug events recorded")
+    stopped = next(e for e in await recorded() if e.data["event"] == "stopped")
+    assert stopped.data["at"] == "main.py:2" and stopped.data["reason"] == "breakpoint"
+
+    async def replay_shows_the_stop() -> bool:
+        await ks.hub.registry.rooms[name].flush()
+        state = await history.state_at(name, stopped.at)
+        debug = state.doc.get("debug", type=Map)
+        scopes = debug.get("scopes") or []
+        names = {v["name"]: v["value"] for s in scopes for v in (s.get("variables") or [])}
+        return debug.get("state") == "stopped" and names.get("secret") == "41"
+
+    await eventually(replay_shows_the_stop, timeout=10, what="the stored document at the stop shows it")
+    await ada.close()
+
+
+async def test_the_adapter_request_metric_counts_by_command(ks: KernelServer) -> None:
+    text = (await ks.http.get("/metrics")).text
+    counts = dict(re.findall(r'pairroom_debug_adapter_requests_total\{command="(\w+)"\} (\d+)', text))
+    assert int(float(counts["stackTrace"])) >= 1 and int(float(counts["initialize"])) >= 1
