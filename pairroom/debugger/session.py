@@ -127,6 +127,7 @@ class DebugSession:
         self.thread_id: int | None = None
         self.frames: list[dict[str, Any]] = []
         self.kernel: DebuggableKernel | None = None
+        self.attached = False  # ipykernel's debugger is started for us: disconnect exactly once
         self.notice: str | None = None
         self._cache: dict[int, list[dict[str, Any]]] = {}
         self._known_refs: set[int] = set()
@@ -163,6 +164,7 @@ class DebugSession:
             "clientID": "pairroom", "clientName": "pairroom", "adapterID": "python", "pathFormat": "path",
             "linesStartAt1": True, "columnsStartAt1": True, "supportsVariableType": True,
         })
+        self.attached = True  # from initialize on, ipykernel's debugger is on: it must be turned off
         await self.request("attach", {})
         await self.send_breakpoints()
         await self.request("configurationDone", {})
@@ -171,14 +173,8 @@ class DebugSession:
 
     async def after(self, finished: Finished) -> None:
         """The run ended (the program finished, failed, was stopped, or the kernel died)."""
-        kernel = self.kernel
         self._cancel_pause_timer()
-        if kernel is not None:
-            kernel.on_debug_event = None
-            try:
-                await self.request("disconnect", {"restart": False, "terminateDebuggee": False})
-            except SessionError as exc:
-                log.info("debugger not detached (the kernel is gone)", extra={"room": self.room.name, "error": exc.reason})
+        await self._detach()
         outcome = getattr(finished.outcome, "value", str(finished.outcome))
         if self.notice is None and finished.reason and outcome == "failed":
             self.notice = f"the run failed: {finished.reason}; the breakpoints stay"
@@ -392,13 +388,23 @@ class DebugSession:
         """End the session: detach (which resumes the program without breakpoints), then interrupt it."""
         if notice:
             self.notice = notice
-        if self.state in ("running", "stopped") and self.kernel is not None:
+        if self.state in ("running", "stopped"):
             self._moved_on()
-            self.kernel.on_debug_event = None
-            try:
-                await self.request("disconnect", {"restart": False, "terminateDebuggee": False})
-            except SessionError as exc:
-                log.info("disconnect failed while stopping", extra={"room": self.room.name, "error": exc.reason})
+            await self._detach()
+
+    async def _detach(self) -> None:
+        """``disconnect``, once: ipykernel then stops tracing and resumes a paused program, and drops
+        its breakpoints, so later plain runs never stop. (A second ``disconnect`` got no answer from
+        ipykernel 7.4 here, and the request waited for its full timeout.)"""
+        kernel = self.kernel
+        if kernel is None or not self.attached:
+            return
+        self.attached = False
+        kernel.on_debug_event = None
+        try:
+            await self.request("disconnect", {"restart": False, "terminateDebuggee": False})
+        except SessionError as exc:
+            log.info("debugger not detached (the kernel is gone)", extra={"room": self.room.name, "error": exc.reason})
 
     async def wait_ended(self) -> None:
         await self._ended.wait()
