@@ -19,6 +19,7 @@ import { roomApi } from './api.js'
 import { RunPanel } from './runs.js'
 import { HistoryPanel } from './history.js'
 import { Reviews } from './review.js'
+import { Debugger } from './debug.js'
 import { startReplay } from './replay.js'
 import { mountCall } from './call-button.js'
 
@@ -107,6 +108,10 @@ function startRoom() {
   let runs = null // the output panel, made below
   let people = null // the people list and follow mode, made below
   const reviews = new Reviews(doc, { api: roomApi(room, token), role, button: $('comment-line'), name: () => awareness.getLocalState()?.user?.name })
+  const debug = new Debugger(doc, roomApi(room, token), {
+    role, awareness, name: () => awareness.getLocalState()?.user?.name ?? identity.name,
+    hooks: { openFile: (path, line) => openFileAt(path, line), currentPath: () => current?.path ?? null },
+  })
 
   function openFile(path) {
     const ytext = files.get(path)
@@ -124,6 +129,7 @@ function startRoom() {
         EditorView.contentAttributes.of({ 'aria-label': `${path} (${languageName(path)})` }),
         yCollab(ytext, awareness, { undoManager: undo }),
         reviews.extension(view, path, ytext),
+        debug.extension(view, path),
         EditorView.updateListener.of((update) => { if (update.selectionSet || update.docChanged) runs?.selectionChanged() }),
         EditorView.updateListener.of((update) => people?.editorUpdate(update)),
       ],
@@ -141,10 +147,18 @@ function startRoom() {
     markInteractive()
   }
 
+  /** Open ``path`` (if it is not the open file) and show ``line``: the debugger's Jump and Follow. */
+  function openFileAt(path, line) {
+    if (current?.path !== path) openFile(path)
+    if (current?.path !== path || !line || line > view.state.doc.lines) return
+    view.dispatch({ selection: { anchor: view.state.doc.line(line).from }, scrollIntoView: true })
+  }
+
   function closeFile() {
     current?.undo.destroy()
     current = null
     reviews.detach()
+    debug.detach()
     view.setState(EditorState.create({ doc: '' }))
     awareness.setLocalStateField('file', null)
     runs?.selectionChanged()
@@ -313,6 +327,7 @@ function startRoom() {
     tree.render(sortedPaths(), current?.path ?? null)
     if (!current) closeFile() // its hint depends on the role
     reviews.setRole(role)
+    debug.setRole(role)
     runs.setRole(role)
     history.setCanWrite(!readOnly)
     people.setRole(role)
@@ -322,7 +337,7 @@ function startRoom() {
 
   // For tests and debugging from the console.
   window.pairroom = {
-    doc, files, chat, provider, awareness, view, status, runs, history, reviews, people,
+    doc, files, chat, provider, awareness, view, status, runs, history, reviews, people, debug,
     get role() { return role },
     get readOnly() { return readOnly },
     get currentPath() { return current?.path ?? null },
