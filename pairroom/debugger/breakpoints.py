@@ -140,11 +140,12 @@ def unusable(bp: Breakpoint, files: dict[str, str]) -> str | None:
 
 
 def normalize(debug: Map, files: Map, known: dict[tuple[str, str], dict[str, Any]],
-              author: str, author_name: str) -> int:
+              author: str, author_name: str | None) -> int:
     """Correct ``debug.breakpoints`` after a client's update (in a server transaction): remove what is
     not a breakpoint, stamp new or changed entries with ``author`` and an anchor, keep the room under
-    ``MAX_BREAKPOINTS``. ``known`` is what the server last saw (updated here). Returns the number of
-    entries removed."""
+    ``MAX_BREAKPOINTS``. ``known`` is what the server last saw (updated here). ``author_name`` None
+    (open mode: nobody is known by name) keeps the name the client wrote as ``author``, as chat and
+    review do. Returns the number of entries removed."""
     removed = 0
     breakpoints = debug.get("breakpoints")
     if breakpoints is None:
@@ -174,7 +175,9 @@ def normalize(debug: Map, files: Map, known: dict[tuple[str, str], dict[str, Any
             if known.get((path, key)) == value:
                 seen[(path, key)] = value
                 continue
-            entry = {"author": author, "authorName": author_name}
+            claimed = value.get("author")
+            name = author_name if author_name is not None else (claimed[:64] if isinstance(claimed, str) else "")
+            entry = {"author": author, "authorName": name or "Anonymous"}
             for name in CLIENT_FIELDS:
                 field = value.get(name)
                 if isinstance(field, str) and field and len(field.encode()) <= MAX_FIELD:

@@ -246,7 +246,8 @@ class Debugger(Extension):
             if "breakpoints" in touched:
                 removed = bps.normalize(
                     debug, files, debug_room.known,
-                    author.user_id if author else "anonymous", author.name if author else "Anonymous",
+                    author.user_id if author else "anonymous",
+                    None if author is None or author.anonymous else author.name,
                 )
                 if removed:
                     log.info("breakpoint entries removed", extra={"room": change.room.name, "count": removed})

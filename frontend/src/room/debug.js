@@ -119,6 +119,7 @@ export class Debugger {
           return RangeSet.of(ranges)
         },
         initialSpacer: () => new BreakpointMarker(0, {}, null),
+        renderEmptyElements: true, // every line's gutter cell takes the click that adds a breakpoint
         domEventHandlers: {
           mousedown(v, block, event) {
             if (event.button !== 0) return false
