@@ -488,3 +488,94 @@ async def test_the_adapter_request_metric_counts_by_command(ks: KernelServer) ->
     text = (await ks.http.get("/metrics")).text
     counts = dict(re.findall(r'pairroom_debug_adapter_requests_total\{command="(\w+)"\} (\d+)', text))
     assert int(float(counts["stackTrace"])) >= 1 and int(float(counts["initialize"])) >= 1
+
+
+async def test_a_conditional_breakpoint_a_queued_run_waits_and_the_owners_policy_applies_to_evaluate(ks: KernelServer) -> None:
+    name = new_room()
+    ada = await member(ks, name, Role.OWNER, "Ada")
+    await write_files(ks, ada, name, {"main.py": "seen = []\nfor i in range(5):\n    seen.append(i)\nprint(seen)\n"})
+    set_breakpoint(ada, "main.py", 3, condition="i == 3")
+    await server_breakpoints(ks, name, {"main.py": {"3"}})
+    assert (await start(ks, name, headers=auth(name, Role.OWNER, "Ada"))).status_code == 201
+    stop = await wait_state(ada, "stopped", line=3)
+    assert locals_of(stop)["i"] == "3" and locals_of(stop)["seen"] == "[0, 1, 2]"
+
+    # a plain run asked for now waits behind the debug session
+    queued = await ks.http.post(f"/api/rooms/{name}/runs", json={"code": "print('after')"}, headers=auth(name, Role.OWNER, "Ada"))
+    run_id = queued.json()["id"]
+    state = (await ks.http.get(f"/api/rooms/{name}/runs/{run_id}", headers=auth(name))).json()
+    assert state["status"] == "queued"
+
+    # with run policy "owners", an editor may not evaluate (it is running code) nor step
+    room = ks.hub.registry.rooms[name]
+    from pairroom.protocol.origins import LocalOrigin
+
+    with room.local_change(LocalOrigin("test")) as doc:
+        doc.get("meta", type=Map)["policy"] = Map({"run": "owners"})
+    evaluated = await ks.http.post(f"/api/rooms/{name}/debug/evaluate", json={"expression": "i"}, headers=auth(name, Role.EDITOR, "Bob"))
+    assert evaluated.status_code == 403 and "owners" in evaluated.json()["error"]
+    assert (await command(ks, name, "continue", stop["session"]["stopId"], auth(name, Role.EDITOR, "Bob"))).status_code == 403
+    evaluated = await ks.http.post(f"/api/rooms/{name}/debug/evaluate", json={"expression": "i * 2"}, headers=auth(name, Role.OWNER, "Ada"))
+    assert evaluated.status_code == 200 and evaluated.json()["result"] == "6"
+
+    assert (await command(ks, name, "continue", stop["session"]["stopId"], auth(name, Role.OWNER, "Ada"))).status_code == 202
+    await wait_state(ada, "ended")
+    after = await run_and_wait(ks, name, run_id, headers=auth(name))
+    assert after["status"] == "ok" and "after" in "".join(o.get("text", "") for o in after["outputs"])
+    await ada.close()
+
+
+async def test_pause_stops_an_endless_loop_and_a_kernel_death_while_paused_ends_the_session_keeping_breakpoints(ks: KernelServer) -> None:
+    name = new_room()
+    ada = await member(ks, name)
+    await write_files(ks, ada, name, {"main.py": "n = 0\nwhile True:\n    n += 1\n", "other.py": "z = 1\n"})
+    set_breakpoint(ada, "other.py", 1)
+    await server_breakpoints(ks, name, {"other.py": {"1"}})
+    assert (await start(ks, name)).status_code == 201
+    await wait_state(ada, "running")
+    paused = await ks.http.post(f"/api/rooms/{name}/debug/pause", json={}, headers=auth(name))
+    assert paused.status_code == 202, paused.text
+    stop = await wait_state(ada, "stopped")
+    assert stop["stopped"]["reason"] == "pause" and stop["frames"]
+    # continue: the loop runs on (a step for the old stop is refused), and pausing again stops it again
+    assert (await command(ks, name, "continue", stop["session"]["stopId"])).status_code == 202
+    await wait_state(ada, "running")
+    assert (await command(ks, name, "next", stop["session"]["stopId"])).status_code == 409
+    assert (await ks.http.post(f"/api/rooms/{name}/debug/pause", json={}, headers=auth(name))).status_code == 202
+    stop = await wait_state(ada, "stopped")
+
+    # the program kills its kernel while paused (evaluate runs code): the session ends and says why
+    killed = await ks.http.post(f"/api/rooms/{name}/debug/evaluate",
+                                json={"expression": "__import__('os')._exit(3)"}, headers=auth(name))
+    assert killed.status_code in (200, 502, 503), killed.text
+    ended = await wait_state(ada, "ended")
+    assert "the run failed" in ended["session"]["notice"] and "breakpoints stay" in ended["session"]["notice"]
+    assert set(breakpoints_of(ada)) == {"other.py"}
+    # the next debug session works on the fresh kernel
+    await write_files(ks, ada, name, {"main.py": "import other\nprint(other.z)\n"})
+    assert (await start(ks, name)).status_code == 201
+    stop = await wait_state(ada, "stopped", line=1)
+    assert stop["stopped"]["path"] == "other.py"
+    assert (await command(ks, name, "continue", stop["session"]["stopId"])).status_code == 202
+    await wait_state(ada, "ended")
+    await ada.close()
+
+
+async def test_a_flood_of_breakpoints_is_trimmed_to_the_cap(ks: KernelServer) -> None:
+    from pairroom.debugger.breakpoints import MAX_BREAKPOINTS
+
+    name = new_room()
+    ada = await member(ks, name)
+    await write_files(ks, ada, name, {"main.py": "x = 1\n"})
+    debug = ada.doc.get("debug", type=Map)
+    with ada.doc.transaction():
+        debug["breakpoints"] = Map({"main.py": Map({str(line): {"author": "a"} for line in range(1, 1001)})})
+
+    def count() -> int:
+        room = ks.hub.registry.rooms[name]
+        bps = room.doc.get("debug", type=Map).get("breakpoints")
+        return sum(len(lines) for lines in bps.values()) if isinstance(bps, Map) else -1
+
+    await eventually(lambda: count() == MAX_BREAKPOINTS, what="trimmed to the cap")
+    await eventually(lambda: sum(len(v) for v in breakpoints_of(ada).values()) == MAX_BREAKPOINTS, what="the client trimmed too")
+    await ada.close()

@@ -77,7 +77,16 @@ def encode_anchor(text: Text, line: int, starts: list[int]) -> str | None:
     """A relative position at the start of ``line`` (1-based) of ``text``, base64; None past the end."""
     if not 1 <= line <= len(starts):
         return None
-    return base64.b64encode(StickyIndex.new(text, starts[line - 1], Assoc.AFTER).encode()).decode()
+    index = starts[line - 1]
+    # At the very end of the text there is no character to stick to (pycrdt panics on AFTER there):
+    # stick to the one before, which still moves with every edit above.
+    assoc = Assoc.AFTER if index < len(text) else Assoc.BEFORE
+    try:
+        return base64.b64encode(StickyIndex.new(text, index, assoc).encode()).decode()
+    except BaseException as exc:  # a panic inside the CRDT library is a BaseException
+        if type(exc).__name__ != "PanicException":
+            raise
+        return None
 
 
 def resolve_anchor(text: Text, anchor: object, content: str) -> int | None:

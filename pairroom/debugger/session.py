@@ -173,6 +173,8 @@ class DebugSession:
 
     async def after(self, finished: Finished) -> None:
         """The run ended (the program finished, failed, was stopped, or the kernel died)."""
+        log.info("debug run ended", extra={"room": self.room.name, "session": self.id,
+                                           "outcome": getattr(finished.outcome, "value", None), "reason": finished.reason})
         self._cancel_pause_timer()
         await self._detach()
         outcome = getattr(finished.outcome, "value", str(finished.outcome))
@@ -272,15 +274,22 @@ class DebugSession:
         except SessionError as exc:
             log.warning("stack not fetched", extra={"room": self.room.name, "error": exc.reason})
             return
+        raw = (trace.get("body") or {}).get("stackFrames") or []
         frames = []
-        for frame in (trace.get("body") or {}).get("stackFrames") or []:
+        for frame in raw:
             path = room_path(frame.get("source"))
             if path is not None:
                 frames.append({"id": frame["id"], "name": clip(frame.get("name", ""), 100), "path": path,
                                "line": int(frame.get("line") or 0)})
-        if not frames:  # stepped out of the room's code (into the cell that ran it): go on
+        if not frames and reason != "pause":
+            # Stepped out of the room's code, into the cell that ran the file: go on to the end.
             await self.request("continue", {"threadId": thread})
             return
+        if not frames:  # a pause caught the thread outside the room's code: show where, as it is
+            frames = [{"id": f["id"], "name": clip(f.get("name", ""), 100), "path": None, "line": int(f.get("line") or 0),
+                       "external": clip((f.get("source") or {}).get("path") or "?", 300)} for f in raw[:MAX_FRAMES]]
+            if not frames:
+                return
         top = frames[0]
         scopes = await self._scopes(top["id"])
         self.stop_id = secrets.token_urlsafe(6)
@@ -346,6 +355,12 @@ class DebugSession:
         await self.request(command, {"threadId": thread})
 
     async def pause(self, thread: int | None) -> None:
+        """DAP ``pause`` of the kernel's main thread (or ``thread``).
+
+        Measured with ipykernel 7.4 and debugpy 1.8.22: the thread is reported stopped in frames
+        outside the room's code (a stack of IPython's ``logger.py`` alone), even while it runs a loop
+        in a room file. The stop is published as it is, outside frames included (``external``), so
+        everyone sees the program is paused and may continue or stop it (docs/debugger.md)."""
         if self.state != "running":
             raise conflict(f"the program is {self.state}, not running")
         if thread is None:
@@ -389,7 +404,19 @@ class DebugSession:
         if notice:
             self.notice = notice
         if self.state in ("running", "stopped"):
+            was_stopped, thread = self.state == "stopped", self.thread_id
             self._moved_on()
+            if self.kernel is not None:
+                self.kernel.on_debug_event = None
+            try:
+                # No breakpoint may catch the program again, and a paused one goes on; then detach.
+                for path in sorted(self._sent_sources):
+                    await self.request("setBreakpoints", {"source": {"path": f"{WORKDIR}/{path}"}, "breakpoints": []})
+                self._sent_sources = set()
+                if was_stopped and thread is not None:
+                    await self.request("continue", {"threadId": thread})
+            except SessionError as exc:
+                log.info("could not resume before detaching", extra={"room": self.room.name, "error": exc.reason})
             await self._detach()
 
     async def _detach(self) -> None:
@@ -401,6 +428,7 @@ class DebugSession:
             return
         self.attached = False
         kernel.on_debug_event = None
+        log.info("detaching the debugger", extra={"room": self.room.name, "session": self.id})
         try:
             await self.request("disconnect", {"restart": False, "terminateDebuggee": False})
         except SessionError as exc:

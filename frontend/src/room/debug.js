@@ -281,10 +281,11 @@ export class Debugger {
     this.panel.dataset.state = state
     if (stopped) {
       const whose = stopped.breakpointBy ? ` (${stopped.breakpointBy}'s breakpoint)` : stopped.reason ? ` (${stopped.reason})` : ''
-      this.els.banner.textContent = `Stopped at ${stopped.path}:${stopped.line}${whose}`
+      const where = stopped.path ? `${stopped.path}:${stopped.line}` : 'a line outside the room\'s files'
+      this.els.banner.textContent = `Stopped at ${where}${whose}`
     }
     this.els.banner.hidden = !stopped
-    this.els.jump.hidden = !stopped
+    this.els.jump.hidden = !stopped?.path
     this.els.notice.hidden = !(state === 'ended' && session.notice)
     this.els.notice.textContent = session.notice ?? ''
     this.renderStack(state === 'stopped' ? plain(this.debug.get('frames')) || [] : [])
@@ -303,7 +304,7 @@ export class Debugger {
       h('button', {
         type: 'button', class: 'debug-frame' + ((this.selectedFrame ?? frames[0]?.id) === frame.id ? ' selected' : ''),
         onclick: () => this.selectFrame(frame, i === 0),
-      }, `${frame.name} — ${frame.path}:${frame.line}`))))
+      }, `${frame.name} — ${frame.path ?? frame.external}:${frame.line}`))))
   }
 
   renderScopes(scopes) {
@@ -342,7 +343,7 @@ export class Debugger {
   async selectFrame(frame, top) {
     this.selectedFrame = top ? null : frame.id
     this.renderStack(plain(this.debug.get('frames')) || [])
-    this.hooks.openFile(frame.path, frame.line)
+    if (frame.path) this.hooks.openFile(frame.path, frame.line)
     if (top) { this.renderScopes(plain(this.debug.get('scopes')) || []); return }
     try {
       const { scopes } = await this.api('POST', 'debug/scopes', { frameId: frame.id })
