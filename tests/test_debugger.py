@@ -579,3 +579,31 @@ async def test_a_flood_of_breakpoints_is_trimmed_to_the_cap(ks: KernelServer) ->
     await eventually(lambda: count() == MAX_BREAKPOINTS, what="trimmed to the cap")
     await eventually(lambda: sum(len(v) for v in breakpoints_of(ada).values()) == MAX_BREAKPOINTS, what="the client trimmed too")
     await ada.close()
+
+
+async def test_a_session_left_alive_by_a_node_that_died_is_ended_when_the_room_loads_again(tmp_path: Path) -> None:
+    from pairroom.protocol.origins import LocalOrigin
+
+    name = new_room()
+    first = await start_kernel_server(tmp_path, secret=SECRET, pool_size=0)
+    try:
+        async with first.hub.registry.hold(name) as room:
+            # What a node that died while paused leaves in storage (its shutdown would have ended it).
+            with room.local_change(LocalOrigin("debugger")) as doc:
+                debug = doc.get("debug", type=Map)
+                debug["state"] = "stopped"
+                debug["session"] = {"id": "s1", "state": "stopped", "path": "main.py", "by": "u-ada", "stopId": "x"}
+                debug["stopped"] = {"path": "main.py", "line": 2}
+            await room.flush()
+    finally:
+        await first.stop()
+    second = await start_kernel_server(tmp_path, secret=SECRET, pool_size=0)
+    try:
+        got = await second.http.get(f"/api/rooms/{name}/debug", headers=auth(name))
+        assert got.status_code == 200
+        state = got.json()
+        assert state["state"] == "ended" and state["stopped"] is None
+        assert state["session"]["notice"] == "the server running this session stopped"
+        assert (await command(second, name, "continue", "x")).status_code == 409
+    finally:
+        await second.stop()

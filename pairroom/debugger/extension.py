@@ -31,7 +31,7 @@ from pairroom.rooms.identity import Principal, Role
 from pairroom.rooms.partial_writes import touches_only
 
 from . import breakpoints as bps
-from .session import ORIGIN, Counter, DebugSession
+from .session import ORIGIN, AdapterRequests, DebugSession
 
 if TYPE_CHECKING:
     from pairroom.rooms.member import Member
@@ -83,7 +83,7 @@ class Debugger(Extension):
         self.pause_limit = float(extra.get("debug_pause_limit", 600.0))
         self.max_seconds = float(extra.get("debug_max_seconds", 3600.0))
         self.rooms: dict[str, DebugRoom] = {}
-        self.counter = Counter()
+        self.counter = AdapterRequests()
         self.node: Any = None
 
     # -- the node -------------------------------------------------------------------------------
@@ -140,8 +140,8 @@ class Debugger(Extension):
             room, path, principal.user_id, principal.name, counter=self.counter, spawn=self.spawn,
             record=lambda kind, user, data: self.record(room.name, kind, user, data),
             pause_limit=self.pause_limit, max_seconds=self.max_seconds, on_end=self._ended,
+            write=lambda values: self._write(debug_room, values),
         )
-        session.room_write = lambda values: self._write(debug_room, values)  # type: ignore[method-assign]
         debug_room.session = session
         return session
 
@@ -175,8 +175,10 @@ class Debugger(Extension):
                         debug_room.known[(path, key)] = value
         debug_room.owned = {key: _plain(value) for key, value in debug.items() if key not in CLIENT_KEYS}
         if debug_room.owned.get("state") in ("queued", "running", "stopped"):
-            # A session of this room was alive when the room left memory or the node died.
-            debug_room.owned["state"] = "ended"
+            # A session of this room was alive when its node stopped or died: it is gone.
+            session = dict(debug_room.owned.get("session") or {})
+            session.update(state="ended", stopId=None, notice="the server running this session stopped")
+            self._write(debug_room, {"state": "ended", "session": session, "stopped": None, "frames": [], "scopes": []})
         debug_room.subscriptions = [
             (debug, debug.observe_deep(lambda events: self._on_debug(debug_room, events))),
             (files, files.observe_deep(lambda events: self._on_files(debug_room, events))),
@@ -229,10 +231,9 @@ class Debugger(Extension):
             return
         touched, debug_room.client_touched_keys = debug_room.client_touched_keys, set()
         edited, debug_room.edited_paths = debug_room.edited_paths, set()
-        if not touched and not edited:
-            return
-        has_breakpoints = bool(debug_room.known) or "breakpoints" in touched
-        if not (touched or has_breakpoints):
+        # Only files with breakpoints matter: an edit anywhere else costs this set lookup, no write.
+        paths = {path for path, _ in debug_room.known if path in edited}
+        if not touched and not paths:
             return
         author = change.author
         with change.room.local_change(GUARD) as doc:
@@ -251,7 +252,6 @@ class Debugger(Extension):
                 )
                 if removed:
                     log.info("breakpoint entries removed", extra={"room": change.room.name, "count": removed})
-            paths = {path for path in edited if any(p == path for p, _ in debug_room.known)}
             if paths:
                 bps.follow_edits(debug, files, paths, debug_room.known)
 

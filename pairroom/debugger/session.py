@@ -92,7 +92,7 @@ def variable(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
-class Counter:
+class AdapterRequests:
     """Counts what the server sends to the adapter, by command (the metric and the benchmark read it)."""
 
     sent: dict[str, int] = field(default_factory=dict)
@@ -107,8 +107,9 @@ class Counter:
 class DebugSession:
     """The room's one debug session (``DebugRoom.session``), from start to end."""
 
-    def __init__(self, room: Room, path: str, by: str, by_name: str, *, counter: Counter,
+    def __init__(self, room: Room, path: str, by: str, by_name: str, *, counter: AdapterRequests,
                  spawn: Callable[[Any, str], Any], record: Callable[[str, str, dict[str, Any]], None],
+                 write: Callable[[dict[str, Any]], None],
                  pause_limit: float, max_seconds: float, on_end: Callable[[DebugSession], None]) -> None:
         self.room = room
         self.path = path
@@ -117,6 +118,7 @@ class DebugSession:
         self.counter = counter
         self.spawn = spawn
         self.record = record
+        self.room_write = write  # values under ``debug``, in one server transaction
         self.pause_limit = pause_limit
         self.timeout: float | None = max_seconds  # RunHooks: the debug run's wall-clock limit
         self.on_end = on_end
@@ -482,12 +484,3 @@ class DebugSession:
         if self.notice and event == "ended":
             data["notice"] = self.notice
         self.record(event, fields.get("who") or self.by, data)
-
-    def room_write(self, values: dict[str, Any]) -> None:
-        try:
-            with self.room.local_change(ORIGIN) as doc:
-                debug = doc.get("debug", type=Map)
-                for key, value in values.items():
-                    debug[key] = value
-        except RuntimeError as exc:  # the room closed under us (server shutdown)
-            log.warning("debug state not written", extra={"room": self.room.name, "error": str(exc)})
