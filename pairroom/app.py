@@ -25,6 +25,7 @@ from pairroom.config import Settings
 from pairroom.debugger.extension import Debugger
 from pairroom.extension_loader import Installed, installed
 from pairroom.kernels.extension import Kernels
+from pairroom.marketplace.extension import Marketplace
 from pairroom.recording.extension import Recording
 from pairroom.review.extension import Review
 from pairroom.rooms.extension import Extension, ExtensionRunner, Supervisor
@@ -55,6 +56,7 @@ def builtin_extensions(settings: Settings) -> list[Extension]:
         Debugger(settings.extra),
         Calls(settings.rtc, clustered=bool(settings.redis)),
         Recording(settings.extra, limit),
+        Marketplace(settings.extension_catalog, settings.extension_catalog_root, settings.extension_catalog_cache),
     ]
 
 

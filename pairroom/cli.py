@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import ipaddress
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from pairroom import extension_loader
 from pairroom.rooms.extension import Extension
 
 from pairroom.web import logs
+from pairroom.marketplace import commands as extensions_cli
 from pairroom.recording import export as recorder_cli
 from pairroom.rooms.identity import Role
 from pairroom.app import create_app
@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="run this installed third-party extension (repeatable; PAIRROOM_EXTENSIONS=a,b);"
         " its settings come from PAIRROOM_EXT_<NAME>_<KEY>",
     )
+    serve.add_argument(
+        "--extension-catalog", metavar="FILE_OR_URL",
+        help="the extension catalog: a local JSON file, or a TUF repository URL (PAIRROOM_EXTENSION_CATALOG)",
+    )
+    serve.add_argument(
+        "--extension-catalog-root", metavar="ROOT_JSON",
+        help="the pinned TUF root metadata a catalog URL is verified against (PAIRROOM_EXTENSION_CATALOG_ROOT)",
+    )
 
     token = commands.add_parser("token", help="mint an access token for a room")
     token.add_argument("room")
@@ -97,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--color", help="cursor color, e.g. #4363d8")
     token.add_argument("--user-id", help="stable user id (default: random)")
     token.add_argument("--secret", help="token signing secret (default PAIRROOM_SECRET)")
-    recorder_cli.add_arguments(commands)
+    recorder_cli.add_arguments(commands, Settings.from_env().db)
+    extensions_cli.add_arguments(commands)
     return parser
 
 
@@ -126,7 +135,7 @@ def is_loopback(host: str) -> bool:
 
 
 def token_command(args: argparse.Namespace) -> int:
-    secret = args.secret or os.environ.get("PAIRROOM_SECRET")
+    secret = args.secret or Settings.from_env().secret
     if not secret:
         print("pairroom token: no secret (--secret or PAIRROOM_SECRET)", file=sys.stderr)
         return 2
@@ -142,12 +151,27 @@ def token_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def extensions_command(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"pairroom: {exc}", file=sys.stderr)
+        return 2
+    context = extensions_cli.Context(
+        settings.extensions, settings.extension_catalog, settings.extension_catalog_root,
+        settings.extension_catalog_cache,
+    )
+    return extensions_cli.run(args, context)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "token":
         return token_command(args)
     if args.command in recorder_cli.COMMANDS:
         return recorder_cli.COMMANDS[args.command](args)
+    if args.command == "extensions":
+        return extensions_command(args)
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         settings = Settings.from_env(**overrides)

@@ -69,6 +69,10 @@ class Settings:
     extensions: tuple[str, ...] = ()
     # every PAIRROOM_EXT_<NAME>_<KEY> variable, without the PAIRROOM_EXT_ prefix; see extension_settings
     extension_env: Mapping[str, str] = field(default_factory=dict)
+    # the extension catalog: a local file (trusted as the operator's own) or a TUF repository URL
+    extension_catalog: str = ""
+    extension_catalog_root: str = ""  # the pinned TUF root.json of a catalog URL
+    extension_catalog_cache: str = ""  # where the TUF client keeps trusted metadata (default ~/.cache/pairroom/catalog)
 
     @property
     def origins(self) -> frozenset[str]:
@@ -136,6 +140,13 @@ class Settings:
                 default = getattr(cls(), f.name)
                 values[f.name] = _convert(f.name, raw, str if default is None else type(default))
         values["rtc"] = RtcSettings.from_env(environ)
+        recording = {  # PAIRROOM_RECORDING_<FIELD> travels as extra["recording_<field>"]
+            "recording_" + key.removeprefix("PAIRROOM_RECORDING_").lower(): value
+            for key, value in environ.items()
+            if key.startswith("PAIRROOM_RECORDING_")
+        }
+        if recording:
+            values["extra"] = {**recording, **cls().extra}
         values["extensions"] = parse_names(environ.get("PAIRROOM_EXTENSIONS", ""))
         values["extension_env"] = {
             key.removeprefix(EXT_PREFIX): value for key, value in environ.items() if key.startswith(EXT_PREFIX)

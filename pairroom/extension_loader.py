@@ -10,6 +10,11 @@ The object an entry point names is an ``Extension`` subclass or a zero-argument 
 is installed but not enabled is never imported. Enabling a name that is not installed, or one whose
 import fails, is an ``ExtensionError`` whose message lists what is installed; the CLI turns it into
 a refusal to start.
+
+What an extension asks for is in its manifest (``pairroom-extension.json``, see
+``pairroom.marketplace.manifest``). The loader enforces the one capability it can see at start-up:
+an extension that defines HTTP routes without asking for ``routes`` is refused, so an operator who
+read the capabilities is not surprised by new endpoints.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass, replace
 from importlib.metadata import EntryPoint, entry_points
 
 from pairroom.extensions import GROUP, Extension
+from pairroom.marketplace import manifest as manifests
 
 
 class ExtensionError(Exception):
@@ -110,8 +116,22 @@ def build(item: Installed, settings: Mapping[str, str]) -> Extension:
             f"extension {item.name!r}: {item.target} is named {extension.name!r}; the entry point's"
             " name and the extension's `name` must be the same (it is how it is enabled and mounted)"
         )
+    check_capabilities(item, extension)
     try:
         extension.settings = dict(settings)
     except ValueError as exc:  # an extension checks its settings in a ``settings`` setter
         raise ExtensionError(f"extension {item.name!r}: {exc}") from exc
     return extension
+
+
+def check_capabilities(item: Installed, extension: Extension) -> None:
+    """Refuse what the extension does without having asked for it (the manifest's capabilities)."""
+    try:
+        declared = manifests.read_installed(item.target)
+    except manifests.ManifestError as exc:
+        raise ExtensionError(f"extension {item.name!r}: {exc}") from exc
+    if type(extension).routes is not Extension.routes and "routes" not in declared.capabilities:
+        raise ExtensionError(
+            f"extension {item.name!r} defines HTTP routes but its manifest ({manifests.FILE}) does not ask for"
+            ' the "routes" capability'
+        )

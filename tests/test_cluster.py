@@ -344,3 +344,40 @@ async def test_chaos_six_clients_three_nodes_random_faults(serve_processes, pg, 
     finally:
         for proxy in proxies:
             await proxy.stop()
+
+
+async def test_a_role_changed_on_one_node_holds_on_every_node(serve_processes, pg, redis):
+    """An owner on node 1 demotes an editor connected to node 2: node 2 follows ``meta.roles`` at
+    once (the editor's presence says viewer, its writes are dropped there), with no reconnect."""
+    secret = "cluster-roles-secret-0123456789abcdef"
+    env = {"PAIRROOM_SECRET": secret}
+    one, two = await asyncio.gather(
+        *(serve_processes({"PAIRROOM_DB": pg, "PAIRROOM_REDIS": redis.url, "PAIRROOM_NODE_ID": f"n{i}",
+                           **FAST_HEALING, **env}) for i in (1, 2))
+    )
+    owner = mint(secret, "roles", Role.OWNER, "Olga", user_id="olga")
+    editor = mint(secret, "roles", Role.EDITOR, "Ed", user_id="ed")
+    olga = await YClient.connect(f"{one.ws_base}/roles?token={owner}")
+    ed = await YClient.connect(f"{two.ws_base}/roles?token={editor}")
+    await asyncio.wait_for(asyncio.gather(olga.synced.wait(), ed.synced.wait()), 10)
+    ed.insert(0, "before ")
+    await eventually(lambda: text(olga) == "before ", what="the editor writes while an editor")
+    async with httpx.AsyncClient() as http:
+        demoted = await http.put(f"{one.http}/api/rooms/roles/roles/ed", json={"role": "viewer"},
+                                 headers={"authorization": f"Bearer {owner}"})
+        assert demoted.status_code == 200, demoted.text
+
+        async def ed_is_viewer_on_node_two() -> bool:
+            members = (await http.get(f"{two.http}/api/rooms/roles/presence",
+                                      headers={"authorization": f"Bearer {owner}"})).json()["members"]
+            return any(m.get("id") == "ed" and m.get("role") == "viewer" for m in members)
+
+        await eventually(ed_is_viewer_on_node_two, timeout=10, what="node 2 restamps the demoted editor")
+    ed.insert(len(text(ed)), "after")  # dropped by node 2 now
+    olga.insert(len(text(olga)), "| owner")
+    await eventually(lambda: "| owner" in text(ed), what="the owner's edit still reaches the viewer")
+    late = await YClient.connect(f"{two.ws_base}/roles?token={owner}")
+    await eventually(lambda: "| owner" in text(late), what="node 2's copy")
+    assert "after" not in text(late) and "after" not in text(olga)
+    for client in (olga, ed, late):
+        await client.close()

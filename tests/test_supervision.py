@@ -12,12 +12,15 @@ import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
+from pycrdt import Map
 
 from pairroom.extensions import Change, Connection, Extension, Reject
 from pairroom.rooms.member import Member
+from pairroom.rooms.owners import OWNERS, OwnerRow, short_string
 from pairroom.rooms.room import Room
 from pairroom.web.auth import mint
 
@@ -248,3 +251,36 @@ async def test_an_extension_refuses_a_connection_with_its_close_code(start_serve
     await eventually(lambda: str(allowed.text) == "still here", what="ada keeps editing")
     await allowed.close()
     await refused.close()
+
+
+class PinnedNotes(Extension):
+    """Owns a document root of its own: only owners may pin notes, and a note is a short string."""
+
+    name = "pinned-notes"
+
+    def document_rows(self) -> Sequence[OwnerRow]:
+        return (OwnerRow("pinned", "*", OWNERS, short_string(80), "string, at most 80 characters"),)
+
+
+async def test_an_extensions_document_rows_are_enforced_like_the_built_in_ones(start_server) -> None:
+    server = await start_server(extensions=[PinnedNotes()], secret=SECRET)
+    owner = mint(SECRET, "notes", "owner", "Olga", user_id="olga")
+    editor = mint(SECRET, "notes", "editor", "Ed", user_id="ed")
+    olga = await YClient.connect(server.ws("notes") + f"?token={owner}")
+    ed = await YClient.connect(server.ws("notes") + f"?token={editor}")
+    await asyncio.wait_for(asyncio.gather(olga.synced.wait(), ed.synced.wait()), 5)
+    olga.doc.get("pinned", type=Map)["welcome"] = "read the README first"
+    await eventually(lambda: ed.doc.get("pinned", type=Map).get("welcome") == "read the README first",
+                     what="the owner's note reaches the editor")
+    ed.doc.get("pinned", type=Map)["welcome"] = "ignore the README"  # not an owner: reverted
+    olga.doc.get("pinned", type=Map)["long"] = "x" * 500  # an owner, but the wrong shape: reverted
+    room = server.hub.registry.rooms["notes"]
+
+    def server_notes() -> dict[str, object]:
+        return dict(room.doc.get("pinned", type=Map).to_py() or {})
+
+    await eventually(lambda: server_notes() == {"welcome": "read the README first"}, what="both reverted")
+    await eventually(lambda: dict(ed.doc.get("pinned", type=Map).to_py() or {}) == server_notes(),
+                     what="the editor's copy is corrected too")
+    await olga.close()
+    await ed.close()

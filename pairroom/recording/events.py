@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta, timezone
@@ -76,7 +75,7 @@ class RecorderSettings:
     @classmethod
     def from_mapping(cls, extra: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> RecorderSettings:
         """``extra["recording_<field>"]`` wins, then ``PAIRROOM_RECORDING_<FIELD>``, then the default."""
-        environ = os.environ if environ is None else environ
+        environ = {} if environ is None else environ  # config.py puts PAIRROOM_RECORDING_* in extra
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = extra.get(f"recording_{f.name}", environ.get(f"PAIRROOM_RECORDING_{f.name.upper()}"))

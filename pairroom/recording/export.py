@@ -29,7 +29,6 @@ import contextlib
 import base64
 import gzip
 import json
-import os
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
@@ -47,22 +46,19 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _PAGE = 2000
 
 
-def default_db() -> str:
-    return os.environ.get("PAIRROOM_DB") or "sqlite:///./pairroom.db"
-
-
-def add_arguments(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``export`` and ``import`` to the ``pairroom`` command's subparsers."""
+def add_arguments(commands: argparse._SubParsersAction, default_db: str) -> None:  # type: ignore[type-arg]
+    """Add ``export`` and ``import`` to the ``pairroom`` command's subparsers; ``--db`` defaults to
+    ``default_db`` (the settings' database: ``PAIRROOM_DB`` or the built-in default)."""
     export = commands.add_parser("export", help="write a room's recording (or its files) out")
     export.add_argument("room")
     export.add_argument("-o", "--output", help="the export file to write (.pairroom.jsonl.gz)")
     export.add_argument("--files", metavar="DIR", help="write the room's files under DIR instead")
     export.add_argument("--at", help="with --files: a seq or an ISO 8601 time (default: now)")
-    export.add_argument("--db", default=None, help="database URL (PAIRROOM_DB, default sqlite:///./pairroom.db)")
+    export.add_argument("--db", default=default_db, help="database URL (PAIRROOM_DB, default sqlite:///./pairroom.db)")
     imp = commands.add_parser("import", help="bring a room back from an export file")
     imp.add_argument("file")
     imp.add_argument("--as", dest="as_room", help="import under this room name")
-    imp.add_argument("--db", default=None, help="database URL (PAIRROOM_DB, default sqlite:///./pairroom.db)")
+    imp.add_argument("--db", default=default_db, help="database URL (PAIRROOM_DB, default sqlite:///./pairroom.db)")
 
 
 def export_command(args: argparse.Namespace) -> int:
@@ -74,10 +70,10 @@ def export_command(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.files:
-            written = asyncio.run(export_files(args.db or default_db(), args.room, Path(args.files), args.at))
+            written = asyncio.run(export_files(args.db, args.room, Path(args.files), args.at))
             print(f"wrote {written} file(s) to {args.files}")
         else:
-            counts = asyncio.run(export_room(args.db or default_db(), args.room, Path(args.output)))
+            counts = asyncio.run(export_room(args.db, args.room, Path(args.output)))
             print(f"exported {args.room}: " + ", ".join(f"{n} {k}(s)" for k, n in counts.items()))
     except (StoreError, ValueError, OSError) as exc:
         print(f"pairroom export: {exc}", file=sys.stderr)
@@ -87,7 +83,7 @@ def export_command(args: argparse.Namespace) -> int:
 
 def import_command(args: argparse.Namespace) -> int:
     try:
-        room, counts = asyncio.run(import_room(args.db or default_db(), Path(args.file), args.as_room))
+        room, counts = asyncio.run(import_room(args.db, Path(args.file), args.as_room))
     except (StoreError, ValueError, OSError) as exc:
         print(f"pairroom import: {exc}", file=sys.stderr)
         return 1

@@ -21,23 +21,28 @@ Authors, names and times come from the token and the server's clock, never from 
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
-from pycrdt import Map, Text
+from pycrdt import Doc, Map, Text
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pairroom.protocol.origins import LocalOrigin
+from pairroom.review import export as review_export
+from pairroom.review import passes as review_passes
+from pairroom.review import threads as review
+from pairroom.review.threads import ReviewError
+from pairroom.rooms.identity import Principal, Role
+from pairroom.rooms.owners import review_thread
+from pairroom.rooms.room import Room
 from pairroom.web.api import ApiError, handles_errors, json_body, room_of
 from pairroom.web.auth import authenticate
 from pairroom.web.hub import Hub
-from pairroom.review import threads as review
-from pairroom.review import export as review_export
-from pairroom.review import passes as review_passes
-from pairroom.rooms.identity import Principal, Role
-from pairroom.review.threads import ReviewError
-from pairroom.rooms.room import Room
+
+log = logging.getLogger("pairroom.review")
 
 ORIGIN = LocalOrigin("review")
 STATUS_OF = {"invalid": 400, "missing": 404, "conflict": 409}
@@ -84,8 +89,27 @@ async def list_threads(request: Request) -> Response:
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
         with room.local_change(ORIGIN) as doc:
-            threads = review.list_threads(doc)
+            threads = valid_threads(doc)
     return JSONResponse({"room": name, "threads": threads})
+
+
+def valid_threads(doc: Doc) -> list[dict[str, Any]]:
+    """The threads as ``review.list_threads`` shows them, leaving out any that does not have the
+    shape of the owner table's ``reviews`` row (stored before the guards checked it, say): one bad
+    thread must not make the list answer 500."""
+    views = []
+    for thread_id, thread in review.reviews_of(doc).items():
+        if not review_thread(thread):
+            log.warning("malformed review thread left out", extra={"review_thread": thread_id})
+            continue
+        try:
+            view = review.thread_view(doc, thread_id, thread)
+            json.dumps(view, allow_nan=False)  # what JSONResponse will do
+        except (ValueError, TypeError, KeyError, RecursionError):
+            log.warning("review thread that cannot be shown left out", extra={"review_thread": thread_id})
+            continue
+        views.append(view)
+    return sorted(views, key=lambda v: (v.get("createdAt") or 0, v["id"]))
 
 
 @handles_errors

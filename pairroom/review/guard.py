@@ -32,13 +32,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pycrdt import Array, Map, Subscription
 
-from pairroom.protocol.origins import ClientOrigin, LocalOrigin, Origin
+from pairroom.protocol.origins import ClientOrigin, LocalOrigin
 from pairroom.review import threads as review
 from pairroom.rooms.extension import Change, Extension
 from pairroom.rooms.room import RoomState
@@ -114,6 +115,14 @@ class ReviewGuard(Extension):
         state = self._rooms.get(room)
         if state is None:
             return
+        try:
+            self._collect(room, state, events)
+        except Exception:
+            # A value too hostile to read (a 3,000-deep map): the document guards remove the
+            # thread, as its shape is not a thread's; there is nothing to stamp.
+            log.warning("review change could not be read", exc_info=True, extra={"room": room.name})
+
+    def _collect(self, room: Room, state: _RoomState, events: list[Any]) -> None:
         origin = room.current_origin
         fixes: list[_Fix] = []
         for event in events:
@@ -156,7 +165,14 @@ class ReviewGuard(Extension):
             for origin, fixes in pending:
                 author, name = self._identity(room, origin)
                 for fix in fixes:
-                    self._apply_fix(state.reviews, fix, author, name)
+                    try:
+                        self._apply_fix(state.reviews, fix, author, name)
+                    except Exception:
+                        # Fail closed: a thread the guard cannot correct does not stay as written.
+                        log.exception("review correction failed; thread removed",
+                                      extra={"room": room.name, "review_thread": fix.thread_id})
+                        if fix.thread_id in state.reviews:
+                            del state.reviews[fix.thread_id]
 
     @staticmethod
     def _identity(room: Room, origin: ClientOrigin) -> tuple[str, str | None]:
@@ -266,5 +282,8 @@ def _stamped(item: Any, author: str, name: str | None) -> dict[str, Any] | None:
 
 def _plausible(at: Any) -> bool:
     """A client's time is kept when it is within 10 s of the server's (clients queue offline edits
-    for longer, but then the server's time of arrival is the honest one)."""
-    return isinstance(at, (int, float)) and abs(at - time.time() * 1000) <= 10_000
+    for longer, but then the server's time of arrival is the honest one). NaN and infinities fail."""
+    return (
+        isinstance(at, (int, float)) and not isinstance(at, bool)
+        and math.isfinite(at) and abs(at - time.time() * 1000) <= 10_000
+    )

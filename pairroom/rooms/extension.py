@@ -14,7 +14,10 @@ Guarantees (see ``docs/extensions.md``):
   ``Reject`` from ``on_authenticate`` is not an error: it refuses the connection;
 - async hooks are bounded by ``hook_timeout`` seconds (a timeout counts as an error);
 - sync hooks (``on_change``, ``allows_write``, ``on_join`` ...) run on the room's path: keep them cheap,
-  and hand slow work to a task of your own ``lifespan``.
+  and hand slow work to a task of your own ``lifespan``;
+- an extension with ``per_room = True`` is off in a room until an owner switches it on there: its room
+  hooks (``ROOM_HOOKS``) are not called for rooms where it is off. The runner asks ``switches`` (the
+  marketplace's per-room state); only hooks a per-room extension implements pay for the question.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
     from .member import Member
+    from .owners import OwnerRow
     from .room import Room
 
 log = logging.getLogger("pairroom.extensions")
@@ -74,6 +78,12 @@ class ErrorCounter(Protocol):
     def extension_error(self, extension: str, hook: str) -> None: ...
 
 
+class RoomSwitches(Protocol):
+    """Which per-room extensions an owner switched on in a room (``marketplace.switches``)."""
+
+    def is_on(self, room: Room, extension: str) -> bool: ...
+
+
 class Extension:
     """Subclass and override the hooks you need; the defaults do nothing.
 
@@ -86,6 +96,7 @@ class Extension:
     priority: ClassVar[int] = 100
     hook_timeout: ClassVar[float] = 5.0
     builtin: ClassVar[bool] = False  # built-ins mount their routes at the root
+    per_room: ClassVar[bool] = False  # off in a room until an owner switches it on there
 
     settings: Mapping[str, str] = {}
 
@@ -140,6 +151,12 @@ class Extension:
     def on_deleted(self, room_name: str) -> None:
         """The room was deleted (here or on another node) and evicted without a final flush."""
 
+    def document_rows(self) -> Sequence[OwnerRow]:
+        """Rows this extension adds to the document's owner table (``rooms/owners.py``): the roots
+        and keys it owns, who may write them and their shape. The guards enforce them like the
+        built-in rows; a root nobody claims is not checked."""
+        return ()
+
 
 SYNC_HOOKS = (
     "on_loaded",
@@ -153,6 +170,10 @@ SYNC_HOOKS = (
 )
 ASYNC_HOOKS = ("on_authenticate", "on_load")
 ALL_HOOKS = ("routes", "lifespan", *ASYNC_HOOKS, "allows_write", *SYNC_HOOKS)
+# The hooks about one room, switched per room. ``on_authenticate`` (the door's policy, the room may
+# not be loaded) and ``on_deleted`` (the room is gone) reach every extension.
+ROOM_HOOKS = frozenset(ALL_HOOKS) - {"routes", "lifespan", "on_authenticate", "on_deleted"}
+CHANGE_HOOKS = frozenset({"on_change", "after_client_change"})  # their payload is a Change
 
 
 def hooks_of(extension: Extension) -> list[str]:
@@ -171,7 +192,10 @@ class ExtensionRunner:
 
     extensions: Sequence[Extension]
     errors: ErrorCounter = field(default_factory=_NoCounter)
+    switches: RoomSwitches | None = None  # None: every per-room extension is off everywhere
     _by_hook: dict[str, tuple[Extension, ...]] = field(init=False)
+    document_rows: tuple[OwnerRow, ...] = field(init=False)  # every extension's owner-table rows
+    _gated: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         ordered = sorted(enumerate(self.extensions), key=lambda pair: (pair[1].priority, pair[0]))
@@ -179,6 +203,9 @@ class ExtensionRunner:
         self._by_hook = {
             hook: tuple(e for e in self.extensions if hook in hooks_of(e)) for hook in ALL_HOOKS
         }
+        self.document_rows = tuple(row for e in self.extensions for row in e.document_rows())
+        # The room hooks some per-room extension implements: the only ones that ask ``switches``.
+        self._gated = frozenset(h for h in ROOM_HOOKS if any(e.per_room for e in self._by_hook[h]))
 
     def implementing(self, hook: str) -> tuple[Extension, ...]:
         return self._by_hook[hook]
@@ -190,18 +217,33 @@ class ExtensionRunner:
         log.exception("extension hook failed", extra={"extension": extension.name, "hook": hook})
         self.errors.extension_error(extension.name, hook)
 
+    def _in_room(self, hook: str, room: Room) -> tuple[Extension, ...]:
+        """The extensions with ``hook`` that are on in ``room``: per-room ones only if switched on."""
+        switches = self.switches
+        return tuple(
+            e for e in self._by_hook[hook]
+            if not e.per_room or (switches is not None and switches.is_on(room, e.name))
+        )
+
     # -- sync hooks -----------------------------------------------------------------------------
 
     def notify(self, hook: str, *args: object) -> None:
-        """Call a sync hook on every extension that has it; errors are isolated."""
-        for extension in self._by_hook[hook]:
+        """Call a sync hook on every extension that has it (and is on in the room); errors are isolated."""
+        extensions = self._by_hook[hook]
+        if hook in self._gated:
+            payload: Any = args[0]
+            extensions = self._in_room(hook, payload.room if hook in CHANGE_HOOKS else payload)
+        for extension in extensions:
             try:
                 getattr(extension, hook)(*args)
             except Exception:
                 self.failed(extension, hook)
 
     def allows_write(self, room: Room, member: Member, update: bytes) -> bool:
-        for extension in self._by_hook["allows_write"]:
+        extensions = self._by_hook["allows_write"]
+        if "allows_write" in self._gated:
+            extensions = self._in_room("allows_write", room)
+        for extension in extensions:
             try:
                 if extension.allows_write(room, member, update):
                     return True
@@ -232,7 +274,10 @@ class ExtensionRunner:
             await self._bounded(extension, "on_authenticate", extension.on_authenticate(conn))
 
     async def on_load(self, room: Room) -> None:
-        for extension in self._by_hook["on_load"]:
+        extensions = self._by_hook["on_load"]
+        if "on_load" in self._gated:
+            extensions = self._in_room("on_load", room)
+        for extension in extensions:
             await self._bounded(extension, "on_load", extension.on_load(room))
 
 

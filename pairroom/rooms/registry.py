@@ -82,6 +82,7 @@ class RegistryMetrics:
     def updates_stored(self, count: int, seconds: float) -> None: ...
     def flush_failed(self) -> None: ...
     def update_dropped(self) -> None: ...
+    def write_reverted(self, root: str, key: str | None) -> None: ...
 
 
 class RoomRegistry(RoomListener):
@@ -329,6 +330,9 @@ class RoomRegistry(RoomListener):
 
     def on_update_dropped(self, room: Room, member: Member) -> None:
         self.metrics.update_dropped()
+
+    def on_write_reverted(self, room: Room, member: Member, root: str, key: str | None) -> None:
+        self.metrics.write_reverted(root, key)
 
     def on_local_update(self, room: Room, uid: str, update: bytes) -> None:
         self.cluster.publish_update(room, uid, update)

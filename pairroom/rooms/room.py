@@ -82,6 +82,9 @@ class RoomListener:
     def on_update_dropped(self, room: Room, member: Member) -> None:
         """A member without write permission sent an update; it was dropped."""
 
+    def on_write_reverted(self, room: Room, member: Member, root: str, key: str | None) -> None:
+        """The guards reverted a member's write to ``root`` (``key``) that its row does not allow."""
+
     def on_local_update(self, room: Room, uid: str, update: bytes) -> None:
         """An update that did not come from a peer node was integrated (the cluster relays it)."""
 
@@ -126,7 +129,7 @@ class Room:
         self.holders = 0  # server-side users (API calls, kernels) keeping the room loaded
         self._txn = _SERVER
         self._subscription = self.doc.observe(self._on_transaction)
-        self.guards = DocumentGuards(self)
+        self.guards = DocumentGuards(self, self.extensions.document_rows)
         if self.extensions.has("on_awareness"):
             self.presence.on_member_states = self._awareness_changed
 
@@ -217,6 +220,7 @@ class Room:
         if self.members.pop(member.id, None) is None:
             return False
         self.presence.remove_member(member)
+        self.guards.client_left(member)
         if not self.members:
             self.idle_since = now
         self.extensions.notify("on_leave", self, member)
@@ -250,7 +254,16 @@ class Room:
             # each connect, and a close would make a viewer's client reconnect forever.
             self.listener.on_update_dropped(self, member)
             return
-        self.apply_update(message.payload, member.origin, exclude=member)
+        self.guards.before_client_update(member, message.payload)  # raises ProtocolError to refuse
+        try:
+            self.apply_update(message.payload, member.origin, exclude=member)
+        except ProtocolError:
+            raise  # refused by the CRDT: nothing was integrated
+        except BaseException:
+            # Integrated, but an observer failed on it (pycrdt cannot even build the events of a
+            # 3,000-deep value): the guards cannot know what it touched, so they check everything.
+            self.guards.after_client_update(member, lost=True)
+            raise
         self.guards.after_client_update(member)
         if self.extensions.has("after_client_change"):
             change = Change(self, message.payload, member.origin, member.principal)

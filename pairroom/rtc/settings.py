@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import enum
-import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
@@ -46,9 +45,9 @@ class RtcSettings:
         return CallPolicy(speak=speak, record=self.record_all or room in self.record_rooms)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> RtcSettings:
-        """``PAIRROOM_RTC_<FIELD>``; lists and sets are comma-separated."""
-        environ = os.environ if environ is None else environ
+    def from_env(cls, environ: Mapping[str, str]) -> RtcSettings:
+        """``PAIRROOM_RTC_<FIELD>`` from the variables ``config.py`` read; lists and sets are
+        comma-separated."""
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = environ.get(f"PAIRROOM_RTC_{f.name.upper()}")

@@ -81,6 +81,12 @@ class Metrics(RegistryMetrics, ClusterMetrics):
         self.updates_dropped = Counter(
             "pairroom_updates_dropped", "Updates from members without write permission", registry=r
         )
+        self.guard_reverts = Counter(
+            "pairroom_guard_reverts",
+            "Client writes the document's owner table does not allow, reverted by the server",
+            ["root", "key"],
+            registry=r,
+        )
         self.room_load_failures = Counter(
             "pairroom_room_load_failures", "Joins refused because a room failed to load", registry=r
         )
@@ -123,6 +129,11 @@ class Metrics(RegistryMetrics, ClusterMetrics):
 
     def update_dropped(self) -> None:
         self.updates_dropped.inc()
+
+    def write_reverted(self, root: str, key: str | None) -> None:
+        # Map keys a client invents (run ids, paths) would grow the label set without bound.
+        known = {"title", "createdAt", "roles", "policy", "kernel"}
+        self.guard_reverts.labels(root[:32], key if key in known else "*" if key else "").inc()
 
     # ClusterMetrics
     def published(self, kind: Kind, ok: bool) -> None:

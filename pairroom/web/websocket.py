@@ -140,6 +140,10 @@ async def yjs_endpoint(websocket: WebSocket) -> None:
         hub.metrics.connections.dec()
 
 
+# What a vanished peer raises from a read or a write; anything else is our own error.
+PEER_GONE = (OSError, WebSocketDisconnect, RuntimeError, ConnectionError)
+
+
 async def serve_member(hub: Hub, websocket: WebSocket, room: Room, member: Member) -> None:
     reader = asyncio.create_task(read_frames(hub, websocket, room, member))
     sender = asyncio.create_task(member.run_sender())
@@ -152,11 +156,17 @@ async def serve_member(hub: Hub, websocket: WebSocket, room: Room, member: Membe
         for task in tasks:
             task.cancel()
         results = await asyncio.gather(*tasks, return_exceptions=True)
-    for task, result in zip((reader, sender, kicked), results):
-        if isinstance(result, Exception) and task in done:
+    for task, result in zip((reader, sender, kicked), results, strict=True):
+        if not isinstance(result, Exception) or task not in done:
+            continue
+        if isinstance(result, PEER_GONE):
             # The peer vanished mid-send or mid-read: the connection is over, nothing to report.
-            log.info(
-                "connection ended", extra={"room": room.name, "conn": member.id, "error": repr(result)}
+            log.info("connection ended", extra={"room": room.name, "conn": member.id, "error": repr(result)})
+        else:  # a bug on our side: loud, with its traceback
+            log.error(
+                "connection task failed",
+                exc_info=result,
+                extra={"room": room.name, "conn": member.id, "task": task.get_name()},
             )
     # Leave before closing: a kicked client that stopped reading may hold the close for a while,
     # and the others must not see its presence meanwhile.

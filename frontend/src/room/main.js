@@ -22,6 +22,7 @@ import { Reviews } from './review.js'
 import { Debugger } from './debug.js'
 import { startReplay } from './replay.js'
 import { mountCall } from './call-button.js'
+import { mountExtensions } from './extensions.js'
 
 const $ = (id) => document.getElementById(id)
 const ROLES = ['owner', 'editor', 'reviewer', 'viewer']
@@ -107,6 +108,11 @@ function startRoom() {
   let current = null // {path, ytext, undo}
   let runs = null // the output panel, made below
   let people = null // the people list and follow mode, made below
+  // extensions' panels and gutter marks (extensions.js); made before any file opens
+  const extensions = mountExtensions({
+    room, token, doc, view, role: () => role, name: () => awareness.getLocalState()?.user?.name ?? identity.name,
+    currentPath: () => current?.path ?? null,
+  })
   const reviews = new Reviews(doc, { api: roomApi(room, token), role, button: $('comment-line'), name: () => awareness.getLocalState()?.user?.name })
   const debug = new Debugger(doc, roomApi(room, token), {
     role, awareness, name: () => awareness.getLocalState()?.user?.name ?? identity.name,
@@ -130,6 +136,7 @@ function startRoom() {
         yCollab(ytext, awareness, { undoManager: undo }),
         reviews.extension(view, path, ytext),
         debug.extension(view, path),
+        extensions.editorExtension(path),
         EditorView.updateListener.of((update) => { if (update.selectionSet || update.docChanged) runs?.selectionChanged() }),
         EditorView.updateListener.of((update) => people?.editorUpdate(update)),
       ],
@@ -337,7 +344,7 @@ function startRoom() {
 
   // For tests and debugging from the console.
   window.pairroom = {
-    doc, files, chat, provider, awareness, view, status, runs, history, reviews, people, debug,
+    doc, files, chat, provider, awareness, view, status, runs, history, reviews, people, extensions, debug,
     get role() { return role },
     get readOnly() { return readOnly },
     get currentPath() { return current?.path ?? null },
