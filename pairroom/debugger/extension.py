@@ -3,11 +3,13 @@
 The kernel service is reached at run time (``node.state.kernels``, behind ``ports.KernelRuns``) and
 the recorder too (``node.state.recorder``): this package imports no other feature.
 
-What clients may write under the ``debug`` root (there is no ownership table on main yet, so the
-keys are checked here): ``breakpoints`` only, by anyone who writes the document, reviewers too. Every
-other key (``state``, ``session``, ``stopped``, ``frames``, ``scopes``, ``checks``) is the server's:
-a client's change to one is reverted to what the server last wrote. Corrections run right after the
-client's update, in ``after_client_change`` (members get both back to back).
+What clients may write under the ``debug`` root is this extension's row of the document's owner
+table (``document_rows``, enforced by ``rooms/guards.py``): ``breakpoints`` only, by anyone who writes
+the document, reviewers too; every other key (``state``, ``session``, ``stopped``, ``frames``,
+``scopes``, ``checks``) has no row, so it is the server's and a client's change to it is reverted.
+The row checks only the outer shape (a bounded map of plain values): a stricter check would make the
+guard delete the whole key, everyone's breakpoints with it, for one bad entry. Entries are checked one
+by one here, right after the client's update (``after_client_change``: members get both back to back).
 
 The session lives on the node that runs the room's kernel; on a cluster, a debug request to another
 node answers 409 naming the reason (forwarding debug requests like runs is future work).
@@ -28,6 +30,7 @@ from starlette.routing import BaseRoute
 from pairroom.protocol.origins import ClientOrigin, LocalOrigin
 from pairroom.rooms.extension import Change, Extension
 from pairroom.rooms.identity import Principal, Role
+from pairroom.rooms.owners import EVERYONE_WHO_WRITES, OwnerRow, plain_value
 from pairroom.rooms.partial_writes import touches_only
 
 from . import breakpoints as bps
@@ -40,8 +43,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("pairroom.debugger")
 
 GUARD = LocalOrigin("debug-guard")
-CLIENT_KEYS = frozenset({"breakpoints"})
 DEBUG_ROOT = frozenset({"debug"})
+
+
+def breakpoints_shape(value: Any) -> bool:
+    """The owner table's check of ``debug.breakpoints``: a map of plain values, path -> line -> entry."""
+    return isinstance(value, Map) and plain_value(value, depth=4, max_string=64 * 1024)
+
+
+ROWS = (
+    OwnerRow("debug", "breakpoints", EVERYONE_WHO_WRITES, breakpoints_shape,
+             "`Y.Map` path to `Y.Map` line to `{author, condition?, hitCondition?, logMessage?}`; "
+             "entries checked and stamped by the debugger"),
+)
 
 
 @dataclass
@@ -50,7 +64,6 @@ class DebugRoom:
 
     room: Room
     known: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    owned: dict[str, Any] = field(default_factory=dict)  # the server's keys as it last wrote them
     session: DebugSession | None = None
     subscriptions: list[tuple[Any, Subscription]] = field(default_factory=list)
     client_touched_keys: set[str] = field(default_factory=set)
@@ -92,6 +105,9 @@ class Debugger(Extension):
         from .api import routes
 
         return routes
+
+    def document_rows(self) -> Sequence[OwnerRow]:
+        return ROWS
 
     def lifespan(self, node: Any) -> contextlib.AbstractAsyncContextManager[None]:
         return self._run(node)
@@ -158,7 +174,6 @@ class Debugger(Extension):
                 debug = doc.get("debug", type=Map)
                 for key, value in values.items():
                     debug[key] = value
-                    debug_room.owned[key] = value
         except RuntimeError as exc:  # the room closed under us (server shutdown)
             log.warning("debug state not written", extra={"room": debug_room.room.name, "error": str(exc)})
 
@@ -173,10 +188,9 @@ class Debugger(Extension):
                 for key, value in lines.items():
                     if isinstance(value, dict):
                         debug_room.known[(path, key)] = value
-        debug_room.owned = {key: _plain(value) for key, value in debug.items() if key not in CLIENT_KEYS}
-        if debug_room.owned.get("state") in ("queued", "running", "stopped"):
+        if debug.get("state") in ("queued", "running", "stopped"):
             # A session of this room was alive when its node stopped or died: it is gone.
-            session = dict(debug_room.owned.get("session") or {})
+            session = dict(_plain(debug.get("session")) or {})
             session.update(state="ended", stopId=None, notice="the server running this session stopped")
             self._write(debug_room, {"state": "ended", "session": session, "stopped": None, "frames": [], "scopes": []})
         debug_room.subscriptions = [
@@ -233,17 +247,12 @@ class Debugger(Extension):
         edited, debug_room.edited_paths = debug_room.edited_paths, set()
         # Only files with breakpoints matter: an edit anywhere else costs this set lookup, no write.
         paths = {path for path, _ in debug_room.known if path in edited}
-        if not touched and not paths:
-            return
+        if "breakpoints" not in touched and not paths:
+            return  # other keys of ``debug`` are the owner table's to revert
         author = change.author
         with change.room.local_change(GUARD) as doc:
             debug = doc.get("debug", type=Map)
             files = doc.get("files", type=Map)
-            for key in touched - CLIENT_KEYS:
-                if key in debug_room.owned:
-                    debug[key] = debug_room.owned[key]
-                elif key in debug:
-                    del debug[key]
             if "breakpoints" in touched:
                 removed = bps.normalize(
                     debug, files, debug_room.known,
