@@ -60,7 +60,7 @@ export class Debugger {
    * ``api`` is the room's HTTP API (api.js); ``hooks`` open a file and tell the open one; ``name()``
    * is my display name (the server replaces it with the token's).
    */
-  constructor(doc, api, { role, awareness, hooks, name }) {
+  constructor(doc, api, { role, awareness, hooks, name, myId }) {
     this.doc = doc
     this.debug = doc.getMap('debug')
     this.meta = doc.getMap('meta')
@@ -68,6 +68,7 @@ export class Debugger {
     this.awareness = awareness
     this.hooks = hooks
     this.name = name
+    this.myId = myId // the token's user id (null in open mode, where the server decides alone)
     this.view = null
     this.path = null
     this.follow = false
@@ -266,8 +267,8 @@ export class Debugger {
     this.els.pause.hidden = !drive
     this.els.pause.disabled = state !== 'running'
     const session = plain(this.debug.get('session')) || {}
-    const myId = this.awareness.getLocalState()?.user?.id
-    this.els.stop.hidden = !(this.role === 'owner' || (drive && (!session.by || session.by === myId)))
+    // The starter or an owner may stop; without a token the page cannot tell, and the server answers.
+    this.els.stop.hidden = !(this.role === 'owner' || (drive && (!this.myId || !session.by || session.by === this.myId)))
     this.els.stop.disabled = !(state === 'running' || state === 'stopped')
     this.els.evalForm.hidden = !drive
   }

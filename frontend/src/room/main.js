@@ -115,7 +115,7 @@ function startRoom() {
   })
   const reviews = new Reviews(doc, { api: roomApi(room, token), role, button: $('comment-line'), name: () => awareness.getLocalState()?.user?.name })
   const debug = new Debugger(doc, roomApi(room, token), {
-    role, awareness, name: () => awareness.getLocalState()?.user?.name ?? identity.name,
+    role, awareness, myId, name: () => awareness.getLocalState()?.user?.name ?? identity.name,
     hooks: { openFile: (path, line) => openFileAt(path, line), currentPath: () => current?.path ?? null },
   })
 
