@@ -31,14 +31,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx  # noqa: E402
-from pycrdt import Map, Text  # noqa: E402
+import httpx
+from pycrdt import Map, Text
 
-from pairroom.app import create_app  # noqa: E402
-from pairroom.config import Settings  # noqa: E402
-from pairroom.debugger.session import DebugSession  # noqa: E402
-from pairroom.web.runner import Server, start_serving, uvicorn_config  # noqa: E402
-from tests.yclient import YClient, eventually  # noqa: E402
+from pairroom.app import create_app
+from pairroom.config import Settings
+from pairroom.debugger.session import DebugSession
+from pairroom.web.runner import Server, start_serving, uvicorn_config
+from tests.yclient import YClient, eventually
 
 PROGRAM = "total = 0\nfor i in range({stops}):\n    total += i\nprint(total)\n"
 STEP_COMMANDS = ("stackTrace", "scopes", "variables", "threads")
@@ -91,8 +91,11 @@ async def scenario(base: str, ws: str, app: Any, watchers: int, stops: int) -> d
             per_stop.append(sum(counter.sent.get(c, 0) for c in STEP_COMMANDS) - before)
             went = await http.post(f"/api/rooms/{name}/debug/continue", json={"stopId": stop_id})
             assert went.status_code == 202, went.text
-            await eventually(lambda: clients[0].doc.get("debug", type=Map).get("state") != "stopped"
-                             or clients[0].doc.get("debug", type=Map)["session"]["stopId"] != stop_id, timeout=30)
+            def moved_on(left: str = stop_id) -> bool:
+                debug = clients[0].doc.get("debug", type=Map)
+                return debug.get("state") != "stopped" or debug["session"]["stopId"] != left
+
+            await eventually(moved_on, timeout=30)
         await eventually(lambda: clients[0].doc.get("debug", type=Map).get("state") == "ended", timeout=60)
     fetched = [c for c in STEP_COMMANDS if counter.sent.get(c)]
     for client in clients:

@@ -35,6 +35,7 @@ from pairroom.web.auth import AuthError, authenticate
 from pairroom.web.hub import Hub
 
 from .extension import Debugger, may_drive, read_run_policy
+from .ports import KernelRuns
 from .session import DRIVING, SessionError, run_code
 
 MAX_EXPRESSION = 4096
@@ -45,12 +46,12 @@ def _debugger(request: Request) -> Debugger:
     return request.app.state.debugger  # type: ignore[no-any-return]
 
 
-def _kernels(request: Request) -> Any:
+def _kernels(request: Request) -> KernelRuns:
     service = getattr(request.app.state, "kernels", None)
     if service is None:
         reason = getattr(request.app.state, "kernels_error", None) or "kernels are not enabled on this server"
         raise ApiError(503, reason)
-    return service
+    return service  # type: ignore[no-any-return]
 
 
 def _guarded(handler: Any) -> Any:
@@ -61,7 +62,10 @@ def _guarded(handler: Any) -> Any:
             return error(exc.status, exc.reason)
         except RoomLoadError as exc:
             return error(503, str(exc))
-        except RuntimeError as exc:  # KernelUnavailable (another node runs the kernel), sandbox missing
+        except RuntimeError as exc:
+            # The kernel service's errors, told apart by name (this package does not import kernels/):
+            # KernelUnavailable, another node runs the room's kernel; anything else (the sandbox is
+            # missing, the node running the kernel is unreachable) is a 503.
             return error(409 if type(exc).__name__ == "KernelUnavailable" else 503, str(exc))
 
     endpoint.__name__ = handler.__name__

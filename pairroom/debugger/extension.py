@@ -34,7 +34,7 @@ from pairroom.rooms.owners import EVERYONE_WHO_WRITES, OwnerRow, plain_value
 from pairroom.rooms.partial_writes import touches_only
 
 from . import breakpoints as bps
-from .session import ORIGIN, AdapterRequests, DebugSession
+from .session import ORIGIN, AdapterRequests, DebugSession, SessionError
 
 if TYPE_CHECKING:
     from pairroom.rooms.member import Member
@@ -129,18 +129,23 @@ class Debugger(Extension):
             for debug_room in list(self.rooms.values()):
                 session = debug_room.session
                 if session is not None and session.state in ("running", "stopped"):
-                    with contextlib.suppress(Exception):
+                    try:
                         async with asyncio.timeout(2.0):
                             await session.stop("the server is shutting down")
+                    except (TimeoutError, SessionError) as exc:
+                        log.warning("debug session not stopped at shutdown",
+                                    extra={"room": debug_room.room.name, "error": str(exc) or "timeout"})
             self.node = None
 
-    def kernels(self) -> Any:
-        return getattr(self.node.state, "kernels", None) if self.node is not None else None
-
     def spawn(self, coro: Any, name: str) -> Any:
-        """Background work of a session, under the node's supervisor (logged if it fails)."""
+        """Background work of a session, under the node's supervisor. A request the kernel could not
+        answer (it died, it timed out) is logged here: it ends that step, not the node's health; any
+        other failure is a bug, and the supervisor logs and reports it."""
         async def run() -> None:
-            await coro
+            try:
+                await coro
+            except SessionError as exc:
+                log.warning("debug step failed", extra={"task": name, "status": exc.status, "error": exc.reason})
         return self.node.supervisor.spawn(name, run)
 
     def record(self, room: str, kind: str, user: str, data: dict[str, Any]) -> None:

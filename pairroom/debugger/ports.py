@@ -13,7 +13,7 @@ class DebuggableKernel(Protocol):
     on_debug_event: Any  # Callable[[dict], None] | None
 
     async def debug_request(self, command: str, arguments: dict[str, Any] | None = None,
-                            timeout: float = 30.0) -> dict[str, Any]: ...
+                            answer_within: float = 30.0) -> dict[str, Any]: ...
 
 
 class Finished(Protocol):

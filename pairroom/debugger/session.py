@@ -222,7 +222,7 @@ class DebugSession:
                 "sourceModified": False,
             })
             answered = (response.get("body") or {}).get("breakpoints") or []
-            for bp, result in zip(wanted, answered):
+            for bp, result in zip(wanted, answered, strict=False):
                 check: dict[str, Any] = {"verified": bool(result.get("verified"))}
                 if result.get("message"):
                     check["message"] = clip(result["message"])
@@ -294,6 +294,8 @@ class DebugSession:
                 return
         top = frames[0]
         scopes = await self._scopes(top["id"])
+        if self.state == "ended":  # stopped while the stop was being fetched: nothing to show
+            return
         self.stop_id = secrets.token_urlsafe(6)
         self.frames = frames
         self.state = "stopped"

@@ -277,10 +277,10 @@ class Kernel:
             await self._km.interrupt_kernel()
 
     async def debug_request(self, command: str, arguments: dict[str, Any] | None = None,
-                            timeout: float = 30.0) -> dict[str, Any]:
+                            answer_within: float = 30.0) -> dict[str, Any]:
         """Send one DAP request to the kernel's debugger and return its DAP response (a dict with
         ``success``, ``body``, ``message``). Raises KernelDebugError when the kernel is not running,
-        dies, or does not answer within ``timeout`` seconds."""
+        dies, or does not answer within ``answer_within`` seconds."""
         client = self._client
         if client is None or self.died.is_set():
             raise KernelDebugError(self.death or "the kernel is not running")
@@ -293,10 +293,11 @@ class Kernel:
         died = asyncio.ensure_future(self.died.wait())
         try:
             client.control_channel.send(msg)
-            done, _ = await asyncio.wait({reply, died}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            waiters: set[asyncio.Future[Any]] = {reply, died}
+            done, _ = await asyncio.wait(waiters, timeout=answer_within, return_when=asyncio.FIRST_COMPLETED)
             if reply not in done:
                 raise KernelDebugError(
-                    self.death if self.died.is_set() else f"the debugger did not answer {command!r} in {timeout:g} s"
+                    self.death if self.died.is_set() else f"the debugger did not answer {command!r} in {answer_within:g} s"
                 )
         finally:
             died.cancel()

@@ -247,7 +247,7 @@ class RoomKernel:
         if request.hooks is not None:
             try:
                 await request.hooks.before(kernel)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure to prepare fails this run, not the queue
                 log.warning("run hook failed", extra={"room": self.name, "run": request.run_id, "error": str(exc)})
                 return Finished(Outcome.FAILED, f"could not prepare the run: {exc}")
         timeout = request.hooks.timeout if request.hooks is not None and request.hooks.timeout else None
