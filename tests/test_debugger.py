@@ -117,10 +117,17 @@ async def server_breakpoints(ks: KernelServer, name: str, expected: dict[str, se
     await eventually(check, what=f"the server has breakpoints {expected}")
 
 
-async def wait_state(client: YClient, state: str, *, line: int | None = None, timeout: float = STOP_TIMEOUT) -> dict[str, Any]:
+async def wait_state(
+    client: YClient, state: str, *, line: int | None = None, after: dict[str, Any] | None = None,
+    timeout: float = STOP_TIMEOUT,
+) -> dict[str, Any]:
+    """Wait until ``client``'s document shows ``state`` (at ``line``); ``after`` (a state seen
+    before) must have been left: the 202 of a step can reach the test before the document's update."""
+    left = (after or {}).get("session", {}).get("stopId")
+
     def check() -> bool:
         debug = debug_of(client)
-        if debug.get("state") != state:
+        if debug.get("state") != state or (left is not None and (debug.get("session") or {}).get("stopId") == left):
             return False
         return line is None or (debug.get("stopped") or {}).get("line") == line
 
@@ -195,7 +202,7 @@ async def test_two_members_breakpoints_hold_and_every_watcher_sees_the_stop_at_o
 
     # continue: the helper breakpoint again (x=2), then remove it and go on to main.py:5
     assert (await command(ks, name, "continue", first["session"]["stopId"])).status_code == 202
-    second = await wait_state(ada, "stopped", line=2)
+    second = await wait_state(ada, "stopped", line=2, after=first)
     assert locals_of(second) == {"a": "1", "b": "2"}
     with bob.doc.transaction():
         del bob.doc.get("debug", type=Map)["breakpoints"]["helper.py"]
@@ -203,7 +210,7 @@ async def test_two_members_breakpoints_hold_and_every_watcher_sees_the_stop_at_o
     await eventually(lambda: ks.app.state.debugger.session_of(name)._sync_task is not None
                      and ks.app.state.debugger.session_of(name)._sync_task.done(), what="breakpoints re-sent")
     assert (await command(ks, name, "continue", second["session"]["stopId"])).status_code == 202
-    third = await wait_state(ada, "stopped", line=5)
+    third = await wait_state(ada, "stopped", line=5, after=second)
     assert third["stopped"]["path"] == "main.py" and third["stopped"]["breakpointBy"] == "Ada"
     assert locals_of(third)["total"] == "6"
 
@@ -246,7 +253,7 @@ async def test_evaluate_in_a_frame_step_over_into_out_and_two_steps_on_one_stop_
     assert sorted([first.status_code, second.status_code]) == [202, 409], (first.text, second.text)
     refused = first if first.status_code == 409 else second
     assert "already left" in refused.json()["error"] or "not stopped" in refused.json()["error"]
-    stop = await wait_state(ada, "stopped", line=6)
+    stop = await wait_state(ada, "stopped", line=6, after=stop)
     assert locals_of(stop)["a"] == "3"
 
     # evaluate in the top frame
@@ -256,17 +263,17 @@ async def test_evaluate_in_a_frame_step_over_into_out_and_two_steps_on_one_stop_
 
     # step into square(), evaluate there, step out
     assert (await command(ks, name, "stepIn", stop["session"]["stopId"])).status_code == 202
-    stop = await wait_state(ada, "stopped", line=2)
+    stop = await wait_state(ada, "stopped", line=2, after=stop)
     assert stop["frames"][0]["name"] == "square" and locals_of(stop) == {"n": "3"}
     frame = stop["frames"][0]["id"]
     evaluated = await ks.http.post(f"/api/rooms/{name}/debug/evaluate",
                                    json={"expression": "n + 100", "frameId": frame}, headers=auth(name))
     assert evaluated.json()["result"] == "103"
     assert (await command(ks, name, "stepOut", stop["session"]["stopId"])).status_code == 202
-    stop = await wait_state(ada, "stopped")
+    stop = await wait_state(ada, "stopped", after=stop)
     assert stop["stopped"]["path"] == "main.py" and stop["stopped"]["line"] == 6
     assert (await command(ks, name, "next", stop["session"]["stopId"])).status_code == 202
-    stop = await wait_state(ada, "stopped", line=7)
+    stop = await wait_state(ada, "stopped", line=7, after=stop)
     assert locals_of(stop)["b"] == "9"
 
     # a step for a stop already left is a 409; so is a pause while stopped
@@ -377,7 +384,7 @@ async def test_bad_input_answers_precisely_and_unusable_breakpoints_are_reported
     # while running: a step is 409
     running = await command(ks, name, "next", stop["session"]["stopId"])
     assert running.status_code == 409
-    stop = await wait_state(ada, "stopped", line=4)
+    stop = await wait_state(ada, "stopped", line=4, after=stop)
     assert (await command(ks, name, "continue", stop["session"]["stopId"])).status_code == 202
     await wait_state(ada, "ended")
     await ada.close()
@@ -543,7 +550,7 @@ async def test_pause_stops_an_endless_loop_and_a_kernel_death_while_paused_ends_
     await wait_state(ada, "running")
     assert (await command(ks, name, "next", stop["session"]["stopId"])).status_code == 409
     assert (await ks.http.post(f"/api/rooms/{name}/debug/pause", json={}, headers=auth(name))).status_code == 202
-    stop = await wait_state(ada, "stopped")
+    stop = await wait_state(ada, "stopped", after=stop)
 
     # the program kills its kernel while paused (evaluate runs code): the session ends and says why
     killed = await ks.http.post(f"/api/rooms/{name}/debug/evaluate",

@@ -160,7 +160,7 @@ def _command(command: str) -> Any:
             session = _debugger(request).session_of(name)
             if session is None or session.state == "ended":
                 raise ApiError(409, "no debug session is running in this room")
-            await session.drive(command, body.get("stopId"), _thread(body), principal.user_id)
+            session.drive(command, body.get("stopId"), _thread(body), principal.user_id)
         return JSONResponse({"ok": True, "command": command}, 202)
 
     drive.__name__ = f"debug_{command}"

@@ -350,13 +350,16 @@ class DebugSession:
         if stop_id != self.stop_id:
             raise conflict("that stop was already left: read the state again")
 
-    async def drive(self, command: str, stop_id: object, thread: int | None, who: str) -> None:
+    def drive(self, command: str, stop_id: object, thread: int | None, who: str) -> None:
         """continue, next, stepIn, stepOut from the stop ``stop_id`` names (409 if it was left)."""
         self.check_stop(stop_id)
         thread = thread if thread is not None else self.thread_id
         self._moved_on()  # no await since the check: a second request for this stop gets 409
         self.publish(event="continued", command=command, who=who)
-        await self.request(command, {"threadId": thread})
+        # Accepted, not awaited: the program's next stop (or end) arrives as events for everyone.
+        # (ipykernel 7.4 now and then sent no reply to a ``continue`` whose program then ran to its
+        # end, which held the HTTP answer for the request's full timeout.)
+        self.spawn(self.request(command, {"threadId": thread}), f"debug-{command}-{self.room.name}")
 
     async def pause(self, thread: int | None) -> None:
         """DAP ``pause`` of the kernel's main thread (or ``thread``).
