@@ -17,6 +17,7 @@ from tests.support.browser import (  # noqa: F401  (fixtures)
     open_page,
     room_name,
     wait_connected,
+    wait_file_text,
     web_server,
 )
 from tests.test_browser import new_file, wait_same_text
@@ -77,3 +78,41 @@ def test_a_gutter_breakpoint_and_the_stop_are_seen_in_both_browsers(kernel_web_s
     for page in (ada, bob):
         page.wait_for_selector("#debug-status:has-text('Debug session ended')", timeout=30_000)
         page.wait_for_selector(".debug-breakpoint[data-line='2']")  # the breakpoint stays
+
+
+def test_a_stop_in_another_file_shows_a_banner_with_jump_and_follow_moves_only_who_asked(kernel_web_server, open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
+    room = room_name(request)
+    ada = open_page("ada", f"/r/{room}", name="Ada", server=kernel_web_server)
+    bob = open_page("bob", f"/r/{room}", name="Bob", server=kernel_web_server)
+    wait_connected(ada)
+    wait_connected(bob)
+    new_file(ada, "helper.py")
+    ada.click(".cm-content")
+    ada.keyboard.insert_text("def add(a, b):\n    total = a + b\n    return total\n")
+    new_file(ada, "main.py")
+    ada.click(".cm-content")
+    ada.keyboard.insert_text("import helper\nprint(helper.add(2, 3))\n")
+    wait_file_text(bob, "main.py", "import helper\nprint(helper.add(2, 3))\n")
+    wait_file_text(bob, "helper.py", "def add(a, b):\n    total = a + b\n    return total\n")
+    bob.evaluate("window.pairroom.openFile('helper.py')")
+    bob.wait_for_function("() => window.pairroom.currentPath === 'helper.py'")
+    click_gutter(bob, 2)
+    bob.wait_for_selector(".debug-breakpoint[data-line='2']")
+    bob.check("#debug-follow")  # Bob follows the debugger; Ada does not
+    bob.evaluate("window.pairroom.openFile('main.py')")
+
+    ada.click("#debug-start:enabled")
+    for page in (ada, bob):
+        page.wait_for_selector("#debug-banner:has-text(\"Stopped at helper.py:2 (Bob's breakpoint)\")", timeout=60_000)
+    # the follower was taken to the stop; the other page stays where it was, with a Jump button
+    bob.wait_for_function("() => window.pairroom.currentPath === 'helper.py'")
+    bob.wait_for_selector(".cm-debug-stopped")
+    assert ada.evaluate("window.pairroom.currentPath") == "main.py"
+    ada.wait_for_selector("#debug-variables .debug-var:has-text('a = 2')")
+    ada.click("#debug-jump")
+    ada.wait_for_function("() => window.pairroom.currentPath === 'helper.py'")
+    ada.wait_for_selector(".cm-debug-stopped")
+    ada.screenshot(path=str(ARTIFACTS / "test_browser_debug-ada-jumped.png"))
+    ada.click("#debug-continue:enabled")
+    for page in (ada, bob):
+        page.wait_for_selector("#debug-status:has-text('Debug session ended')", timeout=30_000)
