@@ -615,3 +615,18 @@ async def test_a_session_left_alive_by_a_node_that_died_is_ended_when_the_room_l
         assert (await command(second, name, "continue", "x")).status_code == 409
     finally:
         await second.stop()
+
+
+async def test_a_hit_condition_stops_on_the_nth_pass(ks: KernelServer) -> None:
+    name = new_room()
+    ada = await member(ks, name)
+    await write_files(ks, ada, name, {"main.py": "for i in range(10):\n    j = i * 2\n"})
+    set_breakpoint(ada, "main.py", 2, hitCondition="4")
+    await server_breakpoints(ks, name, {"main.py": {"2"}})
+    await eventually(lambda: breakpoints_of(ada)["main.py"]["2"].get("hitCondition") == "4", what="kept")
+    assert (await start(ks, name)).status_code == 201
+    stop = await wait_state(ada, "stopped", line=2)
+    assert locals_of(stop)["i"] == "3"  # the fourth pass
+    assert (await command(ks, name, "continue", stop["session"]["stopId"])).status_code == 202
+    await wait_state(ada, "ended")
+    await ada.close()
