@@ -34,6 +34,7 @@ from pairroom.rooms.persistence import Persistence
 from pairroom.rooms.registry import RoomRegistry
 from pairroom.rtc.extension import Calls
 from pairroom.storage.store import Store, StoreError, open_store
+from pairroom.terminal.extension import Terminals
 from pairroom.web import api, static
 from pairroom.web.hub import Hub
 from pairroom.web.metrics import Metrics
@@ -54,6 +55,7 @@ def builtin_extensions(settings: Settings) -> list[Extension]:
             settings.kernel_settings(), enabled=settings.kernels, clustered=bool(settings.redis), shutdown_timeout=limit
         ),
         Debugger(settings.extra),
+        Terminals(settings.kernel_settings(), enabled=settings.kernels, options=settings.extension_settings("terminals")),
         Calls(settings.rtc, clustered=bool(settings.redis)),
         Recording(settings.extra, limit),
         Marketplace(settings.extension_catalog, settings.extension_catalog_root, settings.extension_catalog_cache),
@@ -126,9 +128,9 @@ def extension_routes(runner: ExtensionRunner) -> list[BaseRoute]:
 
 def redis_broker(url: str, node_id: str) -> Broker:
     """The Redis broker, imported only by nodes that use one (redis-py is about 6 MiB resident)."""
-    from pairroom.cluster.redis_broker import RedisBroker
+    from pairroom.cluster.redis_broker import open_broker
 
-    return RedisBroker(url, node_id)
+    return open_broker(url, node_id)
 
 
 async def bounded_close(store: Store, seconds: float) -> None:
@@ -136,12 +138,15 @@ async def bounded_close(store: Store, seconds: float) -> None:
 
 
 async def bounded(step: Awaitable[object], seconds: float, what: str) -> None:
-    """One shutdown step, bounded: a step that hangs is reported and the shutdown goes on."""
+    """One shutdown step, bounded: a step that hangs or fails is reported and the shutdown goes on
+    (the final flush of the rooms must run whatever went wrong before it)."""
     try:
         async with asyncio.timeout(seconds):
             await step
     except TimeoutError:
         log.error("shutdown step did not finish in time", extra={"step": what, "seconds": seconds})
+    except Exception:
+        log.exception("shutdown step failed", extra={"step": what})
 
 
 def redact(url: str) -> str:
@@ -173,7 +178,7 @@ async def readyz(request: Request) -> Response:
     if not hub.cluster.connected:
         # Local members are still served, but a new member here would not see other nodes' edits
         # until the broker is back: a load balancer should send newcomers elsewhere.
-        return JSONResponse({"status": "degraded", "broker": "disconnected, reconnecting"}, 503)
+        return JSONResponse({"status": "degraded", "broker": hub.cluster.problem}, 503)
     return JSONResponse({"status": "ready", "rooms": len(hub.registry.rooms)})
 
 

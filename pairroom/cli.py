@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-message-bytes", type=int, help="largest websocket message taken (default 16 MiB)"
     )
+    serve.add_argument("--max-body-bytes", type=int, help="largest HTTP request body taken (default 2 MiB)")
+    serve.add_argument("--http-header-timeout", type=float, help="seconds for a request's headers to arrive (default 10)")
+    serve.add_argument("--http-body-timeout", type=float, help="seconds for a request's body to arrive (default 30)")
     serve.add_argument("--room-idle-seconds", type=float, help="unload a room this long after it empties")
     serve.add_argument("--flush-interval-ms", type=float, help="batch window for storage writes")
     serve.add_argument(
@@ -69,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-members", type=int, help="members per room (default 1000)")
     serve.add_argument("--rate-limit", type=float, help="messages a second per connection")
     serve.add_argument("--public-url", help="base URL for invite links")
-    serve.add_argument("--redis", help="redis://host:port/db: share rooms with other nodes (PAIRROOM_REDIS)")
+    serve.add_argument("--redis", help="redis://host:port/db, or a Redis Cluster as redis+cluster://host:port[,host:port...]: "
+        "share rooms with other nodes (PAIRROOM_REDIS)")
     serve.add_argument("--node-id", help="this node's id among the nodes (default: random)")
     serve.add_argument(
         "--kernels", action=argparse.BooleanOptionalAction, default=None,

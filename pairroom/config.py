@@ -26,6 +26,10 @@ class Settings:
     log_format: str = "json"  # json | text
     max_message_bytes: int = 16 * MiB
     max_room_name: int = 255
+    max_body_bytes: int = 2 * MiB  # any HTTP request body; routes cap theirs lower (JSON: 64 KiB)
+    http_header_timeout: float = 10.0  # a request's line and headers must arrive within this
+    http_body_timeout: float = 30.0  # and its body within this after the headers
+    http_keepalive_timeout: float = 5.0  # an idle connection between requests is closed after this
     max_queue_messages: int = 2048
     max_queue_bytes: int = 64 * MiB
     room_idle_seconds: float = 30.0

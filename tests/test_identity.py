@@ -188,7 +188,7 @@ async def test_presence_is_stamped_with_the_tokens_identity(secured):
     await eventually(lambda: any(u.get("id") == "m" for u in users()), what="witness sees Mallory")
     user = next(u for u in users() if u.get("id") == "m")
     assert user["name"] == "Mallory" and user["role"] == "editor" and user["color"] != "#000"
-    assert user["colorLight"] == "#0003", "fields the token does not set are kept"
+    assert user["colorLight"] == user["color"] + "33", "the selection colour follows the caret colour"
     # hijacking another connection's awareness client id is ignored
     forged = protocol.encode_awareness([protocol.AwarenessEntry(
         witness.awareness.client_id, 99, json.dumps({"user": {"name": "Wit"}, "cursor": {"anchor": 0}}))])

@@ -97,6 +97,7 @@ class Kernel:
         self._debug_seq = 0
         self.on_debug_event: Callable[[dict[str, Any]], None] | None = None
         """Receives the body of every IOPub ``debug_event`` (a DAP event), whoever caused it."""
+        self.bad_messages = 0  # malformed messages skipped (room code can sign its own)
 
     @property
     def pid(self) -> int | None:
@@ -212,8 +213,12 @@ class Kernel:
         for task in self._readers:
             task.cancel()
         for task in self._readers:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # the readers catch what a message can do; this is a bug, not the kernel's
+                log.exception("kernel reader failed", extra={"kernel": self.dirs.base.name})
         self._readers = []
         if self._client is not None:
             self._client.stop_channels()
@@ -262,8 +267,9 @@ class Kernel:
                 return Finished(Outcome.FAILED, self.death)
         finally:
             del self._pending[msg_id]
-        content = reply["content"]
+        content = reply["content"]  # a map: _on_shell checked it
         count = content.get("execution_count")
+        count = count if isinstance(count, int) and not isinstance(count, bool) else None
         status = content.get("status")
         if status == "ok":
             return Finished(Outcome.OK, execution_count=count)
@@ -311,60 +317,146 @@ class Kernel:
     # -- readers ----------------------------------------------------------------------------------
 
     async def _read_iopub(self) -> None:
+        """Dispatch IOPub messages. The kernel runs the room's code, which can sign messages with the
+        kernel's key: every message is untrusted input, checked before use and skipped when malformed."""
         assert self._client is not None
         client = self._client
         while True:
-            msg = await client.get_iopub_msg()
-            if msg["header"]["msg_type"] == "debug_event":
-                listener = self.on_debug_event
-                if listener is not None:
-                    try:
-                        listener(msg["content"])
-                    except Exception:  # a broken listener must not stop the outputs of every run
-                        log.exception("debug event listener failed", extra={"kernel": self.dirs.base.name})
-                continue
-            parent = msg.get("parent_header", {}).get("msg_id")
-            seen = self._iopub_seen.get(parent)
-            if seen is not None:
-                seen.set()
-            execution = self._pending.get(parent)
-            if execution is None:
-                continue
-            msg_type, content = msg["header"]["msg_type"], msg["content"]
-            if msg_type == "status":
-                if content.get("execution_state") == "idle":
-                    execution.idle.set()
-            elif msg_type == "clear_output":
-                execution.sink({"output_type": "clear_output", "wait": bool(content.get("wait"))})
-            else:
-                output = to_output(msg_type, content)
-                if output is not None:
-                    execution.sink(output)
+            msg = await self._receive(client.get_iopub_msg, "iopub")
+            if msg is None:
+                return
+            try:
+                self._on_iopub(msg)
+            except Exception as exc:
+                self._malformed("iopub", exc)
+
+    def _on_iopub(self, msg: dict[str, Any]) -> None:
+        header = msg.get("header")
+        if isinstance(header, dict) and header.get("msg_type") == "debug_event":
+            self._on_debug_event(msg.get("content"))
+            return
+        parent = parent_id(msg)
+        seen = self._iopub_seen.get(parent)
+        if seen is not None:
+            seen.set()
+        execution = self._pending.get(parent)
+        if execution is None:
+            return
+        header, content = msg.get("header"), msg.get("content")
+        msg_type = header.get("msg_type") if isinstance(header, dict) else None
+        if not isinstance(msg_type, str) or not isinstance(content, dict):
+            raise ValueError("an IOPub message without a type or with content that is not a map")
+        if msg_type == "status":
+            if content.get("execution_state") == "idle":
+                execution.idle.set()
+        elif msg_type == "clear_output":
+            execution.sink({"output_type": "clear_output", "wait": content.get("wait") is True})
+        else:
+            output = to_output(msg_type, content)
+            if output is not None:
+                execution.sink(output)
+
+    def _on_debug_event(self, content: Any) -> None:
+        """A DAP event from the kernel's debugger, for ``on_debug_event``. Room code can sign
+        messages too, so the listener treats events as hints and checks what it is told."""
+        listener = self.on_debug_event
+        if listener is None:
+            return
+        if not isinstance(content, dict):
+            raise ValueError("a debug_event whose content is not a map")
+        try:
+            listener(content)
+        except Exception:  # a broken listener must not stop the outputs of every run
+            log.exception("debug event listener failed", extra={"kernel": self.dirs.base.name})
 
     async def _read_shell(self) -> None:
         assert self._client is not None
         client = self._client
         while True:
-            msg = await client.get_shell_msg()
-            parent = msg.get("parent_header", {}).get("msg_id")
-            waiter = self._info_waiters.get(parent)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(msg)
-                continue
-            execution = self._pending.get(parent)
-            if execution is not None and not execution.reply.done():
-                execution.reply.set_result(msg)
+            msg = await self._receive(client.get_shell_msg, "shell")
+            if msg is None:
+                return
+            try:
+                self._on_shell(msg)
+            except Exception as exc:
+                self._malformed("shell", exc)
 
+    def _on_shell(self, msg: dict[str, Any]) -> None:
+        parent = parent_id(msg)
+        if not isinstance(msg.get("content"), dict):
+            raise ValueError("a shell reply with content that is not a map")
+        waiter = self._info_waiters.get(parent)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(msg)
+            return
+        execution = self._pending.get(parent)
+        if execution is not None and not execution.reply.done():
+            execution.reply.set_result(msg)
 
     async def _read_control(self) -> None:
         assert self._client is not None
         client = self._client
         while True:
-            msg = await client.get_control_msg()
-            parent = msg.get("parent_header", {}).get("msg_id")
-            waiter = self._control_waiters.get(parent)
+            msg = await self._receive(client.get_control_msg, "control")
+            if msg is None:
+                return
+            if not isinstance(msg.get("content"), dict):
+                self._malformed("control", ValueError("a control reply with content that is not a map"))
+                continue
+            parent = parent_id(msg)
+            waiter = self._control_waiters.get(parent) if parent is not None else None
             if waiter is not None and not waiter.done():
                 waiter.set_result(msg)
+
+    async def _receive(self, get: Callable[[], Any], channel: str) -> dict[str, Any] | None:
+        """The next message of a channel, or None when it cannot be read any more (the kernel is then
+        marked dead: its runs fail and the next run starts a fresh kernel)."""
+        failures = 0
+        while True:
+            try:
+                msg = await get()
+            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # a message that does not decode (RecursionError, ValueError, ...)
+                failures += 1
+                self._malformed(channel, exc)
+                if failures >= MAX_BAD_MESSAGES:
+                    self._give_up(f"the kernel sent {failures} messages in a row that could not be read")
+                    return None
+                continue
+            if isinstance(msg, dict):
+                return msg
+            failures += 1
+            self._malformed(channel, TypeError(f"a message of type {type(msg).__name__}"))
+
+    def _malformed(self, channel: str, exc: BaseException) -> None:
+        self.bad_messages += 1
+        if self.bad_messages <= 5 or self.bad_messages % 1000 == 0:
+            log.warning("malformed kernel message skipped", extra={
+                "kernel": self.dirs.base.name, "channel": channel, "error": f"{type(exc).__name__}: {exc}"[:300],
+                "count": self.bad_messages,
+            })
+
+    def _give_up(self, reason: str) -> None:
+        """The kernel is treated as dead: every pending run ends (the caller kills the process)."""
+        if self.died.is_set():
+            return
+        self.kill_reason = self.kill_reason or reason
+        self.death = reason
+        log.warning("kernel given up", extra={"kernel": self.dirs.base.name, "reason": reason})
+        self.died.set()
+        for execution in self._pending.values():
+            execution.idle.set()
+
+
+MAX_BAD_MESSAGES = 100
+"""Consecutive messages that fail to decode before a kernel is given up as dead."""
+
+
+def parent_id(msg: dict[str, Any]) -> str | None:
+    parent = msg.get("parent_header")
+    msg_id = parent.get("msg_id") if isinstance(parent, dict) else None
+    return msg_id if isinstance(msg_id, str) else None
 
 
 def new_kernel_id() -> str:

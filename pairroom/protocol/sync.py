@@ -57,6 +57,7 @@ class CloseCode(IntEnum):
     ROOM_FULL = 4409  # the room has its maximum number of members
     UNKNOWN_TYPE = 4406  # unknown message type or sync step
     SLOW_CONSUMER = 4503  # outbound queue overflowed; reconnect and resync (not 44xx: v3 gives up on those)
+    PRESENCE_LIMIT = 4413  # an awareness message past a cap: client ids per message or connection, state size
     INVALID_ROOM = 4414  # room name empty, too long or not printable
     UPDATE_REJECTED = 4422  # the CRDT refused the update
     RATE_LIMITED = 4429  # the connection sent messages faster than its rate limit
@@ -147,14 +148,29 @@ def decode_message(frame: bytes) -> Message:
     raise ProtocolError(CloseCode.UNKNOWN_TYPE, f"unknown message type {kind}")
 
 
-def decode_awareness(payload: bytes) -> list[AwarenessEntry]:
-    """Decode and validate an awareness update (every state must be JSON)."""
+def decode_awareness(
+    payload: bytes, *, max_entries: int | None = None, max_state_bytes: int | None = None
+) -> list[AwarenessEntry]:
+    """Decode and validate an awareness update (every state must be JSON).
+
+    With caps (a client's message; peers' messages are trusted), a message with more than
+    ``max_entries`` entries or a state longer than ``max_state_bytes`` raises ``PRESENCE_LIMIT``
+    before any state is parsed: 150,000 entries must cost a varuint read, not 150,000 JSON parses."""
     count, pos = read_var_uint(payload, 0)
+    if max_entries is not None and count > max_entries:
+        raise ProtocolError(
+            CloseCode.PRESENCE_LIMIT, f"awareness message with {count} client states; at most {max_entries}"
+        )
     entries: list[AwarenessEntry] = []
     for _ in range(count):
         client_id, pos = read_var_uint(payload, pos)
         clock, pos = read_var_uint(payload, pos)
         raw, pos = read_var_bytes(payload, pos)
+        if max_state_bytes is not None and len(raw) > max_state_bytes:
+            raise ProtocolError(
+                CloseCode.PRESENCE_LIMIT,
+                f"awareness state of client {client_id} is {len(raw)} bytes; at most {max_state_bytes}",
+            )
         try:
             state = raw.decode("utf-8")
             json.loads(state)

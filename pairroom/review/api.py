@@ -65,7 +65,7 @@ def author_message(principal: Principal, body: dict[str, Any], text_key: str = "
     """The message as stored: author and time from the server; the name from the token, or in open mode
     (no names are checked) the body's ``name`` when it gives one, as chat does."""
     name = principal.name
-    if principal.anonymous and isinstance(body.get("name"), str) and body["name"].strip():
+    if principal.names_itself and isinstance(body.get("name"), str) and body["name"].strip():
         name = body["name"]
     try:
         return review.message_entry(

@@ -280,7 +280,7 @@ class Room:
             return
         if uid is not None:
             self._log(uid, origin, update)
-        author = exclude.principal if exclude is not None else None
+        author = exclude.principal if exclude is not None else peer_author(origin, self.name)
         try:
             with self._integrating(_Txn(origin, exclude, uid is not None, author)):
                 self.doc.apply_update(update)
@@ -409,3 +409,14 @@ class Room:
             if member.principal is not None and member.principal.user_id == user_id:
                 member.role = role
                 self.presence.restamp(member)
+
+
+def peer_author(origin: Origin, room: str) -> Principal | None:
+    """The person behind a peer node's client update, as that node knew them (the bus carries it)."""
+    if not isinstance(origin, PeerOrigin) or origin.kind != "client" or not origin.user_id:
+        return None
+    try:
+        role = Role(origin.user_role)
+    except ValueError:  # a node of the previous codec version, or a role this node does not know
+        return None
+    return Principal(origin.user_id, origin.user_name, origin.user_color, role, room)

@@ -61,13 +61,30 @@ def room_of(request: Request) -> str:
         raise ApiError(400, exc.reason) from exc
 
 
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request's body, refused with 413 on a ``Content-Length`` over ``max_bytes`` before reading,
+    and as soon as the bytes read pass it (a chunked body, or one longer than it said): a client
+    never makes the server hold more than ``max_bytes`` of it."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise ApiError(413, f"request body over {max_bytes // 1024} KiB")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ApiError(413, f"request body over {max_bytes // 1024} KiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def json_body(request: Request, max_bytes: int = 64 * 1024, shape: str = "") -> dict[str, Any]:
     """The request's JSON object (an empty body is ``{}``); ``shape`` shows the caller what is expected."""
-    raw = await request.body()
-    if len(raw) > max_bytes:
-        raise ApiError(413, f"request body over {max_bytes // 1024} KiB")
+    raw = await read_body(request, max_bytes)
     try:
         body = json.loads(raw or b"{}")
+    except RecursionError as exc:
+        raise ApiError(400, "body is not JSON: nested too deeply") from exc
     except ValueError as exc:
         raise ApiError(400, f"body is not JSON: {exc}") from exc
     if not isinstance(body, dict):
@@ -86,7 +103,10 @@ def handles_errors(endpoint):  # type: ignore[no-untyped-def]
         try:
             return await endpoint(request)  # type: ignore[no-any-return]
         except ApiError as exc:
-            return error(exc.status, exc.reason)
+            response = error(exc.status, exc.reason)
+            if exc.status == 413:  # the rest of the body is not read: end the connection
+                response.headers["connection"] = "close"
+            return response
         except AuthError as exc:
             return error(exc.status, exc.reason)
         except RoomLoadError as exc:
@@ -128,7 +148,7 @@ async def invites(request: Request) -> Response:
             parsed = Role(role)
         except ValueError as exc:
             raise ApiError(400, f"unknown role {role!r}") from exc
-        name = str(body.get("name") or parsed.value.capitalize())[:64]
+        name = str(body.get("name") or "")[:64]  # without one, the person types theirs when they join
         token = mint(hub.settings.secret, room_name, parsed, name, ttl_seconds=ttl)
         out.append({"role": parsed.value, "token": token, "url": f"{link}?token={token}"})
     return JSONResponse({"open": False, "invites": out}, 201)
@@ -168,7 +188,7 @@ async def create_room(request: Request) -> Response:
             doc.get("meta", type=Map)["createdAt"] = int(time.time() * 1000)
     out = []
     for role in CREATED_ROLES:
-        name = owner_name[:64] if role is Role.OWNER else role.value.capitalize()
+        name = owner_name[:64] if role is Role.OWNER else ""  # each person types theirs when they join
         token = mint(hub.settings.secret, room_name, role, name, ttl_seconds=ttl)
         out.append({"role": role.value, "token": token, "url": f"{link}?token={token}"})
     return JSONResponse({"open": False, "room": room_name, "url": link, "invites": out}, 201)

@@ -156,9 +156,11 @@ def verify(secret: str, token: str | None, room: str) -> Principal:
         raise unauthorized(f"invalid token: unknown role {claims['role']!r}") from exc
     if claims["room"] != room:
         raise forbidden("token is for another room")
-    name = str(claims.get("name") or claims["sub"])[:64]
+    # A token without a name (a link for a role): the person types theirs (presence, chat and reviews
+    # keep it); where the server needs one of its own (recordings, calls), the role's.
+    name = str(claims.get("name") or role.value.capitalize())[:64]
     color = str(claims.get("color") or DEFAULT_COLORS[0])[:32]
-    return Principal(str(claims["sub"]), name, color, role, room)
+    return Principal(str(claims["sub"]), name, color, role, room, named=bool(claims.get("name")))
 
 
 def claimed_room(token: str | None) -> str:

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import uvicorn
 from starlette.applications import Starlette
 
+from pairroom.web.http_limits import BodyLimit, TimedHttpToolsProtocol
+
 if TYPE_CHECKING:
     from pairroom.config import Settings
 
@@ -32,12 +34,16 @@ class Server(uvicorn.Server):
 
 
 def uvicorn_config(app: Starlette, settings: Settings, *, signals: bool = True) -> uvicorn.Config:
+    """The uvicorn config pairroom runs under, with the HTTP bounds of web/http_limits.py: a body cap
+    on every route (a middleware added to ``app`` here) and header and body deadlines."""
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="none",
-        http="httptools",
+        http=TimedHttpToolsProtocol,  # uvicorn's httptools protocol with header and body deadlines
+        timeout_keep_alive=max(1, int(settings.http_keepalive_timeout)),
         ws=settings.ws_impl,
         # pairroom enforces max_message_bytes itself with a clear close code; the transport's own
         # limit sits above it so that it never decides first.
@@ -48,6 +54,8 @@ def uvicorn_config(app: Starlette, settings: Settings, *, signals: bool = True) 
         timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout)),
     )
     config.extra_signal_handlers = signals  # type: ignore[attr-defined]
+    config.header_timeout = settings.http_header_timeout  # type: ignore[attr-defined]
+    config.body_timeout = settings.http_body_timeout  # type: ignore[attr-defined]
     return config
 
 
