@@ -35,6 +35,7 @@ from pairroom.rooms.registry import RoomRegistry
 from pairroom.rtc.extension import Calls
 from pairroom.storage.store import Store, StoreError, open_store
 from pairroom.terminal.extension import Terminals
+from pairroom.vcs.extension import VersionControl
 from pairroom.web import api, static
 from pairroom.web.hub import Hub
 from pairroom.web.metrics import Metrics
@@ -56,6 +57,7 @@ def builtin_extensions(settings: Settings) -> list[Extension]:
         ),
         Debugger(settings.extra),
         Terminals(settings.kernel_settings(), enabled=settings.kernels, options=settings.extension_settings("terminals")),
+        VersionControl(settings.vcs_settings()),
         Calls(settings.rtc, clustered=bool(settings.redis)),
         Recording(settings.extra, limit),
         Marketplace(settings.extension_catalog, settings.extension_catalog_root, settings.extension_catalog_cache),

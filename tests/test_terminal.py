@@ -26,7 +26,7 @@ from pycrdt import Map, Text
 from pairroom.app import create_app
 from pairroom.config import Settings
 from pairroom.kernels import KernelSettings
-from pairroom.kernels.sandbox import SandboxUnavailable, probe
+from pairroom.sandbox.bubblewrap import SandboxUnavailable, probe
 from pairroom.terminal.extension import Terminals
 from pairroom.terminal.service import TerminalService
 from pairroom.terminal.settings import TerminalSettings

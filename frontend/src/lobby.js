@@ -3,6 +3,22 @@ import { ROOM_PATTERN, forgetRooms, h, recentRooms, roomPath, saveLocalName, sav
 
 const $ = (id) => document.getElementById(id)
 
+/**
+ * A creator token (``pairroom token --creator --url …``) arrives in the lobby's link as ``?creator=``;
+ * it is kept for this tab and sent when a room is created. Servers with an open lobby need none.
+ */
+function creatorToken() {
+  const url = new URL(location.href)
+  const fromLink = url.searchParams.get('creator')
+  if (fromLink) {
+    sessionStorage.setItem('pairroom:creator', fromLink)
+    url.searchParams.delete('creator') // not left in the address bar or the history
+    history.replaceState(null, '', url)
+  }
+  return sessionStorage.getItem('pairroom:creator')
+}
+const CREATOR = creatorToken()
+
 // Your name: rooms show it to the others (an owner link carries it; links for a role ask for it).
 $('your-name').value = savedName() ?? ''
 $('your-name').addEventListener('change', () => {
@@ -86,7 +102,10 @@ $('create-form').addEventListener('submit', async (event) => {
   try {
     const response = await fetch('/api/rooms', {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: {
+        'content-type': 'application/json',
+        ...(CREATOR ? { authorization: `Bearer ${CREATOR}` } : {}),
+      },
       body: JSON.stringify({ room: wanted || undefined, name }),
     })
     answer = await response.json().catch(() => null)

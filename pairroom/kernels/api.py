@@ -27,7 +27,7 @@ from pairroom.web.auth import AuthError, Principal, Role, authenticate, forbidde
 from pairroom.rooms.registry import RoomLoadError
 from pairroom.rooms.room import Room
 from pairroom.kernels import rundoc
-from pairroom.kernels.sandbox import SandboxUnavailable
+from pairroom.sandbox.bubblewrap import SandboxUnavailable
 from pairroom.kernels.service import KernelService, KernelUnavailable, KernelUnreachable
 from pairroom.kernels.workdir import valid_path
 
@@ -36,6 +36,9 @@ MAX_CODE_BYTES = 1024 * 1024
 
 def check_may_run(room: Room, principal: Principal) -> None:
     """Raise a 403 AuthError unless the room's run policy lets ``principal`` run code."""
+    stale = room.stale_token(principal)
+    if stale is not None:
+        raise forbidden(stale)
     role = room.role_of(principal)
     policy = rundoc.read_run_policy(room)
     if policy == "owners" and role is not Role.OWNER:

@@ -15,9 +15,9 @@ from pairroom.rooms.extension import Extension
 
 from .api import routes
 from .cluster_lease import ClusterKernelLease
-from .sandbox import SandboxUnavailable
+from pairroom.sandbox.bubblewrap import SandboxUnavailable
 from .service import KernelLease, KernelService
-from .settings import KernelSettings
+from pairroom.sandbox.settings import KernelSettings
 
 log = logging.getLogger("pairroom.kernels")
 
@@ -62,6 +62,8 @@ class Kernels(Extension):
                         await kernels.stop()
                 except TimeoutError:
                     log.error("shutdown step did not finish in time", extra={"step": "stopping kernels"})
+                except Exception:  # the rooms' final flush runs after this whatever went wrong here
+                    log.exception("stopping kernels failed")
 
     async def _start(self, node: Any, lease: KernelLease | None) -> tuple[KernelService | None, str | None]:
         """The kernel service, or None and the reason (runs then answer 503 with it): disabled, or the

@@ -32,9 +32,9 @@ from typing import Any, Callable
 from jupyter_client.asynchronous.client import AsyncKernelClient
 
 from pairroom.kernels.launcher import KernelDirs, SandboxedKernelManager
-from pairroom.kernels.limits import Cgroups, KernelCgroup
+from pairroom.sandbox.limits import Cgroups, KernelCgroup
 from pairroom.kernels.outputs import to_output
-from pairroom.kernels.sandbox import Sandbox
+from pairroom.sandbox.bubblewrap import Sandbox
 
 log = logging.getLogger("pairroom.kernels")
 
@@ -327,7 +327,7 @@ class Kernel:
                 return
             try:
                 self._on_iopub(msg)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a malformed message is skipped, counted and logged
                 self._malformed("iopub", exc)
 
     def _on_iopub(self, msg: dict[str, Any]) -> None:
@@ -378,7 +378,7 @@ class Kernel:
                 return
             try:
                 self._on_shell(msg)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a malformed message is skipped, counted and logged
                 self._malformed("shell", exc)
 
     def _on_shell(self, msg: dict[str, Any]) -> None:
@@ -417,7 +417,7 @@ class Kernel:
                 msg = await get()
             except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
                 raise
-            except BaseException as exc:  # a message that does not decode (RecursionError, ValueError, ...)
+            except BaseException as exc:  # noqa: BLE001 - a message that does not decode (RecursionError, a panic)
                 failures += 1
                 self._malformed(channel, exc)
                 if failures >= MAX_BAD_MESSAGES:

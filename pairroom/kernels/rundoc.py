@@ -21,7 +21,7 @@ from pycrdt import Array, Map, Text
 from pairroom.protocol.origins import KernelOrigin, LocalOrigin
 from pairroom.rooms.room import Room
 from pairroom.kernels.outputs import OutputCap, kernel_error, room_traceback
-from pairroom.kernels.sandbox import WORKDIR_INSIDE
+from pairroom.sandbox.bubblewrap import WORKDIR_INSIDE
 
 log = logging.getLogger("pairroom.kernels.doc")
 

@@ -42,10 +42,10 @@ from pairroom.rooms.room import Room
 from pairroom.kernels import rundoc
 from pairroom.workspace import safe_fs
 from pairroom.kernels.kernel import Finished, Kernel, KernelStartError, Outcome
-from pairroom.kernels.limits import Cgroups, detect_cgroups
+from pairroom.sandbox.limits import Cgroups, detect_cgroups
 from pairroom.kernels.pool import KernelPool
-from pairroom.kernels.sandbox import Sandbox, probe
-from pairroom.kernels.settings import KernelSettings
+from pairroom.sandbox.bubblewrap import Sandbox, probe
+from pairroom.sandbox.settings import KernelSettings
 from pairroom.kernels.workdir import kernel_for
 from pairroom.workspace import Workspace, Workspaces, WorkspaceSettings
 

@@ -84,6 +84,9 @@ class Principal:
     room: str  # the room the token is for ("" for an open-mode principal on a route without a room)
     anonymous: bool = False
     any_room: bool = False  # open mode: every room's topics; a room's *name* never means this
+    email: str | None = None  # the token's ``email`` claim (commits credit people by it)
+    epoch: str | None = None  # the room identity the token was minted for (``meta.epoch``)
+    issued_at: int = 0  # the token's ``iat``, in seconds
     named: bool = True  # False: a token minted for a role without a name; the person names themself
 
     @property
@@ -99,6 +102,25 @@ class Principal:
             "color": self.color,
             "role": (role or self.role).value,
         }
+
+
+STALE_TOKEN = "this token is for an earlier room of this name; ask the room's owner for a new link"
+
+
+def earlier_room(principal: Principal, epoch: object, created_at_ms: object) -> str | None:
+    """Why ``principal``'s token belongs to an earlier room of the same name, or None.
+
+    A room the lobby created has ``meta.epoch`` (random, minted once) and ``meta.createdAt``. Its
+    tokens carry the epoch; a token with another epoch was minted for a room of this name that was
+    deleted. A token without one (``pairroom token``, older servers) fits only if it was issued after
+    the room was created. Rooms without an epoch accept every valid token."""
+    if principal.anonymous or not isinstance(epoch, str):
+        return None
+    if principal.epoch is not None:
+        return None if principal.epoch == epoch else STALE_TOKEN
+    if isinstance(created_at_ms, (int, float)) and principal.issued_at * 1000 + 999 < created_at_ms:
+        return STALE_TOKEN
+    return None
 
 
 def anonymous(room: str | None = None) -> Principal:

@@ -30,7 +30,8 @@ from pairroom.protocol.sync import CloseCode, Message, MessageType, ProtocolErro
 from pairroom.storage.store import LoadedRoom, NewUpdate, Store, StoreError, clip_label
 from .extension import Change, ExtensionRunner
 from .guards import DocumentGuards
-from .identity import Principal, Role
+from .dependencies import HeldUpdates
+from .identity import Principal, Role, earlier_room
 from pairroom.rooms.member import Member
 from pairroom.rooms.presence import Presence
 
@@ -130,6 +131,7 @@ class Room:
         self._txn = _SERVER
         self._subscription = self.doc.observe(self._on_transaction)
         self.guards = DocumentGuards(self, self.extensions.document_rows)
+        self.held = HeldUpdates()  # client updates waiting for changes the room does not have
         if self.extensions.has("on_awareness"):
             self.presence.on_member_states = self._awareness_changed
 
@@ -221,6 +223,7 @@ class Room:
             return False
         self.presence.remove_member(member)
         self.guards.client_left(member)
+        self.held.forget(member.id)
         if not self.members:
             self.idle_since = now
         self.extensions.notify("on_leave", self, member)
@@ -254,6 +257,7 @@ class Room:
             # each connect, and a close would make a viewer's client reconnect forever.
             self.listener.on_update_dropped(self, member)
             return
+        self.held.admit(member.id, message.payload, self.doc.get_state())  # bounds missing dependencies
         self.guards.before_client_update(member, message.payload)  # raises ProtocolError to refuse
         try:
             self.apply_update(message.payload, member.origin, exclude=member)
@@ -390,6 +394,12 @@ class Room:
         for member in list(self.members.values()):
             if member is not exclude:
                 member.send(frame, update)
+
+    def stale_token(self, principal: Principal) -> str | None:
+        """Why ``principal``'s token is for an earlier room of this name (deleted, then created again),
+        or None: ``identity.earlier_room`` against this room's ``meta.epoch``."""
+        meta = self.doc.get("meta", type=Map)
+        return earlier_room(principal, meta.get("epoch"), meta.get("createdAt"))
 
     def role_of(self, principal: Principal) -> Role:
         """The live role of ``principal`` here: an owner's change (``meta.roles``, held in ``roles``)

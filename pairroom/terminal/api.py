@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from pairroom.kernels.sandbox import SandboxUnavailable
+from pairroom.sandbox.bubblewrap import SandboxUnavailable
 from pairroom.protocol.origins import LocalOrigin
 from pairroom.protocol.sync import CloseCode, ProtocolError
 from pairroom.rooms.identity import Principal, Role
@@ -118,10 +118,15 @@ async def create_terminal(request: Request) -> Response:
 
 
 async def list_terminals(request: Request) -> Response:
+    """The room's terminals; on a server without terminals an empty list that says why (``available``
+    false), so a page can hide its panel without a failed request."""
     name = room_of(request)
-    service = _service(request)
     authenticate(request, name)
-    return JSONResponse({"terminals": [t.describe() for t in service.list(name)]})
+    service = getattr(request.app.state, "terminals", None)
+    if service is None:
+        reason = getattr(request.app.state, "terminals_error", None) or "terminals are not enabled on this server"
+        return JSONResponse({"terminals": [], "available": False, "reason": reason})
+    return JSONResponse({"terminals": [t.describe() for t in service.list(name)], "available": True})
 
 
 async def end_terminal(request: Request) -> Response:

@@ -10,8 +10,8 @@ from typing import Any
 
 from starlette.routing import BaseRoute
 
-from pairroom.kernels.sandbox import SandboxUnavailable
-from pairroom.kernels.settings import KernelSettings
+from pairroom.sandbox.bubblewrap import SandboxUnavailable
+from pairroom.sandbox.settings import KernelSettings
 from pycrdt import Map
 
 from pairroom.rooms.extension import Extension

@@ -31,8 +31,8 @@ import termios
 from collections.abc import Callable
 from pathlib import Path
 
-from pairroom.kernels.limits import Cgroups, KernelCgroup, prlimit_argv
-from pairroom.kernels.sandbox import Sandbox
+from pairroom.sandbox.limits import Cgroups, KernelCgroup, prlimit_argv
+from pairroom.sandbox.bubblewrap import Sandbox
 from pairroom.workspace import safe_fs
 
 log = logging.getLogger("pairroom.terminal.pty")

@@ -17,9 +17,9 @@ import socket
 import time
 from typing import Any
 
-from pairroom.kernels.limits import Cgroups, detect_cgroups
-from pairroom.kernels.sandbox import Sandbox, probe
-from pairroom.kernels.settings import KernelSettings
+from pairroom.sandbox.limits import Cgroups, detect_cgroups
+from pairroom.sandbox.bubblewrap import Sandbox, probe
+from pairroom.sandbox.settings import KernelSettings
 from pycrdt import Array, Map
 
 from pairroom.protocol.origins import LocalOrigin

@@ -24,8 +24,11 @@ from pairroom.protocol.sync import ProtocolError
 from pairroom.rooms.guards import stamped_chat_entry
 from pairroom.rooms.identity import Principal, Role
 from pairroom.rooms.registry import RoomLoadError
-from pairroom.web.auth import AuthError, authenticate, mint
+from pairroom.rooms.room import Room
+from pairroom.storage.store import StoreError
+from pairroom.web.auth import AuthError, authenticate, bearer, mint
 from pairroom.web.hub import Hub
+from pairroom.web.lobby import CreationLimiter, NotCreator, new_epoch, verify_creator
 from pairroom.web.websocket import room_name_from_path
 
 EMPTY_STATE = b"\x00"  # the state vector of a document nobody ever wrote
@@ -50,7 +53,15 @@ async def live_role(hub: Hub, room_name: str, principal: Principal) -> Role:
     """``principal``'s live role in ``room_name`` (``Room.role_of``); a room that is not loaded is
     loaded for the question, so the stored ``meta.roles`` answers. Raises RoomLoadError."""
     async with hub.registry.hold(room_name) as room:
+        refuse_stale(room, principal)
         return room.role_of(principal)
+
+
+def refuse_stale(room: Room, principal: Principal) -> None:
+    """403 for a token of an earlier room of this name (deleted, then created again)."""
+    stale = room.stale_token(principal)
+    if stale is not None:
+        raise ApiError(403, stale)
 
 
 def room_of(request: Request) -> str:
@@ -92,6 +103,12 @@ async def json_body(request: Request, max_bytes: int = 64 * 1024, shape: str = "
     return body
 
 
+async def stored(room: Room) -> None:
+    """Write the room's pending updates now: a 2xx for a write means it is durable, so a crash right
+    after the answer loses nothing the client was told was done. Raises StoreError (a 503)."""
+    await room.flush()
+
+
 def require_owner(role: Role) -> None:
     """``role`` is the live one (``Room.role_of``), never the token's alone."""
     if role is not Role.OWNER:
@@ -111,6 +128,8 @@ def handles_errors(endpoint):  # type: ignore[no-untyped-def]
             return error(exc.status, exc.reason)
         except RoomLoadError as exc:
             return error(503, str(exc))
+        except StoreError as exc:
+            return error(503, f"not stored: {exc}; the change is kept in memory and written when storage is back")
 
     return wrapped
 
@@ -118,9 +137,11 @@ def handles_errors(endpoint):  # type: ignore[no-untyped-def]
 @handles_errors
 async def presence(request: Request) -> Response:
     room_name = room_of(request)
-    authenticate(request, room_name)
+    principal = authenticate(request, room_name)
     hub: Hub = request.app.state.hub
     room = hub.registry.rooms.get(room_name)
+    if room is not None:
+        refuse_stale(room, principal)
     members = room.presence.members_view() if room is not None else []
     return JSONResponse({"room": room_name, "members": members})
 
@@ -142,6 +163,8 @@ async def invites(request: Request) -> Response:
         raise ApiError(400, f"ttl must be seconds between 1 and {MAX_TTL}")
     if not isinstance(roles, list) or not roles:
         raise ApiError(400, "roles must be a non-empty list")
+    async with hub.registry.hold(room_name) as room:
+        epoch = room.doc.get("meta", type=Map).get("epoch")  # invites are for this room, not a later one
     out = []
     for role in roles:
         try:
@@ -149,49 +172,105 @@ async def invites(request: Request) -> Response:
         except ValueError as exc:
             raise ApiError(400, f"unknown role {role!r}") from exc
         name = str(body.get("name") or "")[:64]  # without one, the person types theirs when they join
-        token = mint(hub.settings.secret, room_name, parsed, name, ttl_seconds=ttl)
+        token = mint(hub.settings.secret, room_name, parsed, name, ttl_seconds=ttl,
+                     epoch=epoch if isinstance(epoch, str) else None)
         out.append({"role": parsed.value, "token": token, "url": f"{link}?token={token}"})
     return JSONResponse({"open": False, "invites": out}, 201)
 
 
 @handles_errors
 async def create_room(request: Request) -> Response:
-    """A new room, for the lobby: ``{"room"?, "name"?, "ttl"?}`` -> 201.
+    """A new room, for the lobby: ``{"room"?, "name"?, "ttl"?, "git"?}`` -> 201.
 
-    Open mode answers the room's link (anyone with it is an editor). With a secret, the room must not
-    exist yet (an empty document: no content was ever stored for it) and the answer carries an owner,
-    an editor and a viewer link, each with its token; the owner's token carries ``name``. The room is
-    marked as created (``meta.createdAt``) in the same step, so a second request for the name gets 409
-    instead of another owner token. Anyone who can reach the server may create rooms this way; every
-    room's existing members and content stay out of reach (409).
+    Open mode answers the room's link (anyone with it is an editor). With a secret, the caller needs a
+    creator token unless the lobby is open (then each client address is rate-limited; web/lobby.py),
+    the room must not exist yet (not loaded, no members, nothing stored, no content) and the answer
+    carries an owner, an editor and a viewer link, each with its token; the owner's token carries
+    ``name``. The room is marked as created (``meta.createdAt``, ``meta.epoch``) and stored before the
+    answer, so a second request for the name gets 409 instead of another owner token, even after a
+    crash; every room's existing members and content stay out of reach (409). With
+    ``"git": {"url", "ref"?}`` the room starts as that repository (docs/git.md); in open mode too,
+    and then the room must be new.
     """
     hub: Hub = request.app.state.hub
+    if hub.settings.secret is not None:
+        admit_creator(request, hub)
     body = await json_body(request)
     room_name = body.get("room") or "".join(secrets.choice(NEW_ROOM_ALPHABET) for _ in range(10))
     if not isinstance(room_name, str) or not NEW_ROOM.fullmatch(room_name):
         raise ApiError(400, "room must be 1 to 64 letters, digits, - or _")
     base = (hub.settings.public_url or str(request.base_url)).rstrip("/")
     link = f"{base}/r/{room_name}"
-    if hub.settings.secret is None:
-        return JSONResponse({"open": True, "room": room_name, "url": link}, 201)
     ttl = body.get("ttl", 8 * 3600)
-    if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL:
+    if hub.settings.secret is not None and (
+            not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL):
         raise ApiError(400, f"ttl must be seconds between 1 and {MAX_TTL}")
     owner_name = body.get("name") or "Owner"
     if not isinstance(owner_name, str):
         raise ApiError(400, "name must be a string")
-    async with hub.registry.hold(room_name) as room:
-        # No await between the check and the mark: two requests for one name cannot both pass.
-        if room.doc.get_state() != EMPTY_STATE:
-            raise ApiError(409, f"room {room_name!r} already exists: ask its owner for a link")
-        with room.local_change(LocalOrigin("create")) as doc:
-            doc.get("meta", type=Map)["createdAt"] = int(time.time() * 1000)
+    taken = ApiError(409, f"room {room_name!r} already exists: ask its owner for a link")
+    # ``git``: the version-control feature clones first (app.state.git_opener), so a bad URL leaves
+    # no room behind, then fills the new room's files.
+    opener: Any = getattr(request.app.state, "git_opener", None) if "git" in body else None
+    if "git" in body and opener is None:
+        raise ApiError(503, "opening git repositories is not enabled on this server")
+    if hub.settings.secret is None and opener is None:
+        return JSONResponse({"open": True, "room": room_name, "url": link}, 201)
+    if room_name in hub.registry.rooms:  # loaded: someone is in it, or was a moment ago
+        raise taken
+    prepared = await opener.prepare(body["git"]) if opener is not None else None
+    opened: dict[str, Any] | None = None
+    epoch = new_epoch()
+    try:
+        async with hub.registry.hold(room_name) as room:
+            # No await between the check and the mark: two requests for one name cannot both pass.
+            if room_exists(room):
+                raise taken
+            with room.local_change(LocalOrigin("create")) as doc:
+                meta = doc.get("meta", type=Map)
+                meta["createdAt"] = int(time.time() * 1000)
+                meta["epoch"] = epoch
+            if prepared is not None:
+                opened, prepared = await opener.install(room, prepared), None
+            await stored(room)  # the claim is durable before anyone holds its owner token
+    finally:
+        if prepared is not None:
+            await opener.discard(prepared)
+    extra = {"git": opened} if opened is not None else {}
+    if hub.settings.secret is None:
+        return JSONResponse({"open": True, "room": room_name, "url": link, **extra}, 201)
     out = []
     for role in CREATED_ROLES:
         name = owner_name[:64] if role is Role.OWNER else ""  # each person types theirs when they join
-        token = mint(hub.settings.secret, room_name, role, name, ttl_seconds=ttl)
+        token = mint(hub.settings.secret, room_name, role, name, ttl_seconds=ttl, epoch=epoch)
         out.append({"role": role.value, "token": token, "url": f"{link}?token={token}"})
-    return JSONResponse({"open": False, "room": room_name, "url": link, "invites": out}, 201)
+    return JSONResponse({"open": False, "room": room_name, "url": link, "invites": out, **extra}, 201)
+
+
+def room_exists(room: Room) -> bool:
+    """Anyone is in it (here or, as far as presence tells, on another node), anything was ever stored
+    for it, or it has content."""
+    return bool(
+        room.members or room.presence.remote_owner or room.stored_seq > 0 or room.doc.get_state() != EMPTY_STATE
+    )
+
+
+def admit_creator(request: Request, hub: Hub) -> None:
+    """With a secret: a creator token, or an open lobby within its per-address rate. Raises ApiError."""
+    assert hub.settings.secret is not None
+    if hub.settings.open_lobby:
+        limiter = getattr(request.app.state, "lobby_limiter", None)
+        if limiter is None:
+            limiter = request.app.state.lobby_limiter = CreationLimiter(hub.settings.lobby_rooms_per_minute)
+        address = request.client.host if request.client is not None else "unknown"
+        wait = limiter.take(address)
+        if wait > 0:
+            raise ApiError(429, f"too many rooms created from {address}; try again in {wait:.0f} s")
+        return
+    try:
+        verify_creator(hub.settings.secret, bearer(request.headers.get("authorization")))
+    except NotCreator as exc:
+        raise ApiError(401, str(exc)) from exc
 
 
 @handles_errors
@@ -208,6 +287,7 @@ async def set_role(request: Request) -> Response:
     async with hub.registry.hold(room_name) as room:
         require_owner(room.role_of(principal))
         room.set_role(user_id, role)
+        await stored(room)
     return JSONResponse({"user": user_id, "role": role.value})
 
 
@@ -222,8 +302,10 @@ async def post_chat(request: Request) -> Response:
     if entry is None:
         raise ApiError(400, "text must be a non-empty string of at most 4096 bytes")
     async with hub.registry.hold(room_name) as room:
+        refuse_stale(room, principal)
         with room.local_change(LocalOrigin("chat")) as doc:
             doc.get("chat", type=Array).append(entry)
+        await stored(room)
     return JSONResponse(entry, 201)
 
 

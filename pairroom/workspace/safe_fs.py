@@ -71,11 +71,12 @@ async def run_off_loop(fn: Callable[..., T], *args: object, timeout: float, what
 
     def work() -> None:
         try:
-            result = fn(*args)
-        except BaseException as exc:  # handed to the awaiting task, which raises it
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
+            result: T | None = fn(*args)
+            error: BaseException | None = None
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task, which raises it
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed while this ran past its timeout
+            loop.call_soon_threadsafe(settle, result, error)
 
     threading.Thread(target=work, name=f"pairroom-fs-{what[:20]}", daemon=True).start()
     try:

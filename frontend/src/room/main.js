@@ -20,6 +20,7 @@ import { ConnectionStatus } from './connection.js'
 import { roomApi } from './api.js'
 import { RunPanel } from './runs.js'
 import { TerminalPanel } from './terminals.js'
+import { GitPanel } from './git.js'
 import { HistoryPanel, historyNotice } from './history.js'
 import { Reviews } from './review.js'
 import { Debugger } from './debug.js'
@@ -374,6 +375,7 @@ function startRoom() {
   })
 
   const terminals = new TerminalPanel({ room, token, role, api }) // shared terminals (terminals.js)
+  const git = new GitPanel({ doc, api, before: $('history'), view, current: () => current?.path ?? null, awareness }) // source control (git.js)
 
   // History: versions, diffs and restores of the open file.
   const history = new HistoryPanel(doc, api, {
@@ -529,6 +531,7 @@ function startRoom() {
   // For tests and debugging from the console.
   window.pairroom = {
     terminals: terminals.hook,
+    git: git.hook,
     doc, files, chat, provider, awareness, view, status, runs, history, reviews, people, threads, extensions, debug,
     get role() { return role },
     get readOnly() { return readOnly },

@@ -37,7 +37,8 @@ export class TerminalPanel {
 
   async refresh() {
     try {
-      const { terminals } = await this.api('GET', 'terminals')
+      const { terminals, available } = await this.api('GET', 'terminals')
+      if (available === false) { this.root.hidden = true; clearInterval(this.timer); return }
       this.terminals = terminals
       this.error('')
     } catch (error) {
