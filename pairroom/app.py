@@ -23,6 +23,7 @@ from pairroom.cluster.bridge import Cluster
 from pairroom.chat.extension import Chat
 from pairroom.cluster.extension import ClusterBridge
 from pairroom.config import Settings
+from pairroom.debugger.extension import Debugger
 from pairroom.extension_loader import Installed, installed
 from pairroom.kernels.extension import Kernels
 from pairroom.marketplace.extension import Marketplace
@@ -56,6 +57,7 @@ def builtin_extensions(settings: Settings) -> list[Extension]:
         Kernels(
             settings.kernel_settings(), enabled=settings.kernels, clustered=bool(settings.redis), shutdown_timeout=limit
         ),
+        Debugger(settings.extra),
         Terminals(settings.kernel_settings(), enabled=settings.kernels, options=settings.extension_settings("terminals")),
         VersionControl(settings.vcs_settings()),
         Calls(settings.rtc, clustered=bool(settings.redis)),

@@ -1,8 +1,13 @@
 """One launched kernel process and the single client the server keeps for it.
 
-One reader task per channel (IOPub and shell) dispatches every message by ``parent_header.msg_id``
-to the execution that asked for it; nothing else reads the channels, so a restart or a second
-request can never swallow another's reply.
+One reader task per channel (IOPub, shell and control) dispatches every message by
+``parent_header.msg_id`` to the execution that asked for it; nothing else reads the channels, so a
+restart or a second request can never swallow another's reply.
+
+The debugger (ipykernel's, on debugpy) is reached the way Jupyter frontends reach it: a DAP request
+travels as a ``debug_request`` on the control channel (``debug_request`` below; the control thread
+answers even while a run holds the shell), and DAP events come back as IOPub ``debug_event`` messages,
+handed to ``on_debug_event``.
 
 A run is finished when its ``execute_reply`` has arrived *and* the kernel went idle for it on
 IOPub (outputs can arrive after the reply). It also ends when the process dies: a pidfd tells the
@@ -40,6 +45,10 @@ asks to clear what the run showed so far."""
 
 class KernelStartError(RuntimeError):
     """The kernel did not come up (it died at start or did not answer ``kernel_info`` in time)."""
+
+
+class KernelDebugError(RuntimeError):
+    """A debug request got no answer: the kernel is not running, died, or its debugger timed out."""
 
 
 class Outcome(enum.Enum):
@@ -84,6 +93,10 @@ class Kernel:
         self._pending: dict[str, _Execution] = {}
         self._info_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._iopub_seen: dict[str, asyncio.Event] = {}
+        self._control_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._debug_seq = 0
+        self.on_debug_event: Callable[[dict[str, Any]], None] | None = None
+        """Receives the body of every IOPub ``debug_event`` (a DAP event), whoever caused it."""
         self.bad_messages = 0  # malformed messages skipped (room code can sign its own)
 
     @property
@@ -119,6 +132,7 @@ class Kernel:
             self._readers = [
                 asyncio.create_task(self._read_iopub(), name="kernel-iopub"),
                 asyncio.create_task(self._read_shell(), name="kernel-shell"),
+                asyncio.create_task(self._read_control(), name="kernel-control"),
             ]
             async with asyncio.timeout(self.settings.start_timeout):
                 await self._handshake()
@@ -268,6 +282,34 @@ class Kernel:
         if self._km is not None and not self.died.is_set():
             await self._km.interrupt_kernel()
 
+    async def debug_request(self, command: str, arguments: dict[str, Any] | None = None,
+                            answer_within: float = 30.0) -> dict[str, Any]:
+        """Send one DAP request to the kernel's debugger and return its DAP response (a dict with
+        ``success``, ``body``, ``message``). Raises KernelDebugError when the kernel is not running,
+        dies, or does not answer within ``answer_within`` seconds."""
+        client = self._client
+        if client is None or self.died.is_set():
+            raise KernelDebugError(self.death or "the kernel is not running")
+        self._debug_seq += 1
+        content = {"seq": self._debug_seq, "type": "request", "command": command, "arguments": arguments or {}}
+        msg = client.session.msg("debug_request", content)
+        msg_id = msg["header"]["msg_id"]
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._control_waiters[msg_id] = reply
+        died = asyncio.ensure_future(self.died.wait())
+        try:
+            client.control_channel.send(msg)
+            waiters: set[asyncio.Future[Any]] = {reply, died}
+            done, _ = await asyncio.wait(waiters, timeout=answer_within, return_when=asyncio.FIRST_COMPLETED)
+            if reply not in done:
+                raise KernelDebugError(
+                    self.death if self.died.is_set() else f"the debugger did not answer {command!r} in {answer_within:g} s"
+                )
+        finally:
+            died.cancel()
+            self._control_waiters.pop(msg_id, None)
+        return reply.result()["content"]  # type: ignore[no-any-return]
+
     @property
     def busy(self) -> bool:
         return bool(self._pending)
@@ -289,6 +331,10 @@ class Kernel:
                 self._malformed("iopub", exc)
 
     def _on_iopub(self, msg: dict[str, Any]) -> None:
+        header = msg.get("header")
+        if isinstance(header, dict) and header.get("msg_type") == "debug_event":
+            self._on_debug_event(msg.get("content"))
+            return
         parent = parent_id(msg)
         seen = self._iopub_seen.get(parent)
         if seen is not None:
@@ -309,6 +355,19 @@ class Kernel:
             output = to_output(msg_type, content)
             if output is not None:
                 execution.sink(output)
+
+    def _on_debug_event(self, content: Any) -> None:
+        """A DAP event from the kernel's debugger, for ``on_debug_event``. Room code can sign
+        messages too, so the listener treats events as hints and checks what it is told."""
+        listener = self.on_debug_event
+        if listener is None:
+            return
+        if not isinstance(content, dict):
+            raise ValueError("a debug_event whose content is not a map")
+        try:
+            listener(content)
+        except Exception:  # a broken listener must not stop the outputs of every run
+            log.exception("debug event listener failed", extra={"kernel": self.dirs.base.name})
 
     async def _read_shell(self) -> None:
         assert self._client is not None
@@ -333,6 +392,21 @@ class Kernel:
         execution = self._pending.get(parent)
         if execution is not None and not execution.reply.done():
             execution.reply.set_result(msg)
+
+    async def _read_control(self) -> None:
+        assert self._client is not None
+        client = self._client
+        while True:
+            msg = await self._receive(client.get_control_msg, "control")
+            if msg is None:
+                return
+            if not isinstance(msg.get("content"), dict):
+                self._malformed("control", ValueError("a control reply with content that is not a map"))
+                continue
+            parent = parent_id(msg)
+            waiter = self._control_waiters.get(parent) if parent is not None else None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(msg)
 
     async def _receive(self, get: Callable[[], Any], channel: str) -> dict[str, Any] | None:
         """The next message of a channel, or None when it cannot be read any more (the kernel is then

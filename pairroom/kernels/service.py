@@ -32,7 +32,7 @@ import secrets
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pycrdt import Map
 
@@ -41,7 +41,7 @@ from pairroom.rooms.registry import RoomRegistry
 from pairroom.rooms.room import Room
 from pairroom.kernels import rundoc
 from pairroom.workspace import safe_fs
-from pairroom.kernels.kernel import Kernel, KernelStartError, Outcome
+from pairroom.kernels.kernel import Finished, Kernel, KernelStartError, Outcome
 from pairroom.sandbox.limits import Cgroups, detect_cgroups
 from pairroom.kernels.pool import KernelPool
 from pairroom.sandbox.bubblewrap import Sandbox, probe
@@ -96,12 +96,27 @@ class KernelUnreachable(RuntimeError):
 LIVE_STATES = ("starting", "restarting", "idle", "busy")
 
 
+class RunHooks(Protocol):
+    """What a caller that must act on the very kernel running its run passes to ``submit_here``
+    (the debugger attaches in ``before``, once the runs queued ahead have finished and the workspace
+    is written, and detaches in ``after``, before the next run starts). ``before`` raising fails the
+    run with its message; ``after`` always gets the outcome, also when the kernel did not start.
+    ``timeout``, if set, replaces ``run_timeout`` for this run."""
+
+    timeout: float | None
+
+    async def before(self, kernel: Kernel) -> None: ...
+
+    async def after(self, finished: Finished) -> None: ...
+
+
 @dataclass(slots=True)
 class RunRequest:
     run_id: str
     code: str
     by: str | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    hooks: RunHooks | None = None
 
 
 def new_run_id() -> str:
@@ -171,6 +186,7 @@ class RoomKernel:
             except Exception as exc:  # a failure of this room's run is this room's problem only
                 log.exception("room run failed inside the server", extra={"room": self.name, "run": request.run_id})
                 await self._fail_run(request.run_id, f"the server could not finish the run: {type(exc).__name__}")
+                await self._after(request, Finished(Outcome.FAILED, f"the server could not finish the run: {type(exc).__name__}"))
             finally:
                 self.current = None
                 request.done.set()
@@ -211,6 +227,7 @@ class RoomKernel:
             batch.flush()
             rundoc.update_run(room, run_id, status="failed", startedAt=rundoc.now_ms(), endedAt=rundoc.now_ms())
             rundoc.set_kernel_state(room, self.settings.node, "dead")
+            await self._after(request, Finished(Outcome.FAILED, str(exc)))
             return
         workspace = self.workspace
         assert workspace is not None
@@ -221,11 +238,12 @@ class RoomKernel:
             batch.add_error("KernelFailed", f"the room's files could not be written to its workspace: {exc}")
             batch.flush()
             rundoc.update_run(room, run_id, status="failed", startedAt=rundoc.now_ms(), endedAt=rundoc.now_ms())
+            await self._after(request, Finished(Outcome.FAILED, f"the room's files could not be written: {exc}"))
             return
         rundoc.update_run(room, run_id, status="running", startedAt=rundoc.now_ms())
         rundoc.set_kernel_state(room, self.settings.node, "busy")
         try:
-            finished = await kernel.execute(request.code, batch, self.settings.run_timeout)
+            finished = await self._execute(request, kernel, batch)
         finally:
             workspace.scan_now()
         try:
@@ -243,6 +261,26 @@ class RoomKernel:
         fields: dict[str, Any] = {"status": finished.outcome.value, "endedAt": rundoc.now_ms()}
         rundoc.update_run(room, run_id, **fields)
         rundoc.set_kernel_state(room, self.settings.node, "dead" if kernel.died.is_set() else "idle")
+        await self._after(request, finished)
+
+    async def _after(self, request: RunRequest, finished: Finished) -> None:
+        if request.hooks is None:
+            return
+        try:
+            await request.hooks.after(finished)
+        except Exception:
+            log.exception("run hook failed after the run", extra={"room": self.name, "run": request.run_id})
+
+    async def _execute(self, request: RunRequest, kernel: Kernel, batch: rundoc.OutputBatch) -> Finished:
+        """Run the request's code, after its ``before`` hook (a hook that fails fails the run)."""
+        if request.hooks is not None:
+            try:
+                await request.hooks.before(kernel)
+            except Exception as exc:  # noqa: BLE001 - any failure to prepare fails this run, not the queue
+                log.warning("run hook failed", extra={"room": self.name, "run": request.run_id, "error": str(exc)})
+                return Finished(Outcome.FAILED, f"could not prepare the run: {exc}")
+        timeout = request.hooks.timeout if request.hooks is not None and request.hooks.timeout else None
+        return await kernel.execute(request.code, batch, timeout or self.settings.run_timeout)
 
     async def _fail_run(self, run_id: str, reason: str) -> None:
         """After an unexpected error: say so in the run, and start the next run on a fresh kernel."""
@@ -508,8 +546,11 @@ class KernelService:
             finally:
                 room.doc.unobserve(subscription)
 
-    async def submit_here(self, room: str, *, code: str, path: str | None, by: str) -> str:
-        """Queue a run on this node's kernel of ``room``; KernelUnavailable if another node runs it."""
+    async def submit_here(
+        self, room: str, *, code: str, path: str | None, by: str, hooks: RunHooks | None = None
+    ) -> str:
+        """Queue a run on this node's kernel of ``room``; KernelUnavailable if another node runs it.
+        ``hooks`` are called around the run by the kernel that runs it (the debugger's way in)."""
         while True:
             room_kernel = await self.room_kernel(room)
             held = await room_kernel.ready()
@@ -517,7 +558,7 @@ class KernelService:
                 break
         run_id = new_run_id()
         rundoc.create_run(held, run_id, code=code, path=path, by=by)
-        room_kernel.queue.put_nowait(RunRequest(run_id, code, by))  # no await since the closing check
+        room_kernel.queue.put_nowait(RunRequest(run_id, code, by, hooks=hooks))  # no await since the closing check
         return run_id
 
     async def interrupt(self, room: str) -> bool:

@@ -23,6 +23,7 @@ import { TerminalPanel } from './terminals.js'
 import { GitPanel } from './git.js'
 import { HistoryPanel, historyNotice } from './history.js'
 import { Reviews } from './review.js'
+import { Debugger } from './debug.js'
 import { startReplay } from './replay.js'
 import { remoteCarets } from './remote-carets.js'
 import { personColor } from './colors.js'
@@ -186,6 +187,10 @@ function startRoom() {
     api: roomApi(room, token), role, button: $('comment-line'),
     name: () => awareness.getLocalState()?.user?.name, colorOf: (who) => personColor(awareness, who),
   })
+  const debug = new Debugger(doc, roomApi(room, token), {
+    role, awareness, myId, name: () => awareness.getLocalState()?.user?.name ?? identity.name,
+    hooks: { openFile: (path, line) => openFileAt(path, line), currentPath: () => current?.path ?? null },
+  })
 
   function openFile(path) {
     const ytext = files.get(path)
@@ -206,6 +211,7 @@ function startRoom() {
         yCollab(ytext, null, { undoManager: undo }), // sync and shared undo; carets below
         remoteCarets(ytext, awareness),
         reviews.extension(view, path, ytext),
+        debug.extension(view, path),
         extensions.editorExtension(path),
         EditorView.updateListener.of((update) => { if (update.selectionSet || update.docChanged) runs?.selectionChanged() }),
         EditorView.updateListener.of((update) => people?.editorUpdate(update)),
@@ -225,6 +231,13 @@ function startRoom() {
       if (current?.path === path) view.dispatch({ effects: language.reconfigure(ext) })
     }, (error) => console.warn(`no highlighting for ${path}:`, error))
     markInteractive()
+  }
+
+  /** Open ``path`` (if it is not the open file) and show ``line``: the debugger's Jump and Follow. */
+  function openFileAt(path, line) {
+    if (current?.path !== path) openFile(path)
+    if (current?.path !== path || !line || line > view.state.doc.lines) return
+    view.dispatch({ selection: { anchor: view.state.doc.line(line).from }, scrollIntoView: true })
   }
 
   // Tabs: the files opened in this page, in the order opened; shown once there are two.
@@ -258,6 +271,7 @@ function startRoom() {
     current?.undo.destroy()
     current = null
     reviews.detach()
+    debug.detach()
     view.setState(EditorState.create({ doc: '' }))
     awareness.setLocalStateField('file', null)
     runs?.selectionChanged()
@@ -506,6 +520,7 @@ function startRoom() {
     tree.render(sortedPaths(), current?.path ?? null)
     if (!current) closeFile() // its hint depends on the role
     reviews.setRole(role)
+    debug.setRole(role)
     runs.setRole(role)
     history.setCanWrite(!readOnly)
     people.setRole(role)
@@ -517,7 +532,7 @@ function startRoom() {
   window.pairroom = {
     terminals: terminals.hook,
     git: git.hook,
-    doc, files, chat, provider, awareness, view, status, runs, history, reviews, people, threads, extensions,
+    doc, files, chat, provider, awareness, view, status, runs, history, reviews, people, threads, extensions, debug,
     get role() { return role },
     get readOnly() { return readOnly },
     get currentPath() { return current?.path ?? null },
