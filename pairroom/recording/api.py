@@ -209,7 +209,7 @@ async def timeline(request: Request) -> Response:
     if sid:
         session = await history.session(room, sid, recorder.settings.session_gap)
         start, end, low, high = session.start, session.end, session.first_seq, session.last_seq
-    kinds = ("join", "leave", "chat", "run", "restore", "fork", "forked", "audio")
+    kinds = ("join", "leave", "chat", "run", "restore", "fork", "forked", "audio", "git", "debug", "terminal")
     marks: list[dict[str, Any]] = [
         {"kind": e.kind, "at": iso(e.at), "user": e.user, **e.data}
         for e in await history.db.events(room, start, end, kinds=kinds)
