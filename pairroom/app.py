@@ -38,6 +38,7 @@ from pairroom.storage.store import Store, StoreError, open_store
 from pairroom.terminal.extension import Terminals
 from pairroom.vcs.extension import VersionControl
 from pairroom.web import api, static
+from pairroom.web.api import http_error_handlers
 from pairroom.web.hub import Hub
 from pairroom.web.metrics import Metrics
 from pairroom.web.websocket import yjs_endpoint
@@ -101,7 +102,9 @@ def create_app(
             yield
         log.info("stopped")
 
+    http_errors = {kind: status for e in runner.implementing("http_errors") for kind, status in e.http_errors().items()}
     app = Starlette(
+        exception_handlers=http_error_handlers(http_errors),
         routes=[
             WebSocketRoute("/yjs/{path:path}", yjs_endpoint),
             Route("/healthz", healthz),

@@ -51,7 +51,8 @@ def _rgb(hex_color: str) -> str:
 
 
 def token(room: str, user: str, name: str, role: str, email: str) -> str:
-    claims = {"sub": user, "room": room, "role": role, "name": name, "email": email, "exp": int(time.time()) + 3600}
+    claims = {"sub": user, "room": room, "role": role, "name": name, "email": email, "iat": int(time.time()),
+              "exp": int(time.time()) + 3600}
     return jwt.encode(claims, BROWSER_SECRET, algorithm="HS256")
 
 
@@ -61,7 +62,7 @@ def git_web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServ
     db = tmp_path_factory.mktemp("web-git") / "pairroom.db"
     settings = dataclasses.replace(
         Settings(), port=0, db=f"sqlite:///{db}", log_format="text", kernels=True, kernel_pool_size=0,
-        secret=BROWSER_SECRET, git_allow_local=True,
+        secret=BROWSER_SECRET, git_allow_local=True, open_lobby=True, lobby_rooms_per_minute=10_000,
     )  # kernels on: the room page's terminal panel finds its service (off, it answers 503)
     server = WebServer(settings, static_dir)
     server.start()

@@ -28,6 +28,8 @@ from tests.support.redis_server import redis_servers  # noqa: F401
 from tests.yclient import YClient, eventually
 
 SECRET = "git-tests-secret-of-at-least-32-bytes-long"
+# the lobby is open (rate-limited per address) so these tests create rooms without creator tokens
+OPEN_LOBBY = {"open_lobby": True, "lobby_rooms_per_minute": 10_000}
 ENV = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null", "HOME": "/nonexistent",
        "GIT_AUTHOR_NAME": "Upstream", "GIT_AUTHOR_EMAIL": "up@example.org",
        "GIT_COMMITTER_NAME": "Upstream", "GIT_COMMITTER_EMAIL": "up@example.org"}
@@ -40,7 +42,7 @@ def git(*args: str, cwd: Path | None = None, input: bytes | None = None) -> str:
 
 
 def token(room: str, user: str, name: str, role: str = "editor", email: str | None = None) -> str:
-    claims = {"sub": user, "room": room, "role": role, "name": name, "exp": int(time.time()) + 3600}
+    claims = {"sub": user, "room": room, "role": role, "name": name, "iat": int(time.time()), "exp": int(time.time()) + 3600}
     if email:
         claims["email"] = email
     return jwt.encode(claims, SECRET, algorithm="HS256")
@@ -67,7 +69,7 @@ def remote(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def node(start_server: StartServer, tmp_path: Path) -> RunningServer:
-    return await start_server(secret=SECRET, git_allow_local=True, git_root=str(tmp_path / "git"))
+    return await start_server(secret=SECRET, **OPEN_LOBBY, git_allow_local=True, git_root=str(tmp_path / "git"))
 
 
 async def open_room(server: RunningServer, url: str, room: str | None = None, **git: str) -> httpx.Response:
@@ -129,7 +131,7 @@ async def test_opening_a_repository_imports_text_lists_the_rest_and_keeps_base(r
 
 
 async def test_refused_urls_leave_no_room(start_server: StartServer, remote: Path, tmp_path: Path) -> None:
-    strict = await start_server(secret=SECRET, db=f"sqlite:///{tmp_path / 'strict.db'}")
+    strict = await start_server(secret=SECRET, **OPEN_LOBBY, db=f"sqlite:///{tmp_path / 'strict.db'}")
     for url, reason in [
         (f"file://{remote}", "file:// remotes are refused"),
         ("http://127.0.0.1:9/x.git", "http:// remotes are refused"),
@@ -170,7 +172,7 @@ async def test_not_a_repository_is_422_and_leaves_no_room(node: RunningServer, t
 async def test_a_repository_over_the_cap_is_413(start_server: StartServer, remote: Path, tmp_path: Path) -> None:
     from pairroom.vcs.settings import VcsSettings
 
-    server = await start_server(secret=SECRET, git_allow_local=True, db=f"sqlite:///{tmp_path / 'cap.db'}")
+    server = await start_server(secret=SECRET, **OPEN_LOBBY, git_allow_local=True, db=f"sqlite:///{tmp_path / 'cap.db'}")
     server.hub.state.git.settings = VcsSettings(allow_local=True, max_repo_bytes=1024)
     answer = await open_room(server, f"file://{remote}", "toobig")
     assert answer.status_code == 413, answer.text
@@ -706,7 +708,7 @@ async def test_open_mode_opens_a_repository_once(start_server: StartServer, remo
 
 async def test_with_a_git_root_the_repository_and_identities_survive_a_restart(
         start_server: StartServer, remote: Path, tmp_path: Path) -> None:
-    settings = {"secret": SECRET, "git_allow_local": True, "git_root": str(tmp_path / "kept"),
+    settings = {"secret": SECRET, **OPEN_LOBBY, "git_allow_local": True, "git_root": str(tmp_path / "kept"),
                 "db": f"sqlite:///{tmp_path / 'kept.db'}"}
     first = await start_server(**settings)
     assert (await open_room(first, f"file://{remote}", "kept")).status_code == 201
@@ -751,19 +753,17 @@ async def test_only_an_owner_forces_a_push_over_a_diverged_branch(room: tuple[Ru
 
 async def test_an_identity_given_on_another_node_reaches_the_committing_node(serve_processes, redis_servers, remote: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Ada opens and commits on node 1; Bob joins and types on node 2 (shared PostgreSQL, real Redis).
-    Node 2 writes Bob's name and email into ``meta.git.people``, so node 1 credits him by them.
-
-    Whether node 1 credits Bob at all depends on the stored label of his update: the first node to
-    store it wins, and this branch's bus does not yet carry the author, so node 1's copy says
-    ``peer:n2``. With the author on the bus (branch cluster-bus) both copies say ``client:…:bob``;
-    then this test should also assert the commit's trailer."""
+    Node 2 writes Bob's name and email into ``meta.git.people``, so node 1 credits him by them; the
+    bus carries each update's author, so whichever node stores Bob's edit first, the log names Bob
+    and the commit made on node 1 has his trailer."""
     from tests.support.postgres import create_database, drop_database
 
     (redis,) = await redis_servers(1)
     pg = await create_database()
     try:
         env = {"PAIRROOM_DB": pg, "PAIRROOM_REDIS": redis.url, "PAIRROOM_SECRET": SECRET, "PAIRROOM_KERNELS": "false",
-               "PAIRROOM_GIT_ALLOW_LOCAL": "true", "PAIRROOM_FLUSH_INTERVAL_MS": "50"}
+               "PAIRROOM_GIT_ALLOW_LOCAL": "true", "PAIRROOM_FLUSH_INTERVAL_MS": "50",
+               "PAIRROOM_OPEN_LOBBY": "true", "PAIRROOM_LOBBY_ROOMS_PER_MINUTE": "1000"}
         one, two = await asyncio.gather(
             serve_processes({**env, "PAIRROOM_NODE_ID": "n1", "PAIRROOM_GIT_ROOT": str(tmp_path / "g1")}),
             serve_processes({**env, "PAIRROOM_NODE_ID": "n2", "PAIRROOM_GIT_ROOT": str(tmp_path / "g2")}),
@@ -795,6 +795,9 @@ async def test_an_identity_given_on_another_node_reaches_the_committing_node(ser
             await eventually(changed_on_node_one, timeout=10, what="node 1 sees Bob's change")
             committed = await http.post("/api/rooms/across/git/commit", json={"message": "across nodes"})
             assert committed.status_code == 201, committed.text
+            # the bus carries the author, so whichever node stored Bob's edit, the log names him
+            log = (await http.get("/api/rooms/across/git/log")).json()["commits"]
+            assert log[0]["coauthors"] == ["Bob <bob@example.org>"], log[0]
         await ada.ws.close()
         await bob.ws.close()
     finally:
@@ -803,7 +806,7 @@ async def test_an_identity_given_on_another_node_reaches_the_committing_node(ser
 
 async def test_room_code_in_the_sandbox_sees_no_repository_and_no_credential(
         start_server: StartServer, remote: Path, tmp_path: Path) -> None:
-    server = await start_server(secret=SECRET, git_allow_local=True, kernels=True, kernel_pool_size=0,
+    server = await start_server(secret=SECRET, **OPEN_LOBBY, git_allow_local=True, kernels=True, kernel_pool_size=0,
                                 git_root=str(tmp_path / "private-git"), db=f"sqlite:///{tmp_path / 'box.db'}")
     if getattr(server.hub.state, "kernels", None) is None:
         pytest.fail(f"the sandbox is needed here: {getattr(server.hub.state, 'kernels_error', '?')}")

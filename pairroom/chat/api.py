@@ -14,11 +14,10 @@ from starlette.routing import Route
 
 from pairroom.protocol.origins import LocalOrigin
 from pairroom.rooms.guards import stamped_chat_entry
-from pairroom.web.api import ApiError, handles_errors, json_body, refuse_stale, room_of, stored
+from pairroom.web.api import ApiError, json_body, refuse_stale, room_of, stored
 from pairroom.web.auth import authenticate
 from pairroom.web.hub import Hub
 
-@handles_errors
 async def post_chat(request: Request) -> Response:
     """Chat for every role, viewers included (they cannot write the document themselves)."""
     room_name = room_of(request)

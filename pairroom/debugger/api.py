@@ -28,15 +28,14 @@ from starlette.routing import Route
 
 from pairroom.protocol.origins import LocalOrigin
 from pairroom.rooms.identity import Principal, Role
-from pairroom.rooms.registry import RoomLoadError
 from pairroom.rooms.room import Room
-from pairroom.web.api import ApiError, error, json_body, room_of
-from pairroom.web.auth import AuthError, authenticate
+from pairroom.web.api import ApiError, json_body, room_of
+from pairroom.web.auth import authenticate
 from pairroom.web.hub import Hub
 
 from .extension import Debugger, may_drive, read_run_policy
 from .ports import KernelRuns
-from .session import DRIVING, SessionError, run_code
+from .session import DRIVING, run_code
 
 MAX_EXPRESSION = 4096
 MAX_PATH = 255
@@ -52,24 +51,6 @@ def _kernels(request: Request) -> KernelRuns:
         reason = getattr(request.app.state, "kernels_error", None) or "kernels are not enabled on this server"
         raise ApiError(503, reason)
     return service  # type: ignore[no-any-return]
-
-
-def _guarded(handler: Any) -> Any:
-    async def endpoint(request: Request) -> Response:
-        try:
-            return await handler(request)  # type: ignore[no-any-return]
-        except (ApiError, SessionError, AuthError) as exc:
-            return error(exc.status, exc.reason)
-        except RoomLoadError as exc:
-            return error(503, str(exc))
-        except RuntimeError as exc:
-            # The kernel service's errors, told apart by name (this package does not import kernels/):
-            # KernelUnavailable, another node runs the room's kernel; anything else (the sandbox is
-            # missing, the node running the kernel is unreachable) is a 503.
-            return error(409 if type(exc).__name__ == "KernelUnavailable" else 503, str(exc))
-
-    endpoint.__name__ = handler.__name__
-    return endpoint
 
 
 def check_may_drive(room: Room, principal: Principal) -> Role:
@@ -259,12 +240,12 @@ async def state(request: Request) -> Response:
 
 
 routes: list[Route] = [
-    Route("/api/rooms/{room}/debug", _guarded(state), methods=["GET"]),
-    Route("/api/rooms/{room}/debug/start", _guarded(start), methods=["POST"]),
-    *(Route(f"/api/rooms/{{room}}/debug/{command}", _guarded(_command(command)), methods=["POST"]) for command in DRIVING),
-    Route("/api/rooms/{room}/debug/pause", _guarded(pause), methods=["POST"]),
-    Route("/api/rooms/{room}/debug/stop", _guarded(stop), methods=["POST"]),
-    Route("/api/rooms/{room}/debug/evaluate", _guarded(evaluate), methods=["POST"]),
-    Route("/api/rooms/{room}/debug/variables", _guarded(variables), methods=["POST"]),
-    Route("/api/rooms/{room}/debug/scopes", _guarded(scopes), methods=["POST"]),
+    Route("/api/rooms/{room}/debug", state, methods=["GET"]),
+    Route("/api/rooms/{room}/debug/start", start, methods=["POST"]),
+    *(Route(f"/api/rooms/{{room}}/debug/{command}", _command(command), methods=["POST"]) for command in DRIVING),
+    Route("/api/rooms/{room}/debug/pause", pause, methods=["POST"]),
+    Route("/api/rooms/{room}/debug/stop", stop, methods=["POST"]),
+    Route("/api/rooms/{room}/debug/evaluate", evaluate, methods=["POST"]),
+    Route("/api/rooms/{room}/debug/variables", variables, methods=["POST"]),
+    Route("/api/rooms/{room}/debug/scopes", scopes, methods=["POST"]),
 ]

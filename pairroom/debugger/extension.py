@@ -106,6 +106,9 @@ class Debugger(Extension):
 
         return routes
 
+    def http_errors(self) -> Mapping[type[Exception], int | None]:
+        return {SessionError: None}
+
     def document_rows(self) -> Sequence[OwnerRow]:
         return ROWS
 

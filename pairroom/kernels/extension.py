@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from starlette.routing import BaseRoute
 
 from pairroom.rooms.extension import Extension
+from .service import KernelUnavailable, KernelUnreachable
 
 from .api import routes
 from .cluster_lease import ClusterKernelLease
@@ -44,6 +45,10 @@ class Kernels(Extension):
 
     def routes(self) -> Sequence[BaseRoute]:
         return routes
+
+    def http_errors(self) -> Mapping[type[Exception], int | None]:
+        # another node runs the room's kernel: 409; the sandbox is missing or that node is away: 503
+        return {KernelUnavailable: 409, KernelUnreachable: 503, SandboxUnavailable: 503}
 
     def lifespan(self, node: Any) -> contextlib.AbstractAsyncContextManager[None]:
         return self._run(node)

@@ -14,7 +14,6 @@ connection, and call peers race with each other's departures.
 
 from __future__ import annotations
 
-import enum
 import json
 from dataclasses import dataclass
 from typing import Any

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
 
 from pycrdt import Map
 from starlette.requests import Request
@@ -29,20 +28,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from pairroom.sandbox.bubblewrap import SandboxUnavailable
 from pairroom.protocol.origins import LocalOrigin
 from pairroom.protocol.sync import CloseCode, ProtocolError
 from pairroom.rooms.identity import Principal, Role
 from pairroom.rooms.limits import TokenBucket
-from pairroom.rooms.registry import RoomLoadError
 from pairroom.rooms.room import Room
-from pairroom.web.api import ApiError, error, json_body, room_of
+from pairroom.web.api import ApiError, json_body, room_of
 from pairroom.web.auth import AuthError, admit, authenticate
 from pairroom.web.hub import Hub
 from pairroom.web.websocket import StarletteTransport, room_name_from_path
 
-from .pty import ShellStartError
-from .service import TerminalLimit, TerminalService
+from .service import TerminalService
 from .session import Terminal, Viewer
 
 log = logging.getLogger("pairroom.terminal")
@@ -81,25 +77,6 @@ def _terminal(service: TerminalService, room: str, terminal_id: str) -> Terminal
     if terminal is None:
         raise ApiError(404, f"no terminal {terminal_id!r} in room {room!r}")
     return terminal
-
-
-def _guarded(handler: Any) -> Any:
-    async def endpoint(request: Request) -> Response:
-        try:
-            return await handler(request)  # type: ignore[no-any-return]
-        except ApiError as exc:
-            return error(exc.status, exc.reason)
-        except AuthError as exc:
-            return error(exc.status, exc.reason)
-        except RoomLoadError as exc:
-            return error(503, str(exc))
-        except TerminalLimit as exc:
-            return error(409, str(exc))
-        except (SandboxUnavailable, ShellStartError) as exc:
-            return error(503, str(exc))
-
-    endpoint.__name__ = handler.__name__
-    return endpoint
 
 
 async def create_terminal(request: Request) -> Response:
@@ -287,12 +264,12 @@ async def _read(websocket: WebSocket, terminal: Terminal, viewer: Viewer, servic
 
 
 routes: list[BaseRoute] = [
-    Route("/api/rooms/{room}/terminals", _guarded(create_terminal), methods=["POST"]),
-    Route("/api/rooms/{room}/terminals", _guarded(list_terminals), methods=["GET"]),
-    Route("/api/rooms/{room}/terminals/{id}", _guarded(end_terminal), methods=["DELETE"]),
-    Route("/api/rooms/{room}/terminals/{id}/restart", _guarded(restart_terminal), methods=["POST"]),
-    Route("/api/rooms/{room}/terminals/{id}/writers", _guarded(set_writer), methods=["POST"]),
-    Route("/api/rooms/{room}/terminals/{id}/size", _guarded(set_size_policy), methods=["POST"]),
-    Route("/api/rooms/{room}/terminals/{id}/cast", _guarded(cast), methods=["GET"]),
+    Route("/api/rooms/{room}/terminals", create_terminal, methods=["POST"]),
+    Route("/api/rooms/{room}/terminals", list_terminals, methods=["GET"]),
+    Route("/api/rooms/{room}/terminals/{id}", end_terminal, methods=["DELETE"]),
+    Route("/api/rooms/{room}/terminals/{id}/restart", restart_terminal, methods=["POST"]),
+    Route("/api/rooms/{room}/terminals/{id}/writers", set_writer, methods=["POST"]),
+    Route("/api/rooms/{room}/terminals/{id}/size", set_size_policy, methods=["POST"]),
+    Route("/api/rooms/{room}/terminals/{id}/cast", cast, methods=["GET"]),
     WebSocketRoute("/terminal/{room}/{id}", terminal_endpoint),
 ]

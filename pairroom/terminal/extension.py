@@ -15,6 +15,8 @@ from pairroom.sandbox.settings import KernelSettings
 from pycrdt import Map
 
 from pairroom.rooms.extension import Extension
+from .service import TerminalLimit
+from .pty import ShellStartError
 from pairroom.rooms.owners import SERVER, OwnerRow, finite_number, plain_value
 from pairroom.workspace import LISTING_ROOT
 
@@ -49,6 +51,9 @@ class Terminals(Extension):
 
     def routes(self) -> Sequence[BaseRoute]:
         return routes
+
+    def http_errors(self) -> Mapping[type[Exception], int | None]:
+        return {TerminalLimit: 409, SandboxUnavailable: 503, ShellStartError: 503}
 
     def lifespan(self, node: Any) -> contextlib.AbstractAsyncContextManager[None]:
         return self._run(node)

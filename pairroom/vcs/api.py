@@ -25,10 +25,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from pairroom.rooms.identity import Principal, Role
-from pairroom.rooms.registry import RoomLoadError
 from pairroom.rooms.room import Room
-from pairroom.web.api import ApiError, error, json_body, room_of
-from pairroom.web.auth import AuthError, admit
+from pairroom.web.api import ApiError, json_body, room_of
+from pairroom.web.auth import admit
 from pairroom.web.hub import Hub
 
 from .gitcli import GitError
@@ -43,20 +42,6 @@ def _service(request: Request) -> VcsService:
         reason = getattr(request.app.state, "git_error", None) or "version control is not enabled on this server"
         raise ApiError(503, reason)
     return service  # type: ignore[no-any-return]
-
-
-def _guarded(handler: Any) -> Any:
-    async def endpoint(request: Request) -> Response:
-        try:
-            return await handler(request)  # type: ignore[no-any-return]
-        except (ApiError, GitError) as exc:
-            return error(exc.status, exc.reason)
-        except AuthError as exc:
-            return error(exc.status, exc.reason)
-        except RoomLoadError as exc:
-            return error(503, str(exc))
-
-    return endpoint
 
 
 def git_policy(room: Room) -> str:
@@ -89,7 +74,6 @@ async def _door(request: Request) -> tuple[str, Principal, Hub, VcsService]:
     return room_name, principal, hub, _service(request)
 
 
-@_guarded
 async def status(request: Request) -> Response:
     room_name, principal, hub, service = await _door(request)
     async with hub.registry.hold(room_name) as room:
@@ -99,7 +83,6 @@ async def status(request: Request) -> Response:
     return JSONResponse(answer)
 
 
-@_guarded
 async def diff(request: Request) -> Response:
     room_name, principal, hub, service = await _door(request)
     path = check_path(request.query_params.get("path"))
@@ -110,7 +93,6 @@ async def diff(request: Request) -> Response:
     return PlainTextResponse(text, media_type="text/x-diff; charset=utf-8")
 
 
-@_guarded
 async def log_route(request: Request) -> Response:
     room_name, principal, hub, service = await _door(request)
     raw = request.query_params.get("limit", "50")
@@ -121,7 +103,6 @@ async def log_route(request: Request) -> Response:
     return JSONResponse({"commits": commits})
 
 
-@_guarded
 async def commit(request: Request) -> Response:
     room_name, principal, hub, service = await _door(request)
     body = await json_body(request, shape='{"message", "paths"?, "series"?}')
@@ -144,7 +125,6 @@ async def commit(request: Request) -> Response:
     return JSONResponse(answer, 201)
 
 
-@_guarded
 async def push(request: Request) -> Response:
     room_name, principal, hub, service = await _door(request)
     body = await json_body(request, shape='{"force"?}')
@@ -160,7 +140,6 @@ async def push(request: Request) -> Response:
     return JSONResponse(answer)
 
 
-@_guarded
 async def pull(request: Request) -> Response:
     room_name, principal, hub, service = await _door(request)
     body = await json_body(request, shape='{"ref"?}')
@@ -172,7 +151,6 @@ async def pull(request: Request) -> Response:
     return JSONResponse(answer)
 
 
-@_guarded
 async def set_remote(request: Request) -> Response:
     room_name, principal, hub, service = await _door(request)
     body = await json_body(request, shape='{"url"?, "branch"?, "credential"?}')
@@ -183,7 +161,6 @@ async def set_remote(request: Request) -> Response:
     return JSONResponse(answer)
 
 
-@_guarded
 async def blame(request: Request) -> Response:
     room_name, principal, hub, service = await _door(request)
     path = check_path(request.path_params["path"])

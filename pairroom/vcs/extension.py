@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from pycrdt import Map
@@ -25,6 +25,8 @@ from .settings import VcsSettings
 
 log = logging.getLogger("pairroom.vcs")
 
+from .gitcli import GitError
+
 
 class VersionControl(Extension):
     name = "git"
@@ -37,6 +39,9 @@ class VersionControl(Extension):
 
     def routes(self) -> Sequence[BaseRoute]:
         return routes
+
+    def http_errors(self) -> Mapping[type[Exception], int | None]:
+        return {GitError: None}
 
     def lifespan(self, node: Any) -> contextlib.AbstractAsyncContextManager[None]:
         return self._run(node)

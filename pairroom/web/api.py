@@ -8,6 +8,10 @@ mode: everyone is an anonymous editor), and decides with the live role (``live_r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import logging
+
 import json
 import re
 import secrets
@@ -35,6 +39,9 @@ MAX_TTL = 30 * 24 * 3600
 NEW_ROOM = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the lobby's names: URL-safe, one path segment
 NEW_ROOM_ALPHABET = "abcdefghijkmnopqrstuvwxyz23456789"
 CREATED_ROLES = (Role.OWNER, Role.EDITOR, Role.VIEWER)
+
+
+log = logging.getLogger("pairroom.api")
 
 
 class ApiError(Exception):
@@ -114,26 +121,37 @@ def require_owner(role: Role) -> None:
         raise ApiError(403, f"only an owner may do this; you are {role.value}")
 
 
-def handles_errors(endpoint):  # type: ignore[no-untyped-def]
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await endpoint(request)  # type: ignore[no-any-return]
-        except ApiError as exc:
-            response = error(exc.status, exc.reason)
-            if exc.status == 413:  # the rest of the body is not read: end the connection
-                response.headers["connection"] = "close"
-            return response
-        except AuthError as exc:
-            return error(exc.status, exc.reason)
-        except RoomLoadError as exc:
-            return error(503, str(exc))
-        except StoreError as exc:
-            return error(503, f"not stored: {exc}; the change is kept in memory and written when storage is back")
-
-    return wrapped
+ErrorStatus = int | None  # the HTTP status an exception answers with; None: its own ``status``
 
 
-@handles_errors
+def http_error_handlers(extra: Mapping[type[Exception], ErrorStatus]) -> dict[Any, Any]:
+    """Errors mapped to HTTP once, for every route (Starlette exception handlers): the web kit's
+    own, then each extension's (``Extension.http_errors``). An error answers ``{"error": reason}``."""
+    mapping: dict[type[Exception], ErrorStatus] = {
+        ApiError: None,
+        AuthError: None,
+        RoomLoadError: 503,
+        StoreError: 503,
+        **extra,
+    }
+    return {kind: _answer_with(status) for kind, status in mapping.items()}
+
+
+def _answer_with(status: ErrorStatus) -> Any:
+    async def answer(request: Request, exc: Exception) -> Response:
+        code = status if status is not None else int(getattr(exc, "status", 500))
+        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        if isinstance(exc, StoreError):
+            log.error("request failed: storage", extra={"path": request.url.path, "error": str(exc)})
+            reason = f"not stored: {exc}; the change is kept in memory and written when storage is back"
+        response = error(code, reason)
+        if code == 413:  # the rest of the body is not read: end the connection
+            response.headers["connection"] = "close"
+        return response
+
+    return answer
+
+
 async def presence(request: Request) -> Response:
     room_name = room_of(request)
     principal = authenticate(request, room_name)
@@ -145,7 +163,6 @@ async def presence(request: Request) -> Response:
     return JSONResponse({"room": room_name, "members": members})
 
 
-@handles_errors
 async def invites(request: Request) -> Response:
     room_name = room_of(request)
     principal = authenticate(request, room_name)
@@ -177,7 +194,6 @@ async def invites(request: Request) -> Response:
     return JSONResponse({"open": False, "invites": out}, 201)
 
 
-@handles_errors
 async def create_room(request: Request) -> Response:
     """A new room, for the lobby: ``{"room"?, "name"?, "ttl"?, "git"?}`` -> 201.
 
@@ -272,7 +288,6 @@ def admit_creator(request: Request, hub: Hub) -> None:
         raise ApiError(401, str(exc)) from exc
 
 
-@handles_errors
 async def set_role(request: Request) -> Response:
     room_name = room_of(request)
     principal = authenticate(request, room_name)
