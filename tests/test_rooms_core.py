@@ -24,7 +24,7 @@ from pairroom.cluster.broker import MemoryBroker, MemoryHub
 from pairroom.protocol import sync as protocol
 from pairroom.protocol.origins import LocalOrigin
 from pairroom.protocol.sync import AwarenessEntry, CloseCode, MessageType, ProtocolError, SyncStep
-from pairroom.rooms.identity import Principal, Role
+from pairroom.rooms.identity import PALETTE, Principal, Role
 from pairroom.rooms.member import Member
 from pairroom.rooms.registry import RoomRegistry, RoomSettings
 from pairroom.rooms.room import Room, RoomListener, RoomState
@@ -363,7 +363,9 @@ async def test_presence_is_relayed_stamped_with_the_server_identity_and_greets_n
     bob.handle(room)
     state = bob.presence[ada.awareness_id]
     assert state is not None
-    assert state["user"] == {"id": "user-ada", "name": "Ada", "color": "#4363d8", "role": "editor"}
+    user = state["user"]
+    assert {k: user[k] for k in ("id", "name", "role")} == {"id": "user-ada", "name": "Ada", "role": "editor"}
+    assert user["color"] in PALETTE  # the server's pick, distinct among those present, not the client's
     assert (state["file"], state["cursor"]) == ("main.py", 3)
     ada.handle(room)
     assert ada.presence[ada.awareness_id] == state  # the author sees its state as others do

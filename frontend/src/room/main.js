@@ -374,7 +374,7 @@ function startRoom() {
     },
   })
 
-  const terminals = new TerminalPanel({ room, token, role, api }) // shared terminals (terminals.js)
+  const terminals = new TerminalPanel({ room, token, role, api, ready: provider.synced ? Promise.resolve() : new Promise((resolve) => provider.once('sync', resolve)) }) // shared terminals (terminals.js)
   const git = new GitPanel({ doc, api, before: $('history'), view, current: () => current?.path ?? null, awareness }) // source control (git.js)
 
   // History: versions, diffs and restores of the open file.

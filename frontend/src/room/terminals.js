@@ -6,7 +6,7 @@ const $ = (id) => document.getElementById(id)
 
 export class TerminalPanel {
   /** `new TerminalPanel({room, token, role, api})`: fills the #terminals section. */
-  constructor({ room, token, role, api }) {
+  constructor({ room, token, role, api, ready }) {
     this.room = room
     this.token = token
     this.api = api
@@ -30,8 +30,12 @@ export class TerminalPanel {
       canWrite: () => Boolean(this.current?.setup?.can_write),
       id: () => this.current?.id ?? null,
     }
-    this.refresh()
-    this.timer = setInterval(() => { if (!document.hidden) this.refresh() }, 5000)
+    // Asked once the server has let this page in (``ready``): a refused link shows its refusal page
+    // without a failed request behind it.
+    ;(ready ?? Promise.resolve()).then(() => {
+      this.refresh()
+      this.timer = setInterval(() => { if (!document.hidden) this.refresh() }, 5000)
+    })
     window.addEventListener('resize', () => this.fit())
   }
 
