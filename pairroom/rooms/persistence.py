@@ -9,10 +9,42 @@ bridge's), which flushes every room after every other extension has stopped writ
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pairroom.storage.store import Store
 
 from .extension import Extension
+
+if TYPE_CHECKING:
+    from .room import Room
+
+
+async def write_pending(store: Store, rooms: Sequence[Room]) -> int:
+    """Write the pending updates of ``rooms`` in one transaction: the one flush of the server, used
+    for one room (``Room.flush``: unloads, shutdown, acknowledged writes) and for the flusher's
+    groups. Returns how many were written.
+
+    Each room's flush lock is held (taken in name order, so two writers never deadlock); on failure
+    every batch goes back to the front of its room's queue and the error propagates: the document
+    stays in memory, nothing is lost while storage is down."""
+    async with contextlib.AsyncExitStack() as locks:
+        for room in sorted(rooms, key=lambda r: r.name):
+            await locks.enter_async_context(room.flush_lock)
+        taken = {room: room.pending for room in rooms if room.pending}
+        if not taken:
+            return 0
+        for room in taken:
+            room.pending = []
+        try:
+            seqs = await store.append_many({room.name: batch for room, batch in taken.items()})
+        except BaseException:
+            for room, batch in taken.items():
+                room.pending[:0] = batch
+            raise
+        for room in taken:
+            room.stored_seq = seqs[room.name]
+        return sum(len(batch) for batch in taken.values())
 
 
 class Persistence(Extension):

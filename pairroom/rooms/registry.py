@@ -35,10 +35,12 @@ from pairroom.protocol import sync as protocol
 from pairroom.protocol.origins import Origin
 from pairroom.storage.compaction import compact
 from pairroom.storage.store import Store, StoreError
+from pairroom.storage.writer import Backoff
 from pairroom.protocol import keys
 from pairroom.cluster.broker import BrokerError
 from pairroom.cluster.bridge import Cluster
 from pairroom.rooms.extension import ExtensionRunner
+from pairroom.rooms.persistence import write_pending
 from pairroom.rooms.member import Member
 from pairroom.rooms.room import Room, RoomListener, RoomState
 
@@ -100,7 +102,7 @@ class RoomRegistry(RoomListener):
         self.metrics = metrics or RegistryMetrics()
         self.rooms: dict[str, Room] = cluster.rooms
         self.extensions = ExtensionRunner(())  # the app sets the node's extensions before it runs
-        self._retry: dict[Room, tuple[float, float]] = {}  # failing rooms: (next attempt, backoff)
+        self._retry: dict[Room, tuple[float, Backoff]] = {}  # failing rooms: (next attempt, backoff)
         self._uids = itertools.count(1)
         self._compacting: set[str] = set()
         self._ready: dict[str, asyncio.Future[None]] = {}
@@ -408,27 +410,8 @@ class RoomRegistry(RoomListener):
             self._dirty_event.set()
 
     async def _flush_group(self, rooms: list[Room]) -> int:
-        """Write the pending updates of ``rooms`` (sorted by name) in one transaction.
-
-        Returns how many were written. On failure every batch goes back to its room and the error
-        propagates, as ``Room.flush`` does for one."""
-        async with contextlib.AsyncExitStack() as locks:
-            for room in rooms:
-                await locks.enter_async_context(room.flush_lock)
-            taken = {room: room.pending for room in rooms if room.pending}
-            if not taken:
-                return 0
-            for room in taken:
-                room.pending = []
-            try:
-                seqs = await self.store.append_many({room.name: batch for room, batch in taken.items()})
-            except BaseException:
-                for room, batch in taken.items():
-                    room.pending[:0] = batch
-                raise
-            for room in taken:
-                room.stored_seq = seqs[room.name]
-            return sum(len(batch) for batch in taken.values())
+        """Write the pending updates of ``rooms`` in one transaction (``persistence.write_pending``)."""
+        return await write_pending(self.store, rooms)
 
     async def _flush_each(self, rooms: list[Room]) -> None:
         """Write each room on its own; those that fail stay dirty with their own backoff."""
@@ -445,16 +428,16 @@ class RoomRegistry(RoomListener):
             self._compact_if_due([room])
 
     def _flush_failed(self, room: Room, exc: Exception) -> None:
-        _, backoff = self._retry.get(room, (0.0, self.settings.flush_interval / 2))
-        backoff = min(max(backoff * 2, 0.05), 5.0)
-        self._retry[room] = (time.monotonic() + backoff, backoff)
+        _, backoff = self._retry.get(room, (0.0, Backoff(min(max(self.settings.flush_interval, 0.05), 5.0), 5.0)))
+        wait = backoff.failed()
+        self._retry[room] = (time.monotonic() + wait, backoff)
         self._dirty.add(room)
         self.metrics.flush_failed()
         log.error(
             "flush failed, will retry",
             exc_info=not isinstance(exc, StoreError),  # an unexpected error shows its traceback
             extra={"room": room.name, "error": f"{type(exc).__name__}: {exc}", "pending": len(room.pending),
-                   "retry_in": round(backoff, 3)},
+                   "retry_in": round(wait, 3)},
         )
 
     def _compact_if_due(self, rooms: list[Room]) -> None:

@@ -29,6 +29,7 @@ from pairroom.protocol.origins import LocalOrigin, Origin, PeerOrigin
 from pairroom.protocol.sync import CloseCode, Message, MessageType, ProtocolError, SyncStep
 from pairroom.storage.store import LoadedRoom, NewUpdate, Store, StoreError, clip_label
 from .extension import Change, ExtensionRunner
+from .persistence import write_pending
 from .guards import DocumentGuards
 from .dependencies import HeldUpdates
 from .identity import Principal, Role, earlier_room
@@ -189,17 +190,10 @@ class Room:
         On failure the batch goes back to the front of the queue and StoreError propagates; the
         document stays in memory, so nothing is lost while storage is down.
         """
-        async with self.flush_lock:
-            written = 0
-            while self.pending:
-                batch, self.pending = self.pending, []
-                try:
-                    self.stored_seq = await self.store.append(self.name, batch)
-                except BaseException:
-                    self.pending[:0] = batch
-                    raise
-                written += len(batch)
-            return written
+        written = 0
+        while self.pending:  # what arrives during a write goes in the next one
+            written += await write_pending(self.store, [self])
+        return written
 
     # -- membership -----------------------------------------------------------------------------
 
