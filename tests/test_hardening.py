@@ -727,6 +727,8 @@ async def test_tokens_of_a_deleted_room_do_not_open_a_room_created_later_under_i
             chat = await http.post(f"/api/rooms/{name}/chat", json={"text": "hijack"},
                                    headers={"authorization": f"Bearer {stale}"})
             assert chat.status_code == 403 and "earlier room" in chat.json()["error"]
+            reviews = await http.get(f"/api/rooms/{name}/reviews", headers={"authorization": f"Bearer {stale}"})
+            assert reviews.status_code == 403 and "earlier room" in reviews.json()["error"]
         for fresh in (new_owner, after_cli):
             member = await YClient.connect(s.ws(name) + "?token=" + fresh)
             await asyncio.wait_for(member.synced.wait(), 10)

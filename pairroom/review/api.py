@@ -38,7 +38,7 @@ from pairroom.review.threads import ReviewError
 from pairroom.rooms.identity import Principal, Role
 from pairroom.rooms.owners import review_thread
 from pairroom.rooms.room import Room
-from pairroom.web.api import ApiError, json_body, room_of
+from pairroom.web.api import ApiError, json_body, refuse_stale, room_of
 from pairroom.web.auth import authenticate
 from pairroom.web.hub import Hub
 
@@ -84,9 +84,10 @@ def _int_field(body: dict[str, Any], key: str) -> int:
 
 async def list_threads(request: Request) -> Response:
     name = room_of(request)
-    authenticate(request, name)
+    principal = authenticate(request, name)
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
+        refuse_stale(room, principal)  # a token of an earlier room of this name
         with room.local_change(ORIGIN) as doc:
             threads = valid_threads(doc)
     return JSONResponse({"room": name, "threads": threads})
@@ -121,6 +122,7 @@ async def create_thread(request: Request) -> Response:
     message = author_message(principal, body)
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
+        refuse_stale(room, principal)  # a token of an earlier room of this name
         require(room, principal)
         try:
             with room.local_change(ORIGIN) as doc:
@@ -149,6 +151,7 @@ async def post_message(request: Request) -> Response:
     message = author_message(principal, await json_body(request))
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
+        refuse_stale(room, principal)  # a token of an earlier room of this name
         require(room, principal)
         try:
             with room.local_change(ORIGIN) as doc:
@@ -166,6 +169,7 @@ def _status_route(status: str):  # type: ignore[no-untyped-def]
         hub: Hub = request.app.state.hub
         thread_id = request.path_params["id"]
         async with hub.registry.hold(name) as room:
+            refuse_stale(room, principal)  # a token of an earlier room of this name
             require(room, principal)
             try:
                 with room.local_change(ORIGIN) as doc:
@@ -186,6 +190,7 @@ async def apply_suggestion(request: Request) -> Response:
     body = await json_body(request)
     message = author_message(principal, {"text": "Applied the suggestion.", "name": body.get("name")})
     async with hub.registry.hold(name) as room:
+        refuse_stale(room, principal)  # a token of an earlier room of this name
         require(room, principal, files=True)
         try:
             with room.local_change(ORIGIN) as doc:
@@ -198,9 +203,10 @@ async def apply_suggestion(request: Request) -> Response:
 
 async def list_passes(request: Request) -> Response:
     name = room_of(request)
-    authenticate(request, name)
+    principal = authenticate(request, name)
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
+        refuse_stale(room, principal)  # a token of an earlier room of this name
         with room.local_change(ORIGIN) as doc:
             passes = review_passes.list_passes(doc)
     return JSONResponse({"room": name, "passes": passes})
@@ -215,6 +221,7 @@ async def start_pass(request: Request) -> Response:
         raise ApiError(400, "title must be a string")
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
+        refuse_stale(room, principal)  # a token of an earlier room of this name
         require(room, principal)
         await room.flush()  # the version is the log as stored: write what is pending first
         with room.local_change(ORIGIN) as doc:
@@ -233,6 +240,7 @@ async def finish_pass(request: Request) -> Response:
     principal = authenticate(request, name)
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
+        refuse_stale(room, principal)  # a token of an earlier room of this name
         require(room, principal)
         try:
             with room.local_change(ORIGIN) as doc:
@@ -244,9 +252,10 @@ async def finish_pass(request: Request) -> Response:
 
 async def export_pass(request: Request) -> Response:
     name = room_of(request)
-    authenticate(request, name)
+    principal = authenticate(request, name)
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
+        refuse_stale(room, principal)  # a token of an earlier room of this name
         try:
             with room.local_change(ORIGIN) as doc:
                 record = review_passes.pass_of(doc, request.path_params["id"])
