@@ -279,15 +279,19 @@ class Room:
         if uid is not None:
             self._log(uid, origin, update)
         author = exclude.principal if exclude is not None else peer_author(origin, self.name)
+        # the transaction's context, set for its length (as _integrating does, without a generator:
+        # this is every update's path)
+        previous, self._txn = self._txn, _Txn(origin, exclude, uid is not None, author)
         try:
-            with self._integrating(_Txn(origin, exclude, uid is not None, author)):
-                self.doc.apply_update(update)
+            self.doc.apply_update(update)
         except ValueError as exc:
             raise ProtocolError(CloseCode.UPDATE_REJECTED, f"update rejected: {exc}") from exc
         except BaseException as exc:  # a panic inside the CRDT library is a BaseException
             if type(exc).__name__ != "PanicException":
                 raise
             raise ProtocolError(CloseCode.UPDATE_REJECTED, "update rejected: CRDT panic") from exc
+        finally:
+            self._txn = previous
 
     _outbox: list[tuple[bytes, Member | None]]
 
