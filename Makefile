@@ -8,7 +8,7 @@ DB     ?= sqlite:///./pairroom.db
 
 WEB_SOURCES := $(shell find frontend/src -type f 2>/dev/null) frontend/index.html frontend/room.html frontend/vite.config.js
 
-.PHONY: run test fuzz install install-dev node-deps web kernel-env services bench bench-quick clean
+.PHONY: run test lint fuzz install install-dev node-deps web kernel-env services bench bench-quick clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || scripts/apt-install python3-venv
@@ -57,7 +57,16 @@ services: kernel-env
 	@scripts/ensure-chromium >/dev/null
 	@command -v unshare >/dev/null && command -v ip >/dev/null || scripts/apt-install util-linux iproute2
 
-test: install-dev node-deps web services
+# the habits: lint and format (ruff), the layers (import-linter), types (mypy: strict on the core), the browser app (biome)
+lint: install-dev frontend/node_modules/.package-lock.json
+	$(BIN)/ruff check pairroom tests bench extensions
+	$(BIN)/ruff format --check pairroom tests bench extensions
+	$(BIN)/lint-imports
+	$(BIN)/mypy --strict pairroom/protocol pairroom/rooms pairroom/storage
+	$(BIN)/mypy pairroom
+	cd frontend && npx biome lint
+
+test: install-dev node-deps web services lint
 	PAIRROOM_TEST_PG="$$(scripts/ensure-postgres)" PAIRROOM_REDIS_SERVER="$$(scripts/ensure-redis)" \
 		$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 

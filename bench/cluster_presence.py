@@ -42,7 +42,9 @@ def free_port() -> int:
 
 
 def pinned(cpu: int, argv: list[str]) -> list[str]:
-    return (["taskset", "-c", str(cpu)] if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1 else []) + argv
+    return (
+        ["taskset", "-c", str(cpu)] if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1 else []
+    ) + argv
 
 
 class Node:
@@ -52,7 +54,9 @@ class Node:
         full = {**os.environ, "PAIRROOM_KERNELS": "false", "PAIRROOM_LOG_LEVEL": "warning", **env}
         self.proc = subprocess.Popen(
             pinned(0, [PAIRROOM, "serve", "--port", str(self.port), "--db", f"sqlite:///{tmp}/bench.db"]),
-            env=full, stdout=log, stderr=log,
+            env=full,
+            stdout=log,
+            stderr=log,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -94,9 +98,24 @@ class Redis:
         self.port = free_port()
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.proc = subprocess.Popen(
-            pinned(0, [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                       "--dir", str(tmp)]),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            pinned(
+                0,
+                [
+                    binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(tmp),
+                ],
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -119,8 +138,9 @@ class Redis:
 
 
 def loadgen(scenario: dict) -> dict:
-    done = subprocess.run(pinned(1, ["node", str(LOADGEN), json.dumps(scenario)]), capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        pinned(1, ["node", str(LOADGEN), json.dumps(scenario)]), capture_output=True, text=True, timeout=600
+    )
     if done.returncode != 0:
         raise RuntimeError(f"loadgen failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout)
@@ -130,8 +150,11 @@ def figures(result: dict) -> dict:
     lat = result["latencyMs"] or {}
     presence = result.get("presenceLatencyMs") or {}
     return {
-        "p50": lat.get("p50"), "p99": lat.get("p99"), "max": lat.get("max"),
-        "delivery": result["edits"]["deliveryRatio"], "converged": result["convergence"]["converged"],
+        "p50": lat.get("p50"),
+        "p99": lat.get("p99"),
+        "max": lat.get("max"),
+        "delivery": result["edits"]["deliveryRatio"],
+        "converged": result["convergence"]["converged"],
         "presence_p99": presence.get("p99"),
     }
 
@@ -154,11 +177,22 @@ def measure_cluster(quick: bool, runs: int) -> dict:
         nodes = [Node(tmp, {"PAIRROOM_REDIS": redis.url}) for _ in range(2)]
         try:
             time.sleep(1.5)  # heartbeats: each node learns the other before the first room opens
-            for label, urls in (("same node", [nodes[0].url, nodes[0].url]), ("cross node", [nodes[0].url, nodes[1].url])):
+            for label, urls in (
+                ("same node", [nodes[0].url, nodes[0].url]),
+                ("cross node", [nodes[0].url, nodes[1].url]),
+            ):
                 results = []
                 for run in range(runs):
-                    sc = {"url": urls[0], "urls": urls, "roomPrefix": f"pair-{label[0]}-{run}-{time.time_ns()}",
-                          "rooms": 1, "clientsPerRoom": 2, "editsPerSec": 10, "warmup": 2, "duration": duration}
+                    sc = {
+                        "url": urls[0],
+                        "urls": urls,
+                        "roomPrefix": f"pair-{label[0]}-{run}-{time.time_ns()}",
+                        "rooms": 1,
+                        "clientsPerRoom": 2,
+                        "editsPerSec": 10,
+                        "warmup": 2,
+                        "duration": duration,
+                    }
                     results.append(figures(loadgen(sc)))
                 out[f"pair, {label}"] = {"runs": results, **median_row(results)}
             rates = [10, 20] if quick else [10, 20, 40]
@@ -166,9 +200,18 @@ def measure_cluster(quick: bool, runs: int) -> dict:
                 best = None
                 steps = []
                 for rate in rates:
-                    sc = {"url": urls[0], "urls": urls, "roomPrefix": f"busy-{rate}-{time.time_ns()}", "rooms": 1,
-                          "clientsPerRoom": 50, "writers": 10, "editsPerSec": rate, "warmup": 1,
-                          "duration": 4 if quick else 6, "awarenessRenewS": 0}
+                    sc = {
+                        "url": urls[0],
+                        "urls": urls,
+                        "roomPrefix": f"busy-{rate}-{time.time_ns()}",
+                        "rooms": 1,
+                        "clientsPerRoom": 50,
+                        "writers": 10,
+                        "editsPerSec": rate,
+                        "warmup": 1,
+                        "duration": 4 if quick else 6,
+                        "awarenessRenewS": 0,
+                    }
                     f = figures(loadgen(sc))
                     steps.append({"rate": rate, **f})
                     if f["delivery"] == 1 and f["p99"] is not None and f["p99"] < 250 and f["converged"]:
@@ -192,19 +235,34 @@ def measure_presence(quick: bool, runs: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for label, env, reader_role in (
-            ("before: watchers as editors, every state relayed at once to everyone",
-             {"PAIRROOM_SECRET": SECRET, "PAIRROOM_AWARENESS_TICK_MS": "0"}, "editor"),
-            ("after: watchers as viewers (scoped + summary), relay throttled per room tick",
-             {"PAIRROOM_SECRET": SECRET}, "viewer"),
+            (
+                "before: watchers as editors, every state relayed at once to everyone",
+                {"PAIRROOM_SECRET": SECRET, "PAIRROOM_AWARENESS_TICK_MS": "0"},
+                "editor",
+            ),
+            (
+                "after: watchers as viewers (scoped + summary), relay throttled per room tick",
+                {"PAIRROOM_SECRET": SECRET},
+                "viewer",
+            ),
         ):
             node = Node(tmp, env)
             try:
                 results = []
                 for run in range(runs):
                     room = f"mentor-{run}-{time.time_ns()}"
-                    sc = {"url": node.url, "roomPrefix": room, "rooms": 1, "clientsPerRoom": watchers + 1,
-                          "writers": 1, "editsPerSec": 20, "presence": True, "awarenessRenewS": 15,
-                          "warmup": 2, "duration": duration}
+                    sc = {
+                        "url": node.url,
+                        "roomPrefix": room,
+                        "rooms": 1,
+                        "clientsPerRoom": watchers + 1,
+                        "writers": 1,
+                        "editsPerSec": 20,
+                        "presence": True,
+                        "awarenessRenewS": 15,
+                        "warmup": 2,
+                        "duration": duration,
+                    }
                     sc["writerToken"] = mint(SECRET, f"{room}-0", "owner", "Mentor")
                     sc["readerToken"] = mint(SECRET, f"{room}-0", reader_role, "Learner")
                     cpu0, bytes0 = node.cpu_seconds(), node.bytes_sent()
@@ -218,33 +276,55 @@ def measure_presence(quick: bool, runs: int) -> dict:
 
 
 def render(report: dict) -> str:
-    lines = ["# Cluster and presence benchmarks", "",
-             f"Generated {report['generated_at']} by `bench/cluster_presence.py` "
-             f"({'quick' if report['quick'] else 'full'}; median of {report['runs']} runs).", ""]
+    lines = [
+        "# Cluster and presence benchmarks",
+        "",
+        f"Generated {report['generated_at']} by `bench/cluster_presence.py` "
+        f"({'quick' if report['quick'] else 'full'}; median of {report['runs']} runs).",
+        "",
+    ]
     if "cluster" in report:
-        lines += ["## Two nodes through Redis", "", "| case | p50 ms | p99 ms | max ms | delivery | converged |",
-                  "| --- | ---: | ---: | ---: | ---: | --- |"]
+        lines += [
+            "## Two nodes through Redis",
+            "",
+            "| case | p50 ms | p99 ms | max ms | delivery | converged |",
+            "| --- | ---: | ---: | ---: | ---: | --- |",
+        ]
         for case, row in report["cluster"].items():
             if "steps" in row:
                 continue
-            lines.append(f"| {case} | {row['p50']} | {row['p99']} | {row['max']} | {row['delivery']} | {row['converged']} |")
+            lines.append(
+                f"| {case} | {row['p50']} | {row['p99']} | {row['max']} | {row['delivery']} | {row['converged']} |"
+            )
         same, cross = report["cluster"].get("pair, same node"), report["cluster"].get("pair, cross node")
         if same and cross and same["p99"] is not None and cross["p99"] is not None:
-            lines += ["", f"Added by a cross-node hop: p50 {cross['p50'] - same['p50']:+.2f} ms, "
-                          f"p99 {cross['p99'] - same['p99']:+.2f} ms."]
-        lines += ["", "| busy room (10 writers, 50 clients) | highest rate per writer with 100% delivery, p99 < 250 ms | steps (rate: p99 ms) |",
-                  "| --- | ---: | --- |"]
+            lines += [
+                "",
+                f"Added by a cross-node hop: p50 {cross['p50'] - same['p50']:+.2f} ms, "
+                f"p99 {cross['p99'] - same['p99']:+.2f} ms.",
+            ]
+        lines += [
+            "",
+            "| busy room (10 writers, 50 clients) | highest rate per writer with 100% delivery, p99 < 250 ms | steps (rate: p99 ms) |",
+            "| --- | ---: | --- |",
+        ]
         for case, row in report["cluster"].items():
             if "steps" in row:
                 steps = ", ".join(f"{s['rate']}: {s['p99']}" for s in row["steps"])
                 lines.append(f"| {case} | {row['highest_rate']} | {steps} |")
     if "presence" in report:
-        lines += ["", "## Presence in a mentor session (1 writer at 20 edits/s with cursor, 200 watchers, renewals every 15 s)", "",
-                  "| watchers | edit p50 ms | edit p99 ms | presence p99 ms | delivery | converged | server CPU s | MiB sent |",
-                  "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+        lines += [
+            "",
+            "## Presence in a mentor session (1 writer at 20 edits/s with cursor, 200 watchers, renewals every 15 s)",
+            "",
+            "| watchers | edit p50 ms | edit p99 ms | presence p99 ms | delivery | converged | server CPU s | MiB sent |",
+            "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+        ]
         for case, row in report["presence"].items():
-            lines.append(f"| {case} | {row['p50']} | {row['p99']} | {row['presence_p99']} | {row['delivery']} | "
-                         f"{row['converged']} | {row['server_cpu_s']} | {row['mib_sent']} |")
+            lines.append(
+                f"| {case} | {row['p50']} | {row['p99']} | {row['presence_p99']} | {row['delivery']} | "
+                f"{row['converged']} | {row['server_cpu_s']} | {row['mib_sent']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -257,7 +337,11 @@ def main() -> int:
     runs = args.runs or (1 if args.quick else 3)
     if not (BENCH / "loadgen" / "node_modules").exists():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=BENCH / "loadgen", check=True)
-    report: dict = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quick": args.quick, "runs": runs}
+    report: dict = {
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "quick": args.quick,
+        "runs": runs,
+    }
     if args.only in (None, "cluster"):
         report["cluster"] = measure_cluster(args.quick, runs)
     if args.only in (None, "presence"):

@@ -64,8 +64,13 @@ async def scenario(base: str, ws: str, app: Any, watchers: int, stops: int) -> d
     room = None
     await eventually(lambda: name in app.state.hub.registry.rooms, timeout=10)
     room = app.state.hub.registry.rooms[name]
-    await eventually(lambda: "main.py" in room.doc.get("files", type=Map)
-                     and isinstance(room.doc.get("debug", type=Map).get("breakpoints"), Map), timeout=10)
+    await eventually(
+        lambda: (
+            "main.py" in room.doc.get("files", type=Map)
+            and isinstance(room.doc.get("debug", type=Map).get("breakpoints"), Map)
+        ),
+        timeout=10,
+    )
     counter = app.state.debugger.counter
     visible: list[float] = []
     per_stop: list[int] = []
@@ -73,6 +78,7 @@ async def scenario(base: str, ws: str, app: Any, watchers: int, stops: int) -> d
         started = await http.post(f"/api/rooms/{name}/debug/start", json={"path": "main.py"})
         assert started.status_code == 201, started.text
         for n in range(stops):
+
             def stopped_everywhere() -> bool:
                 for client in clients:
                     debug = client.doc.get("debug", type=Map)
@@ -91,6 +97,7 @@ async def scenario(base: str, ws: str, app: Any, watchers: int, stops: int) -> d
             per_stop.append(sum(counter.sent.get(c, 0) for c in STEP_COMMANDS) - before)
             went = await http.post(f"/api/rooms/{name}/debug/continue", json={"stopId": stop_id})
             assert went.status_code == 202, went.text
+
             def moved_on(left: str = stop_id) -> bool:
                 debug = clients[0].doc.get("debug", type=Map)
                 return debug.get("state") != "stopped" or debug["session"]["stopId"] != left
@@ -105,8 +112,11 @@ async def scenario(base: str, ws: str, app: Any, watchers: int, stops: int) -> d
     return {
         "watchers": watchers,
         "stops": stops,
-        "stop_to_visible_ms": {"median": round(statistics.median(visible), 1), "min": round(min(visible), 1),
-                               "max": round(max(visible), 1)},
+        "stop_to_visible_ms": {
+            "median": round(statistics.median(visible), 1),
+            "min": round(min(visible), 1),
+            "max": round(max(visible), 1),
+        },
         "adapter_requests_during_reads": per_stop,
         "fetch_commands": fetched,
         "node_total_fetch_requests": total_fetch,
@@ -120,8 +130,15 @@ async def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        settings = dataclasses.replace(Settings(), port=0, db=f"sqlite:///{tmp}/bench.db", log_format="text",
-                                       kernels=True, kernel_pool_size=1, max_members=1000)
+        settings = dataclasses.replace(
+            Settings(),
+            port=0,
+            db=f"sqlite:///{tmp}/bench.db",
+            log_format="text",
+            kernels=True,
+            kernel_pool_size=1,
+            max_members=1000,
+        )
         app = create_app(settings)
         server = Server(uvicorn_config(app, settings, signals=False))
         task = await start_serving(server)
@@ -129,10 +146,13 @@ async def main() -> None:
             results = []
             for watchers in args.watchers:
                 before = dict(app.state.debugger.counter.sent)
-                result = await scenario(f"http://127.0.0.1:{server.port}", f"ws://127.0.0.1:{server.port}", app,
-                                        watchers, args.stops)
+                result = await scenario(
+                    f"http://127.0.0.1:{server.port}", f"ws://127.0.0.1:{server.port}", app, watchers, args.stops
+                )
                 after = app.state.debugger.counter.sent
-                per = {c: after.get(c, 0) - before.get(c, 0) for c in STEP_COMMANDS if after.get(c, 0) - before.get(c, 0)}
+                per = {
+                    c: after.get(c, 0) - before.get(c, 0) for c in STEP_COMMANDS if after.get(c, 0) - before.get(c, 0)
+                }
                 result["fetch_requests_per_stop"] = round(sum(per.values()) / args.stops, 2)
                 result["fetch_requests_by_command"] = per
                 results.append(result)

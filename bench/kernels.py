@@ -33,11 +33,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pairroom.kernels import KernelSettings
-from pairroom.kernels import rundoc
+from pairroom.kernels import KernelSettings, rundoc
 from pairroom.kernels.service import KernelService
-from pairroom.storage.sql import SqlStore
 from pairroom.rooms.registry import RoomRegistry
+from pairroom.storage.sql import SqlStore
 
 
 async def first_output(service: KernelService, registry: RoomRegistry, name: str, deadline: float = 60) -> float:

@@ -28,23 +28,24 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pycrdt import Array, Doc, Map, Text  # noqa: E402
+from pycrdt import Array, Doc, Map, Text
 
 from pairroom.protocol import sync as protocol
 from pairroom.protocol.origins import LocalOrigin
-from pairroom.storage.sql import SqlStore
 from pairroom.review import threads as review
+from pairroom.review.guard import ReviewGuard
 from pairroom.rooms.hooks import WriteCheck
 from pairroom.rooms.identity import Principal, Role
 from pairroom.rooms.member import Member
 from pairroom.rooms.partial_writes import ReviewerWrites
-from pairroom.review.guard import ReviewGuard
 from pairroom.rooms.room import Room, RoomListener, RoomState
+from pairroom.storage.sql import SqlStore
 
 SEED = LocalOrigin("bench-seed")
 
@@ -176,8 +177,14 @@ async def main(updates: int) -> dict[str, Any]:
             seed(room, 100_000)
             with room.local_change(SEED) as doc:
                 for i in range(50):
-                    review.create_thread(doc, path="pkg/mod0.py", start=i * 100, end=i * 100 + 40,
-                                         message=review.message_entry("?", author="u", name="U"), by="u")
+                    review.create_thread(
+                        doc,
+                        path="pkg/mod0.py",
+                        start=i * 100,
+                        end=i * 100 + 40,
+                        message=review.message_entry("?", author="u", name="U"),
+                        by="u",
+                    )
             checker = guard(room)
             samples = []
             for _ in range(50):

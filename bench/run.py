@@ -32,8 +32,8 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -44,9 +44,10 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -300,7 +301,11 @@ def _s2(watchers: int, presence: bool) -> Scenario:
         name=name,
         title=(
             f"mentor room: 1 writer at 20 edits/s, {watchers} watchers, "
-            + ("presence on (a cursor update with every edit, 15 s awareness renewals)" if presence else "no presence traffic")
+            + (
+                "presence on (a cursor update with every edit, 15 s awareness renewals)"
+                if presence
+                else "no presence traffic"
+            )
         ),
         rooms=1,
         clients_per_room=watchers + 1,
@@ -317,7 +322,11 @@ def _s2(watchers: int, presence: bool) -> Scenario:
         in_quick=watchers == 200 and presence,
         limits=(
             f"Fan-out: every edit is written to {watchers} sockets"
-            + (", and so is every cursor update; renewals add watchers x watchers / 15 messages/s. " if presence else ". ")
+            + (
+                ", and so is every cursor update; renewals add watchers x watchers / 15 messages/s. "
+                if presence
+                else ". "
+            )
             + "The generator decodes every delivery (one Y.applyUpdate per watcher per edit) on one core; "
             "its loop delay is in the per-run table."
         ),
@@ -509,12 +518,12 @@ def ensure_loadgen() -> None:
     modules = LOADGEN / "node_modules"
     stamp = modules / ".pairroom-bench-npm-ci.stamp"
     lock = LOADGEN / "package-lock.json"
-    if stamp.exists() and stamp.stat().st_mtime >= max(lock.stat().st_mtime, (LOADGEN / "package.json").stat().st_mtime):
+    if stamp.exists() and stamp.stat().st_mtime >= max(
+        lock.stat().st_mtime, (LOADGEN / "package.json").stat().st_mtime
+    ):
         return
     print("bench: installing the load generator's packages (npm ci)", file=sys.stderr)
-    proc = subprocess.run(
-        ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=LOADGEN, timeout=300
-    )
+    proc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=LOADGEN, timeout=300)
     if proc.returncode != 0:
         sys.exit("bench: npm ci failed in bench/loadgen")
     stamp.touch()
@@ -529,7 +538,9 @@ def ensure_peers(needs: set[str]) -> None:
         newest = max(lock.stat().st_mtime, (PEERS_DIR / "package.json").stat().st_mtime)
         if not (stamp.exists() and stamp.stat().st_mtime >= newest):
             print("bench: installing the Node peers (npm ci in bench/peers)", file=sys.stderr)
-            proc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=PEERS_DIR, timeout=600)
+            proc = subprocess.run(
+                ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=PEERS_DIR, timeout=600
+            )
             if proc.returncode != 0:
                 sys.exit("bench: npm ci failed in bench/peers")
             stamp.touch()
@@ -792,7 +803,10 @@ def pg_execute(admin_url: str, sql: str) -> None:
     """Run one statement outside a transaction (CREATE/DROP DATABASE) with the main venv's asyncpg."""
     subprocess.run(
         [str(VENV / "bin" / "python"), "-c", _PG_EXECUTE, admin_url, sql],
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
 
 
@@ -896,7 +910,9 @@ def run_once(
             record["loadgen"] = result
             record["loadgen_exit_code"] = gen.returncode
             record["loadgen_stderr_tail"] = list(gen_tail)
-            record["loadgen_events"] = [e for e in events if e.get("event") not in ("measure_start", "measure_end")][:50]
+            record["loadgen_events"] = [e for e in events if e.get("event") not in ("measure_start", "measure_end")][
+                :50
+            ]
             record["server_samples"] = samples
             record["figures"] = figures(result, samples)
             record["ok"] = bool(result.get("ok")) and record["server_alive_after_load"] and "error" not in record
@@ -937,8 +953,21 @@ def start_profiler(pid: int, duration: float, out: Path) -> subprocess.Popen[byt
     out.parent.mkdir(parents=True, exist_ok=True)
     fmt_ = "flamegraph" if out.suffix == ".svg" else "raw"
     return subprocess.Popen(
-        [tool, "record", "--pid", str(pid), "--duration", str(max(1, int(duration))), "--rate", "200",
-         "--format", fmt_, "--output", str(out), "--nonblocking"],
+        [
+            tool,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(max(1, int(duration))),
+            "--rate",
+            "200",
+            "--format",
+            fmt_,
+            "--output",
+            str(out),
+            "--nonblocking",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -1080,7 +1109,9 @@ def step_verdict(scenario: Scenario, f: dict[str, Any], runs: list[dict[str, Any
             why.append(f"server logged {bad['server_trouble_count']} warnings/errors")
         if conns.get("unexpectedCloseCount"):
             first = (conns.get("unexpectedCloses") or [{}])[0]
-            why.append(f"{conns['unexpectedCloseCount']} unexpected closes (first: {first.get('code')} {first.get('reason', '')[:60]})")
+            why.append(
+                f"{conns['unexpectedCloseCount']} unexpected closes (first: {first.get('code')} {first.get('reason', '')[:60]})"
+            )
         if conns.get("errorCount"):
             why.append(f"{conns['errorCount']} client errors (first: {(conns.get('errors') or ['?'])[0][:80]})")
         if not why:
@@ -1131,9 +1162,7 @@ def run_case(
     def one(i: int, rate: float | None) -> dict[str, Any]:
         label = f" at {rate:g} edits/s per writer" if rate is not None else ""
         print(f"bench: {scenario.name} on {spec.name}{label}, run {i + 1}/{runs}", file=sys.stderr, flush=True)
-        run = run_once(
-            scenario, spec, args.quick, i, server_prefix, gen_prefix, args.workers, rate, profile_path(rate)
-        )
+        run = run_once(scenario, spec, args.quick, i, server_prefix, gen_prefix, args.workers, rate, profile_path(rate))
         f = run.get("figures") or {}
         print(
             f"bench:   ok={run['ok']} p50={fmt(f.get('p50_ms'), 2)} p99={fmt(f.get('p99_ms'), 2)} "
@@ -1166,7 +1195,9 @@ def run_case(
         ok, why = step_verdict(scenario, f, step_runs)
         entry = {"rate": rate, "median": f, "sustained": ok, "why": why, "limited_by": limited_by(f)}
         steps.append(entry)
-        print(f"bench:   step {rate:g}/s: {'sustained' if ok else 'NOT sustained: ' + why}", file=sys.stderr, flush=True)
+        print(
+            f"bench:   step {rate:g}/s: {'sustained' if ok else 'NOT sustained: ' + why}", file=sys.stderr, flush=True
+        )
         return entry
 
     for rate in ladder:
@@ -1337,7 +1368,12 @@ def markdown(report: dict[str, Any]) -> str:
     if unavailable:
         lines += ["Not run: " + "; ".join(f"{n} ({why})" for n, why in unavailable) + ".", ""]
 
-    lines += ["## Targets", "", "| target | pairroom | reference | ratio | verdict |", "| --- | --- | --- | --- | --- |"]
+    lines += [
+        "## Targets",
+        "",
+        "| target | pairroom | reference | ratio | verdict |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for t in report.get("targets") or []:
         lines.append(f"| {t['target']} | {t['pairroom']} | {t['reference']} | {t['ratio']} | {t['verdict']} |")
     lines.append("")
@@ -1365,18 +1401,15 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {fmt(f.get('gen_send_lag_p99_ms'), 2)} |"
             )
     problems = [
-        (case, run)
-        for case in report["cases"]
-        for run in case["runs"]
-        if not run["ok"] and case["kind"] != "steps"
+        (case, run) for case in report["cases"] for run in case["runs"] if not run["ok"] and case["kind"] != "steps"
     ]
     step_failures = [
-        (case, run)
-        for case in report["cases"]
-        for run in case["runs"]
-        if not run["ok"] and case["kind"] == "steps"
+        (case, run) for case in report["cases"] for run in case["runs"] if not run["ok"] and case["kind"] == "steps"
     ]
-    for title, items in (("Problems", problems), ("Steps that failed (expected at the top of each ladder)", step_failures)):
+    for title, items in (
+        ("Problems", problems),
+        ("Steps that failed (expected at the top of each ladder)", step_failures),
+    ):
         if not items:
             continue
         lines += ["", f"## {title}", ""]
@@ -1388,7 +1421,9 @@ def markdown(report: dict[str, Any]) -> str:
             if closes:
                 what += f" unexpected closes ({len(closes)}+): {json.dumps(closes[:2])}"
             rate = f" at {run['edits_per_writer']:g}/s" if run.get("edits_per_writer") is not None else ""
-            lines.append(f"- {case['scenario']} / {case['server']}{rate} run {run['run']}: {what.strip()[:600] or 'see latest.json'}")
+            lines.append(
+                f"- {case['scenario']} / {case['server']}{rate} run {run['run']}: {what.strip()[:600] or 'see latest.json'}"
+            )
     lines.append("")
     return "\n".join(lines)
 
@@ -1409,7 +1444,13 @@ def targets(report: dict[str, Any]) -> list[dict[str, str]]:
         note = " (Hocuspocus sustained every step: its ceiling is above the ladder)" if hp_top else ""
         pr_top = pr["steps"] and all(e["sustained"] for e in pr["steps"])
         met = None if (hp_top and pr_top) else ratio >= 1.5  # both above the ladder: no ceiling seen
-        add(TARGETS[0], f"{pr['sustained_rate']:g}/s", f"{hp['sustained_rate']:g}/s{note}", f"{ratio:.2f}x (need >= 1.5x)", met)
+        add(
+            TARGETS[0],
+            f"{pr['sustained_rate']:g}/s",
+            f"{hp['sustained_rate']:g}/s{note}",
+            f"{ratio:.2f}x (need >= 1.5x)",
+            met,
+        )
         common = [
             (a, b)
             for a in pr["steps"]
@@ -1420,7 +1461,13 @@ def targets(report: dict[str, Any]) -> list[dict[str, str]]:
             a, b = max(common, key=lambda ab: ab[0]["rate"])
             x, y = a["median"].get("cpu_ms_per_delivered_edit"), b["median"].get("cpu_ms_per_delivered_edit")
             if x and y:
-                add(TARGETS[1], f"{x:.4f} ms at {a['rate']:g}/s", f"{y:.4f} ms", f"{x / y:.2f}x (need <= 0.67x)", x / y <= 0.67)
+                add(
+                    TARGETS[1],
+                    f"{x:.4f} ms at {a['rate']:g}/s",
+                    f"{y:.4f} ms",
+                    f"{x / y:.2f}x (need <= 0.67x)",
+                    x / y <= 0.67,
+                )
             else:
                 add(TARGETS[1], "-", "-", "-", None)
         else:
@@ -1431,7 +1478,13 @@ def targets(report: dict[str, Any]) -> list[dict[str, str]]:
     c = cases.get(("s2-200p", "pairroom"))
     if c and c.get("median"):
         p99 = c["median"].get("p99_ms")
-        add(TARGETS[2], f"p99 {fmt(p99, 2)} ms (presence p99 {fmt(c['median'].get('presence_p99_ms'), 2)} ms)", "50 ms", "-", None if p99 is None else p99 < 50)
+        add(
+            TARGETS[2],
+            f"p99 {fmt(p99, 2)} ms (presence p99 {fmt(c['median'].get('presence_p99_ms'), 2)} ms)",
+            "50 ms",
+            "-",
+            None if p99 is None else p99 < 50,
+        )
     a, b = cases.get(("s5", "pairroom")), cases.get(("s5", "hocuspocus"))
     if a and b and a.get("median") and b.get("median") and a["median"].get("rss_mib") and b["median"].get("rss_mib"):
         x, y = a["median"]["rss_mib"], b["median"]["rss_mib"]
@@ -1477,7 +1530,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", action="append", choices=sorted(SERVERS), help="server (repeatable)")
     parser.add_argument("--runs", type=int, help="runs per case (default: the scenario's, 1)")
     parser.add_argument("--workers", type=int, help="load generator processes (default: the scenario's)")
-    parser.add_argument("--steps", type=lambda v: tuple(float(x) for x in v.split(",")), help="S3 rates per writer, e.g. 5,10,20")
+    parser.add_argument(
+        "--steps", type=lambda v: tuple(float(x) for x in v.split(",")), help="S3 rates per writer, e.g. 5,10,20"
+    )
     parser.add_argument(
         "--profile",
         choices=["raw", "svg"],
@@ -1533,7 +1588,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     report: dict[str, Any] = {
-        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "quick": args.quick,
         "machine": machine_info(pin_note),
         "runs_per_case": args.runs or 1,
@@ -1558,11 +1613,16 @@ def main(argv: list[str] | None = None) -> int:
                     rate = f" at {run['edits_per_writer']:g}/s per writer" if run.get("edits_per_writer") else ""
                     summaries.append(f"## {case['scenario']} / {case['server']}{rate}\n\n{summarize_profile(path)}")
         if summaries:
-            (args.out / "profile-summary.md").write_text("# py-spy profiles (busy samples only)\n\n" + "\n".join(summaries))
+            (args.out / "profile-summary.md").write_text(
+                "# py-spy profiles (busy samples only)\n\n" + "\n".join(summaries)
+            )
     (args.out / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "latest.md").write_text(markdown(report))
     print(markdown(report))
-    print(f"bench: wrote {args.out / 'latest.json'} and {args.out / 'latest.md'} in {report['elapsed_s']} s", file=sys.stderr)
+    print(
+        f"bench: wrote {args.out / 'latest.json'} and {args.out / 'latest.md'} in {report['elapsed_s']} s",
+        file=sys.stderr,
+    )
     return 0 if ok else 1
 
 

@@ -28,21 +28,21 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import websockets  # noqa: E402
-from pycrdt import Doc, Map, Text, merge_updates  # noqa: E402
+import websockets
+from pycrdt import Doc, Map, Text, merge_updates
 
+from pairroom.app import create_app
+from pairroom.config import Settings
 from pairroom.protocol import sync as protocol
 from pairroom.recording.api import attach
 from pairroom.recording.history import History, iso
 from pairroom.storage.sql import SqlStore
 from pairroom.storage.store import NewUpdate
-from pairroom.app import create_app
-from pairroom.config import Settings
 from pairroom.web.runner import Server, uvicorn_config
 
 ROOM = "bench-session"
@@ -53,8 +53,11 @@ def session_updates(count: int, start: datetime) -> list[NewUpdate]:
     doc = Doc()
     out: list[NewUpdate] = []
     step = timedelta(hours=1) / count
-    doc.observe(lambda e: out.append(NewUpdate(f"b:{len(out) + 1}", start + step * len(out),
-                                               f"client:c{len(out) % 2}:u{len(out) % 2}", e.update)))
+    doc.observe(
+        lambda e: out.append(
+            NewUpdate(f"b:{len(out) + 1}", start + step * len(out), f"client:c{len(out) % 2}:u{len(out) % 2}", e.update)
+        )
+    )
     files = doc.get("files", type=Map)
     files["main.py"], files["util.py"] = Text(""), Text("")
     rng = random.Random(7)
@@ -77,7 +80,7 @@ async def build(db: str, count: int, encoding: str) -> tuple[History, SqlStore, 
     (``merge_updates``); ``"doc"``: the same state encoded by a Doc (``doc.get_update()``)."""
     store = SqlStore(db)
     await store.open()
-    updates = session_updates(count, datetime.now(timezone.utc) - timedelta(hours=1, minutes=1))
+    updates = session_updates(count, datetime.now(UTC) - timedelta(hours=1, minutes=1))
     snapshot: bytes | None = None
     folded = Doc()
     last_snap = 0
@@ -107,8 +110,11 @@ async def seek_times(history: History, updates: list[NewUpdate], samples: int) -
         state.files()
         times.append((time.perf_counter() - started) * 1000)
     times.sort()
-    return {"median_ms": round(statistics.median(times), 1), "p95_ms": round(times[int(len(times) * 0.95) - 1], 1),
-            "max_ms": round(times[-1], 1)}
+    return {
+        "median_ms": round(statistics.median(times), 1),
+        "p95_ms": round(times[int(len(times) * 0.95) - 1], 1),
+        "max_ms": round(times[-1], 1),
+    }
 
 
 async def start_server(db: str) -> tuple[Server, asyncio.Task[None]]:
@@ -130,7 +136,9 @@ async def replay_start_times(db: str, last: int, samples: int) -> dict[str, floa
         for _ in range(samples):
             seq = rng.randint(1, last)
             started = time.perf_counter()
-            async with websockets.connect(f"ws://127.0.0.1:{server.port}/replay/{ROOM}?from={seq}", max_size=None) as ws:
+            async with websockets.connect(
+                f"ws://127.0.0.1:{server.port}/replay/{ROOM}?from={seq}", max_size=None
+            ) as ws:
                 await ws.send(protocol.sync_step1(Doc().get_state()))
                 while True:
                     message = protocol.decode_message(await ws.recv())
@@ -188,8 +196,12 @@ async def busy_pair(directory: Path, seconds: float) -> dict[str, float]:
         server.should_exit = True
         await task
     grown = db_bytes(path) - baseline
-    return {"measured_seconds": seconds, "bytes_measured": grown, "bytes_per_hour": int(grown * 3600 / seconds),
-            "mib_per_hour": round(grown * 3600 / seconds / 2**20, 1)}
+    return {
+        "measured_seconds": seconds,
+        "bytes_measured": grown,
+        "bytes_per_hour": int(grown * 3600 / seconds),
+        "mib_per_hour": round(grown * 3600 / seconds / 2**20, 1),
+    }
 
 
 async def main() -> None:
@@ -209,10 +221,20 @@ async def main() -> None:
         await store.close()
         replay = await replay_start_times(db, len(updates), 10)
         busy = await busy_pair(directory, args.busy_seconds)
-    print(json.dumps({
-        "updates": len(updates), "snapshots": snapshots, "snapshot_encoding": args.snapshot_encoding, "build_seconds": round(built, 1),
-        "seek": seek, "replay_start": replay, "busy_pair_storage": busy,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "updates": len(updates),
+                "snapshots": snapshots,
+                "snapshot_encoding": args.snapshot_encoding,
+                "build_seconds": round(built, 1),
+                "seek": seek,
+                "replay_start": replay,
+                "busy_pair_storage": busy,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,14 @@ runs ``yes``. Prints JSON.
 
 from __future__ import annotations
 
-import asyncio, dataclasses, json, os, statistics, sys, tempfile, time
+import asyncio
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -34,11 +41,13 @@ from pairroom.web.runner import Server, start_serving, uvicorn_config
 
 SECRET = "bench-secret-0123456789abcdef0123456789"
 
+
 def rss_kib(pid):
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS"):
             return int(line.split()[1])
     return 0
+
 
 def tree_rss(pid):
     total = 0
@@ -46,7 +55,8 @@ def tree_rss(pid):
     seen = set()
     while kids:
         p = kids.pop()
-        if p in seen: continue
+        if p in seen:
+            continue
         seen.add(p)
         try:
             total += rss_kib(p)
@@ -56,13 +66,13 @@ def tree_rss(pid):
             pass
     return total
 
+
 def token_for(room):
     return room, mint(SECRET, room, Role.EDITOR, "Ed", user_id="ed")
 
 
 async def edit_round_trips(port, room_token, flood=None, samples=100):
     """p50 and p99 of: one y-websocket client inserts a character, another sees it (ms)."""
-    from pycrdt import Text
     from tests.yclient import YClient
 
     room, token = room_token
@@ -74,7 +84,9 @@ async def edit_round_trips(port, room_token, flood=None, samples=100):
     if flood is not None:
         http, term_room, term_token = flood
         t = (await http.post(f"/api/rooms/{term_room}/terminals", json={})).json()
-        flooding = await websockets.connect(f"ws://127.0.0.1:{port}/terminal/{term_room}/{t['id']}?token={term_token}", max_size=None)
+        flooding = await websockets.connect(
+            f"ws://127.0.0.1:{port}/terminal/{term_room}/{t['id']}?token={term_token}", max_size=None
+        )
         drain = asyncio.create_task(_drain(flooding))
         await flooding.send(json.dumps(["stdin", "yes\r"]))
         await asyncio.sleep(1.0)  # the flood is running before the first sample
@@ -106,15 +118,21 @@ async def _drain(ws):
 
 async def main():
     tmp = Path(tempfile.mkdtemp())
-    settings = dataclasses.replace(Settings(), port=0, db=f"sqlite:///{tmp/'db'}", log_format="text", secret=SECRET, kernels=False)
-    app = create_app(settings, extensions=[Terminals(KernelSettings(), enabled=True, settings=TerminalSettings(max_per_room=20))])
+    settings = dataclasses.replace(
+        Settings(), port=0, db=f"sqlite:///{tmp / 'db'}", log_format="text", secret=SECRET, kernels=False
+    )
+    app = create_app(
+        settings, extensions=[Terminals(KernelSettings(), enabled=True, settings=TerminalSettings(max_per_room=20))]
+    )
     server = Server(uvicorn_config(app, settings, signals=False))
     task = await start_serving(server)
     port = server.port
     room = "bench"
     token = mint(SECRET, room, Role.OWNER, "Ada", user_id="ada")
     vtoken = mint(SECRET, room, Role.VIEWER, "V", user_id="v")
-    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers={"authorization": f"Bearer {token}"}, timeout=30)
+    http = httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", headers={"authorization": f"Bearer {token}"}, timeout=30
+    )
     results = {}
     for watchers in (0, 100):
         t = (await http.post(f"/api/rooms/{room}/terminals", json={})).json()
@@ -122,16 +140,22 @@ async def main():
         typist = await websockets.connect(url + f"?token={token}", max_size=None)
         views = [await websockets.connect(url + f"?token={vtoken}", max_size=None) for _ in range(watchers)]
         got = asyncio.Queue()
+
         async def read(ws, q):
             async for m in ws:
                 f = json.loads(m)
                 if f[0] == "stdout" and q is not None:
                     q.put_nowait((time.perf_counter(), f[1]))
+
         last = asyncio.Queue()
-        readers = [asyncio.create_task(read(typist, got))] + [asyncio.create_task(read(v, last if i == watchers - 1 else None)) for i, v in enumerate(views)]
+        readers = [asyncio.create_task(read(typist, got))] + [
+            asyncio.create_task(read(v, last if i == watchers - 1 else None)) for i, v in enumerate(views)
+        ]
         await asyncio.sleep(1.5)  # the prompt and the watchers' snapshots go by before measuring
-        while not got.empty(): got.get_nowait()
-        while not last.empty(): last.get_nowait()
+        while not got.empty():
+            got.get_nowait()
+        while not last.empty():
+            last.get_nowait()
         own, far = [], []
         for i in range(200):
             key = "x" if i % 2 == 0 else "\x7f"
@@ -151,23 +175,32 @@ async def main():
         if watchers:
             done = asyncio.Event()
             counts = [0] * watchers
-            for r in readers: r.cancel()
+            for r in readers:
+                r.cancel()
+
             async def count(ws, i):
                 async for m in ws:
                     f = json.loads(m)
                     if f[0] == "stdout":
                         counts[i] += len(f[1])
-                        if "bench-end" in f[1] and i == watchers - 1: done.set()
+                        if "bench-end" in f[1] and i == watchers - 1:
+                            done.set()
+
             cs = [asyncio.create_task(count(v, i)) for i, v in enumerate(views)]
             start = time.perf_counter()
-            await typist.send(json.dumps(["stdin", "head -c 2000000 /dev/zero | tr '\\0' 'y'; echo; echo bench-'end'\r"]))
+            await typist.send(
+                json.dumps(["stdin", "head -c 2000000 /dev/zero | tr '\\0' 'y'; echo; echo bench-'end'\r"])
+            )
             await asyncio.wait_for(done.wait(), 120)
             el = time.perf_counter() - start
             results[watchers]["fanout_MBps_per_watcher"] = 2.0 / el
             results[watchers]["fanout_MBps_total"] = 2.0 * watchers / el
-            for c in cs: c.cancel()
-        for r in readers: r.cancel()
-        for v in views: await v.close()
+            for c in cs:
+                c.cancel()
+        for r in readers:
+            r.cancel()
+        for v in views:
+            await v.close()
         await typist.close()
     # memory per terminal
     base = rss_kib(os.getpid())
@@ -179,7 +212,11 @@ async def main():
     procs = sum(tree_rss(t.shell.process.pid) for t in svc.rooms[room].values() if t.shell and t.shell.process)
     server_delta = rss_kib(os.getpid()) - base
     n = len(svc.rooms[room])
-    results["memory"] = {"terminals": n, "sandbox_processes_kib_per_terminal": procs // n, "server_kib_delta_for_10": server_delta}
+    results["memory"] = {
+        "terminals": n,
+        "sandbox_processes_kib_per_terminal": procs // n,
+        "server_kib_delta_for_10": server_delta,
+    }
     # another room's edit round trip (one client's keystroke seen by another), quiet and beside a flood
     for ident in ids:
         await http.delete(f"/api/rooms/{room}/terminals/{ident}")
@@ -191,6 +228,7 @@ async def main():
     await http.aclose()
     server.should_exit = True
     await task
+
 
 if __name__ == "__main__":
     asyncio.run(main())

@@ -18,9 +18,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
-from pairroom.cluster.broker import Broker, MemoryBroker
-from pairroom.cluster.bridge import Cluster
 from pairroom.chat.extension import Chat
+from pairroom.cluster.bridge import Cluster
+from pairroom.cluster.broker import Broker, MemoryBroker
 from pairroom.cluster.extension import ClusterBridge
 from pairroom.config import Settings
 from pairroom.debugger.extension import Debugger
@@ -59,7 +59,9 @@ def builtin_extensions(settings: Settings) -> list[Extension]:
             settings.kernel_settings(), enabled=settings.kernels, clustered=bool(settings.redis), shutdown_timeout=limit
         ),
         Debugger(settings.extra),
-        Terminals(settings.kernel_settings(), enabled=settings.kernels, options=settings.extension_settings("terminals")),
+        Terminals(
+            settings.kernel_settings(), enabled=settings.kernels, options=settings.extension_settings("terminals")
+        ),
         VersionControl(settings.vcs_settings()),
         Calls(settings.rtc, clustered=bool(settings.redis)),
         Recording(settings.extra, limit),
@@ -67,9 +69,7 @@ def builtin_extensions(settings: Settings) -> list[Extension]:
     ]
 
 
-def create_app(
-    settings: Settings, store: Store | None = None, extensions: Sequence[Extension] = ()
-) -> Starlette:
+def create_app(settings: Settings, store: Store | None = None, extensions: Sequence[Extension] = ()) -> Starlette:
     """The node: the built-in extensions plus ``extensions`` (third-party ones, already configured).
     An extension named like a built-in takes the built-in's place."""
     replacing = {extension.name for extension in extensions}

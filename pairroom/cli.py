@@ -13,16 +13,15 @@ from collections.abc import Sequence
 import uvloop
 
 from pairroom import extension_loader
-from pairroom.rooms.extension import Extension
-
-from pairroom.web import logs
+from pairroom.app import create_app
+from pairroom.config import Settings
 from pairroom.marketplace import commands as extensions_cli
 from pairroom.recording import export as recorder_cli
+from pairroom.rooms.extension import Extension
 from pairroom.rooms.identity import Role
-from pairroom.app import create_app
+from pairroom.web import logs
 from pairroom.web.auth import mint
 from pairroom.web.lobby import mint_creator
-from pairroom.config import Settings
 from pairroom.web.runner import Server, uvicorn_config
 
 log = logging.getLogger("pairroom.cli")
@@ -35,27 +34,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (PAIRROOM_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port, 0 for any free one (PAIRROOM_PORT, default 8000)")
     serve.add_argument(
-        "--db", help="database URL, or memory:// to keep rooms in this process only (PAIRROOM_DB, default sqlite:///./pairroom.db)"
+        "--db",
+        help="database URL, or memory:// to keep rooms in this process only (PAIRROOM_DB, default sqlite:///./pairroom.db)",
     )
     serve.add_argument("--log-level", help="debug, info, warning, error (PAIRROOM_LOG_LEVEL)")
     serve.add_argument("--log-format", choices=["json", "text"], help="PAIRROOM_LOG_FORMAT")
-    serve.add_argument(
-        "--max-message-bytes", type=int, help="largest websocket message taken (default 16 MiB)"
-    )
+    serve.add_argument("--max-message-bytes", type=int, help="largest websocket message taken (default 16 MiB)")
     serve.add_argument("--max-body-bytes", type=int, help="largest HTTP request body taken (default 2 MiB)")
-    serve.add_argument("--http-header-timeout", type=float, help="seconds for a request's headers to arrive (default 10)")
+    serve.add_argument(
+        "--http-header-timeout", type=float, help="seconds for a request's headers to arrive (default 10)"
+    )
     serve.add_argument("--http-body-timeout", type=float, help="seconds for a request's body to arrive (default 30)")
     serve.add_argument("--room-idle-seconds", type=float, help="unload a room this long after it empties")
     serve.add_argument("--flush-interval-ms", type=float, help="batch window for storage writes")
-    serve.add_argument(
-        "--broadcast-window-ms", type=float, help="a busy room merges the edits of this window (10)"
-    )
+    serve.add_argument("--broadcast-window-ms", type=float, help="a busy room merges the edits of this window (10)")
     serve.add_argument("--snapshot-every", type=int, help="write a snapshot every N logged updates")
     serve.add_argument("--max-queue-messages", type=int, help="outbound queue limit per connection")
     serve.add_argument("--keepalive-seconds", type=float, help="send something this often at least")
-    serve.add_argument(
-        "--ws-impl", choices=["websockets", "websockets-sansio", "wsproto"], help="websocket stack"
-    )
+    serve.add_argument("--ws-impl", choices=["websockets", "websockets-sansio", "wsproto"], help="websocket stack")
     serve.add_argument(
         "--ws-compression",
         action=argparse.BooleanOptionalAction,
@@ -74,20 +70,31 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--rate-limit", type=float, help="messages a second per connection")
     serve.add_argument("--public-url", help="base URL for invite links")
     serve.add_argument(
-        "--open-lobby", action="store_true", default=None,
+        "--open-lobby",
+        action="store_true",
+        default=None,
         help="with a secret, let anyone create rooms in the lobby (rate-limited per address); "
         "else creating needs a token from pairroom token --creator",
     )
-    serve.add_argument("--lobby-rooms-per-minute", type=float, help="an open lobby's rooms per client address (default 10)")
-    serve.add_argument("--redis", help="redis://host:port/db, or a Redis Cluster as redis+cluster://host:port[,host:port...]: "
-        "share rooms with other nodes (PAIRROOM_REDIS)")
+    serve.add_argument(
+        "--lobby-rooms-per-minute", type=float, help="an open lobby's rooms per client address (default 10)"
+    )
+    serve.add_argument(
+        "--redis",
+        help="redis://host:port/db, or a Redis Cluster as redis+cluster://host:port[,host:port...]: "
+        "share rooms with other nodes (PAIRROOM_REDIS)",
+    )
     serve.add_argument("--node-id", help="this node's id among the nodes (default: random)")
     serve.add_argument(
-        "--kernels", action=argparse.BooleanOptionalAction, default=None,
+        "--kernels",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="shared code execution in sandboxed kernels (default on)",
     )
     serve.add_argument(
-        "--unsafe-kernels", action="store_true", default=None,
+        "--unsafe-kernels",
+        action="store_true",
+        default=None,
         help="run kernels WITHOUT the sandbox when bubblewrap is missing: trusted local use only",
     )
     serve.add_argument("--kernel-pool-size", type=int, help="pre-started kernels (default 2)")
@@ -95,21 +102,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--kernel-run-timeout", type=float, help="wall-clock limit of one run (default 300)")
     serve.add_argument("--kernel-output-cap", type=int, help="output bytes kept per run (default 1 MiB)")
     serve.add_argument(
-        "--extension", action="append", dest="extensions", metavar="NAME",
+        "--extension",
+        action="append",
+        dest="extensions",
+        metavar="NAME",
         help="run this installed third-party extension (repeatable; PAIRROOM_EXTENSIONS=a,b);"
         " its settings come from PAIRROOM_EXT_<NAME>_<KEY>",
     )
     serve.add_argument(
-        "--extension-catalog", metavar="FILE_OR_URL",
+        "--extension-catalog",
+        metavar="FILE_OR_URL",
         help="the extension catalog: a local JSON file, or a TUF repository URL (PAIRROOM_EXTENSION_CATALOG)",
     )
     serve.add_argument(
-        "--extension-catalog-root", metavar="ROOT_JSON",
+        "--extension-catalog-root",
+        metavar="ROOT_JSON",
         help="the pinned TUF root metadata a catalog URL is verified against (PAIRROOM_EXTENSION_CATALOG_ROOT)",
     )
 
     serve.add_argument(
-        "--git-allow-local", action="store_true", default=None,
+        "--git-allow-local",
+        action="store_true",
+        default=None,
         help="let rooms open and push git remotes over git://, http://, file:// and to loopback or private"
         " hosts (refused by default: a server must not become a way into its own network)",
     )
@@ -127,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--role", default="editor", choices=[r.value for r in Role])
     token.add_argument("--name", help="display name (required for a room token)")
     token.add_argument(
-        "--creator", action="store_true",
+        "--creator",
+        action="store_true",
         help="a creator token: lets its holder create rooms in the lobby (default ttl 30d), opens no room",
     )
     token.add_argument("--url", help="with --creator: the server's URL, to print the lobby link that carries it")
@@ -184,10 +199,7 @@ def token_command(args: argparse.Namespace) -> int:
     if not args.room or not args.name:
         print("pairroom token: a room token needs the room and --name", file=sys.stderr)
         return 2
-    print(
-        mint(secret, args.room, args.role, args.name, ttl_seconds=ttl, color=args.color,
-             user_id=args.user_id)
-    )
+    print(mint(secret, args.room, args.role, args.name, ttl_seconds=ttl, color=args.color, user_id=args.user_id))
     return 0
 
 
@@ -203,7 +215,9 @@ def import_git_command(args: argparse.Namespace) -> int:
     if args.name:
         body["name"] = args.name
     request = urllib.request.Request(
-        args.server.rstrip("/") + "/api/rooms", data=json.dumps(body).encode(), method="POST",
+        args.server.rstrip("/") + "/api/rooms",
+        data=json.dumps(body).encode(),
+        method="POST",
         headers={"content-type": "application/json"},
     )
     try:
@@ -235,7 +249,9 @@ def extensions_command(args: argparse.Namespace) -> int:
         print(f"pairroom: {exc}", file=sys.stderr)
         return 2
     context = extensions_cli.Context(
-        settings.extensions, settings.extension_catalog, settings.extension_catalog_root,
+        settings.extensions,
+        settings.extension_catalog,
+        settings.extension_catalog_root,
         settings.extension_catalog_cache,
     )
     return extensions_cli.run(args, context)

@@ -7,14 +7,15 @@ build ``Settings`` directly).
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any
 
-from pairroom.sandbox.settings import KernelSettings
-from pairroom.rtc.settings import RtcSettings
-from pairroom.vcs.settings import VcsSettings
 from pairroom.rooms.registry import RoomSettings
+from pairroom.rtc.settings import RtcSettings
+from pairroom.sandbox.settings import KernelSettings
+from pairroom.vcs.settings import VcsSettings
 
 MiB = 1024 * 1024
 
@@ -104,7 +105,7 @@ class Settings:
     def vcs_settings(self) -> VcsSettings:
         return VcsSettings(root=Path(self.git_root) if self.git_root else None, allow_local=self.git_allow_local)
 
-    def cluster_settings(self) -> dict[str, float | bool]:
+    def cluster_settings(self) -> dict[str, Any]:
         return {
             "heartbeat": self.heartbeat_seconds,
             "dead_after": self.node_dead_after_seconds,
@@ -137,7 +138,7 @@ class Settings:
         for variable, value in self.extension_env.items():
             owner = next((p for p in prefixes if variable.startswith(p)), None)
             if owner == own and len(variable) > len(own):
-                found[variable[len(own):].lower()] = value
+                found[variable[len(own) :].lower()] = value
         return found
 
     @classmethod

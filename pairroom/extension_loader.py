@@ -103,9 +103,7 @@ def build(item: Installed, settings: Mapping[str, str]) -> Extension:
     try:
         extension = target() if callable(target) else target
     except Exception as exc:
-        raise ExtensionError(
-            f"extension {item.name!r}: {item.target}() failed: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise ExtensionError(f"extension {item.name!r}: {item.target}() failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(extension, Extension):
         raise ExtensionError(
             f"extension {item.name!r}: {item.target} gave {type(extension).__name__}, not a "

@@ -6,9 +6,9 @@ the operator enables it by name (``pairroom serve --extension NAME``), and
 ``pairroom.extension_loader`` finds, imports and configures it.
 """
 
-from .rooms.identity import Principal, Role
 from .protocol.origins import ClientOrigin, KernelOrigin, LocalOrigin, Origin, PeerOrigin
 from .rooms.extension import Change, Connection, Extension, ExtensionRunner, Reject, Supervisor, hooks_of
+from .rooms.identity import Principal, Role
 
 GROUP = "pairroom.extensions"  # the entry-point group third-party extensions are declared in
 

@@ -6,17 +6,17 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from pairroom.rooms.extension import Extension
-from pairroom.storage.store import Store
 from pairroom.app import create_app
 from pairroom.config import Settings
+from pairroom.rooms.extension import Extension
+from pairroom.storage.store import Store
 from pairroom.web.hub import Hub
 from pairroom.web.runner import Server, start_serving, uvicorn_config
 

@@ -5,7 +5,7 @@ database, with a real y-websocket client on each, each signed in as a different 
 from __future__ import annotations
 
 import re
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest

@@ -72,9 +72,7 @@ BAD_INPUTS = [
     BadInput("unknown-type", U, "unknown message type 7", frame=b"\x07\x00"),
     BadInput("unknown-sync-step", U, "unknown sync step 3", frame=b"\x00\x03" + EVIL[2:]),
     BadInput("auth-from-client", U, "auth", frame=b"\x02\x00\x06denied"),
-    BadInput(
-        "garbage-update", CloseCode.UPDATE_REJECTED, "update rejected", frame=sync_update(b"\xff" * 4)
-    ),
+    BadInput("garbage-update", CloseCode.UPDATE_REJECTED, "update rejected", frame=sync_update(b"\xff" * 4)),
     BadInput(
         "update-cut-short",
         CloseCode.UPDATE_REJECTED,

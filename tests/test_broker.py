@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -196,7 +196,9 @@ async def test_a_room_channel_follows_its_slot_to_another_master(redis_cluster, 
         target = next(m for m in await cluster.masters() if m is not owner)
         with caplog.at_level(logging.WARNING, logger="pairroom.redis"):
             await migrate_slot(cluster, slot, target)
-            await eventually(lambda: b.reconnects >= 1 and b.broker.connected, timeout=10, what="b re-placed the channel")
+            await eventually(
+                lambda: b.reconnects >= 1 and b.broker.connected, timeout=10, what="b re-placed the channel"
+            )
         assert any("slot moved" in r.getMessage() for r in caplog.records), "Redis told b the slot moved"
         assert await a.broker.publish(channel, b"after")
         await eventually(lambda: (channel, b"after") in b.got, what="delivered on the new master")

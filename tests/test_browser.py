@@ -91,9 +91,7 @@ def test_typing_shows_in_the_other_browser_with_a_named_cursor(open_page: OpenPa
     bob.wait_for_selector(".cm-remoteSelection", state="attached")
 
     # Python highlighting: `def` sits in a token span of its own.
-    bob.wait_for_function(
-        "() => [...document.querySelectorAll('.cm-line span')].some((s) => s.textContent === 'def')"
-    )
+    bob.wait_for_function("() => [...document.querySelectorAll('.cm-line span')].some((s) => s.textContent === 'def')")
 
     # And back the other way.
     bob.click(".cm-content")
@@ -274,8 +272,10 @@ def test_replay_plays_a_recorded_session(open_page: OpenPage, web_server, reques
     with httpx.Client(timeout=5) as http:
         wait_until(lambda: http.get(f"{api}/files").json()["files"].get("main.py") == final, "the server has the text")
         ada.close()
-        wait_until(lambda: [s["end"] is not None for s in http.get(f"{api}/sessions").json()["sessions"]] == [True],
-                   "the session has ended")
+        wait_until(
+            lambda: [s["end"] is not None for s in http.get(f"{api}/sessions").json()["sessions"]] == [True],
+            "the session has ended",
+        )
 
     replay = open_page("replay", f"/r/{room}/replay")
     replay.wait_for_selector("#replay-play:enabled")
@@ -422,9 +422,11 @@ def test_lobby_creates_a_room_that_works_wide_and_narrow(open_page: OpenPage, re
         if lobby.evaluate("() => document.activeElement.classList.contains('cm-content')"):
             lobby.keyboard.press("Escape")
         lobby.keyboard.press("Tab")
-        reached.add(lobby.evaluate(
-            "() => { const el = document.activeElement; return el.id || el.getAttribute('aria-label') || el.className }"
-        ))
+        reached.add(
+            lobby.evaluate(
+                "() => { const el = document.activeElement; return el.id || el.getAttribute('aria-label') || el.className }"
+            )
+        )
     for wanted in ("share-button", "new-file-path", "Rename main.py", "Delete main.py", "my-name", "chat-input"):
         assert wanted in reached, (wanted, reached)
     assert "main.py (Python)" in reached  # the editor, labelled with its file and language

@@ -32,9 +32,9 @@ from typing import Any
 import httpx
 import pytest
 
+from pairroom.config import Settings
 from pairroom.rtc.settings import RtcSettings
 from pairroom.web.auth import mint
-from pairroom.config import Settings
 from pairroom.web.static import STATIC_DIR
 from tests.support.browser import ARTIFACTS, CHROMIUM_FLAGS, WAIT_MS, WebServer, ensure_build, ensure_chromium
 
@@ -59,13 +59,26 @@ def scenario(name: str, test: str, workdir: Path) -> dict[str, Any]:
     chromium = ensure_chromium()
     started = time.monotonic()
     proc = subprocess.run(
-        ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" -m tests.test_browser_call "$@"',
-         sys.executable, name, test, str(workdir), str(chromium)],
-        cwd=ROOT, capture_output=True, text=True, timeout=90,
+        [
+            "unshare",
+            "-n",
+            "sh",
+            "-c",
+            'ip link set lo up && exec "$0" -m tests.test_browser_call "$@"',
+            sys.executable,
+            name,
+            test,
+            str(workdir),
+            str(chromium),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            result: dict[str, Any] = json.loads(line[len("RESULT "):])
+            result: dict[str, Any] = json.loads(line[len("RESULT ") :])
             result["wall_seconds"] = round(time.monotonic() - started, 1)
             assert "failed" not in result, f"{result['failed']}\n{proc.stderr[-3000:]}"
             assert not result["console_errors"], result["console_errors"]
@@ -102,7 +115,9 @@ def test_recorded_call_voice_plays_in_the_replay_in_step_with_it(tmp_path: Path)
     # The server recorded both browsers' voices.
     recordings = result["recordings"]
     assert len(recordings) == 2 and len({r["peer"] for r in recordings}) == 2, recordings
-    assert all(r["source"] == "call" and r["frames"] > 50 and r["duration_seconds"] >= 1.5 for r in recordings), recordings
+    assert all(r["source"] == "call" and r["frames"] > 50 and r["duration_seconds"] >= 1.5 for r in recordings), (
+        recordings
+    )
     assert result["audio_file"] == {"status": 200, "type": "audio/ogg", "ogg": True}
     # The replay lists them and plays them where the replay is, at its speed.
     voice = result["playing"]
@@ -121,13 +136,19 @@ def test_owner_gives_a_listening_viewer_the_floor(tmp_path: Path) -> None:
     result = scenario("floor", "test_owner_gives_a_listening_viewer_the_floor", tmp_path)
     # Under `speak: owners` the viewer joins listening: no controls, no media (the server enforces it).
     assert result["listening"] == {
-        "bob_speaker": False, "bob_mute_disabled": True, "bob_camera_disabled": True, "bob_floor_buttons": 0,
+        "bob_speaker": False,
+        "bob_mute_disabled": True,
+        "bob_camera_disabled": True,
+        "bob_floor_buttons": 0,
         "ada_sees_bob": {"muted": "true", "camera": "false", "floor": "false"},
     }
     assert result["bob_status"].startswith("Listening")
     # Given the floor, he sends video (Ada decodes it) and unmutes.
     assert result["speaking"] == {
-        "bob_speaker": True, "bob_mute_disabled": False, "bob_camera_disabled": False, "bob_floor_buttons": 0,
+        "bob_speaker": True,
+        "bob_mute_disabled": False,
+        "bob_camera_disabled": False,
+        "bob_floor_buttons": 0,
         "ada_sees_bob": {"muted": "false", "camera": "true", "floor": "true"},
     }
     assert result["wall_seconds"] < 40, result["wall_seconds"]
@@ -149,8 +170,14 @@ class Scenario:
 
     def serve(self, rtc: RtcSettings, secret: str | None = None) -> WebServer:
         settings = dataclasses.replace(
-            Settings(), port=0, db=f"sqlite:///{self.workdir / 'pairroom.db'}", log_format="text",
-            log_level="warning", kernels=False, rtc=rtc, secret=secret,
+            Settings(),
+            port=0,
+            db=f"sqlite:///{self.workdir / 'pairroom.db'}",
+            log_format="text",
+            log_level="warning",
+            kernels=False,
+            rtc=rtc,
+            secret=secret,
         )
         # A copy of the build, taken under the build lock: a rebuild by another test run in this tree
         # replaces the hashed assets, and the lazily loaded chunks would vanish mid-test.
@@ -170,7 +197,10 @@ class Scenario:
         # and the room page then waits for the network before it connects: the server is on loopback.
         context.add_init_script("Object.defineProperty(Navigator.prototype, 'onLine', { get: () => true })")
         page = context.new_page()
-        page.on("console", lambda m: self.errors.append(f"{label}: console.{m.type}: {m.text}") if m.type == "error" else None)
+        page.on(
+            "console",
+            lambda m: self.errors.append(f"{label}: console.{m.type}: {m.text}") if m.type == "error" else None,
+        )
         page.on("pageerror", lambda exc: self.errors.append(f"{label}: uncaught: {exc}"))
         assert self.server is not None
         page.goto(self.server.url(path))
@@ -207,7 +237,8 @@ def wait_media(page: Any, *, recorder: bool = False, frames: bool = True) -> dic
             p.connectionState === 'connected'
             && (p.recorder || !frames || (p.framesDecoded > 0 && p.frameWidth > 0 && p.audioPackets > 0)))
         }""",
-        arg=[recorder, frames], polling=250,
+        arg=[recorder, frames],
+        polling=250,
     )
     return page.evaluate("() => window.pairroom.call.snapshot()")  # type: ignore[no-any-return]
 
@@ -272,7 +303,9 @@ def call_scenario(s: Scenario) -> dict[str, Any]:
         " return {pressed: t.querySelector('.call-enlarge').getAttribute('aria-pressed'),"
         " label: t.querySelector('.call-enlarge').getAttribute('aria-label'),"
         " wider: t.getBoundingClientRect().width > small * 1.5,"
-        " full: Math.abs(t.getBoundingClientRect().width - list.getBoundingClientRect().width) < 2} }", small)
+        " full: Math.abs(t.getBoundingClientRect().width - list.getBoundingClientRect().width) < 2} }",
+        small,
+    )
     bob.screenshot(path=str(ARTIFACTS / f"{s.test}-bob-enlarged.png"))
     bob.click(f"{REMOTE_TILE} .call-enlarge")
     for label, page in (("ada", ada), ("bob", bob)):
@@ -291,9 +324,13 @@ def call_scenario(s: Scenario) -> dict[str, Any]:
 
 
 def record_scenario(s: Scenario) -> dict[str, Any]:
-    server = s.serve(RtcSettings(
-        media_addresses=("127.0.0.1",), record_rooms=frozenset({ROOM}), recording_dir=str(s.workdir / "recordings"),
-    ))
+    server = s.serve(
+        RtcSettings(
+            media_addresses=("127.0.0.1",),
+            record_rooms=frozenset({ROOM}),
+            recording_dir=str(s.workdir / "recordings"),
+        )
+    )
     ada = s.open("ada", f"/r/{ROOM}", "Ada")
     bob = s.open("bob", f"/r/{ROOM}", "Bob")
     wait_connected(ada)
@@ -317,7 +354,8 @@ def record_scenario(s: Scenario) -> dict[str, Any]:
             recordings = http.get(f"/api/rooms/{ROOM}/recordings").json()["recordings"]
             sessions = http.get(f"/api/rooms/{ROOM}/sessions").json()["sessions"]
             marks = [
-                m for session in sessions
+                m
+                for session in sessions
                 for m in http.get(f"/api/rooms/{ROOM}/timeline", params={"session": session["id"]}).json()["marks"]
                 if m["kind"] == "audio"
             ]
@@ -328,7 +366,9 @@ def record_scenario(s: Scenario) -> dict[str, Any]:
         first = recordings[0]
         audio = http.get(f"/api/rooms/{ROOM}/recordings/{first['session']}/{first['file']}")
         out["audio_file"] = {
-            "status": audio.status_code, "type": audio.headers.get("content-type"), "ogg": audio.content[:4] == b"OggS",
+            "status": audio.status_code,
+            "type": audio.headers.get("content-type"),
+            "ogg": audio.content[:4] == b"OggS",
         }
 
     replay = s.open("replay", f"/r/{ROOM}/replay", "Carol")

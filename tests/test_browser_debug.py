@@ -35,7 +35,9 @@ def click_gutter(page, line: int) -> None:  # type: ignore[no-untyped-def]
     page.mouse.click(gutter["x"] + gutter["width"] / 2, row["y"] + row["height"] / 2)
 
 
-def test_a_gutter_breakpoint_and_the_stop_are_seen_in_both_browsers(kernel_web_server, open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
+def test_a_gutter_breakpoint_and_the_stop_are_seen_in_both_browsers(
+    kernel_web_server, open_page: OpenPage, request
+) -> None:  # type: ignore[no-untyped-def]
     room = room_name(request)
     ada = open_page("ada", f"/r/{room}", name="Ada", server=kernel_web_server)
     bob = open_page("bob", f"/r/{room}", name="Bob", server=kernel_web_server)
@@ -80,7 +82,9 @@ def test_a_gutter_breakpoint_and_the_stop_are_seen_in_both_browsers(kernel_web_s
         page.wait_for_selector(".debug-breakpoint[data-line='2']")  # the breakpoint stays
 
 
-def test_a_stop_in_another_file_shows_a_banner_with_jump_and_follow_moves_only_who_asked(kernel_web_server, open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]
+def test_a_stop_in_another_file_shows_a_banner_with_jump_and_follow_moves_only_who_asked(
+    kernel_web_server, open_page: OpenPage, request
+) -> None:  # type: ignore[no-untyped-def]
     room = room_name(request)
     ada = open_page("ada", f"/r/{room}", name="Ada", server=kernel_web_server)
     bob = open_page("bob", f"/r/{room}", name="Bob", server=kernel_web_server)
@@ -103,7 +107,7 @@ def test_a_stop_in_another_file_shows_a_banner_with_jump_and_follow_moves_only_w
 
     ada.click("#debug-start:enabled")
     for page in (ada, bob):
-        page.wait_for_selector("#debug-banner:has-text(\"Stopped at helper.py:2 (Bob's breakpoint)\")", timeout=60_000)
+        page.wait_for_selector('#debug-banner:has-text("Stopped at helper.py:2 (Bob\'s breakpoint)")', timeout=60_000)
     # the follower was taken to the stop; the other page stays where it was, with a Jump button
     bob.wait_for_function("() => window.pairroom.currentPath === 'helper.py'")
     bob.wait_for_selector(".cm-debug-stopped")

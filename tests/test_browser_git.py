@@ -12,8 +12,8 @@ import dataclasses
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import jwt
@@ -33,9 +33,16 @@ from tests.support.browser import (  # noqa: F401  (fixtures)
     web_server,
 )
 
-ENV = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null", "HOME": "/nonexistent",
-       "GIT_AUTHOR_NAME": "Seed", "GIT_AUTHOR_EMAIL": "seed@example.org",
-       "GIT_COMMITTER_NAME": "Seed", "GIT_COMMITTER_EMAIL": "seed@example.org"}
+ENV = {
+    **os.environ,
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "HOME": "/nonexistent",
+    "GIT_AUTHOR_NAME": "Seed",
+    "GIT_AUTHOR_EMAIL": "seed@example.org",
+    "GIT_COMMITTER_NAME": "Seed",
+    "GIT_COMMITTER_EMAIL": "seed@example.org",
+}
 
 
 def git(*args: str, cwd: Path | None = None) -> str:
@@ -47,12 +54,19 @@ def git(*args: str, cwd: Path | None = None) -> str:
 def _rgb(hex_color: str) -> str:
     """``#0072b2`` as the browser writes a style colour back: ``rgb(0,114,178)``."""
     value = hex_color.lstrip("#")
-    return "rgb({},{},{})".format(*(int(value[i:i + 2], 16) for i in (0, 2, 4)))
+    return "rgb({},{},{})".format(*(int(value[i : i + 2], 16) for i in (0, 2, 4)))
 
 
 def token(room: str, user: str, name: str, role: str, email: str) -> str:
-    claims = {"sub": user, "room": room, "role": role, "name": name, "email": email, "iat": int(time.time()),
-              "exp": int(time.time()) + 3600}
+    claims = {
+        "sub": user,
+        "room": room,
+        "role": role,
+        "name": name,
+        "email": email,
+        "iat": int(time.time()),
+        "exp": int(time.time()) + 3600,
+    }
     return jwt.encode(claims, BROWSER_SECRET, algorithm="HS256")
 
 
@@ -61,8 +75,16 @@ def git_web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServ
     static_dir = ensure_build()
     db = tmp_path_factory.mktemp("web-git") / "pairroom.db"
     settings = dataclasses.replace(
-        Settings(), port=0, db=f"sqlite:///{db}", log_format="text", kernels=True, kernel_pool_size=0,
-        secret=BROWSER_SECRET, git_allow_local=True, open_lobby=True, lobby_rooms_per_minute=10_000,
+        Settings(),
+        port=0,
+        db=f"sqlite:///{db}",
+        log_format="text",
+        kernels=True,
+        kernel_pool_size=0,
+        secret=BROWSER_SECRET,
+        git_allow_local=True,
+        open_lobby=True,
+        lobby_rooms_per_minute=10_000,
     )  # kernels on: the room page's terminal panel finds its service (off, it answers 503)
     server = WebServer(settings, static_dir)
     server.start()
@@ -83,11 +105,17 @@ def test_committing_from_the_panel_credits_the_other_typist(
     git("push", "origin", "main", cwd=seed)
 
     room = room_name(request)
-    answer = httpx.post(git_web_server.url("/api/rooms"), json={"room": room, "git": {"url": f"file://{remote}"}}, timeout=60)
+    answer = httpx.post(
+        git_web_server.url("/api/rooms"), json={"room": room, "git": {"url": f"file://{remote}"}}, timeout=60
+    )
     assert answer.status_code == 201, answer.text
 
-    ada = open_page("ada", f"/r/{room}?token={token(room, 'ada', 'Ada', 'owner', 'ada@example.org')}", server=git_web_server)
-    bob = open_page("bob", f"/r/{room}?token={token(room, 'bob', 'Bob', 'editor', 'bob@example.org')}", server=git_web_server)
+    ada = open_page(
+        "ada", f"/r/{room}?token={token(room, 'ada', 'Ada', 'owner', 'ada@example.org')}", server=git_web_server
+    )
+    bob = open_page(
+        "bob", f"/r/{room}?token={token(room, 'bob', 'Bob', 'editor', 'bob@example.org')}", server=git_web_server
+    )
     for page in (ada, bob):
         wait_connected(page)
         page.wait_for_selector("#source-control:not([hidden])")
@@ -116,8 +144,12 @@ def test_committing_from_the_panel_credits_the_other_typist(
     assert blame[:3] == [["# ada", "Ada"], ["print('hello')", None], ["print('bob')", "Bob"]]
     ada.wait_for_selector(".git-blame-gutter >> text=Bob")
     # in Bob's own colour, as his presence shows it
-    bob_color = ada.evaluate("() => [...window.pairroom.awareness.getStates().values()].find((s) => s.user?.id === 'bob').user.color")
-    mark_color = ada.evaluate("() => [...document.querySelectorAll('.git-blame-mark')].find((m) => m.textContent === 'Bob').style.borderLeftColor")
+    bob_color = ada.evaluate(
+        "() => [...window.pairroom.awareness.getStates().values()].find((s) => s.user?.id === 'bob').user.color"
+    )
+    mark_color = ada.evaluate(
+        "() => [...document.querySelectorAll('.git-blame-mark')].find((m) => m.textContent === 'Bob').style.borderLeftColor"
+    )
     assert mark_color and bob_color and mark_color.replace(" ", "") == _rgb(bob_color)
     ada.fill("#git-message", "Greet from both of us")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -132,7 +164,8 @@ def test_committing_from_the_panel_credits_the_other_typist(
     branch = f"pairroom/{room}"
     assert git("log", "-1", "--format=%an <%ae>", branch, cwd=remote).strip() == "Ada <ada@example.org>"
     assert git("log", "-1", "--format=%(trailers:key=Co-authored-by,valueonly)", branch, cwd=remote).strip() == (
-        "Bob <bob@example.org>")
+        "Bob <bob@example.org>"
+    )
     assert git("show", f"{branch}:main.py", cwd=remote) == "# ada\nprint('hello')\nprint('bob')\n"
     # Bob, an editor, sees the commit too, and nothing left to commit
     bob.click("#source-control >> text=Refresh")
@@ -145,5 +178,7 @@ def test_committing_from_the_panel_credits_the_other_typist(
     ada.wait_for_function("() => window.pairroom.files.get('main.py').toString().includes('more')")
     bob.once("dialog", lambda dialog: dialog.accept())
     bob.click("#git-log li:first-child >> text=Restore")
-    ada.wait_for_function("() => window.pairroom.files.get('main.py').toString() === \"# ada\\nprint('hello')\\nprint('bob')\\n\"")
+    ada.wait_for_function(
+        "() => window.pairroom.files.get('main.py').toString() === \"# ada\\nprint('hello')\\nprint('bob')\\n\""
+    )
     bob.wait_for_selector("#git-note >> text=Restored")

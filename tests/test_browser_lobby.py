@@ -29,8 +29,9 @@ def test_a_secret_server_lobby_gives_owner_editor_and_viewer_links(  # type: ign
     open_page: OpenPage, secret_web_server, request
 ) -> None:
     room = room_name(request).replace(".", "-")[:60]
-    lobby = open_page("lobby", "/", name="Ada", server=secret_web_server,
-                      permissions=["clipboard-read", "clipboard-write"])
+    lobby = open_page(
+        "lobby", "/", name="Ada", server=secret_web_server, permissions=["clipboard-read", "clipboard-write"]
+    )
     lobby.fill("#create-name", room)
     lobby.press("#create-name", "Enter")
     lobby.wait_for_selector("#created-invites:not([hidden])")
@@ -55,7 +56,7 @@ def test_a_secret_server_lobby_gives_owner_editor_and_viewer_links(  # type: ign
     wait_connected(lobby)
     lobby.wait_for_function("() => window.pairroom.currentPath === 'main.py'")
     assert lobby.inner_text("#role-badge") == "owner"
-    path = lambda link: link.split(secret_web_server.http, 1)[1]  # noqa: E731
+    path = lambda link: link.split(secret_web_server.http, 1)[1]
     editor = open_page("editor", path(links["editor"]), name="Ed", server=secret_web_server)
     wait_connected(editor)
     editor.wait_for_function("() => window.pairroom.currentPath === 'main.py'")
@@ -75,4 +76,3 @@ def test_a_secret_server_lobby_gives_owner_editor_and_viewer_links(  # type: ign
     wait_file_text(viewer, "main.py", "print('from the editor link') # done")
     assert "viewer" not in editor_text(viewer)
     assert "viewer" not in editor_text(lobby)
-

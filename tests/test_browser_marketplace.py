@@ -128,14 +128,30 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExtensionWe
     run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", str(project), "-w", str(wheels))
     [wheel] = wheels.glob("*.whl")
     run(PAIRROOM, "extensions", "publish", str(wheel), "--catalog", str(catalog))
-    run(PAIRROOM, "extensions", "install", "hello-panel", "--catalog", str(catalog), "--find-links", str(wheels), "--target", str(site))
+    run(
+        PAIRROOM,
+        "extensions",
+        "install",
+        "hello-panel",
+        "--catalog",
+        str(catalog),
+        "--find-links",
+        str(wheels),
+        "--target",
+        str(site),
+    )
     sys.path.insert(0, str(site))
     importlib.invalidate_caches()
     try:
         extensions = tuple(extension_loader.load(["hello-panel"], lambda name: {}))
         settings = dataclasses.replace(
-            Settings(), port=0, db=f"sqlite:///{work / 'pairroom.db'}", log_format="text", kernels=False,
-            secret=BROWSER_SECRET, extension_catalog=str(catalog),
+            Settings(),
+            port=0,
+            db=f"sqlite:///{work / 'pairroom.db'}",
+            log_format="text",
+            kernels=False,
+            secret=BROWSER_SECRET,
+            extension_catalog=str(catalog),
         )
         server = ExtensionWebServer(settings, static_dir, extensions=extensions)
         server.start()

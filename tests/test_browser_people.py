@@ -126,12 +126,16 @@ def test_hands_in_the_order_raised_and_following_someone(open_page: OpenPage, re
 
 def test_an_owner_asks_everyone_to_follow_and_a_viewer_does(open_page: OpenPage, secret_web_server, request) -> None:  # type: ignore[no-untyped-def]
     room = room_name(request)
-    owner = open_page("owner", f"/r/{room}?token={mint(BROWSER_SECRET, room, 'owner', 'Mentor')}", server=secret_web_server)
+    owner = open_page(
+        "owner", f"/r/{room}?token={mint(BROWSER_SECRET, room, 'owner', 'Mentor')}", server=secret_web_server
+    )
     wait_connected(owner)
     new_file(owner, "main.py", "print('hi')\n")
     new_file(owner, "lesson.py", LONG)
     owner.click("#file-tree button.open:text-is('main.py')")
-    viewer = open_page("viewer", f"/r/{room}?token={mint(BROWSER_SECRET, room, 'viewer', 'Vi')}", server=secret_web_server)
+    viewer = open_page(
+        "viewer", f"/r/{room}?token={mint(BROWSER_SECRET, room, 'viewer', 'Vi')}", server=secret_web_server
+    )
     wait_connected(viewer)
     viewer.wait_for_selector("#people-list li:has-text('Mentor') .badge:text-is('owner')")
     assert viewer.is_hidden("#lead")  # only owners ask

@@ -37,7 +37,10 @@ def share_code(ada, bob) -> None:  # type: ignore[no-untyped-def]
 
 
 def put_cursor(page, line: int) -> None:  # type: ignore[no-untyped-def]
-    page.evaluate("(n) => { const v = window.pairroom.view; v.focus(); v.dispatch({selection: {anchor: v.state.doc.line(n).from}}) }", line)
+    page.evaluate(
+        "(n) => { const v = window.pairroom.view; v.focus(); v.dispatch({selection: {anchor: v.state.doc.line(n).from}}) }",
+        line,
+    )
 
 
 def test_a_comment_and_a_suggestion_reach_the_other_browser_and_apply_in_both(open_page: OpenPage, request) -> None:  # type: ignore[no-untyped-def]

@@ -38,8 +38,11 @@ def test_an_editor_demoted_live_turns_read_only(open_page: OpenPage, secret_web_
     owner.wait_for_function("() => window.pairroom.currentPath === 'main.py'")
     owner.evaluate("() => window.pairroom.files.get('main.py').insert(0, 'print(1)\\n')")
 
-    editor = open_page("editor", f"/r/{room}?token={mint(BROWSER_SECRET, room, 'editor', 'Ed', user_id='ed')}",
-                       server=secret_web_server)
+    editor = open_page(
+        "editor",
+        f"/r/{room}?token={mint(BROWSER_SECRET, room, 'editor', 'Ed', user_id='ed')}",
+        server=secret_web_server,
+    )
     wait_connected(editor)
     editor.wait_for_function("() => window.pairroom.currentPath === 'main.py'")
     editor.wait_for_function(EDITABLE)

@@ -8,8 +8,8 @@ anyway is dropped by the server with a notice), and nothing he tried reaches the
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -35,7 +35,12 @@ def terminal_web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[We
     static_dir = ensure_build()
     db = tmp_path_factory.mktemp("web-terminal") / "pairroom.db"
     settings = dataclasses.replace(
-        Settings(), port=0, db=f"sqlite:///{db}", log_format="text", kernels=True, kernel_pool_size=1,
+        Settings(),
+        port=0,
+        db=f"sqlite:///{db}",
+        log_format="text",
+        kernels=True,
+        kernel_pool_size=1,
         secret=BROWSER_SECRET,
     )
     server = WebServer(settings, static_dir)
@@ -111,8 +116,9 @@ def test_a_terminal_in_the_room_runs_a_command_a_viewer_watches_and_cannot_type(
     ada.screenshot(path=str(Path(ARTIFACTS) / "terminal-owner.png"))
 
     # the panel works at 390 px wide
-    narrow = open_page("narrow", f"/r/{room}?token={bob_token}", server=terminal_web_server,
-                       viewport={"width": 390, "height": 844})
+    narrow = open_page(
+        "narrow", f"/r/{room}?token={bob_token}", server=terminal_web_server, viewport={"width": 390, "height": 844}
+    )
     wait_connected(narrow)
     narrow.wait_for_function("() => window.pairroom.terminals.lines().some((l) => l.trim() === 'listed-2')")
     narrow.locator("#terminals").scroll_into_view_if_needed()

@@ -32,6 +32,7 @@ def wait_until(check, what: str, timeout: float = 15.0) -> None:  # type: ignore
             raise AssertionError(f"timed out waiting until {what}")
         time.sleep(0.1)
 
+
 NAMES = ["Ada", "Bob", "Cy", "Dee", "Eve", "Fay"]
 
 
@@ -108,7 +109,9 @@ def test_six_people_each_have_their_own_colour_everywhere(open_page: OpenPage, r
 
 
 def people_names(page) -> list[str]:  # type: ignore[no-untyped-def]
-    return page.eval_on_selector_all("#people-list li[data-client] .person-name", "(els) => els.map((e) => e.textContent)")  # type: ignore[no-any-return]
+    return page.eval_on_selector_all(
+        "#people-list li[data-client] .person-name", "(els) => els.map((e) => e.textContent)"
+    )  # type: ignore[no-any-return]
 
 
 def test_links_for_a_role_ask_for_a_name_and_the_room_shows_it(  # type: ignore[no-untyped-def]
@@ -165,8 +168,12 @@ def test_share_links_get_in_with_their_role_and_the_owner_changes_roles_from_the
     from pairroom.web.auth import mint
 
     room = room_name(request)[:60]
-    owner = open_page("owner", f"/r/{room}?token={mint(BROWSER_SECRET, room, 'owner', 'Mentor')}",
-                      server=secret_web_server, permissions=["clipboard-read", "clipboard-write"])
+    owner = open_page(
+        "owner",
+        f"/r/{room}?token={mint(BROWSER_SECRET, room, 'owner', 'Mentor')}",
+        server=secret_web_server,
+        permissions=["clipboard-read", "clipboard-write"],
+    )
     wait_connected(owner)
     owner.fill("#new-file-path", "main.py")
     owner.press("#new-file-path", "Enter")
@@ -180,7 +187,7 @@ def test_share_links_get_in_with_their_role_and_the_owner_changes_roles_from_the
     assert owner.evaluate("() => navigator.clipboard.readText()") == links["editor"]
     owner.screenshot(path=str(ARTIFACTS / "ux-share-owner.png"))
     owner.keyboard.press("Escape")
-    path = lambda link: link.split(secret_web_server.http, 1)[1]  # noqa: E731
+    path = lambda link: link.split(secret_web_server.http, 1)[1]
     bea = open_page("bea", path(links["editor"]), name="Bea", server=secret_web_server)
     vic = open_page("vic", path(links["viewer"]), name="Vic", server=secret_web_server)
     wait_connected(bea)
@@ -201,7 +208,9 @@ def test_share_links_get_in_with_their_role_and_the_owner_changes_roles_from_the
     owner.wait_for_selector(menu)
     assert owner.input_value(menu) == "editor"
     owner.select_option(menu, "reviewer")
-    owner.wait_for_function(f"() => document.querySelector(\"{menu}\")?.value === 'reviewer' && !document.querySelector(\"{menu}\").disabled")
+    owner.wait_for_function(
+        f'() => document.querySelector("{menu}")?.value === \'reviewer\' && !document.querySelector("{menu}").disabled'
+    )
     bea.wait_for_selector("#people-list li:has-text('Bea') .badge:text-is('reviewer')")
     assert bea.eval_on_selector_all("#people-list select", "(els) => els.length") == 0  # only owners get menus
 
@@ -238,7 +247,9 @@ def test_a_refused_link_gets_a_page_that_says_why_and_what_to_do(  # type: ignor
     page.wait_for_selector(f"#gate h1:text-is('{title}')")
     assert page.is_hidden("#layout") and page.is_hidden("#share-button")
     assert page.get_attribute("#gate", "data-code") == ("4403" if token == "other-room" else "4401")
-    assert page.is_visible("#gate a:text-is('Go to the lobby')") and page.is_visible("#gate button:text-is('Try again')")
+    assert page.is_visible("#gate a:text-is('Go to the lobby')") and page.is_visible(
+        "#gate button:text-is('Try again')"
+    )
     if token is None:
         assert "ask the room’s owner" in page.inner_text("#gate-body")
         page.screenshot(path=str(ARTIFACTS / "ux-refused-missing-token.png"))
@@ -261,7 +272,9 @@ def test_a_deleted_room_says_so_to_the_people_in_it_and_forgets_its_copy(  # typ
     bea.keyboard.type("print('soon gone')")
     bea.wait_for_selector("#connection[data-state='connected']")
     bea.wait_for_function("() => !document.querySelector('#connection-text').textContent.includes('unsynced')")
-    answer = httpx.delete(secret_web_server.url(f"/api/rooms/{room}"), headers={"authorization": f"Bearer {owner_token}"})
+    answer = httpx.delete(
+        secret_web_server.url(f"/api/rooms/{room}"), headers={"authorization": f"Bearer {owner_token}"}
+    )
     assert answer.status_code == 200, answer.text
     bea.wait_for_selector("#gate h1:text-is('This room was deleted')")
     assert bea.is_hidden("#layout") and bea.is_hidden("#gate button:text-is('Try again')")
@@ -305,16 +318,27 @@ def test_runs_fit_the_file_use_the_keys_and_tell_tracebacks_in_the_rooms_terms( 
     assert ada.inner_text("#run-list li.run[data-status='error'] .run-title") == "Run of main.py"
     trace = error.inner_text()  # type: ignore[union-attr]
     assert "main.py, line 7" in trace and "util.py, line 2" in trace and "ZeroDivisionError" in trace, trace
-    for server_side in ("Cell In", "/home/room", "/usr/lib", "site-packages", "/tmp/", str(kernel_web_server.static_dir.parent)):
+    for server_side in (
+        "Cell In",
+        "/home/room",
+        "/usr/lib",
+        "site-packages",
+        "/tmp/",
+        str(kernel_web_server.static_dir.parent),
+    ):
         assert server_side not in trace, (server_side, trace)
     ada.screenshot(path=str(ARTIFACTS / "ux-run-traceback.png"))
 
     # Shift+Enter inside the def runs the whole def and moves on; again runs the next line.
-    ada.evaluate("() => { const v = window.pairroom.view; v.dispatch({selection: {anchor: v.state.doc.line(4).from + 6}}) }")
+    ada.evaluate(
+        "() => { const v = window.pairroom.view; v.dispatch({selection: {anchor: v.state.doc.line(4).from + 6}}) }"
+    )
     before = runs_seen(ada)
     ada.keyboard.press("Shift+Enter")
     ada.wait_for_function("(n) => document.querySelectorAll('#run-list li.run').length === n + 1", arg=before)
-    ada.wait_for_function("() => window.pairroom.view.state.doc.lineAt(window.pairroom.view.state.selection.main.head).number === 6")
+    ada.wait_for_function(
+        "() => window.pairroom.view.state.doc.lineAt(window.pairroom.view.state.selection.main.head).number === 6"
+    )
     last = "#run-list li.run:last-child"
     ada.wait_for_selector(f"{last}[data-status='ok']")
     assert ada.inner_text(f"{last} .run-title") == "Selection: def double(n):"
@@ -327,7 +351,9 @@ def test_runs_fit_the_file_use_the_keys_and_tell_tracebacks_in_the_rooms_terms( 
     ada.press("#new-file-path", "Enter")
     ada.wait_for_function("() => window.pairroom.currentPath === 'notes.md'")
     assert ada.is_disabled("#run-file")
-    assert ada.inner_text("#run-note") == "notes.md is Markdown: the room’s kernel runs Python, so Run works on .py files."
+    assert (
+        ada.inner_text("#run-note") == "notes.md is Markdown: the room’s kernel runs Python, so Run works on .py files."
+    )
     before = runs_seen(ada)
     ada.click(".cm-content")
     ada.keyboard.type("# Notes")
@@ -354,10 +380,14 @@ def test_the_replay_clock_moves_while_playing_and_shows_the_names_people_had(  #
         for line in ("a = 1", "\nb = 2", "\nc = 3"):  # three moments, apart by the server's round trips
             ada.keyboard.type(line)
             want = ada.evaluate("() => window.pairroom.files.get('main.py').toString()")
-            wait_until(lambda: http.get(f"{api}/files").json()["files"].get("main.py") == want, "the server has the text")
+            wait_until(
+                lambda: http.get(f"{api}/files").json()["files"].get("main.py") == want, "the server has the text"
+            )
         ada.close()
-        wait_until(lambda: [s["end"] is not None for s in http.get(f"{api}/sessions").json()["sessions"]] == [True],
-                   "the session has ended")
+        wait_until(
+            lambda: [s["end"] is not None for s in http.get(f"{api}/sessions").json()["sessions"]] == [True],
+            "the session has ended",
+        )
 
     replay = open_page("replay", f"/r/{room}/replay")
     replay.wait_for_selector("#replay-play:enabled")
@@ -388,7 +418,10 @@ CODE = "import math\n\ndef area(r):\n    return 3.14 * r * r\n\nprint(area(2))\n
 
 
 def comment_on_line(page, line: int, text: str, suggestion: str | None = None) -> None:  # type: ignore[no-untyped-def]
-    page.evaluate("(n) => { const v = window.pairroom.view; v.focus(); v.dispatch({selection: {anchor: v.state.doc.line(n).from}}) }", line)
+    page.evaluate(
+        "(n) => { const v = window.pairroom.view; v.focus(); v.dispatch({selection: {anchor: v.state.doc.line(n).from}}) }",
+        line,
+    )
     page.click("#comment-line")
     page.fill("#review-new-comment", text)
     if suggestion is not None:
@@ -471,7 +504,9 @@ def test_restore_asks_first_and_tells_the_others(open_page: OpenPage, request) -
     ada.wait_for_function("() => window.pairroom.files.get('main.py').toString() === 'x = 1'")
     ada.wait_for_selector("#room-notice:visible")
     notice = ada.inner_text("#room-notice-text")
-    assert notice.startswith("Bob restored main.py to “first draft” (") and "The edits before it are in History" in notice
+    assert (
+        notice.startswith("Bob restored main.py to “first draft” (") and "The edits before it are in History" in notice
+    )
     ada.screenshot(path=str(ARTIFACTS / "ux-restore-notice.png"))
     ada.click("#room-notice-close")
     assert ada.is_hidden("#room-notice")
@@ -485,10 +520,14 @@ def test_a_reload_returns_to_the_file_and_the_place_in_it(open_page: OpenPage, r
         ada.fill("#new-file-path", path)
         ada.press("#new-file-path", "Enter")
         ada.wait_for_function("(p) => window.pairroom.currentPath === p", arg=path)
-    ada.evaluate("(t) => window.pairroom.files.get('long.py').insert(0, t)", "".join(f"line_{n} = {n}\n" for n in range(1, 201)))
+    ada.evaluate(
+        "(t) => window.pairroom.files.get('long.py').insert(0, t)", "".join(f"line_{n} = {n}\n" for n in range(1, 201))
+    )
     ada.evaluate("""() => { const v = window.pairroom.view;
                             v.dispatch({effects: v.constructor.scrollIntoView(v.state.doc.line(120).from, {y: 'start'})}) }""")
-    ada.wait_for_function("() => JSON.parse(localStorage.getItem('pairroom:place:' + decodeURIComponent(location.pathname.split('/')[2])) || '{}').line === 120")
+    ada.wait_for_function(
+        "() => JSON.parse(localStorage.getItem('pairroom:place:' + decodeURIComponent(location.pathname.split('/')[2])) || '{}').line === 120"
+    )
     # In open mode Share hands out the room link itself: it is all anyone needs.
     ada.click("#share-button")
     assert ada.input_value("#share-room") == ada.url.split("?")[0]
@@ -506,8 +545,8 @@ def test_panels_resize_by_mouse_and_keyboard_and_keep_their_size(open_page: Open
     room = room_name(request)
     ada = open_page("ada", f"/r/{room}", name="Ada")
     wait_connected(ada)
-    width = lambda sel: ada.evaluate(f"() => document.querySelector('{sel}').getBoundingClientRect().width")  # noqa: E731
-    height = lambda sel: ada.evaluate(f"() => document.querySelector('{sel}').getBoundingClientRect().height")  # noqa: E731
+    width = lambda sel: ada.evaluate(f"() => document.querySelector('{sel}').getBoundingClientRect().width")
+    height = lambda sel: ada.evaluate(f"() => document.querySelector('{sel}').getBoundingClientRect().height")
 
     def drag(handle: str, dx: float, dy: float) -> None:
         box = ada.locator(handle).bounding_box()
@@ -556,7 +595,7 @@ def test_folders_fold_and_open_files_have_tabs(open_page: OpenPage, request) -> 
     ada.wait_for_selector("#file-tree li[data-path='src/app.py']")
 
     # Each file opened has a tab; a tab switches, closing the active one opens its neighbour.
-    tabs = lambda: ada.eval_on_selector_all("#tabs .tab", "(els) => els.map((e) => e.dataset.path)")  # noqa: E731
+    tabs = lambda: ada.eval_on_selector_all("#tabs .tab", "(els) => els.map((e) => e.dataset.path)")
     assert tabs() == ["src/app.py", "src/util.py", "main.py"]
     ada.click("#tabs .tab[data-path='src/app.py'] .tab-open")
     ada.wait_for_function("() => window.pairroom.currentPath === 'src/app.py'")

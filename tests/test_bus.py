@@ -34,7 +34,12 @@ def v1(message: BusMessage) -> bytes:
         return write_var_uint(len(value.encode())) + value.encode()
 
     fields = (message.node, message.room, message.target, message.uid)
-    return bytes((1, message.kind)) + b"".join(map(string, fields)) + write_var_uint(len(message.payload)) + message.payload
+    return (
+        bytes((1, message.kind))
+        + b"".join(map(string, fields))
+        + write_var_uint(len(message.payload))
+        + message.payload
+    )
 
 
 def test_an_update_with_its_author_round_trips() -> None:
@@ -122,8 +127,13 @@ def test_the_person_travels_with_a_client_update() -> None:
 
 @pytest.mark.parametrize(
     "origin",
-    [PeerOrigin("n1"), PeerOrigin("n1", "kernel", "run-1"), PeerOrigin("n1", "client", "c", "u", "U", "#fff", "boss"),
-     PeerOrigin("n1", "client", "c", "", "", "", "editor"), ClientOrigin("c", "u")],
+    [
+        PeerOrigin("n1"),
+        PeerOrigin("n1", "kernel", "run-1"),
+        PeerOrigin("n1", "client", "c", "u", "U", "#fff", "boss"),
+        PeerOrigin("n1", "client", "c", "", "", "", "editor"),
+        ClientOrigin("c", "u"),
+    ],
     ids=["no-author", "kernel", "unknown-role", "no-user", "not-a-peer"],
 )
 def test_no_person_is_made_up_for_a_peer_update_without_one(origin) -> None:
@@ -143,8 +153,12 @@ def test_an_update_without_an_author_is_labelled_by_its_node() -> None:
 # -- properties ------------------------------------------------------------------------------------
 
 strings = st.text(max_size=12)
-authors = st.builds(Author, st.sampled_from(["", "client", "local", "kernel"]), strings, strings, strings, strings, strings)
-messages = st.builds(BusMessage, st.sampled_from(list(Kind)), strings, strings, st.binary(max_size=200), strings, strings, authors)
+authors = st.builds(
+    Author, st.sampled_from(["", "client", "local", "kernel"]), strings, strings, strings, strings, strings
+)
+messages = st.builds(
+    BusMessage, st.sampled_from(list(Kind)), strings, strings, st.binary(max_size=200), strings, strings, authors
+)
 
 
 @settings(max_examples=300, deadline=None)

@@ -5,19 +5,18 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from pycrdt import Array
 
-
 from pairroom.web.auth import Role, mint
 
-from .support.storage import stored_text
 from .support.nodes import ServeProcess, serve_processes  # noqa: F401
 from .support.postgres import create_database, drop_database
 from .support.redis_server import RedisProcess, redis_servers  # noqa: F401
+from .support.storage import stored_text
 from .support.tcpproxy import TcpProxy
 from .support.yjs_node import node_clients, wait_for  # noqa: F401
 from .yclient import YClient, eventually
@@ -54,8 +53,9 @@ async def start_nodes(serve_processes, pg: str, redis_url: str | list[str], n: i
     return list(
         await asyncio.gather(
             *(
-                serve_processes({"PAIRROOM_DB": pg, "PAIRROOM_REDIS": urls[i], "PAIRROOM_NODE_ID": f"node{i + 1}",
-                                 **FAST_HEALING})
+                serve_processes(
+                    {"PAIRROOM_DB": pg, "PAIRROOM_REDIS": urls[i], "PAIRROOM_NODE_ID": f"node{i + 1}", **FAST_HEALING}
+                )
                 for i in range(n)
             )
         )
@@ -105,8 +105,10 @@ async def test_clients_on_three_nodes_share_edits_presence_and_chat(serve_proces
         what="presence crosses nodes",
     )
     clients[1].doc.get("chat", type=Array).append({"id": "x1", "text": "hello from node 2"})
-    await eventually(lambda: [e.get("text") for e in clients[0].doc.get("chat", type=Array)] == ["hello from node 2"],
-                     what="chat crosses nodes")
+    await eventually(
+        lambda: [e.get("text") for e in clients[0].doc.get("chat", type=Array)] == ["hello from node 2"],
+        what="chat crosses nodes",
+    )
     async with httpx.AsyncClient() as http:
         listing = (await http.get(f"{nodes[2].http}/api/rooms/shared/presence")).json()
     assert any(m.get("name") == "Ada" and m.get("node") == "node1" for m in listing["members"])
@@ -142,9 +144,7 @@ async def test_a_joiner_on_a_new_node_gets_what_was_not_stored_yet(serve_process
 
 
 @pytest.mark.parametrize("fault", ["restart", "pause", "cut-one-node"])
-async def test_copies_converge_and_storage_has_every_edit_after_a_redis_fault(
-    serve_processes, pg, redis, fault
-):
+async def test_copies_converge_and_storage_has_every_edit_after_a_redis_fault(serve_processes, pg, redis, fault):
     proxy = TcpProxy(targets=[("127.0.0.1", redis.port)])
     await proxy.start()
     try:
@@ -197,8 +197,15 @@ async def test_deleting_a_room_closes_it_on_every_node_and_nothing_writes_it_aga
     nodes = list(
         await asyncio.gather(
             *(
-                serve_processes({"PAIRROOM_DB": pg, "PAIRROOM_REDIS": redis.url, "PAIRROOM_NODE_ID": f"node{i + 1}",
-                                 "PAIRROOM_SECRET": secret, **FAST_HEALING})
+                serve_processes(
+                    {
+                        "PAIRROOM_DB": pg,
+                        "PAIRROOM_REDIS": redis.url,
+                        "PAIRROOM_NODE_ID": f"node{i + 1}",
+                        "PAIRROOM_SECRET": secret,
+                        **FAST_HEALING,
+                    }
+                )
                 for i in range(2)
             )
         )
@@ -352,8 +359,12 @@ async def test_a_role_changed_on_one_node_holds_on_every_node(serve_processes, p
     secret = "cluster-roles-secret-0123456789abcdef"
     env = {"PAIRROOM_SECRET": secret}
     one, two = await asyncio.gather(
-        *(serve_processes({"PAIRROOM_DB": pg, "PAIRROOM_REDIS": redis.url, "PAIRROOM_NODE_ID": f"n{i}",
-                           **FAST_HEALING, **env}) for i in (1, 2))
+        *(
+            serve_processes(
+                {"PAIRROOM_DB": pg, "PAIRROOM_REDIS": redis.url, "PAIRROOM_NODE_ID": f"n{i}", **FAST_HEALING, **env}
+            )
+            for i in (1, 2)
+        )
     )
     owner = mint(secret, "roles", Role.OWNER, "Olga", user_id="olga")
     editor = mint(secret, "roles", Role.EDITOR, "Ed", user_id="ed")
@@ -363,13 +374,17 @@ async def test_a_role_changed_on_one_node_holds_on_every_node(serve_processes, p
     ed.insert(0, "before ")
     await eventually(lambda: text(olga) == "before ", what="the editor writes while an editor")
     async with httpx.AsyncClient() as http:
-        demoted = await http.put(f"{one.http}/api/rooms/roles/roles/ed", json={"role": "viewer"},
-                                 headers={"authorization": f"Bearer {owner}"})
+        demoted = await http.put(
+            f"{one.http}/api/rooms/roles/roles/ed",
+            json={"role": "viewer"},
+            headers={"authorization": f"Bearer {owner}"},
+        )
         assert demoted.status_code == 200, demoted.text
 
         async def ed_is_viewer_on_node_two() -> bool:
-            members = (await http.get(f"{two.http}/api/rooms/roles/presence",
-                                      headers={"authorization": f"Bearer {owner}"})).json()["members"]
+            members = (
+                await http.get(f"{two.http}/api/rooms/roles/presence", headers={"authorization": f"Bearer {owner}"})
+            ).json()["members"]
             return any(m.get("id") == "ed" and m.get("role") == "viewer" for m in members)
 
         await eventually(ed_is_viewer_on_node_two, timeout=10, what="node 2 restamps the demoted editor")

@@ -8,7 +8,8 @@ short lease (3 s, renewed every second) so the takeover after a kill -9 is quick
 from __future__ import annotations
 
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest

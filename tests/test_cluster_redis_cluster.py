@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -69,9 +69,7 @@ async def test_rooms_on_every_master_converge_and_survive_a_master_killed_mid_ty
     nodes = list(await asyncio.gather(*(serve_processes({**env, "PAIRROOM_NODE_ID": f"node{i}"}) for i in (1, 2))))
     rooms = await rooms_on_every_master(cluster)
     assert len(rooms) == 3
-    clients = {
-        name: [await YClient.connect(node.ws(name)) for node in nodes] for name in rooms.values()
-    }
+    clients = {name: [await YClient.connect(node.ws(name)) for node in nodes] for name in rooms.values()}
     await asyncio.wait_for(asyncio.gather(*(c.synced.wait() for cs in clients.values() for c in cs)), 10)
     typed: dict[str, list[str]] = {name: [] for name in clients}
 
@@ -88,7 +86,7 @@ async def test_rooms_on_every_master_converge_and_survive_a_master_killed_mid_ty
             for name, pair in clients.items()
         )
 
-    for i in range(5):
+    for _i in range(5):
         type_round("a")
         await asyncio.sleep(0.02)
     await eventually(converged, timeout=10, what="rooms on every master converge across nodes")
@@ -116,7 +114,7 @@ async def test_rooms_on_every_master_converge_and_survive_a_master_killed_mid_ty
     healed_after = time.monotonic() - killed_at
     assert promoted, "the replica was promoted"
     assert degraded == {node.port for node in nodes}, "every node said degraded while the slot was away"
-    for i in range(5):
+    for _i in range(5):
         type_round("c")
     await eventually(converged, timeout=15, what=f"every edit on every copy ({healed_after:.1f} s to heal)")
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import websockets
@@ -37,7 +38,12 @@ async def two_nodes(cluster_nodes, tmp_path, redis: RedisProcess) -> list[ServeP
     # Signaling never touches storage: each node may keep its own SQLite file.
     return await cluster_nodes(
         *(
-            {**NODE_ENV, "PAIRROOM_REDIS": redis.url, "PAIRROOM_NODE_ID": name, "PAIRROOM_DB": f"sqlite:///{tmp_path / name}.db"}
+            {
+                **NODE_ENV,
+                "PAIRROOM_REDIS": redis.url,
+                "PAIRROOM_NODE_ID": name,
+                "PAIRROOM_DB": f"sqlite:///{tmp_path / name}.db",
+            }
             for name in ("node-a", "node-b")
         )
     )

@@ -118,7 +118,11 @@ async def server_breakpoints(ks: KernelServer, name: str, expected: dict[str, se
 
 
 async def wait_state(
-    client: YClient, state: str, *, line: int | None = None, after: dict[str, Any] | None = None,
+    client: YClient,
+    state: str,
+    *,
+    line: int | None = None,
+    after: dict[str, Any] | None = None,
     timeout: float = STOP_TIMEOUT,
 ) -> dict[str, Any]:
     """Wait until ``client``'s document shows ``state`` (at ``line``); ``after`` (a state seen
@@ -149,8 +153,12 @@ async def start(ks: KernelServer, name: str, path: str = "main.py", headers: dic
     return await ks.http.post(f"/api/rooms/{name}/debug/start", json={"path": path}, headers=headers or auth(name))
 
 
-async def command(ks: KernelServer, name: str, what: str, stop_id: str | None, headers: dict[str, str] | None = None) -> Any:
-    return await ks.http.post(f"/api/rooms/{name}/debug/{what}", json={"stopId": stop_id}, headers=headers or auth(name))
+async def command(
+    ks: KernelServer, name: str, what: str, stop_id: str | None, headers: dict[str, str] | None = None
+) -> Any:
+    return await ks.http.post(
+        f"/api/rooms/{name}/debug/{what}", json={"stopId": stop_id}, headers=headers or auth(name)
+    )
 
 
 async def test_two_members_breakpoints_hold_and_every_watcher_sees_the_stop_at_one_cost(ks: KernelServer) -> None:
@@ -189,14 +197,18 @@ async def test_two_members_breakpoints_hold_and_every_watcher_sees_the_stop_at_o
 
     # a watcher expanding the main.py frame's variables: fetched once, then served from the cache
     frame = first["frames"][1]["id"]
-    scopes = await ks.http.post(f"/api/rooms/{name}/debug/scopes", json={"frameId": frame}, headers=auth(name, Role.VIEWER, "W"))
+    scopes = await ks.http.post(
+        f"/api/rooms/{name}/debug/scopes", json={"frameId": frame}, headers=auth(name, Role.VIEWER, "W")
+    )
     assert scopes.status_code == 200, scopes.text
     main_locals = {v["name"]: v["value"] for v in scopes.json()["scopes"][0]["variables"]}
     assert main_locals["total"] == "0" and main_locals["x"] == "1"
     ref = scopes.json()["scopes"][0]["ref"]
     counted = adapter_requests(ks)
     for _ in range(5):
-        again = await ks.http.post(f"/api/rooms/{name}/debug/variables", json={"ref": ref}, headers=auth(name, Role.VIEWER, "W"))
+        again = await ks.http.post(
+            f"/api/rooms/{name}/debug/variables", json={"ref": ref}, headers=auth(name, Role.VIEWER, "W")
+        )
         assert again.status_code == 200 and {v["name"] for v in again.json()["variables"]} >= {"total", "x"}
     assert adapter_requests(ks) == counted
 
@@ -207,8 +219,13 @@ async def test_two_members_breakpoints_hold_and_every_watcher_sees_the_stop_at_o
     with bob.doc.transaction():
         del bob.doc.get("debug", type=Map)["breakpoints"]["helper.py"]
     await server_breakpoints(ks, name, {"main.py": {"5"}})
-    await eventually(lambda: ks.app.state.debugger.session_of(name)._sync_task is not None
-                     and ks.app.state.debugger.session_of(name)._sync_task.done(), what="breakpoints re-sent")
+    await eventually(
+        lambda: (
+            ks.app.state.debugger.session_of(name)._sync_task is not None
+            and ks.app.state.debugger.session_of(name)._sync_task.done()
+        ),
+        what="breakpoints re-sent",
+    )
     assert (await command(ks, name, "continue", second["session"]["stopId"])).status_code == 202
     third = await wait_state(ada, "stopped", line=5, after=second)
     assert third["stopped"]["path"] == "main.py" and third["stopped"]["breakpointBy"] == "Ada"
@@ -248,7 +265,8 @@ async def test_evaluate_in_a_frame_step_over_into_out_and_two_steps_on_one_stop_
     # two people press Step over on the same stop at once: one advances, the other gets 409
     stop_id = stop["session"]["stopId"]
     first, second = await asyncio.gather(
-        command(ks, name, "next", stop_id), command(ks, name, "next", stop_id, auth(name, Role.EDITOR, "Bob")),
+        command(ks, name, "next", stop_id),
+        command(ks, name, "next", stop_id, auth(name, Role.EDITOR, "Bob")),
     )
     assert sorted([first.status_code, second.status_code]) == [202, 409], (first.text, second.text)
     refused = first if first.status_code == 409 else second
@@ -257,7 +275,9 @@ async def test_evaluate_in_a_frame_step_over_into_out_and_two_steps_on_one_stop_
     assert locals_of(stop)["a"] == "3"
 
     # evaluate in the top frame
-    evaluated = await ks.http.post(f"/api/rooms/{name}/debug/evaluate", json={"expression": "a * 10"}, headers=auth(name))
+    evaluated = await ks.http.post(
+        f"/api/rooms/{name}/debug/evaluate", json={"expression": "a * 10"}, headers=auth(name)
+    )
     assert evaluated.status_code == 200, evaluated.text
     assert evaluated.json()["result"] == "30"
 
@@ -266,8 +286,9 @@ async def test_evaluate_in_a_frame_step_over_into_out_and_two_steps_on_one_stop_
     stop = await wait_state(ada, "stopped", line=2, after=stop)
     assert stop["frames"][0]["name"] == "square" and locals_of(stop) == {"n": "3"}
     frame = stop["frames"][0]["id"]
-    evaluated = await ks.http.post(f"/api/rooms/{name}/debug/evaluate",
-                                   json={"expression": "n + 100", "frameId": frame}, headers=auth(name))
+    evaluated = await ks.http.post(
+        f"/api/rooms/{name}/debug/evaluate", json={"expression": "n + 100", "frameId": frame}, headers=auth(name)
+    )
     assert evaluated.json()["result"] == "103"
     assert (await command(ks, name, "stepOut", stop["session"]["stopId"])).status_code == 202
     stop = await wait_state(ada, "stopped", after=stop)
@@ -283,7 +304,9 @@ async def test_evaluate_in_a_frame_step_over_into_out_and_two_steps_on_one_stop_
     ended = await wait_state(ada, "ended")
     # after the end: steps, evaluate and variables are 409
     assert (await command(ks, name, "next", stop["session"]["stopId"])).status_code == 409
-    assert (await ks.http.post(f"/api/rooms/{name}/debug/evaluate", json={"expression": "1"}, headers=auth(name))).status_code == 409
+    assert (
+        await ks.http.post(f"/api/rooms/{name}/debug/evaluate", json={"expression": "1"}, headers=auth(name))
+    ).status_code == 409
     run = await run_and_wait(ks, name, ended["session"]["run"], headers=auth(name))
     assert run["status"] == "ok"
     # a plain run afterwards never meets the breakpoint (the debugger was detached)
@@ -330,15 +353,23 @@ async def test_roles_viewers_inspect_drivers_drive_and_a_demoted_editor_loses_co
     got = await ks.http.get(f"/api/rooms/{name}/debug", headers=viewer)
     assert got.status_code == 200 and got.json()["stopped"]["line"] == 5
     ref = stop["scopes"][0]["ref"]
-    assert (await ks.http.post(f"/api/rooms/{name}/debug/variables", json={"ref": ref}, headers=viewer)).status_code == 200
-    assert (await ks.http.post(f"/api/rooms/{name}/debug/variables", json={"ref": 987654}, headers=viewer)).status_code == 404
+    assert (
+        await ks.http.post(f"/api/rooms/{name}/debug/variables", json={"ref": ref}, headers=viewer)
+    ).status_code == 200
+    assert (
+        await ks.http.post(f"/api/rooms/{name}/debug/variables", json={"ref": 987654}, headers=viewer)
+    ).status_code == 404
 
     # the owner demotes Bob to viewer: his next step is refused, with no reconnect
-    demoted = await ks.http.put(f"/api/rooms/{name}/roles/u-bob", json={"role": "viewer"}, headers=auth(name, Role.OWNER, "Ada"))
+    demoted = await ks.http.put(
+        f"/api/rooms/{name}/roles/u-bob", json={"role": "viewer"}, headers=auth(name, Role.OWNER, "Ada")
+    )
     assert demoted.status_code == 200, demoted.text
     assert (await command(ks, name, "next", stop_id, auth(name, Role.EDITOR, "Bob"))).status_code == 403
     # another editor may not stop Bob's session; the owner may
-    assert (await ks.http.post(f"/api/rooms/{name}/debug/stop", json={}, headers=auth(name, Role.EDITOR, "Eve"))).status_code == 403
+    assert (
+        await ks.http.post(f"/api/rooms/{name}/debug/stop", json={}, headers=auth(name, Role.EDITOR, "Eve"))
+    ).status_code == 403
     stopped = await ks.http.post(f"/api/rooms/{name}/debug/stop", json={}, headers=auth(name, Role.OWNER, "Ada"))
     assert stopped.status_code == 202, stopped.text
     ended = await wait_state(ada, "ended")
@@ -355,9 +386,13 @@ async def test_bad_input_answers_precisely_and_unusable_breakpoints_are_reported
     assert (await start(ks, name, "missing.py")).status_code == 404
     assert (await start(ks, name, "../etc/passwd")).status_code == 400
     assert (await start(ks, name, "notes.md")).status_code == 400
-    assert (await ks.http.post(f"/api/rooms/{name}/debug/start", content=b"{not json", headers=auth(name))).status_code == 400
+    assert (
+        await ks.http.post(f"/api/rooms/{name}/debug/start", content=b"{not json", headers=auth(name))
+    ).status_code == 400
     assert (await command(ks, name, "next", None)).status_code == 409  # no session
-    assert (await ks.http.post(f"/api/rooms/{name}/debug/variables", json={"ref": "x"}, headers=auth(name))).status_code == 400
+    assert (
+        await ks.http.post(f"/api/rooms/{name}/debug/variables", json={"ref": "x"}, headers=auth(name))
+    ).status_code == 400
 
     set_breakpoint(ada, "main.py", 4)
     set_breakpoint(ada, "main.py", 99)  # past the end
@@ -498,7 +533,9 @@ async def test_the_adapter_request_metric_counts_by_command(ks: KernelServer) ->
     assert int(float(counts["stackTrace"])) >= 1 and int(float(counts["initialize"])) >= 1
 
 
-async def test_a_conditional_breakpoint_a_queued_run_waits_and_the_owners_policy_applies_to_evaluate(ks: KernelServer) -> None:
+async def test_a_conditional_breakpoint_a_queued_run_waits_and_the_owners_policy_applies_to_evaluate(
+    ks: KernelServer,
+) -> None:
     name = new_room()
     ada = await member(ks, name, Role.OWNER, "Ada")
     await write_files(ks, ada, name, {"main.py": "seen = []\nfor i in range(5):\n    seen.append(i)\nprint(seen)\n"})
@@ -509,7 +546,9 @@ async def test_a_conditional_breakpoint_a_queued_run_waits_and_the_owners_policy
     assert locals_of(stop)["i"] == "3" and locals_of(stop)["seen"] == "[0, 1, 2]"
 
     # a plain run asked for now waits behind the debug session
-    queued = await ks.http.post(f"/api/rooms/{name}/runs", json={"code": "print('after')"}, headers=auth(name, Role.OWNER, "Ada"))
+    queued = await ks.http.post(
+        f"/api/rooms/{name}/runs", json={"code": "print('after')"}, headers=auth(name, Role.OWNER, "Ada")
+    )
     run_id = queued.json()["id"]
     state = (await ks.http.get(f"/api/rooms/{name}/runs/{run_id}", headers=auth(name))).json()
     assert state["status"] == "queued"
@@ -520,20 +559,30 @@ async def test_a_conditional_breakpoint_a_queued_run_waits_and_the_owners_policy
 
     with room.local_change(LocalOrigin("test")) as doc:
         doc.get("meta", type=Map)["policy"] = Map({"run": "owners"})
-    evaluated = await ks.http.post(f"/api/rooms/{name}/debug/evaluate", json={"expression": "i"}, headers=auth(name, Role.EDITOR, "Bob"))
+    evaluated = await ks.http.post(
+        f"/api/rooms/{name}/debug/evaluate", json={"expression": "i"}, headers=auth(name, Role.EDITOR, "Bob")
+    )
     assert evaluated.status_code == 403 and "owners" in evaluated.json()["error"]
-    assert (await command(ks, name, "continue", stop["session"]["stopId"], auth(name, Role.EDITOR, "Bob"))).status_code == 403
-    evaluated = await ks.http.post(f"/api/rooms/{name}/debug/evaluate", json={"expression": "i * 2"}, headers=auth(name, Role.OWNER, "Ada"))
+    assert (
+        await command(ks, name, "continue", stop["session"]["stopId"], auth(name, Role.EDITOR, "Bob"))
+    ).status_code == 403
+    evaluated = await ks.http.post(
+        f"/api/rooms/{name}/debug/evaluate", json={"expression": "i * 2"}, headers=auth(name, Role.OWNER, "Ada")
+    )
     assert evaluated.status_code == 200 and evaluated.json()["result"] == "6"
 
-    assert (await command(ks, name, "continue", stop["session"]["stopId"], auth(name, Role.OWNER, "Ada"))).status_code == 202
+    assert (
+        await command(ks, name, "continue", stop["session"]["stopId"], auth(name, Role.OWNER, "Ada"))
+    ).status_code == 202
     await wait_state(ada, "ended")
     after = await run_and_wait(ks, name, run_id, headers=auth(name))
     assert after["status"] == "ok" and "after" in "".join(o.get("text", "") for o in after["outputs"])
     await ada.close()
 
 
-async def test_pause_stops_an_endless_loop_and_a_kernel_death_while_paused_ends_the_session_keeping_breakpoints(ks: KernelServer) -> None:
+async def test_pause_stops_an_endless_loop_and_a_kernel_death_while_paused_ends_the_session_keeping_breakpoints(
+    ks: KernelServer,
+) -> None:
     name = new_room()
     ada = await member(ks, name)
     await write_files(ks, ada, name, {"main.py": "n = 0\nwhile True:\n    n += 1\n", "other.py": "z = 1\n"})
@@ -553,8 +602,9 @@ async def test_pause_stops_an_endless_loop_and_a_kernel_death_while_paused_ends_
     stop = await wait_state(ada, "stopped", after=stop)
 
     # the program kills its kernel while paused (evaluate runs code): the session ends and says why
-    killed = await ks.http.post(f"/api/rooms/{name}/debug/evaluate",
-                                json={"expression": "__import__('os')._exit(3)"}, headers=auth(name))
+    killed = await ks.http.post(
+        f"/api/rooms/{name}/debug/evaluate", json={"expression": "__import__('os')._exit(3)"}, headers=auth(name)
+    )
     assert killed.status_code in (200, 502, 503), killed.text
     ended = await wait_state(ada, "ended")
     assert "the run failed" in ended["session"]["notice"] and "breakpoints stay" in ended["session"]["notice"]
@@ -585,7 +635,9 @@ async def test_a_flood_of_breakpoints_is_trimmed_to_the_cap(ks: KernelServer) ->
         return sum(len(lines) for lines in bps.values()) if isinstance(bps, Map) else -1
 
     await eventually(lambda: count() == MAX_BREAKPOINTS, what="trimmed to the cap")
-    await eventually(lambda: sum(len(v) for v in breakpoints_of(ada).values()) == MAX_BREAKPOINTS, what="the client trimmed too")
+    await eventually(
+        lambda: sum(len(v) for v in breakpoints_of(ada).values()) == MAX_BREAKPOINTS, what="the client trimmed too"
+    )
     await ada.close()
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from pairroom_webhook import verify
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -35,7 +36,6 @@ from pairroom.extensions import Change, Extension
 from pairroom.sandbox.bubblewrap import SandboxUnavailable, probe
 from pairroom.sandbox.settings import KernelSettings
 from pairroom.web.runner import Server, start_serving, uvicorn_config
-from pairroom_webhook import verify
 
 from .support.nodes import PAIRROOM, ServeProcess, _collect, free_port
 from .support.yjs_node import node_clients, wait_for  # noqa: F401
@@ -252,7 +252,7 @@ async def test_the_queue_bound_holds_while_the_receiver_is_down(tmp_path, receiv
     b = await node_clients.start(serve.ws_base, "down", "v2")
     await a.wait_synced()
     await b.wait_synced()
-    for i in range(4):  # joins and leaves: far more events than the queue holds
+    for _i in range(4):  # joins and leaves: far more events than the queue holds
         visitor = await node_clients.start(serve.ws_base, "down", "v3")
         await visitor.wait_synced()
         await visitor.close()
@@ -419,7 +419,11 @@ async def test_installed_but_not_enabled_is_listed_and_not_imported(tmp_path, pa
     async with httpx.AsyncClient() as http:
         listed = {e["name"]: e for e in (await http.get(f"{idle.http}/api/extensions")).json()["extensions"]}
     assert listed["probe"] == {
-        "name": "probe", "version": "1.2.3", "distribution": "pairroom-probe", "builtin": False, "enabled": False
+        "name": "probe",
+        "version": "1.2.3",
+        "distribution": "pairroom-probe",
+        "builtin": False,
+        "enabled": False,
     }
     assert listed["webhook"]["enabled"] is False
     assert not marker.exists(), "an extension that is not enabled is not imported"
@@ -435,7 +439,14 @@ async def test_installed_but_not_enabled_is_listed_and_not_imported(tmp_path, pa
 
 async def test_an_enabled_extension_that_is_not_installed_stops_start_up(tmp_path):
     proc = await asyncio.create_subprocess_exec(
-        PAIRROOM, "serve", "--port", "0", "--extension", "webhook", "--extension", "no-such-thing",
+        PAIRROOM,
+        "serve",
+        "--port",
+        "0",
+        "--extension",
+        "webhook",
+        "--extension",
+        "no-such-thing",
         env={**os.environ, "PAIRROOM_DB": f"sqlite:///{tmp_path / 'x.db'}"},
         stderr=asyncio.subprocess.PIPE,
     )
@@ -446,7 +457,10 @@ async def test_an_enabled_extension_that_is_not_installed_stops_start_up(tmp_pat
     assert "webhook (pairroom-webhook 0.1.0)" in message, "the message lists what is installed"
 
     proc = await asyncio.create_subprocess_exec(
-        PAIRROOM, "serve", "--port", "0",
+        PAIRROOM,
+        "serve",
+        "--port",
+        "0",
         env={**os.environ, "PAIRROOM_EXTENSIONS": "webhook", "PAIRROOM_EXT_WEBHOOK_URL": "ftp://x"},
         stderr=asyncio.subprocess.PIPE,
     )

@@ -24,12 +24,14 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 from pycrdt import Doc, Map, Text
 from websockets.exceptions import ConnectionClosed
@@ -117,8 +119,16 @@ def db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def node_settings(db_path: Path, **overrides: Any) -> Settings:
     return dataclasses.replace(
-        Settings(), port=0, db=f"sqlite:///{db_path}", log_format="text", kernels=False, secret=SECRET,
-        rate_limit=100_000.0, rate_burst=100_000, log_level="error", **overrides,
+        Settings(),
+        port=0,
+        db=f"sqlite:///{db_path}",
+        log_format="text",
+        kernels=False,
+        secret=SECRET,
+        rate_limit=100_000.0,
+        rate_burst=100_000,
+        log_level="error",
+        **overrides,
     )
 
 
@@ -210,7 +220,12 @@ def awareness_payload(entries: list[tuple[int, int, str]], count: int | None = N
     parts = [protocol.write_var_uint(len(entries) if count is None else count)]
     for client_id, clock, state in entries:
         raw = state.encode("utf-8", "surrogatepass")
-        parts += [protocol.write_var_uint(client_id), protocol.write_var_uint(clock), protocol.write_var_uint(len(raw)), raw]
+        parts += [
+            protocol.write_var_uint(client_id),
+            protocol.write_var_uint(clock),
+            protocol.write_var_uint(len(raw)),
+            raw,
+        ]
     return b"".join(parts)
 
 
@@ -435,16 +450,32 @@ def test_hostile_bus_messages_from_a_peer_leave_the_node_serving(db_path: Path, 
         writer.drain(0.2)
         channel = keys.room_channel(room)
 
-        @settings(max_examples=1000 if LONG else 120, deadline=None, database=None, derandomize=not LONG,
-                  suppress_health_check=list(HealthCheck))
-        @given(st.one_of(
-            st.binary(max_size=200),
-            bus_messages.map(lambda m: bus.encode(dataclasses.replace(m, room=room))),
-            st.builds(lambda kind, payload: bus.encode(bus.BusMessage(kind, "mallory", room, payload)),
-                      st.sampled_from([bus.Kind.UPDATE, bus.Kind.MISSING, bus.Kind.AWARENESS,
-                                       bus.Kind.STATE_VECTOR, bus.Kind.STATE_VECTOR_REPLY_WANTED]),
-                      st.binary(max_size=120) | awareness_frames.map(lambda f: f[2:])),
-        ))
+        @settings(
+            max_examples=1000 if LONG else 120,
+            deadline=None,
+            database=None,
+            derandomize=not LONG,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(
+            st.one_of(
+                st.binary(max_size=200),
+                bus_messages.map(lambda m: bus.encode(dataclasses.replace(m, room=room))),
+                st.builds(
+                    lambda kind, payload: bus.encode(bus.BusMessage(kind, "mallory", room, payload)),
+                    st.sampled_from(
+                        [
+                            bus.Kind.UPDATE,
+                            bus.Kind.MISSING,
+                            bus.Kind.AWARENESS,
+                            bus.Kind.STATE_VECTOR,
+                            bus.Kind.STATE_VECTOR_REPLY_WANTED,
+                        ]
+                    ),
+                    st.binary(max_size=120) | awareness_frames.map(lambda f: f[2:]),
+                ),
+            )
+        )
         def publish(data: bytes) -> None:
             publisher.publish(channel, data)
 
@@ -491,9 +522,30 @@ def writing_routes(node: ThreadNode) -> list[tuple[str, str]]:
 json_bodies = st.one_of(
     json_values.map(lambda v: json.dumps(v).encode()),
     st.dictionaries(
-        st.sampled_from(["room", "name", "ttl", "roles", "role", "text", "code", "path", "title", "seq",
-                         "at", "file", "line", "suggestion", "run", "status", "message", "version"]),
-        json_values, max_size=6,
+        st.sampled_from(
+            [
+                "room",
+                "name",
+                "ttl",
+                "roles",
+                "role",
+                "text",
+                "code",
+                "path",
+                "title",
+                "seq",
+                "at",
+                "file",
+                "line",
+                "suggestion",
+                "run",
+                "status",
+                "message",
+                "version",
+            ]
+        ),
+        json_values,
+        max_size=6,
     ).map(lambda v: json.dumps(v).encode()),
     st.binary(max_size=100),
     st.just(b"[" * 50_000 + b"]" * 50_000),
@@ -514,8 +566,13 @@ def http_fuzz(node: ThreadNode) -> None:
     headers = node.owner_headers(room)
     answers: dict[int, int] = {}
 
-    @settings(max_examples=1500 if LONG else 300, deadline=None, database=None, derandomize=not LONG,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=1500 if LONG else 300,
+        deadline=None,
+        database=None,
+        derandomize=not LONG,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.sampled_from(routes), json_bodies, st.sampled_from([True, True, True, False]))
     def send(route: tuple[str, str], body: bytes, authorized: bool) -> None:
         method, template = route
@@ -527,7 +584,12 @@ def http_fuzz(node: ThreadNode) -> None:
         answers[response.status_code] = answers.get(response.status_code, 0) + 1
         # 503 is how a disabled feature answers (kernels off); anything else 5xx is a server bug
         assert response.status_code < 500 or (response.status_code == 503 and "disabled" in response.text), (
-            method, path, body[:200], response.status_code, response.text[:300])
+            method,
+            path,
+            body[:200],
+            response.status_code,
+            response.text[:300],
+        )
 
     send()
     print(f"http fuzz over {len(routes)} routes: answers {sorted(answers.items())}")

@@ -14,6 +14,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC
 from pathlib import Path
 
 import httpx
@@ -30,9 +31,16 @@ from tests.yclient import YClient, eventually
 SECRET = "git-tests-secret-of-at-least-32-bytes-long"
 # the lobby is open (rate-limited per address) so these tests create rooms without creator tokens
 OPEN_LOBBY = {"open_lobby": True, "lobby_rooms_per_minute": 10_000}
-ENV = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null", "HOME": "/nonexistent",
-       "GIT_AUTHOR_NAME": "Upstream", "GIT_AUTHOR_EMAIL": "up@example.org",
-       "GIT_COMMITTER_NAME": "Upstream", "GIT_COMMITTER_EMAIL": "up@example.org"}
+ENV = {
+    **os.environ,
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "HOME": "/nonexistent",
+    "GIT_AUTHOR_NAME": "Upstream",
+    "GIT_AUTHOR_EMAIL": "up@example.org",
+    "GIT_COMMITTER_NAME": "Upstream",
+    "GIT_COMMITTER_EMAIL": "up@example.org",
+}
 
 
 def git(*args: str, cwd: Path | None = None, input: bytes | None = None) -> str:
@@ -42,7 +50,14 @@ def git(*args: str, cwd: Path | None = None, input: bytes | None = None) -> str:
 
 
 def token(room: str, user: str, name: str, role: str = "editor", email: str | None = None) -> str:
-    claims = {"sub": user, "room": room, "role": role, "name": name, "iat": int(time.time()), "exp": int(time.time()) + 3600}
+    claims = {
+        "sub": user,
+        "room": room,
+        "role": role,
+        "name": name,
+        "iat": int(time.time()),
+        "exp": int(time.time()) + 3600,
+    }
     if email:
         claims["email"] = email
     return jwt.encode(claims, SECRET, algorithm="HS256")
@@ -110,7 +125,9 @@ async def room(node: RunningServer, remote: Path) -> AsyncIterator[tuple[Running
 # -- opening -------------------------------------------------------------------------------------
 
 
-async def test_opening_a_repository_imports_text_lists_the_rest_and_keeps_base(room: tuple[RunningServer, str, Path]) -> None:
+async def test_opening_a_repository_imports_text_lists_the_rest_and_keeps_base(
+    room: tuple[RunningServer, str, Path],
+) -> None:
     server, name, remote = room
     ada = await joined(server, name, token(name, "ada", "Ada"))
     files = files_of(ada)
@@ -172,7 +189,9 @@ async def test_not_a_repository_is_422_and_leaves_no_room(node: RunningServer, t
 async def test_a_repository_over_the_cap_is_413(start_server: StartServer, remote: Path, tmp_path: Path) -> None:
     from pairroom.vcs.settings import VcsSettings
 
-    server = await start_server(secret=SECRET, **OPEN_LOBBY, git_allow_local=True, db=f"sqlite:///{tmp_path / 'cap.db'}")
+    server = await start_server(
+        secret=SECRET, **OPEN_LOBBY, git_allow_local=True, db=f"sqlite:///{tmp_path / 'cap.db'}"
+    )
     server.hub.state.git.settings = VcsSettings(allow_local=True, max_repo_bytes=1024)
     answer = await open_room(server, f"file://{remote}", "toobig")
     assert answer.status_code == 413, answer.text
@@ -181,7 +200,9 @@ async def test_a_repository_over_the_cap_is_413(start_server: StartServer, remot
 # -- committing ----------------------------------------------------------------------------------
 
 
-async def test_commit_credits_the_author_and_every_coauthor_and_push_lands_it(room: tuple[RunningServer, str, Path], tmp_path: Path) -> None:
+async def test_commit_credits_the_author_and_every_coauthor_and_push_lands_it(
+    room: tuple[RunningServer, str, Path], tmp_path: Path
+) -> None:
     server, name, remote = room
     ada_token = token(name, "ada", "Ada Lovelace", email="ada@example.org")
     bob_token = token(name, "bob", "Bob", email=None)
@@ -217,7 +238,8 @@ async def test_commit_credits_the_author_and_every_coauthor_and_push_lands_it(ro
     git("clone", "-b", branch, f"file://{remote}", str(clone))
     assert git("log", "-1", "--format=%an <%ae>", cwd=clone).strip() == "Ada Lovelace <ada@example.org>"
     assert git("log", "-1", "--format=%(trailers:key=Co-authored-by,valueonly)", cwd=clone).strip() == (
-        "Bob <bob@users.noreply.pairroom>")
+        "Bob <bob@users.noreply.pairroom>"
+    )
     assert git("log", "-1", "--format=%B", cwd=clone).startswith("Two people at work\n\nCo-authored-by: Bob")
     assert (clone / "main.py").read_text() == server_text(server, name, "main.py")
     assert (clone / "notes.md").read_text() == "bob was here\n"
@@ -227,7 +249,9 @@ async def test_commit_credits_the_author_and_every_coauthor_and_push_lands_it(ro
     git("fsck", "--strict", cwd=clone)
 
 
-async def test_series_writes_one_commit_per_run_in_time_order(room: tuple[RunningServer, str, Path], tmp_path: Path) -> None:
+async def test_series_writes_one_commit_per_run_in_time_order(
+    room: tuple[RunningServer, str, Path], tmp_path: Path
+) -> None:
     server, name, remote = room
     ada_token = token(name, "ada", "Ada", email="ada@example.org")
     ada = await joined(server, name, ada_token)
@@ -287,7 +311,8 @@ def upstream_commit(remote: Path, work: Path, branch: str, path: str, edit: "cal
 
 
 async def test_a_pull_merges_live_with_what_people_type_and_push_refuses_non_fast_forward(
-        room: tuple[RunningServer, str, Path], tmp_path: Path) -> None:
+    room: tuple[RunningServer, str, Path], tmp_path: Path
+) -> None:
     server, name, remote = room
     ada_token = token(name, "ada", "Ada", email="ada@example.org")
     ada = await joined(server, name, ada_token)
@@ -332,20 +357,23 @@ async def test_a_pull_merges_live_with_what_people_type_and_push_refuses_non_fas
     assert git("log", "-1", "--format=%p", cwd=clone).count(" ") == 1  # a merge of the room's and upstream's
 
 
-async def test_a_conflicting_pull_keeps_both_and_opens_a_thread(room: tuple[RunningServer, str, Path], tmp_path: Path) -> None:
+async def test_a_conflicting_pull_keeps_both_and_opens_a_thread(
+    room: tuple[RunningServer, str, Path], tmp_path: Path
+) -> None:
     server, name, remote = room
     ada_token = token(name, "ada", "Ada")
     ada = await joined(server, name, ada_token)
     upstream_commit(remote, tmp_path / "other", "main", "README.md", lambda t: "# upstream title\n")
     text = files_of(ada)["README.md"]
-    del text[0:len("# demo")]
+    del text[0 : len("# demo")]
     text.insert(0, "# room title")
     await eventually(lambda: server_text(server, name, "README.md") == "# room title\n")
     async with api(server, ada_token) as http:
         pulled = await http.post(f"/api/rooms/{name}/git/pull", json={"ref": "main"})
         assert pulled.status_code == 200, pulled.text
         assert pulled.json()["conflicts"] == [
-            {"path": "README.md", "ours": "# room title\n", "theirs": "# upstream title\n"}]
+            {"path": "README.md", "ours": "# room title\n", "theirs": "# upstream title\n"}
+        ]
     assert server_text(server, name, "README.md") == "# room title\n"  # the room's text stays
     reviews = server.hub.registry.rooms[name].doc.get("reviews", type=Map)
     threads = [t for t in reviews.values() if t["path"] == "README.md"]
@@ -371,7 +399,9 @@ async def test_the_credential_never_leaves_the_server(room: tuple[RunningServer,
     for root, _, names in os.walk(server.hub.state.git.root):
         for file in names:
             assert secret.encode() not in Path(root, file).read_bytes()
-    assert secret.encode() not in b"".join(p.read_bytes() for p in server.hub.state.git.workspaces.root.rglob("*") if p.is_file())
+    assert secret.encode() not in b"".join(
+        p.read_bytes() for p in server.hub.state.git.workspaces.root.rglob("*") if p.is_file()
+    )
 
 
 # -- a remote served over the git protocol ------------------------------------------------------------
@@ -387,9 +417,20 @@ async def test_open_commit_and_push_over_git_daemon(node: RunningServer, remote:
     port = free_port()
     git("config", "daemon.receivepack", "true", cwd=remote)
     daemon = subprocess.Popen(
-        ["git", "daemon", "--reuseaddr", "--listen=127.0.0.1", f"--port={port}", "--export-all",
-         "--enable=receive-pack", f"--base-path={tmp_path}", str(tmp_path)],
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "git",
+            "daemon",
+            "--reuseaddr",
+            "--listen=127.0.0.1",
+            f"--port={port}",
+            "--export-all",
+            "--enable=receive-pack",
+            f"--base-path={tmp_path}",
+            str(tmp_path),
+        ],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         url = f"git://127.0.0.1:{port}/remote.git"
@@ -411,7 +452,9 @@ async def test_open_commit_and_push_over_git_daemon(node: RunningServer, remote:
         files_of(ada)["README.md"].insert(0, "daemon ")
         await eventually(lambda: (server_text(node, name, "README.md") or "").startswith("daemon"))
         async with api(node, ada_token) as http:
-            assert (await http.post(f"/api/rooms/{name}/git/commit", json={"message": "over git://"})).status_code == 201
+            assert (
+                await http.post(f"/api/rooms/{name}/git/commit", json={"message": "over git://"})
+            ).status_code == 201
             pushed = await http.post(f"/api/rooms/{name}/git/push")
             assert pushed.status_code == 200, pushed.text
         assert git("log", "-1", "--format=%an %s", f"pairroom/{name}", cwd=remote).strip() == "Ada over git://"
@@ -422,23 +465,38 @@ async def test_open_commit_and_push_over_git_daemon(node: RunningServer, remote:
 
 async def test_import_git_command_opens_a_room(node: RunningServer, remote: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
-        str(Path(".venv/bin/pairroom").resolve()), "import-git", f"file://{remote}", "--as", "fromcli",
-        "--server", node.http, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        str(Path(".venv/bin/pairroom").resolve()),
+        "import-git",
+        f"file://{remote}",
+        "--as",
+        "fromcli",
+        "--server",
+        node.http,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     assert "room fromcli: 3 files" in out.decode()
     assert "owner: http" in out.decode()
     proc = await asyncio.create_subprocess_exec(
-        str(Path(".venv/bin/pairroom").resolve()), "import-git", f"file://{remote}", "--as", "fromcli",
-        "--server", node.http, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        str(Path(".venv/bin/pairroom").resolve()),
+        "import-git",
+        f"file://{remote}",
+        "--as",
+        "fromcli",
+        "--server",
+        node.http,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, err = await proc.communicate()
     assert proc.returncode == 1 and "409" in err.decode()
 
 
 async def test_blame_names_who_last_changed_each_line_including_uncommitted_work(
-        room: tuple[RunningServer, str, Path]) -> None:
+    room: tuple[RunningServer, str, Path],
+) -> None:
     server, name, _ = room
     ada_token = token(name, "ada", "Ada")
     ada = await joined(server, name, ada_token)
@@ -450,7 +508,7 @@ async def test_blame_names_who_last_changed_each_line_including_uncommitted_work
     bob_text.insert(end, "# bob's line\n")
     # Bob deletes a character inside the imported "return 1" line: that line is his now
     at = str(bob_text).index("return 1") + len("return ")
-    del bob_text[at:at + 1]
+    del bob_text[at : at + 1]
     bob_text.insert(at, "9")
     await eventually(lambda: (server_text(server, name, "main.py") or "").endswith("# bob's line\n"))
     async with api(server, ada_token) as http:
@@ -468,7 +526,9 @@ async def test_blame_names_who_last_changed_each_line_including_uncommitted_work
 # -- git kept to the server's side ---------------------------------------------------------------
 
 
-async def test_no_hook_runs_and_the_repository_is_out_of_the_workspace(room: tuple[RunningServer, str, Path], tmp_path: Path) -> None:
+async def test_no_hook_runs_and_the_repository_is_out_of_the_workspace(
+    room: tuple[RunningServer, str, Path], tmp_path: Path
+) -> None:
     server, name, remote = room
     service = server.hub.state.git
     repo = Path(service.room_git(name).repo.path)
@@ -511,15 +571,24 @@ def http_remote_app(project_root: Path, user: str, password: str):  # type: igno
         if request.headers.get("authorization") != expected:
             return Response("no", 401, {"www-authenticate": 'Basic realm="git"'})
         body = await request.body()
-        env = {**ENV, "GIT_PROJECT_ROOT": str(project_root), "GIT_HTTP_EXPORT_ALL": "1",
-               "PATH_INFO": "/" + request.path_params["path"], "REQUEST_METHOD": request.method,
-               "QUERY_STRING": request.url.query, "CONTENT_TYPE": request.headers.get("content-type", ""),
-               "CONTENT_LENGTH": str(len(body)), "REMOTE_USER": user, "REMOTE_ADDR": "127.0.0.1",
-               "GIT_PROTOCOL": request.headers.get("git-protocol", "")}
+        env = {
+            **ENV,
+            "GIT_PROJECT_ROOT": str(project_root),
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "PATH_INFO": "/" + request.path_params["path"],
+            "REQUEST_METHOD": request.method,
+            "QUERY_STRING": request.url.query,
+            "CONTENT_TYPE": request.headers.get("content-type", ""),
+            "CONTENT_LENGTH": str(len(body)),
+            "REMOTE_USER": user,
+            "REMOTE_ADDR": "127.0.0.1",
+            "GIT_PROTOCOL": request.headers.get("git-protocol", ""),
+        }
         if request.headers.get("content-encoding") == "gzip":
             env["HTTP_CONTENT_ENCODING"] = "gzip"
-        proc = await asyncio.create_subprocess_exec("git", "http-backend", env=env, stdin=asyncio.subprocess.PIPE,
-                                                    stdout=asyncio.subprocess.PIPE)
+        proc = await asyncio.create_subprocess_exec(
+            "git", "http-backend", env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
         out, _ = await proc.communicate(body)
         head, _, payload = out.partition(b"\r\n\r\n")
         headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n") if ": " in line)
@@ -531,7 +600,8 @@ def http_remote_app(project_root: Path, user: str, password: str):  # type: igno
 
 
 async def test_push_over_http_with_the_owners_credential_never_shown(
-        room: tuple[RunningServer, str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    room: tuple[RunningServer, str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     import uvicorn
 
     server, name, remote = room
@@ -548,7 +618,9 @@ async def test_push_over_http_with_the_owners_credential_never_shown(
         await eventually(lambda: (server_text(server, name, "README.md") or "").startswith("over http"))
         url = f"http://127.0.0.1:{port}/{remote.name}"
         async with api(server, owner) as http:
-            wrong = await http.put(f"/api/rooms/{name}/git/remote", json={"url": url, "credential": "wrong-" + password})
+            wrong = await http.put(
+                f"/api/rooms/{name}/git/remote", json={"url": url, "credential": "wrong-" + password}
+            )
             assert wrong.status_code == 200
             assert (await http.post(f"/api/rooms/{name}/git/commit", json={"message": "http"})).status_code == 201
             refused = await http.post(f"/api/rooms/{name}/git/push")
@@ -575,7 +647,7 @@ async def test_push_over_http_with_the_owners_credential_never_shown(
 
 
 async def test_the_log_reader_reads_only_what_is_new_and_agrees_with_a_full_replay() -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from pycrdt import Doc
 
@@ -591,7 +663,7 @@ async def test_the_log_reader_reads_only_what_is_new_and_agrees_with_a_full_repl
     subscription = doc.observe(lambda event: updates.append(event.update))
 
     async def store_as(label: str) -> None:
-        await store.append("r", [NewUpdate(uuid.uuid4().hex, datetime.now(timezone.utc), label, updates.pop())])
+        await store.append("r", [NewUpdate(uuid.uuid4().hex, datetime.now(UTC), label, updates.pop())])
 
     files["x.py"] = Text("hi\n")
     await store_as("local:git:import:abc")
@@ -619,7 +691,7 @@ def test_a_pull_merges_lines_and_keeps_clashing_ones_out() -> None:
 
     def applied(text: str, edits: list) -> str:  # type: ignore[type-arg]
         for edit in sorted(edits, key=lambda e: e.start, reverse=True):
-            text = text[: edit.start] + edit.insert + text[edit.end:]
+            text = text[: edit.start] + edit.insert + text[edit.end :]
         return text
 
     base = "a\nb\nc\nd\n"
@@ -629,11 +701,12 @@ def test_a_pull_merges_lines_and_keeps_clashing_ones_out() -> None:
     merged = applied("a\nX\nc\nd\n", edits)
     assert merged == "a\nX\nc\nD\n"  # the room's line stays, the clean change comes in
     assert [(c.ours, c.theirs) for c in conflicts] == [("X\n", "Y\n")]
-    assert merged[conflicts[0].start:conflicts[0].end] == "X\n"
+    assert merged[conflicts[0].start : conflicts[0].end] == "X\n"
 
 
 async def test_an_owner_limits_git_to_owners_live_and_nobody_else_writes_meta_git(
-        room: tuple[RunningServer, str, Path]) -> None:
+    room: tuple[RunningServer, str, Path],
+) -> None:
     server, name, _ = room
     owner_token, editor_token = token(name, "own", "Owner", role="owner"), token(name, "ed", "Ed")
     owner = await joined(server, name, owner_token)
@@ -657,7 +730,8 @@ async def test_an_owner_limits_git_to_owners_live_and_nobody_else_writes_meta_gi
 
 
 async def test_a_pull_lands_while_someone_keeps_typing_in_the_same_file(
-        room: tuple[RunningServer, str, Path], tmp_path: Path) -> None:
+    room: tuple[RunningServer, str, Path], tmp_path: Path
+) -> None:
     server, name, remote = room
     ada_token = token(name, "ada", "Ada")
     ada = await joined(server, name, ada_token)
@@ -707,9 +781,15 @@ async def test_open_mode_opens_a_repository_once(start_server: StartServer, remo
 
 
 async def test_with_a_git_root_the_repository_and_identities_survive_a_restart(
-        start_server: StartServer, remote: Path, tmp_path: Path) -> None:
-    settings = {"secret": SECRET, **OPEN_LOBBY, "git_allow_local": True, "git_root": str(tmp_path / "kept"),
-                "db": f"sqlite:///{tmp_path / 'kept.db'}"}
+    start_server: StartServer, remote: Path, tmp_path: Path
+) -> None:
+    settings = {
+        "secret": SECRET,
+        **OPEN_LOBBY,
+        "git_allow_local": True,
+        "git_root": str(tmp_path / "kept"),
+        "db": f"sqlite:///{tmp_path / 'kept.db'}",
+    }
     first = await start_server(**settings)
     assert (await open_room(first, f"file://{remote}", "kept")).status_code == 201
     bob = await joined(first, "kept", token("kept", "bob", "Bob B", email="bob@example.org"))
@@ -727,7 +807,9 @@ async def test_with_a_git_root_the_repository_and_identities_survive_a_restart(
     assert log[0]["coauthors"] == ["Bob B <bob@example.org>"] and log[1]["subject"] == "seed"
 
 
-async def test_only_an_owner_forces_a_push_over_a_diverged_branch(room: tuple[RunningServer, str, Path], tmp_path: Path) -> None:
+async def test_only_an_owner_forces_a_push_over_a_diverged_branch(
+    room: tuple[RunningServer, str, Path], tmp_path: Path
+) -> None:
     server, name, remote = room
     owner_token = token(name, "own", "Owner", role="owner")
     owner = await joined(server, name, owner_token)
@@ -751,7 +833,9 @@ async def test_only_an_owner_forces_a_push_over_a_diverged_branch(room: tuple[Ru
 # -- across nodes ---------------------------------------------------------------------------------
 
 
-async def test_an_identity_given_on_another_node_reaches_the_committing_node(serve_processes, redis_servers, remote: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_an_identity_given_on_another_node_reaches_the_committing_node(
+    serve_processes, redis_servers, remote: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     """Ada opens and commits on node 1; Bob joins and types on node 2 (shared PostgreSQL, real Redis).
     Node 2 writes Bob's name and email into ``meta.git.people``, so node 1 credits him by them; the
     bus carries each update's author, so whichever node stores Bob's edit first, the log names Bob
@@ -761,9 +845,16 @@ async def test_an_identity_given_on_another_node_reaches_the_committing_node(ser
     (redis,) = await redis_servers(1)
     pg = await create_database()
     try:
-        env = {"PAIRROOM_DB": pg, "PAIRROOM_REDIS": redis.url, "PAIRROOM_SECRET": SECRET, "PAIRROOM_KERNELS": "false",
-               "PAIRROOM_GIT_ALLOW_LOCAL": "true", "PAIRROOM_FLUSH_INTERVAL_MS": "50",
-               "PAIRROOM_OPEN_LOBBY": "true", "PAIRROOM_LOBBY_ROOMS_PER_MINUTE": "1000"}
+        env = {
+            "PAIRROOM_DB": pg,
+            "PAIRROOM_REDIS": redis.url,
+            "PAIRROOM_SECRET": SECRET,
+            "PAIRROOM_KERNELS": "false",
+            "PAIRROOM_GIT_ALLOW_LOCAL": "true",
+            "PAIRROOM_FLUSH_INTERVAL_MS": "50",
+            "PAIRROOM_OPEN_LOBBY": "true",
+            "PAIRROOM_LOBBY_ROOMS_PER_MINUTE": "1000",
+        }
         one, two = await asyncio.gather(
             serve_processes({**env, "PAIRROOM_NODE_ID": "n1", "PAIRROOM_GIT_ROOT": str(tmp_path / "g1")}),
             serve_processes({**env, "PAIRROOM_NODE_ID": "n2", "PAIRROOM_GIT_ROOT": str(tmp_path / "g2")}),
@@ -786,8 +877,10 @@ async def test_an_identity_given_on_another_node_reaches_the_committing_node(ser
             return isinstance(people, Map) and people.get("bob") == {"name": "Bob", "email": "bob@example.org"}
 
         await eventually(bob_known, timeout=10, what="node 2 wrote Bob's identity; node 1's members see it")
-        async with httpx.AsyncClient(base_url=one.http, timeout=60,
-                                     headers={"authorization": f"Bearer {ada_token}"}) as http:
+        async with httpx.AsyncClient(
+            base_url=one.http, timeout=60, headers={"authorization": f"Bearer {ada_token}"}
+        ) as http:
+
             async def changed_on_node_one() -> bool:
                 status = (await http.get("/api/rooms/across/git/status")).json()
                 return [c["path"] for c in status["changes"]] == ["main.py"]
@@ -805,9 +898,17 @@ async def test_an_identity_given_on_another_node_reaches_the_committing_node(ser
 
 
 async def test_room_code_in_the_sandbox_sees_no_repository_and_no_credential(
-        start_server: StartServer, remote: Path, tmp_path: Path) -> None:
-    server = await start_server(secret=SECRET, **OPEN_LOBBY, git_allow_local=True, kernels=True, kernel_pool_size=0,
-                                git_root=str(tmp_path / "private-git"), db=f"sqlite:///{tmp_path / 'box.db'}")
+    start_server: StartServer, remote: Path, tmp_path: Path
+) -> None:
+    server = await start_server(
+        secret=SECRET,
+        **OPEN_LOBBY,
+        git_allow_local=True,
+        kernels=True,
+        kernel_pool_size=0,
+        git_root=str(tmp_path / "private-git"),
+        db=f"sqlite:///{tmp_path / 'box.db'}",
+    )
     if getattr(server.hub.state, "kernels", None) is None:
         pytest.fail(f"the sandbox is needed here: {getattr(server.hub.state, 'kernels_error', '?')}")
     assert (await open_room(server, f"file://{remote}", "boxed")).status_code == 201
@@ -871,8 +972,9 @@ async def test_restoring_at_a_commit_gives_its_files(room: tuple[RunningServer, 
         assert status["changes"] == []  # the room is the commit again
 
 
-async def test_a_server_without_git_says_so(start_server: StartServer, remote: Path, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_server_without_git_says_so(
+    start_server: StartServer, remote: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # a machine where git is not installed
     server = await start_server(git_allow_local=True, db=f"sqlite:///{tmp_path / 'nogit.db'}")
     answer = await open_room(server, f"file://{remote}", "nogit")

@@ -12,8 +12,9 @@ import contextlib
 import dataclasses
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -23,7 +24,12 @@ from pairroom.app import create_app
 from pairroom.config import Settings
 from pairroom.web.runner import Server, start_serving, uvicorn_config
 from tests.test_kernels import (
-    KernelServer, requires_sandbox, run_and_wait, run_code, start_kernel_server, stdout,
+    KernelServer,
+    requires_sandbox,
+    run_and_wait,
+    run_code,
+    start_kernel_server,
+    stdout,
 )
 from tests.yclient import YClient, eventually
 
@@ -70,7 +76,12 @@ class Plain:
 
 @contextlib.asynccontextmanager
 async def plain_server(tmp: Path, **overrides: Any) -> AsyncIterator[Plain]:
-    values: dict[str, Any] = {"port": 0, "db": f"sqlite:///{tmp / 'pairroom.db'}", "log_format": "text", "kernels": False}
+    values: dict[str, Any] = {
+        "port": 0,
+        "db": f"sqlite:///{tmp / 'pairroom.db'}",
+        "log_format": "text",
+        "kernels": False,
+    }
     values.update(overrides)
     settings = dataclasses.replace(Settings(), **values)
     server = Server(uvicorn_config(create_app(settings), settings, signals=False))
@@ -135,10 +146,15 @@ async def test_a_fifo_where_a_room_file_goes_does_not_freeze_the_server(ks: Kern
         client.doc.get("files", type=Map)["held.txt"] = Text("replaced")
 
     # the next run writes the room's files over the pipes: while it does, the server answers
-    response = await ks.http.post(f"/api/rooms/{name}/runs", json={"code": (
-        "import helper, stat, os\n"
-        "print(helper.WORD, stat.S_ISREG(os.stat('helper.py').st_mode), open('held.txt').read())"
-    )})
+    response = await ks.http.post(
+        f"/api/rooms/{name}/runs",
+        json={
+            "code": (
+                "import helper, stat, os\n"
+                "print(helper.WORD, stat.S_ISREG(os.stat('helper.py').st_mode), open('held.txt').read())"
+            )
+        },
+    )
     assert response.status_code == 201, response.text
     health_started = time.monotonic()
     assert (await ks.http.get("/healthz")).status_code == 200
@@ -151,7 +167,9 @@ async def test_a_fifo_where_a_room_file_goes_does_not_freeze_the_server(ks: Kern
 
 
 @requires_sandbox
-async def test_a_link_planted_where_a_room_file_goes_is_replaced_not_written_through(ks: KernelServer, tmp_path: Path) -> None:
+async def test_a_link_planted_where_a_room_file_goes_is_replaced_not_written_through(
+    ks: KernelServer, tmp_path: Path
+) -> None:
     name = room("link")
     client = await with_room_file(ks, name, "notes.txt", "room text")
     # a symlink to a file outside, and a hard link to a file the code wrote itself but must keep
@@ -165,10 +183,14 @@ async def test_a_link_planted_where_a_room_file_goes_is_replaced_not_written_thr
     with client.doc.transaction():
         client.doc.get("files", type=Map)["sub/linked.txt"] = Text("from the room")
     await eventually(lambda: "sub/linked.txt" in ks.hub.registry.rooms[name].doc.get("files", type=Map))
-    run = await run_code(ks, name, (
-        "import os\n"
-        "print(os.path.islink('notes.txt'), open('notes.txt').read(), open('mine.txt').read(), open('sub/linked.txt').read())"
-    ))
+    run = await run_code(
+        ks,
+        name,
+        (
+            "import os\n"
+            "print(os.path.islink('notes.txt'), open('notes.txt').read(), open('mine.txt').read(), open('sub/linked.txt').read())"
+        ),
+    )
     assert run["status"] == "ok", run
     assert stdout(run) == "False room text mine from the room\n"
     await client.close()
@@ -212,17 +234,45 @@ RAW = (  # a message signed with the kernel's key, with parts the code chose byt
 
 
 @requires_sandbox
-@pytest.mark.parametrize("attack", [
-    pytest.param(SIGNED + "k.session.send(k.iopub_socket, 'stream', content=b'[1, 2, 3]', parent=parent)", id="list-content"),
-    pytest.param(SIGNED + "k.session.send(k.iopub_socket, 'stream', content={'name': {}, 'text': [1]}, parent=parent)", id="wrong-types"),
-    pytest.param(SIGNED + "k.session.send(k.iopub_socket, 'display_data', content=b'{\"data\": {\"application/json\": ' + b'[' * 100000 + b']' * 100000 + b'}}', parent=parent)", id="deep-json"),
-    pytest.param(SIGNED + "k.session.send(k.iopub_socket, 'display_data', content={'data': {'text/plain': 'x', 'application/json': {'n': float('nan')}}, 'metadata': 7}, parent=parent)", id="nan"),
-    pytest.param(SIGNED + "k.session.send(k.iopub_socket, 'status', content={'execution_state': 'idle'}, parent={'msg_id': ['x']})", id="list-parent"),
-    pytest.param(SIGNED + RAW + "raw(b'[1]', b'\"nope\"', b'{}')", id="string-parent-list-header"),
-    pytest.param(SIGNED + RAW + "raw(b'{\"msg_type\": 5}', b'{\"msg_id\": \"' + parent['header']['msg_id'].encode() + b'\"}', b'{}')", id="number-type"),
-    pytest.param(SIGNED + RAW + "raw(b'{', b'{}', b'{}')", id="not-json"),
-    pytest.param(SIGNED + "k.iopub_socket.send_multipart([b'<IDS|MSG>', b'bad signature', b'{}', b'{}', b'{}', b'{}'])", id="bad-signature"),
-])
+@pytest.mark.parametrize(
+    "attack",
+    [
+        pytest.param(
+            SIGNED + "k.session.send(k.iopub_socket, 'stream', content=b'[1, 2, 3]', parent=parent)", id="list-content"
+        ),
+        pytest.param(
+            SIGNED + "k.session.send(k.iopub_socket, 'stream', content={'name': {}, 'text': [1]}, parent=parent)",
+            id="wrong-types",
+        ),
+        pytest.param(
+            SIGNED
+            + "k.session.send(k.iopub_socket, 'display_data', content=b'{\"data\": {\"application/json\": ' + b'[' * 100000 + b']' * 100000 + b'}}', parent=parent)",
+            id="deep-json",
+        ),
+        pytest.param(
+            SIGNED
+            + "k.session.send(k.iopub_socket, 'display_data', content={'data': {'text/plain': 'x', 'application/json': {'n': float('nan')}}, 'metadata': 7}, parent=parent)",
+            id="nan",
+        ),
+        pytest.param(
+            SIGNED
+            + "k.session.send(k.iopub_socket, 'status', content={'execution_state': 'idle'}, parent={'msg_id': ['x']})",
+            id="list-parent",
+        ),
+        pytest.param(SIGNED + RAW + "raw(b'[1]', b'\"nope\"', b'{}')", id="string-parent-list-header"),
+        pytest.param(
+            SIGNED
+            + RAW
+            + "raw(b'{\"msg_type\": 5}', b'{\"msg_id\": \"' + parent['header']['msg_id'].encode() + b'\"}', b'{}')",
+            id="number-type",
+        ),
+        pytest.param(SIGNED + RAW + "raw(b'{', b'{}', b'{}')", id="not-json"),
+        pytest.param(
+            SIGNED + "k.iopub_socket.send_multipart([b'<IDS|MSG>', b'bad signature', b'{}', b'{}', b'{}', b'{}'])",
+            id="bad-signature",
+        ),
+    ],
+)
 async def test_a_signed_hostile_iopub_message_is_skipped(ks: KernelServer, attack: str) -> None:
     name = room("iopub")
     run = await run_code(ks, name, attack + "\nprint('after')")
@@ -247,7 +297,9 @@ async def test_shutdown_after_hostile_kernels_still_flushes_the_last_write(tmp_p
         client = await YClient.connect(server.ws(name))
         await client.synced.wait()
         client.text.insert(0, "the last acknowledged edit")
-        await eventually(lambda: str(server.hub.registry.rooms[name].doc.get("text", type=Text)) == "the last acknowledged edit")
+        await eventually(
+            lambda: str(server.hub.registry.rooms[name].doc.get("text", type=Text)) == "the last acknowledged edit"
+        )
         await client.close()
     finally:
         await server.stop()
@@ -282,7 +334,7 @@ def awareness_frame(entries: list[tuple[int, int, str]]) -> bytes:
 async def edit_latencies(writer: YClient, reader: YClient, count: int) -> list[float]:
     """Seconds from an edit on ``writer`` until ``reader`` has it, ``count`` times."""
     latencies = []
-    for i in range(count):
+    for _i in range(count):
         before = len(str(reader.text))
         started = time.monotonic()
         writer.text.insert(len(str(writer.text)), "x")
@@ -311,8 +363,10 @@ async def test_an_awareness_flood_from_a_viewer_is_refused_and_other_rooms_carry
         sent = time.monotonic()
         await viewer.send_raw(flood)
         during = await edit_latencies(a, b, 20)
-        print(f"awareness flood: another room's edit latency peaked at {max(during) * 1000:.1f} ms, "
-              f"rss {rss_before:.1f} -> {rss_mib():.1f} MiB")
+        print(
+            f"awareness flood: another room's edit latency peaked at {max(during) * 1000:.1f} ms, "
+            f"rss {rss_before:.1f} -> {rss_mib():.1f} MiB"
+        )
         await eventually(lambda: viewer.close_code is not None, timeout=10, what="the flooder was closed")
         assert viewer.close_code == 4413 and "at most 16" in (viewer.close_reason or "")
         assert time.monotonic() - sent < 5
@@ -346,7 +400,8 @@ async def test_an_awareness_flood_from_a_viewer_is_refused_and_other_rooms_carry
             "edit latency before, median ms": round(statistics.median(before) * 1000, 2),
             "during the flood, max ms": round(max(during) * 1000, 2),
             "after, median ms": round(statistics.median(after) * 1000, 2),
-            "rss before MiB": round(rss_before, 1), "rss after MiB": round(rss_after, 1),
+            "rss before MiB": round(rss_before, 1),
+            "rss after MiB": round(rss_after, 1),
         }
         print("awareness flood figures:", figures)
         assert max(during) < 1.0, figures
@@ -382,8 +437,13 @@ async def test_presence_a_viewer_records_is_bounded_per_connection(tmp_path: Pat
         state = '{"cursor": "' + "c" * 15_000 + '", "n": %d}'
         for clock in range(1, 400):
             await viewer.send_raw(awareness_frame([(viewer.doc.client_id, clock, state % clock)]))
-        await eventually(lambda: viewer.doc.client_id in presence.awareness.states
-                         and presence.awareness.meta[viewer.doc.client_id]["clock"] >= 399, timeout=20)
+        await eventually(
+            lambda: (
+                viewer.doc.client_id in presence.awareness.states
+                and presence.awareness.meta[viewer.doc.client_id]["clock"] >= 399
+            ),
+            timeout=20,
+        )
         elapsed = time.monotonic() - started
         limits = presence.limits
         allowed = limits.recorded_burst_bytes + limits.recorded_bytes_per_second * elapsed
@@ -396,7 +456,9 @@ async def test_presence_a_viewer_records_is_bounded_per_connection(tmp_path: Pat
 # -- HTTP is bounded ----------------------------------------------------------------------------------
 
 
-async def raw_http(port: int, head: bytes, body_chunks: list[bytes] | None = None, read_timeout: float = 10) -> tuple[bytes, bool]:
+async def raw_http(
+    port: int, head: bytes, body_chunks: list[bytes] | None = None, read_timeout: float = 10
+) -> tuple[bytes, bool]:
     """Send ``head`` then the chunks while reading the answer (the server may answer and close before
     the body is sent); the response and whether the whole body could be sent."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -438,8 +500,10 @@ async def test_request_bodies_are_capped_on_every_route_before_they_are_read(tmp
         rss_before = rss_mib()
         # a declared 150 MiB body: refused on the header, nothing read
         for path in ("/api/rooms", "/api/rooms/x/chat", "/rtc/x/whip", "/no/such/route"):
-            head = (f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                    f"content-length: {150 * 2**20}\r\n\r\n").encode()
+            head = (
+                f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                f"content-length: {150 * 2**20}\r\n\r\n"
+            ).encode()
             response, _ = await raw_http(s.port, head)
             assert response.startswith(b"HTTP/1.1 413"), (path, response[:200])
             assert b"connection: close" in response.lower()
@@ -447,8 +511,10 @@ async def test_request_bodies_are_capped_on_every_route_before_they_are_read(tmp
         from pairroom.web.lobby import mint_creator
 
         creator = mint_creator(SECRET, "ops").encode()
-        head = (b"POST /api/rooms HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                b"authorization: Bearer " + creator + b"\r\ntransfer-encoding: chunked\r\n\r\n")
+        head = (
+            b"POST /api/rooms HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"authorization: Bearer " + creator + b"\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
         chunk = b"%x\r\n%s\r\n" % (2**20, b" " * 2**20)
         response, sent_all = await raw_http(s.port, head, [chunk] * 150)
         assert response.startswith(b"HTTP/1.1 413"), response[:200]
@@ -483,7 +549,7 @@ async def test_half_sent_requests_are_closed_at_their_deadline(tmp_path: Path) -
             opened.append((reader, writer))
         silent = await asyncio.open_connection("127.0.0.1", s.port)  # never sends a byte
         body = await asyncio.open_connection("127.0.0.1", s.port)  # a body that stops half way
-        body[1].write(b"POST /api/rooms HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"room\"")
+        body[1].write(b'POST /api/rooms HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{"room"')
         started = time.monotonic()
         async with httpx_client(s) as http:  # the server answers others meanwhile
             assert (await http.get("/healthz")).status_code == 200
@@ -497,7 +563,10 @@ async def test_half_sent_requests_are_closed_at_their_deadline(tmp_path: Path) -
 
         answers = await asyncio.gather(*(closed(r) for r, _ in opened))
         assert all(a.startswith(b"HTTP/1.1 408") for a in answers), answers[:3]
-        assert await closed(silent[0]) in (b"", b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        assert await closed(silent[0]) in (
+            b"",
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        )
         await closed(body[0])  # closed (the app saw a disconnect), not held
         assert time.monotonic() - started < 8
         assert len(s.server.server_state.connections) == 0
@@ -574,7 +643,9 @@ async def test_the_lobby_needs_a_creator_token_with_a_secret(tmp_path: Path) -> 
         wrong = await http.post("/api/rooms", json={}, headers={"authorization": f"Bearer {room_token}"})
         assert wrong.status_code == 401 and "not a creator token" in wrong.json()["error"]
         creator = mint_creator(SECRET, "ops")
-        made = await http.post("/api/rooms", json={"room": (name := room("made"))}, headers={"authorization": f"Bearer {creator}"})
+        made = await http.post(
+            "/api/rooms", json={"room": (name := room("made"))}, headers={"authorization": f"Bearer {creator}"}
+        )
         assert made.status_code == 201, made.text
         owner = next(i["token"] for i in made.json()["invites"] if i["role"] == "owner")
         assert verify(SECRET, owner, name).role.value == "owner"
@@ -591,7 +662,10 @@ async def test_the_lobby_needs_a_creator_token_with_a_secret(tmp_path: Path) -> 
 
 
 async def test_an_open_lobby_is_rate_limited_per_address(tmp_path: Path) -> None:
-    async with plain_server(tmp_path, secret=SECRET, open_lobby=True, lobby_rooms_per_minute=5) as s, httpx_client(s) as http:
+    async with (
+        plain_server(tmp_path, secret=SECRET, open_lobby=True, lobby_rooms_per_minute=5) as s,
+        httpx_client(s) as http,
+    ):
         answers = [await http.post("/api/rooms", json={}) for _ in range(12)]
         assert [a.status_code for a in answers[:5]] == [201] * 5
         assert {a.status_code for a in answers[5:]} == {429}
@@ -662,8 +736,9 @@ async def test_export_skips_a_hostile_file_name_and_import_refuses_bytes_that_do
             await held.flush()
     out = tmp_path / "out"
     pairroom = str(Path(sys.executable).with_name("pairroom"))
-    done = subprocess.run([pairroom, "export", name, "--files", str(out), "--db", db],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [pairroom, "export", name, "--files", str(out), "--db", db], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert (out / "ok.py").read_text() == "# ok.py\n" and (out / "zz" / "last.py").exists()
     assert (out / "a").exists()  # "a" and "a/inside.py" cannot both be written: one is skipped
@@ -684,8 +759,9 @@ async def test_export_skips_a_hostile_file_name_and_import_refuses_bytes_that_do
     bad = tmp_path / "bad.jsonl.gz"
     with gzip.open(bad, "wt") as f:
         f.writelines(json.dumps(line) + "\n" for line in lines)
-    refused = subprocess.run([pairroom, "import", str(bad), "--as", "copy", "--db", db],
-                             capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        [pairroom, "import", str(bad), "--as", "copy", "--db", db], capture_output=True, text=True, timeout=60
+    )
     assert refused.returncode == 1 and "is not a Yjs update" in refused.stderr, refused.stderr
     async with plain_server(tmp_path, db=db) as s:
         reader = await YClient.connect(s.ws("copy"))
@@ -724,8 +800,9 @@ async def test_tokens_of_a_deleted_room_do_not_open_a_room_created_later_under_i
             await eventually(lambda: door.close_code is not None, what="the stale token was refused")
             assert door.close_code == 4403 and "earlier room" in (door.close_reason or "")
             assert len(door.doc.get("chat", type=Array)) == 0  # not a byte of the new room was sent
-            chat = await http.post(f"/api/rooms/{name}/chat", json={"text": "hijack"},
-                                   headers={"authorization": f"Bearer {stale}"})
+            chat = await http.post(
+                f"/api/rooms/{name}/chat", json={"text": "hijack"}, headers={"authorization": f"Bearer {stale}"}
+            )
             assert chat.status_code == 403 and "earlier room" in chat.json()["error"]
             reviews = await http.get(f"/api/rooms/{name}/reviews", headers={"authorization": f"Bearer {stale}"})
             assert reviews.status_code == 403 and "earlier room" in reviews.json()["error"]
@@ -734,7 +811,9 @@ async def test_tokens_of_a_deleted_room_do_not_open_a_room_created_later_under_i
             await asyncio.wait_for(member.synced.wait(), 10)
             assert member.close_code is None
             await member.close()
-        assert (await http.get(f"/api/rooms/{name}/presence", headers={"authorization": f"Bearer {new_owner}"})).status_code == 200
+        assert (
+            await http.get(f"/api/rooms/{name}/presence", headers={"authorization": f"Bearer {new_owner}"})
+        ).status_code == 200
 
 
 # -- updates waiting for missing changes are bounded ----------------------------------------------------
@@ -775,7 +854,7 @@ async def test_updates_waiting_on_missing_changes_are_bounded_per_connection(tmp
         honest.text.insert(0, "still editing")
         watcher = await YClient.connect(s.ws(name))
         await eventually(lambda: str(watcher.text) == "still editing", what="the room carries on")
-        assert (await edit_latencies(a, b, 5))
+        assert await edit_latencies(a, b, 5)
         assert rss_mib() - rss_before < 60
         for client in (flooder, honest, watcher, a, b):
             await client.close()

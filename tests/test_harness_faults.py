@@ -221,9 +221,7 @@ async def test_proxy_pipes_both_ways_with_half_close(echo_servers, tcp_proxies: 
             await asyncio.sleep(0.01)
 
 
-async def test_cut_closes_connections_and_refuses_until_restore(
-    echo_servers, tcp_proxies: MakeProxy
-) -> None:
+async def test_cut_closes_connections_and_refuses_until_restore(echo_servers, tcp_proxies: MakeProxy) -> None:
     echo = await echo_servers()
     proxy = await tcp_proxies([echo.target])
     port = proxy.port

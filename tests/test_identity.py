@@ -143,17 +143,24 @@ async def test_live_promotion_and_demotion_without_reconnect(secured):
     await asyncio.wait_for(asyncio.gather(mentor.synced.wait(), learner.synced.wait()), 5)
     headers = {"authorization": f"Bearer {owner}"}
     async with httpx.AsyncClient(base_url=secured.http) as http:
-        denied = await http.put("/api/rooms/live/roles/learner-1", json={"role": "editor"},
-                                headers={"authorization": f"Bearer {learner_token}"})
+        denied = await http.put(
+            "/api/rooms/live/roles/learner-1",
+            json={"role": "editor"},
+            headers={"authorization": f"Bearer {learner_token}"},
+        )
         assert denied.status_code == 403
-        assert (await http.put("/api/rooms/live/roles/learner-1", json={"role": "editor"},
-                               headers=headers)).status_code == 200
-        await eventually(lambda: learner.doc.get("meta", type=Map).get("roles", {}).get("learner-1") == "editor",
-                         what="the change is visible in meta.roles")
+        assert (
+            await http.put("/api/rooms/live/roles/learner-1", json={"role": "editor"}, headers=headers)
+        ).status_code == 200
+        await eventually(
+            lambda: learner.doc.get("meta", type=Map).get("roles", {}).get("learner-1") == "editor",
+            what="the change is visible in meta.roles",
+        )
         learner.insert(0, "my turn")
         await eventually(lambda: str(mentor.text) == "my turn", what="promoted learner edits")
-        assert (await http.put("/api/rooms/live/roles/learner-1", json={"role": "viewer"},
-                               headers=headers)).status_code == 200
+        assert (
+            await http.put("/api/rooms/live/roles/learner-1", json={"role": "viewer"}, headers=headers)
+        ).status_code == 200
         await eventually(lambda: learner.doc.get("meta", type=Map)["roles"]["learner-1"] == "viewer")
         learner.insert(0, "not anymore ")
         mentor.insert(len(str(mentor.text)), ".")
@@ -180,8 +187,9 @@ async def test_an_editor_cannot_grant_itself_a_role(secured):
 async def test_presence_is_stamped_with_the_tokens_identity(secured):
     mallory = await YClient.connect(url(secured, "imp", token("imp", "editor", "Mallory", user_id="m")))
     witness = await YClient.connect(url(secured, "imp", token("imp", "editor", "Wit")))
-    await mallory.set_awareness({"user": {"name": "Ada", "color": "#000", "colorLight": "#0003"},
-                                 "cursor": {"anchor": 1, "head": 2}})
+    await mallory.set_awareness(
+        {"user": {"name": "Ada", "color": "#000", "colorLight": "#0003"}, "cursor": {"anchor": 1, "head": 2}}
+    )
 
     def users() -> list[dict]:
         return [s.get("user", {}) for s in witness.awareness.states.values() if s]
@@ -191,8 +199,13 @@ async def test_presence_is_stamped_with_the_tokens_identity(secured):
     assert user["name"] == "Mallory" and user["role"] == "editor" and user["color"] != "#000"
     assert user["colorLight"] == user["color"] + "33", "the selection colour follows the caret colour"
     # hijacking another connection's awareness client id is ignored
-    forged = protocol.encode_awareness([protocol.AwarenessEntry(
-        witness.awareness.client_id, 99, json.dumps({"user": {"name": "Wit"}, "cursor": {"anchor": 0}}))])
+    forged = protocol.encode_awareness(
+        [
+            protocol.AwarenessEntry(
+                witness.awareness.client_id, 99, json.dumps({"user": {"name": "Wit"}, "cursor": {"anchor": 0}})
+            )
+        ]
+    )
     await witness.set_awareness({"user": {"name": "Wit"}})
     await eventually(lambda: witness.awareness.client_id in secured.hub.registry.rooms["imp"].presence.owner)
     await mallory.send_raw(protocol.awareness_message(forged))
@@ -215,17 +228,21 @@ async def test_chat_entries_are_stamped_by_the_server(secured):
     def bob_chat() -> list:
         return list(bob.doc.get("chat", type=Array))
 
-    await eventually(lambda: len(bob_chat()) == 1 and bob_chat()[0].get("author") == "ada",
-                     what=f"forged entry corrected, bad ones removed: {bob_chat()}")
+    await eventually(
+        lambda: len(bob_chat()) == 1 and bob_chat()[0].get("author") == "ada",
+        what=f"forged entry corrected, bad ones removed: {bob_chat()}",
+    )
     entry = bob_chat()[0]
     assert entry["name"] == "Ada" and entry["text"] == "hello" and abs(entry["at"] - time.time() * 1000) < 10_000
     viewer = token("chat", "viewer", "Vic", user_id="vic")
     async with httpx.AsyncClient(base_url=secured.http) as http:
-        posted = await http.post("/api/rooms/chat/chat", json={"text": "a question"},
-                                 headers={"authorization": f"Bearer {viewer}"})
+        posted = await http.post(
+            "/api/rooms/chat/chat", json={"text": "a question"}, headers={"authorization": f"Bearer {viewer}"}
+        )
         assert posted.status_code == 201
-        too_long = await http.post("/api/rooms/chat/chat", json={"text": "q" * 5000},
-                                   headers={"authorization": f"Bearer {viewer}"})
+        too_long = await http.post(
+            "/api/rooms/chat/chat", json={"text": "q" * 5000}, headers={"authorization": f"Bearer {viewer}"}
+        )
         assert too_long.status_code == 400
     await eventually(lambda: len(bob_chat()) == 2 and bob_chat()[1]["author"] == "vic")
     for c in (ada, bob):
@@ -235,13 +252,17 @@ async def test_chat_entries_are_stamped_by_the_server(secured):
 async def test_invite_links_and_presence_api(secured):
     owner = token("inv", "owner", "Owner")
     async with httpx.AsyncClient(base_url=secured.http) as http:
-        made = await http.post("/api/rooms/inv/invites", json={"roles": ["editor", "viewer"], "ttl": 600},
-                               headers={"authorization": f"Bearer {owner}"})
+        made = await http.post(
+            "/api/rooms/inv/invites",
+            json={"roles": ["editor", "viewer"], "ttl": 600},
+            headers={"authorization": f"Bearer {owner}"},
+        )
         assert made.status_code == 201
         links = {i["role"]: i for i in made.json()["invites"]}
         assert links["viewer"]["url"].endswith(f"/r/inv?token={links['viewer']['token']}")
-        editor_try = await http.post("/api/rooms/inv/invites", json={},
-                                     headers={"authorization": f"Bearer {links['editor']['token']}"})
+        editor_try = await http.post(
+            "/api/rooms/inv/invites", json={}, headers={"authorization": f"Bearer {links['editor']['token']}"}
+        )
         assert editor_try.status_code == 403
         assert (await http.get("/api/rooms/inv/presence")).status_code == 401
         guest = await YClient.connect(url(secured, "inv", links["viewer"]["token"]))
@@ -279,8 +300,11 @@ async def test_the_lobby_creates_a_room_with_owner_editor_and_viewer_links(secur
         assert taken.status_code == 409
         await writer.close()
         # The owner link works: the owner may mint further invites.
-        more = await http.post("/api/rooms/fresh/invites", json={"roles": ["reviewer"]},
-                               headers={"authorization": f"Bearer {links['owner']['token']}"})
+        more = await http.post(
+            "/api/rooms/fresh/invites",
+            json={"roles": ["reviewer"]},
+            headers={"authorization": f"Bearer {links['owner']['token']}"},
+        )
         assert more.status_code == 201
         random_name = await http.post("/api/rooms", json={})
         assert random_name.status_code == 201 and re.fullmatch(r"[a-z0-9]{10}", random_name.json()["room"])
@@ -295,8 +319,10 @@ async def test_the_lobby_creates_a_room_with_owner_editor_and_viewer_links(secur
 
 async def test_viewers_presence_goes_to_participants_and_viewers_get_a_summary(secured):
     mentor = await YClient.connect(url(secured, "class", token("class", "owner", "Mentor")))
-    learners = [await YClient.connect(url(secured, "class", token("class", "viewer", f"L{i}", user_id=f"l{i}")))
-                for i in range(5)]
+    learners = [
+        await YClient.connect(url(secured, "class", token("class", "viewer", f"L{i}", user_id=f"l{i}")))
+        for i in range(5)
+    ]
     await asyncio.wait_for(asyncio.gather(*(c.synced.wait() for c in [mentor, *learners])), 5)
     await mentor.set_awareness({"user": {}, "cursor": None})
     for i, learner in enumerate(learners):
@@ -320,8 +346,13 @@ async def test_viewers_presence_goes_to_participants_and_viewers_get_a_summary(s
 
 def test_open_mode_is_refused_on_a_non_loopback_address():
     pairroom = str(Path(sys.executable).with_name("pairroom"))
-    done = subprocess.run([pairroom, "serve", "--host", "0.0.0.0", "--port", "0"],
-                          capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [pairroom, "serve", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 2 and "refusing open mode" in done.stderr
 
 
@@ -329,9 +360,13 @@ def test_token_command_mints_a_token_the_server_accepts():
     from pairroom.web.auth import verify
 
     pairroom = str(Path(sys.executable).with_name("pairroom"))
-    out = subprocess.run([pairroom, "token", "room-9", "--role", "viewer", "--name", "Ada", "--ttl", "2h"],
-                         capture_output=True, text=True, timeout=30,
-                         env={"PATH": "/usr/bin:/bin", "PAIRROOM_SECRET": SECRET})
+    out = subprocess.run(
+        [pairroom, "token", "room-9", "--role", "viewer", "--name", "Ada", "--ttl", "2h"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", "PAIRROOM_SECRET": SECRET},
+    )
     assert out.returncode == 0, out.stderr
     principal = verify(SECRET, out.stdout.strip(), "room-9")
     assert principal.role.value == "viewer" and principal.name == "Ada"
@@ -341,8 +376,10 @@ async def test_open_mode_principals_may_use_any_signaling_topic(start_server):
     """Open mode's wildcard is the principal's ``any_room`` flag (a room named ``*`` is none: see
     tests/test_one_door.py)."""
     server = await start_server()
-    async with websockets.connect(f"ws://127.0.0.1:{server.port}/signal") as a, \
-            websockets.connect(f"ws://127.0.0.1:{server.port}/signal") as b:
+    async with (
+        websockets.connect(f"ws://127.0.0.1:{server.port}/signal") as a,
+        websockets.connect(f"ws://127.0.0.1:{server.port}/signal") as b,
+    ):
         for ws in (a, b):
             await ws.send(json.dumps({"type": "subscribe", "topics": ["anything", "else/x"]}))
         await a.send(json.dumps({"type": "ping"}))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 from httpx_ws import aconnect_ws
@@ -31,9 +31,7 @@ def text_of(doc: Doc) -> str:
 
 
 async def test_clients_of_every_version_edit_concurrently_and_converge(server, node_clients):
-    clients = await asyncio.gather(
-        *(node_clients.start(server.ws_base, "mixed", version) for version in VERSIONS)
-    )
+    clients = await asyncio.gather(*(node_clients.start(server.ws_base, "mixed", version) for version in VERSIONS))
     await asyncio.gather(*(c.wait_synced() for c in clients))
     async with pycrdt_provider(server.ws_base, "mixed") as doc:
         for round_ in range(10):
@@ -88,9 +86,7 @@ async def test_pycrdt_provider_late_joiner(server, node_clients):
 @pytest.mark.parametrize("leave", ["close", "kill"])
 async def test_a_closed_clients_awareness_disappears_for_the_others(server, node_clients, leave):
     room = f"presence-{leave}"
-    a, b, c = await asyncio.gather(
-        *(node_clients.start(server.ws_base, room, version) for version in VERSIONS)
-    )
+    a, b, c = await asyncio.gather(*(node_clients.start(server.ws_base, room, version) for version in VERSIONS))
     await asyncio.gather(a.wait_synced(), b.wait_synced(), c.wait_synced())
     await a.set_awareness({"user": {"name": "Ada"}, "cursor": None})
     a_id = await a.client_id()

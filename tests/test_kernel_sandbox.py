@@ -10,7 +10,8 @@ import asyncio
 import os
 import subprocess
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio

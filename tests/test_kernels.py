@@ -13,8 +13,9 @@ import dataclasses
 import shutil
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -22,14 +23,14 @@ import pytest_asyncio
 from pycrdt import Map, Text
 from starlette.applications import Starlette
 
-from pairroom.protocol.origins import LocalOrigin
+from pairroom.app import create_app
+from pairroom.config import Settings
 from pairroom.kernels import KernelSettings
 from pairroom.kernels.api import routes
-from pairroom.sandbox.bubblewrap import SandboxUnavailable, probe
 from pairroom.kernels.service import KernelService
-from pairroom.app import create_app
+from pairroom.protocol.origins import LocalOrigin
+from pairroom.sandbox.bubblewrap import SandboxUnavailable, probe
 from pairroom.web.auth import Role, mint
-from pairroom.config import Settings
 from pairroom.web.hub import Hub
 from pairroom.web.runner import Server, start_serving, uvicorn_config
 from tests.yclient import YClient, eventually
@@ -213,7 +214,9 @@ async def test_a_file_run_imports_other_room_files(ks: KernelServer) -> None:
     with client.doc.transaction():
         files["data.txt"] = Text("v2")
     await eventually(lambda: _server_has_file(ks, name, "data.txt"), what="the edit reached the server")
-    run_id = (await ks.http.post(f"/api/rooms/{name}/runs", json={"code": "print(open('data.txt').read())"})).json()["id"]
+    run_id = (await ks.http.post(f"/api/rooms/{name}/runs", json={"code": "print(open('data.txt').read())"})).json()[
+        "id"
+    ]
     assert stdout(await run_and_wait(ks, name, run_id)) == "v2\n"
     await client.close()
 
@@ -225,7 +228,11 @@ def _server_has_file(ks: KernelServer, name: str, path: str) -> bool:
 
 async def test_runs_execute_in_queue_order(ks: KernelServer) -> None:
     name = room()
-    codes = ["import time\ntime.sleep(0.3)\nx = ['a']\nprint('a')", "x.append('b')\nprint('b')", "x.append('c')\nprint(x)"]
+    codes = [
+        "import time\ntime.sleep(0.3)\nx = ['a']\nprint('a')",
+        "x.append('b')\nprint('b')",
+        "x.append('c')\nprint(x)",
+    ]
     ids = []
     for code in codes:
         response = await ks.http.post(f"/api/rooms/{name}/runs", json={"code": code})
@@ -260,13 +267,17 @@ async def test_bad_requests_get_a_reason(ks: KernelServer) -> None:
 
 async def test_restart_gives_a_fresh_kernel_that_keeps_the_files(ks: KernelServer) -> None:
     name = room()
-    first = (await ks.http.post(f"/api/rooms/{name}/runs", json={"code": "x = 1\nopen('kept.txt', 'w').write('yes')"})).json()["id"]
+    first = (
+        await ks.http.post(f"/api/rooms/{name}/runs", json={"code": "x = 1\nopen('kept.txt', 'w').write('yes')"})
+    ).json()["id"]
     assert (await run_and_wait(ks, name, first))["status"] == "ok"
     response = await ks.http.post(f"/api/rooms/{name}/kernel/restart")
     assert response.status_code == 200, response.text
     state = response.json()
     assert state["status"] == "idle" and state["alive"] and "restartedAt" in state
-    run_id = (await ks.http.post(f"/api/rooms/{name}/runs", json={"code": "print(open('kept.txt').read())\nx"})).json()["id"]
+    run_id = (await ks.http.post(f"/api/rooms/{name}/runs", json={"code": "print(open('kept.txt').read())\nx"})).json()[
+        "id"
+    ]
     run = await run_and_wait(ks, name, run_id)
     assert run["status"] == "error" and stdout(run) == "yes\n"
     assert run["outputs"][-1]["ename"] == "NameError"  # the state is gone, the files are not
@@ -328,7 +339,9 @@ async def test_idle_kernels_shut_down_and_come_back(tmp_path_factory: pytest.Tem
         await server.stop()
 
 
-async def test_kernels_refuse_to_start_without_a_sandbox(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_kernels_refuse_to_start_without_a_sandbox(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path_factory.mktemp("empty-path")))  # no bwrap on PATH
     with pytest.raises(SandboxUnavailable, match="bubblewrap .* not installed.*--unsafe-kernels"):
         probe(KernelSettings())

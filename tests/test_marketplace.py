@@ -196,9 +196,7 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 def tuf_repo(tmp_path: Path) -> Iterator[tuple[TufRepository, str]]:
     """A TUF repository served by a real HTTP server on a free port."""
     repo = TufRepository(tmp_path / "repo")
-    httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(repo.dir))
-    )
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(repo.dir)))
     thread = threading.Thread(target=httpd.serve_forever, name="tuf-http")
     thread.start()
     try:
@@ -246,7 +244,9 @@ def test_metadata_re_signed_by_another_key_is_refused(tuf_repo, tmp_path):
     repo.publish(catalog_bytes(good_entry()))
     assert fetch(repo, url, tmp_path / "cache").entries
     # an attacker with the files but not the keys: a new catalog, signed with keys of their own
-    evil = catalog_bytes(good_entry(files=[{"filename": "pairroom_webhook-0.1.0-py3-none-any.whl", "sha256": "b" * 64}]))
+    evil = catalog_bytes(
+        good_entry(files=[{"filename": "pairroom_webhook-0.1.0-py3-none-any.whl", "sha256": "b" * 64}])
+    )
     repo.signers = {role: CryptoSigner.generate_ed25519() for role in ROLES}
     repo.publish(evil)
     with pytest.raises(CatalogError, match="refused by TUF: UnsignedMetadataError"):
@@ -299,7 +299,8 @@ def build_wheel(project: Path, out: Path) -> Path:
     shutil.copytree(project, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", str(source), "-w", str(out)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     [wheel] = out.glob("*.whl")
     return wheel
@@ -312,7 +313,9 @@ def webhook_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("PAIRROOM_")}
-    return subprocess.run([PAIRROOM, "extensions", *args], env={**full_env, **(env or {})}, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [PAIRROOM, "extensions", *args], env={**full_env, **(env or {})}, capture_output=True, text=True, timeout=120
+    )
 
 
 def published(webhook_wheel: Path, tmp_path: Path) -> tuple[Path, Path]:
@@ -321,7 +324,9 @@ def published(webhook_wheel: Path, tmp_path: Path) -> tuple[Path, Path]:
     wheel_dir.mkdir()
     shutil.copy(webhook_wheel, wheel_dir)
     catalog = tmp_path / "catalog.json"
-    done = cli("publish", str(wheel_dir / WEBHOOK_WHEEL), "--catalog", str(catalog), "--homepage", "https://example.org/wh")
+    done = cli(
+        "publish", str(wheel_dir / WEBHOOK_WHEEL), "--catalog", str(catalog), "--homepage", "https://example.org/wh"
+    )
     assert done.returncode == 0, done.stderr
     return wheel_dir, catalog
 
@@ -337,7 +342,12 @@ def test_publish_pins_the_wheel_and_the_capabilities_of_its_manifest(webhook_whe
     assert entry.homepage == "https://example.org/wh"
     # publishing the same file again changes nothing; the entry keeps one file
     before = catalog.read_bytes()
-    assert cli("publish", str(wheel_dir / WEBHOOK_WHEEL), "--catalog", str(catalog), "--homepage", "https://example.org/wh").returncode == 0
+    assert (
+        cli(
+            "publish", str(wheel_dir / WEBHOOK_WHEEL), "--catalog", str(catalog), "--homepage", "https://example.org/wh"
+        ).returncode
+        == 0
+    )
     assert catalog.read_bytes() == before
 
 
@@ -368,7 +378,9 @@ def test_list_search_and_info_read_the_catalog(webhook_wheel, tmp_path):
     assert missing.returncode == 1 and "'nope' is not in the catalog" in missing.stderr and "webhook" in missing.stderr
     bare = cli("list", env={"PAIRROOM_EXTENSIONS": "webhook"})
     assert bare.returncode == 0 and "catalog: none" in bare.stdout
-    assert [line.split() for line in bare.stdout.splitlines() if line.startswith("webhook")] == [["webhook", "0.1.0", "yes", "-"]]
+    assert [line.split() for line in bare.stdout.splitlines() if line.startswith("webhook")] == [
+        ["webhook", "0.1.0", "yes", "-"]
+    ]
     assert "no catalog" in cli("search", "x").stderr
 
 
@@ -388,13 +400,19 @@ def test_install_pip_installs_the_pinned_file_and_it_loads_by_entry_point(webhoo
         """
     )
     loaded = subprocess.run(
-        [sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", probe],
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert loaded.returncode == 0, loaded.stderr
     name, module_file = loaded.stdout.split()
     assert name == "Webhook" and Path(module_file).is_relative_to(site)
 
-    verified = cli("verify", "webhook", "--catalog", str(catalog), "--find-links", str(wheel_dir), env={"PYTHONPATH": str(site)})
+    verified = cli(
+        "verify", "webhook", "--catalog", str(catalog), "--find-links", str(wheel_dir), env={"PYTHONPATH": str(site)}
+    )
     assert verified.returncode == 0, verified.stdout
     assert "sha256 ok" in verified.stdout and "as pinned" in verified.stdout
     assert "every installed file matches its RECORD hash" in verified.stdout
@@ -421,9 +439,24 @@ def test_a_tampered_wheel_is_refused_with_both_hashes(webhook_wheel, tmp_path):
     requirements = tmp_path / "req.txt"
     requirements.write_text(pinned_requirement(catalogs.load_file(catalog).entries["webhook"]))
     pip = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--require-hashes", "--no-deps", "--no-index", "--find-links",
-         str(wheel_dir), "--target", str(site), "-r", str(requirements)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--require-hashes",
+            "--no-deps",
+            "--no-index",
+            "--find-links",
+            str(wheel_dir),
+            "--target",
+            str(site),
+            "-r",
+            str(requirements),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert pip.returncode != 0 and "DO NOT MATCH THE HASHES" in pip.stderr
     assert pinned in pip.stderr and actual in pip.stderr
@@ -433,7 +466,9 @@ def test_install_without_the_pinned_file_is_refused(webhook_wheel, tmp_path):
     _, catalog = published(webhook_wheel, tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
-    done = cli("install", "webhook", "--catalog", str(catalog), "--find-links", str(empty), "--target", str(tmp_path / "site"))
+    done = cli(
+        "install", "webhook", "--catalog", str(catalog), "--find-links", str(empty), "--target", str(tmp_path / "site")
+    )
     assert done.returncode == 1 and "none of the catalog's files for webhook" in done.stderr
 
 
@@ -506,7 +541,10 @@ async def test_a_per_room_extension_runs_only_where_an_owner_switched_it_on(star
         async with httpx.AsyncClient() as http:
             assert (await switch(http, server.http, "room-a", "owner", {"tally": False})).status_code == 200
             seen = tally.count("room-a")
-            shown = await http.get(f"{server.http}/api/rooms/room-a/extensions", headers={"Authorization": f"Bearer {token('room-a', 'viewer')}"})
+            shown = await http.get(
+                f"{server.http}/api/rooms/room-a/extensions",
+                headers={"Authorization": f"Bearer {token('room-a', 'viewer')}"},
+            )
         assert {e["name"]: e for e in shown.json()["extensions"]}["tally"]["on"] is False
         assert shown.json()["can_switch"] is False
         a.insert(0, "off again ")
@@ -532,7 +570,9 @@ async def test_switching_refuses_non_owners_unknown_names_and_bad_bodies(start_s
         anonymous = await http.put(f"{server.http}/api/rooms/r/extensions", json={"tally": True})
         assert anonymous.status_code == 401
         # nothing was switched by any of them
-        shown = await http.get(f"{server.http}/api/rooms/r/extensions", headers={"Authorization": f"Bearer {token('r', 'owner')}"})
+        shown = await http.get(
+            f"{server.http}/api/rooms/r/extensions", headers={"Authorization": f"Bearer {token('r', 'owner')}"}
+        )
         assert {e["name"]: e for e in shown.json()["extensions"]}["tally"]["on"] is False
 
 
@@ -546,7 +586,8 @@ async def test_a_client_writing_the_switches_itself_is_reverted(start_server):
         room = server.hub.registry.rooms["r"]
         # the server had no switches: the client's are removed, here and in the client's copy
         await eventually(
-            lambda: "extensions" not in client.doc.get("meta", type=Map), what="the server's copy came back to the client"
+            lambda: "extensions" not in client.doc.get("meta", type=Map),
+            what="the server's copy came back to the client",
         )
         assert "extensions" not in room.guards.meta
         marketplace = next(e for e in server.hub.extensions.extensions if e.name == "marketplace")
@@ -557,8 +598,10 @@ async def test_a_client_writing_the_switches_itself_is_reverted(start_server):
 
         async with httpx.AsyncClient() as http:
             assert (await switch(http, server.http, "r", "owner", {"tally": True})).status_code == 200
-        switches = lambda: client.doc.get("meta", type=Map).get("extensions")  # noqa: E731
-        await eventually(lambda: isinstance(switches(), Map) and switches().get("tally") is True, what="on for the client")
+        switches = lambda: client.doc.get("meta", type=Map).get("extensions")
+        await eventually(
+            lambda: isinstance(switches(), Map) and switches().get("tally") is True, what="on for the client"
+        )
         with client.doc.transaction():
             del switches()["tally"]  # switching it off behind the owners' back
         assert switches().get("tally") is None  # gone in the client's copy at once...
@@ -601,7 +644,11 @@ async def test_a_malformed_catalog_is_reported_and_the_server_starts(start_serve
     path.write_bytes(catalog_bytes(good_entry(name="tally"), good_entry(files=[])))
     server = await start_server(secret=SECRET, extensions=[Tally()], extension_catalog=str(path))
     async with httpx.AsyncClient() as http:
-        shown = (await http.get(f"{server.http}/api/rooms/r/extensions", headers={"Authorization": f"Bearer {token('r', 'owner')}"})).json()
+        shown = (
+            await http.get(
+                f"{server.http}/api/rooms/r/extensions", headers={"Authorization": f"Bearer {token('r', 'owner')}"}
+            )
+        ).json()
         assert (await http.get(f"{server.http}/readyz")).status_code == 200
     assert shown["catalog"]["verified_by"] == "local file"
     [problem] = shown["catalog"]["errors"]
@@ -611,9 +658,15 @@ async def test_a_malformed_catalog_is_reported_and_the_server_starts(start_serve
     assert tally["catalog"] == "not in catalog" or tally["catalog"].startswith("catalog pins")
 
     path.write_text("{broken")
-    again = await start_server(secret=SECRET, extensions=[Tally()], extension_catalog=str(path), db=f"sqlite:///{tmp_path / 'two.db'}")
+    again = await start_server(
+        secret=SECRET, extensions=[Tally()], extension_catalog=str(path), db=f"sqlite:///{tmp_path / 'two.db'}"
+    )
     async with httpx.AsyncClient() as http:
-        shown = (await http.get(f"{again.http}/api/rooms/r/extensions", headers={"Authorization": f"Bearer {token('r', 'owner')}"})).json()
+        shown = (
+            await http.get(
+                f"{again.http}/api/rooms/r/extensions", headers={"Authorization": f"Bearer {token('r', 'owner')}"}
+            )
+        ).json()
     assert "not JSON" in shown["catalog"]["errors"][0] and shown["catalog"]["entries"] == []
 
 
@@ -646,7 +699,9 @@ async def test_a_per_room_extension_that_raises_is_isolated_and_its_errors_are_s
         client.insert(0, "boom")
         await eventually(lambda: tally.count("r") >= 1, what="the next extension still ran")
         async with httpx.AsyncClient() as http:
-            shown = await http.get(f"{server.http}/api/rooms/r/extensions", headers={"Authorization": f"Bearer {token('r', 'viewer')}"})
+            shown = await http.get(
+                f"{server.http}/api/rooms/r/extensions", headers={"Authorization": f"Bearer {token('r', 'viewer')}"}
+            )
         listed = {e["name"]: e for e in shown.json()["extensions"]}
         assert listed["failing"]["errors"]["on_change"] >= 1
         assert listed["tally"]["errors"] == {}
@@ -711,7 +766,9 @@ async def test_a_switch_is_logged_and_stored_with_the_document(start_server, db_
     tally = Tally()
     again = await start_server(secret=SECRET, extensions=[tally], db=db_url)
     async with httpx.AsyncClient() as http:
-        shown = await http.get(f"{again.http}/api/rooms/kept/extensions", headers={"Authorization": f"Bearer {token('kept', 'owner')}"})
+        shown = await http.get(
+            f"{again.http}/api/rooms/kept/extensions", headers={"Authorization": f"Bearer {token('kept', 'owner')}"}
+        )
     assert {e["name"]: e for e in shown.json()["extensions"]}["tally"]["on"] is True
     client = await editor(again, "kept")
     try:
@@ -721,13 +778,18 @@ async def test_a_switch_is_logged_and_stored_with_the_document(start_server, db_
         await client.close()
 
 
-async def test_a_server_with_a_tuf_catalog_shows_it_verified_and_starts_without_a_refused_one(start_server, tuf_repo, tmp_path):
+async def test_a_server_with_a_tuf_catalog_shows_it_verified_and_starts_without_a_refused_one(
+    start_server, tuf_repo, tmp_path
+):
     repo, url = tuf_repo
     repo.publish(catalog_bytes(good_entry(name="tally")))
     cache = tmp_path / "tuf-cache"
     server = await start_server(
-        secret=SECRET, extensions=[Tally()], extension_catalog=url,
-        extension_catalog_root=str(repo.root_file), extension_catalog_cache=str(cache),
+        secret=SECRET,
+        extensions=[Tally()],
+        extension_catalog=url,
+        extension_catalog_root=str(repo.root_file),
+        extension_catalog_cache=str(cache),
     )
     headers = {"Authorization": f"Bearer {token('r', 'owner')}"}
     async with httpx.AsyncClient() as http:
@@ -740,8 +802,11 @@ async def test_a_server_with_a_tuf_catalog_shows_it_verified_and_starts_without_
     repo.signers = {role: CryptoSigner.generate_ed25519() for role in ROLES}
     repo.publish(catalog_bytes(good_entry(name="tally", version="6.6.6")))
     again = await start_server(
-        secret=SECRET, extensions=[Tally()], extension_catalog=url,
-        extension_catalog_root=str(repo.root_file), extension_catalog_cache=str(cache),
+        secret=SECRET,
+        extensions=[Tally()],
+        extension_catalog=url,
+        extension_catalog_root=str(repo.root_file),
+        extension_catalog_cache=str(cache),
         db=f"sqlite:///{tmp_path / 'again.db'}",
     )
     async with httpx.AsyncClient() as http:

@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from pathlib import Path
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -81,8 +81,14 @@ async def door(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Runnin
     user, and the kernel service with an empty pool."""
     tmp = tmp_path_factory.mktemp("door")
     settings = dataclasses.replace(
-        Settings(), port=0, db=f"sqlite:///{tmp / 'p.db'}", log_format="text", secret=SECRET, kernels=False,
-        allowed_origins=ORIGIN, room_idle_seconds=0.1,
+        Settings(),
+        port=0,
+        db=f"sqlite:///{tmp / 'p.db'}",
+        log_format="text",
+        secret=SECRET,
+        kernels=False,
+        allowed_origins=ORIGIN,
+        room_idle_seconds=0.1,
         rtc=RtcSettings(speak="owners", recording_dir=str(tmp / "recordings")),
     )
     app = with_kernels(create_app(settings), dataclasses.replace(TEST_KERNELS, pool_size=0))
@@ -118,8 +124,15 @@ DOORS = [
     Door("invites", "POST", "/api/rooms/{room}/invites", OWNER, EDITOR, 201, {"roles": ["viewer"]}),
     Door("set-role", "PUT", "/api/rooms/{room}/roles/someone", OWNER, EDITOR, 200, {"role": "editor"}),
     # review/api.py
-    Door("review-create", "POST", "/api/rooms/{room}/reviews", EDITOR, VIEWER, 201,
-         {"path": "main.py", "line": 1, "text": "why?"}),
+    Door(
+        "review-create",
+        "POST",
+        "/api/rooms/{room}/reviews",
+        EDITOR,
+        VIEWER,
+        201,
+        {"path": "main.py", "line": 1, "text": "why?"},
+    ),
     Door("review-reply", "POST", "/api/rooms/{room}/reviews/{thread}/messages", EDITOR, VIEWER, 201, {"text": "ok"}),
     Door("review-resolve", "POST", "/api/rooms/{room}/reviews/{thread}/resolve", EDITOR, VIEWER, 200),
     Door("review-reopen", "POST", "/api/rooms/{room}/reviews/{thread}/reopen", EDITOR, VIEWER, 200),
@@ -147,8 +160,11 @@ async def prepare(door: Running, room: str) -> dict[str, str]:
             doc.get("files", type=Map)["main.py"] = Text("print('hi')\n")
         await live.flush()
     boss = auth(room, OWNER, "boss")
-    thread = await door.http.post(f"/api/rooms/{room}/reviews", headers=boss, json={
-        "path": "main.py", "line": 1, "text": "say hello", "suggestion": "print('hello')\n"})
+    thread = await door.http.post(
+        f"/api/rooms/{room}/reviews",
+        headers=boss,
+        json={"path": "main.py", "line": 1, "text": "say hello", "suggestion": "print('hello')\n"},
+    )
     assert thread.status_code == 201, thread.text
     review_pass = await door.http.post(f"/api/rooms/{room}/review-passes", headers=boss, json={"title": "p"})
     assert review_pass.status_code == 201, review_pass.text
@@ -175,8 +191,9 @@ async def test_a_member_demoted_live_is_refused(door: Running, row: Door, loaded
     await asyncio.wait_for(keeper.synced.wait(), TIMEOUT)
     if not loaded:
         await keeper.close()
-    demoted = await door.http.put(f"/api/rooms/{room}/roles/actor", json={"role": row.demoted_to.value},
-                                  headers=auth(room, OWNER, "boss"))
+    demoted = await door.http.put(
+        f"/api/rooms/{room}/roles/actor", json={"role": row.demoted_to.value}, headers=auth(room, OWNER, "boss")
+    )
     assert demoted.status_code == 200, demoted.text
     if loaded:
         assert room in door.hub.registry.rooms
@@ -198,12 +215,14 @@ async def test_a_promotion_is_honoured_after_a_restart_of_the_room(door: Running
     """The other way round: a viewer promoted live to owner may invite, from the stored meta.roles."""
     room = "door-promoted"
     await prepare(door, room)
-    promoted = await door.http.put(f"/api/rooms/{room}/roles/lea", json={"role": "owner"},
-                                   headers=auth(room, OWNER, "boss"))
+    promoted = await door.http.put(
+        f"/api/rooms/{room}/roles/lea", json={"role": "owner"}, headers=auth(room, OWNER, "boss")
+    )
     assert promoted.status_code == 200
     await eventually(lambda: room not in door.hub.registry.rooms, what="the room unloads")
-    made = await door.http.post(f"/api/rooms/{room}/invites", json={"roles": ["viewer"]},
-                                headers=auth(room, VIEWER, "lea"))
+    made = await door.http.post(
+        f"/api/rooms/{room}/invites", json={"roles": ["viewer"]}, headers=auth(room, VIEWER, "lea")
+    )
     assert made.status_code == 201, made.text
 
 
@@ -280,8 +299,7 @@ async def test_a_room_named_star_is_no_wildcard(door: Running) -> None:
 # -- calls: the live role and every media section ----------------------------------------------------
 
 LISTEN_THEN_SEND = (
-    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
-    "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=recvonly\r\na=sendrecv\r\n"
+    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=recvonly\r\na=sendrecv\r\n"
 )
 SECOND_SECTION_SENDS = (
     "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
@@ -320,8 +338,9 @@ async def test_an_owner_demoted_during_a_call_loses_the_floor(door: Running) -> 
     mentor, mentor_id = await join_call(door, room, OWNER, "mia", audio=True)
     other, other_id = await join_call(door, room, OWNER, "oli", audio=True)
     assert (await recv_json(mentor))["type"] == "peer-joined"
-    demoted = await door.http.put(f"/api/rooms/{room}/roles/mia", json={"role": "editor"},
-                                  headers=auth(room, OWNER, "boss"))
+    demoted = await door.http.put(
+        f"/api/rooms/{room}/roles/mia", json={"role": "editor"}, headers=auth(room, OWNER, "boss")
+    )
     assert demoted.status_code == 200
 
     await mentor.send(json.dumps({"type": "policy", "speak": "everyone"}))
@@ -330,7 +349,9 @@ async def test_an_owner_demoted_during_a_call_loses_the_floor(door: Running) -> 
     got = [await recv_json(mentor) for _ in range(2)]  # the same policy news, and the refusal
     refusal = next(m for m in got if m["type"] == "error")
     assert refusal["code"] == 4403 and refusal["reason"] == "only owners change who may speak", got
-    await mentor.send(json.dumps({"type": "offer", "to": other_id, "sdp": LISTEN_THEN_SEND.replace("a=recvonly\r\n", "")}))
+    await mentor.send(
+        json.dumps({"type": "offer", "to": other_id, "sdp": LISTEN_THEN_SEND.replace("a=recvonly\r\n", "")})
+    )
     assert (await recv_json(mentor))["reason"] == "listeners may not send audio or video"
     await other.send(json.dumps({"type": "allow", "peer": mentor_id, "speak": True}))  # an owner gives it back
     assert set((await recv_json(other))["speakers"]) == {mentor_id, other_id}

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
-
-
 
 from pairroom.storage.store import NewUpdate
 
@@ -55,8 +53,10 @@ async def test_snapshots_keep_loads_short_and_the_log_whole(start_server, any_db
         a.insert(len(str(a.text)), str(i % 10))
     expected = str(a.text)
     room = server.hub.registry.rooms["snap"]
-    await eventually(lambda: room.integrated == 35 and room.stored_seq == 35 and room.snapshot_seq >= 30,
-                     what="flushed with snapshots")
+    await eventually(
+        lambda: room.integrated == 35 and room.stored_seq == 35 and room.snapshot_seq >= 30,
+        what="flushed with snapshots",
+    )
     loaded = await server.hub.store.load("snap")
     assert loaded.snapshot is not None and loaded.snapshot.seq >= 30
     assert len(loaded.updates) == 35 - loaded.snapshot.seq
@@ -89,7 +89,7 @@ async def test_one_rooms_unwritable_batch_does_not_hold_back_the_others(start_se
     names = ("poisoned", "healthy-1", "healthy-2")
     clients = [await YClient.connect(server.ws(name)) for name in names]
     await asyncio.wait_for(asyncio.gather(*(c.synced.wait() for c in clients)), 5)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     # a uid the log already holds with other bytes: the database refuses the poisoned room's batch
     await server.hub.store.append("poisoned", [NewUpdate("clash", now, "test", b"\x00\x00")])
     poisoned = server.hub.registry.rooms["poisoned"]

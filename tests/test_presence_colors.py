@@ -8,8 +8,6 @@ import math
 import re
 from pathlib import Path
 
-import pytest
-
 from pairroom.protocol import sync as protocol
 from pairroom.rooms.identity import PALETTE, pick_color, preferred_color_index
 from pairroom.web.auth import mint
@@ -44,7 +42,7 @@ def lab(hex_color: str, matrix=None) -> tuple[float, float, float]:  # type: ign
     x = (0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047
     y = 0.2126 * r + 0.7152 * g + 0.0722 * b
     z = (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883
-    f = lambda t: t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116  # noqa: E731
+    f = lambda t: t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116
     return 116 * f(y) - 16, 500 * (f(x) - f(y)), 200 * (f(y) - f(z))
 
 
@@ -76,8 +74,10 @@ async def test_twelve_people_get_twelve_colours_and_each_learns_its_own(start_se
     seen = colours(witness)
     assert len(set(seen.values())) == 12 and set(seen.values()) <= set(PALETTE), seen
     for n, person in enumerate(people):  # the stamped state came back at a newer clock: it is theirs now
-        await eventually(lambda p=person, n=n: (p.awareness.get_local_state() or {}).get("user", {}).get("color") == seen[f"P{n}"],
-                         what=f"P{n} knows its colour")
+        await eventually(
+            lambda p=person, n=n: (p.awareness.get_local_state() or {}).get("user", {}).get("color") == seen[f"P{n}"],
+            what=f"P{n} knows its colour",
+        )
 
     # One leaves: the next person may get that colour, and nobody present shares one.
     gone = seen["P3"]
@@ -100,7 +100,9 @@ async def test_the_servers_summary_sent_back_by_a_client_is_not_taken_over(start
     await viewer.set_awareness({"user": {"name": "Vi"}})
 
     def summary_id() -> int | None:
-        return next((cid for cid, s in editor.awareness.states.items() if isinstance(s, dict) and "pairroom" in s), None)
+        return next(
+            (cid for cid, s in editor.awareness.states.items() if isinstance(s, dict) and "pairroom" in s), None
+        )
 
     await eventually(lambda: summary_id() is not None, what="the viewers' summary")
     cid = summary_id()
@@ -108,8 +110,10 @@ async def test_the_servers_summary_sent_back_by_a_client_is_not_taken_over(start
     # y-websocket relays every state it receives, the server's summary included.
     await editor.send_raw(protocol.awareness_message(editor.awareness.encode_awareness_update([cid])))
     await editor.set_awareness({"user": {"name": "Ed"}, "cursor": {"anchor": 1}})  # a barrier: relayed after it
-    await eventually(lambda: (viewer.awareness.states.get(editor.awareness.client_id) or {}).get("cursor") == {"anchor": 1},
-                     what="the barrier")
+    await eventually(
+        lambda: (viewer.awareness.states.get(editor.awareness.client_id) or {}).get("cursor") == {"anchor": 1},
+        what="the barrier",
+    )
     room_state = server.hub.registry.rooms[room]
     state = room_state.awareness.states[cid]
     assert "user" not in state and "pairroom" in state
@@ -134,8 +138,12 @@ async def test_a_change_crossing_the_colour_news_is_kept_on_both_sides(start_ser
 
     await eventually(lambda: seen(witness).get("file") == "main.py", what="the witness has Ada's later change")
     assert seen(witness)["user"]["color"] in PALETTE
-    await eventually(lambda: (ada.awareness.get_local_state() or {}).get("file") == "main.py"
-                     and ada.awareness.get_local_state()["user"]["color"] == seen(witness)["user"]["color"],
-                     what="Ada's own state: her change and her colour")
+    await eventually(
+        lambda: (
+            (ada.awareness.get_local_state() or {}).get("file") == "main.py"
+            and ada.awareness.get_local_state()["user"]["color"] == seen(witness)["user"]["color"]
+        ),
+        what="Ada's own state: her change and her colour",
+    )
     for c in (witness, ada):
         await c.close()

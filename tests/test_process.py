@@ -9,9 +9,10 @@ import httpx
 import pytest
 
 from .support.nodes import free_port, serve_processes  # noqa: F401
-from .support.yjs_node import node_clients, wait_for  # noqa: F401
 from .support.storage import stored_text
+from .support.yjs_node import node_clients, wait_for  # noqa: F401
 from .yclient import YClient
+
 
 async def test_settings_come_from_pairroom_environment_variables(tmp_path, serve_processes):
     db = f"sqlite:///{tmp_path / 'env.db'}"

@@ -20,7 +20,23 @@ from hypothesis import strategies as st
 from pycrdt import Doc, Text, write_var_uint
 
 from pairroom.protocol import sync as protocol
-from pairroom.protocol.sync import KEEPALIVE, AwarenessEntry, CloseCode, Message, MessageType, ProtocolError, SyncStep, awareness_message, decode_awareness, decode_message, encode_awareness, read_var_uint, sync_step1, sync_step2, sync_update
+from pairroom.protocol.sync import (
+    KEEPALIVE,
+    AwarenessEntry,
+    CloseCode,
+    Message,
+    MessageType,
+    ProtocolError,
+    SyncStep,
+    awareness_message,
+    decode_awareness,
+    decode_message,
+    encode_awareness,
+    read_var_uint,
+    sync_step1,
+    sync_step2,
+    sync_update,
+)
 from tests.support.yjs_node import NODE_DIR, ensure_node_modules
 
 
@@ -172,9 +188,7 @@ def test_every_truncation_of_a_real_awareness_payload_is_malformed(npm: NpmFrame
 
 @pytest.mark.parametrize("name", FRAME_NAMES)
 @pytest.mark.parametrize("extra", [b"\x00", b"\x00\x00", bytes([0, 0, 1, 0])])
-def test_trailing_bytes_after_a_real_frame_are_malformed(
-    npm: NpmFrames, name: str, extra: bytes
-) -> None:
+def test_trailing_bytes_after_a_real_frame_are_malformed(npm: NpmFrames, name: str, extra: bytes) -> None:
     error = assert_protocol_error(all_frames(npm)[name] + extra, CloseCode.MALFORMED)
     assert f"{len(extra)} bytes after" in error.reason
 
@@ -236,7 +250,7 @@ def test_unknown_sync_step(step: int) -> None:
 
 
 def test_auth_from_a_client_is_refused() -> None:
-    reason = "denied".encode()
+    reason = b"denied"
     frame = b"\x02\x00" + write_var_uint(len(reason)) + reason
     error = assert_protocol_error(frame, CloseCode.UNKNOWN_TYPE)
     assert "auth" in error.reason
@@ -272,7 +286,7 @@ def test_empty_awareness_update_decodes_to_no_entries() -> None:
 
 @pytest.mark.parametrize(
     "state",
-    [b"{not json", b"", b"{\"a\": 1", b"undefined", b"\xff\xfe", b"{\"a\": \"\xc3\"}", b"\xed\xa0\x80"],
+    [b"{not json", b"", b'{"a": 1', b"undefined", b"\xff\xfe", b'{"a": "\xc3"}', b"\xed\xa0\x80"],
     ids=["garbage", "empty", "unclosed", "undefined", "invalid-utf8", "cut-utf8", "surrogate"],
 )
 def test_awareness_state_that_is_not_json_text_is_malformed(state: bytes) -> None:
@@ -338,8 +352,7 @@ def test_sync_and_awareness_frames_round_trip(payload: bytes) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from datetime import datetime, timedelta, timezone
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -34,7 +35,10 @@ async def start_recorded(start_server) -> AsyncIterator[StartRecorded]:
 
     async def start(**overrides: object) -> RunningServer:
         values: dict[str, object] = {
-            "secret": SECRET, "room_idle_seconds": 0.3, "flush_interval_ms": 20.0, "snapshot_every": 10,
+            "secret": SECRET,
+            "room_idle_seconds": 0.3,
+            "flush_interval_ms": 20.0,
+            "snapshot_every": 10,
             "extra": {"recording_flush_interval": 0.05},
         }
         values.update(overrides)
@@ -73,7 +77,7 @@ async def type_text(client: YClient, path: str, text: str, at: int | None = None
 async def moment(server: RunningServer, room: str, expected: dict[str, str]) -> str:
     """Wait until the server holds ``expected``; the time right after is a point that shows it."""
     await eventually(lambda: live_files(server, room) == expected, what=f"server has {expected}")
-    return iso(datetime.now(timezone.utc)) or ""
+    return iso(datetime.now(UTC)) or ""
 
 
 async def test_a_recorded_session_answers_files_sessions_timeline_versions_diff_restore_and_fork(
@@ -97,9 +101,11 @@ async def test_a_recorded_session_answers_files_sessions_timeline_versions_diff_
     t3 = await moment(server, room, {"main.py": "# top\ndef f():\n    return 1\n", "util.py": "X = 2\n"})
     async with httpx.AsyncClient(base_url=server.http, headers=auth(vic_tok)) as http:
         # files at several moments, read by a viewer
-        for when, expected in ((t1, {"main.py": "def f():\n"}),
-                               (t2, {"main.py": "def f():\n    return 1\n"}),
-                               (t3, {"main.py": "# top\ndef f():\n    return 1\n", "util.py": "X = 2\n"})):
+        for when, expected in (
+            (t1, {"main.py": "def f():\n"}),
+            (t2, {"main.py": "def f():\n    return 1\n"}),
+            (t3, {"main.py": "# top\ndef f():\n    return 1\n", "util.py": "X = 2\n"}),
+        ):
             answer = (await http.get(f"/api/rooms/{room}/files", params={"at": when})).json()
             assert answer["files"] == expected, when
             by_seq = (await http.get(f"/api/rooms/{room}/files", params={"at": str(answer["seq"])})).json()
@@ -242,10 +248,10 @@ async def test_a_room_that_opted_out_records_no_events_and_hides_its_history(sta
 async def test_retention_keeps_the_document_whole_and_drops_older_history(tmp_path: Path) -> None:
     async with SqlStore(f"sqlite:///{tmp_path / 'r.db'}") as store:
         history = History(store)
-        old = datetime.now(timezone.utc) - timedelta(days=10)
+        old = datetime.now(UTC) - timedelta(days=10)
         doc, updates = edits_doc(200, start=old, step=timedelta(seconds=1))
         await store.append("r", updates[:150])
-        recent = [dataclasses.replace(u, at=datetime.now(timezone.utc)) for u in updates[150:]]
+        recent = [dataclasses.replace(u, at=datetime.now(UTC)) for u in updates[150:]]
         await store.append("r", recent)
         before = (await history.state("r", 200)).files()
         removed = await history.purge(timedelta(days=7))
@@ -254,16 +260,18 @@ async def test_retention_keeps_the_document_whole_and_drops_older_history(tmp_pa
         assert (await store.load("r")).last_seq == 200
         with pytest.raises(ValueError, match="retention"):
             await history.state("r", 20)
-        assert await store.append("r", [NewUpdate("n:new", datetime.now(timezone.utc), "t", b"\x00\x00")]) == 201
+        assert await store.append("r", [NewUpdate("n:new", datetime.now(UTC), "t", b"\x00\x00")]) == 201
 
 
 def edits_doc(count: int, start: datetime, step: timedelta, node: str = "n") -> tuple[Doc, list[NewUpdate]]:
     """``count`` small realistic edits (typing with the odd deletion) in two files."""
     doc = Doc()
     updates: list[NewUpdate] = []
-    doc.observe(lambda event: updates.append(
-        NewUpdate(f"{node}:{len(updates) + 1}", start + step * len(updates), "client:c:u", event.update)
-    ))
+    doc.observe(
+        lambda event: updates.append(
+            NewUpdate(f"{node}:{len(updates) + 1}", start + step * len(updates), "client:c:u", event.update)
+        )
+    )
     files = doc.get("files", type=Map)
     files["a.py"] = Text("")
     files["b.py"] = Text("")
@@ -278,7 +286,7 @@ def edits_doc(count: int, start: datetime, step: timedelta, node: str = "n") -> 
 
 async def test_history_round_trip_on_postgresql(pg_url: str, tmp_path: Path) -> None:
     """States at seqs and times, a lazy seek snapshot, and export/import byte-identical on PostgreSQL."""
-    start = datetime.now(timezone.utc) - timedelta(hours=1)
+    start = datetime.now(UTC) - timedelta(hours=1)
     doc, updates = edits_doc(2600, start=start, step=timedelta(milliseconds=200))
     async with SqlStore(pg_url) as store:
         history = History(store)
@@ -325,16 +333,29 @@ async def test_a_saved_call_recording_is_an_audio_mark_on_the_sessions_timeline(
     client = await join(server, room, owner)
     app = server.server.config.app
     first_frame = clock.time()
-    app.state.rtc.on_recording_saved(RecordingInfo(
-        room=room, session="s1", peer="p1", user={"id": "u-ada", "name": "Ada"}, file="p1.ogg",
-        source="call", started_at=first_frame, ended_at=first_frame + 2.0, duration_seconds=2.0, frames=100,
-    ))
+    app.state.rtc.on_recording_saved(
+        RecordingInfo(
+            room=room,
+            session="s1",
+            peer="p1",
+            user={"id": "u-ada", "name": "Ada"},
+            file="p1.ogg",
+            source="call",
+            started_at=first_frame,
+            ended_at=first_frame + 2.0,
+            duration_seconds=2.0,
+            frames=100,
+        )
+    )
     async with httpx.AsyncClient(base_url=server.http, headers=auth(owner)) as http:
+
         async def audio_marks() -> list:
             sessions = (await http.get(f"/api/rooms/{room}/sessions")).json()["sessions"]
             if not sessions:
                 return []
-            marks = (await http.get(f"/api/rooms/{room}/timeline", params={"session": sessions[-1]["id"]})).json()["marks"]
+            marks = (await http.get(f"/api/rooms/{room}/timeline", params={"session": sessions[-1]["id"]})).json()[
+                "marks"
+            ]
             return [m for m in marks if m["kind"] == "audio"]
 
         deadline = asyncio.get_running_loop().time() + 5

@@ -93,7 +93,7 @@ async def test_replay_plays_updates_and_presence_with_their_timing_and_seeks(sta
     # at 4x: the final state, and the gaps between the typed updates divided by 4
     replay = await ReplayClient.connect(f"{base}&speed=4")
     await eventually(lambda: files_of(replay.doc) == {"a.py": "abcde"}, timeout=5, what="replayed")
-    arrivals = replay.updates[-len(GAPS):]
+    arrivals = replay.updates[-len(GAPS) :]
     for arrival, gap in zip(arrivals, GAPS):
         assert abs((arrival - arrivals[0]) - gap / 4) < 0.1, (arrivals, GAPS)
     cursors = [s for cid, s in replay.seen if cid != REPLAY_CLIENT_ID and s]

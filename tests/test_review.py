@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest_asyncio
 from pycrdt import Array, Doc, Map, Text
 
-from pairroom.web.auth import mint
 from pairroom.review.guard import ReviewGuard
+from pairroom.web.auth import mint
 
 from .support.yjs_node import NODE_DIR, NodeYClient, _node_binary, ensure_node_modules
 from .yclient import YClient, eventually
@@ -51,8 +52,12 @@ class NodeReviewers:
         await asyncio.to_thread(ensure_node_modules)
         argv = [str(SCRIPT), "--url", url, "--room", room] + (["--params", f"token={token}"] if token else [])
         process = await asyncio.create_subprocess_exec(
-            _node_binary(), *argv, cwd=NODE_DIR,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            _node_binary(),
+            *argv,
+            cwd=NODE_DIR,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         client = NodeYClient(process, url=url, room=room, version="v2")
         self.clients.append(client)
@@ -108,8 +113,10 @@ async def test_anchors_survive_concurrent_edits_before_inside_and_after(start_se
     node = await reviewers.start(server.ws_base, room)
     await eventually(lambda: _equal(node.call("fileText", path="main.py"), CODE), what="node has the file")
 
-    response = await http.post(f"{server.http}/api/rooms/{room}/reviews",
-                               json={"path": "main.py", "line": 3, "endLine": 4, "text": "use math.pi"})
+    response = await http.post(
+        f"{server.http}/api/rooms/{room}/reviews",
+        json={"path": "main.py", "line": 3, "endLine": 4, "text": "use math.pi"},
+    )
     assert response.status_code == 201, response.text
     made = response.json()
     assert made["range"]["code"] == "def area(r):\n    return 3.14 * r * r"
@@ -122,7 +129,7 @@ async def test_anchors_survive_concurrent_edits_before_inside_and_after(start_se
     text = files(py)["main.py"]
     text.insert(0, "# header\n")
     inside = str(text).index("3.14")
-    del text[inside:inside + 4]
+    del text[inside : inside + 4]
     text.insert(inside, "math.pi")
     # ... while the Node client edits before, at both edges, inside and after it.
     start = CODE.index("def area")
@@ -134,8 +141,7 @@ async def test_anchors_survive_concurrent_edits_before_inside_and_after(start_se
     await node.call("fileInsert", path="main.py", index=0, text="from functools import cache\n")
 
     py = await YClient.connect(server.ws(room), doc=py.doc)
-    body = ('import math\n@cache\ndef area(r):\n    """Area."""\n    return math.pi * r * r  # tail\n'
-            "print(area(2))\n")
+    body = 'import math\n@cache\ndef area(r):\n    """Area."""\n    return math.pi * r * r  # tail\nprint(area(2))\n'
     # The two inserts at 0 are concurrent: Yjs orders them by client id, either way round.
     either = {"# header\nfrom functools import cache\n" + body, "from functools import cache\n# header\n" + body}
 
@@ -152,7 +158,7 @@ async def test_anchors_survive_concurrent_edits_before_inside_and_after(start_se
     assert (view["range"]["line"], view["range"]["endLine"]) == (5, 7)
     # The npm client decodes the same bytes to the same place (ASCII: UTF-16 and characters agree).
     where = await node.call("resolve", thread=tid)
-    assert expected[where["start"]:where["end"]] == anchored
+    assert expected[where["start"] : where["end"]] == anchored
     await py.close()
 
 
@@ -172,8 +178,10 @@ async def test_deleting_the_anchored_code_marks_the_thread_outdated(start_server
     # Delete the function, and more around it, from the npm client.
     first = CODE.index("# helpers")
     await node.call("fileDelete", path="main.py", index=first, length=CODE.index("print") - first)
-    await eventually(lambda: (thread_in(py, doomed) or {}).get("status") == "outdated",
-                     what="the thread is marked outdated for every member")
+    await eventually(
+        lambda: (thread_in(py, doomed) or {}).get("status") == "outdated",
+        what="the thread is marked outdated for every member",
+    )
     views = await threads(http, server.http, room)
     assert views[doomed]["range"] is None  # not pointing at whatever code sits there now
     assert views[kept]["status"] == "open" and views[kept]["range"]["code"] == "print(area(2))"
@@ -200,9 +208,16 @@ async def test_an_editor_applies_a_suggestion_a_reviewer_may_not(start_server, h
     await new_file(py, "main.py", CODE)
     url = f"{server.http}/api/rooms/{room}/reviews"
     await eventually(lambda: _created(http, url, mentor))
-    response = await http.post(url, headers=mentor, json={
-        "path": "main.py", "line": 4, "text": "use math.pi", "suggestion": "    return math.pi * r ** 2",
-    })
+    response = await http.post(
+        url,
+        headers=mentor,
+        json={
+            "path": "main.py",
+            "line": 4,
+            "text": "use math.pi",
+            "suggestion": "    return math.pi * r ** 2",
+        },
+    )
     assert response.status_code == 201, response.text
     tid = response.json()["id"]
     assert response.json()["messages"][0]["name"] == "Grace"
@@ -241,8 +256,13 @@ async def test_a_reviewer_comments_but_its_file_edits_reach_nobody(start_server,
     await new_file(editor, "main.py", CODE)
     url = f"{server.http}/api/rooms/{room}/reviews"
     await eventually(lambda: _created(http, url, {"authorization": "Bearer " + owner_token}))
-    tid = (await http.post(url, headers={"authorization": "Bearer " + owner_token},
-                           json={"path": "main.py", "line": 1, "text": "unused import?"})).json()["id"]
+    tid = (
+        await http.post(
+            url,
+            headers={"authorization": "Bearer " + owner_token},
+            json={"path": "main.py", "line": 1, "text": "unused import?"},
+        )
+    ).json()["id"]
 
     mentor = await YClient.connect(server.ws(room) + "?token=" + mentor_token)
     await mentor.synced.wait()
@@ -253,8 +273,15 @@ async def test_a_reviewer_comments_but_its_file_edits_reach_nobody(start_server,
     mentor.doc.get("chat", type=Array).append({"id": "c1", "text": "looks good"})
     # A thread from the npm client, as the browser writes it, also forged.
     node = await reviewers.start(server.ws_base, room, token=mentor_token)
-    await node.call("createThread", thread="t-node", path="main.py", start=CODE.index("print"),
-                    end=len(CODE) - 1, text="print the area of 3 too", forge={"author": "u-ada", "name": "Ada"})
+    await node.call(
+        "createThread",
+        thread="t-node",
+        path="main.py",
+        start=CODE.index("print"),
+        end=len(CODE) - 1,
+        text="print the area of 3 too",
+        forge={"author": "u-ada", "name": "Ada"},
+    )
 
     def stamped() -> bool:
         thread = thread_in(editor, tid) or {}
@@ -263,9 +290,13 @@ async def test_a_reviewer_comments_but_its_file_edits_reach_nobody(start_server,
         theirs = node_thread.get("messages", [])
         chat = editor.doc.get("chat", type=Array).to_py()
         return (
-            len(ours) == 1 and ours[0]["author"] == "u-grace" and ours[0]["name"] == "Grace"
+            len(ours) == 1
+            and ours[0]["author"] == "u-grace"
+            and ours[0]["name"] == "Grace"
             and abs(ours[0]["at"] - time.time() * 1000) < 60_000
-            and node_thread.get("by") == "u-grace" and len(theirs) == 1 and theirs[0]["author"] == "u-grace"
+            and node_thread.get("by") == "u-grace"
+            and len(theirs) == 1
+            and theirs[0]["author"] == "u-grace"
             and [(c["text"], c["author"]) for c in chat] == [("looks good", "u-grace")]
         )
 
@@ -309,15 +340,20 @@ async def test_open_mode_keeps_the_name_a_client_gives_its_comment(start_server)
     ada = await YClient.connect(server.ws(room))
     await ada.synced.wait()
     await new_file(ada, "main.py", CODE)
-    messages = Array([{"id": "m1", "text": "why 3.14?", "name": "Ada", "author": "someone", "at": 1},
-                      {"id": "m2", "text": "and this?"}])
+    messages = Array(
+        [
+            {"id": "m1", "text": "why 3.14?", "name": "Ada", "author": "someone", "at": 1},
+            {"id": "m2", "text": "and this?"},
+        ]
+    )
     ada.doc.get("reviews", type=Map)["t1"] = Map({"path": "main.py", "status": "open", "messages": messages})
 
     def stamped() -> bool:
         thread = thread_in(ada, "t1") or {}
         got = {m["id"]: m for m in thread.get("messages", [])}
         return (
-            got.get("m1", {}).get("author", "someone") != "someone" and got["m1"]["name"] == "Ada"
+            got.get("m1", {}).get("author", "someone") != "someone"
+            and got["m1"]["name"] == "Ada"
             and abs(got["m1"]["at"] - time.time() * 1000) < 60_000
             and got.get("m2", {}).get("name") == "Guest"
         )
@@ -325,9 +361,16 @@ async def test_open_mode_keeps_the_name_a_client_gives_its_comment(start_server)
     await eventually(stamped, what=f"author and time stamped, the client's name kept: {thread_in(ada, 't1')}")
     # Over HTTP too: the body's name, in open mode only.
     async with httpx.AsyncClient(base_url=server.http) as http:
-        made = await http.post(f"/api/rooms/{room}/reviews", json={
-            "path": "main.py", "line": 4, "text": "math.pi?", "suggestion": "    return math.pi * r * r",
-            "name": "Ada"})
+        made = await http.post(
+            f"/api/rooms/{room}/reviews",
+            json={
+                "path": "main.py",
+                "line": 4,
+                "text": "math.pi?",
+                "suggestion": "    return math.pi * r * r",
+                "name": "Ada",
+            },
+        )
         assert made.status_code == 201 and made.json()["messages"][0]["name"] == "Ada"
         applied = await http.post(f"/api/rooms/{room}/reviews/{made.json()['id']}/apply", json={"name": "Bob"})
         assert applied.status_code == 200
@@ -417,7 +460,8 @@ async def real_or_recorded_run(server: Any, http: httpx.AsyncClient, api: str, k
 
         with held.local_change(KernelOrigin("run-1")) as doc:
             doc.get("runs", type=Map)["run-1"]["outputs"].append(
-                {"output_type": "stream", "name": "stdout", "text": "42\n"})
+                {"output_type": "stream", "name": "stdout", "text": "42\n"}
+            )
     return "run-1"
 
 
@@ -454,7 +498,6 @@ def _dropped(server: Any) -> float:
     return 0.0
 
 
-
 def test_the_reviewer_check_refuses_what_observers_cannot_see() -> None:
     """Sans I/O: new root types, structs waiting for a dependency and deletions ahead of their items."""
     from pairroom.rooms.partial_writes import REVIEWER_ROOTS, touches_only
@@ -473,8 +516,9 @@ def test_the_reviewer_check_refuses_what_observers_cannot_see() -> None:
         change(doc)
         return doc.get_update(state)
 
-    assert touches_only(room, update(lambda d: d.get("reviews", type=Map)["t"]["messages"].append({"text": "hi"})),
-                        REVIEWER_ROOTS)
+    assert touches_only(
+        room, update(lambda d: d.get("reviews", type=Map)["t"]["messages"].append({"text": "hi"})), REVIEWER_ROOTS
+    )
     assert touches_only(room, update(lambda d: d.get("chat", type=Array).append({"text": "hi"})), REVIEWER_ROOTS)
     assert not touches_only(room, update(lambda d: d.get("files", type=Map)["a.py"].insert(0, "x")), REVIEWER_ROOTS)
     assert not touches_only(room, update(lambda d: d.get("meta", type=Map).__setitem__("k", 1)), REVIEWER_ROOTS)

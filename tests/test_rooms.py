@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import websockets
 
@@ -37,7 +37,7 @@ async def seed(db_url: str, room: str, text: str) -> None:
     doc.get("text", type=Text).insert(0, text)
     store = SqlStore(db_url)
     await store.open()
-    await store.append(room, [NewUpdate("seed:1", datetime.now(timezone.utc), "local:seed", doc.get_update())])
+    await store.append(room, [NewUpdate("seed:1", datetime.now(UTC), "local:seed", doc.get_update())])
     await store.close()
 
 
@@ -121,8 +121,11 @@ async def cycle(server, i: int) -> None:
             msg = protocol.decode_message(await ws.recv())
             if msg.type is MessageType.SYNC and msg.step is SyncStep.STEP2:
                 break
-        await ws.send(protocol.awareness_message(protocol.encode_awareness(
-            [protocol.AwarenessEntry(1000 + i, 1, '{"user":{"name":"x"}}')])))
+        await ws.send(
+            protocol.awareness_message(
+                protocol.encode_awareness([protocol.AwarenessEntry(1000 + i, 1, '{"user":{"name":"x"}}')])
+            )
+        )
 
 
 async def test_memory_stays_flat_over_1000_join_leave_cycles(start_server):

@@ -529,8 +529,10 @@ async def test_two_nodes_share_edits_through_the_broker_and_store_each_once() ->
         await eventually(lambda: (ada.handle(room1), str(ada.text))[1] == "from one, from two", what="n2's edit at n1")
 
         # Both nodes log both edits under the uid of the node that integrated each first: stored once.
-        await eventually(lambda: len(tables.log("pair").updates) == 2 and not room1.pending and not room2.pending,
-                         what="both edits stored")
+        await eventually(
+            lambda: len(tables.log("pair").updates) == 2 and not room1.pending and not room2.pending,
+            what="both edits stored",
+        )
         log = tables.log("pair").updates
         assert [u.seq for u in log] == [1, 2]
         assert sorted(u.uid.split(":")[0] for u in log) == ["n1", "n2"]

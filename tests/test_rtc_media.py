@@ -31,13 +31,25 @@ def scenario(name: str, workdir: Path, *extra: str) -> dict[str, Any]:
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing: scripts/apt-install util-linux iproute2")
     proc = subprocess.run(
-        ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" -m tests.rtc.scenario "$@"',
-         sys.executable, name, str(workdir), *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [
+            "unshare",
+            "-n",
+            "sh",
+            "-c",
+            'ip link set lo up && exec "$0" -m tests.rtc.scenario "$@"',
+            sys.executable,
+            name,
+            str(workdir),
+            *extra,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])  # type: ignore[no-any-return]
+            return json.loads(line[len("RESULT ") :])  # type: ignore[no-any-return]
     raise AssertionError(f"scenario {name} gave no result (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
 
 

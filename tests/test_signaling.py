@@ -13,8 +13,9 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -145,7 +146,9 @@ async def test_topics_are_scoped_to_the_token_room(rtc_server: Start, open_ws: A
 
     missing = await open_ws(f"{server.ws}/signal")
     assert await closed_with(missing) == 4401
-    forged = await open_ws(f"{server.ws}/signal?token={mint('another-secret-of-32-bytes-or-longer', 'room-b', 'owner', 'eve')}")
+    forged = await open_ws(
+        f"{server.ws}/signal?token={mint('another-secret-of-32-bytes-or-longer', 'room-b', 'owner', 'eve')}"
+    )
     assert await closed_with(forged) == 4401
 
 
@@ -194,7 +197,9 @@ def test_sdp_direction() -> None:
     assert not sdp_sends_media(SENDS_AUDIO.replace("m=audio 9", "m=audio 0"))  # rejected section
 
 
-async def join(open_ws: Any, server: RtcServer, room: str, token: str | None = None, **media: bool) -> tuple[ClientConnection, dict[str, Any]]:
+async def join(
+    open_ws: Any, server: RtcServer, room: str, token: str | None = None, **media: bool
+) -> tuple[ClientConnection, dict[str, Any]]:
     ws = await open_ws(f"{server.ws}/call/{room}" + (f"?token={token}" if token else ""))
     await send(ws, {"type": "join", **media})
     joined = await recv(ws)
@@ -215,7 +220,14 @@ async def test_call_signals_reach_only_the_addressed_peer(rtc_server: Start, ope
         assert (await recv(ws))["peer"] == jc["peer"]
 
     await send(c, {"type": "offer", "to": ja["peer"], "sdp": SENDS_AUDIO})
-    await send(c, {"type": "candidate", "to": ja["peer"], "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 5000 typ host", "sdpMid": "0"}})
+    await send(
+        c,
+        {
+            "type": "candidate",
+            "to": ja["peer"],
+            "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 5000 typ host", "sdpMid": "0"},
+        },
+    )
     offer = await recv(a)
     assert offer == {"type": "offer", "from": jc["peer"], "sdp": SENDS_AUDIO}
     assert (await recv(a))["type"] == "candidate"
@@ -275,8 +287,11 @@ async def test_owners_policy_lets_learners_listen_until_allowed(rtc_server: Star
 
 async def test_rtc_config_gives_coturn_credentials(rtc_server: Start) -> None:
     server = await rtc_server(
-        secret=SECRET, stun_urls=("stun:stun.example.org:3478",),
-        turn_urls=("turn:turn.example.org:3478?transport=udp",), turn_secret="coturn-secret", turn_ttl_seconds=600,
+        secret=SECRET,
+        stun_urls=("stun:stun.example.org:3478",),
+        turn_urls=("turn:turn.example.org:3478?transport=udp",),
+        turn_secret="coturn-secret",
+        turn_ttl_seconds=600,
     )
     token = mint(SECRET, "room-a", "editor", "ann", user_id="u-ann")
     async with httpx.AsyncClient(base_url=server.http) as http:

@@ -17,16 +17,16 @@ import os
 import socket
 import struct
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 from pycrdt import Doc, Text
 
 from pairroom.protocol.sync import CloseCode, sync_step1
-from pairroom.web.websocket import CLOSE_TIMEOUT
-from pairroom.web.hub import Hub
 from pairroom.rooms.member import Member, MemberState
 from pairroom.rooms.room import Room
+from pairroom.web.hub import Hub
+from pairroom.web.websocket import CLOSE_TIMEOUT
 from tests.conftest import RunningServer, StartServer
 from tests.yclient import YClient, eventually
 
@@ -175,9 +175,7 @@ async def test_stuck_reader_is_disconnected_and_others_stay_fast(
         assert "queue" in stuck_member.close_reason
         assert stuck_member.queued == 0  # its backlog was dropped, not kept growing
         assert slow_disconnects(hub) == 1
-        slow_warnings = [
-            r for r in caplog.records if r.levelno == logging.WARNING and "slow client" in r.getMessage()
-        ]
+        slow_warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "slow client" in r.getMessage()]
         assert len(slow_warnings) == 1
         assert max(latencies) < MAX_LATENCY, f"slowest of {len(latencies)} edits: {max(latencies):.3f}s"
 

@@ -14,7 +14,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -29,10 +29,11 @@ from sqlalchemy import func, insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from pairroom.recording.history_store import Event, HistoryStore, Version, history_store_for
+from pairroom.storage import sql
 from pairroom.storage.compaction import compact
 from pairroom.storage.memory import MemoryStore, MemoryTables
 from pairroom.storage.models import UID_MAX_LENGTH, Base, SnapshotRow, UpdateRow
-from pairroom.storage import sql
 from pairroom.storage.sql import SqlStore, normalize_db_url
 from pairroom.storage.store import (
     ORIGIN_MAX_LENGTH,
@@ -46,15 +47,14 @@ from pairroom.storage.store import (
     open_store,
 )
 from pairroom.storage.writer import Backoff, BatchWriter
-from pairroom.recording.history_store import Event, HistoryStore, Version, history_store_for
+from pairroom.web.auth import mint
 from tests.support.postgres import database_fixture, fresh_database
 from tests.support.storage import stored_text
-from pairroom.web.auth import mint
 from tests.yclient import YClient, eventually
 
 SQL_BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 BACKENDS = ["memory", *SQL_BACKENDS]
-UTC = timezone.utc
+UTC = UTC
 
 pg_module_url = database_fixture(scope="module")
 
@@ -300,9 +300,7 @@ async def test_append_then_load_returns_exact_bytes_seqs_uids_origins_and_timest
     assert all(u.at.tzinfo == UTC and isinstance(u.data, bytes) for u in loaded.updates)
 
 
-async def test_the_store_numbers_a_fresh_room_from_one_and_continues_across_batches(
-    store: Store, room: str
-) -> None:
+async def test_the_store_numbers_a_fresh_room_from_one_and_continues_across_batches(store: Store, room: str) -> None:
     assert await store.append(room, batch(1, 3)) == 3
     assert await store.append(room, batch(1, 1, node="n2")) == 4
     assert await store.append(room, batch(7, 9, tag=b"v")) == 7
@@ -465,7 +463,11 @@ async def test_a_batch_holding_one_uid_twice_with_different_data_raises(store: S
     with pytest.raises(StoreError, match="uid-7"):
         await store.append(
             room,
-            [NewUpdate("ok", at(1), "a", b"fine"), NewUpdate("uid-7", at(7), "a", b"one"), NewUpdate("uid-7", at(7), "a", b"two")],
+            [
+                NewUpdate("ok", at(1), "a", b"fine"),
+                NewUpdate("uid-7", at(7), "a", b"one"),
+                NewUpdate("uid-7", at(7), "a", b"two"),
+            ],
         )
     assert await store.read_updates(room) == []
     assert await store.append(room, [NewUpdate("uid-7", at(7), "a", b"two")]) == 1
@@ -510,8 +512,12 @@ async def test_an_origin_label_clipped_at_the_door_fits_every_adapter(store: Sto
     long_label = "client:conn:" + "ü" * 300  # a token whose sub is 300 characters long
     other = "client:conn:" + "ü" * 299 + "x"
 
-    assert await store.append(room, [NewUpdate("a", at(1), clip_label(long_label), b"A"),
-                                     NewUpdate("b", at(2), clip_label(other), b"B")]) == 2
+    assert (
+        await store.append(
+            room, [NewUpdate("a", at(1), clip_label(long_label), b"A"), NewUpdate("b", at(2), clip_label(other), b"B")]
+        )
+        == 2
+    )
 
     stored = [u.origin for u in await store.read_updates(room)]
     assert [len(origin) for origin in stored] == [ORIGIN_MAX_LENGTH] * 2
@@ -857,7 +863,9 @@ def test_normalize_db_url_picks_the_async_driver(given: str, expected: str) -> N
     assert normalize_db_url(given) == expected
 
 
-@pytest.mark.parametrize("url", ["mysql://u@h/db", "postgresql+psycopg2://u@h/db", "sqlite+pysqlite:///x.db", "rooms.db"])
+@pytest.mark.parametrize(
+    "url", ["mysql://u@h/db", "postgresql+psycopg2://u@h/db", "sqlite+pysqlite:///x.db", "rooms.db"]
+)
 def test_normalize_db_url_refuses_other_drivers(url: str) -> None:
     with pytest.raises(ValueError):
         normalize_db_url(url)
@@ -865,7 +873,12 @@ def test_normalize_db_url_refuses_other_drivers(url: str) -> None:
 
 @pytest.mark.parametrize(
     ("url", "adapter"),
-    [("memory://", MemoryStore), ("MEMORY://", MemoryStore), ("sqlite:///./x.db", SqlStore), ("postgres://u@h/db", SqlStore)],
+    [
+        ("memory://", MemoryStore),
+        ("MEMORY://", MemoryStore),
+        ("sqlite:///./x.db", SqlStore),
+        ("postgres://u@h/db", SqlStore),
+    ],
 )
 def test_open_store_picks_the_adapter_the_url_names(url: str, adapter: type) -> None:
     assert type(open_store(url)) is adapter
@@ -931,8 +944,10 @@ async def test_history_versions_by_seq_ties_in_write_order_written_with_events_a
     history: HistoryStore, room: str
 ) -> None:
     await history.add_version(Version(room, "later", 9, at(9), "ada", False))
-    await history.append_events([ev(room, 1)], [Version(room, "checkpoint", 4, at(4), "", True),
-                                                Version(room, "same seq", 4, at(5), "bob", False)])
+    await history.append_events(
+        [ev(room, 1)],
+        [Version(room, "checkpoint", 4, at(4), "", True), Version(room, "same seq", 4, at(5), "bob", False)],
+    )
 
     assert [(v.name, v.seq, v.at, v.by, v.auto) for v in await history.versions(room)] == [
         ("checkpoint", 4, at(4), "", True),
@@ -945,20 +960,26 @@ async def test_history_versions_by_seq_ties_in_write_order_written_with_events_a
 async def test_history_answers_questions_about_the_log_by_time_and_seq(
     store: Store, history: HistoryStore, room: str
 ) -> None:
-    assert (await history.last_seq(room), await history.first_seq(room), await history.seq_at(room, at(59))) == (0, 0, 0)
+    assert (await history.last_seq(room), await history.first_seq(room), await history.seq_at(room, at(59))) == (
+        0,
+        0,
+        0,
+    )
     assert await history.time_of(room, 1) is None and await history.snapshot_at_or_before(room, 5) is None
     times = [at(10), at(20), at(20), at(15), at(30)]  # a node with a clock behind: 15 after 20
     origins = ["client:a:ada", "client:b:bob", "client:a:ada", "peer:n2", "client:a:ada"]
-    await store.append(room, [NewUpdate(f"n1:{i}", t, o, b"u%d" % i) for i, (t, o) in enumerate(zip(times, origins), 1)])
+    await store.append(
+        room, [NewUpdate(f"n1:{i}", t, o, b"u%d" % i) for i, (t, o) in enumerate(zip(times, origins), 1)]
+    )
     await store.write_snapshot(room, 2, b"doc@2")
     await store.write_snapshot(room, 4, b"doc@4")
 
     assert (await history.last_seq(room), await history.first_seq(room)) == (5, 1)
     assert [await history.seq_at(room, at(s)) for s in (9, 10, 16, 20, 25, 59)] == [0, 1, 4, 3, 3, 5]
     assert [await history.time_of(room, s) for s in (0, 1, 4, 6)] == [None, at(10), at(15), None]
-    assert [(await history.snapshot_at_or_before(room, s) or Snapshot(room, 0, at(0), b"")).data for s in (1, 3, 4, 9)] == [
-        b"", b"doc@2", b"doc@4", b"doc@4"
-    ]
+    assert [
+        (await history.snapshot_at_or_before(room, s) or Snapshot(room, 0, at(0), b"")).data for s in (1, 3, 4, 9)
+    ] == [b"", b"doc@2", b"doc@4", b"doc@4"]
     assert [(s.seq, s.data) for s in await history.snapshots(room)] == [(2, b"doc@2"), (4, b"doc@4")]
     assert await history.edit_counts(room, at(15), at(20)) == {"client:b:bob": 1, "client:a:ada": 1, "peer:n2": 1}
     assert await history.edit_counts(room, at(0), None) == {"client:a:ada": 3, "client:b:bob": 1, "peer:n2": 1}
@@ -989,8 +1010,10 @@ async def test_history_purge_keeps_the_document_whole(store: Store, history: His
     await store.append(room, batch(1, 6))
     await store.write_snapshot(room, 2, b"doc@2")
     await store.write_snapshot(room, 4, b"doc@4")
-    await history.append_events([ev(room, 1), ev(room, 4), ev(room, 9)],
-                                [Version(room, "old", 3, at(3), "u", False), Version(room, "new", 5, at(5), "u", False)])
+    await history.append_events(
+        [ev(room, 1), ev(room, 4), ev(room, 9)],
+        [Version(room, "old", 3, at(3), "u", False), Version(room, "new", 5, at(5), "u", False)],
+    )
 
     removed = await history.purge_before(room, 4, at(4))
 
@@ -1008,7 +1031,9 @@ async def test_history_imports_a_room_exactly_and_never_merges(store: Store, his
     source = f"{room}-source"
     await store.append(source, batch(1, 4))
     await store.write_snapshot(source, 3, b"doc@3")
-    await history.append_events([ev(source, 2, "chat", text="hi"), ev(source, 1)], [Version(source, "v", 2, at(2), "u", True)])
+    await history.append_events(
+        [ev(source, 2, "chat", text="hi"), ev(source, 1)], [Version(source, "v", 2, at(2), "u", True)]
+    )
     updates, snapshots = await store.read_updates(source), await history.snapshots(source)
     events, versions = await history.events(source), await history.versions(source)
 
@@ -1030,7 +1055,9 @@ async def test_history_imports_a_room_exactly_and_never_merges(store: Store, his
     assert await store.append(room, batch(5, 5)) == 5
 
 
-async def test_history_import_with_a_repeated_seq_stores_nothing(history: HistoryStore, store: Store, room: str) -> None:
+async def test_history_import_with_a_repeated_seq_stores_nothing(
+    history: HistoryStore, store: Store, room: str
+) -> None:
     twice = [StoredUpdate(room, 1, at(1), "c", b"a", "n1:1"), StoredUpdate(room, 1, at(2), "c", b"b", "n1:2")]
 
     with pytest.raises(StoreError):
@@ -1042,8 +1069,12 @@ async def test_history_import_with_a_repeated_seq_stores_nothing(history: Histor
 async def test_history_on_a_closed_store_raises_store_error(database: Database, room: str) -> None:
     store = store_on(database)
     history = history_store_for(store)
-    for call in (lambda: history.events(room), lambda: history.last_seq(room), lambda: history.delete_room(room),
-                 lambda: history.append_events([ev(room, 1)])):
+    for call in (
+        lambda: history.events(room),
+        lambda: history.last_seq(room),
+        lambda: history.delete_room(room),
+        lambda: history.append_events([ev(room, 1)]),
+    ):
         with pytest.raises(StoreError):
             await call()
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
@@ -270,8 +269,10 @@ async def test_an_extensions_document_rows_are_enforced_like_the_built_in_ones(s
     ed = await YClient.connect(server.ws("notes") + f"?token={editor}")
     await asyncio.wait_for(asyncio.gather(olga.synced.wait(), ed.synced.wait()), 5)
     olga.doc.get("pinned", type=Map)["welcome"] = "read the README first"
-    await eventually(lambda: ed.doc.get("pinned", type=Map).get("welcome") == "read the README first",
-                     what="the owner's note reaches the editor")
+    await eventually(
+        lambda: ed.doc.get("pinned", type=Map).get("welcome") == "read the README first",
+        what="the owner's note reaches the editor",
+    )
     ed.doc.get("pinned", type=Map)["welcome"] = "ignore the README"  # not an owner: reverted
     olga.doc.get("pinned", type=Map)["long"] = "x" * 500  # an owner, but the wrong shape: reverted
     room = server.hub.registry.rooms["notes"]
@@ -280,7 +281,9 @@ async def test_an_extensions_document_rows_are_enforced_like_the_built_in_ones(s
         return dict(room.doc.get("pinned", type=Map).to_py() or {})
 
     await eventually(lambda: server_notes() == {"welcome": "read the README first"}, what="both reverted")
-    await eventually(lambda: dict(ed.doc.get("pinned", type=Map).to_py() or {}) == server_notes(),
-                     what="the editor's copy is corrected too")
+    await eventually(
+        lambda: dict(ed.doc.get("pinned", type=Map).to_py() or {}) == server_notes(),
+        what="the editor's copy is corrected too",
+    )
     await olga.close()
     await ed.close()

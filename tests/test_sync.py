@@ -40,8 +40,12 @@ async def test_rooms_are_isolated(server):
     a = await YClient.connect(server.ws("left"))
     b = await YClient.connect(server.ws("right"))
     a.insert(0, "only left")
-    await eventually(lambda: "left" in server.hub.registry.rooms and
-                     str(server.hub.registry.rooms["left"].doc.get("text", type=type(a.text))) == "only left")
+    await eventually(
+        lambda: (
+            "left" in server.hub.registry.rooms
+            and str(server.hub.registry.rooms["left"].doc.get("text", type=type(a.text))) == "only left"
+        )
+    )
     late = await YClient.connect(server.ws("right"))
     await eventually(lambda: late.synced.is_set())
     assert str(late.text) == "" and str(b.text) == ""
@@ -138,9 +142,15 @@ async def test_health_ready_and_metrics(server):
         a.insert(0, "abc")
         await eventually(lambda: server.hub.metrics.stored_updates._value.get() >= 1, what="stored")
         text = (await http.get("/metrics")).text
-        for name in ("pairroom_connections", "pairroom_rooms_loaded 1.0", "pairroom_updates_stored_total",
-                     "pairroom_flush_seconds_bucket", "pairroom_messages_received_total",
-                     "pairroom_bytes_sent_total", "pairroom_slow_client_disconnects_total"):
+        for name in (
+            "pairroom_connections",
+            "pairroom_rooms_loaded 1.0",
+            "pairroom_updates_stored_total",
+            "pairroom_flush_seconds_bucket",
+            "pairroom_messages_received_total",
+            "pairroom_bytes_sent_total",
+            "pairroom_slow_client_disconnects_total",
+        ):
             assert name in text, name
         await a.close()
 

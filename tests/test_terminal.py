@@ -14,8 +14,9 @@ import os
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -179,7 +180,9 @@ class TermClient:
 
 
 async def create(ts: TermServer, room: str, member: Member, name: str | None = None) -> dict[str, Any]:
-    response = await ts.http.post(f"/api/rooms/{room}/terminals", json={"name": name} if name else {}, headers=member.headers)
+    response = await ts.http.post(
+        f"/api/rooms/{room}/terminals", json={"name": name} if name else {}, headers=member.headers
+    )
     assert response.status_code == 201, response.text
     return response.json()  # type: ignore[no-any-return]
 
@@ -187,8 +190,9 @@ async def create(ts: TermServer, room: str, member: Member, name: str | None = N
 async def ready(client: TermClient) -> None:
     """Until the client had its setup and snapshot and the shell printed its prompt."""
     try:
-        await until(lambda: client.of("snapshot") and ("$ " in client.output or "$ " in client.of("snapshot")[-1]),
-                    timeout=30)
+        await until(
+            lambda: client.of("snapshot") and ("$ " in client.output or "$ " in client.of("snapshot")[-1]), timeout=30
+        )
     except AssertionError:
         raise AssertionError(f"no prompt within 30 s; frames: {[str(f)[:80] for f in client.frames][:20]!r}") from None
 
@@ -310,8 +314,11 @@ async def test_a_file_made_in_the_shell_reaches_the_editor_and_an_editor_edit_is
     await until(lambda: "notes.txt" in ts.registry.rooms[room].doc.get("files", type=Map))
     await c.type("cat notes.txt; printf 'from the shell\\n' > shell.txt\r")
     await until(lambda: "written in the editor\r\n" in c.output, what="cat shows the editor's text")
-    await until(lambda: isinstance(files.get("shell.txt"), Text) and str(files["shell.txt"]) == "from the shell\n",
-                     timeout=10, what="the shell's file in the editor")
+    await until(
+        lambda: isinstance(files.get("shell.txt"), Text) and str(files["shell.txt"]) == "from the shell\n",
+        timeout=10,
+        what="the shell's file in the editor",
+    )
     await c.close()
     await doc.close()
 
@@ -399,9 +406,13 @@ async def test_limits_and_who_may_start_a_terminal(ts: TermServer) -> None:
     assert response.status_code == 409 and "maximum" in response.json()["error"]
     listed = (await ts.http.get(f"/api/rooms/{room}/terminals", headers=bob.headers)).json()["terminals"]
     assert [t["id"] for t in listed] == [t["id"] for t in made]
-    assert (await ts.http.delete(f"/api/rooms/{room}/terminals/{made[0]['id']}", headers=bob.headers)).status_code == 403
+    assert (
+        await ts.http.delete(f"/api/rooms/{room}/terminals/{made[0]['id']}", headers=bob.headers)
+    ).status_code == 403
     for terminal in made:
-        assert (await ts.http.delete(f"/api/rooms/{room}/terminals/{terminal['id']}", headers=cy.headers)).status_code == 204
+        assert (
+            await ts.http.delete(f"/api/rooms/{room}/terminals/{terminal['id']}", headers=cy.headers)
+        ).status_code == 204
     assert (await ts.http.get(f"/api/rooms/{room}/terminals", headers=ada.headers)).json()["terminals"] == []
 
 
@@ -420,7 +431,9 @@ async def test_ending_a_terminal_leaves_no_process_and_an_exit_is_reported(ts: T
     await until(lambda: "started-bg\r\n" in a.output)
     shell = ts.service.get(room, terminal["id"]).shell  # type: ignore[union-attr]
     pid = shell.process.pid  # type: ignore[union-attr]
-    assert (await ts.http.delete(f"/api/rooms/{room}/terminals/{terminal['id']}", headers=ada.headers)).status_code == 204
+    assert (
+        await ts.http.delete(f"/api/rooms/{room}/terminals/{terminal['id']}", headers=ada.headers)
+    ).status_code == 204
     assert await a.closed() == 1000 and await b.closed() == 1000
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
@@ -444,7 +457,9 @@ async def test_the_shell_is_contained_like_a_kernel(ts: TermServer) -> None:
     terminal = await create(ts, room, ada)
     a = await TermClient.connect(ts, room, terminal["id"], ada)
     await ready(a)
-    await a.type(f"cat /etc/shadow; (echo > /dev/tcp/127.0.0.1/{ts.port}) 2>/dev/null && echo NET-'OPEN' || echo net-'closed'\r")
+    await a.type(
+        f"cat /etc/shadow; (echo > /dev/tcp/127.0.0.1/{ts.port}) 2>/dev/null && echo NET-'OPEN' || echo net-'closed'\r"
+    )
     await until(lambda: "net-closed\r\n" in a.output or "NET-OPEN\r\n" in a.output, timeout=10)
     assert "NET-OPEN\r\n" not in a.output and "root:" not in a.output
     await a.type("id -u; ls /home/room >/dev/null && echo in-'workspace'; echo $SECRET$PAIRROOM_SECRET end-'env'\r")
@@ -459,7 +474,9 @@ async def test_the_shell_is_contained_like_a_kernel(ts: TermServer) -> None:
     await a.type("bomb() { bomb | bomb & }; (bomb) 2>/dev/null; sleep 2; echo sur'vived'\r")
     await until(lambda: "survived\r\n" in a.output, timeout=30, what="fork bomb")
     assert (await ts.http.get("/healthz")).status_code == 200
-    assert (await ts.http.delete(f"/api/rooms/{room}/terminals/{terminal['id']}", headers=ada.headers)).status_code == 204
+    assert (
+        await ts.http.delete(f"/api/rooms/{room}/terminals/{terminal['id']}", headers=ada.headers)
+    ).status_code == 204
     await a.close()
 
 
@@ -499,7 +516,7 @@ async def test_a_flood_is_rate_capped_and_a_slow_viewer_gets_snapshots(ts: TermS
     streamed = sum(len(f[1]) for f in received if f[0] == "stdout")
     assert streamed < 1_000_000, "the backlog was dropped"
     last = max(i for i, f in enumerate(received) if f[0] == "snapshot")
-    seen = received[last][1] + "".join(f[1] for f in received[last + 1:] if f[0] == "stdout")
+    seen = received[last][1] + "".join(f[1] for f in received[last + 1 :] if f[0] == "stdout")
     assert "flood-done" in seen, "after catching up the viewer's screen is the current one"
     serving.cancel()
     live.detach(slow)
@@ -573,7 +590,11 @@ async def test_settings_come_from_pairroom_ext_terminals_variables() -> None:
     )
     assert terminal.max_per_room == 5 and terminal.output_bytes_per_second == TERMINALS.output_bytes_per_second
     assert workspace == {"ignore": (".git/", "*.log"), "max_file_bytes": 2048}
-    for bad, says in (({"max_per_room": "many"}, "not a int"), ({"idle_seconds": "-1"}, "positive"), ({"colour": "x"}, "unknown")):
+    for bad, says in (
+        ({"max_per_room": "many"}, "not a int"),
+        ({"idle_seconds": "-1"}, "positive"),
+        ({"colour": "x"}, "unknown"),
+    ):
         with pytest.raises(ValueError, match=says):
             parse_options(bad, TERMINALS)
 
@@ -604,6 +625,7 @@ async def test_viewers_joining_together_share_one_render(ts: TermServer) -> None
     def sender(inbox: list[Any]) -> Any:
         async def send(frame: str) -> None:
             inbox.append(json.loads(frame))
+
         return send
 
     viewers = [Viewer(_principal(bob), sender(inbox), 1 << 20) for inbox in inboxes]
@@ -635,9 +657,13 @@ async def test_a_client_cannot_forge_the_terminals_record(ts: TermServer) -> Non
     entry = editor.doc.get("terminals", type=Map)[terminal["id"]]
     entry["commands"].append({"by": ada.user, "name": "Ada", "line": "rm -rf / # forged", "at": 1})
     editor.doc.get("terminals", type=Map)["fake"] = Map({"name": "fake"})
-    await until(lambda: "fake" not in editor.doc.get("terminals", type=Map)
-                and not any("forged" in c["line"] for c in _commands(editor, terminal["id"])),
-                what="the forgery is reverted")
+    await until(
+        lambda: (
+            "fake" not in editor.doc.get("terminals", type=Map)
+            and not any("forged" in c["line"] for c in _commands(editor, terminal["id"]))
+        ),
+        what="the forgery is reverted",
+    )
     server_side = ts.registry.rooms[room].doc.get("terminals", type=Map).to_py()
     assert "fake" not in server_side
     assert [c["line"] for c in server_side[terminal["id"]]["commands"]] == ["echo real-$((1+1))"]

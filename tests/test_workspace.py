@@ -10,15 +10,14 @@ from __future__ import annotations
 import os
 import stat
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import httpx
 import pytest
 from pycrdt import Map, Text
 
-from pairroom.workspace import LISTING_ROOT, Workspaces, WorkspaceSettings
-from pairroom.workspace import merge, safe_fs
+from pairroom.workspace import LISTING_ROOT, Workspaces, WorkspaceSettings, merge, safe_fs
 from pairroom.workspace.workspace import dir_name, ignore_rule
 from tests.conftest import RunningServer, StartServer
 from tests.yclient import YClient, eventually
@@ -119,7 +118,7 @@ def test_disk_edits_rebase_onto_editor_edits_and_conflicts_keep_both() -> None:
 
 def _applied(text: str, edits: list[merge.Edit]) -> str:
     for edit in sorted(edits, key=lambda e: e.start, reverse=True):
-        text = text[: edit.start] + edit.insert + text[edit.end:]
+        text = text[: edit.start] + edit.insert + text[edit.end :]
     return text
 
 
@@ -158,7 +157,9 @@ async def test_document_to_disk_and_back_attributed_to_the_actor(node: tuple[Run
         files_of(client)["main.py"] = Text("print('hi')\n")
         files_of(client)["pkg/util.py"] = Text("X = 1\n")
         path = workspace.path
-        await eventually(lambda: (path / "main.py").exists() and (path / "pkg" / "util.py").exists(), what="files on disk")
+        await eventually(
+            lambda: (path / "main.py").exists() and (path / "pkg" / "util.py").exists(), what="files on disk"
+        )
         assert (path / "main.py").read_text() == "print('hi')\n"
 
         workspace.note_actor("ada")
@@ -212,14 +213,18 @@ async def test_editor_and_disk_edits_at_the_same_time_both_survive(node: tuple[R
             text = files_of(client)["m.py"]
             text.insert(0, "# editor\n")
             (workspace.path / "m.py").write_text("one\ntwo\nthree\nfour from disk\n")
-            await eventually(lambda: str(server.hub.registry.rooms[room].doc.get("files", type=Map)["m.py"]).startswith("# editor"))
+            await eventually(
+                lambda: str(server.hub.registry.rooms[room].doc.get("files", type=Map)["m.py"]).startswith("# editor")
+            )
         want = "# editor\none\ntwo\nthree\nfour from disk\n"
         await eventually(lambda: text_of(client, "m.py") == want, what="merged in the doc")
         await eventually(lambda: (workspace.path / "m.py").read_text() == want, what="merged on disk")
     await client.close()
 
 
-async def test_large_and_binary_files_are_listed_read_only(node: tuple[RunningServer, Workspaces], tmp_path: Path) -> None:
+async def test_large_and_binary_files_are_listed_read_only(
+    node: tuple[RunningServer, Workspaces], tmp_path: Path
+) -> None:
     server, workspaces = node
     room = "ws-" + uuid.uuid4().hex[:8]
     client = await YClient.connect(server.ws(room))
@@ -260,7 +265,9 @@ async def test_a_fifo_planted_at_a_room_file_freezes_nothing(node: tuple[Running
     await client.close()
 
 
-async def test_a_deep_folder_and_a_link_to_root_in_the_workspace_break_nothing(node: tuple[RunningServer, Workspaces]) -> None:
+async def test_a_deep_folder_and_a_link_to_root_in_the_workspace_break_nothing(
+    node: tuple[RunningServer, Workspaces],
+) -> None:
     server, workspaces = node
     room = "ws-" + uuid.uuid4().hex[:8]
     client = await YClient.connect(server.ws(room))
@@ -311,7 +318,9 @@ async def test_a_run_writes_files_into_the_document_and_they_outlive_the_kernel(
         pytest.skip(f"kernel sandbox unavailable here ({_PROBLEM})")
     from pairroom.web.auth import Role, mint
 
-    server = await start_kernel_server(tmp_path, secret="workspace-test-secret-of-32-bytes-or-more", pool_size=1, idle_shutdown_seconds=1.0)
+    server = await start_kernel_server(
+        tmp_path, secret="workspace-test-secret-of-32-bytes-or-more", pool_size=1, idle_shutdown_seconds=1.0
+    )
     try:
         room = "wk-" + uuid.uuid4().hex[:8]
         token = mint("workspace-test-secret-of-32-bytes-or-more", room, Role.EDITOR, "Ada")
@@ -348,6 +357,8 @@ async def test_a_client_cannot_forge_the_workspace_listing(node: tuple[RunningSe
         listing = client.doc.get(LISTING_ROOT, type=Map)
         listing["fake.bin"] = Map({"size": 1, "kind": "binary"})
         del listing["real.bin"]
-        await eventually(lambda: set(client.doc.get(LISTING_ROOT, type=Map).keys()) == {"real.bin"},
-                         what="the client's writes to the listing are reverted")
+        await eventually(
+            lambda: set(client.doc.get(LISTING_ROOT, type=Map).keys()) == {"real.bin"},
+            what="the client's writes to the listing are reverted",
+        )
     await client.close()

@@ -20,8 +20,9 @@ import json
 import shutil
 import subprocess
 import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -57,7 +58,10 @@ def ensure_node_modules() -> None:
             return
         result = subprocess.run(
             ["npm", "ci", "--omit=optional", "--ignore-scripts", "--no-audit", "--no-fund"],
-            cwd=NODE_DIR, capture_output=True, text=True, timeout=300,
+            cwd=NODE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         if result.returncode != 0:
             pytest.fail(f"npm ci in {NODE_DIR} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
@@ -105,7 +109,11 @@ class YWebrtcClient:
     async def announce_from(self, peer_id: str | None, what: str) -> dict[str, Any]:
         def match(e: dict[str, Any]) -> bool:
             m = e.get("message") or {}
-            return m.get("type") == "publish" and m.get("data", {}).get("type") == "announce" and m["data"].get("from") == peer_id
+            return (
+                m.get("type") == "publish"
+                and m.get("data", {}).get("type") == "announce"
+                and m["data"].get("from") == peer_id
+            )
 
         return (await self.wait(match, what))["message"]  # type: ignore[no-any-return]
 
@@ -146,8 +154,13 @@ async def ywebrtc(server: RtcServer) -> AsyncIterator[Open]:
     async def open_(token_room: str, provider_room: str) -> YWebrtcClient:
         url = f"{server.ws}/signal?token={mint(SECRET, token_room, 'editor', f'user-{len(clients)}')}"
         proc = await asyncio.create_subprocess_exec(
-            "node", str(NODE_DIR / "client.mjs"), url, provider_room,
-            cwd=NODE_DIR, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            "node",
+            str(NODE_DIR / "client.mjs"),
+            url,
+            provider_room,
+            cwd=NODE_DIR,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
         )
         client = YWebrtcClient(proc)
         clients.append(client)
@@ -166,7 +179,12 @@ async def test_ywebrtc_providers_announce_to_each_other_through_the_server(ywebr
     ann = await ywebrtc("lesson", "lesson")
     # Subscribed, published, received: the server sends a publish back to its sender too.
     own = await ann.announce_from(ann.peer_id, "ann's own announce")
-    assert own == {"type": "publish", "topic": "lesson", "data": {"type": "announce", "from": ann.peer_id}, "clients": 1}
+    assert own == {
+        "type": "publish",
+        "topic": "lesson",
+        "data": {"type": "announce", "from": ann.peer_id},
+        "clients": 1,
+    }
 
     bob = await ywebrtc("lesson", "lesson")
     heard = await ann.announce_from(bob.peer_id, "bob's announce at ann")
@@ -194,7 +212,9 @@ async def test_ywebrtc_provider_of_another_rooms_token_is_refused_and_hears_noth
     assert "lesson" in subscribe["reason"] and "lesson" in publish["reason"], errors()
 
     await ann.command("reconnect")  # ann announces again while eve's connection is open
-    await ann.wait(lambda _: sum(m["data"].get("from") == ann.peer_id for m in ann.published()) >= 2, "ann's second announce")
+    await ann.wait(
+        lambda _: sum(m["data"].get("from") == ann.peer_id for m in ann.published()) >= 2, "ann's second announce"
+    )
     assert [m for m in ann.published() if m["data"].get("from") != ann.peer_id] == []  # eve's announce reached nobody
     assert eve.published() == []  # nothing of room "lesson" reached her
     assert not any(e["event"] == "disconnect" for e in eve.events)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import sys
-
 from logging import Logger
 
 import anyio

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import uvicorn
 import uvloop
@@ -80,8 +81,15 @@ def main() -> None:
     host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
     ws = sys.argv[3] if len(sys.argv) > 3 else "websockets-sansio"
     config = uvicorn.Config(
-        app, host=host, port=port, loop="none", http="httptools", ws=ws, lifespan="off",
-        log_level="warning", ws_max_size=64 * 1024 * 1024,
+        app,
+        host=host,
+        port=port,
+        loop="none",
+        http="httptools",
+        ws=ws,
+        lifespan="off",
+        log_level="warning",
+        ws_max_size=64 * 1024 * 1024,
     )
     uvloop.run(Server(config).serve())
 

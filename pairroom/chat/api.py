@@ -18,6 +18,7 @@ from pairroom.web.api import ApiError, json_body, refuse_stale, room_of, stored
 from pairroom.web.auth import authenticate
 from pairroom.web.hub import Hub
 
+
 async def post_chat(request: Request) -> Response:
     """Chat for every role, viewers included (they cannot write the document themselves)."""
     room_name = room_of(request)

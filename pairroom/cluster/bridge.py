@@ -45,12 +45,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pairroom.cluster.broker import Broker, BrokerError, raise_if_cancelled
+from pairroom.protocol import bus as wire
+from pairroom.protocol import keys
+from pairroom.protocol.bus import Author, BusMessage, Kind, UnknownBusVersion
 from pairroom.protocol.origins import ClientOrigin, PeerOrigin
 from pairroom.protocol.sync import EMPTY_UPDATE, CloseCode, ProtocolError
-from pairroom.protocol import keys
-from pairroom.protocol import bus as wire
-from pairroom.cluster.broker import Broker, BrokerError, raise_if_cancelled
-from pairroom.protocol.bus import Author, BusMessage, Kind, UnknownBusVersion
 
 if TYPE_CHECKING:
     from pairroom.rooms.room import Room

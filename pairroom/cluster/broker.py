@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
 
 class BrokerError(Exception):
     """The broker could not do what was asked now (disconnected, timed out)."""

@@ -179,7 +179,7 @@ class RedisBroker(SharedFacts):
                 self.reconnects += 1
                 log.warning("redis reconnected", extra={"channels": len(self._channels)})
                 assert self._on_reconnect is not None
-                heal = asyncio.create_task(self._on_reconnect(), name="pairroom-redis-heal")
+                heal: asyncio.Task[None] = asyncio.create_task(self._on_reconnect(), name="pairroom-redis-heal")  # type: ignore[arg-type]
                 self._healing.add(heal)
                 heal.add_done_callback(self._healed)
                 continue
@@ -214,7 +214,7 @@ class RedisBroker(SharedFacts):
             assert self._on_message is not None
             self._on_message(channel, message["data"])
         elif kind in ("subscribe", "ssubscribe"):
-            for waiter in self._confirmations.pop(channel, []):
+            for waiter in self._confirmations.pop(channel, []):  # type: ignore[arg-type]
                 if not waiter.done():
                     waiter.set_result(None)
 

@@ -167,6 +167,8 @@ class _Shard:
         channel = message.get("channel")
         if isinstance(channel, bytes):
             channel = channel.decode()
+        if not isinstance(channel, str):
+            return  # a message without a channel: nothing of ours
         if kind == "smessage":
             self.broker._deliver(channel, message["data"])
         elif kind == "ssubscribe":
@@ -259,7 +261,9 @@ class RedisClusterBroker(SharedFacts):
     def _start_degraded(self, exc: BaseException) -> None:
         # Local members are served meanwhile; the maintenance task keeps trying.
         self._refresh, self._problem = True, f"redis cluster unreachable: {describe(exc)}"
-        log.error("redis cluster unreachable at start, retrying", extra={"seeds": self._seeds(), "error": describe(exc)})
+        log.error(
+            "redis cluster unreachable at start, retrying", extra={"seeds": self._seeds(), "error": describe(exc)}
+        )
 
     async def stop(self) -> None:
         self._stopping = True
@@ -426,7 +430,7 @@ class RedisClusterBroker(SharedFacts):
         masters = {node.name: node for node in self._client.get_primaries()}
         for name, node in masters.items():
             if name not in self._shards:
-                self._shards[name] = _Shard(self, name, node.host, node.port)
+                self._shards[name] = _Shard(self, name, node.host, int(node.port))
         for name in [n for n in self._shards if n not in masters]:
             shard = self._shards.pop(name)
             for channel in [c for c, s in self._placed.items() if s is shard]:
@@ -439,6 +443,8 @@ class RedisClusterBroker(SharedFacts):
         now = time.monotonic()
         for channel in sorted(channels):
             owner = self._client.get_node_from_key(channel)  # SlotNotCoveredError is a RedisError
+            if owner is None:
+                raise BrokerError(f"no master holds the slot of {channel!r}")
             shard = self._shards.get(owner.name)
             if shard is None:
                 raise BrokerError(f"no connection to {owner.name}, the master of {channel!r}")
@@ -472,5 +478,10 @@ def _misconfigured(exc: BaseException) -> bool:
     text = str(exc).lower()
     return any(
         phrase in text
-        for phrase in ("cluster support disabled", "cluster mode is not enabled", "not covered", "all slots are not covered")
+        for phrase in (
+            "cluster support disabled",
+            "cluster mode is not enabled",
+            "not covered",
+            "all slots are not covered",
+        )
     )

@@ -14,7 +14,7 @@ quick; an exception in one is logged and does not stop the reader.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from pairroom.cluster.broker import Broker, MemoryBroker
 

@@ -100,8 +100,12 @@ async def start(request: Request) -> Response:
     principal = authenticate(request, name)
     body = await _body(request)
     path = body.get("path")
-    if not isinstance(path, str) or not path or len(path) > MAX_PATH or path.startswith("/") or any(
-        part in ("", ".", "..") for part in path.split("/")
+    if (
+        not isinstance(path, str)
+        or not path
+        or len(path) > MAX_PATH
+        or path.startswith("/")
+        or any(part in ("", ".", "..") for part in path.split("/"))
     ):
         raise ApiError(400, f"invalid path {path!r}")
     debugger = _debugger(request)
@@ -117,11 +121,14 @@ async def start(request: Request) -> Response:
             raise ApiError(400, f"{path!r} is not a Python file")
         current = debugger.session_of(name)
         if current is not None and current.state != "ended":
-            raise ApiError(409, f"a debug session is already {current.state}, started by {current.by_name} ({current.by})")
+            raise ApiError(
+                409, f"a debug session is already {current.state}, started by {current.by_name} ({current.by})"
+            )
         session = debugger.new_session(room, path, principal)  # no await since the check
         try:
-            session.run_id = await service.submit_here(name, code=run_code(path), path=path,
-                                                       by=principal.user_id, hooks=session)
+            session.run_id = await service.submit_here(
+                name, code=run_code(path), path=path, by=principal.user_id, hooks=session
+            )
         except BaseException:
             session.end("failed")
             raise

@@ -115,10 +115,17 @@ def read(debug: Map) -> list[Breakpoint]:
             line = parse_line(key)
             if line is None or not isinstance(value, dict):
                 continue
-            out.append(Breakpoint(
-                path, line, str(value.get("author", "")), str(value.get("authorName", "")),
-                _text(value.get("condition")), _text(value.get("hitCondition")), _text(value.get("logMessage")),
-            ))
+            out.append(
+                Breakpoint(
+                    path,
+                    line,
+                    str(value.get("author", "")),
+                    str(value.get("authorName", "")),
+                    _text(value.get("condition")),
+                    _text(value.get("hitCondition")),
+                    _text(value.get("logMessage")),
+                )
+            )
     return sorted(out, key=lambda bp: (bp.path, bp.line))
 
 
@@ -148,8 +155,9 @@ def unusable(bp: Breakpoint, files: dict[str, str]) -> str | None:
 # -- corrections of what clients write ------------------------------------------------------------
 
 
-def normalize(debug: Map, files: Map, known: dict[tuple[str, str], dict[str, Any]],
-              author: str, author_name: str | None) -> int:
+def normalize(
+    debug: Map, files: Map, known: dict[tuple[str, str], dict[str, Any]], author: str, author_name: str | None
+) -> int:
     """Correct ``debug.breakpoints`` after a client's update (in a server transaction): remove what is
     not a breakpoint, stamp new or changed entries with ``author`` and an anchor, keep the room under
     ``MAX_BREAKPOINTS``. ``known`` is what the server last saw (updated here). ``author_name`` None

@@ -52,9 +52,14 @@ def breakpoints_shape(value: Any) -> bool:
 
 
 ROWS = (
-    OwnerRow("debug", "breakpoints", EVERYONE_WHO_WRITES, breakpoints_shape,
-             "`Y.Map` path to `Y.Map` line to `{author, condition?, hitCondition?, logMessage?}`; "
-             "entries checked and stamped by the debugger"),
+    OwnerRow(
+        "debug",
+        "breakpoints",
+        EVERYONE_WHO_WRITES,
+        breakpoints_shape,
+        "`Y.Map` path to `Y.Map` line to `{author, condition?, hitCondition?, logMessage?}`; "
+        "entries checked and stamped by the debugger",
+    ),
 )
 
 
@@ -122,8 +127,10 @@ class Debugger(Extension):
         self.node = node
         node.state.debugger = self
         requests = PromCounter(
-            "pairroom_debug_adapter_requests", "DAP requests the server sent to kernels' debuggers",
-            ["command"], registry=node.metrics.registry,
+            "pairroom_debug_adapter_requests",
+            "DAP requests the server sent to kernels' debuggers",
+            ["command"],
+            registry=node.metrics.registry,
         )
         self.counter.on_send = lambda command: requests.labels(command=command).inc()
         try:
@@ -136,19 +143,23 @@ class Debugger(Extension):
                         async with asyncio.timeout(2.0):
                             await session.stop("the server is shutting down")
                     except (TimeoutError, SessionError) as exc:
-                        log.warning("debug session not stopped at shutdown",
-                                    extra={"room": debug_room.room.name, "error": str(exc) or "timeout"})
+                        log.warning(
+                            "debug session not stopped at shutdown",
+                            extra={"room": debug_room.room.name, "error": str(exc) or "timeout"},
+                        )
             self.node = None
 
     def spawn(self, coro: Any, name: str) -> Any:
         """Background work of a session, under the node's supervisor. A request the kernel could not
         answer (it died, it timed out) is logged here: it ends that step, not the node's health; any
         other failure is a bug, and the supervisor logs and reports it."""
+
         async def run() -> None:
             try:
                 await coro
             except SessionError as exc:
                 log.warning("debug step failed", extra={"task": name, "status": exc.status, "error": exc.reason})
+
         return self.node.supervisor.spawn(name, run)
 
     def record(self, room: str, kind: str, user: str, data: dict[str, Any]) -> None:
@@ -161,9 +172,16 @@ class Debugger(Extension):
     def new_session(self, room: Room, path: str, principal: Principal) -> DebugSession:
         debug_room = self.rooms[room.name]
         session = DebugSession(
-            room, path, principal.user_id, principal.name, counter=self.counter, spawn=self.spawn,
+            room,
+            path,
+            principal.user_id,
+            principal.name,
+            counter=self.counter,
+            spawn=self.spawn,
             record=lambda kind, user, data: self.record(room.name, kind, user, data),
-            pause_limit=self.pause_limit, max_seconds=self.max_seconds, on_end=self._ended,
+            pause_limit=self.pause_limit,
+            max_seconds=self.max_seconds,
+            on_end=self._ended,
             write=lambda values: self._write(debug_room, values),
         )
         debug_room.session = session
@@ -191,7 +209,9 @@ class Debugger(Extension):
         debug_room = DebugRoom(room)
         debug = room.doc.get("debug", type=Map)
         files = room.doc.get("files", type=Map)
-        for path, lines in (debug.get("breakpoints") or {}).items() if isinstance(debug.get("breakpoints"), Map) else ():
+        for path, lines in (
+            (debug.get("breakpoints") or {}).items() if isinstance(debug.get("breakpoints"), Map) else ()
+        ):
             if isinstance(lines, Map):
                 for key, value in lines.items():
                     if isinstance(value, dict):
@@ -263,7 +283,9 @@ class Debugger(Extension):
             files = doc.get("files", type=Map)
             if "breakpoints" in touched:
                 removed = bps.normalize(
-                    debug, files, debug_room.known,
+                    debug,
+                    files,
+                    debug_room.known,
                     author.user_id if author else "anonymous",
                     None if author is None or author.anonymous else author.name,
                 )
@@ -283,8 +305,9 @@ class Debugger(Extension):
             role = room.role_of(other.principal) if other.principal is not None else other.role
             if may_drive(room, role):
                 return
-        self.spawn(session.stop("nobody who may drive the debugger is left in the room"),
-                   f"debug-abandoned-{room.name}")
+        self.spawn(
+            session.stop("nobody who may drive the debugger is left in the room"), f"debug-abandoned-{room.name}"
+        )
 
 
 def _plain(value: Any) -> Any:

@@ -12,8 +12,9 @@ class DebuggableKernel(Protocol):
 
     on_debug_event: Any  # Callable[[dict], None] | None
 
-    async def debug_request(self, command: str, arguments: dict[str, Any] | None = None,
-                            answer_within: float = 30.0) -> dict[str, Any]: ...
+    async def debug_request(
+        self, command: str, arguments: dict[str, Any] | None = None, answer_within: float = 30.0
+    ) -> dict[str, Any]: ...
 
 
 class Finished(Protocol):
@@ -26,8 +27,7 @@ class Finished(Protocol):
 class KernelRuns(Protocol):
     """The node's kernel service (``kernels.service.KernelService``)."""
 
-    async def submit_here(self, room: str, *, code: str, path: str | None, by: str,
-                          hooks: Any = None) -> str: ...
+    async def submit_here(self, room: str, *, code: str, path: str | None, by: str, hooks: Any = None) -> str: ...
 
     async def interrupt(self, room: str) -> bool: ...
 

@@ -73,7 +73,7 @@ def room_path(source: dict[str, Any] | None) -> str | None:
     path = (source or {}).get("path")
     prefix = WORKDIR + "/"
     if isinstance(path, str) and path.startswith(prefix):
-        return path[len(prefix):]
+        return path[len(prefix) :]
     return None
 
 
@@ -107,10 +107,21 @@ class AdapterRequests:
 class DebugSession:
     """The room's one debug session (``DebugRoom.session``), from start to end."""
 
-    def __init__(self, room: Room, path: str, by: str, by_name: str, *, counter: AdapterRequests,
-                 spawn: Callable[[Any, str], Any], record: Callable[[str, str, dict[str, Any]], None],
-                 write: Callable[[dict[str, Any]], None],
-                 pause_limit: float, max_seconds: float, on_end: Callable[[DebugSession], None]) -> None:
+    def __init__(
+        self,
+        room: Room,
+        path: str,
+        by: str,
+        by_name: str,
+        *,
+        counter: AdapterRequests,
+        spawn: Callable[[Any, str], Any],
+        record: Callable[[str, str, dict[str, Any]], None],
+        write: Callable[[dict[str, Any]], None],
+        pause_limit: float,
+        max_seconds: float,
+        on_end: Callable[[DebugSession], None],
+    ) -> None:
         self.room = room
         self.path = path
         self.by = by
@@ -162,10 +173,18 @@ class DebugSession:
         """Attach to the kernel that is about to run the file (after the runs queued ahead)."""
         self.kernel = kernel
         kernel.on_debug_event = self._on_event
-        await self.request("initialize", {
-            "clientID": "pairroom", "clientName": "pairroom", "adapterID": "python", "pathFormat": "path",
-            "linesStartAt1": True, "columnsStartAt1": True, "supportsVariableType": True,
-        })
+        await self.request(
+            "initialize",
+            {
+                "clientID": "pairroom",
+                "clientName": "pairroom",
+                "adapterID": "python",
+                "pathFormat": "path",
+                "linesStartAt1": True,
+                "columnsStartAt1": True,
+                "supportsVariableType": True,
+            },
+        )
         self.attached = True  # from initialize on, ipykernel's debugger is on: it must be turned off
         await self.request("attach", {})
         await self.send_breakpoints()
@@ -175,8 +194,15 @@ class DebugSession:
 
     async def after(self, finished: Finished) -> None:
         """The run ended (the program finished, failed, was stopped, or the kernel died)."""
-        log.info("debug run ended", extra={"room": self.room.name, "session": self.id,
-                                           "outcome": getattr(finished.outcome, "value", None), "reason": finished.reason})
+        log.info(
+            "debug run ended",
+            extra={
+                "room": self.room.name,
+                "session": self.id,
+                "outcome": getattr(finished.outcome, "value", None),
+                "reason": finished.reason,
+            },
+        )
         self._cancel_pause_timer()
         await self._detach()
         outcome = getattr(finished.outcome, "value", str(finished.outcome))
@@ -216,11 +242,14 @@ class DebugSession:
         sources = set(sendable) | self._sent_sources
         for path in sorted(sources):
             wanted = sendable.get(path, [])
-            response = await self.request("setBreakpoints", {
-                "source": {"path": f"{WORKDIR}/{path}", "name": path.rsplit("/", 1)[-1]},
-                "breakpoints": [bp.dap() for bp in wanted],
-                "sourceModified": False,
-            })
+            response = await self.request(
+                "setBreakpoints",
+                {
+                    "source": {"path": f"{WORKDIR}/{path}", "name": path.rsplit("/", 1)[-1]},
+                    "breakpoints": [bp.dap() for bp in wanted],
+                    "sourceModified": False,
+                },
+            )
             answered = (response.get("body") or {}).get("breakpoints") or []
             for bp, result in zip(wanted, answered, strict=False):
                 check: dict[str, Any] = {"verified": bool(result.get("verified"))}
@@ -281,15 +310,29 @@ class DebugSession:
         for frame in raw:
             path = room_path(frame.get("source"))
             if path is not None:
-                frames.append({"id": frame["id"], "name": clip(frame.get("name", ""), 100), "path": path,
-                               "line": int(frame.get("line") or 0)})
+                frames.append(
+                    {
+                        "id": frame["id"],
+                        "name": clip(frame.get("name", ""), 100),
+                        "path": path,
+                        "line": int(frame.get("line") or 0),
+                    }
+                )
         if not frames and reason != "pause":
             # Stepped out of the room's code, into the cell that ran the file: go on to the end.
             await self.request("continue", {"threadId": thread})
             return
         if not frames:  # a pause caught the thread outside the room's code: show where, as it is
-            frames = [{"id": f["id"], "name": clip(f.get("name", ""), 100), "path": None, "line": int(f.get("line") or 0),
-                       "external": clip((f.get("source") or {}).get("path") or "?", 300)} for f in raw[:MAX_FRAMES]]
+            frames = [
+                {
+                    "id": f["id"],
+                    "name": clip(f.get("name", ""), 100),
+                    "path": None,
+                    "line": int(f.get("line") or 0),
+                    "external": clip((f.get("source") or {}).get("path") or "?", 300),
+                }
+                for f in raw[:MAX_FRAMES]
+            ]
             if not frames:
                 return
         top = frames[0]
@@ -300,8 +343,14 @@ class DebugSession:
         self.frames = frames
         self.state = "stopped"
         author = self._breakpoint_author(top["path"], top["line"]) if reason == "breakpoint" else None
-        stopped = {"path": top["path"], "line": top["line"], "reason": reason, "thread": thread,
-                   "breakpointBy": author, "at": int(time.time() * 1000)}
+        stopped = {
+            "path": top["path"],
+            "line": top["line"],
+            "reason": reason,
+            "thread": thread,
+            "breakpointBy": author,
+            "at": int(time.time() * 1000),
+        }
         self.publish(event="stopped", stopped=stopped, frames=frames, scopes=scopes)
         self._arm_pause_timer()
 
@@ -466,8 +515,16 @@ class DebugSession:
     # -- the document -------------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "state": self.state, "path": self.path, "by": self.by, "byName": self.by_name,
-                "run": self.run_id, "stopId": self.stop_id, "notice": self.notice}
+        return {
+            "id": self.id,
+            "state": self.state,
+            "path": self.path,
+            "by": self.by,
+            "byName": self.by_name,
+            "run": self.run_id,
+            "stopId": self.stop_id,
+            "notice": self.notice,
+        }
 
     def publish(self, *, event: str, **fields: Any) -> None:
         """Write the session's state under ``debug`` in one transaction; record the event."""

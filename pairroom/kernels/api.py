@@ -22,12 +22,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pairroom.web.api import ApiError, json_body
-from pairroom.web.auth import Principal, Role, authenticate, forbidden
-from pairroom.rooms.room import Room
 from pairroom.kernels import rundoc
 from pairroom.kernels.service import KernelService
 from pairroom.kernels.workdir import valid_path
+from pairroom.rooms.room import Room
+from pairroom.web.api import ApiError, json_body
+from pairroom.web.auth import Principal, Role, authenticate, forbidden
 
 MAX_CODE_BYTES = 1024 * 1024
 

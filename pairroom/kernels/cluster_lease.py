@@ -32,12 +32,12 @@ import logging
 import secrets
 from typing import Any
 
-from pairroom.protocol import keys
 from pairroom.cluster.broker import Broker, BrokerError
-from pairroom.rooms.registry import RoomLoadError
 from pairroom.cluster.side_channel import SideChannel
-from pairroom.sandbox.bubblewrap import SandboxUnavailable
 from pairroom.kernels.service import KernelLease, KernelService, KernelUnavailable, KernelUnreachable
+from pairroom.protocol import keys
+from pairroom.rooms.registry import RoomLoadError
+from pairroom.sandbox.bubblewrap import SandboxUnavailable
 
 log = logging.getLogger("pairroom.kernels.lease")
 

@@ -12,13 +12,12 @@ from typing import Any
 from starlette.routing import BaseRoute
 
 from pairroom.rooms.extension import Extension
-from .service import KernelUnavailable, KernelUnreachable
+from pairroom.sandbox.bubblewrap import SandboxUnavailable
+from pairroom.sandbox.settings import KernelSettings
 
 from .api import routes
 from .cluster_lease import ClusterKernelLease
-from pairroom.sandbox.bubblewrap import SandboxUnavailable
-from .service import KernelLease, KernelService
-from pairroom.sandbox.settings import KernelSettings
+from .service import KernelLease, KernelService, KernelUnavailable, KernelUnreachable
 
 log = logging.getLogger("pairroom.kernels")
 

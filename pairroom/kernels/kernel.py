@@ -25,16 +25,17 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from jupyter_client.asynchronous.client import AsyncKernelClient
 
 from pairroom.kernels.launcher import KernelDirs, SandboxedKernelManager
-from pairroom.sandbox.limits import Cgroups, KernelCgroup
 from pairroom.kernels.outputs import to_output
 from pairroom.sandbox.bubblewrap import Sandbox
+from pairroom.sandbox.limits import Cgroups, KernelCgroup
 
 log = logging.getLogger("pairroom.kernels")
 
@@ -119,11 +120,13 @@ class Kernel:
             memory_in_cgroup=self._cgroup is not None and self._cgroup.memory_dir is not None,
         )
         self._km = km
-        self._log_file = open(self.dirs.log, "ab")
+        self._log_file = open(self.dirs.log, "ab")  # noqa: ASYNC230 - the server's own log file, kept open for the kernel's life
         try:
             await km.start_kernel(
-                env=km.launch_environment(), cwd=str(self.dirs.work),
-                stdout=self._log_file, stderr=self._log_file,
+                env=km.launch_environment(),
+                cwd=str(self.dirs.work),
+                stdout=self._log_file,
+                stderr=self._log_file,
             )
             self._watch_process()
             client: AsyncKernelClient = km.client()
@@ -139,8 +142,9 @@ class Kernel:
         except BaseException as exc:
             await self.kill("start failed")
             if isinstance(exc, (TimeoutError, OSError, RuntimeError)):
-                raise KernelStartError(f"the kernel did not start: {self.death or exc or 'timeout'}; "
-                                       f"see {self.dirs.log}") from exc
+                raise KernelStartError(
+                    f"the kernel did not start: {self.death or exc or 'timeout'}; see {self.dirs.log}"
+                ) from exc
             raise
         self.started_at = time.monotonic()
 
@@ -156,7 +160,7 @@ class Kernel:
             try:
                 died = asyncio.create_task(self.died.wait())
                 try:
-                    await asyncio.wait({reply, died}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait({reply, died}, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
                 finally:
                     died.cancel()
                 if self.died.is_set():
@@ -282,8 +286,9 @@ class Kernel:
         if self._km is not None and not self.died.is_set():
             await self._km.interrupt_kernel()
 
-    async def debug_request(self, command: str, arguments: dict[str, Any] | None = None,
-                            answer_within: float = 30.0) -> dict[str, Any]:
+    async def debug_request(
+        self, command: str, arguments: dict[str, Any] | None = None, answer_within: float = 30.0
+    ) -> dict[str, Any]:
         """Send one DAP request to the kernel's debugger and return its DAP response (a dict with
         ``success``, ``body``, ``message``). Raises KernelDebugError when the kernel is not running,
         dies, or does not answer within ``answer_within`` seconds."""
@@ -303,7 +308,9 @@ class Kernel:
             done, _ = await asyncio.wait(waiters, timeout=answer_within, return_when=asyncio.FIRST_COMPLETED)
             if reply not in done:
                 raise KernelDebugError(
-                    self.death if self.died.is_set() else f"the debugger did not answer {command!r} in {answer_within:g} s"
+                    self.death
+                    if self.died.is_set()
+                    else f"the debugger did not answer {command!r} in {answer_within:g} s"
                 )
         finally:
             died.cancel()
@@ -327,7 +334,7 @@ class Kernel:
                 return
             try:
                 self._on_iopub(msg)
-            except Exception as exc:  # noqa: BLE001 - a malformed message is skipped, counted and logged
+            except Exception as exc:  # noqa: BLE001 - kernel messages are untrusted input: a bad one is logged, never kills the reader
                 self._malformed("iopub", exc)
 
     def _on_iopub(self, msg: dict[str, Any]) -> None:
@@ -336,10 +343,10 @@ class Kernel:
             self._on_debug_event(msg.get("content"))
             return
         parent = parent_id(msg)
-        seen = self._iopub_seen.get(parent)
+        seen = self._iopub_seen.get(parent or "")
         if seen is not None:
             seen.set()
-        execution = self._pending.get(parent)
+        execution = self._pending.get(parent or "")
         if execution is None:
             return
         header, content = msg.get("header"), msg.get("content")
@@ -378,18 +385,18 @@ class Kernel:
                 return
             try:
                 self._on_shell(msg)
-            except Exception as exc:  # noqa: BLE001 - a malformed message is skipped, counted and logged
+            except Exception as exc:  # noqa: BLE001 - kernel messages are untrusted input: a bad one is logged, never kills the reader
                 self._malformed("shell", exc)
 
     def _on_shell(self, msg: dict[str, Any]) -> None:
         parent = parent_id(msg)
         if not isinstance(msg.get("content"), dict):
             raise ValueError("a shell reply with content that is not a map")
-        waiter = self._info_waiters.get(parent)
+        waiter = self._info_waiters.get(parent or "")
         if waiter is not None and not waiter.done():
             waiter.set_result(msg)
             return
-        execution = self._pending.get(parent)
+        execution = self._pending.get(parent or "")
         if execution is not None and not execution.reply.done():
             execution.reply.set_result(msg)
 
@@ -417,7 +424,7 @@ class Kernel:
                 msg = await get()
             except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
                 raise
-            except BaseException as exc:  # noqa: BLE001 - a message that does not decode (RecursionError, a panic)
+            except BaseException as exc:  # noqa: BLE001 - kernel messages are untrusted input: a bad one is logged, never kills the reader
                 failures += 1
                 self._malformed(channel, exc)
                 if failures >= MAX_BAD_MESSAGES:
@@ -432,10 +439,15 @@ class Kernel:
     def _malformed(self, channel: str, exc: BaseException) -> None:
         self.bad_messages += 1
         if self.bad_messages <= 5 or self.bad_messages % 1000 == 0:
-            log.warning("malformed kernel message skipped", extra={
-                "kernel": self.dirs.base.name, "channel": channel, "error": f"{type(exc).__name__}: {exc}"[:300],
-                "count": self.bad_messages,
-            })
+            log.warning(
+                "malformed kernel message skipped",
+                extra={
+                    "kernel": self.dirs.base.name,
+                    "channel": channel,
+                    "error": f"{type(exc).__name__}: {exc}"[:300],
+                    "count": self.bad_messages,
+                },
+            )
 
     def _give_up(self, reason: str) -> None:
         """The kernel is treated as dead: every pending run ends (the caller kills the process)."""

@@ -28,8 +28,8 @@ from typing import Any
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 
-from pairroom.sandbox.limits import KernelCgroup, prlimit_argv
 from pairroom.sandbox.bubblewrap import Sandbox
+from pairroom.sandbox.limits import KernelCgroup, prlimit_argv
 
 
 @dataclass(slots=True)
@@ -80,9 +80,15 @@ class KernelDirs:
 
 def kernel_spec(python: Path) -> KernelSpec:
     return KernelSpec(
-        argv=[str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}",
-              # History is an SQLite file in IPYTHONDIR on the small /tmp; a full /tmp would break it.
-              "--HistoryManager.enabled=False"],
+        argv=[
+            str(python),
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            "{connection_file}",
+            # History is an SQLite file in IPYTHONDIR on the small /tmp; a full /tmp would break it.
+            "--HistoryManager.enabled=False",
+        ],
         display_name="pairroom python",
         language="python",
         # Signals cannot reach the kernel under --new-session; ipykernel's control thread can.

@@ -27,11 +27,17 @@ def to_output(msg_type: str, content: dict[str, Any]) -> dict[str, Any] | None:
     shape docs/doc-schema.md describes."""
     if msg_type == "stream":
         name = content.get("name")
-        return {"output_type": "stream", "name": name if name in ("stdout", "stderr") else "stdout",
-                "text": _text(content.get("text"))}
+        return {
+            "output_type": "stream",
+            "name": name if name in ("stdout", "stderr") else "stdout",
+            "text": _text(content.get("text")),
+        }
     if msg_type in ("display_data", "update_display_data"):
-        return {"output_type": "display_data", "data": _bundle(content.get("data")),
-                "metadata": _bundle(content.get("metadata"))}
+        return {
+            "output_type": "display_data",
+            "data": _bundle(content.get("data")),
+            "metadata": _bundle(content.get("metadata")),
+        }
     if msg_type == "execute_result":
         count = content.get("execution_count")
         return {

@@ -15,8 +15,8 @@ import logging
 from pathlib import Path
 
 from pairroom.kernels.kernel import Kernel, KernelStartError, launch
-from pairroom.sandbox.limits import Cgroups
 from pairroom.sandbox.bubblewrap import Sandbox
+from pairroom.sandbox.limits import Cgroups
 
 log = logging.getLogger("pairroom.kernels.pool")
 
@@ -66,7 +66,9 @@ class KernelPool:
                     async with self.starts:
                         kernel = await launch(self.root, self.sandbox, self.cgroups)
                 except KernelStartError as exc:
-                    log.error("pool could not start a kernel, will retry", extra={"error": str(exc), "retry_in": backoff})
+                    log.error(
+                        "pool could not start a kernel, will retry", extra={"error": str(exc), "retry_in": backoff}
+                    )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 60.0)
                     continue

@@ -18,9 +18,9 @@ from typing import Any
 
 from pycrdt import Array, Map, Text
 
+from pairroom.kernels.outputs import OutputCap, kernel_error, room_traceback
 from pairroom.protocol.origins import KernelOrigin, LocalOrigin
 from pairroom.rooms.room import Room
-from pairroom.kernels.outputs import OutputCap, kernel_error, room_traceback
 from pairroom.sandbox.bubblewrap import WORKDIR_INSIDE
 
 log = logging.getLogger("pairroom.kernels.doc")
@@ -54,25 +54,26 @@ def read_run(room: Room, run_id: str) -> dict[str, Any] | None:
 def read_kernel_state(room: Room) -> dict[str, Any]:
     with room.local_change(LocalOrigin("kernel-read")) as doc:
         state = doc.get("meta", type=Map).get("kernel")
-        return state.to_py() if isinstance(state, Map) else {}
+        read = state.to_py() if isinstance(state, Map) else None
+        return read if isinstance(read, dict) else {}
 
 
 def create_run(room: Room, run_id: str, *, code: str, path: str | None, by: str) -> int:
     """Add a queued run; returns its ``order`` (after every run the room has had)."""
     with room.local_change(KernelOrigin(run_id)) as doc:
         runs = doc.get("runs", type=Map)
-        order = 1 + max(
-            (int(run.get("order", 0)) for run in runs.values() if isinstance(run, Map)), default=0
+        order = 1 + max((int(run.get("order", 0)) for run in runs.values() if isinstance(run, Map)), default=0)
+        runs[run_id] = Map(
+            {
+                "code": code,
+                "path": path,
+                "by": by,
+                "status": "queued",
+                "queuedAt": now_ms(),
+                "outputs": Array([]),
+                "order": order,
+            }
         )
-        runs[run_id] = Map({
-            "code": code,
-            "path": path,
-            "by": by,
-            "status": "queued",
-            "queuedAt": now_ms(),
-            "outputs": Array([]),
-            "order": order,
-        })
     return order
 
 
@@ -129,7 +130,9 @@ class OutputBatch:
         for kept in self.cap.admit(output):
             last = self._ops[-1] if self._ops else None
             if (
-                last is not None and kept["output_type"] == "stream" and last["output_type"] == "stream"
+                last is not None
+                and kept["output_type"] == "stream"
+                and last["output_type"] == "stream"
                 and last["name"] == kept["name"]
             ):
                 last["text"] += kept["text"]

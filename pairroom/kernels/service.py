@@ -36,18 +36,17 @@ from typing import Any, Protocol
 
 from pycrdt import Map
 
+from pairroom.kernels import rundoc
+from pairroom.kernels.kernel import Finished, Kernel, KernelStartError, Outcome
+from pairroom.kernels.pool import KernelPool
+from pairroom.kernels.workdir import kernel_for
 from pairroom.protocol.origins import LocalOrigin
 from pairroom.rooms.registry import RoomRegistry
 from pairroom.rooms.room import Room
-from pairroom.kernels import rundoc
-from pairroom.workspace import safe_fs
-from pairroom.kernels.kernel import Finished, Kernel, KernelStartError, Outcome
-from pairroom.sandbox.limits import Cgroups, detect_cgroups
-from pairroom.kernels.pool import KernelPool
 from pairroom.sandbox.bubblewrap import Sandbox, probe
+from pairroom.sandbox.limits import Cgroups, detect_cgroups
 from pairroom.sandbox.settings import KernelSettings
-from pairroom.kernels.workdir import kernel_for
-from pairroom.workspace import Workspace, Workspaces, WorkspaceSettings
+from pairroom.workspace import Workspace, Workspaces, WorkspaceSettings, safe_fs
 
 log = logging.getLogger("pairroom.kernels")
 
@@ -144,8 +143,10 @@ class RoomKernel:
     async def serve(self) -> None:
         """Hold the room and run its queue until idle for ``idle_shutdown_seconds`` (or cancelled)."""
         try:
-            async with self.service.registry.hold(self.name) as room, \
-                    self.service.workspaces.use(self.name) as workspace:
+            async with (
+                self.service.registry.hold(self.name) as room,
+                self.service.workspaces.use(self.name) as workspace,
+            ):
                 self.room = room
                 self.workspace = workspace
                 if self.first_here:
@@ -186,7 +187,9 @@ class RoomKernel:
             except Exception as exc:  # a failure of this room's run is this room's problem only
                 log.exception("room run failed inside the server", extra={"room": self.name, "run": request.run_id})
                 await self._fail_run(request.run_id, f"the server could not finish the run: {type(exc).__name__}")
-                await self._after(request, Finished(Outcome.FAILED, f"the server could not finish the run: {type(exc).__name__}"))
+                await self._after(
+                    request, Finished(Outcome.FAILED, f"the server could not finish the run: {type(exc).__name__}")
+                )
             finally:
                 self.current = None
                 request.done.set()
@@ -198,11 +201,17 @@ class RoomKernel:
                 return kernel
             restarting = kernel is not None or self.lost_elsewhere
             self.lost_elsewhere = False
-            rundoc.set_kernel_state(room, self.settings.node, "restarting" if restarting else "starting", restarted=restarting)
+            rundoc.set_kernel_state(
+                room, self.settings.node, "restarting" if restarting else "starting", restarted=restarting
+            )
             if kernel is None:
                 assert self.workspace is not None and self.service.sandbox is not None
                 kernel = await kernel_for(
-                    self.workspace, self.service.pool, self.service.root, self.service.sandbox, self.service.cgroups_or_none()
+                    self.workspace,
+                    self.service.pool,
+                    self.service.root,
+                    self.service.sandbox,
+                    self.service.cgroups_or_none(),
                 )
             else:
                 await kernel.kill("restart")
@@ -276,7 +285,7 @@ class RoomKernel:
         if request.hooks is not None:
             try:
                 await request.hooks.before(kernel)
-            except Exception as exc:  # noqa: BLE001 - any failure to prepare fails this run, not the queue
+            except Exception as exc:  # noqa: BLE001 - a room's kernel failing is that room's problem: logged, the others carry on
                 log.warning("run hook failed", extra={"room": self.name, "run": request.run_id, "error": str(exc)})
                 return Finished(Outcome.FAILED, f"could not prepare the run: {exc}")
         timeout = request.hooks.timeout if request.hooks is not None and request.hooks.timeout else None
@@ -369,7 +378,8 @@ def take_over_lost_kernel(room: Room) -> bool:
     with room.local_change(LocalOrigin("kernel-read")) as doc:
         runs = doc.get("runs", type=Map)
         orphans = [
-            run_id for run_id, run in runs.items()
+            run_id
+            for run_id, run in runs.items()
             if isinstance(run, Map) and run.get("status") in ("queued", "running")
         ]
     for run_id in orphans:
@@ -384,7 +394,9 @@ def take_over_lost_kernel(room: Room) -> bool:
 class KernelService:
     """The kernels of this node. ``async with KernelService(registry, settings):`` or start/stop."""
 
-    def __init__(self, registry: RoomRegistry, settings: KernelSettings | None = None, lease: KernelLease | None = None) -> None:
+    def __init__(
+        self, registry: RoomRegistry, settings: KernelSettings | None = None, lease: KernelLease | None = None
+    ) -> None:
         self.registry = registry
         self.settings = settings or KernelSettings()
         self.lease = lease or KernelLease()
@@ -422,8 +434,11 @@ class KernelService:
         self._pool = KernelPool(self._root, self.sandbox, self.cgroups)
         log.info(
             "kernels ready" if self.sandbox.isolated else "kernels run UNSANDBOXED (--unsafe-kernels)",
-            extra={"sandbox": "bubblewrap" if self.sandbox.isolated else "none",
-                   "limits": self.cgroups.describe(), "pool": self.settings.pool_size},
+            extra={
+                "sandbox": "bubblewrap" if self.sandbox.isolated else "none",
+                "limits": self.cgroups.describe(),
+                "pool": self.settings.pool_size,
+            },
         )
         started = asyncio.Event()
         self._runner = asyncio.create_task(self._run(started), name="pairroom-kernels")
@@ -589,7 +604,11 @@ class KernelService:
 
     def state(self, room: str) -> dict[str, Any]:
         room_kernel = self.rooms.get(room)
-        local = room_kernel.state() if room_kernel is not None else {"running": None, "queued": 0, "alive": False, "death": None}
+        local = (
+            room_kernel.state()
+            if room_kernel is not None
+            else {"running": None, "queued": 0, "alive": False, "death": None}
+        )
         return {
             **local,
             "sandbox": "bubblewrap" if self.sandbox is not None and self.sandbox.isolated else "none",

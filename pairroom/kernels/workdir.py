@@ -20,9 +20,9 @@ from pathlib import Path
 
 from pairroom.kernels.kernel import Kernel, new_kernel_id
 from pairroom.kernels.launcher import KernelDirs
-from pairroom.sandbox.limits import Cgroups
 from pairroom.kernels.pool import KernelPool
 from pairroom.sandbox.bubblewrap import Sandbox
+from pairroom.sandbox.limits import Cgroups
 from pairroom.workspace import Workspace
 from pairroom.workspace.safe_fs import valid_path
 

@@ -86,7 +86,10 @@ class Catalog:
     verified_by: str = ""  # "local file" or "TUF"; empty for no catalog
 
     def to_json(self) -> dict[str, Any]:
-        return {"catalog": FORMAT, "extensions": [e.to_json() for e in sorted(self.entries.values(), key=lambda e: e.name)]}
+        return {
+            "catalog": FORMAT,
+            "extensions": [e.to_json() for e in sorted(self.entries.values(), key=lambda e: e.name)],
+        }
 
 
 def parse(raw: bytes | str, source: str = "catalog") -> Catalog:
@@ -96,12 +99,12 @@ def parse(raw: bytes | str, source: str = "catalog") -> Catalog:
     except ValueError as exc:
         raise CatalogError(f"{source}: not JSON: {exc}") from exc
     if not isinstance(document, dict):
-        raise CatalogError(f"{source}: must be a JSON object with \"catalog\" and \"extensions\"")
+        raise CatalogError(f'{source}: must be a JSON object with "catalog" and "extensions"')
     if document.get("catalog") != FORMAT:
-        raise CatalogError(f"{source}: \"catalog\" must be {FORMAT} (got {document.get('catalog')!r})")
+        raise CatalogError(f'{source}: "catalog" must be {FORMAT} (got {document.get("catalog")!r})')
     items = document.get("extensions")
     if not isinstance(items, list):
-        raise CatalogError(f"{source}: \"extensions\" must be a list")
+        raise CatalogError(f'{source}: "extensions" must be a list')
     entries: dict[str, Entry] = {}
     errors: list[str] = []
     for index, item in enumerate(items):

@@ -44,12 +44,16 @@ class Context:
 
 
 def add_arguments(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = commands.add_parser("extensions", help="the extension catalog: publish, list, search, info, install, verify")
+    parser = commands.add_parser(
+        "extensions", help="the extension catalog: publish, list, search, info, install, verify"
+    )
     sub = parser.add_subparsers(dest="action", required=True)
 
     def with_catalog(p: argparse.ArgumentParser, required: bool = False) -> None:
         p.add_argument(
-            "--catalog", required=required, metavar="FILE_OR_URL",
+            "--catalog",
+            required=required,
+            metavar="FILE_OR_URL",
             help="the catalog (default PAIRROOM_EXTENSION_CATALOG); a URL needs --catalog-root",
         )
         p.add_argument("--catalog-root", metavar="ROOT_JSON", help="pinned TUF root of a catalog URL")
@@ -159,14 +163,19 @@ def list_(catalog: Catalog, context: Context) -> int:
             f"{'yes' if name in context.enabled else 'no':<8} {entry.version if entry else '-':<12} "
             f"{','.join(sorted(entry.capabilities)) if entry else ''}"
         )
-    print(f"catalog: {catalog.source} ({catalog.verified_by})" if catalog.source else "catalog: none (--catalog or PAIRROOM_EXTENSION_CATALOG)")
+    print(
+        f"catalog: {catalog.source} ({catalog.verified_by})"
+        if catalog.source
+        else "catalog: none (--catalog or PAIRROOM_EXTENSION_CATALOG)"
+    )
     return 0
 
 
 def search(catalog: Catalog, word: str) -> int:
     word = word.lower()
     found = [
-        e for e in sorted(catalog.entries.values(), key=lambda e: e.name)
+        e
+        for e in sorted(catalog.entries.values(), key=lambda e: e.name)
         if word in e.name.lower() or word in e.summary.lower() or word in e.package.lower()
     ]
     for entry in found:
@@ -223,8 +232,16 @@ def install(entry: Entry, find_links: Path | None, target: Path | None) -> int:
         requirements = Path(scratch) / "requirements.txt"
         requirements.write_text(pinned_requirement(entry))
         command = [
-            sys.executable, "-m", "pip", "install", "--require-hashes", "--no-deps",
-            "--disable-pip-version-check", "--no-input", "-r", str(requirements),
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--require-hashes",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--no-input",
+            "-r",
+            str(requirements),
         ]
         if find_links is not None:
             command += ["--no-index", "--find-links", str(find_links)]
@@ -259,7 +276,11 @@ def verify(entry: Entry, find_links: Path | None) -> int:
     else:
         print(f"installed: {dist.version}, as pinned")
     changed = changed_files(dist)
-    print("record: every installed file matches its RECORD hash" if not changed else f"record: changed since install: {', '.join(changed)}")
+    print(
+        "record: every installed file matches its RECORD hash"
+        if not changed
+        else f"record: changed since install: {', '.join(changed)}"
+    )
     ok = ok and not changed
     if entry.publisher is None:
         print("attestation: none required by the catalog")

@@ -133,10 +133,15 @@ class Marketplace(Extension):
             try:
                 source = resources.files(package).joinpath(found.frontend.module).read_bytes()
             except OSError:
-                log.error("extension frontend module missing", extra={"extension": extension.name, "module": found.frontend.module})
+                log.error(
+                    "extension frontend module missing",
+                    extra={"extension": extension.name, "module": found.frontend.module},
+                )
                 return found
             digest = base64.b64encode(hashlib.sha384(source).digest()).decode()
-            self._modules[extension.name] = FrontendModule(found.frontend.title or extension.name, source, f"sha384-{digest}")
+            self._modules[extension.name] = FrontendModule(
+                found.frontend.title or extension.name, source, f"sha384-{digest}"
+            )
         return found
 
     # -- per-room switches ----------------------------------------------------------------------
@@ -245,7 +250,10 @@ class Marketplace(Extension):
                     "source": self.catalog.source or self.source or None,
                     "verified_by": self.catalog.verified_by or None,
                     "errors": list(self.catalog_errors),
-                    "entries": [self._catalog_entry(e, enabled) for e in sorted(self.catalog.entries.values(), key=lambda e: e.name)],
+                    "entries": [
+                        self._catalog_entry(e, enabled)
+                        for e in sorted(self.catalog.entries.values(), key=lambda e: e.name)
+                    ],
                 },
                 "extensions": [self._describe(e, on, failures) for e in enabled.values()],
             }
@@ -282,7 +290,9 @@ class Marketplace(Extension):
             "catalog": status,
             "verified_by": self.catalog.verified_by if status == "pinned" else None,
             "errors": errors.get(extension.name, {}),  # hook -> failures (raised or timed out) on this node
-            "frontend": None if module is None else {
+            "frontend": None
+            if module is None
+            else {
                 "url": f"/api/extensions/{extension.name}/frontend.js",
                 "integrity": module.integrity,
                 "title": module.title,

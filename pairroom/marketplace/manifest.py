@@ -61,11 +61,13 @@ def parse(raw: bytes | str, where: str) -> Manifest:
     if data.get("frontend") is not None:
         declared = data["frontend"]
         if not isinstance(declared, dict) or not isinstance(declared.get("module"), str):
-            raise ManifestError(f"{where}: frontend must be {{\"module\": \"path/in/package.js\", \"title\": ...}}")
+            raise ManifestError(f'{where}: frontend must be {{"module": "path/in/package.js", "title": ...}}')
         if not MODULE_PATH.fullmatch(declared["module"]):
-            raise ManifestError(f"{where}: frontend.module {declared['module']!r} must be a .js path inside the package")
+            raise ManifestError(
+                f"{where}: frontend.module {declared['module']!r} must be a .js path inside the package"
+            )
         if "frontend" not in capabilities:
-            raise ManifestError(f"{where}: a frontend module needs the \"frontend\" capability")
+            raise ManifestError(f'{where}: a frontend module needs the "frontend" capability')
         frontend = Frontend(declared["module"], str(declared.get("title") or ""))
     return Manifest(summary, frozenset(capabilities), frontend)
 

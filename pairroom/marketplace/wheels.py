@@ -77,7 +77,9 @@ def read(path: str | Path) -> Wheel:
             package = manifests.package_of(target.strip())
             inside = f"{package}/{manifests.FILE}"
             found = (
-                manifests.parse(archive.read(inside), f"{path.name}:{inside}") if inside in names else manifests.Manifest()
+                manifests.parse(archive.read(inside), f"{path.name}:{inside}")
+                if inside in names
+                else manifests.Manifest()
             )
             if found.frontend is not None and f"{package}/{found.frontend.module}" not in names:
                 raise WheelError(f"{path}: {inside} names frontend module {found.frontend.module!r}, not in the wheel")

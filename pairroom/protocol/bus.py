@@ -171,4 +171,3 @@ def decode(data: bytes) -> BusMessage:
     if len(payload) != length or pos + length != len(data):
         raise ProtocolError(CloseCode.MALFORMED, "bus message payload length does not match")
     return BusMessage(kind, node, room, payload, target, uid, author)
-

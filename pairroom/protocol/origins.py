@@ -86,7 +86,9 @@ class PeerOrigin:
 Origin = ClientOrigin | PeerOrigin | LocalOrigin | KernelOrigin
 
 
-def peer_origin(node_id: str, origin: Origin, user_name: str = "", user_color: str = "", user_role: str = "") -> PeerOrigin:
+def peer_origin(
+    node_id: str, origin: Origin, user_name: str = "", user_color: str = "", user_role: str = ""
+) -> PeerOrigin:
     """How ``origin``, integrated first on this node, is known to a peer node ``node_id`` hears
     it from (a client's name, color and role come from its member). A peer's update relayed on
     keeps its first author."""

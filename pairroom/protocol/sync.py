@@ -100,9 +100,7 @@ def read_var_bytes(data: bytes, pos: int) -> tuple[bytes, int]:
 
 def _expect_end(data: bytes, pos: int) -> None:
     if pos != len(data):
-        raise ProtocolError(
-            CloseCode.MALFORMED, f"{len(data) - pos} bytes after the message; send one per frame"
-        )
+        raise ProtocolError(CloseCode.MALFORMED, f"{len(data) - pos} bytes after the message; send one per frame")
 
 
 def decode_message(frame: bytes) -> Message:
@@ -156,9 +154,7 @@ def decode_awareness(
             state = raw.decode("utf-8")
             json.loads(state)
         except (UnicodeDecodeError, ValueError) as exc:
-            raise ProtocolError(
-                CloseCode.MALFORMED, f"awareness state of client {client_id} is not JSON"
-            ) from exc
+            raise ProtocolError(CloseCode.MALFORMED, f"awareness state of client {client_id} is not JSON") from exc
         entries.append(AwarenessEntry(client_id, clock, state))
     _expect_end(payload, pos)
     return entries

@@ -25,7 +25,7 @@ point 410. Errors are ``{"error": reason}``.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -34,17 +34,17 @@ from starlette.routing import Route, WebSocketRoute
 
 from pairroom.protocol.origins import LocalOrigin
 from pairroom.protocol.sync import ProtocolError
-from pairroom.web.api import ApiError, json_body, live_role, require_owner, room_of
-from pairroom.web.auth import authenticate
-from pairroom.web.hub import Hub
-from pairroom.web.websocket import room_name_from_path
-from pairroom.rooms.identity import Principal
-from pairroom.rooms.registry import RoomBusy
-from pairroom.rooms.room import RoomState
 from pairroom.recording.events import RecorderObserver
 from pairroom.recording.history import History, files_of, iso, recording_enabled, restore_files
 from pairroom.recording.history_store import Version
 from pairroom.recording.replay import replay_endpoint
+from pairroom.rooms.identity import Principal
+from pairroom.rooms.registry import RoomBusy
+from pairroom.rooms.room import RoomState
+from pairroom.web.api import ApiError, json_body, live_role, require_owner, room_of
+from pairroom.web.auth import authenticate
+from pairroom.web.hub import Hub
+from pairroom.web.websocket import room_name_from_path
 
 log = logging.getLogger("pairroom.recording.api")
 
@@ -59,9 +59,15 @@ def link_call_audio(state: Any, recorder: RecorderObserver) -> None:
         return
 
     def saved(info: Any) -> None:
-        at = datetime.fromtimestamp(info.started_at or info.ended_at, timezone.utc)
-        data = {"session": info.session, "peer": info.peer, "file": info.file, "source": info.source,
-                "duration_seconds": info.duration_seconds, "format": info.format}
+        at = datetime.fromtimestamp(info.started_at or info.ended_at, UTC)
+        data = {
+            "session": info.session,
+            "peer": info.peer,
+            "file": info.file,
+            "source": info.source,
+            "duration_seconds": info.duration_seconds,
+            "format": info.format,
+        }
         recorder.record(info.room, "audio", str((info.user or {}).get("id", "")), data, at=at)
 
     rtc.on_recording_saved = saved
@@ -129,7 +135,7 @@ def _point(body: dict[str, Any], key: str, required: bool = True) -> str | None:
 
 async def sessions(request: Request) -> Response:
     room, _, history = await _readable(request)
-    found = await history.sessions(room, _recorder(request).settings.session_gap)
+    found = await history.sessions(room, _recorder(request).recorder_settings.session_gap)
     return JSONResponse({"room": room, "sessions": [s.as_json() for s in found]})
 
 
@@ -151,7 +157,7 @@ async def versions(request: Request) -> Response:
     if not isinstance(name, str) or not name.strip() or len(name) > NAME_MAX:
         raise ApiError(400, f'"name" must be a non-empty string of at most {NAME_MAX} characters')
     seq = await history.resolve(room, _point(body, "at", required=False))
-    at = await history.db.time_of(room, seq) or datetime.now(timezone.utc)
+    at = await history.db.time_of(room, seq) or datetime.now(UTC)
     version = Version(room, name.strip(), seq, at, principal.user_id, False)
     await history.db.add_version(version)
     return JSONResponse(_version_json(version), 201)
@@ -180,7 +186,7 @@ async def timeline(request: Request) -> Response:
     start = end = None
     low, high = 0, await history.db.last_seq(room)
     if sid:
-        session = await history.session(room, sid, recorder.settings.session_gap)
+        session = await history.session(room, sid, recorder.recorder_settings.session_gap)
         start, end, low, high = session.start, session.end, session.first_seq, session.last_seq
     kinds = ("join", "leave", "chat", "run", "restore", "fork", "forked", "audio", "git", "debug", "terminal")
     marks: list[dict[str, Any]] = [
@@ -189,15 +195,27 @@ async def timeline(request: Request) -> Response:
     ]
     for version in await history.db.versions(room):
         if low <= version.seq <= high:
-            marks.append({
-                "kind": "checkpoint" if version.auto else "version", "at": iso(version.at),
-                "seq": version.seq, "name": version.name, "user": version.by,
-            })
+            marks.append(
+                {
+                    "kind": "checkpoint" if version.auto else "version",
+                    "at": iso(version.at),
+                    "seq": version.seq,
+                    "name": version.name,
+                    "user": version.by,
+                }
+            )
     marks.sort(key=lambda m: m["at"] or "")
-    return JSONResponse({
-        "room": room, "session": sid, "start": iso(start), "end": iso(end),
-        "from_seq": low, "to_seq": high, "marks": marks,
-    })
+    return JSONResponse(
+        {
+            "room": room,
+            "session": sid,
+            "start": iso(start),
+            "end": iso(end),
+            "from_seq": low,
+            "to_seq": high,
+            "marks": marks,
+        }
+    )
 
 
 async def restore(request: Request) -> Response:

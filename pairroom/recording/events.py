@@ -35,20 +35,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from pycrdt import Array, ArrayEvent, Map, MapEvent
 
-from pairroom.rooms.extension import Change, Extension
 from pairroom.recording.history import History, recording_enabled
 from pairroom.recording.history_store import Event, HistoryStore, Version
+from pairroom.rooms.extension import Change, Extension
 from pairroom.storage.store import StoreError
 from pairroom.storage.writer import Backoff, BatchWriter
 
 if TYPE_CHECKING:
-    from pairroom.protocol.origins import Origin
     from pairroom.rooms.member import Member
     from pairroom.rooms.room import Room
 
@@ -112,14 +112,14 @@ class RecorderObserver(Extension):
     def __init__(self, history: History | None, settings: RecorderSettings | None = None) -> None:
         if history is not None:
             self.bind(history)
-        self.settings = settings or RecorderSettings()  # type: ignore[assignment]
+        self.recorder_settings = settings or RecorderSettings()
         self._rooms: dict[str, _RoomRecord] = {}
-        interval = self.settings.flush_interval
+        interval = self.recorder_settings.flush_interval
         self.writer: BatchWriter[Event | Version] = BatchWriter(
             self._store_batch,
             quiet=interval,
             max_delay=interval,
-            max_items=self.settings.flush_max_events,
+            max_items=self.recorder_settings.flush_max_events,
             backoff=Backoff(max(interval, 0.05), 5.0),
             on_failure=self._write_failed,
         )
@@ -145,7 +145,7 @@ class RecorderObserver(Extension):
         record = self._rooms.get(room)
         if record is not None and not record.recording:
             return
-        self.writer.add(Event(room, at or datetime.now(timezone.utc), kind, user, data))
+        self.writer.add(Event(room, at or datetime.now(UTC), kind, user, data))
 
     def on_deleted(self, name: str) -> None:
         self.forget(name)
@@ -205,7 +205,7 @@ class RecorderObserver(Extension):
         if record is None or not record.recording:
             return
         now = time.monotonic()
-        window = 1.0 / self.settings.presence_per_second
+        window = 1.0 / self.recorder_settings.presence_per_second
         for client_id, state in states.items():
             key = (member.id, client_id)
             sample = None if state is None else {k: state[k] for k in PRESENCE_FIELDS if k in state}
@@ -213,7 +213,10 @@ class RecorderObserver(Extension):
             if sample == last_sample and key not in record.pending:
                 continue
             event = Event(
-                room.name, datetime.now(timezone.utc), "presence", _user(member),
+                room.name,
+                datetime.now(UTC),
+                "presence",
+                _user(member),
                 {"conn": member.id, "client": client_id, "state": sample},
             )
             record.pending[key] = event
@@ -234,20 +237,22 @@ class RecorderObserver(Extension):
     def _on_chat(self, record: _RoomRecord, event: ArrayEvent) -> None:
         if not record.recording:
             return
-        for step in event.delta:
+        for step in event.delta:  # type: ignore[attr-defined]  # pycrdt's event types lack it
             for item in step.get("insert", ()):
                 # Clients append unstamped entries that the server replaces with stamped ones
                 # (guards.py): the stamped one is the chat line.
                 if isinstance(item, dict) and "author" in item and "at" in item:
                     self.record(
-                        record.room.name, "chat", str(item.get("author")),
+                        record.room.name,
+                        "chat",
+                        str(item.get("author")),
                         {"id": item.get("id"), "name": item.get("name"), "text": item.get("text")},
                     )
 
     def _on_runs(self, record: _RoomRecord, event: MapEvent) -> None:
         if not record.recording:
             return
-        for run_id, change in event.keys.items():
+        for run_id, change in event.keys.items():  # type: ignore[attr-defined]  # pycrdt's event types lack it
             if change.get("action") == "add":
                 self.record(record.room.name, "run", "", {"run": run_id})
 
@@ -284,7 +289,7 @@ class RecorderObserver(Extension):
         seq = record.room.stored_seq
         if seq <= 0:
             return
-        self.writer.add(Version(record.room.name, "checkpoint", seq, datetime.now(timezone.utc), "", True))
+        self.writer.add(Version(record.room.name, "checkpoint", seq, datetime.now(UTC), "", True))
         record.updates = 0
         record.last_checkpoint = time.monotonic()
 
@@ -296,7 +301,7 @@ class RecorderObserver(Extension):
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.writer.run(), name="pairroom-recorder-writer")
                 tasks.create_task(self._checkpoints(), name="pairroom-recorder-checkpoints")
-                if self.settings.keep_days > 0:
+                if self.recorder_settings.keep_days > 0:
                     tasks.create_task(self._purger(), name="pairroom-recorder-purge")
                 started.set()
         finally:
@@ -324,11 +329,11 @@ class RecorderObserver(Extension):
     async def _checkpoints(self) -> None:
         """Name a checkpoint in every room active for ``checkpoint_minutes`` since its last one."""
         while True:
-            await asyncio.sleep(self.settings.flush_interval)
+            await asyncio.sleep(self.recorder_settings.flush_interval)
             self._due_checkpoints()
 
     def _due_checkpoints(self) -> None:
-        every = self.settings.checkpoint_minutes * 60
+        every = self.recorder_settings.checkpoint_minutes * 60
         now = time.monotonic()
         for record in list(self._rooms.values()):
             record = self._refresh(record.room) or record
@@ -353,7 +358,7 @@ class RecorderObserver(Extension):
         log.warning("dropped presence samples while storage is down", extra={"dropped": dropped})
 
     async def _purger(self) -> None:
-        keep = timedelta(days=self.settings.keep_days)
+        keep = timedelta(days=self.recorder_settings.keep_days)
         while True:
             try:
                 removed = await self.history.purge(keep)
@@ -362,7 +367,7 @@ class RecorderObserver(Extension):
             else:
                 if removed:
                     log.info("purged old recordings", extra={"rows": sum(removed.values()), "rooms": len(removed)})
-            await asyncio.sleep(self.settings.purge_interval_seconds)
+            await asyncio.sleep(self.recorder_settings.purge_interval_seconds)
 
 
 def _user(member: Member) -> str:

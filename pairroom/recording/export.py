@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import base64
+import contextlib
 import gzip
 import json
 import sys
-from datetime import datetime, timedelta, timezone
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, AsyncIterator, Iterator
+from typing import IO, Any
 
 from pycrdt import Doc
 
@@ -44,7 +45,7 @@ from pairroom.storage.store import Snapshot, Store, StoredUpdate, StoreError, op
 FORMAT = "pairroom-room"
 VERSION = 1
 ROOT_TEXT_FILE = ".root-text"
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PAGE = 2000
 
 
@@ -136,13 +137,21 @@ async def export_room(db: str, room: str, output: Path) -> dict[str, int]:
         counts = {"update": 0, "snapshot": 0, "event": 0, "version": 0}
         partial = output.with_name(output.name + ".partial")
         with gzip.open(partial, "wt", encoding="utf-8") as out:
-            _line(out, {"format": FORMAT, "version": VERSION, "room": room,
-                        "exported_at": iso(datetime.now(timezone.utc))})
+            _line(out, {"format": FORMAT, "version": VERSION, "room": room, "exported_at": iso(datetime.now(UTC))})
             after = 0
             while page := await history.read_updates_page(room, after, _PAGE):
                 for u in page:
-                    _line(out, {"type": "update", "seq": u.seq, "uid": u.uid, "at_us": _us(u.at),
-                                "origin": u.origin, "data": _b64(u.data)})
+                    _line(
+                        out,
+                        {
+                            "type": "update",
+                            "seq": u.seq,
+                            "uid": u.uid,
+                            "at_us": _us(u.at),
+                            "origin": u.origin,
+                            "data": _b64(u.data),
+                        },
+                    )
                 counts["update"] += len(page)
                 after = page[-1].seq
             for s in await history.snapshots(room):
@@ -152,8 +161,10 @@ async def export_room(db: str, room: str, output: Path) -> dict[str, int]:
                 _line(out, {"type": "event", "at_us": _us(e.at), "kind": e.kind, "user": e.user, "data": e.data})
                 counts["event"] += 1
             for v in await history.versions(room):
-                _line(out, {"type": "version", "name": v.name, "seq": v.seq, "at_us": _us(v.at),
-                            "by": v.by, "auto": v.auto})
+                _line(
+                    out,
+                    {"type": "version", "name": v.name, "seq": v.seq, "at_us": _us(v.at), "by": v.by, "auto": v.auto},
+                )
                 counts["version"] += 1
             _line(out, {"type": "end", "counts": counts})
         partial.replace(output)  # a crash mid-export never leaves a file that looks complete
@@ -233,16 +244,37 @@ def read_export(path: Path) -> tuple[str, list[StoredUpdate], list[Snapshot], li
             if end is not None:
                 raise ValueError("lines after the end line")
             if kind == "update":
-                updates.append(StoredUpdate(room, int(row["seq"]), _time(int(row["at_us"])), str(row["origin"]),
-                                            base64.b64decode(row["data"], validate=True), str(row["uid"])))
+                updates.append(
+                    StoredUpdate(
+                        room,
+                        int(row["seq"]),
+                        _time(int(row["at_us"])),
+                        str(row["origin"]),
+                        base64.b64decode(row["data"], validate=True),
+                        str(row["uid"]),
+                    )
+                )
             elif kind == "snapshot":
-                snapshots.append(Snapshot(room, int(row["seq"]), _time(int(row["at_us"])),
-                                          base64.b64decode(row["data"], validate=True)))
+                snapshots.append(
+                    Snapshot(
+                        room, int(row["seq"]), _time(int(row["at_us"])), base64.b64decode(row["data"], validate=True)
+                    )
+                )
             elif kind == "event":
-                events.append(Event(room, _time(int(row["at_us"])), str(row["kind"]), str(row["user"]), dict(row["data"])))
+                events.append(
+                    Event(room, _time(int(row["at_us"])), str(row["kind"]), str(row["user"]), dict(row["data"]))
+                )
             elif kind == "version":
-                versions.append(Version(room, str(row["name"]), int(row["seq"]), _time(int(row["at_us"])),
-                                        str(row["by"]), bool(row["auto"])))
+                versions.append(
+                    Version(
+                        room,
+                        str(row["name"]),
+                        int(row["seq"]),
+                        _time(int(row["at_us"])),
+                        str(row["by"]),
+                        bool(row["auto"]),
+                    )
+                )
             elif kind == "end":
                 end = row
             else:

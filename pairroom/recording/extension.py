@@ -15,9 +15,7 @@ from starlette.routing import BaseRoute
 
 from .api import link_call_audio, routes
 from .events import RecorderObserver, RecorderSettings
-from .history import History
-
-from .history import PointError
+from .history import History, PointError
 
 
 class Recording(RecorderObserver):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import difflib
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pycrdt import Doc, Map, Text
@@ -63,14 +63,14 @@ def parse_point(value: str) -> int | datetime:
         raise PointError(400, f"{value!r} is neither a seq nor an ISO 8601 time") from exc
     if when.tzinfo is None or when.utcoffset() is None:
         raise PointError(400, f"{value!r} has no time zone: add Z or an offset like +02:00")
-    return when.astimezone(timezone.utc)
+    return when.astimezone(UTC)
 
 
 def iso(when: datetime | None) -> str | None:
     """UTC ISO 8601 with microseconds and a Z, as every API answer spells times."""
     if when is None:
         return None
-    return when.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return when.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def files_of(doc: Doc) -> dict[str, str]:
@@ -176,13 +176,13 @@ class History:
             if value > last:
                 raise PointError(400, f"seq {value} is past the room's last seq {last}")
             return value
-        if value > datetime.now(timezone.utc) + timedelta(seconds=1):
+        if value > datetime.now(UTC) + timedelta(seconds=1):
             raise PointError(400, f"{iso(value)} is in the future")
         return await self.db.seq_at(room, value)
 
     async def state(self, room: str, seq: int) -> State:
         """The document as of ``seq``: the newest snapshot at or before it, then the log after it."""
-        doc = Doc()
+        doc: Doc[Any] = Doc()
         if seq == 0:
             return State(room, 0, None, doc)
         snapshot = await self.db.snapshot_at_or_before(room, seq)
@@ -242,9 +242,7 @@ class History:
                 person["edits"] += count
         session.edits = sum(counts.values())
         session.first_seq = await self.db.seq_at(room, session.start)
-        session.last_seq = (
-            await self.db.seq_at(room, session.end) if session.end else await self.db.last_seq(room)
-        )
+        session.last_seq = await self.db.seq_at(room, session.end) if session.end else await self.db.last_seq(room)
 
     async def session(self, room: str, sid: str, gap: timedelta) -> Session:
         for session in await self.sessions(room, gap):
@@ -269,14 +267,16 @@ class History:
             raise PointError(409, f"room {new_room!r} already exists")
         state = await self.state(room, seq)
         data = state.doc.get_update()
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         uid = f"fork:{secrets.token_hex(8)}"
         last = await self.store.append(new_room, [NewUpdate(uid, now, "local:fork", data)])
         await self.store.write_snapshot(new_room, last, data)
-        await self.db.append_events([
-            Event(new_room, now, "fork", by, {"from": room, "seq": seq}),
-            Event(room, now, "forked", by, {"to": new_room, "seq": seq}),
-        ])
+        await self.db.append_events(
+            [
+                Event(new_room, now, "fork", by, {"from": room, "seq": seq}),
+                Event(room, now, "forked", by, {"to": new_room, "seq": seq}),
+            ]
+        )
         return last
 
     # -- retention ------------------------------------------------------------------------------------
@@ -284,7 +284,7 @@ class History:
     async def purge(self, keep: timedelta, now: datetime | None = None) -> dict[str, int]:
         """Delete history older than ``keep`` in every room, keeping each document whole: a snapshot
         is written at the last seq before the cutoff first. Returns rows removed per room."""
-        cutoff = (now or datetime.now(timezone.utc)) - keep
+        cutoff = (now or datetime.now(UTC)) - keep
         removed: dict[str, int] = {}
         for room in await self.store.rooms():
             keep_from = await self.db.seq_at(room, cutoff)
@@ -297,9 +297,7 @@ class History:
         return removed
 
 
-def unified_diff(
-    old: dict[str, str], new: dict[str, str], path: str | None, old_label: str, new_label: str
-) -> str:
+def unified_diff(old: dict[str, str], new: dict[str, str], path: str | None, old_label: str, new_label: str) -> str:
     """A ``git diff``-like unified diff of the files that differ (or of ``path`` only)."""
     paths = [path] if path is not None else sorted(set(old) | set(new))
     out: list[str] = []

@@ -60,7 +60,8 @@ class MemoryHistoryStore:
     ) -> list[Event]:
         wanted = None if kinds is None else set(kinds)
         found = [
-            e for e in self._log(room).side.get(_EVENTS, [])
+            e
+            for e in self._log(room).side.get(_EVENTS, [])
             if (since is None or e.at >= since)
             and (until is None or e.at <= until)
             and (wanted is None or e.kind in wanted)
@@ -105,9 +106,9 @@ class MemoryHistoryStore:
         return list(self._log(room).snapshots)
 
     async def edit_counts(self, room: str, since: datetime, until: datetime | None) -> dict[str, int]:
-        return dict(Counter(
-            u.origin for u in self._log(room).updates if u.at >= since and (until is None or u.at <= until)
-        ))
+        return dict(
+            Counter(u.origin for u in self._log(room).updates if u.at >= since and (until is None or u.at <= until))
+        )
 
     async def read_updates_page(self, room: str, after_seq: int, limit: int) -> list[StoredUpdate]:
         return self._log(room).updates_between(after_seq, None)[:limit]

@@ -49,7 +49,7 @@ import logging
 import zlib
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pycrdt import Doc, merge_updates
@@ -58,13 +58,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from pairroom.protocol import sync as protocol
 from pairroom.protocol.close_codes import CloseCode
 from pairroom.protocol.sync import AwarenessEntry, MessageType, ProtocolError, SyncStep
-from pairroom.web.hub import Hub
-from pairroom.web.auth import AuthError, admit
-from pairroom.web.websocket import room_name_from_path, truncate_reason
 from pairroom.recording.events import RecorderObserver
 from pairroom.recording.history import History, PointError, iso, parse_point
 from pairroom.recording.history_store import Event
-from pairroom.storage.store import StoreError, StoredUpdate
+from pairroom.storage.store import StoredUpdate, StoreError
+from pairroom.web.auth import AuthError, admit
+from pairroom.web.hub import Hub
+from pairroom.web.websocket import room_name_from_path, truncate_reason
 
 log = logging.getLogger("pairroom.replay")
 
@@ -143,9 +143,9 @@ class Player:
         self.speed = speed
         self.paused = False
         self.ended = False
-        self.doc = Doc()
+        self.doc: Doc[Any] = Doc()
         self.seq = 0
-        self.rec_at: datetime = datetime.now(timezone.utc)
+        self.rec_at: datetime = datetime.now(UTC)
         self.presence: dict[int, dict[str, Any]] = {}
         self._clocks: dict[int, int] = {}
         self._next_event = 0
@@ -160,7 +160,7 @@ class Player:
     async def open(self, from_seq: int, from_at: datetime | None) -> None:
         state = await self.history.state(self.room, from_seq)
         self.doc, self.seq = state.doc, from_seq
-        self.rec_at = from_at or state.at or self.span.start or datetime.now(timezone.utc)
+        self.rec_at = from_at or state.at or self.span.start or datetime.now(UTC)
         self._pager.restart(from_seq)
         self._reposition_events()
         self._anchor(self.rec_at)
@@ -220,8 +220,13 @@ class Player:
 
     async def publish_status(self) -> None:
         status = {
-            "seq": self.seq, "at": iso(self.position()), "paused": self.paused, "speed": self.speed,
-            "from_seq": self.span.start_seq, "to_seq": self.span.to_seq, "ended": self.ended,
+            "seq": self.seq,
+            "at": iso(self.position()),
+            "paused": self.paused,
+            "speed": self.speed,
+            "from_seq": self.span.start_seq,
+            "to_seq": self.span.to_seq,
+            "ended": self.ended,
         }
         clock = self._clocks.get(REPLAY_CLIENT_ID, 0) + 1
         self._clocks[REPLAY_CLIENT_ID] = clock
@@ -401,7 +406,7 @@ async def _open(
     sid = params.get("session")
     try:
         if sid:
-            session = await history.session(room, sid, recorder.settings.session_gap)
+            session = await history.session(room, sid, recorder.recorder_settings.session_gap)
             span = Span(session.first_seq, session.last_seq, session.start, session.end)
         else:
             span = Span(0, await history.db.last_seq(room), None, None)

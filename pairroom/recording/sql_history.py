@@ -23,11 +23,11 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pairroom.recording.history_store import Event, Version
 from pairroom.storage.event_models import USER_MAX_LENGTH, EventRow, VersionRow
 from pairroom.storage.models import SnapshotRow, UpdateRow
 from pairroom.storage.sql import SqlStore, _begin_write, _failures
 from pairroom.storage.store import Snapshot, StoredUpdate
-from pairroom.recording.history_store import Event, Version
 
 _INSERT_BATCH = 1000
 
@@ -48,16 +48,21 @@ class SqlHistoryStore:
         if not events and not versions:
             return
         rows = [
-            {"room": e.room, "at": e.at, "kind": e.kind, "user": e.user[:USER_MAX_LENGTH],
-             "data": json.dumps(e.data, separators=(",", ":"), sort_keys=True)}
+            {
+                "room": e.room,
+                "at": e.at,
+                "kind": e.kind,
+                "user": e.user[:USER_MAX_LENGTH],
+                "data": json.dumps(e.data, separators=(",", ":"), sort_keys=True),
+            }
             for e in events
         ]
         with _failures(f"writing {len(rows)} event(s) and {len(versions)} version(s)"):
             async with _begin_write(self._engine) as conn:
                 for start in range(0, len(rows), _INSERT_BATCH):
-                    await conn.execute(insert(EventRow.__table__), rows[start : start + _INSERT_BATCH])
+                    await conn.execute(insert(EventRow.__table__), rows[start : start + _INSERT_BATCH])  # type: ignore[arg-type]
                 if versions:
-                    await conn.execute(insert(VersionRow.__table__), [_version_row(v) for v in versions])
+                    await conn.execute(insert(VersionRow.__table__), [_version_row(v) for v in versions])  # type: ignore[arg-type]
 
     async def events(
         self,
@@ -82,7 +87,7 @@ class SqlHistoryStore:
     async def add_version(self, version: Version) -> None:
         with _failures(f"naming a version of room {version.room!r}"):
             async with _begin_write(self._engine) as conn:
-                await conn.execute(insert(VersionRow.__table__).values(_version_row(version)))
+                await conn.execute(insert(VersionRow.__table__).values(_version_row(version)))  # type: ignore[arg-type]
 
     async def versions(self, room: str) -> list[Version]:
         query = (
@@ -101,9 +106,11 @@ class SqlHistoryStore:
         with _failures(f"reading the last seq of room {room!r}"):
             async with self._engine.connect() as conn:
                 return int(
-                    (await conn.execute(
-                        select(func.coalesce(func.max(UpdateRow.seq), 0)).where(UpdateRow.room == room)
-                    )).scalar_one()
+                    (
+                        await conn.execute(
+                            select(func.coalesce(func.max(UpdateRow.seq), 0)).where(UpdateRow.room == room)
+                        )
+                    ).scalar_one()
                 )
 
     async def seq_at(self, room: str, at: datetime) -> int:
@@ -134,9 +141,11 @@ class SqlHistoryStore:
         with _failures(f"reading the first seq of room {room!r}"):
             async with self._engine.connect() as conn:
                 return int(
-                    (await conn.execute(
-                        select(func.coalesce(func.min(UpdateRow.seq), 0)).where(UpdateRow.room == room)
-                    )).scalar_one()
+                    (
+                        await conn.execute(
+                            select(func.coalesce(func.min(UpdateRow.seq), 0)).where(UpdateRow.room == room)
+                        )
+                    ).scalar_one()
                 )
 
     async def snapshot_at_or_before(self, room: str, seq: int) -> Snapshot | None:
@@ -225,22 +234,39 @@ class SqlHistoryStore:
             raise ValueError(f"room {room!r} already exists; import under another name (--as)")
         with _failures(f"importing room {room!r}"):
             async with _begin_write(self._engine) as conn:
-                await _insert_all(conn, UpdateRow, (
-                    {"room": room, "seq": u.seq, "uid": u.uid, "at": u.at, "origin": u.origin, "data": u.data}
-                    for u in updates
-                ))
-                await _insert_all(conn, SnapshotRow, (
-                    {"room": room, "seq": s.seq, "at": s.at, "data": s.data} for s in snapshots
-                ))
-                await _insert_all(conn, EventRow, (
-                    {"room": room, "at": e.at, "kind": e.kind, "user": e.user,
-                     "data": json.dumps(e.data, separators=(",", ":"), sort_keys=True)}
-                    for e in events
-                ))
-                await _insert_all(conn, VersionRow, (
-                    {"room": room, "name": v.name, "seq": v.seq, "at": v.at, "by": v.by, "auto": v.auto}
-                    for v in versions
-                ))
+                await _insert_all(
+                    conn,
+                    UpdateRow,
+                    (
+                        {"room": room, "seq": u.seq, "uid": u.uid, "at": u.at, "origin": u.origin, "data": u.data}
+                        for u in updates
+                    ),
+                )
+                await _insert_all(
+                    conn, SnapshotRow, ({"room": room, "seq": s.seq, "at": s.at, "data": s.data} for s in snapshots)
+                )
+                await _insert_all(
+                    conn,
+                    EventRow,
+                    (
+                        {
+                            "room": room,
+                            "at": e.at,
+                            "kind": e.kind,
+                            "user": e.user,
+                            "data": json.dumps(e.data, separators=(",", ":"), sort_keys=True),
+                        }
+                        for e in events
+                    ),
+                )
+                await _insert_all(
+                    conn,
+                    VersionRow,
+                    (
+                        {"room": room, "name": v.name, "seq": v.seq, "at": v.at, "by": v.by, "auto": v.auto}
+                        for v in versions
+                    ),
+                )
 
     async def read_updates_page(self, room: str, after_seq: int, limit: int) -> list[StoredUpdate]:
         """Up to ``limit`` log entries after ``after_seq`` (for streaming exports and replays)."""
@@ -257,8 +283,14 @@ class SqlHistoryStore:
 
 
 def _version_row(version: Version) -> dict[str, Any]:
-    return {"room": version.room, "name": version.name, "seq": version.seq, "at": version.at,
-            "by": version.by, "auto": version.auto}
+    return {
+        "room": version.room,
+        "name": version.name,
+        "seq": version.seq,
+        "at": version.at,
+        "by": version.by,
+        "auto": version.auto,
+    }
 
 
 async def _insert_all(conn: Any, model: Any, rows: Iterable[dict[str, Any]]) -> None:
@@ -266,7 +298,7 @@ async def _insert_all(conn: Any, model: Any, rows: Iterable[dict[str, Any]]) -> 
     for row in rows:
         batch.append(row)
         if len(batch) >= _INSERT_BATCH:
-            await conn.execute(insert(model.__table__), batch)
+            await conn.execute(insert(model.__table__), batch)  # type: ignore[arg-type]
             batch = []
     if batch:
-        await conn.execute(insert(model.__table__), batch)
+        await conn.execute(insert(model.__table__), batch)  # type: ignore[arg-type]

@@ -68,9 +68,7 @@ def author_message(principal: Principal, body: dict[str, Any], text_key: str = "
     if principal.names_itself and isinstance(body.get("name"), str) and body["name"].strip():
         name = body["name"]
     try:
-        return review.message_entry(
-            body.get(text_key), author=principal.user_id, name=name, run=body.get("run")
-        )
+        return review.message_entry(body.get(text_key), author=principal.user_id, name=name, run=body.get("run"))
     except ReviewError as exc:
         raise failed(exc) from exc
 
@@ -136,8 +134,14 @@ async def create_thread(request: Request) -> Response:
                 else:
                     start, end = _int_field(body, "start"), _int_field(body, "end")
                 thread_id = review.create_thread(
-                    doc, path=path, start=start, end=end, message=message, by=principal.user_id,
-                    suggestion=body.get("suggestion"), review_pass=review_passes.active_pass(doc),
+                    doc,
+                    path=path,
+                    start=start,
+                    end=end,
+                    message=message,
+                    by=principal.user_id,
+                    suggestion=body.get("suggestion"),
+                    review_pass=review_passes.active_pass(doc),
                 )
                 view = review.thread_view(doc, thread_id, review.thread_of(doc, thread_id))
         except ReviewError as exc:
@@ -229,10 +233,13 @@ async def start_pass(request: Request) -> Response:
                 doc, seq=room.stored_seq, by=principal.user_id, name=principal.name, title=title
             )
     changes = await review_passes.changes_between(hub.store, name, record["since"], record["seq"])
-    return JSONResponse({
-        **record,
-        "changes": [{"path": c.path, "kind": c.kind, "diff": c.diff} for c in changes],
-    }, 201)
+    return JSONResponse(
+        {
+            **record,
+            "changes": [{"path": c.path, "kind": c.kind, "diff": c.diff} for c in changes],
+        },
+        201,
+    )
 
 
 async def finish_pass(request: Request) -> Response:

@@ -7,20 +7,32 @@ reused (a pull-request comment, an e-mail) without a server.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
 from pairroom.review.passes import FileChange
 
-LANGUAGES = {".py": "python", ".js": "javascript", ".ts": "typescript", ".md": "markdown", ".json": "json",
-             ".html": "html", ".css": "css", ".sh": "sh", ".rs": "rust", ".go": "go", ".c": "c", ".java": "java"}
+LANGUAGES = {
+    ".py": "python",
+    ".js": "javascript",
+    ".ts": "typescript",
+    ".md": "markdown",
+    ".json": "json",
+    ".html": "html",
+    ".css": "css",
+    ".sh": "sh",
+    ".rs": "rust",
+    ".go": "go",
+    ".c": "c",
+    ".java": "java",
+}
 
 
 def when(ms: Any) -> str:
     if not isinstance(ms, (int, float)):
         return "?"
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def fence(body: str, language: str = "") -> str:
@@ -30,8 +42,9 @@ def fence(body: str, language: str = "") -> str:
     return f"{ticks}{language}\n{body.rstrip(chr(10))}\n{ticks}\n"
 
 
-def pass_markdown(room: str, record: dict[str, Any], changes: list[FileChange],
-                  threads: list[dict[str, Any]], counts: dict[str, int]) -> str:
+def pass_markdown(
+    room: str, record: dict[str, Any], changes: list[FileChange], threads: list[dict[str, Any]], counts: dict[str, int]
+) -> str:
     title = record.get("title") or f"Review {record['id']}"
     out = [f"# {title}\n\n"]
     status = record.get("status", "active")

@@ -169,8 +169,10 @@ class ReviewGuard(Extension):
                         self._apply_fix(state.reviews, fix, author, name)
                     except Exception:
                         # Fail closed: a thread the guard cannot correct does not stay as written.
-                        log.exception("review correction failed; thread removed",
-                                      extra={"room": room.name, "review_thread": fix.thread_id})
+                        log.exception(
+                            "review correction failed; thread removed",
+                            extra={"room": room.name, "review_thread": fix.thread_id},
+                        )
                         if fix.thread_id in state.reviews:
                             del state.reviews[fix.thread_id]
 
@@ -273,7 +275,7 @@ def _stamped(item: Any, author: str, name: str | None) -> dict[str, Any] | None:
             author=author,
             name=name,
             run=run if isinstance(run, str) and run else None,
-            at=int(at) if _plausible(at) else None,
+            at=int(at) if at is not None and _plausible(at) else None,
             entry_id=entry_id,
         )
     except review.ReviewError:
@@ -284,6 +286,8 @@ def _plausible(at: Any) -> bool:
     """A client's time is kept when it is within 10 s of the server's (clients queue offline edits
     for longer, but then the server's time of arrival is the honest one). NaN and infinities fail."""
     return (
-        isinstance(at, (int, float)) and not isinstance(at, bool)
-        and math.isfinite(at) and abs(at - time.time() * 1000) <= 10_000
+        isinstance(at, (int, float))
+        and not isinstance(at, bool)
+        and math.isfinite(at)
+        and abs(at - time.time() * 1000) <= 10_000
     )

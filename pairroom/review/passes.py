@@ -19,9 +19,9 @@ from typing import Any
 
 from pycrdt import Doc, Map, Text
 
-from pairroom.storage.store import Store
 from pairroom.review import threads as review
 from pairroom.review.threads import ReviewError
+from pairroom.storage.store import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +110,7 @@ def finish_pass(doc: Doc, pass_id: str) -> dict[str, Any]:
 
 async def state_at(store: Store, room: str, seq: int) -> Doc:
     """The room's document as stored up to log position ``seq``."""
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     if seq <= 0:
         return doc
     loaded = await store.load(room)

@@ -145,8 +145,9 @@ def thread_of(doc: Doc, thread_id: str) -> Map:
     return thread
 
 
-def message_entry(text: Any, *, author: str, name: str, run: Any = None, at: int | None = None,
-                  entry_id: str | None = None) -> dict[str, Any]:
+def message_entry(
+    text: Any, *, author: str, name: str, run: Any = None, at: int | None = None, entry_id: str | None = None
+) -> dict[str, Any]:
     """A thread message as the server stores it (author, name and time are the server's)."""
     if not isinstance(text, str) or not text.strip() or len(text.encode()) > MAX_MESSAGE_TEXT:
         raise ReviewError("invalid", f"text must be a non-empty string of at most {MAX_MESSAGE_TEXT} bytes")
@@ -333,7 +334,7 @@ def thread_view(doc: Doc, thread_id: str, thread: Map) -> dict[str, Any]:
             "end": where.end,
             "line": line_of(content, where.start),
             "endLine": line_of(content, max(where.start, where.end - 1)),
-            "code": content[where.start:where.end],
+            "code": content[where.start : where.end],
         }
     for message in data.get("messages") or []:
         if isinstance(message, dict):

@@ -406,7 +406,7 @@ class DocumentGuards:
         for index in range(len(shared)):
             try:
                 now.append(_fingerprint(shared[index]))
-            except Exception:  # noqa: BLE001 - fail closed: an entry that cannot be read is removed
+            except Exception:  # noqa: BLE001 - a guard that cannot check a client's change fails closed
                 now.append(object())  # cannot even be read: never matches
         keep = [False] * len(now)
         matcher = difflib.SequenceMatcher(None, seen, now, autojunk=False)
@@ -487,7 +487,7 @@ def _read_checked(validate: Any, read: Any) -> bool:
     """Read a value and validate it; a value that cannot even be read (too deep) fails."""
     try:
         return checked(validate, read())
-    except Exception:  # noqa: BLE001 - fail closed: what cannot be read is not accepted
+    except Exception:  # noqa: BLE001 - a guard that cannot check a client's change fails closed
         return False
 
 

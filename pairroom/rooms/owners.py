@@ -287,5 +287,5 @@ def checked(validate: Validator, value: Any) -> bool:
     """Run a validator; one that raises says no (fail closed)."""
     try:
         return bool(validate(value))
-    except Exception:  # noqa: BLE001 - fail closed: a validator that cannot decide says no
+    except Exception:  # noqa: BLE001 - a validator that cannot decide says no (fail closed)
         return False

@@ -24,25 +24,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterator
 
-import itertools
-
+from pairroom.cluster.bridge import Cluster
+from pairroom.cluster.broker import BrokerError
+from pairroom.protocol import keys
 from pairroom.protocol import sync as protocol
 from pairroom.protocol.origins import Origin
+from pairroom.rooms.extension import ExtensionRunner
+from pairroom.rooms.member import Member
+from pairroom.rooms.persistence import write_pending
+from pairroom.rooms.room import Room, RoomListener, RoomState
 from pairroom.storage.compaction import compact
 from pairroom.storage.store import Store, StoreError
 from pairroom.storage.writer import Backoff
-from pairroom.protocol import keys
-from pairroom.cluster.broker import BrokerError
-from pairroom.cluster.bridge import Cluster
-from pairroom.rooms.extension import ExtensionRunner
-from pairroom.rooms.persistence import write_pending
-from pairroom.rooms.member import Member
-from pairroom.rooms.room import Room, RoomListener, RoomState
 
 log = logging.getLogger("pairroom.rooms")
 
@@ -243,9 +242,7 @@ class RoomRegistry(RoomListener):
         if old is not None:
             old.cancel()
         loop = asyncio.get_running_loop()
-        self._idle_timers[room.name] = loop.call_later(
-            self.settings.idle_unload_seconds, self._idle_timer_fired, room
-        )
+        self._idle_timers[room.name] = loop.call_later(self.settings.idle_unload_seconds, self._idle_timer_fired, room)
 
     def _idle_timer_fired(self, room: Room) -> None:
         self._idle_timers.pop(room.name, None)
@@ -260,7 +257,7 @@ class RoomRegistry(RoomListener):
         unloaded = self._unloaded[room.name] = asyncio.Event()
         try:
             await room.flush()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any error writing one room is logged and retried for that room alone
             log.error("final flush failed, keeping room", extra={"room": room.name, "error": str(exc)})
             room.transition(RoomState.ACTIVE)
             if not room.members:
@@ -394,7 +391,7 @@ class RoomRegistry(RoomListener):
                 # Shielded: a shutdown must not cut a write in half (a transaction cancelled
                 # mid-way can hold the room's write lock); close_all waits for it instead.
                 count = await asyncio.shield(self._flush_group(group))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any error writing one room is logged and retried for that room alone
                 if len(group) > 1:
                     await self._flush_each(group)  # one room's bad batch must not hold the others back
                 else:
@@ -419,7 +416,7 @@ class RoomRegistry(RoomListener):
             started = time.perf_counter()
             try:
                 count = await asyncio.shield(room.flush())
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any error writing one room is logged and retried for that room alone
                 self._flush_failed(room, exc)
                 continue
             self._retry.pop(room, None)
@@ -436,8 +433,12 @@ class RoomRegistry(RoomListener):
         log.error(
             "flush failed, will retry",
             exc_info=not isinstance(exc, StoreError),  # an unexpected error shows its traceback
-            extra={"room": room.name, "error": f"{type(exc).__name__}: {exc}", "pending": len(room.pending),
-                   "retry_in": round(wait, 3)},
+            extra={
+                "room": room.name,
+                "error": f"{type(exc).__name__}: {exc}",
+                "pending": len(room.pending),
+                "retry_in": round(wait, 3),
+            },
         )
 
     def _compact_if_due(self, rooms: list[Room]) -> None:

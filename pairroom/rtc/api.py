@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -19,14 +20,14 @@ from starlette.routing import Route, WebSocketRoute
 
 from pairroom.protocol.sync import ProtocolError
 from pairroom.rooms.registry import RoomLoadError
-from pairroom.web.api import live_role
-from pairroom.web.auth import AuthError, Role, authenticate
-from pairroom.web.websocket import room_name_from_path
 from pairroom.rtc.bus import MemoryBus, SignalBus
 from pairroom.rtc.calls import CallHub, call_endpoint
 from pairroom.rtc.ice import rtc_config
 from pairroom.rtc.settings import RtcSettings, Speak
 from pairroom.rtc.signaling import TopicHub, signal_endpoint
+from pairroom.web.api import live_role
+from pairroom.web.auth import AuthError, Role, authenticate
+from pairroom.web.websocket import room_name_from_path
 
 log = logging.getLogger("pairroom.rtc")
 

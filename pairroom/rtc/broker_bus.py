@@ -20,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from pairroom.protocol import keys
 from pairroom.cluster.side_channel import SideChannel
+from pairroom.protocol import keys
 from pairroom.rtc.bus import Handler
 
 if TYPE_CHECKING:

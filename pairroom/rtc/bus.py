@@ -14,7 +14,8 @@ text so they cross a network unchanged.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 log = logging.getLogger("pairroom.rtc.bus")
 

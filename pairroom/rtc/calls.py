@@ -36,21 +36,22 @@ import json
 import logging
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
 from starlette.websockets import WebSocket
 
-from pairroom.web.api import live_role
-from pairroom.web.auth import AuthError, Principal, Role, admit
-from pairroom.web.websocket import room_name_from_path
 from pairroom.protocol.sync import ProtocolError
 from pairroom.rooms.registry import RoomLoadError
 from pairroom.rtc.bus import SignalBus
 from pairroom.rtc.connection import Connection
-from pairroom.rtc.limits import Refused, CloseCode
-from pairroom.rtc.settings import CallPolicy, Speak
+from pairroom.rtc.limits import CloseCode, Refused
 from pairroom.rtc.limits import field as checked
+from pairroom.rtc.settings import CallPolicy, Speak
+from pairroom.web.api import live_role
+from pairroom.web.auth import AuthError, Principal, Role, admit
+from pairroom.web.websocket import room_name_from_path
 
 log = logging.getLogger("pairroom.rtc.call")
 
@@ -204,7 +205,9 @@ class CallHub:
             raise Refused(CloseCode.FORBIDDEN, "listeners may not unmute", strike=False)
         await self._publish(room, {"ev": "state", "peer": sender, "muted": muted, "camera": camera})
 
-    async def set_policy(self, room_name: str, sender: str, speak: Speak | None, allow: tuple[str, bool] | None) -> None:
+    async def set_policy(
+        self, room_name: str, sender: str, speak: Speak | None, allow: tuple[str, bool] | None
+    ) -> None:
         room = self._joined(room_name, sender)
         if not room.peers[sender].owner:
             raise Refused(CloseCode.FORBIDDEN, "only owners change who may speak", strike=False)
@@ -247,9 +250,7 @@ class CallHub:
             room.homes[peer.id] = event.get("node", "")
             if kind == "join" and peer.id in room.local:
                 others = [p.public(room.speak) for p in room.peers.values() if p.id != peer.id]
-                room.local[peer.id].send(
-                    {"type": "joined", "peer": peer.id, "peers": others, "policy": room.policy()}
-                )
+                room.local[peer.id].send({"type": "joined", "peer": peer.id, "peers": others, "policy": room.policy()})
             if not known:
                 room.to_local({"type": "peer-joined", **peer.public(room.speak)}, skip=peer.id)
         elif kind == "leave":
@@ -261,7 +262,7 @@ class CallHub:
             if member is not None:  # on the node that holds the peer, and only while it is here
                 member.send(event["msg"])
         elif kind == "state":
-            peer = room.peers.get(event["peer"])
+            peer = room.peers.get(event["peer"])  # type: ignore[assignment]  # None is checked next
             if peer is not None:
                 if event["muted"] is not None:
                     peer.muted = event["muted"]
@@ -385,8 +386,13 @@ class CallSession:
             video = bool(checked(message, "video", bool, optional=True))
             identity = {**self.principal.identity(), "role": (await self.role()).value}
             peer = CallPeer(
-                self.peer_id, identity, owner=await self._owner(),
-                audio=audio, video=video, muted=not audio, camera=video,
+                self.peer_id,
+                identity,
+                owner=await self._owner(),
+                audio=audio,
+                video=video,
+                muted=not audio,
+                camera=video,
             )
             room = self.hub.rooms.get(self.room)
             speak = room.speak if room else self.hub.policy_for(self.room).speak
@@ -411,8 +417,10 @@ class CallSession:
             if checked(message, "muted", bool, optional=True) is False:
                 await self._refresh_owner()
             await self.hub.state(
-                self.room, self.peer_id,
-                checked(message, "muted", bool, optional=True), checked(message, "camera", bool, optional=True),
+                self.room,
+                self.peer_id,
+                checked(message, "muted", bool, optional=True),
+                checked(message, "camera", bool, optional=True),
             )
         elif kind == "policy":
             try:

@@ -16,11 +16,12 @@ import asyncio
 import collections
 import json
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from pairroom.rtc.limits import Gate, Limits, Refused, CloseCode
+from pairroom.rtc.limits import CloseCode, Gate, Limits, Refused
 
 log = logging.getLogger("pairroom.rtc")
 

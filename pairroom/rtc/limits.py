@@ -60,9 +60,7 @@ class Gate:
             raise Refused(CloseCode.MALFORMED, "empty frame")
         size = len(raw.encode()) if isinstance(raw, str) else len(raw)
         if size > self.limits.max_message_bytes:
-            raise Refused(
-                CloseCode.MESSAGE_TOO_BIG, f"message of {size} bytes over {self.limits.max_message_bytes}"
-            )
+            raise Refused(CloseCode.MESSAGE_TOO_BIG, f"message of {size} bytes over {self.limits.max_message_bytes}")
         if not self.bucket.take():
             raise Refused(CloseCode.RATE_LIMITED, f"over {self.limits.rate_per_second:g} messages a second")
         try:

@@ -27,7 +27,8 @@ import logging
 import math
 import operator
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import aioice.ice
 import aiortc.rtp

@@ -24,9 +24,10 @@ import os
 import secrets
 import time
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import av
 from aiortc import MediaStreamTrack, RTCIceCandidate, RTCPeerConnection
@@ -169,8 +170,12 @@ class CallRecorder:
         self.recordings[peer] = []
         for track in tracks:
             recording = TrackRecording(
-                self.directory, self.room, self.session, peer if len(tracks) == 1 else f"{peer}-{len(self.recordings[peer])}",
-                self.users.get(peer, {"id": peer}), "call",
+                self.directory,
+                self.room,
+                self.session,
+                peer if len(tracks) == 1 else f"{peer}-{len(self.recordings[peer])}",
+                self.users.get(peer, {"id": peer}),
+                "call",
             )
             await recording.start(track)
             self.recordings[peer].append(recording)

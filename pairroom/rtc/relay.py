@@ -27,12 +27,13 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole, MediaRelay
 
-from pairroom.web.auth import Principal
 from pairroom.rtc.media import answer, new_peer
 from pairroom.rtc.recording import TrackRecording, new_session_id
+from pairroom.web.auth import Principal
 
 log = logging.getLogger("pairroom.rtc.relay")
 

@@ -33,11 +33,11 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from pairroom.web.auth import AuthError, Principal, admit
 from pairroom.rtc.bus import Handler, SignalBus
 from pairroom.rtc.connection import Connection
-from pairroom.rtc.limits import Limits, Refused, CloseCode
+from pairroom.rtc.limits import CloseCode, Limits, Refused
 from pairroom.rtc.limits import field as checked
+from pairroom.web.auth import AuthError, Principal, admit
 
 log = logging.getLogger("pairroom.rtc.signal")
 
@@ -112,7 +112,9 @@ class SignalSession:
         topics = checked(message, "topics", list, optional=True) or []
         for topic in topics:
             if not isinstance(topic, str) or not topic or len(topic) > MAX_TOPIC:
-                raise Refused(CloseCode.MALFORMED, f"topics must be non-empty strings of at most {MAX_TOPIC} characters")
+                raise Refused(
+                    CloseCode.MALFORMED, f"topics must be non-empty strings of at most {MAX_TOPIC} characters"
+                )
         return topics
 
     async def handle(self, conn: Connection, message: dict[str, Any]) -> None:

@@ -229,7 +229,9 @@ def _detect_v2(own: dict[str, str], mounts: dict[str, Path], name: str, settings
     return Cgroups(CgroupMode.V2, {c: parent for c in wanted})
 
 
-def _try_make(parent: Path, controller: str, mode: CgroupMode, settings: KernelSettings, exists_ok: bool = False) -> bool:
+def _try_make(
+    parent: Path, controller: str, mode: CgroupMode, settings: KernelSettings, exists_ok: bool = False
+) -> bool:
     """Create ``parent`` and check that a child's limit can be written (the test write)."""
     try:
         parent.mkdir(mode=0o755, exist_ok=True)

@@ -8,6 +8,8 @@ node holding the room's compaction lease runs it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pycrdt import Doc
 
 from pairroom.storage.store import Store
@@ -22,7 +24,7 @@ async def compact(store: Store, room: str) -> int | None:
         return None
     # Folded through a Doc rather than merge_updates: the Doc's encoding of the same state applies
     # about 3x faster, and loads and seeks start from snapshots.
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     with doc.transaction():
         if loaded.snapshot:
             doc.apply_update(loaded.snapshot.data)
@@ -30,4 +32,3 @@ async def compact(store: Store, room: str) -> int | None:
             doc.apply_update(update.data)
     await store.write_snapshot(room, loaded.last_seq, doc.get_update())
     return loaded.last_seq
-

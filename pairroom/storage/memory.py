@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pairroom.storage.store import (
@@ -35,7 +35,7 @@ from pairroom.storage.store import (
 
 __all__ = ["MemoryStore", "MemoryTables", "RoomLog"]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -196,7 +196,9 @@ class MemoryStore:
             rows: list[StoredUpdate] = []
             for update in not_yet_stored(room, batches[room], stored):  # raises before anything is kept
                 last += 1
-                rows.append(StoredUpdate(room, last, as_stored(update.at), update.origin, bytes(update.data), update.uid))
+                rows.append(
+                    StoredUpdate(room, last, as_stored(update.at), update.origin, bytes(update.data), update.uid)
+                )
             numbered[room] = rows
             result[room] = last
         for room, rows in numbered.items():
@@ -211,7 +213,7 @@ class MemoryStore:
         check_room(room)
         check_seq(seq, minimum=0)
         tables = self._require_open()
-        tables.writable(room).add_snapshot(Snapshot(room, seq, as_stored(datetime.now(timezone.utc)), bytes(data)))
+        tables.writable(room).add_snapshot(Snapshot(room, seq, as_stored(datetime.now(UTC)), bytes(data)))
 
     async def read_updates(self, room: str, after_seq: int = 0, upto_seq: int | None = None) -> list[StoredUpdate]:
         check_room(room)

@@ -6,7 +6,7 @@ match these tables; ``tests/test_storage.py`` compares the two.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import BigInteger, Integer, LargeBinary, MetaData, String, UniqueConstraint
 from sqlalchemy.engine import Dialect
@@ -17,7 +17,7 @@ from pairroom.storage.store import ORIGIN_MAX_LENGTH, ROOM_MAX_LENGTH, UID_MAX_L
 
 __all__ = ["ORIGIN_MAX_LENGTH", "ROOM_MAX_LENGTH", "UID_MAX_LENGTH", "Base", "SnapshotRow", "UpdateRow", "UtcMicros"]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid alias), never a BIGINT one.
@@ -95,4 +95,3 @@ class SnapshotRow(Base):
 
 
 # The recorder's tables share this metadata (Alembic and the schema tests see one schema).
-from pairroom.storage import event_models as _event_models

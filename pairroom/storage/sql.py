@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager as AsyncContextManager
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, AsyncContextManager, TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, TextClause, event, func, insert, inspect, select, text, union
+from sqlalchemy import Connection, TextClause, event, insert, inspect, select, text, union
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -81,6 +82,7 @@ _ASYNC_SCHEMES = {
     "postgres": "postgresql+asyncpg",
     "postgresql+asyncpg": "postgresql+asyncpg",
 }
+
 
 class MigrationError(Exception):
     """Alembic could not bring the schema to head (an unknown revision, a broken script)."""
@@ -198,9 +200,7 @@ class SqlStore:
                     # Writers of one room take turns (SQLite's BEGIN IMMEDIATE already serializes),
                     # so the numbering below cannot race.
                     for room in names:
-                        await conn.execute(
-                            text("SELECT pg_advisory_xact_lock(hashtext(:room))"), {"room": room}
-                        )
+                        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:room))"), {"room": room})
                 # Three statements whatever the number of rooms: what is stored, the last seqs, insert.
                 stored = await _stored_data(conn, batches)
                 lasts = await _last_seqs(conn, names)
@@ -210,11 +210,19 @@ class SqlStore:
                     last = lasts.get(room, 0)
                     for update in not_yet_stored(room, batches[room], stored):
                         last += 1
-                        rows.append({"room": room, "seq": last, "uid": update.uid, "at": update.at,
-                                     "origin": update.origin, "data": update.data})
+                        rows.append(
+                            {
+                                "room": room,
+                                "seq": last,
+                                "uid": update.uid,
+                                "at": update.at,
+                                "origin": update.origin,
+                                "data": update.data,
+                            }
+                        )
                     result[room] = last
                 if rows:
-                    await conn.execute(insert(UpdateRow.__table__), rows)
+                    await conn.execute(insert(UpdateRow.__table__), rows)  # type: ignore[arg-type]  # a Table, typed as FromClause
                 return result
 
     async def write_snapshot(self, room: str, seq: int, data: bytes) -> None:
@@ -226,13 +234,11 @@ class SqlStore:
             async with _begin_write(engine) as conn:
                 await conn.execute(
                     self._insert(SnapshotRow.__table__)
-                    .values(room=room, seq=seq, at=datetime.now(timezone.utc), data=data)
+                    .values(room=room, seq=seq, at=datetime.now(UTC), data=data)
                     .on_conflict_do_nothing(index_elements=["room", "seq"])
                 )
 
-    async def read_updates(
-        self, room: str, after_seq: int = 0, upto_seq: int | None = None
-    ) -> list[StoredUpdate]:
+    async def read_updates(self, room: str, after_seq: int = 0, upto_seq: int | None = None) -> list[StoredUpdate]:
         """Log entries of ``room`` with after_seq < seq <= upto_seq, in sequence order."""
         check_room(room)
         engine = self._require_open()
@@ -285,9 +291,7 @@ class SqlStore:
     async def _migrate(self, engine: AsyncEngine) -> None:
         async with _begin_write(engine) as conn:
             if self.dialect == "postgresql":
-                await conn.execute(
-                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
-                )
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
             await conn.run_sync(_upgrade_to_head)
 
 
@@ -310,8 +314,6 @@ def _upgrade_to_head(connection: Connection) -> None:
         if versions == [HEAD_REVISION]:
             return
     elif not tables:
-        from pairroom.storage import event_models
-
         Base.metadata.create_all(connection)
         connection.execute(
             text(
@@ -337,7 +339,6 @@ def _run_alembic(connection: Connection) -> None:
         command.upgrade(config, "head")
     except CommandError as exc:
         raise MigrationError(str(exc)) from exc
-
 
 
 def _check_sqlite_directory(url: URL) -> None:
@@ -373,9 +374,7 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-async def _select_updates(
-    conn: AsyncConnection, room: str, after_seq: int, upto_seq: int | None
-) -> list[StoredUpdate]:
+async def _select_updates(conn: AsyncConnection, room: str, after_seq: int, upto_seq: int | None) -> list[StoredUpdate]:
     query = select(UpdateRow.seq, UpdateRow.at, UpdateRow.origin, UpdateRow.data, UpdateRow.uid).where(
         UpdateRow.room == room, UpdateRow.seq > after_seq
     )
@@ -412,8 +411,7 @@ def _last_seqs_sql(rooms: int) -> TextClause:
     table = UpdateRow.__tablename__
     return text(
         " UNION ALL ".join(
-            f"SELECT CAST(:r{i} AS VARCHAR), (SELECT max(seq) FROM {table} WHERE room = :r{i})"
-            for i in range(rooms)
+            f"SELECT CAST(:r{i} AS VARCHAR), (SELECT max(seq) FROM {table} WHERE room = :r{i})" for i in range(rooms)
         )
     )
 

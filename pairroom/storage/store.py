@@ -140,9 +140,7 @@ class Store(Protocol):
         Every snapshot is kept (the recorder seeks from older ones). A second snapshot at the same
         (room, seq) is ignored: it describes the same document."""
 
-    async def read_updates(
-        self, room: str, after_seq: int = 0, upto_seq: int | None = None
-    ) -> list[StoredUpdate]:
+    async def read_updates(self, room: str, after_seq: int = 0, upto_seq: int | None = None) -> list[StoredUpdate]:
         """Log entries of ``room`` with after_seq < seq <= upto_seq, in sequence order."""
 
     async def rooms(self) -> list[str]:
@@ -181,9 +179,7 @@ def check_aware(at: datetime) -> None:
         raise ValueError(f"timestamp must be a timezone-aware datetime, got {at!r}")
 
 
-def not_yet_stored(
-    room: str, updates: Sequence[NewUpdate], stored: dict[tuple[str, str], bytes]
-) -> list[NewUpdate]:
+def not_yet_stored(room: str, updates: Sequence[NewUpdate], stored: dict[tuple[str, str], bytes]) -> list[NewUpdate]:
     """The updates of the batch whose uid the room does not hold yet, first occurrence each, in
     batch order; ``stored`` maps (room, uid) to the data the room holds and gains the fresh ones.
 

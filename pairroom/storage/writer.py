@@ -43,7 +43,9 @@ class Backoff:
 
     def __init__(self, initial: float, maximum: float, factor: float = 2.0) -> None:
         if not 0 < initial <= maximum or factor < 1:
-            raise ValueError(f"backoff needs 0 < initial <= maximum and factor >= 1, got {initial}, {maximum}, {factor}")
+            raise ValueError(
+                f"backoff needs 0 < initial <= maximum and factor >= 1, got {initial}, {maximum}, {factor}"
+            )
         self.initial = initial
         self.maximum = maximum
         self.factor = factor

@@ -44,7 +44,6 @@ from .session import Terminal, Viewer
 log = logging.getLogger("pairroom.terminal")
 
 
-
 def _service(request: Request | WebSocket) -> TerminalService:
     service = getattr(request.app.state, "terminals", None)
     if service is None:
@@ -224,7 +223,9 @@ async def terminal_endpoint(websocket: WebSocket) -> None:
     await transport.close(code, reason)
 
 
-async def _read(websocket: WebSocket, terminal: Terminal, viewer: Viewer, service: TerminalService) -> tuple[int, str] | None:
+async def _read(
+    websocket: WebSocket, terminal: Terminal, viewer: Viewer, service: TerminalService
+) -> tuple[int, str] | None:
     """Read client frames until the client leaves (None) or breaks the protocol (code, reason)."""
     settings = service.settings
     rate = TokenBucket(settings.frames_per_second, int(settings.frames_per_second * 2))

@@ -71,7 +71,7 @@ class _Tail:
         if self.size > 2 * TAIL_CHARS:
             joined = "".join(self.parts)[-TAIL_CHARS:]
             cut = joined.find("\n")
-            joined = joined[cut + 1:] if 0 <= cut < 4096 else joined
+            joined = joined[cut + 1 :] if 0 <= cut < 4096 else joined
             self.parts, self.size = [joined], len(joined)
 
     def text(self) -> str:
@@ -79,7 +79,7 @@ class _Tail:
         if len(joined) > TAIL_CHARS:
             joined = joined[-TAIL_CHARS:]
             cut = joined.find("\n")
-            joined = joined[cut + 1:] if 0 <= cut < 4096 else joined
+            joined = joined[cut + 1 :] if 0 <= cut < 4096 else joined
         self.parts, self.size = [joined], len(joined)
         return joined
 
@@ -102,18 +102,22 @@ class Emulator:
         self.version += 1
         text, self._carry = self._carry + text, ""
         escape = text.rfind("\x1b", max(0, len(text) - 8))
-        if escape >= 0 and not re.search(r"[A-Za-z]", text[escape + 2:]) and text[escape + 1:escape + 2] in ("[", ""):
+        if (
+            escape >= 0
+            and not re.search(r"[A-Za-z]", text[escape + 2 :])
+            and text[escape + 1 : escape + 2] in ("[", "")
+        ):
             text, self._carry = text[:escape], text[escape:]  # a mode switch split across two reads
         position = 0
         for match in _MODES.finditer(text):
             if match.group(0) == "\x1bc":
-                self._current().add(text[position:match.end()])
+                self._current().add(text[position : match.end()])
                 position = match.end()
                 self.modes = Modes(alternate=self.modes.alternate)
                 continue
             number, on = match.group(1), match.group(2) == "h"
             if number in _ALT:
-                self._current().add(text[position:match.start()])
+                self._current().add(text[position : match.start()])
                 position = match.end()
                 if on and not self.modes.alternate:
                     self.alternate.clear()
@@ -135,10 +139,18 @@ class Emulator:
 
     def capture(self) -> tuple[str, str, Modes, int, int]:
         """What a snapshot needs, taken on the loop (cheap); ``render`` does the work in a thread."""
-        return self.normal.text(), self.alternate.text(), Modes(**{
-            "alternate": self.modes.alternate, "cursor_hidden": self.modes.cursor_hidden,
-            "bracketed_paste": self.modes.bracketed_paste, "app_cursor": self.modes.app_cursor,
-        }), self.rows, self.cols
+        return (
+            self.normal.text(),
+            self.alternate.text(),
+            Modes(
+                alternate=self.modes.alternate,
+                cursor_hidden=self.modes.cursor_hidden,
+                bracketed_paste=self.modes.bracketed_paste,
+                app_cursor=self.modes.app_cursor,
+            ),
+            self.rows,
+            self.cols,
+        )
 
 
 def render(normal: str, alternate: str, modes: Modes, rows: int, cols: int) -> str:
@@ -173,7 +185,16 @@ def _line(row: dict[int, Char], cols: int) -> str:
     out: list[str] = []
     current: tuple[object, ...] = _DEFAULT_STYLE
     for cell in cells[:last]:
-        style = (cell.fg, cell.bg, cell.bold, cell.italics, cell.underscore, cell.reverse, cell.strikethrough, cell.blink)
+        style = (
+            cell.fg,
+            cell.bg,
+            cell.bold,
+            cell.italics,
+            cell.underscore,
+            cell.reverse,
+            cell.strikethrough,
+            cell.blink,
+        )
         if style != current:
             out.append(_sgr(cell))
             current = style

@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+from pycrdt import Map
 from starlette.routing import BaseRoute
 
+from pairroom.rooms.extension import Extension
+from pairroom.rooms.owners import SERVER, OwnerRow, finite_number, plain_value
 from pairroom.sandbox.bubblewrap import SandboxUnavailable
 from pairroom.sandbox.settings import KernelSettings
-from pycrdt import Map
-
-from pairroom.rooms.extension import Extension
-from .service import TerminalLimit
-from .pty import ShellStartError
-from pairroom.rooms.owners import SERVER, OwnerRow, finite_number, plain_value
 from pairroom.workspace import LISTING_ROOT
 
 from .api import routes
-from .service import MAX_COMMANDS, TERMINALS_ROOT, TerminalService
+from .pty import ShellStartError
+from .service import MAX_COMMANDS, TERMINALS_ROOT, TerminalLimit, TerminalService
 from .settings import TerminalSettings
 
 log = logging.getLogger("pairroom.terminal")
@@ -86,10 +84,17 @@ class Terminals(Extension):
         workspace's listing is declared here because the workspace (core) has no extension of its
         own and terminals are what make it change."""
         return [
-            OwnerRow(TERMINALS_ROOT, "*", SERVER, terminal_entry,
-                     "`Y.Map`: `name`, `by`, `createdAt`, `status`, `exit`, `rows`, `cols`, `node`, "
-                     f"`commands` (`Y.Array`, last {MAX_COMMANDS})"),
-            OwnerRow(LISTING_ROOT, "*", SERVER, listing_entry, "`Y.Map`: `size` (number), `kind` (`large` or `binary`)"),
+            OwnerRow(
+                TERMINALS_ROOT,
+                "*",
+                SERVER,
+                terminal_entry,
+                "`Y.Map`: `name`, `by`, `createdAt`, `status`, `exit`, `rows`, `cols`, `node`, "
+                f"`commands` (`Y.Array`, last {MAX_COMMANDS})",
+            ),
+            OwnerRow(
+                LISTING_ROOT, "*", SERVER, listing_entry, "`Y.Map`: `size` (number), `kind` (`large` or `binary`)"
+            ),
         ]
 
     def on_deleted(self, room_name: str) -> None:
@@ -104,8 +109,8 @@ _WORKSPACE_KEYS = {"workspace_max_file_bytes": int, "workspace_poll_seconds": fl
 def parse_options(options: Mapping[str, str], base: TerminalSettings) -> tuple[TerminalSettings, dict[str, object]]:
     """Terminal settings and workspace overrides from ``PAIRROOM_EXT_TERMINALS_*`` values::
 
-        MAX_PER_ROOM=3  IDLE_SECONDS=1800  OUTPUT_BYTES_PER_SECOND=1048576
-        WORKSPACE_IGNORE=.git/,node_modules/,*.pyc  WORKSPACE_MAX_FILE_BYTES=1048576  WORKSPACE_POLL_SECONDS=0.5
+    MAX_PER_ROOM=3  IDLE_SECONDS=1800  OUTPUT_BYTES_PER_SECOND=1048576
+    WORKSPACE_IGNORE=.git/,node_modules/,*.pyc  WORKSPACE_MAX_FILE_BYTES=1048576  WORKSPACE_POLL_SECONDS=0.5
     """
     terminal: dict[str, object] = {}
     workspace: dict[str, object] = {}

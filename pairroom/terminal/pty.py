@@ -31,8 +31,8 @@ import termios
 from collections.abc import Callable
 from pathlib import Path
 
-from pairroom.sandbox.limits import Cgroups, KernelCgroup, prlimit_argv
 from pairroom.sandbox.bubblewrap import Sandbox
+from pairroom.sandbox.limits import Cgroups, KernelCgroup, prlimit_argv
 from pairroom.workspace import safe_fs
 
 log = logging.getLogger("pairroom.terminal.pty")
@@ -101,7 +101,13 @@ class Shell:
             _set_size(master, self.rows, self.cols)
             env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "TERM": "xterm-256color", "HOME": str(run_dir)}
             self.process = await asyncio.create_subprocess_exec(
-                *argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True, cwd=cwd, env=env,
+                *argv,
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                start_new_session=True,
+                cwd=cwd,
+                env=env,
             )
         except OSError as exc:
             os.close(master)

@@ -17,14 +17,14 @@ import socket
 import time
 from typing import Any
 
-from pairroom.sandbox.limits import Cgroups, detect_cgroups
-from pairroom.sandbox.bubblewrap import Sandbox, probe
-from pairroom.sandbox.settings import KernelSettings
 from pycrdt import Array, Map
 
 from pairroom.protocol.origins import LocalOrigin
 from pairroom.rooms.identity import Principal, Role
 from pairroom.rooms.room import RoomState
+from pairroom.sandbox.bubblewrap import Sandbox, probe
+from pairroom.sandbox.limits import Cgroups, detect_cgroups
+from pairroom.sandbox.settings import KernelSettings
 from pairroom.workspace import Workspaces, WorkspaceSettings
 
 from .pty import Shell
@@ -75,8 +75,10 @@ class TerminalService:
             WorkspaceSettings(root=self.kernel_settings.state_dir, uid=uid, gid=gid, **self.workspace_overrides),
         )
         self._reaper = asyncio.create_task(self._reap_idle(), name="pairroom-terminals-idle")
-        log.info("terminals ready", extra={"sandbox": "bubblewrap" if self.sandbox.isolated else "none",
-                                           "limits": self.cgroups.describe()})
+        log.info(
+            "terminals ready",
+            extra={"sandbox": "bubblewrap" if self.sandbox.isolated else "none", "limits": self.cgroups.describe()},
+        )
 
     async def stop(self) -> None:
         if self._reaper is not None:
@@ -111,8 +113,17 @@ class TerminalService:
         terminal: Terminal | None = None
         try:
             await workspace.ensure_dir()
-            terminal = Terminal(terminal_id, title, room, principal, self.settings, self._role_of(room),
-                                self._start_shell, workspace, self._record)
+            terminal = Terminal(
+                terminal_id,
+                title,
+                room,
+                principal,
+                self.settings,
+                self._role_of(room),
+                self._start_shell,
+                workspace,
+                self._record,
+            )
             terminals[terminal_id] = terminal  # counted from here: two creates cannot both pass the limit
             self._stacks[terminal] = stack
             await terminal.start()
@@ -129,6 +140,7 @@ class TerminalService:
         def role_of(principal: Principal) -> Role:
             loaded = self.registry.rooms.get(room)  # held loaded by the terminal's workspace
             return loaded.role_of(principal) if loaded is not None else principal.role
+
         return role_of
 
     def _record(self, terminal: Terminal, command: dict[str, Any] | None) -> None:
@@ -142,13 +154,22 @@ class TerminalService:
             terminals = doc.get(TERMINALS_ROOT, type=Map)
             entry = terminals.get(terminal.id)
             if not isinstance(entry, Map):
-                terminals[terminal.id] = Map({
-                    "name": terminal.name, "by": terminal.created_by.user_id,
-                    "createdAt": int(terminal.created_at * 1000), "commands": Array(),
-                })
+                terminals[terminal.id] = Map(
+                    {
+                        "name": terminal.name,
+                        "by": terminal.created_by.user_id,
+                        "createdAt": int(terminal.created_at * 1000),
+                        "commands": Array(),
+                    }
+                )
                 entry = terminals[terminal.id]
-            fields = {"status": terminal.status, "rows": terminal.rows, "cols": terminal.cols,
-                      "exit": terminal.exit_code, "node": self.node}
+            fields = {
+                "status": terminal.status,
+                "rows": terminal.rows,
+                "cols": terminal.cols,
+                "exit": terminal.exit_code,
+                "node": self.node,
+            }
             for key, value in fields.items():
                 if entry.get(key) != value:
                     entry[key] = value
@@ -163,8 +184,15 @@ class TerminalService:
 
     async def _start_shell(self, terminal: Terminal) -> Shell:
         assert self.sandbox is not None and self.cgroups is not None
-        shell = Shell(self.sandbox, self.cgroups, terminal.workspace.path, terminal.rows, terminal.cols,
-                      terminal.on_output, terminal.on_exit)
+        shell = Shell(
+            self.sandbox,
+            self.cgroups,
+            terminal.workspace.path,
+            terminal.rows,
+            terminal.cols,
+            terminal.on_output,
+            terminal.on_exit,
+        )
         await shell.start()
         return shell
 
@@ -207,4 +235,6 @@ class TerminalService:
                         try:
                             await self.end(room, terminal.id)
                         except Exception:
-                            log.exception("ending an idle terminal failed", extra={"room": room, "terminal": terminal.id})
+                            log.exception(
+                                "ending an idle terminal failed", extra={"room": room, "terminal": terminal.id}
+                            )

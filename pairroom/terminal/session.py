@@ -43,6 +43,7 @@ MAX_ROWS, MAX_COLS = 200, 500
 
 def clamp_size(rows: Any, cols: Any) -> tuple[int, int]:
     """Absurd sizes are clamped, not refused: 1..200 rows, 1..500 columns."""
+
     def number(value: Any, default: int) -> int:
         return int(value) if isinstance(value, (int, float)) and value == value and abs(value) < 1e9 else default
 
@@ -114,8 +115,14 @@ class Cast:
         self.size += len(line) + 1
 
     def export(self, title: str) -> str:
-        header = {"version": 2, "width": self.cols, "height": self.rows, "timestamp": int(self.started),
-                  "title": title, "env": {"TERM": "xterm-256color", "SHELL": "/bin/bash"}}
+        header = {
+            "version": 2,
+            "width": self.cols,
+            "height": self.rows,
+            "timestamp": int(self.started),
+            "title": title,
+            "env": {"TERM": "xterm-256color", "SHELL": "/bin/bash"},
+        }
         return "\n".join([json.dumps(header), *self.events]) + "\n"
 
 
@@ -308,14 +315,25 @@ class Terminal:
         return sorted(seen.values(), key=lambda w: w["name"])
 
     def setup_frame(self, principal: Principal) -> str:
-        return json.dumps(["setup", {
-            "id": self.id, "name": self.name, "rows": self.rows, "cols": self.cols,
-            "role": self.role_of(principal).value, "can_write": self.can_write(principal),
-            "size_policy": self.size_policy,
-            "writers": self.writers(), "status": self.status, "exit": self.exit_code,
-            "commands": list(self.commands)[-50:],
-            "proposals": list(self.proposals.values()),
-        }])
+        return json.dumps(
+            [
+                "setup",
+                {
+                    "id": self.id,
+                    "name": self.name,
+                    "rows": self.rows,
+                    "cols": self.cols,
+                    "role": self.role_of(principal).value,
+                    "can_write": self.can_write(principal),
+                    "size_policy": self.size_policy,
+                    "writers": self.writers(),
+                    "status": self.status,
+                    "exit": self.exit_code,
+                    "commands": list(self.commands)[-50:],
+                    "proposals": list(self.proposals.values()),
+                },
+            ]
+        )
 
     def attach(self, viewer: Viewer) -> None:
         self.viewers.add(viewer)
@@ -415,8 +433,10 @@ class Terminal:
         """Keystrokes from ``viewer``: typed into the shell if they may write, else a notice."""
         principal = viewer.principal
         if not self.can_write(principal):
-            why = "the shell has exited" if self.status != "running" else (
-                f"read-only: a {self.role_of(principal).value} watches this terminal; propose a command instead"
+            why = (
+                "the shell has exited"
+                if self.status != "running"
+                else (f"read-only: a {self.role_of(principal).value} watches this terminal; propose a command instead")
             )
             self.notice(viewer, why + " (your keystrokes were not sent)", every=2.0)
             return
@@ -467,7 +487,12 @@ class Terminal:
         return entered
 
     def _record_command(self, principal: Principal, line: str, approved_by: Principal | None) -> None:
-        entry: dict[str, Any] = {"by": principal.user_id, "name": principal.name, "line": line, "at": int(time.time() * 1000)}
+        entry: dict[str, Any] = {
+            "by": principal.user_id,
+            "name": principal.name,
+            "line": line,
+            "at": int(time.time() * 1000),
+        }
         if approved_by is not None:
             entry["approvedBy"] = approved_by.user_id
             entry["approvedByName"] = approved_by.name
@@ -529,8 +554,14 @@ class Terminal:
             self.notice(viewer, "too many open proposals; wait for the writers to answer")
             return
         line = line.replace("\r", " ").replace("\n", " ").strip()[:1000]
-        proposal = {"id": secrets.token_urlsafe(6), "by": viewer.principal.user_id, "name": viewer.principal.name,
-                    "line": line, "status": "open", "at": int(time.time() * 1000)}
+        proposal = {
+            "id": secrets.token_urlsafe(6),
+            "by": viewer.principal.user_id,
+            "name": viewer.principal.name,
+            "line": line,
+            "status": "open",
+            "at": int(time.time() * 1000),
+        }
         self.proposals[proposal["id"]] = proposal
         self._proposers[proposal["id"]] = viewer.principal
         self.broadcast(json.dumps(["proposal", proposal]))
@@ -545,8 +576,12 @@ class Terminal:
             self.notice(viewer, "no such open proposal")
             return
         proposer = self._proposers.pop(proposal["id"])
-        proposal = {**proposal, "status": "accepted" if accept else "dismissed",
-                    "answeredBy": viewer.principal.user_id, "answeredByName": viewer.principal.name}
+        proposal = {
+            **proposal,
+            "status": "accepted" if accept else "dismissed",
+            "answeredBy": viewer.principal.user_id,
+            "answeredByName": viewer.principal.name,
+        }
         self.broadcast(json.dumps(["proposal", proposal]))
         if accept:
             await self._type(proposer, proposal["line"] + "\r", approved_by=viewer.principal)
@@ -565,9 +600,18 @@ class Terminal:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "id": self.id, "name": self.name, "status": self.status, "exit": self.exit_code,
-            "rows": self.rows, "cols": self.cols, "sizePolicy": self.size_policy, "createdBy": self.created_by.user_id,
-            "createdByName": self.created_by.name, "createdAt": int(self.created_at * 1000),
-            "viewers": len(self.viewers), "grants": sorted(self.grants), "revokes": sorted(self.revokes),
+            "id": self.id,
+            "name": self.name,
+            "status": self.status,
+            "exit": self.exit_code,
+            "rows": self.rows,
+            "cols": self.cols,
+            "sizePolicy": self.size_policy,
+            "createdBy": self.created_by.user_id,
+            "createdByName": self.created_by.name,
+            "createdAt": int(self.created_at * 1000),
+            "viewers": len(self.viewers),
+            "grants": sorted(self.grants),
+            "revokes": sorted(self.revokes),
             "commands": list(self.commands)[-20:],
         }

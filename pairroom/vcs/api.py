@@ -79,7 +79,8 @@ async def status(request: Request) -> Response:
     async with hub.registry.hold(room_name) as room:
         answer = await service.status(room, principal)
         answer["canCommit"] = room.role_of(principal).writes_files and (
-            git_policy(room) == "editors" or room.role_of(principal) is Role.OWNER)
+            git_policy(room) == "editors" or room.role_of(principal) is Role.OWNER
+        )
     return JSONResponse(answer)
 
 
@@ -120,8 +121,12 @@ async def commit(request: Request) -> Response:
     async with hub.registry.hold(room_name) as room:
         check_may_change(room, principal)
         answer = await service.commit(room, principal, message.strip(), paths, series)
-    record(request, room_name, principal, {"action": "commit", "head": answer["head"], "seq": answer["seq"],
-                                           "commits": answer["commits"]})
+    record(
+        request,
+        room_name,
+        principal,
+        {"action": "commit", "head": answer["head"], "seq": answer["seq"], "commits": answer["commits"]},
+    )
     return JSONResponse(answer, 201)
 
 
@@ -136,7 +141,12 @@ async def push(request: Request) -> Response:
         if force and role is not Role.OWNER:
             raise ApiError(403, "only an owner may force a push")
         answer = await service.push(room, force)
-    record(request, room_name, principal, {"action": "push", "head": answer["head"], "branch": answer["branch"], "force": force})
+    record(
+        request,
+        room_name,
+        principal,
+        {"action": "push", "head": answer["head"], "branch": answer["branch"], "force": force},
+    )
     return JSONResponse(answer)
 
 
@@ -146,8 +156,18 @@ async def pull(request: Request) -> Response:
     async with hub.registry.hold(room_name) as room:
         check_may_change(room, principal)
         answer = await service.pull(room, principal, body.get("ref"))
-    record(request, room_name, principal, {"action": "pull", "head": answer["head"], "fetched": answer["fetched"],
-                                           "changed": answer["changed"], "conflicts": len(answer["conflicts"])})
+    record(
+        request,
+        room_name,
+        principal,
+        {
+            "action": "pull",
+            "head": answer["head"],
+            "fetched": answer["fetched"],
+            "changed": answer["changed"],
+            "conflicts": len(answer["conflicts"]),
+        },
+    )
     return JSONResponse(answer)
 
 

@@ -29,7 +29,7 @@ def author_of(label: str) -> str | None:
         parts = label.split(":", 2)
         return parts[2] if len(parts) == 3 and parts[2] else None
     if label.startswith("local:disk:"):
-        return label[len("local:disk:"):] or None
+        return label[len("local:disk:") :] or None
     return None
 
 
@@ -66,11 +66,15 @@ def _files_text(files: Map) -> dict[str, str]:
     return {path: str(text) for path, text in files.items() if isinstance(text, Text)}
 
 
-async def _replay(store: Store, room: str, on_update: Callable[[Doc, Stamp, list[Any]], None],
-                  start: Callable[[Doc, int], None] | None = None) -> Doc:
+async def _replay(
+    store: Store,
+    room: str,
+    on_update: Callable[[Doc, Stamp, list[Any]], None],
+    start: Callable[[Doc, int], None] | None = None,
+) -> Doc:
     """Apply the room's log to a scratch ``Doc``; ``on_update(doc, stamp, events)`` after each update
     with the ``files`` events it caused. Returns the document as the log leaves it."""
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     files = doc.get("files", type=Map)
     events: list[Any] = []
     subscription = files.observe_deep(lambda evs: events.extend(evs))
@@ -169,7 +173,7 @@ async def blame(store: Store, room: str, path: str) -> tuple[str, list[Stamp | N
                     stamps[at:at] = [stamp] * size
                     at += size
                 elif "delete" in op:
-                    del stamps[at:at + int(op["delete"])]
+                    del stamps[at : at + int(op["delete"])]
                     if at < len(stamps):  # the line that lost text changed: it is the deleter's now
                         stamps[at] = stamp
                     elif stamps:

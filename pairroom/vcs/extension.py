@@ -17,15 +17,11 @@ from pairroom.rooms.owners import SERVER, OwnerRow, plain_value
 from pairroom.rooms.room import Room
 
 from .api import LobbyOpener, routes
-from .gitcli import GIT
+from .gitcli import GIT, GitError
 from .service import VcsService
 from .settings import VcsSettings
 
-
-
 log = logging.getLogger("pairroom.vcs")
-
-from .gitcli import GitError
 
 
 class VersionControl(Extension):
@@ -67,8 +63,13 @@ class VersionControl(Extension):
     def document_rows(self) -> Sequence[OwnerRow]:
         """``meta.git`` is the server's: a copy of the repository's state for people to see."""
         return (
-            OwnerRow("meta", "git", SERVER, lambda v: isinstance(v, Map) and plain_value(v, depth=6),
-                     "`Y.Map`: `remote`, `branch`, `ref`, `base`, `head`, `skipped`, `lastCommit`, `pushed`, `pulled`"),
+            OwnerRow(
+                "meta",
+                "git",
+                SERVER,
+                lambda v: isinstance(v, Map) and plain_value(v, depth=6),
+                "`Y.Map`: `remote`, `branch`, `ref`, `base`, `head`, `skipped`, `lastCommit`, `pushed`, `pulled`",
+            ),
         )
 
     def on_join(self, room: Room, member: Member) -> None:

@@ -67,8 +67,13 @@ def _private(address: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return (
-        ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_multicast
-        or ip.is_reserved or ip.is_unspecified or not ip.is_global
+        ip.is_loopback
+        or ip.is_private
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or not ip.is_global
     )
 
 
@@ -76,7 +81,7 @@ def parse_remote(url: object) -> tuple[str, str]:
     """(scheme, host) of a remote URL, or GitError(400) for what is not one."""
     if not isinstance(url, str) or not url or len(url) > 2048:
         raise GitError(400, "git url must be a non-empty string of at most 2048 characters")
-    if url.startswith("-") or any(c in url for c in "\0\n\r\t ") :
+    if url.startswith("-") or any(c in url for c in "\0\n\r\t "):
         raise GitError(400, "git url holds a character a URL cannot have")
     scp = SCP_LIKE.match(url)
     if "://" not in url and scp is not None:
@@ -108,8 +113,11 @@ async def check_remote(url: object, *, allow_local: bool) -> Remote:
     if allow_local:
         return Remote(url, scheme, host)
     if scheme in LOCAL_SCHEMES:
-        raise GitError(400, f"{scheme}:// remotes are refused on this server (use https:// or ssh://;"
-                            " the operator may pass --git-allow-local)")
+        raise GitError(
+            400,
+            f"{scheme}:// remotes are refused on this server (use https:// or ssh://;"
+            " the operator may pass --git-allow-local)",
+        )
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
@@ -117,8 +125,11 @@ async def check_remote(url: object, *, allow_local: bool) -> Remote:
     for info in infos:
         address = str(info[4][0])
         if _private(address):
-            raise GitError(400, f"git url host {host!r} resolves to {address}, a loopback or private address:"
-                                " refused (the operator may pass --git-allow-local)")
+            raise GitError(
+                400,
+                f"git url host {host!r} resolves to {address}, a loopback or private address:"
+                " refused (the operator may pass --git-allow-local)",
+            )
     return Remote(url, scheme, host)
 
 
@@ -156,17 +167,38 @@ class Git:
     def flags(self) -> list[str]:
         schemes = SAFE_SCHEMES + (LOCAL_SCHEMES if self.allow_local else ())
         flags = [
-            "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "core.askPass=/bin/false",
-            "-c", "protocol.allow=never", "-c", "http.followRedirects=false",
-            "-c", "transfer.fsckObjects=true", "-c", "submodule.recurse=false",
-            "-c", f"safe.directory={self.repo}", "-c", "gc.auto=0", "-c", "maintenance.auto=false",
+            "-c",
+            "core.hooksPath=/dev/null",
+            "-c",
+            "core.fsmonitor=false",
+            "-c",
+            "core.askPass=/bin/false",
+            "-c",
+            "protocol.allow=never",
+            "-c",
+            "http.followRedirects=false",
+            "-c",
+            "transfer.fsckObjects=true",
+            "-c",
+            "submodule.recurse=false",
+            "-c",
+            f"safe.directory={self.repo}",
+            "-c",
+            "gc.auto=0",
+            "-c",
+            "maintenance.auto=false",
         ]
         for scheme in schemes:
             flags += ["-c", f"protocol.{scheme}.allow=always"]
         return flags
 
-    def env(self, credential: Credential | None = None, key_file: str | None = None,
-            extra: Mapping[str, str] | None = None, in_repo: bool = True) -> dict[str, str]:
+    def env(
+        self,
+        credential: Credential | None = None,
+        key_file: str | None = None,
+        extra: Mapping[str, str] | None = None,
+        in_repo: bool = True,
+    ) -> dict[str, str]:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": self.home,
@@ -180,12 +212,14 @@ class Git:
             + (f" -o IdentitiesOnly=yes -i {shlex.quote(key_file)}" if key_file else ""),
         }
         if credential is not None and credential.token:
-            env.update({
-                "GIT_CONFIG_COUNT": "1",
-                "GIT_CONFIG_KEY_0": "http.extraHeader",
-                "GIT_CONFIG_VALUE_0": "Authorization: Basic " + base64.b64encode(
-                    f"{credential.user or 'x-access-token'}:{credential.token}".encode()).decode(),
-            })
+            env.update(
+                {
+                    "GIT_CONFIG_COUNT": "1",
+                    "GIT_CONFIG_KEY_0": "http.extraHeader",
+                    "GIT_CONFIG_VALUE_0": "Authorization: Basic "
+                    + base64.b64encode(f"{credential.user or 'x-access-token'}:{credential.token}".encode()).decode(),
+                }
+            )
         if in_repo:
             env["GIT_DIR"] = self.repo
         if extra:
@@ -193,8 +227,15 @@ class Git:
         return env
 
     async def run(
-        self, args: Sequence[str], *, stdin: bytes | None = None, credential: Credential | None = None,
-        env: Mapping[str, str] | None = None, check: bool = True, status: int = 500, in_repo: bool = True,
+        self,
+        args: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        credential: Credential | None = None,
+        env: Mapping[str, str] | None = None,
+        check: bool = True,
+        status: int = 500,
+        in_repo: bool = True,
     ) -> Result:
         """Run one git command; a failure raises GitError(``status``) with git's scrubbed message."""
         key_file = None
@@ -205,10 +246,14 @@ class Git:
                 handle.write(credential.ssh_key.strip() + "\n")
         try:
             proc = await asyncio.create_subprocess_exec(
-                GIT, *self.flags(), *args,
+                GIT,
+                *self.flags(),
+                *args,
                 stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env=self.env(credential, key_file, env, in_repo), cwd=self.home,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=self.env(credential, key_file, env, in_repo),
+                cwd=self.home,
             )
             try:
                 async with asyncio.timeout(self.timeout):

@@ -60,8 +60,7 @@ class Repo:
             args += ["--depth", str(depth)]
         if ref:
             args += ["--branch", ref]
-        result = await self.git.run([*args, "--", url, self.path], credential=credential, in_repo=False,
-                                    check=False)
+        result = await self.git.run([*args, "--", url, self.path], credential=credential, in_repo=False, check=False)
         if result.code != 0:
             message = result.err.strip().splitlines()
             raise GitError(422, "could not clone: " + (message[-1] if message else f"git exit {result.code}"))
@@ -86,7 +85,9 @@ class Repo:
                 continue
             meta, _, raw_path = record.partition(b"\t")
             mode, kind, sha, size = meta.decode().split()
-            entries[raw_path.decode("utf-8", "surrogateescape")] = Entry(mode, kind, sha, None if size == "-" else int(size))
+            entries[raw_path.decode("utf-8", "surrogateescape")] = Entry(
+                mode, kind, sha, None if size == "-" else int(size)
+            )
         if len(rev) == 40 and all(c in "0123456789abcdef" for c in rev):
             if len(self._trees) >= 8:
                 self._trees.pop(next(iter(self._trees)))
@@ -107,7 +108,7 @@ class Repo:
             if len(header) < 3:
                 continue
             size = int(header[2])
-            found[sha] = out[at:at + size]
+            found[sha] = out[at : at + size]
             at += size + 1
         return found
 
@@ -115,8 +116,14 @@ class Repo:
         return (await self.git.text("hash-object", "-w", "--stdin", stdin=data)).strip()
 
     async def commit(
-        self, parent: str, files: Mapping[str, str], removed: Iterable[str], message: str,
-        author: Person, committer: Person, parents: Iterable[str] = (),
+        self,
+        parent: str,
+        files: Mapping[str, str],
+        removed: Iterable[str],
+        message: str,
+        author: Person,
+        committer: Person,
+        parents: Iterable[str] = (),
     ) -> str:
         """A commit over ``parent`` whose ``files`` have the given text and ``removed`` are gone."""
         base = await self.tree(parent)
@@ -138,11 +145,15 @@ class Repo:
             index = {"GIT_INDEX_FILE": os.path.join(scratch, "index")}
             await self.git.run(["read-tree", parent], env=index)
             if lines:
-                await self.git.run(["update-index", "--index-info"], stdin="".join(x + "\n" for x in lines).encode(), env=index)
+                await self.git.run(
+                    ["update-index", "--index-info"], stdin="".join(x + "\n" for x in lines).encode(), env=index
+                )
             tree = (await self.git.text("write-tree", env=index)).strip()
         people = {
-            "GIT_AUTHOR_NAME": author.name, "GIT_AUTHOR_EMAIL": author.email,
-            "GIT_COMMITTER_NAME": committer.name, "GIT_COMMITTER_EMAIL": committer.email,
+            "GIT_AUTHOR_NAME": author.name,
+            "GIT_AUTHOR_EMAIL": author.email,
+            "GIT_COMMITTER_NAME": committer.name,
+            "GIT_COMMITTER_EMAIL": committer.email,
         }
         args = ["commit-tree", tree, "-p", parent]
         for other in parents:
@@ -154,8 +165,10 @@ class Repo:
 
     async def merge_commit(self, tree: str, parents: list[str], message: str, author: Person, committer: Person) -> str:
         people = {
-            "GIT_AUTHOR_NAME": author.name, "GIT_AUTHOR_EMAIL": author.email,
-            "GIT_COMMITTER_NAME": committer.name, "GIT_COMMITTER_EMAIL": committer.email,
+            "GIT_AUTHOR_NAME": author.name,
+            "GIT_AUTHOR_EMAIL": author.email,
+            "GIT_COMMITTER_NAME": committer.name,
+            "GIT_COMMITTER_EMAIL": committer.email,
         }
         args = ["commit-tree", tree]
         for parent in parents:
@@ -182,15 +195,17 @@ class Repo:
 
     async def fetch(self, url: str, branch: str, credential: Credential | None) -> str | None:
         """Fetch ``branch`` of ``url`` into ``refs/pairroom/fetched``; None when it does not exist."""
-        listed = await self.git.run(["ls-remote", "--heads", "--", url, f"refs/heads/{branch}"], credential=credential,
-                                    check=False)
+        listed = await self.git.run(
+            ["ls-remote", "--heads", "--", url, f"refs/heads/{branch}"], credential=credential, check=False
+        )
         if listed.code != 0:
             raise GitError(502, "the remote did not answer: " + (listed.err.strip().splitlines() or ["?"])[-1])
         if not listed.out.strip():
             return None
         result = await self.git.run(
             ["fetch", "--no-tags", "--no-recurse-submodules", "--", url, f"+refs/heads/{branch}:{FETCHED_REF}"],
-            credential=credential, check=False,
+            credential=credential,
+            check=False,
         )
         if result.code != 0:
             raise GitError(502, "fetch failed: " + (result.err.strip().splitlines() or ["?"])[-1])
@@ -198,8 +213,9 @@ class Repo:
 
     async def push(self, url: str, branch: str, credential: Credential | None, force: bool) -> str:
         spec = f"{'+' if force else ''}{HEAD_REF}:refs/heads/{branch}"
-        result = await self.git.run(["push", "--porcelain", "--no-verify", "--", url, spec], credential=credential,
-                                    check=False)
+        result = await self.git.run(
+            ["push", "--porcelain", "--no-verify", "--", url, spec], credential=credential, check=False
+        )
         if result.code != 0:
             text = (result.out.decode("utf-8", "replace") + "\n" + result.err).strip()
             if "rejected" in text or "non-fast-forward" in text or "fetch first" in text:
@@ -216,10 +232,15 @@ class Repo:
             if not record:
                 continue
             sha, name, email, at, subject, coauthors = record.split("\x1f")
-            entries.append({
-                "sha": sha, "author": {"name": name, "email": email}, "at": int(at) * 1000, "subject": subject,
-                "coauthors": [c.strip() for c in coauthors.split("\x1d") if c.strip()],
-            })
+            entries.append(
+                {
+                    "sha": sha,
+                    "author": {"name": name, "email": email},
+                    "at": int(at) * 1000,
+                    "subject": subject,
+                    "coauthors": [c.strip() for c in coauthors.split("\x1d") if c.strip()],
+                }
+            )
         return entries
 
 

@@ -32,13 +32,12 @@ from pycrdt import Array, Assoc, Map, StickyIndex, Text
 from pairroom.protocol.origins import LocalOrigin
 from pairroom.rooms.identity import Principal
 from pairroom.rooms.room import Room, RoomState
-from pairroom.workspace import LISTING_ROOT, Workspaces
-from pairroom.workspace import merge, safe_fs
+from pairroom.workspace import LISTING_ROOT, Workspaces, merge, safe_fs
 from pairroom.workspace.workspace import dir_name
 
 from . import attribution
-from .pull import Conflict, merge_lines
 from .gitcli import Credential, Git, GitError, Remote, check_remote
+from .pull import Conflict, merge_lines
 from .repo import HEAD_REF, Entry, Person, Repo, blob_sha
 from .settings import VcsSettings
 
@@ -84,8 +83,13 @@ class RoomGit:
 
     def save(self) -> None:
         state = {
-            "remote": self.remote, "branch": self.branch, "ref": self.ref, "base": self.base,
-            "last_seq": self.last_seq, "skipped": self.skipped, "seqs": self.seqs,
+            "remote": self.remote,
+            "branch": self.branch,
+            "ref": self.ref,
+            "base": self.base,
+            "last_seq": self.last_seq,
+            "skipped": self.skipped,
+            "seqs": self.seqs,
         }
         path = os.path.join(self.repo.path, STATE_FILE)
         with open(path + ".tmp", "w") as handle:
@@ -157,8 +161,11 @@ class VcsService:
         path = os.path.join(self.root, dir_name(room_name) + ".git")
         found = RoomGit(room_name, Repo(self.git(path)))
         if not os.path.isdir(path) or not found.load():
-            raise GitError(409, f"room {room_name!r} has no repository on this server: open one with POST /api/rooms"
-                                " {\"git\": {\"url\"}}")
+            raise GitError(
+                409,
+                f"room {room_name!r} has no repository on this server: open one with POST /api/rooms"
+                ' {"git": {"url"}}',
+            )
         self.rooms[room_name] = found
         return found
 
@@ -250,16 +257,20 @@ class VcsService:
             tree = await repo.tree(head)
             total = sum(e.size or 0 for e in tree.values())
             if total > self.settings.max_repo_bytes:
-                raise GitError(413, f"repository files total {total // MiB} MiB, over the cap of"
-                                    f" {self.settings.max_repo_bytes // MiB} MiB")
+                raise GitError(
+                    413,
+                    f"repository files total {total // MiB} MiB, over the cap of"
+                    f" {self.settings.max_repo_bytes // MiB} MiB",
+                )
             text, on_disk, skipped = await self._read_files(repo, tree)
             return Prepared(remote, cloned, head, staging, text, on_disk, skipped)
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, staging, True)
             raise
 
-    async def _read_files(self, repo: Repo, tree: dict[str, Entry]) -> tuple[
-            dict[str, str], dict[str, tuple[bytes, str]], list[dict[str, Any]]]:
+    async def _read_files(
+        self, repo: Repo, tree: dict[str, Entry]
+    ) -> tuple[dict[str, str], dict[str, tuple[bytes, str]], list[dict[str, Any]]]:
         text: dict[str, str] = {}
         on_disk: dict[str, tuple[bytes, str]] = {}
         skipped: list[dict[str, Any]] = []
@@ -304,7 +315,7 @@ class VcsService:
         """Make the prepared repository the room's: its text files into ``files`` (one update, stamped
         ``local:git:import``), the rest written to the workspace read-only and listed."""
         path = os.path.join(self.root, dir_name(room.name) + ".git")
-        if os.path.isdir(path):
+        if os.path.isdir(path):  # noqa: ASYNC240 - the server's own folder, a local stat
             await asyncio.to_thread(shutil.rmtree, path, True)
         os.rename(prepared.staging, path)
         state = RoomGit(room.name, Repo(self.git(path)))
@@ -334,10 +345,17 @@ class VcsService:
                     safe_fs.write_atomic(str(workspace.path), file_path, blob, owner=owner)
 
             await self.workspaces.io(write)
-        log.info("repository opened", extra={"room": room.name, "remote": state.remote, "base": state.base,
-                                             "files": len(prepared.text)})
-        return {"remote": state.remote, "ref": state.ref, "base": state.base, "files": len(prepared.text),
-                "skipped": state.skipped}
+        log.info(
+            "repository opened",
+            extra={"room": room.name, "remote": state.remote, "base": state.base, "files": len(prepared.text)},
+        )
+        return {
+            "remote": state.remote,
+            "ref": state.ref,
+            "base": state.base,
+            "files": len(prepared.text),
+            "skipped": state.skipped,
+        }
 
     def _mirror(self, room: Room, state: RoomGit, head: str, **extra: Any) -> None:
         """The document's ``meta.git``: what people see of the repository (never the credential)."""
@@ -366,18 +384,25 @@ class VcsService:
     def listed(room: Room) -> set[str]:
         return {str(p) for p in room.doc.get(LISTING_ROOT, type=Map).keys()}
 
-    async def _changes(self, state: RoomGit, room: Room, head: str, paths: set[str] | None = None,
-                       files: dict[str, str] | None = None) -> tuple[dict[str, str], list[str], dict[str, Entry]]:
+    async def _changes(
+        self, state: RoomGit, room: Room, head: str, paths: set[str] | None = None, files: dict[str, str] | None = None
+    ) -> tuple[dict[str, str], list[str], dict[str, Entry]]:
         """The room's files (or ``files``) that differ from ``head``: (changed or added text, removed
         paths, head tree)."""
         if files is None:
             files = self.doc_files(room)
         tree = await state.repo.tree(head)
         kept = self.listed(room) | {s["path"] for s in state.skipped}
-        changed = {p: t for p, t in files.items()
-                   if (tree.get(p) is None or tree[p].sha != blob_sha(t.encode())) and (paths is None or p in paths)}
-        removed = [p for p, e in tree.items()
-                   if e.kind == "blob" and p not in files and p not in kept and (paths is None or p in paths)]
+        changed = {
+            p: t
+            for p, t in files.items()
+            if (tree.get(p) is None or tree[p].sha != blob_sha(t.encode())) and (paths is None or p in paths)
+        }
+        removed = [
+            p
+            for p, e in tree.items()
+            if e.kind == "blob" and p not in files and p not in kept and (paths is None or p in paths)
+        ]
         return changed, removed, tree
 
     async def status(self, room: Room, principal: Principal) -> dict[str, Any]:
@@ -393,11 +418,23 @@ class VcsService:
         for path in sorted([*changed, *removed]):
             kind = "deleted" if path in removed else ("added" if path not in tree else "modified")
             by = touches.by_path.get(path, {})
-            out.append({"path": path, "status": kind, "by": [
-                {"id": u, **self._public(room, u), "at": at} for u, at in sorted(by.items(), key=lambda i: i[1])]})
+            out.append(
+                {
+                    "path": path,
+                    "status": kind,
+                    "by": [
+                        {"id": u, **self._public(room, u), "at": at} for u, at in sorted(by.items(), key=lambda i: i[1])
+                    ],
+                }
+            )
         coauthors = self._credited(room, touches, [*changed, *removed], principal.user_id)
-        return {"head": head, "branch": state.branch, "remote": state.remote, "changes": out,
-                "coauthors": [{"name": p.name, "email": p.email} for p in coauthors]}
+        return {
+            "head": head,
+            "branch": state.branch,
+            "remote": state.remote,
+            "changes": out,
+            "coauthors": [{"name": p.name, "email": p.email} for p in coauthors],
+        }
 
     def _public(self, room: Room, user_id: str) -> dict[str, str]:
         person = self.person(room, user_id)
@@ -412,8 +449,10 @@ class VcsService:
         old = (await state.repo.blobs([entry.sha])).get(entry.sha, b"").decode("utf-8", "replace") if entry else ""
         new = self.doc_files(room).get(path)
         lines = difflib.unified_diff(
-            old.splitlines(keepends=True), (new or "").splitlines(keepends=True),
-            fromfile=f"a/{path}" if entry else "/dev/null", tofile=f"b/{path}" if new is not None else "/dev/null",
+            old.splitlines(keepends=True),
+            (new or "").splitlines(keepends=True),
+            fromfile=f"a/{path}" if entry else "/dev/null",
+            tofile=f"b/{path}" if new is not None else "/dev/null",
         )
         return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
 
@@ -437,8 +476,9 @@ class VcsService:
         people = [self.person(room, user) for user, _ in sorted(first.items(), key=lambda i: i[1])]
         return list(dict.fromkeys(people))
 
-    async def commit(self, room: Room, principal: Principal, message: str, paths: set[str] | None,
-                     series: bool) -> dict[str, Any]:
+    async def commit(
+        self, room: Room, principal: Principal, message: str, paths: set[str] | None, series: bool
+    ) -> dict[str, Any]:
         state = self.room_git(room.name)
         async with state.lock:
             self.note_person(room, principal)
@@ -468,40 +508,59 @@ class VcsService:
                     who = self.person(room, run.user) if run.user != principal.user_id else author
                     body = f"{message} ({who.name})\n"
                     new = await state.repo.commit(new, run_files, run_removed, body, who, SERVER)
-                    commits.append({"sha": new, "author": {"name": who.name, "email": who.email}, "paths": sorted(run_paths)})
+                    commits.append(
+                        {"sha": new, "author": {"name": who.name, "email": who.email}, "paths": sorted(run_paths)}
+                    )
             coauthors = self._credited(room, touches, [*changed, *removed], principal.user_id)
             if commits:  # the branch ends at the room's files, whatever the runs held
                 final = await self._settle(state, new, changed, removed, message, author)
             else:
                 trailers = "\n".join(p.trailer() for p in coauthors)
-                final = await state.repo.commit(head, changed, removed, message + (f"\n\n{trailers}" if trailers else "") + "\n",
-                                                author, SERVER)
+                final = await state.repo.commit(
+                    head, changed, removed, message + (f"\n\n{trailers}" if trailers else "") + "\n", author, SERVER
+                )
             if final != new:
-                commits.append({"sha": final, "author": {"name": author.name, "email": author.email},
-                                "coauthors": [f"{p.name} <{p.email}>" for p in coauthors],
-                                "paths": sorted([*changed, *removed])})
+                commits.append(
+                    {
+                        "sha": final,
+                        "author": {"name": author.name, "email": author.email},
+                        "coauthors": [f"{p.name} <{p.email}>" for p in coauthors],
+                        "paths": sorted([*changed, *removed]),
+                    }
+                )
             await state.repo.move_head(final, head)
             state.last_seq = max(upto, state.last_seq)
             state.seqs[final] = upto  # restore or fork at this seq gives the commit's files
             state.save()
             self.reader(room.name).forget_before(state.last_seq)
-            last = {"sha": final, "at": int(time.time() * 1000), "by": principal.user_id, "name": author.name,
-                    "coauthors": commits[-1].get("coauthors", []), "count": len(commits), "seq": upto}
+            last = {
+                "sha": final,
+                "at": int(time.time() * 1000),
+                "by": principal.user_id,
+                "name": author.name,
+                "coauthors": commits[-1].get("coauthors", []),
+                "count": len(commits),
+                "seq": upto,
+            }
             self._mirror(room, state, final, lastCommit=last)
-            log.info("committed", extra={"room": room.name, "head": final, "commits": len(commits),
-                                         "coauthors": len(coauthors)})
+            log.info(
+                "committed",
+                extra={"room": room.name, "head": final, "commits": len(commits), "coauthors": len(coauthors)},
+            )
             return {"head": final, "seq": upto, "commits": commits}
 
-    async def _settle(self, state: RoomGit, new: str, changed: dict[str, str], removed: list[str], message: str,
-                      author: Person) -> str:
+    async def _settle(
+        self, state: RoomGit, new: str, changed: dict[str, str], removed: list[str], message: str, author: Person
+    ) -> str:
         """After series commits: one more commit only if the runs did not already end at the room's files."""
         tree_changed, tree_removed, _ = await self._changes_against(state, new, changed, removed)
         if not tree_changed and not tree_removed:
             return new
         return await state.repo.commit(new, tree_changed, tree_removed, message + "\n", author, SERVER)
 
-    async def _changes_against(self, state: RoomGit, rev: str, changed: dict[str, str], removed: list[str]) -> tuple[
-            dict[str, str], list[str], None]:
+    async def _changes_against(
+        self, state: RoomGit, rev: str, changed: dict[str, str], removed: list[str]
+    ) -> tuple[dict[str, str], list[str], None]:
         tree = await state.repo.tree(rev)
         still = {p: t for p, t in changed.items() if tree.get(p) is None or tree[p].sha != blob_sha(t.encode())}
         gone = [p for p in removed if p in tree]
@@ -568,25 +627,44 @@ class VcsService:
             else:
                 tree = await state.repo.merge_tree(head, fetched)
                 if tree is None:
-                    raise GitError(409, f"the room's commits and {branch!r} change the same lines: the room's"
-                                        " branch cannot be merged on the server; push to another branch")
+                    raise GitError(
+                        409,
+                        f"the room's commits and {branch!r} change the same lines: the room's"
+                        " branch cannot be merged on the server; push to another branch",
+                    )
                 author = person_of(principal)
-                new = await state.repo.merge_commit(tree, [head, fetched], f"Merge {branch} into the room {room.name}",
-                                                    author, SERVER)
+                new = await state.repo.merge_commit(
+                    tree, [head, fetched], f"Merge {branch} into the room {room.name}", author, SERVER
+                )
             changed, conflicts = await self._apply(state, room, head, new, principal)
             await state.repo.move_head(new, head)
             # The pulled edits are stamped local:git:pull and credit nobody; what people typed
             # meanwhile is still theirs at the next commit.
-            self._mirror(room, state, new, pulled={"sha": new, "at": int(time.time() * 1000), "by": principal.user_id,
-                                                   "conflicts": [c["path"] for c in conflicts]})
-            log.info("pulled", extra={"room": room.name, "head": new, "changed": len(changed), "conflicts": len(conflicts)})
+            self._mirror(
+                room,
+                state,
+                new,
+                pulled={
+                    "sha": new,
+                    "at": int(time.time() * 1000),
+                    "by": principal.user_id,
+                    "conflicts": [c["path"] for c in conflicts],
+                },
+            )
+            log.info(
+                "pulled", extra={"room": room.name, "head": new, "changed": len(changed), "conflicts": len(conflicts)}
+            )
             return {"head": new, "fetched": fetched, "changed": changed, "conflicts": conflicts, "upToDate": False}
 
-    async def _apply(self, state: RoomGit, room: Room, old: str, new: str, principal: Principal) -> tuple[
-            list[str], list[dict[str, Any]]]:
+    async def _apply(
+        self, state: RoomGit, room: Room, old: str, new: str, principal: Principal
+    ) -> tuple[list[str], list[dict[str, Any]]]:
         before, after = await state.repo.tree(old), await state.repo.tree(new)
-        paths = sorted(p for p in set(before) | set(after)
-                       if (before.get(p).sha if p in before else None) != (after.get(p).sha if p in after else None))
+        paths = sorted(
+            p
+            for p in set(before) | set(after)
+            if (before[p].sha if p in before else None) != (after[p].sha if p in after else None)
+        )
         blobs = await state.repo.blobs([e.sha for p in paths for e in (before.get(p), after.get(p)) if e is not None])
 
         def text_of(entry: Entry | None) -> str | None:
@@ -629,8 +707,15 @@ class VcsService:
                     conflicts.append({"path": path, "clash": clash})
             for item in conflicts:
                 self._open_thread(doc, item, new, principal)
-        binary = {p: blobs[after[p].sha] for p in paths if p in after and text_of(after[p]) is None
-                  and after[p].kind == "blob" and after[p].mode != "120000" and safe_fs.valid_path(p)}
+        binary = {
+            p: blobs[after[p].sha]
+            for p in paths
+            if p in after
+            and text_of(after[p]) is None
+            and after[p].kind == "blob"
+            and after[p].mode != "120000"
+            and safe_fs.valid_path(p)
+        }
         if binary and self.workspaces is not None:
             workspace = self.workspaces.get(room.name)
             await workspace.ensure_dir()
@@ -652,24 +737,37 @@ class VcsService:
         if not isinstance(text, Text):
             return
         content = str(text)
-        start = len(content[:clash.start].encode())
-        end = len(content[:max(clash.end, clash.start + 1)].encode())
+        start = len(content[: clash.start].encode())
+        end = len(content[: max(clash.end, clash.start + 1)].encode())
         if end <= start or start >= len(content.encode()):
             start, end = 0, len(content.encode())
         if end == 0:
             return
         now = int(time.time() * 1000)
-        body = (f"Pulling {sha[:12]} changed lines the room also changed. The room's version is kept here;"
-                f" the remote's was:\n```\n{clash.theirs[:3500]}```\nThe room's version:\n```\n{clash.ours[:3500]}```")
-        message = {"id": secrets.token_urlsafe(9), "author": principal.user_id, "name": "git pull", "at": now,
-                   "text": body[:8000], "run": None}
-        doc.get("reviews", type=Map)[secrets.token_urlsafe(9)] = Map({
-            "path": conflict["path"],
-            "start": StickyIndex.new(text, start, Assoc.AFTER).encode(),
-            "end": StickyIndex.new(text, end, Assoc.BEFORE).encode(),
-            "status": "open", "messages": Array([message]), "suggestion": None, "createdAt": now,
-            "by": principal.user_id,
-        })
+        body = (
+            f"Pulling {sha[:12]} changed lines the room also changed. The room's version is kept here;"
+            f" the remote's was:\n```\n{clash.theirs[:3500]}```\nThe room's version:\n```\n{clash.ours[:3500]}```"
+        )
+        message = {
+            "id": secrets.token_urlsafe(9),
+            "author": principal.user_id,
+            "name": "git pull",
+            "at": now,
+            "text": body[:8000],
+            "run": None,
+        }
+        doc.get("reviews", type=Map)[secrets.token_urlsafe(9)] = Map(
+            {
+                "path": conflict["path"],
+                "start": StickyIndex.new(text, start, Assoc.AFTER).encode(),
+                "end": StickyIndex.new(text, end, Assoc.BEFORE).encode(),
+                "status": "open",
+                "messages": Array([message]),
+                "suggestion": None,
+                "createdAt": now,
+                "by": principal.user_id,
+            }
+        )
 
     # -- blame ----------------------------------------------------------------------------------------
 
@@ -691,15 +789,20 @@ class VcsService:
         if found is None:
             raise GitError(404, f"no file {path!r} in the room's log")
         text, stamps = found
-        state = self.rooms.get(room.name)
         lines = []
-        for number, (line, stamp) in enumerate(zip(text.split("\n"), stamps), start=1):
+        for number, (line, stamp) in enumerate(zip(text.split("\n"), stamps, strict=False), start=1):
             entry: dict[str, Any] = {"line": number, "text": line}
             if stamp is None:
                 entry.update({"user": None, "name": None, "at": None, "origin": None})
             else:
                 person = self.person(room, stamp.user) if stamp.user else None
-                entry.update({"user": stamp.user, "name": person.name if person else None, "at": stamp.at,
-                              "origin": stamp.origin.split(":", 1)[0] if stamp.user else stamp.origin})
+                entry.update(
+                    {
+                        "user": stamp.user,
+                        "name": person.name if person else None,
+                        "at": stamp.at,
+                        "origin": stamp.origin.split(":", 1)[0] if stamp.user else stamp.origin,
+                    }
+                )
             lines.append(entry)
         return {"path": path, "lines": lines}

@@ -8,14 +8,12 @@ mode: everyone is an anonymous editor), and decides with the live role (``live_r
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-import logging
-
 import json
+import logging
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from pycrdt import Map
@@ -188,8 +186,14 @@ async def invites(request: Request) -> Response:
         except ValueError as exc:
             raise ApiError(400, f"unknown role {role!r}") from exc
         name = str(body.get("name") or "")[:64]  # without one, the person types theirs when they join
-        token = mint(hub.settings.secret, room_name, parsed, name, ttl_seconds=ttl,
-                     epoch=epoch if isinstance(epoch, str) else None)
+        token = mint(
+            hub.settings.secret,
+            room_name,
+            parsed,
+            name,
+            ttl_seconds=ttl,
+            epoch=epoch if isinstance(epoch, str) else None,
+        )
         out.append({"role": parsed.value, "token": token, "url": f"{link}?token={token}"})
     return JSONResponse({"open": False, "invites": out}, 201)
 
@@ -218,7 +222,8 @@ async def create_room(request: Request) -> Response:
     link = f"{base}/r/{room_name}"
     ttl = body.get("ttl", 8 * 3600)
     if hub.settings.secret is not None and (
-            not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL):
+        not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL
+    ):
         raise ApiError(400, f"ttl must be seconds between 1 and {MAX_TTL}")
     owner_name = body.get("name") or "Owner"
     if not isinstance(owner_name, str):

@@ -22,13 +22,24 @@ from typing import Any
 from starlette.requests import HTTPConnection
 
 from pairroom.protocol.close_codes import CloseCode
-from pairroom.rooms.identity import DEFAULT_COLORS, Principal, Role, anonymous
 from pairroom.rooms.extension import Connection, Reject
+from pairroom.rooms.identity import DEFAULT_COLORS, Principal, Role, anonymous
 from pairroom.rooms.registry import RoomLoadError
 
 __all__ = [
-    "AuthError", "MAX_TOKEN_BYTES", "Principal", "Role", "anonymous", "authenticate", "bearer",
-    "check_origin", "claimed_room", "forbidden", "mint", "unauthorized", "verify",
+    "AuthError",
+    "MAX_TOKEN_BYTES",
+    "Principal",
+    "Role",
+    "anonymous",
+    "authenticate",
+    "bearer",
+    "check_origin",
+    "claimed_room",
+    "forbidden",
+    "mint",
+    "unauthorized",
+    "verify",
 ]
 
 ALGORITHM = "HS256"
@@ -167,9 +178,7 @@ def verify(secret: str, token: str | None, room: str) -> Principal:
         raise unauthorized(f"token longer than {MAX_TOKEN_BYTES} bytes")
     jwt = pyjwt()
     try:
-        claims = jwt.decode(
-            token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub", "room", "role"]}
-        )
+        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub", "room", "role"]})
     except jwt.ExpiredSignatureError as exc:
         raise unauthorized("token expired") from exc
     except jwt.InvalidTokenError as exc:
@@ -190,7 +199,13 @@ def verify(secret: str, token: str | None, room: str) -> Principal:
     epoch = claims.get("epoch")
     issued = claims.get("iat")
     return Principal(
-        str(claims["sub"]), name, color, role, room, named=bool(claims.get("name")), email=email,
+        str(claims["sub"]),
+        name,
+        color,
+        role,
+        room,
+        named=bool(claims.get("name")),
+        email=email,
         epoch=epoch if isinstance(epoch, str) else None,
         issued_at=issued if isinstance(issued, int) and not isinstance(issued, bool) else 0,
     )

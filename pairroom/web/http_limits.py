@@ -21,8 +21,8 @@ import asyncio
 import json
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class BodyTooLarge(Exception):
@@ -87,15 +87,17 @@ def _content_length(scope: Scope) -> int | None:
 
 async def _too_large(send: Send, limit: int) -> None:
     body = json.dumps({"error": f"request body over {limit} bytes"}).encode()
-    await send({
-        "type": "http.response.start",
-        "status": 413,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),  # the rest of the body is not read: end the connection
-        ],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),  # the rest of the body is not read: end the connection
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -126,9 +128,7 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self._awaiting_headers and (self.cycle is None or self.cycle.response_complete):
-            self.transport.write(
-                b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            )
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
         elif self.cycle is not None and not self.cycle.response_complete:
             self.cycle.disconnected = True  # the app sees http.disconnect instead of more body
             self.cycle.message_event.set()

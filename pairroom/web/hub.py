@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pairroom.storage.store import Store
 from pairroom.cluster.bridge import Cluster
 from pairroom.rooms.extension import ExtensionRunner, Supervisor
 from pairroom.rooms.registry import RoomRegistry
+from pairroom.storage.store import Store
 from pairroom.web.metrics import Metrics
 
 if TYPE_CHECKING:  # the settings hold every feature's; the web kit only reads them

@@ -14,10 +14,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from pairroom.protocol.origins import Origin
 from pairroom.cluster.bridge import ClusterMetrics
-from pairroom.rooms.registry import RegistryMetrics
 from pairroom.protocol.bus import Kind
+from pairroom.protocol.origins import Origin
+from pairroom.rooms.registry import RegistryMetrics
 
 
 class HotCounters(Collector):
@@ -50,9 +50,7 @@ class HotCounters(Collector):
         for (kind, ok), count in sorted(self.bus_published.items()):
             published.add_metric([kind, ok], count)
         yield published
-        received = CounterMetricFamily(
-            "pairroom_bus_received", "Messages received from other nodes", labels=["kind"]
-        )
+        received = CounterMetricFamily("pairroom_bus_received", "Messages received from other nodes", labels=["kind"])
         for kind, count in sorted(self.bus_received.items()):
             received.add_metric([kind], count)
         yield received
@@ -84,9 +82,7 @@ class Metrics(RegistryMetrics, ClusterMetrics):
         self.slow_client_disconnects = Counter(
             "pairroom_slow_client_disconnects", "Members closed for outbound queue overflow", registry=r
         )
-        self.client_errors = Counter(
-            "pairroom_client_errors", "Connections closed for bad input", ["code"], registry=r
-        )
+        self.client_errors = Counter("pairroom_client_errors", "Connections closed for bad input", ["code"], registry=r)
         self.updates_dropped = Counter(
             "pairroom_updates_dropped", "Updates from members without write permission", registry=r
         )

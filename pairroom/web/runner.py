@@ -30,7 +30,7 @@ class Server(uvicorn.Server):
 
     def install_signal_handlers(self) -> None:
         if self.config.extra_signal_handlers:  # type: ignore[attr-defined]
-            super().install_signal_handlers()
+            super().install_signal_handlers()  # type: ignore[misc]
 
 
 def uvicorn_config(app: Starlette, settings: Settings, *, signals: bool = True) -> uvicorn.Config:

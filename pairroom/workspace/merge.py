@@ -44,7 +44,7 @@ def text_edits(old: str, new: str) -> list[Edit]:
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
         if tag == "equal":
             continue
-        old_block, new_block = old[a_at[i1]:a_at[i2]], new[b_at[j1]:b_at[j2]]
+        old_block, new_block = old[a_at[i1] : a_at[i2]], new[b_at[j1] : b_at[j2]]
         base = a_at[i1]
         if old_block and new_block and len(old_block) * len(new_block) <= 4_000_000:
             chars = difflib.SequenceMatcher(None, old_block, new_block, autojunk=False)
@@ -99,7 +99,7 @@ def apply(text: Text, current: str, edits: list[Edit]) -> None:
     last first, in the caller's transaction. pycrdt indexes ``Y.Text`` by UTF-8 bytes."""
     for edit in sorted(edits, key=lambda e: e.start, reverse=True):
         start = len(current[: edit.start].encode())
-        end = start + len(current[edit.start:edit.end].encode())
+        end = start + len(current[edit.start : edit.end].encode())
         if end > start:
             del text[start:end]
         if edit.insert:

@@ -30,8 +30,9 @@ import os
 import secrets
 import stat
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -73,7 +74,7 @@ async def run_off_loop(fn: Callable[..., T], *args: object, timeout: float, what
         try:
             result: T | None = fn(*args)
             error: BaseException | None = None
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task, which raises it
+        except BaseException as exc:  # noqa: BLE001 - the worker thread hands whatever it raised back to the caller
             result, error = None, exc
         with contextlib.suppress(RuntimeError):  # the loop closed while this ran past its timeout
             loop.call_soon_threadsafe(settle, result, error)

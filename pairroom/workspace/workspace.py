@@ -41,7 +41,7 @@ import re
 import tempfile
 import weakref
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -91,7 +91,14 @@ def ignore_rule(patterns: tuple[str, ...]) -> Callable[[str, bool], bool]:
 
 def dir_name(room: str) -> str:
     """A room name as one safe folder name (any character outside [A-Za-z0-9_-] is escaped)."""
-    return re.sub(r"[^A-Za-z0-9_-]", lambda m: "%%%02X" % ord(m.group()) if ord(m.group()) < 256 else "%%u%04X" % ord(m.group()), room)[:200] or "%"
+    return (
+        re.sub(
+            r"[^A-Za-z0-9_-]",
+            lambda m: f"%{ord(m.group()):02X}" if ord(m.group()) < 256 else f"%u{ord(m.group()):04X}",
+            room,
+        )[:200]
+        or "%"
+    )
 
 
 @dataclass(slots=True)
@@ -249,7 +256,9 @@ class Workspace:
         assert room is not None
         with room.local_change(LocalOrigin("workspace-read")) as doc:
             files = doc.get("files", type=Map)
-            return {path: str(text) for path, text in files.items() if isinstance(text, Text) and safe_fs.valid_path(path)}
+            return {
+                path: str(text) for path, text in files.items() if isinstance(text, Text) and safe_fs.valid_path(path)
+            }
 
     async def _first_sync(self) -> None:
         """Files on disk the document does not have come in (a kernel wrote them before); then the
@@ -282,7 +291,12 @@ class Workspace:
             for path, content in writes.items():
                 expect = self.seen.get(path)
                 written[path] = safe_fs.write_atomic(
-                    str(self.path), path, content.encode(), expect=expect, check_expect=True, owner=owner,
+                    str(self.path),
+                    path,
+                    content.encode(),
+                    expect=expect,
+                    check_expect=True,
+                    owner=owner,
                 )
             removed = []
             for path in deletes:
@@ -316,8 +330,10 @@ class Workspace:
 
         def work() -> ScanResult:
             listing = safe_fs.scan(
-                str(self.path), self.workspaces.ignored,
-                max_entries=settings.max_entries, max_depth=settings.max_depth,
+                str(self.path),
+                self.workspaces.ignored,
+                max_entries=settings.max_entries,
+                max_depth=settings.max_depth,
             )
             changed = []
             for path, stat in listing.files.items():
@@ -351,8 +367,10 @@ class Workspace:
         room = self.room
         assert room is not None
         if result.listing.truncated:
-            log.warning("workspace has too many entries; the rest is not synced",
-                        extra={"room": self.room_name, "max_entries": self.settings.max_entries})
+            log.warning(
+                "workspace has too many entries; the rest is not synced",
+                extra={"room": self.room_name, "max_entries": self.settings.max_entries},
+            )
         # Not a deletion: room code put something the server never reads (a link, a FIFO, a folder)
         # in a room file's place. The document's text is written over it at the next barrier
         # (``flushed``: before a run or a command line), not while a program may be using it.
@@ -382,7 +400,7 @@ class Workspace:
                     if path in listing:
                         del listing[path]
 
-    def _import_one(self, files: Map, listing: Map, change: DiskChange) -> None:
+    def _import_one(self, files: Map[Any], listing: Map[Any], change: DiskChange) -> None:
         path = change.path
         text_content: str | None = None
         kind = "large"
@@ -454,7 +472,9 @@ class Workspaces:
         self.ignored = ignore_rule(settings.ignore)
         self.rooms: dict[str, Workspace] = {}
         self.attached = 0
-        self.owner = (settings.uid, settings.gid if settings.gid is not None else -1) if settings.uid is not None else None
+        self.owner = (
+            (settings.uid, settings.gid if settings.gid is not None else -1) if settings.uid is not None else None
+        )
 
     @classmethod
     def attach(cls, registry: Any, settings: WorkspaceSettings | None = None) -> Workspaces:

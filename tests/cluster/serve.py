@@ -12,17 +12,16 @@ lease timings the tests shorten (see docs/kernels.md, "Across nodes").
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import sys
 
 import uvloop
 
-from pairroom.web import logs
 from pairroom.app import create_app
-from pairroom.kernels.extension import Kernels
 from pairroom.config import Settings
+from pairroom.kernels.extension import Kernels
+from pairroom.web import logs
 from pairroom.web.runner import Server, uvicorn_config
 
 log = logging.getLogger("pairroom.cli")
@@ -42,7 +41,6 @@ def kernels_with_lease(settings: Settings, *, ttl: float, renew: float) -> Kerne
 def main() -> int:
     settings = Settings.from_env()
     logs.configure(settings.log_level, settings.log_format)
-    kernels = settings.kernels
     ttl = float(os.environ.get("PAIRROOM_TEST_LEASE_TTL", "10"))
     renew = float(os.environ.get("PAIRROOM_TEST_LEASE_RENEW", "3"))
     app = create_app(settings, extensions=[kernels_with_lease(settings, ttl=ttl, renew=renew)])

@@ -246,7 +246,9 @@ async def listen(args: argparse.Namespace) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=args.base, timeout=10) as http:
         try:
             async with asyncio.timeout(DEADLINE):
-                joined = await asyncio.gather(*(listen_one(http, args.room, args.frames) for _ in range(args.listeners)))
+                joined = await asyncio.gather(
+                    *(listen_one(http, args.room, args.frames) for _ in range(args.listeners))
+                )
                 await asyncio.gather(*(c.first.wait() for _, c in joined))
                 print(f"STREAMING {sum(c.frames for _, c in joined)}", flush=True)  # for the per-node figure
                 await asyncio.gather(*(c.done.wait() for _, c in joined))
@@ -261,7 +263,11 @@ async def listen(args: argparse.Namespace) -> dict[str, Any]:
         "loud": [c.loud for c in counters],
         "first_frame_ms": [round(((c.first_at or started) - started) * 1000) for c in counters],
         # frames a second once audio flows: 50 is everything (20 ms frames)
-        "fps": [round((c.frames - 1) / (c.last_at - c.first_at), 1) for c in counters if c.first_at and c.last_at and c.last_at > c.first_at],
+        "fps": [
+            round((c.frames - 1) / (c.last_at - c.first_at), 1)
+            for c in counters
+            if c.first_at and c.last_at and c.last_at > c.first_at
+        ],
     }
     for pc, _ in joined:
         await pc.close()

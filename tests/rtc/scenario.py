@@ -45,7 +45,7 @@ async def peer(*args: str) -> dict[str, Any]:
     out, _ = await proc.communicate()
     for line in out.decode().splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])  # type: ignore[no-any-return]
+            return json.loads(line[len("RESULT ") :])  # type: ignore[no-any-return]
     return {"ok": False, "reason": f"no result, exit {proc.returncode}"}
 
 
@@ -64,9 +64,21 @@ async def serve_node(name: str, redis: str, workdir: Path) -> ServeProcess:
         "PAIRROOM_RTC_MEDIA_ADDRESSES": "127.0.0.1",
     }
     proc = await asyncio.create_subprocess_exec(
-        PAIRROOM, "serve", "--port", "0", "--redis", redis, "--node-id", name, "--no-kernels",
-        "--db", f"sqlite:///{workdir / name}.db",  # signaling never touches storage
-        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent,
+        PAIRROOM,
+        "serve",
+        "--port",
+        "0",
+        "--redis",
+        redis,
+        "--node-id",
+        name,
+        "--no-kernels",
+        "--db",
+        f"sqlite:///{workdir / name}.db",  # signaling never touches storage
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_die_with_parent,
     )
     assert proc.stderr is not None
     early: list[dict[str, Any]] = []
@@ -111,15 +123,32 @@ async def call_nodes(workdir: Path) -> dict[str, Any]:
             codes = [await node.terminate() for node in nodes]
         logged = [
             {"node": node.env["PAIRROOM_NODE_ID"], **entry}
-            for node in nodes for entry in node.log if entry.get("level") in ("warning", "error", "critical")
+            for node in nodes
+            for entry in node.log
+            if entry.get("level") in ("warning", "error", "critical")
         ]
         stopped = [any(entry.get("msg") == "stopped" for entry in node.log) for node in nodes]
-        return {"answer": answer, "offer": offer, "node_exit_codes": codes, "node_stopped": stopped, "node_warnings": logged}
+        return {
+            "answer": answer,
+            "offer": offer,
+            "node_exit_codes": codes,
+            "node_stopped": stopped,
+            "node_warnings": logged,
+        }
 
 
-async def relay(server: RtcServer, workdir: Path, listeners: int = 3, frames: int = 50, processes: int = 1) -> dict[str, Any]:
+async def relay(
+    server: RtcServer, workdir: Path, listeners: int = 3, frames: int = 50, processes: int = 1
+) -> dict[str, Any]:
     speaker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.rtc.peer", "speak", server.http, "lesson", "--seconds", "120",
+        sys.executable,
+        "-m",
+        "tests.rtc.peer",
+        "speak",
+        server.http,
+        "lesson",
+        "--seconds",
+        "120",
         stdout=asyncio.subprocess.PIPE,
     )
     try:
@@ -130,7 +159,13 @@ async def relay(server: RtcServer, workdir: Path, listeners: int = 3, frames: in
     finally:
         speaker.terminate()
         await speaker.wait()
-    merged: dict[str, Any] = {"ok": all(r.get("ok") for r in results), "frames": [], "loud": [], "first_frame_ms": [], "fps": []}
+    merged: dict[str, Any] = {
+        "ok": all(r.get("ok") for r in results),
+        "frames": [],
+        "loud": [],
+        "first_frame_ms": [],
+        "fps": [],
+    }
     for r in results:
         for key in ("frames", "loud", "first_frame_ms", "fps"):
             merged[key] += r.get(key, [])
@@ -144,14 +179,30 @@ async def bench(server: RtcServer, listeners: int, processes: int = 2, frames: i
     opens once every listener has its first frame (set-up excluded) and closes at the end.
     """
     speaker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.rtc.peer", "speak", server.http, "lesson", "--seconds", "300",
+        sys.executable,
+        "-m",
+        "tests.rtc.peer",
+        "speak",
+        server.http,
+        "lesson",
+        "--seconds",
+        "300",
         stdout=asyncio.subprocess.PIPE,
     )
     share = [listeners // processes + (i < listeners % processes) for i in range(processes)]
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.rtc.peer", "listen", server.http, "lesson",
-            "--listeners", str(n), "--frames", str(frames), stdout=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "tests.rtc.peer",
+            "listen",
+            server.http,
+            "lesson",
+            "--listeners",
+            str(n),
+            "--frames",
+            str(frames),
+            stdout=asyncio.subprocess.PIPE,
         )
         for n in share
     ]
@@ -169,7 +220,7 @@ async def bench(server: RtcServer, listeners: int, processes: int = 2, frames: i
                     window["cpu"] = _cpu()
                     window["at"] = time.monotonic()
             elif line.startswith("RESULT "):
-                results[i] = json.loads(line[len("RESULT "):])
+                results[i] = json.loads(line[len("RESULT ") :])
         await proc.wait()
 
     try:

@@ -10,9 +10,9 @@ import asyncio
 import dataclasses
 from typing import Any
 
-from pairroom.rtc.settings import RtcSettings
 from pairroom.app import create_app
 from pairroom.config import Settings
+from pairroom.rtc.settings import RtcSettings
 from pairroom.web.runner import Server, start_serving, uvicorn_config
 
 

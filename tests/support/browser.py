@@ -34,8 +34,8 @@ import os
 import re
 import subprocess
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 from starlette.applications import Starlette
@@ -194,7 +194,12 @@ def secret_web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebS
     static_dir = ensure_build()
     db = tmp_path_factory.mktemp("web-secret") / "pairroom.db"
     settings = dataclasses.replace(
-        Settings(), port=0, db=f"sqlite:///{db}", log_format="text", kernels=False, secret=BROWSER_SECRET,
+        Settings(),
+        port=0,
+        db=f"sqlite:///{db}",
+        log_format="text",
+        kernels=False,
+        secret=BROWSER_SECRET,
         open_lobby=True,  # the lobby page creates rooms without a creator link (rate-limited per address)
     )
     server = WebServer(settings, static_dir)
@@ -209,8 +214,12 @@ def kernel_web_server(tmp_path: Path) -> Iterator[WebServer]:
     starting the kernel service costs a second or two. Skips where the sandbox cannot work."""
     static_dir = ensure_build()
     settings = dataclasses.replace(
-        Settings(), port=0, db=f"sqlite:///{tmp_path / 'pairroom.db'}", log_format="text",
-        kernels=True, kernel_pool_size=1,
+        Settings(),
+        port=0,
+        db=f"sqlite:///{tmp_path / 'pairroom.db'}",
+        log_format="text",
+        kernels=True,
+        kernel_pool_size=1,
     )
     server = WebServer(settings, static_dir)
     server.start()
@@ -264,7 +273,9 @@ def open_page(browser: sync_api.Browser, web_server: WebServer, request: pytest.
             context.add_init_script(f"if (window === window.top) localStorage.setItem('pairroom:name', {name!r})")
         page = context.new_page()
         errors: list[str] = []
-        page.on("console", lambda msg: errors.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None)
+        page.on(
+            "console", lambda msg: errors.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None
+        )
         page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
         opened.append(OpenedPage(label, page, context, errors))
         page.goto((server or web_server).url(path))
@@ -325,4 +336,3 @@ def room_name(request: pytest.FixtureRequest) -> str:
     """A room of its own for each test: the test's name plus a random suffix."""
     base = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:40]
     return f"{base}-{os.urandom(3).hex()}"
-

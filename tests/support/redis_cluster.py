@@ -93,7 +93,11 @@ class RedisCluster:
                 states = [await self._ask(s, "CLUSTER", "INFO") for s in self.servers if s.running]
                 owners = await self.slot_owners()
                 live = {s.port for s in self.servers if s.running}
-                if all("cluster_state:ok" in st for st in states) and len(owners) == 16384 and set(owners.values()) <= live:
+                if (
+                    all("cluster_state:ok" in st for st in states)
+                    and len(owners) == 16384
+                    and set(owners.values()) <= live
+                ):
                     return
                 last = "; ".join(st.split("\r\n")[0] for st in states)
             except (aioredis.RedisError, OSError, RedisUnavailable) as exc:

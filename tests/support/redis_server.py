@@ -65,14 +65,10 @@ def redis_server_binary() -> str:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     try:
-        out = subprocess.run(
-            [str(ENSURE_REDIS)], check=True, capture_output=True, text=True, timeout=600
-        )
+        out = subprocess.run([str(ENSURE_REDIS)], check=True, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.SubprocessError) as exc:
         stderr = getattr(exc, "stderr", "") or ""
-        raise RedisUnavailable(
-            f"no redis-server binary and {ENSURE_REDIS} failed ({exc}); {stderr.strip()}"
-        ) from exc
+        raise RedisUnavailable(f"no redis-server binary and {ENSURE_REDIS} failed ({exc}); {stderr.strip()}") from exc
     path = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
     if not path:
         raise RedisUnavailable(f"{ENSURE_REDIS} printed no path; stderr: {out.stderr.strip()}")
@@ -339,17 +335,14 @@ class RedisProcess:
                 log = _read_from(self.log_path, offsets["redis.log"])
                 if "Address already in use" in log + stderr:
                     raise _PortTaken(f"port {self.port} taken: {log}")
-                raise RedisUnavailable(
-                    f"redis-server exited with {proc.returncode}: {stderr.strip()}\n{log}"
-                )
+                raise RedisUnavailable(f"redis-server exited with {proc.returncode}: {stderr.strip()}\n{log}")
             if await ping(self.port, timeout=0.5):
                 return
             await asyncio.sleep(_POLL_S)
         proc.kill()
         await self._wait_exit(proc, STOP_TIMEOUT_S)
         raise RedisUnavailable(
-            f"redis-server on port {self.port} did not answer PING within {START_TIMEOUT_S}s\n"
-            f"{self.log_tail()}"
+            f"redis-server on port {self.port} did not answer PING within {START_TIMEOUT_S}s\n{self.log_tail()}"
         )
 
     @staticmethod
@@ -411,7 +404,7 @@ async def redis_servers() -> AsyncIterator[StartRedis]:
         for r in started:
             try:
                 await r.close()
-            except Exception as exc:  # noqa: BLE001 - finish tearing down the others, then raise
+            except Exception as exc:
                 errors.append(exc)
         if errors:
             raise errors[0]

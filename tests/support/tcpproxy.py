@@ -154,9 +154,7 @@ class TcpProxy:
     async def _listen(self, attempts: int) -> None:
         for attempt in range(attempts):
             try:
-                self._server = await asyncio.start_server(
-                    self._accepted, self._host, self._port, reuse_address=True
-                )
+                self._server = await asyncio.start_server(self._accepted, self._host, self._port, reuse_address=True)
                 break
             except OSError:
                 if attempt + 1 >= attempts:

@@ -150,8 +150,7 @@ def ensure_node_modules() -> None:
         )
         if result.returncode != 0:
             raise NodeClientError(
-                f"npm ci in {NODE_DIR} failed with exit code {result.returncode}:\n"
-                f"{result.stdout}\n{result.stderr}"
+                f"npm ci in {NODE_DIR} failed with exit code {result.returncode}:\n{result.stdout}\n{result.stderr}"
             )
         _STAMP.touch()
 
@@ -196,9 +195,7 @@ async def wait_for(
         await asyncio.sleep(interval)
 
 
-async def wait_equal(
-    get: Callable[[], Awaitable[Any]], expected: Any, timeout: float = 10.0
-) -> None:
+async def wait_equal(get: Callable[[], Awaitable[Any]], expected: Any, timeout: float = 10.0) -> None:
     """Await ``get()`` until it equals ``expected``; the timeout error shows the last value."""
     last: list[Any] = []
 
@@ -346,9 +343,7 @@ class NodeYClient:
                     future.set_result(message.get("result"))
         finally:
             await self.process.wait()
-            died = NodeClientDied(
-                f"{self!r} exited with code {self.process.returncode}:\n{self.stderr_text()}"
-            )
+            died = NodeClientDied(f"{self!r} exited with code {self.process.returncode}:\n{self.stderr_text()}")
             if not self._ready.done():
                 self._ready.set_exception(died)
             for _, future in self._pending.values():
@@ -379,9 +374,7 @@ class NodeYClient:
         """Messages of uncaught exceptions and unhandled rejections inside the Node process."""
         return [event["message"] for event in self.events if event["event"] == "uncaught"]
 
-    async def wait_event(
-        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0
-    ) -> dict[str, Any]:
+    async def wait_event(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
         """Return the first event (already received or future) that satisfies ``predicate``."""
 
         def find() -> dict[str, Any] | None:
@@ -489,9 +482,7 @@ class NodeYClient:
         finally:
             await self._finish()
         if self.process.returncode != 0:
-            raise NodeClientDied(
-                f"{self!r} exited with code {self.process.returncode}:\n{self.stderr_text()}"
-            )
+            raise NodeClientDied(f"{self!r} exited with code {self.process.returncode}:\n{self.stderr_text()}")
 
     async def kill(self) -> None:
         """SIGKILL the process: the server sees the TCP connection drop without a close frame."""
@@ -531,9 +522,7 @@ class NodeClients:
     def __init__(self) -> None:
         self.clients: list[NodeYClient] = []
 
-    async def start(
-        self, url: str, room: str, version: Version | str = "v1", **kwargs: Any
-    ) -> NodeYClient:
+    async def start(self, url: str, room: str, version: Version | str = "v1", **kwargs: Any) -> NodeYClient:
         """Same arguments as :meth:`NodeYClient.start`."""
         client = await NodeYClient.start(url, room, version, **kwargs)
         self.clients.append(client)
@@ -546,17 +535,13 @@ class NodeClients:
         await self.aclose()
 
     async def aclose(self) -> None:
-        results = await asyncio.gather(
-            *(client.close() for client in self.clients), return_exceptions=True
-        )
+        results = await asyncio.gather(*(client.close() for client in self.clients), return_exceptions=True)
         problems = [
             f"{client!r}: {result!r}"
             for client, result in zip(self.clients, results, strict=True)
             if isinstance(result, BaseException)
         ]
-        problems += [
-            f"{client!r} uncaught: {message}" for client in self.clients for message in client.uncaught
-        ]
+        problems += [f"{client!r} uncaught: {message}" for client in self.clients for message in client.uncaught]
         self.clients.clear()
         if problems:
             raise NodeClientError("Node Yjs clients failed:\n" + "\n".join(problems))

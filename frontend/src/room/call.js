@@ -526,7 +526,7 @@ export class Call {
 
   async poll() {
     let localLevel = 0
-    for (const [id, entry] of this.peers) {
+    for (const entry of this.peers.values()) {
       const pc = entry.pc
       if (!pc || pc.connectionState === 'closed') continue
       const stats = { connectionState: pc.connectionState, framesDecoded: 0, frameWidth: 0, audioLevel: 0, audioPackets: 0 }

@@ -209,7 +209,7 @@ export class People {
     const focused = document.activeElement?.dataset?.focusKey
     list.replaceChildren(
       ...people.map(([id, state]) => {
-        const { name, color, role } = state.user
+        const { name, color } = state.user
         const label = String(name ?? 'Anonymous')
         const followed = this.following?.clientId === id
         return h('li', { 'data-client': id, class: state.hand ? 'hand-up' : null },

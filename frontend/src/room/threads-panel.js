@@ -89,7 +89,7 @@ export class ThreadsPanel {
     this.list.replaceChildren(...threads.map((t) => this.item(t)))
   }
 
-  item({ id, thread, status, messages, place, path }) {
+  item({ id, status, messages, place, path }) {
     const first = messages.find((m) => m && typeof m.text === 'string')
     const where = place ? `${path}:${place.line}` : path
     const code = place?.code ?? this.code.get(id) ?? null

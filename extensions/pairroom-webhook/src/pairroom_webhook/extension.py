@@ -71,9 +71,7 @@ class WebhookSettings:
             )
         missing = [name for name in ("url", "secret") if not raw.get(name)]
         if missing:
-            raise ValueError(
-                f"the webhook needs {' and '.join('PAIRROOM_EXT_WEBHOOK_' + m.upper() for m in missing)}"
-            )
+            raise ValueError(f"the webhook needs {' and '.join('PAIRROOM_EXT_WEBHOOK_' + m.upper() for m in missing)}")
         if not raw["url"].startswith(("http://", "https://")):
             raise ValueError(f"PAIRROOM_EXT_WEBHOOK_URL={raw['url']!r} is not an http(s) URL")
         values: dict[str, Any] = {}
