@@ -64,7 +64,7 @@ lint: install-dev frontend/node_modules/.package-lock.json
 	$(BIN)/lint-imports
 	$(BIN)/mypy --strict pairroom/protocol pairroom/rooms pairroom/storage
 	$(BIN)/mypy pairroom
-	cd frontend && npx biome lint
+	cd frontend && ./node_modules/.bin/biome lint
 
 test: install-dev node-deps web services lint
 	PAIRROOM_TEST_PG="$$(scripts/ensure-postgres)" PAIRROOM_REDIS_SERVER="$$(scripts/ensure-redis)" \
