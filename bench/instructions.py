@@ -74,7 +74,7 @@ def control(pid: int, switch: str) -> None:
         raise RuntimeError(f"callgrind_control -i {switch} {pid}: {done.stdout} {done.stderr}")
 
 
-def measure(name: str, workload: Workload) -> dict[str, Any]:
+def measure(name: str, workload: Workload, keep: Path | None = None) -> dict[str, Any]:
     scenario = run.SCENARIOS[workload.scenario]
     # No kernel pool: its sandboxed kernels are other processes, off the measured path, and starting
     # them under valgrind fails (pidfd_open is not emulated) and retries.
@@ -133,7 +133,11 @@ def measure(name: str, workload: Workload) -> dict[str, Any]:
             result = json.loads(lines[-1])
         finally:
             stopped = server.stop()
-        instructions = callgrind_total(tmp / f"callgrind.out.{server.proc.pid}")
+        counts = tmp / f"callgrind.out.{server.proc.pid}"
+        instructions = callgrind_total(counts)
+        if keep is not None:  # for callgrind_annotate
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copy(counts, keep / f"callgrind.{name}.out")
     figures = run.figures(result, samples)
     deliveries = figures["deliveries"]
     return {
@@ -159,13 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workload", action="append", choices=sorted(WORKLOADS))
     parser.add_argument("--label", default="", help="a name for this measurement (e.g. the commit)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--keep", type=Path, help="keep each workload's callgrind output in this directory")
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         sys.exit("bench/instructions.py needs valgrind (callgrind and callgrind_control)")
     run.ensure_loadgen()
     results = []
     for name in args.workload or ["s2-100p", "s2-200p", "s3"]:
-        record = measure(name, WORKLOADS[name])
+        record = measure(name, WORKLOADS[name], args.keep)
         results.append(record)
         per = record["instructions_per_delivered_edit"]
         print(
