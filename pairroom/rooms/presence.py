@@ -25,9 +25,13 @@ from pycrdt import Awareness, Doc
 
 from pairroom.protocol import sync as protocol
 from pairroom.protocol.sync import AwarenessEntry
+from pairroom.rooms.identity import Role
 from pairroom.rooms.member import Member
 
 NULL = "null"
+# The roles that see only the participants' presence. ``member.role.participates`` costs an enum
+# class lookup (slow on 3.11) per call; the relay asks it for every member of every flush.
+_VIEWER_ROLES = tuple(role for role in Role if not role.participates)
 
 
 class Presence:
@@ -215,7 +219,7 @@ class Presence:
             else None
         )
         for member in list(self.members.values()):
-            if member.role.participates:
+            if member.role not in _VIEWER_ROLES:
                 member.send(to_participants)
             elif to_viewers is not None:
                 member.send(to_viewers)
