@@ -67,6 +67,15 @@ def callgrind_total(path: Path) -> int:
     raise RuntimeError(f"{path}: no totals line")
 
 
+def write_syscalls(pid: int) -> int:
+    """Write syscalls the process has made (``syscw`` of ``/proc/PID/io``: uvloop writes to a
+    socket with write/writev, so this counts the socket writes; callgrind does not see the kernel)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("syscw:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/{pid}/io has no syscw")
+
+
 def control(pid: int, switch: str) -> None:
     """Switch callgrind's counting on or off in the server (through vgdb)."""
     done = subprocess.run(["callgrind_control", "-i", switch, str(pid)], capture_output=True, text=True)
@@ -108,8 +117,10 @@ def measure(name: str, workload: Workload, keep: Path | None = None) -> dict[str
                 if kind == "measure_start":
                     control(server.proc.pid, "on")
                     samples[kind] = run.proc_sample(server.proc.pid)
+                    samples["syscw_start"] = write_syscalls(server.proc.pid)
                 elif kind == "measure_end":
                     samples[kind] = run.proc_sample(server.proc.pid)
+                    samples["syscw_end"] = write_syscalls(server.proc.pid)
                     control(server.proc.pid, "off")
 
             gen = subprocess.Popen(
@@ -152,6 +163,10 @@ def measure(name: str, workload: Workload, keep: Path | None = None) -> dict[str
         "converged": figures["converged"],
         "instructions": instructions,
         "instructions_per_delivered_edit": instructions / deliveries if deliveries else None,
+        "write_syscalls": samples["syscw_end"] - samples["syscw_start"],
+        "write_syscalls_per_delivered_edit": (samples["syscw_end"] - samples["syscw_start"]) / deliveries
+        if deliveries
+        else None,
         "server_cpu_pct_under_callgrind": figures["server_cpu_pct"],
         "p50_ms_under_callgrind": figures["p50_ms"],
         "server_stop": stopped,
@@ -175,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         per = record["instructions_per_delivered_edit"]
         print(
             f"{name}: {record['instructions']:,} instructions, {record['deliveries']} deliveries, "
-            f"{per:,.0f} per delivered edit, delivery {record['delivery_pct']} %, converged {record['converged']}, "
+            f"{per:,.0f} per delivered edit, {record['write_syscalls_per_delivered_edit']:.2f} socket writes per "
+            f"delivered edit, delivery {record['delivery_pct']} %, converged {record['converged']}, "
             f"server {record['server_cpu_pct_under_callgrind']:.0f} % of a core under callgrind"
             + ("" if record["ok"] else f"  NOT OK: {record['error']} {record['trouble']}"),
             flush=True,
