@@ -28,15 +28,6 @@ bounded queue closes a reader that stays behind with 4503), a connection that is
 frames, pings and pongs (uvicorn writes those itself; they interleave with our frames only between
 whole frames, since each ``transport.write`` carries whole frames).
 
-The frames a connection is given in one pass of the event loop go out in one write at the end of
-the pass (``_flush_corked``, scheduled once per pass for all connections): a write is a syscall,
-the largest cost left per member, and a member often gets two messages in one pass (an edit and the
-author's cursor, one from the room's broadcast and one from the presence relay). The order of a
-connection's frames is kept: a send that has to take the ordinary path first writes what this
-module holds for it, and so does the close (``StarletteTransport.close``). A close that uvicorn
-starts itself (server shutdown with 1012, a failed keepalive, the client's own close) drops what
-the pass held: nothing may follow a close frame, and the client resyncs when it reconnects.
-
 A broadcast hands the same ``bytes`` object to every member one after the other, so one remembered
 message (kept by reference, so its identity cannot be reused) makes the framing once per broadcast
 without any change to the room's API.
@@ -44,14 +35,11 @@ without any change to the room's API.
 
 from __future__ import annotations
 
-import logging
 import struct
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
-
-log = logging.getLogger("pairroom.ws")
 
 EXTENSION = "pairroom.frames"
 
@@ -85,11 +73,10 @@ def binary_frame(payload: bytes) -> bytes:
 class FrameWriter:
     """Writes already-framed messages to one connection when that is the plain case."""
 
-    __slots__ = ("_protocol", "_pending")
+    __slots__ = ("_protocol",)
 
     def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
         self._protocol = protocol
-        self._pending: list[bytes] | None = None  # frames taken in this loop pass, not yet written
 
     @classmethod
     def for_scope(cls, scope: dict[str, Any]) -> FrameWriter | None:
@@ -102,55 +89,19 @@ class FrameWriter:
             return None
         return cls(protocol)
 
-    def _open(self) -> bool:
+    def write(self, message: bytes) -> bool:
+        """Write ``message`` as one binary frame if the socket takes it now; False: it was not
+        written (the buffer is full, or the connection is closing), use the ordinary send."""
         protocol = self._protocol
-        return not (
-            protocol.close_sent
+        if (
+            not protocol.writable.is_set()
+            or protocol.close_sent
             or protocol.disconnected
             or protocol.conn.state is not _OPEN
-            or protocol.transport.is_closing()
-        )
-
-    def write(self, message: bytes) -> bool:
-        """Take ``message`` as one binary frame, for the socket at the end of this loop pass;
-        False: it was not taken (the buffer is full, or the connection is closing), use the
-        ordinary send, which then goes after every frame taken before it."""
-        if not self._protocol.writable.is_set() or not self._open():
-            self.flush()
+        ):
             return False
-        pending = self._pending
-        if pending is None:
-            self._pending = [framed(message)]
-            _corked.append(self)
-            if len(_corked) == 1:
-                self._protocol.loop.call_soon(_flush_corked)
-        else:
-            pending.append(framed(message))
+        protocol.transport.write(framed(message))
         return True
-
-    def flush(self) -> None:
-        """Write the frames taken in this loop pass in one write; a connection that started
-        closing meanwhile gets none (nothing may follow a close frame; the client resyncs)."""
-        pending = self._pending
-        if pending is None:
-            return
-        self._pending = None
-        if self._open():
-            self._protocol.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
-
-
-_corked: list[FrameWriter] = []  # writers with frames taken in this loop pass
-
-
-def _flush_corked() -> None:
-    """End of a loop pass: every connection's frames of the pass go out, one write each."""
-    global _corked
-    writers, _corked = _corked, []
-    for writer in writers:
-        try:
-            writer.flush()
-        except Exception as exc:  # its connection broke under the write; the others still get theirs
-            log.info("write failed", extra={"error": repr(exc)})
 
 
 _last_message: bytes | None = None

@@ -61,8 +61,6 @@ class StarletteTransport:
         return asyncio.ensure_future(_finish(send, blocker))
 
     async def close(self, code: int, reason: str) -> None:
-        if self.frame_writer is not None:
-            self.frame_writer.flush()  # the frames taken before the close go before it
         if self.websocket.application_state is WebSocketState.DISCONNECTED:
             return
         await self.websocket.close(code, truncate_reason(reason))
