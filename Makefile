@@ -8,7 +8,7 @@ DB     ?= sqlite:///./pairroom.db
 
 WEB_SOURCES := $(shell find frontend/src -type f 2>/dev/null) frontend/index.html frontend/room.html frontend/vite.config.js
 
-.PHONY: run test install install-dev node-deps web kernel-env services bench bench-quick clean
+.PHONY: run test fuzz install install-dev node-deps web kernel-env services bench bench-quick clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || scripts/apt-install python3-venv
@@ -60,6 +60,11 @@ services: kernel-env
 test: install-dev node-deps web services
 	PAIRROOM_TEST_PG="$$(scripts/ensure-postgres)" PAIRROOM_REDIS_SERVER="$$(scripts/ensure-redis)" \
 		$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# the long run of tests/test_fuzz.py (make test runs a short one): hundreds of examples per target
+fuzz: install-dev node-deps services
+	PAIRROOM_FUZZ=long PAIRROOM_REDIS_SERVER="$$(scripts/ensure-redis)" \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python bench/run.py

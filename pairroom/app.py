@@ -20,8 +20,10 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
 from pairroom.cluster.broker import Broker, MemoryBroker
 from pairroom.cluster.bridge import Cluster
+from pairroom.chat.extension import Chat
 from pairroom.cluster.extension import ClusterBridge
 from pairroom.config import Settings
+from pairroom.debugger.extension import Debugger
 from pairroom.extension_loader import Installed, installed
 from pairroom.kernels.extension import Kernels
 from pairroom.marketplace.extension import Marketplace
@@ -33,7 +35,10 @@ from pairroom.rooms.persistence import Persistence
 from pairroom.rooms.registry import RoomRegistry
 from pairroom.rtc.extension import Calls
 from pairroom.storage.store import Store, StoreError, open_store
+from pairroom.terminal.extension import Terminals
+from pairroom.vcs.extension import VersionControl
 from pairroom.web import api, static
+from pairroom.web.api import http_error_handlers
 from pairroom.web.hub import Hub
 from pairroom.web.metrics import Metrics
 from pairroom.web.websocket import yjs_endpoint
@@ -48,10 +53,14 @@ def builtin_extensions(settings: Settings) -> list[Extension]:
         ClusterBridge(limit),
         Persistence(limit),
         ReviewerWrites(),  # reviewers write review threads and chat only
+        Chat(),
         Review(),
         Kernels(
             settings.kernel_settings(), enabled=settings.kernels, clustered=bool(settings.redis), shutdown_timeout=limit
         ),
+        Debugger(settings.extra),
+        Terminals(settings.kernel_settings(), enabled=settings.kernels, options=settings.extension_settings("terminals")),
+        VersionControl(settings.vcs_settings()),
         Calls(settings.rtc, clustered=bool(settings.redis)),
         Recording(settings.extra, limit),
         Marketplace(settings.extension_catalog, settings.extension_catalog_root, settings.extension_catalog_cache),
@@ -93,7 +102,9 @@ def create_app(
             yield
         log.info("stopped")
 
+    http_errors = {kind: status for e in runner.implementing("http_errors") for kind, status in e.http_errors().items()}
     app = Starlette(
+        exception_handlers=http_error_handlers(http_errors),
         routes=[
             WebSocketRoute("/yjs/{path:path}", yjs_endpoint),
             Route("/healthz", healthz),
@@ -124,9 +135,9 @@ def extension_routes(runner: ExtensionRunner) -> list[BaseRoute]:
 
 def redis_broker(url: str, node_id: str) -> Broker:
     """The Redis broker, imported only by nodes that use one (redis-py is about 6 MiB resident)."""
-    from pairroom.cluster.redis_broker import RedisBroker
+    from pairroom.cluster.redis_broker import open_broker
 
-    return RedisBroker(url, node_id)
+    return open_broker(url, node_id)
 
 
 async def bounded_close(store: Store, seconds: float) -> None:
@@ -134,12 +145,15 @@ async def bounded_close(store: Store, seconds: float) -> None:
 
 
 async def bounded(step: Awaitable[object], seconds: float, what: str) -> None:
-    """One shutdown step, bounded: a step that hangs is reported and the shutdown goes on."""
+    """One shutdown step, bounded: a step that hangs or fails is reported and the shutdown goes on
+    (the final flush of the rooms must run whatever went wrong before it)."""
     try:
         async with asyncio.timeout(seconds):
             await step
     except TimeoutError:
         log.error("shutdown step did not finish in time", extra={"step": what, "seconds": seconds})
+    except Exception:
+        log.exception("shutdown step failed", extra={"step": what})
 
 
 def redact(url: str) -> str:
@@ -171,7 +185,7 @@ async def readyz(request: Request) -> Response:
     if not hub.cluster.connected:
         # Local members are still served, but a new member here would not see other nodes' edits
         # until the broker is back: a load balancer should send newcomers elsewhere.
-        return JSONResponse({"status": "degraded", "broker": "disconnected, reconnecting"}, 503)
+        return JSONResponse({"status": "degraded", "broker": hub.cluster.problem}, 503)
     return JSONResponse({"status": "ready", "rooms": len(hub.registry.rooms)})
 
 

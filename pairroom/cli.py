@@ -21,6 +21,7 @@ from pairroom.recording import export as recorder_cli
 from pairroom.rooms.identity import Role
 from pairroom.app import create_app
 from pairroom.web.auth import mint
+from pairroom.web.lobby import mint_creator
 from pairroom.config import Settings
 from pairroom.web.runner import Server, uvicorn_config
 
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-message-bytes", type=int, help="largest websocket message taken (default 16 MiB)"
     )
+    serve.add_argument("--max-body-bytes", type=int, help="largest HTTP request body taken (default 2 MiB)")
+    serve.add_argument("--http-header-timeout", type=float, help="seconds for a request's headers to arrive (default 10)")
+    serve.add_argument("--http-body-timeout", type=float, help="seconds for a request's body to arrive (default 30)")
     serve.add_argument("--room-idle-seconds", type=float, help="unload a room this long after it empties")
     serve.add_argument("--flush-interval-ms", type=float, help="batch window for storage writes")
     serve.add_argument(
@@ -69,7 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-members", type=int, help="members per room (default 1000)")
     serve.add_argument("--rate-limit", type=float, help="messages a second per connection")
     serve.add_argument("--public-url", help="base URL for invite links")
-    serve.add_argument("--redis", help="redis://host:port/db: share rooms with other nodes (PAIRROOM_REDIS)")
+    serve.add_argument(
+        "--open-lobby", action="store_true", default=None,
+        help="with a secret, let anyone create rooms in the lobby (rate-limited per address); "
+        "else creating needs a token from pairroom token --creator",
+    )
+    serve.add_argument("--lobby-rooms-per-minute", type=float, help="an open lobby's rooms per client address (default 10)")
+    serve.add_argument("--redis", help="redis://host:port/db, or a Redis Cluster as redis+cluster://host:port[,host:port...]: "
+        "share rooms with other nodes (PAIRROOM_REDIS)")
     serve.add_argument("--node-id", help="this node's id among the nodes (default: random)")
     serve.add_argument(
         "--kernels", action=argparse.BooleanOptionalAction, default=None,
@@ -97,11 +108,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="the pinned TUF root metadata a catalog URL is verified against (PAIRROOM_EXTENSION_CATALOG_ROOT)",
     )
 
+    serve.add_argument(
+        "--git-allow-local", action="store_true", default=None,
+        help="let rooms open and push git remotes over git://, http://, file:// and to loopback or private"
+        " hosts (refused by default: a server must not become a way into its own network)",
+    )
+    serve.add_argument("--git-root", help="where rooms' repositories are kept (default: a temporary dir)")
+
+    import_git = commands.add_parser("import-git", help="open a git repository as a new room on a running server")
+    import_git.add_argument("url", help="https:// or ssh:// remote (others need the server's --git-allow-local)")
+    import_git.add_argument("--ref", help="branch or tag (default: the remote's default branch)")
+    import_git.add_argument("--as", dest="room", help="the room's name (default: a random one)")
+    import_git.add_argument("--name", help="the owner's display name")
+    import_git.add_argument("--server", default="http://127.0.0.1:8000", help="the server (default %(default)s)")
+
     token = commands.add_parser("token", help="mint an access token for a room")
-    token.add_argument("room")
+    token.add_argument("room", nargs="?", help="the room (not with --creator)")
     token.add_argument("--role", default="editor", choices=[r.value for r in Role])
-    token.add_argument("--name", required=True, help="display name")
-    token.add_argument("--ttl", default="8h", help="lifetime: 3600, 90m, 8h, 7d (default 8h)")
+    token.add_argument("--name", help="display name (required for a room token)")
+    token.add_argument(
+        "--creator", action="store_true",
+        help="a creator token: lets its holder create rooms in the lobby (default ttl 30d), opens no room",
+    )
+    token.add_argument("--url", help="with --creator: the server's URL, to print the lobby link that carries it")
+    token.add_argument("--ttl", help="lifetime: 3600, 90m, 8h, 7d (default 8h, 30d for --creator)")
     token.add_argument("--color", help="cursor color, e.g. #4363d8")
     token.add_argument("--user-id", help="stable user id (default: random)")
     token.add_argument("--secret", help="token signing secret (default PAIRROOM_SECRET)")
@@ -140,14 +170,61 @@ def token_command(args: argparse.Namespace) -> int:
         print("pairroom token: no secret (--secret or PAIRROOM_SECRET)", file=sys.stderr)
         return 2
     try:
-        ttl = parse_ttl(args.ttl)
+        ttl = parse_ttl(args.ttl or ("30d" if args.creator else "8h"))
     except ValueError as exc:
         print(f"pairroom token: {exc}", file=sys.stderr)
+        return 2
+    if args.creator:
+        if args.room:
+            print("pairroom token: a creator token names no room", file=sys.stderr)
+            return 2
+        token = mint_creator(secret, args.name or "creator", ttl_seconds=ttl)
+        print(f"{args.url.rstrip('/')}/?creator={token}" if args.url else token)
+        return 0
+    if not args.room or not args.name:
+        print("pairroom token: a room token needs the room and --name", file=sys.stderr)
         return 2
     print(
         mint(secret, args.room, args.role, args.name, ttl_seconds=ttl, color=args.color,
              user_id=args.user_id)
     )
+    return 0
+
+
+def import_git_command(args: argparse.Namespace) -> int:
+    """``POST /api/rooms {"git"}`` on a running server; prints the room's links."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    body: dict[str, object] = {"git": {"url": args.url, **({"ref": args.ref} if args.ref else {})}}
+    if args.room:
+        body["room"] = args.room
+    if args.name:
+        body["name"] = args.name
+    request = urllib.request.Request(
+        args.server.rstrip("/") + "/api/rooms", data=json.dumps(body).encode(), method="POST",
+        headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            answer = json.load(response)
+    except urllib.error.HTTPError as exc:
+        try:
+            reason = json.load(exc).get("error", exc.reason)
+        except ValueError:
+            reason = exc.reason
+        print(f"pairroom import-git: {exc.code} {reason}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"pairroom import-git: cannot reach {args.server}: {exc}", file=sys.stderr)
+        return 1
+    git = answer.get("git") or {}
+    print(f"room {answer['room']}: {git.get('files', 0)} files from {git.get('remote')} at {git.get('base', '')[:12]}")
+    for invite in answer.get("invites", []):
+        print(f"  {invite['role']}: {invite['url']}")
+    if answer.get("open"):
+        print(f"  {answer['url']}")
     return 0
 
 
@@ -168,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "token":
         return token_command(args)
+    if args.command == "import-git":
+        return import_git_command(args)
     if args.command in recorder_cli.COMMANDS:
         return recorder_cli.COMMANDS[args.command](args)
     if args.command == "extensions":

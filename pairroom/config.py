@@ -7,11 +7,13 @@ build ``Settings`` directly).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
-from pairroom.kernels.settings import KernelSettings
+from pairroom.sandbox.settings import KernelSettings
 from pairroom.rtc.settings import RtcSettings
+from pairroom.vcs.settings import VcsSettings
 from pairroom.rooms.registry import RoomSettings
 
 MiB = 1024 * 1024
@@ -26,6 +28,10 @@ class Settings:
     log_format: str = "json"  # json | text
     max_message_bytes: int = 16 * MiB
     max_room_name: int = 255
+    max_body_bytes: int = 2 * MiB  # any HTTP request body; routes cap theirs lower (JSON: 64 KiB)
+    http_header_timeout: float = 10.0  # a request's line and headers must arrive within this
+    http_body_timeout: float = 30.0  # and its body within this after the headers
+    http_keepalive_timeout: float = 5.0  # an idle connection between requests is closed after this
     max_queue_messages: int = 2048
     max_queue_bytes: int = 64 * MiB
     room_idle_seconds: float = 30.0
@@ -48,6 +54,8 @@ class Settings:
     awareness_tick_ms: float = 20.0  # presence relay throttle per room
     broadcast_window_ms: float = 10.0  # a busy room's updates wait this long to go out merged
     public_url: str = ""  # base of invite links; default: the URL the request came in on
+    open_lobby: bool = False  # with a secret: anyone may create rooms (else a creator token is needed)
+    lobby_rooms_per_minute: float = 10.0  # an open lobby's rooms per client address (as many at once)
     redis: str | None = None  # redis://host:port/db to share rooms across nodes; None = one node
     node_id: str = ""  # this node's id on the broker; default: random at start
     heartbeat_seconds: float = 1.0
@@ -63,6 +71,8 @@ class Settings:
     kernel_pids: int = 128
     kernel_cpu_seconds: int = 3600
     kernel_file_bytes: int = 100 * MiB
+    git_allow_local: bool = False  # git remotes over git://, http://, file:// or to loopback/private hosts
+    git_root: str = ""  # where rooms' repositories are kept; empty: a temporary dir removed at stop
     rtc: RtcSettings = field(default_factory=RtcSettings)
     extra: Mapping[str, Any] = field(default_factory=dict)
     # third-party extensions to run, by entry-point name (PAIRROOM_EXTENSIONS=a,b or --extension)
@@ -90,6 +100,9 @@ class Settings:
             pids=self.kernel_pids,
             file_bytes=self.kernel_file_bytes,
         )
+
+    def vcs_settings(self) -> VcsSettings:
+        return VcsSettings(root=Path(self.git_root) if self.git_root else None, allow_local=self.git_allow_local)
 
     def cluster_settings(self) -> dict[str, float | bool]:
         return {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Sequence
 
@@ -103,3 +104,38 @@ async def connect() -> AsyncIterator[Callable[[str], Awaitable[ClientConnection]
     for ws in opened:
         with contextlib.suppress(websockets.ConnectionClosed):
             await ws.close()
+
+
+DEEP = 100  # folders nested deeper than this are removed before pytest's own clean-up
+
+
+def remove_deep_trees(root: Path) -> None:
+    """Remove every folder nested more than ``DEEP`` levels under ``root``, without recursion.
+
+    Attack tests plant folders 3,000 levels deep in workspaces; pytest removes old temporary folders
+    with a recursive ``shutil.rmtree``, which dies of ``RecursionError`` on them and fails the run at
+    its very end. The workspace's own tree removal is iterative, so it clears them first."""
+    from pairroom.workspace.safe_fs import remove_path_tree
+
+    pending = [(root, 0)]
+    while pending:
+        folder, depth = pending.pop()
+        try:
+            entries = [e for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            continue
+        for entry in entries:
+            if depth + 1 >= DEEP:
+                with contextlib.suppress(OSError):
+                    remove_path_tree(entry.path)
+            else:
+                pending.append((Path(entry.path), depth + 1))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    base = factory.getbasetemp()
+    remove_deep_trees(base.parent if base.name.startswith("pytest-") else base)

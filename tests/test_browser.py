@@ -85,10 +85,10 @@ def test_typing_shows_in_the_other_browser_with_a_named_cursor(open_page: OpenPa
     assert text.startswith("def greet(name):\n") and "return 'hello ' + name" in text
 
     # Ada's caret, labelled with her name, and then her selection, in Bob's editor.
-    bob.wait_for_selector(".cm-ySelectionCaret", state="attached")
-    assert bob.inner_text(".cm-ySelectionInfo").strip() == "Ada"
+    bob.wait_for_selector(".cm-remoteCaret", state="attached")
+    assert bob.inner_text(".cm-remoteFlag").strip() == "Ada"
     ada.keyboard.press("Shift+Home")
-    bob.wait_for_selector(".cm-ySelection", state="attached")
+    bob.wait_for_selector(".cm-remoteSelection", state="attached")
 
     # Python highlighting: `def` sits in a token span of its own.
     bob.wait_for_function(
@@ -103,7 +103,7 @@ def test_typing_shows_in_the_other_browser_with_a_named_cursor(open_page: OpenPa
     bob.keyboard.type("# Bob was here")
     text = wait_same_text(bob, ada, "main.py")
     assert text.endswith("\n# Bob was here")
-    ada.wait_for_selector(".cm-ySelectionInfo:text-is('Bob')", state="attached")
+    ada.wait_for_selector(".cm-remoteFlag:text-is('Bob')", state="attached")
 
     # The people list on each side names both.
     for page in (ada, bob):
@@ -249,6 +249,7 @@ def test_history_saves_diffs_and_restores_a_version(open_page: OpenPage, request
     bob.screenshot(path=str(ARTIFACTS / "test_history_saves_diffs_and_restores_a_version-bob-diff.png"))
 
     bob.click("#version-list li[data-name='first draft'] button:text-is('Restore')")
+    bob.click("#version-list .restore-confirm button:text-is('Restore main.py')")  # it asks first
     for page in (ada, bob):
         wait_file_text(page, "main.py", original)
         page.wait_for_function("(want) => window.pairroom.view.state.doc.toString() === want", arg=original)
@@ -424,7 +425,7 @@ def test_lobby_creates_a_room_that_works_wide_and_narrow(open_page: OpenPage, re
         reached.add(lobby.evaluate(
             "() => { const el = document.activeElement; return el.id || el.getAttribute('aria-label') || el.className }"
         ))
-    for wanted in ("copy-link", "new-file-path", "Rename main.py", "Delete main.py", "my-name", "chat-input"):
+    for wanted in ("share-button", "new-file-path", "Rename main.py", "Delete main.py", "my-name", "chat-input"):
         assert wanted in reached, (wanted, reached)
     assert "main.py (Python)" in reached  # the editor, labelled with its file and language
 

@@ -91,6 +91,7 @@ def test_two_browsers_call_each_other_with_video_mute_and_leave(tmp_path: Path) 
         "unmuted": {"ada_pressed": "false", "bob_sees": "false", "badge_visible": False},
     }
     assert result["keyboard_join"] == {"label": "Leave call", "focused": "call-join"}
+    assert result["enlarged"] == {"pressed": "true", "label": "Enlarge Ada’s tile", "wider": True, "full": True}
     # Bob leaves: his tile goes from Ada's page, and his page shows no call.
     assert result["after_leave"] == {"ada_tiles": 1, "ada_peers": 0, "bob_tiles": 0, "bob_state": "idle"}
     assert result["wall_seconds"] < 40, result["wall_seconds"]
@@ -263,6 +264,17 @@ def call_scenario(s: Scenario) -> dict[str, Any]:
         "badge_visible": bob.is_visible(f"{REMOTE_TILE} .call-muted"),
     }
     out["toggles"] = toggles
+    # Bob enlarges Ada's tile: it takes the call panel's whole width; pressed again, it shrinks back.
+    small = bob.evaluate(f"() => document.querySelector('{REMOTE_TILE}').getBoundingClientRect().width")
+    bob.click(f"{REMOTE_TILE} .call-enlarge")
+    out["enlarged"] = bob.evaluate(
+        f"(small) => {{ const t = document.querySelector('{REMOTE_TILE}'), list = document.querySelector('#call-tiles');"
+        " return {pressed: t.querySelector('.call-enlarge').getAttribute('aria-pressed'),"
+        " label: t.querySelector('.call-enlarge').getAttribute('aria-label'),"
+        " wider: t.getBoundingClientRect().width > small * 1.5,"
+        " full: Math.abs(t.getBoundingClientRect().width - list.getBoundingClientRect().width) < 2} }", small)
+    bob.screenshot(path=str(ARTIFACTS / f"{s.test}-bob-enlarged.png"))
+    bob.click(f"{REMOTE_TILE} .call-enlarge")
     for label, page in (("ada", ada), ("bob", bob)):
         page.screenshot(path=str(ARTIFACTS / f"{s.test}-{label}-in-call.png"))
 

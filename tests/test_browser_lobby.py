@@ -56,7 +56,7 @@ def test_a_secret_server_lobby_gives_owner_editor_and_viewer_links(  # type: ign
     lobby.wait_for_function("() => window.pairroom.currentPath === 'main.py'")
     assert lobby.inner_text("#role-badge") == "owner"
     path = lambda link: link.split(secret_web_server.http, 1)[1]  # noqa: E731
-    editor = open_page("editor", path(links["editor"]), server=secret_web_server)
+    editor = open_page("editor", path(links["editor"]), name="Ed", server=secret_web_server)
     wait_connected(editor)
     editor.wait_for_function("() => window.pairroom.currentPath === 'main.py'")
     editor.click(".cm-content")
@@ -64,7 +64,7 @@ def test_a_secret_server_lobby_gives_owner_editor_and_viewer_links(  # type: ign
     wait_file_text(lobby, "main.py", "print('from the editor link')")
 
     # The viewer link opens a read-only room with the viewer badge: its keys change nothing.
-    viewer = open_page("viewer", path(links["viewer"]), server=secret_web_server)
+    viewer = open_page("viewer", path(links["viewer"]), name="Vi", server=secret_web_server)
     wait_connected(viewer)
     wait_file_text(viewer, "main.py", "print('from the editor link')")
     assert viewer.inner_text("#role-badge") == "Viewer · read-only"

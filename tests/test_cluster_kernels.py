@@ -119,9 +119,10 @@ async def test_when_the_holder_dies_a_run_on_b_starts_a_fresh_kernel_there(clust
     second = await post_run(b, "failover", code)  # waits for the lease to expire, then runs on b
     assert time.monotonic() - killed_at < 15
     await eventually(lambda: stdout(on_b, second) == "fresh kernel\n", timeout=30, what="the run on b's new kernel")
+    # the run's output and the kernel going idle are two writes: wait for the second too
+    await eventually(lambda: kernel_state(on_b).get("status") == "idle", timeout=10, what="b's kernel idle")
     state = kernel_state(on_b)
     assert state["node"] == "node-b"
     assert state["restartedAt"] > 0
-    assert state["status"] == "idle"
     assert any(e.get("msg") == "taking over a lost room kernel" for e in b.log)
     await on_b.close()

@@ -32,8 +32,8 @@ from pairroom import extension_loader
 from pairroom.app import create_app
 from pairroom.config import Settings
 from pairroom.extensions import Change, Extension
-from pairroom.kernels.sandbox import SandboxUnavailable, probe
-from pairroom.kernels.settings import KernelSettings
+from pairroom.sandbox.bubblewrap import SandboxUnavailable, probe
+from pairroom.sandbox.settings import KernelSettings
 from pairroom.web.runner import Server, start_serving, uvicorn_config
 from pairroom_webhook import verify
 

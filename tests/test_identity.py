@@ -18,6 +18,7 @@ from pycrdt import Array, Map, Text
 from pairroom.protocol import sync as protocol
 from pairroom.protocol.sync import CloseCode
 from pairroom.web.auth import mint, verify
+from pairroom.web.lobby import mint_creator
 
 from .support.yjs_node import node_clients, wait_for  # noqa: F401
 from .yclient import YClient, eventually
@@ -188,7 +189,7 @@ async def test_presence_is_stamped_with_the_tokens_identity(secured):
     await eventually(lambda: any(u.get("id") == "m" for u in users()), what="witness sees Mallory")
     user = next(u for u in users() if u.get("id") == "m")
     assert user["name"] == "Mallory" and user["role"] == "editor" and user["color"] != "#000"
-    assert user["colorLight"] == "#0003", "fields the token does not set are kept"
+    assert user["colorLight"] == user["color"] + "33", "the selection colour follows the caret colour"
     # hijacking another connection's awareness client id is ignored
     forged = protocol.encode_awareness([protocol.AwarenessEntry(
         witness.awareness.client_id, 99, json.dumps({"user": {"name": "Wit"}, "cursor": {"anchor": 0}}))])
@@ -254,7 +255,8 @@ async def test_invite_links_and_presence_api(secured):
 
 
 async def test_the_lobby_creates_a_room_with_owner_editor_and_viewer_links(secured, start_server):
-    async with httpx.AsyncClient(base_url=secured.http) as http:
+    creator = {"authorization": f"Bearer {mint_creator(SECRET, 'ops')}"}  # tests/test_hardening.py: without one
+    async with httpx.AsyncClient(base_url=secured.http, headers=creator) as http:
         made = await http.post("/api/rooms", json={"room": "fresh", "name": "Ada", "ttl": 600})
         assert made.status_code == 201, made.text
         body = made.json()

@@ -25,7 +25,7 @@ from starlette.applications import Starlette
 from pairroom.protocol.origins import LocalOrigin
 from pairroom.kernels import KernelSettings
 from pairroom.kernels.api import routes
-from pairroom.kernels.sandbox import SandboxUnavailable, probe
+from pairroom.sandbox.bubblewrap import SandboxUnavailable, probe
 from pairroom.kernels.service import KernelService
 from pairroom.app import create_app
 from pairroom.web.auth import Role, mint

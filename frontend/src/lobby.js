@@ -1,7 +1,45 @@
 import './style.css'
-import { ROOM_PATTERN, forgetRooms, h, localIdentity, recentRooms, roomPath } from './shared.js'
+import { ROOM_PATTERN, forgetRooms, h, recentRooms, roomPath, saveLocalName, savedName } from './shared.js'
 
 const $ = (id) => document.getElementById(id)
+
+/**
+ * A creator token (``pairroom token --creator --url …``) arrives in the lobby's link as ``?creator=``;
+ * it is kept for this tab and sent when a room is created. Servers with an open lobby need none.
+ */
+function creatorToken() {
+  const url = new URL(location.href)
+  const fromLink = url.searchParams.get('creator')
+  if (fromLink) {
+    sessionStorage.setItem('pairroom:creator', fromLink)
+    url.searchParams.delete('creator') // not left in the address bar or the history
+    history.replaceState(null, '', url)
+  }
+  return sessionStorage.getItem('pairroom:creator')
+}
+const CREATOR = creatorToken()
+
+// Your name: rooms show it to the others (an owner link carries it; links for a role ask for it).
+$('your-name').value = savedName() ?? ''
+$('your-name').addEventListener('change', () => {
+  const name = $('your-name').value.trim()
+  if (!name) return
+  saveLocalName(name)
+  $('you-status').textContent = `Saved: rooms you join from this browser show you as ${name}.`
+})
+$('you-form').addEventListener('submit', (event) => event.preventDefault())
+
+/** The name typed, saved; else null with the field showing why. */
+function yourName() {
+  const name = $('your-name').value.trim().slice(0, 40)
+  if (!name) {
+    $('your-name').reportValidity()
+    $('your-name').focus()
+    return null
+  }
+  saveLocalName(name)
+  return name
+}
 
 const INVITE_ROLES = {
   owner: ['Owner link', 'yours: edits, runs and changes roles'],
@@ -55,6 +93,8 @@ $('create-form').addEventListener('submit', async (event) => {
   event.preventDefault()
   const wanted = $('create-name').value.trim()
   if (wanted && !ROOM_PATTERN.test(wanted)) return // the input's pattern already told the user
+  const name = yourName()
+  if (!name) return
   $('created').hidden = true
   $('created-invites').hidden = true
   $('create-error').textContent = ''
@@ -62,8 +102,11 @@ $('create-form').addEventListener('submit', async (event) => {
   try {
     const response = await fetch('/api/rooms', {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ room: wanted || undefined, name: localIdentity().name }),
+      headers: {
+        'content-type': 'application/json',
+        ...(CREATOR ? { authorization: `Bearer ${CREATOR}` } : {}),
+      },
+      body: JSON.stringify({ room: wanted || undefined, name }),
     })
     answer = await response.json().catch(() => null)
     if (!response.ok) throw new Error(answer?.error || `HTTP ${response.status}`)
@@ -100,6 +143,7 @@ $('join-form').addEventListener('submit', (event) => {
     $('join-error').textContent = 'That is not a room link (…/r/name) or a room name.'
     return
   }
+  if (!yourName()) return
   location.assign(target)
 })
 

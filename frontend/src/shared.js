@@ -5,7 +5,28 @@ const COLOR_KEY = 'pairroom:color'
 const RECENT_KEY = 'pairroom:recent'
 const MAX_RECENT = 12
 
-export const PALETTE = ['#d7263d', '#1b998b', '#3a6ea5', '#e07a1f', '#8e44ad', '#0f8b8d', '#c2185b', '#5c8001']
+// The server's palette (pairroom/rooms/identity.py PALETTE): the server gives each person present a
+// colour of its own; the page uses the same list for people no longer present (chat, review, replay).
+export const PALETTE = [
+  '#0072b2', '#d55e00', '#009e73', '#cc79a7', '#e69f00', '#56b4e9',
+  '#332288', '#882255', '#117733', '#999933', '#664400', '#004488',
+]
+
+/** A person's usual colour from their user id: FNV-1a of its UTF-8, as the server computes it. */
+export function colorFor(id) {
+  let hash = 0x811c9dc5
+  for (const byte of new TextEncoder().encode(String(id ?? ''))) hash = Math.imul(hash ^ byte, 0x01000193) >>> 0
+  return PALETTE[hash % PALETTE.length]
+}
+
+/** Black or white, whichever reads better on `color` (#rrggbb). */
+export function textColorOn(color) {
+  const m = /^#([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})/i.exec(color || '')
+  if (!m) return '#fff'
+  const [r, g, b] = m.slice(1).map((x) => { const c = parseInt(x, 16) / 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4 })
+  const luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+  return luminance > 0.22 ? '#111' : '#fff'
+}
 
 /** Room names the lobby creates and accepts: URL-safe, one path segment. */
 export const ROOM_PATTERN = /^[A-Za-z0-9_-]{1,64}$/
@@ -32,13 +53,15 @@ export function randomId(length = 10) {
   return Array.from(bytes, (b) => alphabet[b % alphabet.length]).join('')
 }
 
-/** This browser's display identity in open mode: picked once, kept in localStorage. */
+/** The name this browser's person gave (the lobby or the room asked), or null. */
+export function savedName() {
+  const name = storageGet(NAME_KEY)?.trim()
+  return name ? name.slice(0, 40) : null
+}
+
+/** This browser's display identity: the name given, else a guest name for this page only. */
 export function localIdentity() {
-  let name = storageGet(NAME_KEY)
-  if (!name) {
-    name = 'Guest ' + randomId(4).toUpperCase()
-    storageSet(NAME_KEY, name)
-  }
+  const name = savedName() ?? 'Guest ' + randomId(4).toUpperCase()
   let color = storageGet(COLOR_KEY)
   if (!color || !/^#[0-9a-f]{6}$/i.test(color)) {
     color = PALETTE[crypto.getRandomValues(new Uint8Array(1))[0] % PALETTE.length]

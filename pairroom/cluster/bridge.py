@@ -21,6 +21,16 @@ Healing. Pub/sub drops messages while a node is disconnected. After a reconnect,
 ``anti_entropy`` seconds, a node publishes the state vector of every room it holds; any node holding
 more answers with what is missing. When nothing is missing that costs one small message per room.
 
+Authorship. An update is published with its author (``bus.Author``: the client's connection and
+user, the server, a kernel), read from the room's current origin while the transaction that made it
+is still being integrated. Receivers integrate it with a ``PeerOrigin`` naming that author, so they
+log it under the very label the first node logs. Answers to state vectors carry no author: they are
+the difference between two copies, and are logged as ``peer:<node>``.
+
+Drops. Whatever is not delivered (refused as too large, outbox full, publish failed while Redis is
+away, undecodable or of an unknown codec version, refused by the room) is counted by reason
+(``pairroom_cluster_dropped_total``); the state-vector exchange brings the content back.
+
 Node failure. Nodes publish a heartbeat every ``heartbeat`` seconds; a node not heard from for
 ``dead_after`` seconds is taken for dead and the awareness states of its members are removed here, well
 before the 30 s awareness timeout.
@@ -35,12 +45,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pairroom.protocol.origins import PeerOrigin
+from pairroom.protocol.origins import ClientOrigin, PeerOrigin
 from pairroom.protocol.sync import EMPTY_UPDATE, CloseCode, ProtocolError
 from pairroom.protocol import keys
 from pairroom.protocol import bus as wire
 from pairroom.cluster.broker import Broker, BrokerError, raise_if_cancelled
-from pairroom.protocol.bus import BusMessage, Kind
+from pairroom.protocol.bus import Author, BusMessage, Kind, UnknownBusVersion
 
 if TYPE_CHECKING:
     from pairroom.rooms.room import Room
@@ -51,6 +61,10 @@ log = logging.getLogger("pairroom.cluster")
 class ClusterMetrics:
     def published(self, kind: Kind, ok: bool) -> None: ...
     def received(self, kind: Kind) -> None: ...
+    def dropped(self, reason: str) -> None:
+        """A message was not delivered: ``too_large``, ``outbox_full``, ``publish_failed``,
+        ``undecodable``, ``unknown_version``, ``refused`` (the room would not take it) or ``failed``
+        (an unexpected error handling it)."""
 
 
 class Cluster:
@@ -85,6 +99,7 @@ class Cluster:
         self._outbox_ready = asyncio.Event()
         self._max_outbox = max_outbox
         self.dropped = 0
+        self._unknown_versions: set[int] = set()  # logged once each, counted always
         self.on_room_deleted: Callable[[str], None] | None = None  # the registry evicts the room
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -112,6 +127,13 @@ class Cluster:
     @property
     def connected(self) -> bool:
         return self.broker.connected
+
+    @property
+    def problem(self) -> str:
+        """Why the broker is not connected, for ``/readyz`` ("" when it is)."""
+        if self.broker.connected:
+            return ""
+        return getattr(self.broker, "problem", "") or "disconnected, reconnecting"
 
     # -- joining ----------------------------------------------------------------------------------
 
@@ -180,24 +202,32 @@ class Cluster:
 
     # -- sending ----------------------------------------------------------------------------------
 
-    def send(self, room: str, kind: Kind, payload: bytes, *, target: str = "", uid: str = "") -> None:
+    def send(
+        self, room: str, kind: Kind, payload: bytes, *, target: str = "", uid: str = "", author: Author = wire.NO_AUTHOR
+    ) -> None:
         """Queue a message for the room's channel (never blocks the caller)."""
         if self.solo:
             return
         try:
-            data = wire.encode(BusMessage(kind, self.node_id, room, payload, target, uid))
+            data = wire.encode(BusMessage(kind, self.node_id, room, payload, target, uid, author))
         except wire.BusMessageTooLarge as exc:
-            self.dropped += 1
+            self._drop("too_large")
             log.error("bus message refused, the state-vector exchange will cover it", extra={"error": str(exc)})
             return
         if len(self._outbox) >= self._max_outbox:
-            self.dropped += 1
+            self._drop("outbox_full")
             return
         self._outbox.append((keys.room_channel(room), data, kind))
         self._outbox_ready.set()
 
+    def _drop(self, reason: str) -> None:
+        self.dropped += 1
+        self.metrics.dropped(reason)
+
     def publish_update(self, room: Room, uid: str, update: bytes) -> None:
-        self.send(room.name, Kind.UPDATE, update, uid=uid)
+        """Publish an update this node integrated first, with its author: called while the room is
+        integrating it, so ``room.current_origin`` is the update's origin."""
+        self.send(room.name, Kind.UPDATE, update, uid=uid, author=author_of(room))
 
     def publish_awareness(self, room: Room, payload: bytes) -> None:
         self.send(room.name, Kind.AWARENESS, payload)
@@ -218,14 +248,33 @@ class Cluster:
             raise_if_cancelled()
             self.metrics.published(kind, ok)
             if not ok:
-                self.dropped += 1
+                self._drop("publish_failed")
 
     # -- receiving --------------------------------------------------------------------------------
 
     def _on_message(self, channel: str, data: bytes) -> None:
+        """The broker's reader calls this for every message: nothing may escape it, or the reader,
+        and with it every room's traffic, would stop."""
+        try:
+            self._receive(channel, data)
+        except Exception:  # a bug handling one message; the next ones are still read
+            self._drop("failed")
+            log.exception("cannot handle a bus message", extra={"channel": channel, "size": len(data)})
+
+    def _receive(self, channel: str, data: bytes) -> None:
         try:
             message = wire.decode(data)
+        except UnknownBusVersion as exc:
+            self._drop("unknown_version")
+            if exc.version not in self._unknown_versions:  # once per version: a newer node talks a lot
+                self._unknown_versions.add(exc.version)
+                log.error(
+                    "bus message of an unknown version dropped (is a newer pairroom node on this broker?)",
+                    extra={"channel": channel, "version": exc.version, "error": exc.reason},
+                )
+            return
         except ProtocolError as exc:
+            self._drop("undecodable")
             log.error("undecodable bus message", extra={"channel": channel, "error": exc.reason})
             return
         if message.node == self.node_id:
@@ -252,18 +301,18 @@ class Cluster:
             self._dispatch(room, message)
 
     def _dispatch(self, room: Room, message: BusMessage) -> None:
-        origin = PeerOrigin(message.node)
         try:
             if message.kind is Kind.UPDATE:
-                room.apply_update(message.payload, origin, uid=message.uid)
+                room.apply_update(message.payload, message.author.origin(message.node), uid=message.uid)
             elif message.kind is Kind.MISSING:
-                room.apply_update(message.payload, origin)
+                room.apply_update(message.payload, PeerOrigin(message.node))
                 self._note_answer(room.name, message.node)
             elif message.kind is Kind.AWARENESS:
                 room.presence.receive_remote(message.node, message.payload)
             elif message.kind in (Kind.STATE_VECTOR, Kind.STATE_VECTOR_REPLY_WANTED):
                 self._answer_state_vector(room, message)
         except ProtocolError as exc:
+            self._drop("refused")
             log.error(
                 "bad message from a peer node",
                 extra={"room": room.name, "node": message.node, "kind": message.kind.name, "error": exc.reason},
@@ -321,3 +370,15 @@ class Cluster:
         self.peers.pop(node, None)
         for room in list(self.rooms.values()):
             room.presence.remove_node(node)
+
+
+def author_of(room: Room) -> Author:
+    """The author of the update ``room`` is integrating now; a client's name, color and (live) role
+    come from its member."""
+    origin = room.current_origin
+    if isinstance(origin, ClientOrigin):
+        member = room.members.get(origin.connection_id)
+        if member is not None and member.principal is not None:
+            principal = member.principal
+            return Author.of(origin, principal.name, principal.color, member.role.value)
+    return Author.of(origin)

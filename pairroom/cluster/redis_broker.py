@@ -1,5 +1,7 @@
-"""The broker on Redis: sharded pub/sub (SPUBLISH/SSUBSCRIBE on Redis 7, plain PUBLISH before), sets
-and leases. The same commands run on Redis Cluster, where every key of a room shares a slot.
+"""The broker on one Redis server: sharded pub/sub (SPUBLISH/SSUBSCRIBE on Redis 7, plain PUBLISH
+before), sets and leases. A Redis Cluster takes ``redis+cluster://`` and its own broker
+(``redis_cluster_broker.py``); ``open_broker`` picks one from the URL, and this one refuses to start
+on a cluster node (it would see ``MOVED`` for every room whose slot lives elsewhere).
 
 The subscription connection belongs to one reader task: it alone sends (un)subscribe commands, queued
 by callers, and it resolves a subscriber's wait when Redis confirms the subscription, so a caller knows
@@ -8,7 +10,9 @@ the channel is live before it reads storage (the race-free join needs that).
 Faults: a watchdog pings Redis every second with a short timeout. Any error (connection refused, reset, a paused server that stops answering) marks the
 broker disconnected and makes the reader reconnect with exponential backoff and jitter, resubscribe to
 every channel and then call ``on_reconnect`` so the cluster re-exchanges state vectors: pub/sub drops
-what was published while a node was away, and the state vectors bring it back.
+what was published while a node was away, and the state vectors bring it back. ``on_reconnect``
+runs in a task of its own: it subscribes, which waits for this reader, so awaiting it here would
+stop reading until the subscription timed out.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from pairroom.cluster.broker import BrokerError, MessageHandler, ReconnectHandler, raise_if_cancelled
+from pairroom.cluster.broker import Broker, BrokerError, MessageHandler, ReconnectHandler, raise_if_cancelled
+from pairroom.cluster.redis_cluster_broker import SCHEME as CLUSTER_SCHEME
+from pairroom.cluster.redis_cluster_broker import RedisClusterBroker
+from pairroom.cluster.redis_facts import SharedFacts, describe
 
 log = logging.getLogger("pairroom.redis")
 
@@ -32,7 +39,23 @@ MAX_BACKOFF = 5.0
 PROBE = "pairroom:probe"  # tells sharded pub/sub support apart; never delivered to the node
 
 
-class RedisBroker:
+def open_broker(url: str, node_id: str) -> Broker:
+    """The broker for ``--redis``: ``redis+cluster://host:port[,host:port...]`` is a Redis Cluster,
+    ``redis://host:port/db`` (or ``rediss://``, ``unix://``) one server. Raises ValueError, naming
+    what to write instead, for a URL that is neither."""
+    if url.startswith(CLUSTER_SCHEME):
+        return RedisClusterBroker(url, node_id)
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"--redis takes redis://host:port/db or {CLUSTER_SCHEME}host:port,..., got {url!r}")
+    if "," in rest.partition("/")[0]:
+        raise ValueError(f"several Redis addresses are a cluster: write {CLUSTER_SCHEME}{rest}")
+    if "cluster=" in rest.partition("?")[2]:
+        raise ValueError(f"a Redis Cluster is written {CLUSTER_SCHEME}host:port[,host:port...]")
+    return RedisBroker(url, node_id)
+
+
+class RedisBroker(SharedFacts):
     def __init__(self, url: str, node_id: str) -> None:
         self.url = url
         self.node_id = node_id
@@ -45,6 +68,7 @@ class RedisBroker:
         self._on_message: MessageHandler | None = None
         self._on_reconnect: ReconnectHandler | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._healing: set[asyncio.Task[None]] = set()
         self._commands: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._confirmations: dict[str, list[asyncio.Future[None]]] = {}
         self._stopping = False
@@ -63,20 +87,33 @@ class RedisBroker:
             client_name=f"pairroom-{self.node_id}",
         )
         try:
+            await self._refuse_a_cluster_node()
             await self._connect()
         except (RedisError, OSError) as exc:
             # Start degraded rather than not at all: local members are served, the reader retries.
             self._mark_lost(exc)
-            log.error("redis unreachable at start, retrying", extra={"url": self.url, "error": repr(exc)})
+            log.error("redis unreachable at start, retrying", extra={"url": self.url, "error": describe(exc)})
         self._tasks = [
             asyncio.create_task(self._read(), name="pairroom-redis-reader"),
             asyncio.create_task(self._watch(), name="pairroom-redis-watchdog"),
         ]
 
+    async def _refuse_a_cluster_node(self) -> None:
+        assert self._client is not None
+        info = await self._client.info("cluster")
+        if info.get("cluster_enabled") in (1, "1"):
+            await self._client.aclose()
+            raise BrokerError(
+                f"{self.url} is a Redis Cluster node: give the cluster as {CLUSTER_SCHEME}host:port[,host:port...]"
+            )
+
     async def stop(self) -> None:
         # A flag, not only cancellation: redis-py's get_message can swallow a CancelledError that
         # lands mid-read, and the reader would then loop on.
         self._stopping = True
+        for task in list(self._healing):
+            task.cancel()
+        await asyncio.gather(*self._healing, return_exceptions=True)
         done, pending = await asyncio.wait(self._tasks, timeout=2.0) if self._tasks else (set(), set())
         for task in pending:
             task.cancel()
@@ -120,7 +157,7 @@ class RedisBroker:
 
     def _mark_lost(self, exc: BaseException) -> None:
         if self._connected:
-            log.warning("redis connection lost", extra={"error": repr(exc)})
+            log.warning("redis connection lost", extra={"error": describe(exc)})
         self._connected = False
         self._lost.set()
 
@@ -136,13 +173,15 @@ class RedisBroker:
                         await self._connect()
                 except (RedisError, OSError, TimeoutError) as exc:
                     raise_if_cancelled()
-                    log.info("redis reconnect failed", extra={"error": repr(exc), "retry_in": backoff})
+                    log.info("redis reconnect failed", extra={"error": describe(exc), "retry_in": backoff})
                     continue
                 backoff = 0.1
                 self.reconnects += 1
                 log.warning("redis reconnected", extra={"channels": len(self._channels)})
                 assert self._on_reconnect is not None
-                await self._on_reconnect()
+                heal = asyncio.create_task(self._on_reconnect(), name="pairroom-redis-heal")
+                self._healing.add(heal)
+                heal.add_done_callback(self._healed)
                 continue
             try:
                 await self._run_commands()
@@ -153,6 +192,11 @@ class RedisBroker:
                 continue
             if message is not None:
                 self._handle(message)
+
+    def _healed(self, task: asyncio.Task[None]) -> None:
+        self._healing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("healing after a reconnect failed", exc_info=task.exception())
 
     async def _run_commands(self) -> None:
         while not self._commands.empty():
@@ -229,24 +273,4 @@ class RedisBroker:
         except (RedisError, OSError, TimeoutError) as exc:
             raise_if_cancelled()
             self._mark_lost(exc)
-            raise BrokerError(f"redis {args[0]} failed: {exc!r}") from exc
-
-    async def add_to_set(self, key: str, member: str) -> None:
-        await self._command("SADD", key, member)
-
-    async def remove_from_set(self, key: str, member: str) -> None:
-        await self._command("SREM", key, member)
-
-    async def set_members(self, key: str) -> set[str]:
-        members = await self._command("SMEMBERS", key)
-        return {m.decode() if isinstance(m, bytes) else m for m in members}
-
-    async def try_lease(self, key: str, holder: str, ttl: float) -> bool:
-        millis = max(1, int(ttl * 1000))
-        if await self._command("SET", key, holder, "NX", "PX", millis):
-            return True
-        current = await self._command("GET", key)
-        if current is not None and (current.decode() if isinstance(current, bytes) else current) == holder:
-            await self._command("PEXPIRE", key, millis)
-            return True
-        return False
+            raise BrokerError(f"redis {args[0]} failed: {describe(exc)}") from exc

@@ -28,9 +28,12 @@ def sibling(broker: Broker) -> Broker:
     if isinstance(broker, MemoryBroker):
         return MemoryBroker(broker.node_id, broker.hub)
     from pairroom.cluster.redis_broker import RedisBroker
+    from pairroom.cluster.redis_cluster_broker import RedisClusterBroker
 
     if isinstance(broker, RedisBroker):
         return RedisBroker(broker.url, broker.node_id)
+    if isinstance(broker, RedisClusterBroker):
+        return RedisClusterBroker(broker.url, broker.node_id)
     raise TypeError(f"no sibling connection for a {type(broker).__name__}")
 
 

@@ -1,10 +1,8 @@
 """Room kernels: sandboxed Jupyter kernels that run a room's code and write the outputs into its doc.
 
-Modules, each with one job:
+The sandbox they run in (bubblewrap, rlimits and cgroups, and the ``KernelSettings`` knobs) is
+``pairroom/sandbox/``, shared with terminals and the debugger. Modules here, each with one job:
 
-- ``settings``  the knobs (``KernelSettings``), filled by the CLI
-- ``sandbox``   the bubblewrap command line and the start-up probe that refuses without isolation
-- ``limits``    setrlimit (through ``prlimit``) and per-launch cgroups (v1 or v2, whichever is writable)
 - ``launcher``  the jupyter-client kernel manager that wraps the kernel command in the above
 - ``outputs``   Jupyter messages to nbformat outputs, with the per-run output cap
 - ``kernel``    one kernel process: execute, interrupt, kill, and how it died
@@ -14,6 +12,6 @@ Modules, each with one job:
 - ``api``       the HTTP routes
 """
 
-from pairroom.kernels.settings import KernelSettings
+from pairroom.sandbox.settings import KernelSettings
 
 __all__ = ["KernelSettings"]

@@ -22,13 +22,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pairroom.web.api import ApiError, error, json_body
-from pairroom.web.auth import AuthError, Principal, Role, authenticate, forbidden
-from pairroom.rooms.registry import RoomLoadError
+from pairroom.web.api import ApiError, json_body
+from pairroom.web.auth import Principal, Role, authenticate, forbidden
 from pairroom.rooms.room import Room
 from pairroom.kernels import rundoc
-from pairroom.kernels.sandbox import SandboxUnavailable
-from pairroom.kernels.service import KernelService, KernelUnavailable, KernelUnreachable
+from pairroom.kernels.service import KernelService
 from pairroom.kernels.workdir import valid_path
 
 MAX_CODE_BYTES = 1024 * 1024
@@ -36,6 +34,9 @@ MAX_CODE_BYTES = 1024 * 1024
 
 def check_may_run(room: Room, principal: Principal) -> None:
     """Raise a 403 AuthError unless the room's run policy lets ``principal`` run code."""
+    stale = room.stale_token(principal)
+    if stale is not None:
+        raise forbidden(stale)
     role = room.role_of(principal)
     policy = rundoc.read_run_policy(room)
     if policy == "owners" and role is not Role.OWNER:
@@ -54,29 +55,6 @@ def _service(request: Request) -> KernelService:
 
 async def _json_body(request: Request) -> dict[str, Any]:
     return await json_body(request, MAX_CODE_BYTES + 4096, '{"code": ...} or {"path": ...}')
-
-
-def _guarded(handler: Any) -> Any:
-    """Turn the errors a handler raises into JSON responses with a reason."""
-
-    async def endpoint(request: Request) -> Response:
-        try:
-            return await handler(request)  # type: ignore[no-any-return]
-        except ApiError as exc:
-            return error(exc.status, exc.reason)
-        except AuthError as exc:
-            return error(exc.status, exc.reason)
-        except RoomLoadError as exc:
-            return error(503, str(exc))
-        except KernelUnavailable as exc:
-            return error(409, str(exc))
-        except KernelUnreachable as exc:
-            return error(503, str(exc))
-        except SandboxUnavailable as exc:
-            return error(503, str(exc))
-
-    endpoint.__name__ = handler.__name__
-    return endpoint
 
 
 async def create_run(request: Request) -> Response:
@@ -146,9 +124,9 @@ async def kernel_state(request: Request) -> Response:
 
 
 routes: list[Route] = [
-    Route("/api/rooms/{room}/runs", _guarded(create_run), methods=["POST"]),
-    Route("/api/rooms/{room}/runs/{run}", _guarded(get_run), methods=["GET"]),
-    Route("/api/rooms/{room}/kernel/interrupt", _guarded(interrupt_kernel), methods=["POST"]),
-    Route("/api/rooms/{room}/kernel/restart", _guarded(restart_kernel), methods=["POST"]),
-    Route("/api/rooms/{room}/kernel", _guarded(kernel_state), methods=["GET"]),
+    Route("/api/rooms/{room}/runs", create_run, methods=["POST"]),
+    Route("/api/rooms/{room}/runs/{run}", get_run, methods=["GET"]),
+    Route("/api/rooms/{room}/kernel/interrupt", interrupt_kernel, methods=["POST"]),
+    Route("/api/rooms/{room}/kernel/restart", restart_kernel, methods=["POST"]),
+    Route("/api/rooms/{room}/kernel", kernel_state, methods=["GET"]),
 ]

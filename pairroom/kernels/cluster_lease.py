@@ -36,7 +36,7 @@ from pairroom.protocol import keys
 from pairroom.cluster.broker import Broker, BrokerError
 from pairroom.rooms.registry import RoomLoadError
 from pairroom.cluster.side_channel import SideChannel
-from pairroom.kernels.sandbox import SandboxUnavailable
+from pairroom.sandbox.bubblewrap import SandboxUnavailable
 from pairroom.kernels.service import KernelLease, KernelService, KernelUnavailable, KernelUnreachable
 
 log = logging.getLogger("pairroom.kernels.lease")

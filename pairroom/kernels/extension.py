@@ -6,18 +6,19 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from starlette.routing import BaseRoute
 
 from pairroom.rooms.extension import Extension
+from .service import KernelUnavailable, KernelUnreachable
 
 from .api import routes
 from .cluster_lease import ClusterKernelLease
-from .sandbox import SandboxUnavailable
+from pairroom.sandbox.bubblewrap import SandboxUnavailable
 from .service import KernelLease, KernelService
-from .settings import KernelSettings
+from pairroom.sandbox.settings import KernelSettings
 
 log = logging.getLogger("pairroom.kernels")
 
@@ -45,6 +46,10 @@ class Kernels(Extension):
     def routes(self) -> Sequence[BaseRoute]:
         return routes
 
+    def http_errors(self) -> Mapping[type[Exception], int | None]:
+        # another node runs the room's kernel: 409; the sandbox is missing or that node is away: 503
+        return {KernelUnavailable: 409, KernelUnreachable: 503, SandboxUnavailable: 503}
+
     def lifespan(self, node: Any) -> contextlib.AbstractAsyncContextManager[None]:
         return self._run(node)
 
@@ -62,6 +67,8 @@ class Kernels(Extension):
                         await kernels.stop()
                 except TimeoutError:
                     log.error("shutdown step did not finish in time", extra={"step": "stopping kernels"})
+                except Exception:  # the rooms' final flush runs after this whatever went wrong here
+                    log.exception("stopping kernels failed")
 
     async def _start(self, node: Any, lease: KernelLease | None) -> tuple[KernelService | None, str | None]:
         """The kernel service, or None and the reason (runs then answer 503 with it): disabled, or the

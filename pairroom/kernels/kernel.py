@@ -1,8 +1,13 @@
 """One launched kernel process and the single client the server keeps for it.
 
-One reader task per channel (IOPub and shell) dispatches every message by ``parent_header.msg_id``
-to the execution that asked for it; nothing else reads the channels, so a restart or a second
-request can never swallow another's reply.
+One reader task per channel (IOPub, shell and control) dispatches every message by
+``parent_header.msg_id`` to the execution that asked for it; nothing else reads the channels, so a
+restart or a second request can never swallow another's reply.
+
+The debugger (ipykernel's, on debugpy) is reached the way Jupyter frontends reach it: a DAP request
+travels as a ``debug_request`` on the control channel (``debug_request`` below; the control thread
+answers even while a run holds the shell), and DAP events come back as IOPub ``debug_event`` messages,
+handed to ``on_debug_event``.
 
 A run is finished when its ``execute_reply`` has arrived *and* the kernel went idle for it on
 IOPub (outputs can arrive after the reply). It also ends when the process dies: a pidfd tells the
@@ -27,9 +32,9 @@ from typing import Any, Callable
 from jupyter_client.asynchronous.client import AsyncKernelClient
 
 from pairroom.kernels.launcher import KernelDirs, SandboxedKernelManager
-from pairroom.kernels.limits import Cgroups, KernelCgroup
+from pairroom.sandbox.limits import Cgroups, KernelCgroup
 from pairroom.kernels.outputs import to_output
-from pairroom.kernels.sandbox import Sandbox
+from pairroom.sandbox.bubblewrap import Sandbox
 
 log = logging.getLogger("pairroom.kernels")
 
@@ -40,6 +45,10 @@ asks to clear what the run showed so far."""
 
 class KernelStartError(RuntimeError):
     """The kernel did not come up (it died at start or did not answer ``kernel_info`` in time)."""
+
+
+class KernelDebugError(RuntimeError):
+    """A debug request got no answer: the kernel is not running, died, or its debugger timed out."""
 
 
 class Outcome(enum.Enum):
@@ -84,6 +93,11 @@ class Kernel:
         self._pending: dict[str, _Execution] = {}
         self._info_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._iopub_seen: dict[str, asyncio.Event] = {}
+        self._control_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._debug_seq = 0
+        self.on_debug_event: Callable[[dict[str, Any]], None] | None = None
+        """Receives the body of every IOPub ``debug_event`` (a DAP event), whoever caused it."""
+        self.bad_messages = 0  # malformed messages skipped (room code can sign its own)
 
     @property
     def pid(self) -> int | None:
@@ -118,6 +132,7 @@ class Kernel:
             self._readers = [
                 asyncio.create_task(self._read_iopub(), name="kernel-iopub"),
                 asyncio.create_task(self._read_shell(), name="kernel-shell"),
+                asyncio.create_task(self._read_control(), name="kernel-control"),
             ]
             async with asyncio.timeout(self.settings.start_timeout):
                 await self._handshake()
@@ -198,8 +213,12 @@ class Kernel:
         for task in self._readers:
             task.cancel()
         for task in self._readers:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # the readers catch what a message can do; this is a bug, not the kernel's
+                log.exception("kernel reader failed", extra={"kernel": self.dirs.base.name})
         self._readers = []
         if self._client is not None:
             self._client.stop_channels()
@@ -248,8 +267,9 @@ class Kernel:
                 return Finished(Outcome.FAILED, self.death)
         finally:
             del self._pending[msg_id]
-        content = reply["content"]
+        content = reply["content"]  # a map: _on_shell checked it
         count = content.get("execution_count")
+        count = count if isinstance(count, int) and not isinstance(count, bool) else None
         status = content.get("status")
         if status == "ok":
             return Finished(Outcome.OK, execution_count=count)
@@ -262,6 +282,34 @@ class Kernel:
         if self._km is not None and not self.died.is_set():
             await self._km.interrupt_kernel()
 
+    async def debug_request(self, command: str, arguments: dict[str, Any] | None = None,
+                            answer_within: float = 30.0) -> dict[str, Any]:
+        """Send one DAP request to the kernel's debugger and return its DAP response (a dict with
+        ``success``, ``body``, ``message``). Raises KernelDebugError when the kernel is not running,
+        dies, or does not answer within ``answer_within`` seconds."""
+        client = self._client
+        if client is None or self.died.is_set():
+            raise KernelDebugError(self.death or "the kernel is not running")
+        self._debug_seq += 1
+        content = {"seq": self._debug_seq, "type": "request", "command": command, "arguments": arguments or {}}
+        msg = client.session.msg("debug_request", content)
+        msg_id = msg["header"]["msg_id"]
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._control_waiters[msg_id] = reply
+        died = asyncio.ensure_future(self.died.wait())
+        try:
+            client.control_channel.send(msg)
+            waiters: set[asyncio.Future[Any]] = {reply, died}
+            done, _ = await asyncio.wait(waiters, timeout=answer_within, return_when=asyncio.FIRST_COMPLETED)
+            if reply not in done:
+                raise KernelDebugError(
+                    self.death if self.died.is_set() else f"the debugger did not answer {command!r} in {answer_within:g} s"
+                )
+        finally:
+            died.cancel()
+            self._control_waiters.pop(msg_id, None)
+        return reply.result()["content"]  # type: ignore[no-any-return]
+
     @property
     def busy(self) -> bool:
         return bool(self._pending)
@@ -269,41 +317,146 @@ class Kernel:
     # -- readers ----------------------------------------------------------------------------------
 
     async def _read_iopub(self) -> None:
+        """Dispatch IOPub messages. The kernel runs the room's code, which can sign messages with the
+        kernel's key: every message is untrusted input, checked before use and skipped when malformed."""
         assert self._client is not None
         client = self._client
         while True:
-            msg = await client.get_iopub_msg()
-            parent = msg.get("parent_header", {}).get("msg_id")
-            seen = self._iopub_seen.get(parent)
-            if seen is not None:
-                seen.set()
-            execution = self._pending.get(parent)
-            if execution is None:
-                continue
-            msg_type, content = msg["header"]["msg_type"], msg["content"]
-            if msg_type == "status":
-                if content.get("execution_state") == "idle":
-                    execution.idle.set()
-            elif msg_type == "clear_output":
-                execution.sink({"output_type": "clear_output", "wait": bool(content.get("wait"))})
-            else:
-                output = to_output(msg_type, content)
-                if output is not None:
-                    execution.sink(output)
+            msg = await self._receive(client.get_iopub_msg, "iopub")
+            if msg is None:
+                return
+            try:
+                self._on_iopub(msg)
+            except Exception as exc:  # noqa: BLE001 - a malformed message is skipped, counted and logged
+                self._malformed("iopub", exc)
+
+    def _on_iopub(self, msg: dict[str, Any]) -> None:
+        header = msg.get("header")
+        if isinstance(header, dict) and header.get("msg_type") == "debug_event":
+            self._on_debug_event(msg.get("content"))
+            return
+        parent = parent_id(msg)
+        seen = self._iopub_seen.get(parent)
+        if seen is not None:
+            seen.set()
+        execution = self._pending.get(parent)
+        if execution is None:
+            return
+        header, content = msg.get("header"), msg.get("content")
+        msg_type = header.get("msg_type") if isinstance(header, dict) else None
+        if not isinstance(msg_type, str) or not isinstance(content, dict):
+            raise ValueError("an IOPub message without a type or with content that is not a map")
+        if msg_type == "status":
+            if content.get("execution_state") == "idle":
+                execution.idle.set()
+        elif msg_type == "clear_output":
+            execution.sink({"output_type": "clear_output", "wait": content.get("wait") is True})
+        else:
+            output = to_output(msg_type, content)
+            if output is not None:
+                execution.sink(output)
+
+    def _on_debug_event(self, content: Any) -> None:
+        """A DAP event from the kernel's debugger, for ``on_debug_event``. Room code can sign
+        messages too, so the listener treats events as hints and checks what it is told."""
+        listener = self.on_debug_event
+        if listener is None:
+            return
+        if not isinstance(content, dict):
+            raise ValueError("a debug_event whose content is not a map")
+        try:
+            listener(content)
+        except Exception:  # a broken listener must not stop the outputs of every run
+            log.exception("debug event listener failed", extra={"kernel": self.dirs.base.name})
 
     async def _read_shell(self) -> None:
         assert self._client is not None
         client = self._client
         while True:
-            msg = await client.get_shell_msg()
-            parent = msg.get("parent_header", {}).get("msg_id")
-            waiter = self._info_waiters.get(parent)
+            msg = await self._receive(client.get_shell_msg, "shell")
+            if msg is None:
+                return
+            try:
+                self._on_shell(msg)
+            except Exception as exc:  # noqa: BLE001 - a malformed message is skipped, counted and logged
+                self._malformed("shell", exc)
+
+    def _on_shell(self, msg: dict[str, Any]) -> None:
+        parent = parent_id(msg)
+        if not isinstance(msg.get("content"), dict):
+            raise ValueError("a shell reply with content that is not a map")
+        waiter = self._info_waiters.get(parent)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(msg)
+            return
+        execution = self._pending.get(parent)
+        if execution is not None and not execution.reply.done():
+            execution.reply.set_result(msg)
+
+    async def _read_control(self) -> None:
+        assert self._client is not None
+        client = self._client
+        while True:
+            msg = await self._receive(client.get_control_msg, "control")
+            if msg is None:
+                return
+            if not isinstance(msg.get("content"), dict):
+                self._malformed("control", ValueError("a control reply with content that is not a map"))
+                continue
+            parent = parent_id(msg)
+            waiter = self._control_waiters.get(parent) if parent is not None else None
             if waiter is not None and not waiter.done():
                 waiter.set_result(msg)
+
+    async def _receive(self, get: Callable[[], Any], channel: str) -> dict[str, Any] | None:
+        """The next message of a channel, or None when it cannot be read any more (the kernel is then
+        marked dead: its runs fail and the next run starts a fresh kernel)."""
+        failures = 0
+        while True:
+            try:
+                msg = await get()
+            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a message that does not decode (RecursionError, a panic)
+                failures += 1
+                self._malformed(channel, exc)
+                if failures >= MAX_BAD_MESSAGES:
+                    self._give_up(f"the kernel sent {failures} messages in a row that could not be read")
+                    return None
                 continue
-            execution = self._pending.get(parent)
-            if execution is not None and not execution.reply.done():
-                execution.reply.set_result(msg)
+            if isinstance(msg, dict):
+                return msg
+            failures += 1
+            self._malformed(channel, TypeError(f"a message of type {type(msg).__name__}"))
+
+    def _malformed(self, channel: str, exc: BaseException) -> None:
+        self.bad_messages += 1
+        if self.bad_messages <= 5 or self.bad_messages % 1000 == 0:
+            log.warning("malformed kernel message skipped", extra={
+                "kernel": self.dirs.base.name, "channel": channel, "error": f"{type(exc).__name__}: {exc}"[:300],
+                "count": self.bad_messages,
+            })
+
+    def _give_up(self, reason: str) -> None:
+        """The kernel is treated as dead: every pending run ends (the caller kills the process)."""
+        if self.died.is_set():
+            return
+        self.kill_reason = self.kill_reason or reason
+        self.death = reason
+        log.warning("kernel given up", extra={"kernel": self.dirs.base.name, "reason": reason})
+        self.died.set()
+        for execution in self._pending.values():
+            execution.idle.set()
+
+
+MAX_BAD_MESSAGES = 100
+"""Consecutive messages that fail to decode before a kernel is given up as dead."""
+
+
+def parent_id(msg: dict[str, Any]) -> str | None:
+    parent = msg.get("parent_header")
+    msg_id = parent.get("msg_id") if isinstance(parent, dict) else None
+    return msg_id if isinstance(msg_id, str) else None
 
 
 def new_kernel_id() -> str:

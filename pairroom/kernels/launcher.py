@@ -28,8 +28,8 @@ from typing import Any
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 
-from pairroom.kernels.limits import KernelCgroup, prlimit_argv
-from pairroom.kernels.sandbox import Sandbox
+from pairroom.sandbox.limits import KernelCgroup, prlimit_argv
+from pairroom.sandbox.bubblewrap import Sandbox
 
 
 @dataclass(slots=True)

@@ -15,8 +15,8 @@ import logging
 from pathlib import Path
 
 from pairroom.kernels.kernel import Kernel, KernelStartError, launch
-from pairroom.kernels.limits import Cgroups
-from pairroom.kernels.sandbox import Sandbox
+from pairroom.sandbox.limits import Cgroups
+from pairroom.sandbox.bubblewrap import Sandbox
 
 log = logging.getLogger("pairroom.kernels.pool")
 

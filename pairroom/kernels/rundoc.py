@@ -20,7 +20,8 @@ from pycrdt import Array, Map, Text
 
 from pairroom.protocol.origins import KernelOrigin, LocalOrigin
 from pairroom.rooms.room import Room
-from pairroom.kernels.outputs import OutputCap, kernel_error
+from pairroom.kernels.outputs import OutputCap, kernel_error, room_traceback
+from pairroom.sandbox.bubblewrap import WORKDIR_INSIDE
 
 log = logging.getLogger("pairroom.kernels.doc")
 
@@ -108,6 +109,10 @@ class OutputBatch:
         self._ops: list[dict[str, Any]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._clear_on_next = False
+        run = read_run(room, run_id) or {}
+        path = run.get("path")
+        self.label = path if isinstance(path, str) and path else "selection"  # what tracebacks call the code
+        self.roots = (WORKDIR_INSIDE,)  # where the room's files are, as the kernel sees them
 
     def __call__(self, output: dict[str, Any]) -> None:
         if output["output_type"] == "clear_output":
@@ -119,6 +124,8 @@ class OutputBatch:
         if self._clear_on_next:
             self._clear_on_next = False
             self._clear()
+        if output["output_type"] == "error":
+            output = room_traceback(output, self.label, self.roots)
         for kept in self.cap.admit(output):
             last = self._ops[-1] if self._ops else None
             if (

@@ -7,8 +7,10 @@ Life of a room kernel::
     next run on a dead kernel --> restarting (a fresh process over the same working dir) --> busy
     no run for idle_shutdown_seconds --> stopped; the next run starts over from the pool
 
-Runs are queued per room and executed one at a time, in order. Before each run the room's ``files``
-are written into the kernel's working directory, so a run can import the room's other files.
+Runs are queued per room and executed one at a time, in order. The kernel's working directory is
+the room's workspace (``pairroom.workspace``): before each run the workspace is flushed, so a run
+can import the room's other files, and after it the disk is scanned, so files the run wrote come
+back into the document attributed to whoever asked for the run.
 
 A ``RoomKernel`` keeps its room loaded (``registry.hold``) while it lives, so outputs can be written
 even when nobody is connected. Which node runs a room's kernel is asked of a ``KernelLease`` before
@@ -27,11 +29,10 @@ import contextlib
 import logging
 import os
 import secrets
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pycrdt import Map
 
@@ -39,12 +40,14 @@ from pairroom.protocol.origins import LocalOrigin
 from pairroom.rooms.registry import RoomRegistry
 from pairroom.rooms.room import Room
 from pairroom.kernels import rundoc
-from pairroom.kernels.kernel import Kernel, KernelStartError, Outcome
-from pairroom.kernels.limits import Cgroups, detect_cgroups
+from pairroom.workspace import safe_fs
+from pairroom.kernels.kernel import Finished, Kernel, KernelStartError, Outcome
+from pairroom.sandbox.limits import Cgroups, detect_cgroups
 from pairroom.kernels.pool import KernelPool
-from pairroom.kernels.sandbox import Sandbox, probe
-from pairroom.kernels.settings import KernelSettings
-from pairroom.kernels.workdir import WorkDir
+from pairroom.sandbox.bubblewrap import Sandbox, probe
+from pairroom.sandbox.settings import KernelSettings
+from pairroom.kernels.workdir import kernel_for
+from pairroom.workspace import Workspace, Workspaces, WorkspaceSettings
 
 log = logging.getLogger("pairroom.kernels")
 
@@ -93,11 +96,27 @@ class KernelUnreachable(RuntimeError):
 LIVE_STATES = ("starting", "restarting", "idle", "busy")
 
 
+class RunHooks(Protocol):
+    """What a caller that must act on the very kernel running its run passes to ``submit_here``
+    (the debugger attaches in ``before``, once the runs queued ahead have finished and the workspace
+    is written, and detaches in ``after``, before the next run starts). ``before`` raising fails the
+    run with its message; ``after`` always gets the outcome, also when the kernel did not start.
+    ``timeout``, if set, replaces ``run_timeout`` for this run."""
+
+    timeout: float | None
+
+    async def before(self, kernel: Kernel) -> None: ...
+
+    async def after(self, finished: Finished) -> None: ...
+
+
 @dataclass(slots=True)
 class RunRequest:
     run_id: str
     code: str
+    by: str | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    hooks: RunHooks | None = None
 
 
 def new_run_id() -> str:
@@ -118,15 +137,17 @@ class RoomKernel:
         self.current: RunRequest | None = None
         self.closing = False
         self.room: Room | None = None
-        self.workdir: WorkDir | None = None
+        self.workspace: Workspace | None = None
         self._kernel_lock = asyncio.Lock()
         self._started = asyncio.Event()
 
     async def serve(self) -> None:
         """Hold the room and run its queue until idle for ``idle_shutdown_seconds`` (or cancelled)."""
         try:
-            async with self.service.registry.hold(self.name) as room:
+            async with self.service.registry.hold(self.name) as room, \
+                    self.service.workspaces.use(self.name) as workspace:
                 self.room = room
+                self.workspace = workspace
                 if self.first_here:
                     self.lost_elsewhere = take_over_lost_kernel(room)
                 self._started.set()
@@ -162,6 +183,10 @@ class RoomKernel:
             self.current = request
             try:
                 await self._run(request)
+            except Exception as exc:  # a failure of this room's run is this room's problem only
+                log.exception("room run failed inside the server", extra={"room": self.name, "run": request.run_id})
+                await self._fail_run(request.run_id, f"the server could not finish the run: {type(exc).__name__}")
+                await self._after(request, Finished(Outcome.FAILED, f"the server could not finish the run: {type(exc).__name__}"))
             finally:
                 self.current = None
                 request.done.set()
@@ -175,8 +200,10 @@ class RoomKernel:
             self.lost_elsewhere = False
             rundoc.set_kernel_state(room, self.settings.node, "restarting" if restarting else "starting", restarted=restarting)
             if kernel is None:
-                kernel = await self.service.pool.take()
-                self.workdir = WorkDir(str(kernel.dirs.work), kernel.dirs.uid, kernel.dirs.gid)
+                assert self.workspace is not None and self.service.sandbox is not None
+                kernel = await kernel_for(
+                    self.workspace, self.service.pool, self.service.root, self.service.sandbox, self.service.cgroups_or_none()
+                )
             else:
                 await kernel.kill("restart")
                 kernel = Kernel(kernel.dirs, kernel.sandbox, kernel.cgroups)
@@ -200,14 +227,32 @@ class RoomKernel:
             batch.flush()
             rundoc.update_run(room, run_id, status="failed", startedAt=rundoc.now_ms(), endedAt=rundoc.now_ms())
             rundoc.set_kernel_state(room, self.settings.node, "dead")
+            await self._after(request, Finished(Outcome.FAILED, str(exc)))
             return
-        assert self.workdir is not None
-        self.workdir.sync(rundoc.read_files(room))
+        workspace = self.workspace
+        assert workspace is not None
+        workspace.note_actor(request.by)
+        try:
+            await workspace.flushed()
+        except (OSError, TimeoutError, RuntimeError) as exc:  # the run would see old files
+            batch.add_error("KernelFailed", f"the room's files could not be written to its workspace: {exc}")
+            batch.flush()
+            rundoc.update_run(room, run_id, status="failed", startedAt=rundoc.now_ms(), endedAt=rundoc.now_ms())
+            await self._after(request, Finished(Outcome.FAILED, f"the room's files could not be written: {exc}"))
+            return
         rundoc.update_run(room, run_id, status="running", startedAt=rundoc.now_ms())
         rundoc.set_kernel_state(room, self.settings.node, "busy")
-        finished = await kernel.execute(request.code, batch, self.settings.run_timeout)
-        if finished.outcome is Outcome.FAILED and not kernel.died.is_set():
-            await kernel.kill(finished.reason or "run failed")  # the time limit: stop the code for good
+        try:
+            finished = await self._execute(request, kernel, batch)
+        finally:
+            workspace.scan_now()
+        try:
+            await workspace.synced()  # what the run wrote is in the document when the run has ended
+        except (OSError, RuntimeError) as exc:
+            log.error("workspace not synced after a run", extra={"room": self.name, "error": str(exc)})
+        if finished.outcome is Outcome.FAILED:
+            # the time limit, or the kernel died or sent what cannot be read: stop it for good
+            await kernel.kill(finished.reason or "run failed")
         if finished.reason:
             ename = "KernelInterrupted" if finished.outcome is Outcome.INTERRUPTED else "KernelFailed"
             note = "; the kernel restarts with a fresh state on the next run" if kernel.died.is_set() else ""
@@ -216,6 +261,42 @@ class RoomKernel:
         fields: dict[str, Any] = {"status": finished.outcome.value, "endedAt": rundoc.now_ms()}
         rundoc.update_run(room, run_id, **fields)
         rundoc.set_kernel_state(room, self.settings.node, "dead" if kernel.died.is_set() else "idle")
+        await self._after(request, finished)
+
+    async def _after(self, request: RunRequest, finished: Finished) -> None:
+        if request.hooks is None:
+            return
+        try:
+            await request.hooks.after(finished)
+        except Exception:
+            log.exception("run hook failed after the run", extra={"room": self.name, "run": request.run_id})
+
+    async def _execute(self, request: RunRequest, kernel: Kernel, batch: rundoc.OutputBatch) -> Finished:
+        """Run the request's code, after its ``before`` hook (a hook that fails fails the run)."""
+        if request.hooks is not None:
+            try:
+                await request.hooks.before(kernel)
+            except Exception as exc:  # noqa: BLE001 - any failure to prepare fails this run, not the queue
+                log.warning("run hook failed", extra={"room": self.name, "run": request.run_id, "error": str(exc)})
+                return Finished(Outcome.FAILED, f"could not prepare the run: {exc}")
+        timeout = request.hooks.timeout if request.hooks is not None and request.hooks.timeout else None
+        return await kernel.execute(request.code, batch, timeout or self.settings.run_timeout)
+
+    async def _fail_run(self, run_id: str, reason: str) -> None:
+        """After an unexpected error: say so in the run, and start the next run on a fresh kernel."""
+        kernel = self.kernel
+        try:
+            if kernel is not None:
+                await kernel.kill(reason)
+            room = self.room
+            if room is not None:
+                batch = rundoc.OutputBatch(room, run_id, 0, 0.0)
+                batch.add_error("KernelFailed", reason + "; the kernel restarts with a fresh state on the next run")
+                batch.flush()
+                rundoc.update_run(room, run_id, status="failed", endedAt=rundoc.now_ms())
+                rundoc.set_kernel_state(room, self.settings.node, "dead")
+        except Exception:
+            log.exception("could not record a failed run", extra={"room": self.name, "run": run_id})
 
     async def interrupt(self) -> bool:
         """Interrupt the current run; kill the kernel if it is still busy after ``interrupt_grace``.
@@ -249,7 +330,7 @@ class RoomKernel:
         kernel, self.kernel = self.kernel, None
         if kernel is not None:
             await kernel.kill("room kernel stopped")
-            await asyncio.to_thread(shutil.rmtree, kernel.dirs.base, True)
+            await remove_dirs(str(kernel.dirs.base), self.settings.file_sync_timeout)
         await self.service.lease.release(self.name)
 
     def state(self) -> dict[str, Any]:
@@ -260,6 +341,23 @@ class RoomKernel:
             "alive": kernel is not None and not kernel.died.is_set(),
             "death": kernel.death if kernel is not None and kernel.died.is_set() else None,
         }
+
+
+async def supervised(coro: Any, name: str) -> Any:
+    """Await ``coro``; an exception is logged and swallowed here, so the shared task group lives on."""
+    try:
+        return await coro
+    except Exception:
+        log.exception("kernel task failed", extra={"task": name})
+        return None
+
+
+async def remove_dirs(path: str, timeout: float) -> None:
+    """Remove a kernel's dirs (room code wrote in them: no recursion, no link followed, off the loop)."""
+    try:
+        await safe_fs.run_off_loop(safe_fs.remove_path_tree, path, timeout=timeout, what="kernel dirs")
+    except OSError as exc:
+        log.error("kernel dirs not removed", extra={"path": path, "error": str(exc)})
 
 
 def take_over_lost_kernel(room: Room) -> bool:
@@ -295,6 +393,7 @@ class KernelService:
         self.cgroups: Cgroups | None = None
         self._pool: KernelPool | None = None
         self._root: Path | None = None
+        self._workspaces: Workspaces | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
 
@@ -314,6 +413,12 @@ class KernelService:
         else:
             self._root = Path(tempfile.mkdtemp(prefix="pairroom-kernels-"))
         os.chmod(self._root, 0o711)  # the kernel uid must traverse it to reach its own dirs
+        uid = gid = None
+        if self.sandbox.drops_privileges:
+            uid, gid = self.settings.kernel_uid, self.settings.kernel_gid
+        self._workspaces = Workspaces.attach(
+            self.registry, WorkspaceSettings(root=self.settings.state_dir, uid=uid, gid=gid)
+        )
         self._pool = KernelPool(self._root, self.sandbox, self.cgroups)
         log.info(
             "kernels ready" if self.sandbox.isolated else "kernels run UNSANDBOXED (--unsafe-kernels)",
@@ -336,14 +441,21 @@ class KernelService:
         try:
             if self._runner is not None:
                 self._runner.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await self._runner
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # supervised tasks never get here; the pool loop might
+                    log.exception("the kernel service's tasks failed")
         finally:
             self._runner = None
             self._tasks = None
             await self.lease.stop()  # after the room kernels released their leases
+            if self._workspaces is not None:
+                await self._workspaces.detach()
+                self._workspaces = None
             if self._root is not None:
-                await asyncio.to_thread(shutil.rmtree, self._root, True)
+                await remove_dirs(str(self._root), self.settings.file_sync_timeout * 4)
             if self.cgroups is not None:
                 self.cgroups.close()
 
@@ -354,11 +466,29 @@ class KernelService:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    @property
+    def workspaces(self) -> Workspaces:
+        if self._workspaces is None:
+            raise RuntimeError("the kernel service is not started")
+        return self._workspaces
+
+    @property
+    def root(self) -> Path:
+        if self._root is None:
+            raise RuntimeError("the kernel service is not started")
+        return self._root
+
+    def cgroups_or_none(self) -> Cgroups:
+        assert self.cgroups is not None
+        return self.cgroups
+
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` in the service's task group, supervised: its failure is logged and ends only
+        itself (one room's kernel failing must not stop the kernels of every room)."""
         if self._tasks is None:
             coro.close()
             raise RuntimeError("the kernel service is not running")
-        return self._tasks.create_task(coro, name=name)
+        return self._tasks.create_task(supervised(coro, name), name=name)
 
     def forget(self, room_kernel: RoomKernel) -> None:
         if self.rooms.get(room_kernel.name) is room_kernel:
@@ -416,8 +546,11 @@ class KernelService:
             finally:
                 room.doc.unobserve(subscription)
 
-    async def submit_here(self, room: str, *, code: str, path: str | None, by: str) -> str:
-        """Queue a run on this node's kernel of ``room``; KernelUnavailable if another node runs it."""
+    async def submit_here(
+        self, room: str, *, code: str, path: str | None, by: str, hooks: RunHooks | None = None
+    ) -> str:
+        """Queue a run on this node's kernel of ``room``; KernelUnavailable if another node runs it.
+        ``hooks`` are called around the run by the kernel that runs it (the debugger's way in)."""
         while True:
             room_kernel = await self.room_kernel(room)
             held = await room_kernel.ready()
@@ -425,7 +558,7 @@ class KernelService:
                 break
         run_id = new_run_id()
         rundoc.create_run(held, run_id, code=code, path=path, by=by)
-        room_kernel.queue.put_nowait(RunRequest(run_id, code))  # no await since the closing check
+        room_kernel.queue.put_nowait(RunRequest(run_id, code, by, hooks=hooks))  # no await since the closing check
         return run_id
 
     async def interrupt(self, room: str) -> bool:

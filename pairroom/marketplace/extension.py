@@ -41,7 +41,7 @@ from pairroom.protocol.origins import ClientOrigin, LocalOrigin
 from pairroom.rooms.extension import Extension, ExtensionRunner
 from pairroom.rooms.identity import Role
 from pairroom.rooms.owners import SERVER, OwnerRow
-from pairroom.web.api import ApiError, handles_errors, json_body, require_owner, room_of
+from pairroom.web.api import ApiError, json_body, require_owner, room_of
 from pairroom.web.auth import authenticate
 
 from . import catalog as catalogs
@@ -201,7 +201,7 @@ class Marketplace(Extension):
 
     def routes(self) -> Sequence[BaseRoute]:
         return [
-            Route("/api/rooms/{room}/extensions", handles_errors(self.room_extensions), methods=["GET", "PUT"]),
+            Route("/api/rooms/{room}/extensions", self.room_extensions, methods=["GET", "PUT"]),
             Route("/api/extensions/{name}/frontend.js", self.frontend_module, methods=["GET"]),
         ]
 

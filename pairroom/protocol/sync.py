@@ -23,6 +23,10 @@ from enum import IntEnum
 
 from pycrdt import create_awareness_message, create_update_message, write_message, write_var_uint
 
+from .close_codes import CloseCode
+
+__all__ = ["CloseCode"]  # re-exported: the codec's errors carry these codes
+
 MAX_VAR_UINT_BYTES = 8  # 56 bits, above the 53 bits a JavaScript number holds exactly
 EMPTY_UPDATE = b"\x00\x00"  # what Yjs encodes for "nothing to send"
 
@@ -38,28 +42,6 @@ class SyncStep(IntEnum):
     STEP1 = 0
     STEP2 = 1
     UPDATE = 2
-
-
-class CloseCode(IntEnum):
-    """Websocket close codes pairroom sends; README.md lists them with their reasons."""
-
-    NORMAL = 1000
-    GOING_AWAY = 1001
-    UNSUPPORTED_DATA = 1003  # a text frame
-    MESSAGE_TOO_BIG = 1009
-    INTERNAL_ERROR = 1011
-    SERVICE_RESTART = 1012  # the server is shutting down; reconnect
-    TRY_AGAIN_LATER = 1013  # the room could not be loaded from storage
-    MALFORMED = 4400  # truncated message, bad varuint, bytes after the message, invalid awareness
-    UNAUTHORIZED = 4401  # missing, invalid or expired token
-    FORBIDDEN = 4403  # token for another room, or an origin not allowed
-    ROOM_DELETED = 4404  # an owner deleted the room, on any node
-    ROOM_FULL = 4409  # the room has its maximum number of members
-    UNKNOWN_TYPE = 4406  # unknown message type or sync step
-    SLOW_CONSUMER = 4503  # outbound queue overflowed; reconnect and resync (not 44xx: v3 gives up on those)
-    INVALID_ROOM = 4414  # room name empty, too long or not printable
-    UPDATE_REJECTED = 4422  # the CRDT refused the update
-    RATE_LIMITED = 4429  # the connection sent messages faster than its rate limit
 
 
 class ProtocolError(Exception):
@@ -147,14 +129,29 @@ def decode_message(frame: bytes) -> Message:
     raise ProtocolError(CloseCode.UNKNOWN_TYPE, f"unknown message type {kind}")
 
 
-def decode_awareness(payload: bytes) -> list[AwarenessEntry]:
-    """Decode and validate an awareness update (every state must be JSON)."""
+def decode_awareness(
+    payload: bytes, *, max_entries: int | None = None, max_state_bytes: int | None = None
+) -> list[AwarenessEntry]:
+    """Decode and validate an awareness update (every state must be JSON).
+
+    With caps (a client's message; peers' messages are trusted), a message with more than
+    ``max_entries`` entries or a state longer than ``max_state_bytes`` raises ``PRESENCE_LIMIT``
+    before any state is parsed: 150,000 entries must cost a varuint read, not 150,000 JSON parses."""
     count, pos = read_var_uint(payload, 0)
+    if max_entries is not None and count > max_entries:
+        raise ProtocolError(
+            CloseCode.PRESENCE_LIMIT, f"awareness message with {count} client states; at most {max_entries}"
+        )
     entries: list[AwarenessEntry] = []
     for _ in range(count):
         client_id, pos = read_var_uint(payload, pos)
         clock, pos = read_var_uint(payload, pos)
         raw, pos = read_var_bytes(payload, pos)
+        if max_state_bytes is not None and len(raw) > max_state_bytes:
+            raise ProtocolError(
+                CloseCode.PRESENCE_LIMIT,
+                f"awareness state of client {client_id} is {len(raw)} bytes; at most {max_state_bytes}",
+            )
         try:
             state = raw.decode("utf-8")
             json.loads(state)

@@ -24,32 +24,27 @@ point 410. Errors are ``{"error": reason}``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import logging
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator
+from typing import Any
 
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from pairroom.protocol.origins import LocalOrigin
 from pairroom.protocol.sync import ProtocolError
-from pairroom.web.api import ApiError, handles_errors, json_body, live_role, require_owner, room_of
+from pairroom.web.api import ApiError, json_body, live_role, require_owner, room_of
 from pairroom.web.auth import authenticate
 from pairroom.web.hub import Hub
 from pairroom.web.websocket import room_name_from_path
 from pairroom.rooms.identity import Principal
 from pairroom.rooms.registry import RoomBusy
 from pairroom.rooms.room import RoomState
-from pairroom.recording.events import RecorderObserver, RecorderSettings
-from pairroom.recording.history import History, PointError, files_of, iso, recording_enabled, restore_files
+from pairroom.recording.events import RecorderObserver
+from pairroom.recording.history import History, files_of, iso, recording_enabled, restore_files
 from pairroom.recording.history_store import Version
 from pairroom.recording.replay import replay_endpoint
-from pairroom.storage.store import StoreError
 
 log = logging.getLogger("pairroom.recording.api")
 
@@ -73,23 +68,6 @@ def link_call_audio(state: Any, recorder: RecorderObserver) -> None:
 
 
 # -- helpers --------------------------------------------------------------------------------------------
-
-
-def _history_errors(endpoint):  # type: ignore[no-untyped-def]
-    """PointError keeps its status; storage failures are 503; the rest is ``handles_errors``."""
-
-    @handles_errors
-    @functools.wraps(endpoint)
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await endpoint(request)  # type: ignore[no-any-return]
-        except PointError as exc:
-            raise ApiError(exc.status, exc.reason) from exc
-        except StoreError as exc:
-            log.error("history request failed: storage", extra={"error": str(exc)})
-            raise ApiError(503, "storage failed; try again") from exc
-
-    return wrapped
 
 
 def _recorder(request: Request) -> RecorderObserver:
@@ -149,14 +127,12 @@ def _point(body: dict[str, Any], key: str, required: bool = True) -> str | None:
 # -- routes ---------------------------------------------------------------------------------------------
 
 
-@_history_errors
 async def sessions(request: Request) -> Response:
     room, _, history = await _readable(request)
     found = await history.sessions(room, _recorder(request).settings.session_gap)
     return JSONResponse({"room": room, "sessions": [s.as_json() for s in found]})
 
 
-@_history_errors
 async def files(request: Request) -> Response:
     raw = request.query_params.get("at")
     room, _, history = await _readable(request, history_needed=raw is not None)
@@ -164,7 +140,6 @@ async def files(request: Request) -> Response:
     return JSONResponse({"room": room, "files": state.files(), "seq": state.seq, "at": iso(state.at)})
 
 
-@_history_errors
 async def versions(request: Request) -> Response:
     room, principal, history = await _readable(request)
     if request.method == "GET":
@@ -186,7 +161,6 @@ def _version_json(version: Version) -> dict[str, Any]:
     return {"name": version.name, "seq": version.seq, "at": iso(version.at), "by": version.by, "auto": version.auto}
 
 
-@_history_errors
 async def diff(request: Request) -> Response:
     room, _, history = await _readable(request)
     params = request.query_params
@@ -199,7 +173,6 @@ async def diff(request: Request) -> Response:
     return JSONResponse({"room": room, "from": old, "to": new, "path": path, "diff": text})
 
 
-@_history_errors
 async def timeline(request: Request) -> Response:
     room, _, history = await _readable(request)
     sid = request.query_params.get("session")
@@ -209,7 +182,7 @@ async def timeline(request: Request) -> Response:
     if sid:
         session = await history.session(room, sid, recorder.settings.session_gap)
         start, end, low, high = session.start, session.end, session.first_seq, session.last_seq
-    kinds = ("join", "leave", "chat", "run", "restore", "fork", "forked", "audio")
+    kinds = ("join", "leave", "chat", "run", "restore", "fork", "forked", "audio", "git", "debug", "terminal")
     marks: list[dict[str, Any]] = [
         {"kind": e.kind, "at": iso(e.at), "user": e.user, **e.data}
         for e in await history.db.events(room, start, end, kinds=kinds)
@@ -227,7 +200,6 @@ async def timeline(request: Request) -> Response:
     })
 
 
-@_history_errors
 async def restore(request: Request) -> Response:
     room, principal, history = await _readable(request)
     await _require_editor(request, room, principal)
@@ -248,7 +220,6 @@ async def restore(request: Request) -> Response:
     return JSONResponse({"room": room, "restored_from": state.seq, "seq": now_seq, "changed": changed})
 
 
-@_history_errors
 async def fork(request: Request) -> Response:
     room, principal, history = await _readable(request)
     await _require_editor(request, room, principal)
@@ -270,7 +241,6 @@ async def fork(request: Request) -> Response:
     return JSONResponse({"room": new_room, "from": room, "from_seq": seq, "seq": last}, 201)
 
 
-@_history_errors
 async def delete_room(request: Request) -> Response:
     room = room_of(request)
     principal = authenticate(request, room)

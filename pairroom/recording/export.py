@@ -34,6 +34,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, AsyncIterator, Iterator
 
+from pycrdt import Doc
+
 from pairroom.recording.history import ROOT_TEXT_KEY, History, PointError, iso
 from pairroom.recording.history_store import Event, Version, history_store_for
 from pairroom.storage.memory import MemoryStore
@@ -70,8 +72,11 @@ def export_command(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.files:
-            written = asyncio.run(export_files(args.db, args.room, Path(args.files), args.at))
-            print(f"wrote {written} file(s) to {args.files}")
+            skipped: list[tuple[str, str]] = []
+            written = asyncio.run(export_files(args.db, args.room, Path(args.files), args.at, skipped))
+            for path, reason in skipped:
+                print(f"pairroom export: skipped {path!r}: {reason}", file=sys.stderr)
+            print(f"wrote {written} file(s) to {args.files}" + (f", skipped {len(skipped)}" if skipped else ""))
         else:
             counts = asyncio.run(export_room(args.db, args.room, Path(args.output)))
             print(f"exported {args.room}: " + ", ".join(f"{n} {k}(s)" for k, n in counts.items()))
@@ -160,8 +165,14 @@ def _line(out: IO[str], obj: dict[str, Any]) -> None:
     out.write("\n")
 
 
-async def export_files(db: str, room: str, directory: Path, at: str | None) -> int:
-    """Write the room's files (now, or at ``at``) under ``directory``; return how many."""
+async def export_files(
+    db: str, room: str, directory: Path, at: str | None, skipped: list[tuple[str, str]] | None = None
+) -> int:
+    """Write the room's files (now, or at ``at``) under ``directory``; return how many.
+
+    A file the room's members named so it cannot be written (leaving the directory, a NUL, a name too
+    long, a file where another is a folder) is skipped and listed in ``skipped`` with the reason; the
+    rest of the room is exported."""
     async with _opened(db) as store:
         history = History(store)
         if not await history.db.has_anything(room):
@@ -171,11 +182,18 @@ async def export_files(db: str, room: str, directory: Path, at: str | None) -> i
         except PointError as exc:
             raise ValueError(exc.reason) from exc
     files = state.files()
-    targets = {path: directory / _safe_relative(path) for path in files}
-    for path, target in targets.items():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(files[path], encoding="utf-8")
-    return len(targets)
+    written = 0
+    for path in sorted(files):
+        try:
+            target = directory / _safe_relative(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(files[path], encoding="utf-8")
+        except (ValueError, OSError, UnicodeError) as exc:
+            if skipped is not None:
+                skipped.append((path[:300], str(exc)[:300]))
+            continue
+        written += 1
+    return written
 
 
 def _safe_relative(path: str) -> Path:
@@ -183,7 +201,9 @@ def _safe_relative(path: str) -> Path:
         return Path(ROOT_TEXT_FILE)
     parts = PurePosixPath(path).parts
     if not parts or path.startswith("/") or any(p in ("", ".", "..") for p in parts) or path == ROOT_TEXT_FILE:
-        raise ValueError(f"refusing to write file path {path!r}: it would leave the directory")
+        raise ValueError(f"refusing to write file path {path[:300]!r}: it would leave the directory")
+    if "\0" in path:
+        raise ValueError("a file path with a NUL byte")
     return Path(*parts)
 
 
@@ -234,7 +254,21 @@ def read_export(path: Path) -> tuple[str, list[StoredUpdate], list[Snapshot], li
         raise ValueError(f"{path} is truncated (no end line)")
     if end.get("counts") != found:
         raise ValueError(f"{path} is damaged: the end line counts {end.get('counts')}, the file holds {found}")
+    for what, items in (("update", updates), ("snapshot", snapshots)):
+        for item in items:
+            if not decodes(item.data):
+                raise ValueError(f"{path} is damaged: {what} seq {item.seq} is not a Yjs update")
     return room, updates, snapshots, events, versions
+
+
+def decodes(update: bytes) -> bool:
+    """Whether ``update`` is a Yjs v1 update (applied to an empty document: missing dependencies are
+    fine, bytes that do not decode are not)."""
+    try:
+        Doc().apply_update(update)
+    except (ValueError, RuntimeError):
+        return False
+    return True
 
 
 def _lines(path: Path) -> Iterator[dict[str, Any]]:

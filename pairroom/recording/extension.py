@@ -17,6 +17,8 @@ from .api import link_call_audio, routes
 from .events import RecorderObserver, RecorderSettings
 from .history import History
 
+from .history import PointError
+
 
 class Recording(RecorderObserver):
     name = "recording"
@@ -29,6 +31,9 @@ class Recording(RecorderObserver):
 
     def routes(self) -> Sequence[BaseRoute]:
         return routes
+
+    def http_errors(self) -> Mapping[type[Exception], int | None]:
+        return {PointError: None}  # a point in history that does not exist, or cannot be read
 
     def lifespan(self, node: Any) -> contextlib.AbstractAsyncContextManager[None]:
         return self._run(node)

@@ -56,6 +56,7 @@ from pycrdt import Doc, merge_updates
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from pairroom.protocol import sync as protocol
+from pairroom.protocol.close_codes import CloseCode
 from pairroom.protocol.sync import AwarenessEntry, MessageType, ProtocolError, SyncStep
 from pairroom.web.hub import Hub
 from pairroom.web.auth import AuthError, admit
@@ -68,11 +69,6 @@ from pairroom.storage.store import StoreError, StoredUpdate
 log = logging.getLogger("pairroom.replay")
 
 REPLAY_CLIENT_ID = 1
-CLOSE_BAD_REQUEST = 4400
-CLOSE_FORBIDDEN = 4403
-CLOSE_UNKNOWN_SESSION = 4404
-CLOSE_SEEK_BACK = 4410
-CLOSE_STORAGE = 1013
 MIN_SPEED, MAX_SPEED = 0.25, 16.0
 _PAGE = 1000
 _FIRST_SYNC_WAIT = 2.0  # start playing this long after opening even if the client sent no step 1
@@ -104,9 +100,9 @@ def parse_speed(value: Any) -> float:
     try:
         speed = float(value)
     except (TypeError, ValueError) as exc:
-        raise ReplayClosed(CLOSE_BAD_REQUEST, f"speed {value!r} is not a number") from exc
+        raise ReplayClosed(CloseCode.MALFORMED, f"speed {value!r} is not a number") from exc
     if not MIN_SPEED <= speed <= MAX_SPEED:
-        raise ReplayClosed(CLOSE_BAD_REQUEST, f"speed must be from {MIN_SPEED} to {MAX_SPEED}")
+        raise ReplayClosed(CloseCode.MALFORMED, f"speed must be from {MIN_SPEED} to {MAX_SPEED}")
     return speed
 
 
@@ -240,7 +236,7 @@ class Player:
             try:
                 missing = self.doc.get_update(message.payload)
             except ValueError as exc:
-                raise ReplayClosed(CLOSE_BAD_REQUEST, f"invalid state vector: {exc}") from exc
+                raise ReplayClosed(CloseCode.MALFORMED, f"invalid state vector: {exc}") from exc
             await self.send(protocol.sync_step2(missing))
             self.start()
         elif message.type is MessageType.QUERY_AWARENESS:
@@ -261,7 +257,7 @@ class Player:
         try:
             message = json.loads(text)
         except ValueError as exc:
-            raise ReplayClosed(CLOSE_BAD_REQUEST, "control messages are JSON objects") from exc
+            raise ReplayClosed(CloseCode.MALFORMED, "control messages are JSON objects") from exc
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "pause":
             self._anchor(self.position())
@@ -276,7 +272,7 @@ class Player:
         elif kind == "seek":
             await self.seek(message)
         else:
-            raise ReplayClosed(CLOSE_BAD_REQUEST, f"unknown control message type {kind!r}")
+            raise ReplayClosed(CloseCode.MALFORMED, f"unknown control message type {kind!r}")
         await self.publish_status()
 
     async def seek(self, message: dict[str, Any]) -> None:
@@ -293,10 +289,10 @@ class Player:
             else:
                 raise PointError(400, 'seek needs "seq" (an integer) or "at" (an ISO time)')
         except PointError as exc:
-            raise ReplayClosed(CLOSE_BAD_REQUEST, exc.reason) from exc
+            raise ReplayClosed(CloseCode.MALFORMED, exc.reason) from exc
         target = min(max(target, self.span.start_seq), self.span.to_seq)
         if target < self.seq:
-            raise ReplayClosed(CLOSE_SEEK_BACK, f"seek from={target}")
+            raise ReplayClosed(CloseCode.SEEK_BACK, f"seek from={target}")
         if target > self.seq:
             updates = await self.history.store.read_updates(self.room, self.seq, target)
             if updates:
@@ -390,7 +386,7 @@ async def replay_endpoint(websocket: WebSocket) -> None:
         await _close(websocket, exc.code, exc.reason)
     except StoreError as exc:
         log.error("replay failed: storage", extra={"error": str(exc)})
-        await _close(websocket, CLOSE_STORAGE, "storage failed; try again")
+        await _close(websocket, CloseCode.TRY_AGAIN_LATER, "storage failed; try again")
 
 
 async def _open(
@@ -400,7 +396,7 @@ async def _open(
 
     params = websocket.query_params
     if not await recording_visible(hub, history, room):
-        raise ReplayClosed(CLOSE_FORBIDDEN, "recording is off for this room")
+        raise ReplayClosed(CloseCode.FORBIDDEN, "recording is off for this room")
     speed = parse_speed(params.get("speed", "1"))
     sid = params.get("session")
     try:
@@ -417,13 +413,13 @@ async def _open(
             from_at = point if isinstance(point, datetime) else None
             if not span.start_seq <= from_seq <= span.to_seq:
                 raise ReplayClosed(
-                    CLOSE_BAD_REQUEST, f"from={raw_from} is outside seqs {span.start_seq}..{span.to_seq}"
+                    CloseCode.MALFORMED, f"from={raw_from} is outside seqs {span.start_seq}..{span.to_seq}"
                 )
         else:
             from_seq, from_at = span.start_seq, span.start
         events = await history.db.events(room, span.start, span.end, kinds=("presence", "leave"))
     except PointError as exc:
-        code = CLOSE_UNKNOWN_SESSION if exc.status == 404 else CLOSE_BAD_REQUEST
+        code = CloseCode.NOT_FOUND if exc.status == 404 else CloseCode.MALFORMED
         raise ReplayClosed(code, exc.reason) from exc
     for event in events:
         if event.kind == "presence" and isinstance(event.data.get("state"), dict):

@@ -38,7 +38,7 @@ from pairroom.review.threads import ReviewError
 from pairroom.rooms.identity import Principal, Role
 from pairroom.rooms.owners import review_thread
 from pairroom.rooms.room import Room
-from pairroom.web.api import ApiError, handles_errors, json_body, room_of
+from pairroom.web.api import ApiError, json_body, room_of
 from pairroom.web.auth import authenticate
 from pairroom.web.hub import Hub
 
@@ -65,7 +65,7 @@ def author_message(principal: Principal, body: dict[str, Any], text_key: str = "
     """The message as stored: author and time from the server; the name from the token, or in open mode
     (no names are checked) the body's ``name`` when it gives one, as chat does."""
     name = principal.name
-    if principal.anonymous and isinstance(body.get("name"), str) and body["name"].strip():
+    if principal.names_itself and isinstance(body.get("name"), str) and body["name"].strip():
         name = body["name"]
     try:
         return review.message_entry(
@@ -82,7 +82,6 @@ def _int_field(body: dict[str, Any], key: str) -> int:
     return value
 
 
-@handles_errors
 async def list_threads(request: Request) -> Response:
     name = room_of(request)
     authenticate(request, name)
@@ -112,7 +111,6 @@ def valid_threads(doc: Doc) -> list[dict[str, Any]]:
     return sorted(views, key=lambda v: (v.get("createdAt") or 0, v["id"]))
 
 
-@handles_errors
 async def create_thread(request: Request) -> Response:
     name = room_of(request)
     principal = authenticate(request, name)
@@ -145,7 +143,6 @@ async def create_thread(request: Request) -> Response:
     return JSONResponse(view, 201)
 
 
-@handles_errors
 async def post_message(request: Request) -> Response:
     name = room_of(request)
     principal = authenticate(request, name)
@@ -163,7 +160,6 @@ async def post_message(request: Request) -> Response:
 
 
 def _status_route(status: str):  # type: ignore[no-untyped-def]
-    @handles_errors
     async def endpoint(request: Request) -> Response:
         name = room_of(request)
         principal = authenticate(request, name)
@@ -182,7 +178,6 @@ def _status_route(status: str):  # type: ignore[no-untyped-def]
     return endpoint
 
 
-@handles_errors
 async def apply_suggestion(request: Request) -> Response:
     name = room_of(request)
     principal = authenticate(request, name)
@@ -201,7 +196,6 @@ async def apply_suggestion(request: Request) -> Response:
     return JSONResponse(view)
 
 
-@handles_errors
 async def list_passes(request: Request) -> Response:
     name = room_of(request)
     authenticate(request, name)
@@ -212,7 +206,6 @@ async def list_passes(request: Request) -> Response:
     return JSONResponse({"room": name, "passes": passes})
 
 
-@handles_errors
 async def start_pass(request: Request) -> Response:
     name = room_of(request)
     principal = authenticate(request, name)
@@ -235,7 +228,6 @@ async def start_pass(request: Request) -> Response:
     }, 201)
 
 
-@handles_errors
 async def finish_pass(request: Request) -> Response:
     name = room_of(request)
     principal = authenticate(request, name)
@@ -250,7 +242,6 @@ async def finish_pass(request: Request) -> Response:
     return JSONResponse(result)
 
 
-@handles_errors
 async def export_pass(request: Request) -> Response:
     name = room_of(request)
     authenticate(request, name)

@@ -181,7 +181,7 @@ class ReviewGuard(Extension):
         member = room.members.get(origin.connection_id)
         principal = member.principal if member is not None else None
         if principal is not None:
-            return principal.user_id, None if principal.anonymous else principal.name
+            return principal.user_id, None if principal.names_itself else principal.name
         return origin.user or origin.connection_id, None
 
     def _apply_fix(self, reviews: Map, fix: _Fix, author: str, name: str | None) -> None:

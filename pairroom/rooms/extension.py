@@ -151,6 +151,12 @@ class Extension:
     def on_deleted(self, room_name: str) -> None:
         """The room was deleted (here or on another node) and evicted without a final flush."""
 
+    def http_errors(self) -> Mapping[type[Exception], int | None]:
+        """This extension's exceptions and the HTTP status each answers with (None: the
+        exception's own ``status``), so its routes raise instead of catching: errors are mapped to
+        HTTP once, for every route, as ``{"error": reason}``."""
+        return {}
+
     def document_rows(self) -> Sequence[OwnerRow]:
         """Rows this extension adds to the document's owner table (``rooms/owners.py``): the roots
         and keys it owns, who may write them and their shape. The guards enforce them like the
@@ -169,7 +175,7 @@ SYNC_HOOKS = (
     "on_deleted",
 )
 ASYNC_HOOKS = ("on_authenticate", "on_load")
-ALL_HOOKS = ("routes", "lifespan", *ASYNC_HOOKS, "allows_write", *SYNC_HOOKS)
+ALL_HOOKS = ("routes", "lifespan", "http_errors", *ASYNC_HOOKS, "allows_write", *SYNC_HOOKS)
 # The hooks about one room, switched per room. ``on_authenticate`` (the door's policy, the room may
 # not be loaded) and ``on_deleted`` (the room is gone) reach every extension.
 ROOM_HOOKS = frozenset(ALL_HOOKS) - {"routes", "lifespan", "on_authenticate", "on_deleted"}

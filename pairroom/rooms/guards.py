@@ -521,7 +521,7 @@ def stamped_chat_entry(item: Any, principal: Principal | None, fallback_id: str)
     text = item["text"]
     if not text.strip() or len(text.encode()) > MAX_CHAT_TEXT:
         return None
-    if principal is None or principal.anonymous:
+    if principal is None or principal.names_itself:
         author = principal.user_id if principal else fallback_id
         given = item.get("name")
         name = (given if isinstance(given, str) and given.strip() else (principal.name if principal else "Guest"))[:64]

@@ -191,6 +191,7 @@ POLICY_VALUES: dict[str, Callable[[Any], bool]] = {
     "run": lambda v: v in ("editors", "owners"),
     "recording": lambda v: isinstance(v, bool),
     "speak": lambda v: v in ("everyone", "owners"),
+    "git": lambda v: v in ("editors", "owners"),  # who commits, pulls and pushes (docs/git.md)
 }
 
 
@@ -256,7 +257,7 @@ BUILTIN_ROWS: tuple[OwnerRow, ...] = (
         "policy",
         OWNERS,
         policy_map,
-        "`Y.Map`: `run` `editors`/`owners`, `recording` bool, `speak` `everyone`/`owners`",
+        "`Y.Map`: `run` `editors`/`owners`, `recording` bool, `speak` `everyone`/`owners`, `git` `editors`/`owners`",
     ),
     OwnerRow("meta", "kernel", SERVER, kernel_map, "`Y.Map`: `status`, `restartedAt`, `node`"),
     OwnerRow(

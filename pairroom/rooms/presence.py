@@ -4,11 +4,25 @@ who sees whom, and a relay throttled per room so presence does not grow as membe
 - A connection controls the awareness client ids it announced first; entries for ids another live
   connection controls are dropped, so nobody can move someone else's cursor.
 - With authenticated members the server overwrites each state's ``user`` field with the identity from
-  the member's token (id, name, color, role), so nobody can appear as someone else.
+  the member's token (id, name, role), so nobody can appear as someone else. A token minted for a role
+  without a name keeps the name the person typed (the page asks for it).
+- In every mode the server gives each member a colour (``user.color`` and ``user.colorLight``, the
+  colour at 20% for selections): the first free one of ``identity.PALETTE`` from a start that the
+  user id fixes, so no two members present share one while there are colours left, and a person
+  tends to get the same colour each time. A member keeps its colour until it leaves. The member
+  learns it from its own state sent back stamped at a newer clock (its awareness then takes it as its
+  local state); a change it sent before that arrived (same clock, other content) is kept and sent
+  back the same way, so neither side drops it. Across nodes
+  each node picks among the colours it sees (its own members' and the states relayed from the
+  others), so two members joining two nodes in the same instant may get one colour.
 - Viewers' presence goes only to participants (owners, editors, reviewers). Viewers see the
   participants and a summary the server publishes under its own client id:
   ``{"pairroom": {"viewers": n, "hands": [{"id", "name"}]}}``. With 1 mentor and 200 viewers that
   turns 200 x 200 relayed renewals into 200 x (a few).
+- Presence is bounded (``PresenceLimits``): client ids per message and per connection, the size of
+  one state, and the bytes of states a connection hands to observers (the recording) per second. A
+  message past the first three closes the connection with 4413; states past the observer budget are
+  still relayed, only not recorded.
 - Changes are relayed at once when the room has been quiet for a tick, else gathered and sent as one
   message per audience at the end of the tick (leading and trailing edge), so a burst of cursor moves
   costs one message per member per tick and an isolated move costs no added latency.
@@ -19,19 +33,54 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from pycrdt import Awareness, Doc
 
 from pairroom.protocol import sync as protocol
-from pairroom.protocol.sync import AwarenessEntry
-from pairroom.rooms.identity import Role
+from pairroom.protocol.sync import AwarenessEntry, CloseCode, ProtocolError
+from pairroom.rooms.identity import Role, pick_color
 from pairroom.rooms.member import Member
 
 NULL = "null"
 # The roles that see only the participants' presence. ``member.role.participates`` costs an enum
 # class lookup (slow on 3.11) per call; the relay asks it for every member of every flush.
 _VIEWER_ROLES = tuple(role for role in Role if not role.participates)
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceLimits:
+    """Caps on what one connection may put into a room's presence (docs/security.md).
+
+    A browser tab has one awareness client id and a state of a few hundred bytes (user, cursor,
+    selection, file); the caps leave room for several editors in one tab and long selections."""
+
+    entries_per_message: int = 16
+    clients_per_connection: int = 8
+    state_bytes: int = 16 * 1024
+    recorded_bytes_per_second: float = 32 * 1024  # states handed to observers, per connection
+    recorded_burst_bytes: int = 128 * 1024
+
+
+class ByteBudget:
+    """A token bucket of bytes: ``take(n)`` is False when ``n`` bytes are not available now."""
+
+    __slots__ = ("rate", "burst", "tokens", "at")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self.at = time.monotonic()
+
+    def take(self, amount: int) -> bool:
+        now = time.monotonic()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if amount > self.tokens:
+            return False
+        self.tokens -= amount
+        return True
 
 
 class Presence:
@@ -42,7 +91,9 @@ class Presence:
         *,
         tick: float = 0.02,
         stamp_identity: bool = True,
+        limits: PresenceLimits | None = None,
     ) -> None:
+        self.limits = limits or PresenceLimits()
         self.awareness = Awareness(doc)
         self.awareness.set_local_state(None)  # no summary until there is a viewer
         self.members = members
@@ -56,6 +107,9 @@ class Presence:
         self._last_flush = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._summary: dict[str, Any] | None = None
+        self._recorded: dict[str, ByteBudget] = {}  # member id -> what it may still hand to observers
+        self.colors: dict[str, str] = {}  # member id -> its colour, distinct among the members present
+        self._echoed: set[int] = set()  # client ids whose stamped state went back at a newer clock
 
     # -- states -----------------------------------------------------------------------------------
 
@@ -84,21 +138,50 @@ class Presence:
             member.send(protocol.KEEPALIVE)  # an awareness update with no states
 
     def receive(self, member: Member, payload: bytes) -> None:
-        """An awareness update from ``member``: validate, stamp, store, and schedule its relay."""
-        entries = protocol.decode_awareness(payload)
+        """An awareness update from ``member``: validate, stamp, store, and schedule its relay.
+        Raises ProtocolError (PRESENCE_LIMIT) past a cap, before anything is applied."""
+        limits = self.limits
+        entries = protocol.decode_awareness(
+            payload, max_entries=limits.entries_per_message, max_state_bytes=limits.state_bytes
+        )
+        claimed = {e.client_id for e in entries if e.state != NULL} - member.awareness_clients
+        if claimed and len(member.awareness_clients) + len(claimed) > limits.clients_per_connection:
+            raise ProtocolError(
+                CloseCode.PRESENCE_LIMIT,
+                f"a connection may show at most {limits.clients_per_connection} awareness client ids",
+            )
         accepted: list[AwarenessEntry] = []
         for entry in entries:
+            if entry.client_id == self.awareness.client_id:
+                continue  # the server's own summary, sent back (y-websocket relays every state it gets)
             owner = self.owner.get(entry.client_id)
             if owner is not None and owner is not member and owner.id in self.members:
                 continue  # another live connection controls this client id
             if entry.state == NULL:
+                self._echoed.discard(entry.client_id)
                 member.awareness_clients.discard(entry.client_id)
                 self.owner.pop(entry.client_id, None)
                 accepted.append(entry)
                 continue
             member.awareness_clients.add(entry.client_id)
             self.owner[entry.client_id] = member
-            accepted.append(self._stamped(member, entry))
+            stamped, news = self._stamped(member, entry)
+            cid = entry.client_id
+            current = self.awareness.meta.get(cid, {}).get("clock", -1)
+            if entry.clock > current:
+                if news:
+                    # The client does not know its colour yet: a newer clock makes its awareness take
+                    # the stamped state as its own local state.
+                    stamped = AwarenessEntry(cid, entry.clock + 1, stamped.state)
+                    self._echoed.add(cid)
+                else:
+                    self._echoed.discard(cid)  # it has caught up
+            elif cid in self._echoed and json.loads(stamped.state) != self.awareness.states.get(cid):
+                # A change the client made before our newer clock reached it (same clock, other
+                # content; y-websocket relaying our state back has the same content and is ignored):
+                # keep it, at a newer clock again, so neither side loses it.
+                stamped = AwarenessEntry(cid, current + 1, stamped.state)
+            accepted.append(stamped)
         if not accepted:
             return
         payload = protocol.encode_awareness(accepted)
@@ -106,7 +189,22 @@ class Presence:
         if self.on_publish is not None:
             self.on_publish(payload)
         if self.on_member_states is not None:
-            self.on_member_states(member, {e.client_id: self.awareness.states.get(e.client_id) for e in accepted})
+            states = self._recordable(member, accepted)
+            if states:
+                self.on_member_states(member, states)
+
+    def _recordable(self, member: Member, accepted: list[AwarenessEntry]) -> dict[int, Any]:
+        """The accepted states observers get, within the member's byte budget (removals are free)."""
+        budget = self._recorded.get(member.id)
+        if budget is None:
+            budget = self._recorded[member.id] = ByteBudget(
+                self.limits.recorded_bytes_per_second, self.limits.recorded_burst_bytes
+            )
+        states: dict[int, Any] = {}
+        for entry in accepted:
+            if entry.state == NULL or budget.take(len(entry.state)):
+                states[entry.client_id] = self.awareness.states.get(entry.client_id)
+        return states
 
     def receive_remote(self, node: str, payload: bytes) -> None:
         """Awareness entries of another node's members (already stamped there)."""
@@ -145,21 +243,51 @@ class Presence:
             del self.remote_owner[cid]
         self._remove(gone, f"peer:{node}", by_viewer=False)
 
-    def _stamped(self, member: Member, entry: AwarenessEntry) -> AwarenessEntry:
-        if not self.stamp_identity or member.principal is None or member.principal.anonymous:
-            return entry
-        state = json.loads(entry.state)
+    def color_of(self, member: Member) -> str:
+        """The member's colour, picked when first asked among the colours of the others present."""
+        color = self.colors.get(member.id)
+        if color is None:
+            taken = set(self.colors.values())
+            for cid in self.remote_owner:
+                user = (self.awareness.states.get(cid) or {}).get("user")
+                if isinstance(user, dict) and isinstance(user.get("color"), str):
+                    taken.add(user["color"])
+            user_id = member.principal.user_id if member.principal is not None else member.id
+            color = self.colors[member.id] = pick_color(user_id, taken)
+        return color
+
+    def _stamped(self, member: Member, entry: AwarenessEntry) -> tuple[AwarenessEntry, bool]:
+        """The entry with the server's identity and colour, and whether the colour is news to the client."""
+        stamp_identity = self.stamp_identity and member.principal is not None and not member.principal.anonymous
+        state = json.loads(entry.state)  # decode_awareness checked it is JSON
         if not isinstance(state, dict):
+            if not stamp_identity:
+                return entry, False
             state = {}
+        elif not stamp_identity and not isinstance(state.get("user"), dict):
+            return entry, False  # not a person (no user): nothing to colour
         user = state.get("user") if isinstance(state.get("user"), dict) else {}
-        state["user"] = {**user, **member.principal.identity(member.role)}
-        return AwarenessEntry(entry.client_id, entry.clock, json.dumps(state, separators=(",", ":")))
+        if stamp_identity:
+            assert member.principal is not None
+            identity = member.principal.identity(member.role)
+            if member.principal.names_itself:  # a token without a name: the name the person typed
+                typed = user.get("name")
+                if isinstance(typed, str) and typed.strip():
+                    identity["name"] = typed.strip()[:64]
+            user = {**user, **identity}
+        color = self.color_of(member)
+        news = user.get("color") != color
+        state["user"] = {**user, "color": color, "colorLight": color + "33"}
+        return AwarenessEntry(entry.client_id, entry.clock, json.dumps(state, separators=(",", ":"))), news
 
     def remove_member(self, member: Member) -> None:
         """The member left: the states it controlled are removed for everyone."""
+        self._recorded.pop(member.id, None)
         gone = [cid for cid in member.awareness_clients if self.owner.get(cid) is member]
         for cid in gone:
             del self.owner[cid]
+            self._echoed.discard(cid)
+        self.colors.pop(member.id, None)
         payload = self._remove(gone, member.id, by_viewer=not member.role.participates)
         if payload is not None and self.on_publish is not None:
             self.on_publish(payload)
@@ -181,7 +309,7 @@ class Presence:
             if state is None:
                 continue
             clock = self.awareness.meta[cid]["clock"] + 1
-            entry = self._stamped(member, AwarenessEntry(cid, clock, json.dumps(state)))
+            entry, _ = self._stamped(member, AwarenessEntry(cid, clock, json.dumps(state)))
             payload = protocol.encode_awareness([entry])
             self.awareness.apply_awareness_update(payload, "server")
             self._pending[cid] = False  # everyone should see the change of role
@@ -233,7 +361,7 @@ class Presence:
             for cid in member.awareness_clients:
                 state = self.awareness.states.get(cid) or {}
                 if state.get("hand"):
-                    user = member.principal.identity(member.role) if member.principal else {}
+                    user = state.get("user") if isinstance(state.get("user"), dict) else {}
                     hands.append({"id": user.get("id"), "name": user.get("name")})
         summary = {"pairroom": {"viewers": len(viewers), "hands": hands}}
         if summary != self._summary:
@@ -260,6 +388,11 @@ class Presence:
             states = [self.awareness.states.get(cid) or {} for cid in member.awareness_clients]
             state = next((s for s in states if s), {})
             user = member.principal.identity(member.role) if member.principal else {"id": member.id}
+            shown = state.get("user") if isinstance(state.get("user"), dict) else {}
+            if member.principal is not None and member.principal.names_itself and isinstance(shown.get("name"), str):
+                user["name"] = shown["name"]
+            if member.id in self.colors:
+                user["color"] = self.colors[member.id]
             out.append(
                 {
                     **user,

@@ -30,7 +30,8 @@ from pairroom.protocol.sync import CloseCode, Message, MessageType, ProtocolErro
 from pairroom.storage.store import LoadedRoom, NewUpdate, Store, StoreError, clip_label
 from .extension import Change, ExtensionRunner
 from .guards import DocumentGuards
-from .identity import Principal, Role
+from .dependencies import HeldUpdates
+from .identity import Principal, Role, earlier_room
 from pairroom.rooms.member import Member
 from pairroom.rooms.presence import Presence
 
@@ -132,6 +133,7 @@ class Room:
         self._txn = _SERVER
         self._subscription = self.doc.observe(self._on_transaction)
         self.guards = DocumentGuards(self, self.extensions.document_rows)
+        self.held = HeldUpdates()  # client updates waiting for changes the room does not have
         if self.extensions.has("on_awareness"):
             self.presence.on_member_states = self._awareness_changed
 
@@ -223,6 +225,7 @@ class Room:
             return False
         self.presence.remove_member(member)
         self.guards.client_left(member)
+        self.held.forget(member.id)
         if not self.members:
             self.idle_since = now
         self.extensions.notify("on_leave", self, member)
@@ -256,6 +259,7 @@ class Room:
             # each connect, and a close would make a viewer's client reconnect forever.
             self.listener.on_update_dropped(self, member)
             return
+        self.held.admit(member.id, message.payload, self.doc.get_state())  # bounds missing dependencies
         self.guards.before_client_update(member, message.payload)  # raises ProtocolError to refuse
         try:
             self.apply_update(message.payload, member.origin, exclude=member)
@@ -282,7 +286,7 @@ class Room:
             return
         if uid is not None:
             self._log(uid, origin, update)
-        author = exclude.principal if exclude is not None else None
+        author = exclude.principal if exclude is not None else peer_author(origin, self.name)
         try:
             with self._integrating(_Txn(origin, exclude, uid is not None, author)):
                 self.doc.apply_update(update)
@@ -393,6 +397,12 @@ class Room:
             if member is not exclude:
                 member.send(frame, update)
 
+    def stale_token(self, principal: Principal) -> str | None:
+        """Why ``principal``'s token is for an earlier room of this name (deleted, then created again),
+        or None: ``identity.earlier_room`` against this room's ``meta.epoch``."""
+        meta = self.doc.get("meta", type=Map)
+        return earlier_room(principal, meta.get("epoch"), meta.get("createdAt"))
+
     def role_of(self, principal: Principal) -> Role:
         """The live role of ``principal`` here: an owner's change (``meta.roles``, held in ``roles``)
         over the token's role. Every permission decision, websocket or HTTP, asks this."""
@@ -411,3 +421,14 @@ class Room:
             if member.principal is not None and member.principal.user_id == user_id:
                 member.role = role
                 self.presence.restamp(member)
+
+
+def peer_author(origin: Origin, room: str) -> Principal | None:
+    """The person behind a peer node's client update, as that node knew them (the bus carries it)."""
+    if not isinstance(origin, PeerOrigin) or origin.kind != "client" or not origin.user_id:
+        return None
+    try:
+        role = Role(origin.user_role)
+    except ValueError:  # a node of the previous codec version, or a role this node does not know
+        return None
+    return Principal(origin.user_id, origin.user_name, origin.user_color, role, room)

@@ -8,14 +8,11 @@ time the relay or a recording needs it.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import re
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Callable
 
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute

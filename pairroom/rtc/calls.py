@@ -48,7 +48,7 @@ from pairroom.protocol.sync import ProtocolError
 from pairroom.rooms.registry import RoomLoadError
 from pairroom.rtc.bus import SignalBus
 from pairroom.rtc.connection import Connection
-from pairroom.rtc.limits import Refused, RtcClose
+from pairroom.rtc.limits import Refused, CloseCode
 from pairroom.rtc.settings import CallPolicy, Speak
 from pairroom.rtc.limits import field as checked
 
@@ -190,10 +190,10 @@ class CallHub:
         room = self._joined(room_name, sender)
         to = message["to"]
         if to not in room.peers or to == sender:
-            raise Refused(RtcClose.FORBIDDEN, f"peer {to[:40]!r} is not in the call", strike=False)
+            raise Refused(CloseCode.FORBIDDEN, f"peer {to[:40]!r} is not in the call", strike=False)
         if message["type"] in ("offer", "answer") and sdp_sends_media(message["sdp"]):
             if not may_speak(room.peers[sender], room.speak):
-                raise Refused(RtcClose.FORBIDDEN, "listeners may not send audio or video", strike=False)
+                raise Refused(CloseCode.FORBIDDEN, "listeners may not send audio or video", strike=False)
         out = {k: v for k, v in message.items() if k != "to"}
         out["from"] = sender
         await self._publish(room, {"ev": "signal", "to": to, "msg": out})
@@ -201,15 +201,15 @@ class CallHub:
     async def state(self, room_name: str, sender: str, muted: bool | None, camera: bool | None) -> None:
         room = self._joined(room_name, sender)
         if muted is False and not may_speak(room.peers[sender], room.speak):
-            raise Refused(RtcClose.FORBIDDEN, "listeners may not unmute", strike=False)
+            raise Refused(CloseCode.FORBIDDEN, "listeners may not unmute", strike=False)
         await self._publish(room, {"ev": "state", "peer": sender, "muted": muted, "camera": camera})
 
     async def set_policy(self, room_name: str, sender: str, speak: Speak | None, allow: tuple[str, bool] | None) -> None:
         room = self._joined(room_name, sender)
         if not room.peers[sender].owner:
-            raise Refused(RtcClose.FORBIDDEN, "only owners change who may speak", strike=False)
+            raise Refused(CloseCode.FORBIDDEN, "only owners change who may speak", strike=False)
         if allow is not None and allow[0] not in room.peers:
-            raise Refused(RtcClose.FORBIDDEN, f"peer {allow[0][:40]!r} is not in the call", strike=False)
+            raise Refused(CloseCode.FORBIDDEN, f"peer {allow[0][:40]!r} is not in the call", strike=False)
         await self._publish(
             room,
             {"ev": "policy", "speak": speak.value if speak else None, "allow": list(allow) if allow else None},
@@ -229,7 +229,7 @@ class CallHub:
     def _joined(self, room_name: str, peer_id: str) -> CallRoom:
         room = self.rooms.get(room_name)
         if room is None or peer_id not in room.local or peer_id not in room.peers:
-            raise Refused(RtcClose.FORBIDDEN, "join the call first")
+            raise Refused(CloseCode.FORBIDDEN, "join the call first")
         return room
 
     # -- events from the bus (this node's included) --------------------------------------------------
@@ -367,7 +367,7 @@ class CallSession:
         try:
             return (await self.role()) is Role.OWNER
         except RoomLoadError as exc:
-            raise Refused(RtcClose.TRY_AGAIN_LATER, "room could not be loaded; try again", strike=False) from exc
+            raise Refused(CloseCode.TRY_AGAIN_LATER, "room could not be loaded; try again", strike=False) from exc
 
     async def _refresh_owner(self) -> None:
         """Bring this peer's owner flag in line with the live role before a decision that uses it."""
@@ -380,7 +380,7 @@ class CallSession:
             conn.send({"type": "pong"})
         elif kind == "join":
             if self.in_call:
-                raise Refused(RtcClose.MALFORMED, "already in the call", strike=False)
+                raise Refused(CloseCode.MALFORMED, "already in the call", strike=False)
             audio = bool(checked(message, "audio", bool, optional=True))
             video = bool(checked(message, "video", bool, optional=True))
             identity = {**self.principal.identity(), "role": (await self.role()).value}
@@ -403,7 +403,7 @@ class CallSession:
             else:
                 sdp = checked(message, "sdp", str)
                 if len(sdp) > MAX_SDP:
-                    raise Refused(RtcClose.MESSAGE_TOO_BIG, f"sdp over {MAX_SDP} bytes")
+                    raise Refused(CloseCode.MESSAGE_TOO_BIG, f"sdp over {MAX_SDP} bytes")
                 if sdp_sends_media(sdp):
                     await self._refresh_owner()
             await self.hub.signal(self.room, self.peer_id, message)
@@ -418,7 +418,7 @@ class CallSession:
             try:
                 speak = Speak(checked(message, "speak", str))
             except ValueError as exc:
-                raise Refused(RtcClose.MALFORMED, "'speak' must be 'everyone' or 'owners'") from exc
+                raise Refused(CloseCode.MALFORMED, "'speak' must be 'everyone' or 'owners'") from exc
             await self._refresh_owner()
             await self.hub.set_policy(self.room, self.peer_id, speak, None)
         elif kind == "allow":
@@ -426,7 +426,7 @@ class CallSession:
             await self._refresh_owner()
             await self.hub.set_policy(self.room, self.peer_id, None, (peer, bool(checked(message, "speak", bool))))
         else:
-            raise Refused(RtcClose.UNKNOWN_TYPE, f"unknown message type {kind[:40]!r}")
+            raise Refused(CloseCode.UNKNOWN_TYPE, f"unknown message type {kind[:40]!r}")
 
     async def leave(self) -> None:
         if self.in_call:

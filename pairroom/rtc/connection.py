@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from pairroom.rtc.limits import Gate, Limits, Refused, RtcClose
+from pairroom.rtc.limits import Gate, Limits, Refused, CloseCode
 
 log = logging.getLogger("pairroom.rtc")
 
@@ -48,7 +48,7 @@ class Connection:
         if self.closing is not None:
             return
         if len(self._pending) >= self.limits.max_queue_messages:
-            self.abort(RtcClose.SLOW_CONSUMER, "outbound queue overflowed; reconnect")
+            self.abort(CloseCode.SLOW_CONSUMER, "outbound queue overflowed; reconnect")
             return
         self._pending.append(message if isinstance(message, str) else json.dumps(message))
         self._wake.set()

@@ -14,27 +14,12 @@ connection, and call peers race with each other's departures.
 
 from __future__ import annotations
 
-import enum
 import json
 from dataclasses import dataclass
 from typing import Any
 
+from pairroom.protocol.close_codes import CloseCode
 from pairroom.rooms.limits import TokenBucket
-
-
-class RtcClose(enum.IntEnum):
-    """Close codes and error-frame codes of the signaling endpoints (docs/rtc.md lists them)."""
-
-    NORMAL = 1000
-    MESSAGE_TOO_BIG = 1009  # a message over ``max_message_bytes``
-    SERVICE_RESTART = 1012  # the server is shutting down
-    TRY_AGAIN_LATER = 1013  # the room could not be loaded to check the live role
-    MALFORMED = 4400  # not JSON, not an object, a field of the wrong type
-    UNAUTHORIZED = 4401  # missing, invalid or expired token
-    FORBIDDEN = 4403  # a topic or action the token does not allow
-    UNKNOWN_TYPE = 4406  # a message type the endpoint does not know
-    RATE_LIMITED = 4429  # more messages than the rate allows
-    SLOW_CONSUMER = 4503  # the outbound queue overflowed: the client reads too slowly
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +35,7 @@ class Limits:
 class Refused(Exception):
     """One message was refused. ``strike`` says whether it counts towards closing the connection."""
 
-    def __init__(self, code: RtcClose, reason: str, *, strike: bool = True) -> None:
+    def __init__(self, code: CloseCode, reason: str, *, strike: bool = True) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
@@ -72,22 +57,22 @@ class Gate:
         """The frame as a JSON object with a string ``type``. Raises Refused."""
         raw = text if text is not None else data
         if raw is None:
-            raise Refused(RtcClose.MALFORMED, "empty frame")
+            raise Refused(CloseCode.MALFORMED, "empty frame")
         size = len(raw.encode()) if isinstance(raw, str) else len(raw)
         if size > self.limits.max_message_bytes:
             raise Refused(
-                RtcClose.MESSAGE_TOO_BIG, f"message of {size} bytes over {self.limits.max_message_bytes}"
+                CloseCode.MESSAGE_TOO_BIG, f"message of {size} bytes over {self.limits.max_message_bytes}"
             )
         if not self.bucket.take():
-            raise Refused(RtcClose.RATE_LIMITED, f"over {self.limits.rate_per_second:g} messages a second")
+            raise Refused(CloseCode.RATE_LIMITED, f"over {self.limits.rate_per_second:g} messages a second")
         try:
             message = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise Refused(RtcClose.MALFORMED, f"not JSON: {exc}") from exc
+            raise Refused(CloseCode.MALFORMED, f"not JSON: {exc}") from exc
         if not isinstance(message, dict):
-            raise Refused(RtcClose.MALFORMED, "message is not a JSON object")
+            raise Refused(CloseCode.MALFORMED, "message is not a JSON object")
         if not isinstance(message.get("type"), str):
-            raise Refused(RtcClose.MALFORMED, "message has no string 'type'")
+            raise Refused(CloseCode.MALFORMED, "message has no string 'type'")
         return message
 
     def strike(self, refused: Refused) -> bool:
@@ -104,5 +89,5 @@ def field(message: dict[str, Any], name: str, kind: type | tuple[type, ...], *, 
         return None
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise Refused(RtcClose.MALFORMED, f"'{name}' must be a {expected}")
+        raise Refused(CloseCode.MALFORMED, f"'{name}' must be a {expected}")
     return value

@@ -36,7 +36,7 @@ from starlette.websockets import WebSocket
 from pairroom.web.auth import AuthError, Principal, admit
 from pairroom.rtc.bus import Handler, SignalBus
 from pairroom.rtc.connection import Connection
-from pairroom.rtc.limits import Limits, Refused, RtcClose
+from pairroom.rtc.limits import Limits, Refused, CloseCode
 from pairroom.rtc.limits import field as checked
 
 log = logging.getLogger("pairroom.rtc.signal")
@@ -112,7 +112,7 @@ class SignalSession:
         topics = checked(message, "topics", list, optional=True) or []
         for topic in topics:
             if not isinstance(topic, str) or not topic or len(topic) > MAX_TOPIC:
-                raise Refused(RtcClose.MALFORMED, f"topics must be non-empty strings of at most {MAX_TOPIC} characters")
+                raise Refused(CloseCode.MALFORMED, f"topics must be non-empty strings of at most {MAX_TOPIC} characters")
         return topics
 
     async def handle(self, conn: Connection, message: dict[str, Any]) -> None:
@@ -126,11 +126,11 @@ class SignalSession:
                     refused.append(topic)
                 elif topic not in self.topics:
                     if len(self.topics) >= self.limits.max_topics:
-                        raise Refused(RtcClose.FORBIDDEN, f"more than {self.limits.max_topics} topics", strike=False)
+                        raise Refused(CloseCode.FORBIDDEN, f"more than {self.limits.max_topics} topics", strike=False)
                     self.topics.add(topic)
                     await self.hub.subscribe(conn, topic)
             if refused:
-                raise Refused(RtcClose.FORBIDDEN, f"topics of another room: {', '.join(refused)}"[:200], strike=False)
+                raise Refused(CloseCode.FORBIDDEN, f"topics of another room: {', '.join(refused)}"[:200], strike=False)
         elif kind == "unsubscribe":
             for topic in self._topics(message):
                 if topic in self.topics:
@@ -139,10 +139,10 @@ class SignalSession:
         elif kind == "publish":
             topic = checked(message, "topic", str)
             if not topic_allowed(self.principal, topic):
-                raise Refused(RtcClose.FORBIDDEN, f"topic {topic[:100]!r} is another room's", strike=False)
+                raise Refused(CloseCode.FORBIDDEN, f"topic {topic[:100]!r} is another room's", strike=False)
             await self.hub.publish(topic, message)
         else:
-            raise Refused(RtcClose.UNKNOWN_TYPE, f"unknown message type {kind[:40]!r}")
+            raise Refused(CloseCode.UNKNOWN_TYPE, f"unknown message type {kind[:40]!r}")
 
     async def leave(self, conn: Connection) -> None:
         for topic in list(self.topics):
@@ -171,4 +171,4 @@ async def signal_endpoint(websocket: WebSocket) -> None:
 
 
 async def _refuse_everything(conn: Connection, message: dict[str, Any]) -> None:
-    raise Refused(RtcClose.UNAUTHORIZED, "not authenticated", strike=False)
+    raise Refused(CloseCode.UNAUTHORIZED, "not authenticated", strike=False)

@@ -13,6 +13,7 @@ overrides. ``mint``, ``verify`` and ``claimed_room`` are pure: no request, no se
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from types import ModuleType
@@ -20,8 +21,10 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 
+from pairroom.protocol.close_codes import CloseCode
 from pairroom.rooms.identity import DEFAULT_COLORS, Principal, Role, anonymous
 from pairroom.rooms.extension import Connection, Reject
+from pairroom.rooms.registry import RoomLoadError
 
 __all__ = [
     "AuthError", "MAX_TOKEN_BYTES", "Principal", "Role", "anonymous", "authenticate", "bearer",
@@ -51,11 +54,11 @@ class AuthError(Exception):
 
 
 def unauthorized(reason: str) -> AuthError:
-    return AuthError(4401, 401, reason)
+    return AuthError(CloseCode.UNAUTHORIZED, 401, reason)
 
 
 def forbidden(reason: str) -> AuthError:
-    return AuthError(4403, 403, reason)
+    return AuthError(CloseCode.FORBIDDEN, 403, reason)
 
 
 # -- the door ------------------------------------------------------------------------------------
@@ -84,6 +87,8 @@ async def admit(conn: HTTPConnection, room: str | None, endpoint: str) -> Princi
     An extension refuses with ``Reject(code, reason)``; that becomes an ``AuthError`` with its close
     code, so every endpoint closes the same way whoever refused."""
     principal = authenticate(conn, room)
+    if room is not None and not principal.anonymous:  # a room's token: this room's, or an earlier one's?
+        await check_room_identity(conn, room, principal)
     runner: Any = getattr(conn.app.state, "extensions", None)
     if runner is not None and runner.has("on_authenticate"):
         connection = Connection(room if room is not None else principal.room, principal, conn.headers, endpoint)
@@ -92,6 +97,19 @@ async def admit(conn: HTTPConnection, room: str | None, endpoint: str) -> Princi
         except Reject as exc:
             raise AuthError(exc.code, 403, exc.reason) from exc
     return principal
+
+
+async def check_room_identity(conn: HTTPConnection, room: str, principal: Principal) -> None:
+    """Raise 4403 when the token is for an earlier room of this name (``Room.stale_token``). The room
+    is loaded for the question (the join that follows uses it)."""
+    hub: Any = conn.app.state.hub
+    try:
+        async with hub.registry.hold(room) as held:
+            stale = held.stale_token(principal)
+    except RoomLoadError:
+        return  # the join that follows fails with its own code (1013: try again later)
+    if stale is not None:
+        raise forbidden(stale)
 
 
 def check_origin(allowed: frozenset[str], origin: str | None) -> None:
@@ -116,8 +134,9 @@ def mint(
     color: str | None = None,
     user_id: str | None = None,
     now: float | None = None,
+    epoch: str | None = None,
 ) -> str:
-    """A signed token for ``room``."""
+    """A signed token for ``room`` (``epoch``: the room's ``meta.epoch``, see web/lobby.py)."""
     issued = int(now if now is not None else time.time())
     user_id = user_id or "u-" + secrets.token_hex(6)
     claims = {
@@ -129,7 +148,12 @@ def mint(
         "iat": issued,
         "exp": issued + int(ttl_seconds),
     }
+    if epoch is not None:
+        claims["epoch"] = epoch
     return pyjwt().encode(claims, secret, algorithm=ALGORITHM)
+
+
+EMAIL = re.compile(r"[^\s<>@,]{1,64}@[^\s<>@,]{1,190}")
 
 
 def verify(secret: str, token: str | None, room: str) -> Principal:
@@ -156,9 +180,20 @@ def verify(secret: str, token: str | None, room: str) -> Principal:
         raise unauthorized(f"invalid token: unknown role {claims['role']!r}") from exc
     if claims["room"] != room:
         raise forbidden("token is for another room")
-    name = str(claims.get("name") or claims["sub"])[:64]
+    # A token without a name (a link for a role): the person types theirs (presence, chat and reviews
+    # keep it); where the server needs one of its own (recordings, calls), the role's.
+    name = str(claims.get("name") or role.value.capitalize())[:64]
     color = str(claims.get("color") or DEFAULT_COLORS[0])[:32]
-    return Principal(str(claims["sub"]), name, color, role, room)
+    email = claims.get("email")
+    if not isinstance(email, str) or not EMAIL.fullmatch(email):
+        email = None
+    epoch = claims.get("epoch")
+    issued = claims.get("iat")
+    return Principal(
+        str(claims["sub"]), name, color, role, room, named=bool(claims.get("name")), email=email,
+        epoch=epoch if isinstance(epoch, str) else None,
+        issued_at=issued if isinstance(issued, int) and not isinstance(issued, bool) else 0,
+    )
 
 
 def claimed_room(token: str | None) -> str:

@@ -33,6 +33,7 @@ class HotCounters(Collector):
         self.integrated = 0
         self.bus_published: Tally[tuple[str, str]] = Tally()  # (kind, ok)
         self.bus_received: Tally[str] = Tally()  # kind
+        self.cluster_dropped: Tally[str] = Tally()  # reason
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         for name, help_text, value in (
@@ -55,6 +56,14 @@ class HotCounters(Collector):
         for kind, count in sorted(self.bus_received.items()):
             received.add_metric([kind], count)
         yield received
+        dropped = CounterMetricFamily(
+            "pairroom_cluster_dropped",
+            "Node-to-node messages not delivered (the state-vector exchange heals them), by reason",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self.cluster_dropped.items()):
+            dropped.add_metric([reason], count)
+        yield dropped
 
 
 class Metrics(RegistryMetrics, ClusterMetrics):
@@ -141,3 +150,6 @@ class Metrics(RegistryMetrics, ClusterMetrics):
 
     def received(self, kind: Kind) -> None:
         self.hot.bus_received[kind.name.lower()] += 1
+
+    def dropped(self, reason: str) -> None:
+        self.hot.cluster_dropped[reason] += 1

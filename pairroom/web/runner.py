@@ -9,6 +9,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from pairroom.web.frames import FramingProtocol
+from pairroom.web.http_limits import BodyLimit, TimedHttpToolsProtocol
 
 if TYPE_CHECKING:
     from pairroom.config import Settings
@@ -34,12 +35,16 @@ class Server(uvicorn.Server):
 
 
 def uvicorn_config(app: Starlette, settings: Settings, *, signals: bool = True) -> uvicorn.Config:
+    """The uvicorn config pairroom runs under, with the HTTP bounds of web/http_limits.py: a body cap
+    on every route (a middleware added to ``app`` here) and header and body deadlines."""
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="none",
-        http="httptools",
+        http=TimedHttpToolsProtocol,  # uvicorn's httptools protocol with header and body deadlines
+        timeout_keep_alive=max(1, int(settings.http_keepalive_timeout)),
         # the default stack with the send fast path (pairroom/web/frames.py); the others as named
         ws=FramingProtocol if settings.ws_impl == "websockets-sansio" else settings.ws_impl,
         # pairroom enforces max_message_bytes itself with a clear close code; the transport's own
@@ -51,6 +56,8 @@ def uvicorn_config(app: Starlette, settings: Settings, *, signals: bool = True) 
         timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout)),
     )
     config.extra_signal_handlers = signals  # type: ignore[attr-defined]
+    config.header_timeout = settings.http_header_timeout  # type: ignore[attr-defined]
+    config.body_timeout = settings.http_body_timeout  # type: ignore[attr-defined]
     return config
 
 

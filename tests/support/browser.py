@@ -194,7 +194,8 @@ def secret_web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebS
     static_dir = ensure_build()
     db = tmp_path_factory.mktemp("web-secret") / "pairroom.db"
     settings = dataclasses.replace(
-        Settings(), port=0, db=f"sqlite:///{db}", log_format="text", kernels=False, secret=BROWSER_SECRET
+        Settings(), port=0, db=f"sqlite:///{db}", log_format="text", kernels=False, secret=BROWSER_SECRET,
+        open_lobby=True,  # the lobby page creates rooms without a creator link (rate-limited per address)
     )
     server = WebServer(settings, static_dir)
     server.start()

@@ -230,15 +230,17 @@ class RedisProcess:
         await self._wait_exit(proc, STOP_TIMEOUT_S)
         self._paused = False
 
-    async def restart(self, *, hard: bool = False, timeout: float = START_TIMEOUT_S) -> None:
+    async def restart(self, *, hard: bool = False, timeout: float = START_TIMEOUT_S, wipe: bool = True) -> None:
         """A new empty server on the same port: ``stop()`` (or ``kill()`` if ``hard``), then start.
 
         Every connection and pub/sub subscription is lost, like a real Redis restart without
         persistence. If another process grabbed the port meanwhile, binding is retried until
-        ``timeout`` and then this raises.
+        ``timeout`` and then this raises. ``wipe=False`` keeps the working directory (a cluster
+        node's ``nodes.conf``: it rejoins its cluster).
         """
         await (self.kill() if hard else self.stop())
-        self._wipe_dir()
+        if wipe:
+            self._wipe_dir()
         deadline = time.monotonic() + timeout
         while True:
             try:

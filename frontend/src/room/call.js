@@ -451,13 +451,23 @@ export class Call {
   tile(id, self) {
     const video = h('video', { autoplay: true, playsinline: true, 'aria-hidden': 'true' })
     video.muted = self // our own voice is not played back to us
-    return h('li', { class: `call-tile${self ? ' self' : ''}`, 'data-peer': id },
-      video,
+    const enlarge = h('button', { type: 'button', class: 'small call-enlarge', 'aria-pressed': 'false', onclick: () => {
+      const big = enlarge.getAttribute('aria-pressed') !== 'true'
+      for (const other of this.tiles.querySelectorAll('.call-tile.enlarged')) { // one big tile at a time
+        other.classList.remove('enlarged')
+        other.querySelector('.call-enlarge')?.setAttribute('aria-pressed', 'false')
+      }
+      tile.classList.toggle('enlarged', big)
+      enlarge.setAttribute('aria-pressed', String(big))
+    } }, '⤢')
+    const tile = h('li', { class: `call-tile${self ? ' self' : ''}`, 'data-peer': id },
+      video, enlarge,
       h('span', { class: 'call-avatar', 'aria-hidden': 'true' }),
       h('span', { class: 'call-label' },
         h('span', { class: 'call-name' }),
         h('span', { class: 'call-muted', title: 'Muted' }, 'muted'),
         h('span', { class: 'call-conn hint' })))
+    return tile
   }
 
   nameOf(id) {
@@ -486,6 +496,7 @@ export class Call {
     tile.dataset.conn = conn
     tile.setAttribute('aria-label', `${name}${muted ? ', muted' : ''}${camera ? '' : ', camera off'}${conn === 'connected' ? '' : `, ${conn}`}`)
     tile.querySelector('.call-name').textContent = name
+    tile.querySelector('.call-enlarge').setAttribute('aria-label', `Enlarge ${name.replace(/ \(you\)$/, '')}’s tile`)
     tile.querySelector('.call-avatar').textContent = initials(name.replace(/ \(you\)$/, ''))
     tile.querySelector('.call-conn').textContent = conn === 'connected' ? '' : conn === 'new' ? 'connecting…' : conn
     this.renderFloor(tile, id, entry, name)

@@ -75,7 +75,7 @@ function cleanMarks(raw, extension) {
       : [])
 }
 
-export function mountExtensions({ room, token, doc, role, name, view, currentPath }) {
+export function mountExtensions({ room, token, doc, role, name, view, currentPath, ready }) {
   const side = document.getElementById('side')
   const panels = h('div', { id: 'extension-panels', class: 'extension-panels' })
   const list = h('ul', { id: 'extension-list', class: 'extension-list' })
@@ -235,7 +235,9 @@ export function mountExtensions({ room, token, doc, role, name, view, currentPat
   }
 
   meta.observeDeep(() => render())
-  load()
+  // Asked once the server has let this page in (``ready``): a refused token gets the refusal page,
+  // not a failed request as well.
+  ;(ready ?? Promise.resolve()).then(load)
   return {
     reload: load,
     get listing() { return listing },

@@ -64,6 +64,7 @@ export class FileTree {
     this.current = null
     this.editing = null // {path, mode: 'rename' | 'delete'}
     this.paths = []
+    this.collapsed = new Set() // folder paths ("src/lib") folded in this page
   }
 
   render(paths, current) {
@@ -71,17 +72,27 @@ export class FileTree {
     this.current = current
     if (this.editing && !paths.includes(this.editing.path)) this.editing = null
     const focused = document.activeElement?.dataset?.focusKey
-    this.list.replaceChildren(...this.renderNode(buildTree(paths), 0))
+    this.list.replaceChildren(...this.renderNode(buildTree(paths), 0, ''))
     if (focused) this.list.querySelector(`[data-focus-key="${CSS.escape(focused)}"]`)?.focus()
   }
 
-  renderNode(node, depth) {
+  renderNode(node, depth, prefix) {
     const rows = []
     for (const [name, child] of node.dirs) {
+      const dir = prefix + name
+      const open = !this.collapsed.has(dir)
+      const toggle = () => {
+        if (open) this.collapsed.add(dir)
+        else this.collapsed.delete(dir)
+        this.render(this.paths, this.current)
+      }
       rows.push(
-        h('li', { class: 'dir', style: { '--depth': depth } },
-          h('span', { class: 'dir-name' }, name + '/'),
-          h('ul', {}, ...this.renderNode(child, depth + 1))),
+        h('li', { class: `dir${open ? '' : ' collapsed'}`, style: { '--depth': depth }, 'data-dir': dir },
+          h('button', {
+            type: 'button', class: 'dir-name', 'aria-expanded': String(open), 'data-focus-key': `dir:${dir}`,
+            'aria-label': `${open ? 'Fold' : 'Unfold'} the folder ${dir}`, onclick: toggle,
+          }, h('span', { class: 'dir-arrow', 'aria-hidden': 'true' }, open ? '▾' : '▸'), ` ${name}/`),
+          open ? h('ul', {}, ...this.renderNode(child, depth + 1, dir + '/')) : null),
       )
     }
     for (const [name, path] of node.files) rows.push(this.renderFile(name, path, depth))

@@ -21,10 +21,26 @@ function diffView(text) {
   })
 }
 
+/** What someone's `history` presence event says to the others. */
+export function historyNotice(who, event) {
+  const version = event.version ? `“${event.version}”` : 'a checkpoint'
+  const at = event.versionAt ? ` (${when(event.versionAt)})` : ''
+  if (event.kind === 'restored') {
+    return `${who} restored ${event.path} to ${version}${at}. The edits before it are in History: Diff shows them.`
+  }
+  return `${who} saved the version ${version}.`
+}
+
 export class HistoryPanel {
-  /** ``current()`` gives the open file's path (or null); ``canWrite`` is false for viewers. */
-  constructor(doc, api, { canWrite, current }) {
+  /**
+   * ``current()`` gives the open file's path (or null); ``canWrite`` is false for viewers. ``announce``
+   * tells the others what this page did (`saved` or `restored`), through presence: their lists
+   * reload and a restore shows them a notice.
+   */
+  constructor(doc, api, { canWrite, current, announce }) {
     this.api = api
+    this.announce = announce ?? (() => {})
+    this.confirming = null // the version whose restore waits for a yes
     this.meta = doc.getMap('meta')
     this.current = current
     this.versions = []
@@ -38,6 +54,7 @@ export class HistoryPanel {
         await this.api('POST', 'versions', { name })
         this.$('version-name').value = ''
         this.say(`Saved version “${name}”.`)
+        this.announce({ kind: 'saved', version: name })
         await this.load()
       })
     })
@@ -80,6 +97,7 @@ export class HistoryPanel {
     try {
       await fn()
     } catch (error) {
+      this.say('') // an earlier success is not the news any more
       this.$('history-error').textContent = error.message
     }
   }
@@ -103,9 +121,33 @@ export class HistoryPanel {
         h('span', { class: 'version-actions' },
           h('button', { type: 'button', class: 'small', 'aria-label': `Diff the open file since ${label}`, onclick: () => this.diff(v) }, 'Diff'),
           this.canWrite
-            ? h('button', { type: 'button', class: 'small', 'aria-label': `Restore the open file to ${label}`, onclick: () => this.restore(v) }, 'Restore')
-            : null))
+            ? h('button', { type: 'button', class: 'small', 'aria-label': `Restore the open file to ${label}`, onclick: () => this.confirm(v) }, 'Restore')
+            : null),
+        this.confirming?.seq === v.seq ? this.confirmation(v) : null)
     }))
+    list.querySelector('.restore-confirm button.danger')?.focus()
+  }
+
+  /** Restore asks first, naming the file and the version, and says what happens to the edits since. */
+  confirm(version) {
+    if (!this.current()) {
+      this.$('history-error').textContent = 'Open a file first: Restore brings back one file.'
+      return
+    }
+    this.confirming = version
+    this.render()
+  }
+
+  confirmation(version) {
+    const path = this.current()
+    const name = version.auto ? 'the checkpoint' : `“${version.name}”`
+    const at = version.at ? ` (${when(version.at)})` : ''
+    const cancel = () => { this.confirming = null; this.render() }
+    return h('div', { class: 'restore-confirm', role: 'group', 'aria-label': 'Confirm the restore' },
+      h('p', {}, `Restore ${path} to ${name}${at}? Everyone sees it at once; the edits since stay in History.`),
+      h('div', { class: 'row' },
+        h('button', { type: 'button', class: 'small danger', onclick: () => { this.confirming = null; this.restore(version) } }, `Restore ${path}`),
+        h('button', { type: 'button', class: 'small', onclick: cancel }, 'Cancel')))
   }
 
   diff(version) {
@@ -136,6 +178,7 @@ export class HistoryPanel {
       const name = version.auto ? 'the checkpoint' : `“${version.name}”`
       this.say(changed?.length === 0 ? `${path} was already as in ${name}.` : `Restored ${path} to ${name}.`)
       this.$('diff').hidden = true
+      if (changed?.length !== 0) this.announce({ kind: 'restored', path, version: version.auto ? null : version.name, versionAt: version.at ?? null })
       await this.load()
     })
   }

@@ -36,6 +36,19 @@ export function languageName(path) {
   return names[extension(path)] ?? 'Plain text'
 }
 
+/** Whether the room's kernel runs ``path`` (Python), and if not, why, for the run buttons. */
+export function runnable(path) {
+  if (!path) return { ok: false, why: '' }
+  if (extension(path) === 'py') return { ok: true, why: '' }
+  const what = names[extension(path)] ?? 'not a Python file'
+  return { ok: false, why: `${path} is ${what}: the room’s kernel runs Python, so Run works on .py files.` }
+}
+
+/** True for files that indent with 4 spaces (PEP 8). */
+export function isPython(path) {
+  return ['py', 'pyi'].includes(extension(path))
+}
+
 /** A CodeMirror extension highlighting ``path``'s language, or [] for plain text. */
 export async function languageFor(path) {
   const load = loaders[extension(path)]

@@ -8,23 +8,40 @@ import { yCollab } from 'y-codemirror.next'
 import { basicSetup } from 'codemirror'
 import { EditorView, keymap } from '@codemirror/view'
 import { Compartment, EditorState } from '@codemirror/state'
+import { indentUnit } from '@codemirror/language'
 import { indentWithTab } from '@codemirror/commands'
-import { localIdentity, rememberRoom, roomPath, saveLocalName, tokenClaims } from '../shared.js'
+import { h, localIdentity, rememberRoom, roomPath, saveLocalName, savedName, tokenClaims } from '../shared.js'
 import { FileTree, createFile, deleteFile, pathProblem, renameFile } from './files.js'
-import { languageFor, languageName } from './languages.js'
-import { People } from './people.js'
+import { isPython, languageFor, languageName } from './languages.js'
+import { runKeys } from './run-keys.js'
+import { People, visibleLines } from './people.js'
 import { appendChat, postChat, renderChat } from './chat.js'
 import { ConnectionStatus } from './connection.js'
 import { roomApi } from './api.js'
 import { RunPanel } from './runs.js'
-import { HistoryPanel } from './history.js'
+import { TerminalPanel } from './terminals.js'
+import { GitPanel } from './git.js'
+import { HistoryPanel, historyNotice } from './history.js'
 import { Reviews } from './review.js'
+import { Debugger } from './debug.js'
 import { startReplay } from './replay.js'
+import { remoteCarets } from './remote-carets.js'
+import { personColor } from './colors.js'
+import { ShareDialog } from './share.js'
+import { ThreadsPanel } from './threads-panel.js'
+import { resizablePanels } from './resize.js'
+import { showRefusal } from './refused.js'
 import { mountCall } from './call-button.js'
 import { mountExtensions } from './extensions.js'
 
 const $ = (id) => document.getElementById(id)
 const ROLES = ['owner', 'editor', 'reviewer', 'viewer']
+const ROLE_WORDS = {
+  owner: 'an owner: you edit, run code and give people their roles',
+  editor: 'an editor: you edit files and run code',
+  reviewer: 'a reviewer: you read the code and comment on it',
+  viewer: 'a viewer: you follow along read-only and chat',
+}
 
 const match = location.pathname.match(/^\/r\/([^/]+)(\/replay)?\/?$/)
 const room = match ? decodeURIComponent(match[1]) : ''
@@ -37,13 +54,44 @@ if (match?.[2]) {
   // The replay page: recorded sessions played back read-only (replay.js).
   document.title = `${room} · replay · pairroom`
   $('layout').hidden = true
-  $('copy-link').hidden = true
+  $('share-button').hidden = true
   $('connection').hidden = true
   $('replay').hidden = false
   $('replay-room-link').href = roomPath(room, token)
   startReplay(room, token)
+} else if (!tokenClaims(token)?.name && !savedName()) {
+  askName(() => startRoom()) // a room link or a link for a role: the others should see a real name
 } else {
   startRoom()
+}
+
+/** The page that asks for your name before the room opens (kept in this browser for next time). */
+function askName(then) {
+  $('layout').hidden = true
+  $('share-button').hidden = true
+  $('connection').hidden = true
+  $('gate').hidden = false
+  $('gate-title').textContent = `Join ${room}`
+  const input = h('input', { id: 'gate-name', maxlength: 40, autocomplete: 'nickname', required: true, placeholder: 'Ada' })
+  const form = h('form', { class: 'gate-form' },
+    ROLE_WORDS[tokenClaims(token)?.role] ? h('p', {}, `This link lets you in as ${ROLE_WORDS[tokenClaims(token).role]}.`) : null,
+    h('label', { for: 'gate-name' }, 'Your name'),
+    h('div', { class: 'row' }, input, h('button', { type: 'submit', class: 'primary' }, 'Join room')),
+    h('p', { class: 'hint' }, 'The others in the room see it. This browser keeps it for next time; you can change it in the room.'))
+  form.addEventListener('submit', (event) => {
+    event.preventDefault()
+    const name = input.value.trim().slice(0, 40)
+    if (!name) return
+    saveLocalName(name)
+    $('gate').hidden = true
+    $('gate-body').replaceChildren()
+    $('layout').hidden = false
+    $('share-button').hidden = false
+    $('connection').hidden = false
+    then()
+  })
+  $('gate-body').replaceChildren(form)
+  input.focus()
 }
 
 function startRoom() {
@@ -59,6 +107,8 @@ function startRoom() {
   const identity = claims?.name ? { name: String(claims.name), color: claims.color || localIdentity().color } : localIdentity()
 
   rememberRoom(room, roomPath(room, token))
+  $('replay-link').href = roomPath(room, token).replace(/^(\/r\/[^?]+)/, '$1/replay')
+  $('replay-link').hidden = false
 
   const doc = new Y.Doc()
   const files = doc.getMap('files')
@@ -70,8 +120,12 @@ function startRoom() {
     connect: navigator.onLine,
   })
   const awareness = provider.awareness
-  const setUser = (name) =>
-    awareness.setLocalStateField('user', { name, color: identity.color, colorLight: identity.color + '33' })
+  // The server gives each person a colour of their own and stamps it into this state (a newer clock
+  // makes it ours); until then, the browser's own guess.
+  const setUser = (name) => {
+    const color = awareness.getLocalState()?.user?.color ?? identity.color
+    awareness.setLocalStateField('user', { ...awareness.getLocalState()?.user, name, color, colorLight: color + '33' })
+  }
   setUser(identity.name)
 
   // Header: role badge, connection, copy link.
@@ -83,20 +137,22 @@ function startRoom() {
     badge.dataset.role = role
   }
   showRole()
+  // Turned away for good (44xx): a page saying why and what to do instead of a room that looks editable.
+  provider.on('closed', ({ code, reason }) => {
+    if (code === 4404) local.clearData() // deleted: the copy here must not bring the room back on a reload
+    showRefusal({
+      gate: $('gate'), title: $('gate-title'), body: $('gate-body'),
+      hide: [$('layout'), $('share-button'), $('connection'), $('role-badge'), $('replay-link')],
+    }, code, reason, { hasToken: Boolean(token) })
+  })
   const status = new ConnectionStatus(provider, doc, [local], ({ state, label }) => {
     $('connection').dataset.state = state
     $('connection-text').textContent = label
   })
-  $('copy-link').addEventListener('click', async () => {
-    // The room link without this browser's token: a token is a personal identity.
-    const link = new URL(roomPath(room), location.origin).href
-    try {
-      await navigator.clipboard.writeText(link)
-      $('copy-link').textContent = 'Link copied'
-    } catch {
-      $('copy-link').textContent = link
-    }
-    setTimeout(() => { $('copy-link').textContent = 'Copy room link' }, 2000)
+  new ShareDialog({
+    dialog: $('share'), body: $('share-body'), open: $('share-button'), room, token, api: roomApi(room, token),
+    role: () => role,
+    owners: () => [...awareness.getStates().values()].filter((s) => s?.user?.role === 'owner').map((s) => String(s.user.name)),
   })
 
   // The editor: one view, a new state per open file, bound to that file's Y.Text.
@@ -107,12 +163,34 @@ function startRoom() {
   let current = null // {path, ytext, undo}
   let runs = null // the output panel, made below
   let people = null // the people list and follow mode, made below
+  // Where you were: a reload opens the file you had open, scrolled where it was (this browser only).
+  const placeKey = `pairroom:place:${room}`
+  const savedPlace = (() => {
+    try { return JSON.parse(localStorage.getItem(placeKey) || 'null') } catch { return null }
+  })()
+  let placeTimer = null
+  const savePlace = () => {
+    clearTimeout(placeTimer)
+    placeTimer = setTimeout(() => {
+      if (!current) return
+      try { localStorage.setItem(placeKey, JSON.stringify({ path: current.path, line: visibleLines(view).from })) } catch { /* storage off */ }
+    }, 250)
+  }
+  view.scrollDOM.addEventListener('scroll', savePlace, { passive: true })
   // extensions' panels and gutter marks (extensions.js); made before any file opens
   const extensions = mountExtensions({
     room, token, doc, view, role: () => role, name: () => awareness.getLocalState()?.user?.name ?? identity.name,
     currentPath: () => current?.path ?? null,
+    ready: new Promise((resolve) => provider.once('sync', resolve)),
   })
-  const reviews = new Reviews(doc, { api: roomApi(room, token), role, button: $('comment-line'), name: () => awareness.getLocalState()?.user?.name })
+  const reviews = new Reviews(doc, {
+    api: roomApi(room, token), role, button: $('comment-line'),
+    name: () => awareness.getLocalState()?.user?.name, colorOf: (who) => personColor(awareness, who),
+  })
+  const debug = new Debugger(doc, roomApi(room, token), {
+    role, awareness, myId, name: () => awareness.getLocalState()?.user?.name ?? identity.name,
+    hooks: { openFile: (path, line) => openFileAt(path, line), currentPath: () => current?.path ?? null },
+  })
 
   function openFile(path) {
     const ytext = files.get(path)
@@ -124,21 +202,28 @@ function startRoom() {
       doc: ytext.toString(),
       extensions: [
         basicSetup,
+        runKeys({ run: (kind) => runs?.run(kind), runCode: (code) => runs?.runCode(code) }, () => Boolean(runs?.canRunHere)),
         keymap.of([indentWithTab]), // Escape then Tab leaves the editor (CodeMirror's tab focus mode)
+        indentUnit.of(isPython(path) ? '    ' : '  '), // PEP 8 for Python
         language.of([]),
         permissions.of(permissionsFor()),
         EditorView.contentAttributes.of({ 'aria-label': `${path} (${languageName(path)})` }),
-        yCollab(ytext, awareness, { undoManager: undo }),
+        yCollab(ytext, null, { undoManager: undo }), // sync and shared undo; carets below
+        remoteCarets(ytext, awareness),
         reviews.extension(view, path, ytext),
+        debug.extension(view, path),
         extensions.editorExtension(path),
         EditorView.updateListener.of((update) => { if (update.selectionSet || update.docChanged) runs?.selectionChanged() }),
         EditorView.updateListener.of((update) => people?.editorUpdate(update)),
       ],
     }))
     awareness.setLocalStateField('file', path)
+    savePlace()
     people?.publishViewport()
     runs?.selectionChanged()
     $('current-file').textContent = path
+    if (!tabs.includes(path)) tabs.push(path)
+    renderTabs()
     $('editor').hidden = false
     $('editor-empty').hidden = true
     tree.render(sortedPaths(), path)
@@ -148,10 +233,45 @@ function startRoom() {
     markInteractive()
   }
 
+  /** Open ``path`` (if it is not the open file) and show ``line``: the debugger's Jump and Follow. */
+  function openFileAt(path, line) {
+    if (current?.path !== path) openFile(path)
+    if (current?.path !== path || !line || line > view.state.doc.lines) return
+    view.dispatch({ selection: { anchor: view.state.doc.line(line).from }, scrollIntoView: true })
+  }
+
+  // Tabs: the files opened in this page, in the order opened; shown once there are two.
+  let tabs = []
+  function renderTabs() {
+    tabs = tabs.filter((p) => files.get(p) instanceof Y.Text)
+    $('tabs').hidden = tabs.length < 2
+    $('tabs').replaceChildren(...tabs.map((p) => {
+      const active = p === current?.path
+      return h('span', { class: `tab${active ? ' active' : ''}`, 'data-path': p },
+        h('button', {
+          type: 'button', role: 'tab', class: 'tab-open', 'aria-selected': String(active), title: p,
+          onclick: () => { if (!active) { people?.openedByYou(); openFile(p) } },
+        }, p.slice(p.lastIndexOf('/') + 1)),
+        h('button', { type: 'button', class: 'tab-close', 'aria-label': `Close the tab of ${p}`, onclick: () => closeTab(p) }, '×'))
+    }))
+  }
+  function closeTab(path) {
+    const i = tabs.indexOf(path)
+    if (i < 0) return
+    tabs.splice(i, 1)
+    if (current?.path === path) {
+      const next = tabs[Math.min(i, tabs.length - 1)]
+      if (next) openFile(next)
+      else closeFile()
+    }
+    renderTabs()
+  }
+
   function closeFile() {
     current?.undo.destroy()
     current = null
     reviews.detach()
+    debug.detach()
     view.setState(EditorState.create({ doc: '' }))
     awareness.setLocalStateField('file', null)
     runs?.selectionChanged()
@@ -204,10 +324,11 @@ function startRoom() {
         else closeFile()
       }
     }
-    if (!current && files.size) openFile(sortedPaths()[0])
+    if (!current && files.size) openFirst()
     else if (!current) closeFile()
     $('files-empty').hidden = files.size > 0
     tree.render(sortedPaths(), current?.path ?? null)
+    renderTabs()
   })
 
   // A room created from this browser's lobby starts with one file, once we know the server has none.
@@ -218,8 +339,21 @@ function startRoom() {
   })
 
   // Before the first sync the tree shows whatever IndexedDB had (possibly nothing yet).
+  let placeRestored = false
+  const restorePlace = () => {
+    if (placeRestored || !savedPlace || !(files.get(savedPlace.path) instanceof Y.Text)) return false
+    placeRestored = true
+    openFile(savedPlace.path)
+    const line = Math.min(Math.max(1, Number(savedPlace.line) || 1), view.state.doc.lines)
+    requestAnimationFrame(() => view.dispatch({ effects: EditorView.scrollIntoView(view.state.doc.line(line).from, { y: 'start' }) }))
+    return true
+  }
+
+  /** Nothing open yet: the file you had open before a reload, else the first one. */
+  const openFirst = () => restorePlace() || openFile(sortedPaths()[0])
+
   const showInitial = () => {
-    if (!current && files.size) openFile(sortedPaths()[0])
+    if (!current && files.size) openFirst()
     else if (!current) closeFile()
     $('files-empty').hidden = files.size > 0
     tree.render(sortedPaths(), current?.path ?? null)
@@ -240,8 +374,46 @@ function startRoom() {
     },
   })
 
+  const terminals = new TerminalPanel({ room, token, role, api }) // shared terminals (terminals.js)
+  const git = new GitPanel({ doc, api, before: $('history'), view, current: () => current?.path ?? null, awareness }) // source control (git.js)
+
   // History: versions, diffs and restores of the open file.
-  const history = new HistoryPanel(doc, api, { canWrite: !readOnly, current: () => current?.path ?? null })
+  const history = new HistoryPanel(doc, api, {
+    canWrite: !readOnly, current: () => current?.path ?? null,
+    announce: (event) => awareness.setLocalStateField('history', { ...event, at: Date.now() }),
+  })
+  // What others did to the history: their `history` presence event reloads the list here, and a
+  // restore shows a notice above the editor (the restored text itself arrives as an ordinary edit).
+  const historySeen = new Map() // client id -> the `at` of its last event acted on
+  awareness.on('change', ({ added, updated }) => {
+    for (const id of [...added, ...updated]) {
+      const state = awareness.getStates().get(id)
+      const event = state?.history
+      if (id === awareness.clientID || !event || typeof event.at !== 'number' || historySeen.get(id) === event.at) continue
+      const first = !historySeen.has(id)
+      historySeen.set(id, event.at)
+      if (first && Date.now() - event.at > 10_000) continue // an old event, from before this page came
+      history.call(() => history.load())
+      if (event.kind === 'restored' && typeof event.path === 'string') {
+        $('room-notice-text').textContent = historyNotice(String(state.user?.name ?? 'Someone'), event)
+        $('room-notice').hidden = false
+      }
+    }
+  })
+  $('room-notice-close').addEventListener('click', () => { $('room-notice').hidden = true })
+
+  // Every review thread of the room, outdated ones included: picking one opens its file and thread.
+  const threads = new ThreadsPanel(doc, {
+    room, list: $('thread-list'), count: $('threads-count'), empty: $('threads-empty'),
+    colorOf: (who) => personColor(awareness, who),
+    show: (path, id, line) => {
+      people?.openedByYou()
+      if (current?.path !== path) openFile(path)
+      reviews.toggle([id], true)
+      const at = view.state.doc.line(Math.min(line, view.state.doc.lines)).from
+      view.dispatch({ effects: EditorView.scrollIntoView(at, { y: 'center' }) })
+    },
+  })
   provider.once('sync', () => history.start())
 
   // People, raised hands and follow mode; then chat.
@@ -252,6 +424,7 @@ function startRoom() {
       banner: $('follow-banner'), bannerText: $('follow-text'), stop: $('follow-stop'),
     },
     hooks: { openFile, currentPath: () => current?.path ?? null, hasFile: (path) => files.get(path) instanceof Y.Text },
+    changeRole: token ? (user, newRole) => api('PUT', `roles/${encodeURIComponent(user)}`, { role: newRole }) : null,
   })
   if (!claims?.name) {
     $('name-form').hidden = false
@@ -264,8 +437,11 @@ function startRoom() {
       setUser(name)
     })
   }
-  chat.observe(() => renderChat($('chat-log'), chat))
-  renderChat($('chat-log'), chat)
+  const colorOf = (who) => personColor(awareness, who)
+  const showChat = () => renderChat($('chat-log'), chat, colorOf)
+  chat.observe(showChat)
+  awareness.on('change', ({ added, removed }) => { if (added.length || removed.length) showChat() })
+  showChat()
   // Viewers cannot write the document, chat included: their lines go through the HTTP API, where the
   // server appends them for them.
   $('chat-form').hidden = false
@@ -297,6 +473,30 @@ function startRoom() {
     performance.mark('pairroom:interactive')
   }
 
+  // Resizable panels, the same sizes in every room of this browser.
+  const layout = $('layout')
+  const box = (el) => el.getBoundingClientRect()
+  resizablePanels([
+    {
+      name: 'files', handle: $('resize-files'), label: 'Resize the file list', axis: 'x', min: 140,
+      max: () => box(layout).width * 0.4, current: () => box($('files')).width,
+      size: (e) => e.clientX - box(layout).left,
+      apply: (px) => layout.style.setProperty('--files-w', `${px}px`),
+    },
+    {
+      name: 'side', handle: $('resize-side'), label: 'Resize the people and chat column', axis: 'x', min: 200, inverted: true,
+      max: () => box(layout).width * 0.45, current: () => box($('side')).width,
+      size: (e) => box(layout).right - e.clientX,
+      apply: (px) => layout.style.setProperty('--side-w', `${px}px`),
+    },
+    {
+      name: 'runs', handle: $('resize-runs'), label: 'Resize the output panel', axis: 'y', min: 80,
+      max: () => box($('center')).height - 120, current: () => box($('runs')).height,
+      size: (e) => box($('runs')).bottom - e.clientY, // the output's bottom edge stays where it is
+      apply: (px) => { $('runs').classList.add('sized'); $('runs').style.setProperty('--runs-h', `${px}px`) },
+    },
+  ])
+
   mountCall({ room, token, role: () => role, awareness }) // audio/video: call.js loads on "Join call"
 
   // The live role: an owner's change to this user's entry in `meta.roles` (the server's copy; a
@@ -320,6 +520,7 @@ function startRoom() {
     tree.render(sortedPaths(), current?.path ?? null)
     if (!current) closeFile() // its hint depends on the role
     reviews.setRole(role)
+    debug.setRole(role)
     runs.setRole(role)
     history.setCanWrite(!readOnly)
     people.setRole(role)
@@ -329,7 +530,9 @@ function startRoom() {
 
   // For tests and debugging from the console.
   window.pairroom = {
-    doc, files, chat, provider, awareness, view, status, runs, history, reviews, people, extensions,
+    terminals: terminals.hook,
+    git: git.hook,
+    doc, files, chat, provider, awareness, view, status, runs, history, reviews, people, threads, extensions, debug,
     get role() { return role },
     get readOnly() { return readOnly },
     get currentPath() { return current?.path ?? null },

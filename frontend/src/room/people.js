@@ -18,7 +18,9 @@ export class People {
    * ``els``: {list, count, hand, lead, banner, bannerText, stop}. ``hooks``: {openFile(path),
    * currentPath(), hasFile(path)}. ``role`` is this page's role, ``myId`` its user id when a token gave one.
    */
-  constructor({ awareness, view, role, myId, els, hooks }) {
+  constructor({ awareness, view, role, myId, els, hooks, changeRole }) {
+    this.changeRole = changeRole // (userId, role) -> Promise: an owner's change of someone's role (the roles endpoint)
+    this.roleErrors = new Map() // user id -> why the last change failed
     this.awareness = awareness
     this.view = view
     this.role = role
@@ -160,6 +162,30 @@ export class People {
 
   // -- the list -----------------------------------------------------------------------------------
 
+  /** The person's role: a badge, or for an owner looking at someone else a menu that changes it live. */
+  roleControl(clientId, user, label) {
+    const role = typeof user.role === 'string' ? user.role : null
+    const mine = clientId === this.awareness.clientID
+    if (mine || this.role !== 'owner' || !this.changeRole || typeof user.id !== 'string' || !role) {
+      return role ? h('span', { class: 'badge small' }, role) : null
+    }
+    const choices = ['editor', 'reviewer', 'viewer', ...(role === 'owner' ? ['owner'] : [])]
+    const select = h('select', {
+      class: 'role-menu small', 'aria-label': `Role of ${label}`, 'data-focus-key': `role:${clientId}`,
+      onchange: async () => {
+        select.disabled = true
+        this.roleErrors.delete(user.id)
+        try {
+          await this.changeRole(user.id, select.value)
+        } catch (error) {
+          this.roleErrors.set(user.id, `Role not changed: ${error.message}`)
+          this.render()
+        }
+      },
+    }, ...choices.map((r) => h('option', { value: r, selected: r === role }, r)))
+    return select
+  }
+
   render() {
     const { list, count, hand, lead, banner, bannerText } = this.els
     const me = this.awareness.clientID
@@ -190,7 +216,8 @@ export class People {
           h('span', { class: 'swatch', style: { background: color || '#888' }, 'aria-hidden': 'true' }),
           h('span', { class: 'person-name' }, label),
           id === me ? h('span', { class: 'hint' }, ' (you)') : null,
-          role ? h('span', { class: 'badge small' }, role) : null,
+          this.roleControl(id, state.user, label),
+          state.call ? h('span', { class: 'badge small in-call', title: `${label} is in the call` }, 'in call') : null,
           state.hand ? h('span', { class: 'badge small hand', title: 'Hand raised' }, 'hand up') : null,
           id !== me ? h('button', {
             type: 'button', class: 'small follow', 'data-focus-key': `follow:${id}`,
@@ -198,6 +225,7 @@ export class People {
             onclick: () => (followed ? this.stop() : this.follow(id)),
           }, followed ? 'Following' : 'Follow') : null,
           state.file ? h('span', { class: 'person-file hint', title: state.file }, state.file) : null,
+          this.roleErrors.has(state.user.id) ? h('span', { class: 'error person-error', role: 'alert' }, this.roleErrors.get(state.user.id)) : null,
         )
       }),
       ...otherHands.map((x) => h('li', { class: 'hand-up' },

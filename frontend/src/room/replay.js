@@ -11,7 +11,10 @@ import { Compartment, EditorState } from '@codemirror/state'
 import { h } from '../shared.js'
 import { roomApi } from './api.js'
 import { languageFor, languageName } from './languages.js'
+import { remoteCarets } from './remote-carets.js'
+import { swatch } from './colors.js'
 
+const TICK_MS = 200 // the clock and scrubber move this often while playing, between the server's statuses
 const REPLAY_CLIENT_ID = 1
 const timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit', second: '2-digit' })
 const dateFormat = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' })
@@ -138,6 +141,7 @@ export function startReplay(room, token) {
         state.statusAt = performance.now()
       }
       render()
+      renderPeople()
     })
     doc.getMap('files').observe(() => renderFiles())
     renderFiles()
@@ -201,6 +205,9 @@ export function startReplay(room, token) {
     send({ type: 'seek', at })
   })
 
+  // The server sends its position when something happens; in between, the clock runs on at its speed.
+  setInterval(() => { if (position()?.playing) render() }, TICK_MS)
+
   function render() {
     const status = state.status
     const connected = Boolean(state.provider?.wsconnected)
@@ -211,12 +218,27 @@ export function startReplay(room, token) {
       $('replay-position').textContent = connected ? 'Loading the session…' : 'Connecting…'
       return
     }
-    const at = status.at ? Date.parse(status.at) : state.t0
+    const now = position()
+    const at = now ? Math.min(now.at, state.t1) : state.t0
     if (!state.scrubbing) scrubber.value = String(Math.max(0, at - state.t0))
     const where = status.ended ? 'Ended' : state.playing && !status.paused ? `Playing at ${status.speed}×` : 'Paused'
     $('replay-position').textContent =
       `${timeFormat.format(new Date(at))} (${duration(at - state.t0)} of ${duration(state.t1 - state.t0)}) · ${where}`
     $('replay').dataset.ended = String(Boolean(status.ended))
+  }
+
+  // -- who was there, with the names and colours they had then ---------------------------------------
+
+  function renderPeople() {
+    const states = state.provider ? [...state.provider.awareness.getStates()] : []
+    const people = states.filter(([id, s]) => id !== REPLAY_CLIENT_ID && s?.user)
+      .sort(([, a], [, b]) => String(a.user.name).localeCompare(String(b.user.name)))
+    $('replay-people').replaceChildren(...people.map(([id, s]) =>
+      h('li', { 'data-client': id },
+        swatch(typeof s.user.color === 'string' ? s.user.color : '#888'),
+        h('span', { class: 'person-name' }, String(s.user.name ?? 'Someone')),
+        typeof s.file === 'string' ? h('span', { class: 'person-file hint' }, s.file) : null)))
+    $('replay-people-empty').hidden = people.length > 0
   }
 
   // -- files and the read-only editor ---------------------------------------------------------------
@@ -241,7 +263,8 @@ export function startReplay(room, token) {
         EditorState.readOnly.of(true),
         EditorView.editable.of(false),
         EditorView.contentAttributes.of({ 'aria-label': `${path} (${languageName(path)}), read-only replay` }),
-        yCollab(state.bound, state.provider.awareness, { undoManager: false }),
+        yCollab(state.bound, null, { undoManager: false }),
+        remoteCarets(state.bound, state.provider.awareness), // the recorded carets, with the names they had
       ] : [EditorState.readOnly.of(true), EditorView.editable.of(false)],
     }))
     if (path) {

@@ -66,6 +66,7 @@ export function renderThread(el, t) {
   ].filter(Boolean))
   parts.list.replaceChildren(...t.messages.filter((m) => m && typeof m.text === 'string').map((m) =>
     h('li', {},
+      h('span', { class: 'swatch', style: { background: t.colorOf({ id: m.author, name: m.name }) }, 'aria-hidden': 'true' }),
       h('span', { class: 'chat-name' }, String(m.name ?? 'Someone')),
       typeof m.at === 'number' ? h('time', { class: 'hint', datetime: new Date(m.at).toISOString() }, clock.format(m.at)) : null,
       h('p', { class: 'chat-text' }, m.text)),

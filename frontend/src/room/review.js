@@ -99,11 +99,12 @@ export class Reviews {
    * ``role`` is the page's role: viewers read threads, every other role comments and resolves, editors
    * and owners also apply suggestions. ``api`` is the room's HTTP API (api.js).
    */
-  constructor(doc, { api, role, button, name }) {
+  constructor(doc, { api, role, button, name, colorOf }) {
     this.doc = doc
     this.reviews = doc.getMap('reviews')
     this.api = api
     this.button = button
+    this.colorOf = colorOf // ({id, name}) -> that person's colour
     this.setRole(role)
     this.name = name // my display name: the server keeps it in open mode and replaces it with the token's otherwise
     this.view = null
@@ -383,6 +384,7 @@ export class Reviews {
       status: thread.get('status'),
       messages: thread.get('messages') instanceof Y.Array ? thread.get('messages').toArray() : [],
       suggestion: typeof thread.get('suggestion') === 'string' ? thread.get('suggestion') : null,
+      colorOf: this.colorOf,
       canComment: this.canComment,
       canApply: this.canApply,
       onReply: (text) => this.reply(id, text),

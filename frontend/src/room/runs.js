@@ -2,6 +2,7 @@
 // for every member, plus the run, interrupt and restart controls (docs/kernels.md, HTTP API).
 import * as Y from 'yjs'
 import { h } from '../shared.js'
+import { runnable } from './languages.js'
 
 const SHOWN_RUNS = 30 // the newest runs; older ones stay in the document
 const STATUS_LABELS = {
@@ -159,11 +160,22 @@ export class RunPanel {
     this.renderControls()
   }
 
+  /** May this page run the open file's code now? (The keys ask too; the server decides.) */
+  get canRunHere() {
+    return !this.whyNot() && runnable(this.current().path).ok
+  }
+
   async run(kind) {
     const { path, selection } = this.current()
-    const body = kind === 'file' ? { path } : { code: selection }
-    if (kind === 'file' ? !path : !selection) return
-    await this.request(() => this.api('POST', 'runs', body))
+    if (kind === 'selection') return this.runCode(selection)
+    if (!path || !runnable(path).ok) return
+    await this.request(() => this.api('POST', 'runs', { path }))
+  }
+
+  /** Run ``code`` (a selection, or the statement Shift+Enter picked) of the open file. */
+  async runCode(code) {
+    if (!code || !runnable(this.current().path).ok) return
+    await this.request(() => this.api('POST', 'runs', { code }))
   }
 
   async control(what) {
@@ -192,12 +204,14 @@ export class RunPanel {
     const status = kernel instanceof Y.Map ? kernel.get('status') : null
     const active = [...this.runs.values()].some((r) => r instanceof Y.Map && ['queued', 'running'].includes(r.get('status')))
     this.$('run-controls').hidden = this.role === 'viewer' || this.role === 'reviewer' || !this.mayRun
-    this.$('run-note').textContent = why
-    this.$('run-note').hidden = !why
-    const disabled = Boolean(this.off) || this.busy
+    const kind = runnable(path)
+    const note = why || kind.why
+    this.$('run-note').textContent = note
+    this.$('run-note').hidden = !note
+    const disabled = Boolean(this.off) || this.busy || (Boolean(path) && !kind.ok)
     this.$('run-file').disabled = disabled || !path
     this.$('run-selection').disabled = disabled || !selection
-    this.$('run-selection').title = selection ? '' : 'Select code in the editor first'
+    this.$('run-selection').title = selection ? 'Ctrl+Enter' : 'Select code in the editor first (Shift+Enter runs the current line or statement)'
     this.$('kernel-interrupt').disabled = disabled || !(active || status === 'busy')
     this.$('kernel-restart').disabled = disabled || !status || status === 'dead'
     this.$('kernel-status').textContent = status ? KERNEL_LABELS[status] ?? `Kernel ${status}` : 'No kernel yet: it starts on the first run'

@@ -29,9 +29,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pairroom.kernels.settings import KernelSettings
+from pairroom.sandbox.settings import KernelSettings
 
-log = logging.getLogger("pairroom.kernels.limits")
+log = logging.getLogger("pairroom.sandbox.limits")
 
 
 def prlimit_argv(settings: KernelSettings, *, memory_in_cgroup: bool, isolated: bool) -> list[str]:

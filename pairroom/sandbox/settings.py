@@ -29,6 +29,7 @@ class KernelSettings:
     interrupt_grace: float = 3.0  # after an interrupt, a still-busy kernel is killed (C loops ignore interrupts)
     output_cap_bytes: int = 1 * MiB  # per run; then a {"output_type": "truncated"} marker
     output_flush_seconds: float = 0.05  # outputs are written to the doc in batches this far apart
+    file_sync_timeout: float = 10.0  # writing the room's files into the kernel's folder (off the event loop)
     # the sandbox
     unsafe: bool = False  # run kernels without bubblewrap: trusted local use only
     kernel_uid: int = 65534  # host uid kernels run as when the server is root (RLIMIT_NPROC needs non-root)

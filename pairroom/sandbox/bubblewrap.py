@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pairroom.kernels.settings import KernelSettings
+from pairroom.sandbox.settings import KernelSettings
 
 WORKDIR_INSIDE = "/home/room"
 

@@ -1,0 +1,237 @@
+"""Breakpoints in the room document: ``debug.breakpoints``, checked, stamped and anchored by the server.
+
+Shape (docs/debugger.md)::
+
+    debug (root Y.Map)
+      breakpoints: Y.Map  path -> Y.Map  line ("12") -> {"author", "authorName", "condition"?,
+                                                         "hitCondition"?, "logMessage"?, "anchor"}
+
+Anyone who may edit the document writes entries straight into it (a browser toggles a breakpoint
+without an HTTP round trip); they merge like any CRDT data, so two people's breakpoints in one file
+both hold. Right after a client's update the server corrects what it wrote (``normalize``): a value
+that is not a breakpoint is removed, ``author`` is the sender (never what the client claims), text
+fields are capped, at most ``MAX_BREAKPOINTS`` per room are kept, and each new entry gets ``anchor``: a
+Yjs relative position (pycrdt ``StickyIndex``) at the start of its line, the mechanism review threads
+use. When a client edits a file, ``follow_edits`` resolves the anchors and moves every entry whose
+line moved to its new key, so a breakpoint stays on its code for everyone.
+
+Only the breakpoints a session can use are sent to the adapter (``sendable``): Python files that exist,
+lines inside the file. The others stay in the document and are reported unverified with the reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any
+
+from pycrdt import Assoc, Map, StickyIndex, Text
+
+MAX_BREAKPOINTS = 200
+MAX_FIELD = 1024  # condition, hitCondition, logMessage: bytes each
+CLIENT_FIELDS = ("condition", "hitCondition", "logMessage")
+MAX_LINE = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Breakpoint:
+    path: str
+    line: int
+    author: str
+    author_name: str
+    condition: str | None = None
+    hit_condition: str | None = None
+    log_message: str | None = None
+
+    def dap(self) -> dict[str, Any]:
+        """The DAP ``SourceBreakpoint``."""
+        out: dict[str, Any] = {"line": self.line}
+        if self.condition:
+            out["condition"] = self.condition
+        if self.hit_condition:
+            out["hitCondition"] = self.hit_condition
+        if self.log_message:
+            out["logMessage"] = self.log_message
+        return out
+
+
+def parse_line(key: object) -> int | None:
+    if not isinstance(key, str) or not key.isascii() or not key.isdigit():
+        return None
+    line = int(key)
+    return line if 1 <= line <= MAX_LINE and str(line) == key else None
+
+
+def line_starts(content: str) -> list[int]:
+    """The UTF-8 byte offset (pycrdt's index) of each line's start."""
+    starts = [0]
+    offset = 0
+    for line in content.split("\n")[:-1]:
+        offset += len(line.encode()) + 1
+        starts.append(offset)
+    return starts
+
+
+def encode_anchor(text: Text, line: int, starts: list[int]) -> str | None:
+    """A relative position at the start of ``line`` (1-based) of ``text``, base64; None past the end."""
+    if not 1 <= line <= len(starts):
+        return None
+    index = starts[line - 1]
+    # At the very end of the text there is no character to stick to (pycrdt panics on AFTER there):
+    # stick to the one before, which still moves with every edit above.
+    assoc = Assoc.AFTER if index < len(text) else Assoc.BEFORE
+    try:
+        return base64.b64encode(StickyIndex.new(text, index, assoc).encode()).decode()
+    except BaseException as exc:  # a panic inside the CRDT library is a BaseException
+        if type(exc).__name__ != "PanicException":
+            raise
+        return None
+
+
+def resolve_anchor(text: Text, anchor: object, content: str) -> int | None:
+    """The line an anchor points at now, or None if it does not decode in this file."""
+    if not isinstance(anchor, str):
+        return None
+    try:
+        index = StickyIndex.decode(base64.b64decode(anchor, validate=True), text).get_index()
+    except (ValueError, RuntimeError, binascii.Error):
+        return None
+    if index is None or not 0 <= index <= len(content.encode()):
+        return None
+    return content.encode()[:index].count(b"\n") + 1
+
+
+def read(debug: Map) -> list[Breakpoint]:
+    """Every well-formed breakpoint of the room (``debug`` is the root map)."""
+    out: list[Breakpoint] = []
+    breakpoints = debug.get("breakpoints")
+    if not isinstance(breakpoints, Map):
+        return out
+    for path, lines in breakpoints.items():
+        if not isinstance(lines, Map):
+            continue
+        for key, value in lines.items():
+            line = parse_line(key)
+            if line is None or not isinstance(value, dict):
+                continue
+            out.append(Breakpoint(
+                path, line, str(value.get("author", "")), str(value.get("authorName", "")),
+                _text(value.get("condition")), _text(value.get("hitCondition")), _text(value.get("logMessage")),
+            ))
+    return sorted(out, key=lambda bp: (bp.path, bp.line))
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def by_path(breakpoints: list[Breakpoint]) -> dict[str, list[Breakpoint]]:
+    out: dict[str, list[Breakpoint]] = {}
+    for bp in breakpoints:
+        out.setdefault(bp.path, []).append(bp)
+    return out
+
+
+def unusable(bp: Breakpoint, files: dict[str, str]) -> str | None:
+    """Why a breakpoint cannot be sent to the adapter, or None if it can."""
+    if not bp.path.endswith(".py"):
+        return "not a Python file"
+    content = files.get(bp.path)
+    if content is None:
+        return "no such file in the room"
+    if bp.line > len(line_starts(content)):
+        return "past the end of the file"
+    return None
+
+
+# -- corrections of what clients write ------------------------------------------------------------
+
+
+def normalize(debug: Map, files: Map, known: dict[tuple[str, str], dict[str, Any]],
+              author: str, author_name: str | None) -> int:
+    """Correct ``debug.breakpoints`` after a client's update (in a server transaction): remove what is
+    not a breakpoint, stamp new or changed entries with ``author`` and an anchor, keep the room under
+    ``MAX_BREAKPOINTS``. ``known`` is what the server last saw (updated here). ``author_name`` None
+    (open mode: nobody is known by name) keeps the name the client wrote as ``author``, as chat and
+    review do. Returns the number of entries removed."""
+    removed = 0
+    breakpoints = debug.get("breakpoints")
+    if breakpoints is None:
+        known.clear()
+        return 0
+    if not isinstance(breakpoints, Map):
+        del debug["breakpoints"]
+        known.clear()
+        return 1
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in list(breakpoints.keys()):
+        lines = breakpoints.get(path)
+        if not isinstance(lines, Map) or not path or len(path) > 255:
+            del breakpoints[path]
+            removed += 1
+            continue
+        text = files.get(path)
+        content = str(text) if isinstance(text, Text) else None
+        starts = line_starts(content) if content is not None else []
+        for key in list(lines.keys()):
+            value = lines.get(key)
+            line = parse_line(key)
+            if line is None or not isinstance(value, dict) or len(seen) >= MAX_BREAKPOINTS:
+                del lines[key]
+                removed += 1
+                continue
+            if known.get((path, key)) == value:
+                seen[(path, key)] = value
+                continue
+            claimed = value.get("author")
+            name = author_name if author_name is not None else (claimed[:64] if isinstance(claimed, str) else "")
+            entry = {"author": author, "authorName": name or "Anonymous"}
+            for name in CLIENT_FIELDS:
+                field = value.get(name)
+                if isinstance(field, str) and field and len(field.encode()) <= MAX_FIELD:
+                    entry[name] = field
+            if isinstance(text, Text):
+                anchor = encode_anchor(text, line, starts)
+                if anchor is not None:
+                    entry["anchor"] = anchor
+            if entry != value:
+                lines[key] = entry
+            seen[(path, key)] = entry
+        if not len(lines):
+            del breakpoints[path]
+    known.clear()
+    known.update(seen)
+    return removed
+
+
+def follow_edits(debug: Map, files: Map, paths: set[str], known: dict[tuple[str, str], dict[str, Any]]) -> int:
+    """Move the breakpoints of the edited ``paths`` to the lines their anchors point at now (in a
+    server transaction). Two that land on one line become one (the first kept). Returns how many moved."""
+    breakpoints = debug.get("breakpoints")
+    if not isinstance(breakpoints, Map):
+        return 0
+    moved = 0
+    for path in paths:
+        lines = breakpoints.get(path)
+        text = files.get(path)
+        if not isinstance(lines, Map) or not isinstance(text, Text):
+            continue
+        content = str(text)
+        moves: list[tuple[str, str, dict[str, Any]]] = []
+        for key, value in lines.items():
+            if not isinstance(value, dict):
+                continue
+            now = resolve_anchor(text, value.get("anchor"), content)
+            if now is not None and str(now) != key:
+                moves.append((key, str(now), value))
+        for key, _, _ in moves:
+            del lines[key]
+            known.pop((path, key), None)
+        for _, new_key, value in moves:
+            if new_key in lines:
+                continue
+            lines[new_key] = value
+            known[(path, new_key)] = value
+            moved += 1
+    return moved

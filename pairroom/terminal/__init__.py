@@ -1,0 +1,1 @@
+"""Shared terminals: server-owned shells in the room's sandbox, with roles where the bytes enter."""
