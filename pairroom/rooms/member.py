@@ -51,6 +51,11 @@ class MemberState(enum.Enum):
     GONE = "gone"  # the connection ended
 
 
+# On Python 3.11 ``MemberState.OPEN`` goes through ``EnumType.__getattr__``, ten times the cost of a
+# plain attribute; the per-member send path, run for every member of every broadcast, reads it here.
+_OPEN = MemberState.OPEN
+
+
 class Member:
     """One connection in one room."""
 
@@ -95,7 +100,7 @@ class Member:
 
     def send(self, frame: bytes, update: bytes | None = None) -> None:
         """Queue one encoded message; ``update`` is its raw update when it may be merged."""
-        if self.state is not MemberState.OPEN:
+        if self.state is not _OPEN:
             return
         if self._send_now is not None and not self._queue and not self._writing and self._inflight is None:
             self._write_now(frame)
@@ -183,7 +188,7 @@ class Member:
                     self.last_sent = time.monotonic()
                     if self._on_sent is not None:
                         self._on_sent(len(frame))
-                    if self.state is not MemberState.OPEN:
+                    if self.state is not _OPEN:
                         return
             finally:
                 self._writing = False

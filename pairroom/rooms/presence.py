@@ -40,10 +40,13 @@ from pycrdt import Awareness, Doc
 
 from pairroom.protocol import sync as protocol
 from pairroom.protocol.sync import AwarenessEntry, CloseCode, ProtocolError
-from pairroom.rooms.identity import pick_color
+from pairroom.rooms.identity import Role, pick_color
 from pairroom.rooms.member import Member
 
 NULL = "null"
+# The roles that see only the participants' presence. ``member.role.participates`` costs an enum
+# class lookup (slow on 3.11) per call; the relay asks it for every member of every flush.
+_VIEWER_ROLES = tuple(role for role in Role if not role.participates)
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +347,7 @@ class Presence:
             else None
         )
         for member in list(self.members.values()):
-            if member.role.participates:
+            if member.role not in _VIEWER_ROLES:
                 member.send(to_participants)
             elif to_viewers is not None:
                 member.send(to_viewers)

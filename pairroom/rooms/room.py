@@ -50,6 +50,8 @@ class RoomState(enum.Enum):
     CLOSED = "closed"
 
 
+_CLOSED = RoomState.CLOSED  # read per broadcast; an enum class lookup is slow on Python 3.11
+
 _TRANSITIONS = {
     RoomState.LOADING: {RoomState.ACTIVE, RoomState.CLOSED},
     RoomState.ACTIVE: {RoomState.UNLOADING, RoomState.CLOSED},
@@ -362,7 +364,7 @@ class Room:
         outbox, self._outbox = self._outbox, []
         with contextlib.suppress(RuntimeError):  # no running loop: a synchronous caller
             self._outbox_sent_at = asyncio.get_running_loop().time()
-        if not outbox or not self.members or self.state is RoomState.CLOSED:
+        if not outbox or not self.members or self.state is _CLOSED:
             return
         if len(outbox) == 1:
             update, exclude = outbox[0]

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 from starlette.applications import Starlette
 
+from pairroom.web.frames import FramingProtocol
 from pairroom.web.http_limits import BodyLimit, TimedHttpToolsProtocol
 
 if TYPE_CHECKING:
@@ -44,7 +45,8 @@ def uvicorn_config(app: Starlette, settings: Settings, *, signals: bool = True) 
         loop="none",
         http=TimedHttpToolsProtocol,  # uvicorn's httptools protocol with header and body deadlines
         timeout_keep_alive=max(1, int(settings.http_keepalive_timeout)),
-        ws=settings.ws_impl,
+        # the default stack with the send fast path (pairroom/web/frames.py); the others as named
+        ws=FramingProtocol if settings.ws_impl == "websockets-sansio" else settings.ws_impl,
         # pairroom enforces max_message_bytes itself with a clear close code; the transport's own
         # limit sits above it so that it never decides first.
         ws_max_size=settings.max_message_bytes * 2 + 1024,

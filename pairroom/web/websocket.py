@@ -21,6 +21,7 @@ from pairroom.rooms.member import Member, MemberState
 from pairroom.rooms.registry import RoomLoadError
 from pairroom.rooms.room import Room
 from pairroom.web.auth import AuthError, admit
+from pairroom.web.frames import FrameWriter
 from pairroom.web.hub import Hub
 from pairroom.rooms.limits import TokenBucket
 
@@ -31,16 +32,27 @@ CLOSE_TIMEOUT = 5.0  # a client that does not read cannot take a close frame eit
 
 
 class StarletteTransport:
+    """A member's connection. Messages go out through ``FrameWriter`` (framed once per broadcast,
+    written straight to the socket; see ``pairroom/web/frames.py``) when the connection allows it,
+    else through the ASGI send, which also waits while the socket's buffer is full."""
+
+    __slots__ = ("websocket", "frame_writer")
+
     def __init__(self, websocket: WebSocket) -> None:
         self.websocket = websocket
+        self.frame_writer = FrameWriter.for_scope(websocket.scope)
 
     async def send(self, data: bytes) -> None:
+        if self.frame_writer is not None and self.frame_writer.write(data):
+            return
         await self.websocket.send({"type": "websocket.send", "bytes": data})
 
     def send_now(self, data: bytes) -> Awaitable[None] | None:
         """Start the send here rather than in a task: the ASGI send of a writable socket completes
         without suspending, so a broadcast to many members costs no task switch per member. If it
         does suspend (the socket's buffer is full), the rest runs as a task, returned to the caller."""
+        if self.frame_writer is not None and self.frame_writer.write(data):
+            return None
         send = self.websocket.send({"type": "websocket.send", "bytes": data})
         try:
             blocker = send.send(None)
