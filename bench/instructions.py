@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run  # noqa: E402  (the orchestrator: scenarios, the server command, the generator)
+import run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +100,9 @@ def measure(name: str, workload: Workload, keep: Path | None = None) -> dict[str
         server = run.RunningServer(spec, prefix, tmp)
         try:
             server.wait_ready()
-            config = scenario.loadgen_config(server.url(), False, f"i{int(time.time())}", None, "y-websocket", workload.edits_per_sec)
+            config = scenario.loadgen_config(
+                server.url(), False, f"i{int(time.time())}", None, "y-websocket", workload.edits_per_sec
+            )
             config.update(duration=workload.duration, warmup=workload.warmup, connectTimeout=120.0, settle=30.0)
             samples: dict[str, Any] = {}
             tail: deque[str] = deque(maxlen=30)

@@ -187,10 +187,11 @@ async def test_stuck_reader_on_the_fast_path_is_closed_with_slow_consumer(start_
 
 
 def test_fast_path_module_is_used_by_the_default_stack() -> None:
+    from starlette.applications import Starlette
+
     from pairroom.config import Settings
     from pairroom.web.frames import FramingProtocol
     from pairroom.web.runner import uvicorn_config
-    from starlette.applications import Starlette
 
     assert uvicorn_config(Starlette(), Settings()).ws is FramingProtocol
 

@@ -22,8 +22,8 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable
-from typing import Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from pycrdt import merge_updates
 
@@ -120,7 +120,7 @@ class Member:
         assert self._send_now is not None
         try:
             pending = self._send_now(frame)
-        except Exception as exc:  # the connection broke under the write: it is over
+        except Exception as exc:  # noqa: BLE001 - the connection broke under the write: it is over
             log.info("write failed", extra={"conn": self.id, "error": repr(exc)})
             self.gone()
             return

@@ -33,8 +33,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pycrdt import Awareness, Doc
 
@@ -86,7 +87,7 @@ class ByteBudget:
 class Presence:
     def __init__(
         self,
-        doc: Doc,
+        doc: Doc[Any],
         members: dict[str, Member],
         *,
         tick: float = 0.02,
@@ -125,7 +126,7 @@ class Presence:
             return member.role.participates
         if client_id in self.remote_owner:
             state = self.awareness.states.get(client_id) or {}
-            user = state.get("user") if isinstance(state.get("user"), dict) else {}
+            user = user_fields(state)
             return user.get("role") != "viewer"
         return True  # the server's own summary
 
@@ -218,7 +219,9 @@ class Presence:
                 self.remote_owner[entry.client_id] = node
         self._apply(payload, entries, f"peer:{node}", by_viewer=lambda cid: not self._from_participant(cid))
 
-    def _apply(self, payload: bytes, entries: list[AwarenessEntry], origin: str, by_viewer: Callable[[int], bool]) -> None:
+    def _apply(
+        self, payload: bytes, entries: list[AwarenessEntry], origin: str, by_viewer: Callable[[int], bool]
+    ) -> None:
         self.awareness.apply_awareness_update(payload, origin)
         meta = self.awareness.meta
         changed = False
@@ -266,7 +269,7 @@ class Presence:
             state = {}
         elif not stamp_identity and not isinstance(state.get("user"), dict):
             return entry, False  # not a person (no user): nothing to colour
-        user = state.get("user") if isinstance(state.get("user"), dict) else {}
+        user = user_fields(state)
         if stamp_identity:
             assert member.principal is not None
             identity = member.principal.identity(member.role)
@@ -361,7 +364,7 @@ class Presence:
             for cid in member.awareness_clients:
                 state = self.awareness.states.get(cid) or {}
                 if state.get("hand"):
-                    user = state.get("user") if isinstance(state.get("user"), dict) else {}
+                    user = user_fields(state)
                     hands.append({"id": user.get("id"), "name": user.get("name")})
         summary = {"pairroom": {"viewers": len(viewers), "hands": hands}}
         if summary != self._summary:
@@ -374,7 +377,7 @@ class Presence:
         out = []
         for cid, node in self.remote_owner.items():
             state = self.awareness.states.get(cid) or {}
-            user = state.get("user") if isinstance(state.get("user"), dict) else {}
+            user = user_fields(state)
             out.append(
                 {
                     **{k: user.get(k) for k in ("id", "name", "color", "role")},
@@ -388,7 +391,7 @@ class Presence:
             states = [self.awareness.states.get(cid) or {} for cid in member.awareness_clients]
             state = next((s for s in states if s), {})
             user = member.principal.identity(member.role) if member.principal else {"id": member.id}
-            shown = state.get("user") if isinstance(state.get("user"), dict) else {}
+            shown = user_fields(state)
             if member.principal is not None and member.principal.names_itself and isinstance(shown.get("name"), str):
                 user["name"] = shown["name"]
             if member.id in self.colors:
@@ -404,3 +407,8 @@ class Presence:
             )
         return out
 
+
+def user_fields(state: Any) -> dict[str, Any]:
+    """The ``user`` object of an awareness state, or an empty one (a state may hold anything)."""
+    user = state.get("user") if isinstance(state, dict) else None
+    return user if isinstance(user, dict) else {}

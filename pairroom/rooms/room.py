@@ -19,22 +19,25 @@ import asyncio
 import contextlib
 import enum
 import logging
-from datetime import datetime, timezone
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
 from pycrdt import Doc, Map, TransactionEvent, merge_updates
 
 from pairroom.protocol import sync as protocol
 from pairroom.protocol.origins import LocalOrigin, Origin, PeerOrigin
 from pairroom.protocol.sync import CloseCode, Message, MessageType, ProtocolError, SyncStep
-from pairroom.storage.store import LoadedRoom, NewUpdate, Store, StoreError, clip_label
-from .extension import Change, ExtensionRunner
-from .persistence import write_pending
-from .guards import DocumentGuards
-from .dependencies import HeldUpdates
-from .identity import Principal, Role, earlier_room
 from pairroom.rooms.member import Member
 from pairroom.rooms.presence import Presence
+from pairroom.storage.store import LoadedRoom, NewUpdate, Store, StoreError, clip_label
+
+from .dependencies import HeldUpdates
+from .extension import Change, ExtensionRunner
+from .guards import DocumentGuards
+from .identity import Principal, Role, earlier_room
+from .persistence import write_pending
 
 log = logging.getLogger("pairroom.room")
 
@@ -112,11 +115,9 @@ class Room:
         self.name = name
         self.store = store
         self.listener = listener
-        self.doc = Doc()
+        self.doc: Doc[Any] = Doc()
         self.members: dict[str, Member] = {}
-        self.presence = Presence(
-            self.doc, self.members, tick=awareness_tick, stamp_identity=stamp_identity
-        )
+        self.presence = Presence(self.doc, self.members, tick=awareness_tick, stamp_identity=stamp_identity)
         self.awareness = self.presence.awareness
         self.roles: dict[str, Role] = {}  # live role changes by owners: user id -> role
         self.extensions = extensions or ExtensionRunner(())
@@ -246,8 +247,7 @@ class Room:
             member.send(protocol.sync_step2(missing))
             return
         if not member.role.writes_document and not (
-            message.payload == protocol.EMPTY_UPDATE
-            or self.extensions.allows_write(self, member, message.payload)
+            message.payload == protocol.EMPTY_UPDATE or self.extensions.allows_write(self, member, message.payload)
         ):
             # Dropped without closing: every client answers the server's step 1 with a step 2 on
             # each connect, and a close would make a viewer's client reconnect forever.
@@ -298,7 +298,7 @@ class Room:
     _outbox: list[tuple[bytes, Member | None]]
 
     @contextlib.contextmanager
-    def local_change(self, origin: Origin) -> Iterator[Doc]:
+    def local_change(self, origin: Origin) -> Iterator[Doc[Any]]:
         """Change the document from the server side (kernels, restores, imports) in one transaction.
 
         What changes is broadcast to every member and logged with ``origin``, like a client's edit::
@@ -330,7 +330,7 @@ class Room:
             self.listener.on_local_update(self, uid, update)
 
     def _log(self, uid: str, origin: Origin, update: bytes) -> None:
-        self.pending.append(NewUpdate(uid, datetime.now(timezone.utc), clip_label(origin.label()), update))
+        self.pending.append(NewUpdate(uid, datetime.now(UTC), clip_label(origin.label()), update))
         self.listener.on_dirty(self)
 
     def _queue_broadcast(self, update: bytes, exclude: Member | None) -> None:

@@ -36,6 +36,7 @@ without any change to the room's API.
 from __future__ import annotations
 
 import struct
+from collections.abc import MutableMapping
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -79,7 +80,7 @@ class FrameWriter:
         self._protocol = protocol
 
     @classmethod
-    def for_scope(cls, scope: dict[str, Any]) -> FrameWriter | None:
+    def for_scope(cls, scope: MutableMapping[str, Any]) -> FrameWriter | None:
         """The writer of an accepted connection, or None if its stack or extensions rule it out."""
         offered = (scope.get("extensions") or {}).get(EXTENSION)
         if not offered:

@@ -17,13 +17,13 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from pairroom.protocol.sync import CloseCode, ProtocolError
+from pairroom.rooms.limits import TokenBucket
 from pairroom.rooms.member import Member, MemberState
 from pairroom.rooms.registry import RoomLoadError
 from pairroom.rooms.room import Room
 from pairroom.web.auth import AuthError, admit
 from pairroom.web.frames import FrameWriter
 from pairroom.web.hub import Hub
-from pairroom.rooms.limits import TokenBucket
 
 log = logging.getLogger("pairroom.ws")
 
@@ -75,7 +75,7 @@ async def _finish(coroutine: Coroutine[Any, Any, None], blocker: Any) -> None:
             else:
                 blocker._asyncio_future_blocking = False  # taken over, as Task.__step does
                 await blocker
-        except BaseException as exc:  # deliver the wait's failure where the coroutine waited
+        except BaseException as exc:  # noqa: BLE001 - deliver the wait's failure where the coroutine waited
             try:
                 blocker = coroutine.throw(exc)
             except StopIteration:
@@ -214,9 +214,7 @@ async def read_frames(hub: Hub, websocket: WebSocket, room: Room, member: Member
         data = message.get("bytes")
         try:
             if data is None:
-                raise ProtocolError(
-                    CloseCode.UNSUPPORTED_DATA, "text frames are not supported; send binary messages"
-                )
+                raise ProtocolError(CloseCode.UNSUPPORTED_DATA, "text frames are not supported; send binary messages")
             metrics.received_frame(len(data))
             if not bucket.take():
                 raise ProtocolError(
@@ -224,9 +222,7 @@ async def read_frames(hub: Hub, websocket: WebSocket, room: Room, member: Member
                     f"more than {hub.settings.rate_limit:g} messages a second; slow down",
                 )
             if len(data) > limit:
-                raise ProtocolError(
-                    CloseCode.MESSAGE_TOO_BIG, f"message of {len(data)} bytes exceeds {limit}"
-                )
+                raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message of {len(data)} bytes exceeds {limit}")
             room.receive(member, data)
         except ProtocolError as exc:
             client_error(hub, member.id, room.name, exc.code, exc.reason)
