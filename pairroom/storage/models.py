@@ -95,3 +95,4 @@ class SnapshotRow(Base):
 
 
 # The recorder's tables share this metadata (Alembic and the schema tests see one schema).
+from pairroom.storage import event_models as _event_models  # noqa: E402, F401 - imported for its tables

@@ -314,6 +314,8 @@ def _upgrade_to_head(connection: Connection) -> None:
         if versions == [HEAD_REVISION]:
             return
     elif not tables:
+        from pairroom.storage import event_models  # noqa: F401 - registers the recorder's tables on Base
+
         Base.metadata.create_all(connection)
         connection.execute(
             text(
