@@ -398,6 +398,8 @@ async def test_a_review_pass_with_diff_run_evidence_and_markdown_export(start_se
     files(py)["main.py"].insert(len(CODE), "print(area(3))\n")
     await new_file(py, "test_main.py", "from main import area\nassert area(1) > 3\n")
     await eventually(lambda: _has_file(http, api, "test_main.py"))
+    live = server.hub.registry.rooms[room].doc.get("files", type=Map)
+    await eventually(lambda: str(live.get("test_main.py", "")).endswith("> 3\n"), what="the file's text arrived")
 
     second = await http.post(f"{api}/review-passes", json={"title": "Week 2"})
     assert second.status_code == 201, second.text
