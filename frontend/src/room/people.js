@@ -53,9 +53,10 @@ export class People {
   // -- what this browser publishes ----------------------------------------------------------------
 
   toggleHand() {
-    const up = !this.awareness.getLocalState()?.hand
-    this.awareness.setLocalStateField('hand', up)
-    this.awareness.setLocalStateField('handAt', up ? Date.now() : null)
+    const state = this.awareness.getLocalState() ?? {}
+    const up = !state.hand
+    // one update for both fields: others never see a hand up without the time it went up
+    this.awareness.setLocalState({ ...state, hand: up, handAt: up ? Date.now() : null })
   }
 
   toggleLead() {
