@@ -190,8 +190,13 @@ async def create(ts: TermServer, room: str, member: Member, name: str | None = N
 async def ready(client: TermClient) -> None:
     """Until the client had its setup and snapshot and the shell printed its prompt."""
     try:
+        # a snapshot renders the screen with each line's trailing spaces trimmed: "~ $" ends its line
         await until(
-            lambda: client.of("snapshot") and ("$ " in client.output or "$ " in client.of("snapshot")[-1]), timeout=30
+            lambda: (
+                client.of("snapshot")
+                and ("$ " in client.output or re.search(r"\$ ?(\r|\n|$)", str(client.of("snapshot")[-1])) is not None)
+            ),
+            timeout=30,
         )
     except AssertionError:
         raise AssertionError(f"no prompt within 30 s; frames: {[str(f)[:80] for f in client.frames][:20]!r}") from None
