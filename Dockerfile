@@ -7,12 +7,22 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# git (and ssh for ssh:// remotes) for version control: the server drives the git command line
+# (docs/git.md); without it the git routes answer 503. Debian bookworm's git 2.39 with its security
+# updates, as the base image's release pins it.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git openssh-client \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /app
 # Only what the package needs, so the image does not depend on what else lies in the build context.
 COPY pyproject.toml README.md ./
 COPY pairroom ./pairroom
 RUN pip install . \
-    && useradd --system --uid 10001 --home-dir /app --no-create-home pairroom
+    && useradd --system --uid 10001 --home-dir /app --no-create-home pairroom \
+    && install -d -m 0700 -o pairroom -g pairroom /var/lib/pairroom/git
+# Rooms' git repositories: mount a volume here so they outlive the container (docker-compose.yml).
+ENV PAIRROOM_GIT_ROOT=/var/lib/pairroom/git
 
 USER pairroom
 EXPOSE 8000

@@ -60,15 +60,12 @@ async def scenario(base: str, ws: str, app: Any, watchers: int, stops: int) -> d
     writer = clients[0]
     with writer.doc.transaction():
         writer.doc.get("files", type=Map)["main.py"] = Text(PROGRAM.format(stops=stops))
-        writer.doc.get("debug", type=Map)["breakpoints"] = Map({"main.py": Map({"3": {"author": "bench"}})})
+        writer.doc.get("breakpoints", type=Map)["main.py:3"] = {"author": "bench"}
     room = None
     await eventually(lambda: name in app.state.hub.registry.rooms, timeout=10)
     room = app.state.hub.registry.rooms[name]
     await eventually(
-        lambda: (
-            "main.py" in room.doc.get("files", type=Map)
-            and isinstance(room.doc.get("debug", type=Map).get("breakpoints"), Map)
-        ),
+        lambda: "main.py" in room.doc.get("files", type=Map) and "main.py:3" in room.doc.get("breakpoints", type=Map),
         timeout=10,
     )
     counter = app.state.debugger.counter

@@ -19,7 +19,8 @@ show it kept up (well under 100 %).
 Workloads: ``s2-100p``/``s2-200p`` (1 writer at 2 edits/s with a cursor update per edit, 100 or
 200 watchers, awareness renewals every 15 s), ``s3`` (50 clients, 10 writers at 2 edits/s each,
 no presence) and ``s3-20`` (the same at 20 edits/s per writer: more than callgrind keeps up with,
-so the room merges; read it only next to a run of the same workload).
+so the room merges; read it only next to a run of the same workload), ``s4`` (200 rooms x 2 clients
+at 0.1 edits/s each: the per-edit cost of a room's own work, with no fan-out to share it).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ WORKLOADS = {
     "s2-200p": Workload("s2-200p", 2),
     "s3": Workload("s3", 2),
     "s3-20": Workload("s3", 20, duration=6.0),
+    "s4": Workload("s4", 0.1),
 }
 
 

@@ -104,6 +104,7 @@ class ServerSpec:
     python: bool = False  # a Python process (py-spy can profile it)
     available: str = ""  # non-empty: why this slot cannot run yet (the report says so)
     postgres: bool = False  # a fresh PostgreSQL database per run, passed as {pg}
+    tree: bool = False  # CPU and memory summed over the process and its children (worker processes)
 
 
 PAIRROOM_COMMAND = (
@@ -157,6 +158,40 @@ SERVERS: dict[str, ServerSpec] = {
         command=tuple("{pg}" if part == "sqlite:///{db}" else part for part in PAIRROOM_COMMAND),
         postgres=True,
     ),
+    # pairroom's app under Granian's ASGI server (Rust, one worker, uvloop), from its own virtualenv
+    # (bench/.venv-granian: Granian, seeing pairroom's .venv); not in the default set
+    "pairroom-granian": ServerSpec(
+        name="pairroom-granian",
+        description="pairroom's app under Granian 2.8.7 (ASGI, 1 worker, 1 runtime thread, uvloop), SQLite storage",
+        command=(
+            "{bench}/.venv-granian/bin/granian",
+            "--interface",
+            "asgi",
+            "--host",
+            "{host}",
+            "--port",
+            "{port}",
+            "--workers",
+            "1",
+            "--runtime-threads",
+            "1",
+            "--loop",
+            "uvloop",
+            "--ws",
+            "--log-level",
+            "warning",
+            "--working-dir",
+            "{bench}/peers",
+            "pairroom_granian:app",
+        ),
+        env=(("PAIRROOM_DB", "sqlite:///{db}"), ("PAIRROOM_RATE_LIMIT", "100000"), ("PAIRROOM_LOG_LEVEL", "warning")),
+        url="ws://{host}:{port}/yjs",
+        port="assign",
+        needs=("granian",),
+        python=True,
+        tree=True,
+        start_timeout=60.0,
+    ),
     "y-websocket-server": ServerSpec(
         name="y-websocket-server",
         description="@y/websocket-server 0.1.1 (the reference Node server), in memory",
@@ -202,7 +237,15 @@ PEERS = ("pairroom", "y-websocket-server", "hocuspocus", "pycrdt-websocket", "re
 # --quick runs against pairroom, the targets' reference (Hocuspocus) and the ceiling (the relay)
 # only, to stay under 3 minutes; `--quick --server NAME` runs any other
 QUICK_SERVERS = ("pairroom", "hocuspocus", "relay")
-TRACE = ROOT.parent / "shared" / "data" / "automerge-paper.json.gz"
+# beside the repository (../shared), or beside the directory holding a worktree of it
+TRACE = next(
+    (
+        path
+        for path in (d / "shared" / "data" / "automerge-paper.json.gz" for d in (ROOT.parent, ROOT.parent.parent))
+        if path.exists()
+    ),
+    ROOT.parent / "shared" / "data" / "automerge-paper.json.gz",
+)
 
 
 @dataclass(frozen=True)
@@ -246,6 +289,9 @@ class Scenario:
     joiners: int = 5
     quick_joiners: int = 2
     trace_chunk_txns: int = 1000
+    trace_copies: int = 1  # the trace replayed into this many texts of the document (many files)
+    quick_trace_copies: int = 0  # under --quick (0: the same)
+    join_timeout: float = 60.0  # s, per joiner
     limits: str = ""  # what bounds the figures of this scenario (for the report)
 
     def writer_count(self) -> int:
@@ -290,6 +336,8 @@ class Scenario:
                 mode="joiner",
                 tracePath=str(TRACE),
                 traceChunkTxns=self.trace_chunk_txns,
+                traceCopies=self.quick_trace_copies if quick and self.quick_trace_copies else self.trace_copies,
+                joinTimeout=self.join_timeout,
                 joiners=self.quick_joiners if quick else self.joiners,
             )
         return config
@@ -443,6 +491,101 @@ SCENARIOS: dict[str, Scenario] = {
     ),
 }
 
+
+def _fixed_s3(rate: float) -> Scenario:
+    """S3's busy room at one fixed ordinary rate (the CPU-per-edit targets compare at these)."""
+    return Scenario(
+        name=f"s3-{rate:g}",
+        title=f"busy room at a fixed rate: 50 clients, 10 writers at {rate:g} edits/s each",
+        rooms=1,
+        clients_per_room=50,
+        writers=10,
+        edits_per_sec=rate,
+        duration=6,
+        warmup=1,
+        quick_duration=3,
+        quick_warmup=1,
+        workers=4,
+        servers=TARGET_SERVERS,
+        in_quick=False,
+        limits="S3 at one rate (no ladder): the per-delivery cost at the rate people type at, or a fast typist's.",
+    )
+
+
+# The servers of the targets' table: pairroom, its reference (Hocuspocus) and y-websocket (RSS target).
+TARGET_SERVERS = ("pairroom", "hocuspocus", "y-websocket-server")
+
+SCENARIOS.update(
+    {
+        "s2-150l": dataclasses.replace(
+            _s2(149, True),
+            name="s2-150l",
+            title="a 150-person session: the mentor at 5 edits/s with a cursor, 149 watchers, 15 s renewals",
+            edits_per_sec=5,
+            servers=TARGET_SERVERS,
+            in_quick=False,
+        ),
+        "s3-20": _fixed_s3(20),
+        "s3-160": _fixed_s3(160),
+        "s6-10m": dataclasses.replace(
+            SCENARIOS["s6"],
+            name="s6-10m",
+            title="large document: the automerge-paper trace replayed into 34 files of one room (about 10 MiB), then new clients join",
+            trace_copies=34,
+            quick_trace_copies=7,
+            joiners=3,
+            quick_joiners=1,
+            join_timeout=120.0,
+            connect_timeout=60,
+            servers=TARGET_SERVERS,
+            in_quick=False,
+        ),
+        "s7": dataclasses.replace(
+            SCENARIOS["s5"],
+            name="s7",
+            title="C10k: 10,000 clients (1,000 rooms x 10), connected and synced, then silent",
+            rooms=1000,
+            quick_rooms=200,  # 2,000 under --quick
+            workers=8,
+            connect_concurrency=64,
+            connect_timeout=300,
+            servers=TARGET_SERVERS,
+            in_quick=False,
+            limits=(
+                "10,000 websocket handshakes, syncs and awareness entries from 8 generator processes on one "
+                "core; the open-files limit is raised for every process the harness starts."
+            ),
+        ),
+        "s8": Scenario(
+            name="s8",
+            # 1,000 members: the writer and 999 watchers (a room holds at most 1,000 members by default)
+            title="lecture: 1 writer at 20 edits/s with a cursor, 999 watchers with presence (15 s renewals), one node",
+            rooms=1,
+            clients_per_room=1000,
+            writers=1,
+            edits_per_sec=20,
+            presence=True,
+            awareness_renew_s=15.0,
+            duration=12,
+            warmup=2,
+            quick_duration=4,
+            quick_warmup=1,
+            workers=8,
+            connect_concurrency=32,
+            connect_timeout=120,
+            servers=TARGET_SERVERS,
+            in_quick=False,
+            limits=(
+                "Fan-out to 1,000 sockets per edit and per cursor move, and 1,000 x 1,000 / 15 renewals a "
+                "second without coalescing; the generator's 8 processes share one core."
+            ),
+        ),
+    }
+)
+
+# What `--targets` runs: every scenario a row of the targets' table reads.
+TARGET_SCENARIOS = ("s2-100p", "s2-200p", "s2-150l", "s3-20", "s3-160", "s4", "s5", "s7", "s8", "s6-10m")
+
 # The issue's targets, checked in the report (ratios within one run of the suite).
 TARGETS = (
     "S3 sustainable rate >= 1.5x Hocuspocus'",
@@ -461,8 +604,35 @@ TARGETS = (
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def proc_sample(pid: int) -> dict[str, Any] | None:
-    """CPU seconds (user + system, all threads) and memory of a live process, or None."""
+def descendants(pid: int) -> list[int]:
+    """The process's children, their children, ... (from /proc/PID/task/*/children)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out.extend(children)
+            todo.extend(children)
+    return out
+
+
+def proc_sample(pid: int, tree: bool = False) -> dict[str, Any] | None:
+    """CPU seconds (user + system, all threads) and memory of a live process, or None. With
+    ``tree``, summed over the process and its descendants (a server that runs in worker processes)."""
+    if tree:
+        parts = [sample for sample in (proc_sample(p) for p in [pid, *descendants(pid)]) if sample is not None]
+        if not parts:
+            return None
+        total = dict(parts[0])
+        for part in parts[1:]:
+            for key in ("cpu_s", "user_s", "sys_s", "rss_mib", "hwm_mib"):
+                total[key] += part[key]
+            total["threads"] = (total["threads"] or 0) + (part["threads"] or 0)
+        return total
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         status = Path(f"/proc/{pid}/status").read_text()
@@ -544,6 +714,32 @@ def ensure_peers(needs: set[str]) -> None:
             if proc.returncode != 0:
                 sys.exit("bench: npm ci failed in bench/peers")
             stamp.touch()
+    if "granian" in needs:
+        granian_venv = BENCH / ".venv-granian"
+        stamp = granian_venv / ".pairroom-bench-installed"
+        if not stamp.exists():
+            print("bench: installing Granian into bench/.venv-granian", file=sys.stderr)
+            subprocess.run([str(VENV / "bin" / "python"), "-m", "venv", str(granian_venv)], check=True, timeout=300)
+            site = subprocess.run(
+                [str(granian_venv / "bin" / "python"), "-c", "import site; print(site.getsitepackages()[0])"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            ours = subprocess.run(
+                [str(VENV / "bin" / "python"), "-c", "import site; print(site.getsitepackages()[0])"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            # pairroom (an editable install: its own .pth, processed by addsitedir) and its pins, from .venv
+            Path(site, "pairroom-venv.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
+            proc = subprocess.run(
+                [str(granian_venv / "bin" / "python"), "-m", "pip", "install", "--quiet", GRANIAN_PIN], timeout=900
+            )
+            if proc.returncode != 0:
+                sys.exit("bench: pip install failed in bench/.venv-granian")
+            stamp.touch()
     if "python-peers" in needs:
         requirements = PEERS_DIR / "requirements.txt"
         stamp = PEERS_VENV / ".pairroom-bench-installed"
@@ -560,6 +756,7 @@ def ensure_peers(needs: set[str]) -> None:
 
 
 NOFILE_WANTED = 65536
+GRANIAN_PIN = "granian==2.8.7"
 
 
 def raise_nofile() -> None:
@@ -848,9 +1045,9 @@ def run_once(
             record["url"] = server.url()
             # a short idle window first: the server's background cost (timers, keepalives) with
             # nobody connected, to tell fixed costs from per-edit costs
-            samples: dict[str, Any] = {"ready": proc_sample(server.proc.pid)}
+            samples: dict[str, Any] = {"ready": proc_sample(server.proc.pid, spec.tree)}
             time.sleep(scenario.quick_idle_baseline if quick else scenario.idle_baseline)
-            samples["idle_end"] = proc_sample(server.proc.pid)
+            samples["idle_end"] = proc_sample(server.proc.pid, spec.tree)
             config = scenario.loadgen_config(
                 server.url(), quick, f"{int(time.time())}-{index + 1}", workers, spec.protocol, edits_per_sec
             )
@@ -869,7 +1066,7 @@ def run_once(
                     return
                 name = event["event"]
                 if name in SAMPLED_EVENTS:
-                    samples[name] = proc_sample(server.proc.pid)
+                    samples[name] = proc_sample(server.proc.pid, spec.tree)
                 if name == "measure_start" and profile is not None and spec.python:
                     profiler = start_profiler(server.proc.pid, config["duration"], profile)
                 events.append(event)
@@ -901,7 +1098,7 @@ def run_once(
             for r in readers:
                 r.join(5)
             out = "\n".join(stdout_lines)
-            samples["after"] = proc_sample(server.proc.pid)
+            samples["after"] = proc_sample(server.proc.pid, spec.tree)
             record["server_alive_after_load"] = server.proc.poll() is None
             try:
                 result = json.loads(out.strip().splitlines()[-1])
@@ -1150,6 +1347,8 @@ def run_case(
         "server": spec.name,
         "server_description": spec.description,
         "definition": {k: v for k, v in dataclasses.asdict(scenario).items()},
+        "clients_expected": (scenario.quick_rooms if args.quick and scenario.quick_rooms else scenario.rooms)
+        * scenario.clients_per_room,
         "runs": [],
     }
 
@@ -1255,7 +1454,7 @@ def markdown(report: dict[str, Any]) -> str:
 
     if "load" in by_kind:
         lines += [
-            "## Latency scenarios (S1, S2, S4)",
+            "## Latency scenarios (S1, S2, S3 at fixed rates, S4, S8)",
             "",
             "| scenario | server | clients | edits/s in | p50 ms | p99 ms | max ms | presence p99 ms | delivery % "
             "| converged | server CPU % | CPU ms / delivered edit | RSS MiB | limited by |",
@@ -1319,16 +1518,16 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("")
     if "idle" in by_kind:
         lines += [
-            "## S5 idle connections",
+            "## Idle connections (S5, S7)",
             "",
-            "| server | connections | time to connect all s | connect p99 ms | RSS idle server MiB | RSS connected MiB "
+            "| scenario | server | connections | time to connect all s | connect p99 ms | RSS idle server MiB | RSS connected MiB "
             "| KiB per connection | CPU % while silent |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for case in by_kind["idle"]:
             f = case["median"]
             if not f or f.get("connect_all_s") is None:
-                lines.append(failed_row(case, 8))
+                lines.append(failed_row(case, 9))
                 continue
             per = (
                 1024 * (f["rss_mib"] - f["rss_ready_mib"]) / f["clients"]
@@ -1336,7 +1535,7 @@ def markdown(report: dict[str, Any]) -> str:
                 else None
             )
             lines.append(
-                f"| {case['server']} | {fmt(f['clients'])} | {fmt(f['connect_all_s'], 2)} | {fmt(f['connect_p99_ms'], 1)} "
+                f"| {case['scenario']} | {case['server']} | {fmt(f['clients'])} | {fmt(f['connect_all_s'], 2)} | {fmt(f['connect_p99_ms'], 1)} "
                 f"| {fmt(f['rss_ready_mib'], 1)} | {fmt(f['rss_mib'], 1)} | {fmt(per, 1)} | {fmt(f['server_cpu_pct'], 1)} |"
             )
         lines.append("")
@@ -1344,14 +1543,14 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [
             "## S6 a joiner on a large document",
             "",
-            "| server | document (Yjs update) KiB | seed sent s | first join ms | join p50 ms | join max ms "
+            "| scenario | server | document (Yjs update) KiB | seed sent s | first join ms | join p50 ms | join max ms "
             "| RSS before seed MiB | RSS with document MiB | document MiB in server |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for case in by_kind["joiner"]:
             f = case["median"]
             if not f or f.get("join_p50_ms") is None:
-                lines.append(failed_row(case, 9))
+                lines.append(failed_row(case, 10))
                 continue
             delta = (
                 f["rss_seeded_mib"] - f["rss_seed_start_mib"]
@@ -1359,7 +1558,7 @@ def markdown(report: dict[str, Any]) -> str:
                 else None
             )
             lines.append(
-                f"| {case['server']} | {fmt((f.get('doc_bytes') or 0) / 1024, 0)} | {fmt(f.get('seed_s'), 2)} "
+                f"| {case['scenario']} | {case['server']} | {fmt((f.get('doc_bytes') or 0) / 1024, 0)} | {fmt(f.get('seed_s'), 2)} "
                 f"| {fmt(f.get('first_join_ms'), 1)} | {fmt(f['join_p50_ms'], 1)} | {fmt(f['join_max_ms'], 1)} "
                 f"| {fmt(f.get('rss_seed_start_mib'), 1)} | {fmt(f.get('rss_seeded_mib'), 1)} | {fmt(delta, 1)} |"
             )
@@ -1428,10 +1627,122 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# Round two's targets: (row, scenario, goal). CPU rows compare CPU per delivered edit with
+# Hocuspocus' in the same run (medians of the runs of each case).
+CPU_TARGETS = (
+    ("S2 100 watchers + presence, CPU per delivered edit vs Hocuspocus", "s2-100p", 0.67),
+    ("S2 200 watchers + presence, CPU per delivered edit vs Hocuspocus", "s2-200p", 0.67),
+    ("a 150-person session (mentor at 5 edits/s, presence), CPU per delivered edit vs Hocuspocus", "s2-150l", 0.67),
+    ("S3 at 20 edits/s per writer, CPU per delivered edit vs Hocuspocus", "s3-20", 0.67),
+    ("S3 at 160 edits/s per writer, CPU per delivered edit vs Hocuspocus", "s3-160", 0.67),
+    ("S4 200 rooms x 2, CPU per delivered edit vs Hocuspocus", "s4", 0.8),
+)
+
+
+def round_two_targets(cases: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, str]]:
+    """The targets' table of the second round, each verdict computed here from the medians."""
+    out: list[dict[str, str]] = []
+
+    def add(target: str, pairroom: str, reference: str, ratio: str, met: bool | None) -> None:
+        verdict = "not measured" if met is None else ("met" if met else "NOT met")
+        out.append({"target": target, "pairroom": pairroom, "reference": reference, "ratio": ratio, "verdict": verdict})
+
+    def median(scenario: str, server: str) -> dict[str, Any] | None:
+        case = cases.get((scenario, server))
+        return case.get("median") if case else None
+
+    def runs_note(scenario: str) -> str:
+        case = cases.get((scenario, "pairroom"))
+        return f", median of {len(case['runs'])}" if case and len(case["runs"]) > 1 else ""
+
+    for row, scenario, goal in CPU_TARGETS:
+        a, b, c = median(scenario, "pairroom"), median(scenario, "hocuspocus"), median(scenario, "y-websocket-server")
+        x = a and a.get("cpu_ms_per_delivered_edit")
+        y = b and b.get("cpu_ms_per_delivered_edit")
+        z = c and c.get("cpu_ms_per_delivered_edit")
+        if not (x and y):
+            add(f"{row} <= {goal}x", "-", "-", "-", None)
+            continue
+        ywsr = f"; {x / z:.2f}x y-websocket's" if z else ""
+        add(
+            f"{row} <= {goal}x",
+            f"{x:.4f} ms{runs_note(scenario)}",
+            f"{y:.4f} ms",
+            f"{x / y:.2f}x{ywsr}",
+            x / y <= goal,
+        )
+    a, b = median("s3-20", "pairroom"), median("s3-20", "hocuspocus")
+    if a and b and a.get("p50_ms") is not None and b.get("p50_ms") is not None:
+        x, y = a["p50_ms"], b["p50_ms"]
+        add("S3 p50 at 20 edits/s <= Hocuspocus'", f"{x:.2f} ms", f"{y:.2f} ms", f"{x / y:.2f}x", x <= y)
+    else:
+        add("S3 p50 at 20 edits/s <= Hocuspocus'", "-", "-", "-", None)
+    a, b, c = median("s5", "pairroom"), median("s5", "y-websocket-server"), median("s5", "hocuspocus")
+    if a and b and a.get("rss_mib") and b.get("rss_mib"):
+        x, y = a["rss_mib"], b["rss_mib"]
+        hp = f" (Hocuspocus {c['rss_mib']:.1f})" if c and c.get("rss_mib") else ""
+        add(
+            "S5 idle connections (2,000; 500 under --quick), RSS <= y-websocket's",
+            f"{x:.1f} MiB",
+            f"{y:.1f} MiB{hp}",
+            f"{x / y:.2f}x",
+            x <= y,
+        )
+    else:
+        add("S5 idle connections (2,000; 500 under --quick), RSS <= y-websocket's", "-", "-", "-", None)
+    if a and a.get("rss_ready_mib"):
+        x = a["rss_ready_mib"]
+        add("S5 idle process (no connections), RSS <= 40 MiB", f"{x:.1f} MiB", "40 MiB", "-", x <= 40)
+    else:
+        add("S5 idle process (no connections), RSS <= 40 MiB", "-", "-", "-", None)
+    s7 = cases.get(("s7", "pairroom"))
+    a, b = median("s7", "pairroom"), median("s7", "hocuspocus")
+    row = "S7 C10k: all connected and synced; RSS and connect-all time <= Hocuspocus'"
+    if s7 and a and b and a.get("rss_mib") and b.get("rss_mib") and a.get("connect_all_s") and b.get("connect_all_s"):
+        everyone = s7["ok"] and a.get("clients") == s7.get("clients_expected")
+        add(
+            row,
+            f"{a['clients']} clients, {a['rss_mib']:.1f} MiB, {a['connect_all_s']:.1f} s",
+            f"{b['rss_mib']:.1f} MiB, {b['connect_all_s']:.1f} s",
+            f"RSS {a['rss_mib'] / b['rss_mib']:.2f}x, connect {a['connect_all_s'] / b['connect_all_s']:.2f}x",
+            bool(everyone and a["rss_mib"] <= b["rss_mib"] and a["connect_all_s"] <= b["connect_all_s"]),
+        )
+    else:
+        add(row, "-", "-", "-", None)
+    s8, a = cases.get(("s8", "pairroom")), median("s8", "pairroom")
+    row = "S8 lecture, 1 writer + 999 watchers with presence: p99 < 100 ms, delivery 100 %, converged"
+    if s8 and a and a.get("p99_ms") is not None:
+        p = f"p99 {a['p99_ms']:.1f} ms (presence p99 {fmt(a.get('presence_p99_ms'), 1)}), delivery {fmt(a.get('delivery_pct'), 2)} %, converged {fmt(a.get('converged'))}"
+        add(
+            row,
+            p,
+            "-",
+            "-",
+            bool(s8["ok"] and a["p99_ms"] < 100 and (a.get("delivery_pct") or 0) >= 100 - 1e-9 and a.get("converged")),
+        )
+    else:
+        add(row, "-", "-", "-", None)
+    a = median("s6-10m", "pairroom")
+    row = "S6 large document (about 10 MiB): first join < 1 s, RSS per document <= 3x its encoded size"
+    if a and a.get("first_join_ms") is not None and a.get("doc_bytes"):
+        mib = a["doc_bytes"] / 2**20
+        held = (a.get("rss_seeded_mib") or 0) - (a.get("rss_seed_start_mib") or 0)
+        add(
+            row,
+            f"{mib:.1f} MiB document: first join {a['first_join_ms']:.0f} ms, {held:.1f} MiB in the server",
+            "1 s; 3x the document",
+            f"{held / mib:.2f}x its size",
+            a["first_join_ms"] < 1000 and held <= 3 * mib,
+        )
+    else:
+        add(row, "-", "-", "-", None)
+    return out
+
+
 def targets(report: dict[str, Any]) -> list[dict[str, str]]:
     """The issue's targets as ratios against the peers measured in the same run."""
     cases = {(c["scenario"], c["server"]): c for c in report["cases"]}
-    out: list[dict[str, str]] = []
+    out: list[dict[str, str]] = [row for row in round_two_targets(cases) if row["verdict"] != "not measured"]
 
     def add(target: str, pairroom: str, reference: str, ratio: str, met: bool | None) -> None:
         verdict = "not measured" if met is None else ("met" if met else "NOT met")
@@ -1538,6 +1849,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=["raw", "svg"],
         help="record the Python servers with py-spy over each measured window (raw: collapsed stacks + a summary)",
     )
+    parser.add_argument(
+        "--targets",
+        action="store_true",
+        help="run what the targets' table reads (its scenarios against pairroom, Hocuspocus and y-websocket, "
+        "median of 3 runs unless --runs or --quick)",
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and generator to CPUs")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     parser.add_argument("--render", type=Path, help="only rewrite latest.md (in --out) from this JSON report")
@@ -1565,6 +1882,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"bench: no virtualenv at {VENV}")
     raise_nofile()
     ensure_loadgen()
+    if args.targets:
+        args.scenario = args.scenario or list(TARGET_SCENARIOS)
+        args.server = args.server or list(TARGET_SERVERS)
+        args.runs = args.runs or (1 if args.quick else 3)
     names = args.scenario or [n for n, sc in SCENARIOS.items() if sc.in_quick or not args.quick]
     plan: list[tuple[Scenario, ServerSpec]] = []
     unavailable: list[tuple[str, str]] = []

@@ -1,6 +1,7 @@
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import { gzipSync } from 'node:zlib'
+import { createHash } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import { defineConfig } from 'vite'
 
@@ -17,6 +18,19 @@ const precompress = {
       if (!/\.(js|css)$/.test(name)) continue
       writeFileSync(join(assets, name + '.gz'), gzipSync(readFileSync(join(assets, name)), { level: 9 }))
     }
+  },
+}
+
+/** Stamp the service worker with this build's id (a hash of the asset names): sw.js then differs
+ * from the last build's, the browser installs it, and it drops the caches of earlier builds. */
+const stampServiceWorker = {
+  name: 'pairroom-sw-build',
+  apply: 'build',
+  closeBundle() {
+    const names = readdirSync(join(outDir, 'assets')).filter((n) => !n.endsWith('.gz')).sort()
+    const id = createHash('sha256').update(names.join('\n')).digest('hex').slice(0, 12)
+    const path = join(outDir, 'sw.js')
+    writeFileSync(path, readFileSync(path, 'utf8').replace('__PAIRROOM_BUILD__', id))
   },
 }
 
@@ -57,6 +71,7 @@ export default defineConfig({
   },
   plugins: [
     precompress,
+    stampServiceWorker,
     {
       name: 'pairroom-room-pages',
       // Mirror the server's routing in the dev server: /r/{room}[/replay] answers room.html.

@@ -41,13 +41,39 @@ from pairroom.web import api, static
 from pairroom.web.api import http_error_handlers
 from pairroom.web.hub import Hub
 from pairroom.web.metrics import Metrics
+from pairroom.web.room_identity import RoomIdentityDoor
 from pairroom.web.websocket import yjs_endpoint
 
 log = logging.getLogger("pairroom.app")
 
 
+# What each built-in uses, in the capabilities' words (docs/extensions.md, "Capabilities"): shown by
+# GET /api/extensions; ``routes`` and ``awareness`` are enforced for them as for every extension.
+BUILTIN_CAPABILITIES: dict[str, frozenset[str]] = {
+    "cluster": frozenset({"doc.read", "doc.write", "awareness", "network"}),
+    "persistence": frozenset({"doc.read"}),
+    "reviewer-writes": frozenset({"doc.read"}),
+    "chat": frozenset({"doc.read", "doc.write", "routes"}),
+    "review": frozenset({"doc.read", "doc.write", "routes"}),
+    "kernels": frozenset({"doc.read", "doc.write", "routes", "kernel"}),
+    "debugger": frozenset({"doc.read", "doc.write", "routes", "kernel"}),
+    "terminals": frozenset({"routes", "kernel"}),
+    "git": frozenset({"doc.read", "doc.write", "routes"}),
+    "rtc": frozenset({"awareness", "routes", "network"}),
+    "recording": frozenset({"doc.read", "awareness", "routes"}),
+    "marketplace": frozenset({"doc.read", "doc.write", "routes"}),
+}
+
+
 def builtin_extensions(settings: Settings) -> list[Extension]:
     """Every built-in capability, each plugged in as an ``Extension`` (see ``docs/extensions.md``)."""
+    found = _builtin_extensions(settings)
+    for extension in found:
+        extension.capabilities = BUILTIN_CAPABILITIES.get(extension.name)
+    return found
+
+
+def _builtin_extensions(settings: Settings) -> list[Extension]:
     limit = settings.shutdown_timeout
     return [
         ClusterBridge(limit),
@@ -58,9 +84,12 @@ def builtin_extensions(settings: Settings) -> list[Extension]:
         Kernels(
             settings.kernel_settings(), enabled=settings.kernels, clustered=bool(settings.redis), shutdown_timeout=limit
         ),
-        Debugger(settings.extra),
+        Debugger(settings.extra, clustered=bool(settings.redis)),
         Terminals(
-            settings.kernel_settings(), enabled=settings.kernels, options=settings.extension_settings("terminals")
+            settings.kernel_settings(),
+            enabled=settings.kernels,
+            options=settings.extension_settings("terminals"),
+            clustered=bool(settings.redis),
         ),
         VersionControl(settings.vcs_settings()),
         Calls(settings.rtc, clustered=bool(settings.redis)),
@@ -95,7 +124,7 @@ def create_app(settings: Settings, store: Store | None = None, extensions: Seque
             # Entered in priority order, left in reverse: the cluster bridge first and last, then
             # persistence (the rooms' final flush runs after every feature stopped writing).
             for extension in runner.extensions:
-                context = extension.lifespan(hub)
+                context = extension.lifespan(runner.node_for(extension, hub))
                 if context is not None:
                     await stack.enter_async_context(context)
             log.info("ready", extra={"db": redact(settings.db), "node": node_id, "redis": bool(settings.redis)})
@@ -118,6 +147,7 @@ def create_app(settings: Settings, store: Store | None = None, extensions: Seque
         lifespan=lifespan,
     )
     app.state.extensions = runner
+    app.add_middleware(RoomIdentityDoor)
     return app
 
 
@@ -197,7 +227,8 @@ async def metrics_endpoint(request: Request) -> Response:
 async def list_extensions(request: Request) -> Response:
     """What this node runs and what it could run: every running extension (built-in or enabled,
     with its hooks) and every installed third-party one that is not enabled (from its
-    distribution's metadata only: it is not imported)."""
+    distribution's metadata only: it is not imported). The marketplace adds capabilities,
+    verification, last errors and, with ``?room=``, whether each is on in that room."""
     runner: ExtensionRunner = request.app.state.extensions
     available = installed()
     running = [describe(e, available) for e in runner.extensions]
@@ -213,11 +244,14 @@ async def list_extensions(request: Request) -> Response:
         for item in sorted(available.values(), key=lambda item: item.name)
         if item.name not in names
     ]
-    return JSONResponse({"extensions": running + idle})
+    market = next((e for e in runner.extensions if isinstance(e, Marketplace)), None)
+    if market is None:
+        return JSONResponse({"extensions": running + idle})
+    return JSONResponse(await market.annotate(request, running + idle))
 
 
 def describe(extension: Extension, available: Mapping[str, Installed]) -> dict[str, object]:
-    from pairroom.rooms.extension import hooks_of
+    from pairroom.rooms.extension import allowed_hooks
 
     item = None if extension.builtin else available.get(extension.name)
     return {
@@ -227,5 +261,5 @@ def describe(extension: Extension, available: Mapping[str, Installed]) -> dict[s
         "builtin": extension.builtin,
         "enabled": True,
         "priority": extension.priority,
-        "hooks": hooks_of(extension),
+        "hooks": allowed_hooks(extension),
     }

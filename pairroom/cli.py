@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import ipaddress
 import logging
+import os
+import secrets
 import signal
+import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import uvloop
+from pycrdt import Map
 
 from pairroom import extension_loader
 from pairroom.app import create_app
 from pairroom.config import Settings
+from pairroom.kernels import setup as kernel_setup
 from pairroom.marketplace import commands as extensions_cli
 from pairroom.recording import export as recorder_cli
 from pairroom.rooms.extension import Extension
+from pairroom.rooms.heap import release_freed_memory
 from pairroom.rooms.identity import Role
 from pairroom.web import logs
 from pairroom.web.auth import mint
@@ -38,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="database URL, or memory:// to keep rooms in this process only (PAIRROOM_DB, default sqlite:///./pairroom.db)",
     )
     serve.add_argument("--log-level", help="debug, info, warning, error (PAIRROOM_LOG_LEVEL)")
-    serve.add_argument("--log-format", choices=["json", "text"], help="PAIRROOM_LOG_FORMAT")
+    serve.add_argument(
+        "--log-format",
+        choices=["auto", "json", "text"],
+        help="PAIRROOM_LOG_FORMAT; auto (default): text on a terminal, JSON otherwise",
+    )
     serve.add_argument("--max-message-bytes", type=int, help="largest websocket message taken (default 16 MiB)")
     serve.add_argument("--max-body-bytes", type=int, help="largest HTTP request body taken (default 2 MiB)")
     serve.add_argument(
@@ -47,11 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-body-timeout", type=float, help="seconds for a request's body to arrive (default 30)")
     serve.add_argument("--room-idle-seconds", type=float, help="unload a room this long after it empties")
     serve.add_argument("--flush-interval-ms", type=float, help="batch window for storage writes")
+    serve.add_argument("--presence-entries-per-message", type=int, help="awareness states one message may carry (16)")
+    serve.add_argument(
+        "--presence-clients-per-connection", type=int, help="awareness client ids one connection may hold (8)"
+    )
+    serve.add_argument("--presence-state-bytes", type=int, help="largest awareness state of one client (16 KiB)")
+    serve.add_argument(
+        "--presence-recorded-bytes-per-second",
+        type=float,
+        help="presence one connection may add to the recording (32 KiB/s; beyond it, relayed, not recorded)",
+    )
     serve.add_argument("--broadcast-window-ms", type=float, help="a busy room merges the edits of this window (10)")
     serve.add_argument("--snapshot-every", type=int, help="write a snapshot every N logged updates")
     serve.add_argument("--max-queue-messages", type=int, help="outbound queue limit per connection")
     serve.add_argument("--keepalive-seconds", type=float, help="send something this often at least")
     serve.add_argument("--ws-impl", choices=["websockets", "websockets-sansio", "wsproto"], help="websocket stack")
+    serve.add_argument(
+        "--yjs-door",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve /yjs without the per-connection ASGI chain (default on; off: through Starlette)",
+    )
     serve.add_argument(
         "--ws-compression",
         action=argparse.BooleanOptionalAction,
@@ -59,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="permessage-deflate (off: it costs ~48 KiB per connection and CPU per message)",
     )
     serve.add_argument("--secret", help="token signing secret (PAIRROOM_SECRET); none = open mode")
+    serve.add_argument(
+        "--secret-file",
+        help="without --secret: read the secret from this file, made with a new random one if missing "
+        "(PAIRROOM_SECRET_FILE; make run uses .pairroom/secret)",
+    )
+    serve.add_argument("--welcome", metavar="ROOM", help="once listening, print an owner link of ROOM (make run)")
+    serve.add_argument(
+        "--kernel-setup",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="prepare the kernels' Python environment at start when it is missing (default on)",
+    )
     serve.add_argument(
         "--allow-anonymous",
         action="store_true",
@@ -97,7 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="run kernels WITHOUT the sandbox when bubblewrap is missing: trusted local use only",
     )
-    serve.add_argument("--kernel-pool-size", type=int, help="pre-started kernels (default 2)")
+    serve.add_argument(
+        "--kernel-pool-size",
+        type=int,
+        help="pre-started kernels, started once rooms are open on this node (default 2)",
+    )
     serve.add_argument("--kernel-idle-seconds", type=float, help="shut down a room kernel idle this long")
     serve.add_argument("--kernel-run-timeout", type=float, help="wall-clock limit of one run (default 300)")
     serve.add_argument("--kernel-output-cap", type=int, help="output bytes kept per run (default 1 MiB)")
@@ -135,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     import_git.add_argument("--as", dest="room", help="the room's name (default: a random one)")
     import_git.add_argument("--name", help="the owner's display name")
     import_git.add_argument("--server", default="http://127.0.0.1:8000", help="the server (default %(default)s)")
+
+    kernels = commands.add_parser("kernels", help="the sandboxed kernels' environment")
+    kernels_commands = kernels.add_subparsers(dest="kernels_command", required=True)
+    setup = kernels_commands.add_parser(
+        "setup", help="create the kernels' Python environment (a venv with ipykernel), with progress"
+    )
+    setup.add_argument("--venv", help="where (PAIRROOM_KERNEL_VENV; default: the server's kernel venv)")
+    setup.add_argument("--python", help="the Python to build it from (default /usr/bin/python3)")
 
     token = commands.add_parser("token", help="mint an access token for a room")
     token.add_argument("room", nargs="?", help="the room (not with --creator)")
@@ -267,10 +320,14 @@ def main(argv: list[str] | None = None) -> int:
         return recorder_cli.COMMANDS[args.command](args)
     if args.command == "extensions":
         return extensions_command(args)
+    if args.command == "kernels":
+        venv = args.venv or Settings.from_env().kernel_settings().kernel_venv
+        return kernel_setup.main(Path(venv), args.python)
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         settings = Settings.from_env(**overrides)
-    except ValueError as exc:
+        settings = with_secret_file(settings)
+    except (ValueError, OSError) as exc:
         print(f"pairroom: {exc}", file=sys.stderr)
         return 2
     if settings.secret is None and not settings.allow_anonymous and not is_loopback(settings.host):
@@ -292,8 +349,61 @@ def main(argv: list[str] | None = None) -> int:
     return serve(settings, extensions)
 
 
+def with_secret_file(settings: Settings) -> Settings:
+    """Without a secret but with ``secret_file``: the secret kept in that file, made (random, 0600) if
+    the file is missing, so links stay valid from one start to the next."""
+    if settings.secret or not settings.secret_file:
+        return settings
+    path = Path(settings.secret_file)
+    if path.exists():
+        secret = path.read_text().strip()
+        if len(secret) < 16:
+            raise ValueError(f"the secret in {path} is shorter than 16 characters: delete the file for a new one")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secret + "\n")
+        print(f"pairroom: made a new secret in {path} (keep it private; delete it to invalidate every link)")
+    return dataclasses.replace(settings, secret=secret)
+
+
+async def welcome(app: Any, settings: Settings, port: int) -> None:
+    """Print how to get in: the owner link of the ``welcome`` room (with a secret), or what open mode means."""
+    host = settings.host
+    shown = socket.getfqdn() if host in ("0.0.0.0", "::", "") else host
+    base = settings.public_url.rstrip("/") or f"http://{shown}:{port}"
+    room = settings.welcome
+    lines = [f"pairroom is running on {base}"]
+    if settings.secret:
+        async with app.state.hub.registry.hold(room) as held:
+            epoch = held.doc.get("meta", type=Map).get("epoch")
+        token = mint(
+            settings.secret,
+            room,
+            Role.OWNER,
+            "",  # the page asks the name of whoever opens it
+            ttl_seconds=7 * 24 * 3600,
+            epoch=epoch if isinstance(epoch, str) else None,
+        )
+        lines += [
+            f"  Your room, as its owner:  {base}/r/{room}?token={token}",
+            "  Invite people from the room's Share button (editor, reviewer and viewer links).",
+        ]
+        if is_loopback(host):
+            lines.append("  Only this machine can reach it: HOST=0.0.0.0 make run lets colleagues in too.")
+    else:
+        lines += [
+            f"  Open mode: anyone who can reach it edits every room. Try {base}/r/{room}",
+            "  For links with roles, set a secret: PAIRROOM_SECRET=... or --secret-file .pairroom/secret",
+        ]
+    print("\n".join(["", *lines, ""]), flush=True)
+
+
 def serve(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
-    server = Server(uvicorn_config(create_app(settings, extensions=extensions), settings))
+    app = create_app(settings, extensions=extensions)
+    server = Server(uvicorn_config(app, settings))
 
     async def run() -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
@@ -301,9 +411,14 @@ def serve(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
         ready = asyncio.create_task(server.ready.wait())
         await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
         ready.cancel()
+        # What starting freed (the compiler's and the imports' transient blocks, the probes' buffers)
+        # goes back to the system: about 0.6 MiB of an idle node's RSS.
+        release_freed_memory()
         if server.port is not None:
             url = f"http://{settings.host}:{server.port}"
             log.info("listening", extra={"host": settings.host, "port": server.port, "url": url})
+            if settings.welcome:
+                await welcome(app, settings, server.port)
         await task
 
     uvloop.run(run())

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from pairroom.rooms.presence import PresenceLimits
 from pairroom.rooms.registry import RoomSettings
 from pairroom.rtc.settings import RtcSettings
 from pairroom.sandbox.settings import KernelSettings
@@ -26,7 +27,7 @@ class Settings:
     port: int = 8000
     db: str = "sqlite:///./pairroom.db"
     log_level: str = "info"
-    log_format: str = "json"  # json | text
+    log_format: str = "auto"  # json | text | auto (text on a terminal, JSON otherwise)
     max_message_bytes: int = 16 * MiB
     max_room_name: int = 255
     max_body_bytes: int = 2 * MiB  # any HTTP request body; routes cap theirs lower (JSON: 64 KiB)
@@ -43,16 +44,28 @@ class Settings:
     keepalive_seconds: float = 15.0
     shutdown_timeout: float = 10.0
     ws_impl: str = "websockets-sansio"
+    # /yjs connections through the front door (web/door.py: no ASGI chain per connection); off: through
+    # Starlette like every other route (the door needs the websockets-sansio stack)
+    yjs_door: bool = True
     # permessage-deflate: every connection keeps a zlib state (about 48 KiB) and every message is
     # compressed once per recipient; Yjs updates are small binary, so it is off unless links are slow
     ws_compression: bool = False
     secret: str | None = None  # HS256 token secret; None = open mode (anonymous editors)
+    secret_file: str = ""  # without a secret: read it from this file, made with a new random one if missing
+    welcome: str = ""  # a room name: once listening, print its owner link (what `make run` shows first)
+    kernel_setup: bool = True  # prepare the kernels' Python environment at start if it is missing
+    kernel_venv: str = ""  # the kernels' Python environment (default: see sandbox/settings.py)
     allow_anonymous: bool = False  # open mode on a non-loopback address
     allowed_origins: str = ""  # comma-separated Origin values; empty = any
     max_members: int = 1000  # per room
     rate_limit: float = 200.0  # messages per second per connection (sustained)
     rate_burst: int = 1000  # messages a connection may send at once
     awareness_tick_ms: float = 20.0  # presence relay throttle per room
+    # presence caps per connection (rooms/presence.py PresenceLimits; beyond them: close 4413)
+    presence_entries_per_message: int = 16
+    presence_clients_per_connection: int = 8
+    presence_state_bytes: int = 16 * 1024
+    presence_recorded_bytes_per_second: float = 32 * 1024
     broadcast_window_ms: float = 10.0  # a busy room's updates wait this long to go out merged
     public_url: str = ""  # base of invite links; default: the URL the request came in on
     open_lobby: bool = False  # with a secret: anyone may create rooms (else a creator token is needed)
@@ -90,7 +103,7 @@ class Settings:
         return frozenset(o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip())
 
     def kernel_settings(self) -> KernelSettings:
-        return KernelSettings(
+        settings = KernelSettings(
             pool_size=self.kernel_pool_size,
             idle_shutdown_seconds=self.kernel_idle_seconds,
             run_timeout=self.kernel_run_timeout,
@@ -100,7 +113,9 @@ class Settings:
             memory_bytes=self.kernel_memory_bytes,
             pids=self.kernel_pids,
             file_bytes=self.kernel_file_bytes,
+            setup_missing=self.kernel_setup,
         )
+        return replace(settings, kernel_venv=Path(self.kernel_venv)) if self.kernel_venv else settings
 
     def vcs_settings(self) -> VcsSettings:
         return VcsSettings(root=Path(self.git_root) if self.git_root else None, allow_local=self.git_allow_local)
@@ -123,6 +138,13 @@ class Settings:
             keepalive_seconds=self.keepalive_seconds,
             shutdown_flush_timeout=self.shutdown_timeout,
             awareness_tick=self.awareness_tick_ms / 1000,
+            presence_limits=PresenceLimits(
+                entries_per_message=self.presence_entries_per_message,
+                clients_per_connection=self.presence_clients_per_connection,
+                state_bytes=self.presence_state_bytes,
+                recorded_bytes_per_second=self.presence_recorded_bytes_per_second,
+                recorded_burst_bytes=max(int(self.presence_recorded_bytes_per_second * 4), self.presence_state_bytes),
+            ),
             broadcast_window=self.broadcast_window_ms / 1000,
             stamp_identity=self.secret is not None,
         )

@@ -14,7 +14,8 @@ a refusal to start.
 What an extension asks for is in its manifest (``pairroom-extension.json``, see
 ``pairroom.marketplace.manifest``). The loader enforces the one capability it can see at start-up:
 an extension that defines HTTP routes without asking for ``routes`` is refused, so an operator who
-read the capabilities is not surprised by new endpoints.
+read the capabilities is not surprised by new endpoints; and it hands the declared capabilities to the
+runner (``Extension.capabilities``), which enforces the others on the surface the extension gets.
 """
 
 from __future__ import annotations
@@ -133,3 +134,5 @@ def check_capabilities(item: Installed, extension: Extension) -> None:
             f"extension {item.name!r} defines HTTP routes but its manifest ({manifests.FILE}) does not ask for"
             ' the "routes" capability'
         )
+    # what the runner enforces from now on: the room handle, the hooks it calls (rooms/handles.py)
+    extension.capabilities = declared.capabilities

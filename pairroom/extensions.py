@@ -8,12 +8,21 @@ the operator enables it by name (``pairroom serve --extension NAME``), and
 
 from .protocol.origins import ClientOrigin, KernelOrigin, LocalOrigin, Origin, PeerOrigin
 from .rooms.extension import Change, Connection, Extension, ExtensionRunner, Reject, Supervisor, hooks_of
+from .rooms.handles import CapabilityError, MemberView, ReadOnlyArray, ReadOnlyMap, ReadOnlyText, RoomHandle
 from .rooms.identity import Principal, Role
+from .rooms.owners import SERVER, OwnerRow, plain_value
+from .web.auth import authenticate
 
 GROUP = "pairroom.extensions"  # the entry-point group third-party extensions are declared in
 
 __all__ = [
     "GROUP",
+    "CapabilityError",
+    "MemberView",
+    "ReadOnlyArray",
+    "ReadOnlyMap",
+    "ReadOnlyText",
+    "RoomHandle",
     "Change",
     "ClientOrigin",
     "Connection",
@@ -22,10 +31,14 @@ __all__ = [
     "KernelOrigin",
     "LocalOrigin",
     "Origin",
+    "OwnerRow",
     "PeerOrigin",
     "Principal",
     "Reject",
     "Role",
+    "SERVER",
     "Supervisor",
+    "authenticate",
     "hooks_of",
+    "plain_value",
 ]

@@ -139,3 +139,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     base = factory.getbasetemp()
     remove_deep_trees(base.parent if base.name.startswith("pytest-") else base)
+
+
+@pytest.fixture
+async def pg() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for one test (the server ``make test`` started or found)."""
+    from tests.support.postgres import create_database, drop_database
+
+    url = await create_database()
+    try:
+        yield url
+    finally:
+        await drop_database(url)

@@ -5,7 +5,6 @@ database, with a real y-websocket client on each, each signed in as a different 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -16,7 +15,6 @@ from pairroom.storage.store import StoredUpdate
 from pairroom.web.auth import Role, mint
 
 from .support.nodes import serve_processes  # noqa: F401
-from .support.postgres import create_database, drop_database
 from .support.redis_server import RedisProcess, redis_servers  # noqa: F401
 from .support.yjs_node import node_clients, wait_for  # noqa: F401
 
@@ -31,15 +29,6 @@ COMMON = {
     "PAIRROOM_ROOM_IDLE_SECONDS": "60",
     "PAIRROOM_KERNELS": "false",
 }
-
-
-@pytest.fixture
-async def pg() -> AsyncIterator[str]:
-    url = await create_database()
-    try:
-        yield url
-    finally:
-        await drop_database(url)
 
 
 async def stored_rows(db: str, room: str) -> list[StoredUpdate]:

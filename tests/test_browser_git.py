@@ -70,6 +70,20 @@ def token(room: str, user: str, name: str, role: str, email: str) -> str:
     return jwt.encode(claims, BROWSER_SECRET, algorithm="HS256")
 
 
+def seeded_remote(remote: Path, files: dict[str, str]) -> tuple[Path, Path]:
+    """A bare repository at ``remote`` whose ``main`` holds ``files`` in one commit by Seed, and the
+    working copy that pushed it (to push more as "upstream")."""
+    git("init", "--bare", "-b", "main", str(remote))
+    seed = remote.with_name(remote.name + "-seed")
+    git("clone", str(remote), str(seed))
+    for name, text in files.items():
+        (seed / name).write_text(text)
+    git("add", "-A", cwd=seed)
+    git("commit", "-m", "seed", cwd=seed)
+    git("push", "origin", "main", cwd=seed)
+    return remote, seed
+
+
 @pytest.fixture(scope="module")
 def git_web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
     static_dir = ensure_build()
@@ -95,14 +109,7 @@ def git_web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServ
 def test_committing_from_the_panel_credits_the_other_typist(
     open_page: OpenPage, git_web_server: WebServer, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    remote = tmp_path / "remote.git"
-    git("init", "--bare", "-b", "main", str(remote))
-    seed = tmp_path / "seed"
-    git("clone", str(remote), str(seed))
-    (seed / "main.py").write_text("print('hello')\n")
-    git("add", "-A", cwd=seed)
-    git("commit", "-m", "seed", cwd=seed)
-    git("push", "origin", "main", cwd=seed)
+    remote, seed = seeded_remote(tmp_path / "remote.git", {"main.py": "print('hello')\n"})
 
     room = room_name(request)
     answer = httpx.post(
@@ -182,3 +189,104 @@ def test_committing_from_the_panel_credits_the_other_typist(
         "() => window.pairroom.files.get('main.py').toString() === \"# ada\\nprint('hello')\\nprint('bob')\\n\""
     )
     bob.wait_for_selector("#git-note >> text=Restored")
+
+
+def test_the_panel_forks_at_a_commit_and_settles_a_pull_conflict_side_by_side(
+    open_page: OpenPage, git_web_server: WebServer, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Ada pulls an upstream change of a line she is editing: the merge view shows both versions and
+    Take remote's writes the remote's line into everyone's editor; then she forks the room at the
+    commit it was opened at, from the log, and the new room has that commit's files."""
+    remote, seed = seeded_remote(tmp_path / "remote.git", {"main.py": "print('hello')\nprint('world')\n"})
+    room = room_name(request)
+    answer = httpx.post(
+        git_web_server.url("/api/rooms"), json={"room": room, "git": {"url": f"file://{remote}"}}, timeout=60
+    )
+    assert answer.status_code == 201, answer.text
+    ada = open_page(
+        "ada", f"/r/{room}?token={token(room, 'ada', 'Ada', 'owner', 'ada@example.org')}", server=git_web_server
+    )
+    wait_connected(ada)
+    ada.wait_for_selector("#source-control:not([hidden])")
+    ada.wait_for_function("() => window.pairroom.currentPath === 'main.py'")
+    # upstream changes the first line; Ada changes it too, without committing
+    (seed / "main.py").write_text("print('hello from upstream')\nprint('world')\n")
+    git("commit", "-am", "upstream greeting", cwd=seed)
+    git("push", "origin", "main", cwd=seed)
+    ada.click(".cm-content")
+    ada.keyboard.press("Control+Home")
+    ada.keyboard.press("End")
+    ada.keyboard.type("  # ada's")
+    ada.wait_for_function("() => window.pairroom.files.get('main.py').toString().includes(\"# ada's\")")
+    ada.click("#git-pull")
+    ada.wait_for_selector("#git-note >> text=1 conflict(s)")
+    ada.wait_for_selector("#git-conflicts:not([hidden]) >> text=Conflicts from pull (1)")
+    assert ada.inner_text("#git-conflicts .git-side.ours pre").strip() == "print('hello')  # ada's"
+    assert ada.inner_text("#git-conflicts .git-side.theirs pre").strip() == "print('hello from upstream')"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    ada.locator("#source-control").screenshot(path=str(Path(ARTIFACTS) / "git-panel-merge-view.png"))
+    ada.click("#git-conflicts >> text=Take remote's")
+    ada.wait_for_function(
+        "() => window.pairroom.files.get('main.py').toString() === \"print('hello from upstream')\\nprint('world')\\n\""
+    )
+    ada.wait_for_selector("#git-conflicts", state="hidden")
+    ada.wait_for_selector(".cm-content >> text=hello from upstream")  # in the editor too
+    ada.wait_for_selector("#git-note >> text=took the remote's lines")
+
+    # fork at the commit the room was opened at, from its log entry
+    ada.click("#source-control >> text=Refresh")
+    seed_entry = "#git-log > li:last-child"  # the oldest: the pulled upstream commit has a point too
+    ada.click(f"{seed_entry} >> .git-fork")
+    ada.wait_for_selector("#git-fork-name")
+    fork = room + "-seed"
+    ada.fill("#git-fork-name", fork)
+    ada.locator("#source-control").screenshot(path=str(Path(ARTIFACTS) / "git-panel-log-fork.png"))
+    ada.click("#git-fork-go")
+    ada.wait_for_selector(f"#git-note >> text=into {fork}", timeout=60_000)  # the fork copies a repository
+    assert ada.get_attribute("#git-note a", "href") == f"/r/{fork}"
+    files = httpx.get(
+        git_web_server.url(f"/api/rooms/{fork}/files"),
+        headers={"authorization": f"Bearer {token(fork, 'ada', 'Ada', 'owner', 'ada@example.org')}"},
+        timeout=30,
+    )
+    assert files.status_code == 200, files.text
+    assert files.json()["files"] == {"main.py": "print('hello')\nprint('world')\n"}  # the seed's, not the pull's
+    # the fork is a repository at the seed commit; the note says its credential is its owners' to set
+    ada.wait_for_selector("#git-note >> text=Its own repository")
+    assert "push credential" in ada.inner_text("#git-note")
+    assert ada.get_attribute("#git-note a", "title") == f"branch pairroom/{fork}"
+    status = httpx.get(
+        git_web_server.url(f"/api/rooms/{fork}/git/status"),
+        headers={"authorization": f"Bearer {token(fork, 'ada', 'Ada', 'owner', 'ada@example.org')}"},
+        timeout=30,
+    )
+    assert status.status_code == 200 and status.json()["changes"] == [], status.text
+    ada.screenshot(path=str(Path(ARTIFACTS) / "git-panel-after-fork.png"))
+
+
+def test_the_lobby_starts_a_room_from_a_repository_and_says_why_when_it_cannot(
+    open_page: OpenPage, git_web_server: WebServer, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    remote, seed = seeded_remote(tmp_path / "lobby-remote.git", {"app.py": "print('from the repository')\n"})
+
+    lobby = open_page("ada", "/", name="Ada", server=git_web_server, refusals_expected=True)
+    lobby.fill("#create-git", str(tmp_path / "not-a-repository"))  # no scheme: refused with the reason
+    lobby.click("button:has-text('Create room')")
+    lobby.wait_for_selector("#create-error:has-text('The room was not created')")
+    assert "url" in lobby.inner_text("#create-error").lower()
+    assert lobby.inner_text("#create-status") == ""
+
+    room = room_name(request)
+    lobby.fill("#create-name", room)
+    lobby.fill("#create-git", f"file://{remote}")
+    lobby.click("button:has-text('Create room')")
+    lobby.wait_for_selector("#created:not([hidden]), #created-invites:not([hidden])", timeout=60_000)
+    assert lobby.inner_text("#create-error") == ""
+    lobby.screenshot(path=str(Path(ARTIFACTS) / "lobby-from-repository.png"))
+    lobby.click("#open-owner")  # a server with a secret: one link per role, the owner's opens it
+    wait_connected(lobby)
+    lobby.wait_for_selector("#source-control:not([hidden])")
+    lobby.wait_for_function(
+        "() => window.pairroom.files.get('app.py')?.toString() === \"print('from the repository')\\n\""
+    )
+    assert sorted(lobby.evaluate("() => [...window.pairroom.files.keys()]")) == ["app.py"]  # no starter file

@@ -32,6 +32,8 @@ def test_a_secret_server_lobby_gives_owner_editor_and_viewer_links(  # type: ign
     lobby = open_page(
         "lobby", "/", name="Ada", server=secret_web_server, permissions=["clipboard-read", "clipboard-write"]
     )
+    # the join field's example is a link to this server, not to a default port
+    assert lobby.get_attribute("#join-link", "placeholder") == f"{secret_web_server.http}/r/…"
     lobby.fill("#create-name", room)
     lobby.press("#create-name", "Enter")
     lobby.wait_for_selector("#created-invites:not([hidden])")
@@ -51,7 +53,7 @@ def test_a_secret_server_lobby_gives_owner_editor_and_viewer_links(  # type: ign
     assert lobby.evaluate("() => navigator.clipboard.readText()") == links["viewer"]
     lobby.screenshot(path=str(ARTIFACTS / "lobby-invites.png"))
 
-    # The owner opens the room (it starts with main.py); the editor link can type.
+    # The owner opens the room (it starts with the starter main.py); the editor link can type over it.
     lobby.click("#open-owner")
     wait_connected(lobby)
     lobby.wait_for_function("() => window.pairroom.currentPath === 'main.py'")
@@ -61,6 +63,7 @@ def test_a_secret_server_lobby_gives_owner_editor_and_viewer_links(  # type: ign
     wait_connected(editor)
     editor.wait_for_function("() => window.pairroom.currentPath === 'main.py'")
     editor.click(".cm-content")
+    editor.keyboard.press("Control+A")
     editor.keyboard.type("print('from the editor link')")
     wait_file_text(lobby, "main.py", "print('from the editor link')")
 

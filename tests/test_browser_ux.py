@@ -352,7 +352,8 @@ def test_runs_fit_the_file_use_the_keys_and_tell_tracebacks_in_the_rooms_terms( 
     ada.wait_for_function("() => window.pairroom.currentPath === 'notes.md'")
     assert ada.is_disabled("#run-file")
     assert (
-        ada.inner_text("#run-note") == "notes.md is Markdown: the room’s kernel runs Python, so Run works on .py files."
+        ada.inner_text("#run-note")
+        == "notes.md is Markdown: Run works on .py files (the room’s Python kernel) and .js files (node)."
     )
     before = runs_seen(ada)
     ada.click(".cm-content")
@@ -377,12 +378,15 @@ def test_the_replay_clock_moves_while_playing_and_shows_the_names_people_had(  #
     ada.click(".cm-content")
     api = web_server.url(f"/api/rooms/{room}")
     with httpx.Client(timeout=5) as http:
-        for line in ("a = 1", "\nb = 2", "\nc = 3"):  # three moments, apart by the server's round trips
+        # Three moments a second apart: the clock shows whole seconds, so a session of a second or less
+        # could play through a phase below with no tick to see (its length depended on the machine's pace).
+        for line in ("a = 1", "\nb = 2", "\nc = 3"):
             ada.keyboard.type(line)
             want = ada.evaluate("() => window.pairroom.files.get('main.py').toString()")
             wait_until(
                 lambda: http.get(f"{api}/files").json()["files"].get("main.py") == want, "the server has the text"
             )
+            time.sleep(1.0)
         ada.close()
         wait_until(
             lambda: [s["end"] is not None for s in http.get(f"{api}/sessions").json()["sessions"]] == [True],
@@ -608,3 +612,68 @@ def test_folders_fold_and_open_files_have_tabs(open_page: OpenPage, request) -> 
     assert tabs() == ["src/util.py", "main.py"]
     ada.click("button[aria-label='Close the tab of main.py']")
     assert ada.is_hidden("#tabs")  # one file left open: its name is the header
+
+
+JS = """import { readFile } from 'node:fs'
+
+function greet(name) {
+  if (!name) {
+    return 'hello, nobody'
+  } else {
+    return `hello, ${name} {`
+  }
+}
+
+const answer = [1, 2,
+  3].map((n) => n * 2)
+  .filter((n) => n > 2)
+console.log(greet('Ada'), answer) // a } in a comment
+const config = {
+name: 'pairroom',
+}
+const page = `
+<p>${config.name}</p>
+`
+"""
+
+
+def test_shift_enter_picks_the_statement_by_the_files_language_and_the_page_never_scrolls(  # type: ignore[no-untyped-def]
+    open_page: OpenPage, request
+) -> None:
+    """Shift+Enter's statement: in JavaScript the brace-balanced block or the line (not Python's
+    indentation rules), in Python the indented block, elsewhere the line. And on a short window with
+    the output open, the editor keeps its height and the center scrolls, not the page."""
+    room = room_name(request)
+    ada = open_page("ada", f"/r/{room}", name="Ada", viewport={"width": 1280, "height": 320})
+    wait_connected(ada)
+    ada.wait_for_function("() => window.pairroom.currentPath === 'main.py'")
+    ada.click("#runs-fold")  # the output open, the debugger's panel below it
+    assert ada.evaluate("() => document.scrollingElement.scrollHeight") <= 320, "the page does not scroll"
+    center = ada.evaluate(
+        "() => { const c = document.getElementById('center-body'); return [c.scrollHeight, c.clientHeight] }"
+    )
+    assert center[0] > center[1], f"the center scrolls: {center}"
+    assert ada.evaluate("() => document.getElementById('editor').getBoundingClientRect().height") >= 150
+    ada.screenshot(path=str(ARTIFACTS / "ux-short-window-center-scrolls.png"))
+
+    def open_with(path: str, text: str) -> None:
+        ada.fill("#new-file-path", path)
+        ada.press("#new-file-path", "Enter")
+        ada.wait_for_function("(p) => window.pairroom.currentPath === p", arg=path)
+        ada.evaluate("(t) => window.pairroom.files.get(window.pairroom.currentPath).insert(0, t)", text)
+
+    at = lambda line: ada.evaluate(
+        "(l) => { const s = window.pairroom.statementAt(l); return s && [s.from, s.to] }", line
+    )
+    open_with("app.js", JS)
+    assert at(1) == [1, 1]  # an import: its line
+    assert at(2) is None  # a blank line: nothing
+    assert at(3) == [3, 9] and at(5) == [3, 9] and at(6) == [3, 9]  # inside the function, its `else`: all of it
+    assert at(11) == [11, 13] and at(13) == [11, 13]  # a call over two lines with a `.filter` chained below
+    assert at(14) == [14, 14]  # a `}` in a comment opens nothing
+    assert at(16) == [15, 17]  # by its braces, not its (missing) indentation
+    assert at(19) == [18, 20]  # a template literal over three lines
+    open_with("calc.py", "def f(x):\n    return x\n\nprint(f(1))\n")
+    assert at(2) == [1, 2] and at(4) == [4, 4]
+    open_with("notes.md", "# Title\n  indented\n")
+    assert at(1) == [1, 1] and at(2) == [2, 2]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -14,7 +13,6 @@ from pycrdt import Array
 from pairroom.web.auth import Role, mint
 
 from .support.nodes import ServeProcess, serve_processes  # noqa: F401
-from .support.postgres import create_database, drop_database
 from .support.redis_server import RedisProcess, redis_servers  # noqa: F401
 from .support.storage import stored_text
 from .support.tcpproxy import TcpProxy
@@ -31,15 +29,6 @@ FAST_HEALING = {
     "PAIRROOM_ROOM_IDLE_SECONDS": "60",
     "PAIRROOM_KERNELS": "false",
 }
-
-
-@pytest.fixture
-async def pg() -> AsyncIterator[str]:
-    url = await create_database()
-    try:
-        yield url
-    finally:
-        await drop_database(url)
 
 
 @pytest.fixture

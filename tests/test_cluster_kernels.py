@@ -8,7 +8,6 @@ short lease (3 s, renewed every second) so the takeover after a kill -9 is quick
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -17,7 +16,6 @@ from pycrdt import Map
 
 from .cluster.nodes import cluster_nodes  # noqa: F401
 from .support.nodes import ServeProcess
-from .support.postgres import create_database, drop_database
 from .support.redis_server import RedisProcess, redis_servers  # noqa: F401
 from .test_kernels import requires_sandbox
 from .yclient import YClient, eventually
@@ -34,15 +32,6 @@ NODE_ENV = {
     "PAIRROOM_TEST_LEASE_TTL": "3",
     "PAIRROOM_TEST_LEASE_RENEW": "1",
 }
-
-
-@pytest.fixture
-async def pg() -> AsyncIterator[str]:
-    url = await create_database()
-    try:
-        yield url
-    finally:
-        await drop_database(url)
 
 
 async def two_nodes(cluster_nodes, pg: str, redis: RedisProcess) -> list[ServeProcess]:
@@ -92,6 +81,23 @@ async def test_a_run_asked_on_b_runs_in_the_kernel_on_a_and_both_sides_see_it(cl
     assert run_of(on_b, second)["status"] == "ok"
     assert kernel_state(on_a)["node"] == "node-a"
     assert any(e.get("msg") == "forwarded kernel request" for e in a.log)
+
+    # input() of a run asked on b: the prompt reaches b's copy, the answer given on b goes to a's kernel;
+    # another page's answer is refused across the nodes too.
+    async with httpx.AsyncClient(base_url=b.http, timeout=30) as http:
+        response = await http.post(
+            "/api/rooms/shared-kernel/runs", json={"code": "print('hi', input('Name? '))", "client": "tab-b"}
+        )
+        asking = response.json()["id"]
+        await eventually(lambda: run_of(on_b, asking).get("input") is not None, timeout=15, what="the prompt on b")
+        assert run_of(on_b, asking)["input"] == {"prompt": "Name? ", "password": False}
+        url = f"/api/rooms/shared-kernel/runs/{asking}/input"
+        refused = await http.post(url, json={"value": "Eve", "client": "tab-other"})
+        assert refused.status_code == 403, refused.text
+        answered = await http.post(url, json={"value": "Ada", "client": "tab-b"})
+        assert answered.status_code == 202, answered.text
+    await eventually(lambda: stdout(on_b, asking) == "Name? Ada\nhi Ada\n", timeout=15, what="the answer's output")
+    assert run_of(on_b, asking).get("input") is None
 
     # With Redis away nobody can tell which node runs the kernel: a clear 503, not a second kernel.
     redis.pause()

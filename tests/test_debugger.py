@@ -10,6 +10,7 @@ import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,19 +75,21 @@ def debug_of(client: YClient) -> dict[str, Any]:
 
 
 def set_breakpoint(client: YClient, path: str, line: int, **fields: str) -> None:
-    debug = client.doc.get("debug", type=Map)
-    with client.doc.transaction():
-        breakpoints = debug.get("breakpoints")
-        if not isinstance(breakpoints, Map):
-            breakpoints = debug["breakpoints"] = Map({})
-        lines = breakpoints.get(path)
-        if not isinstance(lines, Map):
-            lines = breakpoints[path] = Map({})
-        lines[str(line)] = {"author": "whoever-i-claim", **fields}
+    """As the page does: one key ``path:line`` in the ``breakpoints`` root."""
+    client.doc.get("breakpoints", type=Map)[f"{path}:{line}"] = {"author": "whoever-i-claim", **fields}
+
+
+def by_file(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        path, _, line = key.rpartition(":")
+        out.setdefault(path, {})[line] = value
+    return out
 
 
 def breakpoints_of(client: YClient) -> dict[str, dict[str, Any]]:
-    return debug_of(client).get("breakpoints") or {}
+    """``{path: {line: entry}}`` of the client's ``breakpoints`` root."""
+    return by_file(client.doc.get("breakpoints", type=Map).to_py())
 
 
 async def write_files(ks: KernelServer, client: YClient, name: str, files: dict[str, str]) -> None:
@@ -110,9 +113,8 @@ async def server_breakpoints(ks: KernelServer, name: str, expected: dict[str, se
         room = ks.hub.registry.rooms.get(name)
         if room is None:
             return False
-        bps = room.doc.get("debug", type=Map).get("breakpoints")
-        got = {path: set(lines.keys()) for path, lines in bps.items()} if isinstance(bps, Map) else {}
-        return got == expected
+        bps = room.doc.get("breakpoints", type=Map).to_py()
+        return {path: set(lines) for path, lines in by_file(bps).items()} == expected
 
     await eventually(check, what=f"the server has breakpoints {expected}")
 
@@ -217,7 +219,7 @@ async def test_two_members_breakpoints_hold_and_every_watcher_sees_the_stop_at_o
     second = await wait_state(ada, "stopped", line=2, after=first)
     assert locals_of(second) == {"a": "1", "b": "2"}
     with bob.doc.transaction():
-        del bob.doc.get("debug", type=Map)["breakpoints"]["helper.py"]
+        del bob.doc.get("breakpoints", type=Map)["helper.py:2"]
     await server_breakpoints(ks, name, {"main.py": {"5"}})
     await eventually(
         lambda: (
@@ -400,8 +402,8 @@ async def test_bad_input_answers_precisely_and_unusable_breakpoints_are_reported
     set_breakpoint(ada, "main.py", 2, condition="x" * 5000)  # condition over the cap: dropped, line kept
     debug = ada.doc.get("debug", type=Map)
     with ada.doc.transaction():
-        debug["breakpoints"]["main.py"]["zero"] = {"author": "x"}  # not a line
-        debug["breakpoints"]["main.py"]["3"] = "not an object"
+        ada.doc.get("breakpoints", type=Map)["main.py:zero"] = {"author": "x"}  # not a line
+        ada.doc.get("breakpoints", type=Map)["main.py:3"] = "not an object"
         debug["state"] = "stopped"  # the server's key
     await server_breakpoints(ks, name, {"main.py": {"2", "4", "99"}, "notes.md": {"1"}})
     await eventually(lambda: debug_of(ada).get("state") is None, what="the client's state write reverted")
@@ -513,7 +515,11 @@ async def test_the_timeline_and_the_replayed_document_show_the_stop(ks: KernelSe
 
     await eventually(has_all, timeout=10, what="debug events recorded")
     stopped = next(e for e in await recorded() if e.data["event"] == "stopped")
-    assert stopped.data["at"] == "main.py:2" and stopped.data["reason"] == "breakpoint"
+    assert stopped.data["where"] == "main.py:2" and stopped.data["reason"] == "breakpoint"
+    timeline = await ks.http.get(f"/api/rooms/{name}/timeline", headers=auth(name))
+    assert timeline.status_code == 200, timeline.text
+    mark = next(m for m in timeline.json()["marks"] if m["kind"] == "debug" and m.get("event") == "stopped")
+    assert mark["where"] == "main.py:2" and datetime.fromisoformat(mark["at"]) > datetime(2020, 1, 1, tzinfo=UTC)
 
     async def replay_shows_the_stop() -> bool:
         await ks.hub.registry.rooms[name].flush()
@@ -626,13 +632,14 @@ async def test_a_flood_of_breakpoints_is_trimmed_to_the_cap(ks: KernelServer) ->
     ada = await member(ks, name)
     await write_files(ks, ada, name, {"main.py": "x = 1\n"})
     debug = ada.doc.get("debug", type=Map)
-    with ada.doc.transaction():
+    with ada.doc.transaction():  # an older page's shape (debug.breakpoints, a map per file)
         debug["breakpoints"] = Map({"main.py": Map({str(line): {"author": "a"} for line in range(1, 1001)})})
 
     def count() -> int:
         room = ks.hub.registry.rooms[name]
-        bps = room.doc.get("debug", type=Map).get("breakpoints")
-        return sum(len(lines) for lines in bps.values()) if isinstance(bps, Map) else -1
+        if room.doc.get("debug", type=Map).get("breakpoints") is not None:
+            return -1  # not migrated yet
+        return len(room.doc.get("breakpoints", type=Map))
 
     await eventually(lambda: count() == MAX_BREAKPOINTS, what="trimmed to the cap")
     await eventually(
@@ -654,6 +661,8 @@ async def test_a_session_left_alive_by_a_node_that_died_is_ended_when_the_room_l
                 debug["state"] = "stopped"
                 debug["session"] = {"id": "s1", "state": "stopped", "path": "main.py", "by": "u-ada", "stopId": "x"}
                 debug["stopped"] = {"path": "main.py", "line": 2}
+                # and breakpoints stored in the earlier shape, a map per file
+                debug["breakpoints"] = Map({"main.py": Map({"2": {"author": "u-ada", "authorName": "Ada"}})})
             await room.flush()
     finally:
         await first.stop()
@@ -664,6 +673,7 @@ async def test_a_session_left_alive_by_a_node_that_died_is_ended_when_the_room_l
         state = got.json()
         assert state["state"] == "ended" and state["stopped"] is None
         assert state["session"]["notice"] == "the server running this session stopped"
+        assert state["breakpoints"] == {"main.py:2": {"author": "u-ada", "authorName": "Ada"}}  # migrated
         assert (await command(second, name, "continue", "x")).status_code == 409
     finally:
         await second.stop()
@@ -682,3 +692,65 @@ async def test_a_hit_condition_stops_on_the_nth_pass(ks: KernelServer) -> None:
     assert (await command(ks, name, "continue", stop["session"]["stopId"])).status_code == 202
     await wait_state(ada, "ended")
     await ada.close()
+
+
+async def test_two_people_creating_the_first_breakpoints_of_a_file_at_once_both_hold(ks: KernelServer) -> None:
+    name = new_room()
+    ada = await member(ks, name, who="Ada")
+    bob = await member(ks, name, who="Bob")
+    await write_files(ks, ada, name, {"main.py": MAIN, "helper.py": HELPER})
+    await eventually(lambda: "main.py" in bob.doc.get("files", type=Map), what="bob has the files")
+    # Both write in one tick: neither update has seen the other's (the first breakpoints of each file).
+    set_breakpoint(ada, "main.py", 3)
+    set_breakpoint(bob, "main.py", 5)
+    set_breakpoint(ada, "helper.py", 2)
+    set_breakpoint(bob, "helper.py", 3)
+    both = {"main.py": {"3", "5"}, "helper.py": {"2", "3"}}
+    await server_breakpoints(ks, name, both)
+    for client in (ada, bob):
+        await eventually(
+            lambda c=client: {p: set(lines) for p, lines in breakpoints_of(c).items()} == both,
+            what="both people's breakpoints on both clients",
+        )
+    held = breakpoints_of(bob)
+    assert held["main.py"]["3"]["authorName"] == "Ada" and held["main.py"]["5"]["authorName"] == "Bob"
+    await ada.close()
+    await bob.close()
+
+
+LOGGED = """\
+total = 0
+for i in range(3):
+    total += i
+print("done", total)
+"""
+
+
+async def test_a_logpoint_prints_its_interpolated_message_into_the_run_output_without_stopping(
+    ks: KernelServer,
+) -> None:
+    name = new_room()
+    ada = await member(ks, name)
+    viewer = await member(ks, name, Role.VIEWER, "Vic")
+    await write_files(ks, ada, name, {"main.py": LOGGED})
+    set_breakpoint(ada, "main.py", 3, logMessage="i={i} total={total * 10}")
+    await server_breakpoints(ks, name, {"main.py": {"3"}})
+    response = await start(ks, name)
+    assert response.status_code == 201, response.text
+    ended = await wait_state(ada, "ended")  # never stopped on the way
+    assert ended["session"].get("notice") is None, ended
+    run_id = ended["session"]["run"]
+    run = await run_and_wait(ks, name, run_id, headers=auth(name))
+    logged = ["i=0 total=0", "i=1 total=0", "i=2 total=10"]  # before line 3 runs, each pass once
+    # debugpy's events and the program's prints travel apart: the program's line may come first
+    lines = "".join(o.get("text", "") for o in run["outputs"] if o.get("output_type") == "stream").splitlines()
+    assert [line for line in lines if line.startswith("i=")] == logged, run["outputs"]
+    assert lines.count("done 3") == 1, run["outputs"]
+    # what everyone sees: the viewer's copy of the run holds the logged lines too
+    runs = viewer.doc.get("runs", type=Map)
+    await eventually(
+        lambda: "i=2 total=10" in str(runs.get(run_id).to_py() if isinstance(runs.get(run_id), Map) else ""),
+        what="the viewer sees the logpoint output",
+    )
+    await ada.close()
+    await viewer.close()

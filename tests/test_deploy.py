@@ -97,6 +97,24 @@ def test_compose_nodes_get_their_settings(compose: list[str]) -> None:
     assert "nginx.conf:/etc/nginx/nginx.conf:ro" in text
 
 
+def test_the_image_has_git_and_each_node_keeps_its_repositories(compose: list[str]) -> None:
+    """Version control drives the git command line: the image installs git (and ssh for ssh://
+    remotes), and each compose node's git root is a volume of its own, so a restart loses no commit."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    install = re.search(r"apt-get install -y --no-install-recommends ([^\n\\]+)", dockerfile)
+    assert install and {"git", "openssh-client"} <= set(install.group(1).split())
+    assert "ENV PAIRROOM_GIT_ROOT=/var/lib/pairroom/git" in dockerfile
+    assert "-o pairroom -g pairroom /var/lib/pairroom/git" in dockerfile  # writable by the server's user
+    result = _run_compose(compose, "config", "--volumes", secret="test-secret")
+    assert result.returncode == 0, result.stderr
+    assert {"git1", "git2", "git3"} <= set(result.stdout.split())
+    text = COMPOSE_FILE.read_text()
+    for n in (1, 2, 3):
+        assert re.search(
+            rf"\n  node{n}:\n    <<: \*node\n    volumes:\n      - git{n}:/var/lib/pairroom/git\n", text
+        ), n
+
+
 # -- nginx ---------------------------------------------------------------------------------------------
 
 

@@ -21,7 +21,8 @@ from websockets.frames import Frame, Opcode
 from pairroom.protocol import sync as protocol
 from pairroom.protocol.sync import AwarenessEntry, CloseCode
 from pairroom.rooms.member import MemberState
-from pairroom.web.frames import binary_frame
+from pairroom.web import frames as frames_module
+from pairroom.web.frames import binary_frame, framed_many
 from tests.conftest import RunningServer, StartServer
 from tests.test_slow_client import QUEUE_LIMIT, Scene, edit_until_kicked
 from tests.yclient import eventually
@@ -59,11 +60,15 @@ class RawReader:
         client.send(protocol.sync_step1(Doc().get_state()))
         return client
 
-    def send(self, payload: bytes) -> None:
-        mask = os.urandom(4)
-        masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
-        assert len(payload) < 126
-        self.writer.write(struct.pack("!BB", 0x82, 0x80 | len(payload)) + mask + masked)
+    def send(self, *payloads: bytes) -> None:
+        """Each payload as one masked frame, all of them in one socket write."""
+        frames = b""
+        for payload in payloads:
+            mask = os.urandom(4)
+            masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+            assert len(payload) < 126
+            frames += struct.pack("!BB", 0x82, 0x80 | len(payload)) + mask + masked
+        self.writer.write(frames)
 
     async def frame(self) -> bytes:
         """The next frame, header and payload, exactly as received."""
@@ -214,3 +219,35 @@ async def test_messages_of_one_pass_arrive_whole_and_in_order(server: RunningSer
         assert wire == [binary_frame(message) for message in messages]
     finally:
         reader.close()
+
+
+async def test_an_edit_and_the_cursor_behind_it_go_out_in_one_write_text_first(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watcher = await RawReader.join(server, ROOM)
+    editor = await RawReader.join(server, ROOM)
+    try:
+        room = await eventually_room(server)
+        await eventually(lambda: len(room.members) == 2)
+        for client in (watcher, editor):
+            assert {(await client.frame())[2:4] for _ in range(2)} == {bytes([0, 0]), bytes([0, 1])}
+        written: list[int] = []  # frames per socket write of several, as built for the watcher
+        monkeypatch.setattr(
+            frames_module, "framed_many", lambda messages: written.append(len(messages)) or framed_many(messages)
+        )
+        doc = Doc(client_id=7)
+        doc.get("text", type=Text).insert(0, "<typed>")
+        cursor = AwarenessEntry(77, 1, '{"cursor":5}')
+        # what an editor sends for one keystroke: the edit, then the cursor it moved, back to back
+        editor.send(
+            protocol.sync_update(doc.get_update()), protocol.awareness_message(protocol.encode_awareness([cursor]))
+        )
+        frames = await watcher.frames_until(b"<typed>")
+        frames.append(await watcher.frame())
+        messages = [protocol.decode_message(frame[2:]) for frame in frames]
+        assert [m.type for m in messages] == [protocol.MessageType.SYNC, protocol.MessageType.AWARENESS]
+        assert b'"cursor":5' in messages[1].payload
+        assert written == [2]  # the pair, in one socket write
+    finally:
+        watcher.close()
+        editor.close()

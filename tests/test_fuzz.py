@@ -33,7 +33,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
-from pycrdt import Doc, Map, Text
+from pycrdt import Array, Doc, Map, Text
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -157,6 +157,7 @@ class Client:
         self.tainted = False  # sent something hostile: its own copy may differ on purpose
         self.left = False
         self.clock = 0  # of its awareness state
+        self.wrote = False  # made an edit: the server knows its Yjs client id as this connection's
         self._applying = False
         self.doc.observe(self._on_update)
         self.send(protocol.sync_step1(self.doc.get_state()))
@@ -268,6 +269,40 @@ def foreign_update(kind: str, text: str) -> bytes:
     return protocol.sync_update(doc.get_update())
 
 
+def editor_forgery(kind: str) -> bytes:
+    """An update an editor may not make: what the owner table refuses from editors."""
+    doc = Doc()
+    with doc.transaction():
+        meta = doc.get("meta", type=Map)
+        if kind == "roles":
+            meta["roles"] = Map({"u-owner": "viewer", "someone": "owner"})
+        elif kind == "policy":
+            meta["policy"] = Map({"run": "owners", "recording": False})
+        elif kind == "run":
+            doc.get("runs", type=Map)["forged"] = Map(
+                {"by": "u-owner", "status": "done", "outputs": [EVIL], "order": 0}
+            )
+        elif kind == "nan":
+            doc.get("chat", type=Array).append(Map({"text": EVIL, "by": "u-owner", "at": float("nan")}))
+            meta["roles"] = Map({"someone": "owner"})
+        elif kind == "deep":
+            value: Any = EVIL
+            for _ in range(3000):
+                value = {"a": value}
+            meta["policy"] = Map({"run": "owners", "x": value})
+    return protocol.sync_update(doc.get_update())
+
+
+def stolen_client_update(thief: Client, victim: Client) -> bytes:
+    """Structs under ``victim``'s Yjs client id, one clock ahead of what it wrote: if the server
+    took it, the victim's next keystroke would be a duplicate and the copies would never converge."""
+    forged = Doc(client_id=victim.doc.client_id)
+    forged.apply_update(thief.doc.get_update())
+    before = forged.get_state()
+    forged.get("text", type=Text).insert(0, EVIL)
+    return protocol.sync_update(forged.get_update(before))
+
+
 # -- the websocket machine ------------------------------------------------------------------------------
 
 
@@ -277,6 +312,7 @@ class RoomMachine(RuleBasedStateMachine):
     node: ThreadNode
     finished: dict[str, str]
     steps = 0  # room -> the text its legitimate clients converged on
+    forgeries: dict[str, int] = {}  # editor_forges kind -> how many were sent
 
     connections = Bundle("connections")
 
@@ -292,6 +328,12 @@ class RoomMachine(RuleBasedStateMachine):
         self.clients.append(client)
         return client
 
+    @initialize(target=connections)
+    def an_editor(self) -> Client:
+        client = Client(self.node.ws(self.room, "editor"), "editor")
+        self.clients.append(client)
+        return client
+
     @rule(target=connections, role=st.sampled_from(ROLES))
     def join(self, role: str) -> Client:
         client = Client(self.node.ws(self.room, role), role)
@@ -303,6 +345,7 @@ class RoomMachine(RuleBasedStateMachine):
         client.drain()
         if client.role in WRITERS and client.closed is None:
             client.text.insert(min(where, len(str(client.text))), text)
+            client.wrote = True
 
     @rule(client=connections, frame=hostile_frames)
     def hostile_frame(self, client: Client, frame: bytes) -> None:
@@ -312,12 +355,32 @@ class RoomMachine(RuleBasedStateMachine):
     @rule(client=connections, kind=st.sampled_from(["text", "roles", "policy", "files"]), text=st.text(max_size=8))
     def forged_update(self, client: Client, kind: str, text: str) -> None:
         if client.role in WRITERS:
-            # Owners and editors may write these; what an editor may not (meta.roles, meta.policy,
-            # another connection's client id) is the owner table's to refuse (issue 22, items 4-6),
-            # and joins this machine with it.
-            return
+            return  # text and files are theirs to write; what an editor may not is editor_forges
         client.tainted = True
         client.send(foreign_update(kind, text))
+
+    @rule(
+        client=connections,
+        kind=st.sampled_from(["roles", "policy", "run", "nan", "deep", "steal"]),
+        pick=st.integers(0, 100),
+    )
+    def editor_forges(self, client: Client, kind: str, pick: int) -> None:
+        """What only owners or the server may write, sent by an editor (a well-formed update): the
+        roles table, the room's policy, a run record with forged output, values a guard cannot
+        compare (NaN, 3,000-deep maps), and structs under another live connection's client id."""
+        if client.role != "editor" or client.closed is not None:
+            return
+        client.drain()
+        if kind == "steal":
+            victims = [c for c in self.clients if c is not client and c.wrote and c.closed is None and not c.left]
+            if not victims:
+                return
+            frame = stolen_client_update(client, victims[pick % len(victims)])
+        else:
+            frame = editor_forgery(kind)
+        client.tainted = True  # its own copy now holds what the server refused
+        client.send(frame)
+        RoomMachine.forgeries[kind] = RoomMachine.forgeries.get(kind, 0) + 1
 
     @rule(client=connections, state=json_values.map(lambda v: json.dumps({"user": {}, "file": v})))
     def presence(self, client: Client, state: str) -> None:
@@ -356,6 +419,12 @@ class RoomMachine(RuleBasedStateMachine):
             roles = meta.get("roles")
             assert not (isinstance(roles, Map) and roles.get("someone") == "owner"), "the roles table was forged"
             assert EVIL + ".py" not in observer.doc.get("files", type=Map)
+            policy = meta.get("policy")
+            assert not (isinstance(policy, Map) and policy.get("recording") is False), "the policy was forged"
+            assert not (isinstance(policy, Map) and policy.get("run") == "owners"), "the policy was forged"
+            assert all(EVIL not in str(line) for line in observer.doc.get("chat", type=Array)), "a forged chat line"
+            runs = observer.doc.get("runs", type=Map)
+            assert all(EVIL not in str(run) for run in runs.values()), "a forged run record was kept"
             for client in self.clients:  # an honest client is never thrown out, whatever others sent
                 if not client.tainted and not client.left:
                     assert client.closed is None, (client.role, client.closed)
@@ -372,7 +441,9 @@ def test_websocket_fuzz_with_several_roles(db_path: Path) -> None:
         RoomMachine.node = node
         RoomMachine.finished = finished
         run_state_machine_as_test(RoomMachine, settings=FUZZ)
-    print(f"websocket fuzz: {len(finished)} rooms, {RoomMachine.steps} steps")
+    print(
+        f"websocket fuzz: {len(finished)} rooms, {RoomMachine.steps} steps, editors' forgeries {RoomMachine.forgeries}"
+    )
     assert len(finished) >= FUZZ.max_examples, "examples did not run to their end"
     # storage equals memory: the same rooms, read from the database by a fresh node
     with running_node(db_path) as again:

@@ -145,6 +145,12 @@ async def test_opening_a_repository_imports_text_lists_the_rest_and_keeps_base(
     path = workspaces.get(name).path
     assert (path / "logo.png").read_bytes().startswith(b"\x89PNG")
     assert not (path / "passwd").exists() and not (path / "passwd").is_symlink()
+    # read-only: a member cannot remove or rewrite the listing (the server's), the guard puts it back
+    listing["big.txt"] = Map({"size": 1, "kind": "binary"})
+    del listing["logo.png"]
+    await eventually(lambda: "logo.png" in listing and listing["big.txt"]["kind"] == "large", what="reverted")
+    server_listing = server.hub.registry.rooms[name].doc.get("workspace", type=Map)
+    assert {k: v["kind"] for k, v in server_listing.items()} == {"logo.png": "binary", "big.txt": "large"}
 
 
 async def test_refused_urls_leave_no_room(start_server: StartServer, remote: Path, tmp_path: Path) -> None:
@@ -182,6 +188,9 @@ async def test_not_a_repository_is_422_and_leaves_no_room(node: RunningServer, t
     assert "could not clone" in answer.json()["error"]
     answer = await open_room(node, f"file://{tmp_path / 'missing'}", "nothing", ref="main")
     assert answer.status_code == 422
+    # unreachable: nothing listens on that port
+    answer = await open_room(node, f"git://127.0.0.1:{free_port()}/x.git", "nothing")
+    assert answer.status_code == 422 and "could not clone" in answer.json()["error"], answer.text
     async with httpx.AsyncClient(base_url=node.http) as http:
         assert (await http.post("/api/rooms", json={"room": "nothing"})).status_code == 201
 
@@ -288,7 +297,17 @@ async def test_roles_and_bad_paths_are_checked_on_the_server(room: tuple[Running
         assert (await http.put(f"/api/rooms/{name}/git/remote", json={"branch": "x"})).status_code == 403
         bad = await http.post(f"/api/rooms/{name}/git/commit", json={"message": "m", "paths": ["../etc/passwd"]})
         assert bad.status_code == 400
-        assert (await http.get(f"/api/rooms/{name}/files/a/../../b/blame")).status_code in (400, 404)
+        # encoded, so no client or proxy folds the dots away before the server sees them
+        for traversal in ("a/%2e%2e/%2e%2e/b", "%2e%2e%2fetc%2fpasswd"):
+            bad_blame = await http.get(f"/api/rooms/{name}/files/{traversal}/blame")
+            assert bad_blame.status_code == 400 and "not a room file path" in bad_blame.json()["error"], traversal
+        # "paths" commits those files only; the others stay changed
+        files_of(ada)["README.md"].insert(0, "not yet ")
+        await eventually(lambda: (server_text(server, name, "README.md") or "").startswith("not yet"))
+        only = await http.post(f"/api/rooms/{name}/git/commit", json={"message": "x only", "paths": ["x.txt"]})
+        assert only.status_code == 201 and only.json()["commits"][0]["paths"] == ["x.txt"], only.text
+        left = (await http.get(f"/api/rooms/{name}/git/status")).json()["changes"]
+        assert [c["path"] for c in left] == ["README.md"]
         assert (await http.get(f"/api/rooms/{name}/git/diff", params={"path": "/etc/passwd"})).status_code == 400
         assert (await http.post(f"/api/rooms/{name}/git/commit", json={"message": ""})).status_code == 400
     async with httpx.AsyncClient(base_url=server.http) as http:
@@ -468,6 +487,8 @@ async def test_import_git_command_opens_a_room(node: RunningServer, remote: Path
         str(Path(".venv/bin/pairroom").resolve()),
         "import-git",
         f"file://{remote}",
+        "--ref",
+        "main",
         "--as",
         "fromcli",
         "--server",
@@ -478,6 +499,7 @@ async def test_import_git_command_opens_a_room(node: RunningServer, remote: Path
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     assert "room fromcli: 3 files" in out.decode()
+    assert node.hub.state.git.rooms["fromcli"].ref == "main"
     assert "owner: http" in out.decode()
     proc = await asyncio.create_subprocess_exec(
         str(Path(".venv/bin/pairroom").resolve()),

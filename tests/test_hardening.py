@@ -410,6 +410,43 @@ async def test_an_awareness_flood_from_a_viewer_is_refused_and_other_rooms_carry
             await client.close()
 
 
+async def test_an_operator_sets_the_presence_caps(tmp_path: Path) -> None:
+    """``--presence-*`` flags (``PAIRROOM_PRESENCE_*``) reach every room: tighter caps refuse what the
+    defaults allow, with the operator's numbers in the close reason."""
+    from pairroom.config import Settings
+    from pairroom.web.auth import mint
+
+    settings = Settings.from_env(
+        {"PAIRROOM_PRESENCE_CLIENTS_PER_CONNECTION": "2"}, presence_state_bytes=512, presence_entries_per_message=4
+    )
+    assert settings.room_settings().presence_limits.clients_per_connection == 2
+    async with plain_server(
+        tmp_path,
+        secret=SECRET,
+        presence_state_bytes=settings.presence_state_bytes,
+        presence_clients_per_connection=settings.presence_clients_per_connection,
+    ) as s:
+        name = room("caps")
+        big = await YClient.connect(s.ws(name) + "?token=" + mint(SECRET, name, "editor", "Big"))
+        await big.synced.wait()
+        await big.send_raw(awareness_frame([(9000, 1, '{"x": "' + "y" * 600 + '"}')]))  # the default takes it
+        await eventually(lambda: big.close_code is not None, timeout=10)
+        assert big.close_code == 4413 and "at most 512" in (big.close_reason or "")
+        many = await YClient.connect(s.ws(name) + "?token=" + mint(SECRET, name, "viewer", "Mal"))
+        await many.synced.wait()
+        for i in range(3):
+            with contextlib.suppress(Exception):
+                await many.send_raw(awareness_frame([(7000 + i, 1, '{"cursor": 1}')]))
+        await eventually(lambda: many.close_code is not None, timeout=10)
+        assert many.close_code == 4413 and "at most 2 awareness client ids" in (many.close_reason or "")
+        honest = await YClient.connect(s.ws(name) + "?token=" + mint(SECRET, name, "editor", "Cy"))
+        await honest.synced.wait()
+        await honest.send_raw(awareness_frame([(honest.doc.client_id, 1, '{"file": "main.py"}')]))
+        await eventually(lambda: honest.doc.client_id in s.hub.registry.rooms[name].awareness.states)
+        for client in (big, many, honest):
+            await client.close()
+
+
 async def test_presence_a_viewer_records_is_bounded_per_connection(tmp_path: Path) -> None:
     """A viewer moving its cursor with huge states as fast as the rate limit allows: what the
     recording gets stays within the per-connection budget (the relay still carries every change)."""
@@ -887,3 +924,50 @@ async def test_an_update_that_arrives_before_what_it_builds_on_is_integrated_onc
         assert early.close_code is None and late.close_code is None
         for client in (early, late, reader):
             await client.close()
+
+
+async def test_a_stale_token_is_refused_at_every_room_route_and_socket(tmp_path: Path) -> None:
+    """Every route under ``/api/rooms/{room}`` and every websocket refuses a token of an earlier room
+    of the same name, whatever the route does: the check lives at the door, not in each handler."""
+    from starlette.routing import Route
+
+    from pairroom.web.auth import mint
+    from pairroom.web.lobby import mint_creator
+
+    async with plain_server(tmp_path, secret=SECRET) as s, httpx_client(s) as http:
+        creator = {"authorization": f"Bearer {mint_creator(SECRET, 'ops')}"}
+        name = room("door")
+        first = (await http.post("/api/rooms", json={"room": name}, headers=creator)).json()
+        stale = first["invites"][0]["token"]
+        assert (await http.delete(f"/api/rooms/{name}", headers={"authorization": f"Bearer {stale}"})).status_code in (
+            200,
+            204,
+        )
+        assert (await http.post("/api/rooms", json={"room": name}, headers=creator)).status_code == 201
+        old = {"authorization": f"Bearer {stale}"}
+        tried, let_in = [], []
+        for route in s.server.config.app.routes:
+            if not isinstance(route, Route) or "{room" not in route.path or route.path == "/api/rooms/{room}":
+                continue
+            if route.path.startswith("/r/"):
+                continue  # the page itself is the same app shell for every room; its sockets are the door
+            path = route.path
+            for param in route.param_convertors:
+                path = path.replace("{" + param + "}", name if param == "room" else "x").replace(
+                    "{" + param + ":path}", "x"
+                )
+            for method in sorted((route.methods or {"GET"}) - {"HEAD"}):
+                answer = await http.request(method, path, headers=old, json={})
+                tried.append(f"{method} {route.path}")
+                if answer.status_code != 403 or "earlier room" not in answer.text:
+                    let_in.append(f"{method} {route.path}: {answer.status_code} {answer.text[:120]}")
+        assert not let_in, "\n".join(let_in)
+        assert len(tried) > 20
+        for endpoint in ("/signal", f"/call/{name}", f"/yjs/{name}"):
+            door = await YClient.connect(f"ws://127.0.0.1:{s.port}{endpoint}?token={stale}")
+            await eventually(lambda: door.close_code is not None, what=f"{endpoint} refused the stale token")
+            assert door.close_code == 4403 and "earlier room" in (door.close_reason or ""), endpoint
+        fresh = mint(SECRET, name, "owner", "Owner")
+        assert (
+            await http.get(f"/api/rooms/{name}/presence", headers={"authorization": f"Bearer {fresh}"})
+        ).status_code == 200

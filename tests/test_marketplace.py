@@ -863,3 +863,68 @@ def test_the_commands_read_a_tuf_catalog_and_refuse_a_tampered_one(tuf_repo, tmp
     target.write_bytes(target.read_bytes().replace(b"0.1.0", b"6.6.6"))
     refused = cli("info", "webhook", "--catalog", url, "--catalog-root", str(repo.root_file), env=env)
     assert refused.returncode == 1 and "refused by TUF: LengthOrHashMismatchError" in refused.stderr
+
+
+def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``pairroom extensions ARGS`` run in this process (the commands' own code, without the start-up
+    of a new interpreter on a busy machine)."""
+    import argparse
+
+    from pairroom.marketplace import commands
+
+    parser = argparse.ArgumentParser(prog="pairroom")
+    commands.add_arguments(parser.add_subparsers(dest="command"))
+    capsys.readouterr()
+    code = commands.run(parser.parse_args(["extensions", *args]), commands.Context())
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+def test_verify_never_says_verified_without_checking_the_attestation(webhook_wheel, tmp_path, capsys):
+    """A catalog naming a publisher: offline, unreachable PyPI or no file to check is "not checked";
+    provenance that is not PEP 740 or a 404 from PyPI is FAILED (exit 1); never "verified"."""
+    wheel_dir = tmp_path / "wheels"
+    wheel_dir.mkdir()
+    shutil.copy(webhook_wheel, wheel_dir)
+    catalog = tmp_path / "catalog.json"
+    assert in_process(capsys, "publish", str(wheel_dir / WEBHOOK_WHEEL), "--catalog", str(catalog)).returncode == 0
+    document = json.loads(catalog.read_text())
+    document["extensions"][0]["publisher"] = {"kind": "GitHub", "repository": "org/hooks", "workflow": "release.yml"}
+    catalog.write_text(json.dumps(document))
+    # the webhook as make install-dev installed it (0.1.0, as the catalog pins)
+    base = ("verify", "webhook", "--catalog", str(catalog))
+
+    def attestation_line(done: subprocess.CompletedProcess[str]) -> str:
+        [line] = [line for line in done.stdout.splitlines() if line.startswith("attestation:")]
+        return line
+
+    offline = in_process(capsys, *base, "--find-links", str(wheel_dir), "--offline")
+    assert offline.returncode == 0 and "sha256 ok" in offline.stdout
+    assert attestation_line(offline).startswith("attestation: not checked (offline; the catalog requires publisher")
+    unreachable = in_process(capsys, *base, "--find-links", str(wheel_dir), "--integrity-url", "http://127.0.0.1:9")
+    assert attestation_line(unreachable).startswith("attestation: not checked (PyPI could not be reached")
+
+    bogus = tmp_path / "provenance.json"
+    bogus.write_text('{"version": 1, "attestation_bundles": "not a list"}')
+    failed = in_process(capsys, *base, "--find-links", str(wheel_dir), "--provenance", str(bogus))
+    assert failed.returncode == 1 and attestation_line(failed).startswith("attestation: FAILED (not PEP 740 provenance")
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(404)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    pypi = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=pypi.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{pypi.server_address[1]}/integrity"
+        missing = in_process(capsys, *base, "--find-links", str(wheel_dir), "--integrity-url", url)
+    finally:
+        pypi.shutdown()
+        pypi.server_close()
+    assert missing.returncode == 1
+    assert attestation_line(missing).startswith("attestation: FAILED (PyPI has no attestation for pairroom_webhook")
+    for done in (offline, unreachable, failed, missing):
+        assert "verified" not in attestation_line(done)

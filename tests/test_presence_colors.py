@@ -147,3 +147,22 @@ async def test_a_change_crossing_the_colour_news_is_kept_on_both_sides(start_ser
     )
     for c in (witness, ada):
         await c.close()
+
+
+async def test_a_viewer_learns_the_colour_the_others_see(start_server) -> None:
+    """Viewers are relayed only the participants' states; their own stamped state still comes back."""
+    server = await start_server(secret=SECRET, awareness_tick_ms=20)
+    room = "viewer-colour"
+    editor = await YClient.connect(server.ws(room) + "?token=" + mint(SECRET, room, "editor", "Ed"))
+    viewer = await YClient.connect(server.ws(room) + "?token=" + mint(SECRET, room, "viewer", "Vi"))
+    await editor.set_awareness({"user": {"name": "Ed", "color": "#000000"}})
+    await viewer.set_awareness({"user": {"name": "Vi", "color": "#000000"}})
+    await eventually(lambda: "Vi" in colours(editor), what="the editor sees the viewer")
+    seen = colours(editor)["Vi"]
+    assert seen in PALETTE
+    await eventually(
+        lambda: (viewer.awareness.get_local_state() or {}).get("user", {}).get("color") == seen,
+        what="the viewer knows the colour the editor sees",
+    )
+    await editor.close()
+    await viewer.close()

@@ -76,7 +76,7 @@ async def type_text(client: YClient, path: str, text: str, at: int | None = None
 
 async def moment(server: RunningServer, room: str, expected: dict[str, str]) -> str:
     """Wait until the server holds ``expected``; the time right after is a point that shows it."""
-    await eventually(lambda: live_files(server, room) == expected, what=f"server has {expected}")
+    await eventually(lambda: live_files(server, room) == expected, timeout=15, what=f"server has {expected}")
     return iso(datetime.now(UTC)) or ""
 
 
@@ -230,6 +230,8 @@ async def test_a_room_that_opted_out_records_no_events_and_hides_its_history(sta
     ada.doc.get("meta", type=Map)["policy"] = Map({"recording": False})
     ada.doc.get("files", type=Map)["a.txt"] = Text("secret")
     await eventually(lambda: live_files(server, room) == {"a.txt": "secret"})
+    # what features record through the recorder (git, debugger, terminals) follows it at once too
+    server.hub.state.recorder.record(room, "git", "u-ada", {"event": "commit"})
     await ada.set_awareness({"file": "a.txt"})
     await ada.close()
     await eventually(lambda: room not in server.hub.registry.rooms, what="room unloaded")

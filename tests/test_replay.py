@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import websockets
@@ -90,12 +92,18 @@ async def test_replay_plays_updates_and_presence_with_their_timing_and_seeks(sta
         (session,) = (await http.get(f"/api/rooms/{room}/sessions")).json()["sessions"]
     base = f"ws://127.0.0.1:{server.port}/replay/{room}?token={viewer}&session={session['id']}"
 
-    # at 4x: the final state, and the gaps between the typed updates divided by 4
-    replay = await ReplayClient.connect(f"{base}&speed=4")
-    await eventually(lambda: files_of(replay.doc) == {"a.py": "abcde"}, timeout=5, what="replayed")
-    arrivals = replay.updates[-len(GAPS) :]
-    for arrival, gap in zip(arrivals, GAPS):
-        assert abs((arrival - arrivals[0]) - gap / 4) < 0.1, (arrivals, GAPS)
+    # at 4x: the final state, and the gaps between the typed updates divided by 4. The client reads
+    # in this test's own event loop, so a stall of the shared machine bunches arrivals that the
+    # server spaced; a replay is read-only and repeatable, so a bunched reading is taken again.
+    for attempt in range(3):
+        replay = await ReplayClient.connect(f"{base}&speed=4")
+        await eventually(lambda: files_of(replay.doc) == {"a.py": "abcde"}, timeout=5, what="replayed")
+        arrivals = replay.updates[-len(GAPS) :]
+        paced = all(abs((arrival - arrivals[0]) - gap / 4) < 0.1 for arrival, gap in zip(arrivals, GAPS))
+        if paced or attempt == 2:
+            break
+        await replay.ws.close()
+    assert paced, (arrivals, GAPS)
     cursors = [s for cid, s in replay.seen if cid != REPLAY_CLIENT_ID and s]
     assert cursors[-1]["cursor"] == {"anchor": 5, "head": 5} and cursors[-1]["user"]["name"] == "Ada"
     await eventually(  # Ada left at the end; her leave is replayed at its own (scaled) time
@@ -123,9 +131,24 @@ async def test_replay_plays_updates_and_presence_with_their_timing_and_seeks(sta
     await again.control(type="play")
     await eventually(lambda: files_of(again.doc) == {"a.py": "abcde"}, what="plays on after the seek")
     await again.ws.close()
+    # the page's reconnect names the moment it asked for too: the clock stands there from the first
+    # status on, never at the seq's own time in between
+    moment = session["start"]
+    again = await ReplayClient.connect(f"{base}&from={start_seq}&at={quote(moment)}")
+    await again.control(type="pause")
+    await eventually(lambda: bool(again.status), what="a status")
+    first = next(state for cid, state in again.seen if cid == REPLAY_CLIENT_ID)["pairroom"]["replay"]
+    assert datetime.fromisoformat(first["at"]) == datetime.fromisoformat(moment)
+    await again.ws.close()
 
     # bad parameters and callers
-    for query, code in (("&speed=99", 4400), ("&session=42", 4404), ("&from=tomorrow", 4400)):
+    bad_queries = (
+        ("&speed=99", 4400),
+        ("&session=42", 4404),
+        ("&from=tomorrow", 4400),
+        (f"&from={start_seq}&at=5", 4400),
+    )
+    for query, code in bad_queries:
         bad = await ReplayClient.connect(f"ws://127.0.0.1:{server.port}/replay/{room}?token={viewer}{query}")
         await asyncio.wait_for(bad.task, 5)
         assert bad.close_code == code, query

@@ -41,10 +41,17 @@ class Wire:
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
+        self.writes: list[int] = []  # frames per write, as a socket would see them
         self.closed: tuple[int, str] | None = None
 
     def send_now(self, data: bytes) -> None:
         self.frames.append(data)
+        self.writes.append(1)
+
+    def send_now_many(self, messages: list[bytes]) -> bool:
+        self.frames.extend(messages)
+        self.writes.append(len(messages))
+        return True
 
     async def send(self, data: bytes) -> None:
         self.frames.append(data)
@@ -376,6 +383,36 @@ async def test_presence_is_relayed_stamped_with_the_server_identity_and_greets_n
     assert cy.presence[ada.awareness_id] == state
 
 
+async def test_a_cursor_right_behind_an_edit_goes_out_with_it_in_one_write_per_member(store: MemoryStore) -> None:
+    room = await open_room(store)
+    ada, bob, cy = Client("ada"), Client("bob"), Client("cy")
+    joined(room, ada, bob, cy)
+    ada.announce(room, {"cursor": 0})  # a quiet room: relayed at once, on its own
+    for client in (bob, cy):
+        client.handle(room)
+        assert client.wire.writes[-1] == 1
+
+    # the editor sends the edit, then the cursor it moved: the edit waits for the room's send pass
+    # (the end of this loop pass), and the cursor waits with it
+    update = ada.edit(room, lambda text: text.insert(0, "hello"))
+    ada.announce(room, {"cursor": 5})
+    assert bob.unread() == [] and cy.unread() == []
+    writes_before = {client: len(client.wire.writes) for client in (bob, cy)}
+    await asyncio.sleep(0)  # the send pass
+    for client in (bob, cy):
+        assert client.wire.writes[writes_before[client] :] == [2]  # both frames in one write
+        message_update, message_cursor = client.handle(room)  # the text first, then the cursor
+        assert (message_update.step, message_update.payload) == (SyncStep.UPDATE, update)
+        assert message_cursor.type is MessageType.AWARENESS
+        assert client.presence[ada.awareness_id]["cursor"] == 5 and str(client.text) == "hello"
+    assert not room.presence.deferred
+
+    # a move on its own (nothing waiting to go out) still leaves at once
+    ada.announce(room, {"cursor": 4})
+    [moved] = bob.handle(room)
+    assert moved.type is MessageType.AWARENESS and bob.presence[ada.awareness_id]["cursor"] == 4
+
+
 async def test_a_member_cannot_take_over_another_live_members_presence(store: MemoryStore) -> None:
     room = await open_room(store)
     ada, bob = Client("ada"), Client("bob")
@@ -407,6 +444,31 @@ async def test_a_leaving_member_s_presence_is_removed_for_everyone(store: Memory
     assert bob.presence[ada.awareness_id] is None  # removed: a null state
     assert ada.awareness_id not in room.awareness.states and ada.awareness_id not in room.presence.owner
     assert not room.leave(ada.member, now=0.0)  # leaving twice is harmless
+
+
+async def test_a_renewal_is_relayed_gathered_after_the_renew_tick_and_a_change_at_once(store: MemoryStore) -> None:
+    room = await open_room(store)
+    room.presence.renew_tick = 0.05
+    ada, bob, cy = Client("ada"), Client("bob"), Client("cy")
+    joined(room, ada, bob, cy)
+    for client, file in ((ada, "a.py"), (cy, "c.py")):
+        client.announce(room, {"file": file})
+        client.handle(room)  # its state comes back stamped with its colour at a newer clock: it takes it
+        client.awareness_clock += 1
+    bob.handle(room)
+
+    for client in (ada, cy):  # y-protocols' 15 s renewal: the same state at a newer clock
+        client.announce(room, client.presence[client.awareness_id])
+    assert not bob.handle(room), "a renewal does not go out at once"
+    assert room.awareness.meta[ada.awareness_id]["clock"] == ada.awareness_clock  # but it is applied
+
+    await eventually(lambda: len(bob.wire.frames) > bob.read, what="the renewals, after the renew tick")
+    (message,) = bob.handle(room)  # both in one message
+    entries = protocol.decode_awareness(message.payload)
+    assert {(e.client_id, e.clock) for e in entries} == {(ada.awareness_id, 3), (cy.awareness_id, 3)}
+
+    ada.announce(room, {"file": "b.py"})  # a change still goes out at once
+    assert bob.handle(room) and bob.presence[ada.awareness_id]["file"] == "b.py"
 
 
 async def test_viewers_see_participants_and_a_summary_not_each_other(store: MemoryStore) -> None:

@@ -104,6 +104,7 @@ const DEFAULTS = {
   // joiner mode: the editing trace replayed into the room by a seeder client, then joiners
   tracePath: null,
   traceChunkTxns: 1000, // trace transactions per update message sent by the seeder
+  traceCopies: 1, // the trace replayed this many times, into the room's text and texts 'file-1'... (a document of many files)
   joiners: 5, // measured joiners, one after another (a first, unmeasured one checks the seed)
   joinTimeout: 60, // s, per joiner
 }
@@ -981,22 +982,27 @@ async function runJoiner (sc) {
     emit('seed_start')
     const seedStarted = hrnow()
     let messages = 0
-    const text = seeder.text
-    for (let i = 0; i < trace.txns.length; i += sc.traceChunkTxns) {
-      const chunk = trace.txns.slice(i, i + sc.traceChunkTxns)
-      seeder.doc.transact(() => {
-        for (const txn of chunk) {
-          for (const [pos, del, ins] of txn.patches) {
-            if (del > 0) text.delete(pos, del)
-            if (ins) text.insert(pos, ins)
+    const copies = Math.max(1, sc.traceCopies | 0)
+    // the texts of a document of many files: the room's text, then 'file-1', 'file-2'...
+    const textsOf = (doc) => [doc.getText(sc.textName), ...Array.from({ length: copies - 1 }, (_, i) => doc.getText(`file-${i + 1}`))]
+    for (const text of textsOf(seeder.doc)) {
+      for (let i = 0; i < trace.txns.length; i += sc.traceChunkTxns) {
+        const chunk = trace.txns.slice(i, i + sc.traceChunkTxns)
+        seeder.doc.transact(() => {
+          for (const txn of chunk) {
+            for (const [pos, del, ins] of txn.patches) {
+              if (del > 0) text.delete(pos, del)
+              if (ins) text.insert(pos, ins)
+            }
           }
-        }
-      })
-      messages++
-      // let the socket drain now and then so the seed is a stream, not one burst in memory
-      if (seeder.ws.bufferedAmount > 1 << 20) await sleep(5)
+        })
+        messages++
+        // let the socket drain now and then so the seed is a stream, not one burst in memory
+        if (seeder.ws.bufferedAmount > 1 << 20) await sleep(5)
+      }
+      if (text.toString() !== trace.endContent) throw new Error('replaying the trace did not give its endContent')
     }
-    if (text.toString() !== trace.endContent) throw new Error('replaying the trace did not give its endContent')
+    while (seeder.ws.bufferedAmount > 0) await sleep(5)
     const docBytes = Y.encodeStateAsUpdate(seeder.doc).length
     const seedMs = Number(hrnow() - seedStarted) / NS_PER_MS
     emit('seed_sent', { messages, ms: seedMs, docBytes })
@@ -1010,9 +1016,11 @@ async function runJoiner (sc) {
       await c.connect(sc.joinTimeout * 1000)
       const synced = hrnow()
       const limit = started + BigInt(sc.joinTimeout * 1e9)
-      while (c.text.length !== trace.endContent.length || createHash('sha256').update(c.text.toString()).digest('hex') !== expectedSha) {
-        if (hrnow() > limit) throw new Error(`joiner ${k}: document incomplete after ${sc.joinTimeout} s (${c.text.length} of ${trace.endContent.length} characters)`)
-        await sleep(2)
+      for (const text of textsOf(c.doc)) {
+        while (text.length !== trace.endContent.length || createHash('sha256').update(text.toString()).digest('hex') !== expectedSha) {
+          if (hrnow() > limit) throw new Error(`joiner ${k}: document incomplete after ${sc.joinTimeout} s (${text.length} of ${trace.endContent.length} characters)`)
+          await sleep(2)
+        }
       }
       const complete = hrnow()
       const ms = { syncStep2Ms: Number(synced - started) / NS_PER_MS, completeMs: Number(complete - started) / NS_PER_MS }
@@ -1033,7 +1041,7 @@ async function runJoiner (sc) {
     Object.assign(result, {
       ok: stats.errors.length === 0 && stats.unexpectedCloses.length === 0,
       clients: 1 + 1 + sc.joiners,
-      trace: { txns: trace.txns.length, endChars: trace.endContent.length, chunkTxns: sc.traceChunkTxns, messages, seedMs, docBytes },
+      trace: { txns: trace.txns.length, endChars: trace.endContent.length, chunkTxns: sc.traceChunkTxns, copies, messages, seedMs, docBytes },
       firstJoin: first,
       joinMs: complete,
       joinSyncStep2Ms: percentiles(Float64Array.from(measured.map((m) => m.syncStep2Ms))),

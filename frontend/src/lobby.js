@@ -98,6 +98,10 @@ $('create-form').addEventListener('submit', async (event) => {
   $('created').hidden = true
   $('created-invites').hidden = true
   $('create-error').textContent = ''
+  const repository = $('create-git').value.trim()
+  const button = event.target.querySelector('button[type=submit]')
+  if (repository) $('create-status').textContent = 'Cloning the repository…'
+  button.disabled = true
   let answer
   try {
     const response = await fetch('/api/rooms', {
@@ -106,13 +110,16 @@ $('create-form').addEventListener('submit', async (event) => {
         'content-type': 'application/json',
         ...(CREATOR ? { authorization: `Bearer ${CREATOR}` } : {}),
       },
-      body: JSON.stringify({ room: wanted || undefined, name }),
+      body: JSON.stringify({ room: wanted || undefined, name, ...(repository ? { git: { url: repository } } : {}) }),
     })
     answer = await response.json().catch(() => null)
     if (!response.ok) throw new Error(answer?.error || `HTTP ${response.status}`)
   } catch (error) {
     $('create-error').textContent = `The room was not created: ${error.message}`
     return
+  } finally {
+    button.disabled = false
+    $('create-status').textContent = ''
   }
   sessionStorage.setItem(`pairroom:created:${answer.room}`, '1') // the room page seeds a first file
   if (answer.open) showOpenRoom(answer.room, answer.url)
@@ -135,6 +142,8 @@ function joinTarget(text) {
   const token = url.searchParams.get('token')
   return roomPath(decodeURIComponent(match[1]), token)
 }
+
+$('join-link').placeholder = `${location.origin}/r/…` // this server's own address, as links to it read
 
 $('join-form').addEventListener('submit', (event) => {
   event.preventDefault()

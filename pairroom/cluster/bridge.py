@@ -27,8 +27,16 @@ is still being integrated. Receivers integrate it with a ``PeerOrigin`` naming t
 log it under the very label the first node logs. Answers to state vectors carry no author: they are
 the difference between two copies, and are logged as ``peer:<node>``.
 
-Drops. Whatever is not delivered (refused as too large, outbox full, publish failed while Redis is
-away, undecodable or of an unknown codec version, refused by the room) is counted by reason
+Held while away. A message whose publish fails (Redis away, or on a cluster the master of the room's
+slot killed and its replica not promoted yet) is not dropped: it is held, with every later message of
+that room, in order, and published once the broker is connected again, before anything newer of that
+room. Rooms whose channel works go on meanwhile. Holding is bounded per room (``max_held`` messages,
+``max_held_bytes``) and over all rooms (``max_held_total_bytes``); beyond that a message is dropped (``held_full``) and the state-vector exchange
+after the reconnect brings its content back. So edits typed while a slot is away reach the other
+nodes as they were typed, as soon as the slot is back, without waiting for a resync.
+
+Drops. Whatever is not delivered (refused as too large, outbox full, held buffer full, undecodable or
+of an unknown codec version, refused by the room) is counted by reason
 (``pairroom_cluster_dropped_total``); the state-vector exchange brings the content back.
 
 Node failure. Nodes publish a heartbeat every ``heartbeat`` seconds; a node not heard from for
@@ -62,8 +70,8 @@ class ClusterMetrics:
     def published(self, kind: Kind, ok: bool) -> None: ...
     def received(self, kind: Kind) -> None: ...
     def dropped(self, reason: str) -> None:
-        """A message was not delivered: ``too_large``, ``outbox_full``, ``publish_failed``,
-        ``undecodable``, ``unknown_version``, ``refused`` (the room would not take it) or ``failed``
+        """A message was not delivered: ``too_large``, ``outbox_full``, ``held_full`` (its room's
+        held buffer was full while the broker was away), ``undecodable``, ``unknown_version``, ``refused`` (the room would not take it) or ``failed``
         (an unexpected error handling it)."""
 
 
@@ -79,6 +87,10 @@ class Cluster:
         anti_entropy: float = 10.0,
         sync_timeout: float = 2.0,
         max_outbox: int = 100_000,
+        max_held: int = 10_000,
+        max_held_bytes: int = 16 * 1024 * 1024,
+        max_held_total_bytes: int = 64 * 1024 * 1024,
+        held_retry: float = 0.1,
         solo: bool = False,
     ) -> None:
         self.broker = broker
@@ -98,6 +110,17 @@ class Cluster:
         self._outbox: deque[tuple[str, bytes, Kind]] = deque()
         self._outbox_ready = asyncio.Event()
         self._max_outbox = max_outbox
+        # channel -> messages whose publish failed, and every later one of that room, in order
+        self._held: dict[str, deque[tuple[bytes, Kind]]] = {}
+        self._held_bytes: dict[str, int] = {}
+        self._held_ready = asyncio.Event()
+        self.max_held = max_held
+        self.max_held_bytes = max_held_bytes
+        self.max_held_total_bytes = max_held_total_bytes  # over every room: a long outage stays bounded
+        self._held_total_bytes = 0
+        self.held_retry = held_retry
+        self.held_total = 0  # messages ever held (each published later, or dropped as held_full)
+        self.released_total = 0  # held messages published once the broker was back
         self.dropped = 0
         self._unknown_versions: set[int] = set()  # logged once each, counted always
         self.on_room_deleted: Callable[[str], None] | None = None  # the registry evicts the room
@@ -106,11 +129,16 @@ class Cluster:
 
     async def run(self, started: asyncio.Event) -> None:
         self.started_at = time.monotonic()
-        await self.broker.start(self._on_message, self._on_reconnect)
+        try:
+            await self.broker.start(self._on_message, self._on_reconnect)
+        except BrokerError as exc:  # a broker that cannot work as configured: say why in one line
+            log.critical("start-up stopped: the cluster broker cannot start", extra={"error": str(exc)})
+            raise
         await self.broker.subscribe(keys.cluster_channel())
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._publisher(), name="pairroom-cluster-publisher")
+                tasks.create_task(self._releaser(), name="pairroom-cluster-held-releaser")
                 tasks.create_task(self._heartbeats(), name="pairroom-cluster-heartbeat")
                 tasks.create_task(self._anti_entropy(), name="pairroom-cluster-anti-entropy")
                 started.set()
@@ -119,6 +147,12 @@ class Cluster:
             await self.broker.stop()
 
     async def _say_goodbye(self) -> None:
+        if self._held:  # a last chance for what waited on a slot
+            try:
+                async with asyncio.timeout(1.0):
+                    await self._release_held()
+            except TimeoutError:
+                log.warning("held room messages not all sent at shutdown", extra={"rooms": len(self._held)})
         for name in list(self.rooms):
             await self._forget_holder(name)
         data = wire.encode(BusMessage(Kind.NODE_LEFT, self.node_id, ""))
@@ -236,19 +270,90 @@ class Cluster:
         self.send(name, Kind.ROOM_DELETED, b"")
 
     async def _publisher(self) -> None:
-        """One task publishes in order; while disconnected, what cannot be sent is dropped and healed
-        by the state-vector exchange after the reconnect."""
+        """One task publishes in order. A message whose publish fails is held with every later one
+        of its room (``_hold``); ``_releaser`` sends them once the broker is back."""
         while True:
             if not self._outbox:
                 self._outbox_ready.clear()
                 await self._outbox_ready.wait()
                 continue
             channel, data, kind = self._outbox.popleft()
+            # Older messages of this room wait (keep the order), or its slot is known to be away (a
+            # publish would only fail, after up to a second that every other room would wait too).
+            if channel in self._held or not self._may_publish(channel, unknown=True):
+                self._hold(channel, data, kind)
+                continue
             ok = await self.broker.publish(channel, data)
             raise_if_cancelled()
             self.metrics.published(kind, ok)
             if not ok:
-                self._drop("publish_failed")
+                self._hold(channel, data, kind)
+
+    def _hold(self, channel: str, data: bytes, kind: Kind) -> None:
+        held = self._held.get(channel)
+        if held is None:
+            held = self._held[channel] = deque()
+            self._held_bytes[channel] = 0
+            log.warning("room messages held until the broker takes them again", extra={"channel": channel})
+        if (
+            len(held) >= self.max_held
+            or self._held_bytes[channel] + len(data) > self.max_held_bytes
+            or self._held_total_bytes + len(data) > self.max_held_total_bytes
+        ):
+            self._drop("held_full")  # the state-vector exchange after the reconnect brings it back
+            return
+        held.append((data, kind))
+        self._held_bytes[channel] += len(data)
+        self._held_total_bytes += len(data)
+        self.held_total += 1
+        self._held_ready.set()
+
+    def _may_publish(self, channel: str, *, unknown: bool) -> bool:
+        """Whether the broker can take ``channel``'s messages now: per channel if the broker knows
+        (a cluster knows which slots are away), else ``unknown`` (the publisher just tries) or
+        whether it is connected at all (the releaser waits for that)."""
+        can_publish = getattr(self.broker, "can_publish", None)
+        if can_publish is not None:
+            return bool(can_publish(channel))
+        return unknown or self.broker.connected
+
+    async def _releaser(self) -> None:
+        """Publishes held messages once the broker can take them: each room as soon as its slot is
+        back on a cluster, every room once connected otherwise (checked every ``held_retry``
+        seconds while something is held: a reconnect has no event of its own here)."""
+        while True:
+            if not self._held:
+                self._held_ready.clear()
+                await self._held_ready.wait()
+                continue
+            await self._release_held()
+            if self._held:
+                await asyncio.sleep(self.held_retry)
+
+    async def _release_held(self) -> None:
+        """Each held room in turn, its messages in order; a room whose publish still fails keeps the
+        rest for the next round, the others go on."""
+        for channel in list(self._held):
+            if not self._may_publish(channel, unknown=False):
+                continue
+            held = self._held[channel]
+            sent = 0
+            while held:
+                data, kind = held[0]
+                ok = await self.broker.publish(channel, data)
+                raise_if_cancelled()
+                self.metrics.published(kind, ok)
+                if not ok:
+                    break
+                held.popleft()
+                self._held_bytes[channel] -= len(data)
+                self._held_total_bytes -= len(data)
+                sent += 1
+            self.released_total += sent
+            if not held:  # nothing was appended since the last publish returned: the order holds
+                del self._held[channel]
+                del self._held_bytes[channel]
+                log.warning("held room messages sent", extra={"channel": channel, "messages": sent})
 
     # -- receiving --------------------------------------------------------------------------------
 

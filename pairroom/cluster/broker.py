@@ -1,7 +1,10 @@
 """The broker port: how nodes reach each other, and the in-process adapter (one node, or tests).
 
 A broker delivers published bytes to every subscriber of a channel, on a best-effort basis: while
-disconnected, messages are lost (the cluster heals with state vectors after a reconnect). It also keeps
+disconnected, ``publish`` returns False (the bridge holds what it could not send and sends it after
+the reconnect) and subscribers miss what was published (the cluster heals with state vectors after a
+reconnect). A broker that knows which channels cannot be published now (a Redis Cluster whose slot
+is away) also has ``can_publish(channel)``; the bridge then holds those without trying. It also keeps
 small shared facts: which nodes hold a room, and short leases.
 
 One reader per node calls ``on_message(channel, data)``; after a reconnect the broker resubscribes and
@@ -50,6 +53,9 @@ class Broker(Protocol):
 
     async def try_lease(self, key: str, holder: str, ttl: float) -> bool:
         """Take the lease ``key`` for ``ttl`` seconds if nobody else holds it."""
+
+    async def lease_holder(self, key: str) -> str | None:
+        """Who holds the lease ``key`` now (None: nobody), without taking it."""
 
 
 def raise_if_cancelled() -> None:
@@ -136,3 +142,7 @@ class MemoryBroker:
             return False
         self.hub.leases[key] = (holder, now + ttl)
         return True
+
+    async def lease_holder(self, key: str) -> str | None:
+        current = self.hub.leases.get(key)
+        return current[0] if current is not None and current[1] > time.monotonic() else None

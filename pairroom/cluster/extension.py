@@ -7,7 +7,6 @@ while the node is still part of the cluster, and the goodbye to peers is the las
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 from pairroom.rooms.extension import Extension
@@ -21,13 +20,5 @@ class ClusterBridge(Extension):
     def __init__(self, shutdown_timeout: float = 10.0) -> None:
         self.shutdown_timeout = shutdown_timeout
 
-    @contextlib.asynccontextmanager
-    async def _run(self, node: Any) -> AsyncIterator[None]:
-        task = await node.supervisor.start("cluster", node.cluster.run)
-        try:
-            yield
-        finally:
-            await node.supervisor.stop(task, self.shutdown_timeout + 5)
-
     def lifespan(self, node: Any) -> contextlib.AbstractAsyncContextManager[None]:
-        return self._run(node)
+        return node.supervisor.running("cluster", node.cluster.run, self.shutdown_timeout + 5)

@@ -16,8 +16,9 @@ and refreshes the slot map after any fault. A room's channel and its keys share 
 Readiness. ``connected`` is True only while every master answers and every channel is confirmed on
 its slot's owner; ``/readyz`` then says ``ready``, and ``degraded`` while a slot is away (a master
 died and its replica is not promoted yet). After such a fault, once everything is placed again, the
-broker calls ``on_reconnect`` so the bridge re-exchanges state vectors: what was published while the
-slot was away (dropped, counted) comes back that way. ``on_reconnect`` runs in its own task: it
+broker calls ``on_reconnect`` so the bridge re-exchanges state vectors. A publish while the slot is
+away returns False: the bridge holds that room's messages, in order, and sends them once ``connected``
+is True again; what subscribers missed while their channel moved comes back with the state vectors. ``on_reconnect`` runs in its own task: it
 subscribes, and a subscription waits for this broker's own maintenance task.
 
 Bad configuration fails start-up with a clear message (a URL naming a server that is not in cluster
@@ -302,6 +303,11 @@ class RedisClusterBroker(SharedFacts):
         shard = self._placed.pop(channel, None)
         for candidate in [shard] if shard is not None else self._shards.values():
             candidate.unsubscribe(channel)
+
+    def can_publish(self, channel: str) -> bool:
+        """False while ``channel`` is subscribed here but not confirmed on its slot's master (the
+        master is lost, the slot moving): the bridge holds its messages instead of trying."""
+        return self._client is not None and (channel not in self._channels or channel in self._placed)
 
     async def publish(self, channel: str, data: bytes) -> bool:
         """SPUBLISH on the channel's master; False (counted by the caller) while its slot is away."""

@@ -41,3 +41,7 @@ class SharedFacts:
             await self._command("PEXPIRE", key, millis)
             return True
         return False
+
+    async def lease_holder(self, key: str) -> str | None:
+        current = await self._command("GET", key)
+        return None if current is None else _text(current)

@@ -15,6 +15,9 @@ Driving (start, steps, pause, evaluate) follows the room's run policy with the l
 (``Room.role_of``): editors and owners, or owners only; viewers and reviewers inspect. Stopping is
 for the session's starter or an owner. Reading the state, variables and scopes needs only a token
 for the room: they come from the server's cache, never one kernel request per watcher.
+
+These checks happen on the node that received the request; the action itself runs where the
+room's kernel runs (``actions.py``), forwarded there on a cluster.
 """
 
 from __future__ import annotations
@@ -33,16 +36,13 @@ from pairroom.web.api import ApiError, json_body, room_of
 from pairroom.web.auth import authenticate
 from pairroom.web.hub import Hub
 
-from .extension import Debugger, may_drive, read_run_policy
+from .actions import state_of
+from .extension import OP, Debugger, may_drive, read_run_policy
 from .ports import KernelRuns
-from .session import DRIVING, run_code
+from .session import DRIVING
 
 MAX_EXPRESSION = 4096
 MAX_PATH = 255
-
-
-def _debugger(request: Request) -> Debugger:
-    return request.app.state.debugger  # type: ignore[no-any-return]
 
 
 def _kernels(request: Request) -> KernelRuns:
@@ -59,14 +59,6 @@ def check_may_drive(room: Room, principal: Principal) -> Role:
         policy = read_run_policy(room)
         raise ApiError(403, f"a {role.value} may not drive the debugger in this room (policy run={policy!r})")
     return role
-
-
-def state_of(room: Room) -> dict[str, Any]:
-    with room.local_change(LocalOrigin("debugger-read")) as doc:
-        debug = doc.get("debug", type=Map)
-        out = {key: (value.to_py() if isinstance(value, Map) else value) for key, value in debug.items()}
-    out.setdefault("state", "off")
-    return out
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -95,9 +87,29 @@ def _thread(body: dict[str, Any]) -> int | None:
     return parsed
 
 
-async def start(request: Request) -> Response:
+def _who(request: Request) -> tuple[str, Principal]:
     name = room_of(request)
-    principal = authenticate(request, name)
+    return name, authenticate(request, name)
+
+
+async def _checked(request: Request, name: str, principal: Principal, *, drive: bool) -> Role:
+    """The person's live role; 403 if ``drive`` and they may not drive."""
+    hub: Hub = request.app.state.hub
+    async with hub.registry.hold(name) as room:
+        return check_may_drive(room, principal) if drive else room.role_of(principal)
+
+
+async def _act(request: Request, name: str, principal: Principal, role: Role, action: str, **args: Any) -> Response:
+    """The action on the node running the room's kernel (``actions.serve``), and its answer."""
+    who = {"user": principal.user_id, "name": principal.name, "owner": role is Role.OWNER}
+    debugger: Debugger = request.app.state.debugger
+    kernels = debugger.served(_kernels(request))
+    answer = await kernels.call(name, OP, {"action": action, "who": who, **args})
+    return JSONResponse(answer["body"], answer["status"])
+
+
+async def start(request: Request) -> Response:
+    name, principal = _who(request)
     body = await _body(request)
     path = body.get("path")
     if (
@@ -108,89 +120,49 @@ async def start(request: Request) -> Response:
         or any(part in ("", ".", "..") for part in path.split("/"))
     ):
         raise ApiError(400, f"invalid path {path!r}")
-    debugger = _debugger(request)
+    _kernels(request)
     hub: Hub = request.app.state.hub
-    service = _kernels(request)
     async with hub.registry.hold(name) as room:
-        check_may_drive(room, principal)
+        role = check_may_drive(room, principal)
         with room.local_change(LocalOrigin("debugger-read")) as doc:
             text = doc.get("files", type=Map).get(path)
         if not isinstance(text, Text):
             raise ApiError(404, f"no file {path!r} in room {name!r}")
         if not path.endswith(".py"):
             raise ApiError(400, f"{path!r} is not a Python file")
-        current = debugger.session_of(name)
-        if current is not None and current.state != "ended":
-            raise ApiError(
-                409, f"a debug session is already {current.state}, started by {current.by_name} ({current.by})"
-            )
-        session = debugger.new_session(room, path, principal)  # no await since the check
-        try:
-            session.run_id = await service.submit_here(
-                name, code=run_code(path), path=path, by=principal.user_id, hooks=session
-            )
-        except BaseException:
-            session.end("failed")
-            raise
-        session.publish(event="queued")
-        state = state_of(room)
-    return JSONResponse(state, 201)
+    return await _act(request, name, principal, role, "start", path=path)
 
 
 def _command(command: str) -> Any:
     async def drive(request: Request) -> Response:
-        name = room_of(request)
-        principal = authenticate(request, name)
+        name, principal = _who(request)
         body = await _body(request)
-        hub: Hub = request.app.state.hub
-        async with hub.registry.hold(name) as room:
-            check_may_drive(room, principal)
-            session = _debugger(request).session_of(name)
-            if session is None or session.state == "ended":
-                raise ApiError(409, "no debug session is running in this room")
-            session.drive(command, body.get("stopId"), _thread(body), principal.user_id)
-        return JSONResponse({"ok": True, "command": command}, 202)
+        thread = _thread(body)
+        role = await _checked(request, name, principal, drive=True)
+        return await _act(
+            request, name, principal, role, "drive", command=command, stopId=body.get("stopId"), threadId=thread
+        )
 
     drive.__name__ = f"debug_{command}"
     return drive
 
 
 async def pause(request: Request) -> Response:
-    name = room_of(request)
-    principal = authenticate(request, name)
+    name, principal = _who(request)
     body = await _body(request)
-    hub: Hub = request.app.state.hub
-    async with hub.registry.hold(name) as room:
-        check_may_drive(room, principal)
-        session = _debugger(request).session_of(name)
-        if session is None or session.state == "ended":
-            raise ApiError(409, "no debug session is running in this room")
-        await session.pause(_thread(body))
-    return JSONResponse({"ok": True, "command": "pause"}, 202)
+    thread = _thread(body)
+    role = await _checked(request, name, principal, drive=True)
+    return await _act(request, name, principal, role, "pause", threadId=thread)
 
 
 async def stop(request: Request) -> Response:
-    name = room_of(request)
-    principal = authenticate(request, name)
-    hub: Hub = request.app.state.hub
-    debugger = _debugger(request)
-    async with hub.registry.hold(name) as room:
-        role = room.role_of(principal)
-        session = debugger.session_of(name)
-        if session is None or session.state == "ended":
-            raise ApiError(409, "no debug session is running in this room")
-        if role is not Role.OWNER and principal.user_id != session.by:
-            raise ApiError(403, f"only the session's starter ({session.by_name}) or an owner may stop it")
-        if session.state == "queued":
-            raise ApiError(409, "the debug run is still queued; interrupt the kernel's current run first")
-        await session.stop(f"stopped by {principal.name}")
-    interrupted = await _kernels(request).interrupt(name)
-    return JSONResponse({"ok": True, "command": "stop", "interrupted": interrupted}, 202)
+    name, principal = _who(request)
+    role = await _checked(request, name, principal, drive=False)
+    return await _act(request, name, principal, role, "stop")
 
 
 async def evaluate(request: Request) -> Response:
-    name = room_of(request)
-    principal = authenticate(request, name)
+    name, principal = _who(request)
     body = await _body(request)
     expression, frame = body.get("expression"), body.get("frameId")
     if not isinstance(expression, str) or not expression.strip():
@@ -201,41 +173,28 @@ async def evaluate(request: Request) -> Response:
         frame = integer(frame)
         if frame is None:
             raise ApiError(400, "frameId must be an integer")
-    hub: Hub = request.app.state.hub
-    async with hub.registry.hold(name) as room:
-        check_may_drive(room, principal)  # evaluating is running code: the run policy
-        session = _debugger(request).session_of(name)
-        if session is None or session.state == "ended":
-            raise ApiError(409, "no debug session is running in this room")
-        result = await session.evaluate(expression, frame)
-    _debugger(request).record(name, "evaluate", principal.user_id, {"expression": expression[:200]})
-    return JSONResponse(result)
+    role = await _checked(request, name, principal, drive=True)  # evaluating is running code: the run policy
+    return await _act(request, name, principal, role, "evaluate", expression=expression, frameId=frame)
 
 
 async def variables(request: Request) -> Response:
-    name = room_of(request)
-    authenticate(request, name)
+    name, principal = _who(request)
     body = await _body(request)
     ref = integer(body.get("ref"))
     if ref is None or ref <= 0:
         raise ApiError(400, '"ref" must be a positive integer')
-    session = _debugger(request).session_of(name)
-    if session is None or session.state == "ended":
-        raise ApiError(409, "no debug session is running in this room")
-    return JSONResponse({"ref": ref, "variables": await session.variables(ref)})
+    role = await _checked(request, name, principal, drive=False)
+    return await _act(request, name, principal, role, "variables", ref=ref)
 
 
 async def scopes(request: Request) -> Response:
-    name = room_of(request)
-    authenticate(request, name)
+    name, principal = _who(request)
     body = await _body(request)
     frame = integer(body.get("frameId"))
     if frame is None:
         raise ApiError(400, '"frameId" must be an integer')
-    session = _debugger(request).session_of(name)
-    if session is None or session.state == "ended":
-        raise ApiError(409, "no debug session is running in this room")
-    return JSONResponse({"frameId": frame, "scopes": await session.frame_scopes(frame)})
+    role = await _checked(request, name, principal, drive=False)
+    return await _act(request, name, principal, role, "scopes", frameId=frame)
 
 
 async def state(request: Request) -> Response:

@@ -1,14 +1,20 @@
-"""Breakpoints in the room document: ``debug.breakpoints``, checked, stamped and anchored by the server.
+"""Breakpoints in the room document: the root ``breakpoints``, checked, stamped and anchored by the server.
 
 Shape (docs/debugger.md)::
 
-    debug (root Y.Map)
-      breakpoints: Y.Map  path -> Y.Map  line ("12") -> {"author", "authorName", "condition"?,
-                                                         "hitCondition"?, "logMessage"?, "anchor"}
+    breakpoints (root Y.Map)  "path:line" ("main.py:12") -> {"author", "authorName", "condition"?,
+                                                               "hitCondition"?, "logMessage"?, "anchor"}
+
+A root of its own, with one flat key per breakpoint: a root type exists in every copy of the
+document without anyone creating it, so no client ever creates a map that another client's map
+could replace. (Under the earlier shape, ``debug.breakpoints`` -> path -> line, two people setting
+the first breakpoint of a file at the same instant each created the file's map under the same key,
+and Yjs kept one: the other's breakpoint was lost.) Keys of one map always merge; two people on one
+line make one entry. Stored documents and older pages with the earlier shape are migrated
+(``migrate_legacy``).
 
 Anyone who may edit the document writes entries straight into it (a browser toggles a breakpoint
-without an HTTP round trip); they merge like any CRDT data, so two people's breakpoints in one file
-both hold. Right after a client's update the server corrects what it wrote (``normalize``): a value
+without an HTTP round trip). Right after a client's update the server corrects what it wrote (``normalize``): a value
 that is not a breakpoint is removed, ``author`` is the sender (never what the client claims), text
 fields are capped, at most ``MAX_BREAKPOINTS`` per room are kept, and each new entry gets ``anchor``: a
 Yjs relative position (pycrdt ``StickyIndex``) at the start of its line, the mechanism review threads
@@ -32,6 +38,22 @@ MAX_BREAKPOINTS = 200
 MAX_FIELD = 1024  # condition, hitCondition, logMessage: bytes each
 CLIENT_FIELDS = ("condition", "hitCondition", "logMessage")
 MAX_LINE = 1_000_000
+ROOT = "breakpoints"
+LEGACY = "breakpoints"  # the earlier place: a key of the ``debug`` root, path -> line -> entry
+
+
+def key_of(path: str, line: int | str) -> str:
+    return f"{path}:{line}"
+
+
+def split_key(key: object) -> tuple[str, str] | None:
+    """``("main.py", "12")`` of ``"main.py:12"``; None when it is not a path and a line."""
+    if not isinstance(key, str):
+        return None
+    path, sep, line = key.rpartition(":")
+    if not sep or not path or len(path) > 255 or parse_line(line) is None:
+        return None
+    return path, line
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,30 +124,24 @@ def resolve_anchor(text: Text, anchor: object, content: str) -> int | None:
     return content.encode()[:index].count(b"\n") + 1
 
 
-def read(debug: Map) -> list[Breakpoint]:
-    """Every well-formed breakpoint of the room (``debug`` is the root map)."""
+def read(breakpoints: Map[Any]) -> list[Breakpoint]:
+    """Every well-formed breakpoint of the room (``breakpoints`` is the root map)."""
     out: list[Breakpoint] = []
-    breakpoints = debug.get("breakpoints")
-    if not isinstance(breakpoints, Map):
-        return out
-    for path, lines in breakpoints.items():
-        if not isinstance(lines, Map):
+    for key, value in breakpoints.items():
+        parsed = split_key(key)
+        if parsed is None or not isinstance(value, dict):
             continue
-        for key, value in lines.items():
-            line = parse_line(key)
-            if line is None or not isinstance(value, dict):
-                continue
-            out.append(
-                Breakpoint(
-                    path,
-                    line,
-                    str(value.get("author", "")),
-                    str(value.get("authorName", "")),
-                    _text(value.get("condition")),
-                    _text(value.get("hitCondition")),
-                    _text(value.get("logMessage")),
-                )
+        out.append(
+            Breakpoint(
+                parsed[0],
+                int(parsed[1]),
+                str(value.get("author", "")),
+                str(value.get("authorName", "")),
+                _text(value.get("condition")),
+                _text(value.get("hitCondition")),
+                _text(value.get("logMessage")),
             )
+        )
     return sorted(out, key=lambda bp: (bp.path, bp.line))
 
 
@@ -152,94 +168,107 @@ def unusable(bp: Breakpoint, files: dict[str, str]) -> str | None:
     return None
 
 
-# -- corrections of what clients write ------------------------------------------------------------
+# -- the map, and corrections of what clients write ----------------------------------------------
+
+
+def migrate_legacy(debug: Map[Any], breakpoints: Map[Any]) -> int:
+    """Move what is under ``debug.breakpoints`` (the earlier shape: path -> Y.Map line -> entry) into
+    the root, as flat keys, and delete it (in a server transaction). An entry already in the root
+    wins. Returns how many entries moved."""
+    legacy = debug.get(LEGACY)
+    if legacy is None:
+        return 0
+    moved = 0
+    if isinstance(legacy, Map):
+        for path, lines in legacy.items():
+            if not isinstance(lines, Map) or not path or len(path) > 255:
+                continue
+            for line, value in lines.items():
+                key = key_of(path, line)
+                if parse_line(line) is not None and isinstance(value, dict) and key not in breakpoints:
+                    breakpoints[key] = value
+                    moved += 1
+    del debug[LEGACY]
+    return moved
 
 
 def normalize(
-    debug: Map, files: Map, known: dict[tuple[str, str], dict[str, Any]], author: str, author_name: str | None
+    breakpoints: Map[Any],
+    files: Map[Any],
+    known: dict[tuple[str, str], dict[str, Any]],
+    author: str,
+    author_name: str | None,
 ) -> int:
-    """Correct ``debug.breakpoints`` after a client's update (in a server transaction): remove what is
-    not a breakpoint, stamp new or changed entries with ``author`` and an anchor, keep the room under
-    ``MAX_BREAKPOINTS``. ``known`` is what the server last saw (updated here). ``author_name`` None
-    (open mode: nobody is known by name) keeps the name the client wrote as ``author``, as chat and
-    review do. Returns the number of entries removed."""
+    """Correct the ``breakpoints`` root after a client's update (in a server transaction): remove
+    what is not a breakpoint, stamp new or changed entries with ``author`` and an anchor, keep the
+    room under ``MAX_BREAKPOINTS``. ``known`` is what the server last saw (updated here).
+    ``author_name`` None (open mode: nobody is known by name) keeps the name the client wrote as
+    ``author``, as chat and review do. Returns the number of entries removed."""
     removed = 0
-    breakpoints = debug.get("breakpoints")
-    if breakpoints is None:
-        known.clear()
-        return 0
-    if not isinstance(breakpoints, Map):
-        del debug["breakpoints"]
-        known.clear()
-        return 1
     seen: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in list(breakpoints.keys()):
-        lines = breakpoints.get(path)
-        if not isinstance(lines, Map) or not path or len(path) > 255:
-            del breakpoints[path]
+    texts: dict[str, tuple[Text | None, list[int]]] = {}
+    for key in sorted(breakpoints.keys()):
+        value = breakpoints.get(key)
+        parsed = split_key(key)
+        if parsed is None or not isinstance(value, dict) or len(seen) >= MAX_BREAKPOINTS:
+            del breakpoints[key]
             removed += 1
             continue
-        text = files.get(path)
-        content = str(text) if isinstance(text, Text) else None
-        starts = line_starts(content) if content is not None else []
-        for key in list(lines.keys()):
-            value = lines.get(key)
-            line = parse_line(key)
-            if line is None or not isinstance(value, dict) or len(seen) >= MAX_BREAKPOINTS:
-                del lines[key]
-                removed += 1
-                continue
-            if known.get((path, key)) == value:
-                seen[(path, key)] = value
-                continue
-            claimed = value.get("author")
-            name = author_name if author_name is not None else (claimed[:64] if isinstance(claimed, str) else "")
-            entry = {"author": author, "authorName": name or "Anonymous"}
-            for name in CLIENT_FIELDS:
-                field = value.get(name)
-                if isinstance(field, str) and field and len(field.encode()) <= MAX_FIELD:
-                    entry[name] = field
-            if isinstance(text, Text):
-                anchor = encode_anchor(text, line, starts)
-                if anchor is not None:
-                    entry["anchor"] = anchor
-            if entry != value:
-                lines[key] = entry
-            seen[(path, key)] = entry
-        if not len(lines):
-            del breakpoints[path]
+        path, line_key = parsed
+        if known.get(parsed) == value:
+            seen[parsed] = value
+            continue
+        claimed = value.get("author")
+        name = author_name if author_name is not None else (claimed[:64] if isinstance(claimed, str) else "")
+        entry = {"author": author, "authorName": name or "Anonymous"}
+        for field_name in CLIENT_FIELDS:
+            field = value.get(field_name)
+            if isinstance(field, str) and field and len(field.encode()) <= MAX_FIELD:
+                entry[field_name] = field
+        if path not in texts:
+            text = files.get(path)
+            texts[path] = (text, line_starts(str(text))) if isinstance(text, Text) else (None, [])
+        text, starts = texts[path]
+        if text is not None:
+            anchor = encode_anchor(text, int(line_key), starts)
+            if anchor is not None:
+                entry["anchor"] = anchor
+        if entry != value:
+            breakpoints[key] = entry
+        seen[parsed] = entry
     known.clear()
     known.update(seen)
     return removed
 
 
-def follow_edits(debug: Map, files: Map, paths: set[str], known: dict[tuple[str, str], dict[str, Any]]) -> int:
+def follow_edits(
+    breakpoints: Map[Any], files: Map[Any], paths: set[str], known: dict[tuple[str, str], dict[str, Any]]
+) -> int:
     """Move the breakpoints of the edited ``paths`` to the lines their anchors point at now (in a
     server transaction). Two that land on one line become one (the first kept). Returns how many moved."""
-    breakpoints = debug.get("breakpoints")
-    if not isinstance(breakpoints, Map):
-        return 0
     moved = 0
-    for path in paths:
-        lines = breakpoints.get(path)
+    by_file: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for key, value in breakpoints.items():
+        parsed = split_key(key)
+        if parsed is not None and parsed[0] in paths and isinstance(value, dict):
+            by_file.setdefault(parsed[0], []).append((parsed[1], value))
+    for path, entries in by_file.items():
         text = files.get(path)
-        if not isinstance(lines, Map) or not isinstance(text, Text):
+        if not isinstance(text, Text):
             continue
         content = str(text)
         moves: list[tuple[str, str, dict[str, Any]]] = []
-        for key, value in lines.items():
-            if not isinstance(value, dict):
-                continue
+        for line_key, value in entries:
             now = resolve_anchor(text, value.get("anchor"), content)
-            if now is not None and str(now) != key:
-                moves.append((key, str(now), value))
-        for key, _, _ in moves:
-            del lines[key]
-            known.pop((path, key), None)
-        for _, new_key, value in moves:
-            if new_key in lines:
+            if now is not None and str(now) != line_key:
+                moves.append((line_key, str(now), value))
+        for line_key, _, _ in moves:
+            del breakpoints[key_of(path, line_key)]
+            known.pop((path, line_key), None)
+        for _, new_line, value in moves:
+            if key_of(path, new_line) in breakpoints:
                 continue
-            lines[new_key] = value
-            known[(path, new_key)] = value
+            breakpoints[key_of(path, new_line)] = value
+            known[(path, new_line)] = value
             moved += 1
     return moved

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 
@@ -30,6 +31,12 @@ class KernelRuns(Protocol):
     async def submit_here(self, room: str, *, code: str, path: str | None, by: str, hooks: Any = None) -> str: ...
 
     async def interrupt(self, room: str) -> bool: ...
+
+    def serve(self, op: str, handler: Callable[[str, dict[str, Any]], Awaitable[Any]]) -> None:
+        """Register ``handler(room, args)`` for ``call``, on this node."""
+
+    async def call(self, room: str, op: str, args: dict[str, Any]) -> Any:
+        """``op``'s handler on the node running the room's kernel (here, or forwarded on a cluster)."""
 
 
 class Timeline(Protocol):

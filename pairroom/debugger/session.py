@@ -47,6 +47,8 @@ WORKDIR = "/home/room"  # the room's working directory inside the kernel's sandb
 MAX_FRAMES = 20
 MAX_VARIABLES = 200
 MAX_REPR = 200
+MAX_LOG = 4096  # one logpoint message, characters
+LOG_SETTLE = 0.05  # seconds for the IOPub reader to deliver events sent before a control answer
 DRIVING = ("continue", "next", "stepIn", "stepOut")
 
 
@@ -114,6 +116,7 @@ class DebugSession:
         by: str,
         by_name: str,
         *,
+        node: str = "",
         counter: AdapterRequests,
         spawn: Callable[[Any, str], Any],
         record: Callable[[str, str, dict[str, Any]], None],
@@ -126,6 +129,7 @@ class DebugSession:
         self.path = path
         self.by = by
         self.by_name = by_name
+        self.node = node  # the node running it (and the room's kernel)
         self.counter = counter
         self.spawn = spawn
         self.record = record
@@ -149,6 +153,7 @@ class DebugSession:
         self._sync_again = False
         self._sent_sources: set[str] = set()
         self._ended = asyncio.Event()
+        self.output: Callable[[dict[str, Any]], None] | None = None
 
     # -- the adapter ------------------------------------------------------------------------------
 
@@ -169,9 +174,11 @@ class DebugSession:
 
     # -- RunHooks: called by the room kernel around the debug run ---------------------------------
 
-    async def before(self, kernel: DebuggableKernel) -> None:
-        """Attach to the kernel that is about to run the file (after the runs queued ahead)."""
+    async def before(self, kernel: DebuggableKernel, output: Callable[[dict[str, Any]], None]) -> None:
+        """Attach to the kernel that is about to run the file (after the runs queued ahead);
+        ``output`` adds to the debug run's outputs (what logpoints log)."""
         self.kernel = kernel
+        self.output = output
         kernel.on_debug_event = self._on_event
         await self.request(
             "initialize",
@@ -204,11 +211,29 @@ class DebugSession:
             },
         )
         self._cancel_pause_timer()
+        await self._drain_logs()
         await self._detach()
         outcome = getattr(finished.outcome, "value", str(finished.outcome))
         if self.notice is None and finished.reason and outcome == "failed":
             self.notice = f"the run failed: {finished.reason}; the breakpoints stay"
         self.end(outcome)
+
+    async def _drain_logs(self) -> None:
+        """Let the logpoint messages still on their way arrive before detaching drops the listener.
+
+        Measured with ipykernel 7.4 / debugpy 1.8.22: a logpoint's ``output`` event can reach the
+        server after the program's own later prints, even after the run ended. debugpy answers
+        requests in order with the events it sent before, and the kernel forwards those events to
+        IOPub before it answers on the control channel; one round trip (``threads``), then one short
+        settle for the IOPub reader, collects them."""
+        if self.kernel is None or not self.attached or self.kernel.on_debug_event is None:
+            return
+        try:
+            await self.request("threads")
+        except SessionError as exc:  # the kernel died with the program: nothing more will arrive
+            log.info("logpoints not drained", extra={"room": self.room.name, "error": exc.reason})
+            return
+        await asyncio.sleep(LOG_SETTLE)
 
     def end(self, outcome: str) -> None:
         if self.state == "ended":
@@ -228,9 +253,8 @@ class DebugSession:
         """Send the merged set: one full ``setBreakpoints`` per source, only what the adapter can use;
         write what the adapter verified (and why the others are not) to ``debug.checks``."""
         with self.room.local_change(LocalOrigin("debugger-read")) as doc:
-            debug = doc.get("debug", type=Map)
             files = {p: str(t) for p, t in doc.get("files", type=Map).items() if isinstance(t, Text)}
-            all_bps = bps.read(debug)
+            all_bps = bps.read(doc.get(bps.ROOT, type=Map))
         checks: dict[str, dict[str, Any]] = {}
         sendable: dict[str, list[bps.Breakpoint]] = {}
         for bp in all_bps:
@@ -292,6 +316,21 @@ class DebugSession:
         elif event == "continued" and self.state == "stopped":
             self._moved_on()
             self.publish(event="continued")
+        elif event == "output":
+            self._logged(body)
+
+    def _logged(self, body: dict[str, Any]) -> None:
+        """A logpoint's message (debugpy interpolated its ``{expr}``s) into the debug run's outputs,
+        where everyone sees it beside what the program prints. debugpy sends it as an ``output``
+        event of category ``console`` or ``stdout`` (the program's own prints reach the run through
+        the kernel, not here; ``telemetry`` and the adapter's ``important`` notices are not logs)."""
+        text = body.get("output")
+        if body.get("category") not in (None, "console", "stdout", "stderr") or not isinstance(text, str) or not text:
+            return
+        if self.output is None:
+            return
+        name = "stderr" if body.get("category") == "stderr" else "stdout"
+        self.output({"output_type": "stream", "name": name, "text": clip(text, MAX_LOG)})
 
     async def _stopped(self, reason: str, thread: int | None) -> None:
         """Fetch the stop once (stack, top frame's scopes and variables) and publish it for all."""
@@ -378,7 +417,7 @@ class DebugSession:
 
     def _breakpoint_author(self, path: str, line: int) -> str | None:
         with self.room.local_change(LocalOrigin("debugger-read")) as doc:
-            for bp in bps.read(doc.get("debug", type=Map)):
+            for bp in bps.read(doc.get(bps.ROOT, type=Map)):
                 if bp.path == path and bp.line == line:
                     return bp.author_name or bp.author
         return None
@@ -521,6 +560,7 @@ class DebugSession:
             "path": self.path,
             "by": self.by,
             "byName": self.by_name,
+            "node": self.node,
             "run": self.run_id,
             "stopId": self.stop_id,
             "notice": self.notice,
@@ -539,7 +579,8 @@ class DebugSession:
         data = {"session": self.id, "path": self.path}
         stopped = fields.get("stopped")
         if stopped:
-            data.update(at=f"{stopped['path']}:{stopped['line']}", reason=stopped["reason"])
+            # ``where``, not ``at``: the timeline's marks spread the data over their own ``at`` (the time)
+            data.update(where=f"{stopped['path']}:{stopped['line']}", reason=stopped["reason"])
         for key in ("outcome", "command"):
             if key in fields:
                 data[key] = fields[key]

@@ -12,12 +12,14 @@ from typing import Any
 from starlette.routing import BaseRoute
 
 from pairroom.rooms.extension import Extension
+from pairroom.rooms.room import Room
 from pairroom.sandbox.bubblewrap import SandboxUnavailable
 from pairroom.sandbox.settings import KernelSettings
 
 from .api import routes
 from .cluster_lease import ClusterKernelLease
 from .service import KernelLease, KernelService, KernelUnavailable, KernelUnreachable
+from .setup import SetupError, setup
 
 log = logging.getLogger("pairroom.kernels")
 
@@ -41,6 +43,7 @@ class Kernels(Extension):
         self.enabled = enabled
         self.clustered = clustered
         self.shutdown_timeout = shutdown_timeout
+        self.service: KernelService | None = None
 
     def routes(self) -> Sequence[BaseRoute]:
         return routes
@@ -52,14 +55,21 @@ class Kernels(Extension):
     def lifespan(self, node: Any) -> contextlib.AbstractAsyncContextManager[None]:
         return self._run(node)
 
+    def on_loaded(self, room: Room) -> None:
+        """A room is open here: someone may run code soon, so the warm pool fills (see ``pool``)."""
+        if self.service is not None:
+            self.service.pool.want()
+
     @contextlib.asynccontextmanager
     async def _run(self, node: Any) -> AsyncIterator[None]:
         lease = ClusterKernelLease(node.cluster.broker, **self.lease_timings) if self.clustered else None
         kernels, node.state.kernels_error = await self._start(node, lease)
         node.state.kernels = kernels
+        self.service = kernels
         try:
             yield
         finally:
+            self.service = None
             if kernels is not None:
                 try:
                     async with asyncio.timeout(self.shutdown_timeout):
@@ -77,6 +87,12 @@ class Kernels(Extension):
         settings = self.kernel_settings
         if lease is not None:  # meta.kernel.node names the cluster node holding the lease
             settings = dataclasses.replace(settings, node=node.node_id)
+        if settings.setup_missing and not (settings.kernel_venv / "bin" / "python").exists():
+            try:
+                await asyncio.to_thread(prepare, settings)
+            except SetupError as exc:
+                log.error("kernels refused: their environment could not be prepared", extra={"error": str(exc)})
+                return None, f"kernels refused: {exc}; run pairroom kernels setup"
         kernels = KernelService(node.registry, settings, lease)
         try:
             await kernels.start()
@@ -84,3 +100,11 @@ class Kernels(Extension):
             log.error("kernels refused: no sandbox", extra={"error": str(exc)})
             return None, f"kernels refused: {exc}"
         return kernels, None
+
+
+def prepare(settings: KernelSettings) -> None:
+    """The first start that needs kernels makes their environment (``pairroom kernels setup``), with
+    each step logged as it goes: a server installed with pip runs kernels without a script of the
+    repository."""
+    log.warning("the kernels' Python environment is missing: preparing it", extra={"venv": str(settings.kernel_venv)})
+    setup(settings.kernel_venv, say=lambda line: log.info("kernels setup: %s", line.strip()))

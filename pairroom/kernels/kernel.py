@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import importlib
 import logging
 import os
 import signal
@@ -28,20 +29,31 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-from jupyter_client.asynchronous.client import AsyncKernelClient
-
-from pairroom.kernels.launcher import KernelDirs, SandboxedKernelManager
+from pairroom.kernels.dirs import KernelDirs
 from pairroom.kernels.outputs import to_output
 from pairroom.sandbox.bubblewrap import Sandbox
 from pairroom.sandbox.limits import Cgroups, KernelCgroup
 
+if TYPE_CHECKING:  # jupyter-client is imported by the first launch (``Kernel.start``), not at startup
+    from jupyter_client.asynchronous.client import AsyncKernelClient
+
+    from pairroom.kernels.launcher import SandboxedKernelManager
+
 log = logging.getLogger("pairroom.kernels")
+
+LAUNCHER = "pairroom.kernels.launcher"  # jupyter-client, pyzmq, tornado: loaded with the first kernel
+_launcher: ModuleType | None = None
 
 OutputSink = Callable[[dict[str, Any]], None]
 """Receives each output of a run as an nbformat dict; ``{"output_type": "clear_output", "wait": b}``
 asks to clear what the run showed so far."""
+
+InputListener = Callable[[str, bool], None]
+"""Told ``(prompt, password)`` when the run's code calls ``input()`` (or ``getpass``) and waits for an
+answer, which goes back through ``Kernel.answer_input``."""
 
 
 class KernelStartError(RuntimeError):
@@ -71,6 +83,7 @@ class _Execution:
     sink: OutputSink
     reply: asyncio.Future[dict[str, Any]]
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    on_input: InputListener | None = None
 
 
 class Kernel:
@@ -110,9 +123,10 @@ class Kernel:
 
     async def start(self) -> None:
         """Launch and wait until the kernel answers on shell and IOPub. Raises KernelStartError."""
+        launcher = await load_launcher()
         launch_dir = self.dirs.new_launch_dir()
         self._cgroup = self.cgroups.create(f"{self.dirs.base.name}-{launch_dir.name}", self.settings)
-        km = SandboxedKernelManager(
+        km = launcher.SandboxedKernelManager(
             sandbox=self.sandbox,
             dirs=self.dirs,
             launch_dir=launch_dir,
@@ -136,6 +150,7 @@ class Kernel:
                 asyncio.create_task(self._read_iopub(), name="kernel-iopub"),
                 asyncio.create_task(self._read_shell(), name="kernel-shell"),
                 asyncio.create_task(self._read_control(), name="kernel-control"),
+                asyncio.create_task(self._read_stdin(), name="kernel-stdin"),
             ]
             async with asyncio.timeout(self.settings.start_timeout):
                 await self._handshake()
@@ -147,6 +162,25 @@ class Kernel:
                 ) from exc
             raise
         self.started_at = time.monotonic()
+
+    async def join(self, cgroups: Cgroups) -> None:
+        """Move this started kernel into ``cgroups`` (its room's budget, ``sandbox.budget``): a pooled
+        kernel was started before it had a room. Later launches (restarts) start there. Raises
+        OSError if the move failed (the caller starts a fresh kernel instead)."""
+        self.cgroups = cgroups
+        old = self._cgroup
+        if old is None:
+            return  # rlimits only: nothing to move
+        new = cgroups.create(f"{self.dirs.base.name}-joined-{uuid.uuid4().hex[:6]}", self.settings)
+        if new is None:
+            return
+        try:
+            old.move_to(new)
+        except OSError:
+            await new.remove(timeout=0.5)
+            raise
+        self._cgroup = new
+        await old.remove()
 
     async def _handshake(self) -> None:
         """kernel_info until the reply *and* the request's IOPub status both arrive: a ZMQ
@@ -248,14 +282,18 @@ class Kernel:
 
     # -- running code -----------------------------------------------------------------------------
 
-    async def execute(self, code: str, sink: OutputSink, timeout: float) -> Finished:
+    async def execute(
+        self, code: str, sink: OutputSink, timeout: float, on_input: InputListener | None = None
+    ) -> Finished:
         """Run ``code``; outputs go to ``sink`` as they arrive. Never raises for what the code does.
 
-        Returns FAILED if the kernel dies or ``timeout`` passes (the caller kills and restarts it)."""
+        With ``on_input``, ``input()`` asks it (someone answers through ``answer_input``); without, the
+        kernel refuses ``input()`` with StdinNotImplementedError. Returns FAILED if the kernel dies or
+        ``timeout`` passes (the caller kills and restarts it)."""
         if self._client is None or self.died.is_set():
             return Finished(Outcome.FAILED, self.death or "the kernel is not running")
-        msg_id = self._client.execute(code, store_history=True, allow_stdin=False, stop_on_error=False)
-        execution = _Execution(sink, asyncio.get_running_loop().create_future())
+        msg_id = self._client.execute(code, store_history=True, allow_stdin=on_input is not None, stop_on_error=False)
+        execution = _Execution(sink, asyncio.get_running_loop().create_future(), on_input=on_input)
         self._pending[msg_id] = execution
         try:
             try:
@@ -280,6 +318,14 @@ class Kernel:
         if status == "error" and content.get("ename") == "KeyboardInterrupt":
             return Finished(Outcome.INTERRUPTED, execution_count=count)
         return Finished(Outcome.ERROR, execution_count=count)
+
+    def answer_input(self, value: str) -> bool:
+        """Send the answer to the ``input()`` the kernel waits on (an ``input_reply`` on stdin).
+        False when the kernel is no longer running."""
+        if self._client is None or self.died.is_set():
+            return False
+        self._client.input(value)
+        return True
 
     async def interrupt(self) -> None:
         """Ask the kernel to interrupt (an ``interrupt_request`` on control)."""
@@ -400,6 +446,31 @@ class Kernel:
         if execution is not None and not execution.reply.done():
             execution.reply.set_result(msg)
 
+    async def _read_stdin(self) -> None:
+        """``input_request``s of the run that asked for input: handed to its listener."""
+        assert self._client is not None
+        client = self._client
+        while True:
+            msg = await self._receive(client.get_stdin_msg, "stdin")
+            if msg is None:
+                return
+            try:
+                self._on_stdin(msg)
+            except Exception as exc:  # noqa: BLE001 - kernel messages are untrusted input: a bad one is logged, never kills the reader
+                self._malformed("stdin", exc)
+
+    def _on_stdin(self, msg: dict[str, Any]) -> None:
+        header, content = msg.get("header"), msg.get("content")
+        if not isinstance(header, dict) or header.get("msg_type") != "input_request":
+            return
+        if not isinstance(content, dict):
+            raise ValueError("an input_request whose content is not a map")
+        execution = self._pending.get(parent_id(msg) or "")
+        if execution is None or execution.on_input is None:
+            return
+        prompt = content.get("prompt")
+        execution.on_input(str(prompt)[:1000] if prompt is not None else "", content.get("password") is True)
+
     async def _read_control(self) -> None:
         assert self._client is not None
         client = self._client
@@ -473,6 +544,17 @@ def parent_id(msg: dict[str, Any]) -> str | None:
 
 def new_kernel_id() -> str:
     return "k" + uuid.uuid4().hex[:12]
+
+
+async def load_launcher() -> ModuleType:
+    """The jupyter-client side (``launcher``), imported off the event loop by the first launch: about
+    50 ms of imports that would stall every room of the node, often while its first members join."""
+    global _launcher
+    if _launcher is None:
+        # another launch may be importing it in its thread: import_module waits for that import
+        # (sys.modules already holds the half-initialised module meanwhile, so it is not looked at)
+        _launcher = await asyncio.to_thread(importlib.import_module, LAUNCHER)
+    return _launcher
 
 
 async def launch(root: Path, sandbox: Sandbox, cgroups: Cgroups) -> Kernel:

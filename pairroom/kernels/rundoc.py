@@ -58,8 +58,18 @@ def read_kernel_state(room: Room) -> dict[str, Any]:
         return read if isinstance(read, dict) else {}
 
 
-def create_run(room: Room, run_id: str, *, code: str, path: str | None, by: str) -> int:
-    """Add a queued run; returns its ``order`` (after every run the room has had)."""
+def create_run(
+    room: Room,
+    run_id: str,
+    *,
+    code: str,
+    path: str | None,
+    by: str,
+    client: str | None = None,
+    language: str | None = "python",
+) -> int:
+    """Add a queued run; returns its ``order`` (after every run the room has had). ``client`` names
+    the page that asked for it: that page answers the run's ``input()``."""
     with room.local_change(KernelOrigin(run_id)) as doc:
         runs = doc.get("runs", type=Map)
         order = 1 + max((int(run.get("order", 0)) for run in runs.values() if isinstance(run, Map)), default=0)
@@ -72,6 +82,8 @@ def create_run(room: Room, run_id: str, *, code: str, path: str | None, by: str)
                 "queuedAt": now_ms(),
                 "outputs": Array([]),
                 "order": order,
+                **({"client": client} if client is not None else {}),
+                **({"language": language} if language != "python" else {}),
             }
         )
     return order

@@ -30,6 +30,7 @@ import logging
 import os
 import secrets
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,11 +40,13 @@ from pycrdt import Map
 from pairroom.kernels import rundoc
 from pairroom.kernels.kernel import Finished, Kernel, KernelStartError, Outcome
 from pairroom.kernels.pool import KernelPool
+from pairroom.kernels.runners import Runners, kernel_code, probe_node
 from pairroom.kernels.workdir import kernel_for
 from pairroom.protocol.origins import LocalOrigin
 from pairroom.rooms.registry import RoomRegistry
 from pairroom.rooms.room import Room
 from pairroom.sandbox.bubblewrap import Sandbox, probe
+from pairroom.sandbox.budget import RoomBudgets
 from pairroom.sandbox.limits import Cgroups, detect_cgroups
 from pairroom.sandbox.settings import KernelSettings
 from pairroom.workspace import Workspace, Workspaces, WorkspaceSettings, safe_fs
@@ -77,9 +80,14 @@ class KernelLease:
     async def release(self, room: str) -> None:
         return None
 
+    async def places_elsewhere(self, room: str) -> bool:
+        """Whether a new kernel for ``room`` should start on another node (a cluster: the one running
+        the room's terminals, so both share the room's budget there). A single node: never."""
+        return False
+
     async def forward(self, room: str, op: str, args: dict[str, Any]) -> Any:
-        """Have the node holding the room's kernel do ``op`` (``run``, ``interrupt``, ``restart``) and
-        return its answer. A single node has nobody to ask."""
+        """Have the node holding the room's kernel do ``op`` (``run``, ``interrupt``, ``restart``, or
+        one registered with ``KernelService.serve``) and return its answer. A single node has nobody to ask."""
         raise KernelUnavailable(f"another node runs the kernel of room {room!r}")
 
 
@@ -93,6 +101,11 @@ class KernelUnreachable(RuntimeError):
 
 
 LIVE_STATES = ("starting", "restarting", "idle", "busy")
+BUILTIN_OPS = ("run", "interrupt", "restart", "input")
+
+Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
+"""``handler(room, args)`` registered with ``KernelService.serve``: runs on the node holding the room's
+kernel and returns what can travel as JSON."""
 
 
 class RunHooks(Protocol):
@@ -100,11 +113,12 @@ class RunHooks(Protocol):
     (the debugger attaches in ``before``, once the runs queued ahead have finished and the workspace
     is written, and detaches in ``after``, before the next run starts). ``before`` raising fails the
     run with its message; ``after`` always gets the outcome, also when the kernel did not start.
-    ``timeout``, if set, replaces ``run_timeout`` for this run."""
+    ``timeout``, if set, replaces ``run_timeout`` for this run. ``output`` given to ``before`` adds an
+    output to the run's record, in order with the program's own (the debugger's logpoints)."""
 
     timeout: float | None
 
-    async def before(self, kernel: Kernel) -> None: ...
+    async def before(self, kernel: Kernel, output: Callable[[dict[str, Any]], None]) -> None: ...
 
     async def after(self, finished: Finished) -> None: ...
 
@@ -116,6 +130,29 @@ class RunRequest:
     by: str | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     hooks: RunHooks | None = None
+    client: str | None = None  # the page that asked: its input() prompts go to it (None: input() refused)
+
+
+@dataclass(slots=True)
+class Waiting:
+    """A run blocked in ``input()``: the prompt, and where its answer is echoed."""
+
+    request: RunRequest
+    batch: rundoc.OutputBatch
+    prompt: str
+    password: bool
+
+
+class InputRefused(Exception):
+    """An answer to ``input()`` that cannot be taken: ``status`` is the HTTP status that says why."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+MAX_INPUT_CHARS = 65536
 
 
 def new_run_id() -> str:
@@ -137,8 +174,10 @@ class RoomKernel:
         self.closing = False
         self.room: Room | None = None
         self.workspace: Workspace | None = None
+        self.limits: Cgroups | None = None  # the room's budget (sandbox.budget), shared with its terminals
         self._kernel_lock = asyncio.Lock()
         self._started = asyncio.Event()
+        self.waiting: Waiting | None = None  # the current run waits in input()
 
     async def serve(self) -> None:
         """Hold the room and run its queue until idle for ``idle_shutdown_seconds`` (or cancelled)."""
@@ -146,9 +185,11 @@ class RoomKernel:
             async with (
                 self.service.registry.hold(self.name) as room,
                 self.service.workspaces.use(self.name) as workspace,
+                self.service.budgets.use(self.name) as limits,
             ):
                 self.room = room
                 self.workspace = workspace
+                self.limits = limits
                 if self.first_here:
                     self.lost_elsewhere = take_over_lost_kernel(room)
                 self._started.set()
@@ -211,7 +252,7 @@ class RoomKernel:
                     self.service.pool,
                     self.service.root,
                     self.service.sandbox,
-                    self.service.cgroups_or_none(),
+                    self.limits or self.service.cgroups_or_none(),
                 )
             else:
                 await kernel.kill("restart")
@@ -284,12 +325,54 @@ class RoomKernel:
         """Run the request's code, after its ``before`` hook (a hook that fails fails the run)."""
         if request.hooks is not None:
             try:
-                await request.hooks.before(kernel)
+                await request.hooks.before(kernel, batch)
             except Exception as exc:  # noqa: BLE001 - a room's kernel failing is that room's problem: logged, the others carry on
                 log.warning("run hook failed", extra={"room": self.name, "run": request.run_id, "error": str(exc)})
                 return Finished(Outcome.FAILED, f"could not prepare the run: {exc}")
         timeout = request.hooks.timeout if request.hooks is not None and request.hooks.timeout else None
-        return await kernel.execute(request.code, batch, timeout or self.settings.run_timeout)
+        on_input = None
+        if request.client is not None:
+
+            def on_input(prompt: str, password: bool) -> None:
+                self._ask_input(request, batch, prompt, password)
+
+        try:
+            return await kernel.execute(request.code, batch, timeout or self.settings.run_timeout, on_input)
+        finally:
+            if self.waiting is not None and self.waiting.request is request:
+                self.waiting = None
+                with contextlib.suppress(RuntimeError):  # the room may be closing with the server
+                    rundoc.update_run(self.room, request.run_id, input=None)  # type: ignore[arg-type]
+
+    def _ask_input(self, request: RunRequest, batch: rundoc.OutputBatch, prompt: str, password: bool) -> None:
+        """The run waits in ``input()``: what it printed so far, then the prompt in the run's record
+        (``input``), which the page that asked for the run turns into a field and the others into
+        "waiting for input"."""
+        if self.current is not request or self.room is None:
+            return
+        batch.flush()
+        self.waiting = Waiting(request, batch, prompt, password)
+        rundoc.update_run(self.room, request.run_id, input={"prompt": prompt, "password": password})
+
+    def answer_input(self, run_id: str, value: str, *, by: str, client: str, check_by: bool) -> None:
+        """Give the waiting ``input()`` of run ``run_id`` its answer, echoed in the run's output (a
+        password as dots). Only the page that ran it answers (``client``; and, with tokens, the same
+        user). Raises InputRefused."""
+        waiting = self.waiting
+        if waiting is None or waiting.request.run_id != run_id:
+            raise InputRefused(409, f"run {run_id!r} is not waiting for input")
+        request = waiting.request
+        if request.client != client or (check_by and request.by != by):
+            raise InputRefused(403, "only the person who ran the code answers its input()")
+        kernel = self.kernel
+        if kernel is None or not kernel.answer_input(value):
+            raise InputRefused(409, f"run {run_id!r} is not waiting for input: the kernel stopped")
+        self.waiting = None
+        shown = "•" * min(len(value), 12) if waiting.password else value
+        waiting.batch({"output_type": "stream", "name": "stdout", "text": f"{waiting.prompt}{shown}\n"})
+        waiting.batch.flush()
+        assert self.room is not None
+        rundoc.update_run(self.room, run_id, input=None)
 
     async def _fail_run(self, run_id: str, reason: str) -> None:
         """After an unexpected error: say so in the run, and start the next run on a fresh kernel."""
@@ -401,11 +484,14 @@ class KernelService:
         self.settings = settings or KernelSettings()
         self.lease = lease or KernelLease()
         self.rooms: dict[str, RoomKernel] = {}
+        self.handlers: dict[str, Handler] = {}  # ``serve``: other features' requests to the holder
         self.sandbox: Sandbox | None = None
         self.cgroups: Cgroups | None = None
+        self.runners = Runners()
         self._pool: KernelPool | None = None
         self._root: Path | None = None
         self._workspaces: Workspaces | None = None
+        self._budgets: RoomBudgets | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
 
@@ -416,9 +502,11 @@ class KernelService:
         return self._pool
 
     async def start(self) -> None:
-        """Probe the sandbox (raises SandboxUnavailable), detect cgroups, fill the pool."""
+        """Probe the sandbox (raises SandboxUnavailable), detect cgroups, start the pool (it fills when
+        a room is first loaded here, ``KernelPool.want``)."""
         self.sandbox = await asyncio.to_thread(probe, self.settings)
         self.cgroups = await asyncio.to_thread(detect_cgroups, self.settings)
+        self.runners = Runners(node=await asyncio.to_thread(probe_node, self.sandbox))
         if self.settings.state_dir is not None:
             self.settings.state_dir.mkdir(parents=True, exist_ok=True)
             self._root = Path(tempfile.mkdtemp(prefix="pairroom-kernels-", dir=self.settings.state_dir))
@@ -431,6 +519,7 @@ class KernelService:
         self._workspaces = Workspaces.attach(
             self.registry, WorkspaceSettings(root=self.settings.state_dir, uid=uid, gid=gid)
         )
+        self._budgets = await RoomBudgets.attach(self.registry, self.settings)
         self._pool = KernelPool(self._root, self.sandbox, self.cgroups)
         log.info(
             "kernels ready" if self.sandbox.isolated else "kernels run UNSANDBOXED (--unsafe-kernels)",
@@ -438,6 +527,7 @@ class KernelService:
                 "sandbox": "bubblewrap" if self.sandbox.isolated else "none",
                 "limits": self.cgroups.describe(),
                 "pool": self.settings.pool_size,
+                "node": self.runners.node,
             },
         )
         started = asyncio.Event()
@@ -473,6 +563,9 @@ class KernelService:
                 await remove_dirs(str(self._root), self.settings.file_sync_timeout * 4)
             if self.cgroups is not None:
                 self.cgroups.close()
+            if self._budgets is not None:
+                self._budgets.detach()
+                self._budgets = None
 
     async def __aenter__(self) -> KernelService:
         await self.start()
@@ -486,6 +579,12 @@ class KernelService:
         if self._workspaces is None:
             raise RuntimeError("the kernel service is not started")
         return self._workspaces
+
+    @property
+    def budgets(self) -> RoomBudgets:
+        if self._budgets is None:
+            raise RuntimeError("the kernel service is not started")
+        return self._budgets
 
     @property
     def root(self) -> Path:
@@ -535,13 +634,26 @@ class KernelService:
                 if room_kernel.kernel is not None:
                     await room_kernel.kernel.kill("this node lost the room's kernel lease")
 
-    async def submit(self, room: str, *, code: str, path: str | None, by: str) -> str:
+    async def submit(
+        self,
+        room: str,
+        *,
+        code: str,
+        path: str | None,
+        by: str,
+        client: str | None = None,
+        language: str | None = "python",
+    ) -> str:
         """Queue a run in ``room`` here, or on the node running its kernel; returns its id. The run
-        record is in this node's copy of the document when this returns."""
+        record is in this node's copy of the document when this returns. ``client`` is the page
+        that asked: its ``input()`` calls are put to that page (without one, ``input()`` is refused)."""
         try:
-            return await self.submit_here(room, code=code, path=path, by=by)
+            if await self._starts_elsewhere(room):
+                raise KernelUnavailable(f"the kernel of room {room!r} starts beside its terminals")
+            return await self.submit_here(room, code=code, path=path, by=by, client=client, language=language)
         except KernelUnavailable:
-            run_id = str(await self.lease.forward(room, "run", {"code": code, "path": path, "by": by}))
+            args = {"code": code, "path": path, "by": by, "client": client, "language": language}
+            run_id = str(await self.lease.forward(room, "run", args))
         await self._until_visible(room, run_id)
         return run_id
 
@@ -562,7 +674,15 @@ class KernelService:
                 room.doc.unobserve(subscription)
 
     async def submit_here(
-        self, room: str, *, code: str, path: str | None, by: str, hooks: RunHooks | None = None
+        self,
+        room: str,
+        *,
+        code: str,
+        path: str | None,
+        by: str,
+        hooks: RunHooks | None = None,
+        client: str | None = None,
+        language: str | None = "python",
     ) -> str:
         """Queue a run on this node's kernel of ``room``; KernelUnavailable if another node runs it.
         ``hooks`` are called around the run by the kernel that runs it (the debugger's way in)."""
@@ -572,9 +692,32 @@ class KernelService:
             if not room_kernel.closing:
                 break
         run_id = new_run_id()
-        rundoc.create_run(held, run_id, code=code, path=path, by=by)
-        room_kernel.queue.put_nowait(RunRequest(run_id, code, by, hooks=hooks))  # no await since the closing check
+        program = kernel_code(self.runners, language, code, path)  # NotRunnable before anything is queued
+        rundoc.create_run(held, run_id, code=code, path=path, by=by, client=client, language=language)
+        room_kernel.queue.put_nowait(
+            RunRequest(run_id, program, by, hooks=hooks, client=client)
+        )  # no await since the closing check
         return run_id
+
+    async def answer_input(self, room: str, run_id: str, value: str, *, by: str, client: str, check_by: bool) -> None:
+        """Answer a run's ``input()``, here or on the node running the room's kernel. InputRefused."""
+        args = {"run": run_id, "value": value, "by": by, "client": client, "check_by": check_by}
+        try:
+            await self.answer_input_here(room, run_id, value, by=by, client=client, check_by=check_by)
+        except KernelUnavailable:
+            refused = await self.lease.forward(room, "input", args)
+            if refused:
+                raise InputRefused(int(refused[0]), str(refused[1])) from None
+
+    async def answer_input_here(self, room: str, run: str, value: str, *, by: str, client: str, check_by: bool) -> None:
+        """What the node running the kernel does; KernelUnavailable if another node runs it."""
+        room_kernel = self.rooms.get(room)
+        if room_kernel is None or room_kernel.closing:
+            if not await self.lease.acquire(room):
+                raise KernelUnavailable(f"another node runs the kernel of room {room!r}")
+            await self.lease.release(room)  # nobody held it: no run waits anywhere
+            raise InputRefused(409, f"run {run!r} is not waiting for input: no kernel runs")
+        room_kernel.answer_input(run, value, by=by, client=client, check_by=check_by)
 
     async def interrupt(self, room: str) -> bool:
         try:
@@ -592,8 +735,14 @@ class KernelService:
         await self.lease.release(room)  # nobody held it: there is nothing to interrupt
         return False
 
+    async def _starts_elsewhere(self, room: str) -> bool:
+        existing = self.rooms.get(room)
+        return (existing is None or existing.closing) and await self.lease.places_elsewhere(room)
+
     async def restart(self, room: str) -> None:
         try:
+            if await self._starts_elsewhere(room):
+                raise KernelUnavailable(f"the kernel of room {room!r} starts beside its terminals")
             await self.restart_here(room)
         except KernelUnavailable:
             await self.lease.forward(room, "restart", {})
@@ -601,6 +750,39 @@ class KernelService:
     async def restart_here(self, room: str) -> None:
         room_kernel = await self.room_kernel(room)
         await room_kernel.restart()
+
+    # -- other features' requests to the room's kernel node -----------------------------------------
+
+    def serve(self, op: str, handler: Handler) -> None:
+        """Have ``call(room, op, args)`` run ``handler(room, args)`` on the node holding the room's
+        kernel, wherever it was asked (the debugger's session lives beside the kernel it debugs). The
+        feature registers on every node; the kernels never import it."""
+        if op in BUILTIN_OPS or op == "call" or op in self.handlers:
+            raise ValueError(f"op {op!r} is already served")
+        self.handlers[op] = handler
+
+    async def call(self, room: str, op: str, args: dict[str, Any]) -> Any:
+        """``op``'s handler on the node holding the room's kernel: here when this node holds it or
+        nobody does, else forwarded to the holder (KernelUnreachable if it does not answer). While no
+        kernel runs and the room's terminals run on another node, that node: a kernel the handler
+        starts (a debug session's run) starts beside them."""
+        try:
+            if await self._starts_elsewhere(room):
+                raise KernelUnavailable(f"the kernel of room {room!r} starts beside its terminals")
+            return await self.call_here(room, op, args)
+        except KernelUnavailable:
+            return await self.lease.forward(room, "call", {"op": op, "args": args})
+
+    async def call_here(self, room: str, op: str, args: dict[str, Any]) -> Any:
+        """KernelUnavailable if another node runs the room's kernel."""
+        handler = self.handlers.get(op)
+        if handler is None:
+            raise ValueError(f"no handler for op {op!r}")
+        if room not in self.rooms:
+            if not await self.lease.acquire(room):
+                raise KernelUnavailable(f"another node runs the kernel of room {room!r}")
+            await self.lease.release(room)  # nobody held it: the handler answers from here
+        return await handler(room, args)
 
     def state(self, room: str) -> dict[str, Any]:
         room_kernel = self.rooms.get(room)
@@ -612,5 +794,5 @@ class KernelService:
         return {
             **local,
             "sandbox": "bubblewrap" if self.sandbox is not None and self.sandbox.isolated else "none",
-            "limits": self.cgroups.describe() if self.cgroups is not None else None,
+            "limits": self._budgets.describe() if self._budgets is not None else None,
         }

@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pairroom.kernels.dirs import KernelDirs
 from pairroom.kernels.kernel import Kernel, new_kernel_id
-from pairroom.kernels.launcher import KernelDirs
 from pairroom.kernels.pool import KernelPool
 from pairroom.sandbox.bubblewrap import Sandbox
 from pairroom.sandbox.limits import Cgroups
@@ -30,14 +30,18 @@ __all__ = ["kernel_for", "valid_path"]
 
 
 async def kernel_for(workspace: Workspace, pool: KernelPool, root: Path, sandbox: Sandbox, cgroups: Cgroups) -> Kernel:
-    """A started kernel whose ``/home/room`` is the room's workspace."""
+    """A started kernel whose ``/home/room`` is the room's workspace, in ``cgroups`` (the room's
+    budget: a pooled kernel is moved into it)."""
     if not workspace.exists:
         kernel = await pool.take()
         try:
+            await kernel.join(cgroups)
             await workspace.ensure_dir(adopt=kernel.dirs.work)
             return kernel
         except OSError:
-            await kernel.kill("its work dir could not become the room's workspace")
+            await kernel.kill(
+                "its work dir could not become the room's workspace, or it could not join the room's cgroup"
+            )
             kernel.dirs.remove()
             if not workspace.exists:
                 await workspace.ensure_dir()

@@ -80,6 +80,13 @@ def add_arguments(commands: argparse._SubParsersAction) -> None:  # type: ignore
     verify.add_argument("name")
     with_catalog(verify)
     verify.add_argument("--find-links", type=Path, metavar="DIR", help="also check the files in this directory")
+    verify.add_argument("--offline", action="store_true", help="no network: the attestation is reported as not checked")
+    verify.add_argument(
+        "--provenance", type=Path, metavar="FILE", help="the PEP 740 provenance of the file, instead of asking PyPI"
+    )
+    verify.add_argument(
+        "--integrity-url", default=INTEGRITY_URL, metavar="URL", help=f"PyPI's Integrity API (default {INTEGRITY_URL})"
+    )
 
 
 def run(args: argparse.Namespace, context: Context) -> int:
@@ -101,7 +108,7 @@ def run(args: argparse.Namespace, context: Context) -> int:
             return info(catalog, entry)
         if args.action == "install":
             return install(entry, args.find_links, args.target)
-        return verify(entry, args.find_links)
+        return verify(entry, args.find_links, args.offline, args.provenance, args.integrity_url)
     except (CatalogError, wheels.WheelError, InstallError) as exc:
         print(f"pairroom extensions: {exc}", file=sys.stderr)
         return 1
@@ -255,8 +262,18 @@ def install(entry: Entry, find_links: Path | None, target: Path | None) -> int:
     return 0
 
 
-def verify(entry: Entry, find_links: Path | None) -> int:
+INTEGRITY_URL = "https://pypi.org/integrity"
+
+
+def verify(
+    entry: Entry,
+    find_links: Path | None,
+    offline: bool = False,
+    provenance: Path | None = None,
+    integrity_url: str = INTEGRITY_URL,
+) -> int:
     ok = True
+    checked: list[str] = []
     if find_links is not None:
         try:
             checked = check_local_files(entry, find_links)
@@ -282,11 +299,87 @@ def verify(entry: Entry, find_links: Path | None) -> int:
         else f"record: changed since install: {', '.join(changed)}"
     )
     ok = ok and not changed
+    wheel = find_links / checked[0] if find_links is not None and checked else None
+    line, attested = attestation(entry, wheel, offline, provenance, integrity_url)
+    print(line)
+    return 0 if ok and attested else 1
+
+
+def attestation(
+    entry: Entry, wheel: Path | None, offline: bool, provenance: Path | None, integrity_url: str
+) -> tuple[str, bool]:
+    """The PEP 740 status of ``wheel`` against the publisher the catalog names, with
+    ``pypi-attestations``: ``verified`` only after a signature was checked against that identity;
+    ``not checked`` (never ``verified``) whenever it could not be; ``FAILED`` (exit 1) when PyPI has
+    no attestation for the file or none verifies."""
     if entry.publisher is None:
-        print("attestation: none required by the catalog")
+        return "attestation: none required by the catalog", True
+    who = ", ".join(f"{k}={v}" for k, v in sorted(entry.publisher.items()))
+    if offline:
+        return f"attestation: not checked (offline; the catalog requires publisher {who})", True
+    if wheel is None:
+        return (
+            f"attestation: not checked (no distribution file: --find-links DIR with the catalog's file; publisher {who})",
+            True,
+        )
+    try:
+        import pypi_attestations as attestations  # only the operator's verify needs sigstore
+    except ImportError:
+        return (
+            "attestation: not checked (pypi-attestations is not installed: pip install 'pairroom[attestations]')",
+            True,
+        )
+    from pydantic import TypeAdapter
+
+    try:
+        publisher = TypeAdapter(attestations.Publisher).validate_python(dict(entry.publisher))
+    except ValueError as exc:
+        return f"attestation: FAILED (the catalog's publisher is not a PEP 740 publisher: {exc})", False
+    if provenance is not None:
+        try:
+            raw = provenance.read_bytes()
+        except OSError as exc:
+            return f"attestation: not checked (cannot read {provenance}: {exc.strerror or exc})", True
     else:
-        print(f"attestation: not checked (publisher {dict(entry.publisher)}; no PEP 740 verification offline)")
-    return 0 if ok else 1
+        url = f"{integrity_url.rstrip('/')}/{entry.package}/{entry.version}/{wheel.name}/provenance"
+        try:
+            raw = fetch_provenance(url)
+        except FileNotFoundError:
+            return f"attestation: FAILED (PyPI has no attestation for {wheel.name}; publisher {who} required)", False
+        except OSError as exc:
+            return f"attestation: not checked (PyPI could not be reached: {exc}; publisher {who})", True
+    try:
+        found = attestations.Provenance.model_validate_json(raw)
+    except ValueError as exc:
+        return f"attestation: FAILED (not PEP 740 provenance: {str(exc).splitlines()[0]})", False
+    dist = attestations.Distribution.from_file(wheel)
+    errors = []
+    for bundle in found.attestation_bundles:
+        for item in bundle.attestations:
+            try:
+                item.verify(publisher, dist)
+            except attestations.VerificationError as exc:
+                errors.append(str(exc))
+                continue
+            return f"attestation: verified (PEP 740, publisher {who})", True
+    return f"attestation: FAILED (no attestation verifies for publisher {who}: {'; '.join(errors) or 'none'})", False
+
+
+def fetch_provenance(url: str) -> bytes:
+    """PyPI's Integrity API answer; ``FileNotFoundError`` for a 404, ``OSError`` for the rest."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Accept": "application/vnd.pypi.integrity.v1+json"})
+    try:
+        with urllib.request.urlopen(request, timeout=15) as answer:
+            return bytes(answer.read(4 * 1024 * 1024))
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            raise FileNotFoundError(url) from exc
+        raise OSError(f"HTTP {exc.code} from {url}") from exc
+    except urllib.error.URLError as exc:
+        raise OSError(f"{url}: {exc.reason}") from exc
 
 
 def changed_files(dist: object) -> list[str]:

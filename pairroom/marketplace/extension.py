@@ -38,11 +38,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from pairroom.protocol.origins import ClientOrigin, LocalOrigin
-from pairroom.rooms.extension import Extension, ExtensionRunner
+from pairroom.protocol.sync import ProtocolError
+from pairroom.rooms.extension import Extension, ExtensionRunner, restricted
 from pairroom.rooms.identity import Role
 from pairroom.rooms.owners import SERVER, OwnerRow
 from pairroom.web.api import ApiError, json_body, require_owner, room_of
 from pairroom.web.auth import authenticate
+from pairroom.web.websocket import room_name_from_path
 
 from . import catalog as catalogs
 from . import manifest as manifests
@@ -55,6 +57,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("pairroom.marketplace")
 
 KEY = "extensions"  # meta.extensions
+TRUST = (
+    "Extensions run inside the server, in its process and with its rights: install only code you trust."
+    " Capabilities limit the room an extension is handed, not what its Python can reach."
+)
 CATALOG_TIMEOUT = 30.0  # seconds a catalog URL may take at start-up before the node starts without it
 
 
@@ -245,7 +251,7 @@ class Marketplace(Extension):
                 "room": room_name,
                 "role": role.value,
                 "can_switch": role is Role.OWNER,
-                "trust": "Extensions run inside the server with its rights: install only code you trust.",
+                "trust": TRUST,
                 "catalog": {
                     "source": self.catalog.source or self.source or None,
                     "verified_by": self.catalog.verified_by or None,
@@ -258,6 +264,38 @@ class Marketplace(Extension):
                 "extensions": [self._describe(e, on, failures) for e in enabled.values()],
             }
         )
+
+    async def annotate(self, request: Request, listed: list[dict[str, Any]]) -> dict[str, Any]:
+        """``GET /api/extensions``: the running extensions in ``listed`` get their capabilities,
+        verification and last error; with ``?room=`` (a token of that room, in secret mode) also
+        whether each is on there."""
+        room_name = request.query_params.get("room")
+        hub: Hub = request.app.state.hub
+        on: frozenset[str] | None = None
+        extra: dict[str, Any] = {}
+        if room_name is not None:
+            try:
+                room_name = room_name_from_path(room_name, hub.settings.max_room_name)
+            except ProtocolError as exc:
+                raise ApiError(400, f"room: {exc.reason}") from exc
+            principal = authenticate(request, room_name)
+            async with hub.registry.hold(room_name) as room:
+                on = self._on.get(room, read_switches(room.guards.meta))
+                extra = {"room": room_name, "can_switch": room.role_of(principal) is Role.OWNER}
+        enabled = self._enabled()
+        failures = hook_errors(hub)
+        for item in listed:
+            extension = enabled.get(item["name"])
+            if extension is None or not item.get("enabled"):
+                continue
+            described = self._describe(extension, on or frozenset(), failures)
+            for key in ("capabilities", "declared", "restricted", "catalog", "verified", "verified_by", "errors"):
+                item[key] = described[key]
+            item["last_error"] = described["last_error"]
+            item["per_room"] = extension.per_room
+            if on is not None:
+                item["on"] = described["on"]
+        return {"trust": TRUST, **extra, "extensions": listed}
 
     def _catalog_entry(self, entry: catalogs.Entry, enabled: Mapping[str, Extension]) -> dict[str, Any]:
         shown = entry.to_json()
@@ -279,6 +317,8 @@ class Marketplace(Extension):
         else:
             status = "pinned"
         module = self._modules.get(extension.name)
+        failure = self.runner.last_failure.get(extension.name) if self.runner else None
+        declared = extension.capabilities
         return {
             "name": extension.name,
             "version": installed or extension.version,
@@ -286,10 +326,22 @@ class Marketplace(Extension):
             "per_room": extension.per_room,
             "on": (extension.name in on) if extension.per_room else True,
             "summary": found.summary or (entry.summary if entry else None),
-            "capabilities": sorted(found.capabilities | (entry.capabilities if entry else frozenset())),
+            "capabilities": sorted(
+                declared
+                if declared is not None
+                else found.capabilities | (entry.capabilities if entry else frozenset())
+            ),
+            # None: handed to the server in code with no declaration, the full surface
+            "declared": declared is not None,
+            # what the runner holds it to: a room handle without doc.write (rooms/handles.py)
+            "restricted": restricted(extension),
             "catalog": status,
+            "verified": status in {"pinned", "builtin"},
             "verified_by": self.catalog.verified_by if status == "pinned" else None,
             "errors": errors.get(extension.name, {}),  # hook -> failures (raised or timed out) on this node
+            "last_error": None
+            if failure is None
+            else {"hook": failure.hook, "error": failure.error[:500], "at": round(failure.at * 1000)},
             "frontend": None
             if module is None
             else {

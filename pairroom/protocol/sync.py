@@ -29,6 +29,7 @@ __all__ = ["CloseCode"]  # re-exported: the codec's errors carry these codes
 
 MAX_VAR_UINT_BYTES = 8  # 56 bits, above the 53 bits a JavaScript number holds exactly
 EMPTY_UPDATE = b"\x00\x00"  # what Yjs encodes for "nothing to send"
+EMPTY_STATE_VECTOR = b"\x00"  # the state vector of a document with nothing in it (a new client)
 
 
 class MessageType(IntEnum):
@@ -183,7 +184,9 @@ def sync_step1(state_vector: bytes) -> bytes:
 
 
 def sync_step2(update: bytes) -> bytes:
-    return _STEP2 + write_message(update)
+    # one copy of the update, not two (write_message, then the concatenation): a whole document's
+    # step 2 can be megabytes
+    return b"".join((_STEP2, write_var_uint(len(update)), update))
 
 
 def sync_update(update: bytes) -> bytes:

@@ -10,6 +10,8 @@ Routes (``Authorization: Bearer`` for the room in the path; open mode: everyone 
 | ``POST /api/rooms/{room}/versions {"name", "at"?}`` | editor, owner |
 | ``GET /api/rooms/{room}/diff?from=&to=[&path=]`` | any role |
 | ``GET /api/rooms/{room}/timeline?session=`` | any role |
+| ``GET /api/rooms/{room}/casts?session=`` | any role: the terminals recorded (``casts.py``) |
+| ``GET /api/rooms/{room}/casts/{terminal}?session=`` | any role: one terminal's asciicast v2 file |
 | ``POST /api/rooms/{room}/restore {"at", "path"?}`` | editor, owner |
 | ``POST /api/rooms/{room}/fork {"at"?, "room"}`` | editor, owner |
 | ``DELETE /api/rooms/{room}`` | owner |
@@ -31,13 +33,15 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
+from pairroom.protocol.asciicast import CastError
 from pairroom.protocol.origins import LocalOrigin
 from pairroom.protocol.sync import ProtocolError
+from pairroom.recording.casts import TERMINAL_ID, terminal_casts
 from pairroom.recording.events import RecorderObserver
 from pairroom.recording.history import History, files_of, iso, recording_enabled, restore_files
 from pairroom.recording.history_store import Version
-from pairroom.recording.replay import replay_endpoint
 from pairroom.rooms.identity import Principal
 from pairroom.rooms.registry import RoomBusy
 from pairroom.rooms.room import RoomState
@@ -188,7 +192,20 @@ async def timeline(request: Request) -> Response:
     if sid:
         session = await history.session(room, sid, recorder.recorder_settings.session_gap)
         start, end, low, high = session.start, session.end, session.first_seq, session.last_seq
-    kinds = ("join", "leave", "chat", "run", "restore", "fork", "forked", "audio", "git", "debug", "terminal")
+    kinds = (
+        "join",
+        "leave",
+        "chat",
+        "run",
+        "restore",
+        "fork",
+        "forked",
+        "audio",
+        "git",
+        "debug",
+        "terminal",
+        "extension",
+    )
     marks: list[dict[str, Any]] = [
         {"kind": e.kind, "at": iso(e.at), "user": e.user, **e.data}
         for e in await history.db.events(room, start, end, kinds=kinds)
@@ -216,6 +233,44 @@ async def timeline(request: Request) -> Response:
             "marks": marks,
         }
     )
+
+
+async def _window(request: Request, room: str, history: History) -> tuple[datetime | None, datetime | None]:
+    """The ``session`` query parameter's start and end (None, None for the whole recording)."""
+    sid = request.query_params.get("session")
+    if not sid:
+        return None, None
+    session = await history.session(room, sid, _recorder(request).recorder_settings.session_gap)
+    return session.start, session.end
+
+
+async def casts(request: Request) -> Response:
+    """The terminals recorded in a session (or ever): who they were, when they start and end."""
+    room, _, history = await _readable(request)
+    since, until = await _window(request, room, history)
+    try:
+        found = await terminal_casts(history.db, room, since, until)
+    except CastError as exc:
+        raise ApiError(500, f"a stored terminal recording is unreadable: {exc}") from exc
+    return JSONResponse(
+        {"room": room, "session": request.query_params.get("session"), "casts": [c.describe() for c in found]}
+    )
+
+
+async def cast_file(request: Request) -> Response:
+    """One terminal's recording as an asciicast v2 file, up to the session's end if one is given."""
+    room, _, history = await _readable(request)
+    terminal = request.path_params["terminal"]
+    if not TERMINAL_ID.fullmatch(terminal):
+        raise ApiError(400, "a terminal id is 1 to 64 letters, digits, _ or -")
+    _, until = await _window(request, room, history)
+    try:
+        found = await terminal_casts(history.db, room, None, until, terminal)
+    except CastError as exc:
+        raise ApiError(500, f"a stored terminal recording is unreadable: {exc}") from exc
+    if not found:
+        raise ApiError(404, f"no recording of terminal {terminal!r} in room {room!r}")
+    return Response(found[0].text(f"{room} / {found[0].name}"), media_type="application/x-asciicast")
 
 
 async def restore(request: Request) -> Response:
@@ -256,7 +311,9 @@ async def fork(request: Request) -> Response:
         raise ApiError(409, f"room {new_room!r} already exists")
     seq = await history.resolve(room, _point(body, "at", required=False))
     last = await history.fork(room, seq, new_room, principal.user_id)
-    return JSONResponse({"room": new_room, "from": room, "from_seq": seq, "seq": last}, 201)
+    # What other features made of the fork (a repository room's fork gets its own: docs/git.md)
+    extras = await hub.extensions.forked(room, new_room, seq, principal)
+    return JSONResponse({**extras, "room": new_room, "from": room, "from_seq": seq, "seq": last}, 201)
 
 
 async def delete_room(request: Request) -> Response:
@@ -282,14 +339,23 @@ async def _evict(hub: Hub, name: str) -> None:
         raise ApiError(409, f"{exc}; try again") from exc
 
 
+async def replay(websocket: WebSocket) -> None:
+    """``ws /replay/{room}``: the player (``replay.py``) is imported with the first replay, not at startup."""
+    from pairroom.recording.replay import replay_endpoint
+
+    await replay_endpoint(websocket)
+
+
 routes = [
     Route("/api/rooms/{room}/sessions", sessions, methods=["GET"]),
     Route("/api/rooms/{room}/files", files, methods=["GET"]),
     Route("/api/rooms/{room}/versions", versions, methods=["GET", "POST"]),
     Route("/api/rooms/{room}/diff", diff, methods=["GET"]),
     Route("/api/rooms/{room}/timeline", timeline, methods=["GET"]),
+    Route("/api/rooms/{room}/casts", casts, methods=["GET"]),
+    Route("/api/rooms/{room}/casts/{terminal}", cast_file, methods=["GET"]),
     Route("/api/rooms/{room}/restore", restore, methods=["POST"]),
     Route("/api/rooms/{room}/fork", fork, methods=["POST"]),
     Route("/api/rooms/{room}", delete_room, methods=["DELETE"]),
-    WebSocketRoute("/replay/{room}", replay_endpoint),
+    WebSocketRoute("/replay/{room}", replay),
 ]

@@ -97,7 +97,8 @@ class _RoomRecord:
     updates: int = 0  # since the last checkpoint
     last_checkpoint: float = field(default_factory=time.monotonic)
     last_sample: dict[tuple[str, int], tuple[float, dict[str, Any] | None]] = field(default_factory=dict)
-    pending: dict[tuple[str, int], Event] = field(default_factory=dict)
+    # (wall time of the change, user, sample): the Event is built when the window ends, not per change
+    pending: dict[tuple[str, int], tuple[datetime, str, dict[str, Any] | None]] = field(default_factory=dict)
     timers: dict[tuple[str, int], asyncio.TimerHandle] = field(default_factory=dict)
     subscriptions: list[tuple[Any, Any]] = field(default_factory=list)
 
@@ -212,14 +213,7 @@ class RecorderObserver(Extension):
             last_time, last_sample = record.last_sample.get(key, (0.0, {}))
             if sample == last_sample and key not in record.pending:
                 continue
-            event = Event(
-                room.name,
-                datetime.now(UTC),
-                "presence",
-                _user(member),
-                {"conn": member.id, "client": client_id, "state": sample},
-            )
-            record.pending[key] = event
+            record.pending[key] = (datetime.now(UTC), _user(member), sample)  # last wins within the window
             wait = last_time + window - now
             if wait <= 0:
                 self._emit(record, key)
@@ -257,7 +251,13 @@ class RecorderObserver(Extension):
                 self.record(record.room.name, "run", "", {"run": run_id})
 
     def _policy_changed(self, record: _RoomRecord) -> None:
+        """Re-read right after this transaction (not inside it), so what ``record`` is handed next,
+        from any feature, follows the owners' choice at once, not at the next join or presence."""
         record.policy_stale = True
+        try:
+            asyncio.get_running_loop().call_soon(self._refresh, record.room)
+        except RuntimeError:  # no loop: the next hook re-reads it
+            pass
 
     # -- helpers ----------------------------------------------------------------------------------------
 
@@ -273,13 +273,14 @@ class RecorderObserver(Extension):
         timer = record.timers.pop(key, None)
         if timer is not None:
             timer.cancel()
-        event = record.pending.pop(key, None)
-        if event is None:
+        pending = record.pending.pop(key, None)
+        if pending is None:
             return
-        record.last_sample[key] = (time.monotonic(), event.data["state"])
-        if event.data["state"] is None:
+        at, user, sample = pending
+        record.last_sample[key] = (time.monotonic(), sample)
+        if sample is None:
             record.last_sample.pop(key, None)
-        self.record(record.room.name, "presence", event.user, event.data, at=event.at)
+        self.record(record.room.name, "presence", user, {"conn": key[0], "client": key[1], "state": sample}, at=at)
 
     def _flush_presence(self, record: _RoomRecord) -> None:
         for key in list(record.pending):

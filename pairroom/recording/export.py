@@ -19,6 +19,9 @@ already holds anything. Readers refuse a ``version`` they do not know.
 ``pairroom export ROOM --files DIR [--at T]`` writes the room's files as they are (or were at T) under
 DIR; the root text (``/text`` in the API) goes to ``DIR/.root-text``. Paths that would leave DIR are
 refused.
+
+``pairroom export ROOM --casts DIR`` writes each terminal's recording (``casts.py``) as
+``DIR/<terminal id>.cast``, an asciicast v2 file any asciicast player plays.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from typing import IO, Any
 
 from pycrdt import Doc
 
+from pairroom.protocol.asciicast import CastError, TerminalCast
+from pairroom.recording.casts import TERMINAL_ID, terminal_casts
 from pairroom.recording.history import ROOT_TEXT_KEY, History, PointError, iso
 from pairroom.recording.history_store import Event, Version, history_store_for
 from pairroom.storage.memory import MemoryStore
@@ -56,6 +61,7 @@ def add_arguments(commands: argparse._SubParsersAction, default_db: str) -> None
     export.add_argument("room")
     export.add_argument("-o", "--output", help="the export file to write (.pairroom.jsonl.gz)")
     export.add_argument("--files", metavar="DIR", help="write the room's files under DIR instead")
+    export.add_argument("--casts", metavar="DIR", help="write each terminal's recording as DIR/<id>.cast instead")
     export.add_argument("--at", help="with --files: a seq or an ISO 8601 time (default: now)")
     export.add_argument("--db", default=default_db, help="database URL (PAIRROOM_DB, default sqlite:///./pairroom.db)")
     imp = commands.add_parser("import", help="bring a room back from an export file")
@@ -65,14 +71,17 @@ def add_arguments(commands: argparse._SubParsersAction, default_db: str) -> None
 
 
 def export_command(args: argparse.Namespace) -> int:
-    if bool(args.output) == bool(args.files):
-        print("pairroom export: give either -o FILE or --files DIR", file=sys.stderr)
+    if sum(1 for choice in (args.output, args.files, args.casts) if choice) != 1:
+        print("pairroom export: give one of -o FILE, --files DIR or --casts DIR", file=sys.stderr)
         return 2
     if args.at and not args.files:
         print("pairroom export: --at goes with --files", file=sys.stderr)
         return 2
     try:
-        if args.files:
+        if args.casts:
+            names = write_casts(args.room, asyncio.run(read_casts(args.db, args.room)), Path(args.casts))
+            print(f"wrote {len(names)} terminal recording(s) to {args.casts}" + "".join(f"\n  {n}" for n in names))
+        elif args.files:
             skipped: list[tuple[str, str]] = []
             written = asyncio.run(export_files(args.db, args.room, Path(args.files), args.at, skipped))
             for path, reason in skipped:
@@ -205,6 +214,33 @@ async def export_files(
             continue
         written += 1
     return written
+
+
+async def read_casts(db: str, room: str) -> list[TerminalCast]:
+    """Every terminal's recording of ``room``, as stored."""
+    async with _opened(db) as store:
+        history = history_store_for(store)
+        if not await history.has_anything(room):
+            raise ValueError(f"room {room!r} has nothing stored")
+        try:
+            return await terminal_casts(history, room)
+        except CastError as exc:
+            raise ValueError(f"a stored terminal recording is unreadable: {exc}") from exc
+
+
+def write_casts(room: str, casts: list[TerminalCast], directory: Path) -> list[str]:
+    """Write each recording as ``directory/<terminal id>.cast`` (whole or not at all); the names."""
+    directory.mkdir(parents=True, exist_ok=True)
+    names: list[str] = []
+    for cast in casts:
+        if not TERMINAL_ID.fullmatch(cast.terminal):
+            raise ValueError(f"terminal id {cast.terminal[:80]!r} cannot be a file name")
+        name = f"{cast.terminal}.cast"
+        partial = directory / (name + ".partial")
+        partial.write_text(cast.text(f"{room} / {cast.name}"), encoding="utf-8")
+        partial.replace(directory / name)
+        names.append(name)
+    return names
 
 
 def _safe_relative(path: str) -> Path:

@@ -41,8 +41,5 @@ class Recording(RecorderObserver):
         self.bind(History(node.store))  # its HistoryStore adapter goes with the store (SQL or memory)
         node.state.recorder = self
         link_call_audio(node.state, self)
-        task = await node.supervisor.start("recorder", self.run)
-        try:
+        async with node.supervisor.running("recorder", self.run, self.shutdown_timeout):
             yield
-        finally:
-            await node.supervisor.stop(task, self.shutdown_timeout)

@@ -206,14 +206,24 @@ class History:
     # -- sessions -------------------------------------------------------------------------------------
 
     async def sessions(self, room: str, gap: timedelta) -> list[Session]:
-        """Sessions derived from the recorded joins and leaves (per connection)."""
-        events = await self.db.events(room, kinds=("join", "leave"))
+        """Sessions derived from the recorded joins and leaves (per connection). A participant is named
+        as their presence last named them in the session (the name they typed, in open mode and for
+        links without a name), else as their token did when they joined."""
+        events = await self.db.events(room, kinds=("join", "leave", "presence"))
         sessions: list[Session] = []
         present: set[str] = set()
         current: Session | None = None
         last_leave: datetime | None = None
         for event in events:
             conn = str(event.data.get("conn") or event.user)
+            if event.kind == "presence":
+                state = event.data.get("state")
+                user = state.get("user") if isinstance(state, dict) else None
+                name = user.get("name") if isinstance(user, dict) else None
+                person = current.participants.get(event.user) if current is not None else None
+                if person is not None and isinstance(name, str) and name.strip():
+                    person["name"] = name.strip()[:64]
+                continue
             if event.kind == "join":
                 if current is None or (not present and last_leave is not None and event.at - last_leave > gap):
                     current = Session(session_id(event.at), event.at, None)

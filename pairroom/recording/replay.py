@@ -1,4 +1,4 @@
-"""Replay as a live room: ``ws://HOST/replay/{room}?session=ID&from=&speed=&token=``.
+"""Replay as a live room: ``ws://HOST/replay/{room}?session=ID&from=&at=&speed=&token=``.
 
 The endpoint speaks the y-websocket protocol read-only, so the browser client that joins a live room
 plays a recording (``new WebsocketProvider('ws://HOST/replay', room, doc, {params: {session, speed}})``):
@@ -23,8 +23,11 @@ Without ``session`` the whole retained log is played.
 A seek forward (or to the same seq) sends the skipped updates merged into one update and the
 presence as it was at the target. Yjs cannot take changes back, so a seek to an earlier seq closes
 the connection with **4410** and the reason ``seek from=<seq>``: the client drops its document,
-makes a fresh ``Y.Doc`` and reconnects with ``from=<seq>`` (y-websocket v3 does not reconnect by
-itself on 44xx codes, so the old document is not reused by accident).
+makes a fresh ``Y.Doc`` and reconnects with ``from=<seq>`` and ``at=<the time it asked for>`` (y-websocket
+v3 does not reconnect by itself on 44xx codes, so the old document is not reused by accident). ``at``
+places the replay's clock at that moment from the first status on: a reconnect followed by a seek
+would show the seq's own time in between, and what is drawn by the clock (terminals, the voice)
+would flash back to it.
 
 **Status** is published in the server's own awareness state (client id ``REPLAY_CLIENT_ID``), like
 the live server's summary, so no non-protocol frame reaches the client::
@@ -416,6 +419,11 @@ async def _open(
             point = parse_point(raw_from)
             from_seq = await history.resolve(room, point)
             from_at = point if isinstance(point, datetime) else None
+            if params.get("at"):  # a seek back's reconnect: that seq's document, the moment asked
+                moment = parse_point(params["at"])
+                if not isinstance(moment, datetime):
+                    raise ReplayClosed(CloseCode.MALFORMED, f"at={params['at']} is not a time")
+                from_at = moment
             if not span.start_seq <= from_seq <= span.to_seq:
                 raise ReplayClosed(
                     CloseCode.MALFORMED, f"from={raw_from} is outside seqs {span.start_seq}..{span.to_seq}"

@@ -38,14 +38,13 @@ from pairroom.review.threads import ReviewError
 from pairroom.rooms.identity import Principal, Role
 from pairroom.rooms.owners import review_thread
 from pairroom.rooms.room import Room
-from pairroom.web.api import ApiError, json_body, refuse_stale, room_of
+from pairroom.web.api import ApiError, json_body, room_of
 from pairroom.web.auth import authenticate
 from pairroom.web.hub import Hub
 
 log = logging.getLogger("pairroom.review")
 
 ORIGIN = LocalOrigin("review")
-STATUS_OF = {"invalid": 400, "missing": 404, "conflict": 409}
 
 
 def require(room: Room, principal: Principal, *, files: bool = False) -> None:
@@ -57,20 +56,13 @@ def require(room: Room, principal: Principal, *, files: bool = False) -> None:
         raise ApiError(403, f"a {role.value} may not edit files; ask an editor to apply the suggestion")
 
 
-def failed(exc: ReviewError) -> ApiError:
-    return ApiError(STATUS_OF.get(exc.kind, 400), exc.reason)
-
-
 def author_message(principal: Principal, body: dict[str, Any], text_key: str = "text") -> dict[str, Any]:
     """The message as stored: author and time from the server; the name from the token, or in open mode
     (no names are checked) the body's ``name`` when it gives one, as chat does."""
     name = principal.name
     if principal.names_itself and isinstance(body.get("name"), str) and body["name"].strip():
         name = body["name"]
-    try:
-        return review.message_entry(body.get(text_key), author=principal.user_id, name=name, run=body.get("run"))
-    except ReviewError as exc:
-        raise failed(exc) from exc
+    return review.message_entry(body.get(text_key), author=principal.user_id, name=name, run=body.get("run"))
 
 
 def _int_field(body: dict[str, Any], key: str) -> int:
@@ -82,10 +74,9 @@ def _int_field(body: dict[str, Any], key: str) -> int:
 
 async def list_threads(request: Request) -> Response:
     name = room_of(request)
-    principal = authenticate(request, name)
+    authenticate(request, name)
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
-        refuse_stale(room, principal)  # a token of an earlier room of this name
         with room.local_change(ORIGIN) as doc:
             threads = valid_threads(doc)
     return JSONResponse({"room": name, "threads": threads})
@@ -120,32 +111,28 @@ async def create_thread(request: Request) -> Response:
     message = author_message(principal, body)
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
-        refuse_stale(room, principal)  # a token of an earlier room of this name
         require(room, principal)
-        try:
-            with room.local_change(ORIGIN) as doc:
-                if "line" in body:
-                    text = doc.get("files", type=Map).get(path)
-                    if not isinstance(text, Text):
-                        raise ReviewError("invalid", f"no file {path!r} in this room")
-                    first = _int_field(body, "line")
-                    last = _int_field(body, "endLine") if "endLine" in body else first
-                    start, end = review.line_range(str(text), first, last)
-                else:
-                    start, end = _int_field(body, "start"), _int_field(body, "end")
-                thread_id = review.create_thread(
-                    doc,
-                    path=path,
-                    start=start,
-                    end=end,
-                    message=message,
-                    by=principal.user_id,
-                    suggestion=body.get("suggestion"),
-                    review_pass=review_passes.active_pass(doc),
-                )
-                view = review.thread_view(doc, thread_id, review.thread_of(doc, thread_id))
-        except ReviewError as exc:
-            raise failed(exc) from exc
+        with room.local_change(ORIGIN) as doc:
+            if "line" in body:
+                text = doc.get("files", type=Map).get(path)
+                if not isinstance(text, Text):
+                    raise ReviewError("invalid", f"no file {path!r} in this room")
+                first = _int_field(body, "line")
+                last = _int_field(body, "endLine") if "endLine" in body else first
+                start, end = review.line_range(str(text), first, last)
+            else:
+                start, end = _int_field(body, "start"), _int_field(body, "end")
+            thread_id = review.create_thread(
+                doc,
+                path=path,
+                start=start,
+                end=end,
+                message=message,
+                by=principal.user_id,
+                suggestion=body.get("suggestion"),
+                review_pass=review_passes.active_pass(doc),
+            )
+            view = review.thread_view(doc, thread_id, review.thread_of(doc, thread_id))
     return JSONResponse(view, 201)
 
 
@@ -155,14 +142,10 @@ async def post_message(request: Request) -> Response:
     message = author_message(principal, await json_body(request))
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
-        refuse_stale(room, principal)  # a token of an earlier room of this name
         require(room, principal)
-        try:
-            with room.local_change(ORIGIN) as doc:
-                review.add_message(doc, request.path_params["id"], message)
-                message["evidence"] = review.run_evidence(doc, message.get("run"))
-        except ReviewError as exc:
-            raise failed(exc) from exc
+        with room.local_change(ORIGIN) as doc:
+            review.add_message(doc, request.path_params["id"], message)
+            message["evidence"] = review.run_evidence(doc, message.get("run"))
     return JSONResponse(message, 201)
 
 
@@ -173,14 +156,10 @@ def _status_route(status: str):  # type: ignore[no-untyped-def]
         hub: Hub = request.app.state.hub
         thread_id = request.path_params["id"]
         async with hub.registry.hold(name) as room:
-            refuse_stale(room, principal)  # a token of an earlier room of this name
             require(room, principal)
-            try:
-                with room.local_change(ORIGIN) as doc:
-                    review.set_status(doc, thread_id, status)
-                    view = review.thread_view(doc, thread_id, review.thread_of(doc, thread_id))
-            except ReviewError as exc:
-                raise failed(exc) from exc
+            with room.local_change(ORIGIN) as doc:
+                review.set_status(doc, thread_id, status)
+                view = review.thread_view(doc, thread_id, review.thread_of(doc, thread_id))
         return JSONResponse(view)
 
     return endpoint
@@ -194,23 +173,18 @@ async def apply_suggestion(request: Request) -> Response:
     body = await json_body(request)
     message = author_message(principal, {"text": "Applied the suggestion.", "name": body.get("name")})
     async with hub.registry.hold(name) as room:
-        refuse_stale(room, principal)  # a token of an earlier room of this name
         require(room, principal, files=True)
-        try:
-            with room.local_change(ORIGIN) as doc:
-                review.apply_suggestion(doc, thread_id, message)
-                view = review.thread_view(doc, thread_id, review.thread_of(doc, thread_id))
-        except ReviewError as exc:
-            raise failed(exc) from exc
+        with room.local_change(ORIGIN) as doc:
+            review.apply_suggestion(doc, thread_id, message)
+            view = review.thread_view(doc, thread_id, review.thread_of(doc, thread_id))
     return JSONResponse(view)
 
 
 async def list_passes(request: Request) -> Response:
     name = room_of(request)
-    principal = authenticate(request, name)
+    authenticate(request, name)
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
-        refuse_stale(room, principal)  # a token of an earlier room of this name
         with room.local_change(ORIGIN) as doc:
             passes = review_passes.list_passes(doc)
     return JSONResponse({"room": name, "passes": passes})
@@ -225,7 +199,6 @@ async def start_pass(request: Request) -> Response:
         raise ApiError(400, "title must be a string")
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
-        refuse_stale(room, principal)  # a token of an earlier room of this name
         require(room, principal)
         await room.flush()  # the version is the log as stored: write what is pending first
         with room.local_change(ORIGIN) as doc:
@@ -247,28 +220,20 @@ async def finish_pass(request: Request) -> Response:
     principal = authenticate(request, name)
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
-        refuse_stale(room, principal)  # a token of an earlier room of this name
         require(room, principal)
-        try:
-            with room.local_change(ORIGIN) as doc:
-                result = review_passes.finish_pass(doc, request.path_params["id"])
-        except ReviewError as exc:
-            raise failed(exc) from exc
+        with room.local_change(ORIGIN) as doc:
+            result = review_passes.finish_pass(doc, request.path_params["id"])
     return JSONResponse(result)
 
 
 async def export_pass(request: Request) -> Response:
     name = room_of(request)
-    principal = authenticate(request, name)
+    authenticate(request, name)
     hub: Hub = request.app.state.hub
     async with hub.registry.hold(name) as room:
-        refuse_stale(room, principal)  # a token of an earlier room of this name
-        try:
-            with room.local_change(ORIGIN) as doc:
-                record = review_passes.pass_of(doc, request.path_params["id"])
-                threads = review_passes.threads_of_pass(doc, record)
-        except ReviewError as exc:
-            raise failed(exc) from exc
+        with room.local_change(ORIGIN) as doc:
+            record = review_passes.pass_of(doc, request.path_params["id"])
+            threads = review_passes.threads_of_pass(doc, record)
     changes = await review_passes.changes_between(
         hub.store, name, int(record.get("since") or 0), int(record.get("seq") or 0)
     )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from starlette.routing import BaseRoute
 
 from .api import routes
 from .guard import ReviewGuard
+from .threads import ReviewError
 
 
 class Review(ReviewGuard):
@@ -16,3 +17,6 @@ class Review(ReviewGuard):
 
     def routes(self) -> Sequence[BaseRoute]:
         return routes
+
+    def http_errors(self) -> Mapping[type[Exception], int | None]:
+        return {ReviewError: None}  # its own status: 400 invalid, 404 missing, 409 conflict

@@ -37,10 +37,17 @@ BINARY = (bytes, bytearray)  # a Y.Map gives Uint8Array values back as bytearray
 class ReviewError(Exception):
     """A review request that cannot be done: ``kind`` is ``invalid``, ``missing`` or ``conflict``."""
 
+    STATUS = {"invalid": 400, "missing": 404, "conflict": 409}
+
     def __init__(self, kind: str, reason: str) -> None:
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
+
+    @property
+    def status(self) -> int:
+        """The HTTP status the routes answer with (``Review.http_errors``)."""
+        return self.STATUS.get(self.kind, 400)
 
 
 def now_ms() -> int:

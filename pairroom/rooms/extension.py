@@ -17,21 +17,30 @@ Guarantees (see ``docs/extensions.md``):
   and hand slow work to a task of your own ``lifespan``;
 - an extension with ``per_room = True`` is off in a room until an owner switches it on there: its room
   hooks (``ROOM_HOOKS``) are not called for rooms where it is off. The runner asks ``switches`` (the
-  marketplace's per-room state); only hooks a per-room extension implements pay for the question.
+  marketplace's per-room state); only hooks a per-room extension implements pay for the question;
+- an extension that declares ``capabilities`` gets only what they allow: no ``routes`` mounted without
+  ``routes``, no ``on_awareness`` without ``awareness``; without ``doc.read`` or ``doc.write`` (and not
+  built in) its hooks get a ``RoomHandle`` (``rooms/handles.py``) instead of the room and refuse what
+  it did not ask for. Only hooks such an extension implements take that path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from ..protocol.origins import Origin
+from .handles import CapabilityError, NodeHandle, RoomHandle, member_view
 from .identity import Principal
+from .member import Member as MemberType
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
@@ -97,6 +106,10 @@ class Extension:
     hook_timeout: ClassVar[float] = 5.0
     builtin: ClassVar[bool] = False  # built-ins mount their routes at the root
     per_room: ClassVar[bool] = False  # off in a room until an owner switches it on there
+    # What it asks for (``doc.read``, ``doc.write``, ``awareness``, ``routes``, ``frontend``, ``kernel``,
+    # ``network``): the loader sets it from the package's manifest, built-ins declare theirs. None
+    # (an extension handed to ``create_app`` in code) is not restricted.
+    capabilities: frozenset[str] | None = None
 
     settings: Mapping[str, str] = {}
 
@@ -151,6 +164,11 @@ class Extension:
     def on_deleted(self, room_name: str) -> None:
         """The room was deleted (here or on another node) and evicted without a final flush."""
 
+    async def on_forked(self, source: str, fork: str, seq: int, by: Principal) -> Mapping[str, Any] | None:
+        """Room ``fork`` was just made from ``source`` as it was at ``seq`` (its log is stored; it
+        may not be loaded). What this returns goes into the fork's answer under the extension's name."""
+        return None
+
     def http_errors(self) -> Mapping[type[Exception], int | None]:
         """This extension's exceptions and the HTTP status each answers with (None: the
         exception's own ``status``), so its routes raise instead of catching: errors are mapped to
@@ -174,17 +192,44 @@ SYNC_HOOKS = (
     "on_awareness",
     "on_deleted",
 )
-ASYNC_HOOKS = ("on_authenticate", "on_load")
+ASYNC_HOOKS = ("on_authenticate", "on_load", "on_forked")
 ALL_HOOKS = ("routes", "lifespan", "http_errors", *ASYNC_HOOKS, "allows_write", *SYNC_HOOKS)
 # The hooks about one room, switched per room. ``on_authenticate`` (the door's policy, the room may
-# not be loaded) and ``on_deleted`` (the room is gone) reach every extension.
-ROOM_HOOKS = frozenset(ALL_HOOKS) - {"routes", "lifespan", "on_authenticate", "on_deleted"}
+# not be loaded), ``on_deleted`` (the room is gone) and ``on_forked`` (two rooms, by name) reach
+# every extension.
+ROOM_HOOKS = frozenset(ALL_HOOKS) - {"routes", "lifespan", "on_authenticate", "on_deleted", "on_forked"}
 CHANGE_HOOKS = frozenset({"on_change", "after_client_change"})  # their payload is a Change
 
 
 def hooks_of(extension: Extension) -> list[str]:
     """The hooks an extension overrides (for ``GET /api/extensions`` and the runner)."""
     return [hook for hook in ALL_HOOKS if getattr(type(extension), hook) is not getattr(Extension, hook)]
+
+
+HOOK_NEEDS = {"routes": "routes", "on_awareness": "awareness"}  # hooks not called without the capability
+FULL_ROOM = frozenset({"doc.read", "doc.write"})  # who gets the room itself in its hooks
+FULL_NODE = frozenset({"doc.read", "doc.write", "kernel"})  # who gets the node itself in its lifespan
+
+
+def allowed_hooks(extension: Extension) -> list[str]:
+    """The hooks of ``extension`` the runner calls: those its capabilities allow."""
+    caps = extension.capabilities
+    return [h for h in hooks_of(extension) if caps is None or HOOK_NEEDS.get(h, "") in caps or h not in HOOK_NEEDS]
+
+
+def restricted(extension: Extension) -> bool:
+    """True if the extension's hooks get handles instead of the room (``rooms/handles.py``)."""
+    caps = extension.capabilities
+    return caps is not None and not extension.builtin and not FULL_ROOM <= caps
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The last error of an extension on this node, for ``GET /api/extensions``."""
+
+    hook: str
+    error: str
+    at: float
 
 
 class _NoCounter:
@@ -202,14 +247,29 @@ class ExtensionRunner:
     _by_hook: dict[str, tuple[Extension, ...]] = field(init=False)
     document_rows: tuple[OwnerRow, ...] = field(init=False)  # every extension's owner-table rows
     _gated: frozenset[str] = field(init=False)
+    last_failure: dict[str, Failure] = field(init=False)  # extension name -> its last error here
+    _handled: frozenset[str] = field(init=False)  # hooks some restricted extension implements
+    _slow: frozenset[str] = field(init=False)  # _gated | _handled: the hooks notify does not call directly
+    _rooms: dict[str, Any] = field(init=False)  # restricted extension -> {room: its RoomHandle}
 
     def __post_init__(self) -> None:
         ordered = sorted(enumerate(self.extensions), key=lambda pair: (pair[1].priority, pair[0]))
         self.extensions = [extension for _, extension in ordered]
-        self._by_hook = {hook: tuple(e for e in self.extensions if hook in hooks_of(e)) for hook in ALL_HOOKS}
+        allowed = {id(e): allowed_hooks(e) for e in self.extensions}
+        self._by_hook = {hook: tuple(e for e in self.extensions if hook in allowed[id(e)]) for hook in ALL_HOOKS}
+        for e in self.extensions:
+            for hook in sorted(set(hooks_of(e)) - set(allowed[id(e)])):
+                log.error(
+                    "extension hook not called: capability not declared",
+                    extra={"extension": e.name, "hook": hook, "capability": HOOK_NEEDS[hook]},
+                )
         self.document_rows = tuple(row for e in self.extensions for row in e.document_rows())
         # The room hooks some per-room extension implements: the only ones that ask ``switches``.
         self._gated = frozenset(h for h in ROOM_HOOKS if any(e.per_room for e in self._by_hook[h]))
+        self.last_failure = {}
+        self._rooms = {e.name: weakref.WeakKeyDictionary() for e in self.extensions if restricted(e)}
+        self._handled = frozenset(h for h in ROOM_HOOKS if any(e.name in self._rooms for e in self._by_hook[h]))
+        self._slow = self._gated | self._handled
 
     def implementing(self, hook: str) -> tuple[Extension, ...]:
         return self._by_hook[hook]
@@ -220,6 +280,55 @@ class ExtensionRunner:
     def failed(self, extension: Extension, hook: str) -> None:
         log.exception("extension hook failed", extra={"extension": extension.name, "hook": hook})
         self.errors.extension_error(extension.name, hook)
+        exc = sys.exc_info()[1]
+        self.last_failure[extension.name] = Failure(hook, f"{type(exc).__name__}: {exc}", time.time())
+
+    # -- capabilities ---------------------------------------------------------------------------
+
+    def refuser(self, extension: Extension) -> Callable[[str, str], Exception]:
+        """What a handle calls when ``extension`` tries what it did not ask for: logged, kept, raised."""
+        name = extension.name
+
+        def refuse(capability: str, what: str) -> Exception:
+            error = CapabilityError(f"extension {name!r} did not ask for {capability!r}: {what} refused")
+            log.error("extension capability refused", extra={"extension": name, "capability": capability, "what": what})
+            self.errors.extension_error(name, f"capability:{capability}")
+            self.last_failure[name] = Failure(f"capability:{capability}", f"CapabilityError: {error}", time.time())
+            return error
+
+        return refuse
+
+    def room_for(self, extension: Extension, room: Room) -> Room | RoomHandle:
+        """The room as ``extension`` may see it: the room itself, or its handle (one per room)."""
+        handles = self._rooms.get(extension.name)
+        if handles is None:
+            return room
+        handle = handles.get(room)
+        if handle is None:
+            caps = extension.capabilities or frozenset()
+            handle = handles[room] = RoomHandle(room, caps, self.refuser(extension))
+        return cast("RoomHandle", handle)
+
+    def node_for(self, extension: Extension, node: Any) -> Any:
+        """The node ``extension``'s lifespan gets: the node itself, or a ``NodeHandle``."""
+        caps = extension.capabilities
+        if caps is None or extension.builtin or FULL_NODE <= caps:
+            return node
+        return NodeHandle(node, caps, self.refuser(extension))
+
+    def _handled_args(self, extension: Extension, hook: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A hook's arguments with the room, its members and (without doc.read) the update replaced."""
+        if extension.name not in self._rooms:
+            return args
+        if hook in CHANGE_HOOKS:
+            change: Change = args[0]
+            caps = extension.capabilities or frozenset()
+            update = change.update if "doc.read" in caps else b""
+            return (Change(cast("Room", self.room_for(extension, change.room)), update, change.origin, change.author),)
+        room, *rest = args
+        if hook == "on_deleted":
+            return args
+        return (self.room_for(extension, room), *(member_view(a) if isinstance(a, MemberType) else a for a in rest))
 
     def _in_room(self, hook: str, room: Room) -> tuple[Extension, ...]:
         """The extensions with ``hook`` that are on in ``room``: per-room ones only if switched on."""
@@ -232,13 +341,32 @@ class ExtensionRunner:
 
     def notify(self, hook: str, *args: object) -> None:
         """Call a sync hook on every extension that has it (and is on in the room); errors are isolated."""
+        if hook in self._slow:  # switched per room, or implemented by a restricted extension
+            self._notify_slow(hook, args)
+            return
+        for extension in self._by_hook[hook]:
+            try:
+                getattr(extension, hook)(*args)
+            except Exception:  # noqa: BLE001 - an extension's failure is isolated: logged at ERROR and counted
+                self.failed(extension, hook)
+
+    def _notify_slow(self, hook: str, args: tuple[Any, ...]) -> None:
+        """``notify`` for a hook that is switched per room or that a restricted extension has: only
+        the extensions on in the room, each with the arguments it may see."""
         extensions = self._by_hook[hook]
         if hook in self._gated:
             payload: Any = args[0]
             extensions = self._in_room(hook, payload.room if hook in CHANGE_HOOKS else payload)
+        if hook not in self._handled:
+            for extension in extensions:
+                try:
+                    getattr(extension, hook)(*args)
+                except Exception:  # noqa: BLE001 - an extension's failure is isolated: logged at ERROR and counted
+                    self.failed(extension, hook)
+            return
         for extension in extensions:
             try:
-                getattr(extension, hook)(*args)
+                getattr(extension, hook)(*self._handled_args(extension, hook, args))
             except Exception:  # noqa: BLE001 - an extension's failure is isolated: logged at ERROR and counted
                 self.failed(extension, hook)
 
@@ -248,7 +376,11 @@ class ExtensionRunner:
             extensions = self._in_room("allows_write", room)
         for extension in extensions:
             try:
-                if extension.allows_write(room, member, update):
+                if "allows_write" in self._handled and extension.name in self._rooms:
+                    handle = self.room_for(extension, room)
+                    if extension.allows_write(cast("Room", handle), cast("Member", member_view(member)), update):
+                        return True
+                elif extension.allows_write(room, member, update):
                     return True
             except Exception:  # noqa: BLE001 - an extension's failure is isolated: logged at ERROR and counted
                 self.failed(extension, "allows_write")  # fails closed: not allowed by this one
@@ -268,6 +400,8 @@ class ExtensionRunner:
                 extra={"extension": extension.name, "hook": hook, "seconds": extension.hook_timeout},
             )
             self.errors.extension_error(extension.name, hook)
+            error = f"TimeoutError: no answer in {extension.hook_timeout} s"
+            self.last_failure[extension.name] = Failure(hook, error, time.time())
         except Exception:  # noqa: BLE001 - an extension's failure is isolated: logged at ERROR and counted
             self.failed(extension, hook)
 
@@ -281,7 +415,23 @@ class ExtensionRunner:
         if "on_load" in self._gated:
             extensions = self._in_room("on_load", room)
         for extension in extensions:
-            await self._bounded(extension, "on_load", extension.on_load(room))
+            handle = cast("Room", self.room_for(extension, room))
+            await self._bounded(extension, "on_load", extension.on_load(handle))
+
+    async def forked(self, source: str, fork: str, seq: int, by: Principal) -> dict[str, Any]:
+        """Run ``on_forked``: each extension's answer under its name (one that fails or times out is
+        logged and counted, and left out)."""
+        answers: dict[str, Any] = {}
+        for extension in self._by_hook["on_forked"]:
+            found: list[Mapping[str, Any] | None] = []
+
+            async def call(extension: Extension = extension, found: list[Mapping[str, Any] | None] = found) -> None:
+                found.append(await extension.on_forked(source, fork, seq, by))
+
+            await self._bounded(extension, "on_forked", call())
+            if found and found[0] is not None:
+                answers[extension.name] = dict(found[0])
+        return answers
 
 
 @dataclass(slots=True)
@@ -355,6 +505,18 @@ class Supervisor:
             failure = self.failures.pop(name, None)
             raise RuntimeError(f"{name} stopped during start-up: {failure.error if failure else 'no error'}")
         return task
+
+    @contextlib.asynccontextmanager
+    async def running(
+        self, name: str, run: Callable[[asyncio.Event], Awaitable[None]], stop_timeout: float
+    ) -> AsyncIterator[None]:
+        """``start`` on entry, ``stop`` on exit: the whole lifespan of an extension that owns one loop
+        (the cluster bridge, the rooms' flusher, the recorder)."""
+        task = await self.start(name, run)
+        try:
+            yield
+        finally:
+            await self.stop(task, stop_timeout)
 
     async def stop(self, task: asyncio.Task[None], timeout: float) -> None:
         """Cancel one loop and wait for it to finish its own cleanup, at most ``timeout`` seconds."""

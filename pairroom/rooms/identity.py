@@ -5,6 +5,7 @@ live role, which an owner's change (``meta.roles``) overrides."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import secrets
 from dataclasses import dataclass
@@ -102,6 +103,21 @@ class Principal:
             "color": self.color,
             "role": (role or self.role).value,
         }
+
+
+def principal_to_json(principal: Principal) -> dict[str, Any]:
+    """A principal as plain JSON, to carry a member's identity to another node (forwarded requests)."""
+    fields = dataclasses.asdict(principal)
+    fields["role"] = principal.role.value
+    return fields
+
+
+def principal_from_json(fields: dict[str, Any]) -> Principal:
+    """The inverse of ``principal_to_json``; unknown keys (a newer node's) are left out."""
+    known = {f.name for f in dataclasses.fields(Principal)}
+    values = {k: v for k, v in fields.items() if k in known}
+    values["role"] = Role(values["role"])
+    return Principal(**values)
 
 
 STALE_TOKEN = "this token is for an earlier room of this name; ask the room's owner for a new link"

@@ -9,12 +9,12 @@ bridge's), which flushes every room after every other extension has stopped writ
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pairroom.storage.store import Store
 
-from .extension import Extension
+from .extension import Extension, Supervisor
 
 if TYPE_CHECKING:
     from .room import Room
@@ -55,13 +55,6 @@ class Persistence(Extension):
     def __init__(self, shutdown_timeout: float = 10.0) -> None:
         self.shutdown_timeout = shutdown_timeout
 
-    @contextlib.asynccontextmanager
-    async def _run(self, node: Any) -> AsyncIterator[None]:
-        task = await node.supervisor.start("rooms", node.registry.run)
-        try:
-            yield
-        finally:
-            await node.supervisor.stop(task, self.shutdown_timeout + 5)
-
     def lifespan(self, node: Any) -> contextlib.AbstractAsyncContextManager[None]:
-        return self._run(node)
+        supervisor: Supervisor = node.supervisor
+        return supervisor.running("rooms", node.registry.run, self.shutdown_timeout + 5)

@@ -11,7 +11,7 @@ who sees whom, and a relay throttled per room so presence does not grow as membe
   user id fixes, so no two members present share one while there are colours left, and a person
   tends to get the same colour each time. A member keeps its colour until it leaves. The member
   learns it from its own state sent back stamped at a newer clock (its awareness then takes it as its
-  local state); a change it sent before that arrived (same clock, other content) is kept and sent
+  local state; a viewer gets its own back directly, as the relay sends viewers only participants); a change it sent before that arrived (same clock, other content) is kept and sent
   back the same way, so neither side drops it. Across nodes
   each node picks among the colours it sees (its own members' and the states relayed from the
   others), so two members joining two nodes in the same instant may get one colour.
@@ -25,7 +25,19 @@ who sees whom, and a relay throttled per room so presence does not grow as membe
   still relayed, only not recorded.
 - Changes are relayed at once when the room has been quiet for a tick, else gathered and sent as one
   message per audience at the end of the tick (leading and trailing edge), so a burst of cursor moves
-  costs one message per member per tick and an isolated move costs no added latency.
+  costs one message per member per tick and an isolated move costs no added latency. An isolated
+  move that comes right behind an edit still waiting to go out (the editor sends the edit, then the
+  cursor it moved) waits for it instead (``defer_flush``): the room sends both in one pass, one
+  socket write per member, and the cursor never arrives before the text it points into.
+- A renewal (a client re-sending the state it already shows, at a newer clock, every 15 s so others
+  do not time it out after 30 s) changes nothing anyone sees: renewals are gathered for
+  ``renew_tick`` (5 s) and relayed as one message per audience, so N members renewing cost each
+  member one message per 5 s instead of N / 15 a second (the N x N path of a large room). A state
+  then reaches the others at most 15 + 5 s apart, inside their 30 s timeout.
+- Across nodes the same holds: a node publishes its members' renewals gathered over
+  ``publish_renew_tick`` (1 s) as one bus message, and a node receiving a peer's renewals (a state it
+  already shows, at a newer clock) gathers them with its own for the next ``renew_tick``. A renewal
+  then reaches a member on another node at most 15 + 1 + 5 s apart, still inside the 30 s.
 """
 
 from __future__ import annotations
@@ -91,6 +103,8 @@ class Presence:
         members: dict[str, Member],
         *,
         tick: float = 0.02,
+        renew_tick: float = 5.0,
+        publish_renew_tick: float = 1.0,
         stamp_identity: bool = True,
         limits: PresenceLimits | None = None,
     ) -> None:
@@ -99,14 +113,24 @@ class Presence:
         self.awareness.set_local_state(None)  # no summary until there is a viewer
         self.members = members
         self.tick = tick
+        self.renew_tick = renew_tick
+        self.publish_renew_tick = publish_renew_tick
         self.stamp_identity = stamp_identity
         self.owner: dict[int, Member] = {}  # awareness client id -> the connection controlling it
         self.remote_owner: dict[int, str] = {}  # awareness client id -> the node its connection is on
         self.on_publish: Callable[[bytes], None] | None = None  # local changes, for other nodes
         self.on_member_states: Callable[[Member, dict[int, Any]], None] | None = None  # for observers
         self._pending: dict[int, bool] = {}  # client id -> changed by a viewer
+        self._renewed: dict[int, bool] = {}  # client id -> by a viewer: renewed, unchanged (relayed slowly)
+        self._shown: dict[int, str] = {}  # client id -> its stamped state as last applied (JSON)
+        self._renew_timer: asyncio.TimerHandle | None = None
+        self._renewed_out: set[int] = set()  # this node's members' renewals not yet published
+        self._publish_timer: asyncio.TimerHandle | None = None
         self._last_flush = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        # Asked before an at-once flush: True when the room will flush with its own send pass, soon.
+        self.defer_flush: Callable[[], bool] | None = None
+        self.deferred = False  # a flush is promised by the room's next send pass
         self._summary: dict[str, Any] | None = None
         self._recorded: dict[str, ByteBudget] = {}  # member id -> what it may still hand to observers
         self.colors: dict[str, str] = {}  # member id -> its colour, distinct among the members present
@@ -152,6 +176,9 @@ class Presence:
                 f"a connection may show at most {limits.clients_per_connection} awareness client ids",
             )
         accepted: list[AwarenessEntry] = []
+        bumped: list[AwarenessEntry] = []  # sent back at a newer clock: the member learns its colour
+        renewals: set[int] = set()
+        shown = self._shown
         for entry in entries:
             if entry.client_id == self.awareness.client_id:
                 continue  # the server's own summary, sent back (y-websocket relays every state it gets)
@@ -162,6 +189,7 @@ class Presence:
                 self._echoed.discard(entry.client_id)
                 member.awareness_clients.discard(entry.client_id)
                 self.owner.pop(entry.client_id, None)
+                shown.pop(entry.client_id, None)
                 accepted.append(entry)
                 continue
             member.awareness_clients.add(entry.client_id)
@@ -175,6 +203,7 @@ class Presence:
                     # the stamped state as its own local state.
                     stamped = AwarenessEntry(cid, entry.clock + 1, stamped.state)
                     self._echoed.add(cid)
+                    bumped.append(stamped)
                 else:
                     self._echoed.discard(cid)  # it has caught up
             elif cid in self._echoed and json.loads(stamped.state) != self.awareness.states.get(cid):
@@ -182,15 +211,35 @@ class Presence:
                 # content; y-websocket relaying our state back has the same content and is ignored):
                 # keep it, at a newer clock again, so neither side loses it.
                 stamped = AwarenessEntry(cid, current + 1, stamped.state)
+                bumped.append(stamped)
+            if stamped.clock > current:
+                if shown.get(cid) == stamped.state:
+                    renewals.add(cid)  # the same state at a newer clock: nothing anyone sees changes
+                else:
+                    shown[cid] = stamped.state
             accepted.append(stamped)
         if not accepted:
             return
         payload = protocol.encode_awareness(accepted)
-        self._apply(payload, accepted, member.id, by_viewer=lambda _: not member.role.participates)
+        self._apply(payload, accepted, member.id, by_viewer=lambda _: not member.role.participates, renewals=renewals)
+        if bumped and not member.role.participates:
+            # The relay sends viewers only the participants' states: a viewer's own stamped state
+            # goes back to it here, or its page would keep a colour of its own that nobody else sees.
+            member.send(protocol.awareness_message(protocol.encode_awareness(bumped)))
         if self.on_publish is not None:
-            self.on_publish(payload)
-        if self.on_member_states is not None:
-            states = self._recordable(member, accepted)
+            if len(renewals) == len(accepted):  # only renewals: other nodes get them gathered
+                self._renewed_out.update(renewals)
+                if self._publish_timer is None:
+                    self._publish_timer = asyncio.get_running_loop().call_later(
+                        self.publish_renew_tick, self.publish_renewals
+                    )
+            else:
+                self._renewed_out.difference_update(e.client_id for e in accepted)
+                self.on_publish(payload)
+        if self.on_member_states is not None and len(renewals) < len(accepted):
+            # a renewal shows nothing new: observers (the recording) keep the state they have
+            changes = [e for e in accepted if e.client_id not in renewals] if renewals else accepted
+            states = self._recordable(member, changes)
             if states:
                 self.on_member_states(member, states)
 
@@ -210,29 +259,53 @@ class Presence:
     def receive_remote(self, node: str, payload: bytes) -> None:
         """Awareness entries of another node's members (already stamped there)."""
         entries = protocol.decode_awareness(payload)
+        renewals: set[int] = set()
+        meta, shown = self.awareness.meta, self._shown
         for entry in entries:
-            if entry.client_id in self.owner:
+            cid = entry.client_id
+            if cid in self.owner:
                 continue  # a local connection controls it; a stale remote copy cannot override
             if entry.state == NULL:
-                self.remote_owner.pop(entry.client_id, None)
-            else:
-                self.remote_owner[entry.client_id] = node
-        self._apply(payload, entries, f"peer:{node}", by_viewer=lambda cid: not self._from_participant(cid))
+                self.remote_owner.pop(cid, None)
+                shown.pop(cid, None)
+                continue
+            self.remote_owner[cid] = node
+            if entry.clock > meta.get(cid, {}).get("clock", 0):
+                if shown.get(cid) == entry.state:
+                    renewals.add(cid)  # what everyone here shows already: relayed gathered
+                else:
+                    shown[cid] = entry.state
+        self._apply(
+            payload, entries, f"peer:{node}", by_viewer=lambda cid: not self._from_participant(cid), renewals=renewals
+        )
 
     def _apply(
-        self, payload: bytes, entries: list[AwarenessEntry], origin: str, by_viewer: Callable[[int], bool]
+        self,
+        payload: bytes,
+        entries: list[AwarenessEntry],
+        origin: str,
+        by_viewer: Callable[[int], bool],
+        renewals: set[int] | None = None,
     ) -> None:
         self.awareness.apply_awareness_update(payload, origin)
         meta = self.awareness.meta
-        changed = False
+        changed = renewed = False
         for entry in entries:
             # Awareness ignores an entry whose clock is not newer (as y-protocols does, including a
             # new client's clock 0); only what it took is relayed.
-            if meta.get(entry.client_id, {}).get("clock") == entry.clock:
-                self._pending[entry.client_id] = by_viewer(entry.client_id)
-                changed = True
+            cid = entry.client_id
+            if meta.get(cid, {}).get("clock") == entry.clock:
+                if renewals and cid in renewals and cid not in self._pending:
+                    self._renewed[cid] = by_viewer(cid)
+                    renewed = True
+                else:
+                    self._pending[cid] = by_viewer(cid)
+                    self._renewed.pop(cid, None)  # the fast relay carries the newest clock
+                    changed = True
         if changed:
             self._schedule()
+        if renewed and self._renew_timer is None:
+            self._renew_timer = asyncio.get_running_loop().call_later(self.renew_tick, self.flush_renewals)
 
     def local_states(self) -> bytes | None:
         """The awareness states of this node's members, as one update (for other nodes)."""
@@ -244,6 +317,7 @@ class Presence:
         gone = [cid for cid, owner in self.remote_owner.items() if owner == node]
         for cid in gone:
             del self.remote_owner[cid]
+            self._shown.pop(cid, None)
         self._remove(gone, f"peer:{node}", by_viewer=False)
 
     def color_of(self, member: Member) -> str:
@@ -270,6 +344,7 @@ class Presence:
         elif not stamp_identity and not isinstance(state.get("user"), dict):
             return entry, False  # not a person (no user): nothing to colour
         user = user_fields(state)
+        shown_color = user.get("color")  # before the identity's own colour field is merged in
         if stamp_identity:
             assert member.principal is not None
             identity = member.principal.identity(member.role)
@@ -279,7 +354,7 @@ class Presence:
                     identity["name"] = typed.strip()[:64]
             user = {**user, **identity}
         color = self.color_of(member)
-        news = user.get("color") != color
+        news = shown_color != color
         state["user"] = {**user, "color": color, "colorLight": color + "33"}
         return AwarenessEntry(entry.client_id, entry.clock, json.dumps(state, separators=(",", ":"))), news
 
@@ -290,6 +365,7 @@ class Presence:
         for cid in gone:
             del self.owner[cid]
             self._echoed.discard(cid)
+            self._shown.pop(cid, None)
         self.colors.pop(member.id, None)
         payload = self._remove(gone, member.id, by_viewer=not member.role.participates)
         if payload is not None and self.on_publish is not None:
@@ -315,6 +391,8 @@ class Presence:
             entry, _ = self._stamped(member, AwarenessEntry(cid, clock, json.dumps(state)))
             payload = protocol.encode_awareness([entry])
             self.awareness.apply_awareness_update(payload, "server")
+            self._shown[cid] = entry.state
+            self._renewed.pop(cid, None)
             self._pending[cid] = False  # everyone should see the change of role
             if self.on_publish is not None:
                 self.on_publish(payload)
@@ -323,10 +401,13 @@ class Presence:
     # -- relay ------------------------------------------------------------------------------------
 
     def _schedule(self) -> None:
-        if self._timer is not None:
+        if self._timer is not None or self.deferred:
             return
         wait = self._last_flush + self.tick - time.monotonic()
         if wait <= 0:
+            if self.defer_flush is not None and self.defer_flush():
+                self.deferred = True
+                return
             self.flush()
         else:
             self._timer = asyncio.get_running_loop().call_later(wait, self.flush)
@@ -334,11 +415,32 @@ class Presence:
     def flush(self) -> None:
         """Send what changed since the last flush: one message per audience."""
         self._timer = None
+        self.deferred = False
         self._last_flush = time.monotonic()
         self._update_summary()
         if not self._pending:
             return
         pending, self._pending = self._pending, {}
+        self._send(pending)
+
+    def flush_renewals(self) -> None:
+        """Relay the renewals gathered over the last ``renew_tick``: one message per audience."""
+        self._renew_timer = None
+        renewed, self._renewed = self._renewed, {}
+        live = {cid: by_viewer for cid, by_viewer in renewed.items() if cid in self.awareness.states}
+        if live:
+            self._send(live)
+
+    def publish_renewals(self) -> None:
+        """Publish this node's members' renewals gathered over ``publish_renew_tick`` as one update
+        (the states as they are now: a change published meanwhile carries the same clock)."""
+        self._publish_timer = None
+        renewed, self._renewed_out = self._renewed_out, set()
+        ids = [cid for cid in renewed if cid in self.owner and cid in self.awareness.states]
+        if ids and self.on_publish is not None:
+            self.on_publish(self.awareness.encode_awareness_update(ids))
+
+    def _send(self, pending: dict[int, bool]) -> None:
         everyone = [cid for cid, by_viewer in pending.items() if not by_viewer]
         all_ids = list(pending)
         to_participants = protocol.awareness_message(self.awareness.encode_awareness_update(all_ids))

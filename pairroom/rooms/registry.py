@@ -28,7 +28,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pairroom.cluster.bridge import Cluster
 from pairroom.cluster.broker import BrokerError
@@ -36,8 +36,10 @@ from pairroom.protocol import keys
 from pairroom.protocol import sync as protocol
 from pairroom.protocol.origins import Origin
 from pairroom.rooms.extension import ExtensionRunner
+from pairroom.rooms.heap import release_freed_memory
 from pairroom.rooms.member import Member
 from pairroom.rooms.persistence import write_pending
+from pairroom.rooms.presence import PresenceLimits
 from pairroom.rooms.room import Room, RoomListener, RoomState
 from pairroom.storage.compaction import compact
 from pairroom.storage.store import Store, StoreError
@@ -71,6 +73,7 @@ class RoomSettings:
     keepalive_seconds: float = 15.0
     shutdown_flush_timeout: float = 10.0
     awareness_tick: float = 0.02
+    presence_limits: PresenceLimits = field(default_factory=PresenceLimits)
     broadcast_window: float = 0.01
     stamp_identity: bool = True
 
@@ -200,12 +203,14 @@ class RoomRegistry(RoomListener):
             self.store,
             listener=self,
             awareness_tick=self.settings.awareness_tick,
+            presence_limits=self.settings.presence_limits,
             broadcast_window=self.settings.broadcast_window,
             stamp_identity=self.settings.stamp_identity,
             extensions=self.extensions,
         )
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        room.presence.on_publish = lambda payload: self.cluster.publish_awareness(room, payload)
+        if not self.cluster.solo:  # alone, nothing would hear it (and renewals need no gathering)
+            room.presence.on_publish = lambda payload: self.cluster.publish_awareness(room, payload)
         self.rooms[name] = room
         self._ready[name] = ready
         try:
@@ -462,6 +467,7 @@ class RoomRegistry(RoomListener):
             seq = await compact(self.store, room.name)
             if seq is not None:
                 room.snapshot_seq = max(room.snapshot_seq, seq)
+                release_freed_memory()  # compaction's copy of the document is gone
         except (StoreError, BrokerError) as exc:
             log.error("compaction failed", extra={"room": room.name, "error": str(exc)})
             return

@@ -29,8 +29,8 @@ from pycrdt import Doc, Map, TransactionEvent, merge_updates
 from pairroom.protocol import sync as protocol
 from pairroom.protocol.origins import LocalOrigin, Origin, PeerOrigin
 from pairroom.protocol.sync import CloseCode, Message, MessageType, ProtocolError, SyncStep
-from pairroom.rooms.member import Member
-from pairroom.rooms.presence import Presence
+from pairroom.rooms.member import Member, one_write_each
+from pairroom.rooms.presence import Presence, PresenceLimits
 from pairroom.storage.store import LoadedRoom, NewUpdate, Store, StoreError, clip_label
 
 from .dependencies import HeldUpdates
@@ -40,6 +40,12 @@ from .identity import Principal, Role, earlier_room
 from .persistence import write_pending
 
 log = logging.getLogger("pairroom.room")
+
+# How long the whole document's sync step 2 is kept after an encode for the next joiners (a join
+# wave: a class opening a large notebook at once), unless the document changes before.
+JOIN_WAVE_SECONDS = 2.0
+# Below this size an encode is cheaper than keeping it around.
+JOIN_CACHE_MIN_BYTES = 16 * 1024
 
 # The least time between two sends of a busy room, per member: a send writes one frame per member,
 # about 15 us of CPU each, so at this spacing sending takes at most ~15 % of a core per room.
@@ -108,6 +114,7 @@ class Room:
         *,
         listener: RoomListener,
         awareness_tick: float = 0.05,
+        presence_limits: PresenceLimits | None = None,
         broadcast_window: float = 0.0,
         stamp_identity: bool = True,
         extensions: ExtensionRunner | None = None,
@@ -117,7 +124,9 @@ class Room:
         self.listener = listener
         self.doc: Doc[Any] = Doc()
         self.members: dict[str, Member] = {}
-        self.presence = Presence(self.doc, self.members, tick=awareness_tick, stamp_identity=stamp_identity)
+        self.presence = Presence(
+            self.doc, self.members, tick=awareness_tick, stamp_identity=stamp_identity, limits=presence_limits
+        )
         self.awareness = self.presence.awareness
         self.roles: dict[str, Role] = {}  # live role changes by owners: user id -> role
         self.extensions = extensions or ExtensionRunner(())
@@ -136,8 +145,12 @@ class Room:
         self._subscription = self.doc.observe(self._on_transaction)
         self.guards = DocumentGuards(self, self.extensions.document_rows)
         self.held = HeldUpdates()  # client updates waiting for changes the room does not have
+        self._full_sync: bytes | None = None  # sync step 2 of the whole document; see full_sync
+        self._full_sync_drop: asyncio.TimerHandle | None = None
+        self.full_encodes = 0  # encodes of the whole document for joiners (a test and /metrics count them)
         if self.extensions.has("on_awareness"):
             self.presence.on_member_states = self._awareness_changed
+        self.presence.defer_flush = self._outbox_waiting
 
     def _awareness_changed(self, member: Member, states: dict[int, object]) -> None:
         self.extensions.notify("on_awareness", self, member, states)
@@ -168,6 +181,7 @@ class Room:
             # see it: without this the doc, the room and everything they hold would never be freed.
             self.doc.unobserve(self._subscription)
             self.guards.close()
+            self._drop_full_sync()
 
     # -- loading and flushing -------------------------------------------------------------------
 
@@ -193,7 +207,10 @@ class Room:
         On failure the batch goes back to the front of the queue and StoreError propagates; the
         document stays in memory, so nothing is lost while storage is down.
         """
-        written = 0
+        # At least once, even with nothing pending: the flusher may have taken the last batch and be
+        # writing it, and write_pending waits for that write (the room's flush lock), so what the
+        # caller then reads from the store holds every update made before this call.
+        written = await write_pending(self.store, [self])
         while self.pending:  # what arrives during a write goes in the next one
             written += await write_pending(self.store, [self])
         return written
@@ -240,6 +257,9 @@ class Room:
 
     def _receive_sync(self, member: Member, message: Message) -> None:
         if message.step is SyncStep.STEP1:
+            if message.payload == protocol.EMPTY_STATE_VECTOR:  # a new client: it needs everything
+                member.send(self.full_sync())
+                return
             try:
                 missing = self.doc.get_update(message.payload)
             except ValueError as exc:
@@ -297,6 +317,34 @@ class Room:
 
     _outbox: list[tuple[bytes, Member | None]]
 
+    def full_sync(self) -> bytes:
+        """Sync step 2 of the whole document, for a client that has nothing.
+
+        Encoded once per join wave: the frame is kept until the document changes (any transaction
+        drops it; a state vector would not do as the key, deletions leave it as it was) or for
+        ``JOIN_WAVE_SECONDS``, so a class joining a 10 MiB room at once costs one encode, and every
+        joiner's queue holds the same bytes object instead of a copy each."""
+        frame = self._full_sync
+        if frame is not None:
+            return frame
+        frame = protocol.sync_step2(self.doc.get_update())
+        self.full_encodes += 1
+        if len(frame) < JOIN_CACHE_MIN_BYTES:
+            return frame
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a synchronous caller: nothing would drop it
+            return frame
+        self._full_sync = frame
+        self._full_sync_drop = loop.call_later(JOIN_WAVE_SECONDS, self._drop_full_sync)
+        return frame
+
+    def _drop_full_sync(self) -> None:
+        self._full_sync = None
+        if self._full_sync_drop is not None:
+            self._full_sync_drop.cancel()
+            self._full_sync_drop = None
+
     @contextlib.contextmanager
     def local_change(self, origin: Origin) -> Iterator[Doc[Any]]:
         """Change the document from the server side (kernels, restores, imports) in one transaction.
@@ -312,6 +360,8 @@ class Room:
             yield self.doc
 
     def _on_transaction(self, event: TransactionEvent) -> None:
+        if self._full_sync is not None:
+            self._drop_full_sync()
         update = event.update
         txn = self._txn
         if txn is _LOADING:
@@ -358,9 +408,24 @@ class Room:
         else:
             loop.call_soon(self.send_outbox)
 
+    def _outbox_waiting(self) -> bool:
+        """Whether updates wait for a send pass (scheduled, at most ``broadcast_window`` away)."""
+        return bool(self._outbox)
+
     def send_outbox(self) -> None:
         """Send the held updates: one merged update, encoded once, to every member; a member whose
-        own edits are among them gets the merge of the others' instead (clients are never echoed)."""
+        own edits are among them gets the merge of the others' instead (clients are never echoed).
+        Presence that waited for this pass goes with it, in the same socket write per member."""
+        if not self.presence.deferred:
+            self._send_updates()
+            return
+        with one_write_each():
+            try:
+                self._send_updates()
+            finally:  # the promised flush, whatever happened to the updates
+                self.presence.flush()
+
+    def _send_updates(self) -> None:
         outbox, self._outbox = self._outbox, []
         with contextlib.suppress(RuntimeError):  # no running loop: a synchronous caller
             self._outbox_sent_at = asyncio.get_running_loop().time()

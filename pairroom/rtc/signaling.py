@@ -37,7 +37,7 @@ from pairroom.rtc.bus import Handler, SignalBus
 from pairroom.rtc.connection import Connection
 from pairroom.rtc.limits import CloseCode, Limits, Refused
 from pairroom.rtc.limits import field as checked
-from pairroom.web.auth import AuthError, Principal, admit
+from pairroom.web.auth import AuthError, Principal, admit, check_room_identity
 
 log = logging.getLogger("pairroom.rtc.signal")
 
@@ -158,6 +158,8 @@ async def signal_endpoint(websocket: WebSocket) -> None:
     conn = Connection(websocket, secrets.token_hex(6), rtc.settings.limits, kind="signal")
     try:
         principal = await admit(websocket, None, "signal")
+        if not principal.anonymous and not principal.any_room:  # topics are the token's room's: is it this room?
+            await check_room_identity(websocket, principal.room, principal)
     except AuthError as exc:
         log.warning("signal refused", extra={"conn": conn.id, "code": exc.code, "reason": exc.reason})
         conn.close_after_pending(exc.code, exc.reason)

@@ -26,6 +26,7 @@ import secrets
 import shlex
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +88,7 @@ class Cgroups:
                 if path not in dirs:
                     path.mkdir(mode=0o755)
                     dirs.append(path)
-                _write_limits(self.mode, controller, path, settings)
+                write_limits(self.mode, controller, path, settings)
         except OSError as exc:
             log.warning("could not set up a kernel cgroup, using rlimits only", extra={"error": str(exc)})
             for path in reversed(dirs):
@@ -102,7 +103,8 @@ class Cgroups:
             _rmdir_quietly(parent)
 
 
-def _write_limits(mode: CgroupMode, controller: str, path: Path, settings: KernelSettings) -> None:
+def write_limits(mode: CgroupMode, controller: str, path: Path, settings: KernelSettings) -> None:
+    """The memory or pids limit of ``settings`` in the cgroup at ``path``."""
     if controller == "memory":
         if mode is CgroupMode.V2:
             (path / "memory.max").write_text(str(settings.memory_bytes))
@@ -141,6 +143,21 @@ class KernelCgroup:
         writes = " && ".join(f"echo $$ > {shlex.quote(str(d / 'cgroup.procs'))}" for d in self.dirs)
         return ["/bin/sh", "-c", f'{writes} && exec "$@"', "pairroom-cgroup-join"]
 
+    def move_to(self, other: KernelCgroup) -> None:
+        """Move every process of this cgroup into ``other`` (a pooled kernel joining its room's
+        budget). Processes forked meanwhile are caught by reading again until nothing is left."""
+        for _ in range(20):
+            pids = {pid for d in self.dirs for pid in _procs(d)}
+            if not pids:
+                return
+            for pid in sorted(pids):
+                for target in other.dirs:
+                    try:
+                        (target / "cgroup.procs").write_text(str(pid))
+                    except ProcessLookupError:
+                        break  # it exited meanwhile
+        raise OSError(errno.EBUSY, f"processes kept appearing in {self.dirs[0]}")
+
     def oom_kills(self) -> int:
         """How many processes the kernel OOM-killed in this cgroup (0 if unknown)."""
         if self.memory_dir is None:
@@ -160,17 +177,32 @@ class KernelCgroup:
         """Remove the cgroup once its processes have left (a killed tree takes a moment)."""
         deadline = time.monotonic() + timeout
         for path in reversed(self.dirs):
-            while True:
-                try:
-                    path.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as exc:
-                    if exc.errno != errno.EBUSY or time.monotonic() > deadline:
-                        log.warning("kernel cgroup left behind", extra={"path": str(path), "error": str(exc)})
-                        break
-                    await asyncio.sleep(0.05)
+            await remove_cgroup_dir(path, deadline, "kernel cgroup left behind")
+
+
+async def remove_cgroup_dir(
+    path: Path, deadline: float, left_behind: str, keep: Callable[[], bool] = lambda: False
+) -> None:
+    """``rmdir`` a cgroup, retrying while it is busy (its last processes are still leaving) until
+    ``deadline``; ``keep()`` turning true stops the attempt (a new user arrived)."""
+    while not keep():
+        try:
+            path.rmdir()  # noqa: ASYNC240  # cgroupfs: no disk I/O behind it
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                log.warning(left_behind, extra={"path": str(path), "error": str(exc)})
+                return
+            await asyncio.sleep(0.05)
+
+
+def _procs(path: Path) -> list[int]:
+    try:
+        return [int(line) for line in (path / "cgroup.procs").read_text().split()]
+    except FileNotFoundError:
+        return []
 
 
 def detect_cgroups(settings: KernelSettings, *, name: str | None = None) -> Cgroups:
@@ -238,7 +270,7 @@ def _try_make(
         probe = parent / f"probe-{os.getpid()}"
         probe.mkdir(mode=0o755, exist_ok=True)
         try:
-            _write_limits(mode, controller, probe, settings)
+            write_limits(mode, controller, probe, settings)
         finally:
             probe.rmdir()
     except OSError as exc:

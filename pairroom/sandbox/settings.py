@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,14 +11,23 @@ MiB = 1024 * 1024
 
 
 def _default_venv() -> Path:
-    # scripts/ensure-kernel-env creates it here; a Python the unprivileged sandbox uid can read.
-    return Path(__file__).resolve().parents[2] / ".cache" / "kernel-venv"
+    """Where the kernels' Python environment is (``pairroom kernels setup`` makes it): in a checkout,
+    the repository's ``.cache`` (scripts/ensure-kernel-env makes it there too); for an installed
+    package, a cache directory the sandbox's uid can reach (not under ``/root`` when run as root)."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").exists():
+        return checkout / ".cache" / "kernel-venv"
+    if os.geteuid() == 0:
+        return Path("/var/cache/pairroom/kernel-venv")
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "pairroom" / "kernel-venv"
 
 
 @dataclass(frozen=True, slots=True)
 class KernelSettings:
     # where kernels come from
     kernel_venv: Path = field(default_factory=_default_venv)
+    setup_missing: bool = False  # create kernel_venv at start when it does not exist (pairroom kernels setup)
     state_dir: Path | None = None  # per-kernel run and work dirs; None: a fresh dir under /tmp
     pool_size: int = 2
     pool_fill_delay: float = 0.5  # wait a little before refilling, so a refill does not slow the run that took a kernel

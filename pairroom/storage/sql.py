@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, TextClause, event, insert, inspect, select, text, union
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -266,9 +265,15 @@ class SqlStore:
         return self._engine
 
     def _insert(self, table: Any) -> Any:
-        """The dialect's INSERT, which has ``on_conflict_do_nothing``."""
-        dialect = sqlite if self.dialect == "sqlite" else postgresql
-        return dialect.insert(table)
+        """The dialect's INSERT, which has ``on_conflict_do_nothing``. Imported here: the engine loads
+        its own dialect, and PostgreSQL's (about 2 MiB) has no business in a SQLite node."""
+        if self.dialect == "sqlite":
+            from sqlalchemy.dialects import sqlite
+
+            return sqlite.insert(table)
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table)
 
     def _create_engine(self) -> AsyncEngine:
         if self.dialect == "sqlite":

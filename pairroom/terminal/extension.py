@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from pycrdt import Map
 from starlette.routing import BaseRoute
@@ -15,11 +17,12 @@ from pairroom.rooms.extension import Extension
 from pairroom.rooms.owners import SERVER, OwnerRow, finite_number, plain_value
 from pairroom.sandbox.bubblewrap import SandboxUnavailable
 from pairroom.sandbox.settings import KernelSettings
+from pairroom.storage.store import StoreError
 from pairroom.workspace import LISTING_ROOT
 
 from .api import routes
 from .pty import ShellStartError
-from .service import MAX_COMMANDS, TERMINALS_ROOT, TerminalLimit, TerminalService
+from .service import MAX_COMMANDS, TERMINALS_ROOT, TerminalLimit, TerminalService, new_lease
 from .settings import TerminalSettings
 
 log = logging.getLogger("pairroom.terminal")
@@ -39,13 +42,17 @@ class Terminals(Extension):
         enabled: bool,
         settings: TerminalSettings | None = None,
         options: Mapping[str, str] | None = None,
+        clustered: bool = False,
+        lease_timings: dict[str, float] | None = None,
     ) -> None:
-        """``options`` are the ``PAIRROOM_EXT_TERMINALS_<KEY>`` variables (docs/terminal.md); a bad
+        """``options`` are the ``PAIRROOM_EXT_TERMINALS_<KEY>`` variables (docs/terminals.md); a bad
         value raises ValueError naming it, at start-up."""
         self.kernel_settings = kernel_settings
         self.enabled = enabled
         self.terminal_settings, self.workspace_settings = parse_options(options or {}, settings or TerminalSettings())
         self.service: TerminalService | None = None
+        self.clustered = clustered  # a room's terminals live on the node holding its terminal lease
+        self.lease_timings = lease_timings or {}  # the lease's ttl and renew_seconds
 
     def routes(self) -> Sequence[BaseRoute]:
         return routes
@@ -65,6 +72,9 @@ class Terminals(Extension):
             return
         service = TerminalService(node.registry, self.kernel_settings, self.terminal_settings, self.workspace_settings)
         service.node = node.node_id  # written to each terminal's entry in the document
+        if self.clustered:
+            service.lease = new_lease(node.cluster.broker, **self.lease_timings)
+            service.alive = heard_from(node.cluster)
         try:
             await service.start()
         except SandboxUnavailable as exc:
@@ -73,11 +83,22 @@ class Terminals(Extension):
             yield
             return
         self.service = node.state.terminals = service
+        service.timeline_of = lambda room: room_timeline(
+            lambda: getattr(node.state, "recorder", None), node.registry.rooms, room
+        )
         try:
             yield
         finally:
             self.service = node.state.terminals = None
             await service.stop()
+            # The recorder stopped before us (lifespans leave in reverse): store what the terminals
+            # recorded as they ended.
+            recorder = getattr(node.state, "recorder", None)
+            if recorder is not None:
+                try:
+                    await recorder.flush()
+                except StoreError as exc:
+                    log.error("the terminals' last recording was not stored", extra={"error": str(exc)})
 
     def document_rows(self) -> Sequence[OwnerRow]:
         """The server writes both roots; a client's write to them is reverted by the guards. The
@@ -100,6 +121,22 @@ class Terminals(Extension):
     def on_deleted(self, room_name: str) -> None:
         if self.service is not None and room_name in self.service.rooms:
             self.service.spawn(self.service.close_room(room_name), f"pairroom-terminals-close-{room_name}")
+
+
+def heard_from(cluster: Any) -> Any:
+    """Whether a node is alive by the cluster's heartbeats (``Cluster.peers``, ``dead_after``); right
+    after this node starts, a node not heard from yet counts as alive, as for room joins."""
+
+    def alive(node: str) -> bool:
+        if node == cluster.node_id:
+            return True
+        now = time.monotonic()
+        seen = cluster.peers.get(node)
+        if seen is None:
+            return bool(now - cluster.started_at < cluster.dead_after)
+        return bool(now - seen < cluster.dead_after)
+
+    return alive
 
 
 _TERMINAL_KEYS = {"max_per_room": int, "idle_seconds": float, "output_bytes_per_second": int, "rows": int, "cols": int}
@@ -145,3 +182,33 @@ def listing_entry(value: object) -> bool:
         and finite_number(value.get("size"))
         and value.get("kind") in ("large", "binary")
     )
+
+
+class Timeline(Protocol):
+    """The room's recording (``node.state.recorder``, the ``recording`` feature, reached at run time:
+    features never import each other): an event on the room's timeline, stored with the room."""
+
+    def record(self, room: str, kind: str, user: str, data: dict[str, Any], at: datetime | None = None) -> None: ...
+
+
+def recording_on(doc: Any) -> bool:
+    """``meta.policy.recording`` (docs/doc-schema.md): owners may turn the room's recording off. Read
+    live on every event: the recorder itself re-reads it only at the next join, leave or presence."""
+    policy = doc.get("meta", type=Map).get("policy")
+    return not (isinstance(policy, Map) and policy.get("recording") is False)
+
+
+def room_timeline(timeline: Any, rooms: dict[str, Any], room: str) -> Any:
+    """What the terminals of ``room`` record with (``Terminal.timeline``: kind, user, data, at in
+    seconds): the recorder ``timeline()`` gives, if the node runs one (it starts after the terminals,
+    so it is looked up per event), unless the room's owners turned recording off. docs/terminals.md,
+    "Recording"."""
+
+    def record(kind: str, user: str, data: dict[str, Any], at: float) -> None:
+        recorder: Timeline | None = timeline()
+        loaded = rooms.get(room)
+        if recorder is None or (loaded is not None and not recording_on(loaded.doc)):
+            return
+        recorder.record(room, kind, user, data, at=datetime.fromtimestamp(at, UTC))
+
+    return record

@@ -7,7 +7,7 @@ The server opens the PTY (``os.openpty``) and starts, with the slave as stdin, s
 
 ``bwrap --new-session`` leaves the sandbox without a controlling terminal; ``setsid -c`` makes the
 PTY bash's controlling terminal again, so job control, ^C and ^Z work (measured in
-docs/terminal.md). The working directory is the room's workspace at ``/home/room``; there is no
+docs/terminals.md). The working directory is the room's workspace at ``/home/room``; there is no
 network, the root is read-only, ``/tmp`` is private and small, and the limits are the kernels'.
 
 The master is read with ``loop.add_reader`` (non-blocking; never a thread per terminal) and written

@@ -27,17 +27,29 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pairroom.protocol.asciicast import (
+    CAST_KIND,
+    ENDED_MARKER,
+    TERMINAL_KIND,
+    CastBatch,
+    CastBatcher,
+    event_line,
+    header,
+)
 from pairroom.rooms.identity import Principal, Role
 
-from .emulator import Emulator, render
 from .pty import Shell
 from .settings import TerminalSettings
+
+if TYPE_CHECKING:
+    from .emulator import Emulator
 
 log = logging.getLogger("pairroom.terminal")
 
 FRAME_SECONDS = 0.016
+BATCH_SECONDS = 1.0  # the recording reaches the room's timeline at most this late, one event per batch
 MAX_ROWS, MAX_COLS = 200, 500
 
 
@@ -92,38 +104,67 @@ class Viewer:
         self.wake.set()
 
 
-@dataclass(slots=True)
 class Cast:
-    """The terminal's asciicast v2 recording: output, resizes and markers, bounded."""
+    """The terminal's asciicast v2 recording: output, resizes and markers, bounded by ``max_bytes``.
 
-    started: float
-    rows: int
-    cols: int
-    max_bytes: int
-    events: list[str] = field(default_factory=list)
-    size: int = 0
-    truncated: bool = False
+    Kept here for ``GET .../cast``, and handed to the room's timeline in batches (``sink``; the
+    format and the batching are ``pairroom/protocol/asciicast.py``): at most one stored event per
+    ``BATCH_SECONDS`` or 64 KiB of output, never one per write. Past ``max_bytes`` a closing marker
+    is the last event, both here and on the timeline."""
 
-    def add(self, kind: str, data: str) -> None:
+    def __init__(
+        self,
+        terminal: str,
+        name: str,
+        started: float,
+        rows: int,
+        cols: int,
+        max_bytes: int,
+        sink: Callable[[CastBatch], None] | None = None,
+    ) -> None:
+        self.started = int(started)  # asciicast's header timestamp is whole seconds: times count from it
+        self.rows, self.cols = rows, cols
+        self.max_bytes = max_bytes
+        self.events: list[str] = []
+        self.size = 0
+        self.truncated = False
+        self.sink = sink
+        self.batcher = CastBatcher(terminal, name, self.started, cols, rows, max_span=BATCH_SECONDS)
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, kind: str, data: str) -> bool:
+        """Record an event now; True if this one reached the cap (the caller tells the viewers)."""
         if self.truncated:
-            return
-        line = json.dumps([round(time.time() - self.started, 6), kind, data])
-        if self.size + len(line) > self.max_bytes:
+            return False
+        t = time.time() - self.started
+        line = event_line(t, kind, data)
+        capped = self.size + len(line) > self.max_bytes
+        if capped:
             self.truncated = True
-            line = json.dumps([round(time.time() - self.started, 6), "m", "recording truncated: size cap reached"])
+            kind, data = "m", f"recording capped at {self.max_bytes // 1024} KiB: what follows is not recorded"
+            line = event_line(t, kind, data)
         self.events.append(line)
         self.size += len(line) + 1
+        if self.sink is not None:
+            closed = self.batcher.add(t, kind, data, len(line))
+            if closed is not None:
+                self.sink(closed)
+            if self._timer is None:
+                with contextlib.suppress(RuntimeError):  # no loop: flushed by the next add or close
+                    self._timer = asyncio.get_running_loop().call_later(BATCH_SECONDS, self.flush)
+        return capped
+
+    def flush(self) -> None:
+        """Hand the open batch to the timeline now (on the timer, and when the terminal ends)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch = self.batcher.flush()
+        if batch is not None and self.sink is not None:
+            self.sink(batch)
 
     def export(self, title: str) -> str:
-        header = {
-            "version": 2,
-            "width": self.cols,
-            "height": self.rows,
-            "timestamp": int(self.started),
-            "title": title,
-            "env": {"TERM": "xterm-256color", "SHELL": "/bin/bash"},
-        }
-        return "\n".join([json.dumps(header), *self.events]) + "\n"
+        return "\n".join([json.dumps(header(self.cols, self.rows, self.started, title)), *self.events]) + "\n"
 
 
 class Terminal:
@@ -156,14 +197,20 @@ class Terminal:
         self.status = "starting"
         self.exit_code: int | None = None
         self.shell: Shell | None = None
-        self.emulator = Emulator(self.rows, self.cols)
+        from .emulator import Emulator  # pyte and wcwidth (several MiB) load with the first terminal
+
+        self.emulator: Emulator = Emulator(self.rows, self.cols)
         self.viewers: set[Viewer] = set()
         self.grants: set[str] = set()
         self.revokes: set[str] = set()
         self.proposals: dict[str, dict[str, Any]] = {}
         self._proposers: dict[str, Principal] = {}
         self.commands: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
-        self.cast = Cast(time.time(), self.rows, self.cols, settings.recording_bytes)
+        self.cast = Cast(
+            terminal_id, name, time.time(), self.rows, self.cols, settings.recording_bytes, self._cast_batch
+        )
+        # The room's timeline (the recording), given by the service: (kind, user, data, at seconds).
+        self.timeline: Callable[[str, str, dict[str, Any], float], None] | None = None
         self.last_activity = time.monotonic()
         self.ended = asyncio.Event()
         self._lines: dict[str, list[str]] = {}
@@ -190,7 +237,8 @@ class Terminal:
         self.shell = await self._start_shell(self)
         self.status = "running"
         self.exit_code = None
-        self.cast.add("m", f"shell started by {self.created_by.name}")
+        self._recorded("m", f"shell started by {self.created_by.name}")
+        self._mark("started", self.created_by, {})
         self.record(self, None)
 
     def on_output(self, data: bytes) -> None:
@@ -242,7 +290,7 @@ class Terminal:
             return
         self.emulator.feed(text)
         self._keep_recent(self.emulator.version, text)
-        self.cast.add("o", text)
+        self._recorded("o", text)
         frame = json.dumps(["stdout", text])
         for viewer in list(self.viewers):
             viewer.push(frame)
@@ -273,7 +321,8 @@ class Terminal:
         self._flush_output()
         self.status = "exited"
         self.exit_code = code
-        self.cast.add("m", f"shell exited with code {code}")
+        self._recorded("m", f"shell exited with code {code}")
+        self._mark("exited", None, {"code": code})
         self.broadcast(json.dumps(["exit", code]))
         self.record(self, None)
         log.info("terminal shell exited", extra={"room": self.room, "terminal": self.id, "code": code})
@@ -292,8 +341,33 @@ class Terminal:
         if self.shell is not None:
             await self.shell.kill()
         self.status = "ended"
+        self._recorded("m", ENDED_MARKER)
+        self._mark("ended", None, {})
+        self.cast.flush()
         self.record(self, None)
         self.ended.set()
+
+    # -- the recording ---------------------------------------------------------------------------
+
+    def _recorded(self, kind: str, data: str) -> None:
+        if self.cast.add(kind, data):
+            self.notice_all(
+                f"this terminal's recording reached its cap ({self.cast.max_bytes // 1024} KiB): "
+                "what follows is shown live but not recorded"
+            )
+
+    def _cast_batch(self, batch: CastBatch) -> None:
+        if self.timeline is not None:
+            self.timeline(CAST_KIND, "", batch.data(), batch.first)
+
+    def _mark(self, event: str, principal: Principal | None, data: dict[str, Any]) -> None:
+        """An attribution mark on the room's timeline (who started the shell, who ran what)."""
+        if self.timeline is None:
+            return
+        mark = {"event": event, "terminal": self.id, "terminalName": self.name, **data}
+        if principal is not None:
+            mark["name"] = principal.name
+        self.timeline(TERMINAL_KIND, principal.user_id if principal is not None else "", mark, time.time())
 
     # -- viewers -----------------------------------------------------------------------------------
 
@@ -314,7 +388,17 @@ class Terminal:
                 seen[viewer.principal.user_id] = {"id": viewer.principal.user_id, "name": viewer.principal.name}
         return sorted(seen.values(), key=lambda w: w["name"])
 
+    def watchers(self) -> list[dict[str, Any]]:
+        """Everyone connected, once each, and whether they may type: what an owner grants and
+        revokes from (the panel's *Who may type*). Sent to owners only."""
+        seen: dict[str, dict[str, Any]] = {}
+        for viewer in self.viewers:
+            p = viewer.principal
+            seen[p.user_id] = {"id": p.user_id, "name": p.name, "can_write": self.can_write(p)}
+        return sorted(seen.values(), key=lambda w: (w["name"], w["id"]))
+
     def setup_frame(self, principal: Principal) -> str:
+        role = self.role_of(principal)
         return json.dumps(
             [
                 "setup",
@@ -323,10 +407,12 @@ class Terminal:
                     "name": self.name,
                     "rows": self.rows,
                     "cols": self.cols,
-                    "role": self.role_of(principal).value,
+                    "role": role.value,
                     "can_write": self.can_write(principal),
                     "size_policy": self.size_policy,
                     "writers": self.writers(),
+                    # owners only: they grant and revoke; a hundred watchers' setups stay small
+                    "watchers": self.watchers() if role is Role.OWNER else [],
                     "status": self.status,
                     "exit": self.exit_code,
                     "commands": list(self.commands)[-50:],
@@ -376,6 +462,8 @@ class Terminal:
     async def _render(self) -> None:
         version = self.emulator.version
         captured = self.emulator.capture()  # at this instant; later output is in ``_recent``
+        from .emulator import render
+
         rendered = await asyncio.to_thread(render, *captured)
         if self._snapshot_cache is None or self._snapshot_cache[0] < version:
             self._snapshot_cache = (version, rendered)
@@ -498,7 +586,8 @@ class Terminal:
             entry["approvedByName"] = approved_by.name
         self.commands.append(entry)
         label = f"{principal.name} ran `{line}`" + (f", approved by {approved_by.name}" if approved_by else "")
-        self.cast.add("m", label)
+        self._recorded("m", label)
+        self._mark("command", principal, {k: v for k, v in entry.items() if k not in ("by", "at")})
         self.broadcast(json.dumps(["command", entry]))
         self.record(self, entry)
 
@@ -540,7 +629,7 @@ class Terminal:
         self._recent_floor = self.emulator.version  # a screen of the old size is no use any more
         self._recent.clear()
         self._recent_size = 0
-        self.cast.add("r", f"{cols}x{rows}")
+        self._recorded("r", f"{cols}x{rows}")
         self.broadcast(json.dumps(["resize", rows, cols]))
         self.record(self, None)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import shutil
@@ -12,11 +13,14 @@ from pycrdt import Map
 from starlette.routing import BaseRoute
 
 from pairroom.rooms.extension import Change, Extension
+from pairroom.rooms.identity import Principal
 from pairroom.rooms.member import Member
 from pairroom.rooms.owners import SERVER, OwnerRow, plain_value
 from pairroom.rooms.room import Room
+from pairroom.web.api import ApiError
 
-from .api import LobbyOpener, routes
+from .api import LobbyOpener, routes, run_op, serve_forwarded
+from .cluster import GitLeases
 from .gitcli import GIT, GitError
 from .service import VcsService
 from .settings import VcsSettings
@@ -28,10 +32,13 @@ class VersionControl(Extension):
     name = "git"
     builtin = True
     priority = 60  # after kernels and terminals: their workspace settings are the ones in use
+    hook_timeout = 60.0  # on_forked copies a repository, perhaps on another node
 
-    def __init__(self, settings: VcsSettings) -> None:
+    def __init__(self, settings: VcsSettings, lease_timings: dict[str, float] | None = None) -> None:
         self.vcs_settings = settings
+        self.lease_timings = lease_timings or {}  # GitLeases' ttl, renew_seconds, answer_seconds
         self.service: VcsService | None = None
+        self.node: Any = None
 
     def routes(self) -> Sequence[BaseRoute]:
         return routes
@@ -45,6 +52,7 @@ class VersionControl(Extension):
     @contextlib.asynccontextmanager
     async def _run(self, node: Any) -> AsyncIterator[None]:
         node.state.git = node.state.git_opener = None
+        self.node = node
         if shutil.which(GIT) is None:
             node.state.git_error = "version control needs the git command, which this server does not have"
             log.error("git refused: no git command on PATH")
@@ -52,12 +60,26 @@ class VersionControl(Extension):
             return
         service = VcsService(node.registry, node.store, self.vcs_settings)
         service.start()
+        # Which node holds which room's repository, so any node answers git requests (cluster.py).
+        # Outside a cluster the broker is in memory and this node holds every lease.
+        leases = GitLeases(node.cluster.broker, **self.lease_timings)
+        await leases.start(serve_forwarded(node.state))
+        service.leases = leases
+        for room_name in await asyncio.to_thread(service.on_disk):  # after a restart with --git-root
+            try:
+                if not await leases.hold(room_name):
+                    log.warning("a repository on disk whose lease another node holds", extra={"room": room_name})
+            except GitError as exc:  # Redis away: the first request for the room takes the lease
+                log.warning("git lease not taken at start", extra={"room": room_name, "error": exc.reason})
+        renewal = node.supervisor.spawn("git-leases", leases.renew_forever, restart=True)
         self.service = node.state.git = service
         node.state.git_opener = LobbyOpener(service)
         try:
             yield
         finally:
             self.service = node.state.git = node.state.git_opener = None
+            await node.supervisor.stop(renewal, 5.0)
+            await leases.stop()
             await service.stop()
 
     def document_rows(self) -> Sequence[OwnerRow]:
@@ -85,6 +107,23 @@ class VersionControl(Extension):
     def on_unload(self, room: Room) -> None:
         if self.service is not None:
             self.service.unloaded(room.name)
+
+    async def on_forked(self, source: str, fork: str, seq: int, by: Principal) -> Mapping[str, Any] | None:
+        """A fork of a repository room gets a repository of its own, at the commit at or before the
+        fork point (``VcsService.fork``), made where the source's repository is. Its answer goes into
+        the fork's; a failure is said there (``error``), the fork stays a room without repository."""
+        if self.service is None:
+            return None
+        async with self.node.registry.hold(source) as room:
+            git = room.doc.get("meta", type=Map).get("git")
+            if not isinstance(git, Map) or not git.get("head"):
+                return None  # not a repository room: nothing to copy, no node to ask
+        try:
+            answer = await run_op(self.node.state, source, by, "fork", {"fork": fork, "seq": seq})
+        except (ApiError, GitError) as exc:
+            log.warning("fork without repository", extra={"room": fork, "source": source, "error": exc.reason})
+            return {"error": exc.reason, "status": exc.status}
+        return answer.get("json")
 
     def on_deleted(self, room_name: str) -> None:
         if self.service is not None:

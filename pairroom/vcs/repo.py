@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -242,6 +243,32 @@ class Repo:
                 }
             )
         return entries
+
+
+def copy_repository(source: str, dest: str, leave_out: tuple[str, ...] = ()) -> None:
+    """Copy a bare repository: its objects hard-linked (git writes an object or a pack once and
+    never changes it; a link the filesystem refuses is a copy), the rest copied. ``dest`` is
+    replaced if it exists (a deleted room's leftover)."""
+    if os.path.isdir(dest):
+        shutil.rmtree(dest)
+    objects = os.path.join(source, "objects")
+
+    def link_or_copy(src: str, dst: str) -> object:
+        if os.path.commonpath([src, objects]) == objects:
+            try:
+                os.link(src, dst)
+                return dst
+            except OSError:
+                pass
+        return shutil.copy2(src, dst)
+
+    shutil.copytree(
+        source,
+        dest,
+        symlinks=True,
+        ignore=lambda folder, names: [n for n in names if folder == source and n in leave_out],
+        copy_function=link_or_copy,
+    )
 
 
 def last_lines(text: str, n: int = 3) -> str:

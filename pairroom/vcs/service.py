@@ -7,8 +7,10 @@ the seq of the log its last commit covered, the credential) is kept on the serve
 ``meta.git`` is a copy for people to see, which nobody's change can make git act on, plus
 ``meta.git.people``: how to credit each member, written by whichever node they joined.
 
-The repository is per node and, without ``git_root``, removed when the node stops: a room whose
-repository is not on this node answers 409 and is opened again (docs/git.md).
+The repository is on the node that opened it. In a cluster that node holds the room's git lease
+and the other nodes forward their git requests to it (``cluster.py``); without ``git_root`` the
+repository is removed when the node stops, and the room's git routes then answer 409 until it is
+opened again (docs/git.md).
 """
 
 from __future__ import annotations
@@ -36,14 +38,16 @@ from pairroom.workspace import LISTING_ROOT, Workspaces, merge, safe_fs
 from pairroom.workspace.workspace import dir_name
 
 from . import attribution
+from .cluster import GitLeases
 from .gitcli import Credential, Git, GitError, Remote, check_remote
 from .pull import Conflict, merge_lines
-from .repo import HEAD_REF, Entry, Person, Repo, blob_sha
+from .repo import FETCHED_REF, HEAD_REF, Entry, Person, Repo, blob_sha, copy_repository
 from .settings import VcsSettings
 
 log = logging.getLogger("pairroom.vcs")
 
 MiB = 1024 * 1024
+MAX_SIDE = 64 * 1024  # characters of each side a conflict shows in meta.git.conflicts
 SERVER = Person("pairroom", "pairroom@users.noreply.pairroom")
 STATE_FILE = "pairroom-state.json"
 BRANCH = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)[A-Za-z0-9._/-]{1,200}(?<![./])$")
@@ -57,6 +61,15 @@ def person_of(principal: Principal) -> Person:
     name = re.sub(r"[<>\n\r]", "", principal.name).strip() or principal.user_id
     email = getattr(principal, "email", None) or noreply(principal.user_id)
     return Person(name, email)
+
+
+def inherit(touches: attribution.Touches, inherited: dict[str, dict[str, int]]) -> attribution.Touches:
+    """``touches`` plus a fork's inherited ones (who changed the files in the source before the fork)."""
+    for path, users in inherited.items():
+        mine = touches.by_path.setdefault(path, {})
+        for user, at in users.items():
+            mine.setdefault(user, at)  # an edit in the fork itself is newer
+    return touches
 
 
 def check_path(path: object) -> str:
@@ -79,10 +92,14 @@ class RoomGit:
     last_seq: int = 0  # the log up to here is committed (co-authors count from after it)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     seqs: dict[str, int] = field(default_factory=dict)  # commit made here -> the log seq its files are
+    # a fork's: who changed which file in the source between its head commit and the fork point
+    # (path -> user -> ms), credited like the fork's own edits until its first commit
+    inherited: dict[str, dict[str, int]] = field(default_factory=dict)
     credential: Credential | None = None  # memory only: never written, never answered
 
     def save(self) -> None:
         state = {
+            "room": self.name,
             "remote": self.remote,
             "branch": self.branch,
             "ref": self.ref,
@@ -90,6 +107,7 @@ class RoomGit:
             "last_seq": self.last_seq,
             "skipped": self.skipped,
             "seqs": self.seqs,
+            "inherited": self.inherited,
         }
         path = os.path.join(self.repo.path, STATE_FILE)
         with open(path + ".tmp", "w") as handle:
@@ -102,7 +120,7 @@ class RoomGit:
                 state = json.load(handle)
         except FileNotFoundError:
             return False
-        for key in ("remote", "branch", "ref", "base", "last_seq", "skipped", "seqs"):
+        for key in ("remote", "branch", "ref", "base", "last_seq", "skipped", "seqs", "inherited"):
             setattr(self, key, state.get(key, getattr(self, key)))
         return True
 
@@ -130,6 +148,8 @@ class VcsService:
         self.readers: dict[str, attribution.LogReader] = {}  # each room's log, read so far
         self._blames: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}  # (room, path) -> (seq, answer)
         self._noted: dict[tuple[str, str], dict[str, str]] = {}  # (room, user) -> what meta.git.people holds
+        self._noted_as: dict[tuple[str, str], Principal] = {}  # (room, user) -> the principal found noted
+        self.leases: GitLeases | None = None  # in a cluster: which node holds which room's repository
         self._made_root = settings.root is None
         root = settings.root
         if root is not None:
@@ -143,6 +163,34 @@ class VcsService:
 
     def start(self) -> None:
         self.workspaces = Workspaces.attach(self.registry)
+
+    def on_disk(self) -> list[str]:
+        """The rooms whose repositories this node's git root holds (from a run before a restart)."""
+        found = []
+        for entry in os.scandir(self.root):
+            if not entry.name.endswith(".git") or not entry.is_dir():
+                continue
+            try:
+                with open(os.path.join(entry.path, STATE_FILE)) as handle:
+                    name = json.load(handle).get("room")
+            except (OSError, ValueError) as exc:
+                log.warning("unreadable repository state", extra={"path": entry.name, "error": str(exc)})
+                continue
+            if isinstance(name, str) and dir_name(name) + ".git" == entry.name:
+                found.append(name)
+        return found
+
+    async def here(self, room_name: str) -> bool:
+        """Whether this node serves the room's git requests: always outside a cluster; in one, when it
+        holds the room's lease, which it takes if its disk has the repository and nobody holds it."""
+        leases = self.leases
+        if leases is None or leases.holds(room_name):
+            return True
+        try:
+            self.room_git(room_name)
+        except GitError:
+            return False
+        return await leases.hold(room_name)
 
     async def stop(self) -> None:
         if self.workspaces is not None:
@@ -175,18 +223,23 @@ class VcsService:
         Kept in the document's ``meta.git.people`` (written by the server only), so the node that
         commits knows the people who typed on other nodes; the email is the token's ``email`` claim,
         which the room's members can then read (without the claim: the noreply address). Called on
-        each join and each change a member makes: after the first time it is one dict lookup."""
-        person = person_of(principal)
-        entry = {"name": person.name, "email": person.email}
+        each join and each change a member makes: after the first time it is one dict lookup (the
+        same ``Principal`` object as last time), in a room without a repository one map read."""
         key = (room.name, principal.user_id)
-        if self._noted.get(key) == entry:
-            return
-        git = room.doc.get("meta", type=Map).get("git")
+        if self._noted_as.get(key) is principal:
+            return  # the same member typing again: their entry is there already
+        git = room.guards.meta.get("git")
         if not isinstance(git, Map):
             return  # a room without a repository (yet): nobody to credit
+        person = person_of(principal)
+        entry = {"name": person.name, "email": person.email}
+        if self._noted.get(key) == entry:
+            self._noted_as[key] = principal
+            return
         people = git.get("people")
         if isinstance(people, Map) and people.get(principal.user_id) == entry:
             self._noted[key] = entry
+            self._noted_as[key] = principal
             return
         # not inside the hook that reported the join or the change: right after it
         asyncio.get_running_loop().call_soon(self._write_person, room, principal.user_id, entry)
@@ -209,6 +262,8 @@ class VcsService:
         """The room left this node's memory: forget who was noted in it."""
         for key in [k for k in self._noted if k[0] == room_name]:
             del self._noted[key]
+        for key in [k for k in self._noted_as if k[0] == room_name]:
+            del self._noted_as[key]
 
     def reader(self, room_name: str) -> attribution.LogReader:
         found = self.readers.get(room_name)
@@ -221,6 +276,8 @@ class VcsService:
         self.rooms.pop(room_name, None)
         self.readers.pop(room_name, None)
         self.unloaded(room_name)
+        if self.leases is not None and self.leases.holds(room_name):
+            self.leases.spawn(self.leases.release(room_name))
         for key in [k for k in self._blames if k[0] == room_name]:
             del self._blames[key]
         path = os.path.join(self.root, dir_name(room_name) + ".git")
@@ -323,6 +380,10 @@ class VcsService:
         state.branch = "pairroom/" + (re.sub(r"[^A-Za-z0-9_-]", "-", room.name)[:100] or "room")
         state.skipped = prepared.skipped + [{"path": p, "reason": kind} for p, (_, kind) in prepared.on_disk.items()]
         self.rooms[room.name] = state
+        if self.leases is not None and not await self.leases.hold(room.name):
+            # A node still holds the lease of a room of this name made before (deleted meanwhile, its
+            # lease not yet expired): this repository is the room's now, and the lease follows soon.
+            log.warning("git lease of a new room held by another node", extra={"room": room.name})
         with room.local_change(LocalOrigin(f"git:import:{prepared.head[:12]}")) as doc:
             files = doc.get("files", type=Map)
             for file_path, content in prepared.text.items():
@@ -355,6 +416,57 @@ class VcsService:
             "base": state.base,
             "files": len(prepared.text),
             "skipped": state.skipped,
+        }
+
+    async def fork(self, source: str, room: Room, point: int) -> dict[str, Any]:
+        """Give ``room``, just forked from ``source`` at seq ``point``, a repository of its own: a copy
+        of the source's (objects hard-linked, never changed in place), its head the newest commit the
+        source made, opened or pulled at or before ``point``, the same remote and its own branch
+        ``pairroom/{fork}``. The credential is not copied: an owner of the fork sets their own.
+        The fork's files are the source's at ``point``, so its status shows what it holds that the
+        commit does not."""
+        src = self.room_git(source)
+        sha = None
+        seq = -1
+        for commit, at in src.seqs.items():  # later entries win a tie: they were made later
+            if seq <= at <= point:
+                sha, seq = commit, at
+        if sha is None:
+            raise GitError(409, f"room {source!r} had no commit at or before seq {point}: the fork has no repository")
+        path = os.path.join(self.root, dir_name(room.name) + ".git")
+        async with src.lock:  # no commit writes objects while they are copied
+            await asyncio.to_thread(copy_repository, src.repo.path, path, (STATE_FILE,))
+        state = RoomGit(room.name, Repo(self.git(path)))
+        await state.repo.git.run(["update-ref", HEAD_REF, sha])
+        await state.repo.git.run(["update-ref", "-d", FETCHED_REF], check=False)
+        state.remote, state.ref, state.base = src.remote, src.ref, sha
+        state.branch = "pairroom/" + (re.sub(r"[^A-Za-z0-9_-]", "-", room.name)[:100] or "room")
+        state.skipped = list(src.skipped)
+        if point > seq:  # the fork's log starts with one update of the server's: who wrote what is here
+            state.inherited = (await attribution.touches_since(self.store, source, seq, point)).by_path
+        await room.flush()
+        state.last_seq = room.stored_seq  # the fork's log starts with one update of the server's
+        if point == seq:  # the fork's first state is exactly the commit's files
+            state.seqs[sha] = state.last_seq
+        state.save()
+        self.rooms[room.name] = state
+        if self.leases is not None and not await self.leases.hold(room.name):
+            log.warning("git lease of a fork held by another node", extra={"room": room.name})
+        forked = {"room": source, "seq": point, "commit": sha}
+        self._mirror(room, state, sha, forkedFrom=forked)
+        with room.local_change(LocalOrigin("git")) as doc:
+            git = doc.get("meta", type=Map).get("git")
+            if isinstance(git, Map) and "pushed" in git:
+                del git["pushed"]  # the source's push, to the source's branch
+        log.info("repository forked", extra={"room": room.name, "source": source, "head": sha})
+        return {
+            "head": sha,
+            "seq": seq,
+            "branch": state.branch,
+            "remote": state.remote,
+            "credential": False,
+            "note": "the source's credential is not copied: an owner of the fork sets one with PUT"
+            f" /api/rooms/{room.name}/git/remote",
         }
 
     def _mirror(self, room: Room, state: RoomGit, head: str, **extra: Any) -> None:
@@ -413,7 +525,7 @@ class VcsService:
         assert head is not None
         changed, removed, tree = await self._changes(state, room, head)
         await room.flush()
-        touches = await self.reader(room.name).touches(state.last_seq)
+        touches = inherit(await self.reader(room.name).touches(state.last_seq), state.inherited)
         out = []
         for path in sorted([*changed, *removed]):
             kind = "deleted" if path in removed else ("added" if path not in tree else "modified")
@@ -495,6 +607,7 @@ class VcsService:
                 touches = await attribution.touches_since(self.store, room.name, state.last_seq, upto)
             else:
                 touches = await self.reader(room.name).touches(state.last_seq, upto)
+            touches = inherit(touches, state.inherited)
             author = person_of(principal)
             commits: list[dict[str, Any]] = []
             new = head
@@ -531,6 +644,7 @@ class VcsService:
             await state.repo.move_head(final, head)
             state.last_seq = max(upto, state.last_seq)
             state.seqs[final] = upto  # restore or fork at this seq gives the commit's files
+            state.inherited = {}
             state.save()
             self.reader(room.name).forget_before(state.last_seq)
             last = {
@@ -621,7 +735,14 @@ class VcsService:
             head = await state.repo.rev(HEAD_REF)
             assert head is not None
             if await state.repo.is_ancestor(fetched, head):
-                return {"head": head, "fetched": fetched, "changed": [], "conflicts": [], "upToDate": True}
+                return {
+                    "head": head,
+                    "seq": state.seqs.get(head),
+                    "fetched": fetched,
+                    "changed": [],
+                    "conflicts": [],
+                    "upToDate": True,
+                }
             if await state.repo.is_ancestor(head, fetched):
                 new = fetched
             else:
@@ -651,10 +772,26 @@ class VcsService:
                     "conflicts": [c["path"] for c in conflicts],
                 },
             )
+            # The pulled commit's point in the room's log: the room right after the pull, so restore
+            # and fork take it like a commit made here. It holds the commit's files plus what the room
+            # had not committed (and its side of a conflict): ``uncommitted`` names those files.
+            await room.flush()
+            seq, files = room.stored_seq, self.doc_files(room)
+            still, gone, _ = await self._changes(state, room, new, files=files)
+            state.seqs[new] = seq
+            state.save()
             log.info(
                 "pulled", extra={"room": room.name, "head": new, "changed": len(changed), "conflicts": len(conflicts)}
             )
-            return {"head": new, "fetched": fetched, "changed": changed, "conflicts": conflicts, "upToDate": False}
+            return {
+                "head": new,
+                "seq": seq,
+                "uncommitted": sorted([*still, *gone]),
+                "fetched": fetched,
+                "changed": changed,
+                "conflicts": conflicts,
+                "upToDate": False,
+            }
 
     async def _apply(
         self, state: RoomGit, room: Room, old: str, new: str, principal: Principal
@@ -739,14 +876,16 @@ class VcsService:
         content = str(text)
         start = len(content[: clash.start].encode())
         end = len(content[: max(clash.end, clash.start + 1)].encode())
-        if end <= start or start >= len(content.encode()):
+        exact = not (end <= start or start >= len(content.encode()))
+        if not exact:  # the thread then sits on the whole file
             start, end = 0, len(content.encode())
         if end == 0:
             return
         now = int(time.time() * 1000)
         body = (
             f"Pulling {sha[:12]} changed lines the room also changed. The room's version is kept here;"
-            f" the remote's was:\n```\n{clash.theirs[:3500]}```\nThe room's version:\n```\n{clash.ours[:3500]}```"
+            " Source control shows both side by side, to keep it or take the remote's."
+            f"\n\nThe remote's version:\n{clash.theirs[:3500]}\nThe room's version:\n{clash.ours[:3500]}"
         )
         message = {
             "id": secrets.token_urlsafe(9),
@@ -756,7 +895,8 @@ class VcsService:
             "text": body[:8000],
             "run": None,
         }
-        doc.get("reviews", type=Map)[secrets.token_urlsafe(9)] = Map(
+        thread_id = secrets.token_urlsafe(9)
+        doc.get("reviews", type=Map)[thread_id] = Map(
             {
                 "path": conflict["path"],
                 "start": StickyIndex.new(text, start, Assoc.AFTER).encode(),
@@ -768,6 +908,101 @@ class VcsService:
                 "by": principal.user_id,
             }
         )
+        # The panel's merge view: both versions side by side, settled with ``resolve``.
+        git = doc.get("meta", type=Map).get("git")
+        if isinstance(git, Map):
+            conflicts = git.get("conflicts")
+            if not isinstance(conflicts, Map):
+                conflicts = git["conflicts"] = Map()
+            conflicts[secrets.token_urlsafe(9)] = {
+                "path": conflict["path"],
+                "thread": thread_id,
+                "ours": clash.ours[:MAX_SIDE],
+                "theirs": clash.theirs[:MAX_SIDE],
+                "sha": sha,
+                "at": now,
+                "by": principal.user_id,
+                # what the thread's anchors hold: the room's lines, the point they were removed at
+                # (plus one character), or the whole file (no place for them was found)
+                "anchor": ("lines" if clash.ours else "point") if exact else "file",
+            }
+
+    async def resolve(self, room: Room, principal: Principal, conflict_id: str, take: str) -> dict[str, Any]:
+        """Settle a pull's conflict: ``ours`` keeps the room's lines, ``theirs`` replaces them (where
+        the review thread's anchors now are, whatever was typed there since) with the remote's, as
+        the smallest edits. The thread is resolved with a message saying which, and the conflict
+        leaves ``meta.git.conflicts``. The remote's lines come from git: stamped
+        ``local:git:resolve``, they credit nobody, as a pull does."""
+        git = room.doc.get("meta", type=Map).get("git")
+        conflicts = git.get("conflicts") if isinstance(git, Map) else None
+        entry = conflicts.get(conflict_id) if isinstance(conflicts, Map) else None
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise GitError(404, f"no conflict {conflict_id!r} in this room (settled already?)")
+        path, thread_id = entry["path"], entry.get("thread")
+        reviews = room.doc.get("reviews", type=Map)
+        thread = reviews.get(thread_id) if isinstance(thread_id, str) else None
+        edits: list[merge.Edit] = []
+        text = room.doc.get("files", type=Map).get(path)
+        content = str(text) if isinstance(text, Text) else ""
+        if take == "theirs":
+            span = self._span(thread, text)
+            if span is None:
+                raise GitError(
+                    409, f"the conflicting lines of {path!r} are gone (deleted meanwhile): nothing to replace"
+                )
+            start, end = span
+            anchor = entry.get("anchor")
+            if anchor == "point":
+                end = start  # the room had removed these lines: the remote's go back in there
+            elif anchor != "lines":
+                raise GitError(409, f"the conflict in {path!r} has no exact place in the file: edit it by hand")
+            edits = [
+                merge.Edit(start + e.start, start + e.end, e.insert)
+                for e in merge.text_edits(content[start:end], str(entry.get("theirs", "")))
+            ]
+        now = int(time.time() * 1000)
+        with room.local_change(LocalOrigin(f"git:resolve:{str(entry.get('sha', ''))[:12]}")) as doc:
+            if edits and isinstance(text, Text):
+                merge.apply(text, content, edits)
+            if isinstance(thread, Map):
+                thread["status"] = "resolved"
+                messages = thread.get("messages")
+                if isinstance(messages, Array):
+                    said = "took the remote's version" if take == "theirs" else "kept the room's version"
+                    messages.append(
+                        {
+                            "id": secrets.token_urlsafe(9),
+                            "author": principal.user_id,
+                            "name": person_of(principal).name,
+                            "at": now,
+                            "text": f"Conflict settled: {said}.",
+                            "run": None,
+                        }
+                    )
+            git_map = doc.get("meta", type=Map).get("git")
+            left = git_map.get("conflicts") if isinstance(git_map, Map) else None
+            if isinstance(left, Map) and conflict_id in left:
+                del left[conflict_id]
+        log.info("conflict settled", extra={"room": room.name, "path": path, "take": take})
+        return {"path": path, "take": take, "changed": bool(edits)}
+
+    @staticmethod
+    def _span(thread: object, text: object) -> tuple[int, int] | None:
+        """The thread's anchored range in ``text`` as character offsets, or None if it is gone."""
+        if not isinstance(thread, Map) or not isinstance(text, Text):
+            return None
+        start_bytes, end_bytes = thread.get("start"), thread.get("end")
+        if not isinstance(start_bytes, (bytes, bytearray)) or not isinstance(end_bytes, (bytes, bytearray)):
+            return None
+        try:
+            start = StickyIndex.decode(bytes(start_bytes), text).get_index()
+            end = StickyIndex.decode(bytes(end_bytes), text).get_index()
+        except (ValueError, RuntimeError):
+            return None
+        raw = str(text).encode()
+        if start is None or end is None or not 0 <= start <= end <= len(raw):
+            return None
+        return len(raw[:start].decode("utf-8", "ignore")), len(raw[:end].decode("utf-8", "ignore"))
 
     # -- blame ----------------------------------------------------------------------------------------
 

@@ -90,18 +90,29 @@ class FrameWriter:
             return None
         return cls(protocol)
 
+    def _plain(self) -> bool:
+        """Whether the socket takes bytes now: open, not closing, its buffer under the high-water mark."""
+        protocol = self._protocol
+        return (
+            protocol.writable.is_set()
+            and not protocol.close_sent
+            and not protocol.disconnected
+            and protocol.conn.state is _OPEN
+        )
+
     def write(self, message: bytes) -> bool:
         """Write ``message`` as one binary frame if the socket takes it now; False: it was not
         written (the buffer is full, or the connection is closing), use the ordinary send."""
-        protocol = self._protocol
-        if (
-            not protocol.writable.is_set()
-            or protocol.close_sent
-            or protocol.disconnected
-            or protocol.conn.state is not _OPEN
-        ):
+        if not self._plain():
             return False
-        protocol.transport.write(framed(message))
+        self._protocol.transport.write(framed(message))
+        return True
+
+    def write_many(self, messages: list[bytes]) -> bool:
+        """Write ``messages`` as consecutive binary frames in one socket write, as ``write`` does one."""
+        if not self._plain():
+            return False
+        self._protocol.transport.write(framed_many(messages))
         return True
 
 
@@ -118,3 +129,20 @@ def framed(message: bytes) -> bytes:
     if len(frame) <= REMEMBER_AT_MOST:
         _last_message, _last_frame = message, frame
     return frame
+
+
+_last_messages: list[bytes] = []
+_last_frames = b""
+
+
+def framed_many(messages: list[bytes]) -> bytes:
+    """The frames of ``messages`` back to back, built once for the members of one send pass that
+    get the same messages (compared by identity, as ``framed`` does)."""
+    global _last_messages, _last_frames
+    last = _last_messages
+    if len(messages) == len(last) and all(a is b for a, b in zip(messages, last, strict=True)):
+        return _last_frames
+    frames = b"".join([binary_frame(message) for message in messages])
+    if len(frames) <= REMEMBER_AT_MOST:
+        _last_messages, _last_frames = messages, frames
+    return frames

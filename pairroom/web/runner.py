@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 from starlette.applications import Starlette
 
+from pairroom.web.door import DoorHttpProtocol, YjsDoor
 from pairroom.web.frames import FramingProtocol
 from pairroom.web.http_limits import BodyLimit, TimedHttpToolsProtocol
 
@@ -38,12 +39,16 @@ def uvicorn_config(app: Starlette, settings: Settings, *, signals: bool = True) 
     """The uvicorn config pairroom runs under, with the HTTP bounds of web/http_limits.py: a body cap
     on every route (a middleware added to ``app`` here) and header and body deadlines."""
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # /yjs through the front door (web/door.py), built on the websockets-sansio stack; another stack
+    # named by ws_impl serves /yjs through Starlette
+    door = settings.yjs_door and settings.ws_impl == "websockets-sansio"
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="none",
-        http=TimedHttpToolsProtocol,  # uvicorn's httptools protocol with header and body deadlines
+        # uvicorn's httptools protocol with header and body deadlines, and the front door for /yjs
+        http=DoorHttpProtocol if door else TimedHttpToolsProtocol,
         timeout_keep_alive=max(1, int(settings.http_keepalive_timeout)),
         # the default stack with the send fast path (pairroom/web/frames.py); the others as named
         ws=FramingProtocol if settings.ws_impl == "websockets-sansio" else settings.ws_impl,
@@ -58,6 +63,8 @@ def uvicorn_config(app: Starlette, settings: Settings, *, signals: bool = True) 
     config.extra_signal_handlers = signals  # type: ignore[attr-defined]
     config.header_timeout = settings.http_header_timeout  # type: ignore[attr-defined]
     config.body_timeout = settings.http_body_timeout  # type: ignore[attr-defined]
+    config.yjs_door = YjsDoor if door else None  # type: ignore[attr-defined]
+    config.yjs_app = app  # type: ignore[attr-defined]
     return config
 
 

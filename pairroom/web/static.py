@@ -4,6 +4,7 @@
 |---|---|
 | ``/`` | the lobby, ``index.html`` |
 | ``/r/{room}``, ``/r/{room}/replay`` | the room app, ``room.html``; it reads the room from the address |
+| ``/sw.js`` | the offline app shell's service worker (``no-cache``: a new build replaces it at once) |
 | ``/assets/...`` | hashed build output, cached for a year (a new build has new names); the build writes a |
 | | ``.gz`` beside each script and stylesheet, sent as ``Content-Encoding: gzip`` to clients that take it |
 
@@ -97,10 +98,17 @@ def static_routes(directory: Path = STATIC_DIR) -> list[BaseRoute]:
     async def room(request: Request) -> Response:
         return page(directory, "room.html")
 
+    async def service_worker(request: Request) -> Response:
+        path = directory / "sw.js"
+        if not path.is_file():
+            return PlainTextResponse("not found: the web app has not been built\n", 404)
+        return FileResponse(path, media_type="text/javascript", headers={"Cache-Control": PAGE_CACHE})
+
     return [
         Route("/", lobby, name="lobby"),
         Route("/r/{room}", room, name="room"),
         Route("/r/{room}/replay", room, name="replay"),
+        Route("/sw.js", service_worker, name="service-worker"),
         Mount("/assets", AssetFiles(directory=directory / "assets", check_dir=False), name="assets"),
     ]
 

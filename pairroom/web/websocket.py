@@ -17,12 +17,13 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from pairroom.protocol.sync import CloseCode, ProtocolError
+from pairroom.rooms.identity import Principal
 from pairroom.rooms.limits import TokenBucket
-from pairroom.rooms.member import Member, MemberState
+from pairroom.rooms.member import Member, MemberState, Transport
 from pairroom.rooms.registry import RoomLoadError
 from pairroom.rooms.room import Room
 from pairroom.web.auth import AuthError, admit
-from pairroom.web.frames import FrameWriter
+from pairroom.web.frames import EXTENSION, FrameWriter
 from pairroom.web.hub import Hub
 
 log = logging.getLogger("pairroom.ws")
@@ -36,11 +37,14 @@ class StarletteTransport:
     written straight to the socket; see ``pairroom/web/frames.py``) when the connection allows it,
     else through the ASGI send, which also waits while the socket's buffer is full."""
 
-    __slots__ = ("websocket", "frame_writer")
+    __slots__ = ("websocket", "frame_writer", "inline")
 
     def __init__(self, websocket: WebSocket) -> None:
         self.websocket = websocket
         self.frame_writer = FrameWriter.for_scope(websocket.scope)
+        # Driving the ASGI send by hand (``send_now``) relies on it waiting only on asyncio futures,
+        # as uvicorn's does; another server's send may wait on its own awaitables (Granian's do).
+        self.inline = EXTENSION in (websocket.scope.get("extensions") or {}) or _is_uvicorns(websocket)
 
     async def send(self, data: bytes) -> None:
         if self.frame_writer is not None and self.frame_writer.write(data):
@@ -54,16 +58,28 @@ class StarletteTransport:
         if self.frame_writer is not None and self.frame_writer.write(data):
             return None
         send = self.websocket.send({"type": "websocket.send", "bytes": data})
+        if not self.inline:
+            return asyncio.ensure_future(send)
         try:
             blocker = send.send(None)
         except StopIteration:
             return None
         return asyncio.ensure_future(_finish(send, blocker))
 
+    def send_now_many(self, messages: list[bytes]) -> bool:
+        """Write several messages in one socket write when the fast path can; False: not written."""
+        return self.frame_writer is not None and self.frame_writer.write_many(messages)
+
     async def close(self, code: int, reason: str) -> None:
         if self.websocket.application_state is WebSocketState.DISCONNECTED:
             return
         await self.websocket.close(code, truncate_reason(reason))
+
+
+def _is_uvicorns(websocket: WebSocket) -> bool:
+    """Whether the connection's ASGI send is a method of one of uvicorn's protocols."""
+    owner = getattr(getattr(websocket, "_send", None), "__self__", None)
+    return type(owner).__module__.startswith("uvicorn.")
 
 
 async def _finish(coroutine: Coroutine[Any, Any, None], blocker: Any) -> None:
@@ -121,28 +137,11 @@ async def yjs_endpoint(websocket: WebSocket) -> None:
             client_error(hub, conn, None, exc.code, exc.reason)
             await transport.close(exc.code, exc.reason)
             return
-        member = Member(
-            transport,
-            conn,
-            principal=principal,
-            max_queue_messages=hub.settings.max_queue_messages,
-            max_queue_bytes=hub.settings.max_queue_bytes,
-            on_sent=hub.metrics.sent,
-        )
         try:
-            room = await hub.registry.join(name, member)
-        except RoomLoadError as exc:
-            hub.metrics.room_load_failures.inc()
-            log.error("join refused", extra={"room": name, "conn": conn, "error": str(exc)})
-            await transport.close(CloseCode.TRY_AGAIN_LATER, "room could not be loaded; try again")
+            room, member = await join_room(hub, name, conn, principal, transport)
+        except JoinRefused as exc:
+            await transport.close(exc.code, exc.reason)
             return
-        if len(room.members) > hub.settings.max_members:
-            hub.registry.leave(room, member)
-            reason = f"room is full ({hub.settings.max_members} members)"
-            client_error(hub, conn, name, CloseCode.ROOM_FULL, reason)
-            await transport.close(CloseCode.ROOM_FULL, reason)
-            return
-        log.info("joined", extra={"room": name, "conn": conn, "user": principal.user_id})
         try:
             await serve_member(hub, websocket, room, member)
         finally:
@@ -152,6 +151,40 @@ async def yjs_endpoint(websocket: WebSocket) -> None:
         hub.metrics.connections.dec()
 
 
+class JoinRefused(Exception):
+    """A member the door let in that the room cannot take: the close code and reason to send."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+async def join_room(hub: Hub, name: str, conn: str, principal: Principal, transport: Transport) -> tuple[Room, Member]:
+    """The join after the door, the same for both ``/yjs`` paths (this endpoint and ``door.py``):
+    the member, its room loaded, the room's size limit. Raises ``JoinRefused``."""
+    member = Member(
+        transport,
+        conn,
+        principal=principal,
+        max_queue_messages=hub.settings.max_queue_messages,
+        max_queue_bytes=hub.settings.max_queue_bytes,
+        on_sent=hub.metrics.sent,
+    )
+    try:
+        room = await hub.registry.join(name, member)
+    except RoomLoadError as exc:
+        hub.metrics.room_load_failures.inc()
+        log.error("join refused", extra={"room": name, "conn": conn, "error": str(exc)})
+        raise JoinRefused(CloseCode.TRY_AGAIN_LATER, "room could not be loaded; try again") from exc
+    if len(room.members) > hub.settings.max_members:
+        hub.registry.leave(room, member)
+        reason = f"room is full ({hub.settings.max_members} members)"
+        client_error(hub, conn, name, CloseCode.ROOM_FULL, reason)
+        raise JoinRefused(CloseCode.ROOM_FULL, reason)
+    log.info("joined", extra={"room": name, "conn": conn, "user": principal.user_id})
+    return room, member
+
+
 # What a vanished peer raises from a read or a write; anything else is our own error.
 PEER_GONE = (OSError, WebSocketDisconnect, RuntimeError, ConnectionError)
 
@@ -159,27 +192,19 @@ PEER_GONE = (OSError, WebSocketDisconnect, RuntimeError, ConnectionError)
 async def serve_member(hub: Hub, websocket: WebSocket, room: Room, member: Member) -> None:
     reader = asyncio.create_task(read_frames(hub, websocket, room, member))
     sender = asyncio.create_task(member.run_sender())
-    kicked = asyncio.create_task(member.wait_kicked())
-    tasks = {reader, sender, kicked}
+    kicked = member.kicked()  # a future: cancelling it below does not touch the member
+    tasks: set[asyncio.Future[None]] = {reader, sender, kicked}
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         member.gone()
         for task in tasks:
             task.cancel()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-    for task, result in zip((reader, sender, kicked), results, strict=True):
+        results = await asyncio.gather(reader, sender, kicked, return_exceptions=True)  # in this order
+    for task, result in zip((reader, sender), results[:2], strict=True):  # the kicked future ends with None
         if not isinstance(result, Exception) or task not in done:
             continue
-        if isinstance(result, PEER_GONE):
-            # The peer vanished mid-send or mid-read: the connection is over, nothing to report.
-            log.info("connection ended", extra={"room": room.name, "conn": member.id, "error": repr(result)})
-        else:  # a bug on our side: loud, with its traceback
-            log.error(
-                "connection task failed",
-                exc_info=result,
-                extra={"room": room.name, "conn": member.id, "task": task.get_name()},
-            )
+        report_task_failure(room, member, task, result)
     # Leave before closing: a kicked client that stopped reading may hold the close for a while,
     # and the others must not see its presence meanwhile.
     hub.registry.leave(room, member)
@@ -191,6 +216,19 @@ async def serve_member(hub: Hub, websocket: WebSocket, room: Room, member: Membe
                 extra={"room": room.name, "conn": member.id, "reason": member.close_reason},
             )
         await close_quietly(member, websocket)
+
+
+def report_task_failure(room: Room, member: Member, task: asyncio.Task[Any], error: BaseException) -> None:
+    """A connection task that ended with ``error``: a vanished peer (mid-send or mid-read) ends the
+    connection with nothing to report; anything else is a bug on our side, logged with its traceback."""
+    if isinstance(error, PEER_GONE):
+        log.info("connection ended", extra={"room": room.name, "conn": member.id, "error": repr(error)})
+    else:
+        log.error(
+            "connection task failed",
+            exc_info=error,
+            extra={"room": room.name, "conn": member.id, "task": task.get_name()},
+        )
 
 
 async def close_quietly(member: Member, websocket: WebSocket) -> None:

@@ -5,7 +5,7 @@ Run as ``python -m tests.cluster.serve``; settings come from ``PAIRROOM_*`` vari
 It builds the app with ``create_app``, replacing the built-in kernels extension with one whose
 lease timings the tests shorten (see docs/kernels.md, "Across nodes").
 
-- ``PAIRROOM_TEST_LEASE_TTL`` / ``PAIRROOM_TEST_LEASE_RENEW``: the kernel lease (default 10 / 3 s);
+- ``PAIRROOM_TEST_LEASE_TTL`` / ``PAIRROOM_TEST_LEASE_RENEW``: the kernel and terminal leases (default 10 / 3 s);
 - ``PAIRROOM_KERNELS=false``: no kernels (the signaling tests).
 """
 
@@ -21,6 +21,7 @@ import uvloop
 from pairroom.app import create_app
 from pairroom.config import Settings
 from pairroom.kernels.extension import Kernels
+from pairroom.terminal.extension import Terminals
 from pairroom.web import logs
 from pairroom.web.runner import Server, uvicorn_config
 
@@ -38,12 +39,27 @@ def kernels_with_lease(settings: Settings, *, ttl: float, renew: float) -> Kerne
     )
 
 
+def terminals_with_lease(settings: Settings, *, ttl: float, renew: float) -> Terminals:
+    """The built-in terminals extension, clustered, with the same shortened lease timings."""
+    return Terminals(
+        settings.kernel_settings(),
+        enabled=settings.kernels,
+        options=settings.extension_settings("terminals"),
+        clustered=True,
+        lease_timings={"ttl": ttl, "renew_seconds": renew},
+    )
+
+
 def main() -> int:
     settings = Settings.from_env()
     logs.configure(settings.log_level, settings.log_format)
     ttl = float(os.environ.get("PAIRROOM_TEST_LEASE_TTL", "10"))
     renew = float(os.environ.get("PAIRROOM_TEST_LEASE_RENEW", "3"))
-    app = create_app(settings, extensions=[kernels_with_lease(settings, ttl=ttl, renew=renew)])
+    extensions = [
+        kernels_with_lease(settings, ttl=ttl, renew=renew),
+        terminals_with_lease(settings, ttl=ttl, renew=renew),
+    ]
+    app = create_app(settings, extensions=extensions)
     server = Server(uvicorn_config(app, settings))
 
     async def run() -> None:

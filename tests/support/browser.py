@@ -260,10 +260,17 @@ def open_page(browser: sync_api.Browser, web_server: WebServer, request: pytest.
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
     def open_(
-        label: str, path: str, *, name: str | None = None, server: WebServer | None = None, **context_options: object
+        label: str,
+        path: str,
+        *,
+        name: str | None = None,
+        server: WebServer | None = None,
+        refusals_expected: bool = False,
+        **context_options: object,
     ) -> sync_api.Page:
         """A new person: a fresh context at ``path`` (on ``server``, by default ``web_server``).
-        ``name`` is their display name (localStorage)."""
+        ``name`` is their display name (localStorage). ``refusals_expected``: the test sends bad input
+        on purpose, so the browser's own "Failed to load resource: ... 4xx" lines are not errors."""
         options: dict[str, object] = {"viewport": {"width": 1280, "height": 720}}
         options.update(context_options)
         context = browser.new_context(**options)  # type: ignore[arg-type]
@@ -273,9 +280,17 @@ def open_page(browser: sync_api.Browser, web_server: WebServer, request: pytest.
             context.add_init_script(f"if (window === window.top) localStorage.setItem('pairroom:name', {name!r})")
         page = context.new_page()
         errors: list[str] = []
-        page.on(
-            "console", lambda msg: errors.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None
-        )
+
+        def on_console(msg: sync_api.ConsoleMessage) -> None:
+            if msg.type != "error":
+                return
+            if refusals_expected and re.match(
+                r"Failed to load resource: the server responded with a status of 4\d\d", msg.text
+            ):
+                return
+            errors.append(f"console.{msg.type}: {msg.text}")
+
+        page.on("console", on_console)
         page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
         opened.append(OpenedPage(label, page, context, errors))
         page.goto((server or web_server).url(path))

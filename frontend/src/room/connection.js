@@ -1,5 +1,7 @@
 // The connection indicator: connected, connecting, reconnecting, offline, each with "unsynced edits"
 // while local changes have not reached the server, or refused when the server turned the token away.
+// A page opened while the server is out of reach (from the offline shell and the IndexedDB copy) is
+// offline until its first sync.
 
 /**
  * Tracks the provider and the browser's network state and calls ``render({state, label})``.
@@ -14,6 +16,7 @@ export class ConnectionStatus {
     this.everSynced = false
     this.unsynced = false
     this.refused = null
+    this.unreachable = false // this page has not reached the server since it opened (it came from the offline shell)
     doc.on('update', (_update, origin) => {
       if (origin === provider || localOrigins.includes(origin)) return
       if (!provider.wsconnected || !provider.synced) {
@@ -24,6 +27,14 @@ export class ConnectionStatus {
       }
     })
     provider.on('status', () => this.update())
+    for (const failed of ['connection-close', 'connection-error']) {
+      provider.on(failed, () => {
+        if (!this.everSynced && !this.unreachable) {
+          this.unreachable = true
+          this.update()
+        }
+      })
+    }
     provider.on('sync', (synced) => {
       if (synced) {
         this.everSynced = true
@@ -50,7 +61,7 @@ export class ConnectionStatus {
   get state() {
     if (this.refused && !this.provider.wsconnected) return 'refused'
     if (this.provider.wsconnected && this.provider.synced) return 'connected'
-    if (!navigator.onLine) return 'offline'
+    if (!navigator.onLine || (this.unreachable && !this.everSynced)) return 'offline'
     return this.everSynced ? 'reconnecting' : 'connecting'
   }
 
@@ -60,7 +71,7 @@ export class ConnectionStatus {
       connected: 'Connected',
       connecting: 'Connecting…',
       reconnecting: 'Reconnecting…',
-      offline: 'Offline',
+      offline: this.unreachable && navigator.onLine ? 'Offline · the server is out of reach' : 'Offline',
       refused: `Not allowed in: ${this.refused}`,
     }
     let label = labels[state]

@@ -15,6 +15,7 @@ import * as Y from 'yjs'
 import { RangeSet, StateEffect, StateField } from '@codemirror/state'
 import { GutterMarker, gutter } from '@codemirror/view'
 import { h } from '../shared.js'
+import { collapsible } from './side-sections.js'
 import './extensions.css'
 
 const CAPABILITY_NAMES = {
@@ -28,6 +29,7 @@ const CAPABILITY_NAMES = {
 }
 
 const MAX_MARKS = 500 // per extension and file
+const REQUEST_PATH = /^[A-Za-z0-9._~-][A-Za-z0-9._~/-]*(\?[A-Za-z0-9._~%&=+-]*)?$/ // relative, no scheme, no //
 const SEVERITIES = ['info', 'warning', 'error']
 
 // Gutter marks extensions set on a file: {line, message, severity, extension}, one list per open file.
@@ -85,7 +87,7 @@ export function mountExtensions({ room, token, doc, role, name, view, currentPat
   const section = h('section', { id: 'extensions', class: 'panel extensions', 'aria-labelledby': 'extensions-title' },
     h('details', { id: 'extensions-details' },
       h('summary', {}, h('h2', { id: 'extensions-title' }, 'Extensions')),
-      h('p', { class: 'hint trust' }, 'Extensions run inside the server with its full rights. The operator installs them; owners switch them on for a room.'),
+      h('p', { class: 'hint trust' }, 'Extensions run inside the server, with its rights: what each asks for limits the room it is handed, not its code. The operator installs them; owners switch them on for a room.'),
       error, list,
       h('h3', {}, 'In the catalog'), catalogNote, catalogList))
   side.append(panels, section)
@@ -170,12 +172,19 @@ export function mountExtensions({ room, token, doc, role, name, view, currentPat
       return h('li', { class: 'extension', 'data-extension': ext.name, 'data-on': String(state) },
         h('div', { class: 'extension-head' }, h('strong', {}, ext.name), h('span', { class: 'hint' }, ext.version), badge(ext), toggle),
         ext.summary ? h('p', { class: 'hint' }, ext.summary) : null,
-        ext.capabilities.length ? capabilities(ext.capabilities) : null,
+        ext.capabilities.length ? capabilities(ext.capabilities) : h('p', { class: 'hint' }, 'Asks for nothing.'),
+        h('p', { class: 'hint ext-enforced', 'data-restricted': String(Boolean(ext.restricted)) }, ext.restricted
+          ? 'Held to these: the room it is handed refuses anything else. Its Python still runs inside the server.'
+          : 'Handed the room itself: it can do anything the server can.'),
         Object.keys(ext.errors ?? {}).length
           ? h('p', { class: 'error ext-failures' }, `Failed on this server: ${Object.entries(ext.errors).map(([hook, n]) => `${hook} ×${n}`).join(', ')}`)
+          : null,
+        ext.last_error
+          ? h('p', { class: 'error ext-last-error', title: new Date(ext.last_error.at).toLocaleString() }, `Last error (${ext.last_error.hook}): ${ext.last_error.error}`)
           : null)
     }))
     if (!shown.length) list.replaceChildren(h('li', { class: 'hint' }, 'This server runs no third-party extension.'))
+    else if (!owner && shown.some((e) => e.per_room)) list.prepend(h('li', { class: 'hint ext-read-only' }, 'Only an owner of this room can switch these.'))
     const catalog = listing.catalog
     catalogNote.textContent = catalog.source
       ? `${catalog.source} (${catalog.verified_by ?? 'not loaded'})${catalog.errors.length ? ` · ${catalog.errors.join('; ')}` : ''}`
@@ -207,13 +216,29 @@ export function mountExtensions({ room, token, doc, role, name, view, currentPat
       class: 'ext-frame', sandbox: 'allow-scripts', title: `${ext.frontend.title} (extension ${ext.name})`,
       srcdoc: panelDocument(ext, location.origin),
     })
+    const title = h('h2', {}, ext.frontend.title)
+    const head = h('div', { class: 'ext-panel-head' }, title, commands)
     const section = h('section', { class: 'panel ext-panel', 'data-extension': ext.name, 'aria-label': ext.frontend.title },
-      h('div', { class: 'ext-panel-head' }, h('h2', {}, ext.frontend.title), commands), problem, frame)
+      head, problem, frame)
     panels.append(section)
+    collapsible(`ext:${ext.name}`, section, head, title, { label: `the ${ext.frontend.title} panel` })
     const panel = { section, frame, integrity: ext.frontend.integrity }
+    // the extension's own root of the document (`ext.NAME`, written by its server side): sent whole
+    // to the frame when the frame starts and after every change
+    const state = doc.getMap(`ext.${ext.name}`)
+    const sendState = () => frame.contentWindow?.postMessage({ type: 'state', state: state.toJSON() }, '*')
+    let stateQueued = false
+    const stateChanged = () => {
+      if (!section.isConnected) { state.unobserveDeep(stateChanged); return }
+      if (stateQueued) return
+      stateQueued = true
+      queueMicrotask(() => { stateQueued = false; sendState() })
+    }
     frame.addEventListener('load', () => {
       frame.contentWindow?.postMessage({ type: 'init', room, role: role(), name: name(), extension: ext.name }, '*')
+      sendState()
     })
+    state.observeDeep(stateChanged)
     addEventListener('message', function relay(event) {
       if (!section.isConnected) { removeEventListener('message', relay); return }
       if (event.source !== frame.contentWindow) return // only this panel's own frame speaks for it
@@ -224,6 +249,10 @@ export function mountExtensions({ room, token, doc, role, name, view, currentPat
         if (!marks.has(ext.name)) marks.set(ext.name, new Map())
         marks.get(ext.name).set(message.path.slice(0, 255), cleanMarks(message.marks, ext.name))
         showMarks()
+      } else if (message.type === 'height' && Number.isFinite(message.px)) {
+        frame.style.height = `${Math.round(Math.min(Math.max(message.px, 48), 320))}px`
+      } else if (message.type === 'request' && Number.isInteger(message.id)) {
+        relayRequest(ext, message).then((answer) => frame.contentWindow?.postMessage({ type: 'response', id: message.id, ...answer }, '*'))
       } else if (message.type === 'command' && Number.isInteger(message.id)) {
         commands.append(h('button', {
           type: 'button', class: 'small', 'data-command': String(message.id),
@@ -232,6 +261,26 @@ export function mountExtensions({ room, token, doc, role, name, view, currentPat
       }
     })
     return panel
+  }
+
+  /** A frame's request, made for it on its extension's own routes (`/ext/NAME/...`) with this page's
+   * token: the frame never sees the token, and cannot reach any other route. */
+  async function relayRequest(ext, message) {
+    const path = String(message.path ?? '')
+    const method = String(message.method ?? 'GET').toUpperCase()
+    if (!REQUEST_PATH.test(path) || path.includes('..') || path.includes('//') || !['GET', 'POST', 'PUT', 'DELETE'].includes(method)) {
+      return { status: 0, body: { error: `refused: ${method} ${path.slice(0, 80)} (a path under the extension's own routes)` } }
+    }
+    const body = message.body === undefined ? undefined : JSON.stringify(message.body)
+    if (body !== undefined && body.length > 64 * 1024) return { status: 0, body: { error: 'refused: body over 64 KiB' } }
+    try {
+      const response = await fetch(`/ext/${encodeURIComponent(ext.name)}/${path}`, {
+        method, body, headers: { ...headers, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      })
+      return { status: response.status, body: await response.json().catch(() => null) }
+    } catch (failure) {
+      return { status: 0, body: { error: String(failure.message ?? failure) } }
+    }
   }
 
   meta.observeDeep(() => render())
@@ -271,6 +320,11 @@ function panelDocument(ext, origin) {
   const ready = []
   const commands = new Map()
   let nextCommand = 1
+  const stateListeners = []
+  let lastState
+  const pending = new Map()
+  let nextRequest = 1
+  const call = (fn, value) => { try { fn(value) } catch (error) { fail(String(error)) } }
   const send = (message) => parent.postMessage(message, parentOrigin)
   const fail = (why) => {
     const p = document.createElement('p')
@@ -286,6 +340,12 @@ function panelDocument(ext, origin) {
     addCommand(label, run) { const id = nextCommand++; commands.set(id, run); send({ type: 'command', id, label: String(label) }); return id },
     setMarks(path, marks) { send({ type: 'marks', path: String(path), marks: JSON.parse(JSON.stringify(marks ?? [])) }) },
     reportError(message) { fail(String(message)) },
+    setHeight(px) { send({ type: 'height', px: Number(px) + 2 }) },
+    onState(fn) { stateListeners.push(fn); if (lastState !== undefined) call(fn, lastState) },
+    request(path, { method = 'GET', body } = {}) {
+      const id = nextRequest++
+      return new Promise((resolve) => { pending.set(id, resolve); send({ type: 'request', id, path: String(path), method, body }) })
+    },
   }
   addEventListener('message', (event) => {
     if (event.source !== parent) return
@@ -293,6 +353,12 @@ function panelDocument(ext, origin) {
     if (message.type === 'init') {
       Object.assign(window.pairroom, { room: message.room, role: message.role, name: message.name })
       ready.splice(0).forEach((fn) => { try { fn(window.pairroom) } catch (error) { fail(String(error)) } })
+    } else if (message.type === 'state') {
+      lastState = message.state
+      stateListeners.forEach((fn) => call(fn, lastState))
+    } else if (message.type === 'response') {
+      pending.get(message.id)?.({ status: message.status, body: message.body })
+      pending.delete(message.id)
     } else if (message.type === 'run-command') {
       try { commands.get(message.id)?.() } catch (error) { fail(String(error)) }
     }

@@ -1,7 +1,9 @@
 // The source-control panel: what changed since the last commit and who changed it, the co-authors a
 // commit will credit, a message box, Commit, Pull and Push (docs/git.md). The server decides who may
 // do what (the live role, `meta.policy.git`) and answers `canCommit`; this page only shows it.
-// Shown only in rooms opened from a git repository (the document's `meta.git`).
+// Shown only in rooms opened from a git repository (the document's `meta.git`). The log restores or
+// forks the room at a commit (the recording's routes, at the commit's seq); a pull's conflicts
+// (`meta.git.conflicts`) are shown side by side, each settled with Keep room's / Take remote's.
 import './git.css'
 import { StateEffect, StateField } from '@codemirror/state'
 import { EditorView, GutterMarker, gutter } from '@codemirror/view'
@@ -69,7 +71,7 @@ export class GitPanel {
     this.busy = false
     this.timer = null
     this.build(before)
-    this.meta.observeDeep(() => this.metaChanged())
+    this.meta.observeDeep(() => { this.metaChanged(); this.renderConflicts() })
     doc.getMap('files').observeDeep(() => this.soon())
     this.metaChanged()
     /** The test hook, as `window.pairroom.git`. */
@@ -78,7 +80,9 @@ export class GitPanel {
       refresh: () => this.refresh(),
       message: () => this.els.message.value,
       blame: () => (this.view?.state.field(blameField, false) ?? null),
+      conflicts: () => this.conflicts().map(([id]) => id),
     }
+    this.renderConflicts()
   }
 
   build(before) {
@@ -98,12 +102,14 @@ export class GitPanel {
     els.note = el('p', { className: 'hint', id: 'git-note', role: 'status' })
     els.error = el('p', { className: 'error', id: 'git-error', role: 'alert' })
     els.log = el('ol', { className: 'git-log', id: 'git-log', ariaLabel: 'Commits, newest first' })
+    // The merge view: each conflict a pull left (meta.git.conflicts), both versions side by side.
+    els.conflicts = el('div', { className: 'git-conflicts', id: 'git-conflicts', hidden: true })
     const label = el('label', { htmlFor: 'git-message', className: 'visually-hidden', textContent: 'Commit message' })
     els.form = el('form', { className: 'git-form' }, label, els.message,
       el('div', { className: 'git-actions' }, els.commit, els.pull, els.push))
     this.root = el('section', { id: 'source-control', className: 'git-panel', hidden: true },
       el('div', { className: 'git-head' }, el('h2', { id: 'git-title', textContent: 'Source control' }), els.blame, els.refresh),
-      els.branch, els.changes, els.diff, els.empty, els.coauthors, els.form, els.note, els.error, els.log)
+      els.branch, els.conflicts, els.changes, els.diff, els.empty, els.coauthors, els.form, els.note, els.error, els.log)
     this.root.setAttribute('aria-labelledby', 'git-title')
     before.parentNode.insertBefore(this.root, before)
     els.refresh.addEventListener('click', () => this.refresh())
@@ -140,6 +146,7 @@ export class GitPanel {
       const [status, log] = await Promise.all([this.api('GET', 'git/status'), this.api('GET', 'git/log?limit=8')])
       this.status = status
       this.render(status, log.commits)
+      this.renderConflicts()
       this.els.error.textContent = ''
     } catch (error) {
       if (error.status === 503 || error.status === 409) { this.root.hidden = true; return }
@@ -171,9 +178,13 @@ export class GitPanel {
       el('span', { className: 'hint', textContent: [c.author.name, ...c.coauthors.map((x) => x.replace(/ <.*$/, ''))].join(', ') }),
       // the room's files as this commit has them: a restore at the commit's point of the log
       c.seq != null && status.canCommit
-        ? el('button', { type: 'button', className: 'small git-restore', textContent: 'Restore', title: `Make the room's files this commit's again (a new change everyone sees)`, onclick: () => this.restore(c) })
+        ? el('span', { className: 'git-at' },
+          el('button', { type: 'button', className: 'small git-restore', textContent: 'Restore', title: `Make the room's files this commit's again (a new change everyone sees)`, onclick: () => this.restore(c) }),
+          el('button', { type: 'button', className: 'small git-fork', textContent: 'Fork', title: 'A new room whose files are this commit\'s', onclick: () => this.askFork(c) }))
         : null,
     )))
+    for (const [i, c] of commits.entries()) els.log.children[i].dataset.sha = c.sha
+    if (this.forking) this.showFork(this.forking)
   }
 
   async showDiff(path) {
@@ -235,6 +246,87 @@ export class GitPanel {
       this.els.note.textContent = `Restored ${commit.sha.slice(0, 7)}.`
     } catch (error) {
       this.els.error.textContent = `Restore failed: ${error.message}`
+    }
+  }
+
+  /** The inline form under a commit of the log: the new room's name, then Fork. */
+  askFork(commit) {
+    this.forking = this.forking?.sha === commit.sha ? null : commit
+    this.els.log.querySelector('.git-fork-form')?.remove()
+    if (this.forking) this.showFork(commit)
+  }
+
+  showFork(commit) {
+    const item = this.els.log.querySelector(`[data-sha="${commit.sha}"]`)
+    if (!item || item.querySelector('.git-fork-form')) return
+    const room = decodeURIComponent(location.pathname.split('/')[2] ?? 'room')
+    const name = el('input', { id: 'git-fork-name', value: `${room}-${commit.sha.slice(0, 7)}`, maxLength: 200, spellcheck: false })
+    name.setAttribute('aria-label', 'Name of the new room')
+    const form = el('form', { className: 'git-fork-form' }, name,
+      el('button', { type: 'submit', className: 'small', id: 'git-fork-go', textContent: 'Fork here' }),
+      el('button', { type: 'button', className: 'small', textContent: 'Cancel', onclick: () => this.askFork(commit) }))
+    form.addEventListener('submit', (event) => { event.preventDefault(); this.fork(commit, name.value.trim()) })
+    item.append(form)
+    name.focus()
+  }
+
+  async fork(commit, name) {
+    if (!name) return
+    this.els.error.textContent = ''
+    try {
+      const answer = await this.api('POST', 'fork', { room: name, at: commit.seq })
+      this.forking = null
+      this.els.log.querySelector('.git-fork-form')?.remove()
+      const link = el('a', { href: `/r/${encodeURIComponent(answer.room)}`, target: '_blank', rel: 'noopener', textContent: answer.room, title: answer.git?.branch ? `branch ${answer.git.branch}` : '' })
+      // The fork has a repository of its own (answer.git), without this room's push credential.
+      const more = answer.git?.branch
+        ? ' Its own repository (branch shown there); its owners set its push credential.'
+        : answer.git?.error ? ` It has no repository: ${answer.git.error}.` : ''
+      this.els.note.replaceChildren(`Forked ${commit.sha.slice(0, 7)} into `, link, `.${more}`)
+    } catch (error) {
+      this.els.error.textContent = `Fork failed: ${error.message}`
+    }
+  }
+
+  /** meta.git.conflicts as [id, {path, ours, theirs, sha, anchor}], oldest first. */
+  conflicts() {
+    const found = this.meta.get('git')?.get?.('conflicts')
+    if (!found || typeof found.entries !== 'function') return []
+    return [...found.entries()].filter(([, c]) => c && typeof c.path === 'string').sort((a, b) => (a[1].at ?? 0) - (b[1].at ?? 0))
+  }
+
+  renderConflicts() {
+    const list = this.conflicts()
+    const canCommit = this.status?.canCommit ?? false
+    this.els.conflicts.hidden = list.length === 0
+    this.els.conflicts.replaceChildren(...(list.length ? [el('h3', { textContent: `Conflicts from pull (${list.length})` })] : []),
+      ...list.map(([id, c]) => {
+        const side = (title, text, cls) => el('figure', { className: `git-side ${cls}` },
+          el('figcaption', { textContent: title }), el('pre', { textContent: text || '(no lines)' }))
+        const take = (which, label, hint) => el('button', {
+          type: 'button', className: `small git-take-${which}`, textContent: label, title: hint, disabled: !canCommit || this.busy,
+          onclick: () => this.resolve(id, which),
+        })
+        const box = el('article', { className: 'git-conflict', ariaLabel: `Conflict in ${c.path}` },
+          el('div', { className: 'git-conflict-head' },
+            el('code', { textContent: c.path }), el('span', { className: 'hint', textContent: ` pulled ${String(c.sha ?? '').slice(0, 7)}` })),
+          el('div', { className: 'git-sides' },
+            side("Room's version (kept now)", c.ours, 'ours'), side("Remote's version", c.theirs, 'theirs')),
+          el('div', { className: 'git-actions' },
+            take('ours', "Keep room's", 'Keep the lines as the room has them and close the thread'),
+            c.anchor === 'file' ? null : take('theirs', "Take remote's", "Replace the room's lines with the remote's, for everyone")))
+        box.dataset.conflict = id
+        return box
+      }))
+  }
+
+  async resolve(id, take) {
+    this.els.error.textContent = ''
+    try {
+      const answer = await this.api('POST', 'git/resolve', { conflict: id, take })
+      this.els.note.textContent = `${answer.path}: ${take === 'theirs' ? "took the remote's lines" : "kept the room's lines"}.`
+    } catch (error) {
+      this.els.error.textContent = `Resolve failed: ${error.message}`
     }
   }
 

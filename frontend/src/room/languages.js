@@ -36,12 +36,29 @@ export function languageName(path) {
   return names[extension(path)] ?? 'Plain text'
 }
 
-/** Whether the room's kernel runs ``path`` (Python), and if not, why, for the run buttons. */
-export function runnable(path) {
+const NODE = ['js', 'mjs', 'cjs']
+
+/** What ``path`` runs with: ``python`` (the room's kernel), ``javascript`` (node), or null. */
+export function runLanguage(path) {
+  const ext = extension(path ?? '')
+  return ext === 'py' ? 'python' : NODE.includes(ext) ? 'javascript' : null
+}
+
+/**
+ * Whether ``path`` can run, and if not, why, for the run buttons. ``runners`` is the server's answer
+ * to ``GET runners`` (``{javascript: version | null}``), undefined until it is known.
+ */
+export function runnable(path, runners) {
   if (!path) return { ok: false, why: '' }
-  if (extension(path) === 'py') return { ok: true, why: '' }
-  const what = names[extension(path)] ?? 'not a Python file'
-  return { ok: false, why: `${path} is ${what}: the room’s kernel runs Python, so Run works on .py files.` }
+  const lang = runLanguage(path)
+  if (lang === 'python') return { ok: true, why: '', lang }
+  if (lang === 'javascript') {
+    if (runners === undefined) return { ok: false, why: '', lang, unknown: true }
+    if (runners?.javascript) return { ok: true, why: '', lang }
+    return { ok: false, why: `${path} is JavaScript: this server’s sandbox has no node, so only .py files run here.`, lang }
+  }
+  const what = names[extension(path)] ?? 'not a program'
+  return { ok: false, why: `${path} is ${what}: Run works on .py files (the room’s Python kernel) and .js files (node).` }
 }
 
 /** True for files that indent with 4 spaces (PEP 8). */

@@ -13,7 +13,7 @@ import { indentWithTab } from '@codemirror/commands'
 import { h, localIdentity, rememberRoom, roomPath, saveLocalName, savedName, tokenClaims } from '../shared.js'
 import { FileTree, createFile, deleteFile, pathProblem, renameFile } from './files.js'
 import { isPython, languageFor, languageName } from './languages.js'
-import { runKeys } from './run-keys.js'
+import { runKeys, statementFor } from './run-keys.js'
 import { People, visibleLines } from './people.js'
 import { appendChat, postChat, renderChat } from './chat.js'
 import { ConnectionStatus } from './connection.js'
@@ -30,12 +30,31 @@ import { personColor } from './colors.js'
 import { ShareDialog } from './share.js'
 import { ThreadsPanel } from './threads-panel.js'
 import { resizablePanels } from './resize.js'
+import { foldable } from './fold.js'
+import { collapsible } from './side-sections.js'
 import { showRefusal } from './refused.js'
 import { mountCall } from './call-button.js'
 import { mountExtensions } from './extensions.js'
 
 const $ = (id) => document.getElementById(id)
 const ROLES = ['owner', 'editor', 'reviewer', 'viewer']
+const STARTER_PATH = 'main.py'
+
+/**
+ * The offline app shell (public/sw.js): register the service worker, and hand it the chunks this page
+ * loaded before it ran the page (the language of the open file), so a reload without the server has them.
+ */
+function offlineShell() {
+  if (!('serviceWorker' in navigator) || !window.isSecureContext) return
+  navigator.serviceWorker.register('/sw.js').catch((error) => console.warn('offline shell unavailable:', error.message))
+  const send = () => navigator.serviceWorker.ready.then((registration) => {
+    const assets = performance.getEntriesByType('resource').map((e) => new URL(e.name)).filter((u) => u.origin === location.origin && u.pathname.startsWith('/assets/')).map((u) => u.pathname)
+    registration.active?.postMessage({ assets })
+  })
+  send()
+  setTimeout(send, 5000) // chunks loaded on demand (a language, the review thread view) after the first look
+}
+const STARTER = '# main.py: the room’s first file, shared with everyone here.\n# Ctrl+Enter runs it (or the selection); everyone sees the output.\n'
 const ROLE_WORDS = {
   owner: 'an owner: you edit, run code and give people their roles',
   editor: 'an editor: you edit files and run code',
@@ -149,6 +168,7 @@ function startRoom() {
     $('connection').dataset.state = state
     $('connection-text').textContent = label
   })
+  offlineShell()
   new ShareDialog({
     dialog: $('share'), body: $('share-body'), open: $('share-button'), room, token, api: roomApi(room, token),
     role: () => role,
@@ -159,6 +179,12 @@ function startRoom() {
   const language = new Compartment()
   const permissions = new Compartment() // read-only or not: follows the live role
   const permissionsFor = () => [EditorState.readOnly.of(!writesFiles), EditorView.editable.of(!readOnly)]
+  // On a phone-sized window long lines wrap: a review thread under a line is as wide as the text, and
+  // would otherwise run off the screen with it.
+  const wrapping = new Compartment()
+  const narrow = matchMedia('(max-width: 820px)')
+  const wrapFor = () => (narrow.matches ? EditorView.lineWrapping : [])
+  narrow.addEventListener('change', () => view.dispatch({ effects: wrapping.reconfigure(wrapFor()) }))
   const view = new EditorView({ parent: $('editor') })
   let current = null // {path, ytext, undo}
   let runs = null // the output panel, made below
@@ -202,11 +228,12 @@ function startRoom() {
       doc: ytext.toString(),
       extensions: [
         basicSetup,
-        runKeys({ run: (kind) => runs?.run(kind), runCode: (code) => runs?.runCode(code) }, () => Boolean(runs?.canRunHere)),
+        runKeys({ run: (kind) => runs?.run(kind), runCode: (code) => runs?.runCode(code) }, () => Boolean(runs?.canRunHere), path),
         keymap.of([indentWithTab]), // Escape then Tab leaves the editor (CodeMirror's tab focus mode)
         indentUnit.of(isPython(path) ? '    ' : '  '), // PEP 8 for Python
         language.of([]),
         permissions.of(permissionsFor()),
+        wrapping.of(wrapFor()),
         EditorView.contentAttributes.of({ 'aria-label': `${path} (${languageName(path)})` }),
         yCollab(ytext, null, { undoManager: undo }), // sync and shared undo; carets below
         remoteCarets(ytext, awareness),
@@ -302,10 +329,24 @@ function startRoom() {
     event.preventDefault()
     if (!writesFiles) return
     const path = $('new-file-path').value.trim()
+    const starter = files.get(path)
+    if (path === STARTER_PATH && starter instanceof Y.Text && starter.toString() === STARTER) {
+      starter.delete(0, starter.length) // the untouched starter: "create" it empty, in place
+      $('new-file-path').value = ''
+      $('file-error').textContent = ''
+      openFile(path)
+      view.focus()
+      return
+    }
     const problem = problemFor(path)
     $('file-error').textContent = problem ?? ''
     if (problem) return
-    createFile(files, path)
+    doc.transact(() => {
+      // The untouched starter steps aside for the room's first real file: everyone who had it open
+      // follows to the new file (a delete and an add in one transaction reads as a move).
+      if (starter === undefined && files.get(STARTER_PATH)?.toString() === STARTER && files.size === 1) files.delete(STARTER_PATH)
+      createFile(files, path)
+    })
     $('new-file-path').value = ''
     openFile(path)
     view.focus()
@@ -331,11 +372,13 @@ function startRoom() {
     renderTabs()
   })
 
-  // A room created from this browser's lobby starts with one file, once we know the server has none.
+  // An empty room starts with a file, once we know the server has none, so the editor has something to
+  // show (a room whose files were all deleted later stays empty: it has a history).
   provider.once('sync', () => {
-    const key = `pairroom:created:${room}`
-    if (writesFiles && sessionStorage.getItem(key) && files.size === 0) createFile(files, 'main.py')
-    sessionStorage.removeItem(key)
+    sessionStorage.removeItem(`pairroom:created:${room}`)
+    if (writesFiles && files.size === 0 && doc.getMap('runs').size === 0 && doc.getArray('chat').length === 0) {
+      createFile(files, STARTER_PATH, STARTER)
+    }
   })
 
   // Before the first sync the tree shows whatever IndexedDB had (possibly nothing yet).
@@ -438,7 +481,22 @@ function startRoom() {
     })
   }
   const colorOf = (who) => personColor(awareness, who)
-  const showChat = () => renderChat($('chat-log'), chat, colorOf)
+  // The side column's sections fold to their headings (side-sections.js); the chat, folded, says
+  // how many messages came since.
+  let chatSeen = chat.length
+  const chatFold = collapsible('chat', $('chat'), $('chat-title'), $('chat-title'), {
+    label: 'the chat',
+    summary: () => (chat.length > chatSeen ? `${chat.length - chatSeen} new` : ''),
+  })
+  collapsible('people', $('people'), $('people-title'), $('people-title'), { label: 'the people list' })
+  collapsible('threads', $('threads'), $('threads-title'), $('threads-title'), { label: 'the review threads' })
+  $('chat-fold').addEventListener('click', () => { chatSeen = chat.length; chatFold.refresh() })
+  const showChat = () => {
+    renderChat($('chat-log'), chat, colorOf)
+    $('chat-empty').hidden = chat.length > 0
+    if (!chatFold.folded) chatSeen = chat.length
+    chatFold.refresh()
+  }
   chat.observe(showChat)
   awareness.on('change', ({ added, removed }) => { if (added.length || removed.length) showChat() })
   showChat()
@@ -497,6 +555,25 @@ function startRoom() {
     },
   ])
 
+  // The output and the terminal fold to their heads (folded at first), and open when a run starts
+  // or a terminal appears; the Debug panel folds itself (debug.js).
+  const runsMap = doc.getMap('runs')
+  const outputFold = foldable('runs', $('runs'), $('runs-title'), {
+    label: 'Output',
+    summary: () => (runsMap.size ? `${runsMap.size} run${runsMap.size === 1 ? '' : 's'}` : ''),
+  })
+  runsMap.observe((event) => {
+    const started = [...event.changes.keys].some(([id, change]) =>
+      change.action === 'add' && ['queued', 'running'].includes(runsMap.get(id)?.get?.('status')))
+    if (started && provider.synced) outputFold.open()
+    else outputFold.refresh()
+  })
+  for (const type of ['pointerdown', 'keydown']) $('resize-runs').addEventListener(type, () => outputFold.open(true))
+  const terminalFold = foldable('terminals', $('terminals'), $('terminals-title'), { label: 'Terminal' })
+  $('term-new').addEventListener('click', () => terminalFold.open())
+  new MutationObserver(() => { if ($('term-tabs').children.length) terminalFold.open() })
+    .observe($('term-tabs'), { childList: true })
+
   mountCall({ room, token, role: () => role, awareness }) // audio/video: call.js loads on "Join call"
 
   // The live role: an owner's change to this user's entry in `meta.roles` (the server's copy; a
@@ -537,5 +614,7 @@ function startRoom() {
     get readOnly() { return readOnly },
     get currentPath() { return current?.path ?? null },
     openFile,
+    /** The lines Shift+Enter would run around ``line`` of the open file: {from, to} or null. */
+    statementAt: (line) => (current ? statementFor(current.path, view.state.doc, line) : null),
   }
 }

@@ -13,6 +13,8 @@ import { roomApi } from './api.js'
 import { languageFor, languageName } from './languages.js'
 import { remoteCarets } from './remote-carets.js'
 import { swatch } from './colors.js'
+import { replaySide } from './replay-side.js'
+import { replayDebug } from './debug.js'
 
 const TICK_MS = 200 // the clock and scrubber move this often while playing, between the server's statuses
 const REPLAY_CLIENT_ID = 1
@@ -35,6 +37,7 @@ export function startReplay(room, token) {
     doc: null, provider: null, status: null, path: null, bound: null,
     playing: false, scrubbing: false,
     statusAt: 0, voice: null, // when the status arrived; the session's recorded voice (replay-voice.js)
+    casts: [], terminals: null, seekAt: null, // the session's terminals (replay-terminal.js); the last seek's time
   }
 
   const fail = (message) => { $('replay-error').textContent = message }
@@ -78,18 +81,25 @@ export function startReplay(room, token) {
     state.session = state.sessions.find((s) => s.id === id) ?? null
     if (!state.session) return
     fail('')
-    try {
-      state.timeline = await api('GET', `timeline?session=${encodeURIComponent(id)}`)
-    } catch (error) {
-      fail(`No timeline: ${error.message}`)
+    const [timeline, casts] = await Promise.allSettled([
+      api('GET', `timeline?session=${encodeURIComponent(id)}`),
+      api('GET', `casts?session=${encodeURIComponent(id)}`),
+    ])
+    if (timeline.status === 'fulfilled') state.timeline = timeline.value
+    else {
+      fail(`No timeline: ${timeline.reason.message}`)
       state.timeline = { marks: [] }
     }
+    state.casts = casts.status === 'fulfilled' ? casts.value.casts : []
     state.t0 = Date.parse(state.timeline.start ?? state.session.start)
     const ends = [state.timeline.end ?? state.session.end, ...state.timeline.marks.map((m) => m.at)].filter(Boolean).map(Date.parse)
     // A recorded voice is marked where it starts: the scrubber reaches to where it ends.
     const voiceEnds = state.timeline.marks.filter((m) => m.kind === 'audio' && m.at).map((m) => Date.parse(m.at) + 1000 * (Number(m.duration_seconds) || 0))
-    state.t1 = Math.max(state.t0 + 1, ...ends, ...voiceEnds)
+    // A terminal may print on after the last edit: the scrubber reaches to its last output too.
+    const castEnds = state.casts.map((c) => c.end * 1000).filter((end) => end >= state.t0)
+    state.t1 = Math.max(state.t0 + 1, ...ends, ...voiceEnds, ...castEnds)
     loadVoice(id).catch((error) => fail(`No recorded voice: ${error.message}`))
+    loadTerminals(id).catch((error) => fail(`No recorded terminal: ${error.message}`))
     const scrubber = $('replay-scrubber')
     scrubber.max = String(state.t1 - state.t0)
     scrubber.value = '0'
@@ -105,15 +115,22 @@ export function startReplay(room, token) {
       const who = m.name || m.user || ''
       return h('span', {
         class: `replay-mark mark-${m.kind}`, style: { left: `${left}%` },
-        title: `${m.kind}${who ? ': ' + who : ''} at ${timeFormat.format(new Date(m.at))}`,
+        title: `${markLabel(m, who)} at ${timeFormat.format(new Date(m.at))}`,
       })
     }))
   }
 
+  /** What a mark says on hover: a terminal's marks say who ran what ("Ada ran `ls`"). */
+  function markLabel(m, who) {
+    if (m.kind === 'terminal' && m.event === 'command') return `${who || 'someone'} ran \`${m.line}\` in ${m.terminalName}`
+    if (m.kind === 'terminal') return `${m.terminalName}: ${m.event}${who ? ' by ' + who : ''}`
+    return `${m.kind}${who ? ': ' + who : ''}`
+  }
+
   // -- the replay connection ------------------------------------------------------------------------
 
-  /** A fresh document and socket, from ``from`` (a seq; null: the session's start). */
-  function connect(from) {
+  /** A fresh document and socket, from ``from`` (a seq; null: the session's start), its clock at ``at``. */
+  function connect(from, at = null) {
     state.provider?.destroy()
     state.doc?.destroy()
     state.status = null
@@ -121,6 +138,7 @@ export function startReplay(room, token) {
     const doc = state.doc = new Y.Doc()
     const params = { session: state.session.id, speed: $('replay-speed').value }
     if (from != null) params.from = String(from)
+    if (at) params.at = at
     if (token) params.token = token
     const provider = state.provider = new WebsocketProvider(wsBase, encodeURIComponent(room), doc, { params })
     provider.awareness.setLocalState(null) // a replay publishes nothing (the server would drop it anyway)
@@ -131,7 +149,11 @@ export function startReplay(room, token) {
     })
     provider.on('closed', ({ code, reason }) => {
       const seek = code === 4410 && /seek from=(\d+)/.exec(reason)
-      if (seek) connect(Number(seek[1]))
+      if (seek) {
+        // Reconnected from the seq, its clock at the moment asked for: editor, clock and terminals
+        // stand at that instant from the first status on.
+        connect(Number(seek[1]), state.seekAt)
+      }
       else fail(`The replay stopped: ${reason || `closed (${code})`}`)
     })
     provider.awareness.on('change', () => {
@@ -144,6 +166,9 @@ export function startReplay(room, token) {
       renderPeople()
     })
     doc.getMap('files').observe(() => renderFiles())
+    replaySide(doc, provider.awareness) // the chat and the runs as they were (replay-side.js)
+    state.debugView?.()
+    state.debugView = replayDebug(doc, $('replay-people-empty').parentNode) // where execution stopped then
     renderFiles()
     render()
   }
@@ -179,6 +204,24 @@ export function startReplay(room, token) {
     state.voice = new ReplayVoice($('replay-voice-slot'), marks, { room, token, nameOf, position })
   }
 
+  // -- the recorded terminals ------------------------------------------------------------------------------
+
+  async function loadTerminals(id) {
+    state.terminals?.destroy()
+    state.terminals = null
+    if (!state.casts.length) return
+    const { ReplayTerminals } = await import('./replay-terminal.js')
+    if (state.session?.id !== id || state.terminals) return // another session was picked meanwhile
+    const query = new URLSearchParams({ session: id })
+    const fetchCast = async (terminal) => {
+      const response = await fetch(`/api/rooms/${encodeURIComponent(room)}/casts/${encodeURIComponent(terminal)}?${query}`,
+        { headers: token ? { authorization: `Bearer ${token}` } : {} })
+      if (!response.ok) throw new Error((await response.json().catch(() => null))?.error || `HTTP ${response.status}`)
+      return response.text()
+    }
+    state.terminals = new ReplayTerminals($('replay-terminals'), state.casts, { fetchCast, position })
+  }
+
   // -- controls --------------------------------------------------------------------------------------
 
   $('replay-session').addEventListener('change', (event) => pickSession(event.target.value))
@@ -201,6 +244,7 @@ export function startReplay(room, token) {
   scrubber.addEventListener('change', () => {
     state.scrubbing = false
     const at = new Date(state.t0 + Number(scrubber.value)).toISOString()
+    state.seekAt = at
     // Forward: the server skips ahead. Backward: it closes with 4410 and we reconnect from there.
     send({ type: 'seek', at })
   })
@@ -280,7 +324,10 @@ export function startReplay(room, token) {
   window.pairroom = {
     view,
     get replay() {
-      return { doc: state.doc, provider: state.provider, status: state.status, path: state.path, session: state.session, voice: state.voice?.snapshot() ?? null }
+      return {
+        doc: state.doc, provider: state.provider, status: state.status, path: state.path, session: state.session,
+        voice: state.voice?.snapshot() ?? null, terminal: state.terminals?.snapshot() ?? null, position: position(),
+      }
     },
   }
 }

@@ -2,20 +2,15 @@
 // a separator (drag it, or focus it and use the arrow keys); sizes are kept in this browser for every
 // room (`localStorage` key `pairroom:layout`).
 
+import { keep, readKept } from './kept.js'
+
 const KEY = 'pairroom:layout'
 const STEP = 24 // px per arrow key
 
-function load() {
-  try {
-    const saved = JSON.parse(localStorage.getItem(KEY) || '{}')
-    return saved && typeof saved === 'object' ? saved : {}
-  } catch {
-    return {}
-  }
-}
+const load = () => readKept(KEY)
 
 function save(sizes) {
-  try { localStorage.setItem(KEY, JSON.stringify(sizes)) } catch { /* storage off: this page only */ }
+  keep(KEY, sizes)
 }
 
 /**

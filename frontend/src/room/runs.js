@@ -75,7 +75,44 @@ export function renderOutputs(outputs) {
   return nodes
 }
 
-function runView(id, run) {
+/** This tab's key for its runs: the server puts their ``input()`` to the page that sent it. It lives in
+ * sessionStorage, so a reload of the tab can still answer a prompt that waits. */
+function tabKey() {
+  let key = sessionStorage.getItem('pairroom:tab')
+  if (!key) {
+    key = Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, '0')).join('')
+    sessionStorage.setItem('pairroom:tab', key)
+  }
+  return key
+}
+
+/** A run waiting in ``input()``: a field for the page that ran it, a note for everyone else. */
+function inputView(id, ask, mine, answer) {
+  const prompt = String(ask.prompt ?? '')
+  if (!mine) return h('p', { class: 'run-input waiting', role: 'status' }, `Waiting for input from the person who ran it${prompt ? `: ${prompt.trim()}` : ''}`)
+  const field = h('input', {
+    class: 'run-input-field', type: ask.password ? 'password' : 'text', autocomplete: 'off',
+    'aria-label': prompt.trim() ? `Answer: ${prompt.trim()}` : 'Answer the input() of this run',
+  })
+  const error = h('span', { class: 'error run-input-error', role: 'alert' })
+  const form = h('form', { class: 'run-input row', 'data-ask': JSON.stringify(ask) },
+    h('span', { class: 'run-input-prompt' }, prompt || 'input()'), field,
+    h('button', { type: 'submit', class: 'small primary' }, 'Send'), error)
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault()
+    form.querySelector('button').disabled = true
+    try {
+      await answer(id, field.value)
+    } catch (e) {
+      error.textContent = e.message
+      form.querySelector('button').disabled = false
+    }
+  })
+  requestAnimationFrame(() => field.isConnected && field.focus())
+  return form
+}
+
+function runView(id, run, tab, answer) {
   const status = String(run.get('status') ?? 'queued')
   const path = run.get('path')
   const code = String(run.get('code') ?? '')
@@ -83,13 +120,15 @@ function runView(id, run) {
   const list = outputs instanceof Y.Array ? outputs.toArray() : []
   const firstLine = code.split('\n').find((line) => line.trim()) ?? ''
   const title = path ? `Run of ${path}` : `Selection: ${firstLine.trim().slice(0, 60) || '(empty)'}`
+  const ask = run.get('input')
   return h('li', { class: 'run', 'data-run': id, 'data-status': status },
     h('div', { class: 'run-head' },
       h('span', { class: 'run-order hint' }, `#${run.get('order') ?? '?'}`),
       h('span', { class: 'run-title' }, title),
       h('span', { class: `run-status status-${status}` }, STATUS_LABELS[status] ?? status)),
     h('details', { class: 'run-code' }, h('summary', {}, 'Code'), h('pre', {}, code)),
-    h('div', { class: 'run-outputs' }, renderOutputs(list)))
+    h('div', { class: 'run-outputs' }, renderOutputs(list)),
+    ask && typeof ask === 'object' && ['running', 'queued'].includes(status) ? inputView(id, ask, run.get('client') === tab, answer) : null)
 }
 
 /**
@@ -108,6 +147,8 @@ export class RunPanel {
     this.busy = false
     this.$ = (id) => document.getElementById(id)
     this.scheduled = false
+    this.tab = tabKey()
+    this.answer = (id, value) => this.api('POST', `runs/${encodeURIComponent(id)}/input`, { value, client: this.tab })
 
     this.$('run-file').addEventListener('click', () => this.run('file'))
     this.$('run-selection').addEventListener('click', () => this.run('selection'))
@@ -160,22 +201,35 @@ export class RunPanel {
     this.renderControls()
   }
 
+  /** What the open file runs with, asking the server once which interpreters it has (node?). */
+  kind(path) {
+    const kind = runnable(path, this.runners)
+    if (kind.unknown && !this.asking) {
+      this.asking = this.api('GET', 'runners')
+        .then((answer) => { this.runners = answer })
+        .catch(() => { this.runners = null })
+        .finally(() => this.renderControls())
+    }
+    return kind
+  }
+
   /** May this page run the open file's code now? (The keys ask too; the server decides.) */
   get canRunHere() {
-    return !this.whyNot() && runnable(this.current().path).ok
+    return !this.whyNot() && this.kind(this.current().path).ok
   }
 
   async run(kind) {
     const { path, selection } = this.current()
     if (kind === 'selection') return this.runCode(selection)
-    if (!path || !runnable(path).ok) return
-    await this.request(() => this.api('POST', 'runs', { path }))
+    if (!path || !this.kind(path).ok) return
+    await this.request(() => this.api('POST', 'runs', { path, client: this.tab }))
   }
 
-  /** Run ``code`` (a selection, or the statement Shift+Enter picked) of the open file. */
+  /** Run ``code`` (a selection, or the statement Shift+Enter picked) of the open file, in its language. */
   async runCode(code) {
-    if (!code || !runnable(this.current().path).ok) return
-    await this.request(() => this.api('POST', 'runs', { code }))
+    const kind = this.kind(this.current().path)
+    if (!code || !kind.ok) return
+    await this.request(() => this.api('POST', 'runs', { code, client: this.tab, language: kind.lang }))
   }
 
   async control(what) {
@@ -204,11 +258,12 @@ export class RunPanel {
     const status = kernel instanceof Y.Map ? kernel.get('status') : null
     const active = [...this.runs.values()].some((r) => r instanceof Y.Map && ['queued', 'running'].includes(r.get('status')))
     this.$('run-controls').hidden = this.role === 'viewer' || this.role === 'reviewer' || !this.mayRun
-    const kind = runnable(path)
+    const kind = this.kind(path)
     const note = why || kind.why
     this.$('run-note').textContent = note
     this.$('run-note').hidden = !note
     const disabled = Boolean(this.off) || this.busy || (Boolean(path) && !kind.ok)
+    this.$('run-file').title = kind.ok && kind.lang === 'javascript' ? `Runs with node ${this.runners.javascript} (Ctrl+Enter)` : note || 'Ctrl+Enter (with nothing selected)' 
     this.$('run-file').disabled = disabled || !path
     this.$('run-selection').disabled = disabled || !selection
     this.$('run-selection').title = selection ? 'Ctrl+Enter' : 'Select code in the editor first (Shift+Enter runs the current line or statement)'
@@ -225,19 +280,25 @@ export class RunPanel {
       .sort(([, a], [, b]) => (Number(a.get('order')) || 0) - (Number(b.get('order')) || 0))
     const list = this.$('run-list')
     const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40
+    const typing = document.activeElement?.closest?.('form.run-input') ? document.activeElement : null
     const hidden = Math.max(0, entries.length - SHOWN_RUNS)
     list.replaceChildren(
       ...(hidden ? [h('li', { class: 'hint' }, `${hidden} earlier run${hidden === 1 ? '' : 's'} not shown`)] : []),
       ...entries.slice(hidden).map(([id, run]) => {
         const old = this.views.get(id)
         if (old && !this.dirty.has(id)) return old
-        const view = runView(id, run)
+        const view = runView(id, run, this.tab, this.answer)
         if (old?.querySelector('details')?.open) view.querySelector('details').open = true
+        // the same input() still waits: keep the field the person may be typing in, not a fresh one
+        const asked = old?.querySelector('form.run-input')
+        const asking = view.querySelector('form.run-input')
+        if (asked && asking && asked.dataset.ask === asking.dataset.ask) asking.replaceWith(asked)
         this.views.set(id, view)
         return view
       }),
     )
     this.dirty.clear()
+    if (typing?.isConnected && document.activeElement !== typing) typing.focus()
     for (const id of this.views.keys()) if (!this.runs.has(id)) this.views.delete(id)
     this.$('runs-empty').hidden = entries.length > 0
     if (nearBottom) list.scrollTop = list.scrollHeight

@@ -1,5 +1,5 @@
 // The terminal panel: the room's shared terminals as tabs, one open at a time, drawn by xterm.js.
-// The server owns the shells and decides who types (docs/terminal.md): this page only shows it.
+// The server owns the shells and decides who types (docs/terminals.md): this page only shows it.
 // xterm.js is a chunk of its own, loaded when the first terminal opens.
 
 const $ = (id) => document.getElementById(id)
@@ -50,7 +50,7 @@ export class TerminalPanel {
       this.error(`Terminals: ${error.message}`)
     }
     this.renderTabs()
-    if (!this.current && this.terminals.length) this.open(this.terminals[0].id)
+    if (!this.current && !this.opening && this.terminals.length) this.open(this.terminals[0].id)
   }
 
   renderTabs() {
@@ -62,7 +62,7 @@ export class TerminalPanel {
       tab.className = 'term-tab small'
       tab.dataset.id = t.id
       tab.setAttribute('aria-selected', String(this.current?.id === t.id))
-      tab.textContent = t.status === 'running' ? t.name : `${t.name} (exited)`
+      tab.textContent = t.status === 'running' ? t.name : `${t.name} (${t.status === 'ended' ? 'ended' : 'exited'})`
       tab.addEventListener('click', () => this.open(t.id))
       return tab
     }))
@@ -80,10 +80,18 @@ export class TerminalPanel {
   }
 
   async restart() {
-    if (!this.current) return
+    const current = this.current
+    if (!current) return
     try {
-      await this.api('POST', `terminals/${encodeURIComponent(this.current.id)}/restart`)
+      await this.api('POST', `terminals/${encodeURIComponent(current.id)}/restart`)
       $('term-restart').hidden = true
+      if (current.lost && this.current === current) {
+        // it ended with its server and was started again elsewhere: watch the new shell
+        this.close()
+        await this.open(current.id)
+        this.notice('The shell was started again on a running server.')
+        await this.refresh()
+      }
     } catch (error) {
       this.error(error.message)
     }
@@ -92,8 +100,12 @@ export class TerminalPanel {
   async open(id) {
     if (this.current?.id === id) return
     this.close()
+    // the modules load asynchronously: a later open() (a click, the periodic refresh) wins
+    const opening = (this.opening = {})
     const [{ Terminal }, { FitAddon }] = await Promise.all([import('@xterm/xterm'), import('@xterm/addon-fit')])
     await import('@xterm/xterm/css/xterm.css')
+    if (this.opening !== opening) return
+    this.opening = null
     const term = new Terminal({ convertEol: false, scrollback: 2000, disableStdin: true, fontSize: 13 })
     const fit = new FitAddon()
     term.loadAddon(fit)
@@ -109,11 +121,21 @@ export class TerminalPanel {
     ws.addEventListener('message', (event) => this.receive(current, JSON.parse(event.data)))
     ws.addEventListener('close', (event) => {
       if (this.current !== current) return
+      // a terminal whose server stopped stays selected, so that it can be restarted
+      if (event.code === 4404 && this.terminals.find((t) => t.id === id)?.status === 'ended') current.lost = true
+      if (current.lost) {
+        if (event.code === 4404) this.notice('This terminal ended with its server.')
+        $('term-restart').hidden = !this.mayStart
+        this.refresh()
+        return
+      }
       this.notice(event.code === 1000 ? 'This terminal ended.' : `Disconnected: ${event.reason || event.code}`)
       if (event.code === 1000) { this.current = null; this.refresh() }
     })
     $('term-commands').replaceChildren()
     $('term-proposals').replaceChildren()
+    $('term-people').replaceChildren()
+    $('term-people').hidden = true
     this.renderTabs()
   }
 
@@ -148,6 +170,7 @@ export class TerminalPanel {
       if (!setup.can_write || smallest) term.resize(setup.cols, setup.rows)
       if (!current.commandsShown) { setup.commands.forEach((c) => this.command(c)); current.commandsShown = true }
       setup.proposals.forEach((p) => this.proposal(current, p))
+      this.people(setup)
     } else if (kind === 'snapshot') {
       term.reset()
       term.write(args[0])
@@ -163,7 +186,9 @@ export class TerminalPanel {
     } else if (kind === 'proposal') {
       this.proposal(current, args[0])
     } else if (kind === 'exit') {
-      this.notice(`The shell exited with code ${args[0]}.`)
+      // null: the server running the terminal stopped, so no exit code was seen
+      if (args[0] === null) current.lost = true
+      this.notice(args[0] === null ? 'The terminal ended with its server.' : `The shell exited with code ${args[0]}.`)
       $('term-restart').hidden = !this.mayStart
     }
   }
@@ -211,6 +236,36 @@ export class TerminalPanel {
       }
     }
     list.append(item)
+  }
+
+  /** Owners: who is at this terminal, and a button to let each type or stop them (live). */
+  people(setup) {
+    const list = $('term-people')
+    const watchers = setup.role === 'owner' ? (setup.watchers ?? []) : []
+    list.hidden = watchers.length === 0
+    list.replaceChildren(...watchers.map((w) => {
+      const item = document.createElement('li')
+      item.dataset.user = w.id
+      item.append(`${w.name} · ${w.can_write ? 'may type' : 'watching'} `)
+      const button = document.createElement('button')
+      button.type = 'button'
+      button.className = 'small'
+      button.textContent = w.can_write ? 'Stop typing' : 'Let type'
+      button.setAttribute('aria-label', w.can_write ? `Stop ${w.name} typing` : `Let ${w.name} type`)
+      button.addEventListener('click', () => this.grant(w.id, !w.can_write))
+      item.append(button)
+      return item
+    }))
+  }
+
+  async grant(user, write) {
+    const current = this.current
+    if (!current) return
+    try {
+      await this.api('POST', `terminals/${encodeURIComponent(current.id)}/writers`, { user, write })
+    } catch (error) {
+      this.error(`Typing rights: ${error.message}`)
+    }
   }
 
   lines() {

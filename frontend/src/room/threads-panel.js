@@ -92,7 +92,8 @@ export class ThreadsPanel {
   item({ id, status, messages, place, path }) {
     const first = messages.find((m) => m && typeof m.text === 'string')
     const where = place ? `${path}:${place.line}` : path
-    const code = place?.code ?? this.code.get(id) ?? null
+    const raw = place?.code ?? this.code.get(id) ?? null
+    const code = raw?.trim() ? raw : null // a thread on a blank line shows no empty code box
     const replies = Math.max(0, messages.length - 1)
     const head = status === 'outdated'
       ? h('span', { class: 'thread-where' }, where)

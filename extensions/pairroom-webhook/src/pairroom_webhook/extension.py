@@ -30,7 +30,7 @@ import httpx
 from prometheus_client import Counter, Gauge
 from pycrdt import Map
 
-from pairroom.extensions import Change, Extension, KernelOrigin, PeerOrigin
+from pairroom.extensions import Change, Extension, KernelOrigin, PeerOrigin, ReadOnlyMap
 
 from .signing import HEADER, sign
 
@@ -245,7 +245,8 @@ class Webhook(Extension):
             if (name, run_id) in self._reported_runs:
                 continue
             run = room.doc.get("runs", type=Map).get(run_id)
-            if not isinstance(run, Map) or run.get("status") not in FINISHED:
+            # without doc.write the room is a read-only handle: its maps are ReadOnlyMap
+            if not isinstance(run, (Map, ReadOnlyMap)) or run.get("status") not in FINISHED:
                 continue
             self._reported_runs[(name, run_id)] = None
             while len(self._reported_runs) > 10_000:

@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""The idle process and a room's first run, on a real ``pairroom serve`` (default settings).
+
+    .venv/bin/python bench/idle.py [--starts 3] [--runs 3] [--source DIR] [--json FILE]
+
+- **idle RSS**: ``VmRSS`` of the server process (kernels are other processes) ``--settle`` seconds
+  after it logs "listening", with nobody connected; median of ``--starts`` starts, with its thread
+  count and child processes (started kernels).
+- **first run**: a member joins a fresh room (a websocket to ``/yjs/ROOM``), waits ``--after``
+  seconds (0 and 3 by default: running at once, and after a few seconds as people do), posts
+  ``print(1)`` and polls the run until its output is there; seconds from the POST to the output,
+  each case in a fresh server (``--runs`` times, median). The server's RSS after the run is
+  reported too.
+
+``--source DIR`` runs the server from another copy of the package (e.g. ``git archive`` of an older
+commit) with this checkout's virtualenv and kernel environment, for a before/after in one sitting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run  # bench/run.py: its /proc sampling
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def status(pid: int) -> dict[str, Any]:
+    found = run.proc_sample(pid)
+    if found is None:
+        raise RuntimeError(f"the server (pid {pid}) is gone")
+    return found
+
+
+def children(pid: int) -> int:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return len(found)
+
+
+class Server:
+    """``pairroom serve`` on a free port with a fresh SQLite database."""
+
+    def __init__(self, source: Path | None, extra: list[str]) -> None:
+        self.dir = tempfile.mkdtemp(prefix="pairroom-idle-")
+        env = dict(os.environ, PAIRROOM_KERNEL_VENV=str(ROOT / ".cache" / "kernel-venv"))
+        if source is not None:
+            env["PYTHONPATH"] = str(source)
+        command = [sys.executable, "-m", "pairroom.cli", "serve", "--port", "0", "--db", f"sqlite:///{self.dir}/x.db"]
+        self.process = subprocess.Popen(
+            [*command, "--log-format", "json", *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=self.dir,
+        )
+        assert self.process.stdout is not None
+        started = time.monotonic()
+        for line in self.process.stdout:
+            if '"listening"' in line:
+                self.port = int(json.loads(line)["port"])
+                break
+        else:
+            raise RuntimeError("the server exited before listening")
+        self.ready_seconds = time.monotonic() - started
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def idle(source: Path | None, starts: int, settle: float, extra: list[str]) -> dict[str, Any]:
+    rows = []
+    for _ in range(starts):
+        server = Server(source, extra)
+        time.sleep(settle)
+        now = status(server.process.pid)
+        rows.append({"rss_mib": now["rss_mib"], "threads": now["threads"], "children": children(server.process.pid)})
+        server.stop()
+    return {
+        "rss_mib": statistics.median(r["rss_mib"] for r in rows),
+        "threads": rows[0]["threads"],
+        "children": rows[0]["children"],
+        "all_rss_mib": [round(r["rss_mib"], 1) for r in rows],
+    }
+
+
+async def first_run(port: int, after: float) -> float:
+    room = f"idle-{uuid.uuid4().hex[:8]}"
+    async with (
+        websockets.connect(f"ws://127.0.0.1:{port}/yjs/{room}"),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http,
+    ):
+        await asyncio.sleep(after)
+        started = time.perf_counter()
+        response = await http.post(f"/api/rooms/{room}/runs", json={"code": "print(1)"})
+        assert response.status_code == 201, response.text
+        run_id = response.json()["id"]
+        while True:
+            run = (await http.get(f"/api/rooms/{room}/runs/{run_id}")).json()
+            if run.get("outputs"):
+                assert run["outputs"][0].get("text") == "1\n", run
+                return time.perf_counter() - started
+            if run["status"] not in ("queued", "running"):
+                raise AssertionError(f"run ended without output: {run}")
+            if time.perf_counter() - started > 60:
+                raise TimeoutError(run)
+            await asyncio.sleep(0.005)
+
+
+def first_runs(source: Path | None, runs: int, settle: float, after: float, extra: list[str]) -> dict[str, Any]:
+    seconds, rss = [], []
+    for _ in range(runs):
+        server = Server(source, extra)
+        time.sleep(settle)
+        seconds.append(asyncio.run(first_run(server.port, after)))
+        rss.append(status(server.process.pid)["rss_mib"])
+        server.stop()
+    return {
+        "after_join_s": after,
+        "first_output_ms": round(statistics.median(seconds) * 1000, 1),
+        "all_ms": [round(s * 1000, 1) for s in seconds],
+        "rss_after_run_mib": round(statistics.median(rss), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--settle", type=float, default=8.0, help="seconds after listening before measuring")
+    parser.add_argument("--after", type=float, action="append", help="seconds between join and run (0 and 3)")
+    parser.add_argument("--source", type=Path, help="run the server from this copy of the package")
+    parser.add_argument("--no-runs", action="store_true", help="idle RSS only")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("extra", nargs="*", help="more `pairroom serve` arguments (after --)")
+    args = parser.parse_args()
+    load = os.getloadavg()
+    result: dict[str, Any] = {"load_average": [round(x, 2) for x in load], "source": str(args.source or ROOT)}
+    result["idle"] = idle(args.source, args.starts, args.settle, args.extra)
+    print(f"idle: {json.dumps(result['idle'])}", flush=True)
+    if not args.no_runs:
+        result["first_run"] = []
+        for after in args.after or [0.0, 3.0]:
+            row = first_runs(args.source, args.runs, args.settle, after, args.extra)
+            result["first_run"].append(row)
+            print(f"first run: {json.dumps(row)}", flush=True)
+    result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
