@@ -555,6 +555,9 @@ def test_panels_resize_by_mouse_and_keyboard_and_keep_their_size(open_page: Open
     height = lambda sel: ada.evaluate(f"() => document.querySelector('{sel}').getBoundingClientRect().height")
 
     def drag(handle: str, dx: float, dy: float) -> None:
+        # hover waits until the handle is still and is what the pointer hits at its centre: the
+        # layout may still settle from the previous drag (run buttons wrapping in a narrower centre)
+        ada.locator(handle).hover()
         box = ada.locator(handle).bounding_box()
         assert box is not None
         x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2

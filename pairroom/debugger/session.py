@@ -151,6 +151,7 @@ class DebugSession:
         self._pause_timer: asyncio.TimerHandle | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._sync_again = False
+        self._moves = 0  # how often the program moved on from a stop: a stop fetched before a move is stale
         self._sent_sources: set[str] = set()
         self._ended = asyncio.Event()
         self.output: Callable[[dict[str, Any]], None] | None = None
@@ -333,7 +334,10 @@ class DebugSession:
         self.output({"output_type": "stream", "name": name, "text": clip(text, MAX_LOG)})
 
     async def _stopped(self, reason: str, thread: int | None) -> None:
-        """Fetch the stop once (stack, top frame's scopes and variables) and publish it for all."""
+        """Fetch the stop once (stack, top frame's scopes and variables) and publish it for all.
+        A move made while this was fetched (a continue from the stop another fetch published) makes
+        it stale: publishing it would show a stop the program has already left."""
+        moves = self._moves
         if thread is None:
             threads = await self.request("threads")
             listed = (threads.get("body") or {}).get("threads") or []
@@ -357,7 +361,7 @@ class DebugSession:
                         "line": int(frame.get("line") or 0),
                     }
                 )
-        if not frames and reason != "pause":
+        if not frames and reason not in ("pause", "step refused"):
             # Stepped out of the room's code, into the cell that ran the file: go on to the end.
             await self.request("continue", {"threadId": thread})
             return
@@ -376,7 +380,7 @@ class DebugSession:
                 return
         top = frames[0]
         scopes = await self._scopes(top["id"])
-        if self.state == "ended":  # stopped while the stop was being fetched: nothing to show
+        if self.state == "ended" or self._moves != moves:  # left while it was fetched: nothing to show
             return
         self.stop_id = secrets.token_urlsafe(6)
         self.frames = frames
@@ -423,6 +427,7 @@ class DebugSession:
         return None
 
     def _moved_on(self) -> None:
+        self._moves += 1
         self.state = "running"
         self.stop_id = None
         self.frames = []
@@ -447,7 +452,17 @@ class DebugSession:
         # Accepted, not awaited: the program's next stop (or end) arrives as events for everyone.
         # (ipykernel 7.4 now and then sent no reply to a ``continue`` whose program then ran to its
         # end, which held the HTTP answer for the request's full timeout.)
-        self.spawn(self.request(command, {"threadId": thread}), f"debug-{command}-{self.room.name}")
+        self.spawn(self._step(command, thread), f"debug-{command}-{self.room.name}")
+
+    async def _step(self, command: str, thread: int | None) -> None:
+        """Send a step; if the debugger refuses it, the program is still where it was: fetch that
+        stop again (a new stop id), so everyone sees it and can step from it once more."""
+        try:
+            await self.request(command, {"threadId": thread})
+        except SessionError as exc:
+            log.warning("debug step refused", extra={"room": self.room.name, "step": command, "error": exc.reason})
+            if exc.status == 502 and self.state == "running":  # refused, not unanswered
+                await self._stopped("step refused", thread)
 
     async def pause(self, thread: int | None) -> None:
         """DAP ``pause`` of the kernel's main thread (or ``thread``).
