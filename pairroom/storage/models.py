@@ -15,13 +15,29 @@ from sqlalchemy.types import TypeDecorator
 
 from pairroom.storage.store import ORIGIN_MAX_LENGTH, ROOM_MAX_LENGTH, UID_MAX_LENGTH
 
-__all__ = ["ORIGIN_MAX_LENGTH", "ROOM_MAX_LENGTH", "UID_MAX_LENGTH", "Base", "SnapshotRow", "UpdateRow", "UtcMicros"]
+__all__ = [
+    "ORIGIN_MAX_LENGTH",
+    "ROOM_MAX_LENGTH",
+    "UID_MAX_LENGTH",
+    "Base",
+    "SnapshotRow",
+    "UpdateRow",
+    "UtcMicros",
+    "utc_micros",
+]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid alias), never a BIGINT one.
 _BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utc_micros(value: datetime) -> int:
+    """Microseconds since the Unix epoch of an aware datetime: how ``UtcMicros`` stores it."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"timestamp {value!r} has no time zone; storage needs an aware datetime")
+    return (value - _EPOCH) // _MICROSECOND
 
 
 class UtcMicros(TypeDecorator[datetime]):
@@ -40,9 +56,7 @@ class UtcMicros(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> int | None:
         if value is None:
             return None
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError(f"timestamp {value!r} has no time zone; storage needs an aware datetime")
-        return (value - _EPOCH) // _MICROSECOND
+        return utc_micros(value)
 
     def process_result_value(self, value: int | None, dialect: Dialect) -> datetime | None:
         if value is None:
