@@ -23,6 +23,7 @@ __all__ = [
     "SnapshotRow",
     "UpdateRow",
     "UtcMicros",
+    "from_utc_micros",
     "utc_micros",
 ]
 
@@ -38,6 +39,11 @@ def utc_micros(value: datetime) -> int:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"timestamp {value!r} has no time zone; storage needs an aware datetime")
     return (value - _EPOCH) // _MICROSECOND
+
+
+def from_utc_micros(value: int) -> datetime:
+    """The aware datetime (UTC) that ``utc_micros`` stored as ``value``."""
+    return _EPOCH + value * _MICROSECOND
 
 
 class UtcMicros(TypeDecorator[datetime]):
@@ -61,7 +67,7 @@ class UtcMicros(TypeDecorator[datetime]):
     def process_result_value(self, value: int | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        return _EPOCH + value * _MICROSECOND
+        return from_utc_micros(value)
 
 
 class Base(DeclarativeBase):

@@ -17,11 +17,13 @@ Choices worth knowing before changing this module:
 * **Loading is consistent without a locked read.** ``load`` reads the newest snapshot, then the log
   after it. A writer between the two reads can only add a newer snapshot or later updates, and the old
   snapshot plus the whole log after it still rebuilds the document, so no snapshot isolation is needed.
-* **On SQLite the flusher's appends bypass SQLAlchemy**: one stdlib ``sqlite3`` connection, on one
-  thread of its own, runs the whole transaction (BEGIN IMMEDIATE, the two lookups, the insert, COMMIT)
-  in one hand-off from the event loop. Through aiosqlite every statement is a hand-off of its own, and
-  SQLAlchemy builds each one's parameters in Python: the same 200-room flush cost 7.2 ms of CPU that
-  way and 4.6 ms this way. The statements are the same text on both paths.
+* **On SQLite the hot paths bypass SQLAlchemy**: the flusher's appends and the room loads each have a
+  stdlib ``sqlite3`` connection on a thread of its own (loads never wait behind a flush), which runs a
+  whole append (BEGIN IMMEDIATE, the two lookups, the insert, COMMIT) or load in one hand-off from the
+  event loop. Through aiosqlite every statement is a hand-off of its own, and SQLAlchemy builds each
+  one's parameters and rows in Python: the same 200-room flush cost 7.2 ms of CPU that way and 4.6 ms
+  this way. The statements are the same on both paths; the rest (migrations, snapshots, the
+  recorder's tables) stays on SQLAlchemy.
 * **SQLite runs in WAL mode** with ``synchronous=NORMAL`` (a power cut may lose the last commits, never
   corrupt the file) and a busy timeout, so readers never wait for the writer. SQLAlchemy emits ``BEGIN``
   itself (the driver's own implicit transactions skip DDL), which makes migrations atomic. Writing
@@ -51,7 +53,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from pairroom.storage.models import Base, SnapshotRow, UpdateRow, utc_micros
+from pairroom.storage.models import Base, SnapshotRow, UpdateRow, from_utc_micros, utc_micros
 from pairroom.storage.store import (
     LoadedRoom,
     NewUpdate,
@@ -127,7 +129,8 @@ class SqlStore:
             raise ValueError(f"not a database URL: {exc}") from exc
         self._echo = echo
         self._engine: AsyncEngine | None = None
-        self._appender: _SqliteAppender | None = None
+        self._appender: _SqliteThread | None = None  # SQLite file databases: the flusher's appends
+        self._reader: _SqliteThread | None = None  # and the room loads
 
     @property
     def dialect(self) -> str:
@@ -157,10 +160,11 @@ class SqlStore:
     async def close(self) -> None:
         """Close every pooled connection; the store needs ``open()`` again before further use."""
         engine, self._engine = self._engine, None
-        appender, self._appender = self._appender, None
-        if appender is not None:
+        threads = [t for t in (self._appender, self._reader) if t is not None]
+        self._appender = self._reader = None
+        for thread in threads:
             with _failures("closing storage"):
-                await appender.close()
+                await thread.close()
         if engine is not None:
             with _failures("closing storage"):
                 await engine.dispose()
@@ -177,6 +181,9 @@ class SqlStore:
         check_room(room)
         engine = self._require_open()
         with _failures(f"loading room {room!r}"):
+            reader = self._sqlite_reader()
+            if reader is not None:
+                return await reader.run(_load_on_sqlite3, room)
             async with engine.connect() as conn:
                 row = (
                     await conn.execute(
@@ -228,13 +235,26 @@ class SqlStore:
                     await conn.execute(insert(UpdateRow.__table__), rows)  # type: ignore[arg-type]  # a Table, typed as FromClause
                 return result
 
-    def _sqlite_appender(self) -> _SqliteAppender | None:
-        """The appender of a SQLite file database (made at the first append), else None."""
-        if self._appender is None and self.dialect == "sqlite":
-            database = self._url.database
-            if database and database != ":memory:" and not database.startswith("file:") and not self._url.query:
-                self._appender = _SqliteAppender(database)
+    def _sqlite_file(self) -> str | None:
+        """The file of a SQLite database given by plain path (no URI, no options), else None."""
+        database = self._url.database
+        if self.dialect != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        return None if self._url.query else database
+
+    def _sqlite_appender(self) -> _SqliteThread | None:
+        """The flusher's appends' connection (made at the first), or None if not a SQLite file."""
+        database = self._sqlite_file()
+        if database is not None and self._appender is None:
+            self._appender = _SqliteThread(database, "append")
         return self._appender
+
+    def _sqlite_reader(self) -> _SqliteThread | None:
+        """The loads' connection (made at the first), or None if not a SQLite file."""
+        database = self._sqlite_file()
+        if database is not None and self._reader is None:
+            self._reader = _SqliteThread(database, "read")
+        return self._reader
 
     async def write_snapshot(self, room: str, seq: int, data: bytes) -> None:
         """Store the document as of ``seq``, stamped now; a snapshot already at ``seq`` is kept as is."""
@@ -254,6 +274,9 @@ class SqlStore:
         check_room(room)
         engine = self._require_open()
         with _failures(f"reading the log of room {room!r}"):
+            reader = self._sqlite_reader()
+            if reader is not None:
+                return await reader.run(_updates_on_sqlite3, room, after_seq, upto_seq)
             async with engine.connect() as conn:
                 return await _select_updates(conn, room, after_seq, upto_seq)
 
@@ -502,13 +525,40 @@ def _append_on_sqlite3(
     return result
 
 
-class _SqliteAppender:
-    """A stdlib ``sqlite3`` connection for the flusher's appends, used on one thread of its own (see
-    the module's notes): each append is one hand-off from the event loop, not one per statement."""
+_SELECT_UPDATES = f"SELECT seq, at, origin, data, uid FROM {UpdateRow.__tablename__} WHERE room = ? AND seq > ? AND seq <= ? ORDER BY seq"
+_SELECT_NEWEST_SNAPSHOT = (
+    f"SELECT seq, at, data FROM {SnapshotRow.__tablename__} WHERE room = ? ORDER BY seq DESC LIMIT 1"
+)
+_NO_UPPER_BOUND = 2**63 - 1  # the largest seq SQLite's INTEGER holds
 
-    def __init__(self, database: str) -> None:
+
+def _updates_on_sqlite3(
+    conn: sqlite3.Connection, room: str, after_seq: int, upto_seq: int | None
+) -> list[StoredUpdate]:
+    upto = _NO_UPPER_BOUND if upto_seq is None else upto_seq
+    return [
+        StoredUpdate(room, seq, from_utc_micros(at), origin, data, uid)
+        for seq, at, origin, data, uid in conn.execute(_SELECT_UPDATES, (room, after_seq, upto))
+    ]
+
+
+def _load_on_sqlite3(conn: sqlite3.Connection, room: str) -> LoadedRoom:
+    """``load`` on a stdlib connection: the newest snapshot, then the log after it (see the module's
+    notes on why this needs no read transaction)."""
+    row = conn.execute(_SELECT_NEWEST_SNAPSHOT, (room,)).fetchone()
+    snapshot = None if row is None else Snapshot(room, row[0], from_utc_micros(row[1]), row[2])
+    updates = _updates_on_sqlite3(conn, room, snapshot.seq if snapshot else 0, None)
+    last_seq = updates[-1].seq if updates else (snapshot.seq if snapshot else 0)
+    return LoadedRoom(snapshot, updates, last_seq)
+
+
+class _SqliteThread:
+    """A stdlib ``sqlite3`` connection used on one thread of its own (see the module's notes): each
+    append or load is one hand-off from the event loop, not one per statement."""
+
+    def __init__(self, database: str, purpose: str) -> None:
         self._database = database
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pairroom-sqlite-append")
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pairroom-sqlite-{purpose}")
         self._conn: sqlite3.Connection | None = None
 
     def _connection(self) -> sqlite3.Connection:
@@ -516,7 +566,7 @@ class _SqliteAppender:
             conn = sqlite3.connect(
                 self._database,
                 isolation_level=None,  # transactions are ours: BEGIN IMMEDIATE ... COMMIT
-                check_same_thread=False,  # made and used on the appender's thread, closed there too
+                check_same_thread=False,  # made and used on this object's thread, closed there too
                 cached_statements=_SQLITE_CACHED_STATEMENTS,
             )
             for pragma in _SQLITE_PRAGMAS:
@@ -525,12 +575,12 @@ class _SqliteAppender:
         return self._conn
 
     async def run(self, work: Callable[..., _T], *args: Any) -> _T:
-        """``work(connection, *args)`` on the appender's thread. A cancelled caller does not cut it
+        """``work(connection, *args)`` on this object's thread. A cancelled caller does not cut it
         short: the transaction ends, committed or rolled back, on that thread."""
         return await asyncio.get_running_loop().run_in_executor(self._thread, lambda: work(self._connection(), *args))
 
     async def close(self) -> None:
-        """Close the connection after the appends already handed over, then end the thread."""
+        """Close the connection after the work already handed over, then end the thread."""
 
         def close() -> None:
             if self._conn is not None:
