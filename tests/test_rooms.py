@@ -142,7 +142,8 @@ async def test_memory_stays_flat_over_1000_join_leave_cycles(start_server):
     gc.collect()
     growth = rss_kib() - before
     assert growth < 3 * 1024, f"RSS grew {growth} KiB over 1000 cycles"
-    assert len(asyncio.all_tasks()) <= tasks_before
+    # a background write in flight (the recorder's) has a task of its own for a moment: wait for it
+    await eventually(lambda: len(asyncio.all_tasks()) <= tasks_before, what="no task left behind")
     assert not registry._idle_timers and not registry._ready and not registry._unloaded
 
 
