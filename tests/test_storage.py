@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -649,6 +650,38 @@ async def test_rooms_are_isolated_from_each_other(store: Store, room: str) -> No
     assert [name for name in names if loaded[name].snapshot is not None] == [names[0]]
     assert seqs(loaded[names[0]].updates) == [3]
     assert all(seqs(loaded[name].updates) == [1, 2, 3] for name in names[1:])
+
+
+async def test_sqlite_appends_and_loads_run_on_threads_of_their_own_that_end_with_the_store(
+    tmp_path: Path, room: str
+) -> None:
+    def sqlite_threads() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("pairroom-sqlite-")]
+
+    before = sqlite_threads()
+    store = SqlStore(f"sqlite:///{tmp_path}/rooms.db")
+    await store.open()
+    assert await store.append_many({room: batch(1, 3)}) == {room: 3}
+    assert logged((await store.load(room)).updates) == [(1, "n1:1", b"u1"), (2, "n1:2", b"u2"), (3, "n1:3", b"u3")]
+    assert {name.rsplit("_", 1)[0] for name in sqlite_threads()} - {n.rsplit("_", 1)[0] for n in before} == {
+        "pairroom-sqlite-append",
+        "pairroom-sqlite-read",
+    }
+    # what the stdlib connection wrote, SQLAlchemy's connections read, and the other way round
+    async with store.engine.connect() as conn:
+        assert (await conn.execute(select(func.max(UpdateRow.seq)).where(UpdateRow.room == room))).scalar() == 3
+    await store.write_snapshot(room, 3, b"doc")
+    assert (await store.load(room)).snapshot.data == b"doc"  # type: ignore[union-attr]
+    await store.close()
+    for _ in range(100):
+        if sqlite_threads() == before:
+            break
+        await asyncio.sleep(0.02)
+    assert sqlite_threads() == before
+    with pytest.raises(StoreError, match="not open"):
+        await store.append(room, batch(4, 4))
+    async with SqlStore(f"sqlite:///{tmp_path}/rooms.db") as again:  # reopened: new threads, same log
+        assert (await again.append(room, batch(4, 4))) == 4
 
 
 async def test_append_many_writes_several_rooms_in_one_transaction(store: Store, room: str) -> None:
