@@ -7,7 +7,6 @@ points and checked against the catalog shipped in ``extensions/catalog.json``.""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import time
@@ -18,12 +17,8 @@ import httpx
 import pytest
 
 from pairroom import extension_loader
-from pairroom.app import create_app
 from pairroom.config import Settings
-from pairroom.rooms.extension import Extension
 from pairroom.web.auth import mint
-from pairroom.web.runner import Server, uvicorn_config
-from pairroom.web.static import static_routes
 
 from .support.browser import (  # noqa: F401
     ARTIFACTS,
@@ -38,27 +33,8 @@ from .support.browser import (  # noqa: F401
 CATALOG = Path(__file__).resolve().parent.parent / "extensions" / "catalog.json"
 
 
-@dataclasses.dataclass
-class ExtensionsServer(WebServer):
-    extensions: tuple[Extension, ...] = ()
-
-    async def _serve(self, started):  # type: ignore[no-untyped-def]
-        app = self.app = create_app(self.settings, extensions=self.extensions)
-        app.router.routes[0:0] = static_routes(self.static_dir)
-        self.server = Server(uvicorn_config(app, self.settings, signals=False))
-        task = asyncio.create_task(self.server.serve())
-        ready = asyncio.create_task(self.server.ready.wait())
-        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        if task.done():
-            task.result()
-            raise RuntimeError("server exited during start-up")
-        started.set()
-        await task
-
-
 @pytest.fixture(scope="module")
-def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExtensionsServer]:
+def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
     static_dir = ensure_build()
     work = tmp_path_factory.mktemp("shipped-extensions")
     # the probe (tests/support/pairroom-readonly-probe) asks for doc.read only and tries to write on every join
@@ -76,7 +52,7 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExtensionsS
         secret=BROWSER_SECRET,
         extension_catalog=str(CATALOG),
     )
-    server = ExtensionsServer(settings, static_dir, extensions=extensions)
+    server = WebServer(settings, static_dir, extensions=extensions)
     server.start()
     yield server
     server.stop()
@@ -86,7 +62,7 @@ def token(room: str, role: str, name: str) -> str:
     return mint(BROWSER_SECRET, room, role, name, ttl_seconds=600, user_id=f"{name.lower()}-id")
 
 
-def switch_on(server: ExtensionsServer, room: str, name: str) -> None:
+def switch_on(server: WebServer, room: str, name: str) -> None:
     answer = httpx.put(
         server.url(f"/api/rooms/{room}/extensions"),
         json={name: True},

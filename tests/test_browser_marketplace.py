@@ -7,7 +7,6 @@ it with ``pairroom extensions install`` (``--require-hashes``) and loaded by its
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import importlib
 import subprocess
@@ -19,13 +18,9 @@ from pathlib import Path
 import pytest
 
 from pairroom import extension_loader
-from pairroom.app import create_app
 from pairroom.config import Settings
 from pairroom.marketplace.extension import FrontendModule, Marketplace
-from pairroom.rooms.extension import Extension
 from pairroom.web.auth import mint
-from pairroom.web.runner import Server, uvicorn_config
-from pairroom.web.static import static_routes
 
 from .support.browser import ARTIFACTS, BROWSER_SECRET, WebServer, browser, ensure_build, open_page, room_name  # noqa: F401
 
@@ -95,23 +90,6 @@ def run(*command: str) -> None:
 
 @dataclasses.dataclass
 class ExtensionWebServer(WebServer):
-    extensions: tuple[Extension, ...] = ()
-
-    async def _serve(self, started):  # type: ignore[no-untyped-def]
-        # as WebServer._serve, with the installed extension enabled
-        app = self.app = create_app(self.settings, extensions=self.extensions)
-        app.router.routes[0:0] = static_routes(self.static_dir)
-        self.server = Server(uvicorn_config(app, self.settings, signals=False))
-        task = asyncio.create_task(self.server.serve())
-        ready = asyncio.create_task(self.server.ready.wait())
-        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        if task.done():
-            task.result()
-            raise RuntimeError("server exited during start-up")
-        started.set()
-        await task
-
     @property
     def marketplace(self) -> Marketplace:
         assert self.app is not None

@@ -42,6 +42,7 @@ from starlette.applications import Starlette
 
 from pairroom.app import create_app
 from pairroom.config import Settings
+from pairroom.extensions import Extension
 from pairroom.web.runner import Server, uvicorn_config
 from pairroom.web.static import STATIC_DIR, static_routes
 
@@ -121,6 +122,7 @@ class WebServer:
     app: Starlette | None = None
     thread: threading.Thread | None = None
     error: BaseException | None = None
+    extensions: tuple[Extension, ...] = ()  # third-party ones, as create_app takes them
 
     @property
     def http(self) -> str:
@@ -148,7 +150,7 @@ class WebServer:
             started.set()
 
     async def _serve(self, started: threading.Event) -> None:
-        app = self.app = create_app(self.settings)
+        app = self.app = create_app(self.settings, extensions=self.extensions)
         app.router.routes[0:0] = static_routes(self.static_dir)  # what app.py will do
         self.server = Server(uvicorn_config(app, self.settings, signals=False))
         task = asyncio.create_task(self.server.serve())
