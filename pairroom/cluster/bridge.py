@@ -260,7 +260,10 @@ class Cluster:
 
     def publish_update(self, room: Room, uid: str, update: bytes) -> None:
         """Publish an update this node integrated first, with its author: called while the room is
-        integrating it, so ``room.current_origin`` is the update's origin."""
+        integrating it, so ``room.current_origin`` is the update's origin. A solo node has no one
+        to tell, and skips working out the author (this runs for every edit)."""
+        if self.solo:
+            return
         self.send(room.name, Kind.UPDATE, update, uid=uid, author=author_of(room))
 
     def publish_awareness(self, room: Room, payload: bytes) -> None:

@@ -72,6 +72,8 @@ class AwarenessEntry:
 
 def read_var_uint(data: bytes, pos: int) -> tuple[int, int]:
     """Read a lib0 varuint at ``pos``; return (value, next position)."""
+    if pos < len(data) and data[pos] < 0x80:  # one byte: most lengths, tags and clocks
+        return data[pos], pos + 1
     value = 0
     shift = 0
     end = len(data)
