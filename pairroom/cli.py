@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import ipaddress
 import logging
 import os
@@ -414,6 +415,7 @@ def serve(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
         # What starting freed (the compiler's and the imports' transient blocks, the probes' buffers)
         # goes back to the system: about 0.6 MiB of an idle node's RSS.
         release_freed_memory()
+        settle_collector()
         if server.port is not None:
             url = f"http://{settings.host}:{server.port}"
             log.info("listening", extra={"host": settings.host, "port": server.port, "url": url})
@@ -423,6 +425,22 @@ def serve(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
 
     uvloop.run(run())
     return 0 if server.started else 1
+
+
+# The collector's first generation runs after this many new container objects (CPython: 700). A
+# server makes and drops thousands a second (a room's pending updates live until the next flush), so
+# at 700 they are walked, and survivors promoted, ten times as often; cycles wait a little longer.
+COLLECTOR_THRESHOLDS = (10_000, 10, 10)
+
+
+def settle_collector() -> None:
+    """Once started: what starting built (modules, classes, routes: about 140,000 objects) lives as
+    long as the process, so it leaves the collector's reach (``gc.freeze``) and the generations are
+    made longer. Measured in S4 (200 rooms of two): a full collection walked all of it, 57 ms each
+    with the event loop stopped; the collector's time over a run went 146 -> 25 ms."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*COLLECTOR_THRESHOLDS)
 
 
 def dump_tasks() -> None:

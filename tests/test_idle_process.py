@@ -16,10 +16,12 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import websockets
 
+from pairroom.cli import COLLECTOR_THRESHOLDS
 from tests.test_kernels import requires_sandbox
 
 # Each of these is several MiB resident, or pulls in something that is, and is needed only once
@@ -44,7 +46,7 @@ LOADED_ON_FIRST_USE = {
 # write the imported modules and the RSS to a file, stop.
 SERVE_AND_REPORT = textwrap.dedent(
     """
-    import json, os, signal, sys, threading, time, urllib.request
+    import gc, json, os, signal, sys, threading, time, urllib.request
     port, report = int(sys.argv[1]), sys.argv[2]
 
     def report_when_ready():
@@ -60,7 +62,15 @@ SERVE_AND_REPORT = textwrap.dedent(
         status = open("/proc/self/status").read()
         rss_kib = int(status.split("VmRSS:")[1].split()[0])
         with open(report, "w") as out:
-            json.dump({"modules": sorted(sys.modules), "rss_kib": rss_kib}, out)
+            json.dump(
+                {
+                    "modules": sorted(sys.modules),
+                    "rss_kib": rss_kib,
+                    "frozen": gc.get_freeze_count(),
+                    "thresholds": gc.get_threshold(),
+                },
+                out,
+            )
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=report_when_ready, daemon=True).start()
@@ -76,7 +86,8 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_an_idle_server_has_not_imported_what_only_a_feature_in_use_needs(tmp_path: Path) -> None:
+def serve_and_report(tmp_path: Path) -> dict[str, Any]:
+    """Start a real ``pairroom serve``, wait until it is ready and settled, and read its report."""
     port, report = free_port(), tmp_path / "report.json"
     serve = ["serve", "--port", str(port), "--db", f"sqlite:///{tmp_path}/pairroom.db", "--log-format", "json"]
     done = subprocess.run(
@@ -87,7 +98,12 @@ def test_an_idle_server_has_not_imported_what_only_a_feature_in_use_needs(tmp_pa
         timeout=120,
     )
     assert report.exists(), f"the server did not become ready (exit {done.returncode}): {done.stdout[-2000:]}"
-    found = json.loads(report.read_text())
+    found: dict[str, Any] = json.loads(report.read_text())
+    return found
+
+
+def test_an_idle_server_has_not_imported_what_only_a_feature_in_use_needs(tmp_path: Path) -> None:
+    found = serve_and_report(tmp_path)
     modules = set(found["modules"])
     # it really was a started server, with its storage open and the kernels' service running
     assert {"pairroom.app", "pairroom.kernels.service", "sqlalchemy", "aiosqlite"} <= modules
@@ -97,6 +113,14 @@ def test_an_idle_server_has_not_imported_what_only_a_feature_in_use_needs(tmp_pa
         if name in modules or any(m.startswith(name + ".") for m in modules)
     }
     assert not loaded, f"imported at startup (idle RSS {found['rss_kib'] // 1024} MiB): {loaded}"
+
+
+def test_what_starting_built_is_out_of_the_collectors_reach_once_the_server_is_up(tmp_path: Path) -> None:
+    """A full collection walks only what serving made: startup's objects are frozen (``gc.freeze``)
+    and the generations are the server's, not CPython's 700-object first one."""
+    found = serve_and_report(tmp_path)
+    assert found["frozen"] > 50_000, f"only {found['frozen']} objects frozen after startup"
+    assert tuple(found["thresholds"]) == COLLECTOR_THRESHOLDS
 
 
 async def children_of(pid: int) -> list[str]:
