@@ -427,20 +427,15 @@ def serve(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
     return 0 if server.started else 1
 
 
-# The collector's first generation runs after this many new container objects (CPython: 700). A
-# server makes and drops thousands a second (a room's pending updates live until the next flush), so
-# at 700 they are walked, and survivors promoted, ten times as often; cycles wait a little longer.
-COLLECTOR_THRESHOLDS = (10_000, 10, 10)
-
-
 def settle_collector() -> None:
     """Once started: what starting built (modules, classes, routes: about 140,000 objects) lives as
-    long as the process, so it leaves the collector's reach (``gc.freeze``) and the generations are
-    made longer. Measured in S4 (200 rooms of two): a full collection walked all of it, 57 ms each
-    with the event loop stopped; the collector's time over a run went 146 -> 25 ms."""
+    long as the process, so it leaves the collector's reach (``gc.freeze``). Measured in S4 (200
+    rooms of two): each full collection walked all of it, 57 ms with the event loop stopped; after,
+    24 ms, and the collector's time over a run went 146 -> 66 ms. (A longer first generation,
+    10,000 objects instead of 700, cut that to 25 ms but cost 5 % more instructions per edit in
+    ``bench/instructions.py``'s S4: not kept.)"""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(*COLLECTOR_THRESHOLDS)
 
 
 def dump_tasks() -> None:
