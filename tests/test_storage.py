@@ -684,6 +684,31 @@ async def test_sqlite_appends_and_loads_run_on_threads_of_their_own_that_end_wit
         assert (await again.append(room, batch(4, 4))) == 4
 
 
+async def test_a_sqlite_flush_of_fresh_updates_skips_the_stored_lookup_and_a_retry_still_stores_nothing_twice(
+    tmp_path: Path, room: str
+) -> None:
+    """The appender writes first without looking the uids up; a batch already stored fails on the
+    (room, uid) constraint, is rolled back and written again the full way, with the same result."""
+    async with SqlStore(f"sqlite:///{tmp_path}/rooms.db") as store:
+        assert await store.append_many({room: batch(1, 2)}) == {room: 2}
+        appender = store._appender
+        assert appender is not None and appender._conn is not None
+        statements: list[str] = []
+        appender._conn.set_trace_callback(statements.append)
+        assert list(appender._conn.execute("PRAGMA wal_autocheckpoint")) == [(10_000,)]
+        statements.clear()
+
+        assert await store.append_many({room: batch(3, 4)}) == {room: 4}
+        assert not [s for s in statements if s.startswith("SELECT room, uid, data")], statements
+        assert "ROLLBACK" not in statements
+
+        statements.clear()
+        assert await store.append_many({room: batch(3, 5)}) == {room: 5}  # 3 and 4 again, and 5
+        assert "ROLLBACK" in statements
+        assert [s for s in statements if s.startswith("SELECT room, uid, data")]
+        assert logged(await store.read_updates(room)) == [(s, f"n1:{s}", b"u%d" % s) for s in range(1, 6)]
+
+
 async def test_append_many_writes_several_rooms_in_one_transaction(store: Store, room: str) -> None:
     a, b, c = f"{room}-a", f"{room}-b", f"{room}-c"
     await store.append(a, batch(1, 2))

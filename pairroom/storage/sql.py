@@ -77,11 +77,18 @@ _PG_COMMAND_TIMEOUT_S = 30.0  # no statement (a lock wait included) hangs a writ
 _PG_CONNECT_TIMEOUT_S = 10.0
 _SQLITE_BUSY_TIMEOUT_MS = 5000
 _SQLITE_CACHED_STATEMENTS = 24
+# A flush of many rooms dirties a leaf page of each index per room, and SQLite copies the WAL back
+# into the database (a checkpoint) once it holds this many pages (default 1,000: every other flush
+# of 200 rooms). At 10,000 (40 MiB of WAL at most, on disk) a page rewritten by every flush is
+# copied back once per checkpoint, not once per flush: the SQLite thread's time per 200-room flush
+# 6.85 -> 5.26-5.49 ms.
+_SQLITE_WAL_CHECKPOINT_PAGES = 10_000
 _SQLITE_PRAGMAS = (
     "journal_mode=WAL",
     "synchronous=NORMAL",
     f"busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}",
     "foreign_keys=ON",
+    f"wal_autocheckpoint={_SQLITE_WAL_CHECKPOINT_PAGES}",
 )
 
 _ASYNC_SCHEMES = {
@@ -498,14 +505,30 @@ def _append_on_sqlite3(
     conn: sqlite3.Connection, batches: Mapping[str, Sequence[NewUpdate]], names: Sequence[str]
 ) -> dict[str, int]:
     """``append_many``'s transaction on a stdlib connection, on the appender's thread: the same
-    statements as through SQLAlchemy, all or nothing."""
+    statements as through SQLAlchemy, all or nothing.
+
+    A batch is first written without looking its uids up: a flusher's batch is nearly always this
+    node's fresh edits, which no one has stored, and the (room, uid) constraint refuses one that is.
+    Only then (a batch retried after a commit it did not hear of, or a peer's update its node stored
+    first) is it written again, comparing what is stored: a quarter of a flush's SQLite work saved
+    in the common case, one rolled-back attempt more in the rare one."""
+    try:
+        return _append_transaction(conn, batches, names, look_up_stored=False)
+    except sqlite3.IntegrityError:
+        return _append_transaction(conn, batches, names, look_up_stored=True)
+
+
+def _append_transaction(
+    conn: sqlite3.Connection, batches: Mapping[str, Sequence[NewUpdate]], names: Sequence[str], *, look_up_stored: bool
+) -> dict[str, int]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         stored: dict[tuple[str, str], bytes] = {}
-        for terms, params in _stored_params(_stored_pairs(batches)):
-            stored.update(
-                ((room, uid), bytes(data)) for room, uid, data in conn.execute(_stored_data_sql(terms).text, params)
-            )
+        if look_up_stored:
+            for terms, params in _stored_params(_stored_pairs(batches)):
+                stored.update(
+                    ((room, uid), bytes(data)) for room, uid, data in conn.execute(_stored_data_sql(terms).text, params)
+                )
         padded = _padded(list(names))
         lasts = {
             room: int(last)
