@@ -105,6 +105,47 @@ class _Discard:
 _DISCARD = _Discard()
 
 
+class Writable:
+    """``asyncio.Event`` as uvicorn's ``writable`` uses it (``set``, ``clear``, ``is_set``, ``wait``),
+    without the deque an Event makes at once (about 0.6 KiB per idle connection): a writer waits only
+    on a full socket buffer, so the list of waiters is made then."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if self._set:
+            return
+        self._set = True
+        for waiter in self._waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if self._set:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+            return True
+        finally:
+            self._waiters.remove(waiter)
+            if not self._waiters:
+                self._waiters = None
+
+
 class DoorTransport:
     """A member's connection through the door: what ``Member`` needs (``send``, ``send_now``, ``close``)."""
 
@@ -165,11 +206,65 @@ _HANDSHAKE_LOG.setLevel(logging.WARNING)
 class YjsDoor(WebSocketsSansIOProtocol):
     """One ``/yjs`` connection: uvicorn's websockets-sansio protocol calling the room directly."""
 
+    # Slots for uvicorn's attributes as well as ours: with more than 30 of them an instance's dict
+    # leaves the class's shared keys and costs about 1.5 KiB per connection; in slots it is never made.
+    __slots__ = (
+        # uvicorn's WebSocketsSansIOProtocol
+        "app",
+        "app_state",
+        "asgi_version",
+        "client",
+        "close_sent",
+        "close_timeout",
+        "close_timer",
+        "config",
+        "conn",
+        "connections",
+        "curr_msg_data_type",
+        "default_headers",
+        "disconnected",
+        "frames",
+        "handshake_complete",
+        "handshake_initiated",
+        "initial_response",
+        "last_ping_rtt",
+        "logger",
+        "loop",
+        "pending_ping_payload",
+        "ping_interval",
+        "ping_sent_at",
+        "ping_timeout",
+        "ping_timer",
+        "pong_timer",
+        "queue",
+        "read_paused",
+        "request",
+        "response",
+        "root_path",
+        "scheme",
+        "scope",
+        "server",
+        "tasks",
+        "transport",
+        "writable",
+        # the door's
+        "yjs_app",
+        "hub",
+        "compressed",
+        "member",
+        "room",
+        "sender",
+        "waiting",
+        "bucket",
+        "finished",
+    )
+
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: Any = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.conn.logger = _HANDSHAKE_LOG
         self.conn.debug = False
         self.queue = _DISCARD  # type: ignore[assignment]
+        self.writable = Writable()  # type: ignore[assignment]
         self.yjs_app: Any = config.yjs_app  # the Starlette app: its state (the hub, the extensions)
         self.hub: Hub = self.yjs_app.state.hub
         self.compressed = False
@@ -212,6 +307,10 @@ class YjsDoor(WebSocketsSansIOProtocol):
             log.exception("error admitting a connection", extra={"path": request.path.partition("?")[0]})
             if self.close_timer is None:
                 self.transport.close()
+        finally:
+            # websockets' parser keeps the handshake request in its generator's frame for the
+            # connection's life; its headers (about 2 KiB) are read by now
+            request.headers.clear()
 
     async def enter(self, request: Request) -> None:
         """``yjs_endpoint`` up to the member's first frame: the door, the join, the room's limits."""
