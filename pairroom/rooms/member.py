@@ -27,7 +27,6 @@ import contextlib
 import enum
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Protocol
 
@@ -135,7 +134,9 @@ class Member:
         self.last_sent = time.monotonic()
         self._max_messages = max_queue_messages
         self._max_bytes = max_queue_bytes
-        self._queue: deque[tuple[bytes, bytes | None]] = deque()
+        # a list, not a deque: the sender takes the whole queue at once, never from its front, and an
+        # empty list is 56 bytes where a deque is 0.6 KiB, per idle member
+        self._queue: list[tuple[bytes, bytes | None]] = []
         self._queued_bytes = 0
         self._idle: asyncio.Future[None] | None = None  # the sender waits on it when the queue is empty
         self._send_now: Callable[[bytes], Awaitable[None] | None] | None = getattr(transport, "send_now", None)
@@ -274,7 +275,7 @@ class Member:
                 await self._idle
                 continue
             batch = self._queue
-            self._queue = deque()
+            self._queue = []
             self._queued_bytes = 0
             self._writing = True
             try:
@@ -289,7 +290,7 @@ class Member:
                 self._writing = False
 
 
-def coalesce(batch: deque[tuple[bytes, bytes | None]]) -> list[bytes]:
+def coalesce(batch: Sequence[tuple[bytes, bytes | None]]) -> list[bytes]:
     """Merge runs of consecutive mergeable updates into one update message each; keep the order."""
     if len(batch) == 1:
         return [batch[0][0]]
