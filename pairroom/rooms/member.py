@@ -110,6 +110,7 @@ class Member:
         "_kicked",
         "_on_sent",
         "on_kick",
+        "on_backlog",
     )
 
     def __init__(
@@ -145,6 +146,9 @@ class Member:
         self._kicked: asyncio.Future[None] | None = None  # made when first awaited (see ``kicked``)
         self._on_sent = on_sent
         self.on_kick: Callable[[Member, int, str], None] | None = None
+        # Called when frames wait and no sender waits for them: a transport that runs its sender only
+        # while there is a backlog (``run_sender(until_empty=True)``) starts it here.
+        self.on_backlog: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"Member({self.id!r}, {self.state.value})"
@@ -230,6 +234,8 @@ class Member:
             self._idle = None
             if not idle.done():
                 idle.set_result(None)
+        elif self.on_backlog is not None:
+            self.on_backlog()
 
     def kick(self, code: int, reason: str) -> None:
         """Close this member from the server side; the queue is dropped, the client resyncs."""
@@ -265,11 +271,16 @@ class Member:
     async def wait_kicked(self) -> None:
         await asyncio.shield(self.kicked())
 
-    async def run_sender(self) -> None:
-        """Drain the queue until the member is kicked or gone. Send errors propagate."""
+    async def run_sender(self, *, until_empty: bool = False) -> None:
+        """Drain the queue until the member is kicked or gone. Send errors propagate.
+
+        ``until_empty``: return once nothing is queued or being written (``on_backlog`` starts the
+        next one), so an idle member holds no task, coroutine and future (about 0.8 KiB)."""
         while True:
             if not self._queue or self._inflight is not None:
                 if self.state is not MemberState.OPEN:
+                    return
+                if until_empty and not self._queue and self._inflight is None:
                     return
                 self._idle = asyncio.get_running_loop().create_future()
                 await self._idle

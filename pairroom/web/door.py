@@ -20,9 +20,10 @@ all its code), with the ASGI part replaced by direct calls into the room:
 - a member's frames are written like ``StarletteTransport`` writes them (``frames.py``: built once
   per broadcast, one ``transport.write``), and a send that finds the socket's buffer full waits for
   uvicorn's ``writable``, so the member's bounded queue and its 4503 kick work as before;
-- once joined, the connection holds no task of its own: the member's sender task, and callbacks
-  (the connection lost, the sender ended, the member kicked) that end the membership; a kicked
-  member gets its close frame from a short task bounded by ``CLOSE_TIMEOUT``.
+- once joined, an idle connection holds no task at all: a member's frames are written at once, and
+  a sender task exists only while frames wait for a full socket (``Member.on_backlog``). Callbacks
+  (the connection lost, the sender failed, the member kicked) end the membership; a kicked member
+  gets its close frame from a short task bounded by ``CLOSE_TIMEOUT``.
 
 Every other websocket path, and ``/yjs`` itself with ``yjs_door`` off, goes to the ASGI app as
 before. Nothing of the ASGI middleware applied to ``/yjs`` websockets: ``BodyLimit`` and
@@ -344,8 +345,8 @@ class YjsDoor(WebSocketsSansIOProtocol):
         self.member, self.room = member, room
         member.on_kick = self.kicked
         self.bucket = TokenBucket(hub.settings.rate_limit, hub.settings.rate_burst)
-        sender = self.sender = self.loop.create_task(member.run_sender())
-        sender.add_done_callback(self.sender_done)
+        member.on_backlog = self.start_sender
+        self.start_sender()  # for frames queued during the join, behind a write that had to wait
         if self.disconnected or self.close_sent:  # the connection ended or closed during the door
             member.gone()
             self.loop.call_soon(self.finish)
@@ -504,11 +505,26 @@ class YjsDoor(WebSocketsSansIOProtocol):
         # leaving the room waits for the next loop turn.
         self.loop.call_soon(self.finish)
 
+    def start_sender(self) -> None:
+        """Frames wait for a socket that was full: a sender task writes them as the socket drains, and
+        ends when they are written (an idle member holds no task)."""
+        member = self.member
+        assert member is not None
+        if self.sender is not None or self.finished or member.state is not _MEMBER_OPEN or not member.queued:
+            return
+        sender = self.sender = self.loop.create_task(member.run_sender(until_empty=True))
+        sender.add_done_callback(self.sender_done)
+
     def sender_done(self, sender: asyncio.Task[None]) -> None:
+        if sender is self.sender:
+            self.sender = None
+        member, room = self.member, self.room
+        assert member is not None and room is not None
         if not sender.cancelled() and (error := sender.exception()) is not None:
-            member, room = self.member, self.room
-            assert member is not None and room is not None
             report_task_failure(room, member, sender, error)
+        elif member.state is _MEMBER_OPEN and not sender.cancelled():
+            self.start_sender()  # for frames queued after the sender's last look, before this callback
+            return  # the backlog is written; the member goes on
         self.finish()
 
     def finish(self) -> None:
