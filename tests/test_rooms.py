@@ -10,6 +10,7 @@ import websockets
 
 from pairroom.protocol import sync as protocol
 from pairroom.protocol.sync import CloseCode, MessageType, SyncStep
+from pairroom.rooms.heap import release_freed_memory
 from pairroom.storage.sql import SqlStore
 from pairroom.storage.store import LoadedRoom, NewUpdate
 
@@ -131,15 +132,19 @@ async def cycle(server, i: int) -> None:
 async def test_memory_stays_flat_over_1000_join_leave_cycles(start_server):
     server = await start_server(room_idle_seconds=0.0)
     registry = server.hub.registry
-    for i in range(200):  # warm-up: allocator pools, caches, imports
+    # warm-up: allocator pools, imports, and SQLite's page caches (2 MiB a connection, filling as the
+    # log grows: at 200 cycles the next 1,000 still grew 2.7-3.0 MiB, at 500 1.6-1.8)
+    for i in range(500):
         await cycle(server, i)
     await eventually(lambda: not registry.rooms, what="all rooms unloaded after warm-up")
     gc.collect()
+    release_freed_memory()  # what is measured is what is kept, not what the allocator holds back
     before, tasks_before = rss_kib(), len(asyncio.all_tasks())
     for i in range(1000):
         await cycle(server, i)
     await eventually(lambda: not registry.rooms, what="all rooms unloaded")
     gc.collect()
+    release_freed_memory()
     growth = rss_kib() - before
     assert growth < 3 * 1024, f"RSS grew {growth} KiB over 1000 cycles"
     # a background write in flight (the recorder's) has a task of its own for a moment: wait for it
