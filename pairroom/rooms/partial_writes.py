@@ -112,10 +112,6 @@ class _Reader:
         self.depth = 0  # the deepest nesting of any value read so far
 
     def uint(self) -> int:
-        pos = self.pos
-        if pos < len(self.data) and self.data[pos] < 0x80:  # one byte: most lengths and clocks
-            self.pos = pos + 1
-            return self.data[pos]
         try:
             value, self.pos = read_var_uint(self.data, self.pos)
         except (ProtocolError, IndexError) as exc:
