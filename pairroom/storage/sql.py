@@ -510,8 +510,8 @@ def _append_on_sqlite3(
     A batch is first written without looking its uids up: a flusher's batch is nearly always this
     node's fresh edits, which no one has stored, and the (room, uid) constraint refuses one that is.
     Only then (a batch retried after a commit it did not hear of, or a peer's update its node stored
-    first) is it written again, comparing what is stored: a quarter of a flush's SQLite work saved
-    in the common case, one rolled-back attempt more in the rare one."""
+    first) is it written again, comparing what is stored: about 8 % of a 200-room flush's SQLite time
+    saved in the common case, one rolled-back attempt more in the rare one."""
     try:
         return _append_transaction(conn, batches, names, look_up_stored=False)
     except sqlite3.IntegrityError:
