@@ -122,7 +122,8 @@ class Kernel:
     # -- start and stop ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Launch and wait until the kernel answers on shell and IOPub. Raises KernelStartError."""
+        """Launch and wait until the kernel answers on shell and IOPub and stdin is connected. Raises
+        KernelStartError."""
         launcher = await load_launcher()
         launch_dir = self.dirs.new_launch_dir()
         self._cgroup = self.cgroups.create(f"{self.dirs.base.name}-{launch_dir.name}", self.settings)
@@ -146,14 +147,19 @@ class Kernel:
             client: AsyncKernelClient = km.client()
             self._client = client
             client.start_channels()
+            stdin_up = launcher.HandshakeWatch(client.stdin_channel.socket)
             self._readers = [
                 asyncio.create_task(self._read_iopub(), name="kernel-iopub"),
                 asyncio.create_task(self._read_shell(), name="kernel-shell"),
                 asyncio.create_task(self._read_control(), name="kernel-control"),
                 asyncio.create_task(self._read_stdin(), name="kernel-stdin"),
             ]
-            async with asyncio.timeout(self.settings.start_timeout):
-                await self._handshake()
+            try:
+                async with asyncio.timeout(self.settings.start_timeout):
+                    await self._handshake()
+                    await stdin_up.wait()  # else the first input() of a run could be lost
+            finally:
+                stdin_up.close()
         except BaseException as exc:
             await self.kill("start failed")
             if isinstance(exc, (TimeoutError, OSError, RuntimeError)):

@@ -24,7 +24,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import zmq
+import zmq.asyncio
 from jupyter_client.kernelspec import KernelSpec
+from zmq.utils.monitor import parse_monitor_message
 from jupyter_client.manager import AsyncKernelManager
 
 from pairroom.kernels.dirs import KernelDirs
@@ -97,3 +100,35 @@ class SandboxedKernelManager(AsyncKernelManager):
             "LANG": "C.UTF-8",
             "PYTHONDONTWRITEBYTECODE": "1",
         }
+
+
+class HandshakeWatch:
+    """Tells when a client socket has finished its ZMTP handshake with the kernel.
+
+    Why: the kernel's stdin socket is a ROUTER, which drops a message for a peer whose handshake has
+    not completed. Only the shell and IOPub channels answer the start handshake (``kernel_info``), and
+    each channel reconnects on its own 100 ms timer while the kernel is still binding, so stdin can
+    come up after shell does: a run's ``input()`` in that window would wait for an answer forever.
+    Made right after ``start_channels``, before the kernel has bound (it takes ~0.3 s to start), so
+    the event cannot have passed."""
+
+    def __init__(self, socket: zmq.asyncio.Socket) -> None:
+        self._socket = socket
+        self._monitor: zmq.asyncio.Socket | None = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+
+    async def wait(self) -> None:
+        """Return once the handshake succeeded (the caller bounds the wait)."""
+        monitor = self._monitor
+        if monitor is None:
+            return
+        while True:
+            event = parse_monitor_message(await monitor.recv_multipart())
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.close()
+                return
+
+    def close(self) -> None:
+        if self._monitor is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
