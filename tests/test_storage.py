@@ -190,6 +190,23 @@ async def test_concurrent_opens_of_an_empty_database_both_succeed(empty_database
         await second.close()
 
 
+async def test_three_stores_opening_one_new_sqlite_file_at_once_all_open(tmp_path: Path) -> None:
+    """Switching a new file to WAL is refused at once, without SQLite's busy wait, while another
+    connection switches it too: before the pragma was retried, 8 of 60 such three-way opens failed
+    with "database is locked"."""
+    for attempt in range(60):
+        path = tmp_path / f"fresh-{attempt}" / "rooms.db"
+        path.parent.mkdir()
+        stores = [SqlStore(f"sqlite:///{path}") for _ in range(3)]
+        try:
+            await asyncio.gather(*(store.open() for store in stores))
+            for store in stores:
+                await store.ping()
+        finally:
+            for store in stores:
+                await store.close()
+
+
 async def _schema_of(url: str) -> tuple[list, dict, set, list]:
     """(differences from the models, the updates table's columns and unique constraints, the stamp)."""
     engine = create_async_engine(normalize_db_url(url))

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager as AsyncContextManager
@@ -52,6 +53,7 @@ from sqlalchemy import Connection, TextClause, event, insert, inspect, select, t
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import await_only
 
 from pairroom.storage.models import Base, SnapshotRow, UpdateRow, from_utc_micros, utc_micros
 from pairroom.storage.store import (
@@ -77,6 +79,7 @@ _PG_COMMAND_TIMEOUT_S = 30.0  # no statement (a lock wait included) hangs a writ
 _PG_CONNECT_TIMEOUT_S = 10.0
 _SQLITE_BUSY_TIMEOUT_MS = 5000
 _SQLITE_CACHED_STATEMENTS = 24
+_SQLITE_LOCKED_RETRY_MS = 10
 # A flush of many rooms dirties a leaf page of each index per room, and SQLite copies the WAL back
 # into the database (a checkpoint) once it holds this many pages (default 1,000: every other flush
 # of 200 rooms). At 10,000 (40 MiB of WAL at most, on disk) a page rewritten by every flush is
@@ -404,6 +407,22 @@ def _check_sqlite_directory(url: URL) -> None:
         raise StoreError(f"cannot open SQLite database {database!r}: directory {str(directory)!r} does not exist")
 
 
+def _set_pragmas(execute: Callable[[str], object], pause: Callable[[float], object]) -> None:
+    """Run ``_SQLITE_PRAGMAS`` on a new connection. Switching a fresh file to WAL needs its exclusive
+    lock, and SQLite answers "database is locked" at once, without the busy handler, when another
+    connection is switching it too (nodes or stores opening one new file together: 24 of 300
+    three-way races here): that pragma is retried, for as long as the busy timeout."""
+    for pragma in _SQLITE_PRAGMAS:
+        for attempt in range(_SQLITE_BUSY_TIMEOUT_MS // _SQLITE_LOCKED_RETRY_MS):
+            try:
+                execute(f"PRAGMA {pragma}")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt + 1 >= _SQLITE_BUSY_TIMEOUT_MS // _SQLITE_LOCKED_RETRY_MS:
+                    raise
+                pause(_SQLITE_LOCKED_RETRY_MS / 1000)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     """Per-connection pragmas, and explicit ``BEGIN`` (SQLAlchemy's recipe for pysqlite/aiosqlite)."""
 
@@ -412,8 +431,7 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None  # the driver stops opening transactions itself
         cursor = dbapi_connection.cursor()
         try:
-            for pragma in _SQLITE_PRAGMAS:
-                cursor.execute(f"PRAGMA {pragma}")
+            _set_pragmas(cursor.execute, lambda seconds: await_only(asyncio.sleep(seconds)))
         finally:
             cursor.close()
 
@@ -592,8 +610,7 @@ class _SqliteThread:
                 check_same_thread=False,  # made and used on this object's thread, closed there too
                 cached_statements=_SQLITE_CACHED_STATEMENTS,
             )
-            for pragma in _SQLITE_PRAGMAS:
-                conn.execute(f"PRAGMA {pragma}")
+            _set_pragmas(conn.execute, time.sleep)
             self._conn = conn
         return self._conn
 
