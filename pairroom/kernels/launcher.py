@@ -27,8 +27,8 @@ from typing import Any
 import zmq
 import zmq.asyncio
 from jupyter_client.kernelspec import KernelSpec
-from zmq.utils.monitor import parse_monitor_message
 from jupyter_client.manager import AsyncKernelManager
+from zmq.utils.monitor import parse_monitor_message
 
 from pairroom.kernels.dirs import KernelDirs
 from pairroom.sandbox.bubblewrap import Sandbox
