@@ -265,25 +265,29 @@ async def test_frames_sent_before_the_join_are_handled_in_order(start_server: St
         writer.close()
 
 
-async def test_a_member_that_fell_behind_gets_every_edit_then_holds_no_sender(start_server: StartServer) -> None:
+@pytest.mark.parametrize("door", DOORS)
+async def test_a_member_that_fell_behind_gets_every_edit_then_holds_no_sender(
+    start_server: StartServer, door: bool
+) -> None:
     """A full socket queues a member's frames and starts a sender task for them; once the client
-    reads again it gets everything, the sender ends, and later frames go out directly again."""
-    server = await start_server()
+    reads again it gets everything, the sender ends, and later frames go out directly again. The
+    same on both paths: the member owns its sender."""
+    server = await start_server(yjs_door=door)
     writer = await YClient.connect(server.ws("behind"))
     slow = await YClient.connect(server.ws("behind"))
     try:
         await asyncio.wait_for(writer.synced.wait(), 5)
         await asyncio.wait_for(slow.synced.wait(), 5)
         room = server.hub.registry.rooms["behind"]
-        doors = {m.id: m.transport.door for m in room.members.values()}
-        assert all(d.sender is None for d in doors.values()), "an idle member holds no sender task"
+        members = list(room.members.values())
+        assert not any(m.sending for m in members), "an idle member holds no sender task"
         transport = slow.ws.transport
         transport.pause_reading()
         stalled = False
         for i in range(200):
             writer.insert(0, f"<{i}>" + "x" * 32 * 1024)
             await asyncio.sleep(0.005)
-            if any(d.sender is not None for d in doors.values()):
+            if any(m.sending for m in members):
                 stalled = True
                 break
         assert stalled, "the slow member's socket never filled"
@@ -291,7 +295,7 @@ async def test_a_member_that_fell_behind_gets_every_edit_then_holds_no_sender(st
             writer.insert(0, f"<late {i}>")
         transport.resume_reading()
         await eventually(lambda: str(slow.text) == str(writer.text), timeout=10, what="the slow member caught up")
-        await eventually(lambda: all(d.sender is None for d in doors.values()), what="the sender ended")
+        await eventually(lambda: not any(m.sending for m in members), what="the sender ended")
         assert all(m.queued == 0 for m in room.members.values())
         writer.insert(0, "direct ")
         await eventually(lambda: str(slow.text).startswith("direct <late 4>"))

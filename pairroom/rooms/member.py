@@ -109,8 +109,9 @@ class Member:
         "_writing",
         "_kicked",
         "_on_sent",
+        "_sender",
         "on_kick",
-        "on_backlog",
+        "on_send_failed",
     )
 
     def __init__(
@@ -145,10 +146,11 @@ class Member:
         self._writing = False  # the sender task is writing a batch
         self._kicked: asyncio.Future[None] | None = None  # made when first awaited (see ``kicked``)
         self._on_sent = on_sent
+        self._sender: asyncio.Task[None] | None = None  # only while frames wait (see ``_start_sender``)
         self.on_kick: Callable[[Member, int, str], None] | None = None
-        # Called when frames wait and no sender waits for them: a transport that runs its sender only
-        # while there is a backlog (``run_sender(until_empty=True)``) starts it here.
-        self.on_backlog: Callable[[], None] | None = None
+        # Told the error when a queued frame could not be written: the connection is over (the member
+        # is gone by then); the transport's owner reports it and leaves the room.
+        self.on_send_failed: Callable[[BaseException], None] | None = None
 
     def __repr__(self) -> str:
         return f"Member({self.id!r}, {self.state.value})"
@@ -234,8 +236,38 @@ class Member:
             self._idle = None
             if not idle.done():
                 idle.set_result(None)
-        elif self.on_backlog is not None:
-            self.on_backlog()
+        else:
+            self._start_sender()
+
+    @property
+    def sending(self) -> bool:
+        """A sender task is writing frames that waited (they wait only for a full socket)."""
+        return self._sender is not None
+
+    def _start_sender(self) -> None:
+        """Frames wait (behind a write that had to wait, or for a full socket): a task writes them as
+        the socket drains and ends once they are written, so an idle member holds no task, coroutine
+        and future (about 0.8 KiB per connection)."""
+        if self._sender is not None or self.state is not _OPEN or not self._queue:
+            return
+        self._sender = asyncio.get_running_loop().create_task(self._drain(), name=f"send {self.id}")
+        self._sender.add_done_callback(self._sender_done)
+
+    def _sender_done(self, sender: asyncio.Task[None]) -> None:
+        if sender is not self._sender:
+            return
+        self._sender = None
+        if sender.cancelled():
+            return
+        error = sender.exception()
+        if error is None:
+            self._start_sender()  # frames queued after the sender's last look, before this callback
+            return
+        self.gone()
+        if self.on_send_failed is not None:
+            self.on_send_failed(error)
+        else:
+            log.info("write failed", extra={"conn": self.id, "error": repr(error)})
 
     def kick(self, code: int, reason: str) -> None:
         """Close this member from the server side; the queue is dropped, the client resyncs."""
@@ -252,12 +284,15 @@ class Member:
             self.on_kick(self, code, reason)
 
     def gone(self) -> None:
-        """The connection ended; stop sending."""
+        """The connection ended; stop sending (a write that waits for the socket is cancelled)."""
         if self.state is MemberState.OPEN:
             self.state = MemberState.GONE
         self._queue.clear()
         self._queued_bytes = 0
         self._wake()
+        sender = self._sender
+        if sender is not None and sender is not asyncio.current_task() and not sender.done():
+            sender.cancel()
 
     def kicked(self) -> asyncio.Future[None]:
         """Done once the server closes this member. A future rather than an event and a task waiting
@@ -271,16 +306,14 @@ class Member:
     async def wait_kicked(self) -> None:
         await asyncio.shield(self.kicked())
 
-    async def run_sender(self, *, until_empty: bool = False) -> None:
-        """Drain the queue until the member is kicked or gone. Send errors propagate.
-
-        ``until_empty``: return once nothing is queued or being written (``on_backlog`` starts the
-        next one), so an idle member holds no task, coroutine and future (about 0.8 KiB)."""
+    async def _drain(self) -> None:
+        """Write the queue until nothing is queued or being written, or the member is kicked or gone.
+        Send errors propagate (to ``_sender_done``)."""
         while True:
             if not self._queue or self._inflight is not None:
                 if self.state is not MemberState.OPEN:
                     return
-                if until_empty and not self._queue and self._inflight is None:
+                if not self._queue and self._inflight is None:
                     return
                 self._idle = asyncio.get_running_loop().create_future()
                 await self._idle

@@ -21,7 +21,7 @@ all its code), with the ASGI part replaced by direct calls into the room:
   per broadcast, one ``transport.write``), and a send that finds the socket's buffer full waits for
   uvicorn's ``writable``, so the member's bounded queue and its 4503 kick work as before;
 - once joined, an idle connection holds no task at all: a member's frames are written at once, and
-  a sender task exists only while frames wait for a full socket (``Member.on_backlog``). Callbacks
+  a sender task exists only while frames wait for a full socket (``Member._start_sender``). Callbacks
   (the connection lost, the sender failed, the member kicked) end the membership; a kicked member
   gets its close frame from a short task bounded by ``CLOSE_TIMEOUT``.
 
@@ -254,7 +254,6 @@ class YjsDoor(WebSocketsSansIOProtocol):
         "compressed",
         "member",
         "room",
-        "sender",
         "waiting",
         "bucket",
         "finished",
@@ -271,7 +270,6 @@ class YjsDoor(WebSocketsSansIOProtocol):
         self.compressed = False
         self.member: Member | None = None
         self.room: Room | None = None
-        self.sender: asyncio.Task[None] | None = None
         self.waiting: list[bytes] | None = []  # frames that came before the join; None once joined
         self.bucket: TokenBucket | None = None
         self.finished = False
@@ -345,8 +343,7 @@ class YjsDoor(WebSocketsSansIOProtocol):
         self.member, self.room = member, room
         member.on_kick = self.kicked
         self.bucket = TokenBucket(hub.settings.rate_limit, hub.settings.rate_burst)
-        member.on_backlog = self.start_sender
-        self.start_sender()  # for frames queued during the join, behind a write that had to wait
+        member.on_send_failed = self.send_failed
         if self.disconnected or self.close_sent:  # the connection ended or closed during the door
             member.gone()
             self.loop.call_soon(self.finish)
@@ -505,26 +502,11 @@ class YjsDoor(WebSocketsSansIOProtocol):
         # leaving the room waits for the next loop turn.
         self.loop.call_soon(self.finish)
 
-    def start_sender(self) -> None:
-        """Frames wait for a socket that was full: a sender task writes them as the socket drains, and
-        ends when they are written (an idle member holds no task)."""
-        member = self.member
-        assert member is not None
-        if self.sender is not None or self.finished or member.state is not _MEMBER_OPEN or not member.queued:
-            return
-        sender = self.sender = self.loop.create_task(member.run_sender(until_empty=True))
-        sender.add_done_callback(self.sender_done)
-
-    def sender_done(self, sender: asyncio.Task[None]) -> None:
-        if sender is self.sender:
-            self.sender = None
+    def send_failed(self, error: BaseException) -> None:
+        """A frame that waited for the socket could not be written: the membership is over."""
         member, room = self.member, self.room
         assert member is not None and room is not None
-        if not sender.cancelled() and (error := sender.exception()) is not None:
-            report_task_failure(room, member, sender, error)
-        elif member.state is _MEMBER_OPEN and not sender.cancelled():
-            self.start_sender()  # for frames queued after the sender's last look, before this callback
-            return  # the backlog is written; the member goes on
+        report_task_failure(room, member, "send", error)
         self.finish()
 
     def finish(self) -> None:
@@ -535,8 +517,6 @@ class YjsDoor(WebSocketsSansIOProtocol):
         member, room, hub = self.member, self.room, self.hub
         assert member is not None and room is not None
         member.gone()
-        if self.sender is not None and not self.sender.done():
-            self.sender.cancel()
         hub.registry.leave(room, member)
         log.info("left", extra={"room": room.name, "conn": member.id, "code": member.close_code})
         hub.metrics.connections.dec()

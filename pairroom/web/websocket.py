@@ -1,8 +1,8 @@
 """The y-websocket endpoint: ``/yjs/{room}``. Adapts a Starlette websocket to a room member.
 
-Per connection three tasks run: the reader (frames into ``Room.receive``), the member's sender
-(its queue out to the socket) and a watcher for the member being kicked. Whichever ends first ends
-the connection; a kicked member is closed with its code and reason. Client mistakes are logged as one
+Per connection a reader task runs (frames into ``Room.receive``) beside the member being kicked and
+a write that failed (the member's sender, which runs only while frames wait for a full socket).
+Whichever ends first ends the connection; a kicked member is closed with its code and reason. Client mistakes are logged as one
 warning line each, without a traceback.
 """
 
@@ -191,20 +191,26 @@ PEER_GONE = (OSError, WebSocketDisconnect, RuntimeError, ConnectionError)
 
 async def serve_member(hub: Hub, websocket: WebSocket, room: Room, member: Member) -> None:
     reader = asyncio.create_task(read_frames(hub, websocket, room, member))
-    sender = asyncio.create_task(member.run_sender())
     kicked = member.kicked()  # a future: cancelling it below does not touch the member
-    tasks: set[asyncio.Future[None]] = {reader, sender, kicked}
+    send_failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    def failed(error: BaseException) -> None:
+        if not send_failed.done():
+            send_failed.set_result(error)
+
+    member.on_send_failed = failed
+    waits: set[asyncio.Future[Any]] = {reader, kicked, send_failed}
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
         member.gone()
-        for task in tasks:
-            task.cancel()
-        results = await asyncio.gather(reader, sender, kicked, return_exceptions=True)  # in this order
-    for task, result in zip((reader, sender), results[:2], strict=True):  # the kicked future ends with None
-        if not isinstance(result, Exception) or task not in done:
-            continue
-        report_task_failure(room, member, task, result)
+        for waiting in waits:
+            waiting.cancel()
+        read = await asyncio.gather(reader, return_exceptions=True)
+    if reader in done and isinstance(read[0], Exception):
+        report_task_failure(room, member, "read", read[0])
+    if send_failed in done:
+        report_task_failure(room, member, "send", send_failed.result())
     # Leave before closing: a kicked client that stopped reading may hold the close for a while,
     # and the others must not see its presence meanwhile.
     hub.registry.leave(room, member)
@@ -218,16 +224,17 @@ async def serve_member(hub: Hub, websocket: WebSocket, room: Room, member: Membe
         await close_quietly(member, websocket)
 
 
-def report_task_failure(room: Room, member: Member, task: asyncio.Task[Any], error: BaseException) -> None:
-    """A connection task that ended with ``error``: a vanished peer (mid-send or mid-read) ends the
-    connection with nothing to report; anything else is a bug on our side, logged with its traceback."""
+def report_task_failure(room: Room, member: Member, task: str, error: BaseException) -> None:
+    """A connection's ``task`` (reading or sending) that ended with ``error``: a vanished peer
+    (mid-send or mid-read) ends the connection with nothing to report; anything else is a bug on our
+    side, logged with its traceback."""
     if isinstance(error, PEER_GONE):
         log.info("connection ended", extra={"room": room.name, "conn": member.id, "error": repr(error)})
     else:
         log.error(
             "connection task failed",
             exc_info=error,
-            extra={"room": room.name, "conn": member.id, "task": task.get_name()},
+            extra={"room": room.name, "conn": member.id, "task": task},
         )
 
 
