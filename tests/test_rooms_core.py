@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from pycrdt import Doc, Text
+from pycrdt import Doc, Map, Text
 
 from pairroom.cluster.bridge import Cluster
 from pairroom.cluster.broker import MemoryBroker, MemoryHub
@@ -616,3 +616,27 @@ async def test_evicting_a_room_kicks_its_members_and_drops_what_was_not_flushed(
         assert ada.member.close_code == CloseCode.ROOM_DELETED
         assert room.pending == []
     assert tables.log("gone").updates == []
+
+
+async def test_a_room_keeps_one_wrapper_per_root_and_shares_its_owner_table(store: MemoryStore) -> None:
+    """Every component that asks the room's document for a root gets the same wrapper (pycrdt builds
+    a new one, about 1 KiB, per ``Doc.get``), it still sees clients' edits, and a root asked for
+    as another type is cast as pycrdt casts it. The owner table is one per set of rows."""
+    room = await open_room(store, "roots")
+    other = await open_room(store, "other roots")
+    try:
+        files = room.doc.get("files", type=Map)
+        assert room.doc.get("files", type=Map) is files
+        assert room.guards.roots["files"] is files, "the guards watch the same wrapper"
+        assert room.guards.table is other.guards.table
+        alice = Client("alice")
+        joined(room, alice)
+        with alice.doc.transaction():
+            alice.doc.get("files", type=Map)["main.py"] = Text("print(1)")
+        room.receive(alice.member, protocol.sync_update(alice.doc.get_update(room.doc.get_state())))
+        assert str(files["main.py"]) == "print(1)"
+        as_text = room.doc.get("notes", type=Text)
+        assert isinstance(as_text, Text) and room.doc.get("notes", type=Text) is as_text
+    finally:
+        for each in (room, other):
+            each.transition(RoomState.CLOSED)

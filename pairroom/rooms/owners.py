@@ -18,6 +18,7 @@ closed.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -66,7 +67,8 @@ class OwnerRow:
 
 @dataclass(slots=True)
 class OwnerTable:
-    """The rows of the document, looked up by (root, key)."""
+    """The rows of the document, looked up by (root, key). Never changed once built: every room of
+    a node shares the one ``default`` builds for its extensions' rows."""
 
     rows: Sequence[OwnerRow]
     _by_key: dict[tuple[str, str | None], OwnerRow] = field(init=False)
@@ -91,8 +93,9 @@ class OwnerTable:
 
     @classmethod
     def default(cls, extra: Iterable[OwnerRow] = ()) -> OwnerTable:
-        """The built-in rows plus ``extra`` (the rows every extension contributes)."""
-        return cls([*BUILTIN_ROWS, *extra])
+        """The built-in rows plus ``extra`` (the rows every extension contributes), built once per
+        set of rows (about 2 KiB that each loaded room would otherwise keep)."""
+        return _default_table(tuple(extra))
 
     @property
     def roots(self) -> dict[str, type[Map[Any]] | type[Array[Any]] | type[Text]]:
@@ -110,6 +113,11 @@ class OwnerTable:
         if found is None:
             found = self._by_key.get((root, None))
         return found
+
+
+@functools.lru_cache(maxsize=8)
+def _default_table(extra: tuple[OwnerRow, ...]) -> OwnerTable:
+    return OwnerTable([*BUILTIN_ROWS, *extra])
 
 
 # -- validators ------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from pairroom.rooms.presence import Presence, PresenceLimits
 from pairroom.storage.store import LoadedRoom, NewUpdate, Store, StoreError, clip_label
 
 from .dependencies import HeldUpdates
+from .doc import RoomDoc
 from .extension import Change, ExtensionRunner
 from .guards import DocumentGuards
 from .identity import Principal, Role, earlier_room
@@ -125,7 +126,7 @@ class Room:
         self.name = name
         self.store = store
         self.listener = listener
-        self.doc: Doc[Any] = Doc()
+        self.doc = RoomDoc()
         self.members: dict[str, Member] = {}
         self.presence = Presence(
             self.doc, self.members, tick=awareness_tick, stamp_identity=stamp_identity, limits=presence_limits
@@ -184,6 +185,7 @@ class Room:
             # see it: without this the doc, the room and everything they hold would never be freed.
             self.doc.unobserve(self._subscription)
             self.guards.close()
+            self.doc.forget_roots()
             self._drop_full_sync()
 
     # -- loading and flushing -------------------------------------------------------------------
