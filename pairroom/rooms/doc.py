@@ -11,20 +11,17 @@ subscription is its own object), and a root asked for as another type is cast as
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 from pycrdt import Doc
-from pycrdt._base import BaseType
-
-_Root = TypeVar("_Root", bound=BaseType)
 
 
 class RoomDoc(Doc[Any]):
     def __init__(self) -> None:
         super().__init__()
-        self._root_wrappers: dict[str, BaseType] = {}
+        self._root_wrappers: dict[str, Any] = {}
 
-    def get(self, key: str, *, type: type[_Root]) -> _Root:
+    def get(self, key: str, *, type: type[Any]) -> Any:  # as ``Doc[Any]``'s
         root = self._root_wrappers.get(key)
         if root.__class__ is not type:
             root = self._root_wrappers[key] = super().get(key, type=type)
