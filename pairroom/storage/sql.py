@@ -411,14 +411,15 @@ def _set_pragmas(execute: Callable[[str], object], pause: Callable[[float], obje
     """Run ``_SQLITE_PRAGMAS`` on a new connection. Switching a fresh file to WAL needs its exclusive
     lock, and SQLite answers "database is locked" at once, without the busy handler, when another
     connection is switching it too (nodes or stores opening one new file together: 24 of 300
-    three-way races here): that pragma is retried, for as long as the busy timeout."""
+    three-way races here): a pragma refused so is retried, for as long as the busy timeout."""
+    last_attempt = _SQLITE_BUSY_TIMEOUT_MS // _SQLITE_LOCKED_RETRY_MS - 1
     for pragma in _SQLITE_PRAGMAS:
-        for attempt in range(_SQLITE_BUSY_TIMEOUT_MS // _SQLITE_LOCKED_RETRY_MS):
+        for attempt in range(last_attempt + 1):
             try:
                 execute(f"PRAGMA {pragma}")
                 break
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt + 1 >= _SQLITE_BUSY_TIMEOUT_MS // _SQLITE_LOCKED_RETRY_MS:
+                if "locked" not in str(exc) or attempt == last_attempt:
                     raise
                 pause(_SQLITE_LOCKED_RETRY_MS / 1000)
 

@@ -1,9 +1,9 @@
 """The y-websocket endpoint: ``/yjs/{room}``. Adapts a Starlette websocket to a room member.
 
-Per connection a reader task runs (frames into ``Room.receive``) beside the member being kicked and
-a write that failed (the member's sender, which runs only while frames wait for a full socket).
-Whichever ends first ends the connection; a kicked member is closed with its code and reason. Client mistakes are logged as one
-warning line each, without a traceback.
+Per connection a reader task runs (frames into ``Room.receive``) beside two futures: the member
+being kicked, and a write that failed (the member's sender, which runs only while frames wait for a
+full socket). Whichever ends first ends the connection; a kicked member is closed with its code and
+reason. Client mistakes are logged as one warning line each, without a traceback.
 """
 
 from __future__ import annotations
