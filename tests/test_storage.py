@@ -12,6 +12,10 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
@@ -34,6 +39,7 @@ from pairroom.recording.history_store import Event, HistoryStore, Version, histo
 from pairroom.storage import sql
 from pairroom.storage.compaction import compact
 from pairroom.storage.memory import MemoryStore, MemoryTables
+from pairroom.storage.migrate import upgrade_to_head
 from pairroom.storage.models import UID_MAX_LENGTH, Base, SnapshotRow, UpdateRow
 from pairroom.storage.sql import SqlStore, normalize_db_url
 from pairroom.storage.store import (
@@ -263,6 +269,76 @@ async def test_the_schema_matches_the_models_whether_migrated_or_created(empty_s
     assert getattr(columns["uid"]["type"], "length", None) == UID_MAX_LENGTH
     assert {("room", "seq"), ("room", "uid")} <= uniques
     await _migrate_with_alembic(empty_sql_url)  # a created database is at head for Alembic too
+
+
+def _sqlite_schema(path: Path) -> list[tuple[str, str, str, str | None]]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+    conn.close()
+    return rows
+
+
+async def test_a_new_sqlite_file_gets_exactly_the_schema_sqlalchemy_creates_from_the_models(tmp_path: Path) -> None:
+    """A SQLite store creates its tables from DDL kept in the tree (no SQLAlchemy at run time): the
+    DDL must be what ``create_all`` makes of the models, statement for statement."""
+    async with SqlStore(f"sqlite:///{tmp_path}/by-store.db"):
+        pass
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/by-models.db")
+    try:
+        with engine.begin() as conn:
+            upgrade_to_head(conn)
+    finally:
+        engine.dispose()
+    by_store, by_models = _sqlite_schema(tmp_path / "by-store.db"), _sqlite_schema(tmp_path / "by-models.db")
+    assert {name for _, name, _, _ in by_store} >= {"updates", "snapshots", "events", "versions", "alembic_version"}
+    assert by_store == by_models
+
+
+def test_a_sqlite_node_stores_and_reads_history_without_importing_sqlalchemy(tmp_path: Path) -> None:
+    """SQLAlchemy is 26 MiB resident; a SQLite node imports it only to upgrade an older file."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        from datetime import UTC, datetime
+        from pairroom.recording.history_store import Event, Version, history_store_for
+        from pairroom.storage.store import NewUpdate, open_store
+
+        async def main():
+            store = open_store("sqlite:///{tmp_path}/rooms.db")
+            await store.open()
+            now = datetime.now(UTC)
+            assert await store.append("r", [NewUpdate("n:1", now, "o", b"u1")]) == 1
+            await store.write_snapshot("r", 1, b"doc")
+            history = history_store_for(store)
+            await history.append_events([Event("r", now, "join", "u", {{}})], [Version("r", "v", 1, now, "u", False)])
+            assert [e.kind for e in await history.events("r")] == ["join"]
+            assert (await history.snapshot_at_or_before("r", 1)).data == b"doc"
+            assert await history.seq_at("r", now) == 1 and await store.rooms() == ["r"]
+            assert (await store.load("r")).last_seq == 1
+            await store.close()
+            print(sorted(m for m in sys.modules if m.split(".")[0] in ("sqlalchemy", "alembic", "aiosqlite")))
+
+        asyncio.run(main())
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
+async def test_an_in_memory_sqlite_store_keeps_its_rows_while_open(room: str) -> None:
+    """``sqlite://`` is one connection: its reads and writes share one thread, so loads see appends."""
+    async with SqlStore("sqlite://") as store:
+        assert await store.append(room, batch(1, 2)) == 2
+        assert logged((await store.load(room)).updates) == [(1, "n1:1", b"u1"), (2, "n1:2", b"u2")]
+        history = history_store_for(store)
+        assert await history.last_seq(room) == 2
+
+
+@pytest.mark.parametrize("url", ["sqlite:///rooms.db?timeout=5", "sqlite:rooms.db", "sqlite://host/rooms.db"])
+def test_a_sqlite_url_with_options_or_without_its_three_slashes_is_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="sqlite:///|scheme://"):
+        SqlStore(url)
 
 
 async def test_open_migrates_an_older_schema_to_head(empty_sql_url: str, room: str) -> None:
@@ -684,9 +760,8 @@ async def test_sqlite_appends_and_loads_run_on_threads_of_their_own_that_end_wit
         "pairroom-sqlite-append",
         "pairroom-sqlite-read",
     }
-    # what the stdlib connection wrote, SQLAlchemy's connections read, and the other way round
-    async with store.engine.connect() as conn:
-        assert (await conn.execute(select(func.max(UpdateRow.seq)).where(UpdateRow.room == room))).scalar() == 3
+    # what one connection wrote, the other reads, and the other way round
+    assert await store.query("reading", "SELECT max(seq) FROM updates WHERE room = :room", {"room": room}) == [(3,)]
     await store.write_snapshot(room, 3, b"doc")
     assert (await store.load(room)).snapshot.data == b"doc"  # type: ignore[union-attr]
     await store.close()
@@ -708,7 +783,7 @@ async def test_a_sqlite_flush_of_fresh_updates_skips_the_stored_lookup_and_a_ret
     (room, uid) constraint, is rolled back and written again the full way, with the same result."""
     async with SqlStore(f"sqlite:///{tmp_path}/rooms.db") as store:
         assert await store.append_many({room: batch(1, 2)}) == {room: 2}
-        appender = store._appender
+        appender = store._driver._writer  # type: ignore[attr-defined]
         assert appender is not None and appender._conn is not None
         statements: list[str] = []
         appender._conn.set_trace_callback(statements.append)

@@ -3,7 +3,7 @@
 ``Store`` (``storage/store.py``) is what rooms need: append, load, snapshot. The recorder also asks
 the log questions by time and by seq, keeps events and named versions beside it, and deletes, purges
 and imports whole rooms. Those live here, on the same rows as the room's ``Store``, with two adapters:
-``SqlHistoryStore`` (``sql_history.py``, on a ``SqlStore``'s engine and tables) and
+``SqlHistoryStore`` (``sql_history.py``, plain SQL through a ``SqlStore``'s driver) and
 ``MemoryHistoryStore`` (``memory_history.py``, on a ``MemoryStore``'s tables).
 ``history_store_for(store)`` gives the one that goes with a store.
 

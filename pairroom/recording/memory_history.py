@@ -16,9 +16,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from pairroom.recording.history_store import Event, Version
-from pairroom.storage.event_models import USER_MAX_LENGTH
 from pairroom.storage.memory import MemoryStore, MemoryTables, RoomLog, as_stored
-from pairroom.storage.store import Snapshot, StoredUpdate, StoreError
+from pairroom.storage.store import USER_MAX_LENGTH, Snapshot, StoredUpdate, StoreError
 
 _EVENTS = "events"
 _VERSIONS = "versions"

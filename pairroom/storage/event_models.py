@@ -21,10 +21,7 @@ from sqlalchemy import BigInteger, Boolean, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from pairroom.storage.models import ROOM_MAX_LENGTH, Base, UpdateRow, UtcMicros, _BigId
-
-KIND_MAX_LENGTH = 32
-USER_MAX_LENGTH = 255
-NAME_MAX_LENGTH = 255
+from pairroom.storage.store import KIND_MAX_LENGTH, NAME_MAX_LENGTH, USER_MAX_LENGTH
 
 
 class EventRow(Base):

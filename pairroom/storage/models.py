@@ -1,18 +1,20 @@
 """The tables behind ``SqlStore``: a per-room update log and the snapshots written beside it.
 
-Only ``sql.py`` and the migrations import this module. The migrations are written by hand and must
-match these tables; ``tests/test_storage.py`` compares the two.
+Only ``migrate.py`` and the migrations import this module: the stores run plain SQL
+(``statements.py``). The migrations are written by hand and must match these tables, and so must
+``statements.SQLITE_SCHEMA``; ``tests/test_storage.py`` compares them.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import BigInteger, Integer, LargeBinary, MetaData, String, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from pairroom.storage.statements import from_utc_micros, utc_micros
 from pairroom.storage.store import ORIGIN_MAX_LENGTH, ROOM_MAX_LENGTH, UID_MAX_LENGTH
 
 __all__ = [
@@ -27,23 +29,8 @@ __all__ = [
     "utc_micros",
 ]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
 # SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid alias), never a BIGINT one.
 _BigId = BigInteger().with_variant(Integer(), "sqlite")
-
-
-def utc_micros(value: datetime) -> int:
-    """Microseconds since the Unix epoch of an aware datetime: how ``UtcMicros`` stores it."""
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"timestamp {value!r} has no time zone; storage needs an aware datetime")
-    return (value - _EPOCH) // _MICROSECOND
-
-
-def from_utc_micros(value: int) -> datetime:
-    """The aware datetime (UTC) that ``utc_micros`` stored as ``value``."""
-    return _EPOCH + value * _MICROSECOND
 
 
 class UtcMicros(TypeDecorator[datetime]):

@@ -14,9 +14,10 @@ long as any node that saw it lives to flush, and is stored once however many nod
 
 Adapters live in their own modules: ``memory.py`` (one process, gone when it ends: tests and
 throw-away servers) and ``sql.py`` (SQLite and PostgreSQL); nothing outside the SQL adapters
-(``sql.py``, its models and migrations, and the recorder's ``sql_history.py``) imports a database
-library. Both behave the same for everything promised here, and ``tests/test_storage.py``
-runs one contract suite over memory, SQLite and PostgreSQL. ``open_store(url)`` picks one by URL.
+(``sql.py`` and its drivers ``sqlite.py`` and ``postgres.py``, the models and migrations, and the
+recorder's ``sql_history.py``) imports a database library. Both behave the same for everything
+promised here, and ``tests/test_storage.py`` runs one contract suite over memory, SQLite and
+PostgreSQL. ``open_store(url)`` picks one by URL.
 
 What any adapter refuses before storing anything (``ValueError``, the caller's bug, whether or not
 the store is open): a room name or uid that is empty, too long or holds NUL, an origin that is too
@@ -34,6 +35,9 @@ from typing import Protocol
 ROOM_MAX_LENGTH = 255
 ORIGIN_MAX_LENGTH = 255
 UID_MAX_LENGTH = 64
+KIND_MAX_LENGTH = 32  # the recorder's events and versions (``recording/history_store.py``)
+USER_MAX_LENGTH = 255
+NAME_MAX_LENGTH = 255
 MAX_SEQ = 2**63 - 1  # a signed 64-bit column
 
 
