@@ -194,7 +194,7 @@ class SqlStore:
     async def query(self, action: str, statement: str, params: Params | None = None) -> list[tuple[Any, ...]]:
         """The rows ``statement`` reads; a failure raises ``StoreError`` naming ``action``."""
         self._require_open()
-        with self._failures(f"{action}"):
+        with self._failures(action):
             return await self._driver.query(statement, params or {})
 
     async def transaction(self, action: str, statements: Sequence[Statement]) -> list[int]:
