@@ -42,6 +42,10 @@ class Settings:
     flush_max_updates: int = 200
     snapshot_every: int = 1000
     keepalive_seconds: float = 15.0
+    # websocket pings: a peer that sends nothing, pong included, for ws_ping_timeout after a ping is
+    # closed with 1011 (on /yjs a peer still sending is alive: web/door.py)
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
     shutdown_timeout: float = 10.0
     ws_impl: str = "websockets-sansio"
     # /yjs connections through the front door (web/door.py: no ASGI chain per connection); off: through

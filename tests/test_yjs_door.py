@@ -337,6 +337,42 @@ async def test_a_client_that_stops_answering_pings_is_closed_with_1011(db_url: s
         await task
 
 
+async def test_a_client_still_sending_keeps_its_connection_while_its_pong_waits_then_silence_closes_it_with_1011(
+    start_server: StartServer,
+) -> None:
+    """A client uploading faster than the room integrates (a 10 MiB document seeded in one go) has
+    its pong queued behind its own frames: the door keeps it while frames keep coming, and closes
+    it with 1011 one ping timeout after they stop."""
+    server = await start_server(ws_ping_interval=0.2, ws_ping_timeout=0.3)
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    await handshake(reader, writer, "/yjs/uploading")
+    frames: list[tuple[float, int, bytes]] = []
+
+    async def read_until_closed() -> None:
+        while True:
+            opcode, payload = await next_frame(reader, skip_binary=True)
+            frames.append((loop.time(), opcode, payload))
+            if opcode == 0x8:
+                return
+
+    reading = asyncio.create_task(read_until_closed())
+    step1 = masked_frame(0x82, sync_step1(Doc().get_state()))
+    for _ in range(40):  # 2 s of frames, never a pong: several ping timeouts long
+        writer.write(step1)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        assert not reading.done(), f"closed while the client was still sending: {frames[-1:]}"
+    stopped = loop.time()
+    async with asyncio.timeout(10):
+        await reading
+    assert [opcode for _, opcode, _ in frames if opcode == 0x9], "no ping was sent"
+    closed_at, _, payload = frames[-1]
+    assert struct.unpack("!H", payload[:2])[0] == 1011
+    assert closed_at - stopped < 2.0  # one timeout (0.3 s) after the last frame, give or take a tick
+    writer.close()
+
+
 # -- a raw client, for what websockets' client will not send -------------------------------------------
 
 

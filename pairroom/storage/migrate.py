@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from pairroom.storage.models import Base
-from pairroom.storage.statements import HEAD_REVISION, STAMP_HEAD, MigrationError
+from pairroom.storage.statements import CREATE_STAMP_TABLE, HEAD_REVISION, SELECT_STAMP, STAMP_HEAD, MigrationError
 
 _MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -27,17 +27,12 @@ def upgrade_to_head(connection: Connection) -> None:
     suite checks that equals migrating), an older one runs the migrations."""
     tables = set(inspect(connection).get_table_names())
     if "alembic_version" in tables:
-        versions = [row[0] for row in connection.execute(text("SELECT version_num FROM alembic_version"))]
+        versions = [row[0] for row in connection.execute(text(SELECT_STAMP))]
         if versions == [HEAD_REVISION]:
             return
     elif not tables:
         Base.metadata.create_all(connection)
-        connection.execute(
-            text(
-                "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
-                "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
-            )
-        )
+        connection.execute(text(CREATE_STAMP_TABLE))
         connection.execute(text(STAMP_HEAD[0]), STAMP_HEAD[1])
         return
     _run_alembic(connection)

@@ -48,6 +48,11 @@ def from_utc_micros(value: int) -> datetime:
     return _EPOCH + value * _MICROSECOND
 
 
+# Alembic's own table, as Alembic creates it: a database made here is at head for Alembic too.
+CREATE_STAMP_TABLE = (
+    "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
+    "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+)
 SQLITE_SCHEMA = (
     "CREATE TABLE updates (\n\tid INTEGER NOT NULL, \n\troom VARCHAR(255) NOT NULL, \n\tseq BIGINT NOT NULL, "
     "\n\tuid VARCHAR(64) NOT NULL, \n\tat BIGINT NOT NULL, \n\torigin VARCHAR(255) NOT NULL, "
@@ -65,8 +70,7 @@ SQLITE_SCHEMA = (
     '\n\tseq BIGINT NOT NULL, \n\tat BIGINT NOT NULL, \n\t"by" VARCHAR(255) NOT NULL, \n\tauto BOOLEAN NOT NULL, '
     "\n\tCONSTRAINT pk_versions PRIMARY KEY (id)\n)",
     "CREATE INDEX ix_versions_room_seq ON versions (room, seq)",
-    "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
-    "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))",
+    CREATE_STAMP_TABLE,
 )
 STAMP_HEAD = ("INSERT INTO alembic_version (version_num) VALUES (:v)", {"v": HEAD_REVISION})
 SELECT_STAMP = "SELECT version_num FROM alembic_version"

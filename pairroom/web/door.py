@@ -257,6 +257,7 @@ class YjsDoor(WebSocketsSansIOProtocol):
         "waiting",
         "bucket",
         "finished",
+        "heard",
     )
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: Any = None) -> None:
@@ -273,6 +274,7 @@ class YjsDoor(WebSocketsSansIOProtocol):
         self.waiting: list[bytes] | None = []  # frames that came before the join; None once joined
         self.bucket: TokenBucket | None = None
         self.finished = False
+        self.heard = False  # a frame came since the last ping (or the last extension of its deadline)
 
     # -- the handshake, then the door and the join ------------------------------------------------
 
@@ -395,9 +397,28 @@ class YjsDoor(WebSocketsSansIOProtocol):
 
     # -- incoming messages --------------------------------------------------------------------------
 
+    # -- keepalive --------------------------------------------------------------------------------
+
+    def send_keepalive_ping(self) -> None:
+        self.heard = False
+        super().send_keepalive_ping()
+
+    def keepalive_timeout(self) -> None:
+        """No pong within ``ws_ping_timeout``: close with 1011, unless the peer sent something since
+        the ping. A peer uploading faster than the room integrates (a 10 MiB document seeded in one
+        go) has its pong queued behind its own frames, and it is alive: the deadline moves on by
+        another timeout, as long as frames keep coming."""
+        timeout = self.ping_timeout  # set, or uvicorn would not have armed this deadline
+        if self.heard and timeout is not None and not (self.close_sent or self.transport.is_closing()):
+            self.heard = False
+            self.pong_timer = self.loop.call_later(timeout, self.keepalive_timeout)
+            return
+        super().keepalive_timeout()
+
     def handle_events(self) -> None:
         """uvicorn's dispatch, with the opcodes compared by identity to module constants (an enum
         member read through its class costs ten plain reads on Python 3.11), binary first."""
+        self.heard = True
         for event in self.conn.events_received():
             if type(event) is not Frame:
                 self.handle_connect(event)  # type: ignore[arg-type]

@@ -56,6 +56,8 @@ def uvicorn_config(app: Starlette, settings: Settings, *, signals: bool = True) 
         # limit sits above it so that it never decides first.
         ws_max_size=settings.max_message_bytes * 2 + 1024,
         ws_per_message_deflate=settings.ws_compression,
+        ws_ping_interval=settings.ws_ping_interval,
+        ws_ping_timeout=settings.ws_ping_timeout,
         lifespan="on",
         log_config=None,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout)),
