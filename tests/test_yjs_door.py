@@ -337,13 +337,14 @@ async def test_a_client_that_stops_answering_pings_is_closed_with_1011(db_url: s
         await task
 
 
+@pytest.mark.parametrize("door", DOORS)
 async def test_a_client_still_sending_keeps_its_connection_while_its_pong_waits_then_silence_closes_it_with_1011(
-    start_server: StartServer,
+    start_server: StartServer, door: bool
 ) -> None:
     """A client uploading faster than the room integrates (a 10 MiB document seeded in one go) has
-    its pong queued behind its own frames: the door keeps it while frames keep coming, and closes
-    it with 1011 one ping timeout after they stop."""
-    server = await start_server(ws_ping_interval=0.2, ws_ping_timeout=0.3)
+    its pong queued behind its own frames: both paths keep it while frames keep coming, and close it
+    with 1011 one ping timeout after they stop."""
+    server = await start_server(yjs_door=door, ws_ping_interval=0.2, ws_ping_timeout=0.3)
     loop = asyncio.get_running_loop()
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     await handshake(reader, writer, "/yjs/uploading")

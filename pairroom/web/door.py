@@ -40,7 +40,6 @@ from typing import Any
 from urllib.parse import unquote
 
 from starlette.requests import HTTPConnection
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
@@ -53,6 +52,7 @@ from pairroom.web.auth import AuthError, admit
 from pairroom.web.frames import FrameWriter, framed
 from pairroom.web.http_limits import TimedHttpToolsProtocol
 from pairroom.web.hub import Hub
+from pairroom.web.keepalive import KeepaliveWhileSending
 from pairroom.web.websocket import (
     CLOSE_TIMEOUT,
     JoinRefused,
@@ -204,7 +204,7 @@ _HANDSHAKE_LOG = logging.getLogger("pairroom.door.websockets")
 _HANDSHAKE_LOG.setLevel(logging.WARNING)
 
 
-class YjsDoor(WebSocketsSansIOProtocol):
+class YjsDoor(KeepaliveWhileSending):
     """One ``/yjs`` connection: uvicorn's websockets-sansio protocol calling the room directly."""
 
     # Slots for uvicorn's attributes as well as ours: with more than 30 of them an instance's dict
@@ -257,7 +257,6 @@ class YjsDoor(WebSocketsSansIOProtocol):
         "waiting",
         "bucket",
         "finished",
-        "heard",
     )
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: Any = None) -> None:
@@ -274,7 +273,6 @@ class YjsDoor(WebSocketsSansIOProtocol):
         self.waiting: list[bytes] | None = []  # frames that came before the join; None once joined
         self.bucket: TokenBucket | None = None
         self.finished = False
-        self.heard = False  # a frame came since the last ping (or the last extension of its deadline)
 
     # -- the handshake, then the door and the join ------------------------------------------------
 
@@ -397,27 +395,10 @@ class YjsDoor(WebSocketsSansIOProtocol):
 
     # -- incoming messages --------------------------------------------------------------------------
 
-    # -- keepalive --------------------------------------------------------------------------------
-
-    def send_keepalive_ping(self) -> None:
-        self.heard = False
-        super().send_keepalive_ping()
-
-    def keepalive_timeout(self) -> None:
-        """No pong within ``ws_ping_timeout``: close with 1011, unless the peer sent something since
-        the ping. A peer uploading faster than the room integrates (a 10 MiB document seeded in one
-        go) has its pong queued behind its own frames, and it is alive: the deadline moves on by
-        another timeout, as long as frames keep coming."""
-        timeout = self.ping_timeout  # set, or uvicorn would not have armed this deadline
-        if self.heard and timeout is not None and not (self.close_sent or self.transport.is_closing()):
-            self.heard = False
-            self.pong_timer = self.loop.call_later(timeout, self.keepalive_timeout)
-            return
-        super().keepalive_timeout()
-
     def handle_events(self) -> None:
         """uvicorn's dispatch, with the opcodes compared by identity to module constants (an enum
-        member read through its class costs ten plain reads on Python 3.11), binary first."""
+        member read through its class costs ten plain reads on Python 3.11), binary first; a frame
+        counts as a sign of life for the keepalive (``web/keepalive.py``)."""
         self.heard = True
         for event in self.conn.events_received():
             if type(event) is not Frame:

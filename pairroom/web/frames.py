@@ -42,6 +42,8 @@ from typing import Any
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
+from pairroom.web.keepalive import KeepaliveWhileSending
+
 EXTENSION = "pairroom.frames"
 
 # Frames of at most this many bytes are remembered for the next member of a broadcast; a larger one
@@ -51,8 +53,9 @@ REMEMBER_AT_MOST = 256 * 1024
 _OPEN = State.OPEN  # an enum member read per write: a module constant is ten times cheaper (3.11)
 
 
-class FramingProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol, offering itself to the application for direct writes."""
+class FramingProtocol(KeepaliveWhileSending):
+    """uvicorn's websockets-sansio protocol, offering itself to the application for direct writes
+    (with the keepalive of ``web/keepalive.py``)."""
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
