@@ -129,12 +129,12 @@ class SqlHistoryStore:
         """The newest snapshot with snapshot.seq <= seq."""
         action = f"finding a snapshot of room {room!r} at or before seq {seq}"
         rows = await self.store.query(action, _SNAPSHOT_AT_OR_BEFORE, {"room": room, "seq": seq})
-        return _snapshot(room, rows[0]) if rows else None
+        return sql.stored_snapshot(room, rows[0]) if rows else None
 
     async def snapshots(self, room: str) -> list[Snapshot]:
         """Every snapshot of the room, by seq (with data: for export)."""
         rows = await self.store.query(f"listing the snapshots of room {room!r}", _SNAPSHOTS, {"room": room})
-        return [_snapshot(room, row) for row in rows]
+        return [sql.stored_snapshot(room, row) for row in rows]
 
     async def edit_counts(self, room: str, since: datetime, until: datetime | None) -> dict[str, int]:
         """How many logged updates each origin label made with since <= at <= until."""
@@ -231,8 +231,3 @@ def _version_row(room: str, version: Version) -> dict[str, Any]:
         "by": version.by,
         "auto": version.auto,
     }
-
-
-def _snapshot(room: str, row: tuple[Any, ...]) -> Snapshot:
-    seq, at, data = row
-    return Snapshot(room, seq, from_utc_micros(at), bytes(data))

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from pairroom.storage import statements as sql
 from pairroom.storage.statements import MigrationError, Statement
-from pairroom.storage.store import LoadedRoom, NewUpdate, Snapshot, StoredUpdate
+from pairroom.storage.store import LoadedRoom, NewUpdate, StoredUpdate
 
 __all__ = ["PostgresDriver"]
 
@@ -81,10 +81,9 @@ class PostgresDriver:
     async def load(self, room: str) -> LoadedRoom:
         async with self._require_engine().connect() as conn:
             row = (await conn.execute(text(sql.SELECT_NEWEST_SNAPSHOT), {"room": room})).first()
-            snapshot = None if row is None else Snapshot(room, row[0], sql.from_utc_micros(row[1]), bytes(row[2]))
+            snapshot = None if row is None else sql.stored_snapshot(room, row)
             updates = await _select_updates(conn, room, snapshot.seq if snapshot else 0, None)
-        last_seq = updates[-1].seq if updates else (snapshot.seq if snapshot else 0)
-        return LoadedRoom(snapshot, updates, last_seq)
+        return sql.loaded_room(snapshot, updates)
 
     async def read_updates(self, room: str, after_seq: int, upto_seq: int | None) -> list[StoredUpdate]:
         async with self._require_engine().connect() as conn:

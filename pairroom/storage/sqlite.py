@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from pairroom.storage import statements as sql
 from pairroom.storage.statements import MigrationError, Statement
-from pairroom.storage.store import LoadedRoom, NewUpdate, Snapshot, StoredUpdate, StoreError
+from pairroom.storage.store import LoadedRoom, NewUpdate, StoredUpdate, StoreError
 
 __all__ = ["SqliteDriver", "sqlite_database"]
 
@@ -283,10 +283,8 @@ def _updates(conn: sqlite3.Connection, room: str, after_seq: int, upto_seq: int 
 
 
 def _load(conn: sqlite3.Connection, room: str) -> LoadedRoom:
-    """The newest snapshot, then the log after it (see ``sql.py`` on why this needs no read
-    transaction)."""
+    """The newest snapshot, then the log after it."""
     row = conn.execute(sql.SELECT_NEWEST_SNAPSHOT, {"room": room}).fetchone()
-    snapshot = None if row is None else Snapshot(room, row[0], sql.from_utc_micros(row[1]), row[2])
+    snapshot = None if row is None else sql.stored_snapshot(room, row)
     updates = _updates(conn, room, snapshot.seq if snapshot else 0, None)
-    last_seq = updates[-1].seq if updates else (snapshot.seq if snapshot else 0)
-    return LoadedRoom(snapshot, updates, last_seq)
+    return sql.loaded_room(snapshot, updates)

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from pairroom.storage.store import NewUpdate, StoredUpdate, not_yet_stored
+from pairroom.storage.store import LoadedRoom, NewUpdate, Snapshot, StoredUpdate, not_yet_stored
 
 _T = TypeVar("_T")
 
@@ -108,6 +108,19 @@ def stored_update(room: str, row: Sequence[Any]) -> StoredUpdate:
     """A row of ``SELECT_UPDATES`` (seq, at, origin, data, uid)."""
     seq, at, origin, data, uid = row
     return StoredUpdate(room, seq, from_utc_micros(at), origin, bytes(data), uid)
+
+
+def stored_snapshot(room: str, row: Sequence[Any]) -> Snapshot:
+    """A row of ``SELECT_NEWEST_SNAPSHOT`` and the history's snapshot queries (seq, at, data)."""
+    seq, at, data = row
+    return Snapshot(room, seq, from_utc_micros(at), bytes(data))
+
+
+def loaded_room(snapshot: Snapshot | None, updates: list[StoredUpdate]) -> LoadedRoom:
+    """``load``'s answer: the log after the snapshot is nonempty exactly when its last entry is the
+    room's highest seq (see ``sql.py`` on why the two reads need no transaction)."""
+    last_seq = updates[-1].seq if updates else (snapshot.seq if snapshot else 0)
+    return LoadedRoom(snapshot, updates, last_seq)
 
 
 PAIRS_PER_QUERY = 256
