@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The idle process and a room's first run, on a real ``pairroom serve`` (default settings).
 
-    .venv/bin/python bench/idle.py [--starts 3] [--runs 3] [--source DIR] [--json FILE]
+    .venv/bin/python bench/idle.py [--starts 3] [--runs 3] [--source DIR] [--floor] [--json FILE]
 
 - **idle RSS**: ``VmRSS`` of the server process (kernels are other processes) ``--settle`` seconds
   after it logs "listening", with nobody connected; median of ``--starts`` starts, with its thread
@@ -11,6 +11,12 @@
   ``print(1)`` and polls the run until its output is there; seconds from the POST to the output,
   each case in a fresh server (``--runs`` times, median). The server's RSS after the run is
   reported too.
+- **the stack's floor** (``--floor``): the same reading for processes that are not pairroom, in the
+  same sitting: the interpreter alone; the server stack alone (uvicorn with uvloop, httptools and
+  websockets-sansio, as ``pairroom serve`` configures it, serving one Starlette route); and that
+  stack with the libraries every node imports (pycrdt, prometheus-client, sqlite3,
+  ``importlib.metadata`` for the extensions' entry points, argparse). What pairroom's own code
+  costs is the difference to the idle server.
 
 ``--source DIR`` runs the server from another copy of the package (e.g. ``git archive`` of an older
 commit) with this checkout's virtualenv and kernel environment, for a before/after in one sitting.
@@ -50,6 +56,83 @@ def status(pid: int) -> dict[str, Any]:
 def children(pid: int) -> int:
     found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
     return len(found)
+
+
+# One process of the floor: imports what it is given, serves /readyz on the given port as
+# `pairroom serve` runs uvicorn (web/runner.py), says "listening" on stdout, and waits.
+FLOOR_SERVER = """
+import importlib, json, sys
+port, names = int(sys.argv[1]), [n for n in sys.argv[2].split(",") if n]
+for name in names:
+    importlib.import_module(name)
+if sys.argv[3] == "interpreter":
+    print(json.dumps({"msg": "listening", "port": port}), flush=True)
+    sys.stdin.read()
+    sys.exit(0)
+import uvicorn, uvloop
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+app = Starlette(routes=[Route("/readyz", lambda request: PlainTextResponse("ok"))])
+config = uvicorn.Config(app, port=port, loop="none", http="httptools", ws="websockets-sansio",
+                        lifespan="on", log_config=None)
+server = uvicorn.Server(config)
+
+async def serve():
+    task = __import__("asyncio").create_task(server.serve())
+    while not server.started:
+        await __import__("asyncio").sleep(0.01)
+    print(json.dumps({"msg": "listening", "port": port}), flush=True)
+    await task
+
+uvloop.run(serve())
+"""
+# What every node imports besides its server stack (pairroom's own code aside).
+NODE_LIBRARIES = "pycrdt,prometheus_client,sqlite3,importlib.metadata,argparse"
+FLOOR_LEVELS = (
+    ("the interpreter alone", "interpreter", ""),
+    ("the server stack alone (uvicorn, uvloop, httptools, websockets, Starlette)", "stack", ""),
+    ("the stack and the libraries every node imports", "stack", NODE_LIBRARIES),
+)
+
+
+class FloorProcess:
+    """One level of the floor, started like ``Server`` and read the same way."""
+
+    def __init__(self, kind: str, names: str) -> None:
+        self.port = run.free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", FLOOR_SERVER, str(self.port), names, kind],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=tempfile.gettempdir(),
+        )
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if '"listening"' in line:
+                break
+        else:
+            raise RuntimeError(f"the floor process {kind} {names!r} exited before listening")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def floor(starts: int, settle: float) -> list[dict[str, Any]]:
+    rows = []
+    for label, kind, names in FLOOR_LEVELS:
+        rss = []
+        for _ in range(starts):
+            process = FloorProcess(kind, names)
+            time.sleep(settle)
+            rss.append(status(process.process.pid)["rss_mib"])
+            process.stop()
+        rows.append({"process": label, "rss_mib": statistics.median(rss), "all_rss_mib": [round(r, 1) for r in rss]})
+    return rows
 
 
 class Server:
@@ -147,6 +230,7 @@ def main() -> None:
     parser.add_argument("--after", type=float, action="append", help="seconds between join and run (0 and 3)")
     parser.add_argument("--source", type=Path, help="run the server from this copy of the package")
     parser.add_argument("--no-runs", action="store_true", help="idle RSS only")
+    parser.add_argument("--floor", action="store_true", help="also the stack's floor (see above)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("extra", nargs="*", help="more `pairroom serve` arguments (after --)")
     args = parser.parse_args()
@@ -154,6 +238,10 @@ def main() -> None:
     result: dict[str, Any] = {"load_average": [round(x, 2) for x in load], "source": str(args.source or ROOT)}
     result["idle"] = idle(args.source, args.starts, args.settle, args.extra)
     print(f"idle: {json.dumps(result['idle'])}", flush=True)
+    if args.floor:
+        result["floor"] = floor(args.starts, args.settle)
+        for row in result["floor"]:
+            print(f"floor: {json.dumps(row)}", flush=True)
     if not args.no_runs:
         result["first_run"] = []
         for after in args.after or [0.0, 3.0]:
