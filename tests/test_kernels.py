@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+import zmq
 from pycrdt import Map, Text
 from starlette.applications import Starlette
 
@@ -388,3 +389,37 @@ async def _first_run_asks_for_input(kernel: Kernel) -> None:
     assert prompts == ["name? "], f"the input() was never asked ({finished})"
     assert finished.outcome is Outcome.OK
     assert any("hello Ada" in str(output.get("text")) for output in outputs), outputs
+
+
+async def test_a_reply_whose_wake_up_the_socket_missed_is_still_read() -> None:
+    """pyzmq's asyncio sockets wake on zmq's edge-triggered descriptor. Here the edge is taken on
+    purpose: a plain (not asyncio) view of the control socket reads ``zmq.EVENTS`` until the
+    kernel's reply is there, which consumes the descriptor's signal, as a send racing the reply did
+    in the debugger's tests. The reader must still deliver the reply: before the sockets were looked
+    at again each ``RECHECK_SECONDS``, the request waited its full 30 s."""
+    sandbox = probe(TEST_KERNELS)
+    cgroups = detect_cgroups(TEST_KERNELS)
+    try:
+        with tempfile.TemporaryDirectory(prefix="pairroom-missed-wake-up-") as scratch:
+            os.chmod(scratch, 0o755)  # the kernel's uid must reach its launch dir
+            kernel = Kernel(KernelDirs.create(Path(scratch), "k0", sandbox), sandbox, cgroups)
+            await kernel.start()
+            try:
+                control = kernel._client.control_channel.socket  # type: ignore[union-attr]
+                plain = zmq.Socket.shadow(control.underlying)
+                for attempt in range(3):
+                    request = asyncio.create_task(kernel.debug_request("debugInfo", answer_within=10))
+                    await asyncio.sleep(0)  # the request is sent; the reader waits on the socket
+                    deadline = time.monotonic() + 10
+                    while not plain.get(zmq.EVENTS) & zmq.POLLIN:  # blocks the loop: no wake-up runs meanwhile
+                        assert time.monotonic() < deadline, "the kernel did not answer"
+                        time.sleep(0.001)
+                    started = time.monotonic()
+                    answer = await asyncio.wait_for(request, 5)
+                    assert answer.get("command") == "debugInfo", answer
+                    assert time.monotonic() - started < 3, f"attempt {attempt}: read only after the request's timeout"
+            finally:
+                await kernel.kill("test over")
+                kernel.dirs.remove()
+    finally:
+        cgroups.close()

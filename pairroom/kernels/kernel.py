@@ -13,6 +13,15 @@ A run is finished when its ``execute_reply`` has arrived *and* the kernel went i
 IOPub (outputs can arrive after the reply). It also ends when the process dies: a pidfd tells the
 event loop the moment the sandbox exits, and the death is explained from the cgroup's OOM counter or
 the exit status. Killing is always the whole sandbox (its pid namespace goes with it).
+
+Every ``RECHECK_SECONDS`` the channels' sockets are looked at again (``_recheck_sockets``). pyzmq's
+asyncio sockets wake on zmq's edge-triggered descriptor, and a wake-up can be missed: a reply
+arrives while the same socket sends, and nothing is read until the next message comes. Measured on
+the control channel (a ``continue`` whose program ended at once, the run's end sending ``threads``
+at that moment): the reply sat readable on the socket for the whole 30 s a request waits, in about
+1 of 10 runs of the debugger tests on a loaded machine, and every later request of the session
+waited behind it. Reading ``zmq.EVENTS`` through pyzmq's socket makes pyzmq wake the reader when a
+message is there; once a second per kernel costs about as much as one ``getsockopt`` per channel.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ if TYPE_CHECKING:  # jupyter-client is imported by the first launch (``Kernel.st
 
 log = logging.getLogger("pairroom.kernels")
 
+RECHECK_SECONDS = 1.0  # how often the channels' sockets are looked at again (see above)
 LAUNCHER = "pairroom.kernels.launcher"  # jupyter-client, pyzmq, tornado: loaded with the first kernel
 _launcher: ModuleType | None = None
 
@@ -153,6 +163,7 @@ class Kernel:
                 asyncio.create_task(self._read_shell(), name="kernel-shell"),
                 asyncio.create_task(self._read_control(), name="kernel-control"),
                 asyncio.create_task(self._read_stdin(), name="kernel-stdin"),
+                asyncio.create_task(self._recheck_sockets(launcher), name="kernel-recheck"),
             ]
             try:
                 async with asyncio.timeout(self.settings.start_timeout):
@@ -491,6 +502,16 @@ class Kernel:
             waiter = self._control_waiters.get(parent) if parent is not None else None
             if waiter is not None and not waiter.done():
                 waiter.set_result(msg)
+
+    async def _recheck_sockets(self, launcher: ModuleType) -> None:
+        """Have pyzmq look at each channel's socket again, every ``RECHECK_SECONDS`` (see above)."""
+        assert self._client is not None
+        client = self._client
+        channels = (client.shell_channel, client.control_channel, client.stdin_channel, client.iopub_channel)
+        while True:
+            await asyncio.sleep(RECHECK_SECONDS)
+            if not [channel for channel in channels if launcher.recheck(channel.socket)]:
+                return  # the channels were stopped
 
     async def _receive(self, get: Callable[[], Any], channel: str) -> dict[str, Any] | None:
         """The next message of a channel, or None when it cannot be read any more (the kernel is then

@@ -102,6 +102,15 @@ class SandboxedKernelManager(AsyncKernelManager):
         }
 
 
+def recheck(socket: zmq.asyncio.Socket | None) -> bool:
+    """Read ``zmq.EVENTS`` through pyzmq's asyncio socket: pyzmq then wakes a reader whose wake-up
+    was missed while a message waits (``kernel.Kernel._recheck_sockets``). False once it is closed."""
+    if socket is None or socket.closed:
+        return False
+    socket.get(zmq.EVENTS)
+    return True
+
+
 class HandshakeWatch:
     """Tells when a client socket has finished its ZMTP handshake with the kernel.
 
