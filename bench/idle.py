@@ -59,7 +59,7 @@ def children(pid: int) -> int:
 
 
 # One process of the floor: imports what it is given, serves /readyz on the given port as
-# `pairroom serve` runs uvicorn (web/runner.py), says "listening" on stdout, and waits.
+# `pairroom serve` runs uvicorn (web/runner.py), says "listening" on stdout as it does, and waits.
 FLOOR_SERVER = """
 import importlib, json, sys
 port, names = int(sys.argv[1]), [n for n in sys.argv[2].split(",") if n]
@@ -97,29 +97,21 @@ FLOOR_LEVELS = (
 )
 
 
-class FloorProcess:
-    """One level of the floor, started like ``Server`` and read the same way."""
+def started(command: list[str], cwd: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], Any]:
+    """Start ``command`` and wait for its JSON "listening" line: the process and that line."""
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if '"listening"' in line:
+            return process, json.loads(line)
+    raise RuntimeError(f"{command[:4]} exited before listening")
 
-    def __init__(self, kind: str, names: str) -> None:
-        self.port = run.free_port()
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", FLOOR_SERVER, str(self.port), names, kind],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=tempfile.gettempdir(),
-        )
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            if '"listening"' in line:
-                break
-        else:
-            raise RuntimeError(f"the floor process {kind} {names!r} exited before listening")
 
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(30)
+def stop(process: subprocess.Popen[str]) -> None:
+    process.terminate()
+    process.wait(30)
 
 
 def floor(starts: int, settle: float) -> list[dict[str, Any]]:
@@ -127,10 +119,11 @@ def floor(starts: int, settle: float) -> list[dict[str, Any]]:
     for label, kind, names in FLOOR_LEVELS:
         rss = []
         for _ in range(starts):
-            process = FloorProcess(kind, names)
+            command = [sys.executable, "-c", FLOOR_SERVER, str(run.free_port()), names, kind]
+            process, _ = started(command, cwd=tempfile.gettempdir())
             time.sleep(settle)
-            rss.append(status(process.process.pid)["rss_mib"])
-            process.stop()
+            rss.append(status(process.pid)["rss_mib"])
+            stop(process)
         rows.append({"process": label, "rss_mib": statistics.median(rss), "all_rss_mib": [round(r, 1) for r in rss]})
     return rows
 
@@ -144,27 +137,13 @@ class Server:
         if source is not None:
             env["PYTHONPATH"] = str(source)
         command = [sys.executable, "-m", "pairroom.cli", "serve", "--port", "0", "--db", f"sqlite:///{self.dir}/x.db"]
-        self.process = subprocess.Popen(
-            [*command, "--log-format", "json", *extra],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            cwd=self.dir,
-        )
-        assert self.process.stdout is not None
-        started = time.monotonic()
-        for line in self.process.stdout:
-            if '"listening"' in line:
-                self.port = int(json.loads(line)["port"])
-                break
-        else:
-            raise RuntimeError("the server exited before listening")
-        self.ready_seconds = time.monotonic() - started
+        begun = time.monotonic()
+        self.process, listening = started([*command, "--log-format", "json", *extra], cwd=self.dir, env=env)
+        self.port = int(listening["port"])
+        self.ready_seconds = time.monotonic() - begun
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(30)
+        stop(self.process)
 
 
 def idle(source: Path | None, starts: int, settle: float, extra: list[str]) -> dict[str, Any]:

@@ -95,7 +95,7 @@ class PostgresDriver:
                 await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:room))"), {"room": room})
             # Three statements whatever the number of rooms: what is stored, the last seqs, insert.
             stored: dict[tuple[str, str], bytes] = {}
-            for statement, params in sql.stored_data_params(sql.stored_pairs(batches)):
+            for statement, params in sql.stored_data_params(batches):
                 result = await conn.execute(text(statement), params)
                 stored.update(((room, uid), bytes(data)) for room, uid, data in result)
             statement, params = sql.last_seqs_params(names)
@@ -113,6 +113,5 @@ class PostgresDriver:
 
 
 async def _select_updates(conn: AsyncConnection, room: str, after_seq: int, upto_seq: int | None) -> list[StoredUpdate]:
-    upto = sql.NO_UPPER_BOUND if upto_seq is None else upto_seq
-    result = await conn.execute(text(sql.SELECT_UPDATES), {"room": room, "after": after_seq, "upto": upto})
-    return [sql.stored_update(room, row) for row in result]
+    statement, params = sql.select_updates(room, after_seq, upto_seq)
+    return [sql.stored_update(room, row) for row in await conn.execute(text(statement), params)]

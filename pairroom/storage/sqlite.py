@@ -264,7 +264,7 @@ def _append_numbered(
 ) -> dict[str, int]:
     stored: dict[tuple[str, str], bytes] = {}
     if look_up_stored:
-        for statement, params in sql.stored_data_params(sql.stored_pairs(batches)):
+        for statement, params in sql.stored_data_params(batches):
             stored.update(((room, uid), bytes(data)) for room, uid, data in conn.execute(statement, params))
     statement, params = sql.last_seqs_params(names)
     lasts = {room: int(last) for room, last in conn.execute(statement, params) if last is not None}
@@ -277,9 +277,7 @@ def _append_numbered(
 
 
 def _updates(conn: sqlite3.Connection, room: str, after_seq: int, upto_seq: int | None) -> list[StoredUpdate]:
-    upto = sql.NO_UPPER_BOUND if upto_seq is None else upto_seq
-    rows = conn.execute(sql.SELECT_UPDATES, {"room": room, "after": after_seq, "upto": upto})
-    return [sql.stored_update(room, row) for row in rows]
+    return [sql.stored_update(room, row) for row in conn.execute(*sql.select_updates(room, after_seq, upto_seq))]
 
 
 def _load(conn: sqlite3.Connection, room: str) -> LoadedRoom:

@@ -92,6 +92,12 @@ INSERT_SNAPSHOT = (
 SELECT_ROOMS = "SELECT room FROM updates UNION SELECT room FROM snapshots ORDER BY room"
 
 
+def select_updates(room: str, after_seq: int, upto_seq: int | None) -> tuple[str, dict[str, Any]]:
+    """``SELECT_UPDATES`` and its parameters: the log of ``room`` with after_seq < seq <= upto_seq."""
+    upto = NO_UPPER_BOUND if upto_seq is None else upto_seq
+    return SELECT_UPDATES, {"room": room, "after": after_seq, "upto": upto}
+
+
 def update_row(room: str, seq: int, update: NewUpdate | StoredUpdate) -> dict[str, Any]:
     """``INSERT_UPDATE``'s parameters."""
     return {
@@ -157,12 +163,10 @@ def last_seqs_params(rooms: Sequence[str]) -> tuple[str, dict[str, str]]:
     return last_seqs_sql(len(rows)), {f"r{i}": room for i, room in enumerate(rows)}
 
 
-def stored_pairs(batches: Mapping[str, Sequence[NewUpdate]]) -> list[tuple[str, str]]:
-    return list({(room, u.uid) for room, updates in batches.items() for u in updates})
-
-
-def stored_data_params(pairs: list[tuple[str, str]]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(statement, parameters) of each ``stored_data_sql`` statement that looks ``pairs`` up."""
+def stored_data_params(batches: Mapping[str, Sequence[NewUpdate]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(statement, parameters) of each ``stored_data_sql`` statement that looks up the (room, uid)
+    pairs of ``batches``."""
+    pairs = list({(room, u.uid) for room, updates in batches.items() for u in updates})
     for start in range(0, len(pairs), PAIRS_PER_QUERY):
         rows = padded(pairs[start : start + PAIRS_PER_QUERY])
         params: dict[str, Any] = {}
